@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both (re)build .venv from constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck unit clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m airflow_parallel_run.demo
+
+lint: install
+	$(BIN)/ruff check airflow_parallel_run tests dags bench
+	$(BIN)/ruff format --check airflow_parallel_run tests dags bench
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install lint typecheck
+	bash .ci/pytest.sh
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,177 @@
+"""`ParallelRunConfig`: every ParallelRunStep setting, validated at construction."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+
+OUTPUT_ACTIONS = ("append_row", "summary_only")
+APPEND_ROW_FORMATS = ("text", "csv", "jsonl", "parquet")
+LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING")
+DEFAULT_FILE_MINI_BATCH = 10
+DEFAULT_TABULAR_MINI_BATCH = "1MB"
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kKmMgG][bB])?\s*$")
+_UNITS = {"": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
+_BAD_FILE_NAME_CHARS = set('~"#%&*:<>?/\\{|}')
+
+
+def parse_mini_batch_size(value: int | str, *, tabular: bool, field_name: str = "mini_batch_size") -> int:
+    """Files per mini-batch (file input) or bytes (tabular input; KB/MB/GB are x1024)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(field_name, value, "an int or a string like '10', '512KB', '10MB', '1GB'")
+    if isinstance(value, int):
+        number, unit = value, ""
+    else:
+        match = _SIZE_RE.match(value)
+        if not match:
+            raise ConfigError(field_name, value, "digits with an optional KB/MB/GB unit, e.g. 10, '1024KB', '10MB'")
+        number, unit = int(match.group(1)), (match.group(2) or "").lower()
+    if unit and not tabular:
+        raise ConfigError(field_name, value, "a number of files for file input (units KB/MB/GB are for tabular input)")
+    size = number * _UNITS[unit]
+    if size < 1:
+        raise ConfigError(field_name, value, "at least 1")
+    return size
+
+
+def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, value, f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else ""))
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ConfigError(name, value, f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else ""))
+    return value
+
+
+def _check_positive_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(name, value, "a number of seconds > 0")
+    return float(value)
+
+
+def script_defines_run(path: str) -> bool:
+    """True when the script has a top-level `def run` (or `run = ...`); checked without importing it."""
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), filename=path)
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "run":
+            return True
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "run" for t in node.targets):
+            return True
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name) == "run" for a in node.names):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class ParallelRunConfig:
+    """The ParallelRunStep settings (DESIGN §3). Invalid values raise `ConfigError` naming the field."""
+
+    entry_script: str
+    source_directory: str | None = None
+    mini_batch_size: int | str | None = None
+    partition_keys: Sequence[str] | None = None
+    error_threshold: int = -1
+    allowed_failed_count: int | None = None
+    allowed_failed_percent: float | None = None
+    output_action: str = "append_row"
+    append_row_file_name: str = "parallel_run_step.txt"
+    append_row_format: str = "text"
+    node_count: int = 1
+    process_count_per_node: int | None = None
+    run_invocation_timeout: float = 60
+    run_max_try: int = 3
+    logging_level: str = "INFO"
+    environment_variables: Mapping[str, str] = field(default_factory=dict)
+    resource_monitor_interval: float = 600
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if not isinstance(self.entry_script, str) or not self.entry_script.strip():
+            raise ConfigError("entry_script", self.entry_script, "a path to a Python file that defines run()")
+        set_(self, "entry_script", self.entry_script.strip())
+        if self.source_directory is not None and not os.path.isdir(self.source_directory):
+            raise ConfigError("source_directory", self.source_directory, "an existing directory")
+        script = self.entry_script_path
+        if not os.path.isfile(script):
+            raise ConfigError("entry_script", self.entry_script, f"an existing file (looked for {script})")
+        try:
+            defines_run = script_defines_run(script)
+        except SyntaxError as exc:
+            raise ConfigError("entry_script", self.entry_script, f"valid Python (line {exc.lineno}: {exc.msg})") from exc
+        if not defines_run:
+            raise ConfigError("entry_script", self.entry_script, "a script that defines run(mini_batch)")
+        if self.mini_batch_size is not None:
+            parse_mini_batch_size(self.mini_batch_size, tabular=True)
+        if self.partition_keys is not None:
+            keys = [self.partition_keys] if isinstance(self.partition_keys, str) else list(self.partition_keys)
+            if not keys or not all(isinstance(k, str) and k for k in keys):
+                raise ConfigError("partition_keys", self.partition_keys, "a non-empty list of key names")
+            set_(self, "partition_keys", tuple(keys))
+        _check_int("error_threshold", self.error_threshold, -1)
+        if self.allowed_failed_count is not None:
+            _check_int("allowed_failed_count", self.allowed_failed_count, -1)
+        if self.allowed_failed_percent is not None:
+            value = self.allowed_failed_percent
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                raise ConfigError("allowed_failed_percent", value, "a number from 0 to 100")
+        if not isinstance(self.output_action, str) or self.output_action.lower() not in OUTPUT_ACTIONS:
+            raise ConfigError("output_action", self.output_action, " or ".join(OUTPUT_ACTIONS))
+        set_(self, "output_action", self.output_action.lower())
+        name = self.append_row_file_name
+        if (
+            not isinstance(name, str)
+            or not name.strip()
+            or name in (".", "..")
+            or ".." in name
+            or any(c in _BAD_FILE_NAME_CHARS for c in name)
+        ):
+            raise ConfigError(
+                "append_row_file_name", name, "a plain file name: no path separators, no '..', none of ~\"#%&*:<>?/\\{|}"
+            )
+        if not isinstance(self.append_row_format, str) or self.append_row_format.lower() not in APPEND_ROW_FORMATS:
+            raise ConfigError("append_row_format", self.append_row_format, ", ".join(APPEND_ROW_FORMATS))
+        set_(self, "append_row_format", self.append_row_format.lower())
+        _check_int("node_count", self.node_count, 1)
+        if self.process_count_per_node is not None:
+            _check_int("process_count_per_node", self.process_count_per_node, 1)
+        set_(self, "run_invocation_timeout", _check_positive_number("run_invocation_timeout", self.run_invocation_timeout))
+        _check_int("run_max_try", self.run_max_try, 1)
+        if not isinstance(self.logging_level, str) or self.logging_level.upper() not in LOGGING_LEVELS:
+            raise ConfigError("logging_level", self.logging_level, ", ".join(LOGGING_LEVELS))
+        set_(self, "logging_level", self.logging_level.upper())
+        env = self.environment_variables or {}
+        if not isinstance(env, Mapping) or not all(isinstance(k, str) and k for k in env):
+            raise ConfigError("environment_variables", env, "a mapping of variable names to string values")
+        set_(self, "environment_variables", {k: str(v) for k, v in env.items()})
+        rmi = self.resource_monitor_interval
+        if isinstance(rmi, bool) or not isinstance(rmi, (int, float)) or rmi < 0:
+            raise ConfigError("resource_monitor_interval", rmi, "a number of seconds >= 0 (0 turns monitoring off)")
+
+    @property
+    def entry_script_path(self) -> str:
+        if self.source_directory:
+            return os.path.join(self.source_directory, self.entry_script)
+        return self.entry_script
+
+    @property
+    def processes_per_node(self) -> int:
+        return self.process_count_per_node or (os.cpu_count() or 1)
+
+    def mini_batch_size_for(self, tabular: bool) -> int:
+        """The effective mini-batch size: files (file input) or bytes (tabular input)."""
+        default = DEFAULT_TABULAR_MINI_BATCH if tabular else DEFAULT_FILE_MINI_BATCH
+        return parse_mini_batch_size(self.mini_batch_size if self.mini_batch_size is not None else default, tabular=tabular)
+
+    def with_overrides(self, **overrides: Any) -> ParallelRunConfig:
+        """A copy with the given fields replaced (None values are ignored); validated again."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(unknown[0], overrides[unknown[0]], "one of " + ", ".join(sorted(names)))
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})

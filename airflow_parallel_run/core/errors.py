@@ -1,0 +1,29 @@
+"""Errors the engine raises; each names the field, file or mini-batch at fault."""
+
+from __future__ import annotations
+
+
+class ParallelRunError(Exception):
+    """Base class for engine errors."""
+
+
+class ConfigError(ParallelRunError, ValueError):
+    """A configuration value is not allowed. `field` names the offending setting."""
+
+    def __init__(self, field: str, value: object, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field}={value!r} is not allowed: {allowed}")
+
+
+class InputError(ParallelRunError, ValueError):
+    """An input cannot be listed, read or split."""
+
+
+class JobFailedError(ParallelRunError):
+    """The job ran and failed (threshold exceeded, nothing succeeded, ...). Carries the summary."""
+
+    def __init__(self, message: str, summary: dict[str, object]) -> None:
+        self.summary = summary
+        super().__init__(message)
