@@ -1,0 +1,446 @@
+"""The driver: submits mini-batch attempts to Dask, retries, enforces thresholds, commits and assembles.
+
+Exactly once: every attempt writes its own part file; only the first successful attempt of a
+mini-batch is committed, and the assembler concatenates committed parts in mini-batch order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+from dask.distributed import TimeoutError as DaskTimeoutError
+from distributed import Client, Event, Future, wait
+
+from .cluster import dask_client
+from .config import ParallelRunConfig
+from .datasets import Dataset
+from .errors import ConfigError
+from .jobspec import JobSpec, bundle_scripts
+from .joblogs import JobLogs
+from .minibatch import MiniBatch
+from .planner import Plan, is_local, plan
+from .results import assemble
+from .runner import AttemptResult, run_mini_batch, shutdown_job
+
+log = logging.getLogger("airflow_parallel_run")
+PROGRESS_INTERVAL_S = 30.0
+STOP_GRACE_S = 30.0
+
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass
+class Counters:
+    total_mini_batches: int = 0
+    total_items: int = 0
+    done: int = 0
+    succeeded_mini_batches: int = 0
+    failed_mini_batches: int = 0
+    reused_mini_batches: int = 0
+    succeeded_items: int = 0
+    failed_items: int = 0
+    committed: dict[int, AttemptResult] = field(default_factory=dict)
+    finished: set[int] = field(default_factory=set)
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def _normalise_output(output_path: str, storage_options: Mapping[str, Any]) -> tuple[str, bool]:
+    if not isinstance(output_path, str) or not output_path.strip():
+        raise ConfigError("output_path", output_path, "a folder path or fsspec URL")
+    fs, path = fsspec.core.url_to_fs(output_path.strip(), **dict(storage_options))
+    if is_local(fs):
+        path = os.path.abspath(path)
+        if os.path.isfile(path):
+            raise ConfigError("output_path", output_path, "a folder (a file of that name exists)")
+        os.makedirs(path, exist_ok=True)
+        return path, True
+    fs.makedirs(path, exist_ok=True)
+    return fs.unstrip_protocol(path).rstrip("/"), False
+
+
+def job_cache_key(config: ParallelRunConfig, bundle_hash: str, arguments: Sequence[str], side_inputs: Sequence[str]) -> str:
+    """Everything that changes what run() produces, except the data (DESIGN §5)."""
+    material = {
+        "code": bundle_hash,
+        "arguments": list(arguments),
+        "side_inputs": list(side_inputs),
+        "environment_variables": dict(sorted(config.environment_variables.items())),
+        "output": [config.output_action, config.append_row_file_name, config.append_row_format],
+        "partition_keys": list(config.partition_keys or ()),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class JobDriver:
+    """Runs one job on a connected Client. Use `run_job` unless you manage the client yourself."""
+
+    def __init__(
+        self,
+        config: ParallelRunConfig,
+        inputs: Sequence[Dataset],
+        output_path: str,
+        *,
+        side_inputs: Sequence[str] = (),
+        arguments: Sequence[str] = (),
+        storage_options: Mapping[str, Any] | None = None,
+        progress: ProgressCallback | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        if not all(isinstance(a, str) for a in arguments):
+            raise ConfigError("arguments", list(arguments), "a list of strings")
+        if not all(isinstance(s, str) and s for s in side_inputs):
+            raise ConfigError("side_inputs", list(side_inputs), "a list of paths or fsspec URLs")
+        self.config = config
+        self.inputs = list(inputs)
+        self.storage_options = dict(storage_options or {})
+        self.progress_callback = progress
+        self.job_id = job_id or uuid.uuid4().hex[:16]
+        self.started = time.monotonic()
+        self.output, self.local_output = _normalise_output(output_path, self.storage_options)
+        side = [os.path.abspath(s) if "://" not in s and os.path.exists(s) else s for s in side_inputs]
+        for original, path in zip(side_inputs, side, strict=True):
+            if "://" not in path and not os.path.exists(path):
+                raise ConfigError("side_inputs", original, "an existing file or folder, or an fsspec URL")
+        self.side_inputs = tuple(side)
+        self.arguments = tuple(
+            os.path.abspath(a) if a in side_inputs and "://" not in a else a for a in arguments
+        )
+        self.plan: Plan = plan(self.inputs, config)
+        bundle, bundle_hash, entry = bundle_scripts(config.entry_script_path, config.source_directory)
+        self.cache_key = job_cache_key(config, bundle_hash, self.arguments, self.side_inputs)
+        log_url = _join(self.output, "logs")
+        if self.local_output:
+            shutil.rmtree(log_url, ignore_errors=True)
+            self.log_root = log_url
+        else:
+            self.log_root = tempfile.mkdtemp(prefix="apr-logs-")
+        self.logs = JobLogs(self.log_root)
+        self.spec = JobSpec(
+            job_id=self.job_id,
+            script_bundle=bundle,
+            bundle_hash=bundle_hash,
+            entry_script=entry,
+            arguments=self.arguments,
+            side_inputs=self.side_inputs,
+            environment_variables=dict(config.environment_variables),
+            datasets=tuple(self.inputs),
+            output_url=self.output,
+            staging_url=_join(self.output, ".staging", self.job_id),
+            log_url=log_url,
+            output_action=config.output_action,
+            append_row_format=config.append_row_format,
+            logging_level=config.logging_level,
+            run_invocation_timeout=config.run_invocation_timeout,
+            storage_options=self.storage_options,
+        )
+        self.counters = Counters(len(self.plan.mini_batches), self.plan.total_items)
+        self.stop_reason: str | None = None
+        self._cancel = threading.Event()
+        self.logs.master(
+            f"job {self.job_id}: {len(self.plan.mini_batches)} mini-batches, {self.plan.total_items} items "
+            f"({self.plan.kind} input), entry script {config.entry_script}, cache key {self.cache_key}"
+        )
+
+    # -- control -----------------------------------------------------------------------------------
+    def cancel(self, reason: str = "the job was cancelled") -> None:
+        """Thread-safe: stops scheduling and kills running attempts (used by on_kill and Ctrl-C)."""
+        self.stop_reason = self.stop_reason or reason
+        self._cancel.set()
+
+    def _say(self, text: str) -> None:
+        self.logs.progress(text)
+        log.info(text)
+        if self.progress_callback is not None:
+            self.progress_callback(text)
+
+    # -- accounting --------------------------------------------------------------------------------
+    def _threshold_breach(self, all_scheduled: bool) -> str | None:
+        c, cfg = self.counters, self.config
+        if cfg.error_threshold != -1 and c.failed_items > cfg.error_threshold:
+            return (
+                f"error_threshold exceeded: {c.failed_items} failed items > error_threshold {cfg.error_threshold} "
+                f"({c.done} of {c.total_mini_batches} mini-batches processed)"
+            )
+        if cfg.allowed_failed_count not in (None, -1) and c.failed_mini_batches > cfg.allowed_failed_count:
+            return (
+                f"allowed_failed_count exceeded: {c.failed_mini_batches} failed mini-batches > allowed_failed_count "
+                f"{cfg.allowed_failed_count} ({c.done} of {c.total_mini_batches} mini-batches processed)"
+            )
+        if cfg.allowed_failed_percent is not None and all_scheduled and c.total_mini_batches:
+            percent = 100.0 * c.failed_mini_batches / c.total_mini_batches
+            if percent > cfg.allowed_failed_percent:
+                return (
+                    f"allowed_failed_percent exceeded: {c.failed_mini_batches} of {c.total_mini_batches} mini-batches "
+                    f"failed ({percent:.1f}% > {cfg.allowed_failed_percent:g}%)"
+                )
+        return None
+
+    def _finalise(self, mb: MiniBatch, result: AttemptResult) -> None:
+        c = self.counters
+        c.finished.add(mb.index)
+        c.done += 1
+        c.total_items += result.total - mb.items  # the reader's count wins over the planner's estimate
+        if result.ok:
+            c.committed[mb.index] = result
+            c.succeeded_mini_batches += 1
+            c.reused_mini_batches += int(result.reused)
+            c.succeeded_items += result.succeeded
+            c.failed_items += result.failed
+        else:
+            c.failed_mini_batches += 1
+            c.failed_items += result.total
+
+    def _progress_line(self) -> str:
+        c = self.counters
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = (c.succeeded_items + c.failed_items) / elapsed
+        remaining_items = max(c.total_items - c.succeeded_items - c.failed_items, 0)
+        eta = _format_eta(remaining_items / rate) if rate > 0 else "unknown"
+        pct = 100 * c.done // max(c.total_mini_batches, 1)
+        return (
+            f"Processed {c.done} of {c.total_mini_batches} mini-batches ({pct}%): {c.succeeded_items} items succeeded, "
+            f"{c.failed_items} failed; {rate:.1f} items/s; ETA {eta}"
+        )
+
+    # -- main loop ---------------------------------------------------------------------------------
+    def execute(self, client: Client, reused: Mapping[int, AttemptResult] | None = None) -> dict[str, Any]:
+        """Runs every mini-batch not in `reused`; returns the summary (DESIGN §4)."""
+        cfg = self.config
+        reused = reused or {}
+        by_index = {mb.index: mb for mb in self.plan.mini_batches}
+        for index, result in sorted(reused.items()):
+            self.logs.attempt(result, json.dumps(by_index[index].describe()))
+            self._finalise(by_index[index], result)
+        pending: deque[tuple[MiniBatch, int]] = deque((mb, 1) for mb in self.plan.mini_batches if mb.index not in reused)
+        slots = max(1, cfg.node_count * cfg.processes_per_node)
+        window = 2 * slots
+        stop_event = Event(f"apr-stop-{self.job_id}", client=client)
+        spec_future = client.scatter(self.spec, broadcast=True, hash=False)
+        in_flight: dict[str, tuple[Future, MiniBatch, int]] = {}
+        self._say(f"Started: {len(pending)} mini-batches to run, {len(reused)} reused, {slots} processes")
+        last_line, last_step = time.monotonic(), -1
+
+        def submit() -> None:
+            while pending and len(in_flight) < window:
+                mb, attempt = pending.popleft()
+                key = f"apr-{self.job_id}-mb{mb.index}-a{attempt}"
+                future = client.submit(run_mini_batch, spec_future, mb, attempt, key=key, pure=False, retries=0)
+                in_flight[future.key] = (future, mb, attempt)
+
+        submit()
+        try:
+            while in_flight:
+                try:
+                    done = wait([f for f, _, _ in in_flight.values()], timeout=1.0, return_when="FIRST_COMPLETED").done
+                except (TimeoutError, DaskTimeoutError):
+                    done = set()
+                for future in sorted(done, key=lambda f: str(f.key)):
+                    _, mb, attempt = in_flight.pop(future.key)
+                    self._record(future, mb, attempt, pending)
+                    step = 10 * self.counters.done // max(self.counters.total_mini_batches, 1)
+                    if step != last_step:
+                        self._say(self._progress_line())
+                        last_line, last_step = time.monotonic(), step
+                if time.monotonic() - last_line >= PROGRESS_INTERVAL_S:
+                    self._say(self._progress_line())
+                    last_line = time.monotonic()
+                if self.stop_reason or self._cancel.is_set():
+                    self.stop_reason = self.stop_reason or "the job was cancelled"
+                    self.logs.master(f"stopping: {self.stop_reason}")
+                    self._say(f"Stopping: {self.stop_reason}")
+                    stop_event.set()
+                    pending.clear()
+                    self._drain(in_flight)
+                    break
+                submit()
+        finally:
+            if in_flight:  # interrupted (KeyboardInterrupt, on_kill): do not leave work running
+                stop_event.set()
+                client.cancel([f for f, _, _ in in_flight.values()], force=True)
+            try:
+                client.run(shutdown_job, self.job_id, self.spec.log_url, self.storage_options)
+            except Exception as exc:  # noqa: BLE001
+                self.logs.master(f"could not stop entry-script processes on every worker: {exc}")
+            try:
+                stop_event.clear()
+            except Exception:  # noqa: BLE001
+                pass
+        return self._finish()
+
+    def _record(self, future: Future, mb: MiniBatch, attempt: int, pending: deque[tuple[MiniBatch, int]]) -> None:
+        """Books one attempt: commit, retry, or final failure; then checks the thresholds."""
+        result = self._collect(future, mb, attempt)
+        self.logs.attempt(result, json.dumps(mb.describe()))
+        if mb.index in self.counters.finished:
+            return  # a duplicate delivery: the first outcome stands
+        if result.ok:
+            self._finalise(mb, result)
+        elif result.status == "CANCELLED":
+            return
+        elif attempt < self.config.run_max_try and not self.stop_reason:
+            pending.append((mb, attempt + 1))
+        else:
+            self._finalise(mb, result)
+        breach = self._threshold_breach(all_scheduled=not pending)
+        if breach:
+            self.stop_reason = self.stop_reason or breach
+
+    def _collect(self, future: Future, mb: MiniBatch, attempt: int) -> AttemptResult:
+        try:
+            result = future.result()
+            assert isinstance(result, AttemptResult)
+            return result
+        except Exception as exc:  # noqa: BLE001 - a lost worker fails this attempt only
+            return AttemptResult(
+                mb.index,
+                attempt,
+                "PROCESS_DIED",
+                total=mb.items,
+                error=f"the Dask worker running mini-batch {mb.index} was lost: {type(exc).__name__}: {exc}",
+            )
+
+    def _drain(self, in_flight: dict[str, tuple[Future, MiniBatch, int]]) -> None:
+        """Waits (bounded) for running attempts to notice the stop, so their rows reach the report."""
+        deadline = time.monotonic() + STOP_GRACE_S
+        for key, (future, mb, attempt) in list(in_flight.items()):
+            try:
+                future.result(timeout=max(deadline - time.monotonic(), 0.1))
+            except Exception:  # noqa: BLE001
+                future.cancel()
+                continue
+            in_flight.pop(key)
+            result = self._collect(future, mb, attempt)
+            self.logs.attempt(result, json.dumps(mb.describe()))
+            if result.ok and mb.index not in self.counters.finished:
+                self._finalise(mb, result)
+
+    # -- results -----------------------------------------------------------------------------------
+    def _finish(self) -> dict[str, Any]:
+        c, cfg = self.counters, self.config
+        message = self.stop_reason
+        if message is None:
+            unfinished = c.total_mini_batches - c.done
+            if unfinished:
+                message = f"{unfinished} mini-batches did not finish"
+            elif c.total_items == 0:
+                message = "the inputs hold no items to process"
+            elif c.succeeded_items == 0:
+                message = (
+                    f"no item succeeded: all {c.total_items} items of {c.total_mini_batches} mini-batches failed "
+                    "(see logs/user/error.txt)"
+                )
+            else:
+                message = self._threshold_breach(all_scheduled=True)
+        append_row_file = None
+        if message is None and cfg.output_action == "append_row":
+            target = _join(self.output, cfg.append_row_file_name)
+            parts = [(i, r.part_url, r.columns) for i, r in sorted(c.committed.items()) if r.part_url]
+            try:
+                assemble(parts, target, cfg.append_row_format, self.storage_options)
+                append_row_file = target
+                self.logs.master(f"assembled {len(parts)} parts into {target}")
+            except Exception as exc:  # noqa: BLE001
+                message = f"could not assemble the output file {target}: {type(exc).__name__}: {exc}"
+        status = "failed" if message else "succeeded"
+        summary: dict[str, Any] = {
+            "status": status,
+            "total_items": c.total_items,
+            "succeeded_items": c.succeeded_items,
+            "failed_items": c.total_items - c.succeeded_items if status == "failed" else c.failed_items,
+            "total_mini_batches": c.total_mini_batches,
+            "succeeded_mini_batches": c.succeeded_mini_batches,
+            "failed_mini_batches": c.total_mini_batches - c.succeeded_mini_batches,
+            "reused_mini_batches": c.reused_mini_batches,
+            "output": self.output,
+            "append_row_file": append_row_file,
+            "logs_dir": _join(self.output, "logs"),
+            "cache_key": self.cache_key,
+            "duration_s": round(time.monotonic() - self.started, 3),
+        }
+        if message:
+            summary["message"] = f"Job failed: {message}"
+        self._write_result(summary)
+        self._cleanup_staging()
+        if not self.local_output:
+            fs, path = fsspec.core.url_to_fs(self.spec.log_url, **self.storage_options)
+            fs.put(self.log_root.rstrip("/") + "/", path, recursive=True)
+        return summary
+
+    def _write_result(self, summary: dict[str, Any]) -> None:
+        error_lines = self.logs.write_error_summary()
+        if summary["status"] == "succeeded":
+            lines = [
+                f"Job succeeded: {summary['succeeded_items']} of {summary['total_items']} items succeeded, "
+                f"{summary['failed_items']} failed, in {summary['total_mini_batches']} mini-batches "
+                f"({summary['reused_mini_batches']} reused).",
+                f"Output: {summary['append_row_file'] or summary['output']}",
+            ]
+        else:
+            lines = [summary["message"], "Start with logs/user/error.txt; each line names the full trace."]
+        if error_lines:
+            lines += ["", "Errors (logs/user/error.txt):", *error_lines[:20]]
+        lines += ["", json.dumps(summary, indent=2)]
+        self.logs.result(lines)
+        self.logs.master(f"result: {summary['status']}" + (f" - {summary.get('message')}" if summary.get("message") else ""))
+        self._say(lines[0])
+
+    def _cleanup_staging(self) -> None:
+        fs, path = fsspec.core.url_to_fs(_join(self.output, ".staging"), **self.storage_options)
+        try:
+            fs.rm(path, recursive=True)
+        except (FileNotFoundError, OSError):
+            pass
+
+
+def run_job(
+    config: ParallelRunConfig,
+    inputs: Sequence[Dataset],
+    output_path: str,
+    *,
+    side_inputs: Sequence[str] = (),
+    arguments: Sequence[str] = (),
+    scheduler: str | None = None,
+    client: Client | None = None,
+    security: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+    on_driver: Callable[[JobDriver], None] | None = None,
+) -> dict[str, Any]:
+    """Plans, runs and assembles one job; returns the summary dict (status succeeded/failed).
+
+    Raises `ConfigError`/`InputError` before anything runs when the configuration or inputs are bad.
+    """
+    driver = JobDriver(
+        config,
+        inputs,
+        output_path,
+        side_inputs=side_inputs,
+        arguments=arguments,
+        storage_options=storage_options,
+        progress=progress,
+    )
+    if on_driver is not None:
+        on_driver(driver)
+    with dask_client(scheduler, config.processes_per_node, security=security, client=client) as dask:
+        return driver.execute(dask)

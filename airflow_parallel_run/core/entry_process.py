@@ -1,0 +1,194 @@
+"""The entry-script process: imports the user's script, runs init() once, then run() per mini-batch.
+
+Started by the worker runner as `python -m airflow_parallel_run.core.entry_process FD`; it talks to
+the runner over the socket FD (pickled messages) and writes prints to its own stdout/stderr files.
+Killing this process (timeout, crash) never takes the Dask worker down with it.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib.util
+import inspect
+import logging
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+import traceback
+import types
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .entry_script import EntryScript
+from .minibatch import MiniBatch
+
+
+class MiniBatchContext:
+    """Second argument of run(mini_batch, mini_batch_context), as in Azure ParallelRunStep."""
+
+    def __init__(self, mini_batch: MiniBatch) -> None:
+        self.partition_key_value: dict[str, str] = dict(mini_batch.partition_key_value)
+        self.minibatch_index: int = mini_batch.index
+        self.dataset: dict[str, Any] = mini_batch.describe()
+
+    def __repr__(self) -> str:
+        return f"MiniBatchContext(index={self.minibatch_index}, partition_key_value={self.partition_key_value})"
+
+
+def _install_azureml_shim() -> None:
+    """Lets unmodified Azure scripts `from azureml_user.parallel_run import EntryScript`."""
+    try:
+        if importlib.util.find_spec("azureml_user") is not None:
+            return
+    except (ImportError, ValueError):
+        pass
+    package = types.ModuleType("azureml_user")
+    package.__path__ = []
+    module = types.ModuleType("azureml_user.parallel_run")
+    module.EntryScript = EntryScript  # type: ignore[attr-defined]
+    package.parallel_run = module  # type: ignore[attr-defined]
+    sys.modules["azureml_user"] = package
+    sys.modules["azureml_user.parallel_run"] = module
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exits when the runner that started us is gone, so no entry-script process is ever orphaned."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+
+def _load_script(path: str) -> types.ModuleType:
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import entry script {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "run", None)):
+        raise AttributeError(f"entry script {path} does not define a callable run(mini_batch)")
+    return module
+
+
+def _wants_context(run: Any) -> bool:
+    try:
+        params = [
+            p
+            for p in inspect.signature(run).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2
+
+
+def _error(status: str, exc: BaseException) -> tuple[str, dict[str, Any]]:
+    return (
+        "error",
+        {
+            "status": status,
+            "message": f"{type(exc).__name__}: {exc}",
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        },
+    )
+
+
+def main(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    conn = Connection(os.dup(sock.fileno()))
+    sock.close()
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    setup: dict[str, Any] = conn.recv()
+    logging.basicConfig(
+        level=setup["logging_level"], stream=sys.stdout, format="%(asctime)s|%(levelname)s|%(name)s|%(message)s"
+    )
+    _install_azureml_shim()
+    os.chdir(setup["working_dir"])
+    for folder in (setup["script_dir"], os.path.dirname(setup["entry_script"])):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    sys.argv = [setup["entry_script"], *setup["arguments"]]
+    started = time.monotonic()
+    try:
+        EntryScript()
+        module = _load_script(setup["entry_script"])
+        init = getattr(module, "init", None)
+        if callable(init):
+            init()
+    except BaseException as exc:  # noqa: BLE001 - every init failure is reported, then the process ends
+        conn.send(_error("INIT_EXCEPTION", exc))
+        sys.stdout.flush()
+        os._exit(3)
+    conn.send(("ready", {"init_seconds": time.monotonic() - started}))
+    run = module.run
+    with_context = _wants_context(run)
+    from . import results, tabular
+    from .reader import materialize
+
+    while True:
+        try:
+            message, payload = conn.recv()
+        except EOFError:
+            break
+        if message == "shutdown":
+            shutdown = getattr(module, "shutdown", None)
+            if callable(shutdown):
+                try:
+                    shutdown()
+                except Exception:  # noqa: BLE001
+                    traceback.print_exc()
+            conn.send(("bye", {}))
+            break
+        mini_batch: MiniBatch = payload["mini_batch"]
+        load_started = time.monotonic()
+        scratch = os.path.join(setup["working_dir"], f"mb{mini_batch.index:08d}-a{payload['attempt']}")
+        try:
+            data, total = materialize(mini_batch, setup["datasets"], scratch, tabular.read_tabular)
+        except BaseException as exc:  # noqa: BLE001
+            conn.send(_error("LOAD_EXCEPTION", exc))
+            continue
+        conn.send(("loaded", {"total": total, "load_seconds": time.monotonic() - load_started}))
+        cpu_started = time.process_time()
+        run_started = time.monotonic()
+        try:
+            result = run(data, MiniBatchContext(mini_batch)) if with_context else run(data)
+            run_seconds = time.monotonic() - run_started
+            succeeded = results.count_result(result, total)
+            part: dict[str, Any] = {}
+            if setup["output_action"] == "append_row" and succeeded:
+                blob, columns = results.encode_part(result, setup["append_row_format"])
+                results.write_atomic(payload["part_url"], blob, setup["storage_options"])
+                part = {"part_url": payload["part_url"], "columns": columns}
+        except results.InvalidResultError as exc:
+            conn.send(("error", {"status": "RUN_INVALID_RESULT", "message": str(exc), "traceback": str(exc) + "\n"}))
+            continue
+        except BaseException as exc:  # noqa: BLE001 - run() failures fail the attempt only
+            conn.send(_error("RUN_EXCEPTION", exc))
+            continue
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        conn.send(
+            (
+                "done",
+                {
+                    "total": total,
+                    "succeeded": succeeded,
+                    "run_seconds": run_seconds,
+                    "cpu_seconds": time.process_time() - cpu_started,
+                    **part,
+                },
+            )
+        )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

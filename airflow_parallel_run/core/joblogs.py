@@ -1,0 +1,120 @@
+"""Driver-side logs under output/logs (the ParallelRunStep layout): progress, attempts, errors, result."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .runner import AttemptResult
+
+ATTEMPT_COLUMNS = [
+    "Mini-batch Id",
+    "Attempt",
+    "Node",
+    "Process",
+    "Start Time (UTC)",
+    "Total",
+    "Succeeded",
+    "Failed",
+    "Elapsed Seconds",
+    "Process Seconds",
+    "Run Method Seconds",
+    "Status",
+    "Error Message",
+    "Mini-batch Detail",
+]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@dataclass
+class ErrorGroup:
+    status: str
+    message: str
+    count: int = 0
+    mini_batches: list[int] = field(default_factory=list)
+    trace_files: list[str] = field(default_factory=list)
+
+
+def _error_key(attempt: AttemptResult) -> tuple[str, str]:
+    first_line = (attempt.error or "").splitlines()[0] if attempt.error else ""
+    return attempt.status, re.sub(r"mini-batch \d+", "mini-batch N", first_line)
+
+
+class JobLogs:
+    """Writes the logs the driver owns; the workers write per-process logs beside them."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        for folder in ("sys/job_report", "user/error", "user/stdout", "user/stderr", "user/entry_script_log"):
+            os.makedirs(os.path.join(root, folder), exist_ok=True)
+        self._attempts_path = os.path.join(root, "sys", "job_report", "processed_mini-batches.csv")
+        with open(self._attempts_path, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerow(ATTEMPT_COLUMNS)
+        self.errors: dict[tuple[str, str], ErrorGroup] = {}
+        self.path = lambda *parts: os.path.join(root, *parts)
+        for name in ("job_progress_overview.txt", os.path.join("sys", "master_role.txt")):
+            open(self.path(name), "w").close()
+
+    def master(self, text: str) -> None:
+        with open(self.path("sys", "master_role.txt"), "a", encoding="utf-8") as handle:
+            handle.write(f"{_now()} {text}\n")
+
+    def progress(self, text: str) -> None:
+        with open(self.path("job_progress_overview.txt"), "a", encoding="utf-8") as handle:
+            handle.write(f"{_now()} {text}\n")
+
+    def attempt(self, result: AttemptResult, detail: str) -> None:
+        with open(self._attempts_path, "a", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerow(
+                [
+                    result.index,
+                    result.attempt,
+                    result.node,
+                    result.process,
+                    result.start_time,
+                    result.total,
+                    result.succeeded,
+                    result.failed,
+                    f"{result.elapsed_seconds:.3f}",
+                    f"{result.cpu_seconds:.3f}",
+                    f"{result.run_seconds:.3f}",
+                    result.status,
+                    result.error,
+                    detail,
+                ]
+            )
+        if not result.ok and not result.reused:
+            group = self.errors.setdefault(_error_key(result), ErrorGroup(*_error_key(result)))
+            group.count += 1
+            group.mini_batches.append(result.index)
+            if result.error_file and result.error_file not in group.trace_files:
+                group.trace_files.append(result.error_file)
+
+    def error_summary_lines(self) -> list[str]:
+        groups = sorted(self.errors.values(), key=lambda g: -g.count)
+        lines = []
+        for group in groups:
+            batches = ", ".join(str(i) for i in sorted(set(group.mini_batches))[:10])
+            more = " ..." if len(set(group.mini_batches)) > 10 else ""
+            traces = ", ".join(f"logs/{t}" for t in group.trace_files[:3]) or "no trace"
+            lines.append(
+                f"{group.count} x {group.status}: {group.message} (mini-batches {batches}{more}; full trace: {traces})"
+            )
+        return lines
+
+    def write_error_summary(self) -> list[str]:
+        lines = self.error_summary_lines()
+        with open(self.path("user", "error.txt"), "w", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in lines) if lines else "No errors.\n")
+        return lines
+
+    def result(self, lines: Iterable[str]) -> None:
+        with open(self.path("job_result.txt"), "w", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in lines))

@@ -1,0 +1,66 @@
+"""`JobSpec`: everything a worker needs to run mini-batches, scattered to workers once per job."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import zipfile
+from dataclasses import dataclass, field
+
+from .datasets import Dataset
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: str
+    script_bundle: bytes  # zip of source_directory (or the entry script alone)
+    bundle_hash: str
+    entry_script: str  # path inside the bundle
+    arguments: tuple[str, ...]
+    side_inputs: tuple[str, ...]
+    environment_variables: dict[str, str]
+    datasets: tuple[Dataset, ...]
+    output_url: str  # the output folder
+    staging_url: str  # where part files go
+    log_url: str  # output/logs
+    output_action: str
+    append_row_format: str
+    logging_level: str
+    run_invocation_timeout: float
+    load_timeout: float = 600.0
+    storage_options: dict[str, object] = field(default_factory=dict)  # for output/staging/logs
+
+    def part_url(self, index: int, attempt: int) -> str:
+        ext = {"text": "txt", "csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}[self.append_row_format]
+        return f"{self.staging_url}/mb{index:08d}-a{attempt}.{ext}"
+
+
+def bundle_scripts(entry_script_path: str, source_directory: str | None) -> tuple[bytes, str, str]:
+    """Zips the code the workers run; returns (zip bytes, content hash, entry script path inside the zip).
+
+    The hash covers file names and contents only (not timestamps), so it is a stable reuse key.
+    """
+    if source_directory:
+        root = os.path.abspath(source_directory)
+        files = []
+        for folder, dirs, names in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", ".git"))
+            files += [os.path.join(folder, n) for n in sorted(names) if not n.endswith(".pyc")]
+        entry = os.path.relpath(os.path.abspath(entry_script_path), root)
+    else:
+        root = os.path.dirname(os.path.abspath(entry_script_path))
+        files = [os.path.abspath(entry_script_path)]
+        entry = os.path.basename(entry_script_path)
+    digest = hashlib.sha256()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            with open(path, "rb") as handle:
+                data = handle.read()
+            digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+            info = zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
+    return buffer.getvalue(), digest.hexdigest(), entry.replace(os.sep, "/")

@@ -1,0 +1,40 @@
+"""Reads a mini-batch's own data on the worker: local file paths for file input, a DataFrame for tabular."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import fsspec
+
+from .datasets import Dataset, TabularDataset
+from .minibatch import MiniBatch
+
+
+def materialize(
+    mini_batch: MiniBatch,
+    datasets: Sequence[Dataset],
+    scratch_dir: str,
+    read_tabular: Callable[..., Any],
+) -> tuple[Any, int]:
+    """Returns (what run() receives, number of items). Remote files are downloaded into `scratch_dir`."""
+    dataset = datasets[mini_batch.input_index]
+    if mini_batch.kind == "tabular":
+        assert isinstance(dataset, TabularDataset)
+        frame = read_tabular(mini_batch.slices, dataset)
+        return frame, len(frame)
+    paths = []
+    for position, ref in enumerate(mini_batch.files):
+        if "://" not in ref.url or ref.url.startswith("file://"):
+            local = ref.url.removeprefix("file://")
+            if not os.path.exists(local):
+                raise FileNotFoundError(f"input file {ref.url} of mini-batch {mini_batch.index} is gone")
+            paths.append(local)
+            continue
+        target = os.path.join(scratch_dir, f"{position:05d}", os.path.basename(ref.url.rstrip("/")))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fs, path = fsspec.core.url_to_fs(ref.url, **dict(dataset.storage_options))
+        fs.get_file(path, target)
+        paths.append(target)
+    return paths, len(paths)

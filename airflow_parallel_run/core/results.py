@@ -1,0 +1,130 @@
+"""Turning run() results into part files, and assembling committed parts into the one output file."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+RESULT_TYPE_MESSAGE = (
+    "run() must return a list, a tuple or a pandas DataFrame: its length is the number of items that "
+    "succeeded, and with output_action=append_row its elements (rows) are written to the output file. "
+    "It returned {kind}."
+)
+
+
+class InvalidResultError(Exception):
+    """run() returned something the contract does not allow; the attempt fails with this message."""
+
+
+def count_result(result: Any, total: int) -> int:
+    """Validates a run() result and returns the number of succeeded items."""
+    if not isinstance(result, (list, tuple, pd.DataFrame)):
+        raise InvalidResultError(RESULT_TYPE_MESSAGE.format(kind=type(result).__name__))
+    succeeded = len(result)
+    if succeeded > total:
+        raise InvalidResultError(
+            f"run() returned {succeeded} results for a mini-batch of {total} items; at most one result per "
+            "input item is allowed, so the extra results would be miscounted. Return one element (row) per "
+            "item that succeeded."
+        )
+    return succeeded
+
+
+def _as_frame(result: list[Any] | tuple[Any, ...] | pd.DataFrame) -> pd.DataFrame:
+    if isinstance(result, pd.DataFrame):
+        return result
+    if result and all(isinstance(item, dict) for item in result):
+        return pd.DataFrame.from_records(list(result))
+    return pd.DataFrame({"result": list(result)})
+
+
+def encode_part(result: list[Any] | tuple[Any, ...] | pd.DataFrame, fmt: str) -> tuple[bytes, list[str]]:
+    """Serialises one result in the output format; returns (bytes, header columns for csv)."""
+    if fmt == "text":
+        if isinstance(result, pd.DataFrame):
+            text = result.to_csv(sep=" ", header=False, index=False, lineterminator="\n")
+        else:
+            text = "".join(f"{item}\n" for item in result)
+        return text.encode("utf-8"), []
+    if fmt == "jsonl":
+        if isinstance(result, pd.DataFrame):
+            text = result.to_json(orient="records", lines=True, date_format="iso") or ""
+            text = text if not text or text.endswith("\n") else text + "\n"
+        else:
+            text = "".join(json.dumps(item, default=str) + "\n" for item in result)
+        return text.encode("utf-8"), []
+    frame = _as_frame(result)
+    if fmt == "csv":
+        return frame.to_csv(header=False, index=False, lineterminator="\n").encode("utf-8"), [str(c) for c in frame.columns]
+    if fmt == "parquet":
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+        return buffer.getvalue(), [str(c) for c in frame.columns]
+    raise ValueError(f"unknown append_row_format {fmt!r}")
+
+
+def write_atomic(url: str, data: bytes, storage_options: dict[str, Any]) -> None:
+    """Writes a whole file so that readers see all of it or nothing (temp name + rename where possible)."""
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        import os
+        import uuid
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    else:  # object stores: one PUT is atomic
+        fs.pipe_file(path, data)
+
+
+def assemble(
+    parts: Sequence[tuple[int, str, list[str]]], target_url: str, fmt: str, storage_options: dict[str, Any]
+) -> None:
+    """Concatenates committed parts (index, url, columns) in mini-batch order into `target_url`.
+
+    The final file appears at once (temp name, then rename), so a reader never sees a half-written output.
+    """
+    fs, target = fsspec.core.url_to_fs(target_url, **storage_options)
+    ordered = sorted(parts, key=lambda p: p[0])
+    tmp = target + ".assembling"
+    if fmt == "parquet":
+        writer: pq.ParquetWriter | None = None
+        schema: pa.Schema | None = None
+        with fs.open(tmp, "wb") as out:
+            for _, url, _cols in ordered:
+                with fsspec.open(url, "rb", **storage_options) as handle:
+                    table = pq.read_table(handle)
+                if writer is None:
+                    schema = table.schema.remove_metadata()
+                    writer = pq.ParquetWriter(out, schema)
+                writer.write_table(table.cast(schema) if table.schema.remove_metadata() != schema else table)
+            if writer is None:
+                pq.write_table(pa.table({}), out)
+            else:
+                writer.close()
+    else:
+        with fs.open(tmp, "wb") as out:
+            header_written = False
+            for index, url, cols in ordered:
+                if fmt == "csv" and cols and not header_written:
+                    out.write((",".join(_csv_quote(c) for c in cols) + "\n").encode("utf-8"))
+                    header_written = True
+                with fsspec.open(url, "rb", **storage_options) as handle:
+                    while chunk := handle.read(1 << 20):
+                        out.write(chunk)
+                del index
+    fs.mv(tmp, target)
+
+
+def _csv_quote(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"' if any(c in value for c in ',"\n\r') else value

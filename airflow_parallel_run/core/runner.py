@@ -1,0 +1,456 @@
+"""Worker side: one Dask task = one mini-batch attempt, run in a long-lived entry-script process.
+
+Each Dask worker thread owns at most one entry-script process per job (init() ran once in it). A
+run() that exceeds `run_invocation_timeout`, a crash, or a cancelled job kills that process group;
+the next attempt on that thread starts a replacement, which runs init() again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import zipfile
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import fsspec
+
+from .jobspec import JobSpec
+from .minibatch import MiniBatch
+
+TIMEOUT, DIED, CANCELLED = "__timeout__", "__died__", "__cancelled__"
+SHUTDOWN_GRACE_S = 10.0
+
+
+@dataclass
+class AttemptResult:
+    """The outcome of one attempt: one row of processed_mini-batches.csv."""
+
+    index: int
+    attempt: int
+    status: str
+    node: str = ""
+    process: str = ""
+    start_time: str = ""
+    total: int = 0
+    succeeded: int = 0
+    elapsed_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    run_seconds: float = 0.0
+    error: str = ""
+    traceback: str = ""
+    error_file: str = ""
+    part_url: str | None = None
+    columns: list[str] = field(default_factory=list)
+    reused: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "RUN_DONE"
+
+    @property
+    def failed(self) -> int:
+        return self.total - self.succeeded
+
+
+def _tmp_root() -> str:
+    return os.path.join(tempfile.gettempdir(), "airflow-parallel-run")
+
+
+def local_log_root(spec: JobSpec) -> str:
+    """Logs go straight into the output folder when it is local, else into a worker folder synced at the end."""
+    if "://" not in spec.log_url or spec.log_url.startswith("file://"):
+        return spec.log_url.removeprefix("file://")
+    return os.path.join(_tmp_root(), "logs", spec.job_id)
+
+
+def _node_name() -> str:
+    try:
+        from distributed import get_worker
+
+        address = get_worker().address
+        return address.split("://")[-1].rsplit(":", 1)[0]
+    except (ImportError, ValueError):
+        return socket.gethostbyname(socket.gethostname())
+
+
+_LOCK = threading.Lock()
+_BUNDLES: dict[str, str] = {}
+_SIDE_INPUTS: dict[tuple[str, str], str] = {}
+
+
+def _extract_bundle(spec: JobSpec) -> str:
+    with _LOCK:
+        if spec.bundle_hash in _BUNDLES and os.path.isdir(_BUNDLES[spec.bundle_hash]):
+            return _BUNDLES[spec.bundle_hash]
+        target = os.path.join(_tmp_root(), "code", spec.bundle_hash[:32])
+        if not os.path.isdir(target):
+            staging = tempfile.mkdtemp(prefix="code-", dir=os.path.dirname(target) if os.path.isdir(os.path.dirname(target)) else None)
+            with zipfile.ZipFile(io.BytesIO(spec.script_bundle)) as archive:
+                archive.extractall(staging)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                os.rename(staging, target)
+            except OSError:  # another worker process extracted it first
+                pass
+        _BUNDLES[spec.bundle_hash] = target
+        return target
+
+
+def _local_side_input(spec: JobSpec, url: str) -> str:
+    """Side inputs are local on every worker: local paths as they are, remote ones downloaded once."""
+    if "://" not in url or url.startswith("file://"):
+        return url.removeprefix("file://")
+    with _LOCK:
+        key = (spec.job_id, url)
+        if key not in _SIDE_INPUTS:
+            fs, path = fsspec.core.url_to_fs(url, **dict(spec.storage_options))
+            target = os.path.join(_tmp_root(), "side", spec.job_id, str(len(_SIDE_INPUTS)), os.path.basename(path.rstrip("/")))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fs.get(path, target, recursive=fs.isdir(path))
+            _SIDE_INPUTS[key] = target
+        return _SIDE_INPUTS[key]
+
+
+def resolve_arguments(arguments: tuple[str, ...], replacements: dict[str, str]) -> list[str]:
+    """Replaces side-input URLs in `arguments` (whole argument or the value after '=') by local paths."""
+    resolved = []
+    for arg in arguments:
+        if arg in replacements:
+            arg = replacements[arg]
+        elif "=" in arg:
+            name, _, value = arg.partition("=")
+            if value in replacements:
+                arg = f"{name}={replacements[value]}"
+        resolved.append(arg)
+    return resolved
+
+
+def _claim_process_name(node_dir: str) -> str:
+    """processNNN, unique on this host for this job (replacements get new numbers, as in Azure)."""
+    os.makedirs(node_dir, exist_ok=True)
+    number = 1
+    while True:
+        name = f"process{number:03d}"
+        try:
+            fd = os.open(os.path.join(node_dir, f"{name}.txt"), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(fd)
+            return name
+        except FileExistsError:
+            number += 1
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 8192))
+            return "\n".join(handle.read().decode("utf-8", "replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _signal_text(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class EntryProcess:
+    """One entry-script child process and its control connection."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+        self.node = _node_name()
+        self.log_root = local_log_root(spec)
+        self.name = _claim_process_name(os.path.join(self.log_root, "sys", "node", self.node))
+        self.paths = {
+            "node": os.path.join(self.log_root, "sys", "node", self.node, f"{self.name}.txt"),
+            "stdout": os.path.join(self.log_root, "user", "stdout", self.node, f"{self.name}.stdout.txt"),
+            "stderr": os.path.join(self.log_root, "user", "stderr", self.node, f"{self.name}.stderr.txt"),
+            "error": os.path.join(self.log_root, "user", "error", self.node, f"{self.name}.txt"),
+            "entry_log_dir": os.path.join(self.log_root, "user", "entry_script_log", self.node),
+        }
+        for key in ("stdout", "stderr", "error"):
+            os.makedirs(os.path.dirname(self.paths[key]), exist_ok=True)
+        os.makedirs(self.paths["entry_log_dir"], exist_ok=True)
+        open(os.path.join(self.paths["entry_log_dir"], f"{self.name}.log.txt"), "a").close()
+        self.working_dir = tempfile.mkdtemp(prefix=f"{self.name}-", dir=_ensure(os.path.join(_tmp_root(), "work")))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conn: Connection | None = None
+        self.mini_batches = 0
+
+    def node_log(self, text: str) -> None:
+        with open(self.paths["node"], "a", encoding="utf-8") as handle:
+            handle.write(f"{_now()}|{self.node}|{self.name}|{os.getpid()}|{text}\n")
+
+    def error_log(self, header: str, trace: str) -> None:
+        with open(self.paths["error"], "a", encoding="utf-8") as handle:
+            handle.write(f"{_now()} {header}\n{trace.rstrip()}\n\n")
+
+    def start(self, stop_check: Any) -> tuple[str, dict[str, Any]]:
+        """Starts the process and waits for init(); returns ("ready", info) or an error outcome."""
+        spec = self.spec
+        code_dir = _extract_bundle(spec)
+        replacements = {url: _local_side_input(spec, url) for url in spec.side_inputs}
+        parent_sock, child_sock = socket.socketpair()
+        env = dict(os.environ)
+        env.update(spec.environment_variables)
+        env.update(
+            {
+                "AZUREML_BI_OUTPUT_PATH": spec.output_url,
+                "AIRFLOW_PARALLEL_RUN_AGENT": self.name,
+                "AIRFLOW_PARALLEL_RUN_NODE": self.node,
+                "AIRFLOW_PARALLEL_RUN_WORKING_DIR": self.working_dir,
+                "AIRFLOW_PARALLEL_RUN_ENTRY_LOG_DIR": self.paths["entry_log_dir"],
+                "AIRFLOW_PARALLEL_RUN_LOGGING_LEVEL": spec.logging_level,
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONFAULTHANDLER": "1",
+            }
+        )
+        with open(self.paths["stdout"], "ab") as out, open(self.paths["stderr"], "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "airflow_parallel_run.core.entry_process", str(child_sock.fileno())],
+                pass_fds=[child_sock.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                cwd=self.working_dir,
+                start_new_session=True,
+            )
+        child_sock.close()
+        self.conn = Connection(os.dup(parent_sock.fileno()))
+        parent_sock.close()
+        self.conn.send(
+            {
+                "logging_level": spec.logging_level,
+                "working_dir": self.working_dir,
+                "script_dir": code_dir,
+                "entry_script": os.path.join(code_dir, spec.entry_script),
+                "arguments": resolve_arguments(spec.arguments, replacements),
+                "datasets": spec.datasets,
+                "output_action": spec.output_action,
+                "append_row_format": spec.append_row_format,
+                "storage_options": dict(spec.storage_options),
+            }
+        )
+        self.node_log(f"started pid {self.proc.pid}; running init()")
+        outcome = self.wait(spec.run_invocation_timeout, stop_check)
+        if outcome[0] == "ready":
+            self.node_log(f"init() done in {outcome[1]['init_seconds']:.3f}s")
+            return outcome
+        self.kill()
+        if outcome[0] == TIMEOUT:
+            return "error", {
+                "status": "INIT_TIMEOUT",
+                "message": f"init() did not finish in {spec.run_invocation_timeout:g} s (run_invocation_timeout); "
+                "the process was stopped",
+                "traceback": "",
+            }
+        if outcome[0] == DIED:
+            return "error", self.death_report("init()")
+        if outcome[0] == CANCELLED:
+            return "error", {"status": "CANCELLED", "message": "job stopped while init() ran", "traceback": ""}
+        return outcome
+
+    def death_report(self, during: str) -> dict[str, Any]:
+        code = self.proc.wait() if self.proc else None
+        tail = _tail(self.paths["stderr"])
+        return {
+            "status": "PROCESS_DIED",
+            "message": f"entry-script process {self.name} died during {during} ({_signal_text(code)})",
+            "traceback": f"last lines of {self.paths['stderr']}:\n{tail}\n" if tail else "",
+        }
+
+    def wait(self, timeout: float, stop_check: Any) -> tuple[str, dict[str, Any]]:
+        assert self.conn is not None and self.proc is not None
+        deadline = time.monotonic() + timeout
+        last_stop_check = time.monotonic()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return TIMEOUT, {}
+            try:
+                if self.conn.poll(min(remaining, 0.5)):
+                    message, payload = self.conn.recv()
+                    return message, payload
+            except (EOFError, OSError):
+                return DIED, {}
+            if self.proc.poll() is not None and not self.conn.poll(0):
+                return DIED, {}
+            if time.monotonic() - last_stop_check >= 1.0:
+                last_stop_check = time.monotonic()
+                if stop_check():
+                    return CANCELLED, {}
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def shutdown(self) -> None:
+        """Lets the script's shutdown() run, then ends the process."""
+        if self.alive() and self.conn is not None:
+            try:
+                self.conn.send(("shutdown", {}))
+                self.wait(SHUTDOWN_GRACE_S, lambda: False)
+            except (OSError, EOFError):
+                pass
+            if self.proc is not None:
+                try:
+                    self.proc.wait(timeout=SHUTDOWN_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    pass
+        self.kill()
+        self.node_log("stopped")
+
+
+def _ensure(path: str) -> str:
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+_PROCESSES: dict[tuple[str, int], EntryProcess] = {}
+
+
+def _stop_checker(job_id: str) -> Any:
+    """Polls the job's Dask Event, set by the driver when it stops the job (threshold, cancel)."""
+    try:
+        from distributed import Event
+
+        event = Event(f"apr-stop-{job_id}")
+    except (ImportError, ValueError):
+        return lambda: False
+
+    def check() -> bool:
+        try:
+            return bool(event.is_set())
+        except Exception:  # noqa: BLE001 - a lost scheduler must not crash the attempt
+            return False
+
+    return check
+
+
+def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> AttemptResult:
+    """The Dask task: runs one attempt of one mini-batch and reports its counts (never its data)."""
+    started = time.monotonic()
+    result = AttemptResult(mini_batch.index, attempt, "RUN_EXCEPTION", start_time=_now(), total=mini_batch.items)
+    stop_check = _stop_checker(spec.job_id)
+    key = (spec.job_id, threading.get_ident())
+    process = _PROCESSES.get(key)
+    try:
+        if process is None or not process.alive():
+            process = EntryProcess(spec)
+            outcome = process.start(stop_check)
+            if outcome[0] != "ready":
+                return _failed(result, process, outcome[1], started)
+            _PROCESSES[key] = process
+        result.node, result.process = process.node, process.name
+        process.node_log(f"picked mini-batch {mini_batch.index} attempt {attempt}: {mini_batch.label()}")
+        assert process.conn is not None
+        process.conn.send(("run", {"mini_batch": mini_batch, "attempt": attempt, "part_url": spec.part_url(mini_batch.index, attempt)}))
+        outcome = process.wait(spec.load_timeout, stop_check)
+        if outcome[0] == "loaded":
+            result.total = outcome[1]["total"]
+            outcome = process.wait(spec.run_invocation_timeout, stop_check)
+            if outcome[0] == TIMEOUT:
+                process.kill()
+                outcome = (
+                    "error",
+                    {
+                        "status": "RUN_TIMEOUT",
+                        "message": f"mini-batch {mini_batch.index} did not finish in {spec.run_invocation_timeout:g} s "
+                        "(run_invocation_timeout); the process was stopped and will be replaced",
+                        "traceback": "",
+                    },
+                )
+        elif outcome[0] == TIMEOUT:
+            process.kill()
+            outcome = ("error", {"status": "LOAD_TIMEOUT", "message": f"reading mini-batch {mini_batch.index} took more than {spec.load_timeout:g} s", "traceback": ""})
+        if outcome[0] == DIED:
+            outcome = ("error", process.death_report(f"run() of mini-batch {mini_batch.index}"))
+        elif outcome[0] == CANCELLED:
+            process.kill()
+            outcome = ("error", {"status": "CANCELLED", "message": "job stopped while this mini-batch ran", "traceback": ""})
+        if outcome[0] == "done":
+            info = outcome[1]
+            result.status = "RUN_DONE"
+            result.total, result.succeeded = info["total"], info["succeeded"]
+            result.run_seconds, result.cpu_seconds = info["run_seconds"], info["cpu_seconds"]
+            result.part_url, result.columns = info.get("part_url"), info.get("columns", [])
+            result.elapsed_seconds = time.monotonic() - started
+            process.node_log(
+                f"completed mini-batch {mini_batch.index} attempt {attempt}: total {result.total}, succeeded "
+                f"{result.succeeded}, failed {result.failed}, run() {result.run_seconds:.3f}s"
+            )
+            return result
+        return _failed(result, process, outcome[1], started)
+    except Exception as exc:  # noqa: BLE001 - runner bugs are reported per attempt, not lost
+        return _failed(
+            result,
+            process,
+            {"status": "SYSTEM_ERROR", "message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
+            started,
+        )
+
+
+def _failed(result: AttemptResult, process: EntryProcess | None, info: dict[str, Any], started: float) -> AttemptResult:
+    result.status = info.get("status", "RUN_EXCEPTION")
+    result.error = info.get("message", "")
+    result.traceback = info.get("traceback", "")
+    result.succeeded = 0
+    result.elapsed_seconds = time.monotonic() - started
+    if process is not None:
+        result.node, result.process = process.node, process.name
+        header = f"mini-batch {result.index} attempt {result.attempt} {result.status}: {result.error}"
+        process.error_log(header, result.traceback or result.error)
+        process.node_log(header)
+        result.error_file = os.path.relpath(process.paths["error"], process.log_root)
+        if not process.alive():
+            _PROCESSES.pop((process.spec.job_id, threading.get_ident()), None)
+    return result
+
+
+def shutdown_job(job_id: str, log_url: str | None = None, storage_options: dict[str, Any] | None = None) -> int:
+    """Ends this worker's entry-script processes of `job_id` (shutdown() runs) and syncs remote logs."""
+    stopped = 0
+    for key in [k for k in _PROCESSES if k[0] == job_id]:
+        _PROCESSES.pop(key).shutdown()
+        stopped += 1
+    if log_url and "://" in log_url and not log_url.startswith("file://"):
+        local = os.path.join(_tmp_root(), "logs", job_id)
+        if os.path.isdir(local):
+            fs, path = fsspec.core.url_to_fs(log_url, **(storage_options or {}))
+            fs.put(local.rstrip("/") + "/", path, recursive=True)
+    for (job, _url) in [k for k in _SIDE_INPUTS if k[0] == job_id]:
+        _SIDE_INPUTS.pop((job, _url), None)
+    return stopped

@@ -1,0 +1,315 @@
+"""Splitting tabular files into byte-range / row-group slices, and reading those slices back on workers.
+
+Planning runs once, on the scheduler side, over every input file, so it only looks at what it must: the
+Parquet footer, or the raw bytes of a CSV / JSON Lines file scanned with numpy in large sequential chunks.
+Reading runs on workers and touches only the bytes (or row groups) of the slices it is given.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any, BinaryIO
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from .datasets import TabularDataset
+from .errors import InputError
+from .minibatch import TabularSlice
+
+__all__ = ["plan_tabular_file", "read_tabular"]
+
+# Large sequential reads keep remote stores efficient and let numpy amortise its per-call overhead.
+_CHUNK_BYTES = 8 * 1024 * 1024
+
+_NL = 0x0A
+_QUOTE = 0x22
+# Bytes pandas' CSV tokenizer ignores when deciding a line is blank (skip_blank_lines): space, tab, CR.
+_CSV_BLANK_BYTES = (0x09, 0x0D, 0x20)
+# read_json(lines=True) drops lines that are empty after str.strip().
+_JSONL_BLANK_BYTES = (0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20)
+
+
+def plan_tabular_file(url: str, size: int, dataset: TabularDataset, target_bytes: int) -> list[TabularSlice]:
+    """Split one file into slices of about `target_bytes` each, never crossing the file's boundary.
+
+    csv/jsonl slices are byte ranges ending just after a record-terminating newline (quoted newlines in CSV
+    are skipped by tracking quote parity), so each slice parses on its own; parquet slices are runs of
+    consecutive row groups, found from the footer alone. `size` is the listed size; the scan itself reads
+    to end of file, so a stale listing cannot cut the last record. Slices with no records are never
+    produced: their bytes (blank lines) are folded into a neighbouring slice.
+    """
+    target = max(1, int(target_bytes))
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **dict(dataset.storage_options))
+        if dataset.format == "parquet":
+            return _plan_parquet(fs, path, url, target)
+        if dataset.format not in ("csv", "jsonl"):
+            raise InputError(f"{url}: unsupported tabular format {dataset.format!r}")
+        _check_ascii_compatible(url, dataset.encoding)
+        with fs.open(path, "rb") as f:
+            return _plan_lines(f, url, dataset, target)
+    except InputError:
+        raise
+    except OSError as exc:
+        raise InputError(f"{url}: cannot read the file to plan slices: {exc}") from exc
+
+
+def read_tabular(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
+    """Read exactly the given slices and concatenate them in order, as one DataFrame with a fresh index.
+
+    Adjacent slices of the same file are read with one range request and parsed once; the CSV header bytes
+    [0, header_end) are prepended so every slice gets the file's column names.
+    """
+    frames = [_read_group(group, dataset) for group in _coalesce(slices)]
+    if not frames:
+        return pd.DataFrame()
+    if len(frames) == 1:
+        return frames[0].reset_index(drop=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------- planning
+
+
+def _check_ascii_compatible(url: str, encoding: str) -> None:
+    """Planning finds newlines and quotes as single bytes, which only works for ASCII-compatible encodings."""
+    try:
+        codec = codecs.lookup(encoding)
+    except LookupError as exc:
+        raise InputError(f"{url}: unknown encoding {encoding!r}") from exc
+    probe = '\n\r", \t{}:0aZ'
+    try:
+        encoded = codec.encode(probe)[0]
+    except (UnicodeError, ValueError) as exc:
+        raise InputError(f"{url}: encoding {encoding!r} cannot be used for tabular input: {exc}") from exc
+    if encoded != probe.encode("ascii"):
+        raise InputError(
+            f"{url}: encoding {encoding!r} is not ASCII-compatible (UTF-16/UTF-32 are not supported): "
+            "files are split on byte-level newlines and quotes; re-encode the file as UTF-8"
+        )
+
+
+def _plan_parquet(fs: Any, path: str, url: str, target: int) -> list[TabularSlice]:
+    """Group consecutive row groups until their compressed size reaches the target; only the footer is read."""
+    try:
+        with fs.open(path, "rb") as f:
+            metadata = pq.ParquetFile(f).metadata
+    except OSError as exc:
+        raise InputError(f"{url}: cannot read the Parquet footer: {exc}") from exc
+    except Exception as exc:  # pyarrow raises ArrowInvalid (a ValueError) for non-Parquet bytes
+        raise InputError(f"{url}: not a readable Parquet file: {exc}") from exc
+
+    slices: list[TabularSlice] = []
+    group: list[int] = []
+    group_bytes = 0
+    group_rows = 0
+    for index in range(metadata.num_row_groups):
+        row_group = metadata.row_group(index)
+        group.append(index)
+        group_bytes += sum(row_group.column(c).total_compressed_size for c in range(row_group.num_columns))
+        group_rows += row_group.num_rows
+        if group_bytes >= target:
+            slices.append(TabularSlice(url, "parquet", row_groups=tuple(group), rows=group_rows))
+            group, group_bytes, group_rows = [], 0, 0
+    if group:
+        slices.append(TabularSlice(url, "parquet", row_groups=tuple(group), rows=group_rows))
+    return slices
+
+
+class _Slicer:
+    """Turns a stream of record boundaries (offsets just after a newline) into slices of ~target bytes."""
+
+    def __init__(self, url: str, fmt: str, target: int, has_header: bool) -> None:
+        self.url = url
+        self.fmt = fmt
+        self.target = target
+        self.need_header = has_header
+        self.header_end = 0
+        self.start = 0
+        self.rows = 0
+        self.slices: list[TabularSlice] = []
+
+    def add(self, bounds: np.ndarray, nonblank: np.ndarray) -> None:
+        """Consume the records that end at `bounds` (sorted, global); `nonblank[i]` says record i has data."""
+        if self.need_header:
+            found = np.flatnonzero(nonblank)
+            if not found.size:
+                return  # blank lines before the header: they stay in [0, header_end)
+            first = int(found[0])
+            self.header_end = self.start = int(bounds[first])
+            self.need_header = False
+            bounds, nonblank = bounds[first + 1 :], nonblank[first + 1 :]
+            if not bounds.size:
+                return
+        counts = np.zeros(bounds.size + 1, dtype=np.int64)
+        np.cumsum(nonblank, out=counts[1:])
+        pos = 0
+        while pos < bounds.size:
+            end_index = max(pos, int(np.searchsorted(bounds, self.start + self.target, side="left")))
+            if end_index >= bounds.size:
+                self.rows += int(counts[-1] - counts[pos])
+                return
+            self.rows += int(counts[end_index + 1] - counts[pos])
+            self._emit(int(bounds[end_index]))
+            pos = end_index + 1
+
+    def finish(self, total: int, tail_nonblank: bool) -> list[TabularSlice]:
+        """Close the last slice at end of file; `tail_nonblank` says an unterminated last record has data."""
+        if self.need_header:
+            return []  # no complete header record: nothing to read
+        if total > self.start:
+            self.rows += int(tail_nonblank)
+            self._emit(total)
+        return self.slices
+
+    def _emit(self, end: int) -> None:
+        if self.rows == 0:
+            # Only blank lines: fold them into the previous slice, or keep them at the front of the next one,
+            # so every slice parses to at least one row and the slices still tile the file.
+            if self.slices:
+                self.slices[-1] = replace(self.slices[-1], end=end)
+                self.start = end
+            return
+        self.slices.append(
+            TabularSlice(self.url, self.fmt, self.start, end, header_end=self.header_end, rows=self.rows)
+        )
+        self.start = end
+        self.rows = 0
+
+
+def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> list[TabularSlice]:
+    """Scan a CSV or JSON Lines file chunk by chunk, finding record boundaries with vectorised numpy."""
+    is_csv = dataset.format == "csv"
+    blank = list(_CSV_BLANK_BYTES if is_csv else _JSONL_BLANK_BYTES) + [_NL]
+    if is_csv and dataset.separator in (" ", "\t"):
+        blank.remove(ord(dataset.separator))  # "\t" alone is a row of empty fields when tab separates them
+    significant = np.ones(256, dtype=bool)
+    significant[blank] = False
+
+    slicer = _Slicer(url, dataset.format, target, has_header=is_csv and dataset.header)
+    base = 0  # file offset of the current chunk
+    quotes = 0  # '"' bytes seen before the current chunk
+    last_quote = -2  # offset of the last '"' seen
+    open_quote = -1  # offset of the quote that opened the most recent quoted field
+    tail_nonblank = False  # the record still open at the chunk's end has a significant byte
+    while True:
+        chunk = f.read(_CHUNK_BYTES)
+        if not chunk:
+            break
+        arr = np.frombuffer(chunk, dtype=np.uint8)
+        n = arr.size
+        newlines = np.flatnonzero(arr == _NL)
+        if is_csv:
+            quote_pos = np.flatnonzero(arr == _QUOTE)
+            if quote_pos.size:
+                # A newline ends a record iff an even number of quotes precede it (RFC 4180: "" keeps parity).
+                before = np.searchsorted(quote_pos, newlines)
+                newlines = newlines[((before + quotes) & 1) == 0]
+                # The opener of a quoted field is an even-numbered quote not directly after the previous
+                # quote (which would make the pair an escaped "").
+                previous = np.empty_like(quote_pos)
+                previous[0] = last_quote - base
+                previous[1:] = quote_pos[:-1]
+                numbers = np.arange(quotes, quotes + quote_pos.size)
+                openers = quote_pos[((numbers & 1) == 0) & (quote_pos - previous != 1)]
+                if openers.size:
+                    open_quote = base + int(openers[-1])
+                quotes += int(quote_pos.size)
+                last_quote = base + int(quote_pos[-1])
+            elif quotes & 1:
+                newlines = newlines[:0]  # the whole chunk is inside a quoted field
+        sig = significant[arr]
+        if newlines.size:
+            starts = np.empty(newlines.size + 1, dtype=np.intp)
+            starts[0] = 0
+            starts[1:] = newlines + 1
+            if starts[-1] >= n:
+                starts = starts[:-1]
+            # Each segment [starts[i], starts[i+1]) is one record (up to and including its newline).
+            segment_has_data = np.logical_or.reduceat(sig, starts)
+            nonblank = segment_has_data[: newlines.size].copy()
+            nonblank[0] |= tail_nonblank
+            tail_nonblank = bool(segment_has_data[-1]) if starts.size > newlines.size else False
+            slicer.add(base + newlines + 1, nonblank)
+        else:
+            tail_nonblank = tail_nonblank or bool(sig.any())
+        base += n
+    if is_csv and quotes & 1:
+        raise InputError(
+            f"{url}: the quote opened at byte {open_quote} is never closed "
+            "(unterminated quoted field at end of the CSV file)"
+        )
+    return slicer.finish(base, tail_nonblank)
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def _coalesce(slices: Sequence[TabularSlice]) -> Iterator[list[TabularSlice]]:
+    """Group runs of slices that can be fetched together: same file, and contiguous bytes for csv/jsonl."""
+    group: list[TabularSlice] = []
+    for s in slices:
+        if group:
+            prev = group[-1]
+            same_file = prev.url == s.url and prev.format == s.format
+            joinable = same_file and (
+                s.format == "parquet" or (prev.end == s.start and prev.header_end == s.header_end)
+            )
+            if not joinable:
+                yield group
+                group = []
+        group.append(s)
+    if group:
+        yield group
+
+
+def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
+    first, last = group[0], group[-1]
+    fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
+    if first.format == "parquet":
+        row_groups = [rg for s in group for rg in s.row_groups]
+        where = f"{first.url} row groups {row_groups}"
+        try:
+            with fs.open(path, "rb") as f:
+                return pq.ParquetFile(f).read_row_groups(row_groups).to_pandas()
+        except Exception as exc:
+            raise InputError(f"{where}: cannot read Parquet: {exc}") from exc
+
+    start, end, header_end = first.start, last.end, first.header_end
+    where = f"{first.url} bytes [{start}, {end})"
+    try:
+        data = _read_range(fs, path, start, end)
+        head = _read_range(fs, path, 0, header_end) if header_end else b""
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read: {exc}") from exc
+    if len(data) != end - start or len(head) != header_end:
+        raise InputError(f"{where}: the file is shorter than planned (did it change after planning?)")
+    try:
+        if first.format == "csv":
+            return pd.read_csv(
+                io.BytesIO(head + data),
+                sep=dataset.separator,
+                encoding=dataset.encoding,
+                header=0 if header_end else None,
+            )
+        if first.format == "jsonl":
+            return pd.read_json(io.BytesIO(data), lines=True, encoding=dataset.encoding)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except Exception as exc:
+        raise InputError(f"{where}: cannot parse as {first.format}: {exc}") from exc
+    raise InputError(f"{first.url}: unsupported tabular format {first.format!r}")
+
+
+def _read_range(fs: Any, path: str, start: int, end: int) -> bytes:
+    """Only the bytes [start, end): one ranged request on object stores, a seek + read locally."""
+    if end <= start:
+        return b""
+    data = fs.cat_file(path, start=start, end=end)
+    return bytes(data)

@@ -1,0 +1,395 @@
+"""Planning and reading tabular slices, against real files written to tmp_path."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_parallel_run.core import tabular
+from airflow_parallel_run.core.datasets import TabularDataset
+from airflow_parallel_run.core.errors import InputError
+from airflow_parallel_run.core.minibatch import TabularSlice
+from airflow_parallel_run.core.tabular import plan_tabular_file, read_tabular
+
+QUOTED_CSV = (
+    "id,name,comment\n"
+    'a1,alice,"hello, world"\n'
+    'b2,bob,"first line\nsecond line"\n'
+    'c3,"carol ""the quoter""","she said ""hi""\nthen left"\n'
+    'd4,dave,"three\nline\nfield, with comma"\n'
+    "e5,eve,plain\n"
+    'f6,"frank\n""junior""",x\n'
+    'g7,gina,"""quoted at start"""\n'
+    "h8,hank,last\n"
+)
+
+
+def _write(tmp_path: Path, name: str, data: str | bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return str(path)
+
+
+def _plan(url: str, dataset: TabularDataset, target: int) -> list[TabularSlice]:
+    return plan_tabular_file(url, Path(url).stat().st_size, dataset, target)
+
+
+def _read_each(slices: list[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
+    """Read every slice on its own (as separate workers would) and concatenate the results."""
+    return pd.concat([read_tabular([s], dataset) for s in slices], ignore_index=True)
+
+
+def _assert_tiles(slices: list[TabularSlice], size: int) -> None:
+    """csv/jsonl slices are contiguous, in order, start after the header and end at the file's end."""
+    assert slices, "expected at least one slice"
+    assert slices[0].start == slices[0].header_end
+    for prev, cur in zip(slices, slices[1:], strict=False):
+        assert prev.end == cur.start
+        assert cur.header_end == slices[0].header_end
+    assert slices[-1].end == size
+    assert all(s.end > s.start and s.rows > 0 for s in slices)
+
+
+def _check_round_trip(
+    url: str, dataset: TabularDataset, target: int, expected: pd.DataFrame
+) -> list[TabularSlice]:
+    slices = _plan(url, dataset, target)
+    _assert_tiles(slices, Path(url).stat().st_size)
+    assert sum(s.rows for s in slices) == len(expected)
+    for s in slices:
+        assert len(read_tabular([s], dataset)) == s.rows
+    pd.testing.assert_frame_equal(_read_each(slices, dataset), expected)
+    pd.testing.assert_frame_equal(read_tabular(slices, dataset), expected)
+    return slices
+
+
+# ------------------------------------------------------------------------------------------------ csv
+
+
+def test_csv_quoted_newlines_and_doubled_quotes_round_trip(tmp_path: Path) -> None:
+    url = _write(tmp_path, "quoted.csv", QUOTED_CSV)
+    dataset = TabularDataset.from_delimited_files(url)
+    expected = pd.read_csv(url)
+    assert len(expected) == 8
+    assert expected.loc[2, "name"] == 'carol "the quoter"'
+    assert expected.loc[3, "comment"] == "three\nline\nfield, with comma"
+
+    slices = _check_round_trip(url, dataset, 50, expected)
+    assert len(slices) > 2
+    header_end = len(b"id,name,comment\n")
+    assert all(s.header_end == header_end and s.start >= header_end for s in slices)
+    assert all(s.url == url and s.format == "csv" for s in slices)
+
+
+@pytest.mark.parametrize("target", [1, 7, 50, 120, 10_000])
+@pytest.mark.parametrize("chunk", [1, 3, 16, 8 * 1024 * 1024])
+def test_csv_any_target_and_scan_chunk_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: int, chunk: int
+) -> None:
+    """Quote parity and partial records carry across scan chunks, whatever their size."""
+    monkeypatch.setattr(tabular, "_CHUNK_BYTES", chunk)
+    url = _write(tmp_path, "quoted.csv", QUOTED_CSV)
+    _check_round_trip(url, TabularDataset.from_delimited_files(url), target, pd.read_csv(url))
+
+
+def test_header_is_applied_to_every_slice(tmp_path: Path) -> None:
+    url = _write(tmp_path, "h.csv", "x,y\n" + "".join(f"{i},{i * 2}\n" for i in range(40)))
+    dataset = TabularDataset.from_delimited_files(url)
+    slices = _plan(url, dataset, 20)
+    assert len(slices) > 5
+    for s in slices:
+        frame = read_tabular([s], dataset)
+        assert list(frame.columns) == ["x", "y"]
+        assert (frame["y"] == frame["x"] * 2).all()
+
+
+def test_csv_without_header(tmp_path: Path) -> None:
+    url = _write(tmp_path, "nohead.csv", QUOTED_CSV.split("\n", 1)[1])
+    dataset = TabularDataset.from_delimited_files(url, header=False)
+    expected = pd.read_csv(url, header=None)
+    slices = _check_round_trip(url, dataset, 40, expected)
+    assert slices[0].start == 0
+    assert all(s.header_end == 0 for s in slices)
+    assert list(read_tabular([slices[-1]], dataset).columns) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("sep", [";", "|", "\t"])
+def test_custom_separator(tmp_path: Path, sep: str) -> None:
+    text = QUOTED_CSV.replace(",", sep)
+    url = _write(tmp_path, "sep.csv", text)
+    dataset = TabularDataset.from_delimited_files(url, separator=sep)
+    expected = pd.read_csv(url, sep=sep)
+    assert list(expected.columns) == ["id", "name", "comment"]
+    _check_round_trip(url, dataset, 30, expected)
+
+
+def test_crlf_line_endings(tmp_path: Path) -> None:
+    url = _write(tmp_path, "crlf.csv", QUOTED_CSV.replace("\n", "\r\n"))
+    dataset = TabularDataset.from_delimited_files(url)
+    expected = pd.read_csv(url)
+    assert expected.loc[1, "comment"] == "first line\r\nsecond line"
+    slices = _check_round_trip(url, dataset, 40, expected)
+    assert slices[0].header_end == len(b"id,name,comment\r\n")
+
+
+def test_no_trailing_newline(tmp_path: Path) -> None:
+    url = _write(tmp_path, "notrail.csv", QUOTED_CSV.rstrip("\n"))
+    dataset = TabularDataset.from_delimited_files(url)
+    slices = _check_round_trip(url, dataset, 45, pd.read_csv(url))
+    assert read_tabular([slices[-1]], dataset)["comment"].iloc[-1] == "last"
+
+
+def test_last_record_is_a_quoted_newline_without_trailing_newline(tmp_path: Path) -> None:
+    url = _write(tmp_path, "q.csv", 'a,b\n1,"x\ny"\n2,"z\n"')
+    _check_round_trip(url, TabularDataset.from_delimited_files(url), 1, pd.read_csv(url))
+
+
+def test_blank_lines_are_not_rows_and_never_form_a_slice(tmp_path: Path) -> None:
+    text = "a,b\n\n\n1,2\n\r\n   \n\n\n\n\n\n\n\n\n3,4\n\n\n\n\n\n\n\n\n\n\n\n\n"
+    url = _write(tmp_path, "blank.csv", text)
+    dataset = TabularDataset.from_delimited_files(url)
+    slices = _check_round_trip(url, dataset, 2, pd.read_csv(url))
+    assert [s.rows for s in slices] == [1, 1]
+
+
+def test_blank_lines_before_header(tmp_path: Path) -> None:
+    url = _write(tmp_path, "lead.csv", "\n\r\na,b\n1,2\n3,4\n")
+    slices = _check_round_trip(url, TabularDataset.from_delimited_files(url), 1, pd.read_csv(url))
+    assert slices[0].header_end == len(b"\n\r\na,b\n")
+
+
+@pytest.mark.parametrize("text", ["a,b,c\n", "a,b,c", "", "\n\n"])
+def test_header_only_or_empty_file_gives_no_slices(tmp_path: Path, text: str) -> None:
+    url = _write(tmp_path, "head.csv", text)
+    assert _plan(url, TabularDataset.from_delimited_files(url), 10) == []
+
+
+def test_empty_file_without_header_gives_no_slices(tmp_path: Path) -> None:
+    url = _write(tmp_path, "empty.csv", "\n \n")
+    assert _plan(url, TabularDataset.from_delimited_files(url, header=False), 10) == []
+
+
+def test_unterminated_quote_raises_input_error_naming_the_file(tmp_path: Path) -> None:
+    text = 'a,b\n1,"ok ""fine"""\n2,"never closed ""x"" \n3,4\n'
+    url = _write(tmp_path, "broken.csv", text)
+    with pytest.raises(InputError) as info:
+        _plan(url, TabularDataset.from_delimited_files(url), 10)
+    message = str(info.value)
+    assert "broken.csv" in message
+    opener = text.index('"never')
+    assert f"quote opened at byte {opener} is never closed" in message
+
+
+def test_non_ascii_compatible_encoding_is_rejected(tmp_path: Path) -> None:
+    url = _write(tmp_path, "u16.csv", "a,b\n1,2\n".encode("utf-16"))
+    dataset = TabularDataset.from_delimited_files(url, encoding="utf-16")
+    with pytest.raises(InputError, match="(?i)utf-16"):
+        _plan(url, dataset, 10)
+
+
+def test_latin1_encoding_is_decoded_at_read_time(tmp_path: Path) -> None:
+    url = _write(tmp_path, "l1.csv", 'name,city\nJosé,Zürich\nAndré,"Köln\nMitte"\n'.encode("latin-1"))
+    dataset = TabularDataset.from_delimited_files(url, encoding="latin-1")
+    expected = pd.read_csv(url, encoding="latin-1")
+    _check_round_trip(url, dataset, 1, expected)
+    assert expected.loc[1, "city"] == "Köln\nMitte"
+
+
+def test_random_csv_files_round_trip(tmp_path: Path) -> None:
+    """Many random files with quoted separators, quotes, LF/CRLF newlines and blank lines, random targets."""
+    rng = random.Random(1234)
+    pieces = ["a", "b", ",", '"', "\n", "\r\n", " ", "7", ";"]
+    for case in range(30):
+        eol = rng.choice(["\n", "\r\n"])
+        cols = rng.randint(1, 4)
+        lines = [",".join(f"c{j}" for j in range(cols))]
+        for _ in range(rng.randint(1, 40)):
+            values = ["x" + "".join(rng.choices(pieces, k=rng.randint(0, 8))) for _ in range(cols)]
+            fields = [v if v.isalnum() else '"' + v.replace('"', '""') + '"' for v in values]
+            lines.append(",".join(fields))
+            if rng.random() < 0.1:
+                lines.append("")
+        text = eol.join(lines) + rng.choice(["", eol])
+        url = _write(tmp_path, f"r{case}.csv", text)
+        dataset = TabularDataset.from_delimited_files(url)
+        expected = pd.read_csv(url)
+        _check_round_trip(url, dataset, rng.randint(1, 200), expected)
+
+
+# ------------------------------------------------------------------------------------------------ jsonl
+
+
+def test_jsonl_round_trip(tmp_path: Path) -> None:
+    records = [{"id": i, "text": f'row {i} with \\n escaped, and "quotes"', "v": i / 4} for i in range(30)]
+    body = "".join(json.dumps(r) + "\n" + ("\n" if i % 7 == 3 else "") for i, r in enumerate(records))
+    url = _write(tmp_path, "data.jsonl", body)
+    dataset = TabularDataset.from_json_lines_files(url)
+    expected = pd.read_json(io.BytesIO(body.encode()), lines=True)
+    assert len(expected) == 30
+    slices = _check_round_trip(url, dataset, 100, expected)
+    assert len(slices) > 5
+    assert all(s.header_end == 0 and s.format == "jsonl" for s in slices)
+
+
+def test_jsonl_without_trailing_newline_and_crlf(tmp_path: Path) -> None:
+    body = "\r\n".join(json.dumps({"k": i, "s": 'a"b'}) for i in range(10))
+    url = _write(tmp_path, "crlf.jsonl", body)
+    dataset = TabularDataset.from_json_lines_files(url)
+    expected = pd.read_json(io.BytesIO(body.encode()), lines=True)
+    _check_round_trip(url, dataset, 1, expected)
+
+
+# ------------------------------------------------------------------------------------------------ parquet
+
+
+def _parquet_table(rows: int) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array(range(rows), pa.int64()),
+            "name": pa.array([f"name-{i}-" + "z" * (i % 13) for i in range(rows)]),
+            "score": pa.array([i * 0.5 for i in range(rows)]),
+        }
+    )
+
+
+def test_parquet_splits_on_row_group_boundaries(tmp_path: Path) -> None:
+    url = str(tmp_path / "data.parquet")
+    pq.write_table(_parquet_table(1000), url, row_group_size=100)
+    metadata = pq.ParquetFile(url).metadata
+    assert metadata.num_row_groups == 10
+    group_bytes = [
+        sum(metadata.row_group(g).column(c).total_compressed_size for c in range(3)) for g in range(10)
+    ]
+    target = int(group_bytes[0] * 2.5)
+    dataset = TabularDataset.from_parquet_files(url)
+    slices = _plan(url, dataset, target)
+
+    assert 2 <= len(slices) < 10
+    assert [g for s in slices for g in s.row_groups] == list(range(10))
+    assert all(s.rows == 100 * len(s.row_groups) for s in slices)
+    assert all(s.format == "parquet" and s.url == url for s in slices)
+    for s in slices[:-1]:
+        assert sum(group_bytes[g] for g in s.row_groups) >= target
+        assert sum(group_bytes[g] for g in s.row_groups[:-1]) < target
+    expected = pd.read_parquet(url)
+    pd.testing.assert_frame_equal(_read_each(slices, dataset), expected)
+    pd.testing.assert_frame_equal(read_tabular(slices, dataset), expected)
+    pd.testing.assert_frame_equal(
+        read_tabular([slices[1]], dataset),
+        expected.iloc[slices[1].row_groups[0] * 100 : (slices[1].row_groups[-1] + 1) * 100].reset_index(
+            drop=True
+        ),
+    )
+
+
+def test_parquet_without_row_groups_gives_no_slices(tmp_path: Path) -> None:
+    url = str(tmp_path / "empty.parquet")
+    pq.ParquetWriter(url, _parquet_table(0).schema).close()
+    assert pq.ParquetFile(url).metadata.num_row_groups == 0
+    assert _plan(url, TabularDataset.from_parquet_files(url), 1) == []
+
+
+def test_not_a_parquet_file_raises_input_error(tmp_path: Path) -> None:
+    url = _write(tmp_path, "fake.parquet", "a,b\n1,2\n")
+    with pytest.raises(InputError, match="fake.parquet"):
+        _plan(url, TabularDataset.from_parquet_files(url), 1)
+
+
+# ------------------------------------------------------------------------------------------------ common
+
+
+def test_target_larger_than_file_gives_one_slice(tmp_path: Path) -> None:
+    csv_url = _write(tmp_path, "one.csv", QUOTED_CSV)
+    csv_slices = _plan(csv_url, TabularDataset.from_delimited_files(csv_url), 10**9)
+    assert len(csv_slices) == 1
+    assert (csv_slices[0].start, csv_slices[0].end, csv_slices[0].rows) == (16, len(QUOTED_CSV), 8)
+
+    jsonl_url = _write(tmp_path, "one.jsonl", '{"a": 1}\n{"a": 2}\n')
+    jsonl_slices = _plan(jsonl_url, TabularDataset.from_json_lines_files(jsonl_url), 10**9)
+    assert [(s.start, s.end, s.rows) for s in jsonl_slices] == [(0, 18, 2)]
+
+    pq_url = str(tmp_path / "one.parquet")
+    pq.write_table(_parquet_table(50), pq_url, row_group_size=10)
+    pq_slices = _plan(pq_url, TabularDataset.from_parquet_files(pq_url), 10**9)
+    assert [(s.row_groups, s.rows) for s in pq_slices] == [((0, 1, 2, 3, 4), 50)]
+
+
+def test_zero_slices_read_as_empty_frame() -> None:
+    frame = read_tabular([], TabularDataset.from_delimited_files("unused.csv"))
+    assert isinstance(frame, pd.DataFrame) and frame.empty
+
+
+def test_missing_file_raises_input_error(tmp_path: Path) -> None:
+    url = str(tmp_path / "missing.csv")
+    with pytest.raises(InputError, match="missing.csv"):
+        plan_tabular_file(url, 10, TabularDataset.from_delimited_files(url), 10)
+
+
+def test_corrupt_slices_raise_input_error_naming_the_url(tmp_path: Path) -> None:
+    csv_url = _write(tmp_path, "bad.csv", "a,b\n1,2\n3,4,5,6\n")
+    dataset = TabularDataset.from_delimited_files(csv_url)
+    bad = TabularSlice(csv_url, "csv", start=8, end=17, header_end=4, rows=1)
+    with pytest.raises(InputError, match=r"bad\.csv bytes \[8, 17\)"):
+        read_tabular([bad], dataset)
+
+    jsonl_url = _write(tmp_path, "bad.jsonl", '{"a": 1}\n{"a": \n')
+    jsonl_dataset = TabularDataset.from_json_lines_files(jsonl_url)
+    with pytest.raises(InputError, match=r"bad\.jsonl bytes \[0, 16\)"):
+        read_tabular(_plan(jsonl_url, jsonl_dataset, 10**6), jsonl_dataset)
+
+    pq_url = str(tmp_path / "bad.parquet")
+    pq.write_table(_parquet_table(10), pq_url)
+    pq_dataset = TabularDataset.from_parquet_files(pq_url)
+    with pytest.raises(InputError, match=r"bad\.parquet row groups \[7\]"):
+        read_tabular([TabularSlice(pq_url, "parquet", row_groups=(7,), rows=1)], pq_dataset)
+
+    # A slice planned before the file shrank is reported, not silently read short.
+    short = TabularSlice(csv_url, "csv", start=8, end=500, header_end=4, rows=1)
+    with pytest.raises(InputError, match="bad.csv"):
+        read_tabular([short], dataset)
+
+
+# ------------------------------------------------------------------------------------------------ speed
+
+
+def test_planning_speed_on_a_50_mb_csv(tmp_path: Path) -> None:
+    block_rows = 2000
+    block = "".join(
+        f'{i},user{i},"multi\nline ""quoted"" text, {i}",{i * 0.25}\n'
+        if i % 3 == 0
+        else f"{i},user{i},plain text number {i} with some padding to make the line longer,{i * 0.25}\n"
+        for i in range(block_rows)
+    ).encode()
+    repeats = (50 * 1024 * 1024) // len(block) + 1
+    path = tmp_path / "big.csv"
+    with path.open("wb") as f:
+        f.write(b"id,user,text,value\n")
+        for _ in range(repeats):
+            f.write(block)
+    url = str(path)
+    size = path.stat().st_size
+    dataset = TabularDataset.from_delimited_files(url)
+
+    started = time.perf_counter()
+    slices = plan_tabular_file(url, size, dataset, 1024 * 1024)
+    elapsed = time.perf_counter() - started
+
+    print(
+        f"planned {size / 1e6:.1f} MB into {len(slices)} slices in {elapsed:.2f}s ({size / 1e6 / elapsed:.0f} MB/s)"
+    )
+    assert elapsed < 10
+    _assert_tiles(slices, size)
+    assert sum(s.rows for s in slices) == block_rows * repeats
+    for s in (slices[0], slices[len(slices) // 2], slices[-1]):
+        frame = read_tabular([s], dataset)
+        assert len(frame) == s.rows
+        assert list(frame.columns) == ["id", "user", "text", "value"]
+        assert (frame["user"] == "user" + frame["id"].astype(str)).all()
