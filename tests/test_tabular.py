@@ -177,7 +177,11 @@ def test_empty_file_without_header_gives_no_slices(tmp_path: Path) -> None:
     assert _plan(url, TabularDataset.from_delimited_files(url, header=False), 10) == []
 
 
-def test_unterminated_quote_raises_input_error_naming_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", [1, 5, 8 * 1024 * 1024])
+def test_unterminated_quote_raises_input_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr(tabular, "_CHUNK_BYTES", chunk)
     text = 'a,b\n1,"ok ""fine"""\n2,"never closed ""x"" \n3,4\n'
     url = _write(tmp_path, "broken.csv", text)
     with pytest.raises(InputError) as info:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +30,6 @@ def dask_client(
         with Client(scheduler, security=security, timeout="30s") as remote:
             yield remote
         return
-    dashboard = "127.0.0.1:0" if importlib.util.find_spec("bokeh") else None
     with (
         LocalCluster(
             n_workers=n_workers,
@@ -40,7 +38,7 @@ def dask_client(
             protocol="tcp://",
             host="127.0.0.1",
             memory_limit=0,
-            dashboard_address=dashboard,
+            dashboard_address="127.0.0.1:0",  # never on all interfaces, never a fixed port
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as local,

@@ -117,7 +117,6 @@ class JobDriver:
         self.progress_callback = progress
         self.job_id = job_id or uuid.uuid4().hex[:16]
         self.started = time.monotonic()
-        self.output, self.local_output = _normalise_output(output_path, self.storage_options)
         side = [os.path.abspath(s) if "://" not in s and os.path.exists(s) else s for s in side_inputs]
         for original, path in zip(side_inputs, side, strict=True):
             if "://" not in path and not os.path.exists(path):
@@ -127,6 +126,7 @@ class JobDriver:
             os.path.abspath(a) if a in side_inputs and "://" not in a else a for a in arguments
         )
         self.plan: Plan = plan(self.inputs, config)
+        self.output, self.local_output = _normalise_output(output_path, self.storage_options)
         bundle, bundle_hash, entry = bundle_scripts(config.entry_script_path, config.source_directory)
         self.cache_key = job_cache_key(config, bundle_hash, self.arguments, self.side_inputs)
         log_url = _join(self.output, "logs")

@@ -44,7 +44,8 @@ class ErrorGroup:
 
 def _error_key(attempt: AttemptResult) -> tuple[str, str]:
     first_line = (attempt.error or "").splitlines()[0] if attempt.error else ""
-    return attempt.status, re.sub(r"mini-batch \d+", "mini-batch N", first_line)
+    generic = re.sub(r"mini-batch \d+", "mini-batch N", first_line)
+    return attempt.status, re.sub(r"\bprocess\d{3,}\b", "processNNN", generic)
 
 
 class JobLogs:

@@ -1,0 +1,158 @@
+"""`airflow-parallel-run`: the engine without Airflow, for local runs and testing entry scripts.
+
+Exit codes: 0 the job succeeded, 1 it failed, 2 usage or configuration error (one message, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .core.config import APPEND_ROW_FORMATS, LOGGING_LEVELS, OUTPUT_ACTIONS
+
+FORMATS = {"csv": "csv", "parquet": "parquet", "json": "jsonl", "jsonl": "jsonl"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own exit code is 2 as well; keep the message short
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key, value
+
+
+def _int_or_size(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="airflow-parallel-run", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run an entry script over inputs",
+        description="Run an entry script's run(mini_batch) over file or tabular inputs on Dask. "
+        "Everything after `--` is passed to the script as arguments (sys.argv).",
+    )
+    run.error = _Parser.error.__get__(run)  # type: ignore[method-assign]
+    io = run.add_argument_group("inputs and outputs")
+    io.add_argument("--input", action="append", required=True, help="path, glob, folder or fsspec URL (repeatable)")
+    io.add_argument("--input-type", choices=["file", "tabular"], default="file")
+    io.add_argument("--format", choices=sorted(FORMATS), default="csv", help="tabular file format (default csv)")
+    io.add_argument("--separator", default=",", help="delimiter for --format csv")
+    io.add_argument("--no-header", action="store_true", help="CSV files have no header row")
+    io.add_argument("--partition-format", help="e.g. '{user}/{season}/{genres}.wav' (default: hive key=value folders)")
+    io.add_argument("--side-input", action="append", default=[], help="file or folder available on every worker")
+    io.add_argument("--output", required=True, help="output folder (path or fsspec URL)")
+    io.add_argument("--scheduler", help="Dask scheduler address (default: embedded LocalCluster on 127.0.0.1)")
+    io.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
+    cfg = run.add_argument_group("ParallelRunConfig")
+    cfg.add_argument("--entry-script", required=True)
+    cfg.add_argument("--source-directory")
+    cfg.add_argument("--mini-batch-size", type=_int_or_size, help="files (file input) or bytes like 1MB (tabular)")
+    cfg.add_argument("--partition-keys", type=lambda s: [k.strip() for k in s.split(",") if k.strip()])
+    cfg.add_argument("--error-threshold", type=int, default=-1)
+    cfg.add_argument("--allowed-failed-count", type=int)
+    cfg.add_argument("--allowed-failed-percent", type=float)
+    cfg.add_argument("--output-action", choices=OUTPUT_ACTIONS, default="append_row")
+    cfg.add_argument("--append-row-file-name", default="parallel_run_step.txt")
+    cfg.add_argument("--append-row-format", choices=APPEND_ROW_FORMATS, default="text")
+    cfg.add_argument("--node-count", type=int, default=1)
+    cfg.add_argument("--process-count-per-node", type=int)
+    cfg.add_argument("--run-invocation-timeout", type=float, default=60)
+    cfg.add_argument("--run-max-try", type=int, default=3)
+    cfg.add_argument("--logging-level", choices=LOGGING_LEVELS, type=str.upper, default="INFO")
+    cfg.add_argument("--environment-variables", type=_env_pair, action="append", default=[], metavar="KEY=VALUE")
+    cfg.add_argument("--resource-monitor-interval", type=float, default=600)
+    return parser
+
+
+def _run(args: argparse.Namespace, arguments: list[str]) -> int:
+    from .core import ConfigError, FileDataset, InputError, ParallelRunConfig, TabularDataset
+    from .core.driver import JobDriver
+    from .core.cluster import dask_client
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    try:
+        config = ParallelRunConfig(
+            entry_script=args.entry_script,
+            source_directory=args.source_directory,
+            mini_batch_size=args.mini_batch_size,
+            partition_keys=args.partition_keys,
+            error_threshold=args.error_threshold,
+            allowed_failed_count=args.allowed_failed_count,
+            allowed_failed_percent=args.allowed_failed_percent,
+            output_action=args.output_action,
+            append_row_file_name=args.append_row_file_name,
+            append_row_format=args.append_row_format,
+            node_count=args.node_count,
+            process_count_per_node=args.process_count_per_node,
+            run_invocation_timeout=args.run_invocation_timeout,
+            run_max_try=args.run_max_try,
+            logging_level=args.logging_level,
+            environment_variables=dict(args.environment_variables),
+            resource_monitor_interval=args.resource_monitor_interval,
+        )
+        if args.input_type == "file":
+            inputs: list[Any] = [FileDataset.from_files(args.input, partition_format=args.partition_format)]
+        else:
+            fmt = FORMATS[args.format]
+            if fmt == "csv":
+                inputs = [
+                    TabularDataset.from_delimited_files(
+                        args.input, args.separator, not args.no_header, partition_format=args.partition_format
+                    )
+                ]
+            elif fmt == "parquet":
+                inputs = [TabularDataset.from_parquet_files(args.input, partition_format=args.partition_format)]
+            else:
+                inputs = [TabularDataset.from_json_lines_files(args.input, partition_format=args.partition_format)]
+        driver = JobDriver(config, inputs, args.output, side_inputs=args.side_input, arguments=arguments, progress=progress)
+    except (ConfigError, InputError) as exc:
+        print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
+        return 2
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        driver.cancel(f"interrupted by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        with dask_client(args.scheduler, config.processes_per_node) as client:
+            summary = driver.execute(client)
+    except OSError as exc:  # e.g. the scheduler address cannot be reached
+        print(f"airflow-parallel-run: error: cannot use Dask scheduler {args.scheduler!r}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for key, value in summary.items():
+            print(f"{key}: {value}")
+    return 0 if summary["status"] == "succeeded" else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    arguments: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, arguments = argv[:cut], argv[cut + 1 :]
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args, arguments)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

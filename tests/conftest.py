@@ -1,0 +1,51 @@
+"""Shared fixtures: one real Dask LocalCluster for the engine tests, and entry-script writers."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from distributed import Client, LocalCluster
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Client]:
+    """A real cluster with two worker processes (separate OS processes, as on a real deployment)."""
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+def write_script(tmp_path: Path) -> Callable[..., str]:
+    """Writes an entry script from source text and returns its path."""
+
+    def write(source: str, name: str = "score.py") -> str:
+        path = tmp_path / "scripts" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source))
+        return str(path)
+
+    return write
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Callable[..., Path]:
+    """Creates N small text files `f000.txt ...` holding their index; returns the folder."""
+
+    def make(count: int, folder: str = "in") -> Path:
+        root = tmp_path / folder
+        root.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            (root / f"f{i:03d}.txt").write_text(f"{i}\n")
+        return root
+
+    return make
