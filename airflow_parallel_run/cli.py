@@ -45,20 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.error = _Parser.error.__get__(run)  # type: ignore[method-assign]
     io = run.add_argument_group("inputs and outputs")
-    io.add_argument("--input", action="append", required=True, help="path, glob, folder or fsspec URL (repeatable)")
+    io.add_argument(
+        "--input", action="append", required=True, help="path, glob, folder or fsspec URL (repeatable)"
+    )
     io.add_argument("--input-type", choices=["file", "tabular"], default="file")
-    io.add_argument("--format", choices=sorted(FORMATS), default="csv", help="tabular file format (default csv)")
+    io.add_argument(
+        "--format", choices=sorted(FORMATS), default="csv", help="tabular file format (default csv)"
+    )
     io.add_argument("--separator", default=",", help="delimiter for --format csv")
     io.add_argument("--no-header", action="store_true", help="CSV files have no header row")
-    io.add_argument("--partition-format", help="e.g. '{user}/{season}/{genres}.wav' (default: hive key=value folders)")
-    io.add_argument("--side-input", action="append", default=[], help="file or folder available on every worker")
+    io.add_argument(
+        "--partition-format", help="e.g. '{user}/{season}/{genres}.wav' (default: hive key=value folders)"
+    )
+    io.add_argument(
+        "--side-input", action="append", default=[], help="file or folder available on every worker"
+    )
     io.add_argument("--output", required=True, help="output folder (path or fsspec URL)")
-    io.add_argument("--scheduler", help="Dask scheduler address (default: embedded LocalCluster on 127.0.0.1)")
+    io.add_argument(
+        "--scheduler", help="Dask scheduler address (default: embedded LocalCluster on 127.0.0.1)"
+    )
     io.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
     cfg = run.add_argument_group("ParallelRunConfig")
     cfg.add_argument("--entry-script", required=True)
     cfg.add_argument("--source-directory")
-    cfg.add_argument("--mini-batch-size", type=_int_or_size, help="files (file input) or bytes like 1MB (tabular)")
+    cfg.add_argument(
+        "--mini-batch-size", type=_int_or_size, help="files (file input) or bytes like 1MB (tabular)"
+    )
     cfg.add_argument("--partition-keys", type=lambda s: [k.strip() for k in s.split(",") if k.strip()])
     cfg.add_argument("--error-threshold", type=int, default=-1)
     cfg.add_argument("--allowed-failed-count", type=int)
@@ -71,15 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--run-invocation-timeout", type=float, default=60)
     cfg.add_argument("--run-max-try", type=int, default=3)
     cfg.add_argument("--logging-level", choices=LOGGING_LEVELS, type=str.upper, default="INFO")
-    cfg.add_argument("--environment-variables", type=_env_pair, action="append", default=[], metavar="KEY=VALUE")
+    cfg.add_argument(
+        "--environment-variables", type=_env_pair, action="append", default=[], metavar="KEY=VALUE"
+    )
     cfg.add_argument("--resource-monitor-interval", type=float, default=600)
     return parser
 
 
 def _run(args: argparse.Namespace, arguments: list[str]) -> int:
     from .core import ConfigError, FileDataset, InputError, ParallelRunConfig, TabularDataset
-    from .core.driver import JobDriver
     from .core.cluster import dask_client
+    from .core.driver import JobDriver
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -115,10 +129,16 @@ def _run(args: argparse.Namespace, arguments: list[str]) -> int:
                     )
                 ]
             elif fmt == "parquet":
-                inputs = [TabularDataset.from_parquet_files(args.input, partition_format=args.partition_format)]
+                inputs = [
+                    TabularDataset.from_parquet_files(args.input, partition_format=args.partition_format)
+                ]
             else:
-                inputs = [TabularDataset.from_json_lines_files(args.input, partition_format=args.partition_format)]
-        driver = JobDriver(config, inputs, args.output, side_inputs=args.side_input, arguments=arguments, progress=progress)
+                inputs = [
+                    TabularDataset.from_json_lines_files(args.input, partition_format=args.partition_format)
+                ]
+        driver = JobDriver(
+            config, inputs, args.output, side_inputs=args.side_input, arguments=arguments, progress=progress
+        )
     except (ConfigError, InputError) as exc:
         print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
         return 2
@@ -132,7 +152,10 @@ def _run(args: argparse.Namespace, arguments: list[str]) -> int:
         with dask_client(args.scheduler, config.processes_per_node) as client:
             summary = driver.execute(client)
     except OSError as exc:  # e.g. the scheduler address cannot be reached
-        print(f"airflow-parallel-run: error: cannot use Dask scheduler {args.scheduler!r}: {exc}", file=sys.stderr)
+        print(
+            f"airflow-parallel-run: error: cannot use Dask scheduler {args.scheduler!r}: {exc}",
+            file=sys.stderr,
+        )
         return 2
     if args.json:
         print(json.dumps(summary, indent=2))

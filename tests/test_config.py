@@ -28,8 +28,14 @@ def test_defaults(script: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "tabular", "expected"),
-    [(10, False, 10), ("10", False, 10), ("1024", True, 1024), ("1KB", True, 1024), ("10mb", True, 10 << 20),
-     ("1GB", True, 1 << 30)],
+    [
+        (10, False, 10),
+        ("10", False, 10),
+        ("1024", True, 1024),
+        ("1KB", True, 1024),
+        ("10mb", True, 10 << 20),
+        ("1GB", True, 1 << 30),
+    ],
 )
 def test_mini_batch_size_units(value: object, tabular: bool, expected: int) -> None:
     assert parse_mini_batch_size(value, tabular=tabular) == expected  # type: ignore[arg-type]

@@ -34,22 +34,43 @@ def run(mini_batch):
 """
 
 
-def test_file_job_output_in_order_and_identical_across_process_counts(dask_client, write_script, files, tmp_path):
+def test_file_job_output_in_order_and_identical_across_process_counts(
+    dask_client, write_script, files, tmp_path
+):
     root = files(23)
     script = write_script(ECHO)
     outputs = []
     for count in (1, 2):
-        summary = job(dask_client, script, [FileDataset.from_files(str(root))], tmp_path / f"o{count}",
-                      mini_batch_size=3, process_count_per_node=count)
+        summary = job(
+            dask_client,
+            script,
+            [FileDataset.from_files(str(root))],
+            tmp_path / f"o{count}",
+            mini_batch_size=3,
+            process_count_per_node=count,
+        )
         assert summary["status"] == "succeeded", summary
         assert (summary["total_items"], summary["succeeded_items"], summary["failed_items"]) == (23, 23, 0)
         assert summary["total_mini_batches"] == 8 and summary["succeeded_mini_batches"] == 8
         outputs.append(Path(summary["append_row_file"]).read_text())
     assert outputs[0] == outputs[1] == "".join(f"f{i:03d}.txt {i}\n" for i in range(23))
-    assert set(json.loads(Path(tmp_path / "o2" / "logs" / "job_result.txt").read_text().split("\n\n")[-1])) >= {
-        "status", "total_items", "succeeded_items", "failed_items", "total_mini_batches", "succeeded_mini_batches",
-        "failed_mini_batches", "reused_mini_batches", "output", "append_row_file", "logs_dir", "cache_key",
-        "duration_s"}
+    assert set(
+        json.loads(Path(tmp_path / "o2" / "logs" / "job_result.txt").read_text().split("\n\n")[-1])
+    ) >= {
+        "status",
+        "total_items",
+        "succeeded_items",
+        "failed_items",
+        "total_mini_batches",
+        "succeeded_mini_batches",
+        "failed_mini_batches",
+        "reused_mini_batches",
+        "output",
+        "append_row_file",
+        "logs_dir",
+        "cache_key",
+        "duration_s",
+    }
     assert not (tmp_path / "o2" / ".staging").exists()
 
 
@@ -82,16 +103,25 @@ def test_contract_context_arguments_env_side_input_entry_script(dask_client, wri
             open(os.path.join(EntryScript().output_dir, "shutdown-" + EntryScript().agent_name), "w").close()
     """)
     out = tmp_path / "out"
-    summary = job(dask_client, script, [FileDataset.from_files(str(root))], out, mini_batch_size=2,
-                  arguments=["--labels", str(labels), "--flag=yes"], side_inputs=[str(labels)],
-                  environment_variables={"MY_VAR": "v1"})
+    summary = job(
+        dask_client,
+        script,
+        [FileDataset.from_files(str(root))],
+        out,
+        mini_batch_size=2,
+        arguments=["--labels", str(labels), "--flag=yes"],
+        side_inputs=[str(labels)],
+        environment_variables={"MY_VAR": "v1"},
+    )
     assert summary["status"] == "succeeded", summary
     lines = Path(summary["append_row_file"]).read_text().splitlines()
     assert lines == [f"{i // 2}|True|yes|side-input-content|v1|True|True" for i in range(4)]
     assert list(out.glob("shutdown-process*")), "shutdown() did not run"
     stdout = "".join(p.read_text() for p in (out / "logs" / "user" / "stdout").rglob("*.stdout.txt"))
     assert "hello from init" in stdout
-    entry_logs = "".join(p.read_text() for p in (out / "logs" / "user" / "entry_script_log").rglob("*.log.txt"))
+    entry_logs = "".join(
+        p.read_text() for p in (out / "logs" / "user" / "entry_script_log").rglob("*.log.txt")
+    )
     assert "init ran in" in entry_logs and "|INFO|" in entry_logs
 
 
@@ -112,13 +142,23 @@ def test_hung_run_is_killed_within_timeout_and_retried(dask_client, write_script
             return [os.path.basename(p) for p in mini_batch]
     """)
     started = time.monotonic()
-    summary = job(dask_client, script, [FileDataset.from_files(str(root))], tmp_path / "out", mini_batch_size=1,
-                  run_invocation_timeout=3)
+    summary = job(
+        dask_client,
+        script,
+        [FileDataset.from_files(str(root))],
+        tmp_path / "out",
+        mini_batch_size=1,
+        run_invocation_timeout=3,
+    )
     assert time.monotonic() - started < 3 + 15
     assert summary["status"] == "succeeded" and summary["succeeded_items"] == 4, summary
     rows = attempts(tmp_path / "out")
     timed_out = [r for r in rows if r["Status"] == "RUN_TIMEOUT"]
-    assert len(timed_out) == 1 and timed_out[0]["Mini-batch Id"] == "2" and "did not finish in 3 s" in timed_out[0]["Error Message"]
+    assert (
+        len(timed_out) == 1
+        and timed_out[0]["Mini-batch Id"] == "2"
+        and "did not finish in 3 s" in timed_out[0]["Error Message"]
+    )
     retried = [r for r in rows if r["Mini-batch Id"] == "2" and r["Status"] == "RUN_DONE"]
     assert retried and retried[0]["Attempt"] == "2"
     assert float(timed_out[0]["Elapsed Seconds"]) < 3 + 5
@@ -137,8 +177,14 @@ def test_abort_in_run_fails_that_attempt_only(dask_client, write_script, files, 
                 os.abort()
             return [os.path.basename(p) for p in mini_batch]
     """)
-    summary = job(dask_client, script, [FileDataset.from_files(str(root))], tmp_path / "out", mini_batch_size=1,
-                  run_max_try=2)
+    summary = job(
+        dask_client,
+        script,
+        [FileDataset.from_files(str(root))],
+        tmp_path / "out",
+        mini_batch_size=1,
+        run_max_try=2,
+    )
     assert summary["status"] == "succeeded", summary  # error_threshold -1: failures are tolerated
     assert (summary["succeeded_items"], summary["failed_items"], summary["failed_mini_batches"]) == (5, 1, 1)
     rows = [r for r in attempts(tmp_path / "out") if r["Mini-batch Id"] == "3"]
@@ -158,14 +204,19 @@ def test_exception_in_init_fails_job_with_trace(dask_client, write_script, files
             return mini_batch
     """)
     out = tmp_path / "out"
-    summary = job(dask_client, script, [FileDataset.from_files(str(root))], out, mini_batch_size=1, run_max_try=2)
+    summary = job(
+        dask_client, script, [FileDataset.from_files(str(root))], out, mini_batch_size=1, run_max_try=2
+    )
     assert summary["status"] == "failed" and summary["succeeded_items"] == 0
     assert "no item succeeded" in summary["message"]
     assert {r["Status"] for r in attempts(out)} == {"INIT_EXCEPTION"} and len(attempts(out)) == 6
     error_txt = (out / "logs" / "user" / "error.txt").read_text()
     assert "INIT_EXCEPTION: RuntimeError: model file is missing" in error_txt
     traces = "".join(p.read_text() for p in (out / "logs" / "user" / "error").rglob("*.txt"))
-    assert "Traceback (most recent call last)" in traces and 'raise RuntimeError("model file is missing")' in traces
+    assert (
+        "Traceback (most recent call last)" in traces
+        and 'raise RuntimeError("model file is missing")' in traces
+    )
     assert "model file is missing" in (out / "logs" / "job_result.txt").read_text()
     assert not (out / "parallel_run_step.txt").exists()
 
@@ -183,21 +234,37 @@ def test_partial_results_none_and_too_many(dask_client, write_script, files, tmp
             return names[:-1]  # the last item of each mini-batch fails
     """)
     out = tmp_path / "out"
-    summary = job(dask_client, script, [FileDataset.from_files(str(root))], out, mini_batch_size=3, run_max_try=1)
+    summary = job(
+        dask_client, script, [FileDataset.from_files(str(root))], out, mini_batch_size=3, run_max_try=1
+    )
     assert summary["status"] == "succeeded"
     assert (summary["total_items"], summary["succeeded_items"], summary["failed_items"]) == (9, 2, 7)
     by_batch = {r["Mini-batch Id"]: r for r in attempts(out)}
-    assert by_batch["0"]["Status"] == "RUN_DONE" and (by_batch["0"]["Succeeded"], by_batch["0"]["Failed"]) == ("2", "1")
-    assert by_batch["1"]["Status"] == "RUN_INVALID_RESULT" and "It returned NoneType" in by_batch["1"]["Error Message"]
-    assert by_batch["2"]["Status"] == "RUN_INVALID_RESULT" and "returned 4 results for a mini-batch of 3" in by_batch["2"]["Error Message"]
+    assert by_batch["0"]["Status"] == "RUN_DONE" and (
+        by_batch["0"]["Succeeded"],
+        by_batch["0"]["Failed"],
+    ) == ("2", "1")
+    assert (
+        by_batch["1"]["Status"] == "RUN_INVALID_RESULT"
+        and "It returned NoneType" in by_batch["1"]["Error Message"]
+    )
+    assert (
+        by_batch["2"]["Status"] == "RUN_INVALID_RESULT"
+        and "returned 4 results for a mini-batch of 3" in by_batch["2"]["Error Message"]
+    )
     assert Path(summary["append_row_file"]).read_text().splitlines() == ["f000.txt", "f001.txt"]
 
 
 @pytest.mark.parametrize(
     ("settings", "fragment"),
-    [({"error_threshold": 2}, "error_threshold exceeded: 3 failed items > error_threshold 2"),
-     ({"allowed_failed_count": 1}, "allowed_failed_count exceeded: 2 failed mini-batches > allowed_failed_count 1"),
-     ({"allowed_failed_percent": 10}, "allowed_failed_percent exceeded")],
+    [
+        ({"error_threshold": 2}, "error_threshold exceeded: 3 failed items > error_threshold 2"),
+        (
+            {"allowed_failed_count": 1},
+            "allowed_failed_count exceeded: 2 failed mini-batches > allowed_failed_count 1",
+        ),
+        ({"allowed_failed_percent": 10}, "allowed_failed_percent exceeded"),
+    ],
 )
 def test_thresholds_stop_the_job_early(dask_client, write_script, files, tmp_path, settings, fragment):
     root = files(40)
@@ -210,8 +277,15 @@ def test_thresholds_stop_the_job_early(dask_client, write_script, files, tmp_pat
             return mini_batch
     """)
     out = tmp_path / "out"
-    summary = job(dask_client, script, [FileDataset.from_files(str(root))], out, mini_batch_size=1, run_max_try=1,
-                  **settings)
+    summary = job(
+        dask_client,
+        script,
+        [FileDataset.from_files(str(root))],
+        out,
+        mini_batch_size=1,
+        run_max_try=1,
+        **settings,
+    )
     assert summary["status"] == "failed" and fragment in summary["message"], summary
     if "allowed_failed_percent" not in settings:  # checked only once everything is scheduled
         assert len({r["Mini-batch Id"] for r in attempts(out)}) < 40, "the job did not stop early"
@@ -236,7 +310,9 @@ def test_flaky_run_retried_without_duplicates(dask_client, write_script, files, 
                 out.append(os.path.basename(p))
             return out
     """)
-    summary = job(dask_client, script, [FileDataset.from_files(str(root))], tmp_path / "out", mini_batch_size=2)
+    summary = job(
+        dask_client, script, [FileDataset.from_files(str(root))], tmp_path / "out", mini_batch_size=2
+    )
     assert summary["status"] == "succeeded" and summary["succeeded_items"] == 30
     lines = Path(summary["append_row_file"]).read_text().splitlines()
     assert lines == [f"f{i:03d}.txt" for i in range(30)]
@@ -245,7 +321,9 @@ def test_flaky_run_retried_without_duplicates(dask_client, write_script, files, 
 @pytest.mark.parametrize("fmt", ["text", "csv", "jsonl", "parquet"])
 def test_tabular_output_formats(dask_client, write_script, tmp_path, fmt):
     source = tmp_path / "rows.csv"
-    frame = pd.DataFrame({"id": range(200), "note": [f'line "{i}"\nsecond' if i % 7 == 0 else f"n{i}" for i in range(200)]})
+    frame = pd.DataFrame(
+        {"id": range(200), "note": [f'line "{i}"\nsecond' if i % 7 == 0 else f"n{i}" for i in range(200)]}
+    )
     frame.to_csv(source, index=False)
     script = write_script("""
         def run(mini_batch):
@@ -253,15 +331,24 @@ def test_tabular_output_formats(dask_client, write_script, tmp_path, fmt):
             return mini_batch[["id", "double"]]
     """)
     out = tmp_path / "out"
-    summary = job(dask_client, script, [TabularDataset.from_delimited_files(str(source))], out,
-                  mini_batch_size="512", append_row_format=fmt, append_row_file_name=f"result.{fmt}")
+    summary = job(
+        dask_client,
+        script,
+        [TabularDataset.from_delimited_files(str(source))],
+        out,
+        mini_batch_size="512",
+        append_row_format=fmt,
+        append_row_file_name=f"result.{fmt}",
+    )
     assert summary["status"] == "succeeded" and summary["total_items"] == 200, summary
     assert summary["total_mini_batches"] > 3
     target = Path(summary["append_row_file"])
     if fmt == "text":  # Azure-compatible: space-separated, no header
         assert target.read_text().splitlines() == [f"{i} {2 * i}" for i in range(200)]
         return
-    read = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[fmt]
+    read = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[
+        fmt
+    ]
     back = read(target)
     assert back["id"].tolist() == list(range(200)) and back["double"].tolist() == [2 * i for i in range(200)]
 
@@ -272,7 +359,13 @@ def test_summary_only_writes_no_output_file(dask_client, write_script, files, tm
         def run(mini_batch):
             return mini_batch
     """)
-    summary = job(dask_client, script, [FileDataset.from_files(str(root))], tmp_path / "out", output_action="summary_only")
+    summary = job(
+        dask_client,
+        script,
+        [FileDataset.from_files(str(root))],
+        tmp_path / "out",
+        output_action="summary_only",
+    )
     assert summary["status"] == "succeeded" and summary["append_row_file"] is None
     assert not (tmp_path / "out" / "parallel_run_step.txt").exists()
 
@@ -284,15 +377,27 @@ def test_parquet_input_row_groups(dask_client, write_script, tmp_path):
         def run(df):
             return [int(v) for v in df["x"]]
     """)
-    summary = job(dask_client, script, [TabularDataset.from_parquet_files(str(source))], tmp_path / "out",
-                  mini_batch_size="1KB")
-    assert summary["status"] == "succeeded" and summary["total_items"] == 1000 and summary["total_mini_batches"] > 1
+    summary = job(
+        dask_client,
+        script,
+        [TabularDataset.from_parquet_files(str(source))],
+        tmp_path / "out",
+        mini_batch_size="1KB",
+    )
+    assert (
+        summary["status"] == "succeeded"
+        and summary["total_items"] == 1000
+        and summary["total_mini_batches"] > 1
+    )
     assert Path(summary["append_row_file"]).read_text().splitlines() == [str(i) for i in range(1000)]
 
 
 def test_embedded_cluster_when_no_client(write_script, files, tmp_path):
     root = files(6)
-    summary = run_job(ParallelRunConfig(entry_script=write_script(ECHO), mini_batch_size=2, process_count_per_node=2),
-                      [FileDataset.from_files(str(root))], str(tmp_path / "out"))
+    summary = run_job(
+        ParallelRunConfig(entry_script=write_script(ECHO), mini_batch_size=2, process_count_per_node=2),
+        [FileDataset.from_files(str(root))],
+        str(tmp_path / "out"),
+    )
     assert summary["status"] == "succeeded" and summary["succeeded_items"] == 6
     assert os.path.exists(summary["append_row_file"])

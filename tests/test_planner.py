@@ -38,7 +38,10 @@ def test_globs_lists_urls_and_several_inputs(files, cfg, tmp_path: Path) -> None
     assert by_glob.total_items == 10
     by_list = plan([FileDataset.from_files([str(root / "f001.txt"), f"file://{root}/f002.txt"])], cfg())
     assert by_list.total_items == 2
-    two = plan([FileDataset.from_files(str(root)), FileDataset.from_files(str(root / "f01*"))], cfg(mini_batch_size=5))
+    two = plan(
+        [FileDataset.from_files(str(root)), FileDataset.from_files(str(root / "f01*"))],
+        cfg(mini_batch_size=5),
+    )
     assert [mb.input_index for mb in two.mini_batches] == [0, 0, 0, 1]
 
 
@@ -56,15 +59,23 @@ def test_bad_inputs_are_named(files, cfg, tmp_path: Path) -> None:  # type: igno
 
 
 def test_partition_format_one_batch_per_key_combination(tmp_path: Path, cfg) -> None:  # type: ignore[no-untyped-def]
-    for user, season, genre in [("ann", "s1", "rock"), ("ann", "s1", "jazz"), ("bob", "s2", "rock"), ("ann", "s2", "pop")]:
+    for user, season, genre in [
+        ("ann", "s1", "rock"),
+        ("ann", "s1", "jazz"),
+        ("bob", "s2", "rock"),
+        ("ann", "s2", "pop"),
+    ]:
         folder = tmp_path / "audio" / user / season
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{genre}.wav").write_bytes(b"RIFF")
     dataset = FileDataset.from_files(str(tmp_path / "audio"), partition_format="{user}/{season}/{genres}.wav")
     result = plan([dataset], cfg(partition_keys=["user", "season"], mini_batch_size=1))
     groups = [(mb.partition_key_value, mb.items) for mb in result.mini_batches]
-    assert groups == [({"user": "ann", "season": "s1"}, 2), ({"user": "ann", "season": "s2"}, 1),
-                      ({"user": "bob", "season": "s2"}, 1)]
+    assert groups == [
+        ({"user": "ann", "season": "s1"}, 2),
+        ({"user": "ann", "season": "s2"}, 1),
+        ({"user": "bob", "season": "s2"}, 1),
+    ]
     with pytest.raises(InputError, match="partition key"):
         plan([dataset], cfg(partition_keys=["country"]))
 
@@ -77,7 +88,9 @@ def test_hive_partitions_for_tabular(tmp_path: Path, cfg) -> None:  # type: igno
             (folder / f"p{part}.csv").write_text("a,b\n1,2\n3,4\n")
     result = plan([TabularDataset.from_delimited_files(str(tmp_path / "t"))], cfg(partition_keys=["day"]))
     assert [(mb.partition_key_value["day"], mb.items, len(mb.slices)) for mb in result.mini_batches] == [
-        ("2024-01-01", 4, 2), ("2024-01-02", 4, 2)]
+        ("2024-01-01", 4, 2),
+        ("2024-01-02", 4, 2),
+    ]
 
 
 def test_tabular_batches_never_cross_files(tmp_path: Path, cfg) -> None:  # type: ignore[no-untyped-def]
@@ -92,8 +105,13 @@ def test_tabular_batches_never_cross_files(tmp_path: Path, cfg) -> None:  # type
 def test_planning_100k_files_takes_seconds(tmp_path: Path, cfg) -> None:  # type: ignore[no-untyped-def]
     root = tmp_path / "many"
     subprocess.run(  # creating them is the slow part; do it without Python per-file overhead where possible
-        [sys.executable, "-c", "import os,sys\nr=sys.argv[1]\nfor d in range(100):\n p=os.path.join(r,f'd{d:03d}')\n"
-         " os.makedirs(p)\n for i in range(1000):\n  open(os.path.join(p,f'{i:04d}.png'),'wb').close()", str(root)],
+        [
+            sys.executable,
+            "-c",
+            "import os,sys\nr=sys.argv[1]\nfor d in range(100):\n p=os.path.join(r,f'd{d:03d}')\n"
+            " os.makedirs(p)\n for i in range(1000):\n  open(os.path.join(p,f'{i:04d}.png'),'wb').close()",
+            str(root),
+        ],
         check=True,
     )
     started = time.perf_counter()

@@ -30,10 +30,14 @@ def parse_mini_batch_size(value: int | str, *, tabular: bool, field_name: str = 
     else:
         match = _SIZE_RE.match(value)
         if not match:
-            raise ConfigError(field_name, value, "digits with an optional KB/MB/GB unit, e.g. 10, '1024KB', '10MB'")
+            raise ConfigError(
+                field_name, value, "digits with an optional KB/MB/GB unit, e.g. 10, '1024KB', '10MB'"
+            )
         number, unit = int(match.group(1)), (match.group(2) or "").lower()
     if unit and not tabular:
-        raise ConfigError(field_name, value, "a number of files for file input (units KB/MB/GB are for tabular input)")
+        raise ConfigError(
+            field_name, value, "a number of files for file input (units KB/MB/GB are for tabular input)"
+        )
     size = number * _UNITS[unit]
     if size < 1:
         raise ConfigError(field_name, value, "at least 1")
@@ -42,9 +46,13 @@ def parse_mini_batch_size(value: int | str, *, tabular: bool, field_name: str = 
 
 def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, value, f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else ""))
+        raise ConfigError(
+            name, value, f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        )
     if value < minimum or (maximum is not None and value > maximum):
-        raise ConfigError(name, value, f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else ""))
+        raise ConfigError(
+            name, value, f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        )
     return value
 
 
@@ -61,9 +69,13 @@ def script_defines_run(path: str) -> bool:
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "run":
             return True
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "run" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "run" for t in node.targets
+        ):
             return True
-        if isinstance(node, (ast.Import, ast.ImportFrom)) and any((a.asname or a.name) == "run" for a in node.names):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+            (a.asname or a.name) == "run" for a in node.names
+        ):
             return True
     return False
 
@@ -103,13 +115,17 @@ class ParallelRunConfig:
         try:
             defines_run = script_defines_run(script)
         except SyntaxError as exc:
-            raise ConfigError("entry_script", self.entry_script, f"valid Python (line {exc.lineno}: {exc.msg})") from exc
+            raise ConfigError(
+                "entry_script", self.entry_script, f"valid Python (line {exc.lineno}: {exc.msg})"
+            ) from exc
         if not defines_run:
             raise ConfigError("entry_script", self.entry_script, "a script that defines run(mini_batch)")
         if self.mini_batch_size is not None:
             parse_mini_batch_size(self.mini_batch_size, tabular=True)
         if self.partition_keys is not None:
-            keys = [self.partition_keys] if isinstance(self.partition_keys, str) else list(self.partition_keys)
+            keys = (
+                [self.partition_keys] if isinstance(self.partition_keys, str) else list(self.partition_keys)
+            )
             if not keys or not all(isinstance(k, str) and k for k in keys):
                 raise ConfigError("partition_keys", self.partition_keys, "a non-empty list of key names")
             set_(self, "partition_keys", tuple(keys))
@@ -132,15 +148,24 @@ class ParallelRunConfig:
             or any(c in _BAD_FILE_NAME_CHARS for c in name)
         ):
             raise ConfigError(
-                "append_row_file_name", name, "a plain file name: no path separators, no '..', none of ~\"#%&*:<>?/\\{|}"
+                "append_row_file_name",
+                name,
+                "a plain file name: no path separators, no '..', none of ~\"#%&*:<>?/\\{|}",
             )
-        if not isinstance(self.append_row_format, str) or self.append_row_format.lower() not in APPEND_ROW_FORMATS:
+        if (
+            not isinstance(self.append_row_format, str)
+            or self.append_row_format.lower() not in APPEND_ROW_FORMATS
+        ):
             raise ConfigError("append_row_format", self.append_row_format, ", ".join(APPEND_ROW_FORMATS))
         set_(self, "append_row_format", self.append_row_format.lower())
         _check_int("node_count", self.node_count, 1)
         if self.process_count_per_node is not None:
             _check_int("process_count_per_node", self.process_count_per_node, 1)
-        set_(self, "run_invocation_timeout", _check_positive_number("run_invocation_timeout", self.run_invocation_timeout))
+        set_(
+            self,
+            "run_invocation_timeout",
+            _check_positive_number("run_invocation_timeout", self.run_invocation_timeout),
+        )
         _check_int("run_max_try", self.run_max_try, 1)
         if not isinstance(self.logging_level, str) or self.logging_level.upper() not in LOGGING_LEVELS:
             raise ConfigError("logging_level", self.logging_level, ", ".join(LOGGING_LEVELS))
@@ -151,7 +176,9 @@ class ParallelRunConfig:
         set_(self, "environment_variables", {k: str(v) for k, v in env.items()})
         rmi = self.resource_monitor_interval
         if isinstance(rmi, bool) or not isinstance(rmi, (int, float)) or rmi < 0:
-            raise ConfigError("resource_monitor_interval", rmi, "a number of seconds >= 0 (0 turns monitoring off)")
+            raise ConfigError(
+                "resource_monitor_interval", rmi, "a number of seconds >= 0 (0 turns monitoring off)"
+            )
 
     @property
     def entry_script_path(self) -> str:
@@ -166,7 +193,9 @@ class ParallelRunConfig:
     def mini_batch_size_for(self, tabular: bool) -> int:
         """The effective mini-batch size: files (file input) or bytes (tabular input)."""
         default = DEFAULT_TABULAR_MINI_BATCH if tabular else DEFAULT_FILE_MINI_BATCH
-        return parse_mini_batch_size(self.mini_batch_size if self.mini_batch_size is not None else default, tabular=tabular)
+        return parse_mini_batch_size(
+            self.mini_batch_size if self.mini_batch_size is not None else default, tabular=tabular
+        )
 
     def with_overrides(self, **overrides: Any) -> ParallelRunConfig:
         """A copy with the given fields replaced (None values are ignored); validated again."""

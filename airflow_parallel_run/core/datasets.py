@@ -55,7 +55,7 @@ class TabularDataset:
     def __post_init__(self) -> None:
         if self.format not in TABULAR_FORMATS:
             raise ConfigError("format", self.format, ", ".join(TABULAR_FORMATS))
-        if not isinstance(self.separator, str) or len(self.separator) != 1 or self.separator in "\r\n\"":
+        if not isinstance(self.separator, str) or len(self.separator) != 1 or self.separator in '\r\n"':
             raise ConfigError("separator", self.separator, "one character other than a quote or a newline")
 
     @classmethod
@@ -69,7 +69,13 @@ class TabularDataset:
         storage_options: Mapping[str, Any] | None = None,
     ) -> TabularDataset:
         return cls(
-            _as_paths(path, "path"), "csv", separator, header, encoding, partition_format, dict(storage_options or {})
+            _as_paths(path, "path"),
+            "csv",
+            separator,
+            header,
+            encoding,
+            partition_format,
+            dict(storage_options or {}),
         )
 
     @classmethod
@@ -79,8 +85,12 @@ class TabularDataset:
         partition_format: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
     ) -> TabularDataset:
-        return cls(_as_paths(path, "path"), "parquet", partition_format=partition_format,
-                   storage_options=dict(storage_options or {}))
+        return cls(
+            _as_paths(path, "path"),
+            "parquet",
+            partition_format=partition_format,
+            storage_options=dict(storage_options or {}),
+        )
 
     @classmethod
     def from_json_lines_files(
@@ -90,8 +100,13 @@ class TabularDataset:
         partition_format: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
     ) -> TabularDataset:
-        return cls(_as_paths(path, "path"), "jsonl", encoding=encoding, partition_format=partition_format,
-                   storage_options=dict(storage_options or {}))
+        return cls(
+            _as_paths(path, "path"),
+            "jsonl",
+            encoding=encoding,
+            partition_format=partition_format,
+            storage_options=dict(storage_options or {}),
+        )
 
 
 Dataset = FileDataset | TabularDataset

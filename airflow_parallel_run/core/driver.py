@@ -6,6 +6,7 @@ mini-batch is committed, and the assembler concatenates committed parts in mini-
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,8 +29,8 @@ from .cluster import dask_client
 from .config import ParallelRunConfig
 from .datasets import Dataset
 from .errors import ConfigError
-from .jobspec import JobSpec, bundle_scripts
 from .joblogs import JobLogs
+from .jobspec import JobSpec, bundle_scripts
 from .minibatch import MiniBatch
 from .planner import Plan, is_local, plan
 from .results import assemble
@@ -74,7 +75,9 @@ def _normalise_output(output_path: str, storage_options: Mapping[str, Any]) -> t
     return fs.unstrip_protocol(path).rstrip("/"), False
 
 
-def job_cache_key(config: ParallelRunConfig, bundle_hash: str, arguments: Sequence[str], side_inputs: Sequence[str]) -> str:
+def job_cache_key(
+    config: ParallelRunConfig, bundle_hash: str, arguments: Sequence[str], side_inputs: Sequence[str]
+) -> str:
     """Everything that changes what run() produces, except the data (DESIGN §5)."""
     material = {
         "code": bundle_hash,
@@ -232,7 +235,9 @@ class JobDriver:
         for index, result in sorted(reused.items()):
             self.logs.attempt(result, json.dumps(by_index[index].describe()))
             self._finalise(by_index[index], result)
-        pending: deque[tuple[MiniBatch, int]] = deque((mb, 1) for mb in self.plan.mini_batches if mb.index not in reused)
+        pending: deque[tuple[MiniBatch, int]] = deque(
+            (mb, 1) for mb in self.plan.mini_batches if mb.index not in reused
+        )
         slots = max(1, cfg.node_count * cfg.processes_per_node)
         window = 2 * slots
         stop_event = Event(f"apr-stop-{self.job_id}", client=client)
@@ -245,18 +250,22 @@ class JobDriver:
             while pending and len(in_flight) < window:
                 mb, attempt = pending.popleft()
                 key = f"apr-{self.job_id}-mb{mb.index}-a{attempt}"
-                future = client.submit(run_mini_batch, spec_future, mb, attempt, key=key, pure=False, retries=0)
-                in_flight[future.key] = (future, mb, attempt)
+                future = client.submit(
+                    run_mini_batch, spec_future, mb, attempt, key=key, pure=False, retries=0
+                )
+                in_flight[key] = (future, mb, attempt)
 
         submit()
         try:
             while in_flight:
                 try:
-                    done = wait([f for f, _, _ in in_flight.values()], timeout=1.0, return_when="FIRST_COMPLETED").done
+                    done = wait(
+                        [f for f, _, _ in in_flight.values()], timeout=1.0, return_when="FIRST_COMPLETED"
+                    ).done
                 except (TimeoutError, DaskTimeoutError):
                     done = set()
                 for future in sorted(done, key=lambda f: str(f.key)):
-                    _, mb, attempt = in_flight.pop(future.key)
+                    _, mb, attempt = in_flight.pop(str(future.key))
                     self._record(future, mb, attempt, pending)
                     step = 10 * self.counters.done // max(self.counters.total_mini_batches, 1)
                     if step != last_step:
@@ -282,13 +291,13 @@ class JobDriver:
                 client.run(shutdown_job, self.job_id, self.spec.log_url, self.storage_options)
             except Exception as exc:  # noqa: BLE001
                 self.logs.master(f"could not stop entry-script processes on every worker: {exc}")
-            try:
+            with contextlib.suppress(Exception):  # the scheduler may already be gone
                 stop_event.clear()
-            except Exception:  # noqa: BLE001
-                pass
         return self._finish()
 
-    def _record(self, future: Future, mb: MiniBatch, attempt: int, pending: deque[tuple[MiniBatch, int]]) -> None:
+    def _record(
+        self, future: Future, mb: MiniBatch, attempt: int, pending: deque[tuple[MiniBatch, int]]
+    ) -> None:
         """Books one attempt: commit, retry, or final failure; then checks the thresholds."""
         result = self._collect(future, mb, attempt)
         self.logs.attempt(result, json.dumps(mb.describe()))
@@ -402,15 +411,16 @@ class JobDriver:
             lines += ["", "Errors (logs/user/error.txt):", *error_lines[:20]]
         lines += ["", json.dumps(summary, indent=2)]
         self.logs.result(lines)
-        self.logs.master(f"result: {summary['status']}" + (f" - {summary.get('message')}" if summary.get("message") else ""))
+        self.logs.master(
+            f"result: {summary['status']}"
+            + (f" - {summary.get('message')}" if summary.get("message") else "")
+        )
         self._say(lines[0])
 
     def _cleanup_staging(self) -> None:
         fs, path = fsspec.core.url_to_fs(_join(self.output, ".staging"), **self.storage_options)
-        try:
+        with contextlib.suppress(FileNotFoundError, OSError):
             fs.rm(path, recursive=True)
-        except (FileNotFoundError, OSError):
-            pass
 
 
 def run_job(

@@ -35,7 +35,9 @@ class MiniBatchContext:
         self.dataset: dict[str, Any] = mini_batch.describe()
 
     def __repr__(self) -> str:
-        return f"MiniBatchContext(index={self.minibatch_index}, partition_key_value={self.partition_key_value})"
+        return (
+            f"MiniBatchContext(index={self.minibatch_index}, partition_key_value={self.partition_key_value})"
+        )
 
 
 def _install_azureml_shim() -> None:
@@ -106,7 +108,9 @@ def main(fd: int) -> None:
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     setup: dict[str, Any] = conn.recv()
     logging.basicConfig(
-        level=setup["logging_level"], stream=sys.stdout, format="%(asctime)s|%(levelname)s|%(name)s|%(message)s"
+        level=setup["logging_level"],
+        stream=sys.stdout,
+        format="%(asctime)s|%(levelname)s|%(name)s|%(message)s",
     )
     _install_azureml_shim()
     os.chdir(setup["working_dir"])
@@ -166,7 +170,9 @@ def main(fd: int) -> None:
                 results.write_atomic(payload["part_url"], blob, setup["storage_options"])
                 part = {"part_url": payload["part_url"], "columns": columns}
         except results.InvalidResultError as exc:
-            conn.send(("error", {"status": "RUN_INVALID_RESULT", "message": str(exc), "traceback": str(exc) + "\n"}))
+            conn.send(
+                ("error", {"status": "RUN_INVALID_RESULT", "message": str(exc), "traceback": str(exc) + "\n"})
+            )
             continue
         except BaseException as exc:  # noqa: BLE001 - run() failures fail the attempt only
             conn.send(_error("RUN_EXCEPTION", exc))

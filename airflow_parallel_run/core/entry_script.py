@@ -41,7 +41,9 @@ class EntryScript(metaclass=_Singleton):
         self.logger.propagate = True
         if not any(getattr(h, "_apr_entry_log", False) for h in self.logger.handlers):
             os.makedirs(self.log_dir, exist_ok=True)
-            handler = logging.FileHandler(os.path.join(self.log_dir, f"{self.agent_name}.log.txt"), encoding="utf-8")
+            handler = logging.FileHandler(
+                os.path.join(self.log_dir, f"{self.agent_name}.log.txt"), encoding="utf-8"
+            )
             handler.setFormatter(logging.Formatter(LOG_FORMAT))
             handler._apr_entry_log = True  # type: ignore[attr-defined]
             self.logger.addHandler(handler)

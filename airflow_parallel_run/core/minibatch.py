@@ -52,7 +52,13 @@ class MiniBatch:
         return {
             "input_index": self.input_index,
             "slices": [
-                {"url": s.url, "format": s.format, "start": s.start, "end": s.end, "row_groups": list(s.row_groups)}
+                {
+                    "url": s.url,
+                    "format": s.format,
+                    "start": s.start,
+                    "end": s.end,
+                    "row_groups": list(s.row_groups),
+                }
                 for s in self.slices
             ],
         }

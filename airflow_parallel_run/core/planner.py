@@ -101,7 +101,9 @@ def list_input(path: str, storage_options: dict[str, Any]) -> tuple[str, list[Fi
     else:
         raise InputError(f"input {path!r} does not exist (no file, folder or glob match)")
     if not refs:
-        raise InputError(f"input {path!r} matched no files (names starting with '.' or '_' are skipped in folders)")
+        raise InputError(
+            f"input {path!r} matched no files (names starting with '.' or '_' are skipped in folders)"
+        )
     refs.sort(key=lambda r: r.url)
     return to_url(fs, root.rstrip("/")) if root else "", refs
 
@@ -122,7 +124,11 @@ def partition_regex(partition_format: str) -> tuple[re.Pattern[str], list[str]]:
     """'{user}/{season}/{genres}.wav' -> a regex with one named group per key."""
     keys = re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", partition_format)
     if not keys:
-        raise ConfigError("partition_format", partition_format, "a path template with {key} fields, e.g. '{user}/{season}/{genres}.wav'")
+        raise ConfigError(
+            "partition_format",
+            partition_format,
+            "a path template with {key} fields, e.g. '{user}/{season}/{genres}.wav'",
+        )
     pattern = ""
     for part in re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", partition_format.lstrip("/")):
         if part.startswith("{") and part.endswith("}"):
@@ -151,7 +157,11 @@ def _grouped(
     regex = partition_regex(dataset.partition_format)[0] if dataset.partition_format else None
     groups: dict[tuple[str, ...], list[FileRef]] = {}
     for ref in refs:
-        rel = ref.url[len(root) :].lstrip("/") if root and ref.url.startswith(root) else posixpath.basename(ref.url)
+        rel = (
+            ref.url[len(root) :].lstrip("/")
+            if root and ref.url.startswith(root)
+            else posixpath.basename(ref.url)
+        )
         values = partition_values(rel, regex)
         missing = [k for k in keys if k not in values]
         if missing:
@@ -171,8 +181,10 @@ def plan(inputs: Sequence[Dataset], config: ParallelRunConfig) -> Plan:
     if kinds - {"file", "tabular"}:
         raise ConfigError("inputs", list(inputs), "FileDataset or TabularDataset objects")
     if len(kinds) > 1:
-        raise ConfigError("inputs", [type(d).__name__ for d in inputs], "datasets of one type (all file or all tabular)")
-    kind = kinds.pop()
+        raise ConfigError(
+            "inputs", [type(d).__name__ for d in inputs], "datasets of one type (all file or all tabular)"
+        )
+    kind = str(kinds.pop())
     tabular = kind == "tabular"
     size = config.mini_batch_size_for(tabular)
     keys = list(config.partition_keys or ())
@@ -192,7 +204,9 @@ def plan(inputs: Sequence[Dataset], config: ParallelRunConfig) -> Plan:
                         )
             else:
                 for chunk in _chunks(refs, size):
-                    batches.append(MiniBatch(len(batches), "file", input_index, len(chunk), files=tuple(chunk)))
+                    batches.append(
+                        MiniBatch(len(batches), "file", input_index, len(chunk), files=tuple(chunk))
+                    )
     return Plan(kind, batches)
 
 
@@ -206,7 +220,9 @@ def _partition_batch(
     index: int, input_index: int, dataset: Dataset, files: list[FileRef], values: dict[str, str]
 ) -> MiniBatch:
     if isinstance(dataset, FileDataset):
-        return MiniBatch(index, "file", input_index, len(files), files=tuple(files), partition_key_value=values)
+        return MiniBatch(
+            index, "file", input_index, len(files), files=tuple(files), partition_key_value=values
+        )
     slices = tuple(s for ref in files for s in _slices(ref, dataset, _WHOLE_FILE))
     return MiniBatch(
         index, "tabular", input_index, sum(s.rows for s in slices), slices=slices, partition_key_value=values

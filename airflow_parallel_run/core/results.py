@@ -62,7 +62,9 @@ def encode_part(result: list[Any] | tuple[Any, ...] | pd.DataFrame, fmt: str) ->
         return text.encode("utf-8"), []
     frame = _as_frame(result)
     if fmt == "csv":
-        return frame.to_csv(header=False, index=False, lineterminator="\n").encode("utf-8"), [str(c) for c in frame.columns]
+        return frame.to_csv(header=False, index=False, lineterminator="\n").encode("utf-8"), [
+            str(c) for c in frame.columns
+        ]
     if fmt == "parquet":
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)

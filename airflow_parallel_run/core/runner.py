@@ -7,9 +7,11 @@ the next attempt on that thread starts a replacement, which runs init() again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,14 +97,17 @@ def _extract_bundle(spec: JobSpec) -> str:
             return _BUNDLES[spec.bundle_hash]
         target = os.path.join(_tmp_root(), "code", spec.bundle_hash[:32])
         if not os.path.isdir(target):
-            staging = tempfile.mkdtemp(prefix="code-", dir=os.path.dirname(target) if os.path.isdir(os.path.dirname(target)) else None)
+            staging = tempfile.mkdtemp(
+                prefix="code-",
+                dir=os.path.dirname(target) if os.path.isdir(os.path.dirname(target)) else None,
+            )
             with zipfile.ZipFile(io.BytesIO(spec.script_bundle)) as archive:
                 archive.extractall(staging)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             try:
                 os.rename(staging, target)
             except OSError:  # another worker process extracted it first
-                pass
+                shutil.rmtree(staging, ignore_errors=True)
         _BUNDLES[spec.bundle_hash] = target
         return target
 
@@ -115,7 +120,9 @@ def _local_side_input(spec: JobSpec, url: str) -> str:
         key = (spec.job_id, url)
         if key not in _SIDE_INPUTS:
             fs, path = fsspec.core.url_to_fs(url, **dict(spec.storage_options))
-            target = os.path.join(_tmp_root(), "side", spec.job_id, str(len(_SIDE_INPUTS)), os.path.basename(path.rstrip("/")))
+            target = os.path.join(
+                _tmp_root(), "side", spec.job_id, str(len(_SIDE_INPUTS)), os.path.basename(path.rstrip("/"))
+            )
             os.makedirs(os.path.dirname(target), exist_ok=True)
             fs.get(path, target, recursive=fs.isdir(path))
             _SIDE_INPUTS[key] = target
@@ -194,7 +201,9 @@ class EntryProcess:
             os.makedirs(os.path.dirname(self.paths[key]), exist_ok=True)
         os.makedirs(self.paths["entry_log_dir"], exist_ok=True)
         open(os.path.join(self.paths["entry_log_dir"], f"{self.name}.log.txt"), "a").close()
-        self.working_dir = tempfile.mkdtemp(prefix=f"{self.name}-", dir=_ensure(os.path.join(_tmp_root(), "work")))
+        self.working_dir = tempfile.mkdtemp(
+            prefix=f"{self.name}-", dir=_ensure(os.path.join(_tmp_root(), "work"))
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
         self.mini_batches = 0
@@ -270,7 +279,11 @@ class EntryProcess:
         if outcome[0] == DIED:
             return "error", self.death_report("init()")
         if outcome[0] == CANCELLED:
-            return "error", {"status": "CANCELLED", "message": "job stopped while init() ran", "traceback": ""}
+            return "error", {
+                "status": "CANCELLED",
+                "message": "job stopped while init() ran",
+                "traceback": "",
+            }
         return outcome
 
     def death_report(self, during: str) -> dict[str, Any]:
@@ -308,10 +321,8 @@ class EntryProcess:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait()
         if self.conn is not None:
             self.conn.close()
@@ -326,10 +337,8 @@ class EntryProcess:
             except (OSError, EOFError):
                 pass
             if self.proc is not None:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=SHUTDOWN_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    pass
         self.kill()
         self.node_log("stopped")
 
@@ -363,7 +372,9 @@ def _stop_checker(job_id: str) -> Any:
 def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> AttemptResult:
     """The Dask task: runs one attempt of one mini-batch and reports its counts (never its data)."""
     started = time.monotonic()
-    result = AttemptResult(mini_batch.index, attempt, "RUN_EXCEPTION", start_time=_now(), total=mini_batch.items)
+    result = AttemptResult(
+        mini_batch.index, attempt, "RUN_EXCEPTION", start_time=_now(), total=mini_batch.items
+    )
     stop_check = _stop_checker(spec.job_id)
     key = (spec.job_id, threading.get_ident())
     process = _PROCESSES.get(key)
@@ -377,7 +388,16 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
         result.node, result.process = process.node, process.name
         process.node_log(f"picked mini-batch {mini_batch.index} attempt {attempt}: {mini_batch.label()}")
         assert process.conn is not None
-        process.conn.send(("run", {"mini_batch": mini_batch, "attempt": attempt, "part_url": spec.part_url(mini_batch.index, attempt)}))
+        process.conn.send(
+            (
+                "run",
+                {
+                    "mini_batch": mini_batch,
+                    "attempt": attempt,
+                    "part_url": spec.part_url(mini_batch.index, attempt),
+                },
+            )
+        )
         outcome = process.wait(spec.load_timeout, stop_check)
         if outcome[0] == "loaded":
             result.total = outcome[1]["total"]
@@ -395,12 +415,22 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
                 )
         elif outcome[0] == TIMEOUT:
             process.kill()
-            outcome = ("error", {"status": "LOAD_TIMEOUT", "message": f"reading mini-batch {mini_batch.index} took more than {spec.load_timeout:g} s", "traceback": ""})
+            outcome = (
+                "error",
+                {
+                    "status": "LOAD_TIMEOUT",
+                    "message": f"reading mini-batch {mini_batch.index} took more than {spec.load_timeout:g} s",
+                    "traceback": "",
+                },
+            )
         if outcome[0] == DIED:
             outcome = ("error", process.death_report(f"run() of mini-batch {mini_batch.index}"))
         elif outcome[0] == CANCELLED:
             process.kill()
-            outcome = ("error", {"status": "CANCELLED", "message": "job stopped while this mini-batch ran", "traceback": ""})
+            outcome = (
+                "error",
+                {"status": "CANCELLED", "message": "job stopped while this mini-batch ran", "traceback": ""},
+            )
         if outcome[0] == "done":
             info = outcome[1]
             result.status = "RUN_DONE"
@@ -418,12 +448,18 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
         return _failed(
             result,
             process,
-            {"status": "SYSTEM_ERROR", "message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
+            {
+                "status": "SYSTEM_ERROR",
+                "message": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            },
             started,
         )
 
 
-def _failed(result: AttemptResult, process: EntryProcess | None, info: dict[str, Any], started: float) -> AttemptResult:
+def _failed(
+    result: AttemptResult, process: EntryProcess | None, info: dict[str, Any], started: float
+) -> AttemptResult:
     result.status = info.get("status", "RUN_EXCEPTION")
     result.error = info.get("message", "")
     result.traceback = info.get("traceback", "")
@@ -440,7 +476,9 @@ def _failed(result: AttemptResult, process: EntryProcess | None, info: dict[str,
     return result
 
 
-def shutdown_job(job_id: str, log_url: str | None = None, storage_options: dict[str, Any] | None = None) -> int:
+def shutdown_job(
+    job_id: str, log_url: str | None = None, storage_options: dict[str, Any] | None = None
+) -> int:
     """Ends this worker's entry-script processes of `job_id` (shutdown() runs) and syncs remote logs."""
     stopped = 0
     for key in [k for k in _PROCESSES if k[0] == job_id]:
@@ -451,6 +489,6 @@ def shutdown_job(job_id: str, log_url: str | None = None, storage_options: dict[
         if os.path.isdir(local):
             fs, path = fsspec.core.url_to_fs(log_url, **(storage_options or {}))
             fs.put(local.rstrip("/") + "/", path, recursive=True)
-    for (job, _url) in [k for k in _SIDE_INPUTS if k[0] == job_id]:
+    for job, _url in [k for k in _SIDE_INPUTS if k[0] == job_id]:
         _SIDE_INPUTS.pop((job, _url), None)
     return stopped

@@ -1,0 +1,139 @@
+"""The CLI: flags per config field, `--` arguments, --json summary on stdout, exit codes 0/1/2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+BIN = [sys.executable, "-m", "airflow_parallel_run.cli"]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BIN, *args], cwd=cwd, capture_output=True, text=True, timeout=240)
+
+
+def test_success_json_and_arguments(tmp_path: Path, files, write_script) -> None:  # type: ignore[no-untyped-def]
+    root = files(7)
+    script = write_script("""
+        import argparse, os
+        def init():
+            global tag
+            tag = argparse.ArgumentParser().parse_known_args()[1]
+        def run(mini_batch):
+            return [f"{os.path.basename(p)} {' '.join(tag)} {os.environ['STAGE']}" for p in mini_batch]
+    """)
+    done = cli(
+        "run",
+        "--input",
+        str(root),
+        "--output",
+        "out",
+        "--entry-script",
+        script,
+        "--mini-batch-size",
+        "3",
+        "--process-count-per-node",
+        "2",
+        "--environment-variables",
+        "STAGE=prod",
+        "--json",
+        "--",
+        "--tag",
+        "x",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)  # stdout holds only the JSON document
+    assert summary["status"] == "succeeded" and summary["succeeded_items"] == 7
+    assert "Processed 3 of 3 mini-batches" in done.stderr
+    assert (tmp_path / "out" / "parallel_run_step.txt").read_text().splitlines()[0] == "f000.txt --tag x prod"
+
+
+def test_failed_job_exits_1_with_json(tmp_path: Path, files, write_script) -> None:  # type: ignore[no-untyped-def]
+    root = files(3)
+    script = write_script("def run(mini_batch):\n    raise KeyError('label')\n")
+    done = cli(
+        "run",
+        "--input",
+        str(root),
+        "--output",
+        "out",
+        "--entry-script",
+        script,
+        "--run-max-try",
+        "1",
+        "--error-threshold",
+        "0",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "failed" and "error_threshold exceeded" in summary["message"]
+
+
+def test_usage_and_config_errors_exit_2_without_traceback(tmp_path: Path, files, write_script) -> None:  # type: ignore[no-untyped-def]
+    root = files(1)
+    script = write_script("def run(b):\n    return b\n")
+    cases = [
+        (
+            ["--input", str(root), "--output", "o", "--entry-script", script, "--mini-batch-size", "1MB"],
+            "mini_batch_size",
+        ),
+        (
+            ["--input", str(root), "--output", "o", "--entry-script", script, "--run-max-try", "0"],
+            "run_max_try",
+        ),
+        (["--input", str(tmp_path / "missing"), "--output", "o", "--entry-script", script], "missing"),
+        (["--input", str(root), "--output", "o", "--entry-script", "nope.py"], "entry_script"),
+        (
+            ["--input", str(root), "--output", "o", "--entry-script", script, "--output-action", "file"],
+            "output-action",
+        ),
+        (["--output", "o", "--entry-script", script], "--input"),
+    ]
+    for args, fragment in cases:
+        done = cli("run", *args, cwd=tmp_path)
+        assert done.returncode == 2, (args, done.stderr)
+        assert fragment in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "o").exists(), "a rejected job must not create its output folder"
+
+
+def test_core_never_imports_airflow(tmp_path: Path, files, write_script) -> None:  # type: ignore[no-untyped-def]
+    """Dask workers must not need Airflow: run a whole job with `airflow` made unimportable."""
+    root = files(4)
+    script = write_script(
+        "def run(b):\n    import sys\n    assert 'airflow' not in sys.modules\n    return b\n"
+    )
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(
+        textwrap.dedent("""
+        import sys
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "airflow" or name.startswith("airflow."):
+                    raise ImportError("airflow is blocked in this test")
+        sys.meta_path.insert(0, _Block())
+    """)
+    )
+    env = {**os.environ, "PYTHONPATH": str(guard)}
+    code = (
+        "import sys, airflow_parallel_run.core as core, airflow_parallel_run.cli\n"
+        "from airflow_parallel_run import ParallelRunConfig, FileDataset, run_job\n"
+        "assert not [m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')]\n"
+        f"s = run_job(ParallelRunConfig(entry_script={script!r}, process_count_per_node=1), "
+        f"[FileDataset.from_files({str(root)!r})], {str(tmp_path / 'out')!r})\n"
+        "assert s['status'] == 'succeeded', s\n"
+        "assert not [m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    blocked = subprocess.run(
+        [sys.executable, "-c", "import airflow"], env=env, capture_output=True, text=True
+    )
+    assert blocked.returncode != 0 and "blocked" in blocked.stderr
