@@ -327,6 +327,7 @@ class EntryProcess:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        shutil.rmtree(self.working_dir, ignore_errors=True)
 
     def shutdown(self) -> None:
         """Lets the script's shutdown() run, then ends the process."""
