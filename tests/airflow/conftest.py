@@ -1,0 +1,87 @@
+"""Airflow test environment, set up before anything imports Airflow.
+
+At import time (pytest imports conftest files before the test modules of this folder) this points
+AIRFLOW_HOME at a fresh temp folder, builds a DAGs folder there (symlinks to the repo's example DAGs
+and their scripts, plus the test-only DAGs of tests/airflow/dags) and points the demo root at a temp
+folder, so nothing touches ~/airflow or the repo's demo_output. The `airflow_db` fixture runs
+`airflow db migrate` once per session (SQLite) for the `dag.test()` tests; unit tests need no DB.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_DAGS = Path(__file__).resolve().parent / "dags"
+
+if "airflow" in sys.modules:
+    raise RuntimeError(
+        "airflow was imported before tests/airflow/conftest.py could set AIRFLOW_HOME; "
+        "run `pytest tests/airflow` or make sure earlier test modules do not import airflow"
+    )
+
+_HOME = Path(tempfile.mkdtemp(prefix="apr-airflow-home-"))
+_DAGS = _HOME / "dags"
+_DEMO_ROOT = _HOME / "demo_root"
+
+
+def _build_dags_folder() -> None:
+    _DAGS.mkdir(parents=True, exist_ok=True)
+    sources = [
+        *sorted((REPO / "dags").glob("*.py")),
+        REPO / "dags" / "scripts",
+        *sorted((REPO / "dags").glob(".airflowignore")),
+        *sorted(TEST_DAGS.glob("*.py")),
+    ]
+    for source in sources:
+        link = _DAGS / source.name
+        if not link.exists():
+            link.symlink_to(source)
+
+
+atexit.register(shutil.rmtree, _HOME, True)
+_build_dags_folder()
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(_DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME / 'airflow.db'}",
+        "AIRFLOW_PARALLEL_RUN_DEMO_ROOT": str(_DEMO_ROOT),
+    }
+)
+
+
+@pytest.fixture(scope="session")
+def airflow_home() -> Path:
+    return _HOME
+
+
+@pytest.fixture(scope="session")
+def demo_root() -> Path:
+    return _DEMO_ROOT
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite metadata DB in the temp AIRFLOW_HOME (created once per session)."""
+    db = _HOME / "airflow.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return db
