@@ -28,6 +28,14 @@ def dask_client() -> Iterator[Client]:
         yield client
 
 
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own reuse cache, so no test reuses another's results (or the user's)."""
+    root = tmp_path / "reuse-cache"
+    monkeypatch.setenv("AIRFLOW_PARALLEL_RUN_CACHE", str(root))
+    return root
+
+
 @pytest.fixture
 def write_script(tmp_path: Path) -> Callable[..., str]:
     """Writes an entry script from source text and returns its path."""

@@ -25,13 +25,21 @@ import fsspec
 from dask.distributed import TimeoutError as DaskTimeoutError
 from distributed import Client, Event, Future, wait
 
+from .cache import (
+    DEFAULT_CACHE_ROOT,
+    Fingerprinter,
+    MiniBatchCache,
+    mini_batch_key,
+    mini_batch_urls,
+    resolve_cache_root,
+)
 from .cluster import dask_client
 from .config import ParallelRunConfig
 from .datasets import Dataset
 from .errors import ConfigError
 from .joblogs import JobLogs
 from .jobspec import JobSpec, bundle_scripts
-from .minibatch import MiniBatch
+from .minibatch import FileRef, MiniBatch
 from .planner import Plan, is_local, plan
 from .results import assemble
 from .runner import AttemptResult, run_mini_batch, shutdown_job
@@ -75,19 +83,51 @@ def _normalise_output(output_path: str, storage_options: Mapping[str, Any]) -> t
     return fs.unstrip_protocol(path).rstrip("/"), False
 
 
-def job_cache_key(
-    config: ParallelRunConfig, bundle_hash: str, arguments: Sequence[str], side_inputs: Sequence[str]
-) -> str:
-    """Everything that changes what run() produces, except the data (DESIGN §5)."""
-    material = {
-        "code": bundle_hash,
+def job_components(
+    config: ParallelRunConfig,
+    code_files: Mapping[str, str],
+    arguments: Sequence[str],
+    side_inputs: Mapping[str, str],
+) -> dict[str, Any]:
+    """Everything that changes what run() produces, except the data (DESIGN §5), by component name."""
+    return {
+        "code": dict(sorted(code_files.items())),
         "arguments": list(arguments),
-        "side_inputs": list(side_inputs),
+        "side_inputs": [side_inputs[url] for url in side_inputs],
         "environment_variables": dict(sorted(config.environment_variables.items())),
         "output": [config.output_action, config.append_row_file_name, config.append_row_format],
         "partition_keys": list(config.partition_keys or ()),
     }
+
+
+def _digest(material: Any) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+
+COMPONENT_WORDS = {
+    "code": "the entry script or a file in source_directory changed",
+    "arguments": "the arguments changed",
+    "side_inputs": "a side input changed",
+    "environment_variables": "environment_variables changed",
+    "output": "the output settings (output_action, append_row_file_name, append_row_format) changed",
+    "partition_keys": "partition_keys changed",
+}
+
+
+def explain_change(previous: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """Names the first key component that differs from the previous run of the same job."""
+    for name, words in COMPONENT_WORDS.items():
+        if previous.get(name) != current.get(name):
+            if name == "code":
+                old, new = previous.get("code") or {}, current.get("code") or {}
+                changed = sorted(f for f in set(old) | set(new) if old.get(f) != new.get(f))
+                return f"{words} ({', '.join(changed[:3])})"
+            return words
+    return None
+
+
+def _refs(mb: MiniBatch) -> list[FileRef]:
+    return list(mb.files) or [FileRef(s.url) for s in mb.slices]
 
 
 def _format_eta(seconds: float) -> str:
@@ -109,6 +149,8 @@ class JobDriver:
         storage_options: Mapping[str, Any] | None = None,
         progress: ProgressCallback | None = None,
         job_id: str | None = None,
+        allow_reuse: bool = True,
+        cache_dir: str | None = None,
     ) -> None:
         if not all(isinstance(a, str) for a in arguments):
             raise ConfigError("arguments", list(arguments), "a list of strings")
@@ -130,8 +172,33 @@ class JobDriver:
         )
         self.plan: Plan = plan(self.inputs, config)
         self.output, self.local_output = _normalise_output(output_path, self.storage_options)
-        bundle, bundle_hash, entry = bundle_scripts(config.entry_script_path, config.source_directory)
-        self.cache_key = job_cache_key(config, bundle_hash, self.arguments, self.side_inputs)
+        bundle, bundle_hash, entry, code_files = bundle_scripts(
+            config.entry_script_path, config.source_directory
+        )
+        self.allow_reuse = allow_reuse
+        self.cache = MiniBatchCache(resolve_cache_root(cache_dir), self.storage_options)
+        memo_root = (
+            self.cache.root if "://" not in self.cache.root else resolve_cache_root(DEFAULT_CACHE_ROOT)
+        )
+        fingerprinter = Fingerprinter(os.path.join(memo_root, "memo.sqlite"), self.storage_options)
+        try:
+            side_fps = {url: fingerprinter.path(url) for url in self.side_inputs}
+            self.components = job_components(config, code_files, self.arguments, side_fps)
+            self.cache_key = _digest(self.components)
+            self.fingerprints: dict[str, str] = {}
+            for input_index, dataset in enumerate(self.inputs):
+                refs = [
+                    ref for mb in self.plan.mini_batches if mb.input_index == input_index for ref in _refs(mb)
+                ]
+                self.fingerprints.update(fingerprinter.many(refs, dataset.storage_options))
+        finally:
+            fingerprinter.close()
+        self.keys = {
+            mb.index: mini_batch_key(self.cache_key, mb, self.fingerprints) for mb in self.plan.mini_batches
+        }
+        self.signature = _digest(
+            [os.path.abspath(config.entry_script_path), [list(d.paths) for d in self.inputs], self.plan.kind]
+        )
         log_url = _join(self.output, "logs")
         if self.local_output:
             shutil.rmtree(log_url, ignore_errors=True)
@@ -165,6 +232,82 @@ class JobDriver:
             f"({self.plan.kind} input), entry script {config.entry_script}, cache key {self.cache_key}"
         )
 
+    # -- reuse ---------------------------------------------------------------------------------------
+    def find_reusable(self) -> dict[int, AttemptResult]:
+        """Cache hits (when allow_reuse) and a log line saying how many were reused and why others were not."""
+        hits: dict[int, AttemptResult] = {}
+        if self.allow_reuse:
+            for mb in self.plan.mini_batches:
+                meta = self.cache.lookup(self.keys[mb.index])
+                if meta is not None:
+                    hits[mb.index] = AttemptResult(
+                        mb.index,
+                        0,
+                        "REUSED",
+                        process="(cache)",
+                        total=int(meta["total"]),
+                        succeeded=int(meta["succeeded"]),
+                        part_url=meta["part_url"],
+                        columns=list(meta.get("columns", [])),
+                        reused=True,
+                        error=f"reused cache entry {self.keys[mb.index]}",
+                    )
+        previous = self.cache.read_manifest(self.signature)
+        misses = [mb for mb in self.plan.mini_batches if mb.index not in hits]
+        if not self.allow_reuse:
+            reason = "allow_reuse is False"
+        elif not misses:
+            reason = ""
+        elif previous is None:
+            reason = "no earlier run of this job in the cache"
+        else:
+            reason = explain_change(previous.get("components", {}), self.components) or self._explain_inputs(
+                previous.get("inputs", {}), misses
+            )
+        self.reuse_line = (
+            f"Reuse: {len(hits)} of {len(self.plan.mini_batches)} mini-batches reused from {self.cache.root}"
+            + (f"; {len(misses)} to run: {reason}" if misses else "")
+        )
+        self.logs.master(self.reuse_line)
+        self.cache.write_manifest(
+            self.signature, {"components": self.components, "inputs": self.fingerprints}
+        )
+        return hits
+
+    def _explain_inputs(self, previous_inputs: Mapping[str, str], misses: Sequence[MiniBatch]) -> str:
+        changed, new = [], []
+        for mb in misses:
+            for url in mini_batch_urls(mb):
+                if url not in previous_inputs:
+                    new.append(url)
+                elif previous_inputs[url] != self.fingerprints[url]:
+                    changed.append(url)
+        parts = []
+        if changed:
+            parts.append(
+                f"input file {changed[0]} changed"
+                + (f" (+{len(changed) - 1} more)" if len(changed) > 1 else "")
+            )
+        if new:
+            parts.append(f"new input file {new[0]}" + (f" (+{len(new) - 1} more)" if len(new) > 1 else ""))
+        return (
+            "; ".join(parts)
+            or "no cache entry for them (an earlier attempt failed, the run was interrupted, or the cache was pruned)"
+        )
+
+    def _commit(self, result: AttemptResult) -> None:
+        """Publishes a successful attempt to the cache at once, so an interrupted run resumes from here."""
+        try:
+            cached = self.cache.store(
+                self.keys[result.index],
+                result.part_url,
+                {"total": result.total, "succeeded": result.succeeded, "columns": result.columns},
+            )
+            if result.part_url:
+                result.part_url = cached
+        except Exception as exc:  # noqa: BLE001 - a full cache disk must not fail the job
+            self.logs.master(f"could not cache mini-batch {result.index}: {type(exc).__name__}: {exc}")
+
     # -- control -----------------------------------------------------------------------------------
     def cancel(self, reason: str = "the job was cancelled") -> None:
         """Thread-safe: stops scheduling and kills running attempts (used by on_kill and Ctrl-C)."""
@@ -173,9 +316,11 @@ class JobDriver:
 
     def _say(self, text: str) -> None:
         self.logs.progress(text)
-        log.info(text)
         if self.progress_callback is not None:
+            log.debug(text)  # the callback shows it; logging it too would print every line twice
             self.progress_callback(text)
+        else:
+            log.info(text)
 
     # -- accounting --------------------------------------------------------------------------------
     def _threshold_breach(self, all_scheduled: bool) -> str | None:
@@ -205,6 +350,8 @@ class JobDriver:
         c.done += 1
         c.total_items += result.total - mb.items  # the reader's count wins over the planner's estimate
         if result.ok:
+            if not result.reused:
+                self._commit(result)
             c.committed[mb.index] = result
             c.succeeded_mini_batches += 1
             c.reused_mini_batches += int(result.reused)
@@ -227,10 +374,15 @@ class JobDriver:
         )
 
     # -- main loop ---------------------------------------------------------------------------------
-    def execute(self, client: Client, reused: Mapping[int, AttemptResult] | None = None) -> dict[str, Any]:
-        """Runs every mini-batch not in `reused`; returns the summary (DESIGN §4)."""
+    def execute(
+        self, client: Client | None, reused: Mapping[int, AttemptResult] | None = None
+    ) -> dict[str, Any]:
+        """Runs every mini-batch not in `reused`; returns the summary (DESIGN §4).
+
+        `client` may be None only when every mini-batch is reused: then nothing starts on Dask.
+        """
         cfg = self.config
-        reused = reused or {}
+        reused = self.find_reusable() if reused is None else reused
         by_index = {mb.index: mb for mb in self.plan.mini_batches}
         for index, result in sorted(reused.items()):
             self.logs.attempt(result, json.dumps(by_index[index].describe()))
@@ -238,6 +390,11 @@ class JobDriver:
         pending: deque[tuple[MiniBatch, int]] = deque(
             (mb, 1) for mb in self.plan.mini_batches if mb.index not in reused
         )
+        self._say(self.reuse_line)
+        if not pending:
+            return self._finish()
+        if client is None:
+            raise ValueError("a Dask client is needed: some mini-batches are not reusable")
         slots = max(1, cfg.node_count * cfg.processes_per_node)
         window = 2 * slots
         stop_event = Event(f"apr-stop-{self.job_id}", client=client)
@@ -436,6 +593,8 @@ def run_job(
     storage_options: Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     on_driver: Callable[[JobDriver], None] | None = None,
+    allow_reuse: bool = True,
+    cache_dir: str | None = None,
 ) -> dict[str, Any]:
     """Plans, runs and assembles one job; returns the summary dict (status succeeded/failed).
 
@@ -449,8 +608,13 @@ def run_job(
         arguments=arguments,
         storage_options=storage_options,
         progress=progress,
+        allow_reuse=allow_reuse,
+        cache_dir=cache_dir,
     )
     if on_driver is not None:
         on_driver(driver)
+    reused = driver.find_reusable()
+    if len(reused) == len(driver.plan.mini_batches):  # everything hits: no cluster, no entry-script process
+        return driver.execute(None, reused)
     with dask_client(scheduler, config.processes_per_node, security=security, client=client) as dask:
-        return driver.execute(dask)
+        return driver.execute(dask, reused)

@@ -36,8 +36,11 @@ class JobSpec:
         return f"{self.staging_url}/mb{index:08d}-a{attempt}.{ext}"
 
 
-def bundle_scripts(entry_script_path: str, source_directory: str | None) -> tuple[bytes, str, str]:
-    """Zips the code the workers run; returns (zip bytes, content hash, entry script path inside the zip).
+def bundle_scripts(
+    entry_script_path: str, source_directory: str | None
+) -> tuple[bytes, str, str, dict[str, str]]:
+    """Zips the code the workers run; returns (zip bytes, content hash, entry script path inside the
+    zip, per-file content hashes used to say which file changed).
 
     The hash covers file names and contents only (not timestamps), so it is a stable reuse key.
     """
@@ -53,14 +56,16 @@ def bundle_scripts(entry_script_path: str, source_directory: str | None) -> tupl
         files = [os.path.abspath(entry_script_path)]
         entry = os.path.basename(entry_script_path)
     digest = hashlib.sha256()
+    file_hashes: dict[str, str] = {}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in files:
             rel = os.path.relpath(path, root).replace(os.sep, "/")
             with open(path, "rb") as handle:
                 data = handle.read()
+            file_hashes[rel] = hashlib.sha256(data).hexdigest()
             digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
             info = zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             archive.writestr(info, data)
-    return buffer.getvalue(), digest.hexdigest(), entry.replace(os.sep, "/")
+    return buffer.getvalue(), digest.hexdigest(), entry.replace(os.sep, "/"), file_hashes

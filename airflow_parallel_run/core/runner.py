@@ -58,7 +58,7 @@ class AttemptResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "RUN_DONE"
+        return self.status in ("RUN_DONE", "REUSED")
 
     @property
     def failed(self) -> int:
