@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler", help="Dask scheduler address (default: embedded LocalCluster on 127.0.0.1)"
     )
     io.add_argument("--json", action="store_true", help="print only the summary JSON on stdout")
+    io.add_argument(
+        "--cache-dir",
+        help="reuse cache root (default: $AIRFLOW_PARALLEL_RUN_CACHE or ~/.cache/airflow-parallel-run)",
+    )
+    io.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="run every mini-batch again (allow_reuse=False); the cache is still refreshed",
+    )
     cfg = run.add_argument_group("ParallelRunConfig")
     cfg.add_argument("--entry-script", required=True)
     cfg.add_argument("--source-directory")
@@ -87,13 +96,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--environment-variables", type=_env_pair, action="append", default=[], metavar="KEY=VALUE"
     )
     cfg.add_argument("--resource-monitor-interval", type=float, default=600)
+    cache = sub.add_parser("cache", help="inspect or clean the reuse cache")
+    cache.error = _Parser.error.__get__(cache)  # type: ignore[method-assign]
+    cache.add_argument("action", choices=["info", "prune", "clear"])
+    cache.add_argument(
+        "--older-than", type=_duration, help="with prune: entries older than e.g. 7d, 12h, 30m"
+    )
+    cache.add_argument(
+        "--cache-dir",
+        help="cache root (default: $AIRFLOW_PARALLEL_RUN_CACHE or ~/.cache/airflow-parallel-run)",
+    )
     return parser
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].replace(".", "", 1).isdigit():
+        raise argparse.ArgumentTypeError(f"expected a duration like 7d, 12h, 30m or 90s, got {text!r}")
+    return float(text[:-1]) * units[text[-1]]
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from .core.cache import MiniBatchCache, resolve_cache_root
+
+    cache = MiniBatchCache(resolve_cache_root(args.cache_dir))
+    if args.action == "info":
+        print(json.dumps(cache.info(), indent=2))
+    elif args.action == "prune":
+        if args.older_than is None:
+            print("airflow-parallel-run: error: cache prune needs --older-than (e.g. 7d)", file=sys.stderr)
+            return 2
+        print(f"removed {cache.prune(args.older_than)} entries from {cache.root}")
+    else:
+        print(f"removed {cache.clear()} entries from {cache.root}")
+    return 0
 
 
 def _run(args: argparse.Namespace, arguments: list[str]) -> int:
     from .core import ConfigError, FileDataset, InputError, ParallelRunConfig, TabularDataset
-    from .core.cluster import dask_client
-    from .core.driver import JobDriver
+    from .core.driver import JobDriver, run_job
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -136,21 +177,33 @@ def _run(args: argparse.Namespace, arguments: list[str]) -> int:
                 inputs = [
                     TabularDataset.from_json_lines_files(args.input, partition_format=args.partition_format)
                 ]
-        driver = JobDriver(
-            config, inputs, args.output, side_inputs=args.side_input, arguments=arguments, progress=progress
-        )
     except (ConfigError, InputError) as exc:
         print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
         return 2
 
-    def interrupt(signum: int, _frame: Any) -> None:
-        driver.cancel(f"interrupted by signal {signal.Signals(signum).name}")
+    def keep(driver: JobDriver) -> None:
+        def interrupt(signum: int, _frame: Any) -> None:
+            driver.cancel(f"interrupted by signal {signal.Signals(signum).name}")
 
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGINT, interrupt)
+
     try:
-        with dask_client(args.scheduler, config.processes_per_node) as client:
-            summary = driver.execute(client)
+        summary = run_job(
+            config,
+            inputs,
+            args.output,
+            side_inputs=args.side_input,
+            arguments=arguments,
+            scheduler=args.scheduler,
+            progress=progress,
+            on_driver=keep,
+            allow_reuse=not args.no_reuse,
+            cache_dir=args.cache_dir,
+        )
+    except (ConfigError, InputError) as exc:
+        print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # e.g. the scheduler address cannot be reached
         print(
             f"airflow-parallel-run: error: cannot use Dask scheduler {args.scheduler!r}: {exc}",
@@ -174,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args, arguments)
+    if args.command == "cache":
+        return _cache(args)
     return 2
 
 
