@@ -18,8 +18,8 @@ demo: install
 	$(BIN)/python -m airflow_parallel_run.demo
 
 lint: install
-	$(BIN)/ruff check airflow_parallel_run tests dags
-	$(BIN)/ruff format --check airflow_parallel_run tests dags
+	$(BIN)/ruff check airflow_parallel_run tests dags bench
+	$(BIN)/ruff format --check airflow_parallel_run tests dags bench
 
 typecheck: install
 	$(BIN)/mypy
