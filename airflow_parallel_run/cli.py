@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--environment-variables", type=_env_pair, action="append", default=[], metavar="KEY=VALUE"
     )
     cfg.add_argument("--resource-monitor-interval", type=float, default=600)
+    report = sub.add_parser("report", help="write a self-contained HTML report of a job's logs")
+    report.error = _Parser.error.__get__(report)  # type: ignore[method-assign]
+    report.add_argument("logs", help="the job's output folder or its logs folder")
+    report.add_argument("-o", "--output", help="HTML file to write (default: <logs>/report.html)")
     cache = sub.add_parser("cache", help="inspect or clean the reuse cache")
     cache.error = _Parser.error.__get__(cache)  # type: ignore[method-assign]
     cache.add_argument("action", choices=["info", "prune", "clear"])
@@ -229,6 +233,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, arguments)
     if args.command == "cache":
         return _cache(args)
+    if args.command == "report":
+        import os
+
+        from .core.report import build_report
+
+        logs = (
+            args.logs
+            if os.path.basename(args.logs.rstrip("/")) == "logs"
+            else os.path.join(args.logs, "logs")
+        )
+        if not os.path.isdir(logs):
+            print(f"airflow-parallel-run: error: no logs folder at {logs}", file=sys.stderr)
+            return 2
+        print(build_report(logs, args.output))
+        return 0
     return 2
 
 

@@ -222,6 +222,7 @@ class JobDriver:
             append_row_format=config.append_row_format,
             logging_level=config.logging_level,
             run_invocation_timeout=config.run_invocation_timeout,
+            resource_monitor_interval=float(config.resource_monitor_interval),
             storage_options=self.storage_options,
         )
         self.counters = Counters(len(self.plan.mini_batches), self.plan.total_items)
@@ -547,6 +548,7 @@ class JobDriver:
         if message:
             summary["message"] = f"Job failed: {message}"
         self._write_result(summary)
+        self._write_report()
         self._cleanup_staging()
         if not self.local_output:
             fs, path = fsspec.core.url_to_fs(self.spec.log_url, **self.storage_options)
@@ -573,6 +575,14 @@ class JobDriver:
             + (f" - {summary.get('message')}" if summary.get("message") else "")
         )
         self._say(lines[0])
+
+    def _write_report(self) -> None:
+        from .report import build_report  # lazy: keeps plotly out of the workers' imports
+
+        try:
+            build_report(self.log_root)
+        except Exception as exc:  # noqa: BLE001 - the report is a convenience; the job's result stands
+            self.logs.master(f"could not write report.html: {type(exc).__name__}: {exc}")
 
     def _cleanup_staging(self) -> None:
         fs, path = fsspec.core.url_to_fs(_join(self.output, ".staging"), **self.storage_options)

@@ -29,6 +29,7 @@ class JobSpec:
     logging_level: str
     run_invocation_timeout: float
     load_timeout: float = 600.0
+    resource_monitor_interval: float = 600.0
     storage_options: dict[str, object] = field(default_factory=dict)  # for output/staging/logs
 
     def part_url(self, index: int, attempt: int) -> str:

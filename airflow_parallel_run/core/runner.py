@@ -29,6 +29,7 @@ import fsspec
 
 from .jobspec import JobSpec
 from .minibatch import MiniBatch
+from .monitor import ensure_monitor, get_monitor, stop_monitor
 
 TIMEOUT, DIED, CANCELLED = "__timeout__", "__died__", "__cancelled__"
 SHUTDOWN_GRACE_S = 10.0
@@ -248,6 +249,9 @@ class EntryProcess:
                 start_new_session=True,
             )
         child_sock.close()
+        monitor = ensure_monitor(spec.job_id, self.log_root, self.node, spec.resource_monitor_interval)
+        if monitor is not None:
+            monitor.track(self.proc.pid, self.name)
         self.conn = Connection(os.dup(parent_sock.fileno()))
         parent_sock.close()
         self.conn.send(
@@ -320,6 +324,9 @@ class EntryProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
+        monitor = get_monitor(self.spec.job_id, self.node)
+        if monitor is not None and self.proc is not None:
+            monitor.untrack(self.proc.pid)
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -485,6 +492,7 @@ def shutdown_job(
     for key in [k for k in _PROCESSES if k[0] == job_id]:
         _PROCESSES.pop(key).shutdown()
         stopped += 1
+    stop_monitor(job_id)  # its last sample lands before the logs are synced
     if log_url and "://" in log_url and not log_url.startswith("file://"):
         local = os.path.join(_tmp_root(), "logs", job_id)
         if os.path.isdir(local):
