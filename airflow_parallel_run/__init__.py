@@ -24,6 +24,7 @@ _CORE = {
 _AIRFLOW = {
     "ParallelRunOperator": "airflow_parallel_run.operators",
     "DaskHook": "airflow_parallel_run.hooks",
+    "DatasetPartitionSensor": "airflow_parallel_run.sensors",
 }
 
 __all__ = sorted(_CORE | set(_AIRFLOW))

@@ -174,3 +174,44 @@ class DaskHook(BaseHook):
                 )
         except Exception as exc:  # noqa: BLE001 - the message is the result
             return False, str(exc)
+
+
+def storage_options_from_connection(conn_id: str) -> dict[str, Any]:
+    """fsspec ``storage_options`` (credentials, endpoint) from an Airflow connection.
+
+    An ``aws`` connection (no Amazon provider needed) gives s3fs options: Login = access key id,
+    Password = secret access key, extras ``aws_session_token``, ``region_name`` and ``endpoint_url``
+    (or ``service_config.s3.endpoint_url``). Any connection may also hold a ``storage_options`` extra
+    (a JSON object of fsspec options, e.g. for ``abfs://`` or ``gs://``); it is applied last. The
+    secrets are registered with Airflow's secrets masker, so they never show in task logs.
+    """
+    from airflow.sdk.log import mask_secret
+
+    conn = BaseHook.get_connection(conn_id)
+    extra = dict(conn.extra_dejson or {})
+    options: dict[str, Any] = {}
+    if conn.conn_type in ("aws", "s3"):
+        if conn.login:
+            options["key"] = conn.login
+        if conn.password:
+            options["secret"] = conn.password
+        if extra.get("aws_session_token"):
+            options["token"] = extra["aws_session_token"]
+        s3_config = (extra.get("service_config") or {}).get("s3") or {}
+        endpoint = extra.get("endpoint_url") or s3_config.get("endpoint_url")
+        if endpoint:
+            options["endpoint_url"] = endpoint
+        if extra.get("region_name"):
+            options.setdefault("client_kwargs", {})["region_name"] = extra["region_name"]
+    custom = extra.get("storage_options") or {}
+    if isinstance(custom, str):
+        import json
+
+        custom = json.loads(custom)
+    if not isinstance(custom, dict):
+        raise AirflowException(f"Connection {conn_id!r}: the storage_options extra must be a JSON object")
+    options.update(custom)
+    for name in ("secret", "token", "password", "account_key", "sas_token", "client_secret"):
+        if options.get(name):
+            mask_secret(str(options[name]))
+    return options

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import dask
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
@@ -29,6 +30,8 @@ from airflow_parallel_run.core import (
     TabularDataset,
     run_job,
 )
+from airflow_parallel_run.core.cluster import ClusterError, select_hosts
+from airflow_parallel_run.core.manifest import is_manifest_reference, read_manifest
 from airflow_parallel_run.links import DASHBOARD_XCOM_KEY, DaskDashboardLink
 
 if TYPE_CHECKING:
@@ -154,6 +157,21 @@ def _cache_root() -> str | None:
     return str(value) if value else None
 
 
+class _Finished(Exception):
+    """Deferrable mode: the in-cluster job finished before the task deferred."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        super().__init__("finished")
+        self.summary = summary
+
+
+def _default_deferrable() -> bool:
+    """`[operators] default_deferrable`, as Airflow's own deferrable operators read it."""
+    from airflow.sdk.configuration import conf
+
+    return bool(conf.getboolean("operators", "default_deferrable", fallback=False))
+
+
 def output_asset_uri(output_path: str) -> str:
     """The asset URI of an output folder: ``file:///abs/path`` for local paths, else the URL itself."""
     text = str(output_path).strip()
@@ -181,6 +199,8 @@ class ParallelRunOperator(BaseOperator):
         ``error_threshold``); None keeps the config's value. Bind them to DAG Params to get them in
         the trigger form; numeric strings from Jinja are converted back to numbers.
     :param storage_options: fsspec options (credentials) for inputs and output.
+    :param storage_conn_id: an Airflow connection holding those options (an ``aws`` connection, or any
+        connection with a ``storage_options`` extra); ``storage_options`` wins key by key.
     :param declare_output_asset: declare the output folder as an outlet asset (default True).
     """
 
@@ -207,10 +227,13 @@ class ParallelRunOperator(BaseOperator):
         run_max_try: int | str | None = None,
         error_threshold: int | str | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        storage_conn_id: str | None = None,
         declare_output_asset: bool = True,
+        deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.deferrable = _default_deferrable() if deferrable is None else bool(deferrable)
         if not isinstance(parallel_run_config, ParallelRunConfig):
             raise TypeError(
                 f"parallel_run_config must be a ParallelRunConfig, not {type(parallel_run_config).__name__}"
@@ -230,6 +253,7 @@ class ParallelRunOperator(BaseOperator):
         self.run_max_try = run_max_try
         self.error_threshold = error_threshold
         self.storage_options = dict(storage_options or {})
+        self.storage_conn_id = storage_conn_id
         self._driver: JobDriver | None = None
         self._validate_static()
         self.output_asset: Asset | None = None
@@ -244,7 +268,7 @@ class ParallelRunOperator(BaseOperator):
             n: coerce_tunable(n, getattr(self, n)) for n in TUNABLES if not _is_dynamic(getattr(self, n))
         }
         self.parallel_run_config.with_overrides(**static)
-        if not _is_dynamic(self.inputs):
+        if not _is_dynamic(self.inputs) and not is_manifest_reference(self.inputs):
             to_datasets(self.inputs)
         if not _is_dynamic(self.output_path) and (
             not isinstance(self.output_path, (str, os.PathLike)) or not str(self.output_path).strip()
@@ -291,8 +315,25 @@ class ParallelRunOperator(BaseOperator):
         overrides = {name: coerce_tunable(name, getattr(self, name)) for name in TUNABLES}
         return self.parallel_run_config.with_overrides(**overrides)
 
-    def resolve_inputs(self) -> list[Dataset]:
-        return to_datasets(self.inputs)
+    def resolve_inputs(self, storage_options: Mapping[str, Any] | None = None) -> list[Dataset]:
+        """The datasets; one without its own `storage_options` gets the operator's (credentials)."""
+        datasets = to_datasets(self.inputs)
+        if not storage_options:
+            return datasets
+        return [
+            d if d.storage_options else dataclasses.replace(d, storage_options=dict(storage_options))
+            for d in datasets
+        ]
+
+    def resolve_storage_options(self) -> dict[str, Any]:
+        """`storage_conn_id`'s options updated by `storage_options` (explicit keys win)."""
+        options: dict[str, Any] = {}
+        if self.storage_conn_id:
+            from airflow_parallel_run.hooks import storage_options_from_connection
+
+            options.update(storage_options_from_connection(self.storage_conn_id))
+        options.update(self.storage_options)
+        return options
 
     def resolve_output_path(self) -> str:
         if not isinstance(self.output_path, (str, os.PathLike)) or not str(self.output_path).strip():
@@ -304,12 +345,24 @@ class ParallelRunOperator(BaseOperator):
         self._push_dashboard(context, None)  # the link's XCom always exists, even when the run fails early
         try:
             config = self.resolve_config()
-            inputs = self.resolve_inputs()
+            storage_options = self.resolve_storage_options()
+            planned = None
+            if is_manifest_reference(self.inputs):  # from DatasetPartitionSensor: run exactly its plan
+                inputs, planned = read_manifest(self.inputs["manifest"], storage_options)
+                self.log.info(
+                    "Running the %d mini-batches of manifest %s",
+                    len(planned.mini_batches),
+                    self.inputs["manifest"],
+                )
+            else:
+                inputs = self.resolve_inputs(storage_options)
             output_path = self.resolve_output_path()
             side_inputs = _to_strings("side_inputs", self.side_inputs)
             arguments = _to_strings("arguments", self.arguments)
         except ConfigError as exc:
             raise AirflowFailException(f"Invalid ParallelRunOperator setting: {exc}") from exc
+        except InputError as exc:
+            raise AirflowException(f"Cannot read the inputs: {exc}") from exc
         self.log.info(
             "Parallel run: entry script %s, %d input(s), output %s, mini_batch_size=%s %s, node_count=%s, "
             "process_count_per_node=%s, error_threshold=%s, run_max_try=%s, cluster=%s",
@@ -327,15 +380,18 @@ class ParallelRunOperator(BaseOperator):
         job_kwargs: dict[str, Any] = {
             "side_inputs": side_inputs,
             "arguments": arguments,
-            "storage_options": self.storage_options,
+            "storage_options": storage_options,
             "progress": self._log_progress,
             "on_driver": self._set_driver,
             "allow_reuse": self.allow_reuse,
             "cache_dir": _cache_root(),
+            "planned": planned,
         }
         try:
             with _quiet_task_log():
                 summary = self._run(context, config, inputs, output_path, job_kwargs)
+        except _Finished as finished:  # deferrable mode, finished before deferring
+            return self._remote_summary(context, finished.summary)
         except ConfigError as exc:
             raise AirflowFailException(f"Invalid ParallelRunOperator setting: {exc}") from exc
         except InputError as exc:
@@ -353,13 +409,39 @@ class ParallelRunOperator(BaseOperator):
         job_kwargs: dict[str, Any],
     ) -> dict[str, Any]:
         """Runs the job on the connection's cluster, or on an embedded LocalCluster without one."""
+        if self.deferrable and not self.dask_conn_id:
+            self.log.warning(
+                "deferrable=True needs a dask_conn_id (an embedded LocalCluster lives in this worker process "
+                "and would end with it); running in this worker instead"
+            )
+        elif self.deferrable:
+            self._submit_and_defer(context, config, inputs, output_path, job_kwargs)
         if self.dask_conn_id:
             from airflow_parallel_run.hooks import DaskHook
 
             hook = DaskHook(self.dask_conn_id)
             with hook.get_client() as client:
                 self._push_dashboard(context, hook.dashboard_url or _client_dashboard(client))
-                return run_job(config, inputs, output_path, client=client, **job_kwargs)
+                try:
+                    placement = select_hosts(
+                        client, config.node_count, config.processes_per_node, hook.timeout
+                    )
+                except ClusterError as exc:
+                    raise AirflowException(f"Dask connection {self.dask_conn_id!r}: {exc}") from exc
+                for warning in placement.warnings:
+                    self.log.warning("%s", warning)
+                self.log.info(
+                    "Dask cluster %s: %d host(s); running on %s (%d entry-script processes at once)",
+                    hook.scheduler_address,
+                    len(placement.all_hosts),
+                    ", ".join(placement.hosts),
+                    placement.slots,
+                )
+                if not placement.restricts:
+                    return run_job(config, inputs, output_path, client=client, **job_kwargs)
+                # Every mini-batch task of this job may run only on the chosen hosts.
+                with dask.annotate(workers=list(placement.hosts), allow_other_workers=False):
+                    return run_job(config, inputs, output_path, client=client, **job_kwargs)
         return run_job(config, inputs, output_path, **job_kwargs)
 
     def _handle_summary(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
@@ -377,6 +459,65 @@ class ParallelRunOperator(BaseOperator):
 
     def _set_driver(self, driver: JobDriver) -> None:
         self._driver = driver
+
+    # -- deferrable mode --------------------------------------------------------------------------
+    def _submit_and_defer(
+        self,
+        context: Context,
+        config: ParallelRunConfig,
+        inputs: list[Dataset],
+        output_path: str,
+        job_kwargs: dict[str, Any],
+    ) -> None:
+        """Starts the driver inside the cluster and defers; a job that is already done returns at once."""
+        import time
+
+        from airflow_parallel_run.core.remote import RemoteJob, job_state, submit_job
+        from airflow_parallel_run.hooks import DaskHook
+        from airflow_parallel_run.triggers import ParallelRunJobTrigger
+
+        assert self.dask_conn_id is not None
+        job = RemoteJob.build(
+            config,
+            inputs,
+            output_path,
+            side_inputs=job_kwargs["side_inputs"],
+            arguments=job_kwargs["arguments"],
+            storage_options=job_kwargs["storage_options"],
+            allow_reuse=self.allow_reuse,
+            cache_dir=job_kwargs["cache_dir"],
+            planned=job_kwargs["planned"],
+        )
+        hook = DaskHook(self.dask_conn_id)
+        with hook.get_client() as client:
+            self._push_dashboard(context, hook.dashboard_url or _client_dashboard(client))
+            submit_job(client, job)
+            self.log.info(
+                "Job %s runs inside the Dask cluster; this task defers until it finishes", job.job_id
+            )
+            time.sleep(2.0)  # a job of cached mini-batches is done by now: no deferral needed
+            summary, _ = job_state(client, job.job_id)
+        if summary is not None:
+            raise _Finished(summary)
+        self.defer(
+            trigger=ParallelRunJobTrigger(dask_conn_id=self.dask_conn_id, job_id=job.job_id),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resumes after the trigger fired: the summary travels in the event, not in defer kwargs."""
+        if not event or event.get("status") != "done":
+            raise AirflowException(
+                f"The parallel run job did not report back: {(event or {}).get('message')}"
+            )
+        return self._remote_summary(context, event["summary"])
+
+    def _remote_summary(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
+        if summary.get("status") == "error":
+            raise AirflowException(
+                f"The parallel run job could not run in the cluster: {summary.get('message')}"
+            )
+        return self._handle_summary(context, summary)
 
     def on_kill(self) -> None:
         """Stops scheduling and kills running entry-script processes (thread-safe engine call)."""

@@ -81,6 +81,8 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": INTEGRATION, "python-modules": ["airflow_parallel_run.operators"]}
         ],
         "hooks": [{"integration-name": INTEGRATION, "python-modules": ["airflow_parallel_run.hooks"]}],
+        "sensors": [{"integration-name": INTEGRATION, "python-modules": ["airflow_parallel_run.sensors"]}],
+        "triggers": [{"integration-name": INTEGRATION, "python-modules": ["airflow_parallel_run.triggers"]}],
         "connection-types": [
             {
                 "hook-class-name": "airflow_parallel_run.hooks.DaskHook",

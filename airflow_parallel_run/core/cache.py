@@ -146,11 +146,13 @@ def mini_batch_key(job_key: str, mini_batch: MiniBatch, fingerprints: Mapping[st
         "kind": mini_batch.kind,
         "partition": mini_batch.partition_key_value,
     }
+    # Each input's URL is part of the key, not only its content: run() sees the paths (scripts often
+    # write the file name), so two mini-batches of equal contents under different names must not share.
     if mini_batch.kind == "file":
-        material["files"] = [fingerprints[f.url] for f in mini_batch.files]
+        material["files"] = [[f.url, fingerprints[f.url]] for f in mini_batch.files]
     else:
         material["slices"] = [
-            [fingerprints[s.url], s.format, s.start, s.end, s.header_end, list(s.row_groups)]
+            [s.url, fingerprints[s.url], s.format, s.start, s.end, s.header_end, list(s.row_groups)]
             for s in mini_batch.slices
         ]
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:40]

@@ -5,9 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client, LocalCluster
+
+#: Seconds `select_hosts` waits for a first worker before it gives up with `ClusterError`.
+WORKER_WAIT_S = 30.0
+
+
+class ClusterError(RuntimeError):
+    """The Dask cluster cannot run the job at all (no workers joined in time)."""
 
 
 @contextmanager
@@ -51,3 +59,77 @@ def dashboard_link(client: Client) -> str | None:
         return str(client.dashboard_link)
     except Exception:  # noqa: BLE001 - no dashboard (bokeh missing) is fine
         return None
+
+
+def worker_host(address: str) -> str:
+    """The host of a worker address: ``tls://10.0.0.5:40123`` -> ``10.0.0.5`` (IPv6 brackets removed)."""
+    return address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+
+
+@dataclass(frozen=True)
+class HostPlacement:
+    """Where a job's entry-script processes run: `node_count` hosts, `process_count_per_node` on each.
+
+    `hosts` are the chosen hosts (IPs, best first), `workers` the Dask worker addresses on them,
+    `slots` the processes that can run at once there (per host: the smaller of
+    `process_count_per_node` and the host's worker threads), `all_hosts` every host of the cluster,
+    and `warnings` says where the cluster is smaller than what was asked for.
+    """
+
+    hosts: tuple[str, ...]
+    workers: tuple[str, ...]
+    slots: int
+    all_hosts: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def restricts(self) -> bool:
+        """True when the job must be kept off some hosts (submit with ``workers=hosts``)."""
+        return len(self.hosts) < len(self.all_hosts)
+
+
+def select_hosts(
+    client: Client, node_count: int, process_count_per_node: int, wait_s: float = WORKER_WAIT_S
+) -> HostPlacement:
+    """Chooses `node_count` hosts of the cluster for a job (hosts that fit `process_count_per_node`
+    processes first, then by address) and says, as warnings, where the cluster falls short.
+
+    Fallback when the cluster is smaller than asked for: the job runs on the hosts and threads that
+    exist (one warning per shortfall). With no worker at all after `wait_s` seconds: `ClusterError`.
+    """
+    try:
+        client.wait_for_workers(1, timeout=wait_s)
+    except (TimeoutError, OSError) as exc:
+        address = client.scheduler.address if client.scheduler is not None else "?"
+        raise ClusterError(
+            f"the Dask cluster at {address} has no workers (waited {wait_s:g} s): "
+            "start Dask workers that can reach the scheduler, or fix the connection"
+        ) from exc
+    threads: dict[str, int] = {}
+    workers: dict[str, list[str]] = {}
+    for address, info in client.scheduler_info(n_workers=-1).get("workers", {}).items():
+        host = worker_host(address)
+        threads[host] = threads.get(host, 0) + int(info.get("nthreads", 1))
+        workers.setdefault(host, []).append(address)
+    ranked = sorted(threads, key=lambda h: (-min(threads[h], process_count_per_node), h))
+    chosen = tuple(ranked[: max(1, node_count)])
+    warnings = []
+    if len(ranked) < node_count:
+        warnings.append(
+            f"node_count={node_count} but the Dask cluster has {len(ranked)} host(s) ({', '.join(ranked)}): "
+            f"running on {len(ranked)}; start workers on more hosts or lower node_count"
+        )
+    for host in chosen:
+        if threads[host] < process_count_per_node:
+            warnings.append(
+                f"process_count_per_node={process_count_per_node} but host {host} has {threads[host]} Dask "
+                f"worker thread(s): at most {threads[host]} entry-script process(es) run there at once "
+                f"(start its workers with --nthreads {process_count_per_node}, or lower process_count_per_node)"
+            )
+    return HostPlacement(
+        hosts=chosen,
+        workers=tuple(sorted(a for h in chosen for a in workers[h])),
+        slots=sum(min(threads[h], process_count_per_node) for h in chosen),
+        all_hosts=tuple(sorted(ranked)),
+        warnings=tuple(warnings),
+    )

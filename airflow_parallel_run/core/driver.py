@@ -151,6 +151,7 @@ class JobDriver:
         job_id: str | None = None,
         allow_reuse: bool = True,
         cache_dir: str | None = None,
+        planned: Plan | None = None,
     ) -> None:
         if not all(isinstance(a, str) for a in arguments):
             raise ConfigError("arguments", list(arguments), "a list of strings")
@@ -170,7 +171,7 @@ class JobDriver:
         self.arguments = tuple(
             os.path.abspath(a) if a in side_inputs and "://" not in a else a for a in arguments
         )
-        self.plan: Plan = plan(self.inputs, config)
+        self.plan: Plan = planned if planned is not None else plan(self.inputs, config)
         self.output, self.local_output = _normalise_output(output_path, self.storage_options)
         bundle, bundle_hash, entry, code_files = bundle_scripts(
             config.entry_script_path, config.source_directory
@@ -605,6 +606,7 @@ def run_job(
     on_driver: Callable[[JobDriver], None] | None = None,
     allow_reuse: bool = True,
     cache_dir: str | None = None,
+    planned: Plan | None = None,
 ) -> dict[str, Any]:
     """Plans, runs and assembles one job; returns the summary dict (status succeeded/failed).
 
@@ -620,6 +622,7 @@ def run_job(
         progress=progress,
         allow_reuse=allow_reuse,
         cache_dir=cache_dir,
+        planned=planned,
     )
     if on_driver is not None:
         on_driver(driver)

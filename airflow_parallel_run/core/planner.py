@@ -12,7 +12,12 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from .config import ParallelRunConfig
+from .config import (
+    DEFAULT_FILE_MINI_BATCH,
+    DEFAULT_TABULAR_MINI_BATCH,
+    ParallelRunConfig,
+    parse_mini_batch_size,
+)
 from .datasets import Dataset, FileDataset, TabularDataset
 from .errors import ConfigError, InputError
 from .minibatch import FileRef, MiniBatch, TabularSlice
@@ -175,6 +180,15 @@ def _grouped(
 
 def plan(inputs: Sequence[Dataset], config: ParallelRunConfig) -> Plan:
     """Mini-batches for all inputs, processed one input after another (as ParallelRunStep does)."""
+    return plan_inputs(inputs, config.mini_batch_size, config.partition_keys)
+
+
+def plan_inputs(
+    inputs: Sequence[Dataset],
+    mini_batch_size: int | str | None = None,
+    partition_keys: Sequence[str] | None = None,
+) -> Plan:
+    """`plan` without a whole config (the sensor plans before the operator's config is known)."""
     if not inputs:
         raise ConfigError("inputs", list(inputs), "at least one FileDataset or TabularDataset")
     kinds = {getattr(d, "kind", None) for d in inputs}
@@ -186,8 +200,9 @@ def plan(inputs: Sequence[Dataset], config: ParallelRunConfig) -> Plan:
         )
     kind = str(kinds.pop())
     tabular = kind == "tabular"
-    size = config.mini_batch_size_for(tabular)
-    keys = list(config.partition_keys or ())
+    default = DEFAULT_TABULAR_MINI_BATCH if tabular else DEFAULT_FILE_MINI_BATCH
+    size = parse_mini_batch_size(mini_batch_size if mini_batch_size is not None else default, tabular=tabular)
+    keys = [partition_keys] if isinstance(partition_keys, str) else list(partition_keys or ())
     batches: list[MiniBatch] = []
     for input_index, dataset in enumerate(inputs):
         for path in dataset.paths:

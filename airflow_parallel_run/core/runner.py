@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import io
 import os
 import shutil
@@ -497,7 +498,11 @@ def shutdown_job(
         local = os.path.join(_tmp_root(), "logs", job_id)
         if os.path.isdir(local):
             fs, path = fsspec.core.url_to_fs(log_url, **(storage_options or {}))
-            fs.put(local.rstrip("/") + "/", path, recursive=True)
+            # Worker processes on one host share this folder and each uploads all of it: one at a
+            # time, so the last upload (made after every writer's final lines) is the one that stays.
+            with open(f"{local}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                fs.put(local.rstrip("/") + "/", path, recursive=True)
     for job, _url in [k for k in _SIDE_INPUTS if k[0] == job_id]:
         _SIDE_INPUTS.pop((job, _url), None)
     return stopped

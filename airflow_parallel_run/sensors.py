@@ -1,0 +1,196 @@
+"""`DatasetPartitionSensor`: wait until a (dated) partition is present and complete, then plan it once.
+
+It writes a manifest (the planned mini-batches plus input fingerprints) and returns a small
+reference through XCom; `ParallelRunOperator(inputs=sensor.output)` then runs exactly those
+mini-batches, even if more files arrive later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from airflow_parallel_run.core import ConfigError, FileDataset, InputError, TabularDataset
+from airflow_parallel_run.core.cache import Fingerprinter, resolve_cache_root
+from airflow_parallel_run.core.manifest import write_manifest
+from airflow_parallel_run.core.partition import Completeness, check_partition
+from airflow_parallel_run.core.planner import plan_inputs
+from airflow_parallel_run.core.results import write_atomic
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+Dataset = FileDataset | TabularDataset
+
+
+def datasets_to_dicts(datasets: Sequence[Dataset]) -> list[dict[str, Any]]:
+    """JSON-able datasets (for trigger kwargs; Airflow encrypts those, credentials included)."""
+    return [{"type": type(d).__name__, **dataclasses.asdict(d), "paths": list(d.paths)} for d in datasets]
+
+
+def datasets_from_dicts(items: Sequence[Mapping[str, Any]]) -> list[Dataset]:
+    out: list[Dataset] = []
+    for item in items:
+        fields = {k: v for k, v in item.items() if k != "type"}
+        fields["paths"] = tuple(fields["paths"])
+        out.append(FileDataset(**fields) if item["type"] == "FileDataset" else TabularDataset(**fields))
+    return out
+
+
+def _default_manifest_dir() -> str:
+    from airflow.sdk.configuration import conf
+
+    return resolve_cache_root(conf.get("parallel_run", "cache_root", fallback=None) or None) + "/manifests"
+
+
+class DatasetPartitionSensor(BaseSensorOperator):
+    """Waits for `input` to be complete, plans its mini-batches, returns a manifest reference.
+
+    :param input: a `FileDataset`/`TabularDataset` or a path/glob/URL string (templated, e.g.
+        ``"/data/images/{{ ds }}/"``).
+    :param mini_batch_size: files (file input) or bytes (tabular) per mini-batch, as in the config.
+    :param partition_keys: one mini-batch per distinct key combination.
+    :param marker_file: complete when this file (e.g. ``_SUCCESS``) exists in the input folder; or
+    :param min_file_count: complete when at least this many files are listed; or
+    :param stable_pokes: complete when file names and sizes are unchanged for this many pokes.
+    :param manifest_dir: where manifests go (templated); default ``<cache root>/manifests``.
+    :param storage_options: fsspec options (credentials) for the input and the manifest.
+    :param deferrable: wait in the triggerer instead of a worker slot.
+    """
+
+    template_fields: Sequence[str] = ("input", "manifest_dir", "mini_batch_size")
+    ui_color = "#e8f0d8"
+
+    def __init__(
+        self,
+        *,
+        input: Any,  # noqa: A002 - the name users know from the design
+        mini_batch_size: int | str | None = None,
+        partition_keys: Sequence[str] | None = None,
+        marker_file: str | None = None,
+        min_file_count: int | None = None,
+        stable_pokes: int | None = None,
+        manifest_dir: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        deferrable: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.input = input
+        self.mini_batch_size = mini_batch_size
+        self.partition_keys = list(partition_keys) if partition_keys else None
+        self.completeness = Completeness(marker_file, min_file_count, stable_pokes)
+        self.manifest_dir = manifest_dir
+        self.storage_options = dict(storage_options or {})
+        self.deferrable = deferrable
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _datasets(self) -> list[Dataset]:
+        from airflow_parallel_run.operators import to_datasets
+
+        try:
+            datasets = to_datasets(self.input)
+        except ConfigError as exc:
+            raise AirflowFailException(f"Invalid DatasetPartitionSensor input: {exc}") from exc
+        if self.storage_options:
+            datasets = [
+                dataclasses.replace(d, storage_options={**self.storage_options, **d.storage_options})
+                for d in datasets
+            ]
+        return datasets
+
+    def _manifest_base(self, context: Context) -> str:
+        root = (self.manifest_dir or _default_manifest_dir()).rstrip("/")
+        run_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(context["run_id"]))
+        return f"{root}/{self.dag_id}/{self.task_id}/{run_id}"
+
+    def _load_state(self, base: str) -> dict[str, Any]:
+        try:
+            with fsspec.open(base + ".state.json", "rb", **self.storage_options) as handle:
+                return dict(json.loads(handle.read()))
+        except (FileNotFoundError, OSError, json.JSONDecodeError):
+            return {}
+
+    def _check(self, context: Context) -> bool:
+        """One poke; the stable-size rule keeps its state next to the manifest (works in reschedule mode)."""
+        base = self._manifest_base(context)
+        try:
+            complete, state, seen = check_partition(
+                self._datasets(), self.completeness, self._load_state(base)
+            )
+        except InputError as exc:
+            raise AirflowFailException(f"Cannot watch the input: {exc}") from exc
+        self.log.info("%s", seen)
+        if self.completeness.stable_pokes:
+            write_atomic(base + ".state.json", json.dumps(state).encode(), self.storage_options)
+        return complete
+
+    def _finish(self, context: Context) -> dict[str, Any]:
+        """Plans the complete partition once and writes its manifest; returns the XCom reference."""
+        datasets = self._datasets()
+        try:
+            planned = plan_inputs(datasets, self.mini_batch_size, self.partition_keys)
+        except (ConfigError, InputError) as exc:
+            raise AirflowFailException(f"Cannot plan the input: {exc}") from exc
+        root = resolve_cache_root(None)
+        memo = os.path.join(
+            root if "://" not in root else resolve_cache_root("~/.cache/airflow-parallel-run"), "memo.sqlite"
+        )
+        fingerprinter = Fingerprinter(memo, self.storage_options)
+        try:
+            refs = [ref for mb in planned.mini_batches for ref in mb.files]
+            fingerprints = fingerprinter.many(refs) if refs else {}
+        finally:
+            fingerprinter.close()
+        reference = write_manifest(
+            self._manifest_base(context) + ".json", datasets, planned, fingerprints, self.storage_options
+        )
+        self.log.info(
+            "Planned %d mini-batches (%d items, %d files, %d bytes); manifest %s",
+            reference["mini_batches"],
+            reference["items"],
+            reference["files"],
+            reference["bytes"],
+            reference["manifest"],
+        )
+        return reference
+
+    # -- Airflow hooks ----------------------------------------------------------------------------
+    def poke(self, context: Context) -> PokeReturnValue:
+        if not self._check(context):
+            return PokeReturnValue(is_done=False)
+        return PokeReturnValue(is_done=True, xcom_value=self._finish(context))
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        if self._check(context):  # already complete: no deferral at all
+            return self._finish(context)
+        from airflow_parallel_run.triggers import DatasetPartitionTrigger
+
+        self.defer(
+            trigger=DatasetPartitionTrigger(
+                datasets=datasets_to_dicts(self._datasets()),
+                completeness=dataclasses.asdict(self.completeness),
+                poke_interval=float(self.poke_interval),
+                state=self._load_state(self._manifest_base(context)),
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=float(self.timeout)) if self.timeout else None,
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        if not event or event.get("status") != "complete":
+            message = (event or {}).get("message", "the trigger ended without an event")
+            raise AirflowException(f"Cannot watch the input: {message}")
+        self.log.info("Partition complete: %s", event.get("seen"))
+        return self._finish(context)
