@@ -195,8 +195,8 @@ def test_abort_in_run_fails_that_attempt_only(dask_client, write_script, files, 
     assert "f003" not in Path(summary["append_row_file"]).read_text()
 
 
-def test_exception_in_init_fails_job_with_trace(dask_client, write_script, files, tmp_path):
-    root = files(3)
+def test_exception_in_init_stops_the_job_soon_with_trace(dask_client, write_script, files, tmp_path):
+    root = files(40)
     script = write_script("""
         def init():
             raise RuntimeError("model file is missing")
@@ -205,11 +205,14 @@ def test_exception_in_init_fails_job_with_trace(dask_client, write_script, files
     """)
     out = tmp_path / "out"
     summary = job(
-        dask_client, script, [FileDataset.from_files(str(root))], out, mini_batch_size=1, run_max_try=2
+        dask_client, script, [FileDataset.from_files(str(root))], out, mini_batch_size=1, run_max_try=3
     )
     assert summary["status"] == "failed" and summary["succeeded_items"] == 0
-    assert "no item succeeded" in summary["message"]
-    assert {r["Status"] for r in attempts(out)} == {"INIT_EXCEPTION"} and len(attempts(out)) == 6
+    assert "init() failed 4 times and no mini-batch has succeeded" in summary["message"]
+    assert "RuntimeError: model file is missing" in summary["message"]
+    rows = attempts(out)
+    assert {r["Status"] for r in rows} <= {"INIT_EXCEPTION", "CANCELLED"} and len(rows) <= 4 + 4, len(rows)
+    assert summary["failed_items"] == 40 and summary["total_items"] == 40
     error_txt = (out / "logs" / "user" / "error.txt").read_text()
     assert "INIT_EXCEPTION: RuntimeError: model file is missing" in error_txt
     traces = "".join(p.read_text() for p in (out / "logs" / "user" / "error").rglob("*.txt"))
@@ -401,3 +404,38 @@ def test_embedded_cluster_when_no_client(write_script, files, tmp_path):
     )
     assert summary["status"] == "succeeded" and summary["succeeded_items"] == 6
     assert os.path.exists(summary["append_row_file"])
+
+
+def test_second_job_into_the_same_output_folder_is_refused(dask_client, write_script, files, tmp_path):
+    import threading
+
+    from airflow_parallel_run.core import ConfigError
+
+    root = files(6)
+    script = write_script("import time\ndef run(b):\n    time.sleep(1)\n    return b\n")
+    config = ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1)
+    out = tmp_path / "shared"
+    results: list[dict[str, Any]] = []
+    first = threading.Thread(
+        target=lambda: results.append(
+            run_job(config, [FileDataset.from_files(str(root))], str(out), client=dask_client)
+        )
+    )
+    first.start()
+    deadline = time.monotonic() + 30
+    while not (out / "logs" / "sys" / "master_role.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(ConfigError, match="output_path.*no other running job writes to"):
+        run_job(config, [FileDataset.from_files(str(root))], str(out), client=dask_client, allow_reuse=False)
+    assert (out / "logs" / "sys" / "master_role.txt").exists(), (
+        "the refused job must not touch the first job's logs"
+    )
+    first.join(60)
+    assert results[0]["status"] == "succeeded"
+    assert (out / "parallel_run_step.txt").read_text().count("\n") == 6
+    # the folder is free again, and a lock left by a killed driver (dead pid) does not block
+    (out / ".airflow-parallel-run.lock").write_text(
+        json.dumps({"host": os.uname().nodename, "pid": 999999999})
+    )
+    again = run_job(config, [FileDataset.from_files(str(root))], str(out), client=dask_client)
+    assert again["status"] == "succeeded" and not (out / ".airflow-parallel-run.lock").exists()

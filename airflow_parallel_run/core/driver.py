@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -126,6 +127,68 @@ def explain_change(previous: Mapping[str, Any], current: Mapping[str, Any]) -> s
     return None
 
 
+class OutputLock:
+    """One running job per local output folder: a second one is refused instead of interleaving.
+
+    The lock file names the owner (host, pid, job); a lock whose process is gone (a killed driver)
+    is taken over, so a re-run after a crash is never blocked.
+    """
+
+    NAME = ".airflow-parallel-run.lock"
+
+    def __init__(self, folder: str) -> None:
+        self.path = os.path.join(folder, self.NAME)
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner and owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", 0))):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(self.path)  # stale: its driver was killed
+                    continue
+                started = time.strftime(
+                    "%Y-%m-%d %H:%M:%S", time.gmtime(float((owner or {}).get("started", 0)))
+                )
+                raise ConfigError(
+                    "output_path",
+                    folder,
+                    f"a folder no other running job writes to; job pid {(owner or {}).get('pid')} on "
+                    f"{(owner or {}).get('host')} has used it since {started} UTC (wait for it, or use another "
+                    f"output_path; remove {self.path} if that job is gone)",
+                ) from None
+            with os.fdopen(fd, "w") as handle:
+                json.dump(me, handle)
+            return
+        raise ConfigError("output_path", folder, f"a folder whose lock {self.path} can be taken")
+
+    def _owner(self) -> dict[str, Any] | None:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                return dict(json.load(handle))
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        owner = self._owner()
+        if owner and owner.get("pid") == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _refs(mb: MiniBatch) -> list[FileRef]:
     return list(mb.files) or [FileRef(s.url) for s in mb.slices]
 
@@ -173,6 +236,7 @@ class JobDriver:
         )
         self.plan: Plan = planned if planned is not None else plan(self.inputs, config)
         self.output, self.local_output = _normalise_output(output_path, self.storage_options)
+        self._lock: OutputLock | None = None
         bundle, bundle_hash, entry, code_files = bundle_scripts(
             config.entry_script_path, config.source_directory
         )
@@ -202,6 +266,7 @@ class JobDriver:
         )
         log_url = _join(self.output, "logs")
         if self.local_output:
+            self._lock = OutputLock(self.output)  # before anything in the folder changes
             shutil.rmtree(log_url, ignore_errors=True)
             self.log_root = log_url
         else:
@@ -228,6 +293,8 @@ class JobDriver:
         )
         self.counters = Counters(len(self.plan.mini_batches), self.plan.total_items)
         self.stop_reason: str | None = None
+        self.init_failures = 0
+        self.slots = max(1, config.node_count * config.processes_per_node)
         self._cancel = threading.Event()
         self.logs.master(
             f"job {self.job_id}: {len(self.plan.mini_batches)} mini-batches, {self.plan.total_items} items "
@@ -310,6 +377,12 @@ class JobDriver:
         except Exception as exc:  # noqa: BLE001 - a full cache disk must not fail the job
             self.logs.master(f"could not cache mini-batch {result.index}: {type(exc).__name__}: {exc}")
 
+    def release(self) -> None:
+        """Frees the output folder for the next job (also called when a job ends early)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     # -- control -----------------------------------------------------------------------------------
     def cancel(self, reason: str = "the job was cancelled") -> None:
         """Thread-safe: stops scheduling and kills running attempts (used by on_kill and Ctrl-C)."""
@@ -383,7 +456,6 @@ class JobDriver:
 
         `client` may be None only when every mini-batch is reused: then nothing starts on Dask.
         """
-        cfg = self.config
         reused = self.find_reusable() if reused is None else reused
         by_index = {mb.index: mb for mb in self.plan.mini_batches}
         for index, result in sorted(reused.items()):
@@ -397,7 +469,7 @@ class JobDriver:
             return self._finish()
         if client is None:
             raise ValueError("a Dask client is needed: some mini-batches are not reusable")
-        slots = max(1, cfg.node_count * cfg.processes_per_node)
+        slots = self.slots
         window = 2 * slots
         stop_event = Event(f"apr-stop-{self.job_id}", client=client)
         spec_future = client.scatter(self.spec, broadcast=True, hash=False)
@@ -442,6 +514,13 @@ class JobDriver:
                     self._drain(in_flight)
                     break
                 submit()
+        except Exception as exc:  # noqa: BLE001 - scheduler lost, connection closed: fail with the reason
+            self.stop_reason = self.stop_reason or (
+                f"the Dask cluster failed during the job ({type(exc).__name__}: {exc}); committed mini-batches "
+                "are in the reuse cache, so a re-run resumes from them"
+            )
+            self.logs.master(f"stopping: {self.stop_reason}")
+            self._say(f"Stopping: {self.stop_reason}")
         finally:
             if in_flight:  # interrupted (KeyboardInterrupt, on_kill): do not leave work running
                 stop_event.set()
@@ -462,6 +541,14 @@ class JobDriver:
         self.logs.attempt(result, json.dumps(mb.describe()))
         if mb.index in self.counters.finished:
             return  # a duplicate delivery: the first outcome stands
+        if result.status in ("INIT_EXCEPTION", "INIT_TIMEOUT") and not self.counters.succeeded_mini_batches:
+            self.init_failures += 1
+            limit = max(3, 2 * self.slots)
+            if self.init_failures >= limit and not self.stop_reason:
+                self.stop_reason = (
+                    f"init() failed {self.init_failures} times and no mini-batch has succeeded, so the job stops "
+                    f"instead of retrying: {result.error} (full trace: logs/{result.error_file or 'user/error.txt'})"
+                )
         if result.ok:
             self._finalise(mb, result)
         elif result.status == "CANCELLED":
@@ -550,6 +637,7 @@ class JobDriver:
             summary["message"] = f"Job failed: {message}"
         self._write_result(summary)
         self._write_report()
+        self.release()
         self._cleanup_staging()
         if not self.local_output:
             fs, path = fsspec.core.url_to_fs(self.spec.log_url, **self.storage_options)
@@ -626,8 +714,13 @@ def run_job(
     )
     if on_driver is not None:
         on_driver(driver)
-    reused = driver.find_reusable()
-    if len(reused) == len(driver.plan.mini_batches):  # everything hits: no cluster, no entry-script process
-        return driver.execute(None, reused)
-    with dask_client(scheduler, config.processes_per_node, security=security, client=client) as dask:
-        return driver.execute(dask, reused)
+    try:
+        reused = driver.find_reusable()
+        if len(reused) == len(
+            driver.plan.mini_batches
+        ):  # everything hits: no cluster, no entry-script process
+            return driver.execute(None, reused)
+        with dask_client(scheduler, config.processes_per_node, security=security, client=client) as dask:
+            return driver.execute(dask, reused)
+    finally:
+        driver.release()
