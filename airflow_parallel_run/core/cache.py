@@ -63,25 +63,41 @@ class Fingerprinter:
         self._db.close()
 
     def local_file(self, path: str) -> str:
-        stat = os.stat(path)
+        return self.local_files([path])[path]
+
+    def local_files(self, paths: Sequence[str]) -> dict[str, str]:
+        """Fingerprints of local files: one stat each, one memo query, and hashing only for files whose
+        (size, mtime_ns, inode) changed, in parallel chunks."""
+        stats = {p: os.stat(p) for p in paths}
+        known: dict[str, tuple[int, int, int, str]] = {}
         with self._lock:
-            row = self._db.execute(
-                "SELECT size, mtime_ns, inode, hash FROM memo WHERE path = ?", (path,)
-            ).fetchone()
-        if row and tuple(row[:3]) == (stat.st_size, stat.st_mtime_ns, stat.st_ino):
-            return str(row[3])
-        digest = xxhash.xxh3_128()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-        value = f"xxh3:{digest.hexdigest()}"
-        with self._lock:
-            self.hashed_bytes += stat.st_size
-            self._db.execute(
-                "INSERT OR REPLACE INTO memo VALUES (?, ?, ?, ?, ?)",
-                (path, stat.st_size, stat.st_mtime_ns, stat.st_ino, value),
-            )
-        return value
+            for start in range(0, len(paths), 900):  # SQLite's parameter limit
+                chunk = list(paths[start : start + 900])
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT path, size, mtime_ns, inode, hash FROM memo WHERE path IN ({marks})"
+                for path, size, mtime_ns, inode, value in self._db.execute(query, chunk):
+                    known[path] = (size, mtime_ns, inode, value)
+        result: dict[str, str] = {}
+        misses = []
+        for path, stat in stats.items():
+            row = known.get(path)
+            if row and row[:3] == (stat.st_size, stat.st_mtime_ns, stat.st_ino):
+                result[path] = row[3]
+            else:
+                misses.append(path)
+        if misses:
+            workers = min(8, (os.cpu_count() or 2) * 2, len(misses))
+            chunks = [misses[i::workers] for i in range(workers)]
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for pairs in pool.map(lambda chunk: [(p, _hash_local(p)) for p in chunk], chunks):
+                    result.update(pairs)
+            rows = [(p, stats[p].st_size, stats[p].st_mtime_ns, stats[p].st_ino, result[p]) for p in misses]
+            with self._lock:
+                self.hashed_bytes += sum(stats[p].st_size for p in misses)
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR REPLACE INTO memo VALUES (?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+        return result
 
     def file(self, ref: FileRef, storage_options: Mapping[str, Any] | None = None) -> str:
         if _is_local_url(ref.url):
@@ -98,18 +114,15 @@ class Fingerprinter:
     def many(
         self, refs: Sequence[FileRef], storage_options: Mapping[str, Any] | None = None
     ) -> dict[str, str]:
-        """Fingerprints in parallel threads (hashing and stat calls release the GIL)."""
+        """Fingerprints of many inputs (local files in bulk, see `local_files`)."""
         unique = list({r.url: r for r in refs}.values())
-        if len(unique) < 64:
-            return {r.url: self.file(r, storage_options) for r in unique}
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-            return dict(
-                zip(
-                    [r.url for r in unique],
-                    pool.map(lambda r: self.file(r, storage_options), unique),
-                    strict=True,
-                )
-            )
+        local = {r.url: r.url.removeprefix("file://") for r in unique if _is_local_url(r.url)}
+        hashes = self.local_files(list(local.values())) if local else {}
+        result = {url: hashes[path] for url, path in local.items()}
+        for ref in unique:
+            if ref.url not in result:
+                result[ref.url] = self.file(ref, storage_options)
+        return result
 
     def path(self, url: str, storage_options: Mapping[str, Any] | None = None) -> str:
         """A side input (file or folder): a hash over relative names and file fingerprints."""
@@ -137,6 +150,14 @@ class Fingerprinter:
                 ident = self.file(FileRef(fs.unstrip_protocol(name), info.get("size")), storage_options)
             digest.update(f"{posixpath.relpath(name, path)}\0{ident}\0{info.get('size')}".encode())
         return f"tree:{digest.hexdigest()[:32]}"
+
+
+def _hash_local(path: str) -> str:
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return f"xxh3:{digest.hexdigest()}"
 
 
 def mini_batch_key(job_key: str, mini_batch: MiniBatch, fingerprints: Mapping[str, str]) -> str:
@@ -176,16 +197,17 @@ class MiniBatchCache:
 
     def lookup(self, key: str) -> dict[str, Any] | None:
         """The entry's metadata when it is complete (its part exists), else None."""
-        meta_url = f"{self._entry(key)}/meta.json"
+        entry_path = (
+            f"{self._path.rstrip('/')}/entries/{key[:2]}/{key}"  # the store's own path: no URL parsing
+        )
         try:
-            with fsspec.open(meta_url, "rb", **self.storage_options) as handle:
-                meta: dict[str, Any] = json.loads(handle.read())
+            meta: dict[str, Any] = json.loads(self.fs.cat_file(f"{entry_path}/meta.json"))
         except (FileNotFoundError, json.JSONDecodeError, OSError):
             return None
         if meta.get("part"):
-            meta["part_url"] = f"{self._entry(key)}/{meta['part']}"
-            if not self.fs.exists(fsspec.core.url_to_fs(meta["part_url"], **self.storage_options)[1]):
+            if not self.fs.exists(f"{entry_path}/{meta['part']}"):
                 return None
+            meta["part_url"] = f"{self._entry(key)}/{meta['part']}"
         else:
             meta["part_url"] = None
         return meta
