@@ -211,7 +211,7 @@ def test_exception_in_init_stops_the_job_soon_with_trace(dask_client, write_scri
     assert "init() failed 4 times and no mini-batch has succeeded" in summary["message"]
     assert "RuntimeError: model file is missing" in summary["message"]
     rows = attempts(out)
-    assert {r["Status"] for r in rows} <= {"INIT_EXCEPTION", "CANCELLED"} and len(rows) <= 4 + 4, len(rows)
+    assert {r["Status"] for r in rows} <= {"INIT_EXCEPTION", "CANCELLED"} and len(rows) <= 4 + 8, len(rows)
     assert summary["failed_items"] == 40 and summary["total_items"] == 40
     error_txt = (out / "logs" / "user" / "error.txt").read_text()
     assert "INIT_EXCEPTION: RuntimeError: model file is missing" in error_txt

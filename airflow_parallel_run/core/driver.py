@@ -48,6 +48,10 @@ from .runner import AttemptResult, run_mini_batch, shutdown_job
 log = logging.getLogger("airflow_parallel_run")
 PROGRESS_INTERVAL_S = 30.0
 STOP_GRACE_S = 30.0
+# Attempts in flight: enough that no worker waits for the driver's next submit, few enough that a
+# million mini-batches never sit on the scheduler at once (the scheduler queues the excess itself).
+WINDOW_PER_SLOT = 4
+WINDOW_EXTRA = 16
 
 ProgressCallback = Callable[[str], None]
 
@@ -470,7 +474,7 @@ class JobDriver:
         if client is None:
             raise ValueError("a Dask client is needed: some mini-batches are not reusable")
         slots = self.slots
-        window = 2 * slots
+        window = WINDOW_PER_SLOT * slots + WINDOW_EXTRA
         stop_event = Event(f"apr-stop-{self.job_id}", client=client)
         spec_future = client.scatter(self.spec, broadcast=True, hash=False)
         in_flight: dict[str, tuple[Future, MiniBatch, int]] = {}
@@ -495,9 +499,11 @@ class JobDriver:
                     ).done
                 except (TimeoutError, DaskTimeoutError):
                     done = set()
-                for future in sorted(done, key=lambda f: str(f.key)):
+                ordered = sorted(done, key=lambda f: str(f.key))
+                outcomes = self._gather(client, ordered)  # one round trip for the whole batch
+                for future in ordered:
                     _, mb, attempt = in_flight.pop(str(future.key))
-                    self._record(future, mb, attempt, pending)
+                    self._record(outcomes.get(str(future.key)), future, mb, attempt, pending)
                     step = 10 * self.counters.done // max(self.counters.total_mini_batches, 1)
                     if step != last_step:
                         self._say(self._progress_line())
@@ -511,7 +517,7 @@ class JobDriver:
                     self._say(f"Stopping: {self.stop_reason}")
                     stop_event.set()
                     pending.clear()
-                    self._drain(in_flight)
+                    self._drain(client, in_flight)
                     break
                 submit()
         except Exception as exc:  # noqa: BLE001 - scheduler lost, connection closed: fail with the reason
@@ -533,11 +539,26 @@ class JobDriver:
                 stop_event.clear()
         return self._finish()
 
+    def _gather(self, client: Client, futures: list[Future]) -> dict[str, AttemptResult]:
+        """Results of finished attempts in one call; errored ones are left to `_collect`."""
+        good = [f for f in futures if f.status == "finished"]
+        if not good:
+            return {}
+        try:
+            return dict(zip([str(f.key) for f in good], client.gather(good), strict=True))
+        except Exception:  # noqa: BLE001 - fall back to one by one, so one bad result fails only itself
+            return {}
+
     def _record(
-        self, future: Future, mb: MiniBatch, attempt: int, pending: deque[tuple[MiniBatch, int]]
+        self,
+        gathered: AttemptResult | None,
+        future: Future,
+        mb: MiniBatch,
+        attempt: int,
+        pending: deque[tuple[MiniBatch, int]],
     ) -> None:
         """Books one attempt: commit, retry, or final failure; then checks the thresholds."""
-        result = self._collect(future, mb, attempt)
+        result = gathered if isinstance(gathered, AttemptResult) else self._collect(future, mb, attempt)
         self.logs.attempt(result, json.dumps(mb.describe()))
         if mb.index in self.counters.finished:
             return  # a duplicate delivery: the first outcome stands
@@ -575,8 +596,18 @@ class JobDriver:
                 error=f"the Dask worker running mini-batch {mb.index} was lost: {type(exc).__name__}: {exc}",
             )
 
-    def _drain(self, in_flight: dict[str, tuple[Future, MiniBatch, int]]) -> None:
-        """Waits (bounded) for running attempts to notice the stop, so their rows reach the report."""
+    def _drain(self, client: Client, in_flight: dict[str, tuple[Future, MiniBatch, int]]) -> None:
+        """Cancels queued attempts; waits (bounded) for running ones to notice the stop, so their rows
+        reach the report."""
+        try:
+            running = {str(k) for keys in client.processing().values() for k in keys}
+        except Exception:  # noqa: BLE001 - without the scheduler's view, wait for all (bounded)
+            running = set(in_flight)
+        queued = [key for key in in_flight if key not in running and not in_flight[key][0].done()]
+        if queued:
+            client.cancel([in_flight[key][0] for key in queued])
+            for key in queued:
+                in_flight.pop(key)
         deadline = time.monotonic() + STOP_GRACE_S
         for key, (future, mb, attempt) in list(in_flight.items()):
             try:
@@ -645,6 +676,7 @@ class JobDriver:
         return summary
 
     def _write_result(self, summary: dict[str, Any]) -> None:
+        self.logs.close()
         error_lines = self.logs.write_error_summary()
         if summary["status"] == "succeeded":
             lines = [

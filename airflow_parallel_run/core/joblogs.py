@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 from .runner import AttemptResult
 
@@ -59,6 +60,8 @@ class JobLogs:
         with open(self._attempts_path, "w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerow(ATTEMPT_COLUMNS)
         self.errors: dict[tuple[str, str], ErrorGroup] = {}
+        self._attempts_file: TextIO | None = None
+        self._attempts_writer: Any = None
         self.path = lambda *parts: os.path.join(root, *parts)
         for name in ("job_progress_overview.txt", os.path.join("sys", "master_role.txt")):
             open(self.path(name), "w").close()
@@ -72,25 +75,28 @@ class JobLogs:
             handle.write(f"{_now()} {text}\n")
 
     def attempt(self, result: AttemptResult, detail: str) -> None:
-        with open(self._attempts_path, "a", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerow(
-                [
-                    result.index,
-                    result.attempt,
-                    result.node,
-                    result.process,
-                    result.start_time,
-                    result.total,
-                    result.succeeded,
-                    result.failed,
-                    f"{result.elapsed_seconds:.3f}",
-                    f"{result.cpu_seconds:.3f}",
-                    f"{result.run_seconds:.3f}",
-                    result.status,
-                    result.error,
-                    detail,
-                ]
-            )
+        if self._attempts_file is None:  # kept open: one row per attempt, thousands of attempts
+            self._attempts_file = open(self._attempts_path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+            self._attempts_writer = csv.writer(self._attempts_file)
+        self._attempts_writer.writerow(
+            [
+                result.index,
+                result.attempt,
+                result.node,
+                result.process,
+                result.start_time,
+                result.total,
+                result.succeeded,
+                result.failed,
+                f"{result.elapsed_seconds:.3f}",
+                f"{result.cpu_seconds:.3f}",
+                f"{result.run_seconds:.3f}",
+                result.status,
+                result.error,
+                detail,
+            ]
+        )
+        self._attempts_file.flush()
         if not result.ok and not result.reused:
             group = self.errors.setdefault(_error_key(result), ErrorGroup(*_error_key(result)))
             group.count += 1
@@ -115,6 +121,11 @@ class JobLogs:
         with open(self.path("user", "error.txt"), "w", encoding="utf-8") as handle:
             handle.write("".join(line + "\n" for line in lines) if lines else "No errors.\n")
         return lines
+
+    def close(self) -> None:
+        if self._attempts_file is not None:
+            self._attempts_file.close()
+            self._attempts_file = None
 
     def result(self, lines: Iterable[str]) -> None:
         with open(self.path("job_result.txt"), "w", encoding="utf-8") as handle:
