@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: install
 	$(BIN)/python -m airflow_parallel_run.demo
+	$(BIN)/python -m airflow_parallel_run.demo --airflow
 
 lint: install
-	$(BIN)/ruff check airflow_parallel_run tests dags bench
-	$(BIN)/ruff format --check airflow_parallel_run tests dags bench
+	$(BIN)/ruff check airflow_parallel_run tests dags bench docker/dags
+	$(BIN)/ruff format --check airflow_parallel_run tests dags bench docker/dags
 
 typecheck: install
 	$(BIN)/mypy

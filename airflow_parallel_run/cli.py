@@ -138,6 +138,7 @@ def _cache(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, arguments: list[str]) -> int:
     from .core import ConfigError, FileDataset, InputError, ParallelRunConfig, TabularDataset
+    from .core.cluster import ClusterError
     from .core.driver import JobDriver, run_job
 
     def progress(line: str) -> None:
@@ -206,6 +207,9 @@ def _run(args: argparse.Namespace, arguments: list[str]) -> int:
             cache_dir=args.cache_dir,
         )
     except (ConfigError, InputError) as exc:
+        print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
+        return 2
+    except ClusterError as exc:
         print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. the scheduler address cannot be reached

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import dask
 from airflow.sdk import Asset, AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
@@ -437,11 +436,8 @@ class ParallelRunOperator(BaseOperator):
                     ", ".join(placement.hosts),
                     placement.slots,
                 )
-                if not placement.restricts:
-                    return run_job(config, inputs, output_path, client=client, **job_kwargs)
-                # Every mini-batch task of this job may run only on the chosen hosts.
-                with dask.annotate(workers=list(placement.hosts), allow_other_workers=False):
-                    return run_job(config, inputs, output_path, client=client, **job_kwargs)
+                # the engine keeps every mini-batch on the chosen hosts (it selects them the same way)
+                return run_job(config, inputs, output_path, client=client, **job_kwargs)
         return run_job(config, inputs, output_path, **job_kwargs)
 
     def _handle_summary(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:

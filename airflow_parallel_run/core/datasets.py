@@ -24,7 +24,7 @@ class FileDataset:
 
     paths: tuple[str, ...]
     partition_format: str | None = None
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # credentials
 
     kind = "file"
 
@@ -48,7 +48,7 @@ class TabularDataset:
     header: bool = True
     encoding: str = "utf-8"
     partition_format: str | None = None
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # credentials
 
     kind = "tabular"
 

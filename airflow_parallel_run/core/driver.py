@@ -34,7 +34,7 @@ from .cache import (
     mini_batch_urls,
     resolve_cache_root,
 )
-from .cluster import dask_client
+from .cluster import dask_client, select_hosts
 from .config import ParallelRunConfig
 from .datasets import Dataset
 from .errors import ConfigError
@@ -473,12 +473,20 @@ class JobDriver:
             return self._finish()
         if client is None:
             raise ValueError("a Dask client is needed: some mini-batches are not reusable")
-        slots = self.slots
+        placement = select_hosts(client, self.config.node_count, self.config.processes_per_node)
+        for warning in placement.warnings:
+            self.logs.master(f"warning: {warning}")
+            self._say(f"Warning: {warning}")
+        self.slots = slots = placement.slots
+        hosts = list(placement.hosts) if placement.restricts else None  # keep the job on the chosen hosts
         window = WINDOW_PER_SLOT * slots + WINDOW_EXTRA
         stop_event = Event(f"apr-stop-{self.job_id}", client=client)
         spec_future = client.scatter(self.spec, broadcast=True, hash=False)
         in_flight: dict[str, tuple[Future, MiniBatch, int]] = {}
-        self._say(f"Started: {len(pending)} mini-batches to run, {len(reused)} reused, {slots} processes")
+        self._say(
+            f"Started: {len(pending)} mini-batches to run, {len(reused)} reused, {slots} processes on "
+            f"{len(placement.hosts)} host(s) ({', '.join(placement.hosts)})"
+        )
         last_line, last_step = time.monotonic(), -1
 
         def submit() -> None:
@@ -486,7 +494,15 @@ class JobDriver:
                 mb, attempt = pending.popleft()
                 key = f"apr-{self.job_id}-mb{mb.index}-a{attempt}"
                 future = client.submit(
-                    run_mini_batch, spec_future, mb, attempt, key=key, pure=False, retries=0
+                    run_mini_batch,
+                    spec_future,
+                    mb,
+                    attempt,
+                    key=key,
+                    pure=False,
+                    retries=0,
+                    workers=hosts,
+                    allow_other_workers=False,
                 )
                 in_flight[key] = (future, mb, attempt)
 
