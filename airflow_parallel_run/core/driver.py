@@ -7,6 +7,7 @@ mini-batch is committed, and the assembler concatenates committed parts in mini-
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -225,7 +226,12 @@ class JobDriver:
         if not all(isinstance(s, str) and s for s in side_inputs):
             raise ConfigError("side_inputs", list(side_inputs), "a list of paths or fsspec URLs")
         self.config = config
-        self.inputs = list(inputs)
+        self.inputs = [  # datasets without credentials of their own use the job's
+            d
+            if d.storage_options or not storage_options
+            else dataclasses.replace(d, storage_options=dict(storage_options))
+            for d in inputs
+        ]
         self.storage_options = dict(storage_options or {})
         self.progress_callback = progress
         self.job_id = job_id or uuid.uuid4().hex[:16]
@@ -689,6 +695,7 @@ class JobDriver:
         if not self.local_output:
             fs, path = fsspec.core.url_to_fs(self.spec.log_url, **self.storage_options)
             fs.put(self.log_root.rstrip("/") + "/", path, recursive=True)
+            shutil.rmtree(self.log_root, ignore_errors=True)
         return summary
 
     def _write_result(self, summary: dict[str, Any]) -> None:

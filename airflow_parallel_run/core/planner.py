@@ -87,6 +87,21 @@ def list_input(path: str, storage_options: dict[str, Any]) -> tuple[str, list[Fi
     local = is_local(fs)
     if local:
         fs_path = os.path.abspath(fs_path)
+    try:
+        root, refs = _expand(fs, fs_path, path, local)
+    except InputError:
+        raise
+    except Exception as exc:  # credentials, permissions, network: name the input, never a bare traceback
+        raise InputError(f"input {path!r} cannot be listed: {type(exc).__name__}: {exc}") from exc
+    if not refs:
+        raise InputError(
+            f"input {path!r} matched no files (names starting with '.' or '_' are skipped in folders)"
+        )
+    refs.sort(key=lambda r: r.url)
+    return to_url(fs, root.rstrip("/")) if root else "", refs
+
+
+def _expand(fs: fsspec.AbstractFileSystem, fs_path: str, path: str, local: bool) -> tuple[str, list[FileRef]]:
     refs: list[FileRef] = []
     if _GLOB_CHARS.search(fs_path):
         root = fs_path[: _GLOB_CHARS.search(fs_path).start()]  # type: ignore[union-attr]
@@ -105,12 +120,7 @@ def list_input(path: str, storage_options: dict[str, Any]) -> tuple[str, list[Fi
         refs = [FileRef(to_url(fs, fs_path), info.get("size"), "" if local else _identity(info))]
     else:
         raise InputError(f"input {path!r} does not exist (no file, folder or glob match)")
-    if not refs:
-        raise InputError(
-            f"input {path!r} matched no files (names starting with '.' or '_' are skipped in folders)"
-        )
-    refs.sort(key=lambda r: r.url)
-    return to_url(fs, root.rstrip("/")) if root else "", refs
+    return root, refs
 
 
 def _list_dir(fs: fsspec.AbstractFileSystem, path: str, local: bool) -> list[FileRef]:

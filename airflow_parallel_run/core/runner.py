@@ -503,6 +503,7 @@ def shutdown_job(
             with open(f"{local}.lock", "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 fs.put(local.rstrip("/") + "/", path, recursive=True)
+                shutil.rmtree(local, ignore_errors=True)  # uploaded; a later uploader finds nothing left
     for job, _url in [k for k in _SIDE_INPUTS if k[0] == job_id]:
         _SIDE_INPUTS.pop((job, _url), None)
     return stopped
