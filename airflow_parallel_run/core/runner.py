@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import io
+import logging
 import os
 import shutil
 import signal
@@ -485,6 +486,18 @@ def _failed(
     return result
 
 
+def _upload_logs(job_id: str, log_url: str, storage_options: dict[str, Any]) -> None:
+    local = os.path.join(_tmp_root(), "logs", job_id)
+    if not os.path.isdir(local):
+        return
+    fs, path = fsspec.core.url_to_fs(log_url, **storage_options)
+    # Worker processes on one host share this folder and each uploads all of it: one at a time, so
+    # the last upload (made after every writer's final lines) is the one that stays.
+    with open(f"{local}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fs.put(local.rstrip("/") + "/", path, recursive=True)
+
+
 def shutdown_job(
     job_id: str, log_url: str | None = None, storage_options: dict[str, Any] | None = None
 ) -> int:
@@ -495,15 +508,12 @@ def shutdown_job(
         stopped += 1
     stop_monitor(job_id)  # its last sample lands before the logs are synced
     if log_url and "://" in log_url and not log_url.startswith("file://"):
-        local = os.path.join(_tmp_root(), "logs", job_id)
-        if os.path.isdir(local):
-            fs, path = fsspec.core.url_to_fs(log_url, **(storage_options or {}))
-            # Worker processes on one host share this folder and each uploads all of it: one at a
-            # time, so the last upload (made after every writer's final lines) is the one that stays.
-            with open(f"{local}.lock", "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                fs.put(local.rstrip("/") + "/", path, recursive=True)
-                shutil.rmtree(local, ignore_errors=True)  # uploaded; a later uploader finds nothing left
+        try:
+            _upload_logs(job_id, log_url, storage_options or {})
+        except Exception as exc:  # noqa: BLE001 - never raise: Dask would log our arguments (credentials)
+            logging.getLogger("airflow_parallel_run").warning(
+                "could not upload the logs of job %s: %s: %s", job_id, type(exc).__name__, exc
+            )
     for job, _url in [k for k in _SIDE_INPUTS if k[0] == job_id]:
         _SIDE_INPUTS.pop((job, _url), None)
     return stopped
