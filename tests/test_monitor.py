@@ -169,17 +169,34 @@ def test_header_written_once_when_monitors_share_a_node(tmp_path):
     assert len(list((perf / "os").glob("*/processes_*"))) in (1, 2)  # one per minute (2 if a minute turned)
 
 
-def test_a_failing_sample_is_logged_and_the_thread_goes_on(tmp_path, caplog):
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where the log root should be")
-    monitor = ResourceMonitor(str(blocker), NODE, 0.1)
-    failed = monitor.sample_once()
-    assert set(failed) >= {"node_resource_usage", "node_disk_usage", "os"}
-    monitor.start()
-    time.sleep(0.5)
-    assert monitor.running
-    monitor.stop()
-    assert "sample failed" in caplog.text
+def test_a_failing_sample_is_logged_and_the_thread_goes_on(tmp_path):
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    # our own handler: once Airflow is imported (other tests), its logging setup bypasses caplog
+    logger = logging.getLogger("airflow_parallel_run.monitor")
+    handler, level = Keep(level=logging.WARNING), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        blocker = tmp_path / "not-a-folder"
+        blocker.write_text("a file where the log root should be")
+        monitor = ResourceMonitor(str(blocker), NODE, 0.1)
+        failed = monitor.sample_once()
+        assert set(failed) >= {"node_resource_usage", "node_disk_usage", "os"}
+        monitor.start()
+        time.sleep(0.5)
+        assert monitor.running
+        monitor.stop()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert any("sample failed" in r.getMessage() for r in records)
 
 
 def test_a_tracked_process_that_ends_is_dropped(tmp_path):
