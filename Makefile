@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck browser clean
+.PHONY: install demo test lint typecheck browser airflow clean
 
 install: $(STAMP)
 
@@ -18,9 +18,13 @@ demo: install
 	$(BIN)/python -m airflow_parallel_run.demo
 	$(BIN)/python -m airflow_parallel_run.demo --airflow
 
+# A local Airflow 3 stack (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1 with the example DAGs.
+airflow: install
+	$(BIN)/python tools/airflow_stack.py
+
 lint: install
-	$(BIN)/ruff check airflow_parallel_run tests dags bench docker/dags
-	$(BIN)/ruff format --check airflow_parallel_run tests dags bench docker/dags
+	$(BIN)/ruff check airflow_parallel_run tests dags bench docker/dags tools
+	$(BIN)/ruff format --check airflow_parallel_run tests dags bench docker/dags tools
 
 typecheck: install
 	$(BIN)/mypy

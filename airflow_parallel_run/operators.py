@@ -438,7 +438,13 @@ class ParallelRunOperator(BaseOperator):
                 )
                 # the engine keeps every mini-batch on the chosen hosts (it selects them the same way)
                 return run_job(config, inputs, output_path, client=client, **job_kwargs)
-        return run_job(config, inputs, output_path, **job_kwargs)
+        return run_job(
+            config,
+            inputs,
+            output_path,
+            on_client=lambda client: self._push_dashboard(context, _client_dashboard(client)),
+            **job_kwargs,
+        )
 
     def _handle_summary(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
         self.log.info("Output: %s", summary.get("append_row_file") or summary.get("output"))

@@ -750,8 +750,11 @@ def run_job(
     allow_reuse: bool = True,
     cache_dir: str | None = None,
     planned: Plan | None = None,
+    on_client: Callable[[Client], None] | None = None,
 ) -> dict[str, Any]:
     """Plans, runs and assembles one job; returns the summary dict (status succeeded/failed).
+
+    `on_client` sees the connected client before work starts (the operator records its dashboard).
 
     Raises `ConfigError`/`InputError` before anything runs when the configuration or inputs are bad.
     """
@@ -776,6 +779,8 @@ def run_job(
         ):  # everything hits: no cluster, no entry-script process
             return driver.execute(None, reused)
         with dask_client(scheduler, config.processes_per_node, security=security, client=client) as dask:
+            if on_client is not None:
+                on_client(dask)
             return driver.execute(dask, reused)
     finally:
         driver.release()

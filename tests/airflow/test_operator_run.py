@@ -152,6 +152,8 @@ def test_failed_job_fails_the_task_and_logs_the_error_summary(
     assert "logs/user/error.txt" in head.splitlines()[0]
     assert "RUN_EXCEPTION: ValueError: odd value 1" in head
     assert not context["outlet_events"], "a failed run emits no asset event"
+    # the embedded cluster's dashboard (served while the task runs) is recorded for the extra link
+    assert str(context["ti"].xcom[DASHBOARD_XCOM_KEY]).startswith("http://127.0.0.1:")
 
 
 def test_on_kill_cancels_a_running_job(
