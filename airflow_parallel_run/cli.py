@@ -141,8 +141,19 @@ def _run(args: argparse.Namespace, arguments: list[str]) -> int:
     from .core.cluster import ClusterError
     from .core.driver import JobDriver, run_job
 
+    stream = sys.stderr if args.json else sys.stdout
+    live = stream.isatty()  # a terminal gets one line updated in place; logs and pipes get plain lines
+
     def progress(line: str) -> None:
-        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+        if live and line.startswith("Processed "):
+            stream.write("\r\033[K" + line)
+            stream.flush()
+            return
+        print(
+            ("\n" if live else "") + line if live and line.startswith("Job ") else line,
+            file=stream,
+            flush=True,
+        )
 
     try:
         config = ParallelRunConfig(

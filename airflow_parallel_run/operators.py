@@ -449,6 +449,11 @@ class ParallelRunOperator(BaseOperator):
     def _handle_summary(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
         self.log.info("Output: %s", summary.get("append_row_file") or summary.get("output"))
         self.log.info("Logs: %s", summary.get("logs_dir"))
+        if summary.get("logs_dir"):
+            self.log.info(
+                "Report: %s/report.html (one page: progress, durations, timeline, resources, errors)",
+                summary["logs_dir"],
+            )
         if summary.get("status") != "succeeded":
             self._log_error_head(summary)
             context["ti"].xcom_push(key=SUMMARY_XCOM_KEY, value=summary)

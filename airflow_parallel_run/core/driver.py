@@ -47,7 +47,7 @@ from .results import assemble
 from .runner import AttemptResult, run_mini_batch, shutdown_job
 
 log = logging.getLogger("airflow_parallel_run")
-PROGRESS_INTERVAL_S = 30.0
+PROGRESS_INTERVAL_S = 10.0  # job_progress_overview.txt and the task log: at least this often
 STOP_GRACE_S = 30.0
 # Attempts in flight: enough that no worker waits for the driver's next submit, few enough that a
 # million mini-batches never sit on the scheduler at once (the scheduler queues the excess itself).

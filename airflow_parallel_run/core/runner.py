@@ -165,13 +165,19 @@ def _now() -> str:
 
 
 def _tail(path: str, lines: int = 15) -> str:
+    """The end of a process's stderr; for a native crash, faulthandler's report from its first line."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 8192))
-            return "\n".join(handle.read().decode("utf-8", "replace").splitlines()[-lines:])
+            handle.seek(max(0, handle.tell() - 65536))
+            text = handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
+    crash = text.rfind("Fatal Python error")
+    if crash >= 0:
+        kept = [line for line in text[crash:].splitlines() if not line.startswith("Extension modules:")]
+        return "\n".join(kept[:60])
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def _signal_text(returncode: int | None) -> str:
@@ -449,8 +455,10 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
             result.part_url, result.columns = info.get("part_url"), info.get("columns", [])
             result.elapsed_seconds = time.monotonic() - started
             process.node_log(
-                f"completed mini-batch {mini_batch.index} attempt {attempt}: total {result.total}, succeeded "
-                f"{result.succeeded}, failed {result.failed}, run() {result.run_seconds:.3f}s"
+                f"completed mini-batch {mini_batch.index} attempt {attempt}: entry-script pid "
+                f"{process.proc.pid if process.proc else '?'}, total {result.total}, succeeded {result.succeeded}, "
+                f"failed {result.failed}, started {result.start_time} UTC, elapsed {result.elapsed_seconds:.3f}s, "
+                f"process CPU {result.cpu_seconds:.3f}s, run() {result.run_seconds:.3f}s"
             )
             return result
         return _failed(result, process, outcome[1], started)
