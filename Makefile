@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck browser airflow clean
+.PHONY: install demo test lint typecheck browser airflow soak bench clean
 
 install: $(STAMP)
 
@@ -35,6 +35,14 @@ browser:
 
 test: install lint typecheck browser
 	bash .ci/pytest.sh
+
+# Long fault-injection variants (many kills, a long property-based run).
+soak: install
+	$(BIN)/python -m pytest -m soak tests/faults -q -rfEs --durations=10
+
+# Benchmarks against peers measured in the same run (ratios); `--quick` for a smoke run.
+bench: install
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .mypy_cache .ruff_cache

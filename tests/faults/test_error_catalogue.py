@@ -1,0 +1,390 @@
+"""docs/errors.md is true: each configuration mistake it lists, triggered for real, gives exactly its message.
+
+Each case runs in a scratch folder (the current directory) so relative names appear as written in the
+doc; absolute paths are compared with the scratch folder written as `/data`. Placeholders in the doc
+(`<pid>`, `<host>`, `<time>`, `<port>`) match any value.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from faults_support import CLI, closed_port
+
+from airflow_parallel_run.core import (
+    ConfigError,
+    FileDataset,
+    InputError,
+    ParallelRunConfig,
+    TabularDataset,
+    run_job,
+)
+from airflow_parallel_run.core.driver import OutputLock
+from airflow_parallel_run.core.planner import plan
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
+
+
+def doc_text() -> str:
+    return DOC.read_text(encoding="utf-8")
+
+
+def matches(template: str, actual: str) -> bool:
+    """`actual` equals `template` where each <placeholder> stands for any text."""
+    pattern = "".join(
+        ".+?" if part.startswith("<") and part.endswith(">") and part[1:-1].isalpha() else re.escape(part)
+        for part in re.split(r"(<[a-z]+>)", template)
+    )
+    return re.fullmatch(pattern, actual) is not None
+
+
+def check_documented(template: str, actual: str) -> None:
+    assert template in doc_text(), f"docs/errors.md does not list:\n{template}"
+    assert matches(template, actual), f"the message changed:\n  doc:    {template}\n  actual: {actual}"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    trigger: Callable[[], object]
+    message: str
+    error: type[Exception] = ConfigError
+
+
+def config(**settings: object) -> ParallelRunConfig:
+    return ParallelRunConfig(entry_script="score.py", **settings)  # type: ignore[arg-type]
+
+
+def files(path: str = "in") -> FileDataset:
+    return FileDataset.from_files(path)
+
+
+MBS_TEN = (
+    "mini_batch_size='ten' is not allowed: digits with an optional KB/MB/GB unit, e.g. 10, '1024KB', '10MB'"
+)
+EMPTY = "input 'empty_folder' matched no files (names starting with '.' or '_' are skipped in folders)"
+
+CASES = [
+    # 1. ParallelRunConfig
+    Case("mini_batch_size not a number", lambda: config(mini_batch_size="ten"), MBS_TEN),
+    Case(
+        "mini_batch_size zero",
+        lambda: config(mini_batch_size=0),
+        "mini_batch_size=0 is not allowed: at least 1",
+    ),
+    Case(
+        "mini_batch_size float",
+        lambda: config(mini_batch_size=2.5),
+        "mini_batch_size=2.5 is not allowed: an int or a string like '10', '512KB', '10MB', '1GB'",
+    ),
+    Case(
+        "mini_batch_size bytes for file input",
+        lambda: plan([files()], config(mini_batch_size="1MB")),
+        "mini_batch_size='1MB' is not allowed: a number of files for file input (units KB/MB/GB are for tabular input)",
+    ),
+    Case(
+        "unknown output_action",
+        lambda: config(output_action="append_rows"),
+        "output_action='append_rows' is not allowed: append_row or summary_only",
+    ),
+    Case(
+        "unknown append_row_format",
+        lambda: config(append_row_format="xml"),
+        "append_row_format='xml' is not allowed: text, csv, jsonl, parquet",
+    ),
+    Case(
+        "path in append_row_file_name",
+        lambda: config(append_row_file_name="../out.txt"),
+        "append_row_file_name='../out.txt' is not allowed: a plain file name: no path separators, no '..', "
+        'none of ~"#%&*:<>?/\\{|}',
+    ),
+    Case(
+        "entry script missing",
+        lambda: ParallelRunConfig(entry_script="nope.py"),
+        "entry_script='nope.py' is not allowed: an existing file (looked for nope.py)",
+    ),
+    Case(
+        "entry script without run",
+        lambda: ParallelRunConfig(entry_script="no_run.py"),
+        "entry_script='no_run.py' is not allowed: a script that defines run(mini_batch)",
+    ),
+    Case(
+        "entry script not Python",
+        lambda: ParallelRunConfig(entry_script="broken.py"),
+        "entry_script='broken.py' is not allowed: valid Python (line 1: expected ':')",
+    ),
+    Case(
+        "source_directory missing",
+        lambda: config(source_directory="no_such_folder"),
+        "source_directory='no_such_folder' is not allowed: an existing directory",
+    ),
+    Case(
+        "error_threshold",
+        lambda: config(error_threshold=-2),
+        "error_threshold=-2 is not allowed: an integer >= -1",
+    ),
+    Case(
+        "allowed_failed_percent",
+        lambda: config(allowed_failed_percent=150),
+        "allowed_failed_percent=150 is not allowed: a number from 0 to 100",
+    ),
+    Case("run_max_try", lambda: config(run_max_try=0), "run_max_try=0 is not allowed: an integer >= 1"),
+    Case(
+        "run_invocation_timeout",
+        lambda: config(run_invocation_timeout=0),
+        "run_invocation_timeout=0 is not allowed: a number of seconds > 0",
+    ),
+    Case(
+        "process_count_per_node",
+        lambda: config(process_count_per_node=0),
+        "process_count_per_node=0 is not allowed: an integer >= 1",
+    ),
+    Case(
+        "node_count as a string",
+        lambda: config(node_count="2"),
+        "node_count='2' is not allowed: an integer >= 1",
+    ),
+    Case(
+        "logging_level",
+        lambda: config(logging_level="TRACE"),
+        "logging_level='TRACE' is not allowed: DEBUG, INFO, WARNING",
+    ),
+    Case(
+        "empty partition_keys",
+        lambda: config(partition_keys=[]),
+        "partition_keys=[] is not allowed: a non-empty list of key names",
+    ),
+    Case(
+        "environment variable without a name",
+        lambda: config(environment_variables={"": "x"}),
+        "environment_variables={'': 'x'} is not allowed: a mapping of variable names to string values",
+    ),
+    Case(
+        "misspelt override",
+        lambda: config().with_overrides(mini_batch_sise=3),
+        "mini_batch_sise=3 is not allowed: one of allowed_failed_count, allowed_failed_percent, "
+        "append_row_file_name, append_row_format, entry_script, environment_variables, error_threshold, "
+        "logging_level, mini_batch_size, node_count, output_action, partition_keys, process_count_per_node, "
+        "resource_monitor_interval, run_invocation_timeout, run_max_try, source_directory",
+    ),
+    # 2. inputs
+    Case(
+        "mixed input types",
+        lambda: plan([files(), TabularDataset.from_delimited_files("header.csv")], config()),
+        "inputs=['FileDataset', 'TabularDataset'] is not allowed: datasets of one type (all file or all tabular)",
+    ),
+    Case(
+        "no inputs",
+        lambda: plan([], config()),
+        "inputs=[] is not allowed: at least one FileDataset or TabularDataset",
+    ),
+    Case(
+        "empty path list",
+        lambda: FileDataset.from_files([]),
+        "path=[] is not allowed: a path, glob, folder or fsspec URL, or a non-empty list of them",
+    ),
+    Case("empty folder", lambda: plan([files("empty_folder")], config()), EMPTY, InputError),
+    Case(
+        "missing input",
+        lambda: plan([files("no_such_input")], config()),
+        "input 'no_such_input' does not exist (no file, folder or glob match)",
+        InputError,
+    ),
+    Case(
+        "partition key missing",
+        lambda: plan([files()], config(partition_keys=["user"])),
+        "file '/data/in/a.txt' has no value for partition key(s) ['user'] (hive key=value folders; keys found: [])",
+        InputError,
+    ),
+    Case(
+        "partition_format without keys",
+        lambda: plan(
+            [FileDataset.from_files("in", partition_format="no keys")], config(partition_keys=["user"])
+        ),
+        "partition_format='no keys' is not allowed: a path template with {key} fields, e.g. "
+        "'{user}/{season}/{genres}.wav'",
+    ),
+    Case(
+        "corrupt parquet",
+        lambda: plan([TabularDataset.from_parquet_files("bad.parquet")], config()),
+        "/data/bad.parquet: not a readable Parquet file: Parquet magic bytes not found in footer. Either the "
+        "file is corrupted or this is not a parquet file.",
+        InputError,
+    ),
+    Case(
+        "separator",
+        lambda: TabularDataset.from_delimited_files("header.csv", separator=",,"),
+        "separator=',,' is not allowed: one character other than a quote or a newline",
+    ),
+    Case(
+        "tabular format",
+        lambda: TabularDataset(("x",), "xml"),
+        "format='xml' is not allowed: csv, parquet, jsonl",
+    ),
+    # 3. run_job and the output folder
+    Case(
+        "output path is a file",
+        lambda: run_job(config(), [files()], "out.txt"),
+        "output_path='out.txt' is not allowed: a folder (a file of that name exists)",
+    ),
+    Case(
+        "side input missing",
+        lambda: run_job(config(), [files()], "out", side_inputs=["no_such_side_input"]),
+        "side_inputs='no_such_side_input' is not allowed: an existing file or folder, or an fsspec URL",
+    ),
+    Case(
+        "argument not a string",
+        lambda: run_job(config(), [files()], "out", arguments=["--n", 3]),  # type: ignore[list-item]
+        "arguments=['--n', 3] is not allowed: a list of strings",
+    ),
+]
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "score.py").write_text("def run(mini_batch):\n    return mini_batch\n")
+    (tmp_path / "no_run.py").write_text("def init():\n    pass\n")
+    (tmp_path / "broken.py").write_text("def run(mini_batch)\n    return mini_batch\n")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a\n")
+    (tmp_path / "empty_folder").mkdir()
+    (tmp_path / "header.csv").write_text("a,b\n")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    (tmp_path / "out.txt").write_text("a file, not a folder\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_documented_message(case: Case, workspace: Path) -> None:
+    with pytest.raises(case.error) as info:
+        case.trigger()
+    check_documented(case.message, str(info.value).replace(str(workspace), "/data"))
+    assert not (workspace / "out").exists(), "a rejected job created its output folder"
+
+
+def test_busy_output_folder(workspace: Path) -> None:
+    out = workspace / "out"
+    out.mkdir()
+    lock = OutputLock(str(out))  # as if another job of this host were running
+    try:
+        with pytest.raises(ConfigError) as info:
+            run_job(config(), [files()], str(out))
+    finally:
+        lock.release()
+    check_documented(
+        "output_path='/data/out' is not allowed: a folder no other running job writes to; job pid <pid> on "
+        "<host> has used it since <time> UTC (wait for it, or use another output_path; remove "
+        "/data/out/.airflow-parallel-run.lock if that job is gone)",
+        str(info.value).replace(str(workspace), "/data"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--mini-batch-size", "ten"], f"airflow-parallel-run: error: {MBS_TEN}"),
+        (["--input", "empty_folder"], f"airflow-parallel-run: error: {EMPTY}"),
+        (
+            ["--environment-variables", "NOEQUALS"],
+            "airflow-parallel-run run: error: argument --environment-variables: expected KEY=VALUE, got 'NOEQUALS'",
+        ),
+    ],
+    ids=["config", "input", "usage"],
+)
+def test_cli_messages(workspace: Path, args: list[str], line: str) -> None:
+    argv = [*CLI, "run", "--input", "in", "--output", "out", "--entry-script", "score.py", *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done
+    assert "Traceback" not in done.stderr
+    check_documented(line, done.stderr.strip().splitlines()[-1])
+    assert not (workspace / "out").exists()
+
+
+# -- an unreachable scheduler ------------------------------------------------------------------------------
+# Dask retries for 30 s. The CLI starts in the background with this module (session-scoped, so it lives on)
+# and the test that collects it is marked `faults_last`: tests/faults/conftest.py runs it after every other
+# test, so the 30 s overlap with the rest of the suite instead of adding to it.
+class Background(threading.Thread):
+    """The CLI run, waited for in a thread that notes when it ended."""
+
+    def __init__(self, argv: list[str], cwd: Path, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stdout = self.stderr = ""
+        self.seconds = -1.0
+
+    def run(self) -> None:
+        self.stdout, self.stderr = self.proc.communicate()
+        self.seconds = time.monotonic() - self.started
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_unreachable_early(unreachable_scheduler: Background) -> None:
+    """Starts the background CLI when this module starts."""
+
+
+@pytest.fixture(scope="session")
+def unreachable_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background]:
+    folder = tmp_path_factory.mktemp("unreachable")
+    (folder / "in").mkdir()
+    (folder / "in" / "a.txt").write_text("a\n")
+    (folder / "score.py").write_text("def run(mini_batch):\n    return mini_batch\n")
+    port = closed_port()
+    argv = [*CLI, "run", "--input", "in", "--output", "out", "--entry-script", "score.py"]
+    background = Background([*argv, "--scheduler", f"tcp://127.0.0.1:{port}"], folder, port)
+    background.start()
+    yield background
+    if background.proc.poll() is None:
+        background.proc.kill()
+    background.join(10)
+
+
+@pytest.mark.faults_last
+def test_unreachable_scheduler_fails_in_bounded_time(unreachable_scheduler: Background) -> None:
+    run = unreachable_scheduler
+    run.join(120)
+    stdout, stderr, seconds = run.stdout, run.stderr, run.seconds
+    assert run.proc.returncode == 2, stderr
+    assert 0 < seconds < 60, f"the CLI needed {seconds:.0f} s to give up"
+    assert "Traceback" not in stderr and stdout == ""
+    check_documented(
+        "airflow-parallel-run: error: cannot use Dask scheduler 'tcp://127.0.0.1:<port>': Timed out trying to "
+        "connect to tcp://127.0.0.1:<port> after 30 s",
+        stderr.strip().splitlines()[-1],
+    )
+    assert f"127.0.0.1:{run.port}" in stderr
+
+
+def test_the_doc_lists_no_untested_message() -> None:
+    """Every fenced message in sections 1-4 of docs/errors.md is one a test here checks."""
+    text = doc_text()
+    engine_part = text[text.index("## 1. ParallelRunConfig") : text.index("## 5. Airflow")]
+    documented = re.findall(r"```\n(.*?)\n```", engine_part, flags=re.S)
+    tested = {c.message for c in CASES} | {
+        f"airflow-parallel-run: error: {MBS_TEN}",
+        f"airflow-parallel-run: error: {EMPTY}",
+        "airflow-parallel-run run: error: argument --environment-variables: expected KEY=VALUE, got 'NOEQUALS'",
+        "airflow-parallel-run: error: cannot use Dask scheduler 'tcp://127.0.0.1:<port>': Timed out trying to "
+        "connect to tcp://127.0.0.1:<port> after 30 s",
+        "output_path='/data/out' is not allowed: a folder no other running job writes to; job pid <pid> on "
+        "<host> has used it since <time> UTC (wait for it, or use another output_path; remove "
+        "/data/out/.airflow-parallel-run.lock if that job is gone)",
+    }
+    untested = [m for m in documented if m not in tested]
+    assert not untested, f"docs/errors.md lists messages no test checks: {untested}"
+
+
+def test_job_with_no_items_names_it(workspace: Path) -> None:
+    """Section 6: a job whose inputs hold no rows fails with the documented message (no process starts)."""
+    summary = run_job(config(), [TabularDataset.from_delimited_files("header.csv")], "out")
+    check_documented("Job failed: the inputs hold no items to process", summary["message"])

@@ -1,0 +1,167 @@
+"""Hung run(), hung init(), init() that ends its process, MemoryError and a real out-of-memory kill.
+
+tests/test_engine.py already proves: a run() that hangs once is killed and retried, os.abort() in run()
+fails that attempt only, and an init() that raises on every process stops the job early. These tests
+cover what it does not: a run() that always hangs, an init() that hangs or exits, and memory failures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faults_support import attempts, check_accounting, expected_line
+
+from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
+
+
+def job(client: Any, script: str, root: Path, out: Path, **settings: Any) -> dict[str, Any]:
+    settings.setdefault("process_count_per_node", 2)
+    settings.setdefault("mini_batch_size", 1)
+    return run_job(
+        ParallelRunConfig(entry_script=script, **settings),
+        [FileDataset.from_files(str(root))],
+        str(out),
+        client=client,
+    )
+
+
+def test_run_that_always_hangs_fails_its_mini_batch_only(dask_client, echo_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    root, out = files(6), tmp_path / "out"
+    script = echo_script("if mini_batch[0].endswith('f002.txt'):\n    time.sleep(600)")
+    started = time.monotonic()
+    summary = job(dask_client, script, root, out, run_invocation_timeout=2, run_max_try=2)
+    assert time.monotonic() - started < 2 * (2 + 5) + 20
+    check_accounting(summary, 6, expected_lines=[expected_line(i) for i in (0, 1, 3, 4, 5)])
+    assert summary["status"] == "succeeded" and summary["failed_mini_batches"] == 1, summary
+    rows = [r for r in attempts(out) if r["Mini-batch Id"] == "2"]
+    assert [r["Status"] for r in rows] == ["RUN_TIMEOUT", "RUN_TIMEOUT"], rows
+    assert all("did not finish in 2 s (run_invocation_timeout)" in r["Error Message"] for r in rows)
+    assert "2 x RUN_TIMEOUT" in (out / "logs" / "user" / "error.txt").read_text()
+
+
+def test_hung_init_times_out_and_stops_the_job_soon(dask_client, write_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    root, out = files(30), tmp_path / "out"
+    script = write_script("""
+        import time
+        def init():
+            time.sleep(600)
+        def run(mini_batch):
+            return mini_batch
+    """)
+    started = time.monotonic()
+    summary = job(dask_client, script, root, out, run_invocation_timeout=2, run_max_try=3)
+    seconds = time.monotonic() - started
+    # max(3, 2 * 2 slots) = 4 init timeouts of 2 s each, two at a time, then the job stops
+    assert seconds < 45, f"the job took {seconds:.0f} s to stop"
+    check_accounting(summary, 30)
+    assert summary["status"] == "failed" and summary["succeeded_items"] == 0
+    message = summary["message"]
+    assert "init() failed 4 times and no mini-batch has succeeded" in message, message
+    assert "init() did not finish in 2 s (run_invocation_timeout)" in message, message
+    rows = attempts(out)
+    assert {r["Status"] for r in rows} <= {"INIT_TIMEOUT", "CANCELLED"}, rows
+    assert sum(r["Status"] == "INIT_TIMEOUT" for r in rows) >= 4
+    assert len({r["Mini-batch Id"] for r in rows}) < 30, "the job did not stop early"
+
+
+INIT_EXITS = {
+    "sys.exit": "import sys\n            sys.exit(7)",
+    "os._exit": "import os\n            os._exit(7)",
+}
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "sys.exit",
+        pytest.param(
+            "os._exit",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="engine bug: an init() that ends its process (os._exit, a native crash, an OOM kill) is "
+                "booked as PROCESS_DIED, which JobDriver._record does not count as an init failure, so the job "
+                "retries every mini-batch run_max_try times instead of stopping after max(3, 2*slots) init failures",
+            ),
+        ),
+    ],
+)
+def test_init_that_ends_its_process_on_every_process_stops_the_job(
+    dask_client: Any, write_script: Callable[..., str], files: Callable[..., Path], tmp_path: Path, how: str
+) -> None:
+    root, out = files(6), tmp_path / "out"
+    script = write_script(f"""
+        def init():
+            {INIT_EXITS[how]}
+        def run(mini_batch):
+            return mini_batch
+    """)
+    summary = job(dask_client, script, root, out, run_max_try=2)
+    check_accounting(summary, 6)
+    assert summary["status"] == "failed" and summary["succeeded_items"] == 0
+    failed_inits = [r for r in attempts(out) if r["Status"] != "CANCELLED"]
+    # every status names the cause: SystemExit is an init() exception, os._exit ends the process
+    for row in failed_inits:
+        assert ("SystemExit: 7" in row["Error Message"]) or (
+            "died during init() (exit code 7)" in row["Error Message"]
+        )
+    assert "init() failed" in summary["message"], summary["message"]
+    assert len(failed_inits) <= 2 * 4, f"{len(failed_inits)} init failures: the job did not stop early"
+
+
+# -- memory ---------------------------------------------------------------------------------------------
+MEMORY_ERROR_RUN = """
+import os, resource
+def run(mini_batch):
+    if mini_batch[0].endswith("f003.txt"):
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        in_use = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (in_use + 300 * 1024 * 1024, hard))
+        try:
+            hog = bytearray(2 * 1024**3)  # MemoryError: the address space is capped at +300 MB
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    return [f"{os.path.basename(p)} {open(p).read().strip()}" for p in mini_batch]
+"""
+
+
+def test_memory_error_in_run_fails_that_mini_batch(dask_client, write_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    root, out = files(6), tmp_path / "out"
+    summary = job(dask_client, write_script(MEMORY_ERROR_RUN), root, out, run_max_try=2)
+    check_accounting(summary, 6, expected_lines=[expected_line(i) for i in (0, 1, 2, 4, 5)])
+    assert summary["status"] == "succeeded" and summary["failed_items"] == 1, summary
+    rows = [r for r in attempts(out) if r["Mini-batch Id"] == "3"]
+    assert [r["Status"] for r in rows] == ["RUN_EXCEPTION", "RUN_EXCEPTION"], rows
+    assert all(r["Error Message"].startswith("MemoryError") for r in rows), rows
+    assert "RUN_EXCEPTION: MemoryError" in (out / "logs" / "user" / "error.txt").read_text()
+
+
+def test_out_of_memory_kill_of_an_entry_script_process(  # type: ignore[no-untyped-def]
+    dask_client, write_script, files, tmp_path, memory_cgroup
+) -> None:
+    """A real kernel OOM kill: run() moves its own process into a 200 MB memory cgroup and allocates."""
+    group = memory_cgroup(200 * 1024 * 1024)
+    root, out = files(6), tmp_path / "out"
+    script = write_script(f"""
+        import os
+        def run(mini_batch):
+            if mini_batch[0].endswith("f003.txt"):
+                open({str(group / "cgroup.procs")!r}, "w").write(str(os.getpid()))
+                hog = []
+                for _ in range(100):  # 2 GB at most; the kernel kills this process at 200 MB
+                    hog.append(bytearray(20 * 1024 * 1024))
+                print("the OOM killer did not act", flush=True)
+                os._exit(99)
+            return [f"{{os.path.basename(p)}} {{open(p).read().strip()}}" for p in mini_batch]
+    """)
+    summary = job(dask_client, script, root, out, run_max_try=2)
+    check_accounting(summary, 6, expected_lines=[expected_line(i) for i in (0, 1, 2, 4, 5)])
+    assert summary["status"] == "succeeded" and summary["failed_items"] == 1, summary
+    rows = [r for r in attempts(out) if r["Mini-batch Id"] == "3"]
+    assert [r["Status"] for r in rows] == ["PROCESS_DIED", "PROCESS_DIED"], rows
+    for row in rows:
+        assert "died during run() of mini-batch 3 (killed by SIGKILL)" in row["Error Message"], row
+    assert "2 x PROCESS_DIED" in (out / "logs" / "user" / "error.txt").read_text()
