@@ -1,10 +1,26 @@
-"""The engine. Never imports Airflow: Dask workers on a remote cluster must not need it."""
+"""The engine. Never imports Airflow: Dask workers on a remote cluster must not need it.
 
-from .config import ParallelRunConfig
-from .datasets import FileDataset, TabularDataset
-from .driver import JobDriver, run_job
-from .entry_script import EntryScript
-from .errors import ConfigError, InputError, JobFailedError, ParallelRunError
+Names are loaded on first use, so an entry-script process (which needs only `EntryScript` and the
+reader) does not pay for importing the driver, the cluster code and their dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_NAMES = {
+    "ParallelRunConfig": "config",
+    "FileDataset": "datasets",
+    "TabularDataset": "datasets",
+    "JobDriver": "driver",
+    "run_job": "driver",
+    "EntryScript": "entry_script",
+    "ConfigError": "errors",
+    "InputError": "errors",
+    "JobFailedError": "errors",
+    "ParallelRunError": "errors",
+}
 
 __all__ = [
     "ConfigError",
@@ -18,3 +34,16 @@ __all__ = [
     "TabularDataset",
     "run_job",
 ]
+
+if TYPE_CHECKING:
+    from .config import ParallelRunConfig
+    from .datasets import FileDataset, TabularDataset
+    from .driver import JobDriver, run_job
+    from .entry_script import EntryScript
+    from .errors import ConfigError, InputError, JobFailedError, ParallelRunError
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -79,13 +79,20 @@ def _normalise_output(output_path: str, storage_options: Mapping[str, Any]) -> t
     if not isinstance(output_path, str) or not output_path.strip():
         raise ConfigError("output_path", output_path, "a folder path or fsspec URL")
     fs, path = fsspec.core.url_to_fs(output_path.strip(), **dict(storage_options))
-    if is_local(fs):
-        path = os.path.abspath(path)
-        if os.path.isfile(path):
-            raise ConfigError("output_path", output_path, "a folder (a file of that name exists)")
-        os.makedirs(path, exist_ok=True)
-        return path, True
-    fs.makedirs(path, exist_ok=True)
+    try:
+        if is_local(fs):
+            path = os.path.abspath(path)
+            if os.path.isfile(path):
+                raise ConfigError("output_path", output_path, "a folder (a file of that name exists)")
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, f".apr-write-test-{os.getpid()}")
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+            return path, True
+        fs.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("output_path", output_path, f"a folder this job can write to ({exc})") from exc
     return fs.unstrip_protocol(path).rstrip("/"), False
 
 
@@ -118,6 +125,11 @@ COMPONENT_WORDS = {
     "output": "the output settings (output_action, append_row_file_name, append_row_format) changed",
     "partition_keys": "partition_keys changed",
 }
+
+
+def _component_digests(components: Mapping[str, Any]) -> dict[str, Any]:
+    """What the cache keeps about a job: per-file code hashes, and a digest of every other component."""
+    return {name: dict(value) if name == "code" else _digest(value) for name, value in components.items()}
 
 
 def explain_change(previous: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
@@ -192,6 +204,10 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _refs(mb: MiniBatch) -> list[FileRef]:
@@ -340,7 +356,8 @@ class JobDriver:
         elif previous is None:
             reason = "no earlier run of this job in the cache"
         else:
-            reason = explain_change(previous.get("components", {}), self.components) or self._explain_inputs(
+            current = _component_digests(self.components)
+            reason = explain_change(previous.get("components", {}), current) or self._explain_inputs(
                 previous.get("inputs", {}), misses
             )
         self.reuse_line = (
@@ -349,7 +366,8 @@ class JobDriver:
         )
         self.logs.master(self.reuse_line)
         self.cache.write_manifest(
-            self.signature, {"components": self.components, "inputs": self.fingerprints}
+            self.signature,  # digests only: environment variables may hold secrets
+            {"components": _component_digests(self.components), "inputs": self.fingerprints},
         )
         return hits
 
@@ -487,7 +505,8 @@ class JobDriver:
         hosts = list(placement.hosts) if placement.restricts else None  # keep the job on the chosen hosts
         window = WINDOW_PER_SLOT * slots + WINDOW_EXTRA
         stop_event = Event(f"apr-stop-{self.job_id}", client=client)
-        spec_future = client.scatter(self.spec, broadcast=True, hash=False)
+        # A task, not scattered data: if every worker holding it dies, the scheduler recomputes it.
+        spec_future = client.submit(_identity, self.spec, key=f"apr-{self.job_id}-spec", pure=False)
         in_flight: dict[str, tuple[Future, MiniBatch, int]] = {}
         self._say(
             f"Started: {len(pending)} mini-batches to run, {len(reused)} reused, {slots} processes on "
@@ -496,7 +515,9 @@ class JobDriver:
         last_line, last_step = time.monotonic(), -1
 
         def submit() -> None:
-            while pending and len(in_flight) < window:
+            # until something succeeds, keep the window small: a broken init() must not fan out
+            limit = window if self.counters.succeeded_mini_batches else 2 * slots
+            while pending and len(in_flight) < limit:
                 mb, attempt = pending.popleft()
                 key = f"apr-{self.job_id}-mb{mb.index}-a{attempt}"
                 future = client.submit(
@@ -551,8 +572,9 @@ class JobDriver:
             self._say(f"Stopping: {self.stop_reason}")
         finally:
             if in_flight:  # interrupted (KeyboardInterrupt, on_kill): do not leave work running
-                stop_event.set()
-                client.cancel([f for f, _, _ in in_flight.values()], force=True)
+                with contextlib.suppress(Exception):  # the scheduler may be gone
+                    stop_event.set()
+                    client.cancel([f for f, _, _ in in_flight.values()], force=True)
             try:
                 client.run(shutdown_job, self.job_id, self.spec.log_url, self.storage_options)
             except Exception as exc:  # noqa: BLE001
@@ -584,7 +606,8 @@ class JobDriver:
         self.logs.attempt(result, json.dumps(mb.describe()))
         if mb.index in self.counters.finished:
             return  # a duplicate delivery: the first outcome stands
-        if result.status in ("INIT_EXCEPTION", "INIT_TIMEOUT") and not self.counters.succeeded_mini_batches:
+        in_init = result.status in ("INIT_EXCEPTION", "INIT_TIMEOUT") or "during init()" in result.error
+        if in_init and not self.counters.succeeded_mini_batches:
             self.init_failures += 1
             limit = max(3, 2 * self.slots)
             if self.init_failures >= limit and not self.stop_reason:

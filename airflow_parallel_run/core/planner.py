@@ -75,6 +75,11 @@ def _list_local_dir(root: str) -> list[tuple[str, int]]:
                     stack.append(entry.path)
                 elif entry.is_file(follow_symlinks=True):
                     found.append((entry.path, entry.stat(follow_symlinks=True).st_size))
+                else:  # a dangling symlink, a FIFO, a socket: never drop an input item silently
+                    raise InputError(
+                        f"input entry {entry.path!r} is not a readable file or folder (a dangling symlink, "
+                        "a FIFO or a socket); remove it or fix its target"
+                    )
     return found
 
 

@@ -80,12 +80,6 @@ INIT_EXITS = {
         "sys.exit",
         pytest.param(
             "os._exit",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="engine bug: an init() that ends its process (os._exit, a native crash, an OOM kill) is "
-                "booked as PROCESS_DIED, which JobDriver._record does not count as an init failure, so the job "
-                "retries every mini-batch run_max_try times instead of stopping after max(3, 2*slots) init failures",
-            ),
         ),
     ],
 )

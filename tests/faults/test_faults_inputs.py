@@ -45,11 +45,6 @@ def tabular_job(client: Any, script: str, paths: list[str], out: Path, **setting
 
 
 # -- entries that cannot be read ------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: planner._list_local_dir skips directory entries that are neither a file nor a folder "
-    "after following symlinks (a dangling symlink, a FIFO), so an input item vanishes without a message",
-)
 def test_dangling_symlink_in_an_input_folder_is_reported(echo_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
     root = files(3)
     (root / "f003.txt").symlink_to(tmp_path / "gone.txt")  # dangling: its target never existed

@@ -141,13 +141,6 @@ def test_worker_processes_killed_repeatedly_soak(external_cluster, echo_script, 
     _worker_kill_job(external_cluster, echo_script, files, tmp_path, count=240, kills=15)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: JobDriver.execute scatters the JobSpec (client.scatter(..., broadcast=True)); scattered "
-    "data cannot be recomputed, so when every worker holding it dies (here the only worker, restarted by its "
-    "nanny) all pending attempts are cancelled ('already forgotten') and the job fails as 'the Dask cluster "
-    "failed during the job' although the cluster is back",
-)
 def test_worker_restart_that_loses_every_spec_replica(external_cluster, echo_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cluster = external_cluster(workers=1, nthreads=2, nanny=True)
     root, calls, out = files(20), tmp_path / "calls.txt", tmp_path / "out"
@@ -315,12 +308,6 @@ def test_scheduler_killed_fails_in_bounded_time_and_rerun_resumes(scheduler_kill
     assert not (run.out / ".staging").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: JobDriver.execute's `finally` calls stop_event.set() unguarded after the scheduler "
-    "is gone, so the OSError escapes run_job instead of the documented failed summary; the CLI then "
-    "exits 2 ('cannot use Dask scheduler ...') instead of 1 with the JSON summary",
-)
 def test_scheduler_killed_returns_a_failed_summary(scheduler_kill: SchedulerKill) -> None:
     run = scheduler_kill
     assert run.done.returncode == 1, run.done.stderr[-2000:]

@@ -61,11 +61,6 @@ def test_read_only_output_fails_before_anything_runs(read_only_output: Outcome) 
     assert str(read_only_output.out) in done.stderr and "Read-only file system" in done.stderr, done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: cli._run reports every OSError from run_job as 'cannot use Dask scheduler None: ...', "
-    "also when the output folder cannot be created (driver._normalise_output / OutputLock raise a bare OSError)",
-)
 def test_read_only_output_message_names_the_output_not_the_scheduler(read_only_output: Outcome) -> None:
     stderr = read_only_output.done.stderr
     assert "scheduler" not in stderr and "output" in stderr, stderr

@@ -218,12 +218,6 @@ def test_environment_variable_secret_stays_out_of_logs_and_cli_output(echo_scrip
     assert SECRET not in read_logs(out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: JobDriver.find_reusable writes the job's components, environment_variables values "
-    "included, in plain text to <cache>/jobs/<signature>.json (cache.write_manifest), so a secret passed "
-    "as an environment variable lands on the (often shared) cache storage",
-)
 def test_environment_variable_secret_stays_out_of_the_reuse_cache(  # type: ignore[no-untyped-def]
     dask_client, echo_script, files, tmp_path
 ) -> None:
