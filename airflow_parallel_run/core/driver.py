@@ -507,6 +507,7 @@ class JobDriver:
         stop_event = Event(f"apr-stop-{self.job_id}", client=client)
         # A task, not scattered data: if every worker holding it dies, the scheduler recomputes it.
         spec_future = client.submit(_identity, self.spec, key=f"apr-{self.job_id}-spec", pure=False)
+        client.replicate([spec_future])  # on every worker, so data locality does not pin the job to one host
         in_flight: dict[str, tuple[Future, MiniBatch, int]] = {}
         self._say(
             f"Started: {len(pending)} mini-batches to run, {len(reused)} reused, {slots} processes on "
