@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck browser airflow soak bench clean
+.PHONY: install demo test e2e lint typecheck browser airflow soak bench clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ browser:
 
 test: install lint typecheck browser
 	bash .ci/pytest.sh
+
+# End-to-end tests on a real Airflow stack (api-server, scheduler, dag-processor, triggerer) and a browser.
+e2e: install browser
+	$(BIN)/python -m pytest tests/e2e -q -rfEs --durations=10
 
 # Long fault-injection variants (many kills, a long property-based run).
 soak: install
