@@ -172,6 +172,19 @@ def _progress(name: str) -> Callable[[str], None]:
     return say
 
 
+def ensure_demo_data(root: str) -> None:
+    """What the example DAGs run first: `prepare()` only when some demo file is missing."""
+    base = Path(root)
+    files = [
+        base / "models" / "digits.pkl",
+        base / "models" / "iris.pkl",
+        base / "data" / "iris" / "iris.csv",
+    ]
+    files.append(base / "data" / "labels.csv")
+    if not (all(f.is_file() for f in files) and any((base / "data" / "digits").glob("*.png"))):
+        prepare(root)
+
+
 def airflow_demo(root: str) -> int:
     """The seed example end to end through Airflow: `airflow dags test digits_file_scoring` on SQLite."""
     import json

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -20,7 +19,8 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_parallel_run.core import ConfigError, FileDataset, InputError, TabularDataset
-from airflow_parallel_run.core.cache import Fingerprinter, resolve_cache_root
+from airflow_parallel_run.core.cache import Fingerprinter, memo_path, resolve_cache_root
+from airflow_parallel_run.core.datasets import dataset_to_dict
 from airflow_parallel_run.core.manifest import write_manifest
 from airflow_parallel_run.core.partition import Completeness, check_partition
 from airflow_parallel_run.core.planner import plan_inputs
@@ -30,20 +30,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 Dataset = FileDataset | TabularDataset
-
-
-def datasets_to_dicts(datasets: Sequence[Dataset]) -> list[dict[str, Any]]:
-    """JSON-able datasets (for trigger kwargs; Airflow encrypts those, credentials included)."""
-    return [{"type": type(d).__name__, **dataclasses.asdict(d), "paths": list(d.paths)} for d in datasets]
-
-
-def datasets_from_dicts(items: Sequence[Mapping[str, Any]]) -> list[Dataset]:
-    out: list[Dataset] = []
-    for item in items:
-        fields = {k: v for k, v in item.items() if k != "type"}
-        fields["paths"] = tuple(fields["paths"])
-        out.append(FileDataset(**fields) if item["type"] == "FileDataset" else TabularDataset(**fields))
-    return out
 
 
 def _default_manifest_dir() -> str:
@@ -141,11 +127,7 @@ class DatasetPartitionSensor(BaseSensorOperator):
             planned = plan_inputs(datasets, self.mini_batch_size, self.partition_keys)
         except (ConfigError, InputError) as exc:
             raise AirflowFailException(f"Cannot plan the input: {exc}") from exc
-        root = resolve_cache_root(None)
-        memo = os.path.join(
-            root if "://" not in root else resolve_cache_root("~/.cache/airflow-parallel-run"), "memo.sqlite"
-        )
-        fingerprinter = Fingerprinter(memo, self.storage_options)
+        fingerprinter = Fingerprinter(memo_path(resolve_cache_root(None)), self.storage_options)
         try:
             refs = [ref for mb in planned.mini_batches for ref in mb.files]
             fingerprints = fingerprinter.many(refs) if refs else {}
@@ -179,7 +161,9 @@ class DatasetPartitionSensor(BaseSensorOperator):
 
         self.defer(
             trigger=DatasetPartitionTrigger(
-                datasets=datasets_to_dicts(self._datasets()),
+                datasets=[
+                    dataset_to_dict(d, credentials=True) for d in self._datasets()
+                ],  # trigger kwargs are encrypted
                 completeness=dataclasses.asdict(self.completeness),
                 poke_interval=float(self.poke_interval),
                 state=self._load_state(self._manifest_base(context)),

@@ -126,11 +126,11 @@ class DatasetPartitionTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow_parallel_run.core.datasets import dataset_from_dict
         from airflow_parallel_run.core.partition import Completeness, check_partition
-        from airflow_parallel_run.sensors import datasets_from_dicts
 
         rule = Completeness(**self.completeness)
-        datasets = datasets_from_dicts(self.datasets)
+        datasets = [dataset_from_dict(d) for d in self.datasets]
         state = dict(self.state)
         await asyncio.sleep(self.first_poll_delay)
         while True:

@@ -70,10 +70,9 @@ def daily_backfill_scoring() -> None:
         import random
         import shutil
 
-        if not (Path(DIGITS_MODEL).is_file() and any(Path(DIGITS_DIR).glob("*.png"))):
-            from airflow_parallel_run.demo import prepare
+        from airflow_parallel_run.demo import ensure_demo_data
 
-            prepare(DEMO_ROOT)
+        ensure_demo_data(DEMO_ROOT)
         day = Path(DEMO_ROOT) / "data" / "daily" / str(ds)
         images = sorted(Path(DIGITS_DIR).glob("*.png"))
         chosen = random.Random(str(ds)).sample(images, IMAGES_PER_DAY)

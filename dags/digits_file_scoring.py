@@ -82,10 +82,9 @@ def digits_file_scoring() -> None:
     @task
     def prepare_demo_data() -> None:
         """Writes the demo images and model (idempotent; skipped when they exist)."""
-        if not (Path(DIGITS_MODEL).is_file() and any(Path(DIGITS_DIR).glob("*.png"))):
-            from airflow_parallel_run.demo import prepare
+        from airflow_parallel_run.demo import ensure_demo_data
 
-            prepare(DEMO_ROOT)
+        ensure_demo_data(DEMO_ROOT)
 
     score = ParallelRunOperator(
         task_id="score_digits",

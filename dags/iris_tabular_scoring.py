@@ -62,10 +62,9 @@ def iris_tabular_scoring() -> None:
     @task
     def prepare_demo_data() -> None:
         """Writes the demo table and model (idempotent; skipped when they exist)."""
-        if not (Path(IRIS_CSV).is_file() and Path(IRIS_MODEL).is_file()):
-            from airflow_parallel_run.demo import prepare
+        from airflow_parallel_run.demo import ensure_demo_data
 
-            prepare(DEMO_ROOT)
+        ensure_demo_data(DEMO_ROOT)
 
     score = ParallelRunOperator(
         task_id="score_iris",

@@ -60,10 +60,9 @@ def sensor_fed_daily_scoring() -> None:
         import random
         import shutil
 
-        if not (Path(DIGITS_MODEL).is_file() and any(Path(DIGITS_DIR).glob("*.png"))):
-            from airflow_parallel_run.demo import prepare
+        from airflow_parallel_run.demo import ensure_demo_data
 
-            prepare(DEMO_ROOT)
+        ensure_demo_data(DEMO_ROOT)
         day = Path(DEMO_ROOT) / "data" / "landing" / str(ds)
         day.mkdir(parents=True, exist_ok=True)
         for image in random.Random(str(ds)).sample(sorted(Path(DIGITS_DIR).glob("*.png")), IMAGES_PER_DAY):

@@ -50,10 +50,9 @@ def side_inputs_scoring() -> None:
     @task
     def prepare_demo_data() -> None:
         """Writes the demo images, model and lookup table (idempotent; skipped when they exist)."""
-        if not (Path(DIGITS_MODEL).is_file() and Path(LABELS_CSV).is_file()):
-            from airflow_parallel_run.demo import prepare
+        from airflow_parallel_run.demo import ensure_demo_data
 
-            prepare(DEMO_ROOT)
+        ensure_demo_data(DEMO_ROOT)
 
     score = ParallelRunOperator(
         task_id="score_digits_with_words",

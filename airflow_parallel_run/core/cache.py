@@ -40,6 +40,12 @@ def resolve_cache_root(explicit: str | None = None) -> str:
     return root if "://" in root else os.path.abspath(os.path.expanduser(root))
 
 
+def memo_path(cache_root: str) -> str:
+    """The stat memo lives on local disk: beside a local cache, else in the default local cache root."""
+    local_root = cache_root if "://" not in cache_root else resolve_cache_root(DEFAULT_CACHE_ROOT)
+    return os.path.join(local_root, "memo.sqlite")
+
+
 def _is_local_url(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
@@ -105,11 +111,8 @@ class Fingerprinter:
         if ref.identity:
             return f"{ref.identity}:{ref.size}"
         fs, path = fsspec.core.url_to_fs(ref.url, **dict(storage_options or self.storage_options))
-        digest = xxhash.xxh3_128()
         with fs.open(path, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-        return f"xxh3:{digest.hexdigest()}"
+            return _hash_stream(handle)
 
     def many(
         self, refs: Sequence[FileRef], storage_options: Mapping[str, Any] | None = None
@@ -152,12 +155,17 @@ class Fingerprinter:
         return f"tree:{digest.hexdigest()[:32]}"
 
 
-def _hash_local(path: str) -> str:
+def _hash_stream(handle: Any) -> str:
+    """xxh3-128 of a binary stream, read in chunks (never a whole file in memory)."""
     digest = xxhash.xxh3_128()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
+    while chunk := handle.read(_CHUNK):
+        digest.update(chunk)
     return f"xxh3:{digest.hexdigest()}"
+
+
+def _hash_local(path: str) -> str:
+    with open(path, "rb") as handle:
+        return _hash_stream(handle)
 
 
 def mini_batch_key(job_key: str, mini_batch: MiniBatch, fingerprints: Mapping[str, str]) -> str:

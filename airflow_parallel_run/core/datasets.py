@@ -110,3 +110,22 @@ class TabularDataset:
 
 
 Dataset = FileDataset | TabularDataset
+
+
+def dataset_to_dict(dataset: Dataset, *, credentials: bool) -> dict[str, Any]:
+    """JSON-able form of a dataset; `credentials=False` drops `storage_options` (manifests on shared storage)."""
+    import dataclasses
+
+    fields = dataclasses.asdict(dataset)
+    if not credentials:
+        fields.pop("storage_options", None)
+    return {"type": type(dataset).__name__, **fields, "paths": list(dataset.paths)}
+
+
+def dataset_from_dict(data: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> Dataset:
+    """Inverse of `dataset_to_dict`; given `storage_options` replace whatever the dict holds."""
+    fields = {k: v for k, v in data.items() if k != "type"}
+    fields["paths"] = tuple(fields["paths"])
+    if storage_options is not None:
+        fields["storage_options"] = dict(storage_options)
+    return FileDataset(**fields) if data["type"] == "FileDataset" else TabularDataset(**fields)

@@ -28,9 +28,9 @@ from dask.distributed import TimeoutError as DaskTimeoutError
 from distributed import Client, Event, Future, wait
 
 from .cache import (
-    DEFAULT_CACHE_ROOT,
     Fingerprinter,
     MiniBatchCache,
+    memo_path,
     mini_batch_key,
     mini_batch_urls,
     resolve_cache_root,
@@ -268,10 +268,7 @@ class JobDriver:
         )
         self.allow_reuse = allow_reuse
         self.cache = MiniBatchCache(resolve_cache_root(cache_dir), self.storage_options)
-        memo_root = (
-            self.cache.root if "://" not in self.cache.root else resolve_cache_root(DEFAULT_CACHE_ROOT)
-        )
-        fingerprinter = Fingerprinter(os.path.join(memo_root, "memo.sqlite"), self.storage_options)
+        fingerprinter = Fingerprinter(memo_path(self.cache.root), self.storage_options)
         try:
             side_fps = {url: fingerprinter.path(url) for url in self.side_inputs}
             self.components = job_components(config, code_files, self.arguments, side_fps)

@@ -14,28 +14,13 @@ from typing import Any
 
 import fsspec
 
-from .datasets import Dataset, FileDataset, TabularDataset
+from .datasets import Dataset, dataset_from_dict, dataset_to_dict
 from .errors import InputError
 from .minibatch import FileRef, MiniBatch, TabularSlice
 from .planner import Plan
 from .results import write_atomic
 
 VERSION = 1
-
-
-def _dataset_to_dict(dataset: Dataset) -> dict[str, Any]:
-    fields = dataclasses.asdict(dataset)
-    fields.pop("storage_options", None)  # credentials never go into a manifest
-    return {"type": type(dataset).__name__, **fields, "paths": list(dataset.paths)}
-
-
-def _dataset_from_dict(data: Mapping[str, Any], storage_options: Mapping[str, Any]) -> Dataset:
-    fields = {k: v for k, v in data.items() if k != "type"}
-    fields["paths"] = tuple(fields["paths"])
-    fields["storage_options"] = dict(storage_options)
-    if data["type"] == "FileDataset":
-        return FileDataset(**fields)
-    return TabularDataset(**fields)
 
 
 def _batch_from_dict(data: Mapping[str, Any]) -> MiniBatch:
@@ -64,7 +49,7 @@ def write_manifest(
     document = {
         "version": VERSION,
         "kind": plan.kind,
-        "datasets": [_dataset_to_dict(d) for d in datasets],
+        "datasets": [dataset_to_dict(d, credentials=False) for d in datasets],  # never credentials
         "mini_batches": [dataclasses.asdict(mb) for mb in plan.mini_batches],
         "fingerprints": dict(fingerprints or {}),
     }
@@ -101,5 +86,5 @@ def read_manifest(url: str, storage_options: Mapping[str, Any] | None = None) ->
         raise InputError(
             f"manifest {url} has version {document.get('version')!r}; this release reads {VERSION}"
         )
-    datasets = [_dataset_from_dict(d, storage_options or {}) for d in document["datasets"]]
+    datasets = [dataset_from_dict(d, storage_options or {}) for d in document["datasets"]]
     return datasets, Plan(document["kind"], [_batch_from_dict(mb) for mb in document["mini_batches"]])

@@ -10,17 +10,20 @@ Airflow worker's paths mean nothing on a cluster host.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import tempfile
 import threading
 import traceback
 import uuid
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ParallelRunConfig
 from .datasets import Dataset
+from .jobspec import bundle_scripts
 from .planner import Plan
 
 METADATA_ROOT = "airflow-parallel-run"
@@ -30,22 +33,6 @@ def metadata_key(job_id: str, name: str) -> list[str]:
     return [METADATA_ROOT, job_id, name]
 
 
-def _read_code(config: ParallelRunConfig) -> dict[str, bytes]:
-    root = config.source_directory or os.path.dirname(os.path.abspath(config.entry_script_path))
-    if not config.source_directory:
-        with open(config.entry_script_path, "rb") as handle:
-            return {os.path.basename(config.entry_script_path): handle.read()}
-    files: dict[str, bytes] = {}
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in ("__pycache__", ".git")]
-        for name in names:
-            if not name.endswith(".pyc"):
-                path = os.path.join(folder, name)
-                with open(path, "rb") as handle:
-                    files[os.path.relpath(path, root)] = handle.read()
-    return files
-
-
 @dataclass(frozen=True)
 class RemoteJob:
     """Everything `run_job` needs, picklable, with the code carried as bytes."""
@@ -53,7 +40,8 @@ class RemoteJob:
     config: ParallelRunConfig
     inputs: tuple[Dataset, ...]
     output_path: str
-    code: dict[str, bytes]
+    code: bytes  # the zip `bundle_scripts` makes (the same bundle the workers get)
+    entry: str  # the entry script's path inside it
     side_inputs: tuple[str, ...] = ()
     arguments: tuple[str, ...] = ()
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -76,11 +64,13 @@ class RemoteJob:
         cache_dir: str | None = None,
         planned: Plan | None = None,
     ) -> RemoteJob:
+        bundle, _, entry, _ = bundle_scripts(config.entry_script_path, config.source_directory)
         return cls(
             config,
             tuple(inputs),
             output_path,
-            _read_code(config),
+            bundle,
+            entry,
             tuple(side_inputs),
             tuple(arguments),
             dict(storage_options or {}),
@@ -91,16 +81,11 @@ class RemoteJob:
 
     def localised_config(self, folder: str) -> ParallelRunConfig:
         """The config pointing at a copy of the code in `folder` (on the cluster host)."""
-        for rel, data in self.code.items():
-            path = os.path.join(folder, rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as handle:
-                handle.write(data)
+        with zipfile.ZipFile(io.BytesIO(self.code)) as archive:
+            archive.extractall(folder)
         if self.config.source_directory:
             return dataclasses.replace(self.config, source_directory=folder)
-        return dataclasses.replace(
-            self.config, entry_script=os.path.join(folder, os.path.basename(self.config.entry_script))
-        )
+        return dataclasses.replace(self.config, entry_script=os.path.join(folder, self.entry))
 
 
 def run_job_in_cluster(job: RemoteJob) -> dict[str, Any]:
