@@ -8,6 +8,9 @@ auth manager's passwords file, then starts the api-server, scheduler, dag-proces
 (LocalExecutor, SQLite, 127.0.0.1 only), each in its own process group with its output in
 `AIRFLOW_HOME/logs/<component>.out`. Once `/api/v2/monitor/health` reports every component healthy
 it prints the UI address and the admin credentials; Ctrl-C (SIGINT) or SIGTERM stops everything.
+Like a process supervisor (systemd, `restart: unless-stopped` in docker/compose.yaml), it restarts a
+component that exits on its own, up to `max_restarts` times, and says so with the end of its log: on
+SQLite the scheduler can die of a lock race under load (e.g. `ObjectDeletedError` on a DagRun).
 
 The tests import `Stack` (a context manager) and start the same stack on free ports.
 This module never imports Airflow: it drives the `airflow` CLI and the REST API.
@@ -25,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -98,7 +102,9 @@ class Stack:
     python: str = sys.executable
     startup_timeout: float = 240.0
     quiet: bool = False
+    max_restarts: int = 3  # per component, after start-up; then `restart_exited()` raises
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
+    restarts: list[str] = field(default_factory=list, init=False)  # one line per restart, for reports
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
@@ -106,6 +112,7 @@ class Stack:
         self.worker_log_port = free_port()
         self.trigger_log_port = free_port()
         self._env: dict[str, str] | None = None
+        self._lock = threading.Lock()  # start/stop vs. a supervising thread's restarts
 
     # -- paths and environment ---------------------------------------------------------------------
     @property
@@ -302,6 +309,32 @@ class Stack:
                 start_new_session=True,  # its own process group: stop() signals the whole group
             )
 
+    def restart_exited(self) -> list[str]:
+        """Restarts every component that exited on its own; returns what it did (one line each).
+
+        Raises StackError once a component has exited more than `max_restarts` times. A no-op after
+        `stop()`. Call it periodically (the CLI does every second; the e2e fixture from a thread).
+        """
+        done: list[str] = []
+        with self._lock:
+            for component, process in list(self.processes.items()):
+                if process.poll() is None:
+                    continue
+                count = sum(1 for line in self.restarts if line.startswith(f"{component} "))
+                tail = self.log_tail(component, 15)
+                if count >= self.max_restarts:
+                    raise StackError(
+                        f"{component} exited with {process.returncode} again after {count} restarts; "
+                        f"{self.log_file(component)} ends with:\n{tail}"
+                    )
+                last = next((line for line in reversed(tail.splitlines()) if line.strip()), "(no output)")
+                line = f"{component} exited with {process.returncode} and was restarted (last line: {last.strip()})"
+                self.restarts.append(line)
+                done.append(line)
+                _signal_group(process.pid, signal.SIGKILL)  # its LocalExecutor workers and the like
+                self._spawn(component)
+        return done
+
     def _check_alive(self) -> None:
         for component, process in self.processes.items():
             if process.poll() is not None:
@@ -349,6 +382,10 @@ class Stack:
         LocalExecutor workers); a SIGTERM to the whole group kills those workers under the scheduler,
         whose shutdown then hangs.
         """
+        with self._lock:
+            self._stop(timeout)
+
+    def _stop(self, timeout: float) -> None:
         if not self.processes:
             return
         leftovers = [p for process in self.processes.values() for p in _descendants(process.pid)]
@@ -467,11 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         while True:
-            for component, process in stack.processes.items():
-                if process.poll() is not None:
-                    raise StackError(
-                        f"{component} exited with {process.returncode}:\n{stack.log_tail(component)}"
-                    )
+            for line in stack.restart_exited():
+                print(f"warning: {line}", flush=True)
             time.sleep(1.0)
     except KeyboardInterrupt:
         print("\nStopping Airflow ...", flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from e2e_rest import COMPONENTS, EXAMPLE_DAG_IDS, REPO, Api, Stack, StackError, 
 
 E2E_DAGS = Path(__file__).resolve().parent / "dags"
 ADMIN_PASSWORD = "e2e-admin-password"
-E2E_DAG_IDS = ("apr_e2e_always_failing",)
+E2E_DAG_IDS = ("apr_e2e_always_failing", "apr_e2e_deferrable")
 
 
 def _build_dags_folder(target: Path) -> None:
@@ -60,12 +61,32 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         instance.wait_for_dags((*EXAMPLE_DAG_IDS, *E2E_DAG_IDS))
     except StackError as exc:
         pytest.fail(f"the Airflow stack did not start: {exc}\n{_component_tails(instance)}")
+    stopping = threading.Event()
+    supervisor = threading.Thread(target=_supervise, args=(instance, stopping), daemon=True)
+    supervisor.start()
     yield instance
+    stopping.set()
+    supervisor.join(timeout=10)
     instance.stop()
+    if instance.restarts:  # visible in CI's output: the suite passed, but a component had to restart
+        print(
+            "\nAirflow stack components restarted during the e2e session:\n  "
+            + "\n  ".join(instance.restarts)
+        )
+
+
+def _supervise(stack: Stack, stopping: threading.Event) -> None:
+    """Restarts a component that exited on its own (as the CLI and any process supervisor do)."""
+    while not stopping.wait(2.0):
+        try:
+            stack.restart_exited()
+        except StackError:
+            return  # exited too often: the tests fail on their own, with the component logs
 
 
 def _component_tails(stack: Stack) -> str:
-    return "\n".join(f"--- {name} ---\n{stack.log_tail(name, 25)}" for name in COMPONENTS)
+    restarts = "".join(f"restarted: {line}\n" for line in stack.restarts)
+    return restarts + "\n".join(f"--- {name} ---\n{stack.log_tail(name, 25)}" for name in COMPONENTS)
 
 
 @pytest.fixture(scope="session")

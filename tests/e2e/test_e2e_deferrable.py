@@ -1,0 +1,112 @@
+"""Deferrable sensor and operator on the real stack: the triggerer waits, no worker slot is held.
+
+The test starts a Dask cluster of separate worker processes, creates the `apr_e2e_dask` connection over
+REST and triggers `apr_e2e_deferrable`. Polling the task instances over REST, it sees the sensor
+`deferred` while nothing has landed, lands the files, then sees the operator `deferred` while its job
+runs inside the cluster (no summary yet), then both `success` with exactly the landed files scored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_rest import Api
+
+pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
+
+DAG_ID = "apr_e2e_deferrable"
+CONN_ID = "apr_e2e_dask"
+FILES = 12
+
+
+@pytest.fixture
+def dask_connection(api: Api) -> Iterator[str]:
+    """A LocalCluster of worker processes on 127.0.0.1, named by a `dask` connection made over REST."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=2,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.ERROR,
+    ) as cluster:
+        api.request("DELETE", f"/connections/{CONN_ID}")
+        body = {
+            "connection_id": CONN_ID,
+            "conn_type": "dask",
+            "extra": json.dumps({"address": cluster.scheduler_address}),
+        }
+        response = api.request("POST", "/connections", json=body)
+        assert response.status_code == 201, response.text
+        yield cluster.scheduler_address
+        api.request("DELETE", f"/connections/{CONN_ID}")
+
+
+def _wait_state(api: Api, run_id: str, task_id: str, wanted: str, seen: list[str], timeout: float) -> None:
+    """Polls the task instance every 0.25 s until it is in `wanted`; records every state seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = api.task_instance(DAG_ID, run_id, task_id)["state"]
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if state == wanted:
+            return
+        assert state not in ("failed", "upstream_failed", "skipped"), f"{task_id}: {seen}"
+        assert time.monotonic() < deadline, f"{task_id} never {wanted} in {timeout:.0f} s: {seen}"
+        time.sleep(0.25)
+
+
+def _xcom_or_none(api: Api, run_id: str, task_id: str, key: str) -> Any:
+    response = api.request(
+        "GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+    )
+    return response.json()["value"] if response.status_code == 200 else None
+
+
+def test_deferrable_sensor_and_operator_wait_in_the_triggerer(
+    api: Api, demo_root: Path, dask_connection: str
+) -> None:
+    response = api.trigger(DAG_ID)
+    assert response.status_code == 200, response.text
+    run_id = response.json()["dag_run_id"]
+    folder = demo_root / "deferrable" / run_id
+
+    sensor_states: list[str] = []
+    _wait_state(api, run_id, "wait", "deferred", sensor_states, timeout=180)
+    time.sleep(2)  # a few trigger polls that find nothing
+    assert api.task_instance(DAG_ID, run_id, "wait")["state"] == "deferred", "still waiting for the marker"
+
+    landing = folder / "landing"
+    landing.mkdir(parents=True)
+    for i in range(FILES):
+        (landing / f"item{i:02d}.txt").write_text(f"v{i}\n")
+    (landing / "_SUCCESS").touch()
+
+    operator_states: list[str] = []
+    _wait_state(api, run_id, "score", "deferred", operator_states, timeout=180)
+    assert _xcom_or_none(api, run_id, "score", "return_value") is None, "deferred while the job still runs"
+    assert not (folder / "out" / "parallel_run_step.txt").exists(), "no output yet"
+
+    run = api.wait_run(DAG_ID, run_id)
+    assert run["state"] == "success", run
+    _wait_state(api, run_id, "wait", "success", sensor_states, timeout=10)
+    _wait_state(api, run_id, "score", "success", operator_states, timeout=10)
+    assert "deferred" in sensor_states and "deferred" in operator_states
+    assert operator_states.index("deferred") < operator_states.index("success")
+
+    reference = api.xcom(DAG_ID, run_id, "wait")
+    assert reference["files"] == FILES and reference["mini_batches"] == FILES // 2
+    summary = api.xcom(DAG_ID, run_id, "score")
+    assert summary["status"] == "succeeded" and summary["succeeded_items"] == FILES
+    lines = Path(summary["append_row_file"]).read_text().splitlines()
+    assert lines == [f"item{i:02d}.txt v{i}" for i in range(FILES)]
+    log = api.task_log(DAG_ID, run_id, "score")
+    assert dask_connection in log or CONN_ID in log, "the log names the cluster the job ran on"
