@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -14,9 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_parallel_run.core import tabular
+from airflow_parallel_run.core.cache import mini_batch_key
 from airflow_parallel_run.core.datasets import TabularDataset
 from airflow_parallel_run.core.errors import InputError
-from airflow_parallel_run.core.minibatch import TabularSlice
+from airflow_parallel_run.core.manifest import read_manifest, write_manifest
+from airflow_parallel_run.core.minibatch import MiniBatch, TabularSlice
+from airflow_parallel_run.core.planner import Plan
 from airflow_parallel_run.core.tabular import plan_tabular_file, read_tabular
 
 QUOTED_CSV = (
@@ -359,6 +363,60 @@ def test_corrupt_slices_raise_input_error_naming_the_url(tmp_path: Path) -> None
     short = TabularSlice(csv_url, "csv", start=8, end=500, header_end=4, rows=1)
     with pytest.raises(InputError, match="bad.csv"):
         read_tabular([short], dataset)
+
+
+@pytest.mark.parametrize("chunk", [5, 8 * 1024 * 1024])
+def test_ragged_row_is_named_by_its_line_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """Each slice records the file line it starts on (quoted newlines count, as in an editor); a ragged row's
+    message names its line of the file, also when quoted newlines come before it in the same slice."""
+    monkeypatch.setattr(tabular, "_CHUNK_BYTES", chunk)
+    rows = ["", "id,name"] + [f'{i},"n\n{i}"' if i % 3 == 0 else f"{i},n{i}" for i in range(60)]
+    bad = rows.index("40,n40")
+    rows[bad] = "40,n40,EXTRA"
+    text = "\n".join(rows) + "\n"
+    url = _write(tmp_path, "ragged.csv", text)
+    dataset = TabularDataset.from_delimited_files(url)
+    slices = _plan(url, dataset, 60)
+    assert len(slices) > 3
+    assert [s.first_line for s in slices] == [text.encode()[: s.start].count(b"\n") + 1 for s in slices]
+    offset = text.index("40,n40,EXTRA")
+    # line 57: 14 quoted newlines come first (pandas, counting records, would say 43)
+    line = text[:offset].count("\n") + 1
+    failing = [s for s in slices if s.start <= offset < s.end]
+    for group in (failing, slices):  # the slice alone, and read together with the others
+        with pytest.raises(InputError, match=rf"Expected 2 fields in line {line}, saw 3") as info:
+            read_tabular(group, dataset)
+        assert f"bytes [{group[0].start}, {group[-1].end})" in str(info.value)
+    # a slice from a manifest written before first_line existed: the line within the slice
+    [piece] = failing
+    assert piece.first_line is not None
+    old, in_slice = dataclasses.replace(piece, first_line=None), line - piece.first_line + 1
+    with pytest.raises(
+        InputError, match=rf"line {in_slice} of the slice starting at byte {old.start}, saw 3"
+    ):
+        read_tabular([old], dataset)
+
+
+def test_first_line_keeps_cache_keys_and_old_manifests_load(tmp_path: Path) -> None:
+    url = _write(tmp_path, "t.csv", "id\n" + "".join(f"{i}\n" for i in range(50)))
+    dataset = TabularDataset.from_delimited_files(url)
+    [piece] = _plan(url, dataset, 10**6)
+    assert piece.first_line == 2
+    batch = MiniBatch(0, "tabular", 0, piece.rows, slices=(piece,))
+    before = dataclasses.replace(batch, slices=(dataclasses.replace(piece, first_line=None),))
+    fingerprints = {url: "xxh3:0"}
+    assert mini_batch_key("job", batch, fingerprints) == mini_batch_key("job", before, fingerprints)
+
+    manifest = tmp_path / "manifest.json"
+    write_manifest(str(manifest), [dataset], Plan("tabular", [batch]))
+    document = json.loads(manifest.read_text())
+    assert document["mini_batches"][0]["slices"][0]["first_line"] == 2
+    del document["mini_batches"][0]["slices"][0]["first_line"]  # as written by an earlier release
+    manifest.write_text(json.dumps(document))
+    _, planned = read_manifest(str(manifest))
+    assert planned.mini_batches == [before]
 
 
 # ------------------------------------------------------------------------------------------------ speed

@@ -666,6 +666,14 @@ class JobDriver:
 
     # -- results -----------------------------------------------------------------------------------
     def _finish(self) -> dict[str, Any]:
+        """Assembles the output (unless the job failed) and writes the summary; temp files never outlive it."""
+        try:
+            return self._summarise()
+        finally:
+            self.release()
+            self._cleanup_staging()
+
+    def _summarise(self) -> dict[str, Any]:
         c, cfg = self.counters, self.config
         message = self.stop_reason
         if message is None:
@@ -681,6 +689,11 @@ class JobDriver:
                 )
             else:
                 message = self._threshold_breach(all_scheduled=True)
+        self.logs.close()
+        error_lines = self.logs.write_error_summary()
+        if self.logs.write_error:  # logs that cannot explain the job: fail it before presenting an output
+            log_failure = f"could not write the job's logs ({self.logs.write_error})"
+            message = f"{message}; also {log_failure}" if message else log_failure
         append_row_file = None
         if message is None and cfg.output_action == "append_row":
             target = _join(self.output, cfg.append_row_file_name)
@@ -709,19 +722,15 @@ class JobDriver:
         }
         if message:
             summary["message"] = f"Job failed: {message}"
-        self._write_result(summary)
+        self._write_result(summary, error_lines)
         self._write_report()
-        self.release()
-        self._cleanup_staging()
         if not self.local_output:
             fs, path = fsspec.core.url_to_fs(self.spec.log_url, **self.storage_options)
             fs.put(self.log_root.rstrip("/") + "/", path, recursive=True)
             shutil.rmtree(self.log_root, ignore_errors=True)
         return summary
 
-    def _write_result(self, summary: dict[str, Any]) -> None:
-        self.logs.close()
-        error_lines = self.logs.write_error_summary()
+    def _write_result(self, summary: dict[str, Any], error_lines: list[str]) -> None:
         if summary["status"] == "succeeded":
             lines = [
                 f"Job succeeded: {summary['succeeded_items']} of {summary['total_items']} items succeeded, "
@@ -734,12 +743,22 @@ class JobDriver:
         if error_lines:
             lines += ["", "Errors (logs/user/error.txt):", *error_lines[:20]]
         lines += ["", json.dumps(summary, indent=2)]
+        complete = self.logs.write_error is None
         self.logs.result(lines)
         self.logs.master(
             f"result: {summary['status']}"
             + (f" - {summary.get('message')}" if summary.get("message") else "")
         )
         self._say(lines[0])
+        if complete and self.logs.write_error:  # the summary above may not have reached the disk
+            note = (
+                f"could not write the job's logs ({self.logs.write_error}); "
+                "logs/job_result.txt may be incomplete"
+            )
+            if "message" in summary:
+                summary["message"] += f"; also {note}"
+            else:  # the output is complete and stays presented; only its logs fell short
+                self._say(f"Warning: {note}")
 
     def _write_report(self) -> None:
         from .report import build_report  # lazy: keeps plotly out of the workers' imports

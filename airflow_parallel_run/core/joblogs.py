@@ -1,12 +1,17 @@
-"""Driver-side logs under output/logs (the ParallelRunStep layout): progress, attempts, errors, result."""
+"""Driver-side logs under output/logs (the ParallelRunStep layout): progress, attempts, errors, result.
+
+Writes are best-effort: a full or failing disk must not stop the driver from finishing the job and
+returning its summary. The first failed write is kept in `JobLogs.write_error` for the summary to name.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -54,55 +59,80 @@ class JobLogs:
 
     def __init__(self, root: str) -> None:
         self.root = root
-        for folder in ("sys/job_report", "user/error", "user/stdout", "user/stderr", "user/entry_script_log"):
-            os.makedirs(os.path.join(root, folder), exist_ok=True)
-        self._attempts_path = os.path.join(root, "sys", "job_report", "processed_mini-batches.csv")
-        with open(self._attempts_path, "w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerow(ATTEMPT_COLUMNS)
+        self.write_error: str | None = None  # the first failed write: "<path>: [Errno N] <reason>"
         self.errors: dict[tuple[str, str], ErrorGroup] = {}
         self._attempts_file: TextIO | None = None
         self._attempts_writer: Any = None
         self.path = lambda *parts: os.path.join(root, *parts)
+        self._attempts_path = os.path.join(root, "sys", "job_report", "processed_mini-batches.csv")
+        with self._best_effort(root):
+            for folder in (
+                "sys/job_report",
+                "user/error",
+                "user/stdout",
+                "user/stderr",
+                "user/entry_script_log",
+            ):
+                os.makedirs(os.path.join(root, folder), exist_ok=True)
+        with (
+            self._best_effort(self._attempts_path),
+            open(self._attempts_path, "w", newline="", encoding="utf-8") as handle,
+        ):
+            csv.writer(handle).writerow(ATTEMPT_COLUMNS)
         for name in ("job_progress_overview.txt", os.path.join("sys", "master_role.txt")):
-            open(self.path(name), "w").close()
+            with self._best_effort(self.path(name)):
+                open(self.path(name), "w").close()
+
+    @contextlib.contextmanager
+    def _best_effort(self, path: str) -> Iterator[None]:
+        """Runs a write; an OSError (disk full, read-only, gone) is remembered, not raised."""
+        try:
+            yield
+        except OSError as exc:
+            if self.write_error is None:
+                reason = f"[Errno {exc.errno}] {exc.strerror}" if exc.errno and exc.strerror else str(exc)
+                self.write_error = f"{path}: {reason}"
+
+    def _append(self, path: str, text: str) -> None:
+        with self._best_effort(path), open(path, "a", encoding="utf-8") as handle:
+            handle.write(f"{_now()} {text}\n")
 
     def master(self, text: str) -> None:
-        with open(self.path("sys", "master_role.txt"), "a", encoding="utf-8") as handle:
-            handle.write(f"{_now()} {text}\n")
+        self._append(self.path("sys", "master_role.txt"), text)
 
     def progress(self, text: str) -> None:
-        with open(self.path("job_progress_overview.txt"), "a", encoding="utf-8") as handle:
-            handle.write(f"{_now()} {text}\n")
+        self._append(self.path("job_progress_overview.txt"), text)
 
     def attempt(self, result: AttemptResult, detail: str) -> None:
-        if self._attempts_file is None:  # kept open: one row per attempt, thousands of attempts
-            self._attempts_file = open(self._attempts_path, "a", newline="", encoding="utf-8")  # noqa: SIM115
-            self._attempts_writer = csv.writer(self._attempts_file)
-        self._attempts_writer.writerow(
-            [
-                result.index,
-                result.attempt,
-                result.node,
-                result.process,
-                result.start_time,
-                result.total,
-                result.succeeded,
-                result.failed,
-                f"{result.elapsed_seconds:.3f}",
-                f"{result.cpu_seconds:.3f}",
-                f"{result.run_seconds:.3f}",
-                result.status,
-                result.error,
-                detail,
-            ]
-        )
-        self._attempts_file.flush()
         if not result.ok and not result.reused:
             group = self.errors.setdefault(_error_key(result), ErrorGroup(*_error_key(result)))
             group.count += 1
             group.mini_batches.append(result.index)
             if result.error_file and result.error_file not in group.trace_files:
                 group.trace_files.append(result.error_file)
+        with self._best_effort(self._attempts_path):
+            if self._attempts_file is None:  # kept open: one row per attempt, thousands of attempts
+                self._attempts_file = open(self._attempts_path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+                self._attempts_writer = csv.writer(self._attempts_file)
+            self._attempts_writer.writerow(
+                [
+                    result.index,
+                    result.attempt,
+                    result.node,
+                    result.process,
+                    result.start_time,
+                    result.total,
+                    result.succeeded,
+                    result.failed,
+                    f"{result.elapsed_seconds:.3f}",
+                    f"{result.cpu_seconds:.3f}",
+                    f"{result.run_seconds:.3f}",
+                    result.status,
+                    result.error,
+                    detail,
+                ]
+            )
+            self._attempts_file.flush()
 
     def error_summary_lines(self) -> list[str]:
         groups = sorted(self.errors.values(), key=lambda g: -g.count)
@@ -118,15 +148,18 @@ class JobLogs:
 
     def write_error_summary(self) -> list[str]:
         lines = self.error_summary_lines()
-        with open(self.path("user", "error.txt"), "w", encoding="utf-8") as handle:
+        path = self.path("user", "error.txt")
+        with self._best_effort(path), open(path, "w", encoding="utf-8") as handle:
             handle.write("".join(line + "\n" for line in lines) if lines else "No errors.\n")
         return lines
 
     def close(self) -> None:
         if self._attempts_file is not None:
-            self._attempts_file.close()
-            self._attempts_file = None
+            attempts_file, self._attempts_file = self._attempts_file, None
+            with self._best_effort(self._attempts_path):
+                attempts_file.close()
 
     def result(self, lines: Iterable[str]) -> None:
-        with open(self.path("job_result.txt"), "w", encoding="utf-8") as handle:
+        path = self.path("job_result.txt")
+        with self._best_effort(path), open(path, "w", encoding="utf-8") as handle:
             handle.write("".join(line + "\n" for line in lines))

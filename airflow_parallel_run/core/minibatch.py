@@ -21,7 +21,9 @@ class TabularSlice:
 
     csv/jsonl: bytes [start, end) hold whole records; csv bytes [0, header_end) hold the header row,
     applied to every slice. parquet: `row_groups` lists the row groups read (start/end unused).
-    `rows` is the record count found at planning time.
+    `rows` is the record count found at planning time. `first_line` (csv/jsonl) is the 1-based line of the
+    file on which byte `start` lies, so read errors can name lines of the file; None for parquet and for
+    slices planned before it was recorded. It is not part of the reuse-cache key (start/end/header_end are).
     """
 
     url: str
@@ -31,6 +33,7 @@ class TabularSlice:
     header_end: int = 0
     row_groups: tuple[int, ...] = ()
     rows: int = 0
+    first_line: int | None = None
 
 
 @dataclass(frozen=True)

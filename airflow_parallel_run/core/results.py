@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Sequence
@@ -82,9 +83,14 @@ def write_atomic(url: str, data: bytes, storage_options: dict[str, Any]) -> None
 
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:  # a full disk, an interrupt: no temp file stays behind
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
     else:  # object stores: one PUT is atomic
         fs.pipe_file(path, data)
 
@@ -99,33 +105,40 @@ def assemble(
     fs, target = fsspec.core.url_to_fs(target_url, **storage_options)
     ordered = sorted(parts, key=lambda p: p[0])
     tmp = target + ".assembling"
-    if fmt == "parquet":
-        writer: pq.ParquetWriter | None = None
-        schema: pa.Schema | None = None
-        with fs.open(tmp, "wb") as out:
-            for _, url, _cols in ordered:
-                with fsspec.open(url, "rb", **storage_options) as handle:
-                    table = pq.read_table(handle)
+    try:
+        if fmt == "parquet":
+            writer: pq.ParquetWriter | None = None
+            schema: pa.Schema | None = None
+            with fs.open(tmp, "wb") as out:
+                for _, url, _cols in ordered:
+                    with fsspec.open(url, "rb", **storage_options) as handle:
+                        table = pq.read_table(handle)
+                    if writer is None:
+                        schema = table.schema.remove_metadata()
+                        writer = pq.ParquetWriter(out, schema)
+                    writer.write_table(
+                        table.cast(schema) if table.schema.remove_metadata() != schema else table
+                    )
                 if writer is None:
-                    schema = table.schema.remove_metadata()
-                    writer = pq.ParquetWriter(out, schema)
-                writer.write_table(table.cast(schema) if table.schema.remove_metadata() != schema else table)
-            if writer is None:
-                pq.write_table(pa.table({}), out)
-            else:
-                writer.close()
-    else:
-        with fs.open(tmp, "wb") as out:
-            header_written = False
-            for index, url, cols in ordered:
-                if fmt == "csv" and cols and not header_written:
-                    out.write((",".join(_csv_quote(c) for c in cols) + "\n").encode("utf-8"))
-                    header_written = True
-                with fsspec.open(url, "rb", **storage_options) as handle:
-                    while chunk := handle.read(1 << 20):
-                        out.write(chunk)
-                del index
-    fs.mv(tmp, target)
+                    pq.write_table(pa.table({}), out)
+                else:
+                    writer.close()
+        else:
+            with fs.open(tmp, "wb") as out:
+                header_written = False
+                for index, url, cols in ordered:
+                    if fmt == "csv" and cols and not header_written:
+                        out.write((",".join(_csv_quote(c) for c in cols) + "\n").encode("utf-8"))
+                        header_written = True
+                    with fsspec.open(url, "rb", **storage_options) as handle:
+                        while chunk := handle.read(1 << 20):
+                            out.write(chunk)
+                    del index
+        fs.mv(tmp, target)
+    except BaseException:  # a full disk, a bad part: the partial file is never left to look like output
+        with contextlib.suppress(OSError):
+            fs.rm(tmp)
+        raise
 
 
 def _csv_quote(value: str) -> str:

@@ -217,12 +217,14 @@ class EntryProcess:
         self.conn: Connection | None = None
         self.mini_batches = 0
 
+    # Log lines are best-effort: a full log disk must not turn an attempt's own outcome (or a failure
+    # being reported) into an exception; the driver reports its own failed log writes in the summary.
     def node_log(self, text: str) -> None:
-        with open(self.paths["node"], "a", encoding="utf-8") as handle:
+        with contextlib.suppress(OSError), open(self.paths["node"], "a", encoding="utf-8") as handle:
             handle.write(f"{_now()}|{self.node}|{self.name}|{os.getpid()}|{text}\n")
 
     def error_log(self, header: str, trace: str) -> None:
-        with open(self.paths["error"], "a", encoding="utf-8") as handle:
+        with contextlib.suppress(OSError), open(self.paths["error"], "a", encoding="utf-8") as handle:
             handle.write(f"{_now()} {header}\n{trace.rstrip()}\n\n")
 
     def start(self, stop_check: Any) -> tuple[str, dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any, BinaryIO
@@ -33,6 +34,8 @@ _QUOTE = 0x22
 _CSV_BLANK_BYTES = (0x09, 0x0D, 0x20)
 # read_json(lines=True) drops lines that are empty after str.strip().
 _JSONL_BLANK_BYTES = (0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20)
+# pandas' C parser on a ragged row; its line counts records of the text it parsed (header included).
+_RAGGED_ROW = re.compile(r"(Expected \d+ fields in )line (\d+)(, saw \d+)")
 
 
 def plan_tabular_file(url: str, size: int, dataset: TabularDataset, target_bytes: int) -> list[TabularSlice]:
@@ -123,7 +126,11 @@ def _plan_parquet(fs: Any, path: str, url: str, target: int) -> list[TabularSlic
 
 
 class _Slicer:
-    """Turns a stream of record boundaries (offsets just after a newline) into slices of ~target bytes."""
+    """Turns a stream of record boundaries (offsets just after a newline) into slices of ~target bytes.
+
+    Each boundary comes with the 1-based line number of the file that starts there, so every slice
+    records its `first_line` without another pass over the file.
+    """
 
     def __init__(self, url: str, fmt: str, target: int, has_header: bool) -> None:
         self.url = url
@@ -132,19 +139,22 @@ class _Slicer:
         self.need_header = has_header
         self.header_end = 0
         self.start = 0
+        self.start_line = 1
         self.rows = 0
         self.slices: list[TabularSlice] = []
 
-    def add(self, bounds: np.ndarray, nonblank: np.ndarray) -> None:
-        """Consume the records that end at `bounds` (sorted, global); `nonblank[i]` says record i has data."""
+    def add(self, bounds: np.ndarray, nonblank: np.ndarray, lines: np.ndarray) -> None:
+        """Consume the records that end at `bounds` (sorted, global); `nonblank[i]` says record i has data;
+        `lines[i]` is the line number of the file that starts at `bounds[i]`."""
         if self.need_header:
             found = np.flatnonzero(nonblank)
             if not found.size:
                 return  # blank lines before the header: they stay in [0, header_end)
             first = int(found[0])
             self.header_end = self.start = int(bounds[first])
+            self.start_line = int(lines[first])
             self.need_header = False
-            bounds, nonblank = bounds[first + 1 :], nonblank[first + 1 :]
+            bounds, nonblank, lines = bounds[first + 1 :], nonblank[first + 1 :], lines[first + 1 :]
             if not bounds.size:
                 return
         counts = np.zeros(bounds.size + 1, dtype=np.int64)
@@ -156,7 +166,7 @@ class _Slicer:
                 self.rows += int(counts[-1] - counts[pos])
                 return
             self.rows += int(counts[end_index + 1] - counts[pos])
-            self._emit(int(bounds[end_index]))
+            self._emit(int(bounds[end_index]), int(lines[end_index]))
             pos = end_index + 1
 
     def finish(self, total: int, tail_nonblank: bool) -> list[TabularSlice]:
@@ -165,21 +175,29 @@ class _Slicer:
             return []  # no complete header record: nothing to read
         if total > self.start:
             self.rows += int(tail_nonblank)
-            self._emit(total)
+            self._emit(total, 0)  # nothing starts at end of file: the line number is never used
         return self.slices
 
-    def _emit(self, end: int) -> None:
+    def _emit(self, end: int, end_line: int) -> None:
         if self.rows == 0:
             # Only blank lines: fold them into the previous slice, or keep them at the front of the next one,
             # so every slice parses to at least one row and the slices still tile the file.
             if self.slices:
                 self.slices[-1] = replace(self.slices[-1], end=end)
-                self.start = end
+                self.start, self.start_line = end, end_line
             return
         self.slices.append(
-            TabularSlice(self.url, self.fmt, self.start, end, header_end=self.header_end, rows=self.rows)
+            TabularSlice(
+                self.url,
+                self.fmt,
+                self.start,
+                end,
+                header_end=self.header_end,
+                rows=self.rows,
+                first_line=self.start_line,
+            )
         )
-        self.start = end
+        self.start, self.start_line = end, end_line
         self.rows = 0
 
 
@@ -198,6 +216,7 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
     last_quote = -2  # offset of the last '"' seen
     open_quote = -1  # offset of the quote that opened the most recent quoted field
     tail_nonblank = False  # the record still open at the chunk's end has a significant byte
+    lines = 0  # newlines (quoted ones too: lines as an editor counts them) before the current chunk
     while True:
         chunk = f.read(_CHUNK_BYTES)
         if not chunk:
@@ -205,12 +224,15 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
         arr = np.frombuffer(chunk, dtype=np.uint8)
         n = arr.size
         newlines = np.flatnonzero(arr == _NL)
+        next_line = lines + 2 + np.arange(newlines.size)  # the line starting after each newline
+        lines += int(newlines.size)
         if is_csv:
             quote_pos = np.flatnonzero(arr == _QUOTE)
             if quote_pos.size:
                 # A newline ends a record iff an even number of quotes precede it (RFC 4180: "" keeps parity).
                 before = np.searchsorted(quote_pos, newlines)
-                newlines = newlines[((before + quotes) & 1) == 0]
+                ends = ((before + quotes) & 1) == 0
+                newlines, next_line = newlines[ends], next_line[ends]
                 # The opener of a quoted field is an even-numbered quote not directly after the previous
                 # quote (which would make the pair an escaped "").
                 previous = np.empty_like(quote_pos)
@@ -223,7 +245,7 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
                 quotes += int(quote_pos.size)
                 last_quote = base + int(quote_pos[-1])
             elif quotes & 1:
-                newlines = newlines[:0]  # the whole chunk is inside a quoted field
+                newlines, next_line = newlines[:0], next_line[:0]  # the whole chunk is inside a quoted field
         sig = significant[arr]
         if newlines.size:
             starts = np.empty(newlines.size + 1, dtype=np.intp)
@@ -236,7 +258,7 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
             nonblank = segment_has_data[: newlines.size].copy()
             nonblank[0] |= tail_nonblank
             tail_nonblank = bool(segment_has_data[-1]) if starts.size > newlines.size else False
-            slicer.add(base + newlines + 1, nonblank)
+            slicer.add(base + newlines + 1, nonblank, next_line)
         else:
             tail_nonblank = tail_nonblank or bool(sig.any())
         base += n
@@ -303,8 +325,46 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     except Exception as exc:
-        raise InputError(f"{where}: cannot parse as {first.format}: {exc}") from exc
+        problem = (
+            _line_of_file(str(exc), head + data, len(head), first) if first.format == "csv" else str(exc)
+        )
+        raise InputError(f"{where}: cannot parse as {first.format}: {problem}") from exc
     raise InputError(f"{first.url}: unsupported tabular format {first.format!r}")
+
+
+def _line_of_file(message: str, text: bytes, data_start: int, first: TabularSlice) -> str:
+    """pandas' ragged-row message with its 'line L' turned into the line of the file.
+
+    pandas counts the lines of what it parsed (header bytes + slice) and, like the planner, does not end
+    a line at a newline inside a quoted field; the file's line counts every newline, as an editor does.
+    Slices planned without `first_line` get "line N of the slice starting at byte B" instead.
+    """
+    found = _RAGGED_ROW.search(message)
+    if found is None:
+        return message
+    newlines = _newlines_before_record(text, int(found.group(2)), data_start)
+    if newlines is None:
+        return message
+    where = (
+        f"line {first.first_line + newlines}"
+        if first.first_line is not None
+        else f"line {newlines + 1} of the slice starting at byte {first.start}"
+    )
+    return message[: found.start()] + found.group(1) + where + found.group(3) + message[found.end() :]
+
+
+def _newlines_before_record(text: bytes, number: int, skip: int) -> int | None:
+    """Newlines in text[skip:] before CSV record `number` (1-based; quoted newlines do not end records)."""
+    arr = np.frombuffer(text, dtype=np.uint8)
+    newlines = np.flatnonzero(arr == _NL)
+    quotes = np.flatnonzero(arr == _QUOTE)
+    ends = newlines[(np.searchsorted(quotes, newlines) & 1) == 0]
+    if not 1 <= number <= ends.size + 1:
+        return None
+    start = 0 if number == 1 else int(ends[number - 2]) + 1
+    if start < skip:
+        return None
+    return int(np.searchsorted(newlines, start) - np.searchsorted(newlines, skip))
 
 
 def _read_range(fs: Any, path: str, start: int, end: int) -> bytes:

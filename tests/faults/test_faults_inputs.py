@@ -180,11 +180,6 @@ def test_ragged_and_undecodable_csv_fail_only_their_slices(bad_csv_job: BadCsv) 
     assert errors.count("LOAD_EXCEPTION") == 2, errors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (clarity): tabular._read_group passes pandas' parser error through unchanged, and its "
-    "'line N' counts from the start of the slice, not of the file (here 'line 12' for file line 152)",
-)
 def test_ragged_csv_message_names_the_line_of_the_file(bad_csv_job: BadCsv) -> None:
     [ragged] = _load_errors(bad_csv_job, bad_csv_job.ragged)
     assert "line 152" in ragged, ragged

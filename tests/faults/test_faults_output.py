@@ -22,6 +22,10 @@ from faults_support import (
     wait_for,
 )
 
+from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
+from airflow_parallel_run.core.driver import JobDriver
+from airflow_parallel_run.core.results import assemble
+
 
 def _inputs(folder: Path, count: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,13 +122,6 @@ def test_disk_full_fails_clearly_without_a_complete_looking_output(disk_full: Di
     assert "parallel_run_step.txt" not in disk_full.leftovers, "a partial output was presented as complete"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: with the output disk full the driver's own log writes raise OSError; execute() books "
-    "it as 'the Dask cluster failed during the job', then _finish() raises from _write_result, so run_job "
-    "raises, the CLI exits 2 with 'cannot use Dask scheduler None: [Errno 28] ...', no JSON summary is "
-    "printed, and .staging plus a partial parallel_run_step.txt.assembling stay behind",
-)
 def test_disk_full_gives_a_failed_summary_and_cleans_up(disk_full: DiskFull) -> None:
     done = disk_full.done
     assert done.returncode == 1, done.stderr[-2000:]
@@ -132,6 +129,48 @@ def test_disk_full_gives_a_failed_summary_and_cleans_up(disk_full: DiskFull) -> 
     check_accounting(summary, 40)
     assert "No space left on device" in summary["message"], summary
     assert disk_full.leftovers == [], disk_full.leftovers
+
+
+def test_driver_log_that_cannot_be_written_fails_the_job_without_an_output(  # type: ignore[no-untyped-def]
+    dask_client, echo_script, files, tmp_path
+) -> None:
+    """Every write of the driver's log sys/master_role.txt fails (a folder now has its name); the job still
+    ends with a summary, fails, names the log and the error, and leaves no output, .staging or lock."""
+    out = tmp_path / "out"
+    master = out / "logs" / "sys" / "master_role.txt"
+
+    def break_the_log(_driver: JobDriver) -> None:
+        master.unlink()
+        master.mkdir()
+
+    summary = run_job(
+        ParallelRunConfig(entry_script=echo_script(), mini_batch_size=2, process_count_per_node=2),
+        [FileDataset.from_files(str(files(6)))],
+        str(out),
+        client=dask_client,
+        on_driver=break_the_log,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    check_accounting(summary, 6)
+    assert summary["message"] == (
+        f"Job failed: could not write the job's logs ({master}: [Errno 21] Is a directory)"
+    ), summary
+    assert sorted(p.name for p in out.iterdir()) == ["logs"], "no output, no .staging, no lock"
+    assert summary["message"] in (out / "logs" / "job_result.txt").read_text()
+
+
+def test_output_assembly_on_a_full_disk_leaves_no_temp_file(tmp_path: Path) -> None:
+    """/dev/full fails every write with ENOSPC: a full disk for one file, without root or a mount."""
+    full = Path("/dev/full")
+    if not full.exists():
+        pytest.skip("no /dev/full here")
+    part = tmp_path / "part.txt"
+    part.write_text("a\n")
+    target = tmp_path / "out.txt"
+    Path(f"{target}.assembling").symlink_to(full)  # written, never read
+    with pytest.raises(OSError, match="No space left on device"):
+        assemble([(0, str(part), [])], str(target), "text", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part.txt"]
 
 
 # -- two runs into one output folder -------------------------------------------------------------------
