@@ -13,6 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from airflow_parallel_run.core import tabular
 from airflow_parallel_run.core.cache import mini_batch_key
@@ -455,3 +457,115 @@ def test_planning_speed_on_a_50_mb_csv(tmp_path: Path) -> None:
         assert len(frame) == s.rows
         assert list(frame.columns) == ["id", "user", "text", "value"]
         assert (frame["user"] == "user" + frame["id"].astype(str)).all()
+
+
+# ------------------------------------------------------------------------------------------------ planner fast paths
+
+
+def _reference_records(data: bytes, is_csv: bool, blank: bytes) -> list[tuple[int, bool]]:
+    """(offset just after each record-ending newline, record has data), by a byte-at-a-time state machine."""
+    records, start, in_quotes = [], 0, False
+    for i, byte in enumerate(data):
+        if is_csv and byte == 0x22:
+            in_quotes = not in_quotes
+        elif byte == 0x0A and not in_quotes:
+            records.append((i + 1, bool(data[start:i].translate(None, blank))))
+            start = i + 1
+    return records
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.text(alphabet=list('ab,"\n\r \t7'), max_size=80),
+    target=st.integers(1, 40),
+    chunk=st.sampled_from([1, 2, 3, 5, 8, 64]),
+    few=st.sampled_from([0, 1, 256]),
+    header=st.booleans(),
+)
+def test_csv_plan_matches_a_byte_by_byte_reference(
+    tmp_path: Path, text: str, target: int, chunk: int, few: int, header: bool
+) -> None:
+    """Slices tile the file, end only at record ends, count the non-blank records, never hold only blank
+    lines and name their first line, whatever the scan chunk size and blank-check path."""
+    data = text.encode()
+    url = _write(tmp_path, "h.csv", data)
+    dataset = TabularDataset.from_delimited_files(url, header=header)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tabular, "_CHUNK_BYTES", chunk)
+        patch.setattr(tabular, "_FEW_CANDIDATES", few)
+        try:
+            slices = _plan(url, dataset, target)
+        except InputError:
+            assert data.count(b'"') % 2 == 1
+            return
+    assert data.count(b'"') % 2 == 0
+    records = _reference_records(data, True, b" \t\r\n")
+    tail = data[records[-1][0] if records else 0 :]
+    if tail:  # an unterminated last record
+        records.append((len(data), bool(tail.translate(None, b" \t\r\n"))))
+    nonblank = [r for r in records if r[1]]
+    if header:
+        if not nonblank or (tail and nonblank[0][0] == len(data)):  # no complete header record
+            assert slices == []
+            return
+        header_end = nonblank[0][0]
+        body = [r for r in records if r[0] > header_end]
+    else:
+        header_end, body = 0, records
+    expected_rows = sum(1 for r in body if r[1])
+    if expected_rows == 0:
+        assert slices == []
+        return
+    _assert_tiles(slices, len(data))
+    assert slices[0].header_end == header_end
+    assert sum(s.rows for s in slices) == expected_rows
+    ends = {r[0] for r in records} | {len(data)}
+    for s in slices:
+        assert s.end in ends
+        assert s.first_line == data[: s.start].count(b"\n") + 1
+        assert s.rows == sum(1 for r in body if s.start < r[0] <= s.end and r[1])
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 13, 8 * 1024 * 1024])
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_csv_without_any_quote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, eol: str) -> None:
+    monkeypatch.setattr(tabular, "_CHUNK_BYTES", chunk)
+    text = eol.join(["id,v"] + [f"{i},{i * 0.5}" for i in range(50)]) + eol
+    url = _write(tmp_path, "plain.csv", text)
+    dataset = TabularDataset.from_delimited_files(url)
+    for target in (1, 9, 40, 10_000):
+        slices = _check_round_trip(url, dataset, target, pd.read_csv(url))
+        assert [s.first_line for s in slices] == [text.encode()[: s.start].count(b"\n") + 1 for s in slices]
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_quoted_newline_at_every_split_point_and_chunk_edge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, eol: str
+) -> None:
+    """Every byte offset is, for some target and chunk size, the nominal split point or a chunk edge; the
+    quoted newlines in between must never end a slice."""
+    text = "a,b" + eol + "".join(f'{i},"x{eol}{eol}y"{eol}' if i % 2 else f"{i},z{eol}" for i in range(12))
+    url = _write(tmp_path, "q.csv", text)
+    dataset = TabularDataset.from_delimited_files(url)
+    expected = pd.read_csv(url)
+    for chunk in (1, 2, 3, 5, 7, 11):
+        monkeypatch.setattr(tabular, "_CHUNK_BYTES", chunk)
+        for target in range(1, len(text), 3):
+            _check_round_trip(url, dataset, target, expected)
+
+
+@pytest.mark.parametrize("few", [0, 256])
+def test_lines_starting_with_blanks_are_rows_on_both_blank_check_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, few: int
+) -> None:
+    """Lines that start with a space are checked byte by byte (few of them) or with every byte of the chunk
+    (many): either way only the whitespace-only lines are blank."""
+    monkeypatch.setattr(tabular, "_FEW_CANDIDATES", few)
+    lines = ["a,b"] + [(" " * (i % 3)) + f"{i},x" if i % 5 else "  \t " for i in range(400)]
+    text = "\n".join(lines) + "\n\n"
+    url = _write(tmp_path, "sp.csv", text)
+    dataset = TabularDataset.from_delimited_files(url)
+    expected = pd.read_csv(url)
+    assert len(expected) == 320
+    for target in (1, 50, 700):
+        _check_round_trip(url, dataset, target, expected)

@@ -143,30 +143,49 @@ class _Slicer:
         self.rows = 0
         self.slices: list[TabularSlice] = []
 
-    def add(self, bounds: np.ndarray, nonblank: np.ndarray, lines: np.ndarray) -> None:
-        """Consume the records that end at `bounds` (sorted, global); `nonblank[i]` says record i has data;
-        `lines[i]` is the line number of the file that starts at `bounds[i]`."""
-        if self.need_header:
-            found = np.flatnonzero(nonblank)
-            if not found.size:
-                return  # blank lines before the header: they stay in [0, header_end)
-            first = int(found[0])
-            self.header_end = self.start = int(bounds[first])
-            self.start_line = int(lines[first])
-            self.need_header = False
-            bounds, nonblank, lines = bounds[first + 1 :], nonblank[first + 1 :], lines[first + 1 :]
-            if not bounds.size:
-                return
-        counts = np.zeros(bounds.size + 1, dtype=np.int64)
-        np.cumsum(nonblank, out=counts[1:])
+    def add(
+        self, bounds: np.ndarray, nonblank: np.ndarray | None, line_base: int, line_index: np.ndarray | None
+    ) -> None:
+        """Consume the records that end at `bounds` (sorted, global offsets just after each record's newline).
+
+        `nonblank[i]` says record i has data (None: every record has); the line of the file that starts at
+        `bounds[i]` is `line_base + line_index[i]` (None: `line_base + i`). Both are Nones in the common case
+        so that a chunk of plain records costs no per-record Python or extra arrays.
+        """
+
+        def line_at(i: int) -> int:
+            return line_base + (i if line_index is None else int(line_index[i]))
+
         pos = 0
+        if self.need_header:
+            if nonblank is None:
+                first = 0
+            else:
+                found = np.flatnonzero(nonblank)
+                if not found.size:
+                    return  # blank lines before the header: they stay in [0, header_end)
+                first = int(found[0])
+            self.header_end = self.start = int(bounds[first])
+            self.start_line = line_at(first)
+            self.need_header = False
+            pos = first + 1
+        if pos >= bounds.size:
+            return
+        counts: np.ndarray | None = None
+        if nonblank is not None:
+            counts = np.zeros(bounds.size + 1, dtype=np.int64)
+            np.cumsum(nonblank, out=counts[1:])
+
+        def rows_between(a: int, b: int) -> int:  # records a..b-1
+            return b - a if counts is None else int(counts[b] - counts[a])
+
         while pos < bounds.size:
             end_index = max(pos, int(np.searchsorted(bounds, self.start + self.target, side="left")))
             if end_index >= bounds.size:
-                self.rows += int(counts[-1] - counts[pos])
+                self.rows += rows_between(pos, bounds.size)
                 return
-            self.rows += int(counts[end_index + 1] - counts[pos])
-            self._emit(int(bounds[end_index]), int(lines[end_index]))
+            self.rows += rows_between(pos, end_index + 1)
+            self._emit(int(bounds[end_index]), line_at(end_index))
             pos = end_index + 1
 
     def finish(self, total: int, tail_nonblank: bool) -> list[TabularSlice]:
@@ -201,20 +220,46 @@ class _Slicer:
         self.rows = 0
 
 
+# Above this many records whose first byte is blank in one chunk, classify every byte at once instead.
+_FEW_CANDIDATES = 256
+
+
+def _segments_with_data(
+    chunk: bytes, arr: np.ndarray, starts: np.ndarray, significant: np.ndarray, blank_bytes: bytes
+) -> np.ndarray:
+    """For each segment [starts[i], starts[i+1]) (the last one runs to the chunk's end): has it a byte that is
+    not blank? A segment whose first byte is significant has one; only the others (blank lines, lines
+    starting with spaces) are looked at byte by byte, so a chunk of ordinary records costs one gather."""
+    has = significant[arr[starts]]
+    candidates = np.flatnonzero(~has)
+    if candidates.size > _FEW_CANDIDATES:
+        return np.logical_or.reduceat(significant[arr], starts)
+    n = arr.size
+    for i in candidates.tolist():
+        end = int(starts[i + 1]) if i + 1 < starts.size else n
+        has[i] = bool(chunk[int(starts[i]) : end].translate(None, blank_bytes))
+    return has
+
+
 def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> list[TabularSlice]:
-    """Scan a CSV or JSON Lines file chunk by chunk, finding record boundaries with vectorised numpy."""
+    """Scan a CSV or JSON Lines file chunk by chunk, finding record boundaries with vectorised numpy.
+
+    Per chunk: the newline and quote positions (one compare + nonzero each), quote parity at each newline
+    (a newline ends a record iff an even number of quotes precede it; RFC 4180's "" keeps parity), and a
+    blank check that only looks at the first byte of each record unless it is blank. Line numbers and row
+    counts come from positions, so no per-byte or per-record arrays beyond these are built.
+    """
     is_csv = dataset.format == "csv"
     blank = list(_CSV_BLANK_BYTES if is_csv else _JSONL_BLANK_BYTES) + [_NL]
     if is_csv and dataset.separator in (" ", "\t"):
         blank.remove(ord(dataset.separator))  # "\t" alone is a row of empty fields when tab separates them
     significant = np.ones(256, dtype=bool)
     significant[blank] = False
+    blank_bytes = bytes(blank)
 
     slicer = _Slicer(url, dataset.format, target, has_header=is_csv and dataset.header)
     base = 0  # file offset of the current chunk
     quotes = 0  # '"' bytes seen before the current chunk
-    last_quote = -2  # offset of the last '"' seen
-    open_quote = -1  # offset of the quote that opened the most recent quoted field
     tail_nonblank = False  # the record still open at the chunk's end has a significant byte
     lines = 0  # newlines (quoted ones too: lines as an editor counts them) before the current chunk
     while True:
@@ -224,50 +269,66 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
         arr = np.frombuffer(chunk, dtype=np.uint8)
         n = arr.size
         newlines = np.flatnonzero(arr == _NL)
-        next_line = lines + 2 + np.arange(newlines.size)  # the line starting after each newline
-        lines += int(newlines.size)
+        all_newlines = int(newlines.size)
+        line_index: np.ndarray | None = None  # which newlines end records (None: all of them)
         if is_csv:
             quote_pos = np.flatnonzero(arr == _QUOTE)
             if quote_pos.size:
-                # A newline ends a record iff an even number of quotes precede it (RFC 4180: "" keeps parity).
-                before = np.searchsorted(quote_pos, newlines)
-                ends = ((before + quotes) & 1) == 0
-                newlines, next_line = newlines[ends], next_line[ends]
-                # The opener of a quoted field is an even-numbered quote not directly after the previous
-                # quote (which would make the pair an escaped "").
-                previous = np.empty_like(quote_pos)
-                previous[0] = last_quote - base
-                previous[1:] = quote_pos[:-1]
-                numbers = np.arange(quotes, quotes + quote_pos.size)
-                openers = quote_pos[((numbers & 1) == 0) & (quote_pos - previous != 1)]
-                if openers.size:
-                    open_quote = base + int(openers[-1])
+                ends = ((np.searchsorted(quote_pos, newlines) + (quotes & 1)) & 1) == 0
+                if not ends.all():
+                    line_index = np.flatnonzero(ends)
+                    newlines = newlines[line_index]
                 quotes += int(quote_pos.size)
-                last_quote = base + int(quote_pos[-1])
-            elif quotes & 1:
-                newlines, next_line = newlines[:0], next_line[:0]  # the whole chunk is inside a quoted field
-        sig = significant[arr]
-        if newlines.size:
-            starts = np.empty(newlines.size + 1, dtype=np.intp)
+            elif quotes & 1 and newlines.size:
+                line_index, newlines = newlines[:0], newlines[:0]  # the whole chunk is inside a quoted field
+        k = int(newlines.size)
+        if k:
+            starts = newlines + 1
+            starts[1:] = newlines[:-1] + 1
             starts[0] = 0
-            starts[1:] = newlines + 1
-            if starts[-1] >= n:
-                starts = starts[:-1]
-            # Each segment [starts[i], starts[i+1]) is one record (up to and including its newline).
-            segment_has_data = np.logical_or.reduceat(sig, starts)
-            nonblank = segment_has_data[: newlines.size].copy()
-            nonblank[0] |= tail_nonblank
-            tail_nonblank = bool(segment_has_data[-1]) if starts.size > newlines.size else False
-            slicer.add(base + newlines + 1, nonblank, next_line)
+            if newlines[-1] + 1 < n:
+                starts = np.append(starts, newlines[-1] + 1)
+            # Segment i <= k-1 is record i (up to and including its newline); segment k, if any, is the tail.
+            has = _segments_with_data(chunk, arr, starts, significant, blank_bytes)
+            nonblank: np.ndarray | None = None
+            if not has[:k].all():
+                nonblank = has[:k].copy()
+                nonblank[0] |= tail_nonblank
+            tail_nonblank = bool(has[k]) if starts.size > k else False
+            slicer.add(base + newlines + 1, nonblank, lines + 2, line_index)
         else:
-            tail_nonblank = tail_nonblank or bool(sig.any())
+            tail_nonblank = tail_nonblank or bool(
+                _segments_with_data(chunk, arr, np.zeros(1, dtype=np.intp), significant, blank_bytes)[0]
+            )
+        lines += all_newlines
         base += n
     if is_csv and quotes & 1:
+        f.seek(0)
         raise InputError(
-            f"{url}: the quote opened at byte {open_quote} is never closed "
+            f"{url}: the quote opened at byte {_last_open_quote(f)} is never closed "
             "(unterminated quoted field at end of the CSV file)"
         )
     return slicer.finish(base, tail_nonblank)
+
+
+def _last_open_quote(f: BinaryIO) -> int:
+    """Offset of the quote that opened the last quoted field: an even-numbered quote not directly after the
+    previous quote (which would make the pair an escaped ""). Only for the error message, so a second pass."""
+    base, quotes, last_quote, open_quote = 0, 0, -2, -1
+    while chunk := f.read(_CHUNK_BYTES):
+        quote_pos = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == _QUOTE)
+        if quote_pos.size:
+            previous = np.empty_like(quote_pos)
+            previous[0] = last_quote - base
+            previous[1:] = quote_pos[:-1]
+            numbers = np.arange(quotes, quotes + quote_pos.size)
+            openers = quote_pos[((numbers & 1) == 0) & (quote_pos - previous != 1)]
+            if openers.size:
+                open_quote = base + int(openers[-1])
+            quotes += int(quote_pos.size)
+            last_quote = base + int(quote_pos[-1])
+        base += len(chunk)
+    return open_quote
 
 
 # --------------------------------------------------------------------------------------------- reading
