@@ -569,3 +569,47 @@ def test_lines_starting_with_blanks_are_rows_on_both_blank_check_paths(
     assert len(expected) == 320
     for target in (1, 50, 700):
         _check_round_trip(url, dataset, target, expected)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1", "cp1252"])
+def test_local_and_remote_reads_give_pandas_frames(tmp_path: Path, encoding: str) -> None:
+    """Local slices are streamed from the file, remote ones from one ranged read: both must parse exactly as
+    pandas.read_csv parses the whole file, also with non-ASCII characters across the parser's read chunks."""
+    import fsspec
+
+    rows = [f'{i},"Zürich {i}\nMitte",{i * 0.1!r},é{"ä" * (i % 7)}' for i in range(30_000)]
+    data = ("id,city,x,s\n" + "\n".join(rows) + "\n").encode(encoding)
+    local = _write(tmp_path, "enc.csv", data)
+    remote = f"memory://apr-test-{encoding}/enc.csv"
+    with fsspec.open(remote, "wb") as f:
+        f.write(data)
+    try:
+        expected = pd.read_csv(local, encoding=encoding)
+        for url in (local, remote):
+            dataset = TabularDataset.from_delimited_files(url, encoding=encoding)
+            slices = plan_tabular_file(url, len(data), dataset, 300_000)
+            assert len(slices) > 3
+            pd.testing.assert_frame_equal(_read_each(slices, dataset), expected)
+            pd.testing.assert_frame_equal(read_tabular(slices, dataset), expected)
+    finally:
+        fsspec.filesystem("memory").rm(remote)
+
+
+def test_csv_file_shorter_than_planned_is_an_input_error_local_and_remote(tmp_path: Path) -> None:
+    import fsspec
+
+    text = "a,b\n" + "".join(f"{i},{i}\n" for i in range(100))
+    local = _write(tmp_path, "s.csv", text)
+    remote = "memory://apr-test-short/s.csv"
+    with fsspec.open(remote, "wb") as f:
+        f.write(text.encode())
+    try:
+        for url in (local, remote):
+            dataset = TabularDataset.from_delimited_files(url)
+            [piece] = plan_tabular_file(url, len(text), dataset, 10**6)
+            with fsspec.open(url, "wb") as f:
+                f.write(text[: len(text) // 2].encode())
+            with pytest.raises(InputError, match="shorter than planned"):
+                read_tabular([piece], dataset)
+    finally:
+        fsspec.filesystem("memory").rm(remote)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -18,6 +19,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from .datasets import TabularDataset
 from .errors import InputError
@@ -352,6 +354,11 @@ def _coalesce(slices: Sequence[TabularSlice]) -> Iterator[list[TabularSlice]]:
         yield group
 
 
+def _is_local(fs: Any) -> bool:
+    """Local files are read with plain OS calls (no fsspec file object between the parser and the bytes)."""
+    return isinstance(fs, LocalFileSystem)
+
+
 def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
     first, last = group[0], group[-1]
     fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
@@ -359,6 +366,9 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
         row_groups = [rg for s in group for rg in s.row_groups]
         where = f"{first.url} row groups {row_groups}"
         try:
+            if _is_local(fs):
+                # pyarrow's own file reader: its decoding threads never wait for the GIL of a Python file.
+                return pq.ParquetFile(path, memory_map=True).read_row_groups(row_groups).to_pandas()
             with fs.open(path, "rb") as f:
                 return pq.ParquetFile(f).read_row_groups(row_groups).to_pandas()
         except Exception as exc:
@@ -366,6 +376,20 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
 
     start, end, header_end = first.start, last.end, first.header_end
     where = f"{first.url} bytes [{start}, {end})"
+    if first.format == "csv" and _is_local(fs):
+        # Streamed straight from the file into the parser: no copy of the slice in memory, no header+slice
+        # concatenation.
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if os.fstat(f.fileno()).st_size < end:
+                    raise InputError(
+                        f"{where}: the file is shorter than planned (did it change after planning?)"
+                    )
+                head = os.pread(f.fileno(), header_end, 0) if header_end else b""
+                f.seek(start)
+                return _parse_csv(_RangeReader(head, f, end - start), dataset, header_end, where, first)
+        except OSError as exc:
+            raise InputError(f"{where}: cannot read: {exc}") from exc
     try:
         data = _read_range(fs, path, start, end)
         head = _read_range(fs, path, 0, header_end) if header_end else b""
@@ -373,24 +397,82 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
         raise InputError(f"{where}: cannot read: {exc}") from exc
     if len(data) != end - start or len(head) != header_end:
         raise InputError(f"{where}: the file is shorter than planned (did it change after planning?)")
-    try:
-        if first.format == "csv":
-            return pd.read_csv(
-                io.BytesIO(head + data),
-                sep=dataset.separator,
-                encoding=dataset.encoding,
-                header=0 if header_end else None,
-            )
-        if first.format == "jsonl":
+    if first.format == "csv":
+        return _parse_csv(_RangeReader(head, data, len(data)), dataset, header_end, where, first)
+    if first.format == "jsonl":
+        try:
             return pd.read_json(io.BytesIO(data), lines=True, encoding=dataset.encoding)
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
+        except Exception as exc:
+            raise InputError(f"{where}: cannot parse as jsonl: {exc}") from exc
+    raise InputError(f"{first.url}: unsupported tabular format {first.format!r}")
+
+
+def _parse_csv(
+    reader: _RangeReader, dataset: TabularDataset, header_end: int, where: str, first: TabularSlice
+) -> pd.DataFrame:
+    try:
+        return pd.read_csv(
+            reader,
+            sep=dataset.separator,
+            encoding=dataset.encoding,
+            header=0 if header_end else None,
+        )
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from exc
     except Exception as exc:
-        problem = (
-            _line_of_file(str(exc), head + data, len(head), first) if first.format == "csv" else str(exc)
-        )
-        raise InputError(f"{where}: cannot parse as {first.format}: {problem}") from exc
-    raise InputError(f"{first.url}: unsupported tabular format {first.format!r}")
+        text = reader.head + reader.all_bytes()  # error path only: the bytes again, for the line number
+        raise InputError(
+            f"{where}: cannot parse as csv: {_line_of_file(str(exc), text, len(reader.head), first)}"
+        ) from exc
+
+
+class _RangeReader(io.RawIOBase):
+    """A read-only stream of `head` followed by `size` bytes of `body` (bytes, or a file positioned at the
+    slice's start), so pandas parses header + slice without them being joined into one buffer first."""
+
+    def __init__(self, head: bytes, body: bytes | BinaryIO, size: int) -> None:
+        super().__init__()
+        self.head = head
+        self._head = memoryview(head)
+        self._body = body
+        self._start = body.tell() if not isinstance(body, bytes) else 0
+        self._view = memoryview(body) if isinstance(body, bytes) else None
+        self._size = size
+        self._done = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        if self._head.nbytes:
+            n = min(out.nbytes, self._head.nbytes)
+            out[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        want = min(out.nbytes, self._size - self._done)
+        if want <= 0:
+            return 0
+        if self._view is not None:
+            out[:want] = self._view[self._done : self._done + want]
+            n = want
+        else:
+            n = self._body.readinto(out[:want]) or 0  # type: ignore[union-attr]
+            if n == 0:
+                raise InputError("the file is shorter than planned (did it change after planning?)")
+        self._done += n
+        return n
+
+    def all_bytes(self) -> bytes:
+        """The whole body again (for error messages)."""
+        if self._view is not None:
+            return bytes(self._view)
+        assert not isinstance(self._body, bytes)
+        return os.pread(self._body.fileno(), self._size, self._start)
 
 
 def _line_of_file(message: str, text: bytes, data_start: int, first: TabularSlice) -> str:
