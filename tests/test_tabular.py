@@ -613,3 +613,32 @@ def test_csv_file_shorter_than_planned_is_an_input_error_local_and_remote(tmp_pa
                 read_tabular([piece], dataset)
     finally:
         fsspec.filesystem("memory").rm(remote)
+
+
+# ------------------------------------------------------------------------------------------------ many files
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_files_planned_in_parallel_keep_their_order_and_first_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    from airflow_parallel_run.core import planner
+
+    monkeypatch.setattr(planner, "_PLAN_THREADS", threads)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(23):
+        rows = "".join(f"{i},{j}\n" for j in range(1 + (i * 7) % 30))
+        (folder / f"f{i:02d}.csv").write_text("file,row\n" + rows)
+    dataset = TabularDataset.from_delimited_files(str(folder))
+    plan = planner.plan_inputs([dataset], 40)
+    urls = [mb.slices[0].url for mb in plan.mini_batches]
+    assert urls == sorted(urls)
+    assert [mb.index for mb in plan.mini_batches] == list(range(len(plan.mini_batches)))
+    frame = pd.concat([read_tabular(mb.slices, dataset) for mb in plan.mini_batches], ignore_index=True)
+    assert list(frame["file"]) == [i for i in range(23) for _ in range(1 + (i * 7) % 30)]
+
+    (folder / "f05.csv").write_text('file,row\n5,"open\n')
+    (folder / "f17.csv").write_text('file,row\n17,"open\n')
+    with pytest.raises(InputError, match="f05.csv"):
+        planner.plan_inputs([dataset], 40)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,8 +229,8 @@ def plan_inputs(
                 for values, files in groups:
                     batches.append(_partition_batch(len(batches), input_index, dataset, files, values))
             elif isinstance(dataset, TabularDataset):
-                for ref in refs:
-                    for piece in _slices(ref, dataset, size):
+                for pieces in _slices_of_files(refs, dataset, size):
+                    for piece in pieces:
                         batches.append(
                             MiniBatch(len(batches), "tabular", input_index, piece.rows, slices=(piece,))
                         )
@@ -244,6 +246,35 @@ def _slices(ref: FileRef, dataset: TabularDataset, size: int) -> list[TabularSli
     from .tabular import plan_tabular_file
 
     return plan_tabular_file(ref.url, ref.size or 0, dataset, size)
+
+
+# Files scanned at once when splitting tabular input: the scan (numpy, file reads) releases the GIL, so
+# several files use several cores (or overlap remote reads), while the job waits for the whole plan.
+_PLAN_THREADS = min(4, os.cpu_count() or 1)
+
+
+def _slices_of_files(
+    refs: Sequence[FileRef], dataset: TabularDataset, size: int
+) -> Iterator[list[TabularSlice]]:
+    """The slices of each file, in the files' order; a bounded window of files is planned in parallel, so
+    a million files never become a million pending futures. The first failing file's error is raised."""
+    if _PLAN_THREADS < 2 or len(refs) < 2 or dataset.format == "parquet":
+        for ref in refs:  # parquet planning reads only footers: threads would not pay for themselves
+            yield _slices(ref, dataset, size)
+        return
+    window = 2 * _PLAN_THREADS
+    with ThreadPoolExecutor(max_workers=_PLAN_THREADS, thread_name_prefix="apr-plan") as pool:
+        pending: deque[Future[list[TabularSlice]]] = deque()
+        try:
+            for ref in refs:
+                pending.append(pool.submit(_slices, ref, dataset, size))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _partition_batch(
