@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
 import socket
 import tempfile
@@ -20,12 +21,12 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
-from dask.distributed import TimeoutError as DaskTimeoutError
-from distributed import Client, Event, Future, wait
+from distributed import Client, Event, Future, as_completed
 
 from .cache import (
     Fingerprinter,
@@ -319,6 +320,10 @@ class JobDriver:
         self.init_failures = 0
         self.slots = max(1, config.node_count * config.processes_per_node)
         self._cancel = threading.Event()
+        # Cache commits (a hard link and a meta.json per mini-batch) run beside the scheduling loop;
+        # `_finish` waits for them before the output is assembled from the cached parts.
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="apr-commit")
+        self._commits: list[Any] = []
         self.logs.master(
             f"job {self.job_id}: {len(self.plan.mini_batches)} mini-batches, {self.plan.total_items} items "
             f"({self.plan.kind} input), entry script {config.entry_script}, cache key {self.cache_key}"
@@ -390,7 +395,15 @@ class JobDriver:
         )
 
     def _commit(self, result: AttemptResult) -> None:
-        """Publishes a successful attempt to the cache at once, so an interrupted run resumes from here."""
+        """Queues a successful attempt for publication to the cache (an interrupted run resumes from it)."""
+        self._commits.append(self._committer.submit(self._store, result))
+
+    def _wait_for_commits(self) -> None:
+        for pending_commit in self._commits:
+            pending_commit.result()  # _store never raises
+        self._commits.clear()
+
+    def _store(self, result: AttemptResult) -> None:
         try:
             cached = self.cache.store(
                 self.keys[result.index],
@@ -506,6 +519,9 @@ class JobDriver:
         spec_future = client.submit(_identity, self.spec, key=f"apr-{self.job_id}-spec", pure=False)
         client.replicate([spec_future])  # on every worker, so data locality does not pin the job to one host
         in_flight: dict[str, tuple[Future, MiniBatch, int]] = {}
+        # Results reach the driver as they finish (fetched by the client's own thread), so the loop
+        # never waits on a gather round trip of its own.
+        finished = as_completed(with_results=True, raise_errors=False)
         self._say(
             f"Started: {len(pending)} mini-batches to run, {len(reused)} reused, {slots} processes on "
             f"{len(placement.hosts)} host(s) ({', '.join(placement.hosts)})"
@@ -530,21 +546,18 @@ class JobDriver:
                     allow_other_workers=False,
                 )
                 in_flight[key] = (future, mb, attempt)
+                finished.add(future)
 
         submit()
         try:
             while in_flight:
-                try:
-                    done = wait(
-                        [f for f, _, _ in in_flight.values()], timeout=1.0, return_when="FIRST_COMPLETED"
-                    ).done
-                except (TimeoutError, DaskTimeoutError):
-                    done = set()
-                ordered = sorted(done, key=lambda f: str(f.key))
-                outcomes = self._gather(client, ordered)  # one round trip for the whole batch
-                for future in ordered:
-                    _, mb, attempt = in_flight.pop(str(future.key))
-                    self._record(outcomes.get(str(future.key)), future, mb, attempt, pending)
+                for future, value in self._next_finished(finished):
+                    entry = in_flight.pop(str(future.key), None)
+                    if entry is None:
+                        continue  # already drained
+                    _, mb, attempt = entry
+                    gathered = value if future.status == "finished" else None
+                    self._record(gathered, future, mb, attempt, pending)
                     step = 10 * self.counters.done // max(self.counters.total_mini_batches, 1)
                     if step != last_step:
                         self._say(self._progress_line())
@@ -581,15 +594,20 @@ class JobDriver:
                 stop_event.clear()
         return self._finish()
 
-    def _gather(self, client: Client, futures: list[Future]) -> dict[str, AttemptResult]:
-        """Results of finished attempts in one call; errored ones are left to `_collect`."""
-        good = [f for f in futures if f.status == "finished"]
-        if not good:
-            return {}
+    @staticmethod
+    def _next_finished(finished: as_completed, timeout: float = 1.0) -> list[tuple[Future, Any]]:
+        """Every attempt that has finished by now, waiting up to `timeout` s for the first one.
+
+        Ordered by key, so that attempts finishing together are booked in a stable order.
+        """
         try:
-            return dict(zip([str(f.key) for f in good], client.gather(good), strict=True))
-        except Exception:  # noqa: BLE001 - fall back to one by one, so one bad result fails only itself
-            return {}
+            batch = [finished.queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                batch.append(finished.queue.get_nowait())
+        return sorted(batch, key=lambda item: str(item[0].key))
 
     def _record(
         self,
@@ -668,8 +686,10 @@ class JobDriver:
     def _finish(self) -> dict[str, Any]:
         """Assembles the output (unless the job failed) and writes the summary; temp files never outlive it."""
         try:
+            self._wait_for_commits()
             return self._summarise()
         finally:
+            self._committer.shutdown(wait=True)
             self.release()
             self._cleanup_staging()
 
