@@ -368,7 +368,9 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
         try:
             if _is_local(fs):
                 # pyarrow's own file reader: its decoding threads never wait for the GIL of a Python file.
-                return pq.ParquetFile(path, memory_map=True).read_row_groups(row_groups).to_pandas()
+                # Not memory-mapped: a file truncated under a mapping kills the process (SIGBUS) instead
+                # of raising an error that names the file.
+                return pq.ParquetFile(path).read_row_groups(row_groups).to_pandas()
             with fs.open(path, "rb") as f:
                 return pq.ParquetFile(f).read_row_groups(row_groups).to_pandas()
         except Exception as exc:
