@@ -13,14 +13,29 @@ Samples are interleaved and compared by their medians; throughput ratio = peer t
 
 Target: engine >= 0.7x the raw pyarrow scan, for each format.
 Usage: .venv/bin/python bench/tabular_bench.py [--quick] [--files 8] [--total-mb 1024] [--repeats 3]
+                                               [--data-dir DIR]
+
+--data-dir keeps the generated files in DIR and reuses them on the next run with the same sizes (the
+engine's output and cache folders still go to a fresh temp folder).
+--compare-with DIR also measures the engine of another checkout on the same files, interleaved in the same
+rounds (before, after, peer, ...): `git worktree add /tmp/before <commit>` then
+`.venv/bin/python bench/tabular_bench.py --compare-with /tmp/before`. That engine runs in a child process
+(PYTHONPATH=DIR) with its own 2-worker LocalCluster, idle while the other sides run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import multiprocessing
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import benchlib
 from benchlib import Ratio
@@ -30,7 +45,7 @@ CHUNK_ROWS = 500_000
 SCRIPT = "def run(mini_batch):\n    return mini_batch.iloc[:, 0].tolist()\n"
 
 
-def _chunk(start: int, rows: int, seed: int) -> object:
+def _chunk(start: int, rows: int, seed: int) -> Any:
     import numpy as np
     import pyarrow as pa
 
@@ -94,84 +109,208 @@ def scan_csv(path: str) -> int:
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--files", type=int, default=None, help="files per format (default 8, --quick 2)")
     parser.add_argument("--total-mb", type=int, default=None, help="MB per format (default 1024, --quick 20)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="keep and reuse the generated files here")
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. a git worktree of an older commit): its engine is measured too, "
+        "interleaved with this one and the peer, in a child process with its own cluster",
+    )
+    parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # the child of --compare-with
+
+
+@contextlib.contextmanager
+def _data_root(args: argparse.Namespace) -> Iterator[Path]:
+    """The kept --data-dir, or a temp folder removed at the end."""
+    if args.data_dir is None:
+        with benchlib.workdir(args, "tabular") as root:
+            yield root
+        return
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    yield args.data_dir
+
+
+def _generated(root: Path, fmt: str, files: int, total_mb: int, chunk_rows: int) -> tuple[int, int]:
+    """Generates the files of one format, or reuses those a previous run left with the same parameters."""
+    marker = root / f"{fmt}.json"
+    wanted = {"files": files, "total_mb": total_mb, "chunk_rows": chunk_rows}
+    if marker.exists():
+        known = json.loads(marker.read_text())
+        if known["params"] == wanted:
+            benchlib.log(f"reusing {fmt} files in {root / fmt}")
+            return int(known["bytes"]), int(known["rows"])
+    benchlib.fast_rmtree(root / fmt)
+    seconds, (size, rows) = benchlib.timed(
+        lambda: generate(root / fmt, fmt, files, total_mb * 2**20 // files, chunk_rows)
+    )
+    benchlib.log(f"generated {fmt}: {size / 2**20:.0f} MiB, {rows:,} rows in {seconds:.1f} s")
+    marker.write_text(json.dumps({"params": wanted, "bytes": size, "rows": rows}))
+    return size, rows
+
+
+class _Engine:
+    """Runs the no-op job of this process's engine on one LocalCluster; `run(fmt)` returns its seconds."""
+
+    def __init__(self, client: Any, data: Path, root: Path, sizes: dict[str, tuple[int, int]]) -> None:
+        from airflow_parallel_run.core import ParallelRunConfig
+
+        self.client, self.data, self.root, self.sizes = client, data, root, sizes
+        script = root / "first_column.py"
+        script.write_text(SCRIPT)
+        self.config = ParallelRunConfig(
+            entry_script=str(script),
+            mini_batch_size=MINI_BATCH,
+            process_count_per_node=2,
+            output_action="summary_only",
+        )
+        self.counter = iter(range(1_000_000))
+        self.setup: dict[str, list[float]] = {"parquet": [], "csv": []}
+        self.mini_batches: dict[str, int] = {}
+
+    def run(self, fmt: str) -> float:
+        from airflow_parallel_run.core import TabularDataset, run_job
+
+        n = next(self.counter)
+        marks: dict[str, float] = {}
+
+        def driver_ready(_driver: object) -> None:
+            marks.setdefault("driver", time.perf_counter())
+
+        dataset = (
+            TabularDataset.from_parquet_files(str(self.data / "parquet"))
+            if fmt == "parquet"
+            else TabularDataset.from_delimited_files(str(self.data / "csv"))
+        )
+        t0 = time.perf_counter()
+        summary = run_job(
+            self.config,
+            [dataset],
+            str(self.root / f"out{n}"),
+            client=self.client,
+            cache_dir=str(self.root / f"cache{n}"),
+            allow_reuse=False,
+            on_driver=driver_ready,
+        )
+        seconds = time.perf_counter() - t0
+        assert summary["status"] == "succeeded", summary
+        assert summary["succeeded_items"] == self.sizes[fmt][1], (summary, self.sizes[fmt])
+        self.setup[fmt].append(marks.get("driver", t0) - t0)
+        self.mini_batches[fmt] = int(summary["total_mini_batches"])
+        return seconds
+
+
+def _engine_path() -> str:
+    import airflow_parallel_run
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(airflow_parallel_run.__file__)))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """The --compare-with child: runs jobs on request (one format name per stdin line), answers in JSON."""
+    request = json.loads(args.serve)
+    sizes = {fmt: (int(v[0]), int(v[1])) for fmt, v in request["sizes"].items()}
+    with benchlib.workdir(args, "tabular-other") as root, benchlib.local_cluster(2) as client:
+        engine = _Engine(client, Path(request["data"]), root, sizes)
+        print(json.dumps({"engine_path": _engine_path()}), flush=True)
+        for line in sys.stdin:
+            fmt = line.strip()
+            seconds = engine.run(fmt)
+            print(json.dumps({"seconds": seconds, "setup": engine.setup[fmt][-1]}), flush=True)
+
+
+class _Other:
+    """The engine of another checkout, in a child process (see --compare-with)."""
+
+    def __init__(
+        self, checkout: Path, data: Path, sizes: dict[str, tuple[int, int]], args: argparse.Namespace
+    ):
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(checkout.resolve()), os.environ.get("PYTHONPATH", "")]),
+        }
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--serve",
+            json.dumps({"data": str(data), "sizes": sizes}),
+        ]
+        if args.tmp_dir:
+            command += ["--tmp-dir", args.tmp_dir]
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self.engine_path = json.loads(self._line())["engine_path"]
+        self.setup: dict[str, list[float]] = {"parquet": [], "csv": []}
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the --compare-with engine process ended (exit code {self.proc.wait()})")
+        return line
+
+    def run(self, fmt: str) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(fmt + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self._line())
+        self.setup[fmt].append(float(answer["setup"]))
+        return float(answer["seconds"])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+
+
+def _median(values: list[float]) -> float:
+    return round(sorted(values)[len(values) // 2], 3) if values else float("nan")
 
 
 def main() -> None:
     args = benchlib.parse_args(__doc__, _add)
+    if args.serve is not None:
+        _serve(args)
+        return
     started = benchlib.start(args)
     files = args.files or (2 if args.quick else 8)
     total_mb = args.total_mb or (20 if args.quick else 1024)
     rounds = benchlib.repeats(args, full=3, quick=1)
     chunk_rows = 50_000 if args.quick else CHUNK_ROWS
 
-    from airflow_parallel_run.core import ParallelRunConfig, TabularDataset, run_job
+    engine_path = _engine_path()
+    benchlib.log(f"engine imported from {engine_path}")
+    other: _Other | None = None
+    with _data_root(args) as data, benchlib.workdir(args, "tabular-run") as root:
+        sizes = {fmt: _generated(data, fmt, files, total_mb, chunk_rows) for fmt in ("parquet", "csv")}
 
-    with benchlib.workdir(args, "tabular") as root:
-        sizes: dict[str, tuple[int, int]] = {}
-        for fmt in ("parquet", "csv"):
-            seconds, sizes[fmt] = benchlib.timed(
-                lambda fmt=fmt: generate(root / fmt, fmt, files, total_mb * 2**20 // files, chunk_rows)
-            )
-            benchlib.log(
-                f"generated {fmt}: {sizes[fmt][0] / 2**20:.0f} MiB, {sizes[fmt][1]:,} rows in {seconds:.1f} s"
-            )
-        script = root / "first_column.py"
-        script.write_text(SCRIPT)
-        config = ParallelRunConfig(
-            entry_script=str(script),
-            mini_batch_size=MINI_BATCH,
-            process_count_per_node=2,
-            output_action="summary_only",
-        )
-        datasets = {
-            "parquet": lambda: TabularDataset.from_parquet_files(str(root / "parquet")),
-            "csv": lambda: TabularDataset.from_delimited_files(str(root / "csv")),
-        }
-        counter = iter(range(1_000_000))
-        setup: dict[str, list[float]] = {"parquet": [], "csv": []}
-        mini_batches: dict[str, int] = {}
+        def raw(fmt: str) -> float:
+            paths = sorted(str(p) for p in (data / fmt).iterdir())
+            scan = scan_parquet if fmt == "parquet" else scan_csv
+            t0 = time.perf_counter()
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                rows = sum(pool.map(scan, paths, chunksize=1))
+            seconds = time.perf_counter() - t0
+            assert rows == sizes[fmt][1]
+            return seconds
 
         with benchlib.local_cluster(2) as client:
-
-            def engine(fmt: str) -> float:
-                n = next(counter)
-                marks: dict[str, float] = {}
-                t0 = time.perf_counter()
-                summary = run_job(
-                    config,
-                    [datasets[fmt]()],
-                    str(root / f"out{n}"),
-                    client=client,
-                    cache_dir=str(root / f"cache{n}"),
-                    allow_reuse=False,
-                    on_driver=lambda _d: marks.setdefault("driver", time.perf_counter()),
-                )
-                seconds = time.perf_counter() - t0
-                assert summary["status"] == "succeeded", summary
-                assert summary["succeeded_items"] == sizes[fmt][1], (summary, sizes[fmt])
-                setup[fmt].append(marks.get("driver", t0) - t0)
-                mini_batches[fmt] = int(summary["total_mini_batches"])
-                return seconds
-
-            def raw(fmt: str) -> float:
-                paths = sorted(str(p) for p in (root / fmt).iterdir())
-                scan = scan_parquet if fmt == "parquet" else scan_csv
-                t0 = time.perf_counter()
-                with multiprocessing.get_context("fork").Pool(2) as pool:
-                    rows = sum(pool.map(scan, paths, chunksize=1))
-                seconds = time.perf_counter() - t0
-                assert rows == sizes[fmt][1]
-                return seconds
-
-            samples = benchlib.interleaved(
-                {
-                    "engine_parquet": lambda: engine("parquet"),
-                    "pyarrow_parquet": lambda: raw("parquet"),
-                    "engine_csv": lambda: engine("csv"),
-                    "pyarrow_csv": lambda: raw("csv"),
-                },
-                rounds,
-            )
+            engine = _Engine(client, data, root, sizes)
+            cases: dict[str, Any] = {}
+            try:
+                if args.compare_with is not None:
+                    other = _Other(args.compare_with, data, sizes, args)
+                    benchlib.log(f"compared with the engine imported from {other.engine_path}")
+                for fmt in ("parquet", "csv"):
+                    if other is not None:
+                        cases[f"other_engine_{fmt}"] = lambda fmt=fmt, other=other: other.run(fmt)
+                    cases[f"engine_{fmt}"] = lambda fmt=fmt: engine.run(fmt)
+                    cases[f"pyarrow_{fmt}"] = lambda fmt=fmt: raw(fmt)
+                samples = benchlib.interleaved(cases, rounds)
+            finally:
+                if other is not None:
+                    other.close()
 
     med = benchlib.medians(samples)
     ratios = []
@@ -190,8 +329,23 @@ def main() -> None:
         )
         extra[f"{fmt}_mib"] = round(mib, 1)
         extra[f"{fmt}_rows"] = sizes[fmt][1]
-        extra[f"{fmt}_mini_batches"] = mini_batches.get(fmt)
-        extra[f"{fmt}_engine_setup_s_median"] = round(sorted(setup[fmt])[len(setup[fmt]) // 2], 3)
+        extra[f"{fmt}_mini_batches"] = engine.mini_batches.get(fmt)
+        extra[f"{fmt}_engine_setup_s_median"] = _median(engine.setup[fmt])
+        if other is not None:
+            ratios.append(
+                Ratio(
+                    f"compared engine vs pyarrow scan ({fmt})",
+                    med[f"pyarrow_{fmt}"] / med[f"other_engine_{fmt}"],
+                    0.7,
+                    ">=",
+                    f"the engine of {other.engine_path}, same rounds",
+                )
+            )
+            extra[f"{fmt}_other_engine_setup_s_median"] = _median(other.setup[fmt])
+    extra["engine_path"] = engine_path
+    if other is not None:
+        extra["other_engine_path"] = other.engine_path
+    extra["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     extra["note"] = (
         "engine_setup_s = run_job start until the JobDriver exists (listing, planning, fingerprints)"
     )
@@ -204,6 +358,7 @@ def main() -> None:
             "mb_per_format": total_mb,
             "mini_batch_size": MINI_BATCH,
             "rounds": rounds,
+            "compare_with": str(args.compare_with) if args.compare_with else None,
         },
         ratios=ratios,
         samples=samples,
