@@ -264,6 +264,25 @@ class _Other:
         self.proc.wait(timeout=120)
 
 
+def _alternating(cases: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    """Interleaved rounds; with --compare-with the two engines swap places every round, so neither always
+    runs first (right after the peer's CSV scan of the previous round)."""
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for round_ in range(rounds):
+        order = dict(cases)
+        if round_ % 2:
+            order = {}
+            for fmt in ("parquet", "csv"):
+                for name in (f"engine_{fmt}", f"other_engine_{fmt}", f"pyarrow_{fmt}"):
+                    if name in cases:
+                        order[name] = cases[name]
+        for name, case in order.items():
+            seconds = float(case())
+            samples[name].append(seconds)
+            benchlib.log(f"  round {round_ + 1}/{rounds} {name}: {seconds:.3f} s")
+    return samples
+
+
 def _median(values: list[float]) -> float:
     return round(sorted(values)[len(values) // 2], 3) if values else float("nan")
 
@@ -307,7 +326,7 @@ def main() -> None:
                         cases[f"other_engine_{fmt}"] = lambda fmt=fmt, other=other: other.run(fmt)
                     cases[f"engine_{fmt}"] = lambda fmt=fmt: engine.run(fmt)
                     cases[f"pyarrow_{fmt}"] = lambda fmt=fmt: raw(fmt)
-                samples = benchlib.interleaved(cases, rounds)
+                samples = _alternating(cases, rounds)
             finally:
                 if other is not None:
                     other.close()
