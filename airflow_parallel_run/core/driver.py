@@ -519,9 +519,9 @@ class JobDriver:
         spec_future = client.submit(_identity, self.spec, key=f"apr-{self.job_id}-spec", pure=False)
         client.replicate([spec_future])  # on every worker, so data locality does not pin the job to one host
         in_flight: dict[str, tuple[Future, MiniBatch, int]] = {}
-        # Results reach the driver as they finish (fetched by the client's own thread), so the loop
-        # never waits on a gather round trip of its own.
-        finished = as_completed(with_results=True, raise_errors=False)
+        # Completion notices arrive in a queue as attempts finish; each loop turn gathers everything that
+        # finished since the last one in a single round trip.
+        finished = as_completed()
         self._say(
             f"Started: {len(pending)} mini-batches to run, {len(reused)} reused, {slots} processes on "
             f"{len(placement.hosts)} host(s) ({', '.join(placement.hosts)})"
@@ -551,13 +551,13 @@ class JobDriver:
         submit()
         try:
             while in_flight:
-                for future, value in self._next_finished(finished):
-                    entry = in_flight.pop(str(future.key), None)
-                    if entry is None:
-                        continue  # already drained
-                    _, mb, attempt = entry
-                    gathered = value if future.status == "finished" else None
-                    self._record(gathered, future, mb, attempt, pending)
+                if client.status in ("closing", "closed"):  # gave up reconnecting to a lost scheduler
+                    raise ConnectionError(f"lost the connection to the Dask scheduler ({client.status})")
+                done = [f for f in self._next_finished(finished) if str(f.key) in in_flight]
+                outcomes = self._gather(client, done)  # one round trip for the whole batch
+                for future in done:
+                    _, mb, attempt = in_flight.pop(str(future.key))
+                    self._record(outcomes.get(str(future.key)), future, mb, attempt, pending)
                     step = 10 * self.counters.done // max(self.counters.total_mini_batches, 1)
                     if step != last_step:
                         self._say(self._progress_line())
@@ -594,8 +594,18 @@ class JobDriver:
                 stop_event.clear()
         return self._finish()
 
+    def _gather(self, client: Client, futures: list[Future]) -> dict[str, AttemptResult]:
+        """Results of finished attempts in one call; errored ones are left to `_collect`."""
+        good = [f for f in futures if f.status == "finished"]
+        if not good:
+            return {}
+        try:
+            return dict(zip([str(f.key) for f in good], client.gather(good), strict=True))
+        except Exception:  # noqa: BLE001 - fall back to one by one, so one bad result fails only itself
+            return {}
+
     @staticmethod
-    def _next_finished(finished: as_completed, timeout: float = 1.0) -> list[tuple[Future, Any]]:
+    def _next_finished(finished: as_completed, timeout: float = 1.0) -> list[Future]:
         """Every attempt that has finished by now, waiting up to `timeout` s for the first one.
 
         Ordered by key, so that attempts finishing together are booked in a stable order.
@@ -607,7 +617,7 @@ class JobDriver:
         with contextlib.suppress(queue.Empty):
             while True:
                 batch.append(finished.queue.get_nowait())
-        return sorted(batch, key=lambda item: str(item[0].key))
+        return sorted(batch, key=lambda future: str(future.key))
 
     def _record(
         self,
