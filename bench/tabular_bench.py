@@ -223,12 +223,18 @@ class _Other:
     """The engine of another checkout, in a child process (see --compare-with)."""
 
     def __init__(
-        self, checkout: Path, data: Path, sizes: dict[str, tuple[int, int]], args: argparse.Namespace
-    ):
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(checkout.resolve()), os.environ.get("PYTHONPATH", "")]),
-        }
+        self,
+        checkout: Path,
+        data: Path,
+        sizes: dict[str, tuple[int, int]],
+        args: argparse.Namespace,
+        environ: dict[str, str],
+    ) -> None:
+        # `environ` is this process's environment from before its LocalCluster started: starting a cluster
+        # adds Dask's pre-spawn-environ (MALLOC_TRIM_THRESHOLD_=65536, OMP_NUM_THREADS=1, ...) to
+        # os.environ, and a child started with those allocates (and so plans) measurably slower.
+        pythonpath = os.pathsep.join(p for p in (str(checkout.resolve()), environ.get("PYTHONPATH", "")) if p)
+        env = {**environ, "PYTHONPATH": pythonpath}
         command = [
             sys.executable,
             os.path.abspath(__file__),
@@ -293,6 +299,7 @@ def main() -> None:
         _serve(args)
         return
     started = benchlib.start(args)
+    environ = dict(os.environ)  # before any LocalCluster adds its worker settings (see _Other)
     files = args.files or (2 if args.quick else 8)
     total_mb = args.total_mb or (20 if args.quick else 1024)
     rounds = benchlib.repeats(args, full=3, quick=1)
@@ -319,7 +326,7 @@ def main() -> None:
             cases: dict[str, Any] = {}
             try:
                 if args.compare_with is not None:
-                    other = _Other(args.compare_with, data, sizes, args)
+                    other = _Other(args.compare_with, data, sizes, args, environ)
                     benchlib.log(f"compared with the engine imported from {other.engine_path}")
                 for fmt in ("parquet", "csv"):
                     if other is not None:
