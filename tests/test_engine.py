@@ -387,6 +387,35 @@ def test_file_job_process_does_not_import_pandas_or_pyarrow(dask_client, write_s
     assert len(lines) == 4 and all(line.endswith(" False False") for line in lines), lines
 
 
+def test_entry_process_gets_the_user_environment_not_dask_worker_settings(
+    dask_client, write_script, files, tmp_path
+):
+    """Dask's worker tweaks (MALLOC_TRIM_THRESHOLD_, one OMP/MKL thread) stay out of the user's process;
+    `environment_variables` still set anything, those names included."""
+    worker_env = dask_client.run(
+        lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "MKL_NUM_THREADS")}
+    )
+    assert all(env["MALLOC_TRIM_THRESHOLD_"] == "65536" for env in worker_env.values()), (
+        "premise: Dask set it"
+    )
+    script = write_script("""
+        import os
+
+        def run(mini_batch):
+            names = ("MALLOC_TRIM_THRESHOLD_", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+            return [" ".join(f"{n}={os.environ.get(n)}" for n in names) for _ in mini_batch]
+    """)
+    summary = job(
+        dask_client,
+        script,
+        [FileDataset.from_files(str(files(2)))],
+        tmp_path / "out",
+        environment_variables={"OMP_NUM_THREADS": "1"},
+    )
+    lines = Path(summary["append_row_file"]).read_text().splitlines()
+    assert lines == ["MALLOC_TRIM_THRESHOLD_=None MKL_NUM_THREADS=None OMP_NUM_THREADS=1"] * 2
+
+
 def test_parquet_input_row_groups(dask_client, write_script, tmp_path):
     source = tmp_path / "data.parquet"
     pd.DataFrame({"x": range(1000)}).to_parquet(source, row_group_size=100)
