@@ -21,7 +21,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -320,10 +319,6 @@ class JobDriver:
         self.init_failures = 0
         self.slots = max(1, config.node_count * config.processes_per_node)
         self._cancel = threading.Event()
-        # Cache commits (a hard link and a meta.json per mini-batch) run beside the scheduling loop;
-        # `_finish` waits for them before the output is assembled from the cached parts.
-        self._committer = ThreadPoolExecutor(1, thread_name_prefix="apr-commit")
-        self._commits: list[Any] = []
         self.logs.master(
             f"job {self.job_id}: {len(self.plan.mini_batches)} mini-batches, {self.plan.total_items} items "
             f"({self.plan.kind} input), entry script {config.entry_script}, cache key {self.cache_key}"
@@ -395,15 +390,12 @@ class JobDriver:
         )
 
     def _commit(self, result: AttemptResult) -> None:
-        """Queues a successful attempt for publication to the cache (an interrupted run resumes from it)."""
-        self._commits.append(self._committer.submit(self._store, result))
+        """Publishes a successful attempt to the cache at once, so an interrupted run resumes from here.
 
-    def _wait_for_commits(self) -> None:
-        for pending_commit in self._commits:
-            pending_commit.result()  # _store never raises
-        self._commits.clear()
-
-    def _store(self, result: AttemptResult) -> None:
+        Synchronous: on a local cache a commit is a link and a small file (well under 1 ms); a commit
+        thread would compete for the GIL the driver shares with the client's event loop (and, on
+        the embedded cluster, with the workers).
+        """
         try:
             cached = self.cache.store(
                 self.keys[result.index],
@@ -696,10 +688,8 @@ class JobDriver:
     def _finish(self) -> dict[str, Any]:
         """Assembles the output (unless the job failed) and writes the summary; temp files never outlive it."""
         try:
-            self._wait_for_commits()
             return self._summarise()
         finally:
-            self._committer.shutdown(wait=True)
             self.release()
             self._cleanup_staging()
 
