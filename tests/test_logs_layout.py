@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -87,6 +88,7 @@ def test_every_file_of_the_layout(dask_client, write_script, files, tmp_path):
     node_logs = "".join(p.read_text() for p in (logs / "sys" / "node").rglob("*.txt"))
     assert "completed mini-batch 0 attempt 1: entry-script pid" in node_logs
     assert "elapsed" in node_logs and "process CPU" in node_logs and "run()" in node_logs
+    assert re.search(r"read \d+\.\d{3}s, run\(\) \d+\.\d{3}s", node_logs), "time to read the mini-batch"
 
     overview = (logs / "job_progress_overview.txt").read_text()
     assert "Processed 12 of 12 mini-batches (100%)" in overview and "Job succeeded" in overview

@@ -439,8 +439,10 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
             )
         )
         outcome = process.wait(spec.load_timeout, stop_check)
+        load_seconds = 0.0
         if outcome[0] == "loaded":
             result.total = outcome[1]["total"]
+            load_seconds = float(outcome[1].get("load_seconds", 0.0))
             outcome = process.wait(spec.run_invocation_timeout, stop_check)
             if outcome[0] == TIMEOUT:
                 process.kill()
@@ -482,7 +484,7 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
                 f"completed mini-batch {mini_batch.index} attempt {attempt}: entry-script pid "
                 f"{process.proc.pid if process.proc else '?'}, total {result.total}, succeeded {result.succeeded}, "
                 f"failed {result.failed}, started {result.start_time} UTC, elapsed {result.elapsed_seconds:.3f}s, "
-                f"process CPU {result.cpu_seconds:.3f}s, run() {result.run_seconds:.3f}s"
+                f"process CPU {result.cpu_seconds:.3f}s, read {load_seconds:.3f}s, run() {result.run_seconds:.3f}s"
             )
             return result
         return _failed(result, process, outcome[1], started)
