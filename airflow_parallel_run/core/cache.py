@@ -11,12 +11,10 @@ crash mid-write leaves no entry, and two jobs writing the same key each leave a 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import posixpath
-import shutil
 import sqlite3
 import threading
 import time
@@ -225,10 +223,6 @@ class MiniBatchCache:
     def store(self, key: str, part_url: str | None, meta: Mapping[str, Any]) -> str | None:
         """Copies a committed part into the cache, then publishes its meta.json; returns the cached part URL."""
         entry = self._entry(key)
-        document = {**meta, "created": time.time()}
-        document.pop("part_url", None)
-        if _is_local_url(self.root) and (not part_url or _is_local_url(part_url)):
-            return self._store_local(key, entry, part_url, document)
         name = None
         if part_url:
             name = f"{uuid.uuid4().hex}{posixpath.splitext(part_url)[1]}"
@@ -243,36 +237,11 @@ class MiniBatchCache:
             else:
                 with fsspec.open(part_url, "rb", **self.storage_options) as src:
                     write_atomic(target, src.read(), self.storage_options)
-        document["part"] = name
+        document = {**meta, "part": name, "created": time.time()}
+        document.pop("part_url", None)
         write_atomic(
             f"{entry}/meta.json", json.dumps(document, sort_keys=True).encode(), self.storage_options
         )
-        return f"{entry}/{name}" if name else None
-
-    def _store_local(
-        self, key: str, entry: str, part_url: str | None, document: dict[str, Any]
-    ) -> str | None:
-        """`store` on a local cache with plain os calls: one per mini-batch of a job adds up (no fsspec)."""
-        folder = f"{self._path.rstrip('/')}/entries/{key[:2]}/{key}"
-        os.makedirs(folder, exist_ok=True)
-        name = None
-        if part_url:
-            source = part_url.removeprefix("file://")
-            name = f"{uuid.uuid4().hex}{posixpath.splitext(source)[1]}"
-            try:
-                os.link(source, f"{folder}/{name}")  # same filesystem: no copy
-            except OSError:
-                shutil.copyfile(source, f"{folder}/{name}")
-        document["part"] = name
-        tmp = f"{folder}/meta.json.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(json.dumps(document, sort_keys=True))
-            os.replace(tmp, f"{folder}/meta.json")  # readers see the whole entry or none of it
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
         return f"{entry}/{name}" if name else None
 
     # -- manifests: what the previous run of "the same job" looked like, to explain misses ----------

@@ -77,13 +77,6 @@ def _load_script(path: str) -> types.ModuleType:
     return module
 
 
-def _read_tabular(*args: Any) -> Any:
-    """Imports the tabular reader (pandas, pyarrow: ~0.5 s) in the first process that needs it, not in all."""
-    from .tabular import read_tabular
-
-    return read_tabular(*args)
-
-
 def _wants_context(run: Any) -> bool:
     try:
         params = [
@@ -160,7 +153,7 @@ def main(fd: int) -> None:
         load_started = time.monotonic()
         scratch = os.path.join(setup["working_dir"], f"mb{mini_batch.index:08d}-a{payload['attempt']}")
         try:
-            data, total = materialize(mini_batch, setup["datasets"], scratch, _read_tabular)
+            data, total = materialize(mini_batch, setup["datasets"], scratch)
         except BaseException as exc:  # noqa: BLE001
             conn.send(_error("LOAD_EXCEPTION", exc))
             continue

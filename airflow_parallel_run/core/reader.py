@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
@@ -16,12 +16,14 @@ def materialize(
     mini_batch: MiniBatch,
     datasets: Sequence[Dataset],
     scratch_dir: str,
-    read_tabular: Callable[..., Any],
 ) -> tuple[Any, int]:
     """Returns (what run() receives, number of items). Remote files are downloaded into `scratch_dir`."""
     dataset = datasets[mini_batch.input_index]
     if mini_batch.kind == "tabular":
         assert isinstance(dataset, TabularDataset)
+        # imported here: pandas and pyarrow cost ~0.5 s of CPU, which a process of a files job never needs
+        from .tabular import read_tabular
+
         frame = read_tabular(mini_batch.slices, dataset)
         return frame, len(frame)
     paths = []

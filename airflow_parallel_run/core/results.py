@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -92,12 +94,11 @@ def encode_part(result: list[Any] | tuple[Any, ...] | pd.DataFrame, fmt: str) ->
 
 def write_atomic(url: str, data: bytes, storage_options: dict[str, Any]) -> None:
     """Writes a whole file so that readers see all of it or nothing (temp name + rename where possible)."""
-    fs, path = fsspec.core.url_to_fs(url, **storage_options)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
-        import os
-        import uuid
-
+    if "://" in url and not url.startswith("file://"):  # object stores: one PUT is atomic
+        fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        fs.pipe_file(path, data)
+    else:  # plain os calls: this runs once per mini-batch (part files, cache entries)
+        path = os.path.abspath(url.removeprefix("file://"))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
@@ -108,8 +109,6 @@ def write_atomic(url: str, data: bytes, storage_options: dict[str, Any]) -> None
             with contextlib.suppress(OSError):
                 os.remove(tmp)
             raise
-    else:  # object stores: one PUT is atomic
-        fs.pipe_file(path, data)
 
 
 def assemble(

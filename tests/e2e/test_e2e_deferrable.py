@@ -1,7 +1,7 @@
 """Deferrable sensor and operator on the real stack: the triggerer waits, no worker slot is held.
 
-The test starts a Dask cluster of separate worker processes, creates the `apr_e2e_dask` connection over
-REST and triggers `apr_e2e_deferrable`. Polling the task instances over REST, it sees the sensor
+The test takes the suite's Dask cluster of separate worker processes (`dask_client`), creates the
+`apr_e2e_dask` connection over REST and triggers `apr_e2e_deferrable`. Polling the task instances over REST, it sees the sensor
 `deferred` while nothing has landed, lands the files, then sees the operator `deferred` while its job
 runs inside the cluster (no summary yet), then both `success` with exactly the landed files scored.
 """
@@ -9,13 +9,13 @@ runs inside the cluster (no summary yet), then both `success` with exactly the l
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from distributed import Client
 from e2e_rest import Api
 
 pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
@@ -26,28 +26,15 @@ FILES = 12
 
 
 @pytest.fixture
-def dask_connection(api: Api) -> Iterator[str]:
-    """A LocalCluster of worker processes on 127.0.0.1, named by a `dask` connection made over REST."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        silence_logs=logging.ERROR,
-    ) as cluster:
-        api.request("DELETE", f"/connections/{CONN_ID}")
-        body = {
-            "connection_id": CONN_ID,
-            "conn_type": "dask",
-            "extra": json.dumps({"address": cluster.scheduler_address}),
-        }
-        response = api.request("POST", "/connections", json=body)
-        assert response.status_code == 201, response.text
-        yield cluster.scheduler_address
-        api.request("DELETE", f"/connections/{CONN_ID}")
+def dask_connection(api: Api, dask_client: Client) -> Iterator[str]:
+    """The suite's LocalCluster (worker processes on 127.0.0.1), named by a `dask` connection made over REST."""
+    address = dask_client.scheduler.address
+    api.request("DELETE", f"/connections/{CONN_ID}")
+    body = {"connection_id": CONN_ID, "conn_type": "dask", "extra": json.dumps({"address": address})}
+    response = api.request("POST", "/connections", json=body)
+    assert response.status_code == 201, response.text
+    yield address
+    api.request("DELETE", f"/connections/{CONN_ID}")
 
 
 def _wait_state(api: Api, run_id: str, task_id: str, wanted: str, seen: list[str], timeout: float) -> None:
