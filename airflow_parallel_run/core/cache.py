@@ -96,10 +96,13 @@ class Fingerprinter:
                 misses.append(path)
         if misses:
             workers = min(8, (os.cpu_count() or 2) * 2, len(misses))
-            chunks = [misses[i::workers] for i in range(workers)]
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+            chunks = [misses[i : i + 64] for i in range(0, len(misses), 64)]
+            pool = ThreadPoolExecutor(max_workers=workers)
+            try:
                 for pairs in pool.map(lambda chunk: [(p, _hash_local(p)) for p in chunk], chunks):
                     result.update(pairs)
+            finally:  # interrupted (Ctrl-C): only the chunks being hashed finish, not all the rest
+                pool.shutdown(wait=True, cancel_futures=True)
             rows = [(p, stats[p].st_size, stats[p].st_mtime_ns, stats[p].st_ino, result[p]) for p in misses]
             with self._lock:
                 self.hashed_bytes += sum(stats[p].st_size for p in misses)

@@ -34,7 +34,7 @@ from .cache import (
     resolve_cache_root,
 )
 from .cluster import dask_client, select_hosts
-from .config import ParallelRunConfig
+from .config import ParallelRunConfig, check_embedded_process_count
 from .datasets import Dataset
 from .errors import ConfigError
 from .joblogs import JobLogs
@@ -932,6 +932,8 @@ def run_job(
 
     Raises `ConfigError`/`InputError` before anything runs when the configuration or inputs are bad.
     """
+    if scheduler is None and client is None:
+        check_embedded_process_count(config)  # before planning: this host runs every process
     driver = JobDriver(
         config,
         inputs,
