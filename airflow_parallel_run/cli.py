@@ -6,6 +6,7 @@ Exit codes: 0 the job succeeded, 1 it failed, 2 usage or configuration error (on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     io.add_argument("--separator", default=",", help="delimiter for --format csv")
     io.add_argument("--no-header", action="store_true", help="CSV files have no header row")
+    io.add_argument(
+        "--encoding", default="utf-8", help="text encoding of CSV and JSON Lines files (default utf-8)"
+    )
     io.add_argument(
         "--partition-format", help="e.g. '{user}/{season}/{genres}.wav' (default: hive key=value folders)"
     )
@@ -136,7 +140,35 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, arguments: list[str]) -> int:
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM before the job runs. A BaseException, so no `except Exception` in the engine
+    (or in Dask) swallows it on its way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Startup:
+    """Where the CLI is, for the signal handler: until the job runs, a signal ends the CLI at once
+    (nothing it started outlives it: the embedded cluster lives in this process, entry-script
+    processes exit when it does); once it runs, the first signal stops the job through its driver,
+    which kills running attempts and writes the summary, and a second one ends the CLI at once."""
+
+    def __init__(self) -> None:
+        self.stage = "checking the configuration"
+        self.driver: Any = None
+        self.stopping = False
+
+    def handle(self, signum: int, _frame: Any) -> None:
+        if self.stage == "running" and self.driver is not None and not self.stopping:
+            self.stopping = True
+            self.driver.cancel(f"interrupted by signal {signal.Signals(signum).name}")
+            return
+        raise Interrupted(signum)
+
+
+def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> int:
     from .core import ConfigError, FileDataset, InputError, ParallelRunConfig, TabularDataset
     from .core.cluster import ClusterError
     from .core.driver import JobDriver, run_job
@@ -182,7 +214,11 @@ def _run(args: argparse.Namespace, arguments: list[str]) -> int:
             if fmt == "csv":
                 inputs = [
                     TabularDataset.from_delimited_files(
-                        args.input, args.separator, not args.no_header, partition_format=args.partition_format
+                        args.input,
+                        args.separator,
+                        not args.no_header,
+                        args.encoding,
+                        partition_format=args.partition_format,
                     )
                 ]
             elif fmt == "parquet":
@@ -191,20 +227,23 @@ def _run(args: argparse.Namespace, arguments: list[str]) -> int:
                 ]
             else:
                 inputs = [
-                    TabularDataset.from_json_lines_files(args.input, partition_format=args.partition_format)
+                    TabularDataset.from_json_lines_files(
+                        args.input, args.encoding, partition_format=args.partition_format
+                    )
                 ]
     except (ConfigError, InputError) as exc:
         print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
         return 2
 
     def keep(driver: JobDriver) -> None:
-        def interrupt(signum: int, _frame: Any) -> None:
-            driver.cancel(f"interrupted by signal {signal.Signals(signum).name}")
+        startup.driver = driver
+        startup.stage = "looking up reusable mini-batches and starting the Dask cluster"
 
-        signal.signal(signal.SIGTERM, interrupt)
-        signal.signal(signal.SIGINT, interrupt)
+    def running(_client: Any) -> None:
+        startup.stage = "running"  # from here a signal stops the job the ordinary way (its summary says so)
 
     try:
+        startup.stage = "planning the job and fingerprinting its inputs"
         summary = run_job(
             config,
             inputs,
@@ -214,6 +253,7 @@ def _run(args: argparse.Namespace, arguments: list[str]) -> int:
             scheduler=args.scheduler,
             progress=progress,
             on_driver=keep,
+            on_client=running,
             allow_reuse=not args.no_reuse,
             cache_dir=args.cache_dir,
         )
@@ -238,6 +278,10 @@ def _run(args: argparse.Namespace, arguments: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # a message naming a file whose name is not UTF-8 is printed escaped, never a UnicodeEncodeError
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     argv = list(sys.argv[1:] if argv is None else argv)
     arguments: list[str] = []
     if "--" in argv:
@@ -245,7 +289,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, arguments = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        return _run(args, arguments)
+        startup = _Startup()
+        previous = {sig: signal.signal(sig, startup.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return _run(args, arguments, startup)
+        except Interrupted as exc:
+            name = signal.Signals(exc.signum).name
+            print(
+                f"airflow-parallel-run: interrupted by {name} while {startup.stage}; the job did not run "
+                "and nothing it started is left running",
+                file=sys.stderr,
+            )
+            return 128 + exc.signum
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if args.command == "cache":
         return _cache(args)
     if args.command == "report":

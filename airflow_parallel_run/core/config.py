@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import math
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -59,7 +61,60 @@ def _check_int(name: str, value: object, minimum: int, maximum: int | None = Non
 def _check_positive_number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ConfigError(name, value, "a number of seconds > 0")
+    if not math.isfinite(value):  # nan slips through `<= 0`; inf never times out
+        raise ConfigError(name, value, "a finite number of seconds > 0")
     return float(value)
+
+
+#: Longest `append_row_file_name` in UTF-8 bytes: file systems allow 255 per name, and the engine
+#: derives temporary names from it (`<name>.assembling`, `<name>.tmp-<32 hex>`), so 55 are kept free.
+MAX_FILE_NAME_BYTES = 200
+
+#: Entry-script processes per CPU of the host that runs them, at most: beyond that a host only
+#: thrashes (each process holds the script, its model and a Python interpreter).
+PROCESSES_PER_CPU = 4
+
+
+def embedded_process_limit() -> int:
+    """The most entry-script processes the embedded cluster (this host) runs: 4 per CPU."""
+    return PROCESSES_PER_CPU * (os.cpu_count() or 1)
+
+
+def check_embedded_process_count(config: ParallelRunConfig) -> None:
+    """Refuses a `process_count_per_node` this host cannot run, before any work, when the job runs on
+    the embedded cluster. On a Dask cluster the workers' threads bound it (`select_hosts` warns)."""
+    limit = embedded_process_limit()
+    if config.processes_per_node > limit:
+        raise ConfigError(
+            "process_count_per_node",
+            config.process_count_per_node,
+            f"at most {limit} on the embedded cluster ({PROCESSES_PER_CPU} per CPU; this host has "
+            f"{os.cpu_count() or 1}); for more, run on a Dask cluster (--scheduler or dask_conn_id)",
+        )
+
+
+def _source_directory_problem(root: str) -> str | None:
+    """What the code bundle could not read in `root` (it packs every file): a FIFO, socket or device
+    (reading one blocks or never ends), a dangling symlink, or a name that is not valid UTF-8."""
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in ("__pycache__", ".git"))
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            shown = os.path.relpath(path, os.path.dirname(root.rstrip(os.sep)) or ".")
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{os.fsencode(shown)!r} has a name that is not valid UTF-8"
+            if name.endswith(".pyc"):
+                continue
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                return f"{shown} is a dangling symlink"
+            if not stat.S_ISREG(mode):
+                kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+                return f"{shown} is {kind}"
+    return None
 
 
 def script_defines_run(path: str) -> bool:
@@ -110,6 +165,22 @@ class ParallelRunConfig:
         if self.source_directory is not None and not os.path.isdir(self.source_directory):
             raise ConfigError("source_directory", self.source_directory, "an existing directory")
         script = self.entry_script_path
+        if self.source_directory is not None:
+            inside = os.path.relpath(os.path.abspath(script), os.path.abspath(self.source_directory))
+            if inside == os.pardir or inside.startswith(os.pardir + os.sep):
+                raise ConfigError(
+                    "entry_script",
+                    self.entry_script,
+                    f"a file inside source_directory ({self.source_directory!r}): only that folder is "
+                    "shipped to the workers",
+                )
+            problem = _source_directory_problem(self.source_directory)
+            if problem:
+                raise ConfigError(
+                    "source_directory",
+                    self.source_directory,
+                    f"a folder of regular files only (every file is shipped to the workers); {problem}",
+                )
         if not os.path.isfile(script):
             raise ConfigError("entry_script", self.entry_script, f"an existing file (looked for {script})")
         try:
@@ -152,6 +223,14 @@ class ParallelRunConfig:
                 name,
                 "a plain file name: no path separators, no '..', none of ~\"#%&*:<>?/\\{|}",
             )
+        size = len(name.encode("utf-8", "surrogateescape"))
+        if size > MAX_FILE_NAME_BYTES:
+            raise ConfigError(
+                "append_row_file_name",
+                name,
+                f"a file name of at most {MAX_FILE_NAME_BYTES} bytes in UTF-8 (file systems allow 255 and "
+                f"the engine adds up to {255 - MAX_FILE_NAME_BYTES} for temporary names); this one has {size}",
+            )
         if (
             not isinstance(self.append_row_format, str)
             or self.append_row_format.lower() not in APPEND_ROW_FORMATS
@@ -175,9 +254,13 @@ class ParallelRunConfig:
             raise ConfigError("environment_variables", env, "a mapping of variable names to string values")
         set_(self, "environment_variables", {k: str(v) for k, v in env.items()})
         rmi = self.resource_monitor_interval
-        if isinstance(rmi, bool) or not isinstance(rmi, (int, float)) or rmi < 0:
+        if isinstance(rmi, bool) or not isinstance(rmi, (int, float)) or not rmi >= 0:
             raise ConfigError(
                 "resource_monitor_interval", rmi, "a number of seconds >= 0 (0 turns monitoring off)"
+            )
+        if not math.isfinite(rmi):
+            raise ConfigError(
+                "resource_monitor_interval", rmi, "a finite number of seconds >= 0 (0 turns monitoring off)"
             )
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,59 @@ def _as_paths(path: str | Sequence[str], field_name: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in paths)
 
 
+_KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PARTITION_FORMAT_EXAMPLE = "'{user}/{season}/{genres}.wav'"
+
+
+def check_partition_format(value: str | None) -> None:
+    """A path template with `{key}` fields, each key once, braces only around key names.
+
+    Checked when the dataset is made, so a template the planner could not turn into a pattern (a
+    repeated key, a stray brace) is refused before any work, naming the field.
+    """
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ConfigError(
+            "partition_format", value, f"a path template string like {PARTITION_FORMAT_EXAMPLE}"
+        )
+    keys: list[str] = []
+    position = 0
+    while position < len(value):
+        char = value[position]
+        if char == "}":
+            raise ConfigError(
+                "partition_format",
+                value,
+                f"braces only around key names, e.g. {PARTITION_FORMAT_EXAMPLE} ('}}' without '{{' at "
+                f"character {position + 1})",
+            )
+        if char == "{":
+            end = value.find("}", position)
+            name = value[position + 1 : end] if end > 0 else ""
+            if end < 0 or not _KEY_NAME.fullmatch(name):
+                raise ConfigError(
+                    "partition_format",
+                    value,
+                    f"braces only around key names, e.g. {PARTITION_FORMAT_EXAMPLE} ('{{' at character "
+                    f"{position + 1} does not open a {{name}} field)",
+                )
+            keys.append(name)
+            position = end
+        position += 1
+    if not keys:
+        raise ConfigError(
+            "partition_format", value, f"a path template with {{key}} fields, e.g. {PARTITION_FORMAT_EXAMPLE}"
+        )
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ConfigError(
+            "partition_format",
+            value,
+            f"each {{key}} at most once ({', '.join(repeated)} appears more than once)",
+        )
+
+
 @dataclass(frozen=True)
 class FileDataset:
     """Files given as paths, globs, folders (recursive) or fsspec URLs; `run()` gets local paths."""
@@ -27,6 +81,9 @@ class FileDataset:
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # credentials
 
     kind = "file"
+
+    def __post_init__(self) -> None:
+        check_partition_format(self.partition_format)
 
     @classmethod
     def from_files(
@@ -57,6 +114,7 @@ class TabularDataset:
             raise ConfigError("format", self.format, ", ".join(TABULAR_FORMATS))
         if not isinstance(self.separator, str) or len(self.separator) != 1 or self.separator in '\r\n"':
             raise ConfigError("separator", self.separator, "one character other than a quote or a newline")
+        check_partition_format(self.partition_format)
 
     @classmethod
     def from_delimited_files(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -31,19 +30,21 @@ from .cache import (
     Fingerprinter,
     MiniBatchCache,
     memo_path,
-    mini_batch_key,
     mini_batch_urls,
     resolve_cache_root,
 )
 from .cluster import dask_client, select_hosts
-from .config import ParallelRunConfig
+from .config import ParallelRunConfig, check_embedded_process_count
 from .datasets import Dataset
 from .errors import ConfigError
 from .joblogs import JobLogs
 from .jobspec import JobSpec, bundle_scripts
 from .minibatch import FileRef, MiniBatch
+from .output_files import collect_leftovers, publish_files
 from .planner import Plan, is_local, plan
 from .results import assemble
+from .reuse_key import digest as key_digest
+from .reuse_key import key_fields, mini_batch_key
 from .runner import AttemptResult, run_mini_batch, shutdown_job
 
 log = logging.getLogger("airflow_parallel_run")
@@ -96,51 +97,97 @@ def _normalise_output(output_path: str, storage_options: Mapping[str, Any]) -> t
     return fs.unstrip_protocol(path).rstrip("/"), False
 
 
+# Config fields with a component (and words in COMPONENT_WORDS) of their own; every other key field of
+# the config (reuse_key.key_fields) lands in the component "settings", named field by field.
+_OWN_COMPONENT = {
+    "environment_variables": "environment_variables",
+    "output_action": "output",
+    "append_row_file_name": "output",
+    "append_row_format": "output",
+    "partition_keys": "partition_keys",
+}
+
+
 def job_components(
     config: ParallelRunConfig,
     code_files: Mapping[str, str],
     arguments: Sequence[str],
     side_inputs: Mapping[str, str],
+    entry: str = "",
 ) -> dict[str, Any]:
-    """Everything that changes what run() produces, except the data (DESIGN §5), by component name."""
+    """Everything that changes what run() produces, except the data, by component name (see
+    /work/shared/DESIGN.md, reuse). Built from `key_fields(config)`, so a config field is in the key
+    unless core/reuse_key.py says, with a reason, that it cannot change a result. `entry` is the entry
+    script's path inside the code bundle (a source_directory holds several scripts)."""
+    fields = key_fields(config)
+    settings = {name: value for name, value in fields.items() if name not in _OWN_COMPONENT}
     return {
         "code": dict(sorted(code_files.items())),
+        "entry_script": entry or os.path.basename(config.entry_script),
         "arguments": list(arguments),
         "side_inputs": [side_inputs[url] for url in side_inputs],
-        "environment_variables": dict(sorted(config.environment_variables.items())),
-        "output": [config.output_action, config.append_row_file_name, config.append_row_format],
-        "partition_keys": list(config.partition_keys or ()),
+        "environment_variables": fields["environment_variables"],
+        "output": [fields["output_action"], fields["append_row_file_name"], fields["append_row_format"]],
+        "partition_keys": fields["partition_keys"] or [],
+        "settings": settings,
     }
 
 
 def _digest(material: Any) -> str:
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+    return key_digest(material)[:32]
 
 
 COMPONENT_WORDS = {
     "code": "the entry script or a file in source_directory changed",
+    "entry_script": "entry_script names another script",
     "arguments": "the arguments changed",
     "side_inputs": "a side input changed",
     "environment_variables": "environment_variables changed",
     "output": "the output settings (output_action, append_row_file_name, append_row_format) changed",
     "partition_keys": "partition_keys changed",
+    "settings": "a setting changed",
+    "read_options": "the read options of an input changed",
 }
+
+_PER_FIELD = ("code", "settings")  # components whose manifest entry names each field (digests only)
 
 
 def _component_digests(components: Mapping[str, Any]) -> dict[str, Any]:
-    """What the cache keeps about a job: per-file code hashes, and a digest of every other component."""
-    return {name: dict(value) if name == "code" else _digest(value) for name, value in components.items()}
+    """What the cache keeps about a job: per-file code hashes, per-field digests of settings and read
+    options, and a digest of every other component (never a value: environment variables may be secret)."""
+    digests: dict[str, Any] = {}
+    for name, value in components.items():
+        if name == "code":
+            digests[name] = dict(value)
+        elif name in _PER_FIELD:
+            digests[name] = {field: _digest(v) for field, v in value.items()}
+        elif name == "read_options":
+            digests[name] = [{field: _digest(v) for field, v in options.items()} for options in value]
+        else:
+            digests[name] = _digest(value)
+    return digests
 
 
 def explain_change(previous: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
     """Names the first key component that differs from the previous run of the same job."""
     for name, words in COMPONENT_WORDS.items():
-        if previous.get(name) != current.get(name):
-            if name == "code":
-                old, new = previous.get("code") or {}, current.get("code") or {}
-                changed = sorted(f for f in set(old) | set(new) if old.get(f) != new.get(f))
-                return f"{words} ({', '.join(changed[:3])})"
-            return words
+        old, new = previous.get(name), current.get(name)
+        if old == new:
+            continue
+        if name in ("code", "settings") and isinstance(old, dict) and isinstance(new, dict):
+            changed = sorted(f for f in set(old) | set(new) if old.get(f) != new.get(f))
+            return f"{words} ({', '.join(changed[:3])})"
+        if (
+            name == "read_options"
+            and isinstance(old, list)
+            and isinstance(new, list)
+            and len(old) == len(new)
+        ):
+            for index, (before, after) in enumerate(zip(old, new, strict=True)):
+                changed = sorted(f for f in set(before) | set(after) if before.get(f) != after.get(f))
+                if changed:
+                    return f"{words} (input {index}: {', '.join(changed)})"
+        return words
     return None
 
 
@@ -271,8 +318,10 @@ class JobDriver:
         fingerprinter = Fingerprinter(memo_path(self.cache.root), self.storage_options)
         try:
             side_fps = {url: fingerprinter.path(url) for url in self.side_inputs}
-            self.components = job_components(config, code_files, self.arguments, side_fps)
+            self.components = job_components(config, code_files, self.arguments, side_fps, entry)
             self.cache_key = _digest(self.components)
+            # each mini-batch's key holds its own input's read options (separator, encoding, ...)
+            self.read_options = [key_fields(dataset) for dataset in self.inputs]
             self.fingerprints: dict[str, str] = {}
             for input_index, dataset in enumerate(self.inputs):
                 refs = [
@@ -282,7 +331,8 @@ class JobDriver:
         finally:
             fingerprinter.close()
         self.keys = {
-            mb.index: mini_batch_key(self.cache_key, mb, self.fingerprints) for mb in self.plan.mini_batches
+            mb.index: mini_batch_key(self.cache_key, mb, self.fingerprints, self.read_options[mb.input_index])
+            for mb in self.plan.mini_batches
         }
         self.signature = _digest(
             [os.path.abspath(config.entry_script_path), [list(d.paths) for d in self.inputs], self.plan.kind]
@@ -314,6 +364,7 @@ class JobDriver:
             resource_monitor_interval=float(config.resource_monitor_interval),
             storage_options=self.storage_options,
         )
+        self._published: dict[str, int] = {}  # output_dir file -> the mini-batch that wrote it
         self.counters = Counters(len(self.plan.mini_batches), self.plan.total_items)
         self.stop_reason: str | None = None
         self.init_failures = 0
@@ -328,9 +379,18 @@ class JobDriver:
     def find_reusable(self) -> dict[int, AttemptResult]:
         """Cache hits (when allow_reuse) and a log line saying how many were reused and why others were not."""
         hits: dict[int, AttemptResult] = {}
+        damaged: list[str] = []
         if self.allow_reuse:
             for mb in self.plan.mini_batches:
-                meta = self.cache.lookup(self.keys[mb.index])
+                meta, problem = self.cache.verified(self.keys[mb.index])
+                if meta is not None and meta.get("files"):
+                    problem = self._restore_files(mb.index, meta)
+                    meta = None if problem else meta
+                if problem:  # a damaged entry is a miss that says so, never output
+                    damaged.append(
+                        f"cache entry {self.keys[mb.index]} of mini-batch {mb.index} failed verification "
+                        f"({problem}); it runs again"
+                    )
                 if meta is not None:
                     hits[mb.index] = AttemptResult(
                         mb.index,
@@ -344,6 +404,9 @@ class JobDriver:
                         reused=True,
                         error=f"reused cache entry {self.keys[mb.index]}",
                     )
+        for line in damaged:
+            self.logs.master(f"warning: {line}")
+            self._say(f"Warning: {line}")
         previous = self.cache.read_manifest(self.signature)
         misses = [mb for mb in self.plan.mini_batches if mb.index not in hits]
         if not self.allow_reuse:
@@ -353,10 +416,12 @@ class JobDriver:
         elif previous is None:
             reason = "no earlier run of this job in the cache"
         else:
-            current = _component_digests(self.components)
+            current = _component_digests({**self.components, "read_options": self.read_options})
             reason = explain_change(previous.get("components", {}), current) or self._explain_inputs(
                 previous.get("inputs", {}), misses
             )
+            if damaged and len(damaged) == len(misses):
+                reason = f"{len(damaged)} cache entries failed verification"
         self.reuse_line = (
             f"Reuse: {len(hits)} of {len(self.plan.mini_batches)} mini-batches reused from {self.cache.root}"
             + (f"; {len(misses)} to run: {reason}" if misses else "")
@@ -364,7 +429,10 @@ class JobDriver:
         self.logs.master(self.reuse_line)
         self.cache.write_manifest(
             self.signature,  # digests only: environment variables may hold secrets
-            {"components": _component_digests(self.components), "inputs": self.fingerprints},
+            {
+                "components": _component_digests({**self.components, "read_options": self.read_options}),
+                "inputs": self.fingerprints,
+            },
         )
         return hits
 
@@ -396,16 +464,47 @@ class JobDriver:
         thread would compete for the GIL the driver shares with the client's event loop (and, on
         the embedded cluster, with the workers).
         """
+        files_url = self.spec.files_url(result.index, result.attempt)
+        if result.uncacheable:
+            self.logs.master(f"mini-batch {result.index} is not cached: {result.uncacheable}")
+        else:
+            try:
+                cached = self.cache.store(
+                    self.keys[result.index],
+                    result.part_url,
+                    {"total": result.total, "succeeded": result.succeeded, "columns": result.columns},
+                    files_url,
+                    result.files,
+                )
+                if result.part_url:
+                    result.part_url = cached
+            except Exception as exc:  # noqa: BLE001 - a full cache disk must not fail the job
+                self.logs.master(f"could not cache mini-batch {result.index}: {type(exc).__name__}: {exc}")
+        if result.files:  # the committed attempt's output_dir files, and no other attempt's, reach the output
+            self._publish(result.index, files_url, result.files, move=True)
+
+    def _restore_files(self, index: int, meta: Mapping[str, Any]) -> str | None:
+        """Copies the files a reused entry's script wrote to output_dir into this job's output folder."""
         try:
-            cached = self.cache.store(
-                self.keys[result.index],
-                result.part_url,
-                {"total": result.total, "succeeded": result.succeeded, "columns": result.columns},
+            self._publish(index, str(meta["files_url"]), [f["name"] for f in meta["files"]], move=False)
+        except OSError as exc:
+            return f"its files cannot be copied to the output ({type(exc).__name__}: {exc})"
+        return None
+
+    def _publish(self, index: int, source: str, names: Sequence[str], *, move: bool) -> None:
+        """Moves (copies, from the cache) a mini-batch's output_dir files into the output folder. A name
+        another mini-batch wrote already is appended to, with a warning (core/output_files.py)."""
+        shared = {name for name in names if self._published.get(name, index) != index}
+        for name in sorted(shared):
+            warning = (
+                f"mini-batches {self._published[name]} and {index} both wrote {name} to output_dir; "
+                "the output holds both, one after the other"
             )
-            if result.part_url:
-                result.part_url = cached
-        except Exception as exc:  # noqa: BLE001 - a full cache disk must not fail the job
-            self.logs.master(f"could not cache mini-batch {result.index}: {type(exc).__name__}: {exc}")
+            self.logs.master(f"warning: {warning}")
+            self._say(f"Warning: {warning}")
+        publish_files(source, self.output, names, self.storage_options, move=move, append=shared)
+        for name in names:
+            self._published.setdefault(name, index)
 
     def release(self) -> None:
         """Frees the output folder for the next job (also called when a job ends early)."""
@@ -688,10 +787,25 @@ class JobDriver:
     def _finish(self) -> dict[str, Any]:
         """Assembles the output (unless the job failed) and writes the summary; temp files never outlive it."""
         try:
+            self._collect_process_files()
             return self._summarise()
         finally:
             self.release()
             self._cleanup_staging()
+
+    def _collect_process_files(self) -> None:
+        """Files the entry-script processes wrote to output_dir outside run() go to the output folder."""
+        try:
+            published = set(self._published)
+            appended = collect_leftovers(self.spec.staging_url, self.output, self.storage_options, published)
+        except OSError as exc:
+            self.logs.master(f"could not move the files written outside run(): {type(exc).__name__}: {exc}")
+            return
+        if appended:
+            self.logs.master(
+                f"output_dir files written by several entry-script processes were concatenated: "
+                f"{', '.join(sorted(set(appended))[:5])}"
+            )
 
     def _summarise(self) -> dict[str, Any]:
         c, cfg = self.counters, self.config
@@ -818,6 +932,8 @@ def run_job(
 
     Raises `ConfigError`/`InputError` before anything runs when the configuration or inputs are bad.
     """
+    if scheduler is None and client is None:
+        check_embedded_process_count(config)  # before planning: this host runs every process
     driver = JobDriver(
         config,
         inputs,

@@ -100,6 +100,16 @@ def _error(status: str, exc: BaseException) -> tuple[str, dict[str, Any]]:
     )
 
 
+def _point_output_dir(url: str, *, singleton: bool = True) -> None:
+    """`AZUREML_BI_OUTPUT_PATH` (and `EntryScript().output_dir`) name `url` from now on; a local
+    folder exists, as the job's output folder always did."""
+    if "://" not in url:
+        os.makedirs(url, exist_ok=True)
+    os.environ["AZUREML_BI_OUTPUT_PATH"] = url
+    if singleton:
+        EntryScript()._output_dir = url
+
+
 def main(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     conn = Connection(os.dup(sock.fileno()))
@@ -119,6 +129,8 @@ def main(fd: int) -> None:
             sys.path.insert(0, folder)
     sys.argv = [setup["entry_script"], *setup["arguments"]]
     started = time.monotonic()
+    # this process's own output_dir (core/output_files.py), before the script may read it on import
+    _point_output_dir(setup["output_dir"], singleton=False)
     try:
         EntryScript()
         module = _load_script(setup["entry_script"])
@@ -133,6 +145,9 @@ def main(fd: int) -> None:
     run = module.run
     with_context = _wants_context(run)
     from . import results
+    from .output_files import OutputDirWatch
+
+    watch = OutputDirWatch(setup["output_dir"], setup["storage_options"])
     from .reader import materialize
 
     while True:
@@ -161,14 +176,20 @@ def main(fd: int) -> None:
         cpu_started = time.process_time()
         run_started = time.monotonic()
         try:
-            result = run(data, MiniBatchContext(mini_batch)) if with_context else run(data)
-            run_seconds = time.monotonic() - run_started
+            watch.start()
+            _point_output_dir(payload["files_url"])  # this attempt's own folder (core/output_files.py)
+            try:
+                result = run(data, MiniBatchContext(mini_batch)) if with_context else run(data)
+                run_seconds = time.monotonic() - run_started
+            finally:
+                _point_output_dir(setup["output_dir"])
+                files, uncacheable = watch.finish(payload["files_url"])
             succeeded = results.count_result(result, total)
-            part: dict[str, Any] = {}
+            part: dict[str, Any] = {"files": files, "uncacheable": uncacheable}
             if setup["output_action"] == "append_row" and succeeded:
                 blob, columns = results.encode_part(result, setup["append_row_format"])
                 results.write_atomic(payload["part_url"], blob, setup["storage_options"])
-                part = {"part_url": payload["part_url"], "columns": columns}
+                part.update(part_url=payload["part_url"], columns=columns)
         except results.InvalidResultError as exc:
             conn.send(
                 ("error", {"status": "RUN_INVALID_RESULT", "message": str(exc), "traceback": str(exc) + "\n"})

@@ -9,6 +9,7 @@ import zipfile
 from dataclasses import dataclass, field
 
 from .datasets import Dataset
+from .output_files import attempt_folder, process_folder
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,14 @@ class JobSpec:
     load_timeout: float = 600.0
     resource_monitor_interval: float = 600.0
     storage_options: dict[str, object] = field(default_factory=dict)  # for output/staging/logs
+
+    def files_url(self, index: int, attempt: int) -> str:
+        """The attempt's own `output_dir` (see core/output_files.py)."""
+        return attempt_folder(self.staging_url, index, attempt)
+
+    def process_files_url(self, node: str, process: str) -> str:
+        """An entry-script process's own `output_dir` outside run() (see core/output_files.py)."""
+        return process_folder(self.staging_url, node, process)
 
     def part_url(self, index: int, attempt: int) -> str:
         ext = {"text": "txt", "csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}[self.append_row_format]

@@ -104,8 +104,22 @@ def list_input(path: str, storage_options: dict[str, Any]) -> tuple[str, list[Fi
         raise InputError(
             f"input {path!r} matched no files (names starting with '.' or '_' are skipped in folders)"
         )
+    for ref in refs:
+        _check_utf8_name(ref.url)
     refs.sort(key=lambda r: r.url)
     return to_url(fs, root.rstrip("/")) if root else "", refs
+
+
+def _check_utf8_name(url: str) -> None:
+    """A local name that is not valid UTF-8 (decoded with surrogate escapes) cannot be written to the
+    logs, the cache or the output as text: refused up front, naming the file by its bytes."""
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"input file {os.fsencode(url)!r} has a name that is not valid UTF-8; rename it (for example "
+            "with convmv) or leave it out of the inputs"
+        ) from None
 
 
 def _expand(fs: fsspec.AbstractFileSystem, fs_path: str, path: str, local: bool) -> tuple[str, list[FileRef]]:

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,8 @@ class AttemptResult:
     part_url: str | None = None
     columns: list[str] = field(default_factory=list)
     reused: bool = False
+    files: list[str] = field(default_factory=list)  # what run() wrote to its output_dir
+    uncacheable: str = ""  # why this attempt's result cannot be cached ("" when it can)
 
     @property
     def ok(self) -> bool:
@@ -68,8 +71,38 @@ class AttemptResult:
         return self.total - self.succeeded
 
 
+_ROOT_LOCK = threading.Lock()
+_ROOT: list[str] = []  # this process's scratch root, once checked
+
+
+def _private(path: str) -> bool:
+    """A real folder (not a symlink), owned by this user, that no one else can write to."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
+
+
 def _tmp_root() -> str:
-    return os.path.join(tempfile.gettempdir(), "airflow-parallel-run")
+    """This user's scratch root on this host: `<tmp>/airflow-parallel-run-<uid>`, mode 0700.
+
+    Code, side inputs, working folders and worker logs live under it, so on a shared host a folder
+    someone else made there could replace what runs. A root that is not a private folder of this
+    user (another owner, writable by others, a symlink) is never used: a fresh `mkdtemp` folder is.
+    """
+    with _ROOT_LOCK:
+        if _ROOT and _private(_ROOT[0]):
+            return _ROOT[0]
+        root = os.path.join(tempfile.gettempdir(), f"airflow-parallel-run-{os.getuid()}")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(root, 0o700)
+        if _private(root):
+            os.chmod(root, 0o700)
+        else:
+            root = tempfile.mkdtemp(prefix="airflow-parallel-run-")
+        _ROOT[:] = [root]
+        return root
 
 
 def local_log_root(spec: JobSpec) -> str:
@@ -90,28 +123,26 @@ def _node_name() -> str:
 
 
 _LOCK = threading.Lock()
-_BUNDLES: dict[str, str] = {}
+_BUNDLES: dict[tuple[str, str], str] = {}
 _SIDE_INPUTS: dict[tuple[str, str], str] = {}
 
 
 def _extract_bundle(spec: JobSpec) -> str:
+    """Unpacks the job's code into a new private folder (mkdtemp: 0700, ours) once per job and process.
+
+    A folder is never found by name and trusted: the bundle hash is computable from the script, so a
+    name derived from it could be prepared by someone else on a shared host. Removed by `shutdown_job`.
+    """
     with _LOCK:
-        if spec.bundle_hash in _BUNDLES and os.path.isdir(_BUNDLES[spec.bundle_hash]):
-            return _BUNDLES[spec.bundle_hash]
-        target = os.path.join(_tmp_root(), "code", spec.bundle_hash[:32])
-        if not os.path.isdir(target):
-            staging = tempfile.mkdtemp(
-                prefix="code-",
-                dir=os.path.dirname(target) if os.path.isdir(os.path.dirname(target)) else None,
-            )
-            with zipfile.ZipFile(io.BytesIO(spec.script_bundle)) as archive:
-                archive.extractall(staging)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            try:
-                os.rename(staging, target)
-            except OSError:  # another worker process extracted it first
-                shutil.rmtree(staging, ignore_errors=True)
-        _BUNDLES[spec.bundle_hash] = target
+        key = (spec.job_id, spec.bundle_hash)
+        if key in _BUNDLES and os.path.isdir(_BUNDLES[key]):
+            return _BUNDLES[key]
+        target = tempfile.mkdtemp(
+            prefix=f"code-{spec.job_id}-", dir=_ensure(os.path.join(_tmp_root(), "code"))
+        )
+        with zipfile.ZipFile(io.BytesIO(spec.script_bundle)) as archive:
+            archive.extractall(target)
+        _BUNDLES[key] = target
         return target
 
 
@@ -259,6 +290,8 @@ class EntryProcess:
         env.update(spec.environment_variables)
         env.update(
             {
+                # the job's output folder identifies the job (ps, /proc); the process itself points
+                # output_dir at a folder of its own at once (core/output_files.py)
                 "AZUREML_BI_OUTPUT_PATH": spec.output_url,
                 "AIRFLOW_PARALLEL_RUN_AGENT": self.name,
                 "AIRFLOW_PARALLEL_RUN_NODE": self.node,
@@ -297,6 +330,7 @@ class EntryProcess:
                 "output_action": spec.output_action,
                 "append_row_format": spec.append_row_format,
                 "storage_options": dict(spec.storage_options),
+                "output_dir": spec.process_files_url(self.node, self.name),
             }
         )
         self.node_log(f"started pid {self.proc.pid}; running init()")
@@ -435,6 +469,7 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
                     "mini_batch": mini_batch,
                     "attempt": attempt,
                     "part_url": spec.part_url(mini_batch.index, attempt),
+                    "files_url": spec.files_url(mini_batch.index, attempt),
                 },
             )
         )
@@ -479,6 +514,7 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
             result.total, result.succeeded = info["total"], info["succeeded"]
             result.run_seconds, result.cpu_seconds = info["run_seconds"], info["cpu_seconds"]
             result.part_url, result.columns = info.get("part_url"), info.get("columns", [])
+            result.files, result.uncacheable = info.get("files", []), info.get("uncacheable", "")
             result.elapsed_seconds = time.monotonic() - started
             process.node_log(
                 f"completed mini-batch {mini_batch.index} attempt {attempt}: entry-script pid "
@@ -550,4 +586,7 @@ def shutdown_job(
             )
     for job, _url in [k for k in _SIDE_INPUTS if k[0] == job_id]:
         _SIDE_INPUTS.pop((job, _url), None)
+    with _LOCK:
+        for bundle in [k for k in _BUNDLES if k[0] == job_id]:
+            shutil.rmtree(_BUNDLES.pop(bundle), ignore_errors=True)
     return stopped

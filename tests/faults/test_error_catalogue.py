@@ -7,7 +7,9 @@ doc; absolute paths are compared with the scratch folder written as `/data`. Pla
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -142,9 +144,37 @@ CASES = [
         "run_invocation_timeout=0 is not allowed: a number of seconds > 0",
     ),
     Case(
+        "run_invocation_timeout not finite",
+        lambda: config(run_invocation_timeout=float("nan")),
+        "run_invocation_timeout=nan is not allowed: a finite number of seconds > 0",
+    ),
+    Case(
+        "resource_monitor_interval not finite",
+        lambda: config(resource_monitor_interval=float("inf")),
+        "resource_monitor_interval=inf is not allowed: a finite number of seconds >= 0 (0 turns monitoring off)",
+    ),
+    Case(
         "process_count_per_node",
         lambda: config(process_count_per_node=0),
         "process_count_per_node=0 is not allowed: an integer >= 1",
+    ),
+    Case(
+        "append_row_file_name too long",
+        lambda: config(append_row_file_name="r" * 296 + ".txt"),
+        "append_row_file_name='<name>' is not allowed: a file name of at most 200 bytes in UTF-8 (file systems "
+        "allow 255 and the engine adds up to 55 for temporary names); this one has 300",
+    ),
+    Case(
+        "entry_script outside source_directory",
+        lambda: ParallelRunConfig(source_directory="src", entry_script="../score.py"),
+        "entry_script='../score.py' is not allowed: a file inside source_directory ('src'): only that folder is "
+        "shipped to the workers",
+    ),
+    Case(
+        "FIFO in source_directory",
+        lambda: (os.mkfifo("src/pipe"), ParallelRunConfig(source_directory="src", entry_script="score.py")),
+        "source_directory='src' is not allowed: a folder of regular files only (every file is shipped to the "
+        "workers); src/pipe is a FIFO",
     ),
     Case(
         "node_count as a string",
@@ -212,6 +242,30 @@ CASES = [
         "'{user}/{season}/{genres}.wav'",
     ),
     Case(
+        "partition_format with a repeated key",
+        lambda: FileDataset.from_files("in", partition_format="{a}/{a}.txt"),
+        "partition_format='{a}/{a}.txt' is not allowed: each {key} at most once (a appears more than once)",
+    ),
+    Case(
+        "partition_format with an unclosed brace",
+        lambda: FileDataset.from_files("in", partition_format="{a/x.txt"),
+        "partition_format='{a/x.txt' is not allowed: braces only around key names, e.g. "
+        "'{user}/{season}/{genres}.wav' ('{' at character 1 does not open a {name} field)",
+    ),
+    Case(
+        "partition_format with a stray closing brace",
+        lambda: FileDataset.from_files("in", partition_format="{a}/b}.txt"),
+        "partition_format='{a}/b}.txt' is not allowed: braces only around key names, e.g. "
+        "'{user}/{season}/{genres}.wav' ('}' without '{' at character 6)",
+    ),
+    Case(
+        "file name not UTF-8",
+        lambda: (open(b"in/caf\xe9.txt", "w").close(), plan([files()], config())),
+        "input file b'/data/in/caf\\xe9.txt' has a name that is not valid UTF-8; rename it (for example with "
+        "convmv) or leave it out of the inputs",
+        InputError,
+    ),
+    Case(
         "corrupt parquet",
         lambda: plan([TabularDataset.from_parquet_files("bad.parquet")], config()),
         "/data/bad.parquet: not a readable Parquet file: Parquet magic bytes not found in footer. Either the "
@@ -240,6 +294,12 @@ CASES = [
         "side_inputs='no_such_side_input' is not allowed: an existing file or folder, or an fsspec URL",
     ),
     Case(
+        "more processes than the embedded cluster runs",
+        lambda: run_job(config(process_count_per_node=100_000), [files()], "out"),
+        "process_count_per_node=100000 is not allowed: at most <limit> on the embedded cluster (4 per CPU; this "
+        "host has <cpus>); for more, run on a Dask cluster (--scheduler or dask_conn_id)",
+    ),
+    Case(
         "argument not a string",
         lambda: run_job(config(), [files()], "out", arguments=["--n", 3]),  # type: ignore[list-item]
         "arguments=['--n', 3] is not allowed: a list of strings",
@@ -259,6 +319,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "header.csv").write_text("a,b\n")
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
     (tmp_path / "out.txt").write_text("a file, not a folder\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "score.py").write_text("def run(mini_batch):\n    return mini_batch\n")
     return tmp_path
 
 
@@ -365,6 +427,30 @@ def test_unreachable_scheduler_fails_in_bounded_time(unreachable_scheduler: Back
     assert f"127.0.0.1:{run.port}" in stderr
 
 
+INTERRUPTED = (
+    "airflow-parallel-run: interrupted by SIGINT while <stage>; the job did not run and nothing it started is "
+    "left running"
+)
+
+
+def test_cli_interrupted_during_startup(workspace: Path) -> None:
+    """A signal before the job runs (here: while the CLI connects to a scheduler that is not there)."""
+    argv = [*CLI, "run", "--input", "in", "--output", "out", "--entry-script", "score.py"]
+    proc = subprocess.Popen(
+        [*argv, "--scheduler", f"tcp://127.0.0.1:{closed_port()}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 90
+    while not (workspace / "out" / ".airflow-parallel-run.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and stdout == "" and "Traceback" not in stderr, stderr
+    check_documented(INTERRUPTED, stderr.strip().splitlines()[0])
+
+
 def test_the_doc_lists_no_untested_message() -> None:
     """Every fenced message in sections 1-4 of docs/errors.md is one a test here checks."""
     text = doc_text()
@@ -379,6 +465,7 @@ def test_the_doc_lists_no_untested_message() -> None:
         "output_path='/data/out' is not allowed: a folder no other running job writes to; job pid <pid> on "
         "<host> has used it since <time> UTC (wait for it, or use another output_path; remove "
         "/data/out/.airflow-parallel-run.lock if that job is gone)",
+        INTERRUPTED,
     }
     untested = [m for m in documented if m not in tested]
     assert not untested, f"docs/errors.md lists messages no test checks: {untested}"
