@@ -27,7 +27,7 @@ import fsspec
 import xxhash
 
 from .minibatch import FileRef, MiniBatch
-from .results import write_atomic
+from .results import PART_ENCODING_VERSION, write_atomic
 
 DEFAULT_CACHE_ROOT = os.path.join("~", ".cache", "airflow-parallel-run")
 CACHE_ENV = "AIRFLOW_PARALLEL_RUN_CACHE"
@@ -174,6 +174,7 @@ def mini_batch_key(job_key: str, mini_batch: MiniBatch, fingerprints: Mapping[st
         "job": job_key,
         "kind": mini_batch.kind,
         "partition": mini_batch.partition_key_value,
+        "part_encoding": PART_ENCODING_VERSION,  # parts written in an older encoding are never served
     }
     # Each input's URL is part of the key, not only its content: run() sees the paths (scripts often
     # write the file name), so two mini-batches of equal contents under different names must not share.

@@ -43,7 +43,7 @@ from .joblogs import JobLogs
 from .jobspec import JobSpec, bundle_scripts
 from .minibatch import FileRef, MiniBatch
 from .planner import Plan, is_local, plan
-from .results import assemble
+from .results import JobSchema, Part, assemble, schema_from_text, schema_to_text
 from .runner import AttemptResult, run_mini_batch, shutdown_job
 
 log = logging.getLogger("airflow_parallel_run")
@@ -108,7 +108,7 @@ def job_components(
         "arguments": list(arguments),
         "side_inputs": [side_inputs[url] for url in side_inputs],
         "environment_variables": dict(sorted(config.environment_variables.items())),
-        "output": [config.output_action, config.append_row_file_name, config.append_row_format],
+        "output": [config.output_action, config.output_file_name, config.append_row_format],
         "partition_keys": list(config.partition_keys or ()),
     }
 
@@ -315,6 +315,7 @@ class JobDriver:
             storage_options=self.storage_options,
         )
         self.counters = Counters(len(self.plan.mini_batches), self.plan.total_items)
+        self.schema = JobSchema(config.append_row_format)  # the output's one schema over committed parts
         self.stop_reason: str | None = None
         self.init_failures = 0
         self.slots = max(1, config.node_count * config.processes_per_node)
@@ -341,9 +342,11 @@ class JobDriver:
                         succeeded=int(meta["succeeded"]),
                         part_url=meta["part_url"],
                         columns=list(meta.get("columns", [])),
+                        schema=schema_from_text(meta.get("schema")),
                         reused=True,
                         error=f"reused cache entry {self.keys[mb.index]}",
                     )
+            hits = self._admit_reused(hits)
         previous = self.cache.read_manifest(self.signature)
         misses = [mb for mb in self.plan.mini_batches if mb.index not in hits]
         if not self.allow_reuse:
@@ -367,6 +370,34 @@ class JobDriver:
             {"components": _component_digests(self.components), "inputs": self.fingerprints},
         )
         return hits
+
+    def _admit_reused(self, hits: Mapping[int, AttemptResult]) -> dict[int, AttemptResult]:
+        """Cached parts join the job's schema like fresh ones (in mini-batch order); one that cannot is run
+        again instead of reused."""
+        admitted = {}
+        for index, result in sorted(hits.items()):
+            problem = self.schema.admit(index, result.columns, result.schema)
+            if problem is None:
+                admitted[index] = result
+            else:
+                self.logs.master(f"mini-batch {index} runs again instead of being reused: {problem}")
+        return admitted
+
+    def _check_schema(self, mb: MiniBatch, result: AttemptResult) -> AttemptResult:
+        """A successful attempt whose records cannot join the job's schema fails (and is not committed)."""
+        if not result.ok or result.reused or mb.index in self.counters.finished:
+            return result
+        problem = self.schema.admit(mb.index, result.columns, result.schema)
+        if problem is None:
+            return result
+        return dataclasses.replace(
+            result,
+            status="RUN_INVALID_RESULT",
+            error=problem,
+            traceback=problem + "\n",
+            succeeded=0,
+            part_url=None,
+        )
 
     def _explain_inputs(self, previous_inputs: Mapping[str, str], misses: Sequence[MiniBatch]) -> str:
         changed, new = [], []
@@ -400,7 +431,12 @@ class JobDriver:
             cached = self.cache.store(
                 self.keys[result.index],
                 result.part_url,
-                {"total": result.total, "succeeded": result.succeeded, "columns": result.columns},
+                {
+                    "total": result.total,
+                    "succeeded": result.succeeded,
+                    "columns": result.columns,
+                    "schema": schema_to_text(result.schema),
+                },
             )
             if result.part_url:
                 result.part_url = cached
@@ -486,7 +522,7 @@ class JobDriver:
 
         `client` may be None only when every mini-batch is reused: then nothing starts on Dask.
         """
-        reused = self.find_reusable() if reused is None else reused
+        reused = self.find_reusable() if reused is None else self._admit_reused(reused)
         by_index = {mb.index: mb for mb in self.plan.mini_batches}
         for index, result in sorted(reused.items()):
             self.logs.attempt(result, json.dumps(by_index[index].describe()))
@@ -621,6 +657,7 @@ class JobDriver:
     ) -> None:
         """Books one attempt: commit, retry, or final failure; then checks the thresholds."""
         result = gathered if isinstance(gathered, AttemptResult) else self._collect(future, mb, attempt)
+        result = self._check_schema(mb, result)
         self.logs.attempt(result, json.dumps(mb.describe()))
         if mb.index in self.counters.finished:
             return  # a duplicate delivery: the first outcome stands
@@ -679,7 +716,7 @@ class JobDriver:
                 future.cancel()
                 continue
             in_flight.pop(key)
-            result = self._collect(future, mb, attempt)
+            result = self._check_schema(mb, self._collect(future, mb, attempt))
             self.logs.attempt(result, json.dumps(mb.describe()))
             if result.ok and mb.index not in self.counters.finished:
                 self._finalise(mb, result)
@@ -716,8 +753,10 @@ class JobDriver:
             message = f"{message}; also {log_failure}" if message else log_failure
         append_row_file = None
         if message is None and cfg.output_action == "append_row":
-            target = _join(self.output, cfg.append_row_file_name)
-            parts = [(i, r.part_url, r.columns) for i, r in sorted(c.committed.items()) if r.part_url]
+            target = _join(self.output, cfg.output_file_name)
+            parts = [
+                Part(i, r.part_url, r.columns, r.schema) for i, r in sorted(c.committed.items()) if r.part_url
+            ]
             try:
                 assemble(parts, target, cfg.append_row_format, self.storage_options)
                 append_row_file = target

@@ -57,6 +57,7 @@ class AttemptResult:
     error_file: str = ""
     part_url: str | None = None
     columns: list[str] = field(default_factory=list)
+    schema: bytes | None = None  # the part's Arrow schema (typed output formats), for the job's one schema
     reused: bool = False
 
     @property
@@ -479,6 +480,7 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
             result.total, result.succeeded = info["total"], info["succeeded"]
             result.run_seconds, result.cpu_seconds = info["run_seconds"], info["cpu_seconds"]
             result.part_url, result.columns = info.get("part_url"), info.get("columns", [])
+            result.schema = info.get("schema")
             result.elapsed_seconds = time.monotonic() - started
             process.node_log(
                 f"completed mini-batch {mini_batch.index} attempt {attempt}: entry-script pid "
