@@ -237,7 +237,32 @@ def test_a_result_that_cannot_join_the_schema_fails_its_own_attempt(
     assert again["reused_mini_batches"] == summary["succeeded_mini_batches"], "a rejected part was cached"
 
 
-# -- 6. JSON Lines out --------------------------------------------------------------------------------------
+# -- 6. JSON Lines in and out --------------------------------------------------------------------------------------
+
+
+def test_json_lines_strings_stay_strings_through_a_job(dask_client, write_script, tmp_path):
+    """Before: "01234" became 1234 (and columns named like dates became timestamps)."""
+    source = tmp_path / "people.jsonl"
+    records = [
+        {"zip": f"{i:05d}", "created_at": 1700000000 + i, "date": "2024-01-02", "score": 0.1 + i, "id": i}
+        for i in range(30)
+    ]
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    script = write_script("""
+        def run(mini_batch):
+            return mini_batch
+    """)
+    summary = job(
+        dask_client,
+        script,
+        [TabularDataset.from_json_lines_files(str(source))],
+        tmp_path / "out",
+        mini_batch_size=400,
+        append_row_format="jsonl",
+    )
+    assert summary["status"] == "succeeded" and summary["total_mini_batches"] > 3, summary
+    lines = Path(summary["append_row_file"]).read_text().splitlines()
+    assert [strict_json(line) for line in lines] == records
 
 
 def test_jsonl_output_is_json_with_native_values(dask_client, write_script, files, tmp_path):

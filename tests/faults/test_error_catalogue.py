@@ -7,6 +7,7 @@ doc; absolute paths are compared with the scratch folder written as `/data`. Pla
 
 from __future__ import annotations
 
+import gzip
 import re
 import subprocess
 import threading
@@ -229,6 +230,21 @@ CASES = [
         lambda: TabularDataset(("x",), "xml"),
         "format='xml' is not allowed: csv, parquet, jsonl",
     ),
+    Case(
+        "compressed csv",
+        lambda: plan([TabularDataset.from_delimited_files("rows.csv.gz")], config()),
+        "/data/rows.csv.gz: gzip-compressed csv is not supported: tabular files are split into mini-batches by "
+        "byte ranges, which a compressed stream does not allow; decompress the file first (Parquet compresses "
+        "internally and splits by row groups)",
+        InputError,
+    ),
+    Case(
+        "csv quote never closed",
+        lambda: plan([TabularDataset.from_delimited_files("open.csv")], config()),
+        "/data/open.csv: the quote opened at byte 6 is never closed (unterminated quoted field from line 2 to "
+        "the end of the CSV file; a quote is special only where a field starts, as pandas reads it)",
+        InputError,
+    ),
     # 3. run_job and the output folder
     Case(
         "output path is a file",
@@ -259,6 +275,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "empty_folder").mkdir()
     (tmp_path / "header.csv").write_text("a,b\n")
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    (tmp_path / "rows.csv.gz").write_bytes(gzip.compress(b"a,b\n1,2\n"))
+    (tmp_path / "open.csv").write_text('a,b\n1,"open\n2,3\n')
     (tmp_path / "out.txt").write_text("a file, not a folder\n")
     return tmp_path
 
