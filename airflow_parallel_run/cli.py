@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--allowed-failed-count", type=int)
     cfg.add_argument("--allowed-failed-percent", type=float)
     cfg.add_argument("--output-action", choices=OUTPUT_ACTIONS, default="append_row")
-    cfg.add_argument("--append-row-file-name", default="parallel_run_step.txt")
+    cfg.add_argument(
+        "--append-row-file-name",
+        help="default: parallel_run_step.<txt|csv|jsonl|parquet> by --append-row-format",
+    )
     cfg.add_argument("--append-row-format", choices=APPEND_ROW_FORMATS, default="text")
     cfg.add_argument("--node-count", type=int, default=1)
     cfg.add_argument("--process-count-per-node", type=int)

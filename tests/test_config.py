@@ -20,10 +20,28 @@ def script(tmp_path: Path) -> str:
 def test_defaults(script: str) -> None:
     cfg = ParallelRunConfig(entry_script=script)
     assert cfg.error_threshold == -1 and cfg.output_action == "append_row"
-    assert cfg.append_row_file_name == "parallel_run_step.txt" and cfg.run_max_try == 3
+    assert cfg.output_file_name == "parallel_run_step.txt" and cfg.run_max_try == 3
     assert cfg.mini_batch_size_for(tabular=False) == 10
     assert cfg.mini_batch_size_for(tabular=True) == 1024 * 1024
     assert cfg.processes_per_node >= 1
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [
+        ("text", "parallel_run_step.txt"),
+        ("csv", "parallel_run_step.csv"),
+        ("jsonl", "parallel_run_step.jsonl"),
+        ("parquet", "parallel_run_step.parquet"),
+    ],
+)
+def test_default_output_file_name_says_what_the_file_holds(script: str, fmt: str, name: str) -> None:
+    cfg = ParallelRunConfig(entry_script=script, append_row_format=fmt)
+    assert cfg.append_row_file_name is None and cfg.output_file_name == name
+    assert cfg.with_overrides(append_row_format="parquet").output_file_name == "parallel_run_step.parquet"
+    named = ParallelRunConfig(entry_script=script, append_row_format=fmt, append_row_file_name="scores.out")
+    assert named.output_file_name == "scores.out"
+    assert named.with_overrides(append_row_format="csv").output_file_name == "scores.out"
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,10 @@ from .errors import ConfigError
 
 OUTPUT_ACTIONS = ("append_row", "summary_only")
 APPEND_ROW_FORMATS = ("text", "csv", "jsonl", "parquet")
+# The output file's name when append_row_file_name is not given: Azure's name for text, and a name whose
+# extension says what the file holds for the other formats (a Parquet file called .txt misleads readers).
+DEFAULT_FILE_STEM = "parallel_run_step"
+FORMAT_EXTENSIONS = {"text": "txt", "csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
 LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING")
 DEFAULT_FILE_MINI_BATCH = 10
 DEFAULT_TABULAR_MINI_BATCH = "1MB"
@@ -147,7 +151,7 @@ class ParallelRunConfig:
     allowed_failed_count: int | None = None
     allowed_failed_percent: float | None = None
     output_action: str = "append_row"
-    append_row_file_name: str = "parallel_run_step.txt"
+    append_row_file_name: str | None = None  # None: parallel_run_step.<txt|csv|jsonl|parquet> by format
     append_row_format: str = "text"
     node_count: int = 1
     process_count_per_node: int | None = None
@@ -211,7 +215,7 @@ class ParallelRunConfig:
             raise ConfigError("output_action", self.output_action, " or ".join(OUTPUT_ACTIONS))
         set_(self, "output_action", self.output_action.lower())
         name = self.append_row_file_name
-        if (
+        if name is not None and (
             not isinstance(name, str)
             or not name.strip()
             or name in (".", "..")
@@ -223,7 +227,7 @@ class ParallelRunConfig:
                 name,
                 "a plain file name: no path separators, no '..', none of ~\"#%&*:<>?/\\{|}",
             )
-        size = len(name.encode("utf-8", "surrogateescape"))
+        size = len(name.encode("utf-8", "surrogateescape")) if name is not None else 0
         if size > MAX_FILE_NAME_BYTES:
             raise ConfigError(
                 "append_row_file_name",
@@ -268,6 +272,13 @@ class ParallelRunConfig:
         if self.source_directory:
             return os.path.join(self.source_directory, self.entry_script)
         return self.entry_script
+
+    @property
+    def output_file_name(self) -> str:
+        """`append_row_file_name`, or the default name for `append_row_format`."""
+        if self.append_row_file_name is not None:
+            return self.append_row_file_name
+        return f"{DEFAULT_FILE_STEM}.{FORMAT_EXTENSIONS[self.append_row_format]}"
 
     @property
     def processes_per_node(self) -> int:

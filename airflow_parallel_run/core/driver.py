@@ -42,7 +42,7 @@ from .jobspec import JobSpec, bundle_scripts
 from .minibatch import FileRef, MiniBatch
 from .output_files import collect_leftovers, publish_files
 from .planner import Plan, is_local, plan
-from .results import assemble
+from .results import JobSchema, Part, assemble, schema_from_text, schema_to_text
 from .reuse_key import digest as key_digest
 from .reuse_key import key_fields, mini_batch_key
 from .runner import AttemptResult, run_mini_batch, shutdown_job
@@ -127,7 +127,7 @@ def job_components(
         "arguments": list(arguments),
         "side_inputs": [side_inputs[url] for url in side_inputs],
         "environment_variables": fields["environment_variables"],
-        "output": [fields["output_action"], fields["append_row_file_name"], fields["append_row_format"]],
+        "output": [fields["output_action"], config.output_file_name, fields["append_row_format"]],
         "partition_keys": fields["partition_keys"] or [],
         "settings": settings,
     }
@@ -366,6 +366,7 @@ class JobDriver:
         )
         self._published: dict[str, int] = {}  # output_dir file -> the mini-batch that wrote it
         self.counters = Counters(len(self.plan.mini_batches), self.plan.total_items)
+        self.schema = JobSchema(config.append_row_format)  # the output's one schema over committed parts
         self.stop_reason: str | None = None
         self.init_failures = 0
         self.slots = max(1, config.node_count * config.processes_per_node)
@@ -380,12 +381,10 @@ class JobDriver:
         """Cache hits (when allow_reuse) and a log line saying how many were reused and why others were not."""
         hits: dict[int, AttemptResult] = {}
         damaged: list[str] = []
+        files_meta: dict[int, dict[str, Any]] = {}  # hits whose entry holds output_dir files
         if self.allow_reuse:
             for mb in self.plan.mini_batches:
                 meta, problem = self.cache.verified(self.keys[mb.index])
-                if meta is not None and meta.get("files"):
-                    problem = self._restore_files(mb.index, meta)
-                    meta = None if problem else meta
                 if problem:  # a damaged entry is a miss that says so, never output
                     damaged.append(
                         f"cache entry {self.keys[mb.index]} of mini-batch {mb.index} failed verification "
@@ -401,8 +400,22 @@ class JobDriver:
                         succeeded=int(meta["succeeded"]),
                         part_url=meta["part_url"],
                         columns=list(meta.get("columns", [])),
+                        schema=schema_from_text(meta.get("schema")),
                         reused=True,
                         error=f"reused cache entry {self.keys[mb.index]}",
+                    )
+                    if meta.get("files"):
+                        files_meta[mb.index] = meta
+            hits = self._admit_reused(hits)
+            for index, meta in sorted(files_meta.items()):  # only entries that are really reused
+                if index not in hits:
+                    continue
+                problem = self._restore_files(index, meta)
+                if problem:
+                    del hits[index]
+                    damaged.append(
+                        f"cache entry {self.keys[index]} of mini-batch {index} failed verification "
+                        f"({problem}); it runs again"
                     )
         for line in damaged:
             self.logs.master(f"warning: {line}")
@@ -435,6 +448,34 @@ class JobDriver:
             },
         )
         return hits
+
+    def _admit_reused(self, hits: Mapping[int, AttemptResult]) -> dict[int, AttemptResult]:
+        """Cached parts join the job's schema like fresh ones (in mini-batch order); one that cannot is run
+        again instead of reused."""
+        admitted = {}
+        for index, result in sorted(hits.items()):
+            problem = self.schema.admit(index, result.columns, result.schema)
+            if problem is None:
+                admitted[index] = result
+            else:
+                self.logs.master(f"mini-batch {index} runs again instead of being reused: {problem}")
+        return admitted
+
+    def _check_schema(self, mb: MiniBatch, result: AttemptResult) -> AttemptResult:
+        """A successful attempt whose records cannot join the job's schema fails (and is not committed)."""
+        if not result.ok or result.reused or mb.index in self.counters.finished:
+            return result
+        problem = self.schema.admit(mb.index, result.columns, result.schema)
+        if problem is None:
+            return result
+        return dataclasses.replace(
+            result,
+            status="RUN_INVALID_RESULT",
+            error=problem,
+            traceback=problem + "\n",
+            succeeded=0,
+            part_url=None,
+        )
 
     def _explain_inputs(self, previous_inputs: Mapping[str, str], misses: Sequence[MiniBatch]) -> str:
         changed, new = [], []
@@ -472,7 +513,12 @@ class JobDriver:
                 cached = self.cache.store(
                     self.keys[result.index],
                     result.part_url,
-                    {"total": result.total, "succeeded": result.succeeded, "columns": result.columns},
+                    {
+                        "total": result.total,
+                        "succeeded": result.succeeded,
+                        "columns": result.columns,
+                        "schema": schema_to_text(result.schema),
+                    },
                     files_url,
                     result.files,
                 )
@@ -585,7 +631,7 @@ class JobDriver:
 
         `client` may be None only when every mini-batch is reused: then nothing starts on Dask.
         """
-        reused = self.find_reusable() if reused is None else reused
+        reused = self.find_reusable() if reused is None else self._admit_reused(reused)
         by_index = {mb.index: mb for mb in self.plan.mini_batches}
         for index, result in sorted(reused.items()):
             self.logs.attempt(result, json.dumps(by_index[index].describe()))
@@ -720,6 +766,7 @@ class JobDriver:
     ) -> None:
         """Books one attempt: commit, retry, or final failure; then checks the thresholds."""
         result = gathered if isinstance(gathered, AttemptResult) else self._collect(future, mb, attempt)
+        result = self._check_schema(mb, result)
         self.logs.attempt(result, json.dumps(mb.describe()))
         if mb.index in self.counters.finished:
             return  # a duplicate delivery: the first outcome stands
@@ -778,7 +825,7 @@ class JobDriver:
                 future.cancel()
                 continue
             in_flight.pop(key)
-            result = self._collect(future, mb, attempt)
+            result = self._check_schema(mb, self._collect(future, mb, attempt))
             self.logs.attempt(result, json.dumps(mb.describe()))
             if result.ok and mb.index not in self.counters.finished:
                 self._finalise(mb, result)
@@ -830,8 +877,10 @@ class JobDriver:
             message = f"{message}; also {log_failure}" if message else log_failure
         append_row_file = None
         if message is None and cfg.output_action == "append_row":
-            target = _join(self.output, cfg.append_row_file_name)
-            parts = [(i, r.part_url, r.columns) for i, r in sorted(c.committed.items()) if r.part_url]
+            target = _join(self.output, cfg.output_file_name)
+            parts = [
+                Part(i, r.part_url, r.columns, r.schema) for i, r in sorted(c.committed.items()) if r.part_url
+            ]
             try:
                 assemble(parts, target, cfg.append_row_format, self.storage_options)
                 append_row_file = target

@@ -187,9 +187,9 @@ def main(fd: int) -> None:
             succeeded = results.count_result(result, total)
             part: dict[str, Any] = {"files": files, "uncacheable": uncacheable}
             if setup["output_action"] == "append_row" and succeeded:
-                blob, columns = results.encode_part(result, setup["append_row_format"])
+                blob, columns, schema = results.encode_part(result, setup["append_row_format"])
                 results.write_atomic(payload["part_url"], blob, setup["storage_options"])
-                part.update(part_url=payload["part_url"], columns=columns)
+                part.update(part_url=payload["part_url"], columns=columns, schema=schema)
         except results.InvalidResultError as exc:
             conn.send(
                 ("error", {"status": "RUN_INVALID_RESULT", "message": str(exc), "traceback": str(exc) + "\n"})

@@ -20,6 +20,7 @@ from typing import Any
 from .config import ParallelRunConfig
 from .datasets import FileDataset, TabularDataset
 from .minibatch import MiniBatch, TabularSlice
+from .results import PART_ENCODING_VERSION
 
 #: Bumped whenever what a key means changes (what is hashed, or how a cached part is encoded), so
 #: entries written under the old meaning simply miss.
@@ -116,6 +117,7 @@ def mini_batch_key(
     urls = [f.url for f in mini_batch.files] or [s.url for s in mini_batch.slices]
     material = {
         "format": KEY_FORMAT,
+        "part_encoding": PART_ENCODING_VERSION,  # parts written in an older encoding are never served
         "job": job_key,
         "dataset": dict(dataset_options or {}),
         "mini_batch": key_fields(mini_batch),

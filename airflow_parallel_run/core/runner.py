@@ -58,6 +58,7 @@ class AttemptResult:
     error_file: str = ""
     part_url: str | None = None
     columns: list[str] = field(default_factory=list)
+    schema: bytes | None = None  # the part's Arrow schema (typed output formats), for the job's one schema
     reused: bool = False
     files: list[str] = field(default_factory=list)  # what run() wrote to its output_dir
     uncacheable: str = ""  # why this attempt's result cannot be cached ("" when it can)
@@ -515,6 +516,7 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
             result.run_seconds, result.cpu_seconds = info["run_seconds"], info["cpu_seconds"]
             result.part_url, result.columns = info.get("part_url"), info.get("columns", [])
             result.files, result.uncacheable = info.get("files", []), info.get("uncacheable", "")
+            result.schema = info.get("schema")
             result.elapsed_seconds = time.monotonic() - started
             process.node_log(
                 f"completed mini-batch {mini_batch.index} attempt {attempt}: entry-script pid "

@@ -31,7 +31,29 @@ __all__ = ["plan_tabular_file", "read_tabular"]
 _CHUNK_BYTES = 8 * 1024 * 1024
 
 _NL = 0x0A
+_CR = 0x0D
 _QUOTE = 0x22
+_UTF8_BOM = b"\xef\xbb\xbf"
+# Compressed files cannot be split at byte offsets: refused by name (suffix) or by their first bytes.
+_COMPRESSED_SUFFIXES = {
+    ".gz": "gzip",
+    ".tgz": "gzip",
+    ".bz2": "bzip2",
+    ".xz": "xz",
+    ".lzma": "xz",
+    ".zst": "zstd",
+    ".zip": "zip",
+    ".lz4": "lz4",
+    ".z": "compress",
+    ".snappy": "snappy",
+}
+_COMPRESSED_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"PK\x03\x04", "zip"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+)
 # Bytes pandas' CSV tokenizer ignores when deciding a line is blank (skip_blank_lines): space, tab, CR.
 _CSV_BLANK_BYTES = (0x09, 0x0D, 0x20)
 # read_json(lines=True) drops lines that are empty after str.strip().
@@ -43,8 +65,9 @@ _RAGGED_ROW = re.compile(r"(Expected \d+ fields in )line (\d+)(, saw \d+)")
 def plan_tabular_file(url: str, size: int, dataset: TabularDataset, target_bytes: int) -> list[TabularSlice]:
     """Split one file into slices of about `target_bytes` each, never crossing the file's boundary.
 
-    csv/jsonl slices are byte ranges ending just after a record-terminating newline (quoted newlines in CSV
-    are skipped by tracking quote parity), so each slice parses on its own; parquet slices are runs of
+    csv/jsonl slices are byte ranges ending just after a record-terminating newline (newlines inside quoted
+    CSV fields are skipped by following pandas' tokenizer, see `_QuoteTracker`), so each slice parses on its
+    own; parquet slices are runs of
     consecutive row groups, found from the footer alone. `size` is the listed size; the scan itself reads
     to end of file, so a stale listing cannot cut the last record. Slices with no records are never
     produced: their bytes (blank lines) are folded into a neighbouring slice.
@@ -57,6 +80,7 @@ def plan_tabular_file(url: str, size: int, dataset: TabularDataset, target_bytes
         if dataset.format not in ("csv", "jsonl"):
             raise InputError(f"{url}: unsupported tabular format {dataset.format!r}")
         _check_ascii_compatible(url, dataset.encoding)
+        _refuse_compressed_name(url, dataset.format)
         with fs.open(path, "rb") as f:
             return _plan_lines(f, url, dataset, target)
     except InputError:
@@ -243,13 +267,139 @@ def _segments_with_data(
     return has
 
 
+def _refuse_compressed_name(url: str, fmt: str) -> None:
+    name = url.rstrip("/").rsplit("/", 1)[-1].lower()
+    for suffix, kind in _COMPRESSED_SUFFIXES.items():
+        if name.endswith(suffix):
+            _refuse_compressed(url, fmt, kind)
+
+
+def _refuse_compressed(url: str, fmt: str, kind: str) -> None:
+    raise InputError(
+        f"{url}: {kind}-compressed {fmt} is not supported: tabular files are split into mini-batches by byte "
+        "ranges, which a compressed stream does not allow; decompress the file first (Parquet compresses "
+        "internally and splits by row groups)"
+    )
+
+
+def _check_magic(url: str, fmt: str, head: bytes) -> None:
+    """A compressed file under a plain name is refused too (its first bytes give it away)."""
+    for magic, kind in _COMPRESSED_MAGIC:
+        if head.startswith(magic):
+            _refuse_compressed(url, fmt, kind)
+    if head[:3] == b"BZh" and head[4:10] == b"1AY&SY":
+        _refuse_compressed(url, fmt, "bzip2")
+
+
+def _is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+
+
+class _QuoteTracker:
+    """Which newlines of a CSV file end records, decided as pandas' C tokenizer decides it.
+
+    pandas treats a quote as special only where a field starts: at the start of a record, or right after
+    the separator or a CR. There it opens a quoted field, in which newlines and separators are data; inside,
+    a quote closes the field unless another follows (`""` is one quote). Everywhere else a quote is an
+    ordinary character: `5" screen` and `a"b` are plain fields, and so is `  "x"` (the spaces start the
+    field). Counting quote parity over the whole stream agrees with this only when every quote that parity
+    calls an opener really starts a field, so each chunk is checked for that with a few vectorised
+    operations; a chunk where it fails (an inch mark, a quote after a space) is decided exactly by walking
+    its quotes, and only its quotes, in Python.
+
+    Measured on a 210 MB CSV (planning in one process, best of 7 runs interleaved with the parity-only
+    planner it replaced, 2 cores shared with other work): no quotes 0.11 s before / 0.10 s after; quoted
+    multi-line fields with "" in every third row 0.51 s / 0.53 s; the same with an inch mark in every tenth
+    row, so that every chunk takes the exact walk, 0.18 s (and a wrong plan: 1.86 M rows instead of
+    2.86 M) / 0.72 s. The state carried from chunk to chunk makes the result independent of the chunk size.
+    """
+
+    def __init__(self, separator: str) -> None:
+        self.starts_field = np.zeros(256, dtype=bool)  # a quote after this byte starts a quoted field
+        self.starts_field[[ord(separator), _NL, _CR]] = True
+        self.inside = False  # in a quoted field at the start of the next chunk
+        self.last_byte = _NL  # the byte before the next chunk (the file's start counts as a record start)
+        self.last_closer = -2  # file offset of the last quote that closed a quoted field
+        self.opened_at = -1  # file offset and line of the quote that opened the current quoted field
+        self.opened_line = 0
+
+    def record_ends(
+        self, arr: np.ndarray, base: int, newlines: np.ndarray, line_base: int
+    ) -> np.ndarray | None:
+        """For the chunk `arr` at file offset `base`: a mask over its `newlines` (positions in the chunk), True
+        where the newline ends a record; None when all of them do. `line_base` is the 1-based line of the
+        chunk's first byte (for the error message about a quote that is never closed)."""
+        quotes = np.flatnonzero(arr == _QUOTE)
+        inside, before = self.inside, self.last_byte
+        if arr.size:
+            self.last_byte = int(arr[-1])
+        if not quotes.size:
+            return np.zeros(newlines.size, dtype=bool) if inside else None
+        prev = np.empty(quotes.size, dtype=np.uint8)
+        prev[1:] = arr[quotes[1:] - 1]
+        prev[0] = arr[quotes[0] - 1] if quotes[0] else before
+        at_field_start = self.starts_field[prev]
+        # Under parity, quote i opens a field iff i + inside is even; it may do so at a field start, or right
+        # after the quote that closed the previous one ("" inside a quoted field).
+        after_closer = prev == _QUOTE
+        after_closer[0] = quotes[0] == 0 and self.last_closer == base - 1
+        first = int(inside)
+        if bool((at_field_start[first::2] | after_closer[first::2]).all()):
+            toggles = quotes
+            opens = quotes[first::2][~after_closer[first::2]]  # not reopened by the second quote of ""
+            opened = int(opens[-1]) if opens.size else -1
+        else:
+            toggles, opened = self._walk(quotes, at_field_start, base)
+        if toggles.size:
+            closers = toggles[1 - first :: 2]
+            if closers.size:
+                self.last_closer = base + int(closers[-1])
+            self.inside = bool((toggles.size + first) & 1)
+        if opened >= 0:
+            self.opened_at = base + opened
+            self.opened_line = line_base + int(np.searchsorted(newlines, opened))
+        ends: np.ndarray = ((np.searchsorted(toggles, newlines) + first) & 1) == 0
+        return ends
+
+    def _walk(self, quotes: np.ndarray, at_field_start: np.ndarray, base: int) -> tuple[np.ndarray, int]:
+        """The exact path: the quotes of this chunk that open or close a quoted field, one by one; and the
+        last one that opened a field (-1: none)."""
+        toggles = []
+        opened = -1
+        inside, last_closer = self.inside, self.last_closer
+        for q, starts in zip(quotes.tolist(), at_field_start.tolist(), strict=True):
+            if inside:  # closes (a quote right after it reopens: the pair is an escaped quote)
+                inside, last_closer = False, base + q
+                toggles.append(q)
+            elif last_closer == base + q - 1:
+                inside = True
+                toggles.append(q)
+            elif starts:
+                inside, opened = True, q
+                toggles.append(q)
+        return np.asarray(toggles, dtype=np.int64), opened
+
+
+def _chunks(f: BinaryIO, blank_bom: bool) -> Iterator[bytes]:
+    """The file in chunks of `_CHUNK_BYTES`. A UTF-8 byte order mark at its start is given as three CRs: pandas
+    skips the mark, so for finding records it is blank and what follows it starts a record."""
+    head = f.read(3)
+    if blank_bom and head == _UTF8_BOM:
+        head = b"\r\r\r"
+    first = head + f.read(max(_CHUNK_BYTES - len(head), 0))
+    if first:
+        yield first
+    while chunk := f.read(_CHUNK_BYTES):
+        yield chunk
+
+
 def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> list[TabularSlice]:
     """Scan a CSV or JSON Lines file chunk by chunk, finding record boundaries with vectorised numpy.
 
-    Per chunk: the newline and quote positions (one compare + nonzero each), quote parity at each newline
-    (a newline ends a record iff an even number of quotes precede it; RFC 4180's "" keeps parity), and a
-    blank check that only looks at the first byte of each record unless it is blank. Line numbers and row
-    counts come from positions, so no per-byte or per-record arrays beyond these are built.
+    Per chunk: the newline positions (one compare + nonzero), which of them end records (CSV: see
+    `_QuoteTracker`), and a blank check that only looks at the first byte of each record unless it is
+    blank. Line numbers and row counts come from positions, so no per-byte or per-record arrays beyond
+    these are built.
     """
     is_csv = dataset.format == "csv"
     blank = list(_CSV_BLANK_BYTES if is_csv else _JSONL_BLANK_BYTES) + [_NL]
@@ -260,29 +410,23 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
     blank_bytes = bytes(blank)
 
     slicer = _Slicer(url, dataset.format, target, has_header=is_csv and dataset.header)
+    quotes = _QuoteTracker(dataset.separator) if is_csv else None
     base = 0  # file offset of the current chunk
-    quotes = 0  # '"' bytes seen before the current chunk
     tail_nonblank = False  # the record still open at the chunk's end has a significant byte
     lines = 0  # newlines (quoted ones too: lines as an editor counts them) before the current chunk
-    while True:
-        chunk = f.read(_CHUNK_BYTES)
-        if not chunk:
-            break
+    for chunk in _chunks(f, _is_utf8(dataset.encoding)):
+        if base == 0:
+            _check_magic(url, dataset.format, chunk)
         arr = np.frombuffer(chunk, dtype=np.uint8)
         n = arr.size
         newlines = np.flatnonzero(arr == _NL)
         all_newlines = int(newlines.size)
         line_index: np.ndarray | None = None  # which newlines end records (None: all of them)
-        if is_csv:
-            quote_pos = np.flatnonzero(arr == _QUOTE)
-            if quote_pos.size:
-                ends = ((np.searchsorted(quote_pos, newlines) + (quotes & 1)) & 1) == 0
-                if not ends.all():
-                    line_index = np.flatnonzero(ends)
-                    newlines = newlines[line_index]
-                quotes += int(quote_pos.size)
-            elif quotes & 1 and newlines.size:
-                line_index, newlines = newlines[:0], newlines[:0]  # the whole chunk is inside a quoted field
+        if quotes is not None:
+            ends = quotes.record_ends(arr, base, newlines, lines + 1)
+            if ends is not None and not ends.all():
+                line_index = np.flatnonzero(ends)
+                newlines = newlines[line_index]
         k = int(newlines.size)
         if k:
             starts = newlines + 1
@@ -304,33 +448,13 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
             )
         lines += all_newlines
         base += n
-    if is_csv and quotes & 1:
-        f.seek(0)
+    if quotes is not None and quotes.inside:
         raise InputError(
-            f"{url}: the quote opened at byte {_last_open_quote(f)} is never closed "
-            "(unterminated quoted field at end of the CSV file)"
+            f"{url}: the quote opened at byte {quotes.opened_at} is never closed (unterminated quoted field "
+            f"from line {quotes.opened_line} to the end of the CSV file; a quote is special only where a field "
+            "starts, as pandas reads it)"
         )
     return slicer.finish(base, tail_nonblank)
-
-
-def _last_open_quote(f: BinaryIO) -> int:
-    """Offset of the quote that opened the last quoted field: an even-numbered quote not directly after the
-    previous quote (which would make the pair an escaped ""). Only for the error message, so a second pass."""
-    base, quotes, last_quote, open_quote = 0, 0, -2, -1
-    while chunk := f.read(_CHUNK_BYTES):
-        quote_pos = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == _QUOTE)
-        if quote_pos.size:
-            previous = np.empty_like(quote_pos)
-            previous[0] = last_quote - base
-            previous[1:] = quote_pos[:-1]
-            numbers = np.arange(quotes, quotes + quote_pos.size)
-            openers = quote_pos[((numbers & 1) == 0) & (quote_pos - previous != 1)]
-            if openers.size:
-                open_quote = base + int(openers[-1])
-            quotes += int(quote_pos.size)
-            last_quote = base + int(quote_pos[-1])
-        base += len(chunk)
-    return open_quote
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -402,8 +526,15 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
     if first.format == "csv":
         return _parse_csv(_RangeReader(head, data, len(data)), dataset, header_end, where, first)
     if first.format == "jsonl":
+        if start == 0 and data.startswith(_UTF8_BOM) and _is_utf8(dataset.encoding):
+            data = data[3:]  # the JSON parser does not skip a byte order mark
         try:
-            return pd.read_json(io.BytesIO(data), lines=True, encoding=dataset.encoding)
+            # Values as JSON typed them: dtype=False turns off pandas' guessing, which made "01234" the number
+            # 1234 and turned columns named like dates (`date`, `*_at`, `modified`, ...) into timestamps;
+            # precise_float keeps every float exactly as written.
+            return pd.read_json(
+                io.BytesIO(data), lines=True, encoding=dataset.encoding, dtype=False, precise_float=True
+            )
         except pd.errors.EmptyDataError:
             return pd.DataFrame()
         except Exception as exc:
@@ -428,7 +559,8 @@ def _parse_csv(
     except Exception as exc:
         text = reader.head + reader.all_bytes()  # error path only: the bytes again, for the line number
         raise InputError(
-            f"{where}: cannot parse as csv: {_line_of_file(str(exc), text, len(reader.head), first)}"
+            f"{where}: cannot parse as csv: "
+            f"{_line_of_file(str(exc), text, len(reader.head), first, dataset.separator)}"
         ) from exc
 
 
@@ -477,7 +609,7 @@ class _RangeReader(io.RawIOBase):
         return os.pread(self._body.fileno(), self._size, self._start)
 
 
-def _line_of_file(message: str, text: bytes, data_start: int, first: TabularSlice) -> str:
+def _line_of_file(message: str, text: bytes, data_start: int, first: TabularSlice, separator: str) -> str:
     """pandas' ragged-row message with its 'line L' turned into the line of the file.
 
     pandas counts the lines of what it parsed (header bytes + slice) and, like the planner, does not end
@@ -487,7 +619,7 @@ def _line_of_file(message: str, text: bytes, data_start: int, first: TabularSlic
     found = _RAGGED_ROW.search(message)
     if found is None:
         return message
-    newlines = _newlines_before_record(text, int(found.group(2)), data_start)
+    newlines = _newlines_before_record(text, int(found.group(2)), data_start, separator)
     if newlines is None:
         return message
     where = (
@@ -498,12 +630,14 @@ def _line_of_file(message: str, text: bytes, data_start: int, first: TabularSlic
     return message[: found.start()] + found.group(1) + where + found.group(3) + message[found.end() :]
 
 
-def _newlines_before_record(text: bytes, number: int, skip: int) -> int | None:
+def _newlines_before_record(text: bytes, number: int, skip: int, separator: str) -> int | None:
     """Newlines in text[skip:] before CSV record `number` (1-based; quoted newlines do not end records)."""
+    if text.startswith(_UTF8_BOM):
+        text = b"\r\r\r" + text[3:]  # as the planner sees it (the parser skips the mark)
     arr = np.frombuffer(text, dtype=np.uint8)
     newlines = np.flatnonzero(arr == _NL)
-    quotes = np.flatnonzero(arr == _QUOTE)
-    ends = newlines[(np.searchsorted(quotes, newlines) & 1) == 0]
+    mask = _QuoteTracker(separator).record_ends(arr, 0, newlines, 1)
+    ends = newlines if mask is None else newlines[mask]
     if not 1 <= number <= ends.size + 1:
         return None
     start = 0 if number == 1 else int(ends[number - 2]) + 1

@@ -7,6 +7,7 @@ doc; absolute paths are compared with the scratch folder written as `/data`. Pla
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ from airflow_parallel_run.core import (
 )
 from airflow_parallel_run.core.driver import OutputLock
 from airflow_parallel_run.core.planner import plan
+from airflow_parallel_run.core.results import InvalidResultError, JobSchema, encode_part
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 
@@ -282,6 +284,21 @@ CASES = [
         lambda: TabularDataset(("x",), "xml"),
         "format='xml' is not allowed: csv, parquet, jsonl",
     ),
+    Case(
+        "compressed csv",
+        lambda: plan([TabularDataset.from_delimited_files("rows.csv.gz")], config()),
+        "/data/rows.csv.gz: gzip-compressed csv is not supported: tabular files are split into mini-batches by "
+        "byte ranges, which a compressed stream does not allow; decompress the file first (Parquet compresses "
+        "internally and splits by row groups)",
+        InputError,
+    ),
+    Case(
+        "csv quote never closed",
+        lambda: plan([TabularDataset.from_delimited_files("open.csv")], config()),
+        "/data/open.csv: the quote opened at byte 6 is never closed (unterminated quoted field from line 2 to "
+        "the end of the CSV file; a quote is special only where a field starts, as pandas reads it)",
+        InputError,
+    ),
     # 3. run_job and the output folder
     Case(
         "output path is a file",
@@ -318,6 +335,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "empty_folder").mkdir()
     (tmp_path / "header.csv").write_text("a,b\n")
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    (tmp_path / "rows.csv.gz").write_bytes(gzip.compress(b"a,b\n1,2\n"))
+    (tmp_path / "open.csv").write_text('a,b\n1,"open\n2,3\n')
     (tmp_path / "out.txt").write_text("a file, not a folder\n")
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "score.py").write_text("def run(mini_batch):\n    return mini_batch\n")
@@ -475,3 +494,44 @@ def test_job_with_no_items_names_it(workspace: Path) -> None:
     """Section 6: a job whose inputs hold no rows fails with the documented message (no process starts)."""
     summary = run_job(config(), [TabularDataset.from_delimited_files("header.csv")], "out")
     check_documented("Job failed: the inputs hold no items to process", summary["message"])
+
+
+def test_results_that_cannot_join_the_output_schema() -> None:
+    """Section 6: the attempt errors of results outside the job's one schema, from the encoder (entry process)
+    and from the schema the driver keeps."""
+    schema = JobSchema("parquet")
+    for index, result in enumerate([[{"v": 1.5}], [{"v": [1, 2]}]]):
+        _, columns, part_schema = encode_part(result, "parquet")
+        problem = schema.admit(index, columns, part_schema)
+    assert problem is not None
+    check_documented(
+        "run() returned column 'v' as list<item: int64> in mini-batch 1, which cannot be combined with double "
+        "from mini-batch 0: the records of all mini-batches form one output schema, and Arrow's type rules (int "
+        "and float give float, null takes the other type, mixed scalar types give string) do not join these",
+        problem,
+    )
+    with pytest.raises(InvalidResultError) as info:
+        encode_part([{"v": [1, 2]}, {"v": 3}], "jsonl")
+    check_documented(
+        "run() returned column 'v' with values that do not form one type, e.g. [1, 2] and 3: a column holds "
+        "either scalars (numbers, strings, dates, ...) or lists or dicts of one shape",
+        str(info.value),
+    )
+    import pandas as pd
+
+    with pytest.raises(InvalidResultError) as info:
+        encode_part(pd.DataFrame([[1, 2]], columns=["a", "a"]), "parquet")
+    check_documented(
+        "run() returned duplicate column names ['a']: each column of the output needs its own name (rename "
+        "them, e.g. with DataFrame.columns = [...])",
+        str(info.value),
+    )
+    text = JobSchema("csv")
+    assert text.admit(0, encode_part(pd.DataFrame([[1, 2]], columns=["a", "a"]), "csv")[1], None) is None
+    problem = text.admit(1, encode_part(pd.DataFrame({"a": [1], "b": [2]}), "csv")[1], None)
+    assert problem is not None
+    check_documented(
+        "run() returned columns ['a', 'b'] in mini-batch 1 and ['a', 'a'] in mini-batch 0: with duplicate column "
+        "names the columns of different mini-batches cannot be matched by name (give every column its own name)",
+        problem,
+    )
