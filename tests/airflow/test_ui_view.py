@@ -7,6 +7,7 @@ failing twice, plus a mapped task of two jobs); every route is then checked for 
 it refuses (401/403/404, paths that escape) and that no secret reaches a page or a download.
 """
 
+# ruff: noqa: F811 - the session fixtures imported from ui_support are parameters of the tests
 from __future__ import annotations
 
 import io
@@ -20,72 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ui_support import AUTH_MANAGER, HIDDEN_DAGS, clone_task_instances, push_xcoms, token
-
-DAG_ID = "apr_test_ui_view"
-CONN_SECRET = "conn-secret-8e2f44"
-ENV_SECRET = "env-secret-5d0b1c"  # the DAG's environment_variables value
-STORAGE_CONN = json.dumps(
-    {
-        "conn_type": "aws",
-        "login": "AKIAUIVIEWTEST",
-        "password": CONN_SECRET,
-        "extra": {"region_name": "eu-west-1"},
-    }
+from ui_support import (  # noqa: F401 - session fixtures, shared with test_ui_scale
+    CONN_SECRET,
+    DAG_ID,
+    ENV_SECRET,
+    HIDDEN_DAGS,
+    Client,
+    app,
+    clone_task_instances,
+    push_xcoms,
+    run,
+    token,
+    ui_env,
+    viewer,
 )
+
 TASK_ROUTES = ["/task", "/api/task", "/api/task/errors", "/task/report", "/task/logs.zip", "/task/output"]
-
-
-@pytest.fixture(scope="module")
-def env(airflow_db: Path) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in ("AIRFLOW__CORE__AUTH_MANAGER", "AIRFLOW_CONN_APR_UI_STORAGE")}
-    os.environ["AIRFLOW__CORE__AUTH_MANAGER"] = AUTH_MANAGER
-    os.environ["AIRFLOW_CONN_APR_UI_STORAGE"] = STORAGE_CONN
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    from airflow.api_fastapi.app import purge_cached_app
-
-    purge_cached_app()
-
-
-@pytest.fixture(scope="module")
-def run(env: None) -> dict[str, Any]:
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
-    dag_run = bag.get_dag(DAG_ID).test()
-    assert str(dag_run.state) == "success"
-    return {"dag_id": DAG_ID, "run_id": dag_run.run_id}
-
-
-@pytest.fixture(scope="module")
-def app(env: None) -> Any:
-    from airflow.api_fastapi.app import create_app
-
-    return create_app()
-
-
-class Client:
-    """A TestClient for one user (None: no token at all)."""
-
-    def __init__(self, app: Any, user: str | None, role: str | None = "viewer") -> None:
-        from fastapi.testclient import TestClient
-
-        self.http = TestClient(app)
-        if user is not None:
-            self.http.headers["Authorization"] = f"Bearer {token(user, role)}"
-
-    def get(self, route: str, **params: Any) -> Any:
-        return self.http.get(f"/parallel-run{route}", params=params)
-
-
-@pytest.fixture(scope="module")
-def viewer(app: Any) -> Client:
-    return Client(app, "viewer")
 
 
 def ti(run: dict[str, Any], task_id: str = "score", map_index: Any = None, **extra: Any) -> dict[str, Any]:
@@ -116,7 +67,7 @@ def xcom(run: dict[str, Any], task_id: str, key: str = "return_value", map_index
 # -- registration ---------------------------------------------------------------------------------
 
 
-def test_airflow_plugins_lists_the_plugin(env: None) -> None:
+def test_airflow_plugins_lists_the_plugin(ui_env: None) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "airflow", "plugins", "--output", "json"],
         capture_output=True,
@@ -434,3 +385,103 @@ def test_runs_page_and_list(viewer: Client, run: dict[str, Any]) -> None:
     assert score["started"] == xcom(run, "score", "parallel_run_job")["started"]
     assert viewer.get("/api/runs", state="failed", dag_id=DAG_ID).json()["jobs"] == []
     assert viewer.get("/api/runs", state="bogus").status_code == 400
+
+
+# -- a job whose files are in S3 (moto), read with the job's aws connection -----------------------
+
+S3_SECRET = "s3-secret-0a9c1b"
+
+
+@pytest.fixture(scope="module")
+def s3_job(run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A real job (engine on a LocalCluster) writing to s3://apr-ui/out, recorded on a copy of the
+    `score` task instance with storage_conn_id=apr_ui_s3 (an aws connection with the endpoint)."""
+    from distributed import Client, LocalCluster
+    from moto.server import ThreadedMotoServer
+
+    from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        conn = {
+            "conn_type": "aws",
+            "login": "AKIAS3UITEST",
+            "password": S3_SECRET,
+            "extra": {"endpoint_url": endpoint},
+        }
+        os.environ["AIRFLOW_CONN_APR_UI_S3"] = json.dumps(conn)
+        options = {"key": "AKIAS3UITEST", "secret": S3_SECRET, "endpoint_url": endpoint}
+        import s3fs
+
+        s3fs.S3FileSystem(**options).mkdir("apr-ui")
+        folder = tmp_path_factory.mktemp("s3-in")
+        for i in range(8):
+            (folder / f"item{i}.txt").write_text("bad\n" if i == 5 else f"s3 item {i}\n")
+        script = Path(__file__).resolve().parent / "dags" / "scripts" / "fail_some.py"
+        config = ParallelRunConfig(
+            entry_script=str(script), mini_batch_size=1, run_max_try=1, process_count_per_node=2
+        )
+        with (
+            LocalCluster(
+                n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            summary = run_job(
+                config,
+                [FileDataset.from_files(str(folder))],
+                "s3://apr-ui/out",
+                client=client,
+                storage_options=options,
+            )
+        assert summary["status"] == "succeeded" and summary["failed_mini_batches"] == 1, summary
+        (run_id,) = clone_task_instances(DAG_ID, run["run_id"], "score", 1, prefix="s3_")
+        record = {
+            "job_id": "s3job",
+            "output": "s3://apr-ui/out",
+            "logs_dir": "s3://apr-ui/out/logs",
+            "append_row_file": "s3://apr-ui/out/parallel_run_step.txt",
+            "storage_conn_id": "apr_ui_s3",
+            "started": "2026-01-01T00:00:00+00:00",
+        }
+        push_xcoms(DAG_ID, "score", {run_id: {"parallel_run_job": record, "return_value": summary}})
+        yield {"dag_id": DAG_ID, "run_id": run_id, "summary": summary, "fs": s3fs.S3FileSystem(**options)}
+    finally:
+        os.environ.pop("AIRFLOW_CONN_APR_UI_S3", None)
+        server.stop()
+
+
+def test_a_job_in_s3_through_its_connection(viewer: Client, s3_job: dict[str, Any]) -> None:
+    fs = s3_job["fs"]
+    status = viewer.get("/api/task", **ti(s3_job)).json()
+    assert status["files_error"] is None and status["progress"]["state"] == "succeeded"
+    assert status["available"]["report"] is True and status["available"]["output"]["size"] == fs.size(
+        "apr-ui/out/parallel_run_step.txt"
+    )
+    output = viewer.get("/task/output", **ti(s3_job))
+    assert output.status_code == 200 and output.content == fs.cat("apr-ui/out/parallel_run_step.txt")
+    errors = viewer.get("/api/task/errors", **ti(s3_job)).json()
+    assert [e["mini_batch"] for e in errors["errors"]] == [5]
+    trace = viewer.get("/task/trace", **ti(s3_job), mini_batch=5, attempt=1)
+    assert trace.status_code == 200 and "cannot score 'bad'" in trace.text
+    with zipfile.ZipFile(io.BytesIO(viewer.get("/task/logs.zip", **ti(s3_job)).content)) as archive:
+        names = set(archive.namelist())
+        assert archive.read("logs/job_result.txt") == fs.cat("apr-ui/out/logs/job_result.txt")
+    assert names == {"logs/" + p.split("/out/logs/", 1)[1] for p in fs.find("apr-ui/out/logs")}
+    for path in ("../parallel_run_step.txt", "s3://apr-ui/out/logs/job_result.txt", "s3://other/x"):
+        assert viewer.get("/task/logs/file", **ti(s3_job), path=path).status_code == 404
+    for route in TASK_ROUTES:
+        assert S3_SECRET.encode() not in viewer.get(route, **ti(s3_job)).content
+
+
+def test_a_missing_connection_is_named_not_shown(viewer: Client, s3_job: dict[str, Any]) -> None:
+    saved = os.environ.pop("AIRFLOW_CONN_APR_UI_S3")
+    try:
+        status = viewer.get("/api/task", **ti(s3_job)).json()
+        assert "apr_ui_s3" in status["files_error"] and status["progress"] is None
+        assert viewer.get("/task/output", **ti(s3_job)).status_code == 404
+    finally:
+        os.environ["AIRFLOW_CONN_APR_UI_S3"] = saved

@@ -9,14 +9,29 @@ auth manager's roles cannot express.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
 from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 
-HIDDEN_DAGS = {"apr_test_ui_view"}
+DAG_ID = "apr_test_ui_view"
+HIDDEN_DAGS = {DAG_ID}
+CONN_SECRET = "conn-secret-8e2f44"
+ENV_SECRET = "env-secret-5d0b1c"  # the DAG's environment_variables value
+STORAGE_CONN = json.dumps(
+    {
+        "conn_type": "aws",
+        "login": "AKIAUIVIEWTEST",
+        "password": CONN_SECRET,
+        "extra": {"region_name": "eu-west-1"},
+    }
+)
 AUTH_MANAGER = f"{__name__}.DagScopedAuthManager"
 
 
@@ -135,3 +150,61 @@ def push_xcoms(dag_id: str, task_id: str, values: dict[str, dict[str, Any]], map
                 )
             )
         session.execute(insert(XComModel.__table__), rows)
+
+
+# -- session fixtures (imported by the test modules) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ui_env(airflow_db: Path) -> Iterator[None]:
+    """The scoped auth manager and the job's storage connection, for this session's UI tests."""
+    saved = {k: os.environ.get(k) for k in ("AIRFLOW__CORE__AUTH_MANAGER", "AIRFLOW_CONN_APR_UI_STORAGE")}
+    os.environ["AIRFLOW__CORE__AUTH_MANAGER"] = AUTH_MANAGER
+    os.environ["AIRFLOW_CONN_APR_UI_STORAGE"] = STORAGE_CONN
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    from airflow.api_fastapi.app import purge_cached_app
+
+    purge_cached_app()
+
+
+@pytest.fixture(scope="session")
+def run(ui_env: None) -> dict[str, Any]:
+    """One real run of apr_test_ui_view (dag.test): its dag_id and run_id."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    dag_run = bag.get_dag(DAG_ID).test()
+    assert str(dag_run.state) == "success"
+    return {"dag_id": DAG_ID, "run_id": dag_run.run_id}
+
+
+@pytest.fixture(scope="session")
+def app(ui_env: None) -> Any:
+    """The API server app (`create_app()`): the plugin is mounted from its entry point."""
+    from airflow.api_fastapi.app import create_app
+
+    return create_app()
+
+
+class Client:
+    """A TestClient for one user (None: no token at all)."""
+
+    def __init__(self, app: Any, user: str | None, role: str | None = "viewer") -> None:
+        from fastapi.testclient import TestClient
+
+        self.http = TestClient(app)
+        if user is not None:
+            self.http.headers["Authorization"] = f"Bearer {token(user, role)}"
+
+    def get(self, route: str, **params: Any) -> Any:
+        return self.http.get(f"/parallel-run{route}", params=params)
+
+
+@pytest.fixture(scope="session")
+def viewer(app: Any) -> Client:
+    return Client(app, "viewer")
