@@ -59,7 +59,8 @@
   function numbers(target, items) {
     var dl = $(target); dl.textContent = "";
     items.forEach(function (it) {
-      dl.appendChild(el("div", { "data-key": it[2] || null }, [el("dt", { text: it[0] }), el("dd", { text: it[1], className: it[3] ? "text" : null })]));
+      dl.appendChild(el("div", { "data-key": it[2] || null, className: it[3] === "wide" ? "wide" : null },
+        [el("dt", { text: it[0] }), el("dd", { text: it[1], className: it[3] ? "text" : null })]));
     });
   }
   function basename(p) { p = String(p || ""); var i = p.lastIndexOf("/"); return i >= 0 ? p.slice(i + 1) : p; }
@@ -129,7 +130,7 @@
       ["Mini-batches failed", num(s.failed_mini_batches), "failed_mini_batches"],
       ["Mini-batches reused", num(s.reused_mini_batches), "reused_mini_batches"],
       ["Mini-batches total", num(s.total_mini_batches), "total_mini_batches"], ["Duration", duration(s.duration_s), "duration"],
-      ["Output", s.append_row_file || s.output || "-", "output", true], ["Logs", s.logs_dir || "-", "logs", true]
+      ["Output", s.append_row_file || s.output || "-", "output", "wide"], ["Logs", s.logs_dir || "-", "logs", "wide"]
     ]);
     var list = $("downloads"); list.textContent = "";
     var av = st.available || {};
@@ -159,7 +160,7 @@
         var names = e.inputs.map(basename).join(", ") + (e.input_count > e.inputs.length ? " (+" + (e.input_count - e.inputs.length) + " more)" : "");
         var row = el("tr", { "data-mini-batch": String(e.mini_batch) }, [el("td", { className: "num", text: String(e.mini_batch) }),
           el("td", { className: "num", text: String(e.attempt) + (e.final ? "" : " (retried)") }), el("td", { text: e.status }),
-          el("td", { title: e.inputs.join("\n"), text: num(e.items) + " items: " + names }), el("td", { className: "err", text: e.message })]);
+          el("td", { title: e.inputs.join("\n"), text: num(e.items) + (e.items === 1 ? " item: " : " items: ") + names }), el("td", { className: "err", text: e.message })]);
         row.appendChild(e.trace_file ? traceCell(row, e.mini_batch, e.attempt) : el("td", { text: "-" }));
         body.appendChild(row);
       });
