@@ -122,6 +122,12 @@ def _download_name(*parts: Any) -> str:
     return "__".join(_FILENAME_UNSAFE.sub("_", str(p)).strip("_") or "_" for p in parts)
 
 
+def _web_url(value: Any) -> str | None:
+    """An http(s) URL for a link, else None (an XCom could hold ``javascript:...``)."""
+    text = str(value or "").strip()
+    return text if text.lower().startswith(("http://", "https://")) else None
+
+
 def _redacted(value: Any) -> Any:
     if isinstance(value, str):
         return redact_url(value)
@@ -161,7 +167,7 @@ def job_status(found: dict[str, Any], files: JobFiles | None, files_error: str |
             "try_number": found.get("try_number"),
             "start_date": found.get("start_date"),
             "end_date": found.get("end_date"),
-            "dashboard_url": found.get("dashboard_url"),
+            "dashboard_url": _web_url(found.get("dashboard_url")),
             "job": None
             if record is None
             else {

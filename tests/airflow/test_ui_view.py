@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_error_catalogue_airflow import check_documented
 from ui_support import (  # noqa: F401 - session fixtures, shared with test_ui_scale
     CONN_SECRET,
     DAG_ID,
@@ -275,6 +276,8 @@ def test_paths_that_leave_the_logs_folder_are_not_found(
 ) -> None:
     response = viewer.get("/task/logs/file", **ti(run), path=path)
     assert response.status_code in (404, 422), (path, response.status_code)
+    if response.status_code == 404:
+        check_documented('{"detail":"No such file in the job\'s logs folder"}', response.text)
     assert b"good in" not in response.content and b"root:" not in response.content
 
 
@@ -424,6 +427,22 @@ def s3_job(run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Ite
         config = ParallelRunConfig(
             entry_script=str(script), mini_batch_size=1, run_max_try=1, process_count_per_node=2
         )
+        import threading
+
+        fs = s3fs.S3FileSystem(**options)
+        seen: list[dict[str, Any]] = []
+        stop = threading.Event()
+
+        def watch() -> None:  # what the tab polls while the job runs: the copy in the bucket
+            while not stop.wait(0.1):
+                try:
+                    fs.invalidate_cache()
+                    seen.append(json.loads(fs.cat("apr-ui/out/logs/sys/progress.json")))
+                except (OSError, ValueError):
+                    continue
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         with (
             LocalCluster(
                 n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1", dashboard_address=None
@@ -437,7 +456,11 @@ def s3_job(run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Ite
                 client=client,
                 storage_options=options,
             )
+        stop.set()
+        watcher.join(timeout=30)
         assert summary["status"] == "succeeded" and summary["failed_mini_batches"] == 1, summary
+        running = [doc for doc in seen if doc["state"] == "running"]
+        assert running and running[-1]["done_mini_batches"] > 0, "no running progress reached the bucket"
         (run_id,) = clone_task_instances(DAG_ID, run["run_id"], "score", 1, prefix="s3_")
         record = {
             "job_id": "s3job",
@@ -477,11 +500,29 @@ def test_a_job_in_s3_through_its_connection(viewer: Client, s3_job: dict[str, An
         assert S3_SECRET.encode() not in viewer.get(route, **ti(s3_job)).content
 
 
+def test_a_link_from_xcom_must_be_http(viewer: Client, run: dict[str, Any]) -> None:
+    """A task can push any dashboard URL: only http(s) becomes a link (never javascript:)."""
+    (run_id,) = clone_task_instances(DAG_ID, run["run_id"], "score", 1, prefix="js_")
+    record = xcom(run, "score", "parallel_run_job")
+    push_xcoms(
+        DAG_ID,
+        "score",
+        {run_id: {"parallel_run_job": record, "dask_dashboard_url": "javascript:alert(document.cookie)"}},
+    )
+    status = viewer.get("/api/task", **ti({**run, "run_id": run_id})).json()
+    assert status["dashboard_url"] is None and status["job"]["job_id"] == record["job_id"]
+
+
 def test_a_missing_connection_is_named_not_shown(viewer: Client, s3_job: dict[str, Any]) -> None:
     saved = os.environ.pop("AIRFLOW_CONN_APR_UI_S3")
     try:
         status = viewer.get("/api/task", **ti(s3_job)).json()
-        assert "apr_ui_s3" in status["files_error"] and status["progress"] is None
+        check_documented(
+            "The job's files cannot be read from the API server: the connection '<conn>' that reads this "
+            "job's files is not available to the API server (<exception>)",
+            f"The job's files cannot be read from the API server: {status['files_error']}",
+        )
+        assert "'apr_ui_s3'" in status["files_error"] and status["progress"] is None
         assert viewer.get("/task/output", **ti(s3_job)).status_code == 404
     finally:
         os.environ["AIRFLOW_CONN_APR_UI_S3"] = saved

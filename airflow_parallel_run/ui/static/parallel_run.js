@@ -190,8 +190,10 @@
     if (st.dashboard_url) links.appendChild(el("a", { id: "dashboard-link", href: st.dashboard_url, target: "_blank", rel: "noopener noreferrer", text: "Dask dashboard" }));
     if (!st.job) {
       var op = ctx.operator || "unknown";
-      message(op === "ParallelRunOperator" || ctx.has_job ? "The job has not started yet (task " + (st.ti_state || "not started") + ")." :
-        "This task (" + op + ") runs no parallel run job: the Parallel run tab shows ParallelRunOperator tasks.", false);
+      var ours = op === "ParallelRunOperator" || ctx.has_job;
+      message(!ours ? "This task (" + op + ") runs no parallel run job: the Parallel run tab shows ParallelRunOperator tasks." :
+        st.ended ? "The task ended (" + st.ti_state + ") before its job started: see the task's log." :
+        "The job has not started yet (task " + (st.ti_state || "not started") + ").", st.ended && ours);
       return !st.ended && (op === "ParallelRunOperator");
     }
     message(st.files_error ? "The job's files cannot be read from the API server: " + st.files_error : (!p && !st.ended ? "The job is planning its mini-batches..." : ""), !!st.files_error);
