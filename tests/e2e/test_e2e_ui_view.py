@@ -137,6 +137,13 @@ def test_parallel_run_tab_in_the_browser(stack: Stack, api: Api, browser: Any, t
             if len(seen) == 3:
                 page.screenshot(path=str(running_shot))
                 bar.screenshot(path=str(tmp_path / "bar-running.png"))
+                dashboard = frame.locator("#dashboard-link")
+                with page.context.expect_page() as popup_info:  # a new tab, out of the sandboxed frame
+                    dashboard.click()
+                popup = popup_info.value
+                base = str(dashboard.get_attribute("href")).rsplit("/", 1)[0]
+                popup.wait_for_url(lambda url, base=base: url.startswith(base), wait_until="commit")
+                popup.close()
         time.sleep(0.5)
     assert len(seen) >= 3, f"the progress bar did not move while the job ran: {seen}"
     assert seen == sorted(seen) and 0 < seen[1] < ITEMS, seen

@@ -83,6 +83,21 @@
     return el("td", {}, [a]);
   }
 
+  /* The UI's iframe is sandboxed without popups or top navigation; an anchor of the top document
+     (same origin) may do both. Used for the dashboard (new tab) and the task-instance links. */
+  function openTop(ev) {
+    var link = ev.currentTarget;
+    try {
+      var doc = window.top.document;
+      if (doc === document) return; // not embedded: the link works as it is
+      var a = doc.createElement("a");
+      a.href = link.href;
+      if (link.target) { a.target = link.target; a.rel = "noopener noreferrer"; }
+      doc.body.appendChild(a); a.click(); a.remove();
+      ev.preventDefault();
+    } catch (e) { /* another origin: follow the link here */ }
+  }
+
   // -- the task-instance tab ---------------------------------------------------------------------
   var ended = false, errorsOffset = 0;
 
@@ -187,7 +202,11 @@
     $("state").textContent = state; $("state").dataset.state = state;
     $("job-id").textContent = st.job && st.job.job_id ? "job " + st.job.job_id : "";
     var links = $("links"); links.textContent = "";
-    if (st.dashboard_url) links.appendChild(el("a", { id: "dashboard-link", href: st.dashboard_url, target: "_blank", rel: "noopener noreferrer", text: "Dask dashboard" }));
+    if (st.dashboard_url) {
+      var dash = el("a", { id: "dashboard-link", href: st.dashboard_url, target: "_blank", rel: "noopener noreferrer", text: "Dask dashboard" });
+      dash.addEventListener("click", openTop);
+      links.appendChild(dash);
+    }
     if (!st.job) {
       var op = ctx.operator || "unknown";
       var ours = op === "ParallelRunOperator" || ctx.has_job;
@@ -226,14 +245,6 @@
     var path = base + "/dags/" + encodeURIComponent(j.dag_id) + "/runs/" + encodeURIComponent(j.run_id) + "/tasks/" + encodeURIComponent(j.task_id);
     if (j.map_index >= 0) path += "/mapped/" + j.map_index;
     return path + "/plugin/parallel-run";
-  }
-  function openTop(ev) {
-    // The UI's iframe may not navigate the top window itself; an anchor of the top document may.
-    try {
-      var doc = window.top.document, a = doc.createElement("a");
-      a.href = ev.currentTarget.getAttribute("href"); doc.body.appendChild(a); a.click(); a.remove();
-      ev.preventDefault();
-    } catch (e) { /* not embedded, or another origin: follow the link here */ }
   }
 
   function loadRuns() {
