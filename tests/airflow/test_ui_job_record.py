@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
+from test_operator_unit import FakeTI
 
 from airflow_parallel_run.core import ParallelRunConfig
 from airflow_parallel_run.operators import JOB_XCOM_KEY, ParallelRunOperator
 from airflow_parallel_run.ui.files import JobFiles
-
-
-class FakeTI:
-    def __init__(self) -> None:
-        self.xcom: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcom[key] = value
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ token grants no role → 403 (the simple auth manager has no per-DAG grants; the
 who may read other DAGs but not this one).
 """
 
+# ruff: noqa: F811 - `browser` is the fixture imported from e2e_browser
 from __future__ import annotations
 
 import json
@@ -17,12 +18,12 @@ import shutil
 import subprocess
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from e2e_browser import browser, sign_in  # noqa: F401 - the browser fixture
 from e2e_rest import Api, Stack
 
 pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
@@ -30,33 +31,9 @@ pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
 DAG_ID = "apr_e2e_ui_view"
 TASK_ID = "score"
 ITEMS, FAILING = 200, 4
-CHROMIUM = os.environ.get("APR_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 GREEN = (0x2F, 0x9E, 0x44)  # .bar-ok in parallel_run.css
 # Set to a folder to also keep the screenshots there (docs/images holds two of them).
 SCREENSHOTS = os.environ.get("APR_UI_SCREENSHOTS")
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright is not installed (pip install playwright; never `playwright install`)")
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        _missing(f"{CHROMIUM} is missing (make browser)")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield instance
-        finally:
-            instance.close()
 
 
 def _green_pixels(png: Path) -> int:
@@ -81,14 +58,6 @@ def _minted_token(stack: Stack, username: str, role: str | None) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def _login(page: Any, stack: Stack) -> None:
-    page.goto(f"{stack.url}/auth/login")
-    page.locator("input[name=username]").fill(stack.username)
-    page.locator("input[name=password]").fill(str(stack.password))
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(lambda url: "/auth/login" not in url)
-
-
 def _wait_state(api: Api, run_id: str, states: set[str], timeout: float = 180.0) -> str:
     deadline = time.monotonic() + timeout
     while True:
@@ -100,12 +69,17 @@ def _wait_state(api: Api, run_id: str, states: set[str], timeout: float = 180.0)
         time.sleep(0.5)
 
 
-def test_parallel_run_tab_in_the_browser(stack: Stack, api: Api, browser: Any, tmp_path: Path) -> None:
+def test_parallel_run_tab_in_the_browser(
+    stack: Stack,
+    api: Api,
+    browser: Any,
+    tmp_path: Path,
+) -> None:
     stack.wait_for_dags([DAG_ID])
     before = {run["dag_run_id"] for run in api.runs(DAG_ID)}
     page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
     page.set_default_timeout(60_000)
-    _login(page, stack)
+    sign_in(page, stack)
 
     page.goto(f"{stack.url}/dags/{DAG_ID}")
     page.get_by_role("button", name="Trigger").first.click()
