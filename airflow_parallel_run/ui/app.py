@@ -16,6 +16,7 @@ import secrets
 from functools import cache
 from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
@@ -120,6 +121,11 @@ def _not_found(what: str = "Not found") -> HTTPException:
 
 def _download_name(*parts: Any) -> str:
     return "__".join(_FILENAME_UNSAFE.sub("_", str(p)).strip("_") or "_" for p in parts)
+
+
+def _attachment(name: str) -> str:
+    """A Content-Disposition header: an ASCII name, and the real one (RFC 6266) for browsers that read it."""
+    return f"attachment; filename=\"{_download_name(name)}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 def _web_url(value: Any) -> str | None:
@@ -380,9 +386,8 @@ def create_app() -> FastAPI:
         except NotFound:
             raise _not_found("The job has no append_row output file (yet)") from None
         size = files.size(path)
-        name = _download_name(path.rsplit("/", 1)[-1].rsplit("\\", 1)[-1])
         headers = {
-            "Content-Disposition": f'attachment; filename="{name}"',
+            "Content-Disposition": _attachment(path.rsplit("/", 1)[-1]),
             "X-Content-Type-Options": "nosniff",
             "Content-Encoding": "identity",  # byte for byte with its length: no gzip on the way
         }

@@ -224,7 +224,9 @@ def test_output_download_is_the_file_byte_for_byte(viewer: Client, run: dict[str
     response = viewer.get("/task/output", **ti(run))
     path = Path(xcom(run, "score")["append_row_file"])
     assert response.status_code == 200 and response.content == path.read_bytes()
-    assert response.headers["content-disposition"] == 'attachment; filename="scores.txt"'
+    assert response.headers["content-disposition"] == (
+        "attachment; filename=\"scores.txt\"; filename*=UTF-8''scores.txt"
+    )
     assert int(response.headers["content-length"]) == path.stat().st_size
     assert "content-encoding" not in response.headers or response.headers["content-encoding"] == "identity"
 
