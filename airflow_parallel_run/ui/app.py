@@ -31,6 +31,7 @@ from airflow_parallel_run.ui.files import REPORT_FILE, JobFiles, NotFound, Recor
 from airflow_parallel_run.ui.zipstream import CHUNK, stream_zip
 
 URL_PREFIX = "/parallel-run"
+LIVE_TI_STATES = frozenset({"running", "deferred", "queued", "scheduled", "up_for_reschedule"})
 FINISHED_TI_STATES = frozenset({"success", "failed", "upstream_failed", "skipped", "removed", "up_for_retry"})
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -418,6 +419,10 @@ def create_app() -> FastAPI:
         jobs, total = queries.list_jobs(
             session, readable, dag_id=dag_id or None, state=state or None, offset=offset, limit=limit
         )
+        for job in jobs:
+            record = job.pop("record")
+            if job["status"] is None and job["ti_state"] in LIVE_TI_STATES and record is not None:
+                _live_counts(job, record)
         return JSONResponse(
             {
                 "total": total,
@@ -430,6 +435,22 @@ def create_app() -> FastAPI:
         )
 
     return app
+
+
+def _live_counts(job: dict[str, Any], record: dict[str, Any]) -> None:
+    """A running job's counts from its progress.json (the list shows them before there is a summary)."""
+    try:
+        files = JobFiles.from_record(record, _storage_options(record))
+        progress = files.progress()
+    except Exception:  # noqa: BLE001 - an unreadable job shows without counts
+        return
+    if progress is None:
+        return
+    for name in queries.SUMMARY_FIELDS:
+        if name in progress and name != "status":
+            job[name] = progress[name]
+    job["duration_s"] = progress.get("elapsed_s")
+    job["done_mini_batches"] = progress.get("done_mini_batches")
 
 
 def _text_file(text: str) -> Response:

@@ -102,7 +102,10 @@ def list_jobs(
     offset: int = 0,
     limit: int = 50,
 ) -> tuple[list[dict[str, Any]], int]:
-    """One page of jobs, newest first, and how many match; only DAGs in `readable_dags`."""
+    """One page of jobs, newest first, and how many match; only DAGs in `readable_dags`.
+
+    Each job carries its XCom `record` (locations) for the caller; it is not meant for the page.
+    """
     job = aliased(XComModel)
     ret = aliased(XComModel)
     failed = aliased(XComModel)
@@ -172,6 +175,7 @@ def list_jobs(
                 "start_date": _iso(row[9]),
                 "end_date": _iso(row[10]),
                 **{name: summary.get(name) for name in SUMMARY_FIELDS},
+                "record": record if isinstance(record, dict) else None,
             }
         )
     return jobs, int(total or 0)

@@ -528,3 +528,15 @@ def test_a_missing_connection_is_named_not_shown(viewer: Client, s3_job: dict[st
         assert viewer.get("/task/output", **ti(s3_job)).status_code == 404
     finally:
         os.environ["AIRFLOW_CONN_APR_UI_S3"] = saved
+
+
+def test_a_running_job_in_the_list_shows_its_progress(viewer: Client, run: dict[str, Any]) -> None:
+    (run_id,) = clone_task_instances(DAG_ID, run["run_id"], "score", 1, prefix="live_", states=("running",))
+    record = xcom(run, "score", "parallel_run_job")
+    push_xcoms(DAG_ID, "score", {run_id: {"parallel_run_job": record}})  # no summary yet
+    listing = viewer.get("/api/runs", dag_id=DAG_ID, state="running").json()
+    (job,) = [j for j in listing["jobs"] if j["run_id"] == run_id]
+    progress = json.loads((Path(record["logs_dir"]) / "sys" / "progress.json").read_text())
+    assert job["status"] is None and job["ti_state"] == "running"
+    assert (job["succeeded_items"], job["failed_items"], job["total_mini_batches"]) == (21, 3, 24)
+    assert job["duration_s"] == progress["elapsed_s"] and "record" not in job
