@@ -257,6 +257,8 @@ class JobDriver:
         self.started_at = time.time()
         self.recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
         self._progress_written = 0.0
+        self._progress_copy: threading.Thread | None = None
+        self._progress_copy_failed = False
         side = [os.path.abspath(s) if "://" not in s and os.path.exists(s) else s for s in side_inputs]
         for original, path in zip(side_inputs, side, strict=True):
             if "://" not in path and not os.path.exists(path):
@@ -535,15 +537,31 @@ class JobDriver:
         path = self.logs.progress_state(self.progress_document(state, summary))
         if self.local_output or state != "running":
             return
+        if self._progress_copy is not None and self._progress_copy.is_alive():
+            return  # a slow store: the next progress line carries a newer document
+        try:
+            with open(path, "rb") as handle:
+                document = handle.read()
+        except OSError:
+            return
+        self._progress_copy = threading.Thread(
+            target=self._copy_progress, args=(document,), name=f"apr-progress-{self.job_id}", daemon=True
+        )
+        self._progress_copy.start()
+
+    def _copy_progress(self, document: bytes) -> None:
+        """Puts progress.json into the remote logs folder, off the driver loop (a store may be slow)."""
         try:
             fs, remote = fsspec.core.url_to_fs(
                 _join(self.spec.log_url, PROGRESS_FILE), **self.storage_options
             )
-            fs.put_file(path, remote)
+            fs.pipe_file(remote, document)
         except Exception as exc:  # noqa: BLE001 - progress is a convenience; the job goes on
-            self.logs.master(
-                f"could not copy progress.json to {self.spec.log_url}: {type(exc).__name__}: {exc}"
-            )
+            if not self._progress_copy_failed:
+                self._progress_copy_failed = True
+                self.logs.master(
+                    f"could not copy progress.json to {self.spec.log_url}: {type(exc).__name__}: {exc}"
+                )
 
     def _progress_line(self) -> str:
         c = self.counters
@@ -830,6 +848,8 @@ class JobDriver:
         self._write_report()
         self._write_progress(summary["status"], summary)  # after the report: "ended" means all is there
         if not self.local_output:
+            if self._progress_copy is not None:  # a late copy must not replace the final document
+                self._progress_copy.join(timeout=STOP_GRACE_S)
             fs, path = fsspec.core.url_to_fs(self.spec.log_url, **self.storage_options)
             fs.put(self.log_root.rstrip("/") + "/", path, recursive=True)
             shutil.rmtree(self.log_root, ignore_errors=True)
