@@ -187,7 +187,20 @@ def storage_options_from_connection(conn_id: str) -> dict[str, Any]:
     """
     from airflow.sdk.log import mask_secret
 
-    conn = BaseHook.get_connection(conn_id)
+    options = connection_storage_options(BaseHook.get_connection(conn_id))
+    for name in SECRET_OPTIONS:
+        if options.get(name):
+            mask_secret(str(options[name]))
+    return options
+
+
+#: fsspec options that hold secrets (masked in logs, never shown).
+SECRET_OPTIONS = ("secret", "token", "password", "account_key", "sas_token", "client_secret")
+
+
+def connection_storage_options(conn: Any) -> dict[str, Any]:
+    """The fsspec options of a connection object (the task SDK's or the metadata DB's `Connection`):
+    the mapping `storage_options_from_connection` documents, without the masking."""
     extra = dict(conn.extra_dejson or {})
     options: dict[str, Any] = {}
     if conn.conn_type in ("aws", "s3"):
@@ -209,9 +222,8 @@ def storage_options_from_connection(conn_id: str) -> dict[str, Any]:
 
         custom = json.loads(custom)
     if not isinstance(custom, dict):
-        raise AirflowException(f"Connection {conn_id!r}: the storage_options extra must be a JSON object")
+        raise AirflowException(
+            f"Connection {conn.conn_id!r}: the storage_options extra must be a JSON object"
+        )
     options.update(custom)
-    for name in ("secret", "token", "password", "account_key", "sas_token", "client_secret"):
-        if options.get(name):
-            mask_secret(str(options[name]))
     return options

@@ -51,6 +51,8 @@ _INT_TUNABLES = frozenset({"node_count", "process_count_per_node", "run_max_try"
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _NONE_STRINGS = frozenset({"", "none", "null"})
 SUMMARY_XCOM_KEY = "summary"
+#: Pushed when the job starts: where its logs and output are, so the UI's "Parallel run" tab finds them.
+JOB_XCOM_KEY = "parallel_run_job"
 ERROR_LOG_LINES = 20
 
 Dataset = FileDataset | TabularDataset
@@ -381,7 +383,7 @@ class ParallelRunOperator(BaseOperator):
             "arguments": arguments,
             "storage_options": storage_options,
             "progress": self._log_progress,
-            "on_driver": self._set_driver,
+            "on_driver": lambda driver: self._set_driver(driver, context),
             "allow_reuse": self.allow_reuse,
             "cache_dir": _cache_root(),
             "planned": planned,
@@ -464,8 +466,30 @@ class ParallelRunOperator(BaseOperator):
     def _log_progress(self, line: str) -> None:
         self.log.info("%s", line)
 
-    def _set_driver(self, driver: JobDriver) -> None:
+    def _set_driver(self, driver: JobDriver, context: Context | None = None) -> None:
         self._driver = driver
+        if context is not None:
+            self._push_job(context, driver.job_id, driver.output, driver.config)
+
+    def _push_job(self, context: Context, job_id: str, output: str, config: ParallelRunConfig) -> None:
+        """The job's record for the UI (XCom `JOB_XCOM_KEY`): locations and the connection that reads
+        them, never credentials."""
+        import datetime as dt
+
+        output = str(output).strip().removeprefix("file://")
+        output = (output if "://" in output else os.path.abspath(os.path.expanduser(output))).rstrip("/")
+        append_row = config.output_action == "append_row"
+        context["ti"].xcom_push(
+            key=JOB_XCOM_KEY,
+            value={
+                "job_id": job_id,
+                "output": output,
+                "logs_dir": f"{output}/logs",
+                "append_row_file": f"{output}/{config.append_row_file_name}" if append_row else None,
+                "storage_conn_id": self.storage_conn_id,
+                "started": dt.datetime.now(dt.timezone.utc).isoformat(),
+            },
+        )
 
     # -- deferrable mode --------------------------------------------------------------------------
     def _submit_and_defer(
@@ -499,6 +523,7 @@ class ParallelRunOperator(BaseOperator):
         with hook.get_client() as client:
             self._push_dashboard(context, hook.dashboard_url or _client_dashboard(client))
             submit_job(client, job)
+            self._push_job(context, job.job_id, output_path, config)
             self.log.info(
                 "Job %s runs inside the Dask cluster; this task defers until it finishes", job.job_id
             )

@@ -37,7 +37,7 @@ from .cluster import dask_client, select_hosts
 from .config import ParallelRunConfig, check_embedded_process_count
 from .datasets import Dataset
 from .errors import ConfigError
-from .joblogs import JobLogs
+from .joblogs import PROGRESS_FILE, JobLogs
 from .jobspec import JobSpec, bundle_scripts
 from .minibatch import FileRef, MiniBatch
 from .output_files import collect_leftovers, publish_files
@@ -49,6 +49,8 @@ from .runner import AttemptResult, run_mini_batch, shutdown_job
 
 log = logging.getLogger("airflow_parallel_run")
 PROGRESS_INTERVAL_S = 10.0  # job_progress_overview.txt and the task log: at least this often
+PROGRESS_FILE_INTERVAL_S = 2.0  # logs/sys/progress.json of a local output folder: at most this often
+RECENT_ERRORS = 20  # failed attempts kept in progress.json while the job runs
 STOP_GRACE_S = 30.0
 # Attempts in flight: enough that no worker waits for the driver's next submit, few enough that a
 # million mini-batches never sit on the scheduler at once (the scheduler queues the excess itself).
@@ -299,6 +301,11 @@ class JobDriver:
         self.progress_callback = progress
         self.job_id = job_id or uuid.uuid4().hex[:16]
         self.started = time.monotonic()
+        self.started_at = time.time()
+        self.recent_errors: deque[dict[str, Any]] = deque(maxlen=RECENT_ERRORS)
+        self._progress_written = 0.0
+        self._progress_copy: threading.Thread | None = None
+        self._progress_copy_failed = False
         side = [os.path.abspath(s) if "://" not in s and os.path.exists(s) else s for s in side_inputs]
         for original, path in zip(side_inputs, side, strict=True):
             if "://" not in path and not os.path.exists(path):
@@ -566,6 +573,7 @@ class JobDriver:
 
     def _say(self, text: str) -> None:
         self.logs.progress(text)
+        self._write_progress()
         if self.progress_callback is not None:
             log.debug(text)  # the callback shows it; logging it too would print every line twice
             self.progress_callback(text)
@@ -611,12 +619,99 @@ class JobDriver:
             c.failed_mini_batches += 1
             c.failed_items += result.total
 
-    def _progress_line(self) -> str:
+    def _rate_eta(self) -> tuple[float, float | None]:
+        """Items per second since the start, and the seconds left at that rate (None before any item)."""
         c = self.counters
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = (c.succeeded_items + c.failed_items) / elapsed
         remaining_items = max(c.total_items - c.succeeded_items - c.failed_items, 0)
-        eta = _format_eta(remaining_items / rate) if rate > 0 else "unknown"
+        return rate, (remaining_items / rate if rate > 0 else None)
+
+    def _note_error(self, result: AttemptResult, final: bool) -> None:
+        """A failed attempt for progress.json: what the UI shows as the latest errors while the job runs."""
+        lines = (result.error or result.status).splitlines()
+        self.recent_errors.append(
+            {
+                "mini_batch": result.index,
+                "attempt": result.attempt,
+                "status": result.status,
+                "message": (lines[0] if lines else result.status)[:500],
+                "trace_file": result.error_file or None,
+                "final": final,
+                "time": time.time(),
+            }
+        )
+
+    def progress_document(
+        self, state: str = "running", summary: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """What `logs/sys/progress.json` holds: counters, rate, ETA and the latest failed attempts.
+
+        `state` is ``running`` until the summary exists, then the summary's status; the final document
+        carries the summary itself. Counts only: no configuration values (environment variables may hold
+        secrets) and no input data.
+        """
+        c = self.counters
+        rate, eta = self._rate_eta()
+        return {
+            "version": 1,
+            "job_id": self.job_id,
+            "state": state,
+            "started": self.started_at,
+            "updated": time.time(),
+            "elapsed_s": round(time.monotonic() - self.started, 3),
+            "total_mini_batches": c.total_mini_batches,
+            "done_mini_batches": c.done,
+            "succeeded_mini_batches": c.succeeded_mini_batches,
+            "failed_mini_batches": c.failed_mini_batches,
+            "reused_mini_batches": c.reused_mini_batches,
+            "total_items": c.total_items,
+            "succeeded_items": c.succeeded_items,
+            "failed_items": c.failed_items,
+            "items_per_s": round(rate, 3),
+            "eta_s": None if eta is None else round(eta, 1),
+            "stop_reason": self.stop_reason,
+            "recent_errors": list(self.recent_errors),
+            "summary": dict(summary) if summary is not None else None,
+        }
+
+    def _write_progress(self, state: str = "running", summary: Mapping[str, Any] | None = None) -> None:
+        """Rewrites logs/sys/progress.json. A remote logs folder gets a copy with each progress line
+        (the final document travels with the rest of the logs)."""
+        self._progress_written = time.monotonic()
+        path = self.logs.progress_state(self.progress_document(state, summary))
+        if self.local_output or state != "running":
+            return
+        if self._progress_copy is not None and self._progress_copy.is_alive():
+            return  # a slow store: the next progress line carries a newer document
+        try:
+            with open(path, "rb") as handle:
+                document = handle.read()
+        except OSError:
+            return
+        self._progress_copy = threading.Thread(
+            target=self._copy_progress, args=(document,), name=f"apr-progress-{self.job_id}", daemon=True
+        )
+        self._progress_copy.start()
+
+    def _copy_progress(self, document: bytes) -> None:
+        """Puts progress.json into the remote logs folder, off the driver loop (a store may be slow)."""
+        try:
+            fs, remote = fsspec.core.url_to_fs(
+                _join(self.spec.log_url, PROGRESS_FILE), **self.storage_options
+            )
+            fs.pipe_file(remote, document)
+        except Exception as exc:  # noqa: BLE001 - progress is a convenience; the job goes on
+            if not self._progress_copy_failed:
+                self._progress_copy_failed = True
+                self.logs.master(
+                    f"could not copy progress.json to {self.spec.log_url}: {type(exc).__name__}: {exc}"
+                )
+
+    def _progress_line(self) -> str:
+        c = self.counters
+        rate, seconds_left = self._rate_eta()
+        eta = _format_eta(seconds_left) if seconds_left is not None else "unknown"
         pct = 100 * c.done // max(c.total_mini_batches, 1)
         return (
             f"Processed {c.done} of {c.total_mini_batches} mini-batches ({pct}%): {c.succeeded_items} items succeeded, "
@@ -702,6 +797,11 @@ class JobDriver:
                 if time.monotonic() - last_line >= PROGRESS_INTERVAL_S:
                     self._say(self._progress_line())
                     last_line = time.monotonic()
+                elif (
+                    self.local_output
+                    and time.monotonic() - self._progress_written >= PROGRESS_FILE_INTERVAL_S
+                ):
+                    self._write_progress()
                 if self.stop_reason or self._cancel.is_set():
                     self.stop_reason = self.stop_reason or "the job was cancelled"
                     self.logs.master(f"stopping: {self.stop_reason}")
@@ -785,8 +885,10 @@ class JobDriver:
             return
         elif attempt < self.config.run_max_try and not self.stop_reason:
             pending.append((mb, attempt + 1))
+            self._note_error(result, final=False)
         else:
             self._finalise(mb, result)
+            self._note_error(result, final=True)
         breach = self._threshold_breach(all_scheduled=not pending)
         if breach:
             self.stop_reason = self.stop_reason or breach
@@ -907,7 +1009,10 @@ class JobDriver:
             summary["message"] = f"Job failed: {message}"
         self._write_result(summary, error_lines)
         self._write_report()
+        self._write_progress(summary["status"], summary)  # after the report: "ended" means all is there
         if not self.local_output:
+            if self._progress_copy is not None:  # a late copy must not replace the final document
+                self._progress_copy.join(timeout=STOP_GRACE_S)
             fs, path = fsspec.core.url_to_fs(self.spec.log_url, **self.storage_options)
             fs.put(self.log_root.rstrip("/") + "/", path, recursive=True)
             shutil.rmtree(self.log_root, ignore_errors=True)

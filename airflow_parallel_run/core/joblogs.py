@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -33,6 +34,9 @@ ATTEMPT_COLUMNS = [
     "Error Message",
     "Mini-batch Detail",
 ]
+
+#: The machine-readable progress of a running job, relative to the logs folder (the Airflow UI polls it).
+PROGRESS_FILE = "sys/progress.json"
 
 
 def _now() -> str:
@@ -102,6 +106,17 @@ class JobLogs:
 
     def progress(self, text: str) -> None:
         self._append(self.path("job_progress_overview.txt"), text)
+
+    def progress_state(self, state: dict[str, Any]) -> str:
+        """Rewrites `sys/progress.json` atomically (write, then rename): a reader sees the old or the new
+        document, never half of one. Returns the path (the driver copies it to a remote logs folder)."""
+        path = self.path(*PROGRESS_FILE.split("/"))
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with self._best_effort(path):
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump(state, handle, separators=(",", ":"))
+            os.replace(tmp, path)
+        return path
 
     def attempt(self, result: AttemptResult, detail: str) -> None:
         if not result.ok and not result.reused:

@@ -5,67 +5,36 @@ is there with its title and description, changes `mini_batch_size`, saves a scre
 form, triggers, and checks over REST that the run used the value and was triggered from the UI.
 """
 
+# ruff: noqa: F811 - `browser` is the fixture imported from e2e_browser
 from __future__ import annotations
 
 import math
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_browser import browser, sign_in  # noqa: F401 - the browser fixture
 from e2e_rest import Api, Stack
 
 pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
 
 DAG_ID = "digits_file_scoring"
-CHROMIUM = os.environ.get("APR_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 NEW_MINI_BATCH_SIZE = 40
 DIGITS = 1797
 
 
-def _missing(reason: str) -> None:
-    """In CI a missing browser is a failure (make test installs it); elsewhere the test is skipped."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright is not installed (pip install playwright; never `playwright install`)")
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        _missing(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield instance
-        finally:
-            instance.close()
-
-
-def test_trigger_form_in_the_browser(stack: Stack, api: Api, browser: Any, tmp_path: Path) -> None:
+def test_trigger_form_in_the_browser(
+    stack: Stack,
+    api: Api,
+    browser: Any,
+    tmp_path: Path,
+) -> None:
     params = api.get(f"/dags/{DAG_ID}/details")["params"]
     before = {run["dag_run_id"] for run in api.runs(DAG_ID)}
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(30_000)
-    page.goto(f"{stack.url}/auth/login")
-    page.locator("input[name=username]").fill(stack.username)
-    page.locator("input[name=password]").fill(str(stack.password))
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(lambda url: "/auth/login" not in url)
+    sign_in(page, stack)
 
     page.goto(f"{stack.url}/dags/{DAG_ID}")
     page.get_by_role("button", name="Trigger").first.click()
