@@ -292,7 +292,21 @@ class JobDriver:
             [os.path.abspath(config.entry_script_path), [list(d.paths) for d in self.inputs], self.plan.kind]
         )
         log_url = _join(self.output, "logs")
+        self.stop_reason: str | None = None
+        self._cancel = threading.Event()
+        self.stopped_at: float | None = None
+        self._left = False
+        self.cancelled_attempts = 0
+        self.leftover_processes = 0
         self._claim_output_folder()
+        try:
+            self._prepare_logs(log_url, bundle, bundle_hash, entry)
+        except BaseException:  # the lock's heartbeat would keep the folder busy for as long as we live
+            self.release()
+            raise
+
+    def _prepare_logs(self, log_url: str, bundle: bytes, bundle_hash: str, entry: str) -> None:
+        config = self.config
         if self.local_output:
             self.log_root = log_url
         else:
@@ -320,14 +334,8 @@ class JobDriver:
             storage_options=self.storage_options,
         )
         self.counters = Counters(len(self.plan.mini_batches), self.plan.total_items)
-        self.stop_reason: str | None = None
         self.init_failures = 0
         self.slots = max(1, config.node_count * config.processes_per_node)
-        self._cancel = threading.Event()
-        self.stopped_at: float | None = None
-        self._left = False
-        self.cancelled_attempts = 0
-        self.leftover_processes = 0
         if isinstance(self._lock, StoreLock) and not self._lock.supported:
             self.logs.master(
                 f"warning: {self.output} takes no lock (its store cannot create a file exclusively); "

@@ -48,6 +48,8 @@ def init():
     time.sleep({init_s})
 
 def run(mini_batch):
+    if os.path.basename(mini_batch[0]) < {fast_below!r}:  # quick successes open the full window
+        return [os.path.basename(p) for p in mini_batch]
     note("run-detached", subprocess.Popen(SLEEPER, start_new_session=True).pid)
     with open({calls!r}, "a") as handle:
         handle.write(os.path.basename(mini_batch[0]) + "\\n")
@@ -56,9 +58,16 @@ def run(mini_batch):
 """
 
 
-def slow_script(write_script: Callable[..., str], tmp_path: Path, init_s: float, run_s: float) -> str:
+def slow_script(
+    write_script: Callable[..., str], tmp_path: Path, init_s: float, run_s: float, quick: int = 0
+) -> str:
+    """`quick`: the first files' mini-batches succeed at once (then the driver keeps more attempts in flight)."""
     source = SLOW_SCRIPT.format(
-        pids=str(tmp_path / "pids.txt"), calls=str(tmp_path / "calls.txt"), init_s=init_s, run_s=run_s
+        pids=str(tmp_path / "pids.txt"),
+        calls=str(tmp_path / "calls.txt"),
+        init_s=init_s,
+        run_s=run_s,
+        fast_below=f"f{quick:03d}.txt",
     )
     return write_script(source, name="slow.py")
 
@@ -126,9 +135,10 @@ def check_stopped_cleanly(out: Path, tmp_path: Path, stopped: float, within: flo
 
 
 def test_cancel_stops_at_once_on_the_embedded_cluster(write_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """on_kill's cancel, 2 processes in slow run()s, more attempts queued on the workers."""
-    root, out = files(16), tmp_path / "out"
-    script = slow_script(write_script, tmp_path, init_s=1.5, run_s=20)
+    """on_kill's cancel, 2 processes in slow run()s after 4 quick successes: 24 attempts in flight, most
+    of them queued on the workers (before the fix each started a new process and init() after the stop)."""
+    root, out = files(40), tmp_path / "out"
+    script = slow_script(write_script, tmp_path, init_s=1.5, run_s=20, quick=4)
     drivers: list[JobDriver] = []
     result: list[Any] = []
 
