@@ -291,3 +291,40 @@ def test_a_killed_worker_takes_the_entry_scripts_children_along(  # type: ignore
     finally:
         if cli.poll() is None:
             os.killpg(cli.pid, signal.SIGKILL)
+
+
+class TaskTimeout(BaseException):
+    """Stands for Airflow's AirflowTaskTimeout: a BaseException raised by a SIGALRM handler in the task's
+    main thread, wherever the driver is at that moment."""
+
+
+def test_a_timeout_raised_inside_the_driver_stops_finishes_and_re_raises(  # type: ignore[no-untyped-def]
+    dask_client, write_script, files, tmp_path
+) -> None:
+    root, out = files(8), tmp_path / "out"
+    script = slow_script(write_script, tmp_path, init_s=0.5, run_s=20, quick=2)
+
+    def alarm(_signum: int, _frame: Any) -> None:
+        raise TaskTimeout("Timeout, PID: 1")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 6.0)
+        started = time.time()
+        try:
+            run_job(
+                ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=2),
+                [FileDataset.from_files(str(root))],
+                str(out),
+                client=dask_client,
+            )
+        except TaskTimeout:
+            pass
+        else:
+            raise AssertionError("the timeout did not reach the caller")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(lines_of(tmp_path / "calls.txt")) >= 1, "the timeout came before any run()"
+    summary = check_stopped_cleanly(out, tmp_path, started + 6.0, within=5)
+    assert summary["message"] == "Job failed: interrupted by TaskTimeout: Timeout, PID: 1", summary
