@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from airflow_parallel_run.core.monitor import (
@@ -233,6 +234,10 @@ def test_process_table_lists_only_the_given_processes_masked(tmp_path, busy_chil
             [sys.executable, "-c", "import time; time.sleep(60)", "--token=abc", "KEY=s3cr3t-value"]
         )
         try:
+            deadline = time.monotonic() + 30
+            while "--token=abc" not in psutil.Process(mine.pid).cmdline():  # until its exec is done
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
             table = process_table(
                 processes=own_processes([busy_child.pid, mine.pid]),
                 secrets=secret_values({"k": "s3cr3t-value"}),

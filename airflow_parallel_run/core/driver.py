@@ -880,6 +880,11 @@ class JobDriver:
             ]
         else:
             lines = [summary["message"], "Start with logs/user/error.txt; each line names the full trace."]
+        if self.stopped_at is not None:
+            lines.append(
+                f"Stopped at {_stamp(self.stopped_at)} UTC ({self.stop_reason}): {self.cancelled_attempts} running "
+                f"attempt(s) cancelled, {self.leftover_processes} process(es) the entry script left running ended."
+            )
         if error_lines:
             lines += ["", "Errors (logs/user/error.txt):", *error_lines[:20]]
         lines += ["", json.dumps(summary, indent=2)]

@@ -163,7 +163,10 @@ def check_ours(
             raise ConfigError("output_path", shown, _not_ours(shown, output_file, "no earlier job wrote it"))
         return marker
     for name in (LOGS, STAGING):
-        if fs.exists(_join(folder, name)):
+        path = _join(folder, name)
+        if fs.exists(path) and not (
+            fs.isdir(path) and not fs.ls(path, detail=False)
+        ):  # empty: nothing to lose
             why = (
                 f"it has no marker {LOGS}/{MARKER_NAME}"
                 if name == LOGS
@@ -196,6 +199,11 @@ def claim(
     with contextlib.suppress(FileNotFoundError):
         if fs.exists(_join(folder, STAGING)):
             fs.rm(_join(folder, STAGING), recursive=True)
+    if _is_local(fs):  # a lock's temp or moved-aside file left by a killed job (the lock itself stays)
+        for name in os.listdir(folder):
+            if name.startswith(f"{LOCK_NAME}.") and name.endswith((".tmp", ".stale")):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
     fs.makedirs(logs, exist_ok=True)
     marker = {
         "tool": "airflow-parallel-run",

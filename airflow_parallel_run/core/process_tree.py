@@ -75,6 +75,8 @@ def remember(pid: int, known: dict[int, float]) -> None:
 
 def scoped(prefix: str, exclude: Iterable[int] = ()) -> list[psutil.Process]:
     """Running processes whose scope starts with `prefix` (their environment says who started them)."""
+    if not prefix:  # an empty prefix would match every process
+        return []
     skip = set(exclude)
     found = []
     for proc in psutil.process_iter():
@@ -89,12 +91,24 @@ def scoped(prefix: str, exclude: Iterable[int] = ()) -> list[psutil.Process]:
     return found
 
 
-def _group_members(pgid: int) -> list[psutil.Process]:
+def _group_or_scope(pgid: int | None, prefix: str, skip: set[int]) -> list[psutil.Process]:
+    """One pass over the host's processes: members of process group `pgid`, and processes whose scope
+    starts with `prefix` (`scoped`)."""
     found = []
     for proc in psutil.process_iter():
+        if proc.pid in skip:
+            continue
         with contextlib.suppress(OSError, psutil.Error):
-            if os.getpgid(proc.pid) == pgid:
+            if pgid and os.getpgid(proc.pid) == pgid:
                 found.append(proc)
+                continue
+        if not prefix:  # an empty prefix would match every process
+            continue
+        try:
+            if proc.environ().get(SCOPE_ENV, "").startswith(prefix):
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
     return found
 
 
@@ -116,10 +130,7 @@ def end_leftovers(
     same start time. Returns the PIDs of the other processes that were still running."""
     skip = {os.getpid(), *exclude}
     targets: dict[int, psutil.Process] = {}
-    if leader:
-        for proc in [*descendants(leader), *_group_members(leader)]:
-            targets.setdefault(proc.pid, proc)
-    for proc in scoped(scope, skip):
+    for proc in [*(descendants(leader) if leader else []), *_group_or_scope(leader, scope, skip)]:
         targets.setdefault(proc.pid, proc)
     for pid, started in (known or {}).items():
         with contextlib.suppress(psutil.Error):

@@ -126,6 +126,10 @@ def check_stopped_cleanly(out: Path, tmp_path: Path, stopped: float, within: flo
     late = [line for when, line in process_starts(out) if when > (broadcast or stopped)]
     assert not late, "entry-script processes started after the stop:\n" + "\n".join(late)
     assert broadcast is not None and stopped <= broadcast < stopped + 2, "no (or a late) stop line"
+    result = (out / "logs" / "job_result.txt").read_text()
+    assert re.search(r"^Stopped at \S+ \S+ UTC \(.+\): \d+ running attempt\(s\) cancelled", result, re.M), (
+        result
+    )
     assert not (out / ".airflow-parallel-run.lock").exists(), "the lock is left"
     assert not (out / ".staging").exists(), ".staging is left"
     pids = noted_pids(tmp_path)
