@@ -125,10 +125,11 @@ def _mark_stopped(job_id: str) -> None:
 
 def stop_job(job_id: str) -> int:
     """Broadcast by the driver when the job stops: no new process or mini-batch of it starts on this
-    worker, and its running entry-script processes (and their process groups) are killed now.
+    worker, and its running entry-script processes are killed now.
 
-    Runs in the worker's event loop, so it only signals; the attempts waiting on those processes see
-    them end within `POLL_S`, report CANCELLED and clean up. Returns how many processes it killed.
+    Runs in the worker's event loop, so it only signals the entry-script processes themselves; the
+    attempts waiting on them see them end within `POLL_S`, report CANCELLED and end (and count) what
+    they started, their process groups included (`EntryProcess.kill`). Returns how many it killed.
     """
     with _STATE:
         _mark_stopped(job_id)
@@ -136,7 +137,7 @@ def stop_job(job_id: str) -> int:
         for process in _LIVE.get(job_id, ()):
             if process.proc is not None and process.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(process.proc.pid, signal.SIGKILL)
+                    os.kill(process.proc.pid, signal.SIGKILL)
                 killed += 1
     return killed
 
@@ -287,6 +288,8 @@ class EntryProcess:
         self.mini_batches = 0
         self.scope = f"{spec.job_id}/{os.getpid()}/{self.name}/"  # inherited by all it starts
         self.descendants: dict[int, float] = {}  # pid -> start time, sampled at each mini-batch end
+        self._kill_lock = threading.Lock()
+        self._killed = False
 
     # Log lines are best-effort: a full log disk must not turn an attempt's own outcome (or a failure
     # being reported) into an exception; the driver reports its own failed log writes in the summary.
@@ -429,9 +432,21 @@ class EntryProcess:
 
     def kill(self) -> int:
         """Kills the process, its process group and every process it started; returns how many of
-        those others were still running (also noted in the node log)."""
-        with _STATE:
-            _LIVE.get(self.spec.job_id, set()).discard(self)
+        those others were still running (also noted in the node log and counted for the job).
+
+        Once only: a second caller (`shutdown_job` while the attempt's own thread is at it) waits for
+        the first to finish and returns 0; the process leaves `_LIVE` when its leftovers are counted."""
+        with self._kill_lock:
+            if self._killed:
+                return 0
+            try:
+                return self._kill()
+            finally:
+                self._killed = True
+                with _STATE:
+                    _LIVE.get(self.spec.job_id, set()).discard(self)
+
+    def _kill(self) -> int:
         monitor = get_monitor(self.spec.job_id, self.node)
         if monitor is not None and self.proc is not None:
             monitor.untrack(self.proc.pid)

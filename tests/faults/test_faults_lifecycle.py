@@ -127,14 +127,16 @@ def check_stopped_cleanly(out: Path, tmp_path: Path, stopped: float, within: flo
     assert not late, "entry-script processes started after the stop:\n" + "\n".join(late)
     assert broadcast is not None and stopped <= broadcast < stopped + 2, "no (or a late) stop line"
     result = (out / "logs" / "job_result.txt").read_text()
-    assert re.search(r"^Stopped at \S+ \S+ UTC \(.+\): \d+ running attempt\(s\) cancelled", result, re.M), (
-        result
+    stop_line = re.search(
+        r"^Stopped at \S+ \S+ UTC \(.+\): \d+ running attempt\(s\) cancelled, (\d+) process", result, re.M
     )
+    assert stop_line, result
     assert not (out / ".airflow-parallel-run.lock").exists(), "the lock is left"
     assert not (out / ".staging").exists(), ".staging is left"
     pids = noted_pids(tmp_path)
     assert any(k.startswith("init-helper") for k in lines_of(tmp_path / "pids.txt")), "init() never ran"
     wait_for(lambda: not running(pids), within, "every process init() and run() started to end")
+    assert int(stop_line.group(1)) == len(pids), (result, lines_of(tmp_path / "pids.txt"))
     return summary
 
 
