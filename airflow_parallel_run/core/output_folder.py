@@ -156,6 +156,7 @@ def check_ours(
 
     Returns the earlier job's marker (None for a folder without one: new, or with none of those).
     """
+    fs.invalidate_cache(folder)  # a store's listing cache may predate an earlier job in this process
     marker = read_marker(fs, folder)
     if marker is not None:
         written = set(marker.get("outputs") or ())
@@ -191,6 +192,7 @@ def claim(
     """Empties the engine's `logs/` (keeping the marker, so the folder stays marked throughout) and
     `.staging/`, then writes this job's marker. Call with the lock held, after `check_ours`."""
     logs = _join(folder, LOGS)
+    fs.invalidate_cache(folder)
     if fs.exists(logs):
         for entry in fs.ls(logs, detail=False):
             if str(entry).rstrip("/").rsplit("/", 1)[-1] != MARKER_NAME:
@@ -492,6 +494,7 @@ class StoreLock(_HeartbeatLock):
         self._acquire()
 
     def _create(self, data: bytes) -> bool:
+        self.fs.invalidate_cache(self.folder)  # "exists" must come from the store, not a listing cache
         if self.fs.exists(self.path):
             return False
         try:
