@@ -66,12 +66,19 @@ log = logging.getLogger("airflow_parallel_run")
 PROGRESS_INTERVAL_S = 10.0  # job_progress_overview.txt and the task log: at least this often
 # Stopping (cancel, on_kill, a signal, a threshold): `stop_job` reaches every worker in one broadcast
 # (bounded by STOP_BROADCAST_S) and kills the running entry-script processes; their attempts report
-# CANCELLED within runner.POLL_S, and the driver books what arrives within STOP_DRAIN_S. Then it
-# ends the workers' processes (STOP_SHUTDOWN_S), writes job_result.txt, releases the lock and
-# removes .staging. Measured from the cancel to a complete job_result.txt: see README ("Stopping").
-STOP_BROADCAST_S = 2.0
-STOP_DRAIN_S = 1.5
-STOP_SHUTDOWN_S = 3.0
+# CANCELLED within runner.POLL_S, and the driver books what arrives within STOP_DRAIN_S. Then it ends
+# the workers' processes (STOP_SHUTDOWN_S), writes job_result.txt, removes .staging and releases the
+# lock, and only then writes report.html. Airflow 3 sends SIGTERM to a task and SIGKILL 5 s later, so
+# the worst case, LOOP_WAIT_S + STOP_BROADCAST_S + STOP_DRAIN_S + STOP_CANCEL_S + STOP_SHUTDOWN_S =
+# 4.2 s plus writing the result (an unresponsive scheduler or workers: every bound reached), stays
+# inside that window. Measured with
+# bench/stop_bench.py (embedded cluster, 2 processes in slow run()s or init()s, up to 24 attempts in
+# flight, a shared 2-core machine at load 3-14): 0.1-0.7 s from the cancel or SIGTERM to a complete
+# job_result.txt.
+STOP_BROADCAST_S = 1.0
+STOP_DRAIN_S = 1.0
+STOP_CANCEL_S = 0.5  # cancelling what did not report (and, after the result, clearing the stop Event)
+STOP_SHUTDOWN_S = 1.5
 LOOP_WAIT_S = 0.2  # the driver loop looks at the cancel flag at least this often
 # At a normal end the entry scripts' shutdown() runs (SHUTDOWN_GRACE_S) and remote logs are uploaded.
 SHUTDOWN_BOUND_S = SHUTDOWN_GRACE_S + 300.0
@@ -621,13 +628,15 @@ class JobDriver:
                 self._stop(client, stop_event, in_flight, pending)
         finally:
             if in_flight:  # whatever did not report by now: do not leave it running
-                with contextlib.suppress(Exception):  # the scheduler may be gone
+
+                def cancel_rest() -> None:
                     stop_event.set()
                     client.cancel([f for f, _, _ in in_flight.values()], force=True)
+
+                _bounded(cancel_rest, STOP_CANCEL_S)  # the scheduler may be gone
             self._shutdown_workers(client)
-            with contextlib.suppress(Exception):  # the scheduler may already be gone
-                stop_event.clear()
         summary = self._finish()
+        _bounded(stop_event.clear, STOP_CANCEL_S)  # the scheduler may already be gone
         if interrupted is not None:
             raise interrupted
         return summary
@@ -647,9 +656,13 @@ class JobDriver:
         """No new attempt or process from now on; running ones are killed and their rows booked."""
         self._note_stop()
         pending.clear()
-        with contextlib.suppress(Exception):  # workers that missed the broadcast ask this Event
-            stop_event.set()
-        reached, _ = _bounded(lambda: client.run(stop_job, self.job_id, on_error="return"), STOP_BROADCAST_S)
+
+        def broadcast() -> Any:
+            with contextlib.suppress(Exception):  # workers that missed the broadcast ask this Event
+                stop_event.set()
+            return client.run(stop_job, self.job_id, on_error="return")
+
+        reached, _ = _bounded(broadcast, STOP_BROADCAST_S)
         if reached:
             self.logs.master(
                 f"stopped on every worker at {_stamp(time.time())} UTC: no entry-script process or "
@@ -766,17 +779,16 @@ class JobDriver:
     def _drain(self, client: Client, in_flight: dict[str, tuple[Future, MiniBatch, int]]) -> None:
         """After the stop broadcast: cancels attempts no worker holds yet; books what the others report
         within STOP_DRAIN_S (CANCELLED for killed ones, a success that finished meanwhile is kept)."""
-        try:
-            held = {str(k) for keys in client.processing().values() for k in keys}
-        except Exception:  # noqa: BLE001 - without the scheduler's view, wait for all (bounded)
-            held = set(in_flight)
+        deadline = time.monotonic() + STOP_DRAIN_S
+        known, processing = _bounded(client.processing, STOP_DRAIN_S / 2)
+        # without the scheduler's view, wait for all (bounded)
+        held = {str(k) for keys in processing.values() for k in keys} if known else set(in_flight)
         queued = [key for key in in_flight if key not in held and not in_flight[key][0].done()]
         if queued:
-            with contextlib.suppress(Exception):
-                client.cancel([in_flight[key][0] for key in queued])
+            futures = [in_flight[key][0] for key in queued]
+            _bounded(lambda: client.cancel(futures), max(deadline - time.monotonic(), 0.1))
             for key in queued:
                 in_flight.pop(key)
-        deadline = time.monotonic() + STOP_DRAIN_S
         for key, (future, mb, attempt) in list(in_flight.items()):
             try:
                 future.result(timeout=max(deadline - time.monotonic(), 0.05))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 import threading
 import time
@@ -45,6 +46,8 @@ STAGING = ".staging"
 RESERVED_NAMES = (LOGS, STAGING)
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = max(30.0, 3 * HEARTBEAT_S)
+TAKEOVER_STALE_S = 10.0  # a takeover mutex older than this was left by a job that died while taking over
+ACQUIRE_TRIES = 50
 _GLOB_CHARS = set("*?[")
 
 OnLost = Callable[[str], None]
@@ -270,12 +273,16 @@ def _utc(seconds: float) -> str:
 
 
 class _HeartbeatLock:
-    """Shared logic of the lock file: what the owner writes, when a lock is stale, the heartbeat thread."""
+    """Shared logic of the lock: what the owner writes, when a lock is stale, how it is taken over, the
+    heartbeat thread. Subclasses give four operations on a path: exclusive create, read (bytes and
+    modification time), replace whole, delete."""
 
     def __init__(self, folder: str, shown: str, job_id: str, on_lost: OnLost | None) -> None:
         self.folder = folder
         self.shown = shown
         self.on_lost = on_lost
+        self.path = _join(folder, LOCK_NAME)
+        self.mutex = f"{self.path}.takeover"  # held by the one job that removes a stale lock
         now = time.time()
         self.me: dict[str, Any] = {
             "host": socket.gethostname(),
@@ -291,29 +298,26 @@ class _HeartbeatLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    # subclasses: _create(data) -> bool (False when it exists), _read() -> (raw bytes | None, mtime | None),
-    # _replace(data), _remove_if(raw) -> None
-    def _create(self, data: bytes) -> bool:
+    def _create_file(self, path: str, data: bytes) -> bool:
+        """Creates `path` holding `data` unless it exists (then False), atomically."""
         raise NotImplementedError
 
-    def _read(self) -> tuple[bytes | None, float | None]:
+    def _read_file(self, path: str) -> tuple[bytes | None, float | None]:
+        """(content, modification time); (None, None) when it does not exist."""
         raise NotImplementedError
 
-    def _replace(self, data: bytes) -> None:
+    def _replace_file(self, path: str, data: bytes) -> None:
         raise NotImplementedError
 
-    def _remove_stale(self, raw: bytes | None) -> None:
-        raise NotImplementedError
-
-    def _delete(self) -> None:
+    def _delete_file(self, path: str) -> None:
         raise NotImplementedError
 
     def _acquire(self) -> None:
-        for _ in range(5):
-            if self._create(self._encode()):
+        for _ in range(ACQUIRE_TRIES):
+            if self._create_file(self.path, self._encode()):
                 self._start_heartbeat()
                 return
-            raw, mtime = self._read()
+            raw, mtime = self._read_file(self.path)
             owner = self._parse(raw)
             if raw is None and mtime is None:
                 continue  # released between our attempts
@@ -324,6 +328,26 @@ class _HeartbeatLock:
         raise OutputBusyError(
             "output_path", self.shown, f"a folder whose lock {_join(self.shown, LOCK_NAME)} can be taken"
         )
+
+    def _remove_stale(self, raw: bytes | None) -> None:
+        """Removes the lock judged stale, unless it changed since it was read. Several jobs may judge it
+        stale at once: only the one that creates the takeover mutex removes it; the others wait a moment
+        and try to create the lock again (one of them gets it)."""
+        if not self._create_file(self.mutex, self._encode()):
+            _, since = self._read_file(self.mutex)
+            if since is not None and time.time() - since > TAKEOVER_STALE_S:  # its holder died meanwhile
+                with contextlib.suppress(FileNotFoundError, OSError):
+                    self._delete_file(self.mutex)
+            time.sleep(0.05 + random.random() * 0.05)
+            return
+        try:
+            current, _ = self._read_file(self.path)
+            if current == raw:
+                with contextlib.suppress(FileNotFoundError):
+                    self._delete_file(self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                self._delete_file(self.mutex)
 
     def _encode(self) -> bytes:
         return json.dumps(self.me).encode()
@@ -387,7 +411,7 @@ class _HeartbeatLock:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                raw, _ = self._read()
+                raw, _ = self._read_file(self.path)
                 owner = self._parse(raw)
                 if owner is None or owner.get("token") != self.me["token"]:
                     who = f"job pid {owner.get('pid')} on {owner.get('host')}" if owner else "someone else"
@@ -399,7 +423,7 @@ class _HeartbeatLock:
                         self.on_lost(self.lost)
                     return
                 self.me["heartbeat"] = time.time()
-                self._replace(self._encode())
+                self._replace_file(self.path, self._encode())
             except Exception:  # noqa: BLE001 - a hiccup of the store: the next beat tries again
                 continue
 
@@ -410,11 +434,11 @@ class _HeartbeatLock:
         self._thread = None
         if self.lost is not None:
             return
-        raw, _ = self._read()
+        raw, _ = self._read_file(self.path)
         owner = self._parse(raw)
         if owner is not None and owner.get("token") == self.me["token"]:
             with contextlib.suppress(FileNotFoundError, OSError):
-                self._delete()
+                self._delete_file(self.path)
 
 
 class OutputLock(_HeartbeatLock):
@@ -424,51 +448,32 @@ class OutputLock(_HeartbeatLock):
 
     def __init__(self, folder: str, job_id: str = "", on_lost: OnLost | None = None) -> None:
         super().__init__(folder, folder, job_id, on_lost)
-        self.path = os.path.join(folder, LOCK_NAME)
         self._acquire()
 
-    def _create(self, data: bytes) -> bool:
+    def _create_file(self, path: str, data: bytes) -> bool:
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         return True
 
-    def _read(self) -> tuple[bytes | None, float | None]:
+    def _read_file(self, path: str) -> tuple[bytes | None, float | None]:
         try:
-            with open(self.path, "rb") as handle:
+            with open(path, "rb") as handle:
                 return handle.read(), os.fstat(handle.fileno()).st_mtime
         except OSError:
             return None, None
 
-    def _replace(self, data: bytes) -> None:
-        temp = f"{self.path}.{self.me['token'][:12]}.tmp"
+    def _replace_file(self, path: str, data: bytes) -> None:
+        temp = f"{path}.{self.me['token'][:12]}.tmp"
         with open(temp, "wb") as handle:
             handle.write(data)
-        os.replace(temp, self.path)  # readers see the old lock or the new one, never half of it
+        os.replace(temp, path)  # readers see the old lock or the new one, never half of it
 
-    def _remove_stale(self, raw: bytes | None) -> None:
-        """Moves the lock aside and deletes it only if it is still the one judged stale; a lock that
-        was renewed or taken in the meantime is put back."""
-        aside = f"{self.path}.{self.me['token'][:12]}.stale"
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        try:
-            with open(aside, "rb") as handle:
-                moved = handle.read()
-            if moved != raw:
-                with contextlib.suppress(FileExistsError):
-                    os.link(aside, self.path)  # put it back, unless a new lock exists already
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(aside)
-
-    def _delete(self) -> None:
-        os.remove(self.path)
+    def _delete_file(self, path: str) -> None:
+        os.remove(path)
 
 
 class StoreLock(_HeartbeatLock):
@@ -489,16 +494,15 @@ class StoreLock(_HeartbeatLock):
     ) -> None:
         super().__init__(folder, shown, job_id, on_lost)
         self.fs = fs
-        self.path = _join(folder, LOCK_NAME)
         self.supported = True
         self._acquire()
 
-    def _create(self, data: bytes) -> bool:
+    def _create_file(self, path: str, data: bytes) -> bool:
         self.fs.invalidate_cache(self.folder)  # "exists" must come from the store, not a listing cache
-        if self.fs.exists(self.path):
+        if self.fs.exists(path):
             return False
         try:
-            with self.fs.open(self.path, "xb") as handle:
+            with self.fs.open(path, "xb") as handle:
                 handle.write(data)
         except FileExistsError:
             return False
@@ -509,36 +513,29 @@ class StoreLock(_HeartbeatLock):
             if "precondition" in str(exc).lower() or "exists" in str(exc).lower():
                 return False
             raise
-        raw, _ = self._read()  # a store that ignores "x": the last writer wins, and only it goes on
+        raw, _ = self._read_file(path)  # a store that ignores "x": the last writer wins, and only it goes on
         return raw == data
 
     def _start_heartbeat(self) -> None:
         if self.supported:
             super()._start_heartbeat()
 
-    def _read(self) -> tuple[bytes | None, float | None]:
+    def _read_file(self, path: str) -> tuple[bytes | None, float | None]:
         try:
-            raw = self.fs.cat_file(self.path)
+            raw = self.fs.cat_file(path)
         except (FileNotFoundError, OSError):
             return None, None
         try:
-            modified = self.fs.modified(self.path)
-            mtime: float | None = modified.timestamp()
+            mtime: float | None = self.fs.modified(path).timestamp()
         except Exception:  # noqa: BLE001 - a store without modification times: the heartbeat decides
             mtime = None
         return bytes(raw), mtime
 
-    def _replace(self, data: bytes) -> None:
-        self.fs.pipe_file(self.path, data)
+    def _replace_file(self, path: str, data: bytes) -> None:
+        self.fs.pipe_file(path, data)
 
-    def _remove_stale(self, raw: bytes | None) -> None:
-        current, _ = self._read()
-        if current == raw:
-            with contextlib.suppress(FileNotFoundError, OSError):
-                self.fs.rm_file(self.path)
-
-    def _delete(self) -> None:
-        self.fs.rm_file(self.path)
+    def _delete_file(self, path: str) -> None:
+        self.fs.rm_file(path)
 
     def release(self) -> None:
         if self.supported:

@@ -144,7 +144,7 @@ def end_leftovers(
     for proc in victims:
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    deadline = time.monotonic() + 2.0  # a killed process may stay a zombie: that counts as ended
+    deadline = time.monotonic() + 1.0  # a killed process may stay a zombie: that counts as ended
     while any(_alive(p) for p in victims) and time.monotonic() < deadline:
         time.sleep(0.02)
     return sorted(p.pid for p in victims)

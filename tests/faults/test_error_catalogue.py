@@ -312,7 +312,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "out.txt").write_text("a file, not a folder\n")
     (tmp_path / "home" / "logs").mkdir(parents=True)  # like AIRFLOW_HOME: another program's logs
     (tmp_path / "home" / "logs" / "scheduler.log").write_text("not ours\n")
-    (tmp_path / "staged" / ".staging").mkdir(parents=True)
+    (tmp_path / "staged" / ".staging" / "job").mkdir(parents=True)
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "parallel_run_step.txt").write_text("someone's results\n")
     return tmp_path

@@ -313,28 +313,33 @@ def test_the_heartbeat_is_refreshed_and_a_lost_lock_stops_its_job(  # type: igno
     assert json.loads((tmp_path / LOCK_NAME).read_text()) == taker, "release removed someone else's lock"
 
 
-def test_two_takers_of_one_stale_lock_leave_one_owner(tmp_path: Path) -> None:
-    """Both see the lock stale at once; exactly one of them gets the folder."""
-    _lock(tmp_path, heartbeat=time.time() - STALE_AFTER_S - 5)
-    outcomes: list[Any] = []
-    start = threading.Barrier(8)
+def test_many_takers_of_one_stale_lock_leave_one_owner(tmp_path: Path) -> None:
+    """Twelve jobs see the same lock stale at once, twenty times over: each time exactly one gets the
+    folder (a takeover that removed a lock renewed meanwhile would let two in)."""
+    for round_ in range(20):
+        folder = tmp_path / f"round{round_}"
+        _lock(folder, heartbeat=time.time() - STALE_AFTER_S - 5)
+        outcomes: list[Any] = []
+        start = threading.Barrier(12)
 
-    def take() -> None:
-        start.wait()
-        try:
-            outcomes.append(OutputLock(str(tmp_path)))
-        except OutputBusyError as exc:
-            outcomes.append(exc)
+        def take(
+            folder: Path = folder, start: threading.Barrier = start, outcomes: list[Any] = outcomes
+        ) -> None:
+            start.wait()
+            try:
+                outcomes.append(OutputLock(str(folder)))
+            except OutputBusyError as exc:
+                outcomes.append(exc)
 
-    threads = [threading.Thread(target=take) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    owners = [o for o in outcomes if isinstance(o, OutputLock)]
-    assert len(outcomes) == 8 and len(owners) == 1, outcomes
-    assert json.loads((tmp_path / LOCK_NAME).read_text())["token"] == owners[0].me["token"]
-    owners[0].release()
+        threads = [threading.Thread(target=take) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        owners = [o for o in outcomes if isinstance(o, OutputLock)]
+        assert len(outcomes) == 12 and len(owners) == 1, (round_, outcomes)
+        assert json.loads((folder / LOCK_NAME).read_text())["token"] == owners[0].me["token"]
+        owners[0].release()
 
 
 def test_a_remote_folder_is_locked_on_the_store_with_the_same_rule() -> None:
