@@ -25,6 +25,7 @@ from airflow_parallel_run.core import (
     FileDataset,
     InputError,
     JobDriver,
+    OutputBusyError,
     ParallelRunConfig,
     TabularDataset,
     run_job,
@@ -393,6 +394,8 @@ class ParallelRunOperator(BaseOperator):
                 summary = self._run(context, config, inputs, output_path, job_kwargs)
         except _Finished as finished:  # deferrable mode, finished before deferring
             return self._remote_summary(context, finished.summary)
+        except OutputBusyError as exc:  # another running job holds the folder: a retry may find it free
+            raise AirflowException(f"The output folder is busy: {exc}") from exc
         except ConfigError as exc:
             raise AirflowFailException(f"Invalid ParallelRunOperator setting: {exc}") from exc
         except InputError as exc:

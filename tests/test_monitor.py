@@ -11,9 +11,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from airflow_parallel_run.core.monitor import ResourceMonitor, ensure_monitor, get_monitor, stop_monitor
+from airflow_parallel_run.core.monitor import (
+    ResourceMonitor,
+    ensure_monitor,
+    get_monitor,
+    mask,
+    own_processes,
+    process_table,
+    secret_values,
+    stop_monitor,
+)
 
 NODE = "127.0.0.1"
 NODE_HEADER = [
@@ -211,3 +221,48 @@ def test_a_tracked_process_that_ends_is_dropped(tmp_path):
     assert monitor.tracked() == {}
     monitor.track(999_999_999, "process003")  # no such pid: ignored, not raised
     assert monitor.tracked() == {}
+
+
+def test_process_table_lists_only_the_given_processes_masked(tmp_path, busy_child):
+    """The default table is this process and its descendants; a bystander (not our child) is absent."""
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "--password", "hunter2-bystander"],
+        start_new_session=True,
+    )
+    try:
+        mine = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)", "--token=abc", "KEY=s3cr3t-value"]
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while "--token=abc" not in psutil.Process(mine.pid).cmdline():  # until its exec is done
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            table = process_table(
+                processes=own_processes([busy_child.pid, mine.pid]),
+                secrets=secret_values({"k": "s3cr3t-value"}),
+            )
+        finally:
+            mine.kill()
+            mine.wait()
+    finally:
+        bystander.kill()
+        bystander.wait()
+    pids = {line.split()[0] for line in table.splitlines()[1:]}
+    assert pids == {str(busy_child.pid), str(mine.pid)}, table
+    assert "--token=*** KEY=***" in table and "s3cr3t" not in table and "abc" not in table
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("mysql --password=hunter22 -u bob", "mysql --password=*** -u bob"),
+        ("mysql --password hunter22", "mysql --password ***"),
+        ("PGPASSWORD=pw psql", "PGPASSWORD=*** psql"),
+        ("curl https://bob:pw123@host/x", "curl https://bob:***@host/x"),
+        ("tool --api-key K1 --db-token=T2 --n 3", "tool --api-key *** --db-token=*** --n 3"),
+        ("python run.py --given THE-VALUE", "python run.py --given ***"),
+    ],
+)
+def test_mask_hides_configured_values_and_secret_looking_options(text, masked):
+    assert mask(text, secret_values({"opts": {"nested": ["THE-VALUE"]}, "short": "x"})) == masked

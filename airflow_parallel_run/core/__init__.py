@@ -19,6 +19,7 @@ _NAMES = {
     "ConfigError": "errors",
     "InputError": "errors",
     "JobFailedError": "errors",
+    "OutputBusyError": "errors",
     "ParallelRunError": "errors",
 }
 
@@ -29,6 +30,7 @@ __all__ = [
     "InputError",
     "JobDriver",
     "JobFailedError",
+    "OutputBusyError",
     "ParallelRunConfig",
     "ParallelRunError",
     "TabularDataset",
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from .datasets import FileDataset, TabularDataset
     from .driver import JobDriver, run_job
     from .entry_script import EntryScript
-    from .errors import ConfigError, InputError, JobFailedError, ParallelRunError
+    from .errors import ConfigError, InputError, JobFailedError, OutputBusyError, ParallelRunError
 
 
 def __getattr__(name: str) -> Any:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
 import queue
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -41,17 +41,53 @@ from .joblogs import PROGRESS_FILE, JobLogs
 from .jobspec import JobSpec, bundle_scripts
 from .minibatch import FileRef, MiniBatch
 from .output_files import collect_leftovers, publish_files
+from .output_folder import (
+    MARKER_NAME,
+    OutputLock,
+    StoreLock,
+    check_ours,
+    check_output_file_name,
+    check_separate,
+    claim,
+)
 from .planner import Plan, is_local, plan
 from .results import JobSchema, Part, assemble, schema_from_text, schema_to_text
 from .reuse_key import digest as key_digest
 from .reuse_key import key_fields, mini_batch_key
-from .runner import AttemptResult, run_mini_batch, shutdown_job
+from .runner import (
+    SHUTDOWN_GRACE_S,
+    STOPPED_BEFORE_START,
+    AttemptResult,
+    run_mini_batch,
+    shutdown_job,
+    stop_job,
+)
 
 log = logging.getLogger("airflow_parallel_run")
 PROGRESS_INTERVAL_S = 10.0  # job_progress_overview.txt and the task log: at least this often
 PROGRESS_FILE_INTERVAL_S = 2.0  # logs/sys/progress.json of a local output folder: at most this often
 RECENT_ERRORS = 20  # failed attempts kept in progress.json while the job runs
-STOP_GRACE_S = 30.0
+# A remote progress.json copy still running when the job ends is awaited this long, so a late copy
+# never replaces the final document.
+PROGRESS_COPY_JOIN_S = 30.0
+# Stopping (cancel, on_kill, a signal, a threshold): `stop_job` reaches every worker in one broadcast
+# (bounded by STOP_BROADCAST_S) and kills the running entry-script processes; their attempts report
+# CANCELLED within runner.POLL_S, and the driver books what arrives within STOP_DRAIN_S. Then it ends
+# the workers' processes (STOP_SHUTDOWN_S), writes job_result.txt, removes .staging and releases the
+# lock, and only then writes report.html. Airflow 3 sends SIGTERM to a task and SIGKILL 5 s later, so
+# the worst case, LOOP_WAIT_S + STOP_BROADCAST_S + STOP_DRAIN_S + STOP_CANCEL_S + STOP_SHUTDOWN_S =
+# 4.2 s plus writing the result (an unresponsive scheduler or workers: every bound reached), stays
+# inside that window. Measured with
+# bench/stop_bench.py (embedded cluster, 2 processes in slow run()s or init()s, up to 24 attempts in
+# flight, a shared 2-core machine at load 3-14): 0.1-0.7 s from the cancel or SIGTERM to a complete
+# job_result.txt.
+STOP_BROADCAST_S = 1.0
+STOP_DRAIN_S = 1.0
+STOP_CANCEL_S = 0.5  # cancelling what did not report (and, after the result, clearing the stop Event)
+STOP_SHUTDOWN_S = 1.5
+LOOP_WAIT_S = 0.2  # the driver loop looks at the cancel flag at least this often
+# At a normal end the entry scripts' shutdown() runs (SHUTDOWN_GRACE_S) and remote logs are uploaded.
+SHUTDOWN_BOUND_S = SHUTDOWN_GRACE_S + 300.0
 # Attempts in flight: enough that no worker waits for the driver's next submit, few enough that a
 # million mini-batches never sit on the scheduler at once (the scheduler queues the excess itself).
 WINDOW_PER_SLOT = 4
@@ -78,9 +114,13 @@ def _join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-def _normalise_output(output_path: str, storage_options: Mapping[str, Any]) -> tuple[str, bool]:
+def _check_output_path(output_path: str) -> None:
     if not isinstance(output_path, str) or not output_path.strip():
         raise ConfigError("output_path", output_path, "a folder path or fsspec URL")
+
+
+def _normalise_output(output_path: str, storage_options: Mapping[str, Any]) -> tuple[str, bool]:
+    _check_output_path(output_path)
     fs, path = fsspec.core.url_to_fs(output_path.strip(), **dict(storage_options))
     try:
         if is_local(fs):
@@ -193,70 +233,30 @@ def explain_change(previous: Mapping[str, Any], current: Mapping[str, Any]) -> s
     return None
 
 
-class OutputLock:
-    """One running job per local output folder: a second one is refused instead of interleaving.
-
-    The lock file names the owner (host, pid, job); a lock whose process is gone (a killed driver)
-    is taken over, so a re-run after a crash is never blocked.
-    """
-
-    NAME = ".airflow-parallel-run.lock"
-
-    def __init__(self, folder: str) -> None:
-        self.path = os.path.join(folder, self.NAME)
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner and owner.get("host") == me["host"] and not _pid_alive(int(owner.get("pid", 0))):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(self.path)  # stale: its driver was killed
-                    continue
-                started = time.strftime(
-                    "%Y-%m-%d %H:%M:%S", time.gmtime(float((owner or {}).get("started", 0)))
-                )
-                raise ConfigError(
-                    "output_path",
-                    folder,
-                    f"a folder no other running job writes to; job pid {(owner or {}).get('pid')} on "
-                    f"{(owner or {}).get('host')} has used it since {started} UTC (wait for it, or use another "
-                    f"output_path; remove {self.path} if that job is gone)",
-                ) from None
-            with os.fdopen(fd, "w") as handle:
-                json.dump(me, handle)
-            return
-        raise ConfigError("output_path", folder, f"a folder whose lock {self.path} can be taken")
-
-    def _owner(self) -> dict[str, Any] | None:
-        try:
-            with open(self.path, encoding="utf-8") as handle:
-                return dict(json.load(handle))
-        except (OSError, ValueError):
-            return None
-
-    def release(self) -> None:
-        owner = self._owner()
-        if owner and owner.get("pid") == os.getpid():
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _identity(value: Any) -> Any:
     return value
+
+
+def _stamp(seconds: float) -> str:
+    """UTC with milliseconds, as in the node logs, so stop and process times can be compared."""
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _bounded(call: Callable[[], Any], seconds: float) -> tuple[bool, Any]:
+    """Runs `call()` in a helper thread for at most `seconds`: (True, its result), (False, the exception
+    it raised), or (False, None) when it is still running (it goes on in the background)."""
+    box: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            box.append((True, call()))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            box.append((False, exc))
+
+    thread = threading.Thread(target=run, name="apr-bounded-call", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return box[0] if box else (False, None)
 
 
 def _refs(mb: MiniBatch) -> list[FileRef]:
@@ -285,6 +285,7 @@ class JobDriver:
         allow_reuse: bool = True,
         cache_dir: str | None = None,
         planned: Plan | None = None,
+        protected_paths: Sequence[str] = (),
     ) -> None:
         if not all(isinstance(a, str) for a in arguments):
             raise ConfigError("arguments", list(arguments), "a list of strings")
@@ -314,9 +315,22 @@ class JobDriver:
         self.arguments = tuple(
             os.path.abspath(a) if a in side_inputs and "://" not in a else a for a in arguments
         )
+        # The output folder's rules, before anything is read or created (output_folder.py).
+        check_output_file_name(config.output_file_name)
+        _check_output_path(output_path)
+        check_separate(
+            output_path,
+            self.storage_options,
+            inputs=[(p, d.storage_options) for d in self.inputs for p in d.paths],
+            cache_root=resolve_cache_root(cache_dir),
+            protected_paths=[str(p) for p in protected_paths],
+        )
         self.plan: Plan = planned if planned is not None else plan(self.inputs, config)
         self.output, self.local_output = _normalise_output(output_path, self.storage_options)
-        self._lock: OutputLock | None = None
+        self._out_fs, self._out_folder = fsspec.core.url_to_fs(self.output, **self.storage_options)
+        self.output_file = config.output_file_name if config.output_action == "append_row" else None
+        check_ours(self._out_fs, self._out_folder, self.output, self.output_file)  # again under the lock
+        self._lock: OutputLock | StoreLock | None = None
         bundle, bundle_hash, entry, code_files = bundle_scripts(
             config.entry_script_path, config.source_directory
         )
@@ -345,12 +359,27 @@ class JobDriver:
             [os.path.abspath(config.entry_script_path), [list(d.paths) for d in self.inputs], self.plan.kind]
         )
         log_url = _join(self.output, "logs")
+        self.stop_reason: str | None = None
+        self._cancel = threading.Event()
+        self.stopped_at: float | None = None
+        self._left = False
+        self.cancelled_attempts = 0
+        self.leftover_processes = 0
+        self._claim_output_folder()
+        try:
+            self._prepare_logs(log_url, bundle, bundle_hash, entry)
+        except BaseException:  # the lock's heartbeat would keep the folder busy for as long as we live
+            self.release()
+            raise
+
+    def _prepare_logs(self, log_url: str, bundle: bytes, bundle_hash: str, entry: str) -> None:
+        config = self.config
         if self.local_output:
-            self._lock = OutputLock(self.output)  # before anything in the folder changes
-            shutil.rmtree(log_url, ignore_errors=True)
             self.log_root = log_url
         else:
             self.log_root = tempfile.mkdtemp(prefix="apr-logs-")
+            with open(os.path.join(self.log_root, MARKER_NAME), "w", encoding="utf-8") as handle:
+                json.dump(self.marker, handle, indent=2)  # the final upload keeps the folder marked
         self.logs = JobLogs(self.log_root)
         self.spec = JobSpec(
             job_id=self.job_id,
@@ -374,10 +403,13 @@ class JobDriver:
         self._published: dict[str, int] = {}  # output_dir file -> the mini-batch that wrote it
         self.counters = Counters(len(self.plan.mini_batches), self.plan.total_items)
         self.schema = JobSchema(config.append_row_format)  # the output's one schema over committed parts
-        self.stop_reason: str | None = None
         self.init_failures = 0
         self.slots = max(1, config.node_count * config.processes_per_node)
-        self._cancel = threading.Event()
+        if isinstance(self._lock, StoreLock) and not self._lock.supported:
+            self.logs.master(
+                f"warning: {self.output} takes no lock (its store cannot create a file exclusively); "
+                "make sure no other job writes to it at the same time"
+            )
         self.logs.master(
             f"job {self.job_id}: {len(self.plan.mini_batches)} mini-batches, {self.plan.total_items} items "
             f"({self.plan.kind} input), entry script {config.entry_script}, cache key {self.cache_key}"
@@ -559,6 +591,26 @@ class JobDriver:
         for name in names:
             self._published.setdefault(name, index)
 
+    def _claim_output_folder(self) -> None:
+        """Takes the folder's lock, checks again that what is there is ours, and marks the folder
+        (emptying the engine's logs/ and .staging/ of an earlier run). Refusals change nothing."""
+        on_lost = self.cancel
+        if self.local_output:
+            self._lock = OutputLock(self.output, self.job_id, on_lost=on_lost)
+        else:
+            self._lock = StoreLock(self._out_fs, self._out_folder, self.output, self.job_id, on_lost=on_lost)
+        try:
+            previous = check_ours(self._out_fs, self._out_folder, self.output, self.output_file)
+            if self.output_file:  # named before it exists: a job killed after assembling still owns it
+                previous = {
+                    **(previous or {}),
+                    "outputs": [*(previous or {}).get("outputs", []), self.output_file],
+                }
+            self.marker = claim(self._out_fs, self._out_folder, self.job_id, previous)
+        except BaseException:
+            self.release()
+            raise
+
     def release(self) -> None:
         """Frees the output folder for the next job (also called when a job ends early)."""
         if self._lock is not None:
@@ -567,7 +619,8 @@ class JobDriver:
 
     # -- control -----------------------------------------------------------------------------------
     def cancel(self, reason: str = "the job was cancelled") -> None:
-        """Thread-safe: stops scheduling and kills running attempts (used by on_kill and Ctrl-C)."""
+        """Thread-safe and signal-safe (it only sets flags): the driver loop sees it within
+        `LOOP_WAIT_S`, stops scheduling and kills running attempts (on_kill, SIGTERM/SIGINT, a lost lock)."""
         self.stop_reason = self.stop_reason or reason
         self._cancel.set()
 
@@ -780,6 +833,7 @@ class JobDriver:
                 in_flight[key] = (future, mb, attempt)
                 finished.add(future)
 
+        interrupted: BaseException | None = None
         submit()
         try:
             while in_flight:
@@ -804,11 +858,7 @@ class JobDriver:
                     self._write_progress()
                 if self.stop_reason or self._cancel.is_set():
                     self.stop_reason = self.stop_reason or "the job was cancelled"
-                    self.logs.master(f"stopping: {self.stop_reason}")
-                    self._say(f"Stopping: {self.stop_reason}")
-                    stop_event.set()
-                    pending.clear()
-                    self._drain(client, in_flight)
+                    self._stop(client, stop_event, in_flight, pending)
                     break
                 submit()
         except Exception as exc:  # noqa: BLE001 - scheduler lost, connection closed: fail with the reason
@@ -816,20 +866,90 @@ class JobDriver:
                 f"the Dask cluster failed during the job ({type(exc).__name__}: {exc}); committed mini-batches "
                 "are in the reuse cache, so a re-run resumes from them"
             )
-            self.logs.master(f"stopping: {self.stop_reason}")
-            self._say(f"Stopping: {self.stop_reason}")
+            self._note_stop()
+        except BaseException as exc:  # KeyboardInterrupt, an Airflow task timeout: stop, finish, re-raise
+            interrupted = exc
+            self.stop_reason = self.stop_reason or f"interrupted by {type(exc).__name__}" + (
+                f": {exc}" if str(exc) else ""
+            )
+            with contextlib.suppress(Exception):
+                self._stop(client, stop_event, in_flight, pending)
         finally:
-            if in_flight:  # interrupted (KeyboardInterrupt, on_kill): do not leave work running
-                with contextlib.suppress(Exception):  # the scheduler may be gone
+            if in_flight:  # whatever did not report by now: do not leave it running
+
+                def cancel_rest() -> None:
                     stop_event.set()
                     client.cancel([f for f, _, _ in in_flight.values()], force=True)
-            try:
-                client.run(shutdown_job, self.job_id, self.spec.log_url, self.storage_options)
-            except Exception as exc:  # noqa: BLE001
-                self.logs.master(f"could not stop entry-script processes on every worker: {exc}")
-            with contextlib.suppress(Exception):  # the scheduler may already be gone
-                stop_event.clear()
-        return self._finish()
+
+                _bounded(cancel_rest, STOP_CANCEL_S)  # the scheduler may be gone
+            self._shutdown_workers(client)
+        summary = self._finish()
+        _bounded(stop_event.clear, STOP_CANCEL_S)  # the scheduler may already be gone
+        if interrupted is not None:
+            raise interrupted
+        return summary
+
+    def _note_stop(self) -> None:
+        self.stopped_at = time.time()
+        self.logs.master(f"stopping at {_stamp(self.stopped_at)} UTC: {self.stop_reason}")
+        self._say(f"Stopping: {self.stop_reason}")
+
+    def _stop(
+        self,
+        client: Client,
+        stop_event: Event,
+        in_flight: dict[str, tuple[Future, MiniBatch, int]],
+        pending: deque[tuple[MiniBatch, int]],
+    ) -> None:
+        """No new attempt or process from now on; running ones are killed and their rows booked."""
+        self._note_stop()
+        pending.clear()
+
+        def broadcast() -> Any:
+            with contextlib.suppress(Exception):  # workers that missed the broadcast ask this Event
+                stop_event.set()
+            return client.run(stop_job, self.job_id, on_error="return")
+
+        reached, _ = _bounded(broadcast, STOP_BROADCAST_S)
+        if reached:
+            self.logs.master(
+                f"stopped on every worker at {_stamp(time.time())} UTC: no entry-script process or "
+                "mini-batch of this job starts after this"
+            )
+        else:
+            self.logs.master(f"the stop did not reach every worker within {STOP_BROADCAST_S:g} s")
+        self._drain(client, in_flight)
+
+    def _shutdown_workers(self, client: Client) -> None:
+        """Ends the job's entry-script processes on every worker (shutdown() runs when the job ended
+        normally) and what they left running; the count goes to the master log."""
+        bound = STOP_SHUTDOWN_S if self.stopped_at is not None else SHUTDOWN_BOUND_S
+        done, outcome = _bounded(
+            lambda: client.run(
+                shutdown_job, self.job_id, self.spec.log_url, self.storage_options, on_error="return"
+            ),
+            bound,
+        )
+        if not done:
+            self.logs.master(
+                "could not stop entry-script processes on every worker: "
+                + (f"{outcome}" if outcome is not None else f"no answer within {bound:g} s")
+                + " (an orphaned entry-script process ends itself and what it started within a second)"
+            )
+            return
+        failed = []
+        for worker, result in dict(outcome).items():
+            if isinstance(result, dict):
+                self.leftover_processes += int(result.get("leftovers", 0))
+            else:
+                failed.append(f"{worker}: {result}")
+        if failed:
+            self.logs.master(f"could not stop entry-script processes on every worker: {'; '.join(failed)}")
+        if self.leftover_processes:
+            self.logs.master(
+                f"ended {self.leftover_processes} process(es) that entry scripts started and left running "
+                "(pids in logs/sys/node/<ip>/<process>.txt)"
+            )
 
     def _gather(self, client: Client, futures: list[Future]) -> dict[str, AttemptResult]:
         """Results of finished attempts in one call; errored ones are left to `_collect`."""
@@ -842,7 +962,7 @@ class JobDriver:
             return {}
 
     @staticmethod
-    def _next_finished(finished: as_completed, timeout: float = 1.0) -> list[Future]:
+    def _next_finished(finished: as_completed, timeout: float = LOOP_WAIT_S) -> list[Future]:
         """Every attempt that has finished by now, waiting up to `timeout` s for the first one.
 
         Ordered by key, so that attempts finishing together are booked in a stable order.
@@ -908,26 +1028,29 @@ class JobDriver:
             )
 
     def _drain(self, client: Client, in_flight: dict[str, tuple[Future, MiniBatch, int]]) -> None:
-        """Cancels queued attempts; waits (bounded) for running ones to notice the stop, so their rows
-        reach the report."""
-        try:
-            running = {str(k) for keys in client.processing().values() for k in keys}
-        except Exception:  # noqa: BLE001 - without the scheduler's view, wait for all (bounded)
-            running = set(in_flight)
-        queued = [key for key in in_flight if key not in running and not in_flight[key][0].done()]
+        """After the stop broadcast: cancels attempts no worker holds yet; books what the others report
+        within STOP_DRAIN_S (CANCELLED for killed ones, a success that finished meanwhile is kept)."""
+        deadline = time.monotonic() + STOP_DRAIN_S
+        known, processing = _bounded(client.processing, STOP_DRAIN_S / 2)
+        # without the scheduler's view, wait for all (bounded)
+        held = {str(k) for keys in processing.values() for k in keys} if known else set(in_flight)
+        queued = [key for key in in_flight if key not in held and not in_flight[key][0].done()]
         if queued:
-            client.cancel([in_flight[key][0] for key in queued])
+            futures = [in_flight[key][0] for key in queued]
+            _bounded(lambda: client.cancel(futures), max(deadline - time.monotonic(), 0.1))
             for key in queued:
                 in_flight.pop(key)
-        deadline = time.monotonic() + STOP_GRACE_S
         for key, (future, mb, attempt) in list(in_flight.items()):
             try:
-                future.result(timeout=max(deadline - time.monotonic(), 0.1))
-            except Exception:  # noqa: BLE001
-                future.cancel()
+                future.result(timeout=max(deadline - time.monotonic(), 0.05))
+            except Exception:  # noqa: BLE001 - not back in time, or lost: cancelled below
                 continue
             in_flight.pop(key)
             result = self._check_schema(mb, self._collect(future, mb, attempt))
+            if result.status == "CANCELLED" and result.error == STOPPED_BEFORE_START:
+                continue  # reached a worker after the stop and started nothing: no row
+            if result.status == "CANCELLED":
+                self.cancelled_attempts += 1
             self.logs.attempt(result, json.dumps(mb.describe()))
             if result.ok and mb.index not in self.counters.finished:
                 self._finalise(mb, result)
@@ -939,8 +1062,18 @@ class JobDriver:
             self._collect_process_files()
             return self._summarise()
         finally:
-            self.release()
+            self._leave_folder()
+
+    def _leave_folder(self) -> None:
+        """Removes .staging, then frees the folder (in this order: once free, the next job may create
+        its own .staging). Once only."""
+        if self._left:
+            return
+        self._left = True
+        try:
             self._cleanup_staging()
+        finally:
+            self.release()
 
     def _collect_process_files(self) -> None:
         """Files the entry-script processes wrote to output_dir outside run() go to the output folder."""
@@ -1008,11 +1141,13 @@ class JobDriver:
         if message:
             summary["message"] = f"Job failed: {message}"
         self._write_result(summary, error_lines)
+        if self.stopped_at is not None and self.local_output:
+            self._leave_folder()  # a stop must finish within the caller's kill window: the report may not
         self._write_report()
         self._write_progress(summary["status"], summary)  # after the report: "ended" means all is there
         if not self.local_output:
             if self._progress_copy is not None:  # a late copy must not replace the final document
-                self._progress_copy.join(timeout=STOP_GRACE_S)
+                self._progress_copy.join(timeout=PROGRESS_COPY_JOIN_S)
             fs, path = fsspec.core.url_to_fs(self.spec.log_url, **self.storage_options)
             fs.put(self.log_root.rstrip("/") + "/", path, recursive=True)
             shutil.rmtree(self.log_root, ignore_errors=True)
@@ -1028,6 +1163,11 @@ class JobDriver:
             ]
         else:
             lines = [summary["message"], "Start with logs/user/error.txt; each line names the full trace."]
+        if self.stopped_at is not None:
+            lines.append(
+                f"Stopped at {_stamp(self.stopped_at)} UTC ({self.stop_reason}): {self.cancelled_attempts} running "
+                f"attempt(s) cancelled, {self.leftover_processes} process(es) the entry script left running ended."
+            )
         if error_lines:
             lines += ["", "Errors (logs/user/error.txt):", *error_lines[:20]]
         lines += ["", json.dumps(summary, indent=2)]
@@ -1079,10 +1219,13 @@ def run_job(
     cache_dir: str | None = None,
     planned: Plan | None = None,
     on_client: Callable[[Client], None] | None = None,
+    protected_paths: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Plans, runs and assembles one job; returns the summary dict (status succeeded/failed).
 
     `on_client` sees the connected client before work starts (the operator records its dashboard).
+    `protected_paths`: folders the output folder may not be, contain or lie inside (the Airflow layer
+    passes AIRFLOW_HOME and the DAGs folder).
 
     Raises `ConfigError`/`InputError` before anything runs when the configuration or inputs are bad.
     """
@@ -1099,6 +1242,7 @@ def run_job(
         allow_reuse=allow_reuse,
         cache_dir=cache_dir,
         planned=planned,
+        protected_paths=protected_paths,
     )
     if on_driver is not None:
         on_driver(driver)

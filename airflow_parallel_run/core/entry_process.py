@@ -13,6 +13,7 @@ import inspect
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -57,11 +58,25 @@ def _install_azureml_shim() -> None:
 
 
 def _watch_parent(parent_pid: int) -> None:
-    """Exits when the runner that started us is gone, so no entry-script process is ever orphaned."""
+    """Exits when the runner that started us is gone (a killed Dask worker), so no entry-script
+    process is ever orphaned, and takes what init()/run() started along (see `process_tree`)."""
     while True:
         time.sleep(1.0)
         if os.getppid() != parent_pid:
-            os._exit(0)
+            _end_with_leftovers()
+
+
+def _end_with_leftovers() -> None:
+    try:
+        from .process_tree import SCOPE_ENV, end_leftovers
+
+        scope = os.environ.get(SCOPE_ENV)
+        if scope:
+            end_leftovers(None, scope)  # detached ones; the group goes with us below
+        if os.getpgrp() == os.getpid():  # our own group (we lead it): its members and us
+            os.killpg(os.getpid(), signal.SIGKILL)
+    finally:
+        os._exit(0)
 
 
 def _load_script(path: str) -> types.ModuleType:

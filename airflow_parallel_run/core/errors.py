@@ -17,6 +17,14 @@ class ConfigError(ParallelRunError, ValueError):
         super().__init__(f"{field}={value!r} is not allowed: {allowed}")
 
 
+class OutputBusyError(ConfigError):
+    """Another running job holds the output folder's lock: a clash of the moment, worth retrying later.
+
+    A `ConfigError` (the CLI exits with 2 and nothing starts); the Airflow operator turns it into a
+    retriable task failure instead of a final one.
+    """
+
+
 class InputError(ParallelRunError, ValueError):
     """An input cannot be listed, read or split."""
 

@@ -6,10 +6,15 @@ memory leaves evidence next to its other logs. Files, every `interval` seconds:
 - `node_resource_usage.csv`: CPU, memory, disk and network I/O, TCP/UDP connection counts.
 - `processes_resource_usage.csv`: one row per tracked entry-script process (CPU %, RSS, threads).
 - `node_disk_usage.csv`: the disk that holds the log root.
-- `os/%Y%m%d%H/processes_%M`: a `ps`-like table of every process, at most one per node and minute.
+- `os/%Y%m%d%H/processes_%M`: a `ps`-like table of the job's own processes, once a minute: the
+  Dask worker process, its entry-script processes and every process they started. Other processes
+  of the host (other jobs, other users) are never listed: their command lines may hold secrets.
+  Command lines are masked: values of the job's `environment_variables` and `storage_options`, and
+  whatever follows a password/token/secret-like option or name, show as `***`.
 
 Several monitors may share a node folder (one per Dask worker process on a host): CSV headers are
-written once, under a lock, by whichever monitor creates the file.
+written once, under a lock, by whichever monitor creates the file, and each monitor appends its own
+section (`# <time> UTC, node <ip>, worker pid <pid>`) to the minute's process table.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ import datetime as dt
 import io
 import logging
 import os
+import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import psutil
+
+from .process_tree import descendants, scoped
 
 try:  # POSIX: also serialises appends of monitors in other processes (several Dask workers per host)
     import fcntl
@@ -37,6 +45,17 @@ MB = 1024 * 1024  # "MB" in these files means MiB, as in Azure's perf logs
 FIRST_SAMPLE_MAX_DELAY_S = 1.0
 JOIN_TIMEOUT_S = 5.0
 CMDLINE_WIDTH = 160
+MIN_SECRET_LENGTH = 4  # shorter values (a "1", a "true") are masked only by the name patterns below
+MASK = "***"
+_SECRET_WORDS = (
+    r"(?:pass(?:word|wd)?|pwd|secret|token|api[-_]?key|access[-_]?key|private[-_]?key|credentials?|auth)"
+)
+# `--password X`, `--password=X`, `-p=X` style options; `PASSWORD=X`, `db_token=X` assignments; `user:pw@` in URLs
+_SECRET_PATTERNS = [
+    re.compile(rf"(?i)(--?[\w-]*{_SECRET_WORDS}[\w-]*[= ])(\S+)"),
+    re.compile(rf"(?i)(\b[\w.-]*{_SECRET_WORDS}[\w.-]*=)(\S+)"),
+    re.compile(r"(://[^/\s:@]+:)([^@\s/]+)(@)"),
+]
 
 NODE_COLUMNS = [
     "Utc Time",
@@ -114,9 +133,61 @@ def _count_connections(kind: str) -> str:
         return ""
 
 
-def process_table(width: int = CMDLINE_WIDTH) -> str:
-    """A `ps`-like table of every process on this host (psutil, so it works without `ps`)."""
+def secret_values(*sources: Any) -> list[str]:
+    """Every string value (recursively) of the given mappings/lists, longest first, to be masked."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            if len(value) >= MIN_SECRET_LENGTH:
+                found.add(value)
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple, set)):
+            for item in value:
+                walk(item)
+
+    for source in sources:
+        walk(source)
+    return sorted(found, key=len, reverse=True)
+
+
+def mask(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with the given values and anything that looks like a secret replaced by `***`."""
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    text = _SECRET_PATTERNS[0].sub(lambda m: m.group(1) + MASK, text)
+    text = _SECRET_PATTERNS[1].sub(lambda m: m.group(1) + MASK, text)
+    return _SECRET_PATTERNS[2].sub(lambda m: m.group(1) + MASK + m.group(3), text)
+
+
+def own_processes(roots: Iterable[int], scope_prefix: str | None = None) -> list[psutil.Process]:
+    """`roots` and all their descendants, plus the processes whose scope starts with `scope_prefix`
+    (started under an entry-script process, also once detached from it)."""
+    found: dict[int, psutil.Process] = {}
+    for pid in roots:
+        try:
+            found.setdefault(pid, psutil.Process(pid))
+        except psutil.Error:
+            continue
+        for child in descendants(pid):
+            found.setdefault(child.pid, child)
+    if scope_prefix:
+        for proc in scoped(scope_prefix):
+            found.setdefault(proc.pid, proc)
+    return list(found.values())
+
+
+def process_table(
+    width: int = CMDLINE_WIDTH,
+    processes: Iterable[psutil.Process] | None = None,
+    secrets: Iterable[str] = (),
+) -> str:
+    """A `ps`-like table (psutil, so it works without `ps`) of `processes` (default: this process and
+    its descendants), command lines masked (`mask`)."""
     rows = []
+    secrets = list(secrets)
     attrs = [
         "pid",
         "ppid",
@@ -128,12 +199,17 @@ def process_table(width: int = CMDLINE_WIDTH) -> str:
         "cmdline",
         "name",
     ]
-    for proc in psutil.process_iter(attrs):
-        info = proc.info
+    chosen = list(processes) if processes is not None else own_processes([os.getpid()])
+    for proc in chosen:
+        try:
+            info = proc.as_dict(attrs)
+        except psutil.Error:
+            continue
         rss = info["memory_info"].rss / MB if info.get("memory_info") else 0.0
         times = info.get("cpu_times")
         cpu_s = (times.user + times.system) if times else 0.0
         cmdline = " ".join(info.get("cmdline") or []) or f"[{info.get('name') or '?'}]"
+        cmdline = mask(cmdline, secrets).rstrip()  # a process title may be padded with spaces
         rows.append(
             (
                 info["pid"],
@@ -169,10 +245,20 @@ class ResourceMonitor:
     sample (100 = one core), so it can exceed 100 for multi-threaded code.
     """
 
-    def __init__(self, log_root: str, node: str, interval: float) -> None:
+    def __init__(
+        self,
+        log_root: str,
+        node: str,
+        interval: float,
+        *,
+        scope_prefix: str | None = None,
+        secrets: Iterable[str] = (),
+    ) -> None:
         self.log_root = log_root
         self.node = node
         self.interval = float(interval)
+        self.scope_prefix = scope_prefix  # processes started under this worker's entry-script processes
+        self.secrets = list(secrets)
         self.perf_dir = os.path.join(log_root, "perf", node)
         self._tracked: dict[int, tuple[str, psutil.Process]] = {}
         self._lock = threading.Lock()  # guards _tracked and the previous-sample state
@@ -349,25 +435,25 @@ class ResourceMonitor:
         append_csv(os.path.join(self.perf_dir, "node_disk_usage.csv"), DISK_COLUMNS, [row])
 
     def _snapshot_processes(self, now: dt.datetime) -> None:
-        """One table per node and minute: the first monitor to create the file writes it."""
+        """One table per node and minute; each monitor (Dask worker process) appends its own section:
+        this worker process, the tracked entry-script processes and what they started."""
         path = os.path.join(self.perf_dir, "os", now.strftime("%Y%m%d%H"), f"processes_{now:%M}")
         if path == self._last_snapshot_path:
             return
         self._last_snapshot_path = path
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(f"# {_stamp(now)} UTC, node {self.node}\n{process_table()}")
+        roots = [os.getpid(), *self._tracked]
+        table = process_table(processes=own_processes(roots, self.scope_prefix), secrets=self.secrets)
+        with _locked_append(path) as handle:
+            handle.write(f"# {_stamp(now)} UTC, node {self.node}, worker pid {os.getpid()}\n{table}")
 
 
 _MONITORS: dict[tuple[str, str], ResourceMonitor] = {}
 _MONITORS_LOCK = threading.Lock()
 
 
-def ensure_monitor(job_id: str, log_root: str, node: str, interval: float) -> ResourceMonitor | None:
+def ensure_monitor(
+    job_id: str, log_root: str, node: str, interval: float, *, secrets: Iterable[str] = ()
+) -> ResourceMonitor | None:
     """The running monitor of (job, node) in this process, started on first call; None when interval is 0.
 
     Every Dask worker thread of a job calls this when it starts an entry-script process; only the
@@ -378,7 +464,9 @@ def ensure_monitor(job_id: str, log_root: str, node: str, interval: float) -> Re
     with _MONITORS_LOCK:
         monitor = _MONITORS.get((job_id, node))
         if monitor is None or not monitor.running:
-            monitor = ResourceMonitor(log_root, node, interval)
+            monitor = ResourceMonitor(
+                log_root, node, interval, scope_prefix=f"{job_id}/{os.getpid()}/", secrets=secrets
+            )
             monitor.start()
             _MONITORS[(job_id, node)] = monitor
         return monitor

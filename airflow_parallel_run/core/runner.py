@@ -3,6 +3,12 @@
 Each Dask worker thread owns at most one entry-script process per job (init() ran once in it). A
 run() that exceeds `run_invocation_timeout`, a crash, or a cancelled job kills that process group;
 the next attempt on that thread starts a replacement, which runs init() again.
+
+Stopping: the driver calls `stop_job` on every worker (one broadcast). From then on no attempt of the
+job starts an entry-script process or sends it work on that worker, and the running ones are killed
+at once; an attempt that reaches a worker which missed the broadcast (one that joined later) asks
+the job's Dask `Event` before it starts a process. Every process an entry-script process started
+is ended with it (`process_tree.end_leftovers`), and counted in its node log.
 """
 
 from __future__ import annotations
@@ -32,10 +38,14 @@ import fsspec
 
 from .jobspec import JobSpec
 from .minibatch import MiniBatch
-from .monitor import ensure_monitor, get_monitor, stop_monitor
+from .monitor import ensure_monitor, get_monitor, secret_values, stop_monitor
+from .process_tree import SCOPE_ENV, end_leftovers, remember
 
 TIMEOUT, DIED, CANCELLED = "__timeout__", "__died__", "__cancelled__"
-SHUTDOWN_GRACE_S = 10.0
+SHUTDOWN_GRACE_S = 10.0  # for the entry script's shutdown() at the end of a job (all processes at once)
+POLL_S = 0.25  # how often a waiting attempt looks at its process and at the job's local stop flag
+EVENT_POLL_S = 1.0  # how often it asks the scheduler's stop Event (a round trip) instead
+_STOPPED_KEEP = 1000  # stopped job ids remembered per worker process
 
 
 @dataclass
@@ -126,6 +136,44 @@ def _node_name() -> str:
 _LOCK = threading.Lock()
 _BUNDLES: dict[tuple[str, str], str] = {}
 _SIDE_INPUTS: dict[tuple[str, str], str] = {}
+
+# Jobs stopped on this worker process, and the entry-script processes of each job that are starting or
+# running. `_STATE` makes "is the job stopped?" and "start a process" one step, so `stop_job` never
+# misses a process that was about to start.
+_STATE = threading.Lock()
+_STOPPED: dict[str, float] = {}
+_LIVE: dict[str, set[EntryProcess]] = {}
+_LEFTOVERS: dict[str, int] = {}
+
+
+def is_stopped(job_id: str) -> bool:
+    return job_id in _STOPPED
+
+
+def _mark_stopped(job_id: str) -> None:
+    """Call with `_STATE` held."""
+    _STOPPED[job_id] = time.time()
+    while len(_STOPPED) > _STOPPED_KEEP:
+        _STOPPED.pop(next(iter(_STOPPED)))
+
+
+def stop_job(job_id: str) -> int:
+    """Broadcast by the driver when the job stops: no new process or mini-batch of it starts on this
+    worker, and its running entry-script processes are killed now.
+
+    Runs in the worker's event loop, so it only signals the entry-script processes themselves; the
+    attempts waiting on them see them end within `POLL_S`, report CANCELLED and end (and count) what
+    they started, their process groups included (`EntryProcess.kill`). Returns how many it killed.
+    """
+    with _STATE:
+        _mark_stopped(job_id)
+        killed = 0
+        for process in _LIVE.get(job_id, ()):
+            if process.proc is not None and process.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(process.proc.pid, signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def _extract_bundle(spec: JobSpec) -> str:
@@ -270,6 +318,10 @@ class EntryProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
         self.mini_batches = 0
+        self.scope = f"{spec.job_id}/{os.getpid()}/{self.name}/"  # inherited by all it starts
+        self.descendants: dict[int, float] = {}  # pid -> start time, sampled at each mini-batch end
+        self._kill_lock = threading.Lock()
+        self._killed = False
 
     # Log lines are best-effort: a full log disk must not turn an attempt's own outcome (or a failure
     # being reported) into an exception; the driver reports its own failed log writes in the summary.
@@ -299,11 +351,21 @@ class EntryProcess:
                 "AIRFLOW_PARALLEL_RUN_WORKING_DIR": self.working_dir,
                 "AIRFLOW_PARALLEL_RUN_ENTRY_LOG_DIR": self.paths["entry_log_dir"],
                 "AIRFLOW_PARALLEL_RUN_LOGGING_LEVEL": spec.logging_level,
+                SCOPE_ENV: self.scope,
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONFAULTHANDLER": "1",
             }
         )
-        with open(self.paths["stdout"], "ab") as out, open(self.paths["stderr"], "ab") as err:
+        with (
+            _STATE,
+            open(self.paths["stdout"], "ab") as out,
+            open(self.paths["stderr"], "ab") as err,
+        ):
+            if is_stopped(spec.job_id):
+                child_sock.close()
+                parent_sock.close()
+                shutil.rmtree(self.working_dir, ignore_errors=True)
+                return "error", {"status": "CANCELLED", "message": STOPPED_BEFORE_START, "traceback": ""}
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "airflow_parallel_run.core.entry_process", str(child_sock.fileno())],
                 pass_fds=[child_sock.fileno()],
@@ -312,10 +374,18 @@ class EntryProcess:
                 stderr=err,
                 env=env,
                 cwd=self.working_dir,
-                start_new_session=True,
+                start_new_session=True,  # its own process group: killed as a whole
             )
+            _LIVE.setdefault(spec.job_id, set()).add(self)
+            self.node_log(f"started pid {self.proc.pid}; running init()")  # before any stop_job
         child_sock.close()
-        monitor = ensure_monitor(spec.job_id, self.log_root, self.node, spec.resource_monitor_interval)
+        monitor = ensure_monitor(
+            spec.job_id,
+            self.log_root,
+            self.node,
+            spec.resource_monitor_interval,
+            secrets=secret_values(spec.environment_variables, spec.storage_options),
+        )
         if monitor is not None:
             monitor.track(self.proc.pid, self.name)
         self.conn = Connection(os.dup(parent_sock.fileno()))
@@ -334,7 +404,6 @@ class EntryProcess:
                 "output_dir": spec.process_files_url(self.node, self.name),
             }
         )
-        self.node_log(f"started pid {self.proc.pid}; running init()")
         outcome = self.wait(spec.run_invocation_timeout, stop_check)
         if outcome[0] == "ready":
             self.node_log(f"init() done in {outcome[1]['init_seconds']:.3f}s")
@@ -367,55 +436,99 @@ class EntryProcess:
         }
 
     def wait(self, timeout: float, stop_check: Any) -> tuple[str, dict[str, Any]]:
+        """The process's next message, or TIMEOUT / DIED / CANCELLED (the job stopped: checked every
+        `POLL_S` locally, every `EVENT_POLL_S` with the scheduler)."""
         assert self.conn is not None and self.proc is not None
         deadline = time.monotonic() + timeout
-        last_stop_check = time.monotonic()
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return TIMEOUT, {}
             try:
-                if self.conn.poll(min(remaining, 0.5)):
+                if self.conn.poll(min(remaining, POLL_S)):
                     message, payload = self.conn.recv()
                     return message, payload
             except (EOFError, OSError):
-                return DIED, {}
+                return (CANCELLED if is_stopped(self.spec.job_id) else DIED), {}
             if self.proc.poll() is not None and not self.conn.poll(0):
-                return DIED, {}
-            if time.monotonic() - last_stop_check >= 1.0:
-                last_stop_check = time.monotonic()
-                if stop_check():
-                    return CANCELLED, {}
+                return (CANCELLED if is_stopped(self.spec.job_id) else DIED), {}
+            if stop_check():
+                return CANCELLED, {}
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def kill(self) -> None:
+    def remember_descendants(self) -> None:
+        """Samples the processes this one started (at each mini-batch end), so that one which later
+        detaches from the tree is still ended with the job."""
+        if self.proc is not None:
+            with contextlib.suppress(Exception):
+                remember(self.proc.pid, self.descendants)
+
+    def kill(self) -> int:
+        """Kills the process, its process group and every process it started; returns how many of
+        those others were still running (also noted in the node log and counted for the job).
+
+        Once only: a second caller (`shutdown_job` while the attempt's own thread is at it) waits for
+        the first to finish and returns 0; the process leaves `_LIVE` when its leftovers are counted."""
+        with self._kill_lock:
+            if self._killed:
+                return 0
+            try:
+                return self._kill()
+            finally:
+                self._killed = True
+                with _STATE:
+                    _LIVE.get(self.spec.job_id, set()).discard(self)
+
+    def _kill(self) -> int:
         monitor = get_monitor(self.spec.job_id, self.node)
         if monitor is not None and self.proc is not None:
             monitor.untrack(self.proc.pid)
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        ended: list[int] = []
+        if self.proc is not None:
+            try:  # before the process is reaped, so that its PID (= its group) cannot be reused meanwhile
+                ended = end_leftovers(self.proc.pid, self.scope, self.descendants)
+            except Exception as exc:  # noqa: BLE001 - the process itself is still killed below
+                self.node_log(f"could not look for processes left behind: {type(exc).__name__}: {exc}")
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+            self.descendants.clear()
         if self.conn is not None:
             self.conn.close()
             self.conn = None
         shutil.rmtree(self.working_dir, ignore_errors=True)
+        if ended:
+            with _STATE:
+                _LEFTOVERS[self.spec.job_id] = _LEFTOVERS.get(self.spec.job_id, 0) + len(ended)
+            self.node_log(
+                f"ended {len(ended)} process(es) the entry script started and left running: pids "
+                + ", ".join(map(str, ended))
+            )
+        return len(ended)
+
+    def request_shutdown(self) -> None:
+        """Asks the script's shutdown() to run (answered with "bye"); see `finish_shutdown`."""
+        if self.alive() and self.conn is not None:
+            with contextlib.suppress(OSError, EOFError):
+                self.conn.send(("shutdown", {}))
+
+    def finish_shutdown(self, deadline: float) -> None:
+        """Waits until `deadline` for shutdown() and the exit, then ends the process and what it left."""
+        if self.alive() and self.conn is not None:
+            with contextlib.suppress(OSError, EOFError):
+                self.wait(max(deadline - time.monotonic(), 0.0), lambda: False)
+            if self.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        self.kill()
+        self.node_log("stopped")
 
     def shutdown(self) -> None:
         """Lets the script's shutdown() run, then ends the process."""
-        if self.alive() and self.conn is not None:
-            try:
-                self.conn.send(("shutdown", {}))
-                self.wait(SHUTDOWN_GRACE_S, lambda: False)
-            except (OSError, EOFError):
-                pass
-            if self.proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(timeout=SHUTDOWN_GRACE_S)
-        self.kill()
-        self.node_log("stopped")
+        self.request_shutdown()
+        self.finish_shutdown(time.monotonic() + SHUTDOWN_GRACE_S)
 
 
 def _ensure(path: str) -> str:
@@ -426,22 +539,43 @@ def _ensure(path: str) -> str:
 _PROCESSES: dict[tuple[str, int], EntryProcess] = {}
 
 
-def _stop_checker(job_id: str) -> Any:
-    """Polls the job's Dask Event, set by the driver when it stops the job (threshold, cancel)."""
-    try:
-        from distributed import Event
+class _StopCheck:
+    """Has the job stopped? The local flag (set by `stop_job`) at every call; the job's Dask Event
+    (set by the driver too, for workers that missed the broadcast) at most every `EVENT_POLL_S`."""
 
-        event = Event(f"apr-stop-{job_id}")
-    except (ImportError, ValueError):
-        return lambda: False
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._event: Any = None
+        self._asked = time.monotonic()
 
-    def check() -> bool:
+    def ask_scheduler(self) -> bool:
+        self._asked = time.monotonic()
         try:
-            return bool(event.is_set())
-        except Exception:  # noqa: BLE001 - a lost scheduler must not crash the attempt
-            return False
+            if self._event is None:
+                from distributed import Event
 
-    return check
+                self._event = Event(f"apr-stop-{self.job_id}")
+            stopped = bool(self._event.is_set())
+        except Exception:  # noqa: BLE001 - no scheduler (tests), or a lost one: the attempt goes on
+            return False
+        if stopped:
+            with _STATE:
+                _mark_stopped(self.job_id)
+        return stopped
+
+    def __call__(self) -> bool:
+        if is_stopped(self.job_id):
+            return True
+        if time.monotonic() - self._asked >= EVENT_POLL_S:
+            return self.ask_scheduler()
+        return False
+
+
+def _stop_checker(job_id: str) -> _StopCheck:
+    return _StopCheck(job_id)
+
+
+STOPPED_BEFORE_START = "the job was stopped before this attempt started"
 
 
 def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> AttemptResult:
@@ -453,10 +587,16 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
     stop_check = _stop_checker(spec.job_id)
     key = (spec.job_id, threading.get_ident())
     process = _PROCESSES.get(key)
+    if is_stopped(spec.job_id):  # queued on this worker before the stop: nothing starts
+        return _never_started(result, started)
     try:
         if process is None or not process.alive():
+            if stop_check.ask_scheduler():  # a new process (init() and all) only for a running job
+                return _never_started(result, started)
             process = EntryProcess(spec)
             outcome = process.start(stop_check)
+            if outcome[0] != "ready" and outcome[1].get("message") == STOPPED_BEFORE_START:
+                return _never_started(result, started)  # stopped between the check and the start
             if outcome[0] != "ready":
                 return _failed(result, process, outcome[1], started)
             _PROCESSES[key] = process
@@ -518,6 +658,7 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
             result.files, result.uncacheable = info.get("files", []), info.get("uncacheable", "")
             result.schema = info.get("schema")
             result.elapsed_seconds = time.monotonic() - started
+            process.remember_descendants()
             process.node_log(
                 f"completed mini-batch {mini_batch.index} attempt {attempt}: entry-script pid "
                 f"{process.proc.pid if process.proc else '?'}, total {result.total}, succeeded {result.succeeded}, "
@@ -537,6 +678,13 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
             },
             started,
         )
+
+
+def _never_started(result: AttemptResult, started: float) -> AttemptResult:
+    """An attempt that found its job stopped: CANCELLED without a process (the driver books no row)."""
+    result.status, result.error = "CANCELLED", STOPPED_BEFORE_START
+    result.elapsed_seconds = time.monotonic() - started
+    return result
 
 
 def _failed(
@@ -572,12 +720,32 @@ def _upload_logs(job_id: str, log_url: str, storage_options: dict[str, Any]) -> 
 
 def shutdown_job(
     job_id: str, log_url: str | None = None, storage_options: dict[str, Any] | None = None
-) -> int:
-    """Ends this worker's entry-script processes of `job_id` (shutdown() runs) and syncs remote logs."""
-    stopped = 0
-    for key in [k for k in _PROCESSES if k[0] == job_id]:
-        _PROCESSES.pop(key).shutdown()
-        stopped += 1
+) -> dict[str, int]:
+    """Ends this worker's entry-script processes of `job_id` and syncs remote logs.
+
+    Idle processes run the script's shutdown() (all at once, `SHUTDOWN_GRACE_S` in all); any process
+    still starting or running (a stopped job) is killed. Every process they started goes with them.
+    Returns {"processes": entry-script processes ended, "leftovers": other processes ended}.
+    """
+    with _STATE:
+        _mark_stopped(job_id)  # an attempt arriving after this starts nothing
+        idle = [_PROCESSES.pop(k) for k in [k for k in _PROCESSES if k[0] == job_id]]
+        busy = [p for p in _LIVE.get(job_id, set()) if p not in idle]
+    for process in idle:
+        process.request_shutdown()
+    deadline = time.monotonic() + SHUTDOWN_GRACE_S
+    for process in idle:
+        process.finish_shutdown(deadline)
+    for process in busy:
+        process.kill()
+    with contextlib.suppress(Exception):  # processes of entry processes that ended earlier
+        stray = end_leftovers(None, f"{job_id}/{os.getpid()}/")
+        if stray:
+            with _STATE:
+                _LEFTOVERS[job_id] = _LEFTOVERS.get(job_id, 0) + len(stray)
+    with _STATE:
+        _LIVE.pop(job_id, None)
+        leftovers = _LEFTOVERS.pop(job_id, 0)
     stop_monitor(job_id)  # its last sample lands before the logs are synced
     if log_url and "://" in log_url and not log_url.startswith("file://"):
         try:
@@ -591,4 +759,4 @@ def shutdown_job(
     with _LOCK:
         for bundle in [k for k in _BUNDLES if k[0] == job_id]:
             shutil.rmtree(_BUNDLES.pop(bundle), ignore_errors=True)
-    return stopped
+    return {"processes": len(idle) + len(busy), "leftovers": leftovers}

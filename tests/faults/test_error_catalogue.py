@@ -25,11 +25,12 @@ from airflow_parallel_run.core import (
     ConfigError,
     FileDataset,
     InputError,
+    OutputBusyError,
     ParallelRunConfig,
     TabularDataset,
     run_job,
 )
-from airflow_parallel_run.core.driver import OutputLock
+from airflow_parallel_run.core.output_folder import OutputLock
 from airflow_parallel_run.core.planner import plan
 from airflow_parallel_run.core.results import InvalidResultError, JobSchema, encode_part
 
@@ -74,6 +75,16 @@ MBS_TEN = (
     "mini_batch_size='ten' is not allowed: digits with an optional KB/MB/GB unit, e.g. 10, '1024KB', '10MB'"
 )
 EMPTY = "input 'empty_folder' matched no files (names starting with '.' or '_' are skipped in folders)"
+BUSY = (
+    "output_path='/data/out' is not allowed: a folder no other running job writes to; job pid <pid> on <host> "
+    "has used it since <time> UTC, last heartbeat <seconds> s ago (its lock /data/out/.airflow-parallel-run.lock "
+    "is taken over once the heartbeat is more than 30 s old; retry later, or use another output_path)"
+)
+NOT_OURS = (
+    "output_path='/data/{folder}' is not allowed: a folder where airflow-parallel-run replaces only what it "
+    "wrote: /data/{folder}/{name} is someone else's ({why}) and would be replaced; use another output_path, or "
+    "remove it yourself if it may go"
+)
 
 CASES = [
     # 1. ParallelRunConfig
@@ -321,6 +332,45 @@ CASES = [
         lambda: run_job(config(), [files()], "out", arguments=["--n", 3]),  # type: ignore[list-item]
         "arguments=['--n', 3] is not allowed: a list of strings",
     ),
+    Case(
+        "reserved output file name",
+        lambda: run_job(config(append_row_file_name="logs"), [files()], "out"),
+        "append_row_file_name='logs' is not allowed: a name other than logs, .staging or one starting with "
+        ".airflow-parallel-run (the engine keeps its logs, staging area and lock there)",
+    ),
+    Case(
+        "output inside the input",
+        lambda: run_job(config(), [files()], "in/out"),
+        "output_path='in/out' is not allowed: a folder that neither is, contains nor lies inside the input 'in' "
+        "(a later run would read this job's output and logs as its inputs)",
+    ),
+    Case(
+        "output inside the cache",
+        lambda: run_job(config(), [files()], "reuse-cache/out"),
+        "output_path='reuse-cache/out' is not allowed: a folder that neither is, contains nor lies inside the "
+        "reuse cache /data/reuse-cache",
+    ),
+    Case(
+        "output inside a protected folder",
+        lambda: run_job(config(), [files()], "home/out", protected_paths=[os.path.abspath("home")]),
+        "output_path='home/out' is not allowed: a folder that neither is, contains nor lies inside /data/home, "
+        "which is protected (AIRFLOW_HOME, the DAGs folder and the like hold files of other programs)",
+    ),
+    Case(
+        "someone else's logs",
+        lambda: run_job(config(), [files()], "home"),
+        NOT_OURS.format(folder="home", name="logs", why="it has no marker logs/.airflow-parallel-run"),
+    ),
+    Case(
+        "someone else's staging area",
+        lambda: run_job(config(), [files()], "staged"),
+        NOT_OURS.format(folder="staged", name=".staging", why="logs/.airflow-parallel-run is missing"),
+    ),
+    Case(
+        "someone else's output file",
+        lambda: run_job(config(), [files()], "taken"),
+        NOT_OURS.format(folder="taken", name="parallel_run_step.txt", why="no earlier job wrote it"),
+    ),
 ]
 
 
@@ -340,6 +390,11 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "out.txt").write_text("a file, not a folder\n")
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "score.py").write_text("def run(mini_batch):\n    return mini_batch\n")
+    (tmp_path / "home" / "logs").mkdir(parents=True)  # like AIRFLOW_HOME: another program's logs
+    (tmp_path / "home" / "logs" / "scheduler.log").write_text("not ours\n")
+    (tmp_path / "staged" / ".staging" / "job").mkdir(parents=True)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "parallel_run_step.txt").write_text("someone's results\n")
     return tmp_path
 
 
@@ -356,16 +411,11 @@ def test_busy_output_folder(workspace: Path) -> None:
     out.mkdir()
     lock = OutputLock(str(out))  # as if another job of this host were running
     try:
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(OutputBusyError) as info:
             run_job(config(), [files()], str(out))
     finally:
         lock.release()
-    check_documented(
-        "output_path='/data/out' is not allowed: a folder no other running job writes to; job pid <pid> on "
-        "<host> has used it since <time> UTC (wait for it, or use another output_path; remove "
-        "/data/out/.airflow-parallel-run.lock if that job is gone)",
-        str(info.value).replace(str(workspace), "/data"),
-    )
+    check_documented(BUSY, str(info.value).replace(str(workspace), "/data"))
 
 
 @pytest.mark.parametrize(
@@ -481,10 +531,8 @@ def test_the_doc_lists_no_untested_message() -> None:
         "airflow-parallel-run run: error: argument --environment-variables: expected KEY=VALUE, got 'NOEQUALS'",
         "airflow-parallel-run: error: cannot use Dask scheduler 'tcp://127.0.0.1:<port>': Timed out trying to "
         "connect to tcp://127.0.0.1:<port> after 30 s",
-        "output_path='/data/out' is not allowed: a folder no other running job writes to; job pid <pid> on "
-        "<host> has used it since <time> UTC (wait for it, or use another output_path; remove "
-        "/data/out/.airflow-parallel-run.lock if that job is gone)",
         INTERRUPTED,
+        BUSY,
     }
     untested = [m for m in documented if m not in tested]
     assert not untested, f"docs/errors.md lists messages no test checks: {untested}"
