@@ -15,10 +15,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pendulum
 import pytest
 
+from airflow_parallel_run.task_identity import TaskIdentity
 from tests.airflow.test_example_dags import _states, _xcom
 
 LOGICAL = pendulum.datetime(2024, 3, 5, tz="UTC")
@@ -191,7 +193,9 @@ async def test_job_trigger_fires_with_the_summary_and_on_kill_cancels(
     )
     assert event["status"] == "done" and event["summary"]["succeeded_items"] == 6
     started = time.monotonic()
-    await ParallelRunJobTrigger("apr_test_dask", slow.job_id).on_kill()
+    identity = {"dag_id": "d", "run_id": "r", "task_id": "score", "map_index": -1}
+    with mock.patch.object(TaskIdentity, "current_state", return_value="success"):
+        await ParallelRunJobTrigger("apr_test_dask", slow.job_id, identity=identity).on_kill()
     event = await asyncio.wait_for(
         _first_event(
             ParallelRunJobTrigger("apr_test_dask", slow.job_id, poll_interval=0.5, first_poll_delay=0.1)
@@ -199,7 +203,8 @@ async def test_job_trigger_fires_with_the_summary_and_on_kill_cancels(
         60,
     )
     assert (
-        event["summary"]["status"] == "failed" and "marked failed or cleared" in event["summary"]["message"]
+        event["summary"]["status"] == "failed"
+        and event["summary"]["message"] == "Job failed: the Airflow task was marked success"
     )
     assert time.monotonic() - started < 30 and event["summary"]["succeeded_items"] < 200
 
