@@ -833,7 +833,11 @@ class ParallelRunOperator(BaseOperator):
                 self.log.info(
                     "Job %s runs inside the Dask cluster; this task defers until it finishes", remote.job_id
                 )
-                time.sleep(2.0)  # a job of cached mini-batches is done by now: no deferral needed
+                if self._kill_requested.wait(2.0):  # stopped from Airflow before deferring
+                    reason = self._airflow_stop_reason(identity)
+                    cancel_job(client, remote.job_id, reason)
+                    raise AirflowException(f"The task was stopped before it deferred: {reason}")
+                # a job of cached mini-batches is done by now: no deferral needed
                 summary, _ = job_state(client, remote.job_id)
                 lines = job_lines(client, remote.job_id)
             except BaseException:  # execution_timeout or a kill before deferring: do not leave it running
@@ -851,6 +855,7 @@ class ParallelRunOperator(BaseOperator):
                 deadline=deadline,
                 timeout_label=label,
                 identity=identity.as_dict(),
+                cluster=hook.cluster_options(),
             ),
             method_name="execute_complete",
             timeout=None

@@ -79,6 +79,21 @@ class TaskIdentity:
         states = RuntimeTaskInstance.get_task_states(
             dag_id=self.dag_id, map_index=self.map_index, task_ids=[self.task_id], run_ids=[self.run_id]
         )
+        return self._state_in(states)
+
+    async def acurrent_state(self) -> str | None:
+        """`current_state` without blocking an event loop (in a trigger)."""
+        from airflow.sdk.execution_time import task_runner
+        from airflow.sdk.execution_time.comms import GetTaskStates
+
+        comms = task_runner.SUPERVISOR_COMMS
+        request = GetTaskStates(
+            dag_id=self.dag_id, map_index=self.map_index, task_ids=[self.task_id], run_ids=[self.run_id]
+        )
+        response = await comms.asend(request)
+        return self._state_in(getattr(response, "task_states", None) or {})
+
+    def _state_in(self, states: Mapping[str, Any]) -> str | None:
         by_task = states.get(self.run_id) or {}
         name = f"{self.task_id}_{self.map_index}" if self.mapped else self.task_id
         if name not in by_task:
@@ -91,7 +106,7 @@ class TaskIdentity:
 STOPPED_FROM_AIRFLOW = "the task was stopped from Airflow (marked success/failed or cleared)"
 _CLEARED_STATES = frozenset({"none", "restarting", "scheduled", "queued", "up_for_reschedule"})
 #: How long to wait for Airflow to say the task's state before falling back to `STOPPED_FROM_AIRFLOW`.
-STATE_QUERY_TIMEOUT_S = 5.0
+STATE_QUERY_TIMEOUT_S = 2.0
 
 
 def stop_reason_for_state(state: str | None, *, known: bool = True) -> str:
@@ -109,7 +124,8 @@ def stop_reason_for_state(state: str | None, *, known: bool = True) -> str:
 
 
 async def stop_reason_from_airflow(task: Mapping[str, Any] | None) -> str:
-    """`stop_reason_for_state` for the task instance described by `task`, asked without blocking."""
+    """`stop_reason_for_state` for the task instance described by `task`, asked without blocking
+    (bounded by `STATE_QUERY_TIMEOUT_S`: the stop must not wait long for its words)."""
     import asyncio
 
     if not task:
@@ -118,7 +134,7 @@ async def stop_reason_from_airflow(task: Mapping[str, Any] | None) -> str:
         str(task["dag_id"]), str(task["run_id"]), str(task["task_id"]), int(task["map_index"])
     )
     try:
-        state = await asyncio.wait_for(asyncio.to_thread(identity.current_state), STATE_QUERY_TIMEOUT_S)
+        state = await asyncio.wait_for(identity.acurrent_state(), STATE_QUERY_TIMEOUT_S)
     except Exception:  # noqa: BLE001 - no answer: say what is certain
         return STOPPED_FROM_AIRFLOW
     return stop_reason_for_state(state)

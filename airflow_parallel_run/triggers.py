@@ -43,6 +43,9 @@ class ParallelRunJobTrigger(BaseTrigger):
     :param deadline: wall-clock time (epoch seconds) at which the task's `execution_timeout` ends.
     :param timeout_label: what to call that limit in the stop reason, e.g. ``execution_timeout=0:00:15``.
     :param identity: the task instance (``TaskIdentity`` fields), to ask Airflow how it was stopped.
+    :param cluster: ``DaskHook.cluster_options()`` of the connection, resolved by the task: the trigger
+        reaches the cluster without asking Airflow for the connection, which can stall while Airflow
+        handles the very user action `on_kill` answers (seen on SQLite: tens of seconds).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class ParallelRunJobTrigger(BaseTrigger):
         deadline: float | None = None,
         timeout_label: str | None = None,
         identity: dict[str, Any] | None = None,
+        cluster: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.dask_conn_id = dask_conn_id
@@ -63,6 +67,7 @@ class ParallelRunJobTrigger(BaseTrigger):
         self.deadline = deadline
         self.timeout_label = timeout_label
         self.identity = dict(identity) if identity else None
+        self.cluster = dict(cluster) if cluster else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -75,21 +80,25 @@ class ParallelRunJobTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "timeout_label": self.timeout_label,
                 "identity": self.identity,
+                "cluster": self.cluster,
             },
         )
 
     async def _client(self) -> Any:
         from distributed import Client
 
-        from airflow_parallel_run.hooks import DaskHook
+        from airflow_parallel_run.hooks import DaskHook, security_from_options
 
-        hook = DaskHook(self.dask_conn_id)
-        hook._conn = await DaskHook.aget_connection(self.dask_conn_id)
+        options = self.cluster
+        if options is None:  # a trigger serialized by an older release: only the connection id
+            hook = DaskHook(self.dask_conn_id)
+            hook._conn = await DaskHook.aget_connection(self.dask_conn_id)
+            options = hook.cluster_options()
         return await Client(
-            hook.scheduler_address,
-            security=hook.get_security(),
+            options["address"],
+            security=security_from_options(options),
             asynchronous=True,
-            timeout=f"{hook.timeout}s",
+            timeout=f"{options['timeout']}s",
         )
 
     async def _sleep_until_next_poll(self) -> None:
@@ -170,12 +179,16 @@ class ParallelRunJobTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """A user marked the task success/failed or cleared it: stop the job in the cluster, with the
-        words for what they did (Airflow already holds the task's new state when this runs)."""
+        words for what they did (Airflow already holds the task's new state when this runs).
+
+        The cluster is reached first and the state asked second, bounded: a slow answer from Airflow
+        delays the stop by at most `STATE_QUERY_TIMEOUT_S`, and then the words say what is certain.
+        """
         from airflow_parallel_run.core.remote import metadata_key
 
-        reason = await stop_reason_from_airflow(self.identity)
         client = await self._client()
         try:
+            reason = await stop_reason_from_airflow(self.identity)
             if not await client.get_metadata(metadata_key(self.job_id, "cancel"), default=None):
                 await client.set_metadata(metadata_key(self.job_id, "cancel"), reason)
             self.log.info("Asked the cluster to stop job %s: %s", self.job_id, reason)

@@ -23,9 +23,11 @@ cluster host.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import io
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -107,13 +109,33 @@ class RemoteJob:
             protected_paths=tuple(protected_paths),
         )
 
-    def localised_config(self, folder: str) -> ParallelRunConfig:
-        """The config pointing at a copy of the code in `folder` (on the cluster host)."""
-        with zipfile.ZipFile(io.BytesIO(self.code)) as archive:
-            archive.extractall(folder)
+    def _config_in(self, folder: str) -> ParallelRunConfig:
         if self.config.source_directory:
             return dataclasses.replace(self.config, source_directory=folder)
         return dataclasses.replace(self.config, entry_script=os.path.join(folder, self.entry))
+
+    def code_config(self) -> ParallelRunConfig:
+        """The config pointing at this host's copy of the code, in a folder named by its content.
+
+        The same code always lands in the same folder, so the engine recognises a re-run of the same
+        job (its reuse line explains which input changed instead of "no earlier run of this job").
+        """
+        target = os.path.join(
+            tempfile.gettempdir(),
+            "airflow-parallel-run",
+            "driver-code",
+            hashlib.sha256(self.code).hexdigest()[:32],
+        )
+        if not os.path.isdir(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            staging = tempfile.mkdtemp(prefix="code-", dir=os.path.dirname(target))
+            with zipfile.ZipFile(io.BytesIO(self.code)) as archive:
+                archive.extractall(staging)
+            try:
+                os.rename(staging, target)
+            except OSError:  # another driver on this host extracted it first
+                shutil.rmtree(staging, ignore_errors=True)
+        return self._config_in(target)
 
 
 def engine_accepts(function: Any, name: str) -> bool:
@@ -183,35 +205,34 @@ def run_job_in_cluster(job: RemoteJob) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if job.protected_paths and engine_accepts(run_job, "protected_paths"):
         extra["protected_paths"] = list(job.protected_paths)
-    with tempfile.TemporaryDirectory(prefix="apr-code-") as folder:
-        try:
-            summary = run_job(
-                job.localised_config(folder),
-                list(job.inputs),
-                job.output_path,
-                side_inputs=job.side_inputs,
-                arguments=job.arguments,
-                client=client,
-                storage_options=job.storage_options,
-                progress=progress,
-                on_driver=watch.attach,
-                allow_reuse=job.allow_reuse,
-                cache_dir=job.cache_dir,
-                planned=job.planned,
-                **extra,
-            )
-        except Exception as exc:  # noqa: BLE001 - the waiting trigger must learn about it, not time out
-            summary = {
-                "status": "error",
-                "error_type": type(exc).__name__,
-                "message": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
-            }
-            if isinstance(exc, ConfigError):
-                summary["field"] = exc.field
-                summary["message"] = str(exc)
-        finally:
-            watch.done.set()
+    try:
+        summary = run_job(
+            job.code_config(),
+            list(job.inputs),
+            job.output_path,
+            side_inputs=job.side_inputs,
+            arguments=job.arguments,
+            client=client,
+            storage_options=job.storage_options,
+            progress=progress,
+            on_driver=watch.attach,
+            allow_reuse=job.allow_reuse,
+            cache_dir=job.cache_dir,
+            planned=job.planned,
+            **extra,
+        )
+    except Exception as exc:  # noqa: BLE001 - the waiting trigger must learn about it, not time out
+        summary = {
+            "status": "error",
+            "error_type": type(exc).__name__,
+            "message": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
+        if isinstance(exc, ConfigError):
+            summary["field"] = exc.field
+            summary["message"] = str(exc)
+    finally:
+        watch.done.set()
     client.set_metadata(metadata_key(job.job_id, "summary"), summary)
     return summary
 

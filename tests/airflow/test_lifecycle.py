@@ -512,6 +512,31 @@ async def _first_event(trigger: Any) -> Any:
     return None
 
 
+def test_a_rerun_in_the_cluster_explains_what_changed(
+    dask_cluster: Any, tmp_path: Path, write_script: Callable[..., str]
+) -> None:
+    """The in-cluster driver finds the same code in the same place each time, so the reuse line of a
+    re-run names the changed input instead of claiming there was no earlier run."""
+    from distributed import Client
+
+    from airflow_parallel_run.core.remote import job_lines, submit_job, wait_for_end
+
+    script = write_script(ECHO)
+    with Client(dask_cluster.scheduler_address) as client:
+        first = _remote(script, tmp_path / "in", tmp_path / "out", 6)
+        submit_job(client, first)
+        assert (wait_for_end(client, first.job_id, 120) or {}).get("status") == "succeeded"
+        (tmp_path / "in" / "item4.txt").write_text("changed\n")
+        second = _remote(script, tmp_path / "in", tmp_path / "out", 0)
+        submit_job(client, second)
+        assert (wait_for_end(client, second.job_id, 120) or {}).get("status") == "succeeded"
+        reuse = next(line for line in job_lines(client, second.job_id) if line.startswith("Reuse:"))
+    assert reuse.endswith(
+        f"5 of 6 mini-batches reused from {tmp_path / 'reuse-cache'}; 1 to run: input file "
+        f"{tmp_path / 'in' / 'item4.txt'} changed"
+    ), reuse
+
+
 def test_the_resumed_task_logs_the_jobs_lines(
     tmp_path: Path, write_script: Callable[..., str], capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -194,7 +194,7 @@ async def test_job_trigger_fires_with_the_summary_and_on_kill_cancels(
     assert event["status"] == "done" and event["summary"]["succeeded_items"] == 6
     started = time.monotonic()
     identity = {"dag_id": "d", "run_id": "r", "task_id": "score", "map_index": -1}
-    with mock.patch.object(TaskIdentity, "current_state", return_value="success"):
+    with mock.patch.object(TaskIdentity, "acurrent_state", mock.AsyncMock(return_value="success")):
         await ParallelRunJobTrigger("apr_test_dask", slow.job_id, identity=identity).on_kill()
     event = await asyncio.wait_for(
         _first_event(
