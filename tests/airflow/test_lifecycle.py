@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -404,26 +403,6 @@ def test_every_task_instance_has_its_own_artefact_path() -> None:
 
 
 # -- deferrable mode -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def dask_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A cluster of separate worker processes, named by the `apr_test_dask` connection."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        silence_logs=logging.ERROR,
-    ) as cluster:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_APR_TEST_DASK",
-            json.dumps({"conn_type": "dask", "extra": {"address": cluster.scheduler_address}}),
-        )
-        yield cluster
 
 
 def _remote(script: str, folder: Path, out: Path, files: int) -> Any:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -33,26 +31,6 @@ def dagbag(airflow_db: Path) -> Any:
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     assert not bag.import_errors, bag.import_errors
     return bag
-
-
-@pytest.fixture
-def dask_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A cluster of separate worker processes, named by the `apr_test_dask` connection."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        silence_logs=logging.ERROR,
-    ) as cluster:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_APR_TEST_DASK",
-            json.dumps({"conn_type": "dask", "extra": {"address": cluster.scheduler_address}}),
-        )
-        yield cluster
 
 
 def _land_later(landing: Path, manifest_glob: str, manifest_root: Path) -> threading.Thread:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pendulum
 from airflow.sdk import dag
@@ -42,31 +43,23 @@ def mapped_partitions() -> None:
     ).expand(inputs=wait.output)
 
 
-@dag(dag_id="apr_e2e_deferrable_clear", schedule=None, start_date=START, catchup=False, tags=["test"])
-def deferrable_clear() -> None:
-    ParallelRunOperator(
-        task_id="score",
-        parallel_run_config=SLOW,
-        inputs=ROOT + "/in",
-        output_path=ROOT + "/out",
-        dask_conn_id="apr_e2e_dask",
-        deferrable=True,
-        retries=0,
-    )
+def _deferrable(dag_id: str, **task_kwargs: Any) -> None:
+    """A deferrable operator on the `apr_e2e_dask` cluster, long enough to be stopped while it runs."""
 
+    @dag(dag_id=dag_id, schedule=None, start_date=START, catchup=False, tags=["test"])
+    def deferrable() -> None:
+        ParallelRunOperator(
+            task_id="score",
+            parallel_run_config=SLOW,
+            inputs=ROOT + "/in",
+            output_path=ROOT + "/out",
+            dask_conn_id="apr_e2e_dask",
+            deferrable=True,
+            retries=0,
+            **task_kwargs,
+        )
 
-@dag(dag_id="apr_e2e_deferrable_timeout", schedule=None, start_date=START, catchup=False, tags=["test"])
-def deferrable_timeout() -> None:
-    ParallelRunOperator(
-        task_id="score",
-        parallel_run_config=SLOW,
-        inputs=ROOT + "/in",
-        output_path=ROOT + "/out",
-        dask_conn_id="apr_e2e_dask",
-        deferrable=True,
-        execution_timeout=timedelta(seconds=15),
-        retries=0,
-    )
+    deferrable()
 
 
 @dag(dag_id="apr_e2e_mark_failed", schedule=None, start_date=START, catchup=False, tags=["test"])
@@ -83,6 +76,6 @@ def mark_failed() -> None:
 
 
 mapped_partitions()
-deferrable_clear()
-deferrable_timeout()
+_deferrable("apr_e2e_deferrable_clear")
+_deferrable("apr_e2e_deferrable_timeout", execution_timeout=timedelta(seconds=15))
 mark_failed()
