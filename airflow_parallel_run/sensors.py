@@ -101,7 +101,9 @@ class DatasetPartitionSensor(BaseSensorOperator):
 
     def _manifest_base(self, context: Context) -> str:
         """The manifest and the stable-pokes state of this task instance (map index included)."""
-        return TaskIdentity.from_context(context).path_base(self.manifest_dir or _default_manifest_dir())
+        return TaskIdentity.from_context(context, self).path_base(
+            self.manifest_dir or _default_manifest_dir()
+        )
 
     def _load_state(self, base: str) -> dict[str, Any]:
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from .cache import Fingerprinter
 from .datasets import Dataset, dataset_from_dict, dataset_to_dict
 from .errors import InputError
 from .minibatch import FileRef, MiniBatch, TabularSlice
-from .planner import Plan, _identity
+from .planner import Plan, _identity, is_local, list_input
 from .results import write_atomic
 
 VERSION = 1
@@ -56,12 +56,16 @@ def plan_refs(plan: Plan) -> list[tuple[FileRef, int]]:
 
 
 def fingerprint_plan(plan: Plan, datasets: Sequence[Dataset], fingerprinter: Fingerprinter) -> dict[str, str]:
-    """The content fingerprint of every input file of `plan` (the reuse cache's fingerprints)."""
+    """The content fingerprint of every input file of `plan`, as `check_inputs` computes it again later.
+
+    Local files: a hash of their bytes (memoised on size, mtime and inode). Object-store files: the
+    store's content identity (ETag, md5, generation) and size from a fresh listing, or a hash of their
+    bytes where the store has none.
+    """
+    current, _ = current_inputs(plan, datasets)
     fingerprints: dict[str, str] = {}
-    for input_index, dataset in enumerate(datasets):
-        refs = [ref for ref, index in plan_refs(plan) if index == input_index]
-        if refs:
-            fingerprints.update(fingerprinter.many(refs, dataset.storage_options))
+    for input_index, refs in current.items():
+        fingerprints.update(fingerprinter.many(refs, datasets[input_index].storage_options))
     return fingerprints
 
 
@@ -162,30 +166,45 @@ class InputChangedError(InputError):
         )
 
 
-def _current_refs(
-    refs: Iterable[tuple[FileRef, int]], datasets: Sequence[Dataset]
-) -> tuple[dict[int, list[FileRef]], list[str]]:
-    """Fresh `FileRef`s (size and store identity as they are now) by dataset, and the URLs that are gone."""
+def current_inputs(plan: Plan, datasets: Sequence[Dataset]) -> tuple[dict[int, list[FileRef]], list[str]]:
+    """The plan's input files as they are now — fresh `FileRef`s (size, store identity) by dataset — and
+    the URLs that are gone. Each dataset path is listed once (as the planner lists it), so checking a
+    partition of many object-store files costs a listing, not a request per file."""
+    wanted = plan_refs(plan)
+    listed: dict[str, FileRef] = {}
+    unlisted: set[int] = set()
+    for input_index in sorted({index for _, index in wanted}):
+        dataset = datasets[input_index]
+        for path in dataset.paths:
+            try:
+                _, refs = list_input(path, dict(dataset.storage_options))
+            except InputError:  # gone, or not listable now: look at the planned files one by one
+                unlisted.add(input_index)
+                continue
+            listed.update((ref.url, ref) for ref in refs)
     current: dict[int, list[FileRef]] = {}
     missing: list[str] = []
-    for ref, input_index in refs:
-        options = dict(datasets[input_index].storage_options) if input_index < len(datasets) else {}
-        fs, path = fsspec.core.url_to_fs(ref.url, **options)
-        try:
-            if "://" not in ref.url or ref.url.startswith("file://"):
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(path)
-                fresh = FileRef(ref.url, os.path.getsize(path))
-            else:
-                info = fs.info(path)
-                if info.get("type") == "directory":
-                    raise FileNotFoundError(path)
-                fresh = FileRef(ref.url, info.get("size"), _identity(info))
-        except FileNotFoundError:
+    for ref, input_index in wanted:
+        fresh = listed.get(ref.url)
+        if fresh is None and input_index in unlisted:
+            fresh = _look_at(ref, datasets[input_index])
+        if fresh is None:
             missing.append(ref.url)
-            continue
-        current.setdefault(input_index, []).append(fresh)
+        else:
+            current.setdefault(input_index, []).append(fresh)
     return current, missing
+
+
+def _look_at(ref: FileRef, dataset: Dataset) -> FileRef | None:
+    """A fresh `FileRef` of one file, or None when it does not exist."""
+    fs, path = fsspec.core.url_to_fs(ref.url, **dict(dataset.storage_options))
+    try:
+        if is_local(fs):
+            return FileRef(ref.url, os.path.getsize(path)) if os.path.isfile(path) else None
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    return None if info.get("type") == "directory" else FileRef(ref.url, info.get("size"), _identity(info))
 
 
 def check_inputs(manifest: Manifest, fingerprinter: Fingerprinter) -> list[InputChange]:
@@ -195,7 +214,7 @@ def check_inputs(manifest: Manifest, fingerprinter: Fingerprinter) -> list[Input
     partition is not read again); object-store files by the store's content identity.
     """
     refs = plan_refs(manifest.plan)
-    current, missing = _current_refs(refs, manifest.datasets)
+    current, missing = current_inputs(manifest.plan, manifest.datasets)
     changes = [InputChange(url, "deleted") for url in missing]
     for input_index, fresh in current.items():
         now = fingerprinter.many(fresh, manifest.datasets[input_index].storage_options)

@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,45 @@ def test_a_tabular_file_changed_after_the_sensor_fails(
     op = _operator(write_script(ROWS), reference, tmp_path / "out")
     with pytest.raises(AirflowFailException, match=rf"{table} was changed"):
         op.execute(_context())  # type: ignore[arg-type]
+
+
+def test_object_store_manifests_are_checked_from_one_listing(tmp_path: Path) -> None:
+    """Remote files (here fsspec's memory store, which has no ETag: their bytes are hashed) are checked
+    against the manifest from a fresh listing; deleted and rewritten files are both named."""
+    import fsspec
+
+    from airflow_parallel_run.core.cache import Fingerprinter
+    from airflow_parallel_run.core.manifest import (
+        check_inputs,
+        fingerprint_plan,
+        load_manifest,
+        write_manifest,
+    )
+    from airflow_parallel_run.core.planner import plan_inputs
+
+    fs = fsspec.filesystem("memory")
+    root = f"/apr-lifecycle-{uuid.uuid4().hex[:8]}"
+    for i in range(4):
+        fs.pipe(f"{root}/day/f{i}.txt", f"v{i}".encode())
+    datasets = [FileDataset.from_files(f"memory://{root}/day")]
+    planned = plan_inputs(datasets, 2)
+    fingerprinter = Fingerprinter(str(tmp_path / "memo.sqlite"))
+    try:
+        fingerprints = fingerprint_plan(planned, datasets, fingerprinter)
+        assert len(fingerprints) == 4
+        reference = write_manifest(str(tmp_path / "m.json"), datasets, planned, fingerprints)
+        manifest = load_manifest(reference["manifest"])
+        assert check_inputs(manifest, fingerprinter) == []
+        fs.pipe(f"{root}/day/f1.txt", b"X1")  # same size, other bytes
+        fs.rm(f"{root}/day/f3.txt")
+        changes = [(c.url.rsplit("/", 1)[1], c.what) for c in check_inputs(manifest, fingerprinter)]
+        assert changes == [("f1.txt", "changed"), ("f3.txt", "deleted")]
+        fs.rm(f"{root}/day", recursive=True)  # nothing left to list: every file is named deleted
+        assert [c.what for c in check_inputs(manifest, fingerprinter)] == ["deleted"] * 4
+    finally:
+        fingerprinter.close()
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
 
 
 def test_replan_runs_the_inputs_as_they_are_now(
