@@ -40,6 +40,7 @@ from airflow_parallel_run.core import (
     TabularDataset,
     run_job,
 )
+from airflow_parallel_run.core import errors as engine_errors
 from airflow_parallel_run.core.cluster import ClusterError, select_hosts
 from airflow_parallel_run.core.manifest import InputChangedError, is_manifest_reference, load_manifest
 from airflow_parallel_run.core.planner import Plan
@@ -80,6 +81,11 @@ SUPERSEDE_WAIT_S = 120.0
 #: the deadline itself (after cancelling the job); Airflow's timeout is the backstop if it cannot.
 TRIGGER_TIMEOUT_MARGIN_S = 180.0
 _ALIAS_PREFIX = "parallel_run_output:"
+#: The engine's "another running job holds the output folder" error: a `ConfigError` of the moment that
+#: a retry may get past, so it fails the try without `AirflowFailException` (engines without it: none).
+OUTPUT_BUSY: tuple[type[Exception], ...] = tuple(
+    error for error in (getattr(engine_errors, "OutputBusyError", None),) if isinstance(error, type)
+)
 
 Dataset = FileDataset | TabularDataset
 
@@ -586,6 +592,8 @@ class ParallelRunOperator(BaseOperator):
         except _Finished as finished:  # deferrable mode, finished before deferring
             self._replay(finished.lines)
             return self._remote_summary(context, finished.summary)
+        except OUTPUT_BUSY as exc:  # another job holds the folder now: a retry may find it free
+            raise AirflowException(f"The output folder is busy: {exc}") from exc
         except ConfigError as exc:
             raise AirflowFailException(f"Invalid ParallelRunOperator setting: {exc}") from exc
         except InputError as exc:

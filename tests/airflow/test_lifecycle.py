@@ -282,6 +282,33 @@ def test_a_config_error_inside_the_cluster_fails_without_retry(
     assert not isinstance(info.value, AirflowFailException)
 
 
+def test_a_busy_output_folder_is_retried_while_other_setting_errors_are_final(
+    tmp_path: Path, write_script: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's OutputBusyError (a ConfigError of the moment: another job holds the folder) fails the
+    try so that Airflow retries it; any other ConfigError fails the task for good."""
+
+    class OutputBusyError(ConfigError):
+        pass
+
+    landing = _land(tmp_path / "landing", 2)
+    raised: list[Exception] = []
+
+    def busy_run_job(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise raised[-1]
+
+    monkeypatch.setattr(operators, "OUTPUT_BUSY", (OutputBusyError,))
+    monkeypatch.setattr(operators, "run_job", busy_run_job)
+    op = _operator(write_script(ECHO), str(landing), tmp_path / "out")
+    raised.append(OutputBusyError("output_path", "/out", "a folder no other running job writes to"))
+    with pytest.raises(AirflowException, match="The output folder is busy: output_path='/out'") as info:
+        op.execute(_context())  # type: ignore[arg-type]
+    assert not isinstance(info.value, AirflowFailException)
+    raised.append(ConfigError("output_path", "/out", "a folder"))
+    with pytest.raises(AirflowFailException, match="Invalid ParallelRunOperator setting: output_path='/out'"):
+        op.execute(_context())  # type: ignore[arg-type]
+
+
 def test_more_processes_than_the_cpus_warn_in_the_task_log(
     tmp_path: Path,
     write_script: Callable[..., str],
