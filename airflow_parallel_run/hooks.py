@@ -148,6 +148,16 @@ class DaskHook(BaseHook):
 
         return Security(require_encryption=self.require_encryption, **files)
 
+    def cluster_options(self) -> dict[str, Any]:
+        """The scheduler address, TLS file paths, encryption flag and timeout: what a trigger needs to
+        reach the cluster without asking Airflow for the connection again (no secrets, only paths)."""
+        return {
+            "address": self.scheduler_address,
+            "tls_files": self.tls_files,
+            "require_encryption": self.require_encryption,
+            "timeout": self.timeout,
+        }
+
     def get_client(self) -> Client:
         """A `distributed.Client` connected to the scheduler (the caller closes it)."""
         from distributed import Client
@@ -174,6 +184,16 @@ class DaskHook(BaseHook):
                 )
         except Exception as exc:  # noqa: BLE001 - the message is the result
             return False, str(exc)
+
+
+def security_from_options(options: dict[str, Any]) -> Security | None:
+    """`distributed.security.Security` from `DaskHook.cluster_options()` (None without TLS)."""
+    files = dict(options.get("tls_files") or {})
+    if not files and not options.get("require_encryption"):
+        return None
+    from distributed.security import Security
+
+    return Security(require_encryption=bool(options.get("require_encryption")), **files)
 
 
 def storage_options_from_connection(conn_id: str) -> dict[str, Any]:

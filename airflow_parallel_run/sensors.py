@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -21,10 +20,11 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow_parallel_run.core import ConfigError, FileDataset, InputError, TabularDataset
 from airflow_parallel_run.core.cache import Fingerprinter, memo_path, resolve_cache_root
 from airflow_parallel_run.core.datasets import dataset_to_dict
-from airflow_parallel_run.core.manifest import write_manifest
+from airflow_parallel_run.core.manifest import fingerprint_plan, write_manifest
 from airflow_parallel_run.core.partition import Completeness, check_partition
 from airflow_parallel_run.core.planner import plan_inputs
 from airflow_parallel_run.core.results import write_atomic
+from airflow_parallel_run.task_identity import TaskIdentity
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -32,10 +32,15 @@ if TYPE_CHECKING:
 Dataset = FileDataset | TabularDataset
 
 
-def _default_manifest_dir() -> str:
+def _cache_root() -> str:
+    """The reuse cache root the operator uses too (`[parallel_run] cache_root`, else the engine's default)."""
     from airflow.sdk.configuration import conf
 
-    return resolve_cache_root(conf.get("parallel_run", "cache_root", fallback=None) or None) + "/manifests"
+    return resolve_cache_root(conf.get("parallel_run", "cache_root", fallback=None) or None)
+
+
+def _default_manifest_dir() -> str:
+    return _cache_root() + "/manifests"
 
 
 class DatasetPartitionSensor(BaseSensorOperator):
@@ -95,9 +100,10 @@ class DatasetPartitionSensor(BaseSensorOperator):
         return datasets
 
     def _manifest_base(self, context: Context) -> str:
-        root = (self.manifest_dir or _default_manifest_dir()).rstrip("/")
-        run_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(context["run_id"]))
-        return f"{root}/{self.dag_id}/{self.task_id}/{run_id}"
+        """The manifest and the stable-pokes state of this task instance (map index included)."""
+        return TaskIdentity.from_context(context, self).path_base(
+            self.manifest_dir or _default_manifest_dir()
+        )
 
     def _load_state(self, base: str) -> dict[str, Any]:
         try:
@@ -127,10 +133,11 @@ class DatasetPartitionSensor(BaseSensorOperator):
             planned = plan_inputs(datasets, self.mini_batch_size, self.partition_keys)
         except (ConfigError, InputError) as exc:
             raise AirflowFailException(f"Cannot plan the input: {exc}") from exc
-        fingerprinter = Fingerprinter(memo_path(resolve_cache_root(None)), self.storage_options)
-        try:
-            refs = [ref for mb in planned.mini_batches for ref in mb.files]
-            fingerprints = fingerprinter.many(refs) if refs else {}
+        fingerprinter = Fingerprinter(memo_path(_cache_root()), self.storage_options)
+        try:  # every file, tabular ones too: the operator checks them before it runs the plan
+            fingerprints = fingerprint_plan(planned, datasets, fingerprinter)
+        except (OSError, InputError) as exc:
+            raise AirflowException(f"Cannot fingerprint the planned input: {exc}") from exc
         finally:
             fingerprinter.close()
         reference = write_manifest(

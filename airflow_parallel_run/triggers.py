@@ -8,16 +8,45 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_parallel_run.core.errors import InputError
+from airflow_parallel_run.task_identity import stop_reason_from_airflow
+
+#: Progress lines an event carries to the resumed task: the first ones (the reuse line, "Started") and
+#: the last ones (the latest progress, the result); a long job's middle is in its logs/ folder.
+EVENT_HEAD_LINES = 20
+EVENT_TAIL_LINES = 200
+#: After the deadline, how long the trigger waits for the cancelled job's summary before it gives up.
+STOP_WAIT_S = 90.0
+
+
+def event_lines(lines: list[str]) -> list[str]:
+    """The lines an event carries (see `EVENT_HEAD_LINES`)."""
+    if len(lines) <= EVENT_HEAD_LINES + EVENT_TAIL_LINES:
+        return list(lines)
+    skipped = len(lines) - EVENT_HEAD_LINES - EVENT_TAIL_LINES
+    return [
+        *lines[:EVENT_HEAD_LINES],
+        f"... ({skipped} progress lines; all are in logs/job_progress_overview.txt)",
+    ] + lines[-EVENT_TAIL_LINES:]
 
 
 class ParallelRunJobTrigger(BaseTrigger):
-    """Fires once the in-cluster job has published its summary; cancels the job on a user's kill."""
+    """Fires once the in-cluster job has published its summary, or once `deadline` passed (then it
+    cancels the job first); cancels the job when a user stops the task, saying how they stopped it.
+
+    :param deadline: wall-clock time (epoch seconds) at which the task's `execution_timeout` ends.
+    :param timeout_label: what to call that limit in the stop reason, e.g. ``execution_timeout=0:00:15``.
+    :param identity: the task instance (``TaskIdentity`` fields), to ask Airflow how it was stopped.
+    :param cluster: ``DaskHook.cluster_options()`` of the connection, resolved by the task: the trigger
+        reaches the cluster without asking Airflow for the connection, which can stall while Airflow
+        handles the very user action `on_kill` answers (seen on SQLite: tens of seconds).
+    """
 
     def __init__(
         self,
@@ -25,12 +54,20 @@ class ParallelRunJobTrigger(BaseTrigger):
         job_id: str,
         poll_interval: float = 5.0,
         first_poll_delay: float = 5.0,
+        deadline: float | None = None,
+        timeout_label: str | None = None,
+        identity: dict[str, Any] | None = None,
+        cluster: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.dask_conn_id = dask_conn_id
         self.job_id = job_id
         self.poll_interval = poll_interval
         self.first_poll_delay = first_poll_delay
+        self.deadline = deadline
+        self.timeout_label = timeout_label
+        self.identity = dict(identity) if identity else None
+        self.cluster = dict(cluster) if cluster else None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -40,28 +77,43 @@ class ParallelRunJobTrigger(BaseTrigger):
                 "job_id": self.job_id,
                 "poll_interval": self.poll_interval,
                 "first_poll_delay": self.first_poll_delay,
+                "deadline": self.deadline,
+                "timeout_label": self.timeout_label,
+                "identity": self.identity,
+                "cluster": self.cluster,
             },
         )
 
     async def _client(self) -> Any:
         from distributed import Client
 
-        from airflow_parallel_run.hooks import DaskHook
+        from airflow_parallel_run.hooks import DaskHook, security_from_options
 
-        hook = DaskHook(self.dask_conn_id)
-        hook._conn = await DaskHook.aget_connection(self.dask_conn_id)
+        options = self.cluster
+        if options is None:  # a trigger serialized by an older release: only the connection id
+            hook = DaskHook(self.dask_conn_id)
+            hook._conn = await DaskHook.aget_connection(self.dask_conn_id)
+            options = hook.cluster_options()
         return await Client(
-            hook.scheduler_address,
-            security=hook.get_security(),
+            options["address"],
+            security=security_from_options(options),
             asynchronous=True,
-            timeout=f"{hook.timeout}s",
+            timeout=f"{options['timeout']}s",
         )
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_parallel_run.core.remote import metadata_key
+    async def _sleep_until_next_poll(self) -> None:
+        delay = self.poll_interval
+        if self.deadline is not None:
+            delay = max(0.0, min(delay, self.deadline - time.time()))
+        await asyncio.sleep(delay)
 
-        await asyncio.sleep(self.first_poll_delay)  # a trigger that fires at once can be lost (upstream bug)
-        last = None
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow_parallel_run.core.remote import METADATA_ROOT, metadata_key
+
+        first = self.first_poll_delay
+        if self.deadline is not None:
+            first = max(0.0, min(first, self.deadline - time.time()))
+        await asyncio.sleep(first)  # a trigger that fires at once can be lost (upstream bug)
         try:
             client = await self._client()
         except Exception as exc:  # noqa: BLE001 - the task must fail with the reason, not hang
@@ -69,28 +121,77 @@ class ParallelRunJobTrigger(BaseTrigger):
                 {"status": "error", "job_id": self.job_id, "message": f"cannot reach Dask: {exc}"}
             )
             return
+        lines: list[str] = []
+
+        async def new_lines() -> None:
+            stored = await client.get_metadata([METADATA_ROOT, self.job_id, "lines"], default=None) or {}
+            for key in sorted(stored):
+                if int(key) >= len(lines):
+                    lines.append(str(stored[key]))
+                    self.log.info("%s", stored[key])
+
         try:
             while True:
                 summary = await client.get_metadata(metadata_key(self.job_id, "summary"), default=None)
+                await new_lines()
                 if summary is not None:
-                    yield TriggerEvent({"status": "done", "job_id": self.job_id, "summary": summary})
+                    yield TriggerEvent(
+                        {
+                            "status": "done",
+                            "job_id": self.job_id,
+                            "summary": summary,
+                            "lines": event_lines(lines),
+                        }
+                    )
                     return
-                progress = await client.get_metadata(metadata_key(self.job_id, "progress"), default=None)
-                if progress and progress != last:
-                    self.log.info("%s", progress)
-                    last = progress
-                await asyncio.sleep(self.poll_interval)
+                if self.deadline is not None and time.time() >= self.deadline:
+                    yield await self._stop_at_deadline(client, lines, new_lines)
+                    return
+                await self._sleep_until_next_poll()
         finally:
             await client.close()
 
+    async def _stop_at_deadline(self, client: Any, lines: list[str], new_lines: Any) -> TriggerEvent:
+        """Cancels the job because the task's time is up; waits (bounded) for its summary."""
+        from airflow_parallel_run.core.remote import metadata_key
+
+        reason = f"{self.timeout_label or 'the task timeout'} exceeded"
+        if not await client.get_metadata(metadata_key(self.job_id, "cancel"), default=None):
+            await client.set_metadata(metadata_key(self.job_id, "cancel"), reason)
+        self.log.info("Time is up (%s): asked the cluster to stop job %s", reason, self.job_id)
+        deadline = time.monotonic() + STOP_WAIT_S
+        summary = None
+        while time.monotonic() < deadline:
+            summary = await client.get_metadata(metadata_key(self.job_id, "summary"), default=None)
+            if summary is not None:
+                break
+            await asyncio.sleep(1.0)
+        await new_lines()
+        return TriggerEvent(
+            {
+                "status": "timeout",
+                "job_id": self.job_id,
+                "summary": summary,
+                "lines": event_lines(lines),
+                "message": reason,
+            }
+        )
+
     async def on_kill(self) -> None:
-        """The user marked the task failed/success or cleared it: stop the job in the cluster."""
+        """A user marked the task success/failed or cleared it: stop the job in the cluster, with the
+        words for what they did (Airflow already holds the task's new state when this runs).
+
+        The cluster is reached first and the state asked second, bounded: a slow answer from Airflow
+        delays the stop by at most `STATE_QUERY_TIMEOUT_S`, and then the words say what is certain.
+        """
         from airflow_parallel_run.core.remote import metadata_key
 
         client = await self._client()
         try:
-            await client.set_metadata(metadata_key(self.job_id, "cancel"), True)
-            self.log.info("Asked the cluster to cancel job %s", self.job_id)
+            reason = await stop_reason_from_airflow(self.identity)
+            if not await client.get_metadata(metadata_key(self.job_id, "cancel"), default=None):
+                await client.set_metadata(metadata_key(self.job_id, "cancel"), reason)
+            self.log.info("Asked the cluster to stop job %s: %s", self.job_id, reason)
         finally:
             await client.close()
 

@@ -1,19 +1,35 @@
 """A job whose driver runs inside the Dask cluster, so the caller (a deferred Airflow task) can leave.
 
 The caller submits `run_job_in_cluster` once (fire-and-forget); the driver task secedes from its
-worker's thread pool and drives the job with that worker's client. Progress lines, the final
-summary and a cancel flag live in the scheduler's metadata under `("airflow-parallel-run", job_id, …)`,
-where a trigger polls them asynchronously. The entry script travels as file contents, because the
-Airflow worker's paths mean nothing on a cluster host.
+worker's thread pool and drives the job with that worker's client. Everything the caller and a
+trigger need lives in the scheduler's metadata under ``("airflow-parallel-run", job_id, …)``, where a
+trigger polls it asynchronously:
+
+- ``lines``: every progress line the driver said (the reuse line, "Started", progress, the result line),
+  one key per line, in order, so a trigger or the resumed task can show all of them;
+- ``beat``: a counter the driver task increases every second while it lives (a waiter that sees it stop
+  moving knows the task is gone, without comparing clocks across hosts);
+- ``cancel``: set by the caller to stop the job; its value is the reason the job's logs record;
+- ``summary``: the final summary (``status`` ``error`` with ``error_type`` when the job could not run).
+
+A task instance may own one job at a time: ``("airflow-parallel-run", "slots", <task key>)`` names the job
+its latest try submitted, so a new try (after a clear or a retry) finds the previous one, stops it and
+waits for it to end before it starts its own in the same output folder.
+
+The entry script travels as file contents, because the Airflow worker's paths mean nothing on a
+cluster host.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
+import shutil
 import tempfile
 import threading
+import time
 import traceback
 import uuid
 import zipfile
@@ -23,14 +39,24 @@ from typing import Any
 
 from .config import ParallelRunConfig
 from .datasets import Dataset
+from .errors import ConfigError
 from .jobspec import bundle_scripts
 from .planner import Plan
 
 METADATA_ROOT = "airflow-parallel-run"
+#: The cancel reason when the caller gave none.
+DEFAULT_CANCEL_REASON = "the task was stopped from Airflow (marked success/failed or cleared)"
+#: A driver task whose beat has not moved for this long is taken to be gone (its worker died).
+STALE_AFTER_S = 20.0
+BEAT_INTERVAL_S = 1.0
 
 
 def metadata_key(job_id: str, name: str) -> list[str]:
     return [METADATA_ROOT, job_id, name]
+
+
+def slot_key(task_key: str) -> list[str]:
+    return [METADATA_ROOT, "slots", task_key]
 
 
 @dataclass(frozen=True)
@@ -49,6 +75,7 @@ class RemoteJob:
     cache_dir: str | None = None
     planned: Plan | None = None
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    protected_paths: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -63,6 +90,7 @@ class RemoteJob:
         allow_reuse: bool = True,
         cache_dir: str | None = None,
         planned: Plan | None = None,
+        protected_paths: Sequence[str] = (),
     ) -> RemoteJob:
         bundle, _, entry, _ = bundle_scripts(config.entry_script_path, config.source_directory)
         return cls(
@@ -77,76 +105,146 @@ class RemoteJob:
             allow_reuse,
             cache_dir,
             planned,
+            protected_paths=tuple(protected_paths),
         )
 
-    def localised_config(self, folder: str) -> ParallelRunConfig:
-        """The config pointing at a copy of the code in `folder` (on the cluster host)."""
-        with zipfile.ZipFile(io.BytesIO(self.code)) as archive:
-            archive.extractall(folder)
+    def _config_in(self, folder: str) -> ParallelRunConfig:
         if self.config.source_directory:
             return dataclasses.replace(self.config, source_directory=folder)
         return dataclasses.replace(self.config, entry_script=os.path.join(folder, self.entry))
+
+    def code_config(self) -> ParallelRunConfig:
+        """The config pointing at this host's copy of the code, in a folder named by its content.
+
+        The same code always lands in the same folder, so the engine recognises a re-run of the same
+        job (its reuse line explains which input changed instead of "no earlier run of this job"). The
+        folder lies in this user's private scratch root: a name computable from the code must never
+        let a folder someone else made there stand in for it.
+        """
+        from .runner import _tmp_root
+
+        target = os.path.join(_tmp_root(), "driver-code", hashlib.sha256(self.code).hexdigest()[:32])
+        if not os.path.isdir(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            staging = tempfile.mkdtemp(prefix="code-", dir=os.path.dirname(target))
+            with zipfile.ZipFile(io.BytesIO(self.code)) as archive:
+                archive.extractall(staging)
+            try:
+                os.rename(staging, target)
+            except OSError:  # another driver on this host extracted it first
+                shutil.rmtree(staging, ignore_errors=True)
+        return self._config_in(target)
+
+
+class _Watch:
+    """Beats and obeys the cancel flag from the start of the driver task, before the driver exists."""
+
+    def __init__(self, client: Any, job_id: str) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.done = threading.Event()
+        self.driver: Any = None
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+        threading.Thread(target=self._loop, name=f"apr-watch-{job_id}", daemon=True).start()
+
+    def attach(self, driver: Any) -> None:
+        with self._lock:
+            self.driver = driver
+            reason = self.reason
+        if reason is not None:
+            driver.cancel(reason)
+
+    def _loop(self) -> None:
+        beat = 0
+        while not self.done.wait(BEAT_INTERVAL_S):
+            beat += 1
+            try:
+                self.client.set_metadata(metadata_key(self.job_id, "beat"), beat)
+                flag = self.client.get_metadata(metadata_key(self.job_id, "cancel"), default=None)
+            except Exception:  # noqa: BLE001 - keep watching through a scheduler hiccup
+                continue
+            if flag and self.reason is None:
+                with self._lock:
+                    self.reason = flag if isinstance(flag, str) else DEFAULT_CANCEL_REASON
+                    driver = self.driver
+                if driver is not None:
+                    driver.cancel(self.reason)
 
 
 def run_job_in_cluster(job: RemoteJob) -> dict[str, Any]:
     """The driver task. Publishes progress and the summary to the scheduler; obeys the cancel flag."""
     from distributed import get_client, secede
 
-    from .driver import JobDriver, run_job
+    from .driver import run_job
 
     client = get_client()
     secede()  # the driver waits for hours; it must not hold a worker thread
-    done = threading.Event()
+    flag = client.get_metadata(metadata_key(job.job_id, "cancel"), default=None)
+    if flag:  # stopped (or superseded by a newer try) before a worker thread took it: touch nothing
+        reason = flag if isinstance(flag, str) else DEFAULT_CANCEL_REASON
+        summary: dict[str, Any] = {"status": "failed", "message": f"Job failed: {reason} (before it started)"}
+        client.set_metadata(metadata_key(job.job_id, "summary"), summary)
+        return summary
+    watch = _Watch(client, job.job_id)
+    said = 0
 
     def progress(line: str) -> None:
+        nonlocal said
+        client.set_metadata([METADATA_ROOT, job.job_id, "lines", f"{said:08d}"], line)
         client.set_metadata(metadata_key(job.job_id, "progress"), line)
+        said += 1
 
-    def watch(driver: JobDriver) -> None:
-        def loop() -> None:
-            while not done.wait(1.0):
-                try:
-                    if client.get_metadata(metadata_key(job.job_id, "cancel"), default=None):
-                        driver.cancel("the Airflow task was marked failed or cleared")
-                        return
-                except Exception:  # noqa: BLE001 - keep watching through a scheduler hiccup
-                    continue
-
-        threading.Thread(target=loop, name=f"apr-cancel-{job.job_id}", daemon=True).start()
-
-    with tempfile.TemporaryDirectory(prefix="apr-code-") as folder:
-        try:
-            summary = run_job(
-                job.localised_config(folder),
-                list(job.inputs),
-                job.output_path,
-                side_inputs=job.side_inputs,
-                arguments=job.arguments,
-                client=client,
-                storage_options=job.storage_options,
-                progress=progress,
-                on_driver=watch,
-                allow_reuse=job.allow_reuse,
-                cache_dir=job.cache_dir,
-                planned=job.planned,
-            )
-        except Exception as exc:  # noqa: BLE001 - the waiting trigger must learn about it, not time out
-            summary = {
-                "status": "error",
-                "message": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
-            }
-        finally:
-            done.set()
+    extra: dict[str, Any] = {"protected_paths": list(job.protected_paths)}
+    try:
+        summary = run_job(
+            job.code_config(),
+            list(job.inputs),
+            job.output_path,
+            side_inputs=job.side_inputs,
+            arguments=job.arguments,
+            client=client,
+            storage_options=job.storage_options,
+            progress=progress,
+            on_driver=watch.attach,
+            allow_reuse=job.allow_reuse,
+            cache_dir=job.cache_dir,
+            planned=job.planned,
+            **extra,
+        )
+    except Exception as exc:  # noqa: BLE001 - the waiting trigger must learn about it, not time out
+        summary = {
+            "status": "error",
+            "error_type": type(exc).__name__,
+            "message": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
+        if isinstance(exc, ConfigError):
+            summary["field"] = exc.field
+            summary["message"] = str(exc)
+    finally:
+        watch.done.set()
     client.set_metadata(metadata_key(job.job_id, "summary"), summary)
     return summary
 
 
-def submit_job(client: Any, job: RemoteJob) -> str:
-    """Starts the driver task in the cluster; it keeps running after `client` disconnects."""
+def submit_job(client: Any, job: RemoteJob, task_key: str | None = None) -> str:
+    """Starts the driver task in the cluster; it keeps running after `client` disconnects.
+
+    With `task_key`, the job becomes the one that task instance owns (see `previous_job`).
+    """
     from distributed import fire_and_forget
 
+    if task_key is not None:
+        client.set_metadata(slot_key(task_key), job.job_id)
     fire_and_forget(client.submit(run_job_in_cluster, job, key=f"apr-driver-{job.job_id}", pure=False))
     return job.job_id
+
+
+def previous_job(client: Any, task_key: str) -> str | None:
+    """The job the task instance's latest try submitted (None when it never submitted one)."""
+    job_id = client.get_metadata(slot_key(task_key), default=None)
+    return str(job_id) if job_id else None
 
 
 def job_state(client: Any, job_id: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -155,5 +253,38 @@ def job_state(client: Any, job_id: str) -> tuple[dict[str, Any] | None, str | No
     return summary, client.get_metadata(metadata_key(job_id, "progress"), default=None)
 
 
-def cancel_job(client: Any, job_id: str) -> None:
-    client.set_metadata(metadata_key(job_id, "cancel"), True)
+def job_lines(client: Any, job_id: str, start: int = 0) -> list[str]:
+    """The job's progress lines from number `start` on, in order."""
+    lines = client.get_metadata([METADATA_ROOT, job_id, "lines"], default=None) or {}
+    return [str(lines[k]) for k in sorted(lines) if int(k) >= start]
+
+
+def cancel_job(client: Any, job_id: str, reason: str = DEFAULT_CANCEL_REASON) -> bool:
+    """Asks the job to stop, recording `reason` in its logs; a reason set earlier stays (the first wins).
+
+    Returns False when the job had already been asked to stop.
+    """
+    if client.get_metadata(metadata_key(job_id, "cancel"), default=None):
+        return False
+    client.set_metadata(metadata_key(job_id, "cancel"), reason)
+    return True
+
+
+def wait_for_end(client: Any, job_id: str, timeout: float, poll: float = 0.5) -> dict[str, Any] | None:
+    """Waits until the job published its summary (returned), its driver task stopped beating for
+    `STALE_AFTER_S` (None: the task is gone), or `timeout` passed (None)."""
+    deadline = time.monotonic() + timeout
+    last_beat, moved = None, time.monotonic()
+    while True:
+        summary = client.get_metadata(metadata_key(job_id, "summary"), default=None)
+        if summary is not None:
+            return dict(summary)
+        beat = client.get_metadata(metadata_key(job_id, "beat"), default=None)
+        now = time.monotonic()
+        if beat != last_beat:
+            last_beat, moved = beat, now
+        elif now - moved > STALE_AFTER_S:
+            return None
+        if now > deadline:
+            return None
+        time.sleep(poll)

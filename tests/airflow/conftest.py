@@ -15,7 +15,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +87,26 @@ def airflow_db() -> Path:
     if result.returncode != 0:
         pytest.fail(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return db
+
+
+@pytest.fixture
+def dask_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A cluster of separate worker processes, named by the `apr_test_dask` connection (deferrable tests)."""
+    import json
+    import logging
+
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=2,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        silence_logs=logging.ERROR,
+    ) as cluster:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_APR_TEST_DASK",
+            json.dumps({"conn_type": "dask", "extra": {"address": cluster.scheduler_address}}),
+        )
+        yield cluster

@@ -15,7 +15,7 @@ import pytest
 from distributed import LocalCluster
 from distributed.security import Security
 
-from airflow_parallel_run.hooks import DaskHook
+from airflow_parallel_run.hooks import DaskHook, security_from_options
 
 
 def _conn(monkeypatch: pytest.MonkeyPatch, conn_id: str, value: str | dict[str, Any]) -> DaskHook:
@@ -67,12 +67,19 @@ def test_tls_files_default_to_tls_and_build_a_security(
     assert security.require_encryption is True
     assert security.tls_ca_file == str(files["tls_ca_file"])
     assert security.tls_client_key == str(files["tls_client_key"])
+    # what a trigger gets instead of the connection id: JSON, no secrets, the same Security
+    options = json.loads(json.dumps(hook.cluster_options()))
+    assert options["address"] == "tls://sched:8786" and options["timeout"] == 30.0
+    again = security_from_options(options)
+    assert isinstance(again, Security) and again.require_encryption is True
+    assert (again.tls_ca_file, again.tls_client_key) == (security.tls_ca_file, security.tls_client_key)
 
 
 def test_no_tls_means_no_security(monkeypatch: pytest.MonkeyPatch) -> None:
     hook = _conn(monkeypatch, "dask_plain", {"conn_type": "dask", "host": "sched"})
     assert hook.get_security() is None
     assert hook.dashboard_url is None
+    assert security_from_options(hook.cluster_options()) is None
 
 
 @pytest.mark.parametrize(

@@ -182,5 +182,6 @@ def test_on_kill_cancels_a_running_job(
     thread.join(timeout=90)
     assert not thread.is_alive()
     assert isinstance(outcome.get("error"), AirflowException), outcome
-    assert "cancelled" in str(outcome["error"]) or "killed" in str(outcome["error"])
+    # outside a task runner Airflow cannot be asked what the user did: the words say what is certain
+    assert "the task was stopped from Airflow (marked success/failed or cleared)" in str(outcome["error"])
     assert time.monotonic() - started < 30, "20 mini-batches x 2 s would take 40 s: the job must stop early"

@@ -282,14 +282,14 @@ def test_invalid_rendered_value_fails_the_task_naming_the_field(config: Parallel
 # -- on_kill and the link -----------------------------------------------------------------------------
 
 
-def test_on_kill_cancels_the_running_job(config: ParallelRunConfig) -> None:
+def test_on_kill_before_the_driver_exists_cancels_it_as_soon_as_it_does(config: ParallelRunConfig) -> None:
     op = _op(config)
-    op.on_kill()  # nothing running: no error
+    op.on_kill()  # nothing running yet (the job is being planned): no error, the stop is remembered
     driver = mock.Mock(job_id="j1")
     op._set_driver(driver)
-    op.on_kill()
-    driver.cancel.assert_called_once()
-    assert "killed" in driver.cancel.call_args.args[0]
+    driver.cancel.assert_called_once_with(
+        "the task was stopped from Airflow (marked success/failed or cleared)"
+    )
 
 
 def test_dashboard_link_reads_the_xcom(config: ParallelRunConfig) -> None:

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pendulum
 import pytest
 
+from airflow_parallel_run.task_identity import TaskIdentity
 from tests.airflow.test_example_dags import _states, _xcom
 
 LOGICAL = pendulum.datetime(2024, 3, 5, tz="UTC")
@@ -31,26 +31,6 @@ def dagbag(airflow_db: Path) -> Any:
     bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     assert not bag.import_errors, bag.import_errors
     return bag
-
-
-@pytest.fixture
-def dask_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A cluster of separate worker processes, named by the `apr_test_dask` connection."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        silence_logs=logging.ERROR,
-    ) as cluster:
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_APR_TEST_DASK",
-            json.dumps({"conn_type": "dask", "extra": {"address": cluster.scheduler_address}}),
-        )
-        yield cluster
 
 
 def _land_later(landing: Path, manifest_glob: str, manifest_root: Path) -> threading.Thread:
@@ -191,7 +171,9 @@ async def test_job_trigger_fires_with_the_summary_and_on_kill_cancels(
     )
     assert event["status"] == "done" and event["summary"]["succeeded_items"] == 6
     started = time.monotonic()
-    await ParallelRunJobTrigger("apr_test_dask", slow.job_id).on_kill()
+    identity = {"dag_id": "d", "run_id": "r", "task_id": "score", "map_index": -1}
+    with mock.patch.object(TaskIdentity, "acurrent_state", mock.AsyncMock(return_value="success")):
+        await ParallelRunJobTrigger("apr_test_dask", slow.job_id, identity=identity).on_kill()
     event = await asyncio.wait_for(
         _first_event(
             ParallelRunJobTrigger("apr_test_dask", slow.job_id, poll_interval=0.5, first_poll_delay=0.1)
@@ -199,7 +181,8 @@ async def test_job_trigger_fires_with_the_summary_and_on_kill_cancels(
         60,
     )
     assert (
-        event["summary"]["status"] == "failed" and "marked failed or cleared" in event["summary"]["message"]
+        event["summary"]["status"] == "failed"
+        and event["summary"]["message"] == "Job failed: the Airflow task was marked success"
     )
     assert time.monotonic() - started < 30 and event["summary"]["succeeded_items"] < 200
 
