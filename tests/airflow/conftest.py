@@ -30,9 +30,11 @@ if "airflow" in sys.modules:
         "run `pytest tests/airflow` or make sure earlier test modules do not import airflow"
     )
 
-_HOME = Path(tempfile.mkdtemp(prefix="apr-airflow-home-"))
+_BASE = Path(tempfile.mkdtemp(prefix="apr-airflow-"))
+_HOME = _BASE / "home"
 _DAGS = _HOME / "dags"
-_DEMO_ROOT = _HOME / "demo_root"
+# Beside AIRFLOW_HOME, not in it: the operator refuses output folders inside AIRFLOW_HOME.
+_DEMO_ROOT = _BASE / "demo_root"
 
 
 def _build_dags_folder() -> None:
@@ -49,7 +51,7 @@ def _build_dags_folder() -> None:
             link.symlink_to(source)
 
 
-atexit.register(shutil.rmtree, _HOME, True)
+atexit.register(shutil.rmtree, _BASE, True)
 _build_dags_folder()
 os.environ.update(
     {

@@ -392,7 +392,7 @@ def test_execution_timeout_on_the_embedded_cluster_stops_the_job_and_keeps_its_r
 def _entry_processes_started_after_the_stop(out: Path) -> list[str]:
     """`started pid` lines of the node logs later than the driver's `stopping:` line."""
     master = (out / "logs" / "sys" / "master_role.txt").read_text().splitlines()
-    stop = next(line for line in master if " stopping: " in line)[:19]  # second resolution
+    stop = next(line for line in master if " stopping at " in line)[:19]  # second resolution
     started = [
         line
         for node_log in (out / "logs" / "sys" / "node").rglob("*.txt")

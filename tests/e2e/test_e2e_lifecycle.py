@@ -215,7 +215,9 @@ def test_execution_timeout_stops_a_deferrable_job_in_time(
     result = (out / "logs" / "job_result.txt").read_text()
     assert result.startswith("Job failed: execution_timeout=0:00:15 exceeded"), result[:300]
     master = (out / "logs" / "sys" / "master_role.txt").read_text().splitlines()
-    stop = next(line for line in master if " stopping: execution_timeout=0:00:15 exceeded" in line)
+    stop = next(
+        line for line in master if " stopping at " in line and "execution_timeout=0:00:15 exceeded" in line
+    )
     stopped_after = (_log_time(stop) - _utc(ti["start_date"])).total_seconds()
     assert stopped_after < 15 + 8, f"the job was told to stop {stopped_after:.1f} s after the task started"
     assert _attempt_rows(out) < 80, "the job did not run to its end"
@@ -243,7 +245,7 @@ def test_mark_failed_stops_the_job_and_leaves_its_result(api: Api, root: Path) -
     assert not (out / ".staging").exists()
 
     master = (out / "logs" / "sys" / "master_role.txt").read_text().splitlines()
-    stop = next(line for line in master if " stopping: " in line)
+    stop = next(line for line in master if " stopping at " in line)
     started = [
         line
         for node_log in (out / "logs" / "sys" / "node").rglob("*.txt")
