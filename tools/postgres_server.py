@@ -256,6 +256,11 @@ class PostgresServer:
         match = re.search(r"\(PostgreSQL\)\s+(\S+)", output)
         return f"PostgreSQL {match.group(1) if match else output.strip()}"
 
+    @property
+    def listen_port(self) -> int:
+        """The port it listens on (0 before `start()`)."""
+        return self._started_port
+
     def url(self, driver: str = "psycopg2") -> str:
         """The SQLAlchemy URL, with the password."""
         return (
