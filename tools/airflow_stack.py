@@ -773,6 +773,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    if port_in_use(stack.port):
+        print(
+            f"error: port {stack.port} on 127.0.0.1 is in use: stop what uses it or pass --port N",
+            file=sys.stderr,
+        )
+        return 1
     print(f"Starting Airflow in {stack.home} (logs: {stack.logs_dir}/*.out) ...", flush=True)
     try:
         database = stack.start_database()

@@ -51,11 +51,18 @@ BASE_SETTINGS: Mapping[str, str] = {
     "unix_socket_directories": "",
     "max_connections": "200",
 }
-# For a throw-away cluster (tests, benchmarks): nothing is worth an fsync there.
+# For a throw-away cluster (the e2e tests): nothing is worth an fsync there.
 THROWAWAY_SETTINGS: Mapping[str, str] = {
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
+}
+# PostgreSQL's own defaults: what a deployment runs, for a throw-away cluster that must behave like one
+# (the Airflow benchmark).
+DURABLE_SETTINGS: Mapping[str, str] = {
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
 }
 
 
