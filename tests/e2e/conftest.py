@@ -81,11 +81,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     stopping.set()
     supervisor.join(timeout=10)
     instance.stop()
-    if instance.restarts:  # visible in CI's output
-        print(
-            "\nAirflow stack components restarted during the e2e session:\n  "
-            + "\n  ".join(instance.restarts)
-        )
+    RESTARTS.extend(instance.restarts)
 
 
 def _supervise(stack: Stack, stopping: threading.Event) -> None:
