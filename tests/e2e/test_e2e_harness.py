@@ -12,7 +12,7 @@ import signal
 import time
 
 import pytest
-from e2e_rest import Api, Progress, Stack, StackStalled
+from e2e_rest import IN_PROGRESS_TI_STATES, Api, Progress, Stack, StackStalled
 
 pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
 
@@ -20,8 +20,14 @@ DAG_ID = "apr_e2e_always_failing"
 
 
 def _quiet(api: Api) -> None:
-    """Waits until no task instance of any run is active (so that nothing else is making progress)."""
-    api.wait_for(lambda: not Progress(api).snapshot()[1], "no active task instance", timeout=240)
+    """Waits until no task instance is scheduled, queued or running: nothing else makes progress while
+    the schedulers are frozen (a deferred or rescheduled one sleeps until a scheduler moves it)."""
+    moving = ("scheduled", "queued", *IN_PROGRESS_TI_STATES)
+    api.wait_for(
+        lambda: not [ti for ti in Progress(api).snapshot()[1] if ti["state"] in moving],
+        "no task instance in flight",
+        timeout=240,
+    )
 
 
 def test_wait_fails_fast_when_no_scheduler_makes_progress(stack: Stack, api: Api) -> None:
