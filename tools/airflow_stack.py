@@ -51,7 +51,7 @@ from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from postgres_server import PostgresError, PostgresServer  # noqa: E402
-from stack_watchdog import kill_all, tagged_processes  # noqa: E402
+from stack_watchdog import kill_all  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_HOME = REPO / ".airflow"
@@ -546,10 +546,9 @@ class Stack:
                 last = next((line for line in reversed(tail.splitlines()) if line.strip()), "(no output)")
                 line = f"{component} exited with {process.returncode} and was restarted (last line: {last.strip()})"
                 tag = f"{component}#{self._generation.get(component, 1)}"
-                left = [proc for proc in tagged_processes(COMPONENT_ENV, tag)]
-                kill_all([process.pid], [(COMPONENT_ENV, tag)])
+                left = kill_all([process.pid], [(COMPONENT_ENV, tag)])
                 if left:
-                    line += f"; killed {len(left)} process(es) it left running"
+                    line += f"; killed {left} process(es) it left running"
                 if self._allowed_restarts.get(component, 0) > 0:
                     self._allowed_restarts[component] -= 1
                 else:

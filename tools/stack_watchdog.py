@@ -58,10 +58,12 @@ def kill_all(groups: Iterable[int], tags: Iterable[tuple[str, str]], rounds: int
     while the others die). Returns how many tagged processes were found in the first round."""
     first = 0
     for round_number in range(rounds):
+        # Find first, then kill the groups and what was found together: a parent killed alone a
+        # moment earlier would leave its children time to notice and start replacements.
+        found = [proc for name, value in tags for proc in tagged_processes(name, value)]
         for pgid in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
-        found = [proc for name, value in tags for proc in tagged_processes(name, value)]
         if round_number == 0:
             first = len(found)
         for proc in found:
