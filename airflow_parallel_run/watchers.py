@@ -23,7 +23,8 @@ DAG still runs once. The trigger never touches the metadata DB: Airflow's trigge
 scheduled on the watched asset) re-announces each arrival on a second asset with
 ``add_partitions(key)``; a scoring DAG scheduled with ``PartitionedAssetTimetable`` on that asset then
 runs once per partition, with the key as its ``partition_key``. Several watcher events that reach one
-router run (Airflow merges queued asset triggers into one run) are still announced one by one.
+router run (Airflow merges queued asset triggers into one run), or that no run consumed (stored while
+a run was being queued), are announced one by one all the same.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import datetime as dt
 import hashlib
 import json
 import posixpath
+import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -43,14 +45,13 @@ from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 from airflow_parallel_run.core import ConfigError, FileDataset, InputError
 from airflow_parallel_run.core.partition import Completeness, check_partition
 from airflow_parallel_run.partitions import EXTRA_PARTITIONS, check_event_key
-from airflow_parallel_run.task_identity import safe_name
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 STATE_VERSION = 1
-#: How far back `ArrivedPartitionsOperator` looks in the target asset's events for a key it already
-#: announced (a watcher repeats an event only after a crash, when the triggerer is back).
+#: How far back `ArrivedPartitionsOperator` reads the watched asset's events (arrivals no run consumed)
+#: and the target's (keys announced already; a watcher repeats an event only after a crash).
 DEDUP_WINDOW = dt.timedelta(days=7)
 
 
@@ -66,15 +67,16 @@ def partition_key_of(folder_name: str) -> str:
 
 
 def default_state_path(root: str) -> str:
-    """``<cache root>/watchers/<root as a name>-<hash>.json`` (`[parallel_run] cache_root`, else the
-    engine's default root)."""
+    """``<cache root>/watchers/<root's last folder name>-<hash of root>.json`` (`[parallel_run]
+    cache_root`, else the engine's default root)."""
     from airflow.sdk.configuration import conf
 
     from airflow_parallel_run.core.cache import resolve_cache_root
 
     cache_root = resolve_cache_root(conf.get("parallel_run", "cache_root", fallback=None) or None)
     digest = hashlib.sha256(root.rstrip("/").encode("utf-8")).hexdigest()[:12]
-    return f"{cache_root.rstrip('/')}/watchers/{safe_name(root.rstrip('/'))[-80:]}-{digest}.json"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", posixpath.basename(root.rstrip("/")))[-60:] or "root"
+    return f"{cache_root.rstrip('/')}/watchers/{name}-{digest}.json"
 
 
 class ArrivalWatch:
@@ -352,14 +354,20 @@ class ArrivalProducer(SharedStreamProducer):
 class ArrivedPartitionsOperator(BaseOperator):
     """Announces the partitions a `PartitionArrivalTrigger` reported, as partitioned events of `target`.
 
-    Schedule its DAG on the watched asset (``schedule=[source]``); a scoring DAG scheduled with
-    ``PartitionedAssetTimetable(assets=target)`` then runs once per arrived partition. A key already
-    announced on `target` (within `dedup_window`) is not announced again. The event extra carries each
-    partition's payload under ``partitions`` (folder URI, files, bytes).
+    Schedule its DAG on the watched asset (``schedule=[source]``, ``max_active_runs=1``); a scoring DAG
+    scheduled with ``PartitionedAssetTimetable(assets=target)`` then runs once per arrived partition.
+
+    It reads `source`'s event *history* (the last `window`), not only the events that triggered its
+    run: Airflow merges asset events that arrive while a run of the DAG is being queued into that queue
+    entry, and one stored after the entry was made but before the run was created is consumed by no
+    run (it belongs to neither run's event window) and queues none. Such an event is stored before this
+    run was created, so this run's history holds it. A key `target` already announced within `window`
+    is not announced again (a repeat from a watcher that died between storing an event and recording
+    it). The event extra carries each partition's payload under ``partitions`` (folder, files, bytes).
 
     :param source: the watched asset (its watcher is a `PartitionArrivalTrigger`).
     :param target: the asset the partitioned events go to.
-    :param dedup_window: how far back `target`'s event history is read for keys already announced.
+    :param window: how far back both assets' event histories are read.
     """
 
     ui_color = "#e8f0d8"
@@ -369,7 +377,7 @@ class ArrivedPartitionsOperator(BaseOperator):
         *,
         source: Asset,
         target: Asset,
-        dedup_window: dt.timedelta = DEDUP_WINDOW,
+        window: dt.timedelta = DEDUP_WINDOW,
         **kwargs: Any,
     ) -> None:
         kwargs["inlets"] = [*(kwargs.get("inlets") or []), source, target]
@@ -377,20 +385,25 @@ class ArrivedPartitionsOperator(BaseOperator):
         super().__init__(**kwargs)
         self.source = source
         self.target = target
-        self.dedup_window = dedup_window
+        self.window = window
 
     def execute(self, context: Context) -> list[str]:
-        arrivals = arrived_payloads(context["triggering_asset_events"][self.source])
-        if not arrivals:
-            self.log.info("No partition arrived with the events of this run")
-            return []
-        since = min(a["timestamp"] for a in arrivals.values()) - self.dedup_window
-        history = context["inlet_events"][self.target].after(since.isoformat())
-        announced = {e.partition_key for e in history if getattr(e, "partition_key", None)}
+        since = (dt.datetime.now(dt.timezone.utc) - self.window).isoformat()
+        triggering = arrived_payloads(context["triggering_asset_events"][self.source])
+        arrivals = arrived_payloads(context["inlet_events"][self.source].after(since))
+        announced = {
+            e.partition_key
+            for e in context["inlet_events"][self.target].after(since)
+            if getattr(e, "partition_key", None)
+        }
         fresh = {k: a for k, a in arrivals.items() if k not in announced}
-        for key in sorted(set(arrivals) - set(fresh)):
+        for key in sorted(set(triggering) & announced):
             self.log.warning("Partition %r was announced on %s already: not again", key, self.target.uri)
+        late = sorted(set(fresh) - set(triggering))
+        if late:
+            self.log.info("Also announcing arrivals no run consumed: %s", ", ".join(late))
         if not fresh:
+            self.log.info("No partition to announce")
             return []
         accessor = context["outlet_events"][self.target]
         accessor.extra[EXTRA_PARTITIONS] = {k: a["payload"] for k, a in fresh.items()}

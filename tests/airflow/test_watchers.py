@@ -224,38 +224,44 @@ def _arrival(key: str, minute: int) -> AssetEventDagRunReferenceResult:
 
 
 class History(list):
-    """`inlet_events[asset]`: the target's stored events, filtered by `.after()`."""
+    """`inlet_events[asset]`: an asset's stored events, filtered by `.after()`."""
 
     def after(self, since: str) -> History:
         self.since = since
-        return self
+        return History(e for e in self if e.timestamp.isoformat() > since)
 
 
 def test_the_router_announces_each_arrival_once(tmp_path: Path) -> None:
     router = ArrivedPartitionsOperator(task_id="announce", source=LANDING, target=ARRIVED)
     assert LANDING in router.inlets and ARRIVED in router.inlets and router.outlets == [ARRIVED]
-    history = History([_event({}, 1, key="2024-01-01")])  # announced by an earlier run
-    events = [
+    now = dt.datetime.now(dt.timezone.utc)
+    old = now - dt.timedelta(days=30)
+    triggering = [
         _arrival("2024-01-01", 2),  # repeated by a watcher that restarted in its ack window
         _arrival("2024-01-03", 3),
         _arrival("2024-01-02", 4),
         _arrival("2024-01-02", 5),
         _event({"from_trigger": True, "payload": "not ours"}, 6),
     ]
+    for event in triggering:
+        event.timestamp = now - dt.timedelta(minutes=10 - event.timestamp.minute)
+    orphan = _arrival("2024-01-04", 7)  # stored while the run was queued: consumed by no run
+    orphan.timestamp = now - dt.timedelta(minutes=1)
+    ancient = _arrival("2023-01-01", 8)  # outside the window: not read again
+    ancient.timestamp = old
+    announced = _event({}, 1, key="2024-01-01")  # by an earlier run
+    announced.timestamp = now - dt.timedelta(hours=1)
     outlets = OutletEventAccessors()
     context = {
-        "triggering_asset_events": TriggeringAssetEventsAccessor.build(events),
-        "inlet_events": {ARRIVED: history},
+        "triggering_asset_events": TriggeringAssetEventsAccessor.build(triggering),
+        "inlet_events": {LANDING: History([ancient, *triggering, orphan]), ARRIVED: History([announced])},
         "outlet_events": outlets,
     }
-    assert router.execute(context) == ["2024-01-02", "2024-01-03"]  # type: ignore[arg-type]
-    assert history.since == "2023-12-25T00:02:00+00:00", (
-        "the dedup window reaches back from the first arrival"
-    )
+    assert router.execute(context) == ["2024-01-02", "2024-01-03", "2024-01-04"]  # type: ignore[arg-type]
     registered = list(_serialize_outlet_events(outlets))
-    assert sorted(e["partition_key"] for e in registered) == ["2024-01-02", "2024-01-03"]
+    assert sorted(e["partition_key"] for e in registered) == ["2024-01-02", "2024-01-03", "2024-01-04"]
     assert registered[0]["extra"]["partitions"]["2024-01-03"] == {
         "partition_key": "2024-01-03",
         "uri": "/landing/2024-01-03",
     }
-    assert set(arrived_payloads(events)) == {"2024-01-01", "2024-01-02", "2024-01-03"}
+    assert set(arrived_payloads(triggering)) == {"2024-01-01", "2024-01-02", "2024-01-03"}
