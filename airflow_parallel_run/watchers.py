@@ -8,15 +8,16 @@ or sizes stable across pokes: the engine's `check_partition`, the same code the 
 event's payload names the partition: ``{"partition_key", "uri", "files", "bytes", "seen"}``.
 
 **Exactly once, across triggerer restarts.** What has fired is kept in a state file (JSON,
-``<cache root>/watchers/<root>-<hash>.json`` unless ``state_path`` says otherwise; on a multi-host
-deployment the cache root is shared storage anyway). A partition is recorded there only once Airflow
-confirmed that its event is stored in the metadata database: the trigger runs in the triggerer's
-shared-stream *ack mode*, whose producer is told (`advance`) which events were persisted. A restart
-therefore never re-fires a recorded partition, and a partition that landed (or whose event was not yet
-stored) while the triggerer was down fires when it is back, from a fresh listing. The one window left is
-a crash between Airflow storing the event and the state file being written (about one triggerer sync);
-`ArrivedPartitionsOperator` drops such a repeat by the target asset's own event history, so the scoring
-DAG still runs once. The trigger never touches the metadata DB: Airflow's triggerer does the storing.
+``<cache root>/watchers/<root's name>-<hash>.json`` unless ``state_path`` says otherwise; on a multi-host
+deployment the cache root is shared storage anyway). In the triggerer the trigger runs in the
+shared-stream *ack mode*: a partition is recorded as fired once Airflow confirmed its event is stored.
+A restart therefore does not fire a recorded partition again, and one that landed while the triggerer
+was down fires when it is back, from a fresh listing. What is *done* is decided by Airflow's own event
+history, not by the watcher: `ArrivedPartitionsOperator` writes the keys it finds announced on its
+target asset beside the state (``...announced.json``), and a fired partition that does not get there
+within `refire_after` seconds is fired again (its event was lost: a triggerer killed between firing
+and storing, seen on the real stack). The router announces a key at most once (it checks the target's
+history), so a repeat never scores a partition twice. The trigger never touches the metadata DB.
 
 **Partition keys on the events.** Airflow 3.3 stores a watcher's events without a partition key, and a
 `PartitionedAssetTimetable` ignores events without one. `ArrivedPartitionsOperator` (a one-task DAG
@@ -79,6 +80,21 @@ def default_state_path(root: str) -> str:
     return f"{cache_root.rstrip('/')}/watchers/{name}-{digest}.json"
 
 
+def announced_path(state_path: str) -> str:
+    """Where `ArrivedPartitionsOperator` records the keys it found announced (beside the watcher's state)."""
+    return state_path.removesuffix(".json") + ".announced.json"
+
+
+def read_announced(path: str, storage_options: Mapping[str, Any]) -> set[str]:
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb", **storage_options) as handle:
+            return set(json.loads(handle.read()).get("announced") or [])
+    except FileNotFoundError:
+        return set()
+
+
 class ArrivalWatch:
     """The watcher's logic, outside Airflow's trigger machinery: list, check, remember.
 
@@ -94,13 +110,16 @@ class ArrivalWatch:
         poke_interval: float,
         state_path: str,
         storage_options: Mapping[str, Any] | None = None,
+        refire_after: float = 300.0,
     ) -> None:
         self.root = root.rstrip("/")
+        self.refire_after = refire_after
         self.rule = rule
         self.poke_interval = poke_interval
         self.state_path = state_path
         self.storage_options = dict(storage_options or {})
         self.fired: dict[str, dict[str, Any]] = {}
+        self.announced: set[str] = set()
         self.offered: set[str] = set()
         self.pokes: dict[str, dict[str, Any]] = {}  # stable-pokes state per pending partition
         self.refused: set[str] = set()
@@ -133,15 +152,32 @@ class ArrivalWatch:
         for payload in payloads:
             key = str(payload["partition_key"])
             self.offered.discard(key)
-            if key not in self.fired:
-                self.fired[key] = {"at": now, "files": payload.get("files"), "bytes": payload.get("bytes")}
-                added = True
+            fired = self.fired.setdefault(key, {"files": payload.get("files"), "bytes": payload.get("bytes")})
+            fired["at"] = now
+            fired["times"] = int(fired.get("times", 0)) + 1
+            added = True
         if added:
             document = {"version": STATE_VERSION, "root": self.root, "fired": self.fired}
             write_atomic(self.state_path, json.dumps(document, indent=1).encode(), self.storage_options)
 
     def release(self, keys: Iterable[str]) -> None:
         self.offered.difference_update(keys)
+
+    def load_announced(self) -> None:
+        """The keys `ArrivedPartitionsOperator` found announced in Airflow's own event history
+        (`announced_path`): those are done for good."""
+        self.announced = read_announced(announced_path(self.state_path), self.storage_options)
+
+    def due(self, key: str) -> bool:
+        """Whether `key` is to be fired now: never fired, or fired more than `refire_after` seconds ago
+        and still not announced (its event was lost, e.g. the triggerer died before Airflow stored it)."""
+        if key in self.announced or key in self.offered or key in self.refused:
+            return False
+        fired = self.fired.get(key)
+        if fired is None:
+            return True
+        at = dt.datetime.fromisoformat(str(fired["at"]))
+        return (dt.datetime.now(dt.timezone.utc) - at).total_seconds() >= self.refire_after
 
     # -- polling -----------------------------------------------------------------------------------
     def partitions(self) -> list[tuple[str, str]]:
@@ -183,8 +219,9 @@ class ArrivalWatch:
     def poll(self) -> list[dict[str, Any]]:
         """One look at the root: the payloads of newly complete partitions (now offered)."""
         ready = []
+        self.load_announced()
         for key, url in self.partitions():
-            if key in self.fired or key in self.offered or key in self.refused:
+            if not self.due(key):
                 continue
             problem = check_event_key(key)
             if problem is not None:
@@ -226,6 +263,8 @@ class PartitionArrivalTrigger(BaseEventTrigger):
     :param stable_pokes: complete when names and sizes are unchanged for this many polls.
     :param poke_interval: seconds between two looks at `root`.
     :param state_path: where the fired partitions are recorded (default in the cache root).
+    :param refire_after: seconds after which a fired partition that `ArrivedPartitionsOperator` has not
+        found announced is fired again (its event may have been lost with a dying triggerer).
     :param storage_conn_id: an Airflow connection with the store's credentials (as the operator's).
     :param storage_options: fsspec options without secrets (they would travel in the serialized DAG):
         credentials belong in `storage_conn_id`.
@@ -242,6 +281,7 @@ class PartitionArrivalTrigger(BaseEventTrigger):
         state_path: str | None = None,
         storage_conn_id: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        refire_after: float = 300.0,
     ) -> None:
         super().__init__()
         if not isinstance(root, str) or not root.strip():
@@ -266,6 +306,7 @@ class PartitionArrivalTrigger(BaseEventTrigger):
         self.min_file_count = min_file_count
         self.stable_pokes = stable_pokes
         self.poke_interval = float(poke_interval)
+        self.refire_after = float(refire_after)
         self.state_path = state_path
         self.storage_conn_id = storage_conn_id
         self.storage_options = dict(storage_options or {})
@@ -279,6 +320,7 @@ class PartitionArrivalTrigger(BaseEventTrigger):
                 "min_file_count": self.min_file_count,
                 "stable_pokes": self.stable_pokes,
                 "poke_interval": self.poke_interval,
+                "refire_after": self.refire_after,
                 "state_path": self.state_path,
                 "storage_conn_id": self.storage_conn_id,
                 "storage_options": self.storage_options,
@@ -286,6 +328,18 @@ class PartitionArrivalTrigger(BaseEventTrigger):
         )
 
     # -- the watch -------------------------------------------------------------------------------
+    def resolved_state_path(self) -> str:
+        return self.state_path or default_state_path(self.root)
+
+    def resolved_storage_options(self) -> dict[str, Any]:
+        """`storage_options` over the connection's (synchronous: for a task, not the triggerer)."""
+        options = dict(self.storage_options)
+        if self.storage_conn_id:
+            from airflow_parallel_run.hooks import storage_options_from_connection
+
+            options = {**storage_options_from_connection(self.storage_conn_id), **options}
+        return options
+
     @classmethod
     async def build_watch(cls, kwargs: Mapping[str, Any]) -> ArrivalWatch:
         """The `ArrivalWatch` of serialized kwargs (credentials from `storage_conn_id`, read here, in
@@ -302,7 +356,9 @@ class PartitionArrivalTrigger(BaseEventTrigger):
         state_path = trigger.state_path
         if not state_path:
             state_path = await asyncio.to_thread(default_state_path, trigger.root)
-        return ArrivalWatch(trigger.root, trigger.rule, trigger.poke_interval, state_path, options)
+        return ArrivalWatch(
+            trigger.root, trigger.rule, trigger.poke_interval, state_path, options, trigger.refire_after
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """The standalone path (outside the triggerer's shared streams, e.g. a test driving the
@@ -391,11 +447,12 @@ class ArrivedPartitionsOperator(BaseOperator):
         since = (dt.datetime.now(dt.timezone.utc) - self.window).isoformat()
         triggering = arrived_payloads(context["triggering_asset_events"][self.source])
         arrivals = arrived_payloads(context["inlet_events"][self.source].after(since))
-        announced = {
-            e.partition_key
+        announced: set[str] = {
+            str(e.partition_key)
             for e in context["inlet_events"][self.target].after(since)
             if getattr(e, "partition_key", None)
         }
+        self._tell_watchers(announced)
         fresh = {k: a for k, a in arrivals.items() if k not in announced}
         for key in sorted(set(triggering) & announced):
             self.log.warning("Partition %r was announced on %s already: not again", key, self.target.uri)
@@ -415,6 +472,25 @@ class ArrivedPartitionsOperator(BaseOperator):
             ", ".join(sorted(fresh)),
         )
         return sorted(fresh)
+
+    def _tell_watchers(self, announced: set[str]) -> None:
+        """Records, beside each `PartitionArrivalTrigger`'s state, the keys Airflow holds announced:
+        the watcher stops re-firing those (one that stays unannounced is fired again after
+        `refire_after`: its event was lost). Keys announced by this run are recorded by the next one,
+        once Airflow stored them."""
+        from airflow_parallel_run.core.results import write_atomic
+
+        for watcher in getattr(self.source, "watchers", None) or []:
+            trigger = watcher.trigger
+            if not isinstance(trigger, PartitionArrivalTrigger):
+                continue
+            path = announced_path(trigger.resolved_state_path())
+            options = trigger.resolved_storage_options()
+            known = read_announced(path, options)
+            if announced <= known:
+                continue
+            document = {"version": STATE_VERSION, "announced": sorted(known | announced)}
+            write_atomic(path, json.dumps(document, indent=1).encode(), options)
 
 
 def arrived_payloads(events: Iterable[Any]) -> dict[str, dict[str, Any]]:

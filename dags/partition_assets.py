@@ -39,7 +39,11 @@ DIGIT_ARRIVALS = Asset(
         AssetWatcher(
             name="digit_arrivals_watcher",
             trigger=PartitionArrivalTrigger(
-                ARRIVALS, marker_file="_SUCCESS", poke_interval=ARRIVAL_POKE_INTERVAL
+                ARRIVALS,
+                marker_file="_SUCCESS",
+                poke_interval=ARRIVAL_POKE_INTERVAL,
+                # a partition not announced this long after its event is fired again (the event was lost)
+                refire_after=max(60.0, 10 * ARRIVAL_POKE_INTERVAL),
             ),
         )
     ],

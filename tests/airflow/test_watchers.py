@@ -28,6 +28,7 @@ from airflow_parallel_run.watchers import (
     ArrivalProducer,
     ArrivedPartitionsOperator,
     PartitionArrivalTrigger,
+    announced_path,
     arrived_payloads,
 )
 
@@ -109,6 +110,28 @@ async def test_run_fires_each_complete_partition_once_across_a_restart(tmp_path:
         "2024-01-02",
         "2024-01-03",
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_partition_never_announced_is_fired_again_until_it_is(tmp_path: Path) -> None:
+    """An event can be lost between the trigger and Airflow's database (a triggerer SIGKILLed right after
+    firing, seen on the real stack): the partition is fired again after `refire_after`, until the router
+    found it announced in Airflow's history; then never again."""
+    root, state = tmp_path / "landing", tmp_path / "watch.json"
+    land(root, "a")
+    instance = PartitionArrivalTrigger(
+        str(root), marker_file="_SUCCESS", poke_interval=POLL, state_path=str(state), refire_after=0.3
+    )
+    watcher = Triggerer(instance)
+    assert await watcher.wait_for(2) == ["a", "a"], "fired again: nobody announced it"
+    # what the router writes once it found "a" in the target asset's history
+    Path(announced_path(str(state))).write_text(json.dumps({"version": 1, "announced": ["a"]}))
+    await asyncio.sleep(0.5)
+    count = len(watcher.events)
+    await asyncio.sleep(1.0)  # three refire periods
+    await watcher.kill()
+    assert len(watcher.events) == count <= 3, "announced: never fired again"
+    assert json.loads(state.read_text())["fired"]["a"]["times"] == count
 
 
 @pytest.mark.asyncio
@@ -232,8 +255,14 @@ class History(list):
 
 
 def test_the_router_announces_each_arrival_once(tmp_path: Path) -> None:
-    router = ArrivedPartitionsOperator(task_id="announce", source=LANDING, target=ARRIVED)
-    assert LANDING in router.inlets and ARRIVED in router.inlets and router.outlets == [ARRIVED]
+    state = tmp_path / "watch.json"
+    watched = Asset(
+        name="landing",
+        uri="file:///landing",
+        watchers=[AssetWatcher(name="w", trigger=trigger(tmp_path / "landing", state))],
+    )
+    router = ArrivedPartitionsOperator(task_id="announce", source=watched, target=ARRIVED)
+    assert watched in router.inlets and ARRIVED in router.inlets and router.outlets == [ARRIVED]
     now = dt.datetime.now(dt.timezone.utc)
     old = now - dt.timedelta(days=30)
     triggering = [
@@ -254,7 +283,7 @@ def test_the_router_announces_each_arrival_once(tmp_path: Path) -> None:
     outlets = OutletEventAccessors()
     context = {
         "triggering_asset_events": TriggeringAssetEventsAccessor.build(triggering),
-        "inlet_events": {LANDING: History([ancient, *triggering, orphan]), ARRIVED: History([announced])},
+        "inlet_events": {watched: History([ancient, *triggering, orphan]), ARRIVED: History([announced])},
         "outlet_events": outlets,
     }
     assert router.execute(context) == ["2024-01-02", "2024-01-03", "2024-01-04"]  # type: ignore[arg-type]
@@ -265,3 +294,5 @@ def test_the_router_announces_each_arrival_once(tmp_path: Path) -> None:
         "uri": "/landing/2024-01-03",
     }
     assert set(arrived_payloads(triggering)) == {"2024-01-01", "2024-01-02", "2024-01-03"}
+    # the watcher learns what Airflow holds announced (this run's keys: from the next run on)
+    assert json.loads(Path(announced_path(str(state))).read_text())["announced"] == ["2024-01-01"]
