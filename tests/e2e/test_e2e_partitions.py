@@ -124,6 +124,16 @@ def _backfill(api: Api, first: str, last: str, reprocess: str = "none") -> dict[
     return dict(api.post("/backfills", body))
 
 
+def _completed(api: Api, backfill: dict[str, Any]) -> None:
+    """Waits until the scheduler marks the backfill completed (it checks every 30 s): a DAG takes one
+    running backfill at a time."""
+
+    def completed() -> bool:
+        return bool(api.get(f"/backfills/{backfill['id']}")["completed_at"])
+
+    api.wait_for(completed, f"backfill {backfill['id']} completed", timeout=RUN_WAIT, interval=2.0)
+
+
 def _scored(api: Api, days: list[str], after: str | None = None) -> dict[str, dict[str, Any]]:
     """Waits for a successful run of each day (started after `after`); returns the summaries by day."""
 
@@ -156,7 +166,7 @@ def test_partition_backfill_reruns_only_the_changed_partitions_mini_batches(
 ) -> None:
     stack.wait_for_dags(BACKFILL_DAGS)
     days = WEEK[:5]
-    _backfill(api, days[0], days[-1])
+    backfill = _backfill(api, days[0], days[-1])
     first = _scored(api, days)
     outputs = {day: Path(s["append_row_file"]).read_bytes() for day, s in first.items()}
     for day, summary in first.items():
@@ -168,8 +178,10 @@ def test_partition_backfill_reruns_only_the_changed_partitions_mini_batches(
     changed = sorted((demo_root / "data" / "partitions" / days[2]).glob("*.png"))[0]
     others = [p for p in _digits(demo_root) if p.read_bytes() != changed.read_bytes()]
     changed.write_bytes(others[0].read_bytes())  # one image of one day is replaced
+    _completed(api, backfill)
     second = _backfill(api, days[0], days[-1], reprocess="completed")
     rerun = _scored(api, days, after=second["created_at"])
+    _completed(api, second)  # the next test's CLI backfill needs the DAG free
     executed = {day: s["total_mini_batches"] - s["reused_mini_batches"] for day, s in rerun.items()}
     assert executed == {day: (1 if day == days[2] else 0) for day in days}, executed
     for day in days:
