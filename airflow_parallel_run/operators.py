@@ -44,7 +44,15 @@ from airflow_parallel_run.core import (
 from airflow_parallel_run.core.cluster import ClusterError, select_hosts
 from airflow_parallel_run.core.manifest import InputChangedError, is_manifest_reference, load_manifest
 from airflow_parallel_run.core.planner import Plan
+from airflow_parallel_run.lineage import LineageMixin
 from airflow_parallel_run.links import DASHBOARD_XCOM_KEY, DaskDashboardLink
+from airflow_parallel_run.partitions import (
+    check_key_in_paths,
+    check_outlet_partitions,
+    emit_output_events,
+    run_partition_key,
+    with_run_partition,
+)
 from airflow_parallel_run.task_identity import STOPPED_FROM_AIRFLOW, TaskIdentity, stop_reason_for_state
 
 if TYPE_CHECKING:
@@ -269,7 +277,7 @@ def _with_output_alias(kwargs: dict[str, Any]) -> dict[str, Any]:
     A mapped operator's outlets are fixed when the DAG is parsed, before any map index renders its
     `output_path`, so each map index's folder can only reach Airflow as an event on an alias.
     """
-    if not kwargs.get("declare_output_asset", True):
+    if not kwargs.get("declare_output_asset", True) or kwargs.get("output_asset") is not None:
         return kwargs
     from airflow.sdk.definitions._internal.contextmanager import DagContext, TaskGroupContext
 
@@ -282,7 +290,7 @@ def _with_output_alias(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "outlets": [*outlets, AssetAlias(name=f"{_ALIAS_PREFIX}{owner}")]}
 
 
-class ParallelRunOperator(BaseOperator):
+class ParallelRunOperator(LineageMixin, BaseOperator):
     """Runs an entry script's ``run(mini_batch)`` over every mini-batch of ``inputs`` on Dask.
 
     :param parallel_run_config: the `ParallelRunConfig` (entry script, mini-batch size, thresholds, ...).
@@ -304,6 +312,12 @@ class ParallelRunOperator(BaseOperator):
     :param storage_conn_id: an Airflow connection holding those options (an ``aws`` connection, or any
         connection with a ``storage_options`` extra); ``storage_options`` wins key by key.
     :param declare_output_asset: declare the output folder as an outlet asset (default True).
+    :param output_asset: the outlet `Asset` to announce the output on instead of the output folder's own
+        (needed for partition-scheduled consumers when ``output_path`` is templated per partition: they
+        schedule on one fixed asset whose events carry partition keys); the event's extra names the
+        concrete folder. See airflow_parallel_run/partitions.py.
+    :param outlet_partitions: ``"run"`` (default): the outlet event is the run's partition (Airflow's
+        default); ``"data"``: one event per scored partition of the input's ``partition_keys``.
     :param on_manifest_change: with a sensor's manifest as ``inputs``: ``"fail"`` (default) when an input
         file was deleted or changed after the sensor planned it, or ``"replan"`` to plan the manifest's
         inputs again as they are now.
@@ -336,6 +350,8 @@ class ParallelRunOperator(BaseOperator):
         declare_output_asset: bool = True,
         deferrable: bool | None = None,
         on_manifest_change: str = "fail",
+        output_asset: Asset | None = None,
+        outlet_partitions: str = "run",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -369,8 +385,12 @@ class ParallelRunOperator(BaseOperator):
         self._validate_static()
         self.output_asset: Asset | None = None
         self.output_asset_alias: AssetAlias | None = None
-        if declare_output_asset:
-            self._declare_output_asset()
+        if declare_output_asset or output_asset is not None:
+            self._declare_output_asset(output_asset)
+        self.outlet_partitions = outlet_partitions
+        check_outlet_partitions(
+            outlet_partitions, parallel_run_config.partition_keys, bool(self.output_asset)
+        )
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
@@ -398,9 +418,13 @@ class ParallelRunOperator(BaseOperator):
             if not _is_dynamic(value):
                 _to_strings(name, value)
 
-    def _declare_output_asset(self) -> None:
+    def _declare_output_asset(self, given: Asset | None = None) -> None:
         """A fixed output folder is an `Asset`; a templated one (or a map index's) is an `AssetAlias`
-        filled at run time."""
+        filled at run time; `given` (``output_asset``) replaces both."""
+        if given is not None:
+            self.output_asset = given
+            self.add_outlets([given])
+            return
         for outlet in self.outlets:
             if isinstance(outlet, AssetAlias) and outlet.name.startswith(_ALIAS_PREFIX):
                 self.output_asset_alias = outlet  # a map index of a mapped operator: see `partial`
@@ -509,6 +533,10 @@ class ParallelRunOperator(BaseOperator):
         if planned is None:  # the sensor chose the size of a manifest's mini-batches
             config.mini_batch_size_for(tabular=inputs[0].kind == "tabular")
         output_path = self.resolve_output_path()
+        check_key_in_paths(
+            run_partition_key(context),
+            {"output_path": [output_path], "inputs": [p for d in inputs for p in d.paths]},
+        )
         if identity.mapped:
             self._check_mapped_output(context, identity, output_path)
         kwargs: dict[str, Any] = {
@@ -765,6 +793,7 @@ class ParallelRunOperator(BaseOperator):
         )
 
     def _handle_summary(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
+        summary = self.job_summary = with_run_partition(summary, context)  # for lineage too
         self._log_outcome(summary)
         if summary.get("status") != "succeeded":
             self._log_error_head(summary)
@@ -1008,18 +1037,8 @@ class ParallelRunOperator(BaseOperator):
             self.log.error("First lines of %s:\n%s", error_file, "\n".join(lines))
 
     def _emit_asset_event(self, context: Context, summary: Mapping[str, Any]) -> None:
-        """Attaches the counts to the outlet asset event (the concrete folder for a templated output
-        and for each map index of a mapped operator)."""
-        extra = {
-            key: summary.get(key)
-            for key in ("total_items", "succeeded_items", "failed_items", "append_row_file", "cache_key")
-        }
-        events = context["outlet_events"]
-        if self.output_asset is not None:
-            events[self.output_asset].extra.update(extra)
-        elif self.output_asset_alias is not None:
-            uri = output_asset_uri(str(summary.get("output") or self.resolve_output_path()))
-            events[self.output_asset_alias].add(Asset(uri=uri), extra=extra)
+        """Attaches the counts to the outlet asset event(s): see airflow_parallel_run/partitions.py."""
+        emit_output_events(self, context, summary)
 
 
 def _client_dashboard(client: Any) -> str | None:

@@ -49,10 +49,13 @@ class MiniBatch:
     partition_key_value: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
-        """What `mini_batch_context.dataset` shows and what logs print for this mini-batch."""
+        """What `mini_batch_context.dataset` shows and what logs print for this mini-batch (with its
+        partition key values, so processed_mini-batches.csv tells which partition each row scored)."""
+        keyed = {"partition_key_value": dict(self.partition_key_value)} if self.partition_key_value else {}
         if self.kind == "file":
-            return {"input_index": self.input_index, "files": [f.url for f in self.files]}
+            return {"input_index": self.input_index, "files": [f.url for f in self.files], **keyed}
         return {
+            **keyed,
             "input_index": self.input_index,
             "slices": [
                 {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,23 @@ SCHEDULERS = 2
 # Airflow's defaults, except how often a scheduler looks for tasks of a dead scheduler (300 s): a
 # test that kills a scheduler should not wait five minutes for the other one to take over.
 SCHEDULER_SETTINGS = {"AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15"}
+# Partitions and lineage (test_e2e_partitions.py): the arrival watcher of dags/partition_assets.py polls
+# every 2 s instead of 30; OpenLineage writes to a file, for DAGs that enable it only (selective enable:
+# the other DAGs' tasks emit nothing and fork nothing).
+LINEAGE_FILE = "openlineage.jsonl"
+
+
+def _partition_settings(base: Path) -> dict[str, str]:
+    return {
+        "AIRFLOW_PARALLEL_RUN_ARRIVAL_POKE_S": "2",
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+            {"type": "file", "log_file_path": str(base / LINEAGE_FILE), "append": True}
+        ),
+        "AIRFLOW__OPENLINEAGE__SELECTIVE_ENABLE": "True",
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "apr-e2e",
+    }
+
+
 RESTARTS: list[str] = []  # every component restart of the session, for the terminal summary
 
 
@@ -65,7 +83,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         demo_data=True,  # written before the start, not by two concurrent first DAG runs
         quiet=True,
         schedulers=SCHEDULERS,
-        extra_env=SCHEDULER_SETTINGS,
+        extra_env={**SCHEDULER_SETTINGS, **_partition_settings(base)},
     )
     request.addfinalizer(instance.stop)
     atexit.register(instance.stop)  # also when the interpreter exits without running finalizers
