@@ -71,6 +71,13 @@ STACK_ID_ENV = "AIRFLOW_STACK_ID"
 COMPONENT_ENV = "AIRFLOW_STACK_COMPONENT"
 
 
+def component_tag(stack_id: str, component: str, generation: int) -> str:
+    """The value of COMPONENT_ENV in every process a component starts. A restart kills what carries the
+    dead component's tag, so the stack's id is part of it: a second stack on the host (a test starting
+    `make airflow` beside the session's stack) has components of the same names."""
+    return f"{stack_id}/{component}#{generation}"
+
+
 class StackError(RuntimeError):
     """The stack could not start, or broke (the message says which component and where its log is)."""
 
@@ -258,7 +265,7 @@ class Stack:
 
     def _component_env(self, component: str, generation: int) -> dict[str, str]:
         env = self.env
-        env[COMPONENT_ENV] = f"{component}#{generation}"
+        env[COMPONENT_ENV] = component_tag(self.stack_id, component, generation)
         if component in self._log_ports:  # two schedulers on one host: one log-server port each
             env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(self._log_ports[component])
         return env
@@ -493,7 +500,7 @@ class Stack:
             return None
         if env.get(STACK_ID_ENV) != self.stack_id or COMPONENT_ENV not in env:
             return None
-        return env[COMPONENT_ENV].rsplit("#", 1)[0]
+        return env[COMPONENT_ENV].split("/", 1)[-1].rsplit("#", 1)[0]
 
     @contextlib.contextmanager
     def expect_restart(self, component: str, timeout: float = 90.0) -> Iterator[None]:
@@ -545,7 +552,7 @@ class Stack:
                     )
                 last = next((line for line in reversed(tail.splitlines()) if line.strip()), "(no output)")
                 line = f"{component} exited with {process.returncode} and was restarted (last line: {last.strip()})"
-                tag = f"{component}#{self._generation.get(component, 1)}"
+                tag = component_tag(self.stack_id, component, self._generation.get(component, 1))
                 left = kill_all([process.pid], [(COMPONENT_ENV, tag)])
                 if left:
                     line += f"; killed {left} process(es) it left running"
