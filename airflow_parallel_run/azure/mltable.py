@@ -209,9 +209,8 @@ class MLTable:
             raise ConfigError(
                 _where(self.source, "transformations"),
                 steps,
-                "reading, extract_columns_from_partition_format, and column steps that only drop the columns "
-                "the MLTable adds: these steps change the columns or rows run() receives, which reading an "
-                "MLTable does not do yet (remove them, or do them in run())",
+                "steps that leave the columns and rows as the files hold them: these add or remove columns or rows, "
+                "which reading an MLTable does not do yet (remove them, or do them in run())",
             )
         return self.dataset
 
@@ -249,7 +248,7 @@ def _mltable_file(path: str, storage_options: Mapping[str, Any]) -> str | None:
         if posixpath.basename(fs_path.rstrip("/")) == MLTABLE_FILE and fs.isfile(fs_path):
             return path
         candidate = posixpath.join(fs_path.rstrip("/"), MLTABLE_FILE)
-        return fs.unstrip_protocol(candidate) if fs.isfile(candidate) else None
+        return path.rstrip("/") + "/" + MLTABLE_FILE if fs.isfile(candidate) else None
     except Exception as exc:  # credentials, network: name the input
         raise InputError(f"MLTable {path!r} cannot be read: {type(exc).__name__}: {exc}") from exc
 

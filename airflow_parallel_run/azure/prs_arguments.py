@@ -220,7 +220,7 @@ def split_prs_arguments(arguments: Sequence[Any], *, field_name: str = "program_
             value = tokens[position]
             position += 1
         shown = f"--{name}"
-        parsed_value = option.parse(shown, value) if option.parse else value
+        parsed_value = option.parse(f"{field_name} {shown}", value) if option.parse else value
         if option.refused:
             raise ConfigError(f"{field_name} {shown}", value, option.refused)
         if option.ignored:
