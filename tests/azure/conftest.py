@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "azure"
-CLI = [sys.executable, "-m", "airflow_parallel_run.cli"]
 
 
 def copy_example(name: str, target: Path, *make_args: str) -> Path:

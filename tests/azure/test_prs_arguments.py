@@ -7,10 +7,20 @@ import pytest
 from airflow_parallel_run.azure.prs_arguments import DRIVER_OPTIONS, split_prs_arguments
 from airflow_parallel_run.core import ConfigError
 
-IRIS = (
-    "--model /m --allowed_failed_percent 30 --task_overhead_timeout 1200 --progress_update_timeout 600 "
-    "--first_task_creation_timeout 600 --resource_monitor_interval 20"
-).split()
+IRIS = [
+    "--model",
+    "/m",
+    "--allowed_failed_percent",
+    "30",
+    "--task_overhead_timeout",
+    "1200",
+    "--progress_update_timeout",
+    "600",
+    "--first_task_creation_timeout",
+    "600",
+    "--resource_monitor_interval",
+    "20",
+]
 
 
 def test_the_iris_sample_options_are_read_and_the_script_keeps_its_arguments() -> None:
