@@ -24,8 +24,8 @@ airflow: install postgres
 	$(BIN)/python tools/airflow_stack.py
 
 lint: install
-	$(BIN)/ruff check airflow_parallel_run tests dags bench docker/dags tools
-	$(BIN)/ruff format --check airflow_parallel_run tests dags bench docker/dags tools
+	$(BIN)/ruff check airflow_parallel_run tests dags bench docker/dags tools examples
+	$(BIN)/ruff format --check airflow_parallel_run tests dags bench docker/dags tools examples
 
 typecheck: install
 	$(BIN)/mypy

@@ -393,6 +393,40 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         )
 
     @classmethod
+    def from_azure_job(
+        cls,
+        path: str,
+        *,
+        output_path: str,
+        input_map: Mapping[str, str] | None = None,
+        output_map: Mapping[str, str] | None = None,
+        job_name: str | None = None,
+        **kwargs: Any,
+    ) -> ParallelRunOperator:
+        """The operator that runs the parallel job of an Azure ML v2 YAML (a parallel job or component, or the
+        parallel job of a pipeline job), read when the DAG file is parsed. `input_map` gives the inputs that
+        point into Azure (name -> path or fsspec URL), `output_map` the outputs other than ``append_row_to``
+        (default: ``<output_path>/<name>``). Keys with no effect here are logged; other keyword arguments go to
+        the operator (``task_id`` defaults to the job's name). See docs/azure.md."""
+        from airflow_parallel_run.azure.job_yaml import load_azure_job
+
+        job = load_azure_job(
+            path, output_path=output_path, input_map=input_map, output_map=output_map, job_name=job_name
+        )
+        for note in job.notes():
+            logging.getLogger(__name__).warning("Azure job %s: %s", job.name, note)
+        kwargs.setdefault("task_id", job.name)
+        kwargs.setdefault("allow_reuse", job.allow_reuse)
+        return cls(
+            parallel_run_config=job.config,
+            inputs=list(job.inputs),
+            output_path=output_path,
+            side_inputs=[*job.side_inputs, *(kwargs.pop("side_inputs", None) or [])],
+            arguments=[*job.arguments, *(kwargs.pop("arguments", None) or [])],
+            **kwargs,
+        )
+
+    @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
         """`BaseOperator.partial`, plus the AssetAlias outlet every map index adds its folder to."""
         from airflow.sdk.bases import operator as base
