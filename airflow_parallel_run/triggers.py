@@ -74,7 +74,8 @@ class ParallelRunJobTrigger(BaseTrigger):
         self.timeout_label = timeout_label
         self.identity = dict(identity) if identity else None
         self.cluster = dict(cluster) if cluster else None
-        self._cancelled = False  # run() ended by a cancellation (not by firing an event)
+        self._cancelled = False  # run() ended by a cancellation
+        self._fired = False  # run() fired its event: the job has ended (or the task stops it itself)
         self._stopping: asyncio.Future[None] | None = None  # the stop on_kill or cleanup started
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -128,6 +129,7 @@ class ParallelRunJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             async for event in self._poll():
+                self._fired = True
                 yield event
         except asyncio.CancelledError:
             self._cancelled = True
@@ -216,6 +218,8 @@ class ParallelRunJobTrigger(BaseTrigger):
         awaits. Awaited directly, a stop that took longer than one pass (reaching the cluster, asking
         Airflow) was abandoned halfway and the job ran on to its end.
         """
+        if self._fired:
+            return
         if self._stopping is None:
             self._stopping = _in_background(self._stop_job(user_acted=True))
         await asyncio.shield(self._stopping)
@@ -229,7 +233,7 @@ class ParallelRunJobTrigger(BaseTrigger):
         deferred state gets its job stopped; a task still deferred (the triggerer shuts down or
         handed the trigger on) or whose state cannot be read keeps its job running.
         """
-        if not self._cancelled or self._stopping is not None:
+        if not self._cancelled or self._fired or self._stopping is not None:
             return
         self._stopping = _in_background(self._stop_job(user_acted=False))
         await asyncio.shield(self._stopping)
