@@ -159,6 +159,7 @@ class ParallelRunJobTrigger(BaseTrigger):
                     lines.append(str(stored[key]))
                     self.log.info("%s", stored[key])
 
+        cancelled = False
         try:
             while True:
                 summary = await client.get_metadata(metadata_key(self.job_id, "summary"), default=None)
@@ -177,10 +178,14 @@ class ParallelRunJobTrigger(BaseTrigger):
                     yield await self._stop_at_deadline(client, lines, new_lines)
                     return
                 await self._sleep_until_next_poll()
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
-            # not awaited: closing takes seconds, and on a cancellation the triggerer's note that a user
-            # acted travels in the CancelledError, which whatever is awaited here may replace
-            _in_background(_close_quietly(client))
+            if cancelled:  # closing takes seconds, and the triggerer's note that a user acted travels
+                _in_background(_close_quietly(client))  # in the CancelledError, which an await may replace
+            else:
+                await _close_quietly(client)
 
     async def _stop_at_deadline(self, client: Any, lines: list[str], new_lines: Any) -> TriggerEvent:
         """Cancels the job because the task's time is up; waits (bounded) for its summary."""
