@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,12 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_parallel_run.core.errors import InputError
-from airflow_parallel_run.task_identity import stop_reason_from_airflow
+from airflow_parallel_run.task_identity import (
+    STATE_WAIT_S,
+    STOPPED_FROM_AIRFLOW,
+    identity_from_dict,
+    stop_reason_from_airflow,
+)
 
 #: Progress lines an event carries to the resumed task: the first ones (the reuse line, "Started") and
 #: the last ones (the latest progress, the result); a long job's middle is in its logs/ folder.
@@ -68,6 +74,9 @@ class ParallelRunJobTrigger(BaseTrigger):
         self.timeout_label = timeout_label
         self.identity = dict(identity) if identity else None
         self.cluster = dict(cluster) if cluster else None
+        self._cancelled = False  # run() ended by a cancellation
+        self._fired = False  # run() fired its event: the job has ended (or the task stops it itself)
+        self._stopping: asyncio.Future[None] | None = None  # the stop on_kill or cleanup started
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -101,6 +110,16 @@ class ParallelRunJobTrigger(BaseTrigger):
             timeout=f"{options['timeout']}s",
         )
 
+    async def _prepare_state_reads(self) -> None:
+        """Asks Airflow for the task's state once, ignoring the answer (in the background, when the
+        trigger starts): the triggerer builds its in-process execution API on the first question a
+        trigger asks (1.4 s idle, several seconds under load), and that first question must not be
+        the one `on_kill` asks while the job runs on."""
+        if not self.identity:
+            return
+        with contextlib.suppress(Exception):  # outside a triggerer, or no answer: on_kill copes
+            await asyncio.wait_for(identity_from_dict(self.identity).acurrent_state(), STATE_WAIT_S)
+
     async def _sleep_until_next_poll(self) -> None:
         delay = self.poll_interval
         if self.deadline is not None:
@@ -108,11 +127,21 @@ class ParallelRunJobTrigger(BaseTrigger):
         await asyncio.sleep(delay)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            async for event in self._poll():
+                self._fired = True
+                yield event
+        except asyncio.CancelledError:
+            self._cancelled = True
+            raise
+
+    async def _poll(self) -> AsyncIterator[TriggerEvent]:
         from airflow_parallel_run.core.remote import METADATA_ROOT, metadata_key
 
         first = self.first_poll_delay
         if self.deadline is not None:
             first = max(0.0, min(first, self.deadline - time.time()))
+        _in_background(self._prepare_state_reads())
         await asyncio.sleep(first)  # a trigger that fires at once can be lost (upstream bug)
         try:
             client = await self._client()
@@ -130,6 +159,7 @@ class ParallelRunJobTrigger(BaseTrigger):
                     lines.append(str(stored[key]))
                     self.log.info("%s", stored[key])
 
+        cancelled = False
         try:
             while True:
                 summary = await client.get_metadata(metadata_key(self.job_id, "summary"), default=None)
@@ -148,8 +178,14 @@ class ParallelRunJobTrigger(BaseTrigger):
                     yield await self._stop_at_deadline(client, lines, new_lines)
                     return
                 await self._sleep_until_next_poll()
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
-            await client.close()
+            if cancelled:  # closing takes seconds, and the triggerer's note that a user acted travels
+                _in_background(_close_quietly(client))  # in the CancelledError, which an await may replace
+            else:
+                await _close_quietly(client)
 
     async def _stop_at_deadline(self, client: Any, lines: list[str], new_lines: Any) -> TriggerEvent:
         """Cancels the job because the task's time is up; waits (bounded) for its summary."""
@@ -179,21 +215,98 @@ class ParallelRunJobTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """A user marked the task success/failed or cleared it: stop the job in the cluster, with the
-        words for what they did (Airflow already holds the task's new state when this runs).
+        words for what they did (see `stop_reason_from_airflow`).
 
-        The cluster is reached first and the state asked second, bounded: a slow answer from Airflow
-        delays the stop by at most `STATE_QUERY_TIMEOUT_S`, and then the words say what is certain.
+        The stop runs as a task of its own that this method only waits for: until the trigger's task
+        has ended, the triggerer cancels it again on every pass of its loop (about once a second; the
+        trigger stays in its list of triggers to cancel), and each cancel lands in whatever `on_kill`
+        awaits. Awaited directly, a stop that took longer than one pass (reaching the cluster, asking
+        Airflow) was abandoned halfway and the job ran on to its end.
         """
+        if self._fired:
+            return
+        if self._stopping is None:
+            self._stopping = _in_background(self._stop_job(user_acted=True))
+        await asyncio.shield(self._stopping)
+
+    async def cleanup(self) -> None:
+        """The safety net of `on_kill`: the trigger was cancelled and no stop was started.
+
+        The triggerer calls `on_kill` only when the cancellation carries its note that a user acted
+        (a CancelledError's message, which anything awaited on the way out can replace); it calls
+        `cleanup` on every exit. So here the task instance's state decides: a task that left the
+        deferred state gets its job stopped; a task still deferred (the triggerer shuts down or
+        handed the trigger on) or whose state cannot be read keeps its job running.
+        """
+        if not self._cancelled or self._fired or self._stopping is not None:
+            return
+        self._stopping = _in_background(self._stop_job(user_acted=False))
+        await asyncio.shield(self._stopping)
+
+    async def _stop_job(self, *, user_acted: bool) -> None:
+        """Reaches the cluster while it asks Airflow for the task's state; sets the cancel flag."""
         from airflow_parallel_run.core.remote import metadata_key
 
-        client = await self._client()
+        connecting = asyncio.ensure_future(self._client())
         try:
             reason = await stop_reason_from_airflow(self.identity)
+        except BaseException:
+            _abandon(connecting)
+            raise
+        if reason == STOPPED_FROM_AIRFLOW and not user_acted:
+            reason = None  # no word from Airflow and no user action known: the job keeps running
+        elif reason is not None and self.deadline is not None and time.time() >= self.deadline:
+            reason = f"{self.timeout_label or 'the task timeout'} exceeded"  # Airflow's trigger timeout
+        if reason is None:
+            _abandon(connecting)
+            self.log.warning(
+                "The trigger of job %s ended while Airflow reports its task as deferred (or cannot say): "
+                "another triggerer waits for the job now; not stopping it",
+                self.job_id,
+            )
+            return
+        try:
+            client = await connecting
+        except Exception:
+            self.log.exception("Cannot reach the Dask cluster to stop job %s (%s)", self.job_id, reason)
+            raise
+        try:
             if not await client.get_metadata(metadata_key(self.job_id, "cancel"), default=None):
                 await client.set_metadata(metadata_key(self.job_id, "cancel"), reason)
             self.log.info("Asked the cluster to stop job %s: %s", self.job_id, reason)
         finally:
-            await client.close()
+            await _close_quietly(client)
+
+
+#: Work a trigger started and nobody awaits to its end (a stop whose `on_kill` was cancelled): the event
+#: loop keeps only weak references to tasks, and such work must not be collected halfway.
+_BACKGROUND: set[asyncio.Future[Any]] = set()
+
+
+def _in_background(work: Any) -> asyncio.Future[Any]:
+    """Runs the coroutine `work` as a task held in `_BACKGROUND` until it ends."""
+    task = asyncio.ensure_future(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return task
+
+
+def _abandon(connecting: asyncio.Future[Any]) -> None:
+    """Drops a Dask client being made: cancelled while it connects, closed if it is connected."""
+
+    def close(done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            _in_background(_close_quietly(done.result()))
+
+    connecting.add_done_callback(close)
+    connecting.cancel()
+
+
+async def _close_quietly(client: Any) -> None:
+    """Closes a Dask client; an error while closing must not replace the exception being handled (a
+    cancellation carries the triggerer's note that a user acted, which decides whether `on_kill` runs)."""
+    with contextlib.suppress(Exception):  # the connection is going away either way
+        await client.close()
 
 
 class DatasetPartitionTrigger(BaseTrigger):

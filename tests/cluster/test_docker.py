@@ -61,6 +61,17 @@ def _check_services(services: dict[str, Any]) -> None:
         env = _env(services[name])
         assert env["AIRFLOW_CONN_DASK_DEFAULT"] == "dask://dask-scheduler:8786", name
         assert env["AIRFLOW__PARALLEL_RUN__CACHE_ROOT"] == f"{SHARED}/cache", "the cache is on shared storage"
+        bundles = {
+            b["name"]: b["kwargs"]["path"]
+            for b in json.loads(env["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"])
+        }
+        assert bundles == {
+            "examples": "/opt/airflow/dags/examples",
+            "cluster": "/opt/airflow/dags/cluster",
+        }, (
+            name,
+            "one DAG bundle per mounted DAG folder",
+        )
         mounts = [str(v) for v in services[name]["volumes"]]
         assert any(m.endswith(":/opt/airflow/dags/examples:ro") and "dags" in m for m in mounts), mounts
         assert any(m.endswith(":/opt/airflow/dags/cluster:ro") for m in mounts), mounts
@@ -122,37 +133,77 @@ def test_worker_image_has_no_airflow_and_matches_the_docs() -> None:
     assert "dask==2026.8.0" in (REPO / "constraints.txt").read_text(), "the docs' pin is the tested version"
 
 
+def _compose_airflow() -> tuple[dict[str, str], list[str]]:
+    """The environment and the volumes every Airflow container gets, at their defaults."""
+    text = (DOCKER / "compose.yaml").read_text()
+    compose = yaml.safe_load(re.sub(r"(?<!\$)\$\{[A-Z_]+(?::-([^}]*))?\}", lambda m: m.group(1) or "", text))
+    common = compose["x-airflow-common"]
+    return {k: str(v) for k, v in common["environment"].items()}, [str(v) for v in common["volumes"]]
+
+
 def test_compose_dag_parses_and_uses_the_dask_connection(
     tmp_path: Path, airflow_home_env: dict[str, str]
 ) -> None:
-    """The compose stack's DAGs folder: dags/ at examples/, docker/dags at cluster/."""
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    for folder, source in (("examples", REPO / "dags"), ("cluster", DOCKER / "dags")):
-        (dags / folder).mkdir()
-        for path in source.iterdir():
-            if path.suffix == ".py" or path.name == "scripts":
-                (dags / folder / path.name).symlink_to(path)
-    code = (
-        "import json, os\n"
-        "from airflow.dag_processing.dagbag import DagBag\n"
-        "bag = DagBag(dag_folder=os.environ['AIRFLOW__CORE__DAGS_FOLDER'])\n"
-        "dag = bag.get_dag('cluster_digits_scoring')\n"
-        "op = dag.get_task('score_digits_on_dask')\n"
-        "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()}, "
-        "'dags': sorted(bag.dag_ids), 'conn': op.dask_conn_id, 'script': op.parallel_run_config.entry_script}))\n"
-    )
-    env = {
+    """The compose stack's DAGs, laid out as its volumes mount them and parsed bundle by bundle as its
+    DAG bundle settings say (Airflow's own bundle manager and `BundleDagBag`, one process per bundle,
+    as the dag-processor does): every DAG file imports (the examples import partition_assets.py)."""
+    env, volumes = _compose_airflow()
+    root = tmp_path / "container"  # container path /opt/airflow/dags is root/opt/airflow/dags
+
+    def here(container_path: str) -> Path:
+        return root / container_path.lstrip("/")
+
+    for volume in volumes:
+        source, target = volume.split(":")[:2]
+        if target.startswith(env["AIRFLOW__CORE__DAGS_FOLDER"]):
+            here(target).parent.mkdir(parents=True, exist_ok=True)
+            here(target).symlink_to((DOCKER / source).resolve(), target_is_directory=True)
+    settings = {
         **airflow_home_env,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(here(env["AIRFLOW__CORE__DAGS_FOLDER"])),
         "AIRFLOW_PARALLEL_RUN_DEMO_ROOT": str(tmp_path),
     }
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False
+    bundles = env.get("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST")
+    if bundles is not None:
+        config = json.loads(bundles)
+        for bundle in config:
+            bundle["kwargs"]["path"] = str(here(bundle["kwargs"]["path"]))
+        settings["AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST"] = json.dumps(config)
+    names_code = (
+        "from airflow.dag_processing.bundles.manager import DagBundlesManager\n"
+        "import json\n"
+        "print(json.dumps([b.name for b in DagBundlesManager().get_all_dag_bundles()]))\n"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert not result["errors"], result["errors"]
-    assert {"cluster_digits_scoring", "digits_file_scoring"} <= set(result["dags"])
+    names = json.loads(_run_python(names_code, settings).splitlines()[-1])
+    code = (
+        "import json, sys\n"
+        "from airflow.dag_processing.bundles.manager import DagBundlesManager\n"
+        "from airflow.dag_processing.dagbag import BundleDagBag\n"
+        "bundle = DagBundlesManager().get_bundle(sys.argv[1])\n"
+        "bag = BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)\n"
+        "found = {'errors': {k: str(v) for k, v in bag.import_errors.items()}, 'dags': sorted(bag.dag_ids)}\n"
+        "if 'cluster_digits_scoring' in bag.dag_ids:\n"
+        "    op = bag.get_dag('cluster_digits_scoring').get_task('score_digits_on_dask')\n"
+        "    found.update(conn=op.dask_conn_id, script=op.parallel_run_config.entry_script)\n"
+        "print(json.dumps(found))\n"
+    )
+    errors: dict[str, str] = {}
+    dags: set[str] = set()
+    result: dict[str, Any] = {}
+    for name in names:
+        found = json.loads(_run_python(code, settings, name).splitlines()[-1])
+        errors.update(found.pop("errors"))
+        dags.update(found.pop("dags"))
+        result.update(found)
+    assert not errors, errors
+    assert {"cluster_digits_scoring", "digits_file_scoring", "partitioned_daily_scoring"} <= dags, dags
     assert result["conn"] == "dask_default"
     assert os.path.isfile(result["script"]) and result["script"].endswith("examples/scripts/score_digits.py")
+
+
+def _run_python(code: str, env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout

@@ -31,6 +31,46 @@ TOOL = REPO / "tools" / "airflow_stack.py"
 READY = "Press Ctrl-C to stop."
 
 
+def command_line(proc: psutil.Process) -> str | None:
+    """The command line of `proc`; None once it is gone or a zombie (no command line left to read)."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:  # NoSuchProcess, ZombieProcess (a subclass), AccessDenied
+        return None
+
+
+def stack_processes(roots: list[int], home: Path) -> list[psutil.Process]:
+    """The live processes of a stack: the trees of `roots` (the tool, the PostgreSQL server) and every
+    process whose environment points at `home` (tasks, Dask workers and entry-script processes, also
+    those that left their process group). A stack starts and ends processes all the time: one that
+    ended (or became a zombie) while being listed is left out, and the list holds only processes whose
+    command line could be read, so a caller never meets a process it cannot describe."""
+    candidates: dict[int, psutil.Process] = {}
+    for pid in roots:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                candidates[proc.pid] = proc
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("AIRFLOW_HOME") == str(home):
+                candidates[proc.pid] = proc
+    found = []
+    for proc in candidates.values():
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and proc.status() != psutil.STATUS_ZOMBIE and command_line(proc):
+                found.append(proc)
+    return found
+
+
+def _children(pid: int) -> int:
+    """How many descendants process `pid` has now (0 once it ended)."""
+    try:
+        return len(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return 0
+
+
 class Tool:
     """The CLI in its own process group (as in a terminal), its output file and its home."""
 
@@ -63,23 +103,11 @@ class Tool:
         return int((self.home / "postgres" / "postmaster.pid").read_text().split()[0])
 
     def processes(self) -> list[psutil.Process]:
-        """Every process of this stack: the tool's tree, the PostgreSQL server's, and every process whose
-        environment points at this home (tasks, Dask workers and entry-script processes, also those
-        that left their process group)."""
-        found: dict[int, psutil.Process] = {}
+        """Every live process of this stack (see `stack_processes`)."""
         roots = [self.process.pid]
         with contextlib.suppress(OSError, ValueError):
             roots.append(self.postmaster())
-        for pid in roots:
-            with contextlib.suppress(psutil.Error):
-                root = psutil.Process(pid)
-                for proc in [root, *root.children(recursive=True)]:
-                    found[proc.pid] = proc
-        for proc in psutil.process_iter(["pid"]):
-            with contextlib.suppress(psutil.Error):
-                if proc.environ().get("AIRFLOW_HOME") == str(self.home):
-                    found[proc.pid] = proc
-        return [p for p in found.values() if p.pid != os.getpid()]
+        return stack_processes(roots, self.home)
 
     def kill(self) -> None:
         """Whatever is left (the test failed): the group, then every process of the stack."""
@@ -119,8 +147,9 @@ def _alive(procs: list[psutil.Process]) -> list[str]:
     alive = []
     for proc in procs:
         with contextlib.suppress(psutil.Error):
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(f"{proc.pid} {' '.join(proc.cmdline())[:150]}")
+            line = command_line(proc)
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and line is not None:
+                alive.append(f"{proc.pid} {line[:150]}")
     return alive
 
 
@@ -129,6 +158,33 @@ def _wait_all_gone(procs: list[psutil.Process], timeout: float) -> None:
     while _alive(procs):
         assert time.monotonic() < deadline, "still running:\n" + "\n".join(_alive(procs))
         time.sleep(0.5)
+
+
+def test_process_listing_leaves_out_processes_that_ended_or_became_zombies(tmp_path: Path) -> None:
+    """A stack's processes end while the test lists them: a zombie (ended, not yet reaped) among the
+    listed processes made `p.cmdline()` raise psutil.ZombieProcess in the middle of a test."""
+    home = tmp_path / "home"
+    env = {**os.environ, "AIRFLOW_HOME": str(home)}
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env)
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:  # ended, not reaped
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        while "sleep(60)" not in (command_line(psutil.Process(alive.pid)) or ""):  # its exec is done
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        procs = stack_processes([os.getpid()], home)
+        pids = {p.pid for p in procs}
+        assert alive.pid in pids and zombie.pid not in pids
+        assert "sleep(60)" in " ".join(command_line(p) or "" for p in procs)
+        assert command_line(psutil.Process(zombie.pid)) is None
+        assert _children(zombie.pid) == 0
+    finally:
+        alive.kill()
+        alive.wait()
+        zombie.wait()
 
 
 def test_make_airflow_starts_prints_credentials_and_stops_on_ctrl_c(
@@ -175,21 +231,17 @@ def test_make_airflow_starts_prints_credentials_and_stops_on_ctrl_c(
     deadline = time.monotonic() + 240
     while True:
         ti = session.get(task, timeout=60).json()
-        if (
-            ti["state"] == "running"
-            and ti.get("pid")
-            and len(psutil.Process(ti["pid"]).children(recursive=True)) >= 2
-        ):
+        if ti["state"] == "running" and ti.get("pid") and _children(ti["pid"]) >= 2:
             break  # the task process has started its Dask cluster (scheduler/nanny/worker processes)
         assert ti["state"] in (None, "scheduled", "queued", "running"), ti
         assert time.monotonic() < deadline, f"the task did not start its cluster: {ti}"
         time.sleep(0.5)
 
     procs = tool.processes()
-    names = " ".join(" ".join(p.cmdline()) for p in procs)
+    names = " ".join(command_line(p) or "" for p in procs)
     assert "scheduler" in names and "api_server" in names.replace("api-server", "api_server")
     assert any(p.pid == tool.postmaster() for p in procs), "the PostgreSQL server is one of them"
-    assert len(procs) >= 10, [" ".join(p.cmdline())[:80] for p in procs]
+    assert len(procs) >= 10, [(command_line(p) or "")[:80] for p in procs]
     os.killpg(tool.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     assert tool.process.wait(120) == 0
     assert "Stopped." in tool.out.read_text()
@@ -209,7 +261,7 @@ def test_sigkilled_tool_leaves_nothing_running(tool_factory: Any, tmp_path: Path
     tool.wait_for(READY, timeout=300)
     procs = tool.processes()
     assert any(p.pid == tool.postmaster() for p in procs)
-    watchdogs = [p for p in procs if "stack_watchdog.py" in " ".join(p.cmdline())]
+    watchdogs = [p for p in procs if "stack_watchdog.py" in (command_line(p) or "")]
     assert len(watchdogs) == 1, "one watchdog"
     os.kill(tool.process.pid, signal.SIGKILL)  # the tool only: its components are in their own groups
     tool.process.wait(10)

@@ -185,7 +185,7 @@ def test_marking_a_deferrable_task_failed_stops_its_job_with_those_words(
     if _sqlite(stack):
         # The triggerer answers a trigger's questions through an in-process API on the metadata DB; on
         # SQLite, while Airflow handles the very mark-failed, that answer took 10-20 s, so on_kill stops
-        # the job after 2 s with the words that are certain.
+        # the job after 8 s (STATE_WAIT_S) with the words that are certain.
         assert words in (
             "Job failed: the Airflow task was marked failed",
             "Job failed: the task was stopped from Airflow (marked success/failed or cleared)",

@@ -142,10 +142,8 @@ def entry_processes(output: Path | str, root_pid: int | None = None) -> list[psu
     With `root_pid=0` every process on the machine is searched (orphans are no one's descendants).
     """
     output = os.path.abspath(output)
-    if root_pid == 0:
-        candidates = list(psutil.process_iter())
-    else:
-        candidates = psutil.Process(root_pid or os.getpid()).children(recursive=True)
+    # the descendants of a root that has ended: none (rather than psutil.NoSuchProcess)
+    candidates = list(psutil.process_iter()) if root_pid == 0 else process_tree(root_pid or os.getpid())[1:]
     found = []
     for proc in candidates:
         try:
@@ -162,10 +160,12 @@ def entry_processes(output: Path | str, root_pid: int | None = None) -> list[psu
 
 
 def process_tree(root_pid: int) -> list[psutil.Process]:
+    """`root_pid` and its descendants; empty once it has ended (or is a zombie, whose children psutil
+    cannot list)."""
     try:
         root = psutil.Process(root_pid)
         return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
+    except psutil.NoSuchProcess:  # ZombieProcess is one
         return []
 
 

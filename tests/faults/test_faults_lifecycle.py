@@ -334,3 +334,15 @@ def test_a_timeout_raised_inside_the_driver_stops_finishes_and_re_raises(  # typ
     assert len(lines_of(tmp_path / "calls.txt")) >= 1, "the timeout came before any run()"
     summary = check_stopped_cleanly(out, tmp_path, started + 6.0, within=5)
     assert summary["message"] == "Job failed: interrupted by TaskTimeout: Timeout, PID: 1", summary
+
+
+def test_entry_process_listing_of_a_root_that_ended_is_empty() -> None:
+    """Tests poll `entry_processes(out, proc.pid)` while `proc` ends: a root that ended (here a zombie,
+    not yet reaped) has no descendants to list, rather than raising psutil.NoSuchProcess."""
+    ended = subprocess.Popen(["/bin/sh", "-c", "exit 0"])
+    try:
+        wait_for(lambda: psutil.Process(ended.pid).status() == psutil.STATUS_ZOMBIE, 30, "the zombie")
+        assert entry_processes("/nowhere", ended.pid) == []
+    finally:
+        ended.wait()
+    assert entry_processes("/nowhere", ended.pid) == [], "and once reaped"
