@@ -44,6 +44,7 @@ from airflow_parallel_run.core import (
 from airflow_parallel_run.core.cluster import ClusterError, select_hosts
 from airflow_parallel_run.core.manifest import InputChangedError, is_manifest_reference, load_manifest
 from airflow_parallel_run.core.planner import Plan
+from airflow_parallel_run.core.storage import absolute, is_local
 from airflow_parallel_run.links import DASHBOARD_XCOM_KEY, DaskDashboardLink
 from airflow_parallel_run.task_identity import STOPPED_FROM_AIRFLOW, TaskIdentity, stop_reason_for_state
 
@@ -256,11 +257,9 @@ def _default_deferrable() -> bool:
 def output_asset_uri(output_path: str) -> str:
     """The asset URI of an output folder: ``file:///abs/path`` for local paths, else the URL itself."""
     text = str(output_path).strip()
-    if "://" in text and not text.startswith("file://"):
+    if not is_local(text):
         return text.rstrip("/")
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    return Path(os.path.abspath(os.path.expanduser(text))).as_uri()
+    return Path(absolute(text)).as_uri()
 
 
 def _with_output_alias(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -800,8 +799,7 @@ class ParallelRunOperator(BaseOperator):
     def _push_job(self, context: Context, job_id: str, output: str, config: ParallelRunConfig) -> None:
         """The job's record for the UI (XCom `JOB_XCOM_KEY`): locations and the connection that reads
         them, never credentials."""
-        output = str(output).strip().removeprefix("file://")
-        output = (output if "://" in output else os.path.abspath(os.path.expanduser(output))).rstrip("/")
+        output = absolute(str(output).strip())
         append_row = config.output_action == "append_row"
         context["ti"].xcom_push(
             key=JOB_XCOM_KEY,

@@ -23,7 +23,7 @@ from airflow_parallel_run.core.datasets import dataset_to_dict
 from airflow_parallel_run.core.manifest import fingerprint_plan, write_manifest
 from airflow_parallel_run.core.partition import Completeness, check_partition
 from airflow_parallel_run.core.planner import plan_inputs
-from airflow_parallel_run.core.results import write_atomic
+from airflow_parallel_run.core.storage import write_atomic
 from airflow_parallel_run.task_identity import TaskIdentity
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ import fsspec
 import xxhash
 
 from .minibatch import FileRef, MiniBatch
-from .results import write_atomic
 from .reuse_key import mini_batch_key
+from .storage import absolute, is_local, local_path, write_atomic
 
 __all__ = ["MiniBatchCache", "Fingerprinter", "mini_batch_key", "mini_batch_urls", "resolve_cache_root"]
 
@@ -40,17 +40,13 @@ _CHUNK = 1 << 20
 def resolve_cache_root(explicit: str | None = None) -> str:
     """--cache-dir / cache_dir argument, else $AIRFLOW_PARALLEL_RUN_CACHE, else ~/.cache/airflow-parallel-run."""
     root = explicit or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_ROOT
-    return root if "://" in root else os.path.abspath(os.path.expanduser(root))
+    return absolute(root) if is_local(root) else root
 
 
 def memo_path(cache_root: str) -> str:
     """The stat memo lives on local disk: beside a local cache, else in the default local cache root."""
-    local_root = cache_root if "://" not in cache_root else resolve_cache_root(DEFAULT_CACHE_ROOT)
+    local_root = local_path(cache_root) if is_local(cache_root) else resolve_cache_root(DEFAULT_CACHE_ROOT)
     return os.path.join(local_root, "memo.sqlite")
-
-
-def _is_local_url(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
 
 
 class Fingerprinter:
@@ -112,8 +108,8 @@ class Fingerprinter:
         return result
 
     def file(self, ref: FileRef, storage_options: Mapping[str, Any] | None = None) -> str:
-        if _is_local_url(ref.url):
-            return self.local_file(ref.url.removeprefix("file://"))
+        if is_local(ref.url):
+            return self.local_file(local_path(ref.url))
         if ref.identity:
             return f"{ref.identity}:{ref.size}"
         fs, path = fsspec.core.url_to_fs(ref.url, **dict(storage_options or self.storage_options))
@@ -125,7 +121,7 @@ class Fingerprinter:
     ) -> dict[str, str]:
         """Fingerprints of many inputs (local files in bulk, see `local_files`)."""
         unique = list({r.url: r for r in refs}.values())
-        local = {r.url: r.url.removeprefix("file://") for r in unique if _is_local_url(r.url)}
+        local = {r.url: local_path(r.url) for r in unique if is_local(r.url)}
         hashes = self.local_files(list(local.values())) if local else {}
         result = {url: hashes[path] for url, path in local.items()}
         for ref in unique:
@@ -135,8 +131,8 @@ class Fingerprinter:
 
     def path(self, url: str, storage_options: Mapping[str, Any] | None = None) -> str:
         """A side input (file or folder): a hash over relative names and file fingerprints."""
-        if _is_local_url(url):
-            local = url.removeprefix("file://")
+        if is_local(url):
+            local = local_path(url)
             if os.path.isfile(local):
                 return self.local_file(local)
             digest = hashlib.sha256()
@@ -212,7 +208,7 @@ class MiniBatchCache:
         self.storage_options = dict(storage_options or {})
         self.fs, self._path = fsspec.core.url_to_fs(self.root, **self.storage_options)
         self.fs.makedirs(self._path, exist_ok=True)
-        self._local = _is_local_url(self.root)
+        self._local = is_local(self.root)
 
     def _entry(self, key: str) -> str:
         return f"{self.root}/entries/{key[:2]}/{key}"
@@ -274,9 +270,9 @@ class MiniBatchCache:
     def _copy_in(self, source: str, target: str, *, link: bool) -> str:
         """Copies `source` into the cache (hard-links it when `link` and both are local: only for files
         no one writes again, such as staged parts); returns the bytes' digest."""
-        if _is_local_url(source) and self._local:
+        if is_local(source) and self._local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            local_source = source.removeprefix("file://")
+            local_source = local_path(source)
             try:
                 if not link:
                     raise OSError("copy")

@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 from distributed import Client, Event, Future, as_completed
 
 from .cache import (
@@ -50,7 +49,7 @@ from .output_folder import (
     check_separate,
     claim,
 )
-from .planner import Plan, is_local, plan
+from .planner import Plan, plan
 from .results import JobSchema, Part, assemble, schema_from_text, schema_to_text
 from .reuse_key import digest as key_digest
 from .reuse_key import key_fields, mini_batch_key
@@ -62,6 +61,7 @@ from .runner import (
     shutdown_job,
     stop_job,
 )
+from .storage import filesystem, is_local, join, remove_tree, upload_folder
 
 log = logging.getLogger("airflow_parallel_run")
 PROGRESS_INTERVAL_S = 10.0  # job_progress_overview.txt and the task log: at least this often
@@ -110,8 +110,9 @@ class Counters:
     finished: set[int] = field(default_factory=set)
 
 
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
+def _plain(path: str) -> bool:
+    """A path on this host as given (a side input or argument), not a URL: made absolute, checked to exist."""
+    return "://" not in path
 
 
 def _check_output_path(output_path: str) -> None:
@@ -121,7 +122,7 @@ def _check_output_path(output_path: str) -> None:
 
 def _normalise_output(output_path: str, storage_options: Mapping[str, Any]) -> tuple[str, bool]:
     _check_output_path(output_path)
-    fs, path = fsspec.core.url_to_fs(output_path.strip(), **dict(storage_options))
+    fs, path = filesystem(output_path.strip(), storage_options)
     try:
         if is_local(fs):
             path = os.path.abspath(path)
@@ -307,14 +308,12 @@ class JobDriver:
         self._progress_written = 0.0
         self._progress_copy: threading.Thread | None = None
         self._progress_copy_failed = False
-        side = [os.path.abspath(s) if "://" not in s and os.path.exists(s) else s for s in side_inputs]
+        side = [os.path.abspath(s) if _plain(s) and os.path.exists(s) else s for s in side_inputs]
         for original, path in zip(side_inputs, side, strict=True):
-            if "://" not in path and not os.path.exists(path):
+            if _plain(path) and not os.path.exists(path):
                 raise ConfigError("side_inputs", original, "an existing file or folder, or an fsspec URL")
         self.side_inputs = tuple(side)
-        self.arguments = tuple(
-            os.path.abspath(a) if a in side_inputs and "://" not in a else a for a in arguments
-        )
+        self.arguments = tuple(os.path.abspath(a) if a in side_inputs and _plain(a) else a for a in arguments)
         # The output folder's rules, before anything is read or created (output_folder.py).
         check_output_file_name(config.output_file_name)
         _check_output_path(output_path)
@@ -327,7 +326,7 @@ class JobDriver:
         )
         self.plan: Plan = planned if planned is not None else plan(self.inputs, config)
         self.output, self.local_output = _normalise_output(output_path, self.storage_options)
-        self._out_fs, self._out_folder = fsspec.core.url_to_fs(self.output, **self.storage_options)
+        self._out_fs, self._out_folder = filesystem(self.output, self.storage_options)
         self.output_file = config.output_file_name if config.output_action == "append_row" else None
         check_ours(self._out_fs, self._out_folder, self.output, self.output_file)  # again under the lock
         self._lock: OutputLock | StoreLock | None = None
@@ -358,7 +357,7 @@ class JobDriver:
         self.signature = _digest(
             [os.path.abspath(config.entry_script_path), [list(d.paths) for d in self.inputs], self.plan.kind]
         )
-        log_url = _join(self.output, "logs")
+        log_url = join(self.output, "logs")
         self.stop_reason: str | None = None
         self._cancel = threading.Event()
         self.stopped_at: float | None = None
@@ -391,7 +390,7 @@ class JobDriver:
             environment_variables=dict(config.environment_variables),
             datasets=tuple(self.inputs),
             output_url=self.output,
-            staging_url=_join(self.output, ".staging", self.job_id),
+            staging_url=join(self.output, ".staging", self.job_id),
             log_url=log_url,
             output_action=config.output_action,
             append_row_format=config.append_row_format,
@@ -750,9 +749,7 @@ class JobDriver:
     def _copy_progress(self, document: bytes) -> None:
         """Puts progress.json into the remote logs folder, off the driver loop (a store may be slow)."""
         try:
-            fs, remote = fsspec.core.url_to_fs(
-                _join(self.spec.log_url, PROGRESS_FILE), **self.storage_options
-            )
+            fs, remote = filesystem(join(self.spec.log_url, PROGRESS_FILE), self.storage_options)
             fs.pipe_file(remote, document)
         except Exception as exc:  # noqa: BLE001 - progress is a convenience; the job goes on
             if not self._progress_copy_failed:
@@ -1112,7 +1109,7 @@ class JobDriver:
             message = f"{message}; also {log_failure}" if message else log_failure
         append_row_file = None
         if message is None and cfg.output_action == "append_row":
-            target = _join(self.output, cfg.output_file_name)
+            target = join(self.output, cfg.output_file_name)
             parts = [
                 Part(i, r.part_url, r.columns, r.schema) for i, r in sorted(c.committed.items()) if r.part_url
             ]
@@ -1134,7 +1131,7 @@ class JobDriver:
             "reused_mini_batches": c.reused_mini_batches,
             "output": self.output,
             "append_row_file": append_row_file,
-            "logs_dir": _join(self.output, "logs"),
+            "logs_dir": join(self.output, "logs"),
             "cache_key": self.cache_key,
             "duration_s": round(time.monotonic() - self.started, 3),
         }
@@ -1148,8 +1145,7 @@ class JobDriver:
         if not self.local_output:
             if self._progress_copy is not None:  # a late copy must not replace the final document
                 self._progress_copy.join(timeout=PROGRESS_COPY_JOIN_S)
-            fs, path = fsspec.core.url_to_fs(self.spec.log_url, **self.storage_options)
-            fs.put(self.log_root.rstrip("/") + "/", path, recursive=True)
+            upload_folder(self.log_root, self.spec.log_url, self.storage_options)
             shutil.rmtree(self.log_root, ignore_errors=True)
         return summary
 
@@ -1197,9 +1193,7 @@ class JobDriver:
             self.logs.master(f"could not write report.html: {type(exc).__name__}: {exc}")
 
     def _cleanup_staging(self) -> None:
-        fs, path = fsspec.core.url_to_fs(_join(self.output, ".staging"), **self.storage_options)
-        with contextlib.suppress(FileNotFoundError, OSError):
-            fs.rm(path, recursive=True)
+        remove_tree(join(self.output, ".staging"), self.storage_options)
 
 
 def run_job(

@@ -25,6 +25,7 @@ from typing import Any
 
 from .entry_script import EntryScript
 from .minibatch import MiniBatch
+from .storage import is_local, local_path, write_atomic
 
 
 class MiniBatchContext:
@@ -118,8 +119,8 @@ def _error(status: str, exc: BaseException) -> tuple[str, dict[str, Any]]:
 def _point_output_dir(url: str, *, singleton: bool = True) -> None:
     """`AZUREML_BI_OUTPUT_PATH` (and `EntryScript().output_dir`) name `url` from now on; a local
     folder exists, as the job's output folder always did."""
-    if "://" not in url:
-        os.makedirs(url, exist_ok=True)
+    if is_local(url):
+        os.makedirs(local_path(url), exist_ok=True)
     os.environ["AZUREML_BI_OUTPUT_PATH"] = url
     if singleton:
         EntryScript()._output_dir = url
@@ -203,7 +204,7 @@ def main(fd: int) -> None:
             part: dict[str, Any] = {"files": files, "uncacheable": uncacheable}
             if setup["output_action"] == "append_row" and succeeded:
                 blob, columns, schema = results.encode_part(result, setup["append_row_format"])
-                results.write_atomic(payload["part_url"], blob, setup["storage_options"])
+                write_atomic(payload["part_url"], blob, setup["storage_options"])
                 part.update(part_url=payload["part_url"], columns=columns, schema=schema)
         except results.InvalidResultError as exc:
             conn.send(

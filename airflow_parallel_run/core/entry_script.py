@@ -11,6 +11,8 @@ import os
 import threading
 from typing import Any
 
+from .storage import is_local, local_path
+
 LOG_FORMAT = "%(asctime)s|%(name)s|%(levelname)s|%(process)d|%(thread)d|%(funcName)s()|%(message)s"
 
 
@@ -51,8 +53,8 @@ class EntryScript(metaclass=_Singleton):
     @property
     def output_dir(self) -> str:
         """The job's output folder (created on first use); for files written by summary_only scripts."""
-        if "://" not in self._output_dir:
-            os.makedirs(self._output_dir, exist_ok=True)
+        if is_local(self._output_dir):
+            os.makedirs(local_path(self._output_dir), exist_ok=True)
         return self._output_dir
 
     def config_log(self) -> None:

@@ -25,8 +25,8 @@ from .cache import Fingerprinter
 from .datasets import Dataset, dataset_from_dict, dataset_to_dict
 from .errors import InputError
 from .minibatch import FileRef, MiniBatch, TabularSlice
-from .planner import Plan, _identity, is_local, list_input
-from .results import write_atomic
+from .planner import Plan, _identity, list_input
+from .storage import is_local, write_atomic
 
 VERSION = 1
 #: How many changed files an `InputChangedError` names before "(+N more)".

@@ -32,11 +32,9 @@ from typing import Any
 
 import fsspec
 
+from .storage import is_local, local_path
+
 Snapshot = dict[str, tuple[Any, ...]]
-
-
-def _local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
 
 
 def attempt_folder(staging_url: str, index: int, attempt: int) -> str:
@@ -49,8 +47,8 @@ def process_folder(staging_url: str, node: str, process: str) -> str:
 
 def snapshot(url: str, storage_options: Mapping[str, Any]) -> Snapshot:
     """Relative name -> (size, mtime or store identity) of every file under `url` ({} when absent)."""
-    if _local(url):
-        root = url.removeprefix("file://")
+    if is_local(url):
+        root = local_path(url)
         found: Snapshot = {}
         for folder, _dirs, names in os.walk(root):
             for name in names:
@@ -96,8 +94,8 @@ def publish_files(
     options = dict(storage_options)
     for name in names:
         source, target = f"{source_root.rstrip('/')}/{name}", f"{target_root.rstrip('/')}/{name}"
-        if _local(source) and _local(target):
-            source, target = source.removeprefix("file://"), target.removeprefix("file://")
+        if is_local(source) and is_local(target):
+            source, target = local_path(source), local_path(target)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if name in append and os.path.exists(target):
                 with open(source, "rb") as src, open(target, "ab") as dst:

@@ -37,6 +37,7 @@ from typing import Any
 import fsspec
 
 from .errors import ConfigError, OutputBusyError
+from .storage import is_local, join, local_path
 
 PREFIX = ".airflow-parallel-run"
 MARKER_NAME = PREFIX  # inside logs/
@@ -92,8 +93,8 @@ def _static_prefix(path: str) -> str:
 
 def locate(url: str, storage_options: Mapping[str, Any] | None = None) -> Location:
     text = url.strip()
-    if "://" not in text or text.startswith("file://"):
-        local = os.path.expanduser(text.removeprefix("file://"))
+    if is_local(text):
+        local = os.path.expanduser(local_path(text))
         return Location("file", os.path.realpath(os.path.abspath(_static_prefix(local))))
     fs, path = fsspec.core.url_to_fs(text, **dict(storage_options or {}))
     protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
@@ -139,14 +140,10 @@ def check_separate(
 
 
 # -- is the folder ours? ----------------------------------------------------------------------------------
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
-
-
 def read_marker(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, Any] | None:
     """The marker of an earlier job in `folder` (a path on `fs`), or None when there is none."""
     try:
-        data = json.loads(fs.cat_file(_join(folder, LOGS, MARKER_NAME)))
+        data = json.loads(fs.cat_file(join(folder, LOGS, MARKER_NAME)))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("tool") == "airflow-parallel-run" else None
@@ -163,11 +160,11 @@ def check_ours(
     marker = read_marker(fs, folder)
     if marker is not None:
         written = set(marker.get("outputs") or ())
-        if output_file and output_file not in written and fs.exists(_join(folder, output_file)):
+        if output_file and output_file not in written and fs.exists(join(folder, output_file)):
             raise ConfigError("output_path", shown, _not_ours(shown, output_file, "no earlier job wrote it"))
         return marker
     for name in (LOGS, STAGING):
-        path = _join(folder, name)
+        path = join(folder, name)
         if fs.exists(path) and not (
             fs.isdir(path) and not fs.ls(path, detail=False)
         ):  # empty: nothing to lose
@@ -177,14 +174,14 @@ def check_ours(
                 else f"{LOGS}/{MARKER_NAME} is missing"
             )
             raise ConfigError("output_path", shown, _not_ours(shown, name, why))
-    if output_file and fs.exists(_join(folder, output_file)):
+    if output_file and fs.exists(join(folder, output_file)):
         raise ConfigError("output_path", shown, _not_ours(shown, output_file, "no earlier job wrote it"))
     return None
 
 
 def _not_ours(shown: str, name: str, why: str) -> str:
     return (
-        f"a folder where airflow-parallel-run replaces only what it wrote: {_join(shown, name)} is someone "
+        f"a folder where airflow-parallel-run replaces only what it wrote: {join(shown, name)} is someone "
         f"else's ({why}) and would be replaced; use another output_path, or remove it yourself if it may go"
     )
 
@@ -194,7 +191,7 @@ def claim(
 ) -> dict[str, Any]:
     """Empties the engine's `logs/` (keeping the marker, so the folder stays marked throughout) and
     `.staging/`, then writes this job's marker. Call with the lock held, after `check_ours`."""
-    logs = _join(folder, LOGS)
+    logs = join(folder, LOGS)
     fs.invalidate_cache(folder)
     if fs.exists(logs):
         for entry in fs.ls(logs, detail=False):
@@ -202,9 +199,9 @@ def claim(
                 with contextlib.suppress(FileNotFoundError):
                     fs.rm(entry, recursive=True)
     with contextlib.suppress(FileNotFoundError):
-        if fs.exists(_join(folder, STAGING)):
-            fs.rm(_join(folder, STAGING), recursive=True)
-    if _is_local(fs):  # a lock's temp or moved-aside file left by a killed job (the lock itself stays)
+        if fs.exists(join(folder, STAGING)):
+            fs.rm(join(folder, STAGING), recursive=True)
+    if is_local(fs):  # a lock's temp or moved-aside file left by a killed job (the lock itself stays)
         for name in os.listdir(folder):
             if name.startswith(f"{LOCK_NAME}.") and name.endswith((".tmp", ".stale")):
                 with contextlib.suppress(OSError):
@@ -222,20 +219,15 @@ def claim(
 
 def write_marker(fs: fsspec.AbstractFileSystem, folder: str, marker: Mapping[str, Any]) -> None:
     """Writes the marker whole (a temp file renamed over it on local disks)."""
-    path = _join(folder, LOGS, MARKER_NAME)
+    path = join(folder, LOGS, MARKER_NAME)
     data = json.dumps(dict(marker), indent=2).encode()
-    if _is_local(fs):
+    if is_local(fs):
         temp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
         with open(temp, "wb") as handle:
             handle.write(data)
         os.replace(temp, path)
     else:
         fs.pipe_file(path, data)
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
 
 
 # -- one running job per folder --------------------------------------------------------------------------
@@ -281,7 +273,7 @@ class _HeartbeatLock:
         self.folder = folder
         self.shown = shown
         self.on_lost = on_lost
-        self.path = _join(folder, LOCK_NAME)
+        self.path = join(folder, LOCK_NAME)
         self.mutex = f"{self.path}.takeover"  # held by the one job that removes a stale lock
         now = time.time()
         self.me: dict[str, Any] = {
@@ -326,7 +318,7 @@ class _HeartbeatLock:
                 continue
             raise self._busy(owner, mtime)
         raise OutputBusyError(
-            "output_path", self.shown, f"a folder whose lock {_join(self.shown, LOCK_NAME)} can be taken"
+            "output_path", self.shown, f"a folder whose lock {join(self.shown, LOCK_NAME)} can be taken"
         )
 
     def _remove_stale(self, raw: bytes | None) -> None:
@@ -397,7 +389,7 @@ class _HeartbeatLock:
             self.shown,
             f"a folder no other running job writes to; job pid {owner.get('pid')} on {owner.get('host')} has "
             f"used it since {started} UTC, last heartbeat {seen} (its lock "
-            f"{_join(self.shown, LOCK_NAME)} is taken over once the heartbeat is more than {STALE_AFTER_S:g} s "
+            f"{join(self.shown, LOCK_NAME)} is taken over once the heartbeat is more than {STALE_AFTER_S:g} s "
             "old; retry later, or use another output_path)",
         )
 
@@ -416,7 +408,7 @@ class _HeartbeatLock:
                 if owner is None or owner.get("token") != self.me["token"]:
                     who = f"job pid {owner.get('pid')} on {owner.get('host')}" if owner else "someone else"
                     self.lost = (
-                        f"the output folder's lock {_join(self.shown, LOCK_NAME)} was taken over by {who} (this "
+                        f"the output folder's lock {join(self.shown, LOCK_NAME)} was taken over by {who} (this "
                         f"job's heartbeat stalled for more than {STALE_AFTER_S:g} s)"
                     )
                     if self.on_lost is not None:

@@ -23,6 +23,7 @@ from .config import (
 from .datasets import Dataset, FileDataset, TabularDataset
 from .errors import ConfigError, InputError
 from .minibatch import FileRef, MiniBatch, TabularSlice
+from .storage import is_local, to_url
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _IDENTITY_KEYS = ("ETag", "etag", "md5", "content_md5", "crc32c", "generation", "version_id")
@@ -39,16 +40,6 @@ class Plan:
     @property
     def total_items(self) -> int:
         return sum(mb.items for mb in self.mini_batches)
-
-
-def is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
-
-
-def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """Plain absolute paths for local files, protocol URLs for everything else."""
-    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def _identity(info: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ import fsspec
 
 from .datasets import Dataset, TabularDataset
 from .minibatch import MiniBatch
+from .storage import is_local, local_path
 
 
 def materialize(
@@ -28,8 +29,8 @@ def materialize(
         return frame, len(frame)
     paths = []
     for position, ref in enumerate(mini_batch.files):
-        if "://" not in ref.url or ref.url.startswith("file://"):
-            local = ref.url.removeprefix("file://")
+        if is_local(ref.url):
+            local = local_path(ref.url)
             if not os.path.exists(local):
                 raise FileNotFoundError(f"input file {ref.url} of mini-batch {mini_batch.index} is gone")
             paths.append(local)

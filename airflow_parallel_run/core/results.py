@@ -26,9 +26,7 @@ import csv
 import io
 import json
 import math
-import os
 import sys
-import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard
 
@@ -448,25 +446,6 @@ class JobSchema:
 
 
 # ------------------------------------------------------------------------------------------------ files
-
-
-def write_atomic(url: str, data: bytes, storage_options: dict[str, Any]) -> None:
-    """Writes a whole file so that readers see all of it or nothing (temp name + rename where possible)."""
-    if "://" in url and not url.startswith("file://"):  # object stores: one PUT is atomic
-        fs, path = fsspec.core.url_to_fs(url, **storage_options)
-        fs.pipe_file(path, data)
-    else:  # plain os calls: this runs once per mini-batch (part files, cache entries)
-        path = os.path.abspath(url.removeprefix("file://"))
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except BaseException:  # a full disk, an interrupt: no temp file stays behind
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
 
 
 class Part(NamedTuple):

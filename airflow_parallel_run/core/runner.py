@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-import fsspec
-
+from .cluster import worker_host
 from .jobspec import JobSpec
 from .minibatch import MiniBatch
 from .monitor import ensure_monitor, get_monitor, secret_values, stop_monitor
 from .process_tree import SCOPE_ENV, end_leftovers, remember
+from .storage import filesystem, is_local, local_path, upload_folder
 
 TIMEOUT, DIED, CANCELLED = "__timeout__", "__died__", "__cancelled__"
 SHUTDOWN_GRACE_S = 10.0  # for the entry script's shutdown() at the end of a job (all processes at once)
@@ -118,8 +118,8 @@ def _tmp_root() -> str:
 
 def local_log_root(spec: JobSpec) -> str:
     """Logs go straight into the output folder when it is local, else into a worker folder synced at the end."""
-    if "://" not in spec.log_url or spec.log_url.startswith("file://"):
-        return spec.log_url.removeprefix("file://")
+    if is_local(spec.log_url):
+        return local_path(spec.log_url)
     return os.path.join(_tmp_root(), "logs", spec.job_id)
 
 
@@ -127,8 +127,7 @@ def _node_name() -> str:
     try:
         from distributed import get_worker
 
-        address = get_worker().address
-        return address.split("://")[-1].rsplit(":", 1)[0]
+        return worker_host(get_worker().address)
     except (ImportError, ValueError):
         return socket.gethostbyname(socket.gethostname())
 
@@ -197,12 +196,12 @@ def _extract_bundle(spec: JobSpec) -> str:
 
 def _local_side_input(spec: JobSpec, url: str) -> str:
     """Side inputs are local on every worker: local paths as they are, remote ones downloaded once."""
-    if "://" not in url or url.startswith("file://"):
-        return url.removeprefix("file://")
+    if is_local(url):
+        return local_path(url)
     with _LOCK:
         key = (spec.job_id, url)
         if key not in _SIDE_INPUTS:
-            fs, path = fsspec.core.url_to_fs(url, **dict(spec.storage_options))
+            fs, path = filesystem(url, spec.storage_options)
             target = os.path.join(
                 _tmp_root(), "side", spec.job_id, str(len(_SIDE_INPUTS)), os.path.basename(path.rstrip("/"))
             )
@@ -710,12 +709,11 @@ def _upload_logs(job_id: str, log_url: str, storage_options: dict[str, Any]) -> 
     local = os.path.join(_tmp_root(), "logs", job_id)
     if not os.path.isdir(local):
         return
-    fs, path = fsspec.core.url_to_fs(log_url, **storage_options)
     # Worker processes on one host share this folder and each uploads all of it: one at a time, so
     # the last upload (made after every writer's final lines) is the one that stays.
     with open(f"{local}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        fs.put(local.rstrip("/") + "/", path, recursive=True)
+        upload_folder(local, log_url, storage_options)
 
 
 def shutdown_job(
@@ -747,7 +745,7 @@ def shutdown_job(
         _LIVE.pop(job_id, None)
         leftovers = _LEFTOVERS.pop(job_id, 0)
     stop_monitor(job_id)  # its last sample lands before the logs are synced
-    if log_url and "://" in log_url and not log_url.startswith("file://"):
+    if log_url and not is_local(log_url):
         try:
             _upload_logs(job_id, log_url, storage_options or {})
         except Exception as exc:  # noqa: BLE001 - never raise: Dask would log our arguments (credentials)

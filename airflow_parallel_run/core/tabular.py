@@ -19,11 +19,11 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from .datasets import TabularDataset
 from .errors import InputError
 from .minibatch import TabularSlice
+from .storage import is_local
 
 __all__ = ["plan_tabular_file", "read_tabular"]
 
@@ -478,11 +478,6 @@ def _coalesce(slices: Sequence[TabularSlice]) -> Iterator[list[TabularSlice]]:
         yield group
 
 
-def _is_local(fs: Any) -> bool:
-    """Local files are read with plain OS calls (no fsspec file object between the parser and the bytes)."""
-    return isinstance(fs, LocalFileSystem)
-
-
 def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
     first, last = group[0], group[-1]
     fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
@@ -490,7 +485,7 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
         row_groups = [rg for s in group for rg in s.row_groups]
         where = f"{first.url} row groups {row_groups}"
         try:
-            if _is_local(fs):
+            if is_local(fs):
                 # pyarrow's own file reader: its decoding threads never wait for the GIL of a Python file.
                 # Not memory-mapped: a file truncated under a mapping kills the process (SIGBUS) instead
                 # of raising an error that names the file.
@@ -502,8 +497,9 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
 
     start, end, header_end = first.start, last.end, first.header_end
     where = f"{first.url} bytes [{start}, {end})"
-    if first.format == "csv" and _is_local(fs):
-        # Streamed straight from the file into the parser: no copy of the slice in memory, no header+slice
+    if first.format == "csv" and is_local(fs):
+        # Local files are read with plain OS calls (no fsspec file object between the parser and the bytes):
+        # streamed straight from the file into the parser: no copy of the slice in memory, no header+slice
         # concatenation.
         try:
             with open(path, "rb", buffering=0) as f:
