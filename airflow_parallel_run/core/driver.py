@@ -25,6 +25,7 @@ from typing import Any
 
 from distributed import Client, Event, Future, as_completed
 
+from .attempt import AttemptResult, AttemptStage, AttemptStatus
 from .cache import (
     Fingerprinter,
     MiniBatchCache,
@@ -55,8 +56,6 @@ from .reuse_key import digest as key_digest
 from .reuse_key import key_fields, mini_batch_key
 from .runner import (
     SHUTDOWN_GRACE_S,
-    STOPPED_BEFORE_START,
-    AttemptResult,
     run_mini_batch,
     shutdown_job,
     stop_job,
@@ -432,7 +431,7 @@ class JobDriver:
                     hits[mb.index] = AttemptResult(
                         mb.index,
                         0,
-                        "REUSED",
+                        AttemptStatus.REUSED,
                         process="(cache)",
                         total=int(meta["total"]),
                         succeeded=int(meta["succeeded"]),
@@ -508,7 +507,8 @@ class JobDriver:
             return result
         return dataclasses.replace(
             result,
-            status="RUN_INVALID_RESULT",
+            status=AttemptStatus.RUN_INVALID_RESULT,
+            stage=AttemptStage.COMMIT,
             error=problem,
             traceback=problem + "\n",
             succeeded=0,
@@ -987,7 +987,11 @@ class JobDriver:
         self.logs.attempt(result, json.dumps(mb.describe()))
         if mb.index in self.counters.finished:
             return  # a duplicate delivery: the first outcome stands
-        in_init = result.status in ("INIT_EXCEPTION", "INIT_TIMEOUT") or "during init()" in result.error
+        in_init = (
+            not result.ok
+            and result.status is not AttemptStatus.CANCELLED
+            and result.stage is AttemptStage.INIT
+        )
         if in_init and not self.counters.succeeded_mini_batches:
             self.init_failures += 1
             limit = max(3, 2 * self.slots)
@@ -998,7 +1002,7 @@ class JobDriver:
                 )
         if result.ok:
             self._finalise(mb, result)
-        elif result.status == "CANCELLED":
+        elif result.status is AttemptStatus.CANCELLED:
             return
         elif attempt < self.config.run_max_try and not self.stop_reason:
             pending.append((mb, attempt + 1))
@@ -1019,7 +1023,7 @@ class JobDriver:
             return AttemptResult(
                 mb.index,
                 attempt,
-                "PROCESS_DIED",
+                AttemptStatus.PROCESS_DIED,
                 total=mb.items,
                 error=f"the Dask worker running mini-batch {mb.index} was lost: {type(exc).__name__}: {exc}",
             )
@@ -1044,9 +1048,9 @@ class JobDriver:
                 continue
             in_flight.pop(key)
             result = self._check_schema(mb, self._collect(future, mb, attempt))
-            if result.status == "CANCELLED" and result.error == STOPPED_BEFORE_START:
+            if result.status is AttemptStatus.CANCELLED and result.stage is AttemptStage.START:
                 continue  # reached a worker after the stop and started nothing: no row
-            if result.status == "CANCELLED":
+            if result.status is AttemptStatus.CANCELLED:
                 self.cancelled_attempts += 1
             self.logs.attempt(result, json.dumps(mb.describe()))
             if result.ok and mb.index not in self.counters.finished:

@@ -23,6 +23,7 @@ import types
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .attempt import AttemptStatus
 from .entry_script import EntryScript
 from .minibatch import MiniBatch
 from .storage import is_local, local_path, write_atomic
@@ -105,7 +106,7 @@ def _wants_context(run: Any) -> bool:
     return len(params) >= 2
 
 
-def _error(status: str, exc: BaseException) -> tuple[str, dict[str, Any]]:
+def _error(status: AttemptStatus, exc: BaseException) -> tuple[str, dict[str, Any]]:
     return (
         "error",
         {
@@ -154,7 +155,7 @@ def main(fd: int) -> None:
         if callable(init):
             init()
     except BaseException as exc:  # noqa: BLE001 - every init failure is reported, then the process ends
-        conn.send(_error("INIT_EXCEPTION", exc))
+        conn.send(_error(AttemptStatus.INIT_EXCEPTION, exc))
         sys.stdout.flush()
         os._exit(3)
     conn.send(("ready", {"init_seconds": time.monotonic() - started}))
@@ -186,7 +187,7 @@ def main(fd: int) -> None:
         try:
             data, total = materialize(mini_batch, setup["datasets"], scratch)
         except BaseException as exc:  # noqa: BLE001
-            conn.send(_error("LOAD_EXCEPTION", exc))
+            conn.send(_error(AttemptStatus.LOAD_EXCEPTION, exc))
             continue
         conn.send(("loaded", {"total": total, "load_seconds": time.monotonic() - load_started}))
         cpu_started = time.process_time()
@@ -208,11 +209,18 @@ def main(fd: int) -> None:
                 part.update(part_url=payload["part_url"], columns=columns, schema=schema)
         except results.InvalidResultError as exc:
             conn.send(
-                ("error", {"status": "RUN_INVALID_RESULT", "message": str(exc), "traceback": str(exc) + "\n"})
+                (
+                    "error",
+                    {
+                        "status": AttemptStatus.RUN_INVALID_RESULT,
+                        "message": str(exc),
+                        "traceback": str(exc) + "\n",
+                    },
+                )
             )
             continue
         except BaseException as exc:  # noqa: BLE001 - run() failures fail the attempt only
-            conn.send(_error("RUN_EXCEPTION", exc))
+            conn.send(_error(AttemptStatus.RUN_EXCEPTION, exc))
             continue
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

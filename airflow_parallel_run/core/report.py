@@ -22,21 +22,26 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from .attempt import AttemptStatus
+
 ATTEMPTS_CSV = os.path.join("sys", "job_report", "processed_mini-batches.csv")
 MAX_TIMELINE_ATTEMPTS = 5000  # more bars than this make the page slow; the rest are counted, not drawn
 MAX_LINE_POINTS = 2000
 TOP_ERRORS = 20
-STATUS_COLOURS = {
-    "RUN_DONE": "#2ca02c",
-    "REUSED": "#17becf",
-    "RUN_EXCEPTION": "#d62728",
-    "RUN_TIMEOUT": "#ff7f0e",
-    "PROCESS_DIED": "#8c564b",
-    "INIT_TIMEOUT": "#e377c2",
-    "INIT_EXCEPTION": "#9467bd",
-    "LOAD_TIMEOUT": "#bcbd22",
-    "CANCELLED": "#7f7f7f",
-    "SYSTEM_ERROR": "#000000",
+#: A colour per status (every one: tests/core/test_attempt_status.py); looked up by the CSV's text too.
+STATUS_COLOURS: dict[str, str] = {
+    AttemptStatus.RUN_DONE: "#2ca02c",
+    AttemptStatus.REUSED: "#17becf",
+    AttemptStatus.RUN_EXCEPTION: "#d62728",
+    AttemptStatus.RUN_INVALID_RESULT: "#ff9896",
+    AttemptStatus.RUN_TIMEOUT: "#ff7f0e",
+    AttemptStatus.PROCESS_DIED: "#8c564b",
+    AttemptStatus.INIT_TIMEOUT: "#e377c2",
+    AttemptStatus.INIT_EXCEPTION: "#9467bd",
+    AttemptStatus.LOAD_TIMEOUT: "#bcbd22",
+    AttemptStatus.LOAD_EXCEPTION: "#1f77b4",
+    AttemptStatus.CANCELLED: "#7f7f7f",
+    AttemptStatus.SYSTEM_ERROR: "#000000",
 }
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 _ERROR_LINE = re.compile(r"^(?P<count>\d+) x (?P<status>[A-Z_]+): (?P<rest>.*)$")
@@ -195,7 +200,7 @@ def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
         return body + _missing(unavailable) + "</section>"
     timed = attempts.dropna(subset=["Start"])
     if timed.empty:
-        reused_rows = int((attempts["Status"] == "REUSED").sum())
+        reused_rows = int((attempts["Status"] == AttemptStatus.REUSED.value).sum())
         return (
             body
             + _missing(f"No attempt ran: {reused_rows} mini-batches were reused from the cache.")
@@ -203,11 +208,13 @@ def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
         )
     # A mini-batch is done when its first successful attempt ends, or else when its last attempt ends.
     done = timed.sort_values("End")
-    ok = done[done["Status"] == "RUN_DONE"].groupby("Mini-batch Id")["End"].min()
+    ok = done[done["Status"] == AttemptStatus.RUN_DONE.value].groupby("Mini-batch Id")["End"].min()
     failed_ids = set(done["Mini-batch Id"]) - set(ok.index)
     failed = done[done["Mini-batch Id"].isin(failed_ids)].groupby("Mini-batch Id")["End"].max()
     reused = int(
-        attempts.loc[attempts["Start"].isna() & (attempts["Status"] == "REUSED"), "Mini-batch Id"].nunique()
+        attempts.loc[
+            attempts["Start"].isna() & (attempts["Status"] == AttemptStatus.REUSED.value), "Mini-batch Id"
+        ].nunique()
     )
     fig = go.Figure()
     origin = timed["Start"].min()
@@ -330,7 +337,7 @@ def _process_table(ran: pd.DataFrame) -> str:
     """Per process totals (Azure's process_summary.csv): uneven busy time means skewed mini-batches."""
     grouped = ran.groupby(["Node", "Process"]).agg(
         attempts=("Status", "size"),
-        ok=("Status", lambda s: int((s == "RUN_DONE").sum())),
+        ok=("Status", lambda s: int((s == AttemptStatus.RUN_DONE.value).sum())),
         items=("Succeeded", "sum"),
         busy=("Elapsed Seconds", "sum"),
     )

@@ -30,10 +30,10 @@ import threading
 import time
 import traceback
 import zipfile
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .attempt import AttemptResult, AttemptStage, AttemptStatus
 from .cluster import worker_host
 from .jobspec import JobSpec
 from .minibatch import MiniBatch
@@ -46,40 +46,6 @@ SHUTDOWN_GRACE_S = 10.0  # for the entry script's shutdown() at the end of a job
 POLL_S = 0.25  # how often a waiting attempt looks at its process and at the job's local stop flag
 EVENT_POLL_S = 1.0  # how often it asks the scheduler's stop Event (a round trip) instead
 _STOPPED_KEEP = 1000  # stopped job ids remembered per worker process
-
-
-@dataclass
-class AttemptResult:
-    """The outcome of one attempt: one row of processed_mini-batches.csv."""
-
-    index: int
-    attempt: int
-    status: str
-    node: str = ""
-    process: str = ""
-    start_time: str = ""
-    total: int = 0
-    succeeded: int = 0
-    elapsed_seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    run_seconds: float = 0.0
-    error: str = ""
-    traceback: str = ""
-    error_file: str = ""
-    part_url: str | None = None
-    columns: list[str] = field(default_factory=list)
-    schema: bytes | None = None  # the part's Arrow schema (typed output formats), for the job's one schema
-    reused: bool = False
-    files: list[str] = field(default_factory=list)  # what run() wrote to its output_dir
-    uncacheable: str = ""  # why this attempt's result cannot be cached ("" when it can)
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("RUN_DONE", "REUSED")
-
-    @property
-    def failed(self) -> int:
-        return self.total - self.succeeded
 
 
 _ROOT_LOCK = threading.Lock()
@@ -364,7 +330,12 @@ class EntryProcess:
                 child_sock.close()
                 parent_sock.close()
                 shutil.rmtree(self.working_dir, ignore_errors=True)
-                return "error", {"status": "CANCELLED", "message": STOPPED_BEFORE_START, "traceback": ""}
+                return "error", {
+                    "status": AttemptStatus.CANCELLED,
+                    "message": STOPPED_BEFORE_START,
+                    "traceback": "",
+                    "stage": AttemptStage.START,
+                }
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "airflow_parallel_run.core.entry_process", str(child_sock.fileno())],
                 pass_fds=[child_sock.fileno()],
@@ -389,47 +360,53 @@ class EntryProcess:
             monitor.track(self.proc.pid, self.name)
         self.conn = Connection(os.dup(parent_sock.fileno()))
         parent_sock.close()
-        self.conn.send(
-            {
-                "logging_level": spec.logging_level,
-                "working_dir": self.working_dir,
-                "script_dir": code_dir,
-                "entry_script": os.path.join(code_dir, spec.entry_script),
-                "arguments": resolve_arguments(spec.arguments, replacements),
-                "datasets": spec.datasets,
-                "output_action": spec.output_action,
-                "append_row_format": spec.append_row_format,
-                "storage_options": dict(spec.storage_options),
-                "output_dir": spec.process_files_url(self.node, self.name),
-            }
-        )
-        outcome = self.wait(spec.run_invocation_timeout, stop_check)
+        setup = {
+            "logging_level": spec.logging_level,
+            "working_dir": self.working_dir,
+            "script_dir": code_dir,
+            "entry_script": os.path.join(code_dir, spec.entry_script),
+            "arguments": resolve_arguments(spec.arguments, replacements),
+            "datasets": spec.datasets,
+            "output_action": spec.output_action,
+            "append_row_format": spec.append_row_format,
+            "storage_options": dict(spec.storage_options),
+            "output_dir": spec.process_files_url(self.node, self.name),
+        }
+        try:
+            self.conn.send(setup)
+        except OSError:  # ended before it read its setup (a stop's kill, a crash): as if while it waited
+            outcome: tuple[str, dict[str, Any]] = (CANCELLED if is_stopped(spec.job_id) else DIED, {})
+        else:
+            outcome = self.wait(spec.run_invocation_timeout, stop_check)
         if outcome[0] == "ready":
             self.node_log(f"init() done in {outcome[1]['init_seconds']:.3f}s")
             return outcome
         self.kill()
         if outcome[0] == TIMEOUT:
             return "error", {
-                "status": "INIT_TIMEOUT",
+                "status": AttemptStatus.INIT_TIMEOUT,
                 "message": f"init() did not finish in {spec.run_invocation_timeout:g} s (run_invocation_timeout); "
                 "the process was stopped",
                 "traceback": "",
+                "stage": AttemptStage.INIT,
             }
         if outcome[0] == DIED:
-            return "error", self.death_report("init()")
+            return "error", self.death_report("init()", AttemptStage.INIT)
         if outcome[0] == CANCELLED:
             return "error", {
-                "status": "CANCELLED",
+                "status": AttemptStatus.CANCELLED,
                 "message": "job stopped while init() ran",
                 "traceback": "",
+                "stage": AttemptStage.INIT,
             }
-        return outcome
+        return outcome[0], {**outcome[1], "stage": AttemptStage.INIT}  # init() raised
 
-    def death_report(self, during: str) -> dict[str, Any]:
+    def death_report(self, during: str, stage: AttemptStage) -> dict[str, Any]:
         code = self.proc.wait() if self.proc else None
         tail = _tail(self.paths["stderr"])
         return {
-            "status": "PROCESS_DIED",
+            "status": AttemptStatus.PROCESS_DIED,
+            "stage": stage,
             "message": f"entry-script process {self.name} died during {during} ({_signal_text(code)})",
             "traceback": f"last lines of {self.paths['stderr']}:\n{tail}\n" if tail else "",
         }
@@ -581,7 +558,12 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
     """The Dask task: runs one attempt of one mini-batch and reports its counts (never its data)."""
     started = time.monotonic()
     result = AttemptResult(
-        mini_batch.index, attempt, "RUN_EXCEPTION", start_time=_now(), total=mini_batch.items
+        mini_batch.index,
+        attempt,
+        AttemptStatus.RUN_EXCEPTION,
+        start_time=_now(),
+        total=mini_batch.items,
+        stage=AttemptStage.START,
     )
     stop_check = _stop_checker(spec.job_id)
     key = (spec.job_id, threading.get_ident())
@@ -593,29 +575,31 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
             if stop_check.ask_scheduler():  # a new process (init() and all) only for a running job
                 return _never_started(result, started)
             process = EntryProcess(spec)
-            outcome = process.start(stop_check)
+            outcome: tuple[str, dict[str, Any]] = process.start(stop_check)
             if outcome[0] != "ready" and outcome[1].get("message") == STOPPED_BEFORE_START:
                 return _never_started(result, started)  # stopped between the check and the start
             if outcome[0] != "ready":
                 return _failed(result, process, outcome[1], started)
             _PROCESSES[key] = process
         result.node, result.process = process.node, process.name
+        result.stage = AttemptStage.LOAD
         process.node_log(f"picked mini-batch {mini_batch.index} attempt {attempt}: {mini_batch.label()}")
         assert process.conn is not None
-        process.conn.send(
-            (
-                "run",
-                {
-                    "mini_batch": mini_batch,
-                    "attempt": attempt,
-                    "part_url": spec.part_url(mini_batch.index, attempt),
-                    "files_url": spec.files_url(mini_batch.index, attempt),
-                },
-            )
-        )
-        outcome = process.wait(spec.load_timeout, stop_check)
+        run = {
+            "mini_batch": mini_batch,
+            "attempt": attempt,
+            "part_url": spec.part_url(mini_batch.index, attempt),
+            "files_url": spec.files_url(mini_batch.index, attempt),
+        }
+        try:
+            process.conn.send(("run", run))
+        except OSError:  # ended since it was last seen alive (a stop's kill, a crash)
+            outcome = (CANCELLED if is_stopped(spec.job_id) else DIED, {})
+        else:
+            outcome = process.wait(spec.load_timeout, stop_check)
         load_seconds = 0.0
         if outcome[0] == "loaded":
+            result.stage = AttemptStage.RUN
             result.total = outcome[1]["total"]
             load_seconds = float(outcome[1].get("load_seconds", 0.0))
             outcome = process.wait(spec.run_invocation_timeout, stop_check)
@@ -624,7 +608,7 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
                 outcome = (
                     "error",
                     {
-                        "status": "RUN_TIMEOUT",
+                        "status": AttemptStatus.RUN_TIMEOUT,
                         "message": f"mini-batch {mini_batch.index} did not finish in {spec.run_invocation_timeout:g} s "
                         "(run_invocation_timeout); the process was stopped and will be replaced",
                         "traceback": "",
@@ -635,22 +619,26 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
             outcome = (
                 "error",
                 {
-                    "status": "LOAD_TIMEOUT",
+                    "status": AttemptStatus.LOAD_TIMEOUT,
                     "message": f"reading mini-batch {mini_batch.index} took more than {spec.load_timeout:g} s",
                     "traceback": "",
                 },
             )
         if outcome[0] == DIED:
-            outcome = ("error", process.death_report(f"run() of mini-batch {mini_batch.index}"))
+            outcome = ("error", process.death_report(f"run() of mini-batch {mini_batch.index}", result.stage))
         elif outcome[0] == CANCELLED:
             process.kill()
             outcome = (
                 "error",
-                {"status": "CANCELLED", "message": "job stopped while this mini-batch ran", "traceback": ""},
+                {
+                    "status": AttemptStatus.CANCELLED,
+                    "message": "job stopped while this mini-batch ran",
+                    "traceback": "",
+                },
             )
         if outcome[0] == "done":
             info = outcome[1]
-            result.status = "RUN_DONE"
+            result.status = AttemptStatus.RUN_DONE
             result.total, result.succeeded = info["total"], info["succeeded"]
             result.run_seconds, result.cpu_seconds = info["run_seconds"], info["cpu_seconds"]
             result.part_url, result.columns = info.get("part_url"), info.get("columns", [])
@@ -671,7 +659,7 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
             result,
             process,
             {
-                "status": "SYSTEM_ERROR",
+                "status": AttemptStatus.SYSTEM_ERROR,
                 "message": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(),
             },
@@ -681,7 +669,8 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
 
 def _never_started(result: AttemptResult, started: float) -> AttemptResult:
     """An attempt that found its job stopped: CANCELLED without a process (the driver books no row)."""
-    result.status, result.error = "CANCELLED", STOPPED_BEFORE_START
+    result.status, result.error = AttemptStatus.CANCELLED, STOPPED_BEFORE_START
+    result.stage = AttemptStage.START
     result.elapsed_seconds = time.monotonic() - started
     return result
 
@@ -689,7 +678,8 @@ def _never_started(result: AttemptResult, started: float) -> AttemptResult:
 def _failed(
     result: AttemptResult, process: EntryProcess | None, info: dict[str, Any], started: float
 ) -> AttemptResult:
-    result.status = info.get("status", "RUN_EXCEPTION")
+    result.status = AttemptStatus(info.get("status", AttemptStatus.RUN_EXCEPTION))
+    result.stage = AttemptStage(info.get("stage", result.stage))
     result.error = info.get("message", "")
     result.traceback = info.get("traceback", "")
     result.succeeded = 0
