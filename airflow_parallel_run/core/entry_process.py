@@ -20,13 +20,18 @@ import threading
 import time
 import traceback
 import types
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .attempt import AttemptStatus
+from .attempt import AttemptStage, AttemptStatus
 from .entry_script import EntryScript
+from .messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown, ToChild
 from .minibatch import MiniBatch
 from .storage import is_local, local_path, write_atomic
+
+if TYPE_CHECKING:
+    from .output_files import OutputDirWatch
 
 
 class MiniBatchContext:
@@ -106,15 +111,9 @@ def _wants_context(run: Any) -> bool:
     return len(params) >= 2
 
 
-def _error(status: AttemptStatus, exc: BaseException) -> tuple[str, dict[str, Any]]:
-    return (
-        "error",
-        {
-            "status": status,
-            "message": f"{type(exc).__name__}: {exc}",
-            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        },
-    )
+def _failed(status: AttemptStatus, stage: AttemptStage, exc: BaseException) -> Failed:
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return Failed(status, stage, f"{type(exc).__name__}: {exc}", trace)
 
 
 def _point_output_dir(url: str, *, singleton: bool = True) -> None:
@@ -127,117 +126,145 @@ def _point_output_dir(url: str, *, singleton: bool = True) -> None:
         EntryScript()._output_dir = url
 
 
-def main(fd: int) -> None:
+def _connect(fd: int) -> Connection:
+    """The socket the runner passed as `fd`, as a message connection; and a watch on the runner."""
     sock = socket.socket(fileno=fd)
     conn = Connection(os.dup(sock.fileno()))
     sock.close()
     faulthandler.enable(file=sys.stderr, all_threads=True)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    setup: dict[str, Any] = conn.recv()
+    return conn
+
+
+def _start(conn: Connection, setup: Setup) -> types.ModuleType:
+    """Prepares the process as the script expects it, imports the script and runs init(); answers
+    `Ready`, or `Failed` and ends the process."""
     logging.basicConfig(
-        level=setup["logging_level"],
+        level=setup.logging_level,
         stream=sys.stdout,
         format="%(asctime)s|%(levelname)s|%(name)s|%(message)s",
     )
     _install_azureml_shim()
-    os.chdir(setup["working_dir"])
-    for folder in (setup["script_dir"], os.path.dirname(setup["entry_script"])):
+    os.chdir(setup.working_dir)
+    for folder in (setup.script_dir, os.path.dirname(setup.entry_script)):
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    sys.argv = [setup["entry_script"], *setup["arguments"]]
+    sys.argv = [setup.entry_script, *setup.arguments]
     started = time.monotonic()
     # this process's own output_dir (core/output_files.py), before the script may read it on import
-    _point_output_dir(setup["output_dir"], singleton=False)
+    _point_output_dir(setup.output_dir, singleton=False)
     try:
         EntryScript()
-        module = _load_script(setup["entry_script"])
+        module = _load_script(setup.entry_script)
         init = getattr(module, "init", None)
         if callable(init):
             init()
     except BaseException as exc:  # noqa: BLE001 - every init failure is reported, then the process ends
-        conn.send(_error(AttemptStatus.INIT_EXCEPTION, exc))
+        conn.send(_failed(AttemptStatus.INIT_EXCEPTION, AttemptStage.INIT, exc))
         sys.stdout.flush()
         os._exit(3)
-    conn.send(("ready", {"init_seconds": time.monotonic() - started}))
-    run = module.run
-    with_context = _wants_context(run)
-    from . import results
-    from .output_files import OutputDirWatch
+    conn.send(Ready(time.monotonic() - started))
+    return module
 
-    watch = OutputDirWatch(setup["output_dir"], setup["storage_options"])
+
+def _serve(conn: Connection, module: types.ModuleType, setup: Setup) -> None:
+    """Answers `Run` messages until `Shutdown` (or the runner is gone)."""
+    from .output_files import OutputDirWatch
     from .reader import materialize
 
+    watch = OutputDirWatch(setup.output_dir, setup.storage_options)
+    with_context = _wants_context(module.run)
     while True:
         try:
-            message, payload = conn.recv()
+            message: ToChild = conn.recv()
         except EOFError:
             break
-        if message == "shutdown":
+        if isinstance(message, Shutdown):
             shutdown = getattr(module, "shutdown", None)
             if callable(shutdown):
                 try:
                     shutdown()
                 except Exception:  # noqa: BLE001
                     traceback.print_exc()
-            conn.send(("bye", {}))
+            conn.send(Bye())
             break
-        mini_batch: MiniBatch = payload["mini_batch"]
+        assert isinstance(message, Run), message
         load_started = time.monotonic()
-        scratch = os.path.join(setup["working_dir"], f"mb{mini_batch.index:08d}-a{payload['attempt']}")
+        scratch = os.path.join(setup.working_dir, f"mb{message.mini_batch.index:08d}-a{message.attempt}")
         try:
-            data, total = materialize(mini_batch, setup["datasets"], scratch)
-        except BaseException as exc:  # noqa: BLE001
-            conn.send(_error(AttemptStatus.LOAD_EXCEPTION, exc))
-            continue
-        conn.send(("loaded", {"total": total, "load_seconds": time.monotonic() - load_started}))
-        cpu_started = time.process_time()
-        run_started = time.monotonic()
-        try:
-            watch.start()
-            _point_output_dir(payload["files_url"])  # this attempt's own folder (core/output_files.py)
             try:
-                result = run(data, MiniBatchContext(mini_batch)) if with_context else run(data)
-                run_seconds = time.monotonic() - run_started
-            finally:
-                _point_output_dir(setup["output_dir"])
-                files, uncacheable = watch.finish(payload["files_url"])
-            succeeded = results.count_result(result, total)
-            part: dict[str, Any] = {"files": files, "uncacheable": uncacheable}
-            if setup["output_action"] == "append_row" and succeeded:
-                blob, columns, schema = results.encode_part(result, setup["append_row_format"])
-                write_atomic(payload["part_url"], blob, setup["storage_options"])
-                part.update(part_url=payload["part_url"], columns=columns, schema=schema)
-        except results.InvalidResultError as exc:
-            conn.send(
-                (
-                    "error",
-                    {
-                        "status": AttemptStatus.RUN_INVALID_RESULT,
-                        "message": str(exc),
-                        "traceback": str(exc) + "\n",
-                    },
-                )
-            )
-            continue
-        except BaseException as exc:  # noqa: BLE001 - run() failures fail the attempt only
-            conn.send(_error(AttemptStatus.RUN_EXCEPTION, exc))
-            continue
+                data, total = materialize(message.mini_batch, setup.datasets, scratch)
+            except BaseException as exc:  # noqa: BLE001
+                conn.send(_failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.LOAD, exc))
+                continue
+            mini_batch = message.mini_batch
+            conn.send(Loaded(mini_batch.index, message.attempt, total, time.monotonic() - load_started))
+            conn.send(_run_one(module.run, with_context, message, data, total, setup, watch))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             sys.stdout.flush()
             sys.stderr.flush()
-        conn.send(
-            (
-                "done",
-                {
-                    "total": total,
-                    "succeeded": succeeded,
-                    "run_seconds": run_seconds,
-                    "cpu_seconds": time.process_time() - cpu_started,
-                    **part,
-                },
-            )
-        )
+
+
+def _run_one(
+    run: Any, with_context: bool, message: Run, data: Any, total: int, setup: Setup, watch: OutputDirWatch
+) -> Done | Failed:
+    """run() on one mini-batch's data, its result checked and (append_row) written as its part."""
+    from . import results
+
+    cpu_started = time.process_time()
+    run_started = time.monotonic()
+    try:
+        watch.start()
+        _point_output_dir(message.files_url)  # this attempt's own folder (core/output_files.py)
+        try:
+            result = run(data, MiniBatchContext(message.mini_batch)) if with_context else run(data)
+            run_seconds = time.monotonic() - run_started
+        finally:
+            _point_output_dir(setup.output_dir)
+            files, uncacheable = watch.finish(message.files_url)
+        succeeded = results.count_result(result, total)
+        part_url: str | None = None
+        columns: Sequence[str] = ()
+        schema: bytes | None = None
+        if setup.output_action == "append_row" and succeeded:
+            part_url = message.part_url
+            columns, schema = _write_part(result, setup.append_row_format, part_url, setup.storage_options)
+    except results.InvalidResultError as exc:
+        return Failed(AttemptStatus.RUN_INVALID_RESULT, AttemptStage.RUN, str(exc), str(exc) + "\n")
+    except BaseException as exc:  # noqa: BLE001 - run() failures fail the attempt only
+        return _failed(AttemptStatus.RUN_EXCEPTION, AttemptStage.RUN, exc)
+    return Done(
+        message.mini_batch.index,
+        message.attempt,
+        total,
+        succeeded,
+        run_seconds,
+        time.process_time() - cpu_started,
+        part_url,
+        tuple(columns),
+        schema,
+        tuple(files),
+        uncacheable,
+    )
+
+
+def _write_part(
+    result: Any, fmt: str, url: str, storage_options: Mapping[str, Any]
+) -> tuple[Sequence[str], bytes | None]:
+    """Encodes a run() result in the output format and writes it whole; returns its columns and schema."""
+    from . import results
+
+    blob, columns, schema = results.encode_part(result, fmt)
+    write_atomic(url, blob, storage_options)
+    return columns, schema
+
+
+def main(fd: int) -> None:
+    conn = _connect(fd)
+    setup: Setup = conn.recv()
+    module = _start(conn, setup)
+    _serve(conn, module, setup)
     sys.stdout.flush()
 
 

@@ -30,18 +30,44 @@ import threading
 import time
 import traceback
 import zipfile
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 from .attempt import AttemptResult, AttemptStage, AttemptStatus
 from .cluster import worker_host
 from .jobspec import JobSpec
+from .messages import (
+    CANCELLED,
+    DIED,
+    NEVER_STARTED,
+    TIMED_OUT,
+    Cancelled,
+    Died,
+    Done,
+    Failed,
+    FromChild,
+    Loaded,
+    Ready,
+    Run,
+    Setup,
+    Shutdown,
+    TimedOut,
+    ToChild,
+    WaitOutcome,
+)
 from .minibatch import MiniBatch
 from .monitor import ensure_monitor, get_monitor, secret_values, stop_monitor
 from .process_tree import SCOPE_ENV, end_leftovers, remember
 from .storage import filesystem, is_local, local_path, upload_folder
 
-TIMEOUT, DIED, CANCELLED = "__timeout__", "__died__", "__cancelled__"
+StopCheck = Callable[[], bool]  # has the job stopped?
+#: The status of an attempt whose process did not answer in time, by where it was.
+TIMEOUT_STATUS = {
+    AttemptStage.INIT: AttemptStatus.INIT_TIMEOUT,
+    AttemptStage.LOAD: AttemptStatus.LOAD_TIMEOUT,
+    AttemptStage.RUN: AttemptStatus.RUN_TIMEOUT,
+}
 SHUTDOWN_GRACE_S = 10.0  # for the entry script's shutdown() at the end of a job (all processes at once)
 POLL_S = 0.25  # how often a waiting attempt looks at its process and at the job's local stop flag
 EVENT_POLL_S = 1.0  # how often it asks the scheduler's stop Event (a round trip) instead
@@ -298,44 +324,67 @@ class EntryProcess:
         with contextlib.suppress(OSError), open(self.paths["error"], "a", encoding="utf-8") as handle:
             handle.write(f"{_now()} {header}\n{trace.rstrip()}\n\n")
 
-    def start(self, stop_check: Any) -> tuple[str, dict[str, Any]]:
-        """Starts the process and waits for init(); returns ("ready", info) or an error outcome."""
-        spec = self.spec
-        code_dir = _extract_bundle(spec)
-        replacements = {url: _local_side_input(spec, url) for url in spec.side_inputs}
+    def start(self, stop_check: StopCheck) -> Ready | Failed:
+        """Starts the process and waits for init(): `Ready`, or `Failed` (the process is gone then)."""
+        code_dir = _extract_bundle(self.spec)
+        replacements = {url: _local_side_input(self.spec, url) for url in self.spec.side_inputs}
         parent_sock, child_sock = socket.socketpair()
+        try:
+            if not self._spawn(child_sock):
+                shutil.rmtree(self.working_dir, ignore_errors=True)
+                return Failed(AttemptStatus.CANCELLED, AttemptStage.START, NEVER_STARTED)
+        finally:
+            child_sock.close()
+        self._track()
+        self.conn = Connection(os.dup(parent_sock.fileno()))
+        parent_sock.close()
+        setup = Setup(
+            logging_level=self.spec.logging_level,
+            working_dir=self.working_dir,
+            script_dir=code_dir,
+            entry_script=os.path.join(code_dir, self.spec.entry_script),
+            arguments=tuple(resolve_arguments(self.spec.arguments, replacements)),
+            datasets=tuple(self.spec.datasets),
+            output_action=self.spec.output_action,
+            append_row_format=self.spec.append_row_format,
+            storage_options=dict(self.spec.storage_options),
+            output_dir=self.spec.process_files_url(self.node, self.name),
+        )
+        return self._await_init(self.request(setup, self.spec.run_invocation_timeout, stop_check))
+
+    def _environment(self) -> dict[str, str]:
+        """The user's environment, the job's `environment_variables`, and what the process needs to know
+        about itself."""
         env = _user_environ()
-        env.update(spec.environment_variables)
+        env.update(self.spec.environment_variables)
         env.update(
             {
                 # the job's output folder identifies the job (ps, /proc); the process itself points
                 # output_dir at a folder of its own at once (core/output_files.py)
-                "AZUREML_BI_OUTPUT_PATH": spec.output_url,
+                "AZUREML_BI_OUTPUT_PATH": self.spec.output_url,
                 "AIRFLOW_PARALLEL_RUN_AGENT": self.name,
                 "AIRFLOW_PARALLEL_RUN_NODE": self.node,
                 "AIRFLOW_PARALLEL_RUN_WORKING_DIR": self.working_dir,
                 "AIRFLOW_PARALLEL_RUN_ENTRY_LOG_DIR": self.paths["entry_log_dir"],
-                "AIRFLOW_PARALLEL_RUN_LOGGING_LEVEL": spec.logging_level,
+                "AIRFLOW_PARALLEL_RUN_LOGGING_LEVEL": self.spec.logging_level,
                 SCOPE_ENV: self.scope,
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONFAULTHANDLER": "1",
             }
         )
+        return env
+
+    def _spawn(self, child_sock: socket.socket) -> bool:
+        """Starts the process unless the job is stopped (False): under `_STATE`, so that `stop_job`
+        either sees it live or this sees the job stopped."""
+        env = self._environment()
         with (
             _STATE,
             open(self.paths["stdout"], "ab") as out,
             open(self.paths["stderr"], "ab") as err,
         ):
-            if is_stopped(spec.job_id):
-                child_sock.close()
-                parent_sock.close()
-                shutil.rmtree(self.working_dir, ignore_errors=True)
-                return "error", {
-                    "status": AttemptStatus.CANCELLED,
-                    "message": STOPPED_BEFORE_START,
-                    "traceback": "",
-                    "stage": AttemptStage.START,
-                }
+            if is_stopped(self.spec.job_id):
+                return False
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "airflow_parallel_run.core.entry_process", str(child_sock.fileno())],
                 pass_fds=[child_sock.fileno()],
@@ -346,9 +395,13 @@ class EntryProcess:
                 cwd=self.working_dir,
                 start_new_session=True,  # its own process group: killed as a whole
             )
-            _LIVE.setdefault(spec.job_id, set()).add(self)
+            _LIVE.setdefault(self.spec.job_id, set()).add(self)
             self.node_log(f"started pid {self.proc.pid}; running init()")  # before any stop_job
-        child_sock.close()
+        return True
+
+    def _track(self) -> None:
+        """The job's resource monitor on this node samples the new process too."""
+        spec = self.spec
         monitor = ensure_monitor(
             spec.job_id,
             self.log_root,
@@ -356,80 +409,91 @@ class EntryProcess:
             spec.resource_monitor_interval,
             secrets=secret_values(spec.environment_variables, spec.storage_options),
         )
-        if monitor is not None:
+        if monitor is not None and self.proc is not None:
             monitor.track(self.proc.pid, self.name)
-        self.conn = Connection(os.dup(parent_sock.fileno()))
-        parent_sock.close()
-        setup = {
-            "logging_level": spec.logging_level,
-            "working_dir": self.working_dir,
-            "script_dir": code_dir,
-            "entry_script": os.path.join(code_dir, spec.entry_script),
-            "arguments": resolve_arguments(spec.arguments, replacements),
-            "datasets": spec.datasets,
-            "output_action": spec.output_action,
-            "append_row_format": spec.append_row_format,
-            "storage_options": dict(spec.storage_options),
-            "output_dir": spec.process_files_url(self.node, self.name),
-        }
-        try:
-            self.conn.send(setup)
-        except OSError:  # ended before it read its setup (a stop's kill, a crash): as if while it waited
-            outcome: tuple[str, dict[str, Any]] = (CANCELLED if is_stopped(spec.job_id) else DIED, {})
-        else:
-            outcome = self.wait(spec.run_invocation_timeout, stop_check)
-        if outcome[0] == "ready":
-            self.node_log(f"init() done in {outcome[1]['init_seconds']:.3f}s")
+
+    def _await_init(self, outcome: WaitOutcome) -> Ready | Failed:
+        if isinstance(outcome, Ready):
+            self.node_log(f"init() done in {outcome.init_seconds:.3f}s")
             return outcome
         self.kill()
-        if outcome[0] == TIMEOUT:
-            return "error", {
-                "status": AttemptStatus.INIT_TIMEOUT,
-                "message": f"init() did not finish in {spec.run_invocation_timeout:g} s (run_invocation_timeout); "
-                "the process was stopped",
-                "traceback": "",
-                "stage": AttemptStage.INIT,
-            }
-        if outcome[0] == DIED:
-            return "error", self.death_report("init()", AttemptStage.INIT)
-        if outcome[0] == CANCELLED:
-            return "error", {
-                "status": AttemptStatus.CANCELLED,
-                "message": "job stopped while init() ran",
-                "traceback": "",
-                "stage": AttemptStage.INIT,
-            }
-        return outcome[0], {**outcome[1], "stage": AttemptStage.INIT}  # init() raised
+        return self.failure(outcome, AttemptStage.INIT)
 
-    def death_report(self, during: str, stage: AttemptStage) -> dict[str, Any]:
+    def send(self, message: ToChild) -> bool:
+        """False when the process ended since it was last seen alive (a stop's kill, a crash)."""
+        assert self.conn is not None
+        try:
+            self.conn.send(message)
+        except OSError:
+            return False
+        return True
+
+    def request(self, message: ToChild, timeout: float, stop_check: StopCheck) -> WaitOutcome:
+        """Sends `message` and waits for the answer; a process that cannot be reached ended (as if while
+        it was waited for)."""
+        if not self.send(message):
+            return CANCELLED if is_stopped(self.spec.job_id) else DIED
+        return self.wait(timeout, stop_check)
+
+    def failure(self, outcome: WaitOutcome, stage: AttemptStage, index: int | None = None) -> Failed:
+        """What a wait that did not bring the expected answer means for the attempt (the outcome table):
+        at `stage` of init() (`index` None) or of mini-batch `index`."""
+        during = "init()" if index is None else f"run() of mini-batch {index}"
+        if isinstance(outcome, Failed):
+            return outcome
+        if isinstance(outcome, TimedOut):
+            return Failed(TIMEOUT_STATUS[stage], stage, self._timeout_message(stage, index))
+        if isinstance(outcome, Died):
+            return self.death_report(during, stage)
+        if isinstance(outcome, Cancelled):
+            what = "init() ran" if stage is AttemptStage.INIT else "this mini-batch ran"
+            return Failed(AttemptStatus.CANCELLED, stage, f"job stopped while {what}")
+        message = f"the entry-script process answered {type(outcome).__name__} during {during}"
+        return Failed(AttemptStatus.SYSTEM_ERROR, stage, message)
+
+    def _timeout_message(self, stage: AttemptStage, index: int | None) -> str:
+        spec = self.spec
+        if stage is AttemptStage.INIT:
+            return (
+                f"init() did not finish in {spec.run_invocation_timeout:g} s (run_invocation_timeout); "
+                "the process was stopped"
+            )
+        if stage is AttemptStage.LOAD:
+            return f"reading mini-batch {index} took more than {spec.load_timeout:g} s"
+        return (
+            f"mini-batch {index} did not finish in {spec.run_invocation_timeout:g} s "
+            "(run_invocation_timeout); the process was stopped and will be replaced"
+        )
+
+    def death_report(self, during: str, stage: AttemptStage) -> Failed:
         code = self.proc.wait() if self.proc else None
         tail = _tail(self.paths["stderr"])
-        return {
-            "status": AttemptStatus.PROCESS_DIED,
-            "stage": stage,
-            "message": f"entry-script process {self.name} died during {during} ({_signal_text(code)})",
-            "traceback": f"last lines of {self.paths['stderr']}:\n{tail}\n" if tail else "",
-        }
+        return Failed(
+            AttemptStatus.PROCESS_DIED,
+            stage,
+            f"entry-script process {self.name} died during {during} ({_signal_text(code)})",
+            f"last lines of {self.paths['stderr']}:\n{tail}\n" if tail else "",
+        )
 
-    def wait(self, timeout: float, stop_check: Any) -> tuple[str, dict[str, Any]]:
-        """The process's next message, or TIMEOUT / DIED / CANCELLED (the job stopped: checked every
+    def wait(self, timeout: float, stop_check: StopCheck) -> WaitOutcome:
+        """The process's next message, or TIMED_OUT / DIED / CANCELLED (the job stopped: checked every
         `POLL_S` locally, every `EVENT_POLL_S` with the scheduler)."""
         assert self.conn is not None and self.proc is not None
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return TIMEOUT, {}
+                return TIMED_OUT
             try:
                 if self.conn.poll(min(remaining, POLL_S)):
-                    message, payload = self.conn.recv()
-                    return message, payload
+                    message: FromChild = self.conn.recv()
+                    return message
             except (EOFError, OSError):
-                return (CANCELLED if is_stopped(self.spec.job_id) else DIED), {}
+                return CANCELLED if is_stopped(self.spec.job_id) else DIED
             if self.proc.poll() is not None and not self.conn.poll(0):
-                return (CANCELLED if is_stopped(self.spec.job_id) else DIED), {}
+                return CANCELLED if is_stopped(self.spec.job_id) else DIED
             if stop_check():
-                return CANCELLED, {}
+                return CANCELLED
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -485,10 +549,9 @@ class EntryProcess:
         return len(ended)
 
     def request_shutdown(self) -> None:
-        """Asks the script's shutdown() to run (answered with "bye"); see `finish_shutdown`."""
+        """Asks the script's shutdown() to run (answered with `Bye`); see `finish_shutdown`."""
         if self.alive() and self.conn is not None:
-            with contextlib.suppress(OSError, EOFError):
-                self.conn.send(("shutdown", {}))
+            self.send(Shutdown())
 
     def finish_shutdown(self, deadline: float) -> None:
         """Waits until `deadline` for shutdown() and the exit, then ends the process and what it left."""
@@ -547,13 +610,6 @@ class _StopCheck:
         return False
 
 
-def _stop_checker(job_id: str) -> _StopCheck:
-    return _StopCheck(job_id)
-
-
-STOPPED_BEFORE_START = "the job was stopped before this attempt started"
-
-
 def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> AttemptResult:
     """The Dask task: runs one attempt of one mini-batch and reports its counts (never its data)."""
     started = time.monotonic()
@@ -565,7 +621,7 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
         total=mini_batch.items,
         stage=AttemptStage.START,
     )
-    stop_check = _stop_checker(spec.job_id)
+    stop_check = _StopCheck(spec.job_id)
     key = (spec.job_id, threading.get_ident())
     process = _PROCESSES.get(key)
     if is_stopped(spec.job_id):  # queued on this worker before the stop: nothing starts
@@ -575,113 +631,80 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
             if stop_check.ask_scheduler():  # a new process (init() and all) only for a running job
                 return _never_started(result, started)
             process = EntryProcess(spec)
-            outcome: tuple[str, dict[str, Any]] = process.start(stop_check)
-            if outcome[0] != "ready" and outcome[1].get("message") == STOPPED_BEFORE_START:
-                return _never_started(result, started)  # stopped between the check and the start
-            if outcome[0] != "ready":
-                return _failed(result, process, outcome[1], started)
+            ready = process.start(stop_check)
+            if isinstance(ready, Failed):
+                if ready.stage is AttemptStage.START and ready.status is AttemptStatus.CANCELLED:
+                    return _never_started(result, started)  # stopped between the check and the start
+                return _failed(result, process, ready, started)
             _PROCESSES[key] = process
-        result.node, result.process = process.node, process.name
-        result.stage = AttemptStage.LOAD
-        process.node_log(f"picked mini-batch {mini_batch.index} attempt {attempt}: {mini_batch.label()}")
-        assert process.conn is not None
-        run = {
-            "mini_batch": mini_batch,
-            "attempt": attempt,
-            "part_url": spec.part_url(mini_batch.index, attempt),
-            "files_url": spec.files_url(mini_batch.index, attempt),
-        }
-        try:
-            process.conn.send(("run", run))
-        except OSError:  # ended since it was last seen alive (a stop's kill, a crash)
-            outcome = (CANCELLED if is_stopped(spec.job_id) else DIED, {})
-        else:
-            outcome = process.wait(spec.load_timeout, stop_check)
-        load_seconds = 0.0
-        if outcome[0] == "loaded":
-            result.stage = AttemptStage.RUN
-            result.total = outcome[1]["total"]
-            load_seconds = float(outcome[1].get("load_seconds", 0.0))
-            outcome = process.wait(spec.run_invocation_timeout, stop_check)
-            if outcome[0] == TIMEOUT:
-                process.kill()
-                outcome = (
-                    "error",
-                    {
-                        "status": AttemptStatus.RUN_TIMEOUT,
-                        "message": f"mini-batch {mini_batch.index} did not finish in {spec.run_invocation_timeout:g} s "
-                        "(run_invocation_timeout); the process was stopped and will be replaced",
-                        "traceback": "",
-                    },
-                )
-        elif outcome[0] == TIMEOUT:
-            process.kill()
-            outcome = (
-                "error",
-                {
-                    "status": AttemptStatus.LOAD_TIMEOUT,
-                    "message": f"reading mini-batch {mini_batch.index} took more than {spec.load_timeout:g} s",
-                    "traceback": "",
-                },
-            )
-        if outcome[0] == DIED:
-            outcome = ("error", process.death_report(f"run() of mini-batch {mini_batch.index}", result.stage))
-        elif outcome[0] == CANCELLED:
-            process.kill()
-            outcome = (
-                "error",
-                {
-                    "status": AttemptStatus.CANCELLED,
-                    "message": "job stopped while this mini-batch ran",
-                    "traceback": "",
-                },
-            )
-        if outcome[0] == "done":
-            info = outcome[1]
-            result.status = AttemptStatus.RUN_DONE
-            result.total, result.succeeded = info["total"], info["succeeded"]
-            result.run_seconds, result.cpu_seconds = info["run_seconds"], info["cpu_seconds"]
-            result.part_url, result.columns = info.get("part_url"), info.get("columns", [])
-            result.files, result.uncacheable = info.get("files", []), info.get("uncacheable", "")
-            result.schema = info.get("schema")
-            result.elapsed_seconds = time.monotonic() - started
-            process.remember_descendants()
-            process.node_log(
-                f"completed mini-batch {mini_batch.index} attempt {attempt}: entry-script pid "
-                f"{process.proc.pid if process.proc else '?'}, total {result.total}, succeeded {result.succeeded}, "
-                f"failed {result.failed}, started {result.start_time} UTC, elapsed {result.elapsed_seconds:.3f}s, "
-                f"process CPU {result.cpu_seconds:.3f}s, read {load_seconds:.3f}s, run() {result.run_seconds:.3f}s"
-            )
-            return result
-        return _failed(result, process, outcome[1], started)
+        return _run_on(process, mini_batch, result, stop_check, started)
     except Exception as exc:  # noqa: BLE001 - runner bugs are reported per attempt, not lost
-        return _failed(
-            result,
-            process,
-            {
-                "status": AttemptStatus.SYSTEM_ERROR,
-                "message": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
-            },
-            started,
+        failure = Failed(
+            AttemptStatus.SYSTEM_ERROR, result.stage, f"{type(exc).__name__}: {exc}", traceback.format_exc()
         )
+        return _failed(result, process, failure, started)
+
+
+def _run_on(
+    process: EntryProcess, mini_batch: MiniBatch, result: AttemptResult, stop_check: StopCheck, started: float
+) -> AttemptResult:
+    """Sends the attempt to a ready process and waits for it to be read (`load_timeout`), then run()
+    (`run_invocation_timeout`)."""
+    spec = process.spec
+    result.node, result.process = process.node, process.name
+    result.stage = AttemptStage.LOAD
+    process.node_log(f"picked mini-batch {mini_batch.index} attempt {result.attempt}: {mini_batch.label()}")
+    run = Run(
+        mini_batch,
+        result.attempt,
+        spec.part_url(mini_batch.index, result.attempt),
+        spec.files_url(mini_batch.index, result.attempt),
+    )
+    outcome = process.request(run, spec.load_timeout, stop_check)
+    load_seconds = 0.0
+    if isinstance(outcome, Loaded):
+        result.stage = AttemptStage.RUN
+        result.total, load_seconds = outcome.total, outcome.load_seconds
+        outcome = process.wait(spec.run_invocation_timeout, stop_check)
+    if isinstance(outcome, Done):
+        return _done(result, process, outcome, load_seconds, started)
+    if isinstance(outcome, (TimedOut, Cancelled)):
+        process.kill()
+    return _failed(result, process, process.failure(outcome, result.stage, mini_batch.index), started)
+
+
+def _done(
+    result: AttemptResult, process: EntryProcess, done: Done, load_seconds: float, started: float
+) -> AttemptResult:
+    result.status = AttemptStatus.RUN_DONE
+    result.total, result.succeeded = done.total, done.succeeded
+    result.run_seconds, result.cpu_seconds = done.run_seconds, done.cpu_seconds
+    result.part_url, result.columns, result.schema = done.part_url, list(done.columns), done.schema
+    result.files, result.uncacheable = list(done.files), done.uncacheable
+    result.elapsed_seconds = time.monotonic() - started
+    process.remember_descendants()
+    process.node_log(
+        f"completed mini-batch {result.index} attempt {result.attempt}: entry-script pid "
+        f"{process.proc.pid if process.proc else '?'}, total {result.total}, succeeded {result.succeeded}, "
+        f"failed {result.failed}, started {result.start_time} UTC, elapsed {result.elapsed_seconds:.3f}s, "
+        f"process CPU {result.cpu_seconds:.3f}s, read {load_seconds:.3f}s, run() {result.run_seconds:.3f}s"
+    )
+    return result
 
 
 def _never_started(result: AttemptResult, started: float) -> AttemptResult:
     """An attempt that found its job stopped: CANCELLED without a process (the driver books no row)."""
-    result.status, result.error = AttemptStatus.CANCELLED, STOPPED_BEFORE_START
+    result.status, result.error = AttemptStatus.CANCELLED, NEVER_STARTED
     result.stage = AttemptStage.START
     result.elapsed_seconds = time.monotonic() - started
     return result
 
 
 def _failed(
-    result: AttemptResult, process: EntryProcess | None, info: dict[str, Any], started: float
+    result: AttemptResult, process: EntryProcess | None, failure: Failed, started: float
 ) -> AttemptResult:
-    result.status = AttemptStatus(info.get("status", AttemptStatus.RUN_EXCEPTION))
-    result.stage = AttemptStage(info.get("stage", result.stage))
-    result.error = info.get("message", "")
-    result.traceback = info.get("traceback", "")
+    result.status, result.stage = failure.status, failure.stage
+    result.error, result.traceback = failure.message, failure.traceback
     result.succeeded = 0
     result.elapsed_seconds = time.monotonic() - started
     if process is not None:
