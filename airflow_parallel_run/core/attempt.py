@@ -99,6 +99,7 @@ class AttemptResult:
     files: list[str] = field(default_factory=list)  # what run() wrote to its output_dir
     uncacheable: str = ""  # why this attempt's result cannot be cached ("" when it can)
     stage: AttemptStage = AttemptStage.RUN  # where it ended
+    retriable: bool = True  # False: its source knows another try would read the same wrong data
 
     @property
     def ok(self) -> bool:

@@ -52,6 +52,7 @@ from .output_folder import (
 )
 from .planner import Plan, plan
 from .results import JobSchema, Part, assemble, schema_from_text, schema_to_text
+from .retry import InitFailures, Step, next_step
 from .reuse_key import digest as key_digest
 from .reuse_key import key_fields, mini_batch_key
 from .runner import (
@@ -401,8 +402,8 @@ class JobDriver:
         self._published: dict[str, int] = {}  # output_dir file -> the mini-batch that wrote it
         self.counters = Counters(len(self.plan.mini_batches), self.plan.total_items)
         self.schema = JobSchema(config.append_row_format)  # the output's one schema over committed parts
-        self.init_failures = 0
         self.slots = max(1, config.node_count * config.processes_per_node)
+        self.init_failures = InitFailures.for_slots(self.slots)
         if isinstance(self._lock, StoreLock) and not self._lock.supported:
             self.logs.master(
                 f"warning: {self.output} takes no lock (its store cannot create a file exclusively); "
@@ -794,6 +795,7 @@ class JobDriver:
             self.logs.master(f"warning: {warning}")
             self._say(f"Warning: {warning}")
         self.slots = slots = placement.slots
+        self.init_failures = InitFailures.for_slots(slots)
         hosts = list(placement.hosts) if placement.restricts else None  # keep the job on the chosen hosts
         window = WINDOW_PER_SLOT * slots + WINDOW_EXTRA
         stop_event = Event(f"apr-stop-{self.job_id}", client=client)
@@ -987,29 +989,18 @@ class JobDriver:
         self.logs.attempt(result, json.dumps(mb.describe()))
         if mb.index in self.counters.finished:
             return  # a duplicate delivery: the first outcome stands
-        in_init = (
-            not result.ok
-            and result.status is not AttemptStatus.CANCELLED
-            and result.stage is AttemptStage.INIT
-        )
-        if in_init and not self.counters.succeeded_mini_batches:
-            self.init_failures += 1
-            limit = max(3, 2 * self.slots)
-            if self.init_failures >= limit and not self.stop_reason:
-                self.stop_reason = (
-                    f"init() failed {self.init_failures} times and no mini-batch has succeeded, so the job stops "
-                    f"instead of retrying: {result.error} (full trace: logs/{result.error_file or 'user/error.txt'})"
-                )
-        if result.ok:
-            self._finalise(mb, result)
-        elif result.status is AttemptStatus.CANCELLED:
+        give_up = self.init_failures.note(result, self.counters.succeeded_mini_batches > 0)
+        self.stop_reason = self.stop_reason or give_up
+        step = next_step(result, attempt, self.config.run_max_try, stopping=bool(self.stop_reason))
+        if step is Step.DROP:
             return
-        elif attempt < self.config.run_max_try and not self.stop_reason:
+        if step is Step.RETRY:
             pending.append((mb, attempt + 1))
             self._note_error(result, final=False)
         else:
             self._finalise(mb, result)
-            self._note_error(result, final=True)
+            if step is Step.FAIL:
+                self._note_error(result, final=True)
         breach = self._threshold_breach(all_scheduled=not pending)
         if breach:
             self.stop_reason = self.stop_reason or breach

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .attempt import AttemptStage, AttemptStatus
 from .entry_script import EntryScript
+from .errors import DataChangedError
 from .messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown, ToChild
 from .minibatch import MiniBatch
 from .storage import is_local, local_path, write_atomic
@@ -113,7 +114,8 @@ def _wants_context(run: Any) -> bool:
 
 def _failed(status: AttemptStatus, stage: AttemptStage, exc: BaseException) -> Failed:
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return Failed(status, stage, f"{type(exc).__name__}: {exc}", trace)
+    retriable = not isinstance(exc, DataChangedError)  # another try would read the same changed data
+    return Failed(status, stage, f"{type(exc).__name__}: {exc}", trace, retriable)
 
 
 def _point_output_dir(url: str, *, singleton: bool = True) -> None:

@@ -29,6 +29,14 @@ class InputError(ParallelRunError, ValueError):
     """An input cannot be listed, read or split."""
 
 
+class DataChangedError(InputError):
+    """An input's data no longer is what the job planned (a file rewritten, rows of a table updated).
+
+    Raised while reading a mini-batch, it fails the attempt without a retry: every other try would read
+    the same changed data, and running on it would give output that was never keyed.
+    """
+
+
 class JobFailedError(ParallelRunError):
     """The job ran and failed (threshold exceeded, nothing succeeded, ...). Carries the summary."""
 

@@ -23,7 +23,7 @@ import fsspec
 
 from .cache import Fingerprinter
 from .datasets import Dataset, dataset_from_dict, dataset_to_dict
-from .errors import InputError
+from .errors import DataChangedError, InputError
 from .minibatch import FileRef, MiniBatch, TabularSlice
 from .planner import Plan, _identity, list_input
 from .storage import is_local, write_atomic
@@ -149,7 +149,7 @@ class InputChange:
     what: str
 
 
-class InputChangedError(InputError):
+class InputChangedError(DataChangedError):
     """Input files were deleted or rewritten after the manifest was written. `changes` lists them."""
 
     def __init__(self, manifest_url: str, changes: Sequence[InputChange]) -> None:

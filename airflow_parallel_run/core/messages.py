@@ -90,6 +90,7 @@ class Failed:
     stage: AttemptStage
     message: str
     traceback: str = ""
+    retriable: bool = True  # False: another try would read the same wrong data (DataChangedError)
 
 
 @dataclass(frozen=True)

@@ -703,7 +703,7 @@ def _never_started(result: AttemptResult, started: float) -> AttemptResult:
 def _failed(
     result: AttemptResult, process: EntryProcess | None, failure: Failed, started: float
 ) -> AttemptResult:
-    result.status, result.stage = failure.status, failure.stage
+    result.status, result.stage, result.retriable = failure.status, failure.stage, failure.retriable
     result.error, result.traceback = failure.message, failure.traceback
     result.succeeded = 0
     result.elapsed_seconds = time.monotonic() - started
