@@ -175,6 +175,7 @@ def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> i
     from .core import ConfigError, FileDataset, InputError, ParallelRunConfig, TabularDataset
     from .core.cluster import ClusterError
     from .core.driver import JobDriver, run_job
+    from .core.summary import JobSummary
 
     stream = sys.stderr if args.json else sys.stdout
     live = stream.isatty()  # a terminal gets one line updated in place; logs and pipes get plain lines
@@ -277,7 +278,7 @@ def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> i
     else:
         for key, value in summary.items():
             print(f"{key}: {value}")
-    return 0 if summary["status"] == "succeeded" else 1
+    return 0 if JobSummary.from_dict(summary).succeeded else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,7 @@ from airflow_parallel_run.core.cluster import ClusterError, select_hosts
 from airflow_parallel_run.core.manifest import InputChangedError, is_manifest_reference, load_manifest
 from airflow_parallel_run.core.planner import Plan
 from airflow_parallel_run.core.storage import absolute, is_local
+from airflow_parallel_run.core.summary import JobSummary
 from airflow_parallel_run.links import DASHBOARD_XCOM_KEY, DaskDashboardLink
 from airflow_parallel_run.task_identity import STOPPED_FROM_AIRFLOW, TaskIdentity, stop_reason_for_state
 
@@ -717,7 +718,7 @@ class ParallelRunOperator(BaseOperator):
             reason = f"execution_timeout={_format_timeout(limit)} exceeded"
             self._stop(reason)
             stopped = done.wait(JOB_STOP_WAIT_S)
-            summary = outcome.get("summary")
+            summary = JobSummary.from_dict(outcome["summary"]) if "summary" in outcome else None
             if summary is not None:
                 self._log_outcome(summary)
             raise AirflowTaskTimeout(self._timeout_message(reason, summary, stopped)) from exc
@@ -752,33 +753,36 @@ class ParallelRunOperator(BaseOperator):
         return stop_reason_for_state(answer.get("state"))
 
     @staticmethod
-    def _timeout_message(reason: str, summary: Mapping[str, Any] | None, stopped: bool) -> str:
+    def _timeout_message(reason: str, summary: JobSummary | None, stopped: bool) -> str:
         if summary is None:
             return f"{reason}: the parallel run job was cancelled" + (
                 "" if stopped else f" but had not stopped after {JOB_STOP_WAIT_S:g} s"
             )
-        done = summary.get("succeeded_mini_batches", 0)
         return (
-            f"{reason}: the parallel run job was stopped with {done} of {summary.get('total_mini_batches')} "
-            f"mini-batches committed (a re-run reuses them); see {summary.get('logs_dir')}/job_result.txt"
+            f"{reason}: the parallel run job was stopped with {summary.succeeded_mini_batches} of "
+            f"{summary.total_mini_batches} mini-batches committed (a re-run reuses them); see "
+            f"{summary.logs_dir}/job_result.txt"
         )
 
-    def _handle_summary(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
+    def _handle_summary(self, context: Context, document: dict[str, Any]) -> dict[str, Any]:
+        """The job's summary document: logged, returned (the XCom value) when the job succeeded, else
+        pushed under `SUMMARY_XCOM_KEY` and the task fails with its message."""
+        summary = JobSummary.from_dict(document)
         self._log_outcome(summary)
-        if summary.get("status") != "succeeded":
+        if not summary.succeeded:
             self._log_error_head(summary)
-            context["ti"].xcom_push(key=SUMMARY_XCOM_KEY, value=summary)
-            raise AirflowException(summary.get("message") or "Job failed (see logs/job_result.txt)")
+            context["ti"].xcom_push(key=SUMMARY_XCOM_KEY, value=document)
+            raise AirflowException(summary.message or "Job failed (see logs/job_result.txt)")
         self._emit_asset_event(context, summary)
-        return summary
+        return document
 
-    def _log_outcome(self, summary: Mapping[str, Any]) -> None:
-        self.log.info("Output: %s", summary.get("append_row_file") or summary.get("output"))
-        self.log.info("Logs: %s", summary.get("logs_dir"))
-        if summary.get("logs_dir"):
+    def _log_outcome(self, summary: JobSummary) -> None:
+        self.log.info("Output: %s", summary.append_row_file or summary.output or None)
+        self.log.info("Logs: %s", summary.logs_dir or None)
+        if summary.logs_dir:
             self.log.info(
                 "Report: %s/report.html (one page: progress, durations, timeline, resources, errors)",
-                summary["logs_dir"],
+                summary.logs_dir,
             )
 
     def _log_progress(self, line: str) -> None:
@@ -926,11 +930,12 @@ class ParallelRunOperator(BaseOperator):
         event = event or {}
         self._replay(event.get("lines") or [])
         if event.get("status") == "timeout":
-            summary = event.get("summary")
+            document = event.get("summary")
+            summary = JobSummary.from_dict(document) if document is not None else None
             if summary is not None:
                 self._log_outcome(summary)
-                if summary.get("status") != "succeeded":
-                    context["ti"].xcom_push(key=SUMMARY_XCOM_KEY, value=summary)
+                if not summary.succeeded:
+                    context["ti"].xcom_push(key=SUMMARY_XCOM_KEY, value=document)
             raise AirflowTaskTimeout(
                 self._timeout_message(str(event.get("message")), summary, summary is not None)
             )
@@ -989,8 +994,8 @@ class ParallelRunOperator(BaseOperator):
             self.log.info("Dask dashboard: %s", url)
         context["ti"].xcom_push(key=DASHBOARD_XCOM_KEY, value=url or "")
 
-    def _log_error_head(self, summary: Mapping[str, Any]) -> None:
-        logs_dir = summary.get("logs_dir")
+    def _log_error_head(self, summary: JobSummary) -> None:
+        logs_dir = summary.logs_dir
         if not logs_dir:
             return
         error_file = f"{str(logs_dir).rstrip('/')}/user/error.txt"
@@ -1005,18 +1010,18 @@ class ParallelRunOperator(BaseOperator):
         if lines:
             self.log.error("First lines of %s:\n%s", error_file, "\n".join(lines))
 
-    def _emit_asset_event(self, context: Context, summary: Mapping[str, Any]) -> None:
+    def _emit_asset_event(self, context: Context, summary: JobSummary) -> None:
         """Attaches the counts to the outlet asset event (the concrete folder for a templated output
         and for each map index of a mapped operator)."""
         extra = {
-            key: summary.get(key)
+            key: getattr(summary, key)
             for key in ("total_items", "succeeded_items", "failed_items", "append_row_file", "cache_key")
         }
         events = context["outlet_events"]
         if self.output_asset is not None:
             events[self.output_asset].extra.update(extra)
         elif self.output_asset_alias is not None:
-            uri = output_asset_uri(str(summary.get("output") or self.resolve_output_path()))
+            uri = output_asset_uri(summary.output or self.resolve_output_path())
             events[self.output_asset_alias].add(Asset(uri=uri), extra=extra)
 
 

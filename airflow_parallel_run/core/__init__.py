@@ -21,15 +21,19 @@ _NAMES = {
     "JobFailedError": "errors",
     "OutputBusyError": "errors",
     "ParallelRunError": "errors",
+    "JobSummary": "summary",
+    "AttemptStatus": "attempt",
 }
 
 __all__ = [
+    "AttemptStatus",
     "ConfigError",
     "EntryScript",
     "FileDataset",
     "InputError",
     "JobDriver",
     "JobFailedError",
+    "JobSummary",
     "OutputBusyError",
     "ParallelRunConfig",
     "ParallelRunError",
@@ -38,11 +42,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .attempt import AttemptStatus
     from .config import ParallelRunConfig
     from .datasets import FileDataset, TabularDataset
     from .driver import JobDriver, run_job
     from .entry_script import EntryScript
     from .errors import ConfigError, InputError, JobFailedError, OutputBusyError, ParallelRunError
+    from .summary import JobSummary
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from distributed import Client, Event, Future, as_completed
@@ -62,6 +61,7 @@ from .runner import (
     stop_job,
 )
 from .storage import filesystem, is_local, join, remove_tree, upload_folder
+from .summary import JobSummary, Tally, summarise, threshold_breach, verdict
 
 log = logging.getLogger("airflow_parallel_run")
 PROGRESS_INTERVAL_S = 10.0  # job_progress_overview.txt and the task log: at least this often
@@ -94,20 +94,6 @@ WINDOW_PER_SLOT = 4
 WINDOW_EXTRA = 16
 
 ProgressCallback = Callable[[str], None]
-
-
-@dataclass
-class Counters:
-    total_mini_batches: int = 0
-    total_items: int = 0
-    done: int = 0
-    succeeded_mini_batches: int = 0
-    failed_mini_batches: int = 0
-    reused_mini_batches: int = 0
-    succeeded_items: int = 0
-    failed_items: int = 0
-    committed: dict[int, AttemptResult] = field(default_factory=dict)
-    finished: set[int] = field(default_factory=set)
 
 
 def _plain(path: str) -> bool:
@@ -269,6 +255,31 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def result_lines(
+    summary: JobSummary, error_lines: Sequence[str], stopped: tuple[float, str, int, int] | None
+) -> list[str]:
+    """What logs/job_result.txt says: the outcome, how a stopped job stopped ((when, why, attempts
+    cancelled, processes ended)), the first errors, and the summary document."""
+    if summary.succeeded:
+        lines = [
+            f"Job succeeded: {summary.succeeded_items} of {summary.total_items} items succeeded, "
+            f"{summary.failed_items} failed, in {summary.total_mini_batches} mini-batches "
+            f"({summary.reused_mini_batches} reused).",
+            f"Output: {summary.append_row_file or summary.output}",
+        ]
+    else:
+        lines = [str(summary.message), "Start with logs/user/error.txt; each line names the full trace."]
+    if stopped is not None:
+        at, reason, cancelled, leftovers = stopped
+        lines.append(
+            f"Stopped at {_stamp(at)} UTC ({reason}): {cancelled} running attempt(s) cancelled, {leftovers} "
+            "process(es) the entry script left running ended."
+        )
+    if error_lines:
+        lines += ["", "Errors (logs/user/error.txt):", *error_lines[:20]]
+    return [*lines, "", json.dumps(summary.to_dict(), indent=2)]
+
+
 class JobDriver:
     """Runs one job on a connected Client. Use `run_job` unless you manage the client yourself."""
 
@@ -400,7 +411,8 @@ class JobDriver:
             storage_options=self.storage_options,
         )
         self._published: dict[str, int] = {}  # output_dir file -> the mini-batch that wrote it
-        self.counters = Counters(len(self.plan.mini_batches), self.plan.total_items)
+        self.tally = Tally(len(self.plan.mini_batches), self.plan.total_items)
+        self.committed: dict[int, AttemptResult] = {}  # mini-batch -> its committed attempt
         self.schema = JobSchema(config.append_row_format)  # the output's one schema over committed parts
         self.slots = max(1, config.node_count * config.processes_per_node)
         self.init_failures = InitFailures.for_slots(self.slots)
@@ -501,7 +513,7 @@ class JobDriver:
 
     def _check_schema(self, mb: MiniBatch, result: AttemptResult) -> AttemptResult:
         """A successful attempt whose records cannot join the job's schema fails (and is not committed)."""
-        if not result.ok or result.reused or mb.index in self.counters.finished:
+        if not result.ok or result.reused or mb.index in self.tally.finished:
             return result
         problem = self.schema.admit(mb.index, result.columns, result.schema)
         if problem is None:
@@ -634,47 +646,16 @@ class JobDriver:
             log.info(text)
 
     # -- accounting --------------------------------------------------------------------------------
-    def _threshold_breach(self, all_scheduled: bool) -> str | None:
-        c, cfg = self.counters, self.config
-        if cfg.error_threshold != -1 and c.failed_items > cfg.error_threshold:
-            return (
-                f"error_threshold exceeded: {c.failed_items} failed items > error_threshold {cfg.error_threshold} "
-                f"({c.done} of {c.total_mini_batches} mini-batches processed)"
-            )
-        if cfg.allowed_failed_count not in (None, -1) and c.failed_mini_batches > cfg.allowed_failed_count:
-            return (
-                f"allowed_failed_count exceeded: {c.failed_mini_batches} failed mini-batches > allowed_failed_count "
-                f"{cfg.allowed_failed_count} ({c.done} of {c.total_mini_batches} mini-batches processed)"
-            )
-        if cfg.allowed_failed_percent is not None and all_scheduled and c.total_mini_batches:
-            percent = 100.0 * c.failed_mini_batches / c.total_mini_batches
-            if percent > cfg.allowed_failed_percent:
-                return (
-                    f"allowed_failed_percent exceeded: {c.failed_mini_batches} of {c.total_mini_batches} mini-batches "
-                    f"failed ({percent:.1f}% > {cfg.allowed_failed_percent:g}%)"
-                )
-        return None
-
     def _finalise(self, mb: MiniBatch, result: AttemptResult) -> None:
-        c = self.counters
-        c.finished.add(mb.index)
-        c.done += 1
-        c.total_items += result.total - mb.items  # the reader's count wins over the planner's estimate
+        self.tally.record(mb, result)
         if result.ok:
             if not result.reused:
                 self._commit(result)
-            c.committed[mb.index] = result
-            c.succeeded_mini_batches += 1
-            c.reused_mini_batches += int(result.reused)
-            c.succeeded_items += result.succeeded
-            c.failed_items += result.failed
-        else:
-            c.failed_mini_batches += 1
-            c.failed_items += result.total
+            self.committed[mb.index] = result
 
     def _rate_eta(self) -> tuple[float, float | None]:
         """Items per second since the start, and the seconds left at that rate (None before any item)."""
-        c = self.counters
+        c = self.tally
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = (c.succeeded_items + c.failed_items) / elapsed
         remaining_items = max(c.total_items - c.succeeded_items - c.failed_items, 0)
@@ -704,7 +685,7 @@ class JobDriver:
         carries the summary itself. Counts only: no configuration values (environment variables may hold
         secrets) and no input data.
         """
-        c = self.counters
+        c = self.tally
         rate, eta = self._rate_eta()
         return {
             "version": 1,
@@ -760,7 +741,7 @@ class JobDriver:
                 )
 
     def _progress_line(self) -> str:
-        c = self.counters
+        c = self.tally
         rate, seconds_left = self._rate_eta()
         eta = _format_eta(seconds_left) if seconds_left is not None else "unknown"
         pct = 100 * c.done // max(c.total_mini_batches, 1)
@@ -814,7 +795,7 @@ class JobDriver:
 
         def submit() -> None:
             # until something succeeds, keep the window small: a broken init() must not fan out
-            limit = window if self.counters.succeeded_mini_batches else 2 * slots
+            limit = window if self.tally.succeeded_mini_batches else 2 * slots
             while pending and len(in_flight) < limit:
                 mb, attempt = pending.popleft()
                 key = f"apr-{self.job_id}-mb{mb.index}-a{attempt}"
@@ -843,7 +824,7 @@ class JobDriver:
                 for future in done:
                     _, mb, attempt = in_flight.pop(str(future.key))
                     self._record(outcomes.get(str(future.key)), future, mb, attempt, pending)
-                    step = 10 * self.counters.done // max(self.counters.total_mini_batches, 1)
+                    step = 10 * self.tally.done // max(self.tally.total_mini_batches, 1)
                     if step != last_step:
                         self._say(self._progress_line())
                         last_line, last_step = time.monotonic(), step
@@ -987,9 +968,9 @@ class JobDriver:
         result = gathered if isinstance(gathered, AttemptResult) else self._collect(future, mb, attempt)
         result = self._check_schema(mb, result)
         self.logs.attempt(result, json.dumps(mb.describe()))
-        if mb.index in self.counters.finished:
+        if mb.index in self.tally.finished:
             return  # a duplicate delivery: the first outcome stands
-        give_up = self.init_failures.note(result, self.counters.succeeded_mini_batches > 0)
+        give_up = self.init_failures.note(result, self.tally.succeeded_mini_batches > 0)
         self.stop_reason = self.stop_reason or give_up
         step = next_step(result, attempt, self.config.run_max_try, stopping=bool(self.stop_reason))
         if step is Step.DROP:
@@ -1001,7 +982,7 @@ class JobDriver:
             self._finalise(mb, result)
             if step is Step.FAIL:
                 self._note_error(result, final=True)
-        breach = self._threshold_breach(all_scheduled=not pending)
+        breach = threshold_breach(self.tally, self.config, all_scheduled=not pending)
         if breach:
             self.stop_reason = self.stop_reason or breach
 
@@ -1044,7 +1025,7 @@ class JobDriver:
             if result.status is AttemptStatus.CANCELLED:
                 self.cancelled_attempts += 1
             self.logs.attempt(result, json.dumps(mb.describe()))
-            if result.ok and mb.index not in self.counters.finished:
+            if result.ok and mb.index not in self.tally.finished:
                 self._finalise(mb, result)
 
     # -- results -----------------------------------------------------------------------------------
@@ -1082,102 +1063,75 @@ class JobDriver:
             )
 
     def _summarise(self) -> dict[str, Any]:
-        c, cfg = self.counters, self.config
-        message = self.stop_reason
-        if message is None:
-            unfinished = c.total_mini_batches - c.done
-            if unfinished:
-                message = f"{unfinished} mini-batches did not finish"
-            elif c.total_items == 0:
-                message = "the inputs hold no items to process"
-            elif c.succeeded_items == 0:
-                message = (
-                    f"no item succeeded: all {c.total_items} items of {c.total_mini_batches} mini-batches failed "
-                    "(see logs/user/error.txt)"
-                )
-            else:
-                message = self._threshold_breach(all_scheduled=True)
+        message = verdict(self.tally, self.config, self.stop_reason)
         self.logs.close()
         error_lines = self.logs.write_error_summary()
         if self.logs.write_error:  # logs that cannot explain the job: fail it before presenting an output
             log_failure = f"could not write the job's logs ({self.logs.write_error})"
             message = f"{message}; also {log_failure}" if message else log_failure
         append_row_file = None
-        if message is None and cfg.output_action == "append_row":
-            target = join(self.output, cfg.output_file_name)
-            parts = [
-                Part(i, r.part_url, r.columns, r.schema) for i, r in sorted(c.committed.items()) if r.part_url
-            ]
-            try:
-                assemble(parts, target, cfg.append_row_format, self.storage_options)
-                append_row_file = target
-                self.logs.master(f"assembled {len(parts)} parts into {target}")
-            except Exception as exc:  # noqa: BLE001
-                message = f"could not assemble the output file {target}: {type(exc).__name__}: {exc}"
-        status = "failed" if message else "succeeded"
-        summary: dict[str, Any] = {
-            "status": status,
-            "total_items": c.total_items,
-            "succeeded_items": c.succeeded_items,
-            "failed_items": c.total_items - c.succeeded_items if status == "failed" else c.failed_items,
-            "total_mini_batches": c.total_mini_batches,
-            "succeeded_mini_batches": c.succeeded_mini_batches,
-            "failed_mini_batches": c.total_mini_batches - c.succeeded_mini_batches,
-            "reused_mini_batches": c.reused_mini_batches,
-            "output": self.output,
-            "append_row_file": append_row_file,
-            "logs_dir": join(self.output, "logs"),
-            "cache_key": self.cache_key,
-            "duration_s": round(time.monotonic() - self.started, 3),
-        }
-        if message:
-            summary["message"] = f"Job failed: {message}"
-        self._write_result(summary, error_lines)
+        if message is None and self.config.output_action == "append_row":
+            append_row_file, message = self._assemble()
+        summary = summarise(
+            self.tally,
+            message=message,
+            output=self.output,
+            append_row_file=append_row_file,
+            logs_dir=join(self.output, "logs"),
+            cache_key=self.cache_key,
+            duration_s=time.monotonic() - self.started,
+        )
+        summary = self._write_result(summary, error_lines)
         if self.stopped_at is not None and self.local_output:
             self._leave_folder()  # a stop must finish within the caller's kill window: the report may not
         self._write_report()
-        self._write_progress(summary["status"], summary)  # after the report: "ended" means all is there
+        self._write_progress(
+            summary.status, summary.to_dict()
+        )  # after the report: "ended" means all is there
         if not self.local_output:
             if self._progress_copy is not None:  # a late copy must not replace the final document
                 self._progress_copy.join(timeout=PROGRESS_COPY_JOIN_S)
             upload_folder(self.log_root, self.spec.log_url, self.storage_options)
             shutil.rmtree(self.log_root, ignore_errors=True)
-        return summary
+        return summary.to_dict()
 
-    def _write_result(self, summary: dict[str, Any], error_lines: list[str]) -> None:
-        if summary["status"] == "succeeded":
-            lines = [
-                f"Job succeeded: {summary['succeeded_items']} of {summary['total_items']} items succeeded, "
-                f"{summary['failed_items']} failed, in {summary['total_mini_batches']} mini-batches "
-                f"({summary['reused_mini_batches']} reused).",
-                f"Output: {summary['append_row_file'] or summary['output']}",
-            ]
-        else:
-            lines = [summary["message"], "Start with logs/user/error.txt; each line names the full trace."]
+    def _assemble(self) -> tuple[str | None, str | None]:
+        """The committed parts as the output file: (its URL, None), or (None, why it could not be)."""
+        target = join(self.output, self.config.output_file_name)
+        parts = [
+            Part(i, r.part_url, r.columns, r.schema) for i, r in sorted(self.committed.items()) if r.part_url
+        ]
+        try:
+            assemble(parts, target, self.config.append_row_format, self.storage_options)
+        except Exception as exc:  # noqa: BLE001
+            return None, f"could not assemble the output file {target}: {type(exc).__name__}: {exc}"
+        self.logs.master(f"assembled {len(parts)} parts into {target}")
+        return target, None
+
+    def _write_result(self, summary: JobSummary, error_lines: list[str]) -> JobSummary:
+        """logs/job_result.txt and the result line; a log write that failed meanwhile becomes a note of a
+        failed job's message (a succeeded job's output stays presented, with a warning)."""
+        stopped = None
         if self.stopped_at is not None:
-            lines.append(
-                f"Stopped at {_stamp(self.stopped_at)} UTC ({self.stop_reason}): {self.cancelled_attempts} running "
-                f"attempt(s) cancelled, {self.leftover_processes} process(es) the entry script left running ended."
+            stopped = (
+                self.stopped_at,
+                self.stop_reason or "",
+                self.cancelled_attempts,
+                self.leftover_processes,
             )
-        if error_lines:
-            lines += ["", "Errors (logs/user/error.txt):", *error_lines[:20]]
-        lines += ["", json.dumps(summary, indent=2)]
+        lines = result_lines(summary, error_lines, stopped)
         complete = self.logs.write_error is None
         self.logs.result(lines)
-        self.logs.master(
-            f"result: {summary['status']}"
-            + (f" - {summary.get('message')}" if summary.get("message") else "")
-        )
+        self.logs.master(f"result: {summary.status}" + (f" - {summary.message}" if summary.message else ""))
         self._say(lines[0])
         if complete and self.logs.write_error:  # the summary above may not have reached the disk
-            note = (
-                f"could not write the job's logs ({self.logs.write_error}); "
-                "logs/job_result.txt may be incomplete"
-            )
-            if "message" in summary:
-                summary["message"] += f"; also {note}"
-            else:  # the output is complete and stays presented; only its logs fell short
-                self._say(f"Warning: {note}")
+            note = f"could not write the job's logs ({self.logs.write_error}); logs/job_result.txt may be incomplete"
+            if summary.message is not None:
+                return summary.with_note(note)
+            self._say(
+                f"Warning: {note}"
+            )  # the output is complete and stays presented; only its logs fell short
+        return summary
 
     def _write_report(self) -> None:
         from .report import build_report  # lazy: keeps plotly out of the workers' imports
