@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .core.config import APPEND_ROW_FORMATS, LOGGING_LEVELS, OUTPUT_ACTIONS
+from .core.config import LOGGING_LEVELS, OUTPUT_ACTIONS
+from .core.output.formats import format_names
 
 FORMATS = {"csv": "csv", "parquet": "parquet", "json": "jsonl", "jsonl": "jsonl"}
 
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--append-row-file-name",
         help="default: parallel_run_step.<txt|csv|jsonl|parquet> by --append-row-format",
     )
-    cfg.add_argument("--append-row-format", choices=APPEND_ROW_FORMATS, default="text")
+    cfg.add_argument("--append-row-format", choices=format_names(), default="text")
     cfg.add_argument("--node-count", type=int, default=1)
     cfg.add_argument("--process-count-per-node", type=int)
     cfg.add_argument("--run-invocation-timeout", type=float, default=60)

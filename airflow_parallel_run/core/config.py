@@ -12,13 +12,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import ConfigError
+from .output.formats import format_names, get_format
 
 OUTPUT_ACTIONS = ("append_row", "summary_only")
-APPEND_ROW_FORMATS = ("text", "csv", "jsonl", "parquet")
 # The output file's name when append_row_file_name is not given: Azure's name for text, and a name whose
 # extension says what the file holds for the other formats (a Parquet file called .txt misleads readers).
 DEFAULT_FILE_STEM = "parallel_run_step"
-FORMAT_EXTENSIONS = {"text": "txt", "csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
 LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING")
 DEFAULT_FILE_MINI_BATCH = 10
 DEFAULT_TABULAR_MINI_BATCH = "1MB"
@@ -239,12 +238,13 @@ class ParallelRunConfig:
                 f"a file name of at most {MAX_FILE_NAME_BYTES} bytes in UTF-8 (file systems allow 255 and "
                 f"the engine adds up to {255 - MAX_FILE_NAME_BYTES} for temporary names); this one has {size}",
             )
-        if (
-            not isinstance(self.append_row_format, str)
-            or self.append_row_format.lower() not in APPEND_ROW_FORMATS
-        ):
-            raise ConfigError("append_row_format", self.append_row_format, ", ".join(APPEND_ROW_FORMATS))
-        set_(self, "append_row_format", self.append_row_format.lower())
+        try:
+            fmt = get_format(self.append_row_format.lower())  # the registry: built-ins and entry points
+        except (AttributeError, ConfigError):
+            raise ConfigError(
+                "append_row_format", self.append_row_format, ", ".join(format_names())
+            ) from None
+        set_(self, "append_row_format", fmt.name)
         _check_int("node_count", self.node_count, 1)
         if self.process_count_per_node is not None:
             _check_int("process_count_per_node", self.process_count_per_node, 1)
@@ -282,7 +282,7 @@ class ParallelRunConfig:
         """`append_row_file_name`, or the default name for `append_row_format`."""
         if self.append_row_file_name is not None:
             return self.append_row_file_name
-        return f"{DEFAULT_FILE_STEM}.{FORMAT_EXTENSIONS[self.append_row_format]}"
+        return f"{DEFAULT_FILE_STEM}.{get_format(self.append_row_format).extension}"
 
     @property
     def processes_per_node(self) -> int:

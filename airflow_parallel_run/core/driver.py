@@ -39,6 +39,8 @@ from .errors import ConfigError
 from .joblogs import PROGRESS_FILE, JobLogs
 from .jobspec import JobSpec, bundle_scripts
 from .minibatch import FileRef, MiniBatch
+from .output.assemble import Part, assemble
+from .output.schema import JobSchema, schema_from_text, schema_to_text
 from .output_files import collect_leftovers, publish_files
 from .output_folder import (
     MARKER_NAME,
@@ -50,7 +52,6 @@ from .output_folder import (
     claim,
 )
 from .planner import Plan, plan
-from .results import JobSchema, Part, assemble, schema_from_text, schema_to_text
 from .retry import InitFailures, Step, next_step
 from .reuse_key import digest as key_digest
 from .reuse_key import key_fields, mini_batch_key

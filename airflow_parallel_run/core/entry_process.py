@@ -212,7 +212,7 @@ def _run_one(
     run: Any, with_context: bool, message: Run, data: Any, total: int, setup: Setup, watch: OutputDirWatch
 ) -> Done | Failed:
     """run() on one mini-batch's data, its result checked and (append_row) written as its part."""
-    from . import results
+    from .output.results import InvalidResultError, count_result
 
     cpu_started = time.process_time()
     run_started = time.monotonic()
@@ -225,14 +225,14 @@ def _run_one(
         finally:
             _point_output_dir(setup.output_dir)
             files, uncacheable = watch.finish(message.files_url)
-        succeeded = results.count_result(result, total)
+        succeeded = count_result(result, total)
         part_url: str | None = None
         columns: Sequence[str] = ()
         schema: bytes | None = None
         if setup.output_action == "append_row" and succeeded:
             part_url = message.part_url
             columns, schema = _write_part(result, setup.append_row_format, part_url, setup.storage_options)
-    except results.InvalidResultError as exc:
+    except InvalidResultError as exc:
         return Failed(AttemptStatus.RUN_INVALID_RESULT, AttemptStage.RUN, str(exc), str(exc) + "\n")
     except BaseException as exc:  # noqa: BLE001 - run() failures fail the attempt only
         return _failed(AttemptStatus.RUN_EXCEPTION, AttemptStage.RUN, exc)
@@ -255,9 +255,9 @@ def _write_part(
     result: Any, fmt: str, url: str, storage_options: Mapping[str, Any]
 ) -> tuple[Sequence[str], bytes | None]:
     """Encodes a run() result in the output format and writes it whole; returns its columns and schema."""
-    from . import results
+    from .output.formats import encode_part
 
-    blob, columns, schema = results.encode_part(result, fmt)
+    blob, columns, schema = encode_part(result, fmt)
     write_atomic(url, blob, storage_options)
     return columns, schema
 

@@ -9,6 +9,7 @@ import zipfile
 from dataclasses import dataclass, field
 
 from .datasets import Dataset
+from .output.formats import get_format
 from .output_files import attempt_folder, process_folder
 
 
@@ -42,8 +43,8 @@ class JobSpec:
         return process_folder(self.staging_url, node, process)
 
     def part_url(self, index: int, attempt: int) -> str:
-        ext = {"text": "txt", "csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}[self.append_row_format]
-        return f"{self.staging_url}/mb{index:08d}-a{attempt}.{ext}"
+        extension = get_format(self.append_row_format).extension
+        return f"{self.staging_url}/mb{index:08d}-a{attempt}.{extension}"
 
 
 def bundle_scripts(

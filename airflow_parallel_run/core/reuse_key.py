@@ -20,7 +20,7 @@ from typing import Any
 from .config import ParallelRunConfig
 from .datasets import FileDataset, TabularDataset
 from .minibatch import MiniBatch, TabularSlice
-from .results import PART_ENCODING_VERSION
+from .output.formats import PART_ENCODING_VERSION
 
 #: Bumped whenever what a key means changes (what is hashed, or how a cached part is encoded), so
 #: entries written under the old meaning simply miss.

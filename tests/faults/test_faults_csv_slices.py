@@ -7,7 +7,7 @@ CRLF record ends, a UTF-8 byte order mark, blank and whitespace-only lines, no t
 sometimes a quoted field that never closes (then the planner must refuse the file, as pandas does).
 
 Two comparisons per distinct plan: field by field as text (`dtype=str`: any slice boundary in the wrong
-place shows), and with types after the job's one-schema unification (core/results.py): slices infer their
+place shows), and with types after the job's one-schema unification (core/output/schema.py): slices infer their
 own dtypes (a column of ints in one slice, `A1B` in another), and unified they must give the whole file's
 column types and values. Values whose text pandas would rewrite (leading zeros, `2.0`, `True`) are not
 generated: per-slice type inference cannot keep their spelling, whatever the planner does.
@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from airflow_parallel_run.core import tabular
 from airflow_parallel_run.core.datasets import TabularDataset
 from airflow_parallel_run.core.errors import InputError
-from airflow_parallel_run.core.results import unify_types
+from airflow_parallel_run.core.output.schema import unify_types
 from airflow_parallel_run.core.tabular import plan_tabular_file, read_tabular
 
 LETTERS = "ABCDFGHIJKLMNOPQRSTUVWXYZabcdfghijklmnopqrstuvwxyz"  # no e/E: "e5" could read as a number

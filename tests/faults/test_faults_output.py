@@ -24,7 +24,7 @@ from faults_support import (
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
 from airflow_parallel_run.core.driver import JobDriver
-from airflow_parallel_run.core.results import assemble
+from airflow_parallel_run.core.output.assemble import assemble
 
 
 def _inputs(folder: Path, count: int) -> Path:

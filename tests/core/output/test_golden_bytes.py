@@ -19,7 +19,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_parallel_run.core.results import InvalidResultError, Part, assemble, encode_part
+from airflow_parallel_run.core.output.assemble import Part, assemble
+from airflow_parallel_run.core.output.formats import encode_part
+from airflow_parallel_run.core.output.results import InvalidResultError
 
 FORMATS = ("text", "csv", "jsonl", "parquet")
 

@@ -1,7 +1,7 @@
 """One output schema per job: records of every mini-batch unified, JSON that is JSON, input types kept.
 
 Engine tests on the session's real LocalCluster (tests/conftest.py), plus unit tests of the encoding,
-unification and assembly in core/results.py.
+unification and assembly in core/output/ (schema.py, assemble.py, formats.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import pytest
 from distributed import Client
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, TabularDataset, run_job
-from airflow_parallel_run.core.results import JobSchema, Part, assemble, encode_part, unify_types
+from airflow_parallel_run.core.output.assemble import Part, assemble
+from airflow_parallel_run.core.output.formats import encode_part
+from airflow_parallel_run.core.output.schema import JobSchema, unify_types
 
 
 def job(client: Client, script: str, inputs: list[Any], out: Path, **kw: Any) -> dict[str, Any]:
@@ -353,7 +355,7 @@ def test_a_column_mixing_ints_and_strings_in_one_result_becomes_string() -> None
 
 
 def test_lists_mixed_with_numbers_in_one_column_are_an_invalid_result() -> None:
-    from airflow_parallel_run.core.results import InvalidResultError
+    from airflow_parallel_run.core.output.results import InvalidResultError
 
     with pytest.raises(InvalidResultError, match=r"column 'v' with values that do not form one type"):
         encode_part([{"v": [1]}, {"v": 2}], "jsonl")
