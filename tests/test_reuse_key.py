@@ -4,15 +4,22 @@ with a reason, as one that cannot change a result; read options (separator, enco
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, TabularDataset
 from airflow_parallel_run.core.driver import job_components
-from airflow_parallel_run.core.minibatch import FileRef, MiniBatch, TabularSlice
-from airflow_parallel_run.core.reuse_key import CONTENT_IN_KEY, NOT_IN_KEY, key_fields, mini_batch_key
+from airflow_parallel_run.core.minibatch import FileRef, MiniBatch, TabularSlice, register_piece
+from airflow_parallel_run.core.reuse_key import (
+    CONTENT_IN_KEY,
+    KEY_WHEN_SET,
+    NOT_IN_KEY,
+    key_fields,
+    mini_batch_key,
+)
 
 CLASSES = [ParallelRunConfig, FileDataset, TabularDataset, MiniBatch, FileRef, TabularSlice]
 
@@ -111,3 +118,58 @@ def test_storage_options_and_paths_stay_out_of_the_key() -> None:
     one = FileDataset(("/a",), storage_options={"key": "secret-1"})
     two = FileDataset(("/a", "/b"), storage_options={"key": "secret-2"})
     assert key_fields(one) == key_fields(two) == {"partition_format": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Range:
+    """A piece of a source that is neither files nor tabular files."""
+
+    NOT_IN_KEY: ClassVar[dict[str, str]] = {"digest": "the content enters as the unit's fingerprint"}
+
+    table: str
+    lower: int
+    upper: int
+    digest: str = ""
+
+    @property
+    def unit(self) -> str:
+        return f"{self.table}[{self.lower}:{self.upper}]"
+
+    def describe(self) -> dict[str, Any]:
+        return {"table": self.table, "lower": self.lower, "upper": self.upper}
+
+    def label(self) -> str:
+        return self.unit
+
+
+def test_fields_keyed_only_when_set_name_real_fields() -> None:
+    for cls, table in KEY_WHEN_SET.items():
+        assert set(table) <= {f.name for f in dataclasses.fields(cls)}
+        assert all(len(reason) > 20 for reason in table.values())
+
+
+def test_pieces_enter_a_key_only_when_there_are_some() -> None:
+    """File and tabular mini-batches keep the keys they had before pieces existed; a piece always counts,
+    except the fields its class declares as not in the key."""
+    files = MiniBatch(0, "file", 0, 1, files=(FileRef("/d/a.txt", 1),))
+    assert "pieces" not in key_fields(files)
+    one = MiniBatch(0, "tabular", 0, 10, pieces=(_Range("t", 0, 10, "d1"),))
+    assert key_fields(one)["pieces"] == [{"table": "t", "lower": 0, "upper": 10}]
+    same_range_other_digest = MiniBatch(0, "tabular", 0, 10, pieces=(_Range("t", 0, 10, "d2"),))
+    other_range = MiniBatch(0, "tabular", 0, 10, pieces=(_Range("t", 0, 11, "d1"),))
+    keys = [
+        mini_batch_key("job", mb, {mb.pieces[0].unit: "fp"})
+        for mb in (one, same_range_other_digest, other_range)
+    ]
+    assert keys[0] == keys[1] != keys[2]
+    assert mini_batch_key("job", one, {"t[0:10]": "fp"}) != mini_batch_key("job", one, {"t[0:10]": "fp2"})
+
+
+def test_a_mini_batch_reads_back_with_its_pieces() -> None:
+    register_piece(_Range)
+    batch = MiniBatch(3, "tabular", 1, 10, partition_key_value={"d": "1"}, pieces=(_Range("t", 0, 10, "d"),))
+    assert MiniBatch.from_dict(json.loads(json.dumps(batch.to_dict()))) == batch
+    assert batch.units() == ["t[0:10]"] and batch.label() == "t[0:10]"
+    assert batch.describe() == {"input_index": 1, "pieces": [{"table": "t", "lower": 0, "upper": 10}]}
+    written_before_pieces = {k: v for k, v in MiniBatch(0, "file", 0, 0).to_dict().items() if k != "pieces"}
+    assert MiniBatch.from_dict(written_before_pieces).pieces == ()

@@ -26,11 +26,11 @@ from typing import Any
 import fsspec
 import xxhash
 
-from .minibatch import FileRef, MiniBatch
+from .minibatch import FileRef
 from .reuse_key import mini_batch_key
 from .storage import absolute, is_local, local_path, write_atomic
 
-__all__ = ["MiniBatchCache", "Fingerprinter", "mini_batch_key", "mini_batch_urls", "resolve_cache_root"]
+__all__ = ["MiniBatchCache", "Fingerprinter", "mini_batch_key", "resolve_cache_root"]
 
 DEFAULT_CACHE_ROOT = os.path.join("~", ".cache", "airflow-parallel-run")
 CACHE_ENV = "AIRFLOW_PARALLEL_RUN_CACHE"
@@ -168,10 +168,6 @@ def _hash_stream(handle: Any) -> str:
 def _hash_local(path: str) -> str:
     with open(path, "rb") as handle:
         return _hash_stream(handle)
-
-
-def mini_batch_urls(mini_batch: MiniBatch) -> list[str]:
-    return [f.url for f in mini_batch.files] or [s.url for s in mini_batch.slices]
 
 
 ENTRY_FORMAT = 2  # meta.json layout; entries of another format are plain misses

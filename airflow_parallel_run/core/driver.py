@@ -29,7 +29,6 @@ from .cache import (
     Fingerprinter,
     MiniBatchCache,
     memo_path,
-    mini_batch_urls,
     resolve_cache_root,
 )
 from .cluster import dask_client, select_hosts
@@ -532,7 +531,7 @@ class JobDriver:
     def _explain_inputs(self, previous_inputs: Mapping[str, str], misses: Sequence[MiniBatch]) -> str:
         changed, new = [], []
         for mb in misses:
-            for url in mini_batch_urls(mb):
+            for url in mb.units():
                 if url not in previous_inputs:
                     new.append(url)
                 elif previous_inputs[url] != self.fingerprints[url]:

@@ -12,7 +12,6 @@ is an `InputChangedError` naming the manifest and the file, never a silently dif
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -24,25 +23,13 @@ import fsspec
 from .cache import Fingerprinter
 from .datasets import Dataset, dataset_from_dict, dataset_to_dict
 from .errors import DataChangedError, InputError
-from .minibatch import FileRef, MiniBatch, TabularSlice
+from .minibatch import FileRef, MiniBatch
 from .planner import Plan, _identity, list_input
 from .storage import is_local, write_atomic
 
 VERSION = 1
 #: How many changed files an `InputChangedError` names before "(+N more)".
 NAMED_CHANGES = 5
-
-
-def _batch_from_dict(data: Mapping[str, Any]) -> MiniBatch:
-    return MiniBatch(
-        index=data["index"],
-        kind=data["kind"],
-        input_index=data["input_index"],
-        items=data["items"],
-        files=tuple(FileRef(**f) for f in data["files"]),
-        slices=tuple(TabularSlice(**{**s, "row_groups": tuple(s["row_groups"])}) for s in data["slices"]),
-        partition_key_value=dict(data["partition_key_value"]),
-    )
 
 
 def plan_refs(plan: Plan) -> list[tuple[FileRef, int]]:
@@ -84,7 +71,7 @@ def write_manifest(
         "version": VERSION,
         "kind": plan.kind,
         "datasets": [dataset_to_dict(d, credentials=False) for d in datasets],  # never credentials
-        "mini_batches": [dataclasses.asdict(mb) for mb in plan.mini_batches],
+        "mini_batches": [mb.to_dict() for mb in plan.mini_batches],
         "fingerprints": dict(fingerprints or {}),
     }
     write_atomic(url, json.dumps(document).encode("utf-8"), dict(storage_options or {}))
@@ -131,7 +118,7 @@ def load_manifest(url: str, storage_options: Mapping[str, Any] | None = None) ->
             f"manifest {url} has version {document.get('version')!r}; this release reads {VERSION}"
         )
     datasets = [dataset_from_dict(d, storage_options or {}) for d in document["datasets"]]
-    plan = Plan(document["kind"], [_batch_from_dict(mb) for mb in document["mini_batches"]])
+    plan = Plan(document["kind"], [MiniBatch.from_dict(mb) for mb in document["mini_batches"]])
     return Manifest(url, datasets, plan, dict(document.get("fingerprints") or {}))
 
 

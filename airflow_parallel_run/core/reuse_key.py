@@ -7,6 +7,12 @@ change what `run()` sees or returns, or in `CONTENT_IN_KEY` because its content 
 its value (a script's bytes, not its path on this machine). A field added later is therefore in
 the key until someone decides otherwise and writes down why; tests/test_reuse_key.py checks that
 the lists name only real fields and that a new field lands in the key.
+
+Input sources added later declare their own exclusions as class attributes of the same names
+(`NOT_IN_KEY: ClassVar[dict[str, str]] = {"url": "credentials ..."}`), so adding a source never edits
+this module. A field in `KEY_WHEN_SET` enters only when it differs from its default: fields added to
+`MiniBatch` after `KEY_FORMAT` 2 for new sources, so that the keys of file and tabular mini-batches
+stay what they were.
 """
 
 from __future__ import annotations
@@ -60,6 +66,14 @@ NOT_IN_KEY: dict[type, dict[str, str]] = {
     },
 }
 
+#: Fields that enter the key only when they differ from their default, per class, with the reason.
+KEY_WHEN_SET: dict[type, dict[str, str]] = {
+    MiniBatch: {
+        "pieces": "units of sources added after KEY_FORMAT 2; empty for file and tabular mini-batches, "
+        "whose keys predate it",
+    },
+}
+
 #: Fields whose content, not their value, enters the key (computed by the driver).
 CONTENT_IN_KEY: dict[type, dict[str, str]] = {
     ParallelRunConfig: {
@@ -69,18 +83,39 @@ CONTENT_IN_KEY: dict[type, dict[str, str]] = {
 }
 
 
-def _listed(table: Mapping[type, Mapping[str, str]], cls: type) -> set[str]:
+def _listed(table: Mapping[type, Mapping[str, str]], cls: type, attribute: str) -> set[str]:
+    """The fields a table lists for `cls` or a base of it, and those the classes declare themselves."""
     names: set[str] = set()
     for base in cls.__mro__:
         names |= set(table.get(base, {}))
+        names |= set(base.__dict__.get(attribute, {}))
     return names
+
+
+def excluded(cls: type) -> set[str]:
+    """Fields of `cls` whose value never enters a key (listed, or keyed by their content instead)."""
+    return _listed(NOT_IN_KEY, cls, "NOT_IN_KEY") | _listed(CONTENT_IN_KEY, cls, "CONTENT_IN_KEY")
 
 
 def key_fields(obj: Any) -> dict[str, Any]:
     """The key material of a dataclass instance: every field not listed as excluded or content-keyed,
     nested dataclasses walked the same way, mappings sorted. JSON-able."""
-    skip = _listed(NOT_IN_KEY, type(obj)) | _listed(CONTENT_IN_KEY, type(obj))
-    return {f.name: _value(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in skip}
+    skip = excluded(type(obj))
+    when_set = _listed(KEY_WHEN_SET, type(obj), "KEY_WHEN_SET")
+    return {
+        f.name: _value(getattr(obj, f.name))
+        for f in dataclasses.fields(obj)
+        if f.name not in skip and (f.name not in when_set or not _is_default(obj, f))
+    }
+
+
+def _is_default(obj: Any, f: dataclasses.Field[Any]) -> bool:
+    value = getattr(obj, f.name)
+    if f.default is not dataclasses.MISSING:
+        return bool(value == f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return bool(value == f.default_factory())
+    return False
 
 
 def _value(value: Any) -> Any:
@@ -108,19 +143,18 @@ def mini_batch_key(
     dataset_options: Mapping[str, Any] | None = None,
 ) -> str:
     """The cache key of one mini-batch: the job's components, the read options of the mini-batch's
-    input (`key_fields` of its dataset) and every key field of the mini-batch itself (index, files or
-    slices with their URLs, partition values), plus each input file's content fingerprint.
+    input (`key_fields` of its dataset) and every key field of the mini-batch itself (index, files,
+    slices or pieces with their URLs, partition values), plus the content fingerprint of each unit.
 
     URLs are in the key, not only contents: run() sees the paths (scripts often write the file name),
     so two mini-batches of equal contents under different names must not share an entry.
     """
-    urls = [f.url for f in mini_batch.files] or [s.url for s in mini_batch.slices]
     material = {
         "format": KEY_FORMAT,
         "part_encoding": PART_ENCODING_VERSION,  # parts written in an older encoding are never served
         "job": job_key,
         "dataset": dict(dataset_options or {}),
         "mini_batch": key_fields(mini_batch),
-        "fingerprints": [fingerprints[url] for url in urls],
+        "fingerprints": [fingerprints[unit] for unit in mini_batch.units()],
     }
     return digest(material)[:40]
