@@ -42,8 +42,8 @@ from airflow_parallel_run.core import (
     run_job,
 )
 from airflow_parallel_run.core.cluster import ClusterError, select_hosts
-from airflow_parallel_run.core.manifest import InputChangedError, is_manifest_reference, load_manifest
-from airflow_parallel_run.core.planner import Plan
+from airflow_parallel_run.core.plan import Plan
+from airflow_parallel_run.core.plan.manifest import InputChangedError, is_manifest_reference, load_manifest
 from airflow_parallel_run.core.storage import absolute, is_local
 from airflow_parallel_run.core.summary import JobSummary
 from airflow_parallel_run.links import DASHBOARD_XCOM_KEY, DaskDashboardLink
@@ -470,8 +470,9 @@ class ParallelRunOperator(BaseOperator):
     ) -> tuple[list[Dataset], Plan | None]:
         """A sensor's manifest: its datasets and plan, after checking its files against their
         fingerprints (`on_manifest_change` says what a deleted or changed file does)."""
-        from airflow_parallel_run.core.cache import Fingerprinter, memo_path, resolve_cache_root
-        from airflow_parallel_run.core.manifest import verify_manifest
+        from airflow_parallel_run.core.cache import memo_path, resolve_cache_root
+        from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
+        from airflow_parallel_run.core.plan.manifest import verify_manifest
 
         manifest = load_manifest(self.inputs["manifest"], storage_options)
         fingerprinter = Fingerprinter(memo_path(resolve_cache_root(cache_dir)), storage_options)

@@ -18,11 +18,12 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_parallel_run.core import ConfigError, FileDataset, InputError, TabularDataset
-from airflow_parallel_run.core.cache import Fingerprinter, memo_path, resolve_cache_root
-from airflow_parallel_run.core.datasets import dataset_to_dict
-from airflow_parallel_run.core.manifest import fingerprint_plan, write_manifest
-from airflow_parallel_run.core.partition import Completeness, check_partition
-from airflow_parallel_run.core.planner import plan_inputs
+from airflow_parallel_run.core.cache import memo_path, resolve_cache_root
+from airflow_parallel_run.core.inputs import dataset_to_dict
+from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
+from airflow_parallel_run.core.plan import plan_inputs
+from airflow_parallel_run.core.plan.completeness import Completeness, check_partition
+from airflow_parallel_run.core.plan.manifest import fingerprint_plan, write_manifest
 from airflow_parallel_run.core.storage import write_atomic
 from airflow_parallel_run.task_identity import TaskIdentity
 

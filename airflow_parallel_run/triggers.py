@@ -227,8 +227,8 @@ class DatasetPartitionTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_parallel_run.core.datasets import dataset_from_dict
-        from airflow_parallel_run.core.partition import Completeness, check_partition
+        from airflow_parallel_run.core.inputs import dataset_from_dict
+        from airflow_parallel_run.core.plan.completeness import Completeness, check_partition
 
         rule = Completeness(**self.completeness)
         datasets = [dataset_from_dict(d) for d in self.datasets]

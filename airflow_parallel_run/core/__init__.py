@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 _NAMES = {
     "ParallelRunConfig": "config",
-    "FileDataset": "datasets",
-    "TabularDataset": "datasets",
+    "FileDataset": "inputs.files",
+    "TabularDataset": "inputs.tabular",
     "JobDriver": "driver",
     "run_job": "driver",
     "EntryScript": "entry_script",
@@ -44,10 +44,11 @@ __all__ = [
 if TYPE_CHECKING:
     from .attempt import AttemptStatus
     from .config import ParallelRunConfig
-    from .datasets import FileDataset, TabularDataset
     from .driver import JobDriver, run_job
     from .entry_script import EntryScript
     from .errors import ConfigError, InputError, JobFailedError, OutputBusyError, ParallelRunError
+    from .inputs.files import FileDataset
+    from .inputs.tabular import TabularDataset
     from .summary import JobSummary
 
 

@@ -25,16 +25,12 @@ from typing import Any
 from distributed import Client, Event, Future, as_completed
 
 from .attempt import AttemptResult, AttemptStage, AttemptStatus
-from .cache import (
-    Fingerprinter,
-    MiniBatchCache,
-    memo_path,
-    resolve_cache_root,
-)
+from .cache import MiniBatchCache, memo_path, resolve_cache_root
 from .cluster import dask_client, select_hosts
 from .config import ParallelRunConfig, check_embedded_process_count
-from .datasets import Dataset
 from .errors import ConfigError
+from .inputs.fingerprint import Fingerprinter
+from .inputs.source import Dataset
 from .joblogs import PROGRESS_FILE, JobLogs
 from .jobspec import JobSpec, bundle_scripts
 from .minibatch import FileRef, MiniBatch
@@ -50,7 +46,7 @@ from .output_folder import (
     check_separate,
     claim,
 )
-from .planner import Plan, plan
+from .plan import Plan, plan
 from .retry import InitFailures, Step, next_step
 from .reuse_key import digest as key_digest
 from .reuse_key import key_fields, mini_batch_key

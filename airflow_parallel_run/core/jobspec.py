@@ -8,7 +8,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 
-from .datasets import Dataset
+from .inputs.source import Dataset
 from .output.formats import get_format
 from .output_files import attempt_folder, process_folder
 

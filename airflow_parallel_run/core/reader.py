@@ -8,7 +8,8 @@ from typing import Any
 
 import fsspec
 
-from .datasets import Dataset, TabularDataset
+from .inputs.source import Dataset
+from .inputs.tabular import TabularDataset
 from .minibatch import MiniBatch
 from .storage import is_local, local_path
 
@@ -23,7 +24,7 @@ def materialize(
     if mini_batch.kind == "tabular":
         assert isinstance(dataset, TabularDataset)
         # imported here: pandas and pyarrow cost ~0.5 s of CPU, which a process of a files job never needs
-        from .tabular import read_tabular
+        from .inputs.tabular_read import read_tabular
 
         frame = read_tabular(mini_batch.slices, dataset)
         return frame, len(frame)

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ParallelRunConfig
-from .datasets import Dataset
 from .errors import ConfigError
+from .inputs.source import Dataset
 from .jobspec import bundle_scripts
-from .planner import Plan
+from .plan import Plan
 
 METADATA_ROOT = "airflow-parallel-run"
 #: The cancel reason when the caller gave none.

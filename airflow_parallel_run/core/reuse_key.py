@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import ParallelRunConfig
-from .datasets import FileDataset, TabularDataset
+from .inputs.files import FileDataset
+from .inputs.tabular import TabularDataset
 from .minibatch import MiniBatch, TabularSlice
 from .output.formats import PART_ENCODING_VERSION
 

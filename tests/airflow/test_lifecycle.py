@@ -161,14 +161,14 @@ def test_object_store_manifests_are_checked_from_one_listing(tmp_path: Path) -> 
     against the manifest from a fresh listing; deleted and rewritten files are both named."""
     import fsspec
 
-    from airflow_parallel_run.core.cache import Fingerprinter
-    from airflow_parallel_run.core.manifest import (
+    from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
+    from airflow_parallel_run.core.plan import plan_inputs
+    from airflow_parallel_run.core.plan.manifest import (
         check_inputs,
         fingerprint_plan,
         load_manifest,
         write_manifest,
     )
-    from airflow_parallel_run.core.planner import plan_inputs
 
     fs = fsspec.filesystem("memory")
     root = f"/apr-lifecycle-{uuid.uuid4().hex[:8]}"

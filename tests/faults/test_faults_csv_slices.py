@@ -26,11 +26,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_parallel_run.core import tabular
-from airflow_parallel_run.core.datasets import TabularDataset
 from airflow_parallel_run.core.errors import InputError
+from airflow_parallel_run.core.inputs import tabular_scan
+from airflow_parallel_run.core.inputs.tabular import TabularDataset
+from airflow_parallel_run.core.inputs.tabular_read import read_tabular
+from airflow_parallel_run.core.inputs.tabular_scan import plan_tabular_file
 from airflow_parallel_run.core.output.schema import unify_types
-from airflow_parallel_run.core.tabular import plan_tabular_file, read_tabular
 
 LETTERS = "ABCDFGHIJKLMNOPQRSTUVWXYZabcdfghijklmnopqrstuvwxyz"  # no e/E: "e5" could read as a number
 WORD = st.builds(
@@ -144,7 +145,7 @@ def check_file(case: dict[str, Any], scan_chunk: int) -> None:
         probes = sorted({1, 7, len(data) // 3 + 1, len(data)})
         expected_plans = [plan_tabular_file(url, len(data), dataset, target) for target in probes]
         with pytest.MonkeyPatch.context() as patch:  # the scan's chunk size never changes the plan
-            patch.setattr(tabular, "_CHUNK_BYTES", scan_chunk)
+            patch.setattr(tabular_scan, "_CHUNK_BYTES", scan_chunk)
             assert [plan_tabular_file(url, len(data), dataset, t) for t in probes] == expected_plans
 
         typed: dict[tuple[int, int], pd.DataFrame] = {}

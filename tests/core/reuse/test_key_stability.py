@@ -21,10 +21,10 @@ import fsspec
 import pytest
 
 from airflow_parallel_run.core import FileDataset, JobDriver, ParallelRunConfig, TabularDataset
-from airflow_parallel_run.core.cache import Fingerprinter
 from airflow_parallel_run.core.driver import _component_digests, job_components
+from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
 from airflow_parallel_run.core.minibatch import FileRef, MiniBatch, TabularSlice
-from airflow_parallel_run.core.planner import plan_inputs
+from airflow_parallel_run.core.plan import plan_inputs
 from airflow_parallel_run.core.reuse_key import digest, key_fields, mini_batch_key
 
 ROOT = "memory://apr-golden-keys"

@@ -13,9 +13,9 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 
-from .datasets import Dataset
-from .errors import ConfigError, InputError
-from .planner import list_input
+from ..errors import ConfigError, InputError
+from ..inputs.listing import list_input
+from ..inputs.source import Dataset
 
 
 @dataclass(frozen=True)

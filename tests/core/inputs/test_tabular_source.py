@@ -16,14 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_parallel_run.core import tabular
 from airflow_parallel_run.core.cache import mini_batch_key
-from airflow_parallel_run.core.datasets import TabularDataset
 from airflow_parallel_run.core.errors import InputError
-from airflow_parallel_run.core.manifest import read_manifest, write_manifest
+from airflow_parallel_run.core.inputs import tabular_scan
+from airflow_parallel_run.core.inputs.tabular import TabularDataset
+from airflow_parallel_run.core.inputs.tabular_read import read_tabular
+from airflow_parallel_run.core.inputs.tabular_scan import plan_tabular_file
 from airflow_parallel_run.core.minibatch import MiniBatch, TabularSlice
-from airflow_parallel_run.core.planner import Plan
-from airflow_parallel_run.core.tabular import plan_tabular_file, read_tabular
+from airflow_parallel_run.core.plan import Plan
+from airflow_parallel_run.core.plan.manifest import read_manifest, write_manifest
 
 QUOTED_CSV = (
     "id,name,comment\n"
@@ -101,7 +102,7 @@ def test_csv_any_target_and_scan_chunk_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: int, chunk: int
 ) -> None:
     """Quote parity and partial records carry across scan chunks, whatever their size."""
-    monkeypatch.setattr(tabular, "_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(tabular_scan, "_CHUNK_BYTES", chunk)
     url = _write(tmp_path, "quoted.csv", QUOTED_CSV)
     _check_round_trip(url, TabularDataset.from_delimited_files(url), target, pd.read_csv(url))
 
@@ -187,7 +188,7 @@ def test_empty_file_without_header_gives_no_slices(tmp_path: Path) -> None:
 def test_unterminated_quote_raises_input_error_naming_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
-    monkeypatch.setattr(tabular, "_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(tabular_scan, "_CHUNK_BYTES", chunk)
     text = 'a,b\n1,"ok ""fine"""\n2,"never closed ""x"" \n3,4\n'
     url = _write(tmp_path, "broken.csv", text)
     with pytest.raises(InputError) as info:
@@ -373,7 +374,7 @@ def test_ragged_row_is_named_by_its_line_in_the_file(
 ) -> None:
     """Each slice records the file line it starts on (quoted newlines count, as in an editor); a ragged row's
     message names its line of the file, also when quoted newlines come before it in the same slice."""
-    monkeypatch.setattr(tabular, "_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(tabular_scan, "_CHUNK_BYTES", chunk)
     rows = ["", "id,name"] + [f'{i},"n\n{i}"' if i % 3 == 0 else f"{i},n{i}" for i in range(60)]
     bad = rows.index("40,n40")
     rows[bad] = "40,n40,EXTRA"
@@ -502,8 +503,8 @@ def test_csv_plan_matches_a_byte_by_byte_reference(
     url = _write(tmp_path, "h.csv", data)
     dataset = TabularDataset.from_delimited_files(url, header=header)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tabular, "_CHUNK_BYTES", chunk)
-        patch.setattr(tabular, "_FEW_CANDIDATES", few)
+        patch.setattr(tabular_scan, "_CHUNK_BYTES", chunk)
+        patch.setattr(tabular_scan, "_FEW_CANDIDATES", few)
         records, unterminated = _reference_records(data, True, b" \t\r\n")
         try:
             slices = _plan(url, dataset, target)
@@ -540,7 +541,7 @@ def test_csv_plan_matches_a_byte_by_byte_reference(
 @pytest.mark.parametrize("chunk", [1, 4, 13, 8 * 1024 * 1024])
 @pytest.mark.parametrize("eol", ["\n", "\r\n"])
 def test_csv_without_any_quote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, eol: str) -> None:
-    monkeypatch.setattr(tabular, "_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(tabular_scan, "_CHUNK_BYTES", chunk)
     text = eol.join(["id,v"] + [f"{i},{i * 0.5}" for i in range(50)]) + eol
     url = _write(tmp_path, "plain.csv", text)
     dataset = TabularDataset.from_delimited_files(url)
@@ -560,7 +561,7 @@ def test_quoted_newline_at_every_split_point_and_chunk_edge(
     dataset = TabularDataset.from_delimited_files(url)
     expected = pd.read_csv(url)
     for chunk in (1, 2, 3, 5, 7, 11):
-        monkeypatch.setattr(tabular, "_CHUNK_BYTES", chunk)
+        monkeypatch.setattr(tabular_scan, "_CHUNK_BYTES", chunk)
         for target in range(1, len(text), 3):
             _check_round_trip(url, dataset, target, expected)
 
@@ -571,7 +572,7 @@ def test_lines_starting_with_blanks_are_rows_on_both_blank_check_paths(
 ) -> None:
     """Lines that start with a space are checked byte by byte (few of them) or with every byte of the chunk
     (many): either way only the whitespace-only lines are blank."""
-    monkeypatch.setattr(tabular, "_FEW_CANDIDATES", few)
+    monkeypatch.setattr(tabular_scan, "_FEW_CANDIDATES", few)
     lines = ["a,b"] + [(" " * (i % 3)) + f"{i},x" if i % 5 else "  \t " for i in range(400)]
     text = "\n".join(lines) + "\n\n"
     url = _write(tmp_path, "sp.csv", text)
@@ -633,7 +634,7 @@ def test_csv_file_shorter_than_planned_is_an_input_error_local_and_remote(tmp_pa
 def test_files_planned_in_parallel_keep_their_order_and_first_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
 ) -> None:
-    from airflow_parallel_run.core import planner
+    from airflow_parallel_run.core.plan import planner
 
     monkeypatch.setattr(planner, "_PLAN_THREADS", threads)
     folder = tmp_path / "many"
@@ -676,7 +677,7 @@ def test_quotes_inside_unquoted_fields_plan_as_pandas_reads_for_every_size(
     """Before: the planner counted quote parity over the whole file, so `5" screen` opened a "quoted field":
     the file was refused, or (with a quoted multi-line field later) slices ended inside records, giving a
     garbage row and lost rows for some sizes while the job succeeded."""
-    monkeypatch.setattr(tabular, "_CHUNK_BYTES", chunk)
+    monkeypatch.setattr(tabular_scan, "_CHUNK_BYTES", chunk)
     url = _write(tmp_path, "inch.csv", INCH_CSV)
     dataset = TabularDataset.from_delimited_files(url)
     expected = pd.read_csv(url)

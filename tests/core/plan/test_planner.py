@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from airflow_parallel_run.core import ConfigError, FileDataset, InputError, ParallelRunConfig, TabularDataset
-from airflow_parallel_run.core.planner import plan
+from airflow_parallel_run.core.plan import plan
 
 
 @pytest.fixture

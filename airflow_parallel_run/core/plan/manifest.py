@@ -20,12 +20,14 @@ from typing import Any
 
 import fsspec
 
-from .cache import Fingerprinter
-from .datasets import Dataset, dataset_from_dict, dataset_to_dict
-from .errors import DataChangedError, InputError
-from .minibatch import FileRef, MiniBatch
-from .planner import Plan, _identity, list_input
-from .storage import is_local, write_atomic
+from ..errors import DataChangedError, InputError
+from ..inputs import dataset_from_dict, dataset_to_dict
+from ..inputs.fingerprint import Fingerprinter
+from ..inputs.listing import list_input, store_identity
+from ..inputs.source import Dataset
+from ..minibatch import FileRef, MiniBatch
+from ..storage import is_local, write_atomic
+from .planner import Plan
 
 VERSION = 1
 #: How many changed files an `InputChangedError` names before "(+N more)".
@@ -191,7 +193,9 @@ def _look_at(ref: FileRef, dataset: Dataset) -> FileRef | None:
         info = fs.info(path)
     except FileNotFoundError:
         return None
-    return None if info.get("type") == "directory" else FileRef(ref.url, info.get("size"), _identity(info))
+    return (
+        None if info.get("type") == "directory" else FileRef(ref.url, info.get("size"), store_identity(info))
+    )
 
 
 def check_inputs(manifest: Manifest, fingerprinter: Fingerprinter) -> list[InputChange]:

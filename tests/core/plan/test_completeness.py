@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from airflow_parallel_run.core import ConfigError, FileDataset, InputError, TabularDataset
-from airflow_parallel_run.core.manifest import is_manifest_reference, read_manifest, write_manifest
-from airflow_parallel_run.core.partition import Completeness, check_partition
-from airflow_parallel_run.core.planner import plan_inputs
+from airflow_parallel_run.core.plan import plan_inputs
+from airflow_parallel_run.core.plan.completeness import Completeness, check_partition
+from airflow_parallel_run.core.plan.manifest import is_manifest_reference, read_manifest, write_manifest
 
 
 def land(folder: Path, count: int, start: int = 0) -> None:
