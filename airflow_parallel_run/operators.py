@@ -38,10 +38,10 @@ from airflow_parallel_run.core import (
     JobDriver,
     OutputBusyError,
     ParallelRunConfig,
-    TabularDataset,
     run_job,
 )
 from airflow_parallel_run.core.cluster import ClusterError, select_hosts
+from airflow_parallel_run.core.inputs.source import Dataset, InputSource
 from airflow_parallel_run.core.plan import Plan
 from airflow_parallel_run.core.plan.manifest import InputChangedError, is_manifest_reference, load_manifest
 from airflow_parallel_run.core.storage import absolute, is_local
@@ -84,7 +84,6 @@ SUPERSEDE_WAIT_S = 120.0
 #: the deadline itself (after cancelling the job); Airflow's timeout is the backstop if it cannot.
 TRIGGER_TIMEOUT_MARGIN_S = 180.0
 _ALIAS_PREFIX = "parallel_run_output:"
-Dataset = FileDataset | TabularDataset
 
 
 def _is_dynamic(value: Any) -> bool:
@@ -93,8 +92,8 @@ def _is_dynamic(value: Any) -> bool:
         return "{{" in value or "{%" in value
     if isinstance(value, (list, tuple)):
         return any(_is_dynamic(v) for v in value)
-    if isinstance(value, (FileDataset, TabularDataset)):
-        return any(_is_dynamic(p) for p in value.paths)
+    if isinstance(value, InputSource):
+        return any(_is_dynamic(getattr(value, name)) for name in value.template_fields)
     return callable(getattr(value, "resolve", None)) and not isinstance(value, os.PathLike)
 
 
@@ -150,7 +149,7 @@ def to_datasets(value: Any) -> list[Dataset]:
     paths: list[str] = []
     paths_at = -1
     for item in items:
-        if isinstance(item, (FileDataset, TabularDataset)):
+        if isinstance(item, InputSource):
             datasets.append(item)
         elif isinstance(item, (str, os.PathLike)) and str(item).strip():
             if paths_at < 0:
@@ -421,10 +420,17 @@ class ParallelRunOperator(BaseOperator):
         jinja_env: jinja2.Environment | None = None,
         seen_oids: set[int] | None = None,
     ) -> Any:
-        """Also renders the paths inside `FileDataset`/`TabularDataset` inputs."""
-        if isinstance(content, (FileDataset, TabularDataset)):
-            paths = super().render_template(list(content.paths), context, jinja_env, seen_oids)
-            return dataclasses.replace(content, paths=tuple(str(p) for p in paths))
+        """Also renders the fields an input source declares in `template_fields` (a dataset's paths)."""
+        if isinstance(content, InputSource):
+            rendered = {}
+            for name in content.template_fields:
+                value = getattr(content, name)
+                if isinstance(value, tuple):  # paths: each rendered, kept as a tuple of strings
+                    items = super().render_template(list(value), context, jinja_env, seen_oids)
+                    rendered[name] = tuple(str(item) for item in items)
+                else:
+                    rendered[name] = super().render_template(value, context, jinja_env, seen_oids)
+            return dataclasses.replace(content, **rendered)  # type: ignore[type-var]
         return super().render_template(content, context, jinja_env, seen_oids)
 
     def render_template_fields(self, context: Context, jinja_env: jinja2.Environment | None = None) -> None:
@@ -442,13 +448,7 @@ class ParallelRunOperator(BaseOperator):
 
     def resolve_inputs(self, storage_options: Mapping[str, Any] | None = None) -> list[Dataset]:
         """The datasets; one without its own `storage_options` gets the operator's (credentials)."""
-        datasets = to_datasets(self.inputs)
-        if not storage_options:
-            return datasets
-        return [
-            d if d.storage_options else dataclasses.replace(d, storage_options=dict(storage_options))
-            for d in datasets
-        ]
+        return [d.with_credentials(storage_options or {}) for d in to_datasets(self.inputs)]
 
     def resolve_storage_options(self) -> dict[str, Any]:
         """`storage_conn_id`'s options updated by `storage_options` (explicit keys win)."""

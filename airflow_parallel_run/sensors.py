@@ -17,10 +17,11 @@ import fsspec
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_parallel_run.core import ConfigError, FileDataset, InputError, TabularDataset
+from airflow_parallel_run.core import ConfigError, InputError
 from airflow_parallel_run.core.cache import memo_path, resolve_cache_root
 from airflow_parallel_run.core.inputs import dataset_to_dict
 from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
+from airflow_parallel_run.core.inputs.source import Dataset
 from airflow_parallel_run.core.plan import plan_inputs
 from airflow_parallel_run.core.plan.completeness import Completeness, check_partition
 from airflow_parallel_run.core.plan.manifest import fingerprint_plan, write_manifest
@@ -29,8 +30,6 @@ from airflow_parallel_run.task_identity import TaskIdentity
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-Dataset = FileDataset | TabularDataset
 
 
 def _cache_root() -> str:
@@ -93,12 +92,7 @@ class DatasetPartitionSensor(BaseSensorOperator):
             datasets = to_datasets(self.input)
         except ConfigError as exc:
             raise AirflowFailException(f"Invalid DatasetPartitionSensor input: {exc}") from exc
-        if self.storage_options:
-            datasets = [
-                dataclasses.replace(d, storage_options={**self.storage_options, **d.storage_options})
-                for d in datasets
-            ]
-        return datasets
+        return [d.with_credentials(self.storage_options, mode="merge") for d in datasets]
 
     def _manifest_base(self, context: Context) -> str:
         """The manifest and the stable-pokes state of this task instance (map index included)."""

@@ -1,7 +1,7 @@
 """The engine. Never imports Airflow: Dask workers on a remote cluster must not need it.
 
-Names are loaded on first use, so an entry-script process (which needs only `EntryScript` and the
-reader) does not pay for importing the driver, the cluster code and their dependencies.
+Names are loaded on first use, so an entry-script process (which needs only `EntryScript` and its
+job's input sources) does not pay for importing the driver, the cluster code and their dependencies.
 """
 
 from __future__ import annotations

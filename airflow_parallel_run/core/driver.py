@@ -33,7 +33,7 @@ from .inputs.fingerprint import Fingerprinter
 from .inputs.source import Dataset
 from .joblogs import PROGRESS_FILE, JobLogs
 from .jobspec import JobSpec, bundle_scripts
-from .minibatch import FileRef, MiniBatch
+from .minibatch import MiniBatch
 from .output.assemble import Part, assemble
 from .output.schema import JobSchema, schema_from_text, schema_to_text
 from .output_files import collect_leftovers, publish_files
@@ -242,10 +242,6 @@ def _bounded(call: Callable[[], Any], seconds: float) -> tuple[bool, Any]:
     return box[0] if box else (False, None)
 
 
-def _refs(mb: MiniBatch) -> list[FileRef]:
-    return list(mb.files) or [FileRef(s.url) for s in mb.slices]
-
-
 def _format_eta(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -300,12 +296,8 @@ class JobDriver:
         if not all(isinstance(s, str) and s for s in side_inputs):
             raise ConfigError("side_inputs", list(side_inputs), "a list of paths or fsspec URLs")
         self.config = config
-        self.inputs = [  # datasets without credentials of their own use the job's
-            d
-            if d.storage_options or not storage_options
-            else dataclasses.replace(d, storage_options=dict(storage_options))
-            for d in inputs
-        ]
+        # inputs without credentials of their own use the job's
+        self.inputs = [d.with_credentials(storage_options or {}) for d in inputs]
         self.storage_options = dict(storage_options or {})
         self.progress_callback = progress
         self.job_id = job_id or uuid.uuid4().hex[:16]
@@ -327,7 +319,7 @@ class JobDriver:
         check_separate(
             output_path,
             self.storage_options,
-            inputs=[(p, d.storage_options) for d in self.inputs for p in d.paths],
+            inputs=[(where, d.storage_options) for d in self.inputs for where in d.locations()],
             cache_root=resolve_cache_root(cache_dir),
             protected_paths=[str(p) for p in protected_paths],
         )
@@ -350,11 +342,9 @@ class JobDriver:
             # each mini-batch's key holds its own input's read options (separator, encoding, ...)
             self.read_options = [key_fields(dataset) for dataset in self.inputs]
             self.fingerprints: dict[str, str] = {}
-            for input_index, dataset in enumerate(self.inputs):
-                refs = [
-                    ref for mb in self.plan.mini_batches if mb.input_index == input_index for ref in _refs(mb)
-                ]
-                self.fingerprints.update(fingerprinter.many(refs, dataset.storage_options))
+            for input_index, source in enumerate(self.inputs):
+                batches = [mb for mb in self.plan if mb.input_index == input_index]
+                self.fingerprints.update(source.fingerprints(batches, fingerprinter))
         finally:
             fingerprinter.close()
         self.keys = {
@@ -362,7 +352,11 @@ class JobDriver:
             for mb in self.plan.mini_batches
         }
         self.signature = _digest(
-            [os.path.abspath(config.entry_script_path), [list(d.paths) for d in self.inputs], self.plan.kind]
+            [
+                os.path.abspath(config.entry_script_path),
+                [list(d.locations()) for d in self.inputs],
+                self.plan.kind,
+            ]
         )
         log_url = join(self.output, "logs")
         self.stop_reason: str | None = None

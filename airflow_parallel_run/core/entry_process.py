@@ -172,7 +172,6 @@ def _start(conn: Connection, setup: Setup) -> types.ModuleType:
 def _serve(conn: Connection, module: types.ModuleType, setup: Setup) -> None:
     """Answers `Run` messages until `Shutdown` (or the runner is gone)."""
     from .output_files import OutputDirWatch
-    from .reader import materialize
 
     watch = OutputDirWatch(setup.output_dir, setup.storage_options)
     with_context = _wants_context(module.run)
@@ -195,7 +194,8 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup) -> None:
         scratch = os.path.join(setup.working_dir, f"mb{message.mini_batch.index:08d}-a{message.attempt}")
         try:
             try:
-                data, total = materialize(message.mini_batch, setup.datasets, scratch)
+                source = setup.datasets[message.mini_batch.input_index]
+                data, total = source.read(message.mini_batch, scratch)
             except BaseException as exc:  # noqa: BLE001
                 conn.send(_failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.LOAD, exc))
                 continue

@@ -96,7 +96,11 @@ def locate(url: str, storage_options: Mapping[str, Any] | None = None) -> Locati
     if is_local(text):
         local = os.path.expanduser(local_path(text))
         return Location("file", os.path.realpath(os.path.abspath(_static_prefix(local))))
-    fs, path = fsspec.core.url_to_fs(text, **dict(storage_options or {}))
+    try:
+        fs, path = fsspec.core.url_to_fs(text, **dict(storage_options or {}))
+    except (ValueError, ImportError):  # no file system (a database, postgresql://host/db): by its text
+        scheme, _, rest = text.partition("://")
+        return Location(scheme.lower(), "/" + rest.strip("/"))
     protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
     return Location(str(protocol), "/" + _static_prefix(path).strip("/"))
 

@@ -43,6 +43,12 @@ class Fingerprinter:
     def close(self) -> None:
         self._db.close()
 
+    def __enter__(self) -> Fingerprinter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def local_file(self, path: str) -> str:
         return self.local_files([path])[path]
 

@@ -7,18 +7,23 @@ a readable file nor a folder (a dangling symlink, a FIFO) is an error, never an 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import fsspec
 from fsspec.core import url_to_fs
 
 from ..errors import ConfigError, InputError
-from ..minibatch import FileRef
+from ..minibatch import FileRef, MiniBatch
 from ..storage import is_local, to_url
+from .source import ConnectionResolver, CredentialMode, InputChange
+
+if TYPE_CHECKING:
+    from .fingerprint import Fingerprinter
 
 
 def as_paths(path: str | Sequence[str], field_name: str) -> tuple[str, ...]:
@@ -139,3 +144,117 @@ def _list_dir(fs: fsspec.AbstractFileSystem, path: str, local: bool) -> list[Fil
             continue
         refs.append(FileRef(to_url(fs, name), info.get("size"), store_identity(info)))
     return refs
+
+
+# -- inputs that are paths ---------------------------------------------------------------------------------
+class PathInput:
+    """What `FileDataset` and `TabularDataset` share as input sources: paths (listed, never read, when
+    planned), credentials in `storage_options`, fingerprints of the files their mini-batches cut, and
+    checks of those files against a manifest (one listing per path, not a request per file)."""
+
+    paths: tuple[str, ...]
+    storage_options: Mapping[str, Any]
+    template_fields: ClassVar[tuple[str, ...]] = ("paths",)
+
+    def locations(self) -> tuple[str, ...]:
+        return self.paths
+
+    def file_refs(self, batches: Sequence[MiniBatch]) -> list[FileRef]:
+        """Every file the mini-batches cut, once, in order (tabular slices name their file by URL only)."""
+        refs: dict[str, FileRef] = {}
+        for mb in batches:
+            for ref in mb.files or tuple(FileRef(s.url) for s in mb.slices):
+                refs.setdefault(ref.url, ref)
+        return list(refs.values())
+
+    def fingerprints(self, batches: Sequence[MiniBatch], memo: Fingerprinter) -> dict[str, str]:
+        return memo.many(self.file_refs(batches), self.storage_options)
+
+    def recorded_fingerprints(self, batches: Sequence[MiniBatch], memo: Fingerprinter) -> dict[str, str]:
+        """Local files: a hash of their bytes (memoised on size, mtime and inode). Object-store files: the
+        store's content identity and size from a fresh listing, or a hash of their bytes where the store
+        has none."""
+        fresh, _ = self.current_refs(batches)
+        return memo.many(fresh, self.storage_options)
+
+    def changes(
+        self, batches: Sequence[MiniBatch], recorded: Mapping[str, str], memo: Fingerprinter
+    ) -> list[InputChange]:
+        fresh, missing = self.current_refs(batches)
+        changes = [InputChange(url, "deleted") for url in missing]
+        now = memo.many(fresh, self.storage_options)
+        for ref in fresh:
+            planned = recorded.get(ref.url)
+            if planned is not None and planned != now[ref.url]:
+                changes.append(InputChange(ref.url, "changed"))
+        return changes
+
+    def current_refs(self, batches: Sequence[MiniBatch]) -> tuple[list[FileRef], list[str]]:
+        """The mini-batches' files as they are now (fresh size and store identity), and the URLs that are
+        gone. Each path is listed once, as the planner lists it; a path that cannot be listed now has
+        its planned files looked at one by one."""
+        wanted = self.file_refs(batches)
+        listed: dict[str, FileRef] = {}
+        unlisted = False
+        for path in self.paths:
+            try:
+                _, refs = list_input(path, dict(self.storage_options))
+            except InputError:  # gone, or not listable now
+                unlisted = True
+                continue
+            listed.update((ref.url, ref) for ref in refs)
+        current: list[FileRef] = []
+        missing: list[str] = []
+        for ref in wanted:
+            fresh = listed.get(ref.url)
+            if fresh is None and unlisted:
+                fresh = _look_at(ref, self.storage_options)
+            if fresh is None:
+                missing.append(ref.url)
+            else:
+                current.append(fresh)
+        return current, missing
+
+    def to_dict(self, *, credentials: bool) -> dict[str, Any]:
+        fields = dataclasses.asdict(self)  # type: ignore[call-overload]
+        if not credentials:
+            fields.pop("storage_options", None)
+        return {"type": type(self).__name__, **fields, "paths": list(self.paths)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> Any:
+        fields = {k: v for k, v in data.items() if k != "type"}
+        fields["paths"] = tuple(fields["paths"])
+        if storage_options is not None:
+            fields["storage_options"] = dict(storage_options)
+        return cls(**fields)
+
+    def with_credentials(
+        self,
+        storage_options: Mapping[str, Any],
+        connections: ConnectionResolver | None = None,
+        *,
+        mode: CredentialMode = "fill",
+    ) -> Any:
+        if not storage_options:
+            return self
+        if mode == "merge":
+            merged = {**storage_options, **self.storage_options}
+            return dataclasses.replace(self, storage_options=merged)  # type: ignore[type-var]
+        if self.storage_options:
+            return self
+        return dataclasses.replace(self, storage_options=dict(storage_options))  # type: ignore[type-var]
+
+
+def _look_at(ref: FileRef, storage_options: Mapping[str, Any]) -> FileRef | None:
+    """A fresh `FileRef` of one file, or None when it does not exist."""
+    fs, path = url_to_fs(ref.url, **dict(storage_options))
+    try:
+        if is_local(fs):
+            return FileRef(ref.url, os.path.getsize(path)) if os.path.isfile(path) else None
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    return (
+        None if info.get("type") == "directory" else FileRef(ref.url, info.get("size"), store_identity(info))
+    )

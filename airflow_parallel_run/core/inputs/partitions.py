@@ -17,7 +17,7 @@ from ..errors import ConfigError, InputError
 from ..minibatch import FileRef
 
 if TYPE_CHECKING:
-    from .source import Dataset
+    from .source import PathSource
 
 _KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PARTITION_FORMAT_EXAMPLE = "'{user}/{season}/{genres}.wav'"
@@ -104,7 +104,7 @@ def partition_values(rel_path: str, regex: re.Pattern[str] | None) -> dict[str, 
 
 
 def group_by_keys(
-    refs: Sequence[FileRef], root: str, dataset: Dataset, keys: Sequence[str]
+    refs: Sequence[FileRef], root: str, dataset: PathSource, keys: Sequence[str]
 ) -> list[tuple[dict[str, str], list[FileRef]]]:
     regex = partition_regex(dataset.partition_format)[0] if dataset.partition_format else None
     groups: dict[tuple[str, ...], list[FileRef]] = {}

@@ -8,6 +8,7 @@ instead of waiting until its timeout.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from fsspec.core import url_to_fs
 
 from ..errors import ConfigError, InputError
 from ..inputs.listing import list_input
-from ..inputs.source import Dataset
+from ..inputs.source import Dataset, PathSource
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,19 @@ def _marker_present(path: str, marker: str, storage_options: dict[str, Any]) -> 
 
 
 def check_partition(
-    datasets: list[Dataset], rule: Completeness, state: dict[str, Any] | None = None
+    datasets: Sequence[Dataset], rule: Completeness, state: dict[str, Any] | None = None
 ) -> tuple[bool, dict[str, Any], str]:
-    """(complete?, state for the next poke, what was seen). Raises `InputError` when unreadable."""
+    """(complete?, state for the next poke, what was seen). Raises `InputError` when unreadable, and
+    `ConfigError` for an input that is not files under paths (nothing lands there to wait for)."""
     state = dict(state or {})
     listing: dict[str, int] = {}
     for dataset in datasets:
+        if not isinstance(dataset, PathSource):
+            raise ConfigError(
+                "input",
+                type(dataset).__name__,
+                "files under paths (a FileDataset or TabularDataset) to watch",
+            )
         options = dict(dataset.storage_options)
         for path in dataset.paths:
             if rule.marker_file:

@@ -13,7 +13,6 @@ is an `InputChangedError` naming the manifest and the file, never a silently dif
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +22,9 @@ import fsspec
 from ..errors import DataChangedError, InputError
 from ..inputs import dataset_from_dict, dataset_to_dict
 from ..inputs.fingerprint import Fingerprinter
-from ..inputs.listing import list_input, store_identity
-from ..inputs.source import Dataset
-from ..minibatch import FileRef, MiniBatch
-from ..storage import is_local, write_atomic
+from ..inputs.source import Dataset, InputChange, VerifiableSource
+from ..minibatch import MiniBatch
+from ..storage import write_atomic
 from .planner import Plan
 
 VERSION = 1
@@ -34,27 +32,23 @@ VERSION = 1
 NAMED_CHANGES = 5
 
 
-def plan_refs(plan: Plan) -> list[tuple[FileRef, int]]:
-    """Every input file of a plan once, with the index of the dataset it belongs to: the files of
-    file mini-batches and the files that tabular slices cut (their sizes are not recorded)."""
-    refs: dict[str, tuple[FileRef, int]] = {}
-    for mb in plan.mini_batches:
-        for ref in mb.files or tuple(FileRef(s.url) for s in mb.slices):
-            refs.setdefault(ref.url, (ref, mb.input_index))
-    return list(refs.values())
+def _batches_of(plan: Plan, input_index: int) -> list[MiniBatch]:
+    return [mb for mb in plan if mb.input_index == input_index]
 
 
 def fingerprint_plan(plan: Plan, datasets: Sequence[Dataset], fingerprinter: Fingerprinter) -> dict[str, str]:
-    """The content fingerprint of every input file of `plan`, as `check_inputs` computes it again later.
-
-    Local files: a hash of their bytes (memoised on size, mtime and inode). Object-store files: the
-    store's content identity (ETag, md5, generation) and size from a fresh listing, or a hash of their
-    bytes where the store has none.
-    """
-    current, _ = current_inputs(plan, datasets)
+    """The content fingerprint of every unit of `plan` (its input files), as `check_inputs` computes it
+    again later (`VerifiableSource.recorded_fingerprints`; a source that cannot be verified records its
+    planning fingerprints)."""
     fingerprints: dict[str, str] = {}
-    for input_index, refs in current.items():
-        fingerprints.update(fingerprinter.many(refs, datasets[input_index].storage_options))
+    for input_index, source in enumerate(datasets):
+        batches = _batches_of(plan, input_index)
+        if not batches:
+            continue
+        if isinstance(source, VerifiableSource):
+            fingerprints.update(source.recorded_fingerprints(batches, fingerprinter))
+        else:
+            fingerprints.update(source.fingerprints(batches, fingerprinter))
     return fingerprints
 
 
@@ -82,10 +76,7 @@ def write_manifest(
         "kind": plan.kind,
         "mini_batches": len(plan.mini_batches),
         "items": plan.total_items,
-        "files": len(
-            {f.url for mb in plan.mini_batches for f in mb.files}
-            | {s.url for mb in plan.mini_batches for s in mb.slices}
-        ),
+        "files": len({unit for mb in plan for unit in mb.units()}),
         "bytes": total_bytes,
     }
 
@@ -130,14 +121,6 @@ def read_manifest(url: str, storage_options: Mapping[str, Any] | None = None) ->
     return manifest.datasets, manifest.plan
 
 
-@dataclass(frozen=True)
-class InputChange:
-    """One input file that is not what the manifest planned: `what` is "deleted" or "changed"."""
-
-    url: str
-    what: str
-
-
 class InputChangedError(DataChangedError):
     """Input files were deleted or rewritten after the manifest was written. `changes` lists them."""
 
@@ -155,66 +138,24 @@ class InputChangedError(DataChangedError):
         )
 
 
-def current_inputs(plan: Plan, datasets: Sequence[Dataset]) -> tuple[dict[int, list[FileRef]], list[str]]:
-    """The plan's input files as they are now — fresh `FileRef`s (size, store identity) by dataset — and
-    the URLs that are gone. Each dataset path is listed once (as the planner lists it), so checking a
-    partition of many object-store files costs a listing, not a request per file."""
-    wanted = plan_refs(plan)
-    listed: dict[str, FileRef] = {}
-    unlisted: set[int] = set()
-    for input_index in sorted({index for _, index in wanted}):
-        dataset = datasets[input_index]
-        for path in dataset.paths:
-            try:
-                _, refs = list_input(path, dict(dataset.storage_options))
-            except InputError:  # gone, or not listable now: look at the planned files one by one
-                unlisted.add(input_index)
-                continue
-            listed.update((ref.url, ref) for ref in refs)
-    current: dict[int, list[FileRef]] = {}
-    missing: list[str] = []
-    for ref, input_index in wanted:
-        fresh = listed.get(ref.url)
-        if fresh is None and input_index in unlisted:
-            fresh = _look_at(ref, datasets[input_index])
-        if fresh is None:
-            missing.append(ref.url)
-        else:
-            current.setdefault(input_index, []).append(fresh)
-    return current, missing
-
-
-def _look_at(ref: FileRef, dataset: Dataset) -> FileRef | None:
-    """A fresh `FileRef` of one file, or None when it does not exist."""
-    fs, path = fsspec.core.url_to_fs(ref.url, **dict(dataset.storage_options))
-    try:
-        if is_local(fs):
-            return FileRef(ref.url, os.path.getsize(path)) if os.path.isfile(path) else None
-        info = fs.info(path)
-    except FileNotFoundError:
-        return None
-    return (
-        None if info.get("type") == "directory" else FileRef(ref.url, info.get("size"), store_identity(info))
-    )
-
-
 def check_inputs(manifest: Manifest, fingerprinter: Fingerprinter) -> list[InputChange]:
-    """The manifest's input files that were deleted or whose content differs from its fingerprints.
+    """The manifest's units (input files) that were deleted or whose content differs from its fingerprints,
+    in plan order.
 
     Local files are compared by content hash (memoised on size, mtime and inode, so an unchanged
     partition is not read again); object-store files by the store's content identity.
     """
-    refs = plan_refs(manifest.plan)
-    current, missing = current_inputs(manifest.plan, manifest.datasets)
-    changes = [InputChange(url, "deleted") for url in missing]
-    for input_index, fresh in current.items():
-        now = fingerprinter.many(fresh, manifest.datasets[input_index].storage_options)
-        for ref in fresh:
-            planned = manifest.fingerprints.get(ref.url)
-            if planned is not None and planned != now[ref.url]:
-                changes.append(InputChange(ref.url, "changed"))
-    order = {ref.url: position for position, (ref, _) in enumerate(refs)}
-    return sorted(changes, key=lambda change: order[change.url])
+    changes: dict[str, InputChange] = {}
+    for input_index, source in enumerate(manifest.datasets):
+        batches = _batches_of(manifest.plan, input_index)
+        if batches and isinstance(source, VerifiableSource):
+            for change in source.changes(batches, manifest.fingerprints, fingerprinter):
+                changes.setdefault(change.url, change)
+    order = {
+        unit: position
+        for position, unit in enumerate(dict.fromkeys(u for mb in manifest.plan for u in mb.units()))
+    }
+    return sorted(changes.values(), key=lambda change: order[change.url])
 
 
 def verify_manifest(manifest: Manifest, fingerprinter: Fingerprinter) -> None:

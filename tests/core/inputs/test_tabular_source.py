@@ -634,9 +634,10 @@ def test_csv_file_shorter_than_planned_is_an_input_error_local_and_remote(tmp_pa
 def test_files_planned_in_parallel_keep_their_order_and_first_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
 ) -> None:
+    from airflow_parallel_run.core.inputs import tabular
     from airflow_parallel_run.core.plan import planner
 
-    monkeypatch.setattr(planner, "_PLAN_THREADS", threads)
+    monkeypatch.setattr(tabular, "_PLAN_THREADS", threads)
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(23):
