@@ -32,6 +32,16 @@ def _env_pair(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise argparse.ArgumentTypeError(f'expected a JSON object with a "type", got {text!r}')
+    return value
+
+
 def _int_or_size(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
@@ -47,8 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.error = _Parser.error.__get__(run)  # type: ignore[method-assign]
     io = run.add_argument_group("inputs and outputs")
+    io.add_argument("--input", action="append", help="path, glob, folder or fsspec URL (repeatable)")
     io.add_argument(
-        "--input", action="append", required=True, help="path, glob, folder or fsspec URL (repeatable)"
+        "--dataset",
+        action="append",
+        default=[],
+        type=_json_object,
+        metavar="JSON",
+        help="an input of any installed type as JSON, e.g. "
+        '\'{"type": "TabularDataset", "paths": ["/data"], "format": "parquet"}\' (repeatable; after the --input ones)',
     )
     io.add_argument("--input-type", choices=["file", "tabular"], default="file")
     io.add_argument(
@@ -144,6 +161,45 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inputs_from_args(args: argparse.Namespace) -> list[Any]:
+    """The `--input` paths as one FileDataset or TabularDataset (`--input-type`), then each `--dataset`."""
+    from .core import FileDataset, TabularDataset
+    from .core.errors import ConfigError
+    from .core.inputs import dataset_from_dict
+
+    inputs: list[Any] = []
+    if args.input and args.input_type == "file":
+        inputs.append(FileDataset.from_files(args.input, partition_format=args.partition_format))
+    elif args.input:
+        fmt = FORMATS[args.format]
+        if fmt == "csv":
+            inputs.append(
+                TabularDataset.from_delimited_files(
+                    args.input,
+                    args.separator,
+                    not args.no_header,
+                    args.encoding,
+                    partition_format=args.partition_format,
+                )
+            )
+        elif fmt == "parquet":
+            inputs.append(
+                TabularDataset.from_parquet_files(args.input, partition_format=args.partition_format)
+            )
+        else:
+            inputs.append(
+                TabularDataset.from_json_lines_files(
+                    args.input, args.encoding, partition_format=args.partition_format
+                )
+            )
+    for document in args.dataset:
+        try:
+            inputs.append(dataset_from_dict(document))
+        except (TypeError, KeyError) as exc:  # fields the type does not take, or lacks
+            raise ConfigError("dataset", document, f"the fields of a {document['type']} ({exc})") from None
+    return inputs
+
+
 class Interrupted(BaseException):
     """SIGINT/SIGTERM before the job runs. A BaseException, so no `except Exception` in the engine
     (or in Dask) swallows it on its way out."""
@@ -173,7 +229,7 @@ class _Startup:
 
 
 def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> int:
-    from .core import ConfigError, FileDataset, InputError, ParallelRunConfig, TabularDataset
+    from .core import ConfigError, InputError, ParallelRunConfig
     from .core.cluster import ClusterError
     from .core.driver import JobDriver, run_job
     from .core.summary import JobSummary
@@ -212,30 +268,7 @@ def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> i
             environment_variables=dict(args.environment_variables),
             resource_monitor_interval=args.resource_monitor_interval,
         )
-        if args.input_type == "file":
-            inputs: list[Any] = [FileDataset.from_files(args.input, partition_format=args.partition_format)]
-        else:
-            fmt = FORMATS[args.format]
-            if fmt == "csv":
-                inputs = [
-                    TabularDataset.from_delimited_files(
-                        args.input,
-                        args.separator,
-                        not args.no_header,
-                        args.encoding,
-                        partition_format=args.partition_format,
-                    )
-                ]
-            elif fmt == "parquet":
-                inputs = [
-                    TabularDataset.from_parquet_files(args.input, partition_format=args.partition_format)
-                ]
-            else:
-                inputs = [
-                    TabularDataset.from_json_lines_files(
-                        args.input, args.encoding, partition_format=args.partition_format
-                    )
-                ]
+        inputs = _inputs_from_args(args)
     except (ConfigError, InputError) as exc:
         print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
         return 2
@@ -292,7 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, arguments = argv[:cut], argv[cut + 1 :]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and not args.input and not args.dataset:
+        parser.error("the following arguments are required: --input (or --dataset)")
     if args.command == "run":
         startup = _Startup()
         previous = {sig: signal.signal(sig, startup.handle) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -33,7 +33,6 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from airflow_parallel_run.core import (
     ConfigError,
-    FileDataset,
     InputError,
     JobDriver,
     OutputBusyError,
@@ -41,6 +40,7 @@ from airflow_parallel_run.core import (
     run_job,
 )
 from airflow_parallel_run.core.cluster import ClusterError, select_hosts
+from airflow_parallel_run.core.inputs.normalise import as_strings, to_datasets, with_job_credentials
 from airflow_parallel_run.core.inputs.source import Dataset, InputSource
 from airflow_parallel_run.core.plan import Plan
 from airflow_parallel_run.core.plan.manifest import InputChangedError, is_manifest_reference, load_manifest
@@ -138,48 +138,6 @@ def check_tunables(overrides: Mapping[str, Any]) -> None:
             number = None
     if number is not None and not math.isfinite(number):
         raise ConfigError("run_invocation_timeout", value, "a finite number of seconds > 0")
-
-
-def to_datasets(value: Any) -> list[Dataset]:
-    """`inputs` as datasets: a dataset, a path/glob/URL string, or a list of them (strings → one FileDataset)."""
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    if not items:
-        raise ConfigError("inputs", value, "at least one FileDataset, TabularDataset or path")
-    datasets: list[Dataset] = []
-    paths: list[str] = []
-    paths_at = -1
-    for item in items:
-        if isinstance(item, InputSource):
-            datasets.append(item)
-        elif isinstance(item, (str, os.PathLike)) and str(item).strip():
-            if paths_at < 0:
-                paths_at = len(datasets)
-            paths.append(str(item))
-        else:
-            raise ConfigError(
-                "inputs",
-                item,
-                "a FileDataset, a TabularDataset, or a path/glob/URL string (or a list of them)",
-            )
-    if paths:
-        datasets.insert(paths_at, FileDataset.from_files(paths))
-    return datasets
-
-
-def _to_strings(name: str, value: Any) -> list[str]:
-    """`arguments`/`side_inputs` as a list of strings (numbers from native rendering become strings)."""
-    if value is None:
-        return []
-    items = [value] if isinstance(value, (str, os.PathLike)) else value
-    if not isinstance(items, (list, tuple)):
-        raise ConfigError(name, value, "a list of strings")
-    out = []
-    for item in items:
-        if isinstance(item, (str, os.PathLike, int, float)):
-            out.append(str(item))
-        else:
-            raise ConfigError(name, item, "a string (or a number)")
-    return out
 
 
 @contextmanager
@@ -395,7 +353,7 @@ class ParallelRunOperator(BaseOperator):
         for name in ("side_inputs", "arguments"):
             value = getattr(self, name)
             if not _is_dynamic(value):
-                _to_strings(name, value)
+                as_strings(name, value)
 
     def _declare_output_asset(self) -> None:
         """A fixed output folder is an `Asset`; a templated one (or a map index's) is an `AssetAlias`
@@ -448,7 +406,9 @@ class ParallelRunOperator(BaseOperator):
 
     def resolve_inputs(self, storage_options: Mapping[str, Any] | None = None) -> list[Dataset]:
         """The datasets; one without its own `storage_options` gets the operator's (credentials)."""
-        return [d.with_credentials(storage_options or {}) for d in to_datasets(self.inputs)]
+        from airflow_parallel_run.hooks import connection_info
+
+        return with_job_credentials(to_datasets(self.inputs), storage_options, connection_info)
 
     def resolve_storage_options(self) -> dict[str, Any]:
         """`storage_conn_id`'s options updated by `storage_options` (explicit keys win)."""
@@ -473,8 +433,13 @@ class ParallelRunOperator(BaseOperator):
         from airflow_parallel_run.core.cache import memo_path, resolve_cache_root
         from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
         from airflow_parallel_run.core.plan.manifest import verify_manifest
+        from airflow_parallel_run.hooks import connection_info
 
         manifest = load_manifest(self.inputs["manifest"], storage_options)
+        # a manifest keeps no credentials: its sources get the task's (and their connections)
+        manifest = dataclasses.replace(
+            manifest, datasets=with_job_credentials(manifest.datasets, storage_options, connection_info)
+        )
         fingerprinter = Fingerprinter(memo_path(resolve_cache_root(cache_dir)), storage_options)
         try:
             verify_manifest(manifest, fingerprinter)
@@ -513,8 +478,8 @@ class ParallelRunOperator(BaseOperator):
         if identity.mapped:
             self._check_mapped_output(context, identity, output_path)
         kwargs: dict[str, Any] = {
-            "side_inputs": _to_strings("side_inputs", self.side_inputs),
-            "arguments": _to_strings("arguments", self.arguments),
+            "side_inputs": as_strings("side_inputs", self.side_inputs),
+            "arguments": as_strings("arguments", self.arguments),
             "storage_options": storage_options,
             "allow_reuse": self.allow_reuse,
             "cache_dir": cache_dir,

@@ -21,6 +21,7 @@ from airflow_parallel_run.core import ConfigError, InputError
 from airflow_parallel_run.core.cache import memo_path, resolve_cache_root
 from airflow_parallel_run.core.inputs import dataset_to_dict
 from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
+from airflow_parallel_run.core.inputs.normalise import to_datasets, with_job_credentials
 from airflow_parallel_run.core.inputs.source import Dataset
 from airflow_parallel_run.core.plan import plan_inputs
 from airflow_parallel_run.core.plan.completeness import Completeness, check_partition
@@ -86,13 +87,13 @@ class DatasetPartitionSensor(BaseSensorOperator):
 
     # -- helpers ----------------------------------------------------------------------------------
     def _datasets(self) -> list[Dataset]:
-        from airflow_parallel_run.operators import to_datasets
+        from airflow_parallel_run.hooks import connection_info
 
         try:
             datasets = to_datasets(self.input)
         except ConfigError as exc:
             raise AirflowFailException(f"Invalid DatasetPartitionSensor input: {exc}") from exc
-        return [d.with_credentials(self.storage_options, mode="merge") for d in datasets]
+        return with_job_credentials(datasets, self.storage_options, connection_info, mode="merge")
 
     def _manifest_base(self, context: Context) -> str:
         """The manifest and the stable-pokes state of this task instance (map index included)."""

@@ -132,6 +132,12 @@ def test_no_import_cycles() -> None:
     assert _cycles(_graph()) == []
 
 
+def test_the_sensor_never_imports_the_operator() -> None:
+    """The sensor shares the engine's reading of inputs (core.inputs), not the operator's module."""
+    imported = imports(f"{NAME}.sensors", load_time=False)
+    assert not any(i == f"{NAME}.operators" or i.startswith(f"{NAME}.operators.") for i in imported)
+
+
 def test_the_rules_see_imports() -> None:
     """The rules above would pass on a parser that finds nothing: check that it finds what is there."""
     graph = _graph()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -32,7 +34,7 @@ class Fingerprinter:
     def __init__(self, memo_path: str, storage_options: Mapping[str, Any] | None = None) -> None:
         os.makedirs(os.path.dirname(memo_path), exist_ok=True)
         self._db = sqlite3.connect(memo_path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _use_wal(self._db)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS memo (path TEXT PRIMARY KEY, size INT, mtime_ns INT, inode INT, hash TEXT)"
         )
@@ -137,6 +139,27 @@ class Fingerprinter:
                 ident = self.file(FileRef(fs.unstrip_protocol(name), info.get("size")), storage_options)
             digest.update(f"{posixpath.relpath(name, path)}\0{ident}\0{info.get('size')}".encode())
         return f"tree:{digest.hexdigest()[:32]}"
+
+
+#: How long opening the memo waits for other jobs that switch a new memo file to WAL at the same moment.
+WAL_SWITCH_WAIT_S = 30.0
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """WAL lets jobs that share a cache read and write the memo at once. Switching a new file to it needs
+    the file to itself for a moment: a job switching at the same moment makes the statement fail with
+    'database is locked' at once (SQLite's busy timeout does not cover it), so it is tried again; once
+    one job switched it, the others find it in WAL already."""
+    deadline = time.monotonic() + WAL_SWITCH_WAIT_S
+    while True:
+        try:
+            if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01 + random.random() * 0.04)
 
 
 def hash_stream(handle: Any) -> str:

@@ -224,7 +224,7 @@ class PathInput:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> Any:
         fields = {k: v for k, v in data.items() if k != "type"}
-        fields["paths"] = tuple(fields["paths"])
+        fields["paths"] = as_paths(fields.get("paths", ()), "paths")
         if storage_options is not None:
             fields["storage_options"] = dict(storage_options)
         return cls(**fields)
