@@ -146,7 +146,7 @@ def _duration(text: str) -> float:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from .core.cache import MiniBatchCache, resolve_cache_root
+    from .core.reuse.cache import MiniBatchCache, resolve_cache_root
 
     cache = MiniBatchCache(resolve_cache_root(args.cache_dir))
     if args.action == "info":

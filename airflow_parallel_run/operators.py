@@ -430,9 +430,9 @@ class ParallelRunOperator(BaseOperator):
     ) -> tuple[list[Dataset], Plan | None]:
         """A sensor's manifest: its datasets and plan, after checking its files against their
         fingerprints (`on_manifest_change` says what a deleted or changed file does)."""
-        from airflow_parallel_run.core.cache import memo_path, resolve_cache_root
         from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
         from airflow_parallel_run.core.plan.manifest import verify_manifest
+        from airflow_parallel_run.core.reuse.cache import memo_path, resolve_cache_root
         from airflow_parallel_run.hooks import connection_info
 
         manifest = load_manifest(self.inputs["manifest"], storage_options)

@@ -18,7 +18,6 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from airflow_parallel_run.core import ConfigError, InputError
-from airflow_parallel_run.core.cache import memo_path, resolve_cache_root
 from airflow_parallel_run.core.inputs import dataset_to_dict
 from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
 from airflow_parallel_run.core.inputs.normalise import to_datasets, with_job_credentials
@@ -26,6 +25,7 @@ from airflow_parallel_run.core.inputs.source import Dataset
 from airflow_parallel_run.core.plan import plan_inputs
 from airflow_parallel_run.core.plan.completeness import Completeness, check_partition
 from airflow_parallel_run.core.plan.manifest import fingerprint_plan, write_manifest
+from airflow_parallel_run.core.reuse.cache import memo_path, resolve_cache_root
 from airflow_parallel_run.core.storage import write_atomic
 from airflow_parallel_run.task_identity import TaskIdentity
 

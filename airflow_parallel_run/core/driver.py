@@ -25,17 +25,15 @@ from typing import Any
 from distributed import Client, Event, Future, as_completed
 
 from .attempt import AttemptResult, AttemptStage, AttemptStatus
-from .cache import MiniBatchCache, memo_path, resolve_cache_root
 from .cluster import dask_client, select_hosts
 from .config import ParallelRunConfig, check_embedded_process_count
 from .errors import ConfigError
-from .inputs.fingerprint import Fingerprinter
 from .inputs.source import Dataset
 from .joblogs import PROGRESS_FILE, JobLogs
 from .jobspec import JobSpec, bundle_scripts
 from .minibatch import MiniBatch
 from .output.assemble import Part, assemble
-from .output.schema import JobSchema, schema_from_text, schema_to_text
+from .output.schema import JobSchema
 from .output_files import collect_leftovers, publish_files
 from .output_folder import (
     MARKER_NAME,
@@ -48,8 +46,8 @@ from .output_folder import (
 )
 from .plan import Plan, plan
 from .retry import InitFailures, Step, next_step
-from .reuse_key import digest as key_digest
-from .reuse_key import key_fields, mini_batch_key
+from .reuse.cache import MiniBatchCache, resolve_cache_root
+from .reuse.reuse import Reuse
 from .runner import (
     SHUTDOWN_GRACE_S,
     run_mini_batch,
@@ -120,100 +118,6 @@ def _normalise_output(output_path: str, storage_options: Mapping[str, Any]) -> t
     except OSError as exc:
         raise ConfigError("output_path", output_path, f"a folder this job can write to ({exc})") from exc
     return fs.unstrip_protocol(path).rstrip("/"), False
-
-
-# Config fields with a component (and words in COMPONENT_WORDS) of their own; every other key field of
-# the config (reuse_key.key_fields) lands in the component "settings", named field by field.
-_OWN_COMPONENT = {
-    "environment_variables": "environment_variables",
-    "output_action": "output",
-    "append_row_file_name": "output",
-    "append_row_format": "output",
-    "partition_keys": "partition_keys",
-}
-
-
-def job_components(
-    config: ParallelRunConfig,
-    code_files: Mapping[str, str],
-    arguments: Sequence[str],
-    side_inputs: Mapping[str, str],
-    entry: str = "",
-) -> dict[str, Any]:
-    """Everything that changes what run() produces, except the data, by component name (see
-    /work/shared/DESIGN.md, reuse). Built from `key_fields(config)`, so a config field is in the key
-    unless core/reuse_key.py says, with a reason, that it cannot change a result. `entry` is the entry
-    script's path inside the code bundle (a source_directory holds several scripts)."""
-    fields = key_fields(config)
-    settings = {name: value for name, value in fields.items() if name not in _OWN_COMPONENT}
-    return {
-        "code": dict(sorted(code_files.items())),
-        "entry_script": entry or os.path.basename(config.entry_script),
-        "arguments": list(arguments),
-        "side_inputs": [side_inputs[url] for url in side_inputs],
-        "environment_variables": fields["environment_variables"],
-        "output": [fields["output_action"], config.output_file_name, fields["append_row_format"]],
-        "partition_keys": fields["partition_keys"] or [],
-        "settings": settings,
-    }
-
-
-def _digest(material: Any) -> str:
-    return key_digest(material)[:32]
-
-
-COMPONENT_WORDS = {
-    "code": "the entry script or a file in source_directory changed",
-    "entry_script": "entry_script names another script",
-    "arguments": "the arguments changed",
-    "side_inputs": "a side input changed",
-    "environment_variables": "environment_variables changed",
-    "output": "the output settings (output_action, append_row_file_name, append_row_format) changed",
-    "partition_keys": "partition_keys changed",
-    "settings": "a setting changed",
-    "read_options": "the read options of an input changed",
-}
-
-_PER_FIELD = ("code", "settings")  # components whose manifest entry names each field (digests only)
-
-
-def _component_digests(components: Mapping[str, Any]) -> dict[str, Any]:
-    """What the cache keeps about a job: per-file code hashes, per-field digests of settings and read
-    options, and a digest of every other component (never a value: environment variables may be secret)."""
-    digests: dict[str, Any] = {}
-    for name, value in components.items():
-        if name == "code":
-            digests[name] = dict(value)
-        elif name in _PER_FIELD:
-            digests[name] = {field: _digest(v) for field, v in value.items()}
-        elif name == "read_options":
-            digests[name] = [{field: _digest(v) for field, v in options.items()} for options in value]
-        else:
-            digests[name] = _digest(value)
-    return digests
-
-
-def explain_change(previous: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
-    """Names the first key component that differs from the previous run of the same job."""
-    for name, words in COMPONENT_WORDS.items():
-        old, new = previous.get(name), current.get(name)
-        if old == new:
-            continue
-        if name in ("code", "settings") and isinstance(old, dict) and isinstance(new, dict):
-            changed = sorted(f for f in set(old) | set(new) if old.get(f) != new.get(f))
-            return f"{words} ({', '.join(changed[:3])})"
-        if (
-            name == "read_options"
-            and isinstance(old, list)
-            and isinstance(new, list)
-            and len(old) == len(new)
-        ):
-            for index, (before, after) in enumerate(zip(old, new, strict=True)):
-                changed = sorted(f for f in set(before) | set(after) if before.get(f) != after.get(f))
-                if changed:
-                    return f"{words} (input {index}: {', '.join(changed)})"
-        return words
-    return None
 
 
 def _identity(value: Any) -> Any:
@@ -334,30 +238,18 @@ class JobDriver:
         )
         self.allow_reuse = allow_reuse
         self.cache = MiniBatchCache(resolve_cache_root(cache_dir), self.storage_options)
-        fingerprinter = Fingerprinter(memo_path(self.cache.root), self.storage_options)
-        try:
-            side_fps = {url: fingerprinter.path(url) for url in self.side_inputs}
-            self.components = job_components(config, code_files, self.arguments, side_fps, entry)
-            self.cache_key = _digest(self.components)
-            # each mini-batch's key holds its own input's read options (separator, encoding, ...)
-            self.read_options = [key_fields(dataset) for dataset in self.inputs]
-            self.fingerprints: dict[str, str] = {}
-            for input_index, source in enumerate(self.inputs):
-                batches = [mb for mb in self.plan if mb.input_index == input_index]
-                self.fingerprints.update(source.fingerprints(batches, fingerprinter))
-        finally:
-            fingerprinter.close()
-        self.keys = {
-            mb.index: mini_batch_key(self.cache_key, mb, self.fingerprints, self.read_options[mb.input_index])
-            for mb in self.plan.mini_batches
-        }
-        self.signature = _digest(
-            [
-                os.path.abspath(config.entry_script_path),
-                [list(d.locations()) for d in self.inputs],
-                self.plan.kind,
-            ]
+        self.reuse = Reuse(
+            config,
+            self.inputs,
+            self.plan,
+            (code_files, entry),
+            self.arguments,
+            self.side_inputs,
+            self.cache,
+            allow_reuse=allow_reuse,
         )
+        self.cache_key = self.reuse.cache_key
+        self.keys = self.reuse.keys
         log_url = join(self.output, "logs")
         self.stop_reason: str | None = None
         self._cancel = threading.Event()
@@ -419,75 +311,13 @@ class JobDriver:
     # -- reuse ---------------------------------------------------------------------------------------
     def find_reusable(self) -> dict[int, AttemptResult]:
         """Cache hits (when allow_reuse) and a log line saying how many were reused and why others were not."""
-        hits: dict[int, AttemptResult] = {}
-        damaged: list[str] = []
-        files_meta: dict[int, dict[str, Any]] = {}  # hits whose entry holds output_dir files
-        if self.allow_reuse:
-            for mb in self.plan.mini_batches:
-                meta, problem = self.cache.verified(self.keys[mb.index])
-                if problem:  # a damaged entry is a miss that says so, never output
-                    damaged.append(
-                        f"cache entry {self.keys[mb.index]} of mini-batch {mb.index} failed verification "
-                        f"({problem}); it runs again"
-                    )
-                if meta is not None:
-                    hits[mb.index] = AttemptResult(
-                        mb.index,
-                        0,
-                        AttemptStatus.REUSED,
-                        process="(cache)",
-                        total=int(meta["total"]),
-                        succeeded=int(meta["succeeded"]),
-                        part_url=meta["part_url"],
-                        columns=list(meta.get("columns", [])),
-                        schema=schema_from_text(meta.get("schema")),
-                        reused=True,
-                        error=f"reused cache entry {self.keys[mb.index]}",
-                    )
-                    if meta.get("files"):
-                        files_meta[mb.index] = meta
-            hits = self._admit_reused(hits)
-            for index, meta in sorted(files_meta.items()):  # only entries that are really reused
-                if index not in hits:
-                    continue
-                problem = self._restore_files(index, meta)
-                if problem:
-                    del hits[index]
-                    damaged.append(
-                        f"cache entry {self.keys[index]} of mini-batch {index} failed verification "
-                        f"({problem}); it runs again"
-                    )
-        for line in damaged:
+        outcome = self.reuse.find(self._admit_reused, self._restore_files)
+        for line in outcome.warnings:
             self.logs.master(f"warning: {line}")
             self._say(f"Warning: {line}")
-        previous = self.cache.read_manifest(self.signature)
-        misses = [mb for mb in self.plan.mini_batches if mb.index not in hits]
-        if not self.allow_reuse:
-            reason = "allow_reuse is False"
-        elif not misses:
-            reason = ""
-        elif previous is None:
-            reason = "no earlier run of this job in the cache"
-        else:
-            current = _component_digests({**self.components, "read_options": self.read_options})
-            reason = explain_change(previous.get("components", {}), current) or self._explain_inputs(
-                previous.get("inputs", {}), misses
-            )
-            if damaged and len(damaged) == len(misses):
-                reason = f"{len(damaged)} cache entries failed verification"
-        self.reuse_line = (
-            f"Reuse: {len(hits)} of {len(self.plan.mini_batches)} mini-batches reused from {self.cache.root}"
-            + (f"; {len(misses)} to run: {reason}" if misses else "")
-        )
+        self.reuse_line = outcome.line
         self.logs.master(self.reuse_line)
-        self.cache.write_manifest(
-            self.signature,  # digests only: environment variables may hold secrets
-            {
-                "components": _component_digests({**self.components, "read_options": self.read_options}),
-                "inputs": self.fingerprints,
-            },
-        )
-        return hits
+        return outcome.hits
 
     def _admit_reused(self, hits: Mapping[int, AttemptResult]) -> dict[int, AttemptResult]:
         """Cached parts join the job's schema like fresh ones (in mini-batch order); one that cannot is run
@@ -518,56 +348,14 @@ class JobDriver:
             part_url=None,
         )
 
-    def _explain_inputs(self, previous_inputs: Mapping[str, str], misses: Sequence[MiniBatch]) -> str:
-        changed, new = [], []
-        for mb in misses:
-            for url in mb.units():
-                if url not in previous_inputs:
-                    new.append(url)
-                elif previous_inputs[url] != self.fingerprints[url]:
-                    changed.append(url)
-        parts = []
-        if changed:
-            parts.append(
-                f"input file {changed[0]} changed"
-                + (f" (+{len(changed) - 1} more)" if len(changed) > 1 else "")
-            )
-        if new:
-            parts.append(f"new input file {new[0]}" + (f" (+{len(new) - 1} more)" if len(new) > 1 else ""))
-        return (
-            "; ".join(parts)
-            or "no cache entry for them (an earlier attempt failed, the run was interrupted, or the cache was pruned)"
-        )
-
     def _commit(self, result: AttemptResult) -> None:
-        """Publishes a successful attempt to the cache at once, so an interrupted run resumes from here.
-
-        Synchronous: on a local cache a commit is a link and a small file (well under 1 ms); a commit
-        thread would compete for the GIL the driver shares with the client's event loop (and, on
-        the embedded cluster, with the workers).
-        """
+        """Stores a successful attempt in the cache at once, and moves its output_dir files (and no other
+        attempt's) into the output."""
         files_url = self.spec.files_url(result.index, result.attempt)
-        if result.uncacheable:
-            self.logs.master(f"mini-batch {result.index} is not cached: {result.uncacheable}")
-        else:
-            try:
-                cached = self.cache.store(
-                    self.keys[result.index],
-                    result.part_url,
-                    {
-                        "total": result.total,
-                        "succeeded": result.succeeded,
-                        "columns": result.columns,
-                        "schema": schema_to_text(result.schema),
-                    },
-                    files_url,
-                    result.files,
-                )
-                if result.part_url:
-                    result.part_url = cached
-            except Exception as exc:  # noqa: BLE001 - a full cache disk must not fail the job
-                self.logs.master(f"could not cache mini-batch {result.index}: {type(exc).__name__}: {exc}")
-        if result.files:  # the committed attempt's output_dir files, and no other attempt's, reach the output
+        note = self.reuse.commit(result, files_url)
+        if note:
+            self.logs.master(note)
+        if result.files:
             self._publish(result.index, files_url, result.files, move=True)
 
     def _restore_files(self, index: int, meta: Mapping[str, Any]) -> str | None:

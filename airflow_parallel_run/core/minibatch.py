@@ -50,7 +50,7 @@ class Piece(Protocol):
     """A unit of a source that is neither files nor tabular files (a key range of a table, a page of an API).
 
     A frozen dataclass: its fields enter the mini-batch's cache key like a slice's (fields it lists in
-    a `NOT_IN_KEY` class attribute do not, see core/reuse_key.py). Registered with `register_piece` so
+    a `NOT_IN_KEY` class attribute do not, see core/reuse/key.py). Registered with `register_piece` so
     that manifests can read it back."""
 
     @property

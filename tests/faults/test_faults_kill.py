@@ -318,7 +318,7 @@ def test_scheduler_killed_returns_a_failed_summary(scheduler_kill: SchedulerKill
 
 # -- the driver (CLI) -----------------------------------------------------------------------------------
 def test_killed_driver_rerun_into_the_same_folder(echo_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """tests/test_reuse.py resumes into a new folder; here the same folder: the dead driver's lock,
+    """tests/core/reuse/test_reuse.py resumes into a new folder; here the same folder: the dead driver's lock,
     staging parts and entry-script processes must not get in the way, and nothing is duplicated."""
     count = 24
     root, calls, out, cache = files(count), tmp_path / "calls.txt", tmp_path / "out", tmp_path / "cache"

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .assemble import Layout, Part
 
 #: Part files and their schema metadata as this release writes them. It is part of every reuse-cache key
-#: (reuse_key.mini_batch_key), so parts written before a change of meaning are never served as if new.
+#: (reuse/key.py, mini_batch_key), so parts written before a change of meaning are never served as if new.
 PART_ENCODING_VERSION = 2
 ENTRY_POINT_GROUP = "airflow_parallel_run.output_formats"
 

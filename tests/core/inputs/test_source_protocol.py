@@ -21,7 +21,7 @@ from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
 from airflow_parallel_run.core.inputs.source import InputSource, PlanContext
 from airflow_parallel_run.core.output_folder import check_separate
 from airflow_parallel_run.core.plan import plan_inputs
-from airflow_parallel_run.core.reuse_key import key_fields
+from airflow_parallel_run.core.reuse.key import key_fields
 
 SECRET = "s3cr3t-credential-value"
 

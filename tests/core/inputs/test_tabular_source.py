@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_parallel_run.core.cache import mini_batch_key
 from airflow_parallel_run.core.errors import InputError
 from airflow_parallel_run.core.inputs import tabular_scan
 from airflow_parallel_run.core.inputs.tabular import TabularDataset
@@ -25,6 +24,7 @@ from airflow_parallel_run.core.inputs.tabular_scan import plan_tabular_file
 from airflow_parallel_run.core.minibatch import MiniBatch, TabularSlice
 from airflow_parallel_run.core.plan import Plan
 from airflow_parallel_run.core.plan.manifest import read_manifest, write_manifest
+from airflow_parallel_run.core.reuse.key import mini_batch_key
 
 QUOTED_CSV = (
     "id,name,comment\n"

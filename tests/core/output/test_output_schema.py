@@ -427,8 +427,8 @@ def test_duplicate_column_names_in_csv_must_match_every_other_part() -> None:
 
 def test_part_encoding_version_is_in_every_cache_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """Parts written in an older encoding (no schema in their metadata) are never served as new ones."""
-    from airflow_parallel_run.core import reuse_key
     from airflow_parallel_run.core.minibatch import FileRef, MiniBatch, TabularSlice
+    from airflow_parallel_run.core.reuse import key as reuse_key
 
     batches = [
         MiniBatch(0, "file", 0, 1, files=(FileRef("/in/a.txt"),)),

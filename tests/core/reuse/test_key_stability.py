@@ -21,11 +21,11 @@ import fsspec
 import pytest
 
 from airflow_parallel_run.core import FileDataset, JobDriver, ParallelRunConfig, TabularDataset
-from airflow_parallel_run.core.driver import _component_digests, job_components
 from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
 from airflow_parallel_run.core.minibatch import FileRef, MiniBatch, TabularSlice
 from airflow_parallel_run.core.plan import plan_inputs
-from airflow_parallel_run.core.reuse_key import digest, key_fields, mini_batch_key
+from airflow_parallel_run.core.reuse.components import component_digests, job_components
+from airflow_parallel_run.core.reuse.key import digest, key_fields, mini_batch_key
 
 ROOT = "memory://apr-golden-keys"
 CODE = {"score.py": "a" * 64, "lib/util.py": "b" * 64}
@@ -118,7 +118,7 @@ def job_keys(script: str) -> dict[str, Any]:
         read_options = [key_fields(TabularDataset(("/d",), "csv", separator=";"))]
         out[name] = {
             "cache_key": digest(components)[:32],
-            "digests": _component_digests({**components, "read_options": read_options}),
+            "digests": component_digests({**components, "read_options": read_options}),
         }
     return out
 

@@ -1,6 +1,6 @@
 """Reuse cache (`allow_reuse`): one entry per mini-batch, keyed by what determines its result.
 
-The key (core/reuse_key.py) hashes every job and mini-batch field except those listed there with a
+The key (core/reuse/key.py) hashes every job and mini-batch field except those listed there with a
 reason, plus the content fingerprints of the code, side inputs and the mini-batch's inputs.
 
 Entries live on any fsspec URL: `<root>/entries/<k[:2]>/<k>/<uuid>.<ext>` holds the part and
@@ -22,11 +22,10 @@ from typing import Any
 import fsspec
 import xxhash
 
-from .inputs.fingerprint import hash_stream
-from .reuse_key import mini_batch_key
-from .storage import absolute, is_local, local_path, write_atomic
+from ..inputs.fingerprint import hash_stream
+from ..storage import absolute, is_local, local_path, write_atomic
 
-__all__ = ["MiniBatchCache", "mini_batch_key", "resolve_cache_root"]
+__all__ = ["MiniBatchCache", "memo_path", "resolve_cache_root"]
 
 DEFAULT_CACHE_ROOT = os.path.join("~", ".cache", "airflow-parallel-run")
 CACHE_ENV = "AIRFLOW_PARALLEL_RUN_CACHE"

@@ -5,7 +5,7 @@ Every field of the dataclasses that describe a job (`ParallelRunConfig`, `FileDa
 walked with `dataclasses.fields`, unless it is listed in `NOT_IN_KEY` with the reason it cannot
 change what `run()` sees or returns, or in `CONTENT_IN_KEY` because its content enters instead of
 its value (a script's bytes, not its path on this machine). A field added later is therefore in
-the key until someone decides otherwise and writes down why; tests/test_reuse_key.py checks that
+the key until someone decides otherwise and writes down why; tests/core/reuse/test_reuse_key.py checks that
 the lists name only real fields and that a new field lands in the key.
 
 Input sources added later declare their own exclusions as class attributes of the same names
@@ -23,11 +23,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .config import ParallelRunConfig
-from .inputs.files import FileDataset
-from .inputs.tabular import TabularDataset
-from .minibatch import MiniBatch, TabularSlice
-from .output.formats import PART_ENCODING_VERSION
+from ..config import ParallelRunConfig
+from ..inputs.files import FileDataset
+from ..inputs.tabular import TabularDataset
+from ..minibatch import MiniBatch, TabularSlice
+from ..output.formats import PART_ENCODING_VERSION
 
 #: Bumped whenever what a key means changes (what is hashed, or how a cached part is encoded), so
 #: entries written under the old meaning simply miss.

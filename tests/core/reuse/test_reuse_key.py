@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 import pytest
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, TabularDataset
-from airflow_parallel_run.core.driver import job_components
 from airflow_parallel_run.core.minibatch import FileRef, MiniBatch, TabularSlice, register_piece
-from airflow_parallel_run.core.reuse_key import (
+from airflow_parallel_run.core.reuse.components import job_components
+from airflow_parallel_run.core.reuse.key import (
     CONTENT_IN_KEY,
     KEY_WHEN_SET,
     NOT_IN_KEY,
@@ -87,7 +87,7 @@ def test_each_config_field_changes_the_key_exactly_when_it_is_not_excluded(tmp_p
     base = ParallelRunConfig(entry_script=str(script))
     for name, (first, second) in values.items():
         if name in CONTENT_IN_KEY[ParallelRunConfig]:
-            continue  # its content enters through the code bundle (tests/test_reuse.py changes it)
+            continue  # its content enters through the code bundle (tests/core/reuse/test_reuse.py changes it)
         one = dataclasses.replace(base, **{name: first})
         two = dataclasses.replace(base, **{name: second})
         differ = job_components(one, {}, [], {}) != job_components(two, {}, [], {})
