@@ -227,7 +227,7 @@ class ParallelRunConfig:
                 "a plain file name: no path separators, no '..', none of ~\"#%&*:<>?/\\{|}",
             )
         if name is not None:  # the engine's own entries of the output folder (logs, .staging, ...)
-            from .output_folder import check_output_file_name
+            from .output.folder import check_output_file_name
 
             check_output_file_name(name)
         size = len(name.encode("utf-8", "surrogateescape")) if name is not None else 0

@@ -7,14 +7,11 @@ mini-batch is committed, and the assembler concatenates committed parts in mini-
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import json
 import logging
 import os
 import queue
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -32,18 +29,9 @@ from .inputs.source import Dataset
 from .joblogs import PROGRESS_FILE, JobLogs
 from .jobspec import JobSpec, bundle_scripts
 from .minibatch import MiniBatch
-from .output.assemble import Part, assemble
-from .output.schema import JobSchema
-from .output_files import collect_leftovers, publish_files
-from .output_folder import (
-    MARKER_NAME,
-    OutputLock,
-    StoreLock,
-    check_ours,
-    check_output_file_name,
-    check_separate,
-    claim,
-)
+from .output.files import FilePublisher
+from .output.folder import OutputFolder
+from .output.sink import JobOutput
 from .plan import Plan, plan
 from .retry import InitFailures, Step, next_step
 from .reuse.cache import MiniBatchCache, resolve_cache_root
@@ -54,7 +42,7 @@ from .runner import (
     shutdown_job,
     stop_job,
 )
-from .storage import filesystem, is_local, join, remove_tree, upload_folder
+from .storage import filesystem, join
 from .summary import JobSummary, Tally, summarise, threshold_breach, verdict
 
 log = logging.getLogger("airflow_parallel_run")
@@ -93,31 +81,6 @@ ProgressCallback = Callable[[str], None]
 def _plain(path: str) -> bool:
     """A path on this host as given (a side input or argument), not a URL: made absolute, checked to exist."""
     return "://" not in path
-
-
-def _check_output_path(output_path: str) -> None:
-    if not isinstance(output_path, str) or not output_path.strip():
-        raise ConfigError("output_path", output_path, "a folder path or fsspec URL")
-
-
-def _normalise_output(output_path: str, storage_options: Mapping[str, Any]) -> tuple[str, bool]:
-    _check_output_path(output_path)
-    fs, path = filesystem(output_path.strip(), storage_options)
-    try:
-        if is_local(fs):
-            path = os.path.abspath(path)
-            if os.path.isfile(path):
-                raise ConfigError("output_path", output_path, "a folder (a file of that name exists)")
-            os.makedirs(path, exist_ok=True)
-            probe = os.path.join(path, f".apr-write-test-{os.getpid()}")
-            with open(probe, "w"):
-                pass
-            os.remove(probe)
-            return path, True
-        fs.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("output_path", output_path, f"a folder this job can write to ({exc})") from exc
-    return fs.unstrip_protocol(path).rstrip("/"), False
 
 
 def _identity(value: Any) -> Any:
@@ -217,22 +180,19 @@ class JobDriver:
                 raise ConfigError("side_inputs", original, "an existing file or folder, or an fsspec URL")
         self.side_inputs = tuple(side)
         self.arguments = tuple(os.path.abspath(a) if a in side_inputs and _plain(a) else a for a in arguments)
-        # The output folder's rules, before anything is read or created (output_folder.py).
-        check_output_file_name(config.output_file_name)
-        _check_output_path(output_path)
-        check_separate(
+        # The output folder's rules, before anything is read or created (core/output/folder.py).
+        OutputFolder.check(
             output_path,
             self.storage_options,
+            output_file=config.output_file_name,
             inputs=[(where, d.storage_options) for d in self.inputs for where in d.locations()],
             cache_root=resolve_cache_root(cache_dir),
-            protected_paths=[str(p) for p in protected_paths],
+            protected_paths=protected_paths,
         )
         self.plan: Plan = planned if planned is not None else plan(self.inputs, config)
-        self.output, self.local_output = _normalise_output(output_path, self.storage_options)
-        self._out_fs, self._out_folder = filesystem(self.output, self.storage_options)
-        self.output_file = config.output_file_name if config.output_action == "append_row" else None
-        check_ours(self._out_fs, self._out_folder, self.output, self.output_file)  # again under the lock
-        self._lock: OutputLock | StoreLock | None = None
+        output_file = config.output_file_name if config.output_action == "append_row" else None
+        self.folder = OutputFolder(output_path, self.storage_options, output_file)
+        self.output, self.local_output = self.folder.url, self.folder.local
         bundle, bundle_hash, entry, code_files = bundle_scripts(
             config.entry_script_path, config.source_directory
         )
@@ -250,28 +210,21 @@ class JobDriver:
         )
         self.cache_key = self.reuse.cache_key
         self.keys = self.reuse.keys
-        log_url = join(self.output, "logs")
         self.stop_reason: str | None = None
         self._cancel = threading.Event()
         self.stopped_at: float | None = None
-        self._left = False
         self.cancelled_attempts = 0
         self.leftover_processes = 0
-        self._claim_output_folder()
+        self.folder.claim(self.job_id, self.cancel)
         try:
-            self._prepare_logs(log_url, bundle, bundle_hash, entry)
+            self._prepare_logs(bundle, bundle_hash, entry)
         except BaseException:  # the lock's heartbeat would keep the folder busy for as long as we live
             self.release()
             raise
 
-    def _prepare_logs(self, log_url: str, bundle: bytes, bundle_hash: str, entry: str) -> None:
+    def _prepare_logs(self, bundle: bytes, bundle_hash: str, entry: str) -> None:
         config = self.config
-        if self.local_output:
-            self.log_root = log_url
-        else:
-            self.log_root = tempfile.mkdtemp(prefix="apr-logs-")
-            with open(os.path.join(self.log_root, MARKER_NAME), "w", encoding="utf-8") as handle:
-                json.dump(self.marker, handle, indent=2)  # the final upload keeps the folder marked
+        self.log_root = self.folder.open_logs()
         self.logs = JobLogs(self.log_root)
         self.spec = JobSpec(
             job_id=self.job_id,
@@ -283,8 +236,8 @@ class JobDriver:
             environment_variables=dict(config.environment_variables),
             datasets=tuple(self.inputs),
             output_url=self.output,
-            staging_url=join(self.output, ".staging", self.job_id),
-            log_url=log_url,
+            staging_url=self.folder.staging_url(self.job_id),
+            log_url=self.folder.log_url,
             output_action=config.output_action,
             append_row_format=config.append_row_format,
             logging_level=config.logging_level,
@@ -292,13 +245,14 @@ class JobDriver:
             resource_monitor_interval=float(config.resource_monitor_interval),
             storage_options=self.storage_options,
         )
-        self._published: dict[str, int] = {}  # output_dir file -> the mini-batch that wrote it
+        self.files = FilePublisher(self.output, self.storage_options, self._warn)
+        self.sink = JobOutput(
+            config.append_row_format, self.output, self.storage_options, self.files, self.logs.master
+        )
         self.tally = Tally(len(self.plan.mini_batches), self.plan.total_items)
-        self.committed: dict[int, AttemptResult] = {}  # mini-batch -> its committed attempt
-        self.schema = JobSchema(config.append_row_format)  # the output's one schema over committed parts
         self.slots = max(1, config.node_count * config.processes_per_node)
         self.init_failures = InitFailures.for_slots(self.slots)
-        if isinstance(self._lock, StoreLock) and not self._lock.supported:
+        if self.folder.unlocked:
             self.logs.master(
                 f"warning: {self.output} takes no lock (its store cannot create a file exclusively); "
                 "make sure no other job writes to it at the same time"
@@ -311,7 +265,7 @@ class JobDriver:
     # -- reuse ---------------------------------------------------------------------------------------
     def find_reusable(self) -> dict[int, AttemptResult]:
         """Cache hits (when allow_reuse) and a log line saying how many were reused and why others were not."""
-        outcome = self.reuse.find(self._admit_reused, self._restore_files)
+        outcome = self.reuse.find(self.sink.admit_reused, self.files.restore)
         for line in outcome.warnings:
             self.logs.master(f"warning: {line}")
             self._say(f"Warning: {line}")
@@ -319,93 +273,19 @@ class JobDriver:
         self.logs.master(self.reuse_line)
         return outcome.hits
 
-    def _admit_reused(self, hits: Mapping[int, AttemptResult]) -> dict[int, AttemptResult]:
-        """Cached parts join the job's schema like fresh ones (in mini-batch order); one that cannot is run
-        again instead of reused."""
-        admitted = {}
-        for index, result in sorted(hits.items()):
-            problem = self.schema.admit(index, result.columns, result.schema)
-            if problem is None:
-                admitted[index] = result
-            else:
-                self.logs.master(f"mini-batch {index} runs again instead of being reused: {problem}")
-        return admitted
-
     def _check_schema(self, mb: MiniBatch, result: AttemptResult) -> AttemptResult:
         """A successful attempt whose records cannot join the job's schema fails (and is not committed)."""
-        if not result.ok or result.reused or mb.index in self.tally.finished:
-            return result
-        problem = self.schema.admit(mb.index, result.columns, result.schema)
-        if problem is None:
-            return result
-        return dataclasses.replace(
-            result,
-            status=AttemptStatus.RUN_INVALID_RESULT,
-            stage=AttemptStage.COMMIT,
-            error=problem,
-            traceback=problem + "\n",
-            succeeded=0,
-            part_url=None,
-        )
-
-    def _commit(self, result: AttemptResult) -> None:
-        """Stores a successful attempt in the cache at once, and moves its output_dir files (and no other
-        attempt's) into the output."""
-        files_url = self.spec.files_url(result.index, result.attempt)
-        note = self.reuse.commit(result, files_url)
-        if note:
-            self.logs.master(note)
-        if result.files:
-            self._publish(result.index, files_url, result.files, move=True)
-
-    def _restore_files(self, index: int, meta: Mapping[str, Any]) -> str | None:
-        """Copies the files a reused entry's script wrote to output_dir into this job's output folder."""
-        try:
-            self._publish(index, str(meta["files_url"]), [f["name"] for f in meta["files"]], move=False)
-        except OSError as exc:
-            return f"its files cannot be copied to the output ({type(exc).__name__}: {exc})"
-        return None
-
-    def _publish(self, index: int, source: str, names: Sequence[str], *, move: bool) -> None:
-        """Moves (copies, from the cache) a mini-batch's output_dir files into the output folder. A name
-        another mini-batch wrote already is appended to, with a warning (core/output_files.py)."""
-        shared = {name for name in names if self._published.get(name, index) != index}
-        for name in sorted(shared):
-            warning = (
-                f"mini-batches {self._published[name]} and {index} both wrote {name} to output_dir; "
-                "the output holds both, one after the other"
-            )
-            self.logs.master(f"warning: {warning}")
-            self._say(f"Warning: {warning}")
-        publish_files(source, self.output, names, self.storage_options, move=move, append=shared)
-        for name in names:
-            self._published.setdefault(name, index)
-
-    def _claim_output_folder(self) -> None:
-        """Takes the folder's lock, checks again that what is there is ours, and marks the folder
-        (emptying the engine's logs/ and .staging/ of an earlier run). Refusals change nothing."""
-        on_lost = self.cancel
-        if self.local_output:
-            self._lock = OutputLock(self.output, self.job_id, on_lost=on_lost)
-        else:
-            self._lock = StoreLock(self._out_fs, self._out_folder, self.output, self.job_id, on_lost=on_lost)
-        try:
-            previous = check_ours(self._out_fs, self._out_folder, self.output, self.output_file)
-            if self.output_file:  # named before it exists: a job killed after assembling still owns it
-                previous = {
-                    **(previous or {}),
-                    "outputs": [*(previous or {}).get("outputs", []), self.output_file],
-                }
-            self.marker = claim(self._out_fs, self._out_folder, self.job_id, previous)
-        except BaseException:
-            self.release()
-            raise
+        if mb.index in self.tally.finished:
+            return result  # a duplicate delivery: the first outcome stands
+        return self.sink.admit(mb.index, result)
 
     def release(self) -> None:
         """Frees the output folder for the next job (also called when a job ends early)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self.folder.release()
+
+    def _warn(self, text: str) -> None:
+        self.logs.master(f"warning: {text}")
+        self._say(f"Warning: {text}")
 
     # -- control -----------------------------------------------------------------------------------
     def cancel(self, reason: str = "the job was cancelled") -> None:
@@ -425,11 +305,18 @@ class JobDriver:
 
     # -- accounting --------------------------------------------------------------------------------
     def _finalise(self, mb: MiniBatch, result: AttemptResult) -> None:
+        """Counts a mini-batch's final outcome; a success is stored in the cache (unless reused) and
+        committed to the output."""
         self.tally.record(mb, result)
-        if result.ok:
-            if not result.reused:
-                self._commit(result)
-            self.committed[mb.index] = result
+        if not result.ok:
+            return
+        files_url = None
+        if not result.reused:
+            files_url = self.spec.files_url(result.index, result.attempt)
+            note = self.reuse.commit(result, files_url)
+            if note:
+                self.logs.master(note)
+        self.sink.commit(mb.index, result, files_url)
 
     def _rate_eta(self) -> tuple[float, float | None]:
         """Items per second since the start, and the seconds left at that rate (None before any item)."""
@@ -536,7 +423,7 @@ class JobDriver:
 
         `client` may be None only when every mini-batch is reused: then nothing starts on Dask.
         """
-        reused = self.find_reusable() if reused is None else self._admit_reused(reused)
+        reused = self.find_reusable() if reused is None else self.sink.admit_reused(reused)
         by_index = {mb.index: mb for mb in self.plan.mini_batches}
         for index, result in sorted(reused.items()):
             self.logs.attempt(result, json.dumps(by_index[index].describe()))
@@ -813,32 +700,13 @@ class JobDriver:
             self._collect_process_files()
             return self._summarise()
         finally:
-            self._leave_folder()
-
-    def _leave_folder(self) -> None:
-        """Removes .staging, then frees the folder (in this order: once free, the next job may create
-        its own .staging). Once only."""
-        if self._left:
-            return
-        self._left = True
-        try:
-            self._cleanup_staging()
-        finally:
-            self.release()
+            self.folder.leave()
 
     def _collect_process_files(self) -> None:
         """Files the entry-script processes wrote to output_dir outside run() go to the output folder."""
-        try:
-            published = set(self._published)
-            appended = collect_leftovers(self.spec.staging_url, self.output, self.storage_options, published)
-        except OSError as exc:
-            self.logs.master(f"could not move the files written outside run(): {type(exc).__name__}: {exc}")
-            return
-        if appended:
-            self.logs.master(
-                f"output_dir files written by several entry-script processes were concatenated: "
-                f"{', '.join(sorted(set(appended))[:5])}"
-            )
+        note = self.files.collect_leftovers(self.spec.staging_url)
+        if note:
+            self.logs.master(note)
 
     def _summarise(self) -> dict[str, Any]:
         message = verdict(self.tally, self.config, self.stop_reason)
@@ -849,7 +717,7 @@ class JobDriver:
             message = f"{message}; also {log_failure}" if message else log_failure
         append_row_file = None
         if message is None and self.config.output_action == "append_row":
-            append_row_file, message = self._assemble()
+            append_row_file, message = self.sink.assemble(self.config.output_file_name)
         summary = summarise(
             self.tally,
             message=message,
@@ -861,7 +729,7 @@ class JobDriver:
         )
         summary = self._write_result(summary, error_lines)
         if self.stopped_at is not None and self.local_output:
-            self._leave_folder()  # a stop must finish within the caller's kill window: the report may not
+            self.folder.leave()  # a stop must finish within the caller's kill window: the report may not
         self._write_report()
         self._write_progress(
             summary.status, summary.to_dict()
@@ -869,22 +737,8 @@ class JobDriver:
         if not self.local_output:
             if self._progress_copy is not None:  # a late copy must not replace the final document
                 self._progress_copy.join(timeout=PROGRESS_COPY_JOIN_S)
-            upload_folder(self.log_root, self.spec.log_url, self.storage_options)
-            shutil.rmtree(self.log_root, ignore_errors=True)
+            self.folder.upload_logs(self.log_root)
         return summary.to_dict()
-
-    def _assemble(self) -> tuple[str | None, str | None]:
-        """The committed parts as the output file: (its URL, None), or (None, why it could not be)."""
-        target = join(self.output, self.config.output_file_name)
-        parts = [
-            Part(i, r.part_url, r.columns, r.schema) for i, r in sorted(self.committed.items()) if r.part_url
-        ]
-        try:
-            assemble(parts, target, self.config.append_row_format, self.storage_options)
-        except Exception as exc:  # noqa: BLE001
-            return None, f"could not assemble the output file {target}: {type(exc).__name__}: {exc}"
-        self.logs.master(f"assembled {len(parts)} parts into {target}")
-        return target, None
 
     def _write_result(self, summary: JobSummary, error_lines: list[str]) -> JobSummary:
         """logs/job_result.txt and the result line; a log write that failed meanwhile becomes a note of a
@@ -918,9 +772,6 @@ class JobDriver:
             build_report(self.log_root)
         except Exception as exc:  # noqa: BLE001 - the report is a convenience; the job's result stands
             self.logs.master(f"could not write report.html: {type(exc).__name__}: {exc}")
-
-    def _cleanup_staging(self) -> None:
-        remove_tree(join(self.output, ".staging"), self.storage_options)
 
 
 def run_job(

@@ -32,7 +32,7 @@ from .minibatch import MiniBatch
 from .storage import is_local, local_path, write_atomic
 
 if TYPE_CHECKING:
-    from .output_files import OutputDirWatch
+    from .output.files import OutputDirWatch
 
 
 class MiniBatchContext:
@@ -153,7 +153,7 @@ def _start(conn: Connection, setup: Setup) -> types.ModuleType:
             sys.path.insert(0, folder)
     sys.argv = [setup.entry_script, *setup.arguments]
     started = time.monotonic()
-    # this process's own output_dir (core/output_files.py), before the script may read it on import
+    # this process's own output_dir (core/output/files.py), before the script may read it on import
     _point_output_dir(setup.output_dir, singleton=False)
     try:
         EntryScript()
@@ -171,7 +171,7 @@ def _start(conn: Connection, setup: Setup) -> types.ModuleType:
 
 def _serve(conn: Connection, module: types.ModuleType, setup: Setup) -> None:
     """Answers `Run` messages until `Shutdown` (or the runner is gone)."""
-    from .output_files import OutputDirWatch
+    from .output.files import OutputDirWatch
 
     watch = OutputDirWatch(setup.output_dir, setup.storage_options)
     with_context = _wants_context(module.run)
@@ -218,7 +218,7 @@ def _run_one(
     run_started = time.monotonic()
     try:
         watch.start()
-        _point_output_dir(message.files_url)  # this attempt's own folder (core/output_files.py)
+        _point_output_dir(message.files_url)  # this attempt's own folder (core/output/files.py)
         try:
             result = run(data, MiniBatchContext(message.mini_batch)) if with_context else run(data)
             run_seconds = time.monotonic() - run_started

@@ -9,8 +9,8 @@ import zipfile
 from dataclasses import dataclass, field
 
 from .inputs.source import Dataset
+from .output.files import attempt_folder, process_folder
 from .output.formats import get_format
-from .output_files import attempt_folder, process_folder
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,11 @@ class JobSpec:
     storage_options: dict[str, object] = field(default_factory=dict)  # for output/staging/logs
 
     def files_url(self, index: int, attempt: int) -> str:
-        """The attempt's own `output_dir` (see core/output_files.py)."""
+        """The attempt's own `output_dir` (see core/output/files.py)."""
         return attempt_folder(self.staging_url, index, attempt)
 
     def process_files_url(self, node: str, process: str) -> str:
-        """An entry-script process's own `output_dir` outside run() (see core/output_files.py)."""
+        """An entry-script process's own `output_dir` outside run() (see core/output/files.py)."""
         return process_folder(self.staging_url, node, process)
 
     def part_url(self, index: int, attempt: int) -> str:

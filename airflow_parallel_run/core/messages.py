@@ -37,7 +37,7 @@ class Setup:
     output_action: str
     append_row_format: str
     storage_options: Mapping[str, Any] = field(repr=False)
-    output_dir: str  # the process's own output_dir outside run() (core/output_files.py)
+    output_dir: str  # the process's own output_dir outside run() (core/output/files.py)
 
 
 @dataclass(frozen=True)

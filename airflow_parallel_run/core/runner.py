@@ -360,7 +360,7 @@ class EntryProcess:
         env.update(
             {
                 # the job's output folder identifies the job (ps, /proc); the process itself points
-                # output_dir at a folder of its own at once (core/output_files.py)
+                # output_dir at a folder of its own at once (core/output/files.py)
                 "AZUREML_BI_OUTPUT_PATH": self.spec.output_url,
                 "AIRFLOW_PARALLEL_RUN_AGENT": self.name,
                 "AIRFLOW_PARALLEL_RUN_NODE": self.node,

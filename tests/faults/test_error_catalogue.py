@@ -30,10 +30,10 @@ from airflow_parallel_run.core import (
     TabularDataset,
     run_job,
 )
+from airflow_parallel_run.core.output.folder import OutputLock
 from airflow_parallel_run.core.output.formats import encode_part
 from airflow_parallel_run.core.output.results import InvalidResultError
 from airflow_parallel_run.core.output.schema import JobSchema
-from airflow_parallel_run.core.output_folder import OutputLock
 from airflow_parallel_run.core.plan import plan
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"

@@ -19,7 +19,7 @@ from airflow_parallel_run.core import ConfigError, FileDataset, InputError, Tabu
 from airflow_parallel_run.core.inputs import dataset_from_dict, dataset_to_dict, source_class, source_names
 from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
 from airflow_parallel_run.core.inputs.source import InputSource, PlanContext
-from airflow_parallel_run.core.output_folder import check_separate
+from airflow_parallel_run.core.output.folder import check_separate
 from airflow_parallel_run.core.plan import plan_inputs
 from airflow_parallel_run.core.reuse.key import key_fields
 

@@ -27,12 +27,12 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import fsspec
 
-from .storage import is_local, local_path
+from ..storage import is_local, local_path
 
 Snapshot = dict[str, tuple[Any, ...]]
 
@@ -174,3 +174,53 @@ class OutputDirWatch:
                 "mini-batch"
             )
         return list_files(attempt_url, self.storage_options), reason
+
+
+class FilePublisher:
+    """In the driver: moves each committed attempt's output_dir files into the output folder (copies them
+    back from the cache for reused mini-batches), and at the end what the processes left in their own
+    folders. Remembers which mini-batch wrote each name, so that a name written twice is appended to, with
+    a warning (`warn`), as appends to one shared file would have been."""
+
+    def __init__(
+        self, output_url: str, storage_options: Mapping[str, Any], warn: Callable[[str], None]
+    ) -> None:
+        self.output_url = output_url
+        self.storage_options = dict(storage_options)
+        self.warn = warn
+        self.published: dict[str, int] = {}  # output_dir file -> the mini-batch that wrote it
+
+    def publish(self, index: int, source: str, names: Sequence[str], *, move: bool) -> None:
+        """Moves (copies, from the cache) mini-batch `index`'s files under `source` into the output."""
+        shared = {name for name in names if self.published.get(name, index) != index}
+        for name in sorted(shared):
+            self.warn(
+                f"mini-batches {self.published[name]} and {index} both wrote {name} to output_dir; "
+                "the output holds both, one after the other"
+            )
+        publish_files(source, self.output_url, names, self.storage_options, move=move, append=shared)
+        for name in names:
+            self.published.setdefault(name, index)
+
+    def restore(self, index: int, meta: Mapping[str, Any]) -> str | None:
+        """Copies the files a reused cache entry holds into the output; why it could not, or None."""
+        try:
+            self.publish(index, str(meta["files_url"]), [f["name"] for f in meta["files"]], move=False)
+        except OSError as exc:
+            return f"its files cannot be copied to the output ({type(exc).__name__}: {exc})"
+        return None
+
+    def collect_leftovers(self, staging_url: str) -> str | None:
+        """Files the entry-script processes wrote outside run() go to the output; a line for the master
+        log when there is something to say."""
+        try:
+            published = set(self.published)
+            appended = collect_leftovers(staging_url, self.output_url, self.storage_options, published)
+        except OSError as exc:
+            return f"could not move the files written outside run(): {type(exc).__name__}: {exc}"
+        if appended:
+            return (
+                "output_dir files written by several entry-script processes were concatenated: "
+                f"{', '.join(sorted(set(appended))[:5])}"
+            )
+        return None

@@ -26,7 +26,9 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -36,8 +38,8 @@ from typing import Any
 
 import fsspec
 
-from .errors import ConfigError, OutputBusyError
-from .storage import is_local, join, local_path
+from ..errors import ConfigError, OutputBusyError
+from ..storage import filesystem, is_local, join, local_path, remove_tree, upload_folder
 
 PREFIX = ".airflow-parallel-run"
 MARKER_NAME = PREFIX  # inside logs/
@@ -536,3 +538,133 @@ class StoreLock(_HeartbeatLock):
     def release(self) -> None:
         if self.supported:
             super().release()
+
+
+# -- the job's output folder -----------------------------------------------------------------------------
+def check_output_path(output_path: str) -> None:
+    if not isinstance(output_path, str) or not output_path.strip():
+        raise ConfigError("output_path", output_path, "a folder path or fsspec URL")
+
+
+def _normalise(output_path: str, storage_options: Mapping[str, Any]) -> tuple[str, bool]:
+    """The folder as an absolute path (local) or a URL, created and checked writable; and whether it is local."""
+    check_output_path(output_path)
+    fs, path = filesystem(output_path.strip(), storage_options)
+    try:
+        if is_local(fs):
+            path = os.path.abspath(path)
+            if os.path.isfile(path):
+                raise ConfigError("output_path", output_path, "a folder (a file of that name exists)")
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, f".apr-write-test-{os.getpid()}")
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+            return path, True
+        fs.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("output_path", output_path, f"a folder this job can write to ({exc})") from exc
+    return fs.unstrip_protocol(path).rstrip("/"), False
+
+
+class OutputFolder:
+    """One job's output folder: checked before anything exists (`check`), created and found ours (the
+    constructor), locked and marked for the job (`claim`), given its logs folder (`open_logs`), and left
+    (`leave`: staging removed, lock released) once the job ends."""
+
+    @staticmethod
+    def check(
+        output_path: str,
+        storage_options: Mapping[str, Any],
+        *,
+        output_file: str,
+        inputs: Iterable[tuple[str, Mapping[str, Any]]],
+        cache_root: str | None,
+        protected_paths: Sequence[str] = (),
+    ) -> None:
+        """The folder's rules, before anything is read or created: the output file's name, the path, and
+        no overlap with an input, the cache or a protected folder."""
+        check_output_file_name(output_file)
+        check_output_path(output_path)
+        check_separate(
+            output_path,
+            storage_options,
+            inputs=inputs,
+            cache_root=cache_root,
+            protected_paths=[str(p) for p in protected_paths],
+        )
+
+    def __init__(self, output_path: str, storage_options: Mapping[str, Any], output_file: str | None) -> None:
+        """Creates the folder (it must be writable) and refuses one holding what no job of ours wrote."""
+        self.storage_options = dict(storage_options)
+        self.url, self.local = _normalise(output_path, self.storage_options)
+        self.fs, self.path = filesystem(self.url, self.storage_options)
+        self.output_file = output_file  # the assembled file (append_row), named before it exists
+        check_ours(self.fs, self.path, self.url, self.output_file)  # again under the lock
+        self.lock: OutputLock | StoreLock | None = None
+        self.marker: dict[str, Any] = {}
+        self._left = False
+
+    @property
+    def log_url(self) -> str:
+        return join(self.url, LOGS)
+
+    def staging_url(self, job_id: str) -> str:
+        return join(self.url, STAGING, job_id)
+
+    def claim(self, job_id: str, on_lost: OnLost) -> None:
+        """Takes the folder's lock, checks again that what is there is ours, and marks the folder
+        (emptying the engine's logs/ and .staging/ of an earlier run). Refusals change nothing."""
+        if self.local:
+            self.lock = OutputLock(self.url, job_id, on_lost=on_lost)
+        else:
+            self.lock = StoreLock(self.fs, self.path, self.url, job_id, on_lost=on_lost)
+        try:
+            previous = check_ours(self.fs, self.path, self.url, self.output_file)
+            if self.output_file:  # named before it exists: a job killed after assembling still owns it
+                previous = {
+                    **(previous or {}),
+                    "outputs": [*(previous or {}).get("outputs", []), self.output_file],
+                }
+            self.marker = claim(self.fs, self.path, job_id, previous)
+        except BaseException:
+            self.release()
+            raise
+
+    @property
+    def unlocked(self) -> bool:
+        """The store cannot create a file exclusively: the job runs without a lock."""
+        return isinstance(self.lock, StoreLock) and not self.lock.supported
+
+    def open_logs(self) -> str:
+        """Where the driver writes the job's logs: the folder's logs/ when it is local, else a local temp
+        folder (holding the marker, so the final upload keeps the folder marked) uploaded at the end."""
+        if self.local:
+            return self.log_url
+        root = tempfile.mkdtemp(prefix="apr-logs-")
+        with open(os.path.join(root, MARKER_NAME), "w", encoding="utf-8") as handle:
+            json.dump(self.marker, handle, indent=2)
+        return root
+
+    def upload_logs(self, log_root: str) -> None:
+        """A remote folder's logs, from the local folder they were written to (removed after)."""
+        if not self.local:
+            upload_folder(log_root, self.log_url, self.storage_options)
+            shutil.rmtree(log_root, ignore_errors=True)
+
+    def release(self) -> None:
+        """Frees the folder for the next job (also when a job ends early)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def leave(self) -> None:
+        """Removes .staging, then frees the folder (in this order: once free, the next job may create its
+        own .staging). Once only."""
+        if self._left:
+            return
+        self._left = True
+        try:
+            remove_tree(join(self.url, STAGING), self.storage_options)
+        finally:
+            self.release()
