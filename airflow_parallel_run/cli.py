@@ -230,8 +230,8 @@ class _Startup:
 
 def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> int:
     from .core import ConfigError, InputError, ParallelRunConfig
-    from .core.cluster import ClusterError
     from .core.driver import JobDriver, run_job
+    from .core.driver.cluster import ClusterError
     from .core.summary import JobSummary
 
     stream = sys.stderr if args.json else sys.stdout
@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "report":
         import os
 
-        from .core.report import build_report
+        from .core.logs.report import build_report
 
         logs = (
             args.logs

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, TabularDataset, run_job
-from airflow_parallel_run.core.cluster import dask_client
+from airflow_parallel_run.core.driver.cluster import dask_client
 from airflow_parallel_run.core.summary import JobSummary
 
 PROCESSES = 2

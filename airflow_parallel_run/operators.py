@@ -39,7 +39,7 @@ from airflow_parallel_run.core import (
     ParallelRunConfig,
     run_job,
 )
-from airflow_parallel_run.core.cluster import ClusterError, select_hosts
+from airflow_parallel_run.core.driver.cluster import ClusterError, select_hosts
 from airflow_parallel_run.core.inputs.normalise import as_strings, to_datasets, with_job_credentials
 from airflow_parallel_run.core.inputs.source import Dataset, InputSource
 from airflow_parallel_run.core.plan import Plan
@@ -792,7 +792,7 @@ class ParallelRunOperator(BaseOperator):
         The job takes the task instance's slot: a job an earlier try left running (the task was
         cleared, or retried after its worker died) is stopped first, so both never share the folder.
         """
-        from airflow_parallel_run.core.remote import (
+        from airflow_parallel_run.core.driver.remote import (
             RemoteJob,
             cancel_job,
             job_lines,
@@ -867,7 +867,7 @@ class ParallelRunOperator(BaseOperator):
 
     def _supersede(self, client: Any, identity: TaskIdentity) -> None:
         """Stops the job a previous try of this task instance left running and waits for its end."""
-        from airflow_parallel_run.core.remote import cancel_job, job_state, previous_job, wait_for_end
+        from airflow_parallel_run.core.driver.remote import cancel_job, job_state, previous_job, wait_for_end
 
         previous = previous_job(client, identity.key)
         if previous is None or job_state(client, previous)[0] is not None:
@@ -921,7 +921,7 @@ class ParallelRunOperator(BaseOperator):
             raise
 
     def _cancel_slot_job(self, context: Context, reason: str) -> None:
-        from airflow_parallel_run.core.remote import cancel_job, previous_job
+        from airflow_parallel_run.core.driver.remote import cancel_job, previous_job
         from airflow_parallel_run.hooks import DaskHook
 
         if not self.dask_conn_id:

@@ -108,7 +108,7 @@ class ParallelRunJobTrigger(BaseTrigger):
         await asyncio.sleep(delay)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_parallel_run.core.remote import METADATA_ROOT, metadata_key
+        from airflow_parallel_run.core.driver.remote import METADATA_ROOT, metadata_key
 
         first = self.first_poll_delay
         if self.deadline is not None:
@@ -153,7 +153,7 @@ class ParallelRunJobTrigger(BaseTrigger):
 
     async def _stop_at_deadline(self, client: Any, lines: list[str], new_lines: Any) -> TriggerEvent:
         """Cancels the job because the task's time is up; waits (bounded) for its summary."""
-        from airflow_parallel_run.core.remote import metadata_key
+        from airflow_parallel_run.core.driver.remote import metadata_key
 
         reason = f"{self.timeout_label or 'the task timeout'} exceeded"
         if not await client.get_metadata(metadata_key(self.job_id, "cancel"), default=None):
@@ -184,7 +184,7 @@ class ParallelRunJobTrigger(BaseTrigger):
         The cluster is reached first and the state asked second, bounded: a slow answer from Airflow
         delays the stop by at most `STATE_QUERY_TIMEOUT_S`, and then the words say what is certain.
         """
-        from airflow_parallel_run.core.remote import metadata_key
+        from airflow_parallel_run.core.driver.remote import metadata_key
 
         client = await self._client()
         try:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
+from airflow_parallel_run.core.logs.report import build_report, parse_error_lines, parse_job_result
 from airflow_parallel_run.core.monitor import ResourceMonitor
-from airflow_parallel_run.core.report import build_report, parse_error_lines, parse_job_result
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

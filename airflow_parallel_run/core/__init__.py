@@ -14,6 +14,7 @@ _NAMES = {
     "FileDataset": "inputs.files",
     "TabularDataset": "inputs.tabular",
     "JobDriver": "driver",
+    "JobRequest": "driver",
     "run_job": "driver",
     "EntryScript": "entry_script",
     "ConfigError": "errors",
@@ -33,6 +34,7 @@ __all__ = [
     "InputError",
     "JobDriver",
     "JobFailedError",
+    "JobRequest",
     "JobSummary",
     "OutputBusyError",
     "ParallelRunConfig",
@@ -44,7 +46,7 @@ __all__ = [
 if TYPE_CHECKING:
     from .attempt import AttemptStatus
     from .config import ParallelRunConfig
-    from .driver import JobDriver, run_job
+    from .driver import JobDriver, JobRequest, run_job
     from .entry_script import EntryScript
     from .errors import ConfigError, InputError, JobFailedError, OutputBusyError, ParallelRunError
     from .inputs.files import FileDataset

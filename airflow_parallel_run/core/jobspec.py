@@ -6,11 +6,16 @@ import hashlib
 import io
 import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .inputs.source import Dataset
 from .output.files import attempt_folder, process_folder
 from .output.formats import get_format
+
+if TYPE_CHECKING:
+    from .config import ParallelRunConfig
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,44 @@ class JobSpec:
     load_timeout: float = 600.0
     resource_monitor_interval: float = 600.0
     storage_options: dict[str, object] = field(default_factory=dict)  # for output/staging/logs
+
+    @classmethod
+    def for_job(
+        cls,
+        job_id: str,
+        config: ParallelRunConfig,
+        code: tuple[bytes, str, str],
+        *,
+        arguments: tuple[str, ...],
+        side_inputs: tuple[str, ...],
+        datasets: tuple[Dataset, ...],
+        output_url: str,
+        staging_url: str,
+        log_url: str,
+        storage_options: Mapping[str, object],
+    ) -> JobSpec:
+        """What the workers need of a job: its code (bundle, its hash, the entry script's path in it), the
+        worker-side settings of `config`, its inputs and where its output, staging area and logs are."""
+        bundle, bundle_hash, entry = code
+        return cls(
+            job_id=job_id,
+            script_bundle=bundle,
+            bundle_hash=bundle_hash,
+            entry_script=entry,
+            arguments=arguments,
+            side_inputs=side_inputs,
+            environment_variables=dict(config.environment_variables),
+            datasets=datasets,
+            output_url=output_url,
+            staging_url=staging_url,
+            log_url=log_url,
+            output_action=config.output_action,
+            append_row_format=config.append_row_format,
+            logging_level=config.logging_level,
+            run_invocation_timeout=config.run_invocation_timeout,
+            resource_monitor_interval=float(config.resource_monitor_interval),
+            storage_options=dict(storage_options),
+        )
 
     def files_url(self, index: int, attempt: int) -> str:
         """The attempt's own `output_dir` (see core/output/files.py)."""

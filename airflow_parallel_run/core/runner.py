@@ -35,7 +35,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .attempt import AttemptResult, AttemptStage, AttemptStatus
-from .cluster import worker_host
 from .jobspec import JobSpec
 from .messages import (
     CANCELLED,
@@ -113,6 +112,11 @@ def local_log_root(spec: JobSpec) -> str:
     if is_local(spec.log_url):
         return local_path(spec.log_url)
     return os.path.join(_tmp_root(), "logs", spec.job_id)
+
+
+def worker_host(address: str) -> str:
+    """The host of a worker address: ``tls://10.0.0.5:40123`` -> ``10.0.0.5`` (IPv6 brackets removed)."""
+    return address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
 
 
 def _node_name() -> str:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
-from airflow_parallel_run.core.joblogs import PROGRESS_FILE
+from airflow_parallel_run.core.logs.joblogs import PROGRESS_FILE
 from airflow_parallel_run.core.storage import is_local
 from airflow_parallel_run.ui.zipstream import ZipEntry
 

@@ -470,7 +470,7 @@ def test_every_task_instance_has_its_own_artefact_path() -> None:
 
 
 def _remote(script: str, folder: Path, out: Path, files: int) -> Any:
-    from airflow_parallel_run.core.remote import RemoteJob
+    from airflow_parallel_run.core.driver.remote import RemoteJob
 
     return RemoteJob.build(
         ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=2),
@@ -484,7 +484,7 @@ def test_a_new_try_stops_the_previous_tries_job_before_it_starts(
 ) -> None:
     from distributed import Client
 
-    from airflow_parallel_run.core.remote import job_state, submit_job, wait_for_end
+    from airflow_parallel_run.core.driver.remote import job_state, submit_job, wait_for_end
 
     identity = TaskIdentity("apr_unit", "r1", "score")
     old = _remote(write_script(SLOW), tmp_path / "in", tmp_path / "out", 40)
@@ -517,7 +517,7 @@ async def test_the_trigger_stops_the_job_at_the_execution_timeout(
 ) -> None:
     from distributed import Client
 
-    from airflow_parallel_run.core.remote import submit_job
+    from airflow_parallel_run.core.driver.remote import submit_job
     from airflow_parallel_run.triggers import ParallelRunJobTrigger
 
     job = _remote(write_script(SLOW), tmp_path / "in", tmp_path / "out", 40)
@@ -562,7 +562,7 @@ def test_a_rerun_in_the_cluster_explains_what_changed(
     re-run names the changed input instead of claiming there was no earlier run."""
     from distributed import Client
 
-    from airflow_parallel_run.core.remote import job_lines, submit_job, wait_for_end
+    from airflow_parallel_run.core.driver.remote import job_lines, submit_job, wait_for_end
 
     script = write_script(ECHO)
     with Client(dask_cluster.scheduler_address) as client:

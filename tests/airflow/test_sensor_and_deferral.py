@@ -167,7 +167,7 @@ async def test_job_trigger_fires_with_the_summary_and_on_kill_cancels(
     from distributed import Client
 
     from airflow_parallel_run.core import FileDataset, ParallelRunConfig
-    from airflow_parallel_run.core.remote import RemoteJob, submit_job
+    from airflow_parallel_run.core.driver.remote import RemoteJob, submit_job
     from airflow_parallel_run.triggers import ParallelRunJobTrigger
 
     script = write_script("import time\ndef run(b):\n    time.sleep(0.5)\n    return b\n")

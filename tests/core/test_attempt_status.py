@@ -11,7 +11,7 @@ import pickle
 import pytest
 
 from airflow_parallel_run.core.attempt import AttemptResult, AttemptStage, AttemptStatus
-from airflow_parallel_run.core.report import STATUS_COLOURS
+from airflow_parallel_run.core.logs.report import STATUS_COLOURS
 
 STATUSES = list(AttemptStatus)
 

@@ -31,17 +31,17 @@ import tempfile
 import threading
 import time
 import traceback
-import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from .config import ParallelRunConfig
-from .errors import ConfigError
-from .inputs.source import Dataset
-from .jobspec import bundle_scripts
-from .plan import Plan
+from ..config import ParallelRunConfig
+from ..errors import ConfigError
+from ..inputs.source import Dataset
+from ..jobspec import bundle_scripts
+from ..plan import Plan
+from .job import JobRequest
 
 METADATA_ROOT = "airflow-parallel-run"
 #: The cancel reason when the caller gave none.
@@ -61,21 +61,16 @@ def slot_key(task_key: str) -> list[str]:
 
 @dataclass(frozen=True)
 class RemoteJob:
-    """Everything `run_job` needs, picklable, with the code carried as bytes."""
+    """A `JobRequest` that travels into the cluster, with its code carried as bytes (the zip
+    `bundle_scripts` makes, the same bundle the workers get) and the entry script's path inside it."""
 
-    config: ParallelRunConfig
-    inputs: tuple[Dataset, ...]
-    output_path: str
-    code: bytes  # the zip `bundle_scripts` makes (the same bundle the workers get)
-    entry: str  # the entry script's path inside it
-    side_inputs: tuple[str, ...] = ()
-    arguments: tuple[str, ...] = ()
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    allow_reuse: bool = True
-    cache_dir: str | None = None
-    planned: Plan | None = None
-    job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
-    protected_paths: tuple[str, ...] = ()
+    request: JobRequest
+    code: bytes
+    entry: str
+
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
 
     @classmethod
     def build(
@@ -92,26 +87,32 @@ class RemoteJob:
         planned: Plan | None = None,
         protected_paths: Sequence[str] = (),
     ) -> RemoteJob:
-        bundle, _, entry, _ = bundle_scripts(config.entry_script_path, config.source_directory)
-        return cls(
+        request = JobRequest(
             config,
             tuple(inputs),
             output_path,
-            bundle,
-            entry,
-            tuple(side_inputs),
-            tuple(arguments),
-            dict(storage_options or {}),
-            allow_reuse,
-            cache_dir,
-            planned,
+            side_inputs=tuple(side_inputs),
+            arguments=tuple(arguments),
+            storage_options=dict(storage_options or {}),
+            allow_reuse=allow_reuse,
+            cache_dir=cache_dir,
+            planned=planned,
             protected_paths=tuple(protected_paths),
         )
+        return cls.of(request)
+
+    @classmethod
+    def of(cls, request: JobRequest) -> RemoteJob:
+        bundle, _, entry, _ = bundle_scripts(
+            request.config.entry_script_path, request.config.source_directory
+        )
+        return cls(request, bundle, entry)
 
     def _config_in(self, folder: str) -> ParallelRunConfig:
-        if self.config.source_directory:
-            return dataclasses.replace(self.config, source_directory=folder)
-        return dataclasses.replace(self.config, entry_script=os.path.join(folder, self.entry))
+        config = self.request.config
+        if config.source_directory:
+            return dataclasses.replace(config, source_directory=folder)
+        return dataclasses.replace(config, entry_script=os.path.join(folder, self.entry))
 
     def code_config(self) -> ParallelRunConfig:
         """The config pointing at this host's copy of the code, in a folder named by its content.
@@ -121,7 +122,7 @@ class RemoteJob:
         folder lies in this user's private scratch root: a name computable from the code must never
         let a folder someone else made there stand in for it.
         """
-        from .runner import _tmp_root
+        from ..runner import _tmp_root
 
         target = os.path.join(_tmp_root(), "driver-code", hashlib.sha256(self.code).hexdigest()[:32])
         if not os.path.isdir(target):
@@ -134,6 +135,43 @@ class RemoteJob:
             except OSError:  # another driver on this host extracted it first
                 shutil.rmtree(staging, ignore_errors=True)
         return self._config_in(target)
+
+
+@dataclass(frozen=True)
+class RemoteError:
+    """A job that could not run in the cluster (bad settings, unreadable inputs, a busy output folder):
+    the document the trigger and the resumed task get instead of a summary (``status`` ``error``)."""
+
+    error_type: str
+    message: str
+    traceback: str = ""
+    field: str | None = None  # the setting at fault, for a ConfigError (never retried)
+
+    @classmethod
+    def of(cls, exc: Exception, trace: str) -> RemoteError:
+        if isinstance(exc, ConfigError):
+            return cls(type(exc).__name__, str(exc), trace, exc.field)
+        return cls(type(exc).__name__, f"{type(exc).__name__}: {exc}", trace)
+
+    def to_dict(self) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "status": "error",
+            "error_type": self.error_type,
+            "message": self.message,
+            "traceback": self.traceback,
+        }
+        if self.field is not None or self.error_type == "ConfigError":
+            document["field"] = self.field
+        return document
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RemoteError:
+        return cls(
+            str(data.get("error_type") or ""),
+            str(data.get("message") or ""),
+            str(data.get("traceback") or ""),
+            data.get("field"),
+        )
 
 
 class _Watch:
@@ -176,7 +214,7 @@ def run_job_in_cluster(job: RemoteJob) -> dict[str, Any]:
     """The driver task. Publishes progress and the summary to the scheduler; obeys the cancel flag."""
     from distributed import get_client, secede
 
-    from .driver import run_job
+    from .job import execute_request
 
     client = get_client()
     secede()  # the driver waits for hours; it must not hold a worker thread
@@ -195,33 +233,11 @@ def run_job_in_cluster(job: RemoteJob) -> dict[str, Any]:
         client.set_metadata(metadata_key(job.job_id, "progress"), line)
         said += 1
 
-    extra: dict[str, Any] = {"protected_paths": list(job.protected_paths)}
     try:
-        summary = run_job(
-            job.code_config(),
-            list(job.inputs),
-            job.output_path,
-            side_inputs=job.side_inputs,
-            arguments=job.arguments,
-            client=client,
-            storage_options=job.storage_options,
-            progress=progress,
-            on_driver=watch.attach,
-            allow_reuse=job.allow_reuse,
-            cache_dir=job.cache_dir,
-            planned=job.planned,
-            **extra,
-        )
+        request = dataclasses.replace(job.request, config=job.code_config())
+        summary = execute_request(request, client=client, progress=progress, on_driver=watch.attach)
     except Exception as exc:  # noqa: BLE001 - the waiting trigger must learn about it, not time out
-        summary = {
-            "status": "error",
-            "error_type": type(exc).__name__,
-            "message": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc(),
-        }
-        if isinstance(exc, ConfigError):
-            summary["field"] = exc.field
-            summary["message"] = str(exc)
+        summary = RemoteError.of(exc, traceback.format_exc()).to_dict()
     finally:
         watch.done.set()
     client.set_metadata(metadata_key(job.job_id, "summary"), summary)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .attempt import AttemptResult
+from ..attempt import AttemptResult
 
 ATTEMPT_COLUMNS = [
     "Mini-batch Id",

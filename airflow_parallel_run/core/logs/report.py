@@ -22,7 +22,7 @@ from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from .attempt import AttemptStatus
+from ..attempt import AttemptStatus
 
 ATTEMPTS_CSV = os.path.join("sys", "job_report", "processed_mini-batches.csv")
 MAX_TIMELINE_ATTEMPTS = 5000  # more bars than this make the page slow; the rest are counted, not drawn

@@ -10,6 +10,8 @@ from typing import Any
 
 from distributed import Client, LocalCluster
 
+from ..runner import worker_host
+
 #: Seconds `select_hosts` waits for a first worker before it gives up with `ClusterError`.
 WORKER_WAIT_S = 30.0
 
@@ -59,11 +61,6 @@ def dashboard_link(client: Client) -> str | None:
         return str(client.dashboard_link)
     except Exception:  # noqa: BLE001 - no dashboard (bokeh missing) is fine
         return None
-
-
-def worker_host(address: str) -> str:
-    """The host of a worker address: ``tls://10.0.0.5:40123`` -> ``10.0.0.5`` (IPv6 brackets removed)."""
-    return address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
 
 
 @dataclass(frozen=True)
