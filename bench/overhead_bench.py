@@ -11,7 +11,7 @@ Reported: engine time / raw Dask time (target <= 1.5x), and engine seconds per m
 time x processes / mini-batches, i.e. process-seconds spent per mini-batch) against the ~0.05 s per
 mini-batch quoted for Azure ParallelRunStep (issue 10).
 
-Diagnostic third side ("engine_tasks"): the engine's own worker task (`runner.run_mini_batch`, an
+Diagnostic third side ("engine_tasks"): the engine's own worker task (`worker.attempt.run_mini_batch`, an
 entry-script process per worker thread) mapped over the same plan with `Client.map`, everything in
 flight at once and no driver loop. engine / engine_tasks isolates the driver's share of the gap,
 engine_tasks / dask the worker path's share. It uses engine internals; if they changed, the
@@ -136,7 +136,8 @@ def main() -> None:
 
             def engine_tasks() -> float:
                 from airflow_parallel_run.core import JobDriver
-                from airflow_parallel_run.core.runner import run_mini_batch, shutdown_job
+                from airflow_parallel_run.core.worker.attempt import run_mini_batch
+                from airflow_parallel_run.core.worker.state import shutdown_job
 
                 n = next(this.counter)
                 driver = JobDriver(

@@ -11,7 +11,7 @@ import pytest
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
 from airflow_parallel_run.core.logs.report import build_report, parse_error_lines, parse_job_result
-from airflow_parallel_run.core.monitor import ResourceMonitor
+from airflow_parallel_run.core.worker.monitor import ResourceMonitor
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -16,7 +16,7 @@ _NAMES = {
     "JobDriver": "driver",
     "JobRequest": "driver",
     "run_job": "driver",
-    "EntryScript": "entry_script",
+    "EntryScript": "worker.entry_script",
     "ConfigError": "errors",
     "InputError": "errors",
     "JobFailedError": "errors",
@@ -47,11 +47,11 @@ if TYPE_CHECKING:
     from .attempt import AttemptStatus
     from .config import ParallelRunConfig
     from .driver import JobDriver, JobRequest, run_job
-    from .entry_script import EntryScript
     from .errors import ConfigError, InputError, JobFailedError, OutputBusyError, ParallelRunError
     from .inputs.files import FileDataset
     from .inputs.tabular import TabularDataset
     from .summary import JobSummary
+    from .worker.entry_script import EntryScript
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 
 from distributed import Client, LocalCluster
 
-from ..runner import worker_host
+from ..worker.scratch import worker_host
 
 #: Seconds `select_hosts` waits for a first worker before it gives up with `ClusterError`.
 WORKER_WAIT_S = 30.0

@@ -19,7 +19,6 @@ from ..attempt import AttemptResult, AttemptStage, AttemptStatus
 from ..config import ParallelRunConfig
 from ..errors import ConfigError
 from ..inputs.source import Dataset
-from ..jobspec import JobSpec, bundle_scripts
 from ..logs.joblogs import JobLogs
 from ..minibatch import MiniBatch
 from ..output.files import FilePublisher
@@ -29,8 +28,9 @@ from ..plan import Plan, plan
 from ..retry import InitFailures, Step, next_step
 from ..reuse.cache import MiniBatchCache, resolve_cache_root
 from ..reuse.reuse import Reuse
-from ..runner import run_mini_batch
 from ..summary import Tally, threshold_breach
+from ..worker.attempt import run_mini_batch
+from ..worker.spec import JobSpec, bundle_scripts
 from .attempts import AttemptStream, Pending, Window
 from .cluster import select_hosts
 from .finish import finish_job

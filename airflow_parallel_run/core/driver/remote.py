@@ -39,8 +39,8 @@ from typing import Any
 from ..config import ParallelRunConfig
 from ..errors import ConfigError
 from ..inputs.source import Dataset
-from ..jobspec import bundle_scripts
 from ..plan import Plan
+from ..worker.spec import bundle_scripts
 from .job import JobRequest
 
 METADATA_ROOT = "airflow-parallel-run"
@@ -122,9 +122,9 @@ class RemoteJob:
         folder lies in this user's private scratch root: a name computable from the code must never
         let a folder someone else made there stand in for it.
         """
-        from ..runner import _tmp_root
+        from ..worker.scratch import tmp_root
 
-        target = os.path.join(_tmp_root(), "driver-code", hashlib.sha256(self.code).hexdigest()[:32])
+        target = os.path.join(tmp_root(), "driver-code", hashlib.sha256(self.code).hexdigest()[:32])
         if not os.path.isdir(target):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             staging = tempfile.mkdtemp(prefix="code-", dir=os.path.dirname(target))

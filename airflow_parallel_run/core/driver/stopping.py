@@ -22,7 +22,7 @@ from typing import Any
 
 from distributed import Client, Event
 
-from ..runner import SHUTDOWN_GRACE_S, shutdown_job, stop_job
+from ..worker.state import SHUTDOWN_GRACE_S, shutdown_job, stop_job
 
 STOP_BROADCAST_S = 1.0
 STOP_DRAIN_S = 1.0

@@ -19,8 +19,8 @@ import pytest
 
 from airflow_parallel_run.core import FileDataset
 from airflow_parallel_run.core.attempt import AttemptStage, AttemptStatus
-from airflow_parallel_run.core.messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown
 from airflow_parallel_run.core.minibatch import FileRef, MiniBatch
+from airflow_parallel_run.core.worker.messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown
 
 SCRIPT = """
 import os
@@ -60,7 +60,7 @@ def _start(root: Path, script: str, output_action: str = "append_row") -> Child:
     (root / "code" / "score.py").write_text(textwrap.dedent(script))
     parent, child = socket.socketpair()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow_parallel_run.core.entry_process", str(child.fileno())],
+        [sys.executable, "-m", "airflow_parallel_run.core.worker.child", str(child.fileno())],
         pass_fds=[child.fileno()],
         stdout=open(root / "stdout.txt", "wb"),  # noqa: SIM115 - the child keeps it
         stderr=open(root / "stderr.txt", "wb"),  # noqa: SIM115

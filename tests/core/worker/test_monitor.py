@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from airflow_parallel_run.core.monitor import (
+from airflow_parallel_run.core.worker.monitor import (
     ResourceMonitor,
     ensure_monitor,
     get_monitor,

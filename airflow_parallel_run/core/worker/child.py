@@ -1,6 +1,6 @@
 """The entry-script process: imports the user's script, runs init() once, then run() per mini-batch.
 
-Started by the worker runner as `python -m airflow_parallel_run.core.entry_process FD`; it talks to
+Started by the worker runner as `python -m airflow_parallel_run.core.worker.child FD`; it talks to
 the runner over the socket FD (pickled messages) and writes prints to its own stdout/stderr files.
 Killing this process (timeout, crash) never takes the Dask worker down with it.
 """
@@ -24,15 +24,15 @@ from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from .attempt import AttemptStage, AttemptStatus
+from ..attempt import AttemptStage, AttemptStatus
+from ..errors import DataChangedError
+from ..minibatch import MiniBatch
+from ..storage import is_local, local_path, write_atomic
 from .entry_script import EntryScript
-from .errors import DataChangedError
 from .messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown, ToChild
-from .minibatch import MiniBatch
-from .storage import is_local, local_path, write_atomic
 
 if TYPE_CHECKING:
-    from .output.files import OutputDirWatch
+    from ..output.files import OutputDirWatch
 
 
 class MiniBatchContext:
@@ -171,7 +171,7 @@ def _start(conn: Connection, setup: Setup) -> types.ModuleType:
 
 def _serve(conn: Connection, module: types.ModuleType, setup: Setup) -> None:
     """Answers `Run` messages until `Shutdown` (or the runner is gone)."""
-    from .output.files import OutputDirWatch
+    from ..output.files import OutputDirWatch
 
     watch = OutputDirWatch(setup.output_dir, setup.storage_options)
     with_context = _wants_context(module.run)
@@ -212,7 +212,7 @@ def _run_one(
     run: Any, with_context: bool, message: Run, data: Any, total: int, setup: Setup, watch: OutputDirWatch
 ) -> Done | Failed:
     """run() on one mini-batch's data, its result checked and (append_row) written as its part."""
-    from .output.results import InvalidResultError, count_result
+    from ..output.results import InvalidResultError, count_result
 
     cpu_started = time.process_time()
     run_started = time.monotonic()
@@ -255,7 +255,7 @@ def _write_part(
     result: Any, fmt: str, url: str, storage_options: Mapping[str, Any]
 ) -> tuple[Sequence[str], bytes | None]:
     """Encodes a run() result in the output format and writes it whole; returns its columns and schema."""
-    from .output.formats import encode_part
+    from ..output.formats import encode_part
 
     blob, columns, schema = encode_part(result, fmt)
     write_atomic(url, blob, storage_options)

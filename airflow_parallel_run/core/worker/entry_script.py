@@ -11,7 +11,7 @@ import os
 import threading
 from typing import Any
 
-from .storage import is_local, local_path
+from ..storage import is_local, local_path
 
 LOG_FORMAT = "%(asctime)s|%(name)s|%(levelname)s|%(process)d|%(thread)d|%(funcName)s()|%(message)s"
 

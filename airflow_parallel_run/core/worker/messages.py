@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .attempt import AttemptStage, AttemptStatus
-from .minibatch import MiniBatch
+from ..attempt import AttemptStage, AttemptStatus
+from ..minibatch import MiniBatch
 
 #: Why an attempt that found its job stopped started nothing (the driver books no row for it).
 NEVER_STARTED = "the job was stopped before this attempt started"

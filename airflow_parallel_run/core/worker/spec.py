@@ -10,12 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .inputs.source import Dataset
-from .output.files import attempt_folder, process_folder
-from .output.formats import get_format
+from ..inputs.source import Dataset
+from ..output.files import attempt_folder, process_folder
+from ..output.formats import get_format
 
 if TYPE_CHECKING:
-    from .config import ParallelRunConfig
+    from ..config import ParallelRunConfig
 
 
 @dataclass(frozen=True)
