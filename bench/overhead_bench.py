@@ -12,7 +12,8 @@ time x processes / mini-batches, i.e. process-seconds spent per mini-batch) agai
 mini-batch quoted for Azure ParallelRunStep (issue 10).
 
 Diagnostic third side ("engine_tasks"): the engine's own worker task (`worker.attempt.run_mini_batch`, an
-entry-script process per worker thread) mapped over the same plan with `Client.map`, everything in
+entry-script process per worker thread, its job's worker plugin registered once) mapped over the same plan
+with `Client.map`, everything in
 flight at once and no driver loop. engine / engine_tasks isolates the driver's share of the gap,
 engine_tasks / dask the worker path's share. It uses engine internals; if they changed, the
 diagnostic is skipped and the headline ratios still stand.
@@ -137,7 +138,7 @@ def main() -> None:
             def engine_tasks() -> float:
                 from airflow_parallel_run.core import JobDriver
                 from airflow_parallel_run.core.worker.attempt import run_mini_batch
-                from airflow_parallel_run.core.worker.state import shutdown_job
+                from airflow_parallel_run.core.worker.plugin import finish_on, register, unregister
 
                 n = next(this.counter)
                 driver = JobDriver(
@@ -150,11 +151,12 @@ def main() -> None:
                 try:
                     mbs = driver.plan.mini_batches
                     t0 = time.perf_counter()
-                    spec = client.scatter(driver.spec, broadcast=True, hash=False)
+                    name = register(client, driver.spec, None)
                     results = client.gather(
-                        client.map(run_mini_batch, [spec] * len(mbs), mbs, [1] * len(mbs), pure=False)
+                        client.map(run_mini_batch, [name] * len(mbs), mbs, [1] * len(mbs), pure=False)
                     )
-                    client.run(shutdown_job, driver.job_id, driver.spec.log_url, {})
+                    client.run(finish_on, name, True)
+                    unregister(client, name)
                     seconds = time.perf_counter() - t0
                 finally:
                     driver.release()

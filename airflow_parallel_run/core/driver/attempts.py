@@ -80,7 +80,7 @@ class AttemptStream:
         self.client = client
         self.job_id = job_id
         self.task = task
-        self.spec = spec  # what the task gets before (mini-batch, attempt): a future or a plugin name
+        self.spec = spec  # what the task gets before (mini-batch, attempt): the job's worker plugin name
         self.hosts = hosts  # keep the job on the chosen hosts (None: any worker)
         self.in_flight: dict[str, tuple[Future, MiniBatch, int]] = {}
         self._finished = as_completed()

@@ -38,10 +38,6 @@ from .progress import Progress, ProgressCallback
 from .stopping import StopControl
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
 def _plain(path: str) -> bool:
     """A path on this host as given (a side input or argument), not a URL: made absolute, checked to exist."""
     return "://" not in path
@@ -244,9 +240,11 @@ class JobDriver:
                 self._halt(stream, pending)
         finally:
             stream.abandon(self.stop.set_event)  # whatever did not report by now: do not leave it running
-            self.stop.finish_workers(client, self.spec.log_url, self.storage_options)
-        summary = finish_job(self)
-        self.stop.clear_event()
+            self.stop.finish_workers(client)
+        try:
+            summary = finish_job(self)
+        finally:
+            self.stop.detach(client)
         if interrupted is not None:
             raise interrupted
         return summary
@@ -259,12 +257,9 @@ class JobDriver:
         self.slots = placement.slots
         self.init_failures = InitFailures.for_slots(self.slots)
         self.window = Window(self.slots)
-        hosts = list(placement.hosts) if placement.restricts else None  # keep the job on the chosen hosts
-        self.stop.attach(client)
-        # A task, not scattered data: if every worker holding it dies, the scheduler recomputes it.
-        spec = client.submit(_identity, self.spec, key=f"apr-{self.job_id}-spec", pure=False)
-        client.replicate([spec])  # on every worker, so data locality does not pin the job to one host
-        stream = AttemptStream(client, self.job_id, run_mini_batch, spec, hosts)
+        hosts = tuple(placement.hosts) if placement.restricts else None  # keep the job on the chosen hosts
+        name = self.stop.attach(client, self.spec, hosts)
+        stream = AttemptStream(client, self.job_id, run_mini_batch, name, list(hosts) if hosts else None)
         self._say(
             f"Started: {to_run} mini-batches to run, {reused} reused, {self.slots} processes on "
             f"{len(placement.hosts)} host(s) ({', '.join(placement.hosts)})"

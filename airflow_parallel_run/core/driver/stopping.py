@@ -1,14 +1,16 @@
 """Stopping a job (cancel, on_kill, a signal, a threshold, a lost lock) and ending its workers' processes.
 
-`stop_job` reaches every worker in one broadcast (bounded by STOP_BROADCAST_S) and kills the running
-entry-script processes; their attempts report CANCELLED within runner.POLL_S, and the driver books what
-arrives within STOP_DRAIN_S. Then it ends the workers' processes (STOP_SHUTDOWN_S), writes
-job_result.txt, removes .staging and releases the lock, and only then writes report.html. Airflow 3
-sends SIGTERM to a task and SIGKILL 5 s later, so the worst case, LOOP_WAIT_S + STOP_BROADCAST_S +
-STOP_DRAIN_S + STOP_CANCEL_S + STOP_SHUTDOWN_S = 4.2 s plus writing the result (an unresponsive scheduler
-or workers: every bound reached), stays inside that window. Measured with bench/stop_bench.py (embedded
-cluster, 2 processes in slow run()s or init()s, up to 24 attempts in flight, a shared 2-core machine at
-load 3-14): 0.1-0.7 s from the cancel or SIGTERM to a complete job_result.txt.
+The stop reaches every worker's `JobWorker` in one broadcast (`stop_on`, bounded by STOP_BROADCAST_S) and
+kills the running entry-script processes; their attempts report CANCELLED within process.POLL_S, and the
+driver books what arrives within STOP_DRAIN_S. Then it ends the workers' processes (`finish_on`,
+STOP_SHUTDOWN_S), writes job_result.txt, removes .staging and releases the lock, and only then writes
+report.html and removes the job's plugin (`unregister`, STOP_SHUTDOWN_S; a plugin left by a driver killed
+meanwhile is swept at the next job's start). Airflow 3 sends SIGTERM to a task and SIGKILL 5 s later, so
+the worst case, LOOP_WAIT_S + STOP_BROADCAST_S + STOP_DRAIN_S + STOP_CANCEL_S + STOP_SHUTDOWN_S = 4.2 s
+plus writing the result (an unresponsive scheduler or workers: every bound reached), stays inside that
+window. Measured with bench/stop_bench.py (embedded cluster, 2 processes in slow run()s or init()s, up to
+24 attempts in flight, a shared 2-core machine at load 3-14): 0.1-0.7 s from the cancel or SIGTERM to a
+complete job_result.txt.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import contextlib
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from distributed import Client, Event
 
-from ..worker.state import SHUTDOWN_GRACE_S, shutdown_job, stop_job
+from ..worker.plugin import finish_on, plugin_name, register, stop_on, sweep_orphans, unregister
+from ..worker.process import SHUTDOWN_GRACE_S
+from ..worker.spec import JobSpec
 
 STOP_BROADCAST_S = 1.0
 STOP_DRAIN_S = 1.0
@@ -68,6 +72,7 @@ class StopControl:
         self.leftover_processes = 0
         self._cancel = threading.Event()
         self.event: Event | None = None
+        self.plugin: str | None = None  # the job's worker plugin, once registered
 
     def cancel(self, reason: str = "the job was cancelled") -> None:
         self.reason = self.reason or reason
@@ -88,9 +93,29 @@ class StopControl:
         self.say(f"Stopping: {self.reason}")
 
     # -- the workers ---------------------------------------------------------------------------------
-    def attach(self, client: Client) -> None:
-        """The job's Dask Event, which workers that missed the broadcast ask before they start anything."""
+    def attach(self, client: Client, spec: JobSpec, hosts: tuple[str, ...] | None) -> str:
+        """The job on the cluster: its worker plugin (on every worker, now and later; plugins that drivers
+        which died left behind are swept first) and its Dask Event, which workers that missed the stop
+        broadcast ask before they start anything. Returns the plugin's name."""
+        with contextlib.suppress(Exception):  # a sweep that fails leaves orphans for the next job's
+            client.run_on_scheduler(sweep_orphans)
         self.event = Event(f"apr-stop-{self.job_id}", client=client)
+        # Named before the scheduler holds it: a registration that fails half-way is still removed.
+        self.plugin = plugin_name(self.job_id, str(client.id))
+        try:
+            register(client, spec, hosts, self.plugin)
+        except BaseException:
+            self.detach(client)
+            raise
+        return self.plugin
+
+    def detach(self, client: Client) -> None:
+        """After the job: its plugin goes from the scheduler and every worker, and the Event is cleared
+        (bounded: the scheduler may already be gone)."""
+        if self.plugin is not None:
+            name, self.plugin = self.plugin, None
+            bounded(lambda: unregister(client, name), STOP_SHUTDOWN_S)
+        self.clear_event()
 
     def broadcast(self, client: Client) -> None:
         """No new attempt or process of the job from now on, on any worker; running ones are killed."""
@@ -99,7 +124,7 @@ class StopControl:
             with contextlib.suppress(Exception):  # workers that missed the broadcast ask this Event
                 if self.event is not None:
                     self.event.set()
-            return client.run(stop_job, self.job_id, on_error="return")
+            return client.run(stop_on, self.plugin, on_error="return")
 
         reached, _ = bounded(reach, STOP_BROADCAST_S)
         if reached:
@@ -119,12 +144,12 @@ class StopControl:
         if self.event is not None:
             bounded(self.event.clear, STOP_CANCEL_S)
 
-    def finish_workers(self, client: Client, log_url: str, storage_options: Mapping[str, Any]) -> None:
+    def finish_workers(self, client: Client) -> None:
         """Ends the job's entry-script processes on every worker (shutdown() runs when the job ended
         normally) and what they left running; the count goes to the master log."""
         bound = STOP_SHUTDOWN_S if self.stopped_at is not None else SHUTDOWN_BOUND_S
         done, outcome = bounded(
-            lambda: client.run(shutdown_job, self.job_id, log_url, dict(storage_options), on_error="return"),
+            lambda: client.run(finish_on, self.plugin, True, on_error="return"),
             bound,
         )
         if not done:

@@ -4,7 +4,6 @@ with init(), when the thread has none alive), reported as an `AttemptResult` (it
 from __future__ import annotations
 
 import os
-import threading
 import time
 import traceback
 from typing import Any
@@ -20,20 +19,19 @@ from .messages import (
     Run,
     TimedOut,
 )
+from .plugin import JobWorker, job_worker
 from .process import EntryProcess, StopCheck
 from .scratch import now
-from .spec import JobSpec
-from .state import _PROCESSES, _STATE, _mark_stopped, is_stopped
 
 EVENT_POLL_S = 1.0  # how often an attempt asks the scheduler's stop Event (a round trip)
 
 
 class _StopCheck:
-    """Has the job stopped? The local flag (set by `stop_job`) at every call; the job's Dask Event
-    (set by the driver too, for workers that missed the broadcast) at most every `EVENT_POLL_S`."""
+    """Has the job stopped? The worker's flag (set by the stop broadcast) at every call; the job's Dask
+    Event (set by the driver too, for workers that missed the broadcast) at most every `EVENT_POLL_S`."""
 
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
+    def __init__(self, plugin: JobWorker) -> None:
+        self.plugin = plugin
         self._event: Any = None
         self._asked = time.monotonic()
 
@@ -43,25 +41,25 @@ class _StopCheck:
             if self._event is None:
                 from distributed import Event
 
-                self._event = Event(f"apr-stop-{self.job_id}")
+                self._event = Event(f"apr-stop-{self.plugin.spec.job_id}")
             stopped = bool(self._event.is_set())
         except Exception:  # noqa: BLE001 - no scheduler (tests), or a lost one: the attempt goes on
             return False
         if stopped:
-            with _STATE:
-                _mark_stopped(self.job_id)
+            self.plugin.mark_stopped()
         return stopped
 
     def __call__(self) -> bool:
-        if is_stopped(self.job_id):
+        if self.plugin.stopped:
             return True
         if time.monotonic() - self._asked >= EVENT_POLL_S:
             return self.ask_scheduler()
         return False
 
 
-def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> AttemptResult:
-    """The Dask task: runs one attempt of one mini-batch and reports its counts (never its data)."""
+def run_mini_batch(name: str, mini_batch: MiniBatch, attempt: int) -> AttemptResult:
+    """The Dask task: runs one attempt of one mini-batch of the job whose worker plugin is called `name`,
+    and reports its counts (never its data)."""
     started = time.monotonic()
     result = AttemptResult(
         mini_batch.index,
@@ -71,22 +69,22 @@ def run_mini_batch(spec: JobSpec, mini_batch: MiniBatch, attempt: int) -> Attemp
         total=mini_batch.items,
         stage=AttemptStage.START,
     )
-    stop_check = _StopCheck(spec.job_id)
-    key = (spec.job_id, threading.get_ident())
-    process = _PROCESSES.get(key)
-    if is_stopped(spec.job_id):  # queued on this worker before the stop: nothing starts
+    plugin = job_worker(name)
+    if plugin is None or plugin.stopped:  # the job ended here, or stopped before this was queued
         return _never_started(result, started)
+    stop_check = _StopCheck(plugin)
+    process = plugin.process()
     try:
         if process is None or not process.alive():
             if stop_check.ask_scheduler():  # a new process (init() and all) only for a running job
                 return _never_started(result, started)
-            process = EntryProcess(spec)
+            process = EntryProcess(plugin.spec, plugin)
             ready = process.start(stop_check)
             if isinstance(ready, Failed):
                 if ready.stage is AttemptStage.START and ready.status is AttemptStatus.CANCELLED:
                     return _never_started(result, started)  # stopped between the check and the start
                 return _failed(result, process, ready, started)
-            _PROCESSES[key] = process
+            plugin.keep(process)
         return _run_on(process, mini_batch, result, stop_check, started)
     except Exception as exc:  # noqa: BLE001 - runner bugs are reported per attempt, not lost
         failure = Failed(
@@ -164,5 +162,5 @@ def _failed(
         process.node_log(header)
         result.error_file = os.path.relpath(process.paths["error"], process.log_root)
         if not process.alive():
-            _PROCESSES.pop((process.spec.job_id, threading.get_ident()), None)
+            process.host.forget(process)
     return result

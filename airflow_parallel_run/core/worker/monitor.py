@@ -448,16 +448,25 @@ class ResourceMonitor:
 
 
 _MONITORS: dict[tuple[str, str], ResourceMonitor] = {}
+_OWNERS: dict[tuple[str, str], set[str]] = {}  # who uses each monitor (several workers share a process)
 _MONITORS_LOCK = threading.Lock()
 
 
 def ensure_monitor(
-    job_id: str, log_root: str, node: str, interval: float, *, secrets: Iterable[str] = ()
+    job_id: str,
+    log_root: str,
+    node: str,
+    interval: float,
+    *,
+    secrets: Iterable[str] = (),
+    owner: str = "",
 ) -> ResourceMonitor | None:
     """The running monitor of (job, node) in this process, started on first call; None when interval is 0.
 
     Every Dask worker thread of a job calls this when it starts an entry-script process; only the
-    first call starts a thread.
+    first call starts a thread. `owner` (a worker's scope) is remembered, so that `stop_monitor` with
+    an owner stops it only when the last of them is done: several Dask workers may share this process.
+    It lists the processes of every worker of the job in this process (scope ``<job>/<pid>.``).
     """
     if interval <= 0:
         return None
@@ -465,10 +474,11 @@ def ensure_monitor(
         monitor = _MONITORS.get((job_id, node))
         if monitor is None or not monitor.running:
             monitor = ResourceMonitor(
-                log_root, node, interval, scope_prefix=f"{job_id}/{os.getpid()}/", secrets=secrets
+                log_root, node, interval, scope_prefix=f"{job_id}/{os.getpid()}.", secrets=secrets
             )
             monitor.start()
             _MONITORS[(job_id, node)] = monitor
+        _OWNERS.setdefault((job_id, node), set()).add(owner)
         return monitor
 
 
@@ -477,10 +487,18 @@ def get_monitor(job_id: str, node: str) -> ResourceMonitor | None:
         return _MONITORS.get((job_id, node))
 
 
-def stop_monitor(job_id: str, final_sample: bool = True) -> int:
-    """Stops this process's monitors of `job_id` (a last sample first); returns how many were stopped."""
+def stop_monitor(job_id: str, final_sample: bool = True, *, owner: str | None = None) -> int:
+    """Stops this process's monitors of `job_id` (a last sample first); returns how many were stopped.
+    With `owner`, only monitors that no other owner still uses are stopped."""
     with _MONITORS_LOCK:
-        monitors = [_MONITORS.pop(key) for key in [k for k in _MONITORS if k[0] == job_id]]
+        keys = [k for k in _MONITORS if k[0] == job_id]
+        if owner is not None:
+            for key in keys:
+                _OWNERS.get(key, set()).discard(owner)
+            keys = [k for k in keys if not _OWNERS.get(k)]
+        monitors = [_MONITORS.pop(key) for key in keys]
+        for key in keys:
+            _OWNERS.pop(key, None)
     for monitor in monitors:
         monitor.stop(final_sample=final_sample)
     return len(monitors)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Protocol
 
 from ..attempt import AttemptStage, AttemptStatus
 from .messages import (
@@ -46,9 +47,29 @@ from .scratch import (
     user_environ,
 )
 from .spec import JobSpec
-from .state import _LEFTOVERS, _LIVE, _STATE, SHUTDOWN_GRACE_S, _extract_bundle, _local_side_input, is_stopped
 
 StopCheck = Callable[[], bool]  # has the job stopped?
+SHUTDOWN_GRACE_S = 10.0  # for the entry script's shutdown() at the end of a job (all processes at once)
+
+
+class ProcessHost(Protocol):
+    """What an entry-script process needs of its job's state on the worker (`plugin.JobWorker`)."""
+
+    state_lock: threading.Lock  # "is the job stopped?" and "start a process" are one step under it
+    live: set[EntryProcess]  # starting or running processes (under the lock)
+    leftovers: int  # processes the entry scripts left running, ended with them (under the lock)
+    scope: str  # "<job>/<pid>.<worker>/": what the processes of this worker started carry
+
+    @property
+    def stopped(self) -> bool: ...
+
+    def code_dir(self) -> str: ...
+
+    def side_input(self, url: str) -> str: ...
+
+    def forget(self, process: EntryProcess) -> None: ...
+
+
 #: The status of an attempt whose process did not answer in time, by where it was.
 TIMEOUT_STATUS = {
     AttemptStage.INIT: AttemptStatus.INIT_TIMEOUT,
@@ -88,8 +109,9 @@ def _signal_text(returncode: int | None) -> str:
 class EntryProcess:
     """One entry-script child process and its control connection."""
 
-    def __init__(self, spec: JobSpec) -> None:
+    def __init__(self, spec: JobSpec, host: ProcessHost) -> None:
         self.spec = spec
+        self.host = host
         self.node = node_name()
         self.log_root = local_log_root(spec)
         self.name = claim_process_name(os.path.join(self.log_root, "sys", "node", self.node))
@@ -110,7 +132,7 @@ class EntryProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
         self.mini_batches = 0
-        self.scope = f"{spec.job_id}/{os.getpid()}/{self.name}/"  # inherited by all it starts
+        self.scope = f"{host.scope}{self.name}/"  # inherited by all it starts
         self.descendants: dict[int, float] = {}  # pid -> start time, sampled at each mini-batch end
         self._kill_lock = threading.Lock()
         self._killed = False
@@ -127,8 +149,8 @@ class EntryProcess:
 
     def start(self, stop_check: StopCheck) -> Ready | Failed:
         """Starts the process and waits for init(): `Ready`, or `Failed` (the process is gone then)."""
-        code_dir = _extract_bundle(self.spec)
-        replacements = {url: _local_side_input(self.spec, url) for url in self.spec.side_inputs}
+        code_dir = self.host.code_dir()
+        replacements = {url: self.host.side_input(url) for url in self.spec.side_inputs}
         parent_sock, child_sock = socket.socketpair()
         try:
             if not self._spawn(child_sock):
@@ -176,15 +198,15 @@ class EntryProcess:
         return env
 
     def _spawn(self, child_sock: socket.socket) -> bool:
-        """Starts the process unless the job is stopped (False): under `_STATE`, so that `stop_job`
+        """Starts the process unless the job is stopped (False): under the host's lock, so that a stop
         either sees it live or this sees the job stopped."""
         env = self._environment()
         with (
-            _STATE,
+            self.host.state_lock,
             open(self.paths["stdout"], "ab") as out,
             open(self.paths["stderr"], "ab") as err,
         ):
-            if is_stopped(self.spec.job_id):
+            if self.host.stopped:
                 return False
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "airflow_parallel_run.core.worker.child", str(child_sock.fileno())],
@@ -196,8 +218,8 @@ class EntryProcess:
                 cwd=self.working_dir,
                 start_new_session=True,  # its own process group: killed as a whole
             )
-            _LIVE.setdefault(self.spec.job_id, set()).add(self)
-            self.node_log(f"started pid {self.proc.pid}; running init()")  # before any stop_job
+            self.host.live.add(self)
+            self.node_log(f"started pid {self.proc.pid}; running init()")  # before any stop
         return True
 
     def _track(self) -> None:
@@ -209,6 +231,7 @@ class EntryProcess:
             self.node,
             spec.resource_monitor_interval,
             secrets=secret_values(spec.environment_variables, spec.storage_options),
+            owner=self.host.scope,
         )
         if monitor is not None and self.proc is not None:
             monitor.track(self.proc.pid, self.name)
@@ -233,7 +256,7 @@ class EntryProcess:
         """Sends `message` and waits for the answer; a process that cannot be reached ended (as if while
         it was waited for)."""
         if not self.send(message):
-            return CANCELLED if is_stopped(self.spec.job_id) else DIED
+            return CANCELLED if self.host.stopped else DIED
         return self.wait(timeout, stop_check)
 
     def failure(self, outcome: WaitOutcome, stage: AttemptStage, index: int | None = None) -> Failed:
@@ -290,9 +313,9 @@ class EntryProcess:
                     message: FromChild = self.conn.recv()
                     return message
             except (EOFError, OSError):
-                return CANCELLED if is_stopped(self.spec.job_id) else DIED
+                return CANCELLED if self.host.stopped else DIED
             if self.proc.poll() is not None and not self.conn.poll(0):
-                return CANCELLED if is_stopped(self.spec.job_id) else DIED
+                return CANCELLED if self.host.stopped else DIED
             if stop_check():
                 return CANCELLED
 
@@ -310,8 +333,9 @@ class EntryProcess:
         """Kills the process, its process group and every process it started; returns how many of
         those others were still running (also noted in the node log and counted for the job).
 
-        Once only: a second caller (`shutdown_job` while the attempt's own thread is at it) waits for
-        the first to finish and returns 0; the process leaves `_LIVE` when its leftovers are counted."""
+        Once only: a second caller (`JobWorker.finish` while the attempt's own thread is at it) waits for
+        the first to finish and returns 0; the process leaves the host's live set when its leftovers are
+        counted."""
         with self._kill_lock:
             if self._killed:
                 return 0
@@ -319,8 +343,8 @@ class EntryProcess:
                 return self._kill()
             finally:
                 self._killed = True
-                with _STATE:
-                    _LIVE.get(self.spec.job_id, set()).discard(self)
+                with self.host.state_lock:
+                    self.host.live.discard(self)
 
     def _kill(self) -> int:
         monitor = get_monitor(self.spec.job_id, self.node)
@@ -341,8 +365,8 @@ class EntryProcess:
             self.conn = None
         shutil.rmtree(self.working_dir, ignore_errors=True)
         if ended:
-            with _STATE:
-                _LEFTOVERS[self.spec.job_id] = _LEFTOVERS.get(self.spec.job_id, 0) + len(ended)
+            with self.host.state_lock:
+                self.host.leftovers += len(ended)
             self.node_log(
                 f"ended {len(ended)} process(es) the entry script started and left running: pids "
                 + ", ".join(map(str, ended))

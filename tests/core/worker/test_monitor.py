@@ -153,6 +153,22 @@ def test_registry_starts_one_monitor_per_job_and_node(tmp_path):
     assert stop_monitor("job-registry") == 0
 
 
+def test_a_monitor_shared_by_workers_of_one_process_stops_with_the_last(tmp_path):
+    """Dask workers sharing a process (the embedded cluster) share the job's monitor: the first to finish
+    the job must not stop it while a sibling's processes still run."""
+    first = ensure_monitor("job-shared", str(tmp_path / "logs"), NODE, 30, owner="job-shared/1.0/")
+    second = ensure_monitor("job-shared", str(tmp_path / "logs"), NODE, 30, owner="job-shared/1.1/")
+    try:
+        assert first is second and first is not None
+        assert stop_monitor("job-shared", owner="job-shared/1.0/") == 0
+        assert first.running and get_monitor("job-shared", NODE) is first
+        assert stop_monitor("job-shared", owner="job-shared/1.0/") == 0  # a second finish changes nothing
+        assert first.running
+    finally:
+        assert stop_monitor("job-shared", owner="job-shared/1.1/") == 1
+    assert not first.running and get_monitor("job-shared", NODE) is None
+
+
 def test_header_written_once_when_monitors_share_a_node(tmp_path):
     monitors = [ResourceMonitor(str(tmp_path / "logs"), NODE, 1) for _ in range(4)]
     for monitor in monitors:
