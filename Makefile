@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test e2e lint typecheck browser airflow soak bench clean
+.PHONY: install demo test e2e lint typecheck browser postgres airflow soak bench clean
 
 install: $(STAMP)
 
@@ -18,13 +18,14 @@ demo: install
 	$(BIN)/python -m airflow_parallel_run.demo
 	$(BIN)/python -m airflow_parallel_run.demo --airflow
 
-# A local Airflow 3 stack (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1 with the example DAGs.
-airflow: install
+# A local Airflow 3 stack (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1 with the example DAGs,
+# on a PostgreSQL server of its own (docs/airflow-local-stack.md).
+airflow: install postgres
 	$(BIN)/python tools/airflow_stack.py
 
 lint: install
-	$(BIN)/ruff check airflow_parallel_run tests dags bench docker/dags tools
-	$(BIN)/ruff format --check airflow_parallel_run tests dags bench docker/dags tools
+	$(BIN)/ruff check airflow_parallel_run tests dags bench docker/dags tools examples
+	$(BIN)/ruff format --check airflow_parallel_run tests dags bench docker/dags tools examples
 
 typecheck: install
 	$(BIN)/mypy
@@ -33,11 +34,23 @@ typecheck: install
 browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: install lint typecheck browser
+# PostgreSQL for the local Airflow stack (Debian's package: the stack runs its own cluster with initdb and
+# pg_ctl, never the package's). The server refuses to run as root: as root the stack runs it as the
+# unprivileged `postgres` account, which the package creates (and this target when it is missing).
+PG_BIN := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+postgres:
+	@test -n "$(PG_BIN)" || command -v initdb >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
+	  { echo "PostgreSQL is needed: apt-get install -y postgresql (as root)" >&2; exit 1; }
+	@test "$$(id -u)" != 0 || id -u postgres >/dev/null 2>&1 || \
+	  useradd --system --user-group --home-dir /var/lib/postgresql --shell /usr/sbin/nologin postgres
+
+test: install lint typecheck browser postgres
 	bash .ci/pytest.sh
 
-# End-to-end tests on a real Airflow stack (api-server, scheduler, dag-processor, triggerer) and a browser.
-e2e: install browser
+# End-to-end tests on a real Airflow stack (api-server, two schedulers, dag-processor, triggerer, PostgreSQL)
+# and a browser.
+e2e: install browser postgres
 	$(BIN)/python -m pytest tests/e2e -q -rfEs --durations=10
 
 # Long fault-injection variants (many kills, a long property-based run).
@@ -45,7 +58,7 @@ soak: install
 	$(BIN)/python -m pytest -m soak tests/faults -q -rfEs --durations=10
 
 # Benchmarks against peers measured in the same run (ratios); `--quick` for a smoke run.
-bench: install
+bench: install postgres
 	$(BIN)/python bench/run_all.py
 
 clean:

@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.error = _Parser.error.__get__(run)  # type: ignore[method-assign]
     io = run.add_argument_group("inputs and outputs")
-    io.add_argument("--input", action="append", help="path, glob, folder or fsspec URL (repeatable)")
+    io.add_argument(
+        "--input",
+        action="append",
+        help="path, glob, folder or fsspec URL (repeatable); with --azure-job: NAME=PATH_OR_URL for an input of the "
+        "job's YAML",
+    )
     io.add_argument(
         "--dataset",
         action="append",
@@ -96,8 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run every mini-batch again (allow_reuse=False); the cache is still refreshed",
     )
+    azure = run.add_argument_group("Azure ML v2 parallel job (docs/azure.md)")
+    azure.add_argument(
+        "--azure-job",
+        metavar="YAML",
+        help="run the parallel job of an Azure ML job, component or pipeline YAML; --input NAME=PATH_OR_URL gives "
+        "the inputs that point into Azure; ParallelRunConfig flags given here override the YAML",
+    )
+    azure.add_argument("--azure-job-name", help="the parallel job to run when the pipeline YAML has several")
+    azure.add_argument(
+        "--job-output",
+        action="append",
+        default=[],
+        metavar="NAME=PATH_OR_URL",
+        help="where an output of the job other than append_row_to goes (default: <--output>/NAME)",
+    )
     cfg = run.add_argument_group("ParallelRunConfig")
-    cfg.add_argument("--entry-script", required=True)
+    cfg.add_argument("--entry-script")
     cfg.add_argument("--source-directory")
     cfg.add_argument(
         "--mini-batch-size", type=_int_or_size, help="files (file input) or bytes like 1MB (tabular)"
@@ -121,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--environment-variables", type=_env_pair, action="append", default=[], metavar="KEY=VALUE"
     )
     cfg.add_argument("--resource-monitor-interval", type=float, default=600)
+    parser.set_defaults(run_parser=run)
     report = sub.add_parser("report", help="write a self-contained HTML report of a job's logs")
     report.error = _Parser.error.__get__(report)  # type: ignore[method-assign]
     report.add_argument("logs", help="the job's output folder or its logs folder")
@@ -230,23 +251,6 @@ class _Startup:
 
 def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> int:
     from .core import ConfigError, InputError, ParallelRunConfig
-    from .core.driver import JobDriver, run_job
-    from .core.driver.cluster import ClusterError
-    from .core.summary import JobSummary
-
-    stream = sys.stderr if args.json else sys.stdout
-    live = stream.isatty()  # a terminal gets one line updated in place; logs and pipes get plain lines
-
-    def progress(line: str) -> None:
-        if live and line.startswith("Processed "):
-            stream.write("\r\033[K" + line)
-            stream.flush()
-            return
-        print(
-            ("\n" if live else "") + line if live and line.startswith("Job ") else line,
-            file=stream,
-            flush=True,
-        )
 
     try:
         config = ParallelRunConfig(
@@ -272,6 +276,37 @@ def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> i
     except (ConfigError, InputError) as exc:
         print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
         return 2
+    return _execute(args, config, inputs, list(args.side_input), arguments, not args.no_reuse, startup)
+
+
+def _execute(
+    args: argparse.Namespace,
+    config: Any,
+    inputs: list[Any],
+    side_inputs: list[str],
+    arguments: list[str],
+    allow_reuse: bool,
+    startup: _Startup,
+) -> int:
+    """Runs the job, printing progress and the summary; the exit code."""
+    from .core import ConfigError, InputError
+    from .core.driver import JobDriver, run_job
+    from .core.driver.cluster import ClusterError
+    from .core.summary import JobSummary
+
+    stream = sys.stderr if args.json else sys.stdout
+    live = stream.isatty()  # a terminal gets one line updated in place; logs and pipes get plain lines
+
+    def progress(line: str) -> None:
+        if live and line.startswith("Processed "):
+            stream.write("\r\033[K" + line)
+            stream.flush()
+            return
+        print(
+            ("\n" if live else "") + line if live and line.startswith("Job ") else line,
+            file=stream,
+            flush=True,
+        )
 
     def keep(driver: JobDriver) -> None:
         startup.driver = driver
@@ -286,13 +321,13 @@ def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> i
             config,
             inputs,
             args.output,
-            side_inputs=args.side_input,
+            side_inputs=side_inputs,
             arguments=arguments,
             scheduler=args.scheduler,
             progress=progress,
             on_driver=keep,
             on_client=running,
-            allow_reuse=not args.no_reuse,
+            allow_reuse=allow_reuse,
             cache_dir=args.cache_dir,
         )
     except (ConfigError, InputError) as exc:
@@ -315,6 +350,116 @@ def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> i
     return 0 if JobSummary.from_dict(summary).succeeded else 1
 
 
+#: Flags that describe inputs or the script, which an Azure job's YAML gives instead.
+_NOT_WITH_AZURE_JOB = (
+    "--input-type",
+    "--format",
+    "--separator",
+    "--no-header",
+    "--encoding",
+    "--partition-format",
+    "--entry-script",
+    "--source-directory",
+)
+
+
+def _given(argv: Sequence[str]) -> set[str]:
+    return {token.split("=", 1)[0] for token in argv if token.startswith("--")}
+
+
+def _check_run_arguments(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """The flags `run` needs: --input and --entry-script, or --azure-job (with which the YAML gives the script
+    and how inputs are read). A usage error (exit code 2) names what is missing or not allowed."""
+    parser = args.run_parser
+    given = _given(argv)
+    if args.azure_job:
+        clash = [flag for flag in _NOT_WITH_AZURE_JOB if flag in given]
+        if clash:
+            parser.error(f"argument {clash[0]}: not allowed with --azure-job (the job's YAML gives it)")
+        return
+    azure_only = [flag for flag in ("--azure-job-name", "--job-output") if flag in given]
+    if azure_only:
+        parser.error(f"argument {azure_only[0]}: only with --azure-job")
+    missing = [
+        flag
+        for flag, value in (
+            ("--input (or --dataset)", args.input or args.dataset),
+            ("--entry-script", args.entry_script),
+        )
+        if not value
+    ]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+
+
+def _config_overrides(args: argparse.Namespace, given: set[str]) -> dict[str, Any]:
+    """The ParallelRunConfig flags given on the command line (they win over the YAML, like a pipeline
+    parameter set at submission)."""
+    overrides: dict[str, Any] = {}
+    for action in args.run_parser._actions:
+        if action.dest in _CONFIG_FLAGS and any(o in given for o in action.option_strings):
+            value = getattr(args, action.dest)
+            overrides[action.dest] = dict(value) if action.dest == "environment_variables" else value
+    return overrides
+
+
+_CONFIG_FLAGS = (
+    "mini_batch_size",
+    "partition_keys",
+    "error_threshold",
+    "allowed_failed_count",
+    "allowed_failed_percent",
+    "output_action",
+    "append_row_file_name",
+    "append_row_format",
+    "node_count",
+    "process_count_per_node",
+    "run_invocation_timeout",
+    "run_max_try",
+    "logging_level",
+    "environment_variables",
+    "resource_monitor_interval",
+)
+
+
+def _run_azure_job(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> int:
+    """`run --azure-job job.yml`: the YAML's parallel job, its inputs mapped with --input NAME=PATH_OR_URL."""
+    from .azure.job_yaml import load_azure_job, parse_name_map
+    from .core import ConfigError, InputError
+
+    stream = sys.stderr if args.json else sys.stdout
+    try:
+        job = load_azure_job(
+            args.azure_job,
+            output_path=args.output,
+            input_map=parse_name_map(args.input or []),
+            output_map=parse_name_map(args.job_output, "--job-output"),
+            job_name=args.azure_job_name,
+        )
+        overrides = _config_overrides(args, _given(args.argv))
+        if "environment_variables" in overrides:
+            overrides["environment_variables"] = {
+                **job.config.environment_variables,
+                **overrides["environment_variables"],
+            }
+        config = job.config.with_overrides(**overrides)
+    except (ConfigError, InputError) as exc:
+        print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Azure job {job.name} ({job.source})", file=stream, flush=True)
+    for line in job.notes():
+        print(f"  {line}", file=stream, flush=True)
+    return _execute(
+        args,
+        config,
+        list(job.inputs),
+        [*job.side_inputs, *args.side_input],
+        [*job.arguments, *arguments],
+        job.allow_reuse and not args.no_reuse,
+        startup,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # a message naming a file whose name is not UTF-8 is printed escaped, never a UnicodeEncodeError
     for stream in (sys.stdout, sys.stderr):
@@ -325,14 +470,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, arguments = argv[:cut], argv[cut + 1 :]
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "run" and not args.input and not args.dataset:
-        parser.error("the following arguments are required: --input (or --dataset)")
+    args = build_parser().parse_args(argv)
+    args.argv = argv
     if args.command == "run":
+        _check_run_arguments(args, argv)
         startup = _Startup()
         previous = {sig: signal.signal(sig, startup.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if args.azure_job:
+                return _run_azure_job(args, arguments, startup)
             return _run(args, arguments, startup)
         except Interrupted as exc:
             name = signal.Signals(exc.signum).name

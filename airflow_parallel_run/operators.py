@@ -46,7 +46,15 @@ from airflow_parallel_run.core.plan import Plan
 from airflow_parallel_run.core.plan.manifest import InputChangedError, is_manifest_reference, load_manifest
 from airflow_parallel_run.core.storage import absolute, is_local
 from airflow_parallel_run.core.summary import JobSummary
+from airflow_parallel_run.lineage import LineageMixin
 from airflow_parallel_run.links import DASHBOARD_XCOM_KEY, DaskDashboardLink
+from airflow_parallel_run.partitions import (
+    check_key_in_paths,
+    check_outlet_partitions,
+    emit_output_events,
+    run_partition_key,
+    with_run_partition,
+)
 from airflow_parallel_run.task_identity import STOPPED_FROM_AIRFLOW, TaskIdentity, stop_reason_for_state
 
 if TYPE_CHECKING:
@@ -226,7 +234,7 @@ def _with_output_alias(kwargs: dict[str, Any]) -> dict[str, Any]:
     A mapped operator's outlets are fixed when the DAG is parsed, before any map index renders its
     `output_path`, so each map index's folder can only reach Airflow as an event on an alias.
     """
-    if not kwargs.get("declare_output_asset", True):
+    if not kwargs.get("declare_output_asset", True) or kwargs.get("output_asset") is not None:
         return kwargs
     from airflow.sdk.definitions._internal.contextmanager import DagContext, TaskGroupContext
 
@@ -239,7 +247,7 @@ def _with_output_alias(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "outlets": [*outlets, AssetAlias(name=f"{_ALIAS_PREFIX}{owner}")]}
 
 
-class ParallelRunOperator(BaseOperator):
+class ParallelRunOperator(LineageMixin, BaseOperator):
     """Runs an entry script's ``run(mini_batch)`` over every mini-batch of ``inputs`` on Dask.
 
     :param parallel_run_config: the `ParallelRunConfig` (entry script, mini-batch size, thresholds, ...).
@@ -261,6 +269,12 @@ class ParallelRunOperator(BaseOperator):
     :param storage_conn_id: an Airflow connection holding those options (an ``aws`` connection, or any
         connection with a ``storage_options`` extra); ``storage_options`` wins key by key.
     :param declare_output_asset: declare the output folder as an outlet asset (default True).
+    :param output_asset: the outlet `Asset` to announce the output on instead of the output folder's own
+        (needed for partition-scheduled consumers when ``output_path`` is templated per partition: they
+        schedule on one fixed asset whose events carry partition keys); the event's extra names the
+        concrete folder. See airflow_parallel_run/partitions.py.
+    :param outlet_partitions: ``"run"`` (default): the outlet event is the run's partition (Airflow's
+        default); ``"data"``: one event per scored partition of the input's ``partition_keys``.
     :param on_manifest_change: with a sensor's manifest as ``inputs``: ``"fail"`` (default) when an input
         file was deleted or changed after the sensor planned it, or ``"replan"`` to plan the manifest's
         inputs again as they are now.
@@ -293,6 +307,8 @@ class ParallelRunOperator(BaseOperator):
         declare_output_asset: bool = True,
         deferrable: bool | None = None,
         on_manifest_change: str = "fail",
+        output_asset: Asset | None = None,
+        outlet_partitions: str = "run",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -326,8 +342,46 @@ class ParallelRunOperator(BaseOperator):
         self._validate_static()
         self.output_asset: Asset | None = None
         self.output_asset_alias: AssetAlias | None = None
-        if declare_output_asset:
-            self._declare_output_asset()
+        if declare_output_asset or output_asset is not None:
+            self._declare_output_asset(output_asset)
+        self.outlet_partitions = outlet_partitions
+        check_outlet_partitions(
+            outlet_partitions, parallel_run_config.partition_keys, bool(self.output_asset)
+        )
+
+    @classmethod
+    def from_azure_job(
+        cls,
+        path: str,
+        *,
+        output_path: str,
+        input_map: Mapping[str, str] | None = None,
+        output_map: Mapping[str, str] | None = None,
+        job_name: str | None = None,
+        **kwargs: Any,
+    ) -> ParallelRunOperator:
+        """The operator that runs the parallel job of an Azure ML v2 YAML (a parallel job or component, or the
+        parallel job of a pipeline job), read when the DAG file is parsed. `input_map` gives the inputs that
+        point into Azure (name -> path or fsspec URL), `output_map` the outputs other than ``append_row_to``
+        (default: ``<output_path>/<name>``). Keys with no effect here are logged; other keyword arguments go to
+        the operator (``task_id`` defaults to the job's name). See docs/azure.md."""
+        from airflow_parallel_run.azure.job_yaml import load_azure_job
+
+        job = load_azure_job(
+            path, output_path=output_path, input_map=input_map, output_map=output_map, job_name=job_name
+        )
+        for note in job.notes():
+            logging.getLogger(__name__).warning("Azure job %s: %s", job.name, note)
+        kwargs.setdefault("task_id", job.name)
+        kwargs.setdefault("allow_reuse", job.allow_reuse)
+        return cls(
+            parallel_run_config=job.config,
+            inputs=list(job.inputs),
+            output_path=output_path,
+            side_inputs=[*job.side_inputs, *(kwargs.pop("side_inputs", None) or [])],
+            arguments=[*job.arguments, *(kwargs.pop("arguments", None) or [])],
+            **kwargs,
+        )
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:  # type: ignore[override]
@@ -355,9 +409,13 @@ class ParallelRunOperator(BaseOperator):
             if not _is_dynamic(value):
                 as_strings(name, value)
 
-    def _declare_output_asset(self) -> None:
+    def _declare_output_asset(self, given: Asset | None = None) -> None:
         """A fixed output folder is an `Asset`; a templated one (or a map index's) is an `AssetAlias`
-        filled at run time."""
+        filled at run time; `given` (``output_asset``) replaces both."""
+        if given is not None:
+            self.output_asset = given
+            self.add_outlets([given])
+            return
         for outlet in self.outlets:
             if isinstance(outlet, AssetAlias) and outlet.name.startswith(_ALIAS_PREFIX):
                 self.output_asset_alias = outlet  # a map index of a mapped operator: see `partial`
@@ -475,6 +533,10 @@ class ParallelRunOperator(BaseOperator):
         if planned is None:  # the sensor chose the size of a manifest's mini-batches
             config.mini_batch_size_for(tabular=inputs[0].kind == "tabular")
         output_path = self.resolve_output_path()
+        check_key_in_paths(
+            run_partition_key(context),
+            {"output_path": [output_path], "inputs": [p for d in inputs for p in d.locations()]},
+        )
         if identity.mapped:
             self._check_mapped_output(context, identity, output_path)
         kwargs: dict[str, Any] = {
@@ -731,15 +793,17 @@ class ParallelRunOperator(BaseOperator):
         )
 
     def _handle_summary(self, context: Context, document: dict[str, Any]) -> dict[str, Any]:
-        """The job's summary document: logged, returned (the XCom value) when the job succeeded, else
-        pushed under `SUMMARY_XCOM_KEY` and the task fails with its message."""
+        """The job's summary document (with the run's partition key, if any): logged, returned (the XCom
+        value) when the job succeeded, else pushed under `SUMMARY_XCOM_KEY` and the task fails with its
+        message."""
+        document = self.job_summary = with_run_partition(document, context)  # for lineage too
         summary = JobSummary.from_dict(document)
         self._log_outcome(summary)
         if not summary.succeeded:
             self._log_error_head(summary)
             context["ti"].xcom_push(key=SUMMARY_XCOM_KEY, value=document)
             raise AirflowException(summary.message or "Job failed (see logs/job_result.txt)")
-        self._emit_asset_event(context, summary)
+        self._emit_asset_event(context, document)
         return document
 
     def _log_outcome(self, summary: JobSummary) -> None:
@@ -976,19 +1040,9 @@ class ParallelRunOperator(BaseOperator):
         if lines:
             self.log.error("First lines of %s:\n%s", error_file, "\n".join(lines))
 
-    def _emit_asset_event(self, context: Context, summary: JobSummary) -> None:
-        """Attaches the counts to the outlet asset event (the concrete folder for a templated output
-        and for each map index of a mapped operator)."""
-        extra = {
-            key: getattr(summary, key)
-            for key in ("total_items", "succeeded_items", "failed_items", "append_row_file", "cache_key")
-        }
-        events = context["outlet_events"]
-        if self.output_asset is not None:
-            events[self.output_asset].extra.update(extra)
-        elif self.output_asset_alias is not None:
-            uri = output_asset_uri(summary.output or self.resolve_output_path())
-            events[self.output_asset_alias].add(Asset(uri=uri), extra=extra)
+    def _emit_asset_event(self, context: Context, summary: Mapping[str, Any]) -> None:
+        """Attaches the counts to the outlet asset event(s): see airflow_parallel_run/partitions.py."""
+        emit_output_events(self, context, summary)
 
 
 def _client_dashboard(client: Any) -> str | None:

@@ -1,6 +1,7 @@
 """Versus Airflow dynamic task mapping: the same tiny mini-batches as `.expand()`-mapped tasks vs one
 `ParallelRunOperator` task, on one real Airflow stack (api-server, scheduler, dag-processor,
-triggerer; LocalExecutor with parallelism 2, SQLite, 127.0.0.1; `tools/airflow_stack.py`).
+triggerer; LocalExecutor with parallelism 2, 127.0.0.1; `tools/airflow_stack.py`) on PostgreSQL, as
+Airflow is deployed: the stack's own throw-away server with PostgreSQL's durable defaults (fsync on).
 
 DAGs: `bench/dags/apr_bench_expand.py` (a task lists the files and returns them in mini-batches; a
 mapped task per mini-batch) and `bench/dags/apr_bench_operator.py` (one operator task, no-op entry
@@ -135,6 +136,7 @@ def main() -> None:
     sys.path.insert(0, str(benchlib.REPO / "tools"))
     try:
         from airflow_stack import Stack, free_port
+        from postgres_server import DURABLE_SETTINGS
     except ImportError as exc:  # pragma: no cover - the stack helper ships with the repo
         raise SystemExit(f"tools/airflow_stack.py is needed for this bench: {exc}") from exc
 
@@ -152,11 +154,14 @@ def main() -> None:
             dags_folder=benchlib.BENCH_DIR / "dags",
             cache_root=root / "cache",
             quiet=True,
+            database_settings=DURABLE_SETTINGS,
         )
         t0 = time.perf_counter()
         with stack:
             stack.wait_for_dags((DAG_EXPAND, DAG_OPERATOR))
             extra["stack_start_s"] = round(time.perf_counter() - t0, 1)
+            assert stack.database is not None
+            extra["database"] = stack.database.version
             benchlib.log(f"Airflow stack up at {stack.url} in {extra['stack_start_s']} s")
             rest = Rest(stack)
 

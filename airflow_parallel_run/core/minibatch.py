@@ -111,12 +111,19 @@ class MiniBatch:
         return [p.unit for p in self.pieces]
 
     def describe(self) -> dict[str, Any]:
-        """What `mini_batch_context.dataset` shows and what logs print for this mini-batch."""
+        """What `mini_batch_context.dataset` shows and what logs print for this mini-batch (with its
+        partition key values, so processed_mini-batches.csv tells which partition each row scored)."""
+        keyed = {"partition_key_value": dict(self.partition_key_value)} if self.partition_key_value else {}
         if self.pieces:
-            return {"input_index": self.input_index, "pieces": [p.describe() for p in self.pieces]}
+            return {
+                "input_index": self.input_index,
+                "pieces": [p.describe() for p in self.pieces],
+                **keyed,
+            }
         if self.kind == "file":
-            return {"input_index": self.input_index, "files": [f.url for f in self.files]}
+            return {"input_index": self.input_index, "files": [f.url for f in self.files], **keyed}
         return {
+            **keyed,
             "input_index": self.input_index,
             "slices": [
                 {

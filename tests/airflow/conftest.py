@@ -53,6 +53,9 @@ def _build_dags_folder() -> None:
 
 atexit.register(shutil.rmtree, _BASE, True)
 _build_dags_folder()
+# As Airflow's BundleDagBag does for the DAG processor and the task runner: DAG files import shared
+# modules of the folder (dags/partition_assets.py) by name.
+sys.path.append(str(_DAGS))
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_HOME),

@@ -25,6 +25,8 @@ EXAMPLE_DAGS = (
     "iris_tabular_scoring",
     "daily_backfill_scoring",
     "side_inputs_scoring",
+    "partitioned_daily_scoring",
+    "arrival_driven_scoring",
 )
 DIGITS = 1797
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

@@ -1,27 +1,56 @@
 """End-to-end fixtures: one real Airflow 3 stack (tools/airflow_stack.py) for the whole session.
 
-The stack runs the api-server, scheduler, dag-processor and triggerer as separate processes on free
-127.0.0.1 ports with LocalExecutor and SQLite, in a temp AIRFLOW_HOME whose DAGs folder links the
-repo's example DAGs (and their scripts) plus the e2e-only DAGs of tests/e2e/dags. Demo data, outputs
-and the reuse cache live in temp folders. A finalizer stops every process group, also when start-up or
-a test fails. Nothing here imports Airflow: the tests talk to the stack over REST and the `airflow` CLI.
+The stack runs the api-server, two schedulers, the dag-processor and the triggerer as separate
+processes on free 127.0.0.1 ports with LocalExecutor, on a throw-away PostgreSQL server of its own,
+in a temp AIRFLOW_HOME whose DAGs folder links the repo's example DAGs (and their scripts) plus the
+e2e-only DAGs of tests/e2e/dags. Demo data, outputs and the reuse cache live in temp folders. A
+finalizer stops every process group and the database server, also when start-up or a test fails; if
+this process is killed, the stack's watchdog does it. Nothing here imports Airflow: the tests talk to
+the stack over REST and the `airflow` CLI.
+
+A component that dies during a test is restarted (as a process supervisor would), but the test
+fails unless it declared the restart with `stack.expect_restart(component)`; the waits in
+e2e_rest.py fail at once when that happens or when the scheduler stops making progress.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_rest import COMPONENTS, EXAMPLE_DAG_IDS, REPO, Api, Stack, StackError, free_port
+from e2e_rest import EXAMPLE_DAG_IDS, REPO, Api, Stack, StackError, free_port
 
 E2E_DAGS = Path(__file__).resolve().parent / "dags"
 ADMIN_PASSWORD = "e2e-admin-password"
-E2E_DAG_IDS = ("apr_e2e_always_failing", "apr_e2e_deferrable")
+E2E_DAG_IDS = ("apr_e2e_always_failing", "apr_e2e_deferrable", "apr_e2e_twenty_batches")
+SCHEDULERS = 2
+# Airflow's defaults, except how often a scheduler looks for tasks of a dead scheduler (300 s): a
+# test that kills a scheduler should not wait five minutes for the other one to take over.
+SCHEDULER_SETTINGS = {"AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15"}
+# Partitions and lineage (test_e2e_partitions.py): the arrival watcher of dags/partition_assets.py polls
+# every 2 s instead of 30; OpenLineage writes to a file, for DAGs that enable it only (selective enable:
+# the other DAGs' tasks emit nothing and fork nothing).
+LINEAGE_FILE = "openlineage.jsonl"
+
+
+def _partition_settings(base: Path) -> dict[str, str]:
+    return {
+        "AIRFLOW_PARALLEL_RUN_ARRIVAL_POKE_S": "2",
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+            {"type": "file", "log_file_path": str(base / LINEAGE_FILE), "append": True}
+        ),
+        "AIRFLOW__OPENLINEAGE__SELECTIVE_ENABLE": "True",
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "apr-e2e",
+    }
+
+
+RESTARTS: list[str] = []  # every component restart of the session, for the terminal summary
 
 
 def _build_dags_folder(target: Path) -> None:
@@ -53,6 +82,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         cache_root=base / "reuse-cache",
         demo_data=True,  # written before the start, not by two concurrent first DAG runs
         quiet=True,
+        schedulers=SCHEDULERS,
+        extra_env={**SCHEDULER_SETTINGS, **_partition_settings(base)},
     )
     request.addfinalizer(instance.stop)
     atexit.register(instance.stop)  # also when the interpreter exits without running finalizers
@@ -60,7 +91,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         instance.start()
         instance.wait_for_dags((*EXAMPLE_DAG_IDS, *E2E_DAG_IDS))
     except StackError as exc:
-        pytest.fail(f"the Airflow stack did not start: {exc}\n{_component_tails(instance)}")
+        pytest.fail(f"the Airflow stack did not start: {exc}\n{instance.status_report()}")
     stopping = threading.Event()
     supervisor = threading.Thread(target=_supervise, args=(instance, stopping), daemon=True)
     supervisor.start()
@@ -68,25 +99,37 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     stopping.set()
     supervisor.join(timeout=10)
     instance.stop()
-    if instance.restarts:  # visible in CI's output: the suite passed, but a component had to restart
-        print(
-            "\nAirflow stack components restarted during the e2e session:\n  "
-            + "\n  ".join(instance.restarts)
-        )
+    RESTARTS.extend(instance.restarts)
 
 
 def _supervise(stack: Stack, stopping: threading.Event) -> None:
     """Restarts a component that exited on its own (as the CLI and any process supervisor do)."""
-    while not stopping.wait(2.0):
+    while not stopping.wait(1.0):
         try:
             stack.restart_exited()
         except StackError:
             return  # exited too often: the tests fail on their own, with the component logs
 
 
-def _component_tails(stack: Stack) -> str:
-    restarts = "".join(f"restarted: {line}\n" for line in stack.restarts)
-    return restarts + "\n".join(f"--- {name} ---\n{stack.log_tail(name, 25)}" for name in COMPONENTS)
+@pytest.fixture(autouse=True)
+def _no_unexpected_restart(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test that uses the stack when a component died during it without the test declaring
+    it (`with stack.expect_restart("scheduler-2"): ...`)."""
+    if "stack" not in request.fixturenames:
+        yield
+        return
+    stack: Stack = request.getfixturevalue("stack")
+    yield
+    fresh = stack.unexpected_restarts[stack.acknowledged_restarts :]
+    stack.acknowledged_restarts = len(stack.unexpected_restarts)
+    if fresh:
+        pytest.fail(
+            "Airflow components died during this test without the test causing it:\n  "
+            + "\n  ".join(fresh)
+            + "\n"
+            + stack.status_report(),
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +150,7 @@ def stack_logs_on_failure(stack: Stack, request: pytest.FixtureRequest) -> Itera
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         with contextlib.suppress(Exception):
-            print(_component_tails(stack))
+            print(stack.status_report())
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -116,3 +159,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call":
         item.rep_call = report  # type: ignore[attr-defined]
     return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Lists the session's component restarts (declared ones included) at the end of the output."""
+    if RESTARTS:
+        terminalreporter.write_sep("-", "Airflow stack components restarted during the e2e session")
+        for line in RESTARTS:
+            terminalreporter.write_line(line)

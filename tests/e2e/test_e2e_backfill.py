@@ -1,12 +1,15 @@
-"""`airflow backfill create` over 3 dates, then again with `--reprocess-behavior completed`.
+"""Backfills of `daily_backfill_scoring`: through the REST API (what the UI's Backfill form sends) and
+through `airflow backfill create`.
 
-The first backfill gives one successful run per date, each with its own dated output. The second one
-re-runs the same dates: every mini-batch comes from the reuse cache and the outputs are byte-identical.
+REST: a backfill over 3 dates gives one successful run per date, each with its own dated output; a
+second one with `reprocess_behavior: completed` re-runs the same dates: every mini-batch comes from
+the reuse cache and the outputs are byte-identical. The CLI creates a backfill over 2 other dates.
+A backfill's runs exist as soon as it is created (same transaction): a backfill without them fails
+at once instead of waiting for the scheduler to mark it complete with nothing run.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,55 +21,54 @@ pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
 DAG_ID = "daily_backfill_scoring"
 TASK_ID = "score_daily_partition"
 DATES = ("2024-01-01", "2024-01-02", "2024-01-03")
+CLI_DATES = ("2024-02-01", "2024-02-02")
 IMAGES_PER_DAY = 60
-BACKFILL_TIMEOUT = 240.0
+BACKFILL_TIMEOUT = 300.0
 
 
-def _latest_backfill_id(api: Api) -> int:
-    backfills = api.get("/backfills", dag_id=DAG_ID, limit=100)["backfills"]
-    return max((int(b["id"]) for b in backfills), default=0)
-
-
-def backfill(stack: Stack, api: Api, *extra: str) -> dict[str, Any]:
-    """Creates a backfill over DATES with the CLI and waits until the scheduler marks it completed.
-
-    SQLite can answer "database is locked" to the CLI while the stack writes; the command is tried
-    again only when no backfill was created (it may also fail after its transaction committed).
-    """
-    before = _latest_backfill_id(api)
-    args = ("backfill", "create", "--dag-id", DAG_ID, "--from-date", DATES[0], "--to-date", DATES[-1], *extra)
-    for attempt in range(4):
-        result = stack.airflow(*args, check=False)
-        if result.returncode == 0 or _latest_backfill_id(api) > before:
-            break
-        output = result.stdout[-3000:] + result.stderr[-3000:]
-        assert "database is locked" in output and attempt < 3, output
-        time.sleep(2.0)
-    backfill_id = _latest_backfill_id(api)
-    assert backfill_id > before
-    deadline = time.monotonic() + BACKFILL_TIMEOUT
-    while True:  # the scheduler checks backfills for completion every 30 s
-        doc = api.get(f"/backfills/{backfill_id}")
-        if doc["completed_at"]:
-            return dict(doc)
-        assert time.monotonic() < deadline, f"backfill {backfill_id} not completed: {doc}"
-        time.sleep(2.0)
-
-
-def dated_runs(api: Api) -> dict[str, dict[str, Any]]:
+def dated_runs(api: Api, dates: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     runs = api.runs(
-        DAG_ID, logical_date_gte=f"{DATES[0]}T00:00:00Z", logical_date_lte=f"{DATES[-1]}T00:00:00Z"
+        DAG_ID, logical_date_gte=f"{dates[0]}T00:00:00Z", logical_date_lte=f"{dates[-1]}T00:00:00Z"
     )
     return {run["logical_date"][:10]: run for run in runs}
 
 
-def test_backfill_then_reprocess_reuses_everything(stack: Stack, api: Api, demo_root: Path) -> None:
-    first = backfill(stack, api)
-    runs = dated_runs(api)
-    assert sorted(runs) == list(DATES)
-    outputs: dict[str, bytes] = {}
+def rest_backfill(api: Api, dates: tuple[str, ...], reprocess: str = "none") -> dict[str, Any]:
+    """POST /api/v2/backfills, as the UI's Backfill form does; returns the backfill."""
+    body = {
+        "dag_id": DAG_ID,
+        "from_date": f"{dates[0]}T00:00:00Z",
+        "to_date": f"{dates[-1]}T00:00:00Z",
+        "reprocess_behavior": reprocess,
+        "max_active_runs": len(dates),
+    }
+    return dict(api.post("/backfills", body))
+
+
+def wait_backfill(api: Api, backfill: dict[str, Any], dates: tuple[str, ...]) -> dict[str, Any]:
+    """Checks that the backfill's runs exist and are queued (or already running), then waits until the
+    scheduler marks it completed (it checks every 30 s); returns the completed backfill."""
+    runs = dated_runs(api, dates)
+    assert sorted(runs) == list(dates), f"backfill {backfill['id']} has runs for {sorted(runs)} only"
     for day, run in runs.items():
-        assert run["run_type"] == "backfill"
+        assert run["run_type"] == "backfill", run
+        assert run["state"] in ("queued", "running"), (
+            f"{day}: not (re)queued by backfill {backfill['id']}: {run}"
+        )
+
+    def completed() -> dict[str, Any] | None:
+        doc = dict(api.get(f"/backfills/{backfill['id']}"))
+        return doc if doc["completed_at"] else None
+
+    return api.wait_for(
+        completed, f"backfill {backfill['id']} completed", timeout=BACKFILL_TIMEOUT, interval=2.0
+    )
+
+
+def check_dated_outputs(api: Api, demo_root: Path, dates: tuple[str, ...]) -> dict[str, bytes]:
+    """Each date's run succeeded and scored that date's images, in order; returns the outputs."""
+    outputs: dict[str, bytes] = {}
+    for day, run in dated_runs(api, dates).items():
         assert run["state"] == "success", api.task_log(DAG_ID, run["dag_run_id"], TASK_ID)
         summary = api.xcom(DAG_ID, run["dag_run_id"], TASK_ID)
         assert summary["status"] == "succeeded"
@@ -76,13 +78,21 @@ def test_backfill_then_reprocess_reuses_everything(stack: Stack, api: Api, demo_
         outputs[day] = output.read_bytes()
         staged = sorted(p.name for p in (demo_root / "data" / "daily" / day).glob("*.png"))
         assert [line.split()[0] for line in outputs[day].decode().splitlines()] == staged
-    assert len(set(outputs.values())) == len(DATES), "each date scored its own images"
+    assert sorted(outputs) == list(dates)
+    assert len(set(outputs.values())) == len(dates), "each date scored its own images"
+    return outputs
 
-    second = backfill(stack, api, "--reprocess-behavior", "completed")
+
+def test_rest_backfill_then_reprocess_reuses_everything(api: Api, demo_root: Path) -> None:
+    first = wait_backfill(api, rest_backfill(api, DATES), DATES)
+    assert first["reprocess_behavior"] == "none"
+    outputs = check_dated_outputs(api, demo_root, DATES)
+
+    second = rest_backfill(api, DATES, reprocess="completed")
     assert second["id"] != first["id"]
     assert second["reprocess_behavior"] == "completed"
-    rerun = dated_runs(api)
-    assert sorted(rerun) == list(DATES)
+    second = wait_backfill(api, second, DATES)
+    rerun = dated_runs(api, DATES)
     for day, run in rerun.items():
         assert run["state"] == "success", api.task_log(DAG_ID, run["dag_run_id"], TASK_ID)
         assert run["start_date"] > second["created_at"], "the date ran again"
@@ -92,3 +102,17 @@ def test_backfill_then_reprocess_reuses_everything(stack: Stack, api: Api, demo_
         assert summary["reused_mini_batches"] == summary["total_mini_batches"] > 0
         output = demo_root / "output" / DAG_ID / day / "digits_predictions.txt"
         assert output.read_bytes() == outputs[day], f"{day}: byte-identical output"
+
+
+def test_cli_backfill_runs_each_date(stack: Stack, api: Api, demo_root: Path) -> None:
+    before = {b["id"] for b in api.get("/backfills", dag_id=DAG_ID, limit=100)["backfills"]}
+    stack.airflow(
+        "backfill", "create", "--dag-id", DAG_ID, "--from-date", CLI_DATES[0], "--to-date", CLI_DATES[-1]
+    )
+    created = [
+        b for b in api.get("/backfills", dag_id=DAG_ID, limit=100)["backfills"] if b["id"] not in before
+    ]
+    assert len(created) == 1, created
+    backfill = wait_backfill(api, created[0], CLI_DATES)
+    assert backfill["from_date"][:10] == CLI_DATES[0] and backfill["to_date"][:10] == CLI_DATES[-1]
+    check_dated_outputs(api, demo_root, CLI_DATES)

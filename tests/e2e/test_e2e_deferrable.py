@@ -39,16 +39,15 @@ def dask_connection(api: Api, dask_client: Client) -> Iterator[str]:
 
 def _wait_state(api: Api, run_id: str, task_id: str, wanted: str, seen: list[str], timeout: float) -> None:
     """Polls the task instance every 0.25 s until it is in `wanted`; records every state seen."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def reached() -> bool:
         state = api.task_instance(DAG_ID, run_id, task_id)["state"]
         if not seen or seen[-1] != state:
             seen.append(state)
-        if state == wanted:
-            return
-        assert state not in ("failed", "upstream_failed", "skipped"), f"{task_id}: {seen}"
-        assert time.monotonic() < deadline, f"{task_id} never {wanted} in {timeout:.0f} s: {seen}"
-        time.sleep(0.25)
+        assert state == wanted or state not in ("failed", "upstream_failed", "skipped"), f"{task_id}: {seen}"
+        return state == wanted
+
+    api.wait_for(reached, f"{task_id} {wanted} (states seen: {seen})", timeout=timeout, interval=0.25)
 
 
 def _xcom_or_none(api: Api, run_id: str, task_id: str, key: str) -> Any:

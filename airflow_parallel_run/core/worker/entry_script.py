@@ -41,7 +41,10 @@ class EntryScript(metaclass=_Singleton):
         self.logger = logging.getLogger(f"{self.node_id}_{self.agent_name}")
         self.logger.setLevel(level)
         self.logger.propagate = True
-        if not any(getattr(h, "_apr_entry_log", False) for h in self.logger.handlers):
+        in_job = "AIRFLOW_PARALLEL_RUN_ENTRY_LOG_DIR" in env
+        # Outside a job (a script's own unit test, a notebook) lines go to the caller's logging only: a
+        # log file dropped in whatever folder the caller happens to be in would be litter, not a log.
+        if in_job and not any(getattr(h, "_apr_entry_log", False) for h in self.logger.handlers):
             os.makedirs(self.log_dir, exist_ok=True)
             handler = logging.FileHandler(
                 os.path.join(self.log_dir, f"{self.agent_name}.log.txt"), encoding="utf-8"

@@ -1,0 +1,216 @@
+"""What Azure's entry scripts need from the engine itself, shown on the engine's own API (run_job, plan_inputs).
+
+Each test is marked `xfail(strict=True)` until the engine part lands: a pass then fails the marker, so the marker
+is removed with the change that makes it pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_parallel_run.core import (
+    ConfigError,
+    FileDataset,
+    InputError,
+    ParallelRunConfig,
+    TabularDataset,
+    run_job,
+)
+from airflow_parallel_run.core.plan.planner import plan_inputs
+
+
+def script(tmp_path: Path, text: str, name: str = "score.py") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def files(tmp_path: Path, count: int) -> str:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"f{i:03d}.txt").write_text(f"{i}\n")
+    return str(folder)
+
+
+def job(tmp_path: Path, code: str, inputs: list[Any], **settings: Any) -> dict[str, Any]:
+    settings.setdefault("process_count_per_node", 2)
+    extra = {k: settings.pop(k) for k in ("arguments", "side_inputs") if k in settings}
+    config = ParallelRunConfig(entry_script=script(tmp_path, code), **settings)
+    return run_job(config, inputs, str(tmp_path / "out"), **extra)
+
+
+@pytest.mark.xfail(strict=True, reason="phase 2: error_threshold=-1 wins over the 'no item succeeded' rule")
+def test_error_threshold_minus_one_ignores_item_failures(tmp_path: Path) -> None:
+    """Azure's OJ training returns [] from every run() and relies on error_threshold -1 meaning "ignore"."""
+    summary = job(
+        tmp_path,
+        "def run(mini_batch):\n    return []\n",
+        [FileDataset.from_files(files(tmp_path, 6))],
+        mini_batch_size=2,
+        error_threshold=-1,
+        output_action="summary_only",
+    )
+    assert summary["status"] == "succeeded", summary.get("message")
+    assert (summary["succeeded_mini_batches"], summary["failed_mini_batches"]) == (3, 0)
+
+
+@pytest.mark.xfail(strict=True, reason="phase 2: partition_format matched against the end of the whole path")
+def test_partition_format_with_the_dataset_folder_as_prefix(tmp_path: Path) -> None:
+    """The notebook's format names the dataset's own folder: `dataset_partition_test/{user}/{season}/{genres}.wav`."""
+    root = tmp_path / "ds" / "dataset_partition_test"
+    for user, season, genre in [("u1", "s1", "rock"), ("u1", "s2", "pop"), ("u2", "s1", "jazz")]:
+        (root / user / season).mkdir(parents=True, exist_ok=True)
+        (root / user / season / f"{genre}.wav").write_bytes(b"RIFF")
+    dataset = FileDataset.from_files(
+        str(tmp_path / "ds" / "dataset_partition_test" / "*" / "*" / "*.wav"),
+        partition_format="dataset_partition_test/{user}/{season}/{genres}.wav",
+    )
+    planned = plan_inputs([dataset], None, ["user", "season"])
+    assert [mb.partition_key_value for mb in planned.mini_batches] == [
+        {"user": "u1", "season": "s1"},
+        {"user": "u1", "season": "s2"},
+        {"user": "u2", "season": "s1"},
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="phase 2: the partition key columns are appended to tabular mini-batches"
+)
+def test_tabular_partition_keys_are_columns_of_the_frame(tmp_path: Path) -> None:
+    """Azure appends the key columns: run() sees WeekStarting,INCOME,Store,Brand."""
+    for store, brand in [("1000", "tropicana"), ("1001", "dominicks")]:
+        folder = tmp_path / "data" / store / brand
+        folder.mkdir(parents=True)
+        (folder / "part.csv").write_text("WeekStarting,INCOME\n1990-06-14,10\n1990-06-21,11\n")
+    dataset = TabularDataset.from_delimited_files(
+        str(tmp_path / "data"), partition_format="{Store}/{Brand}/part.csv"
+    )
+    summary = job(
+        tmp_path,
+        "def run(mini_batch):\n    return [','.join(map(str, mini_batch.columns))] * len(mini_batch)\n",
+        [dataset],
+        partition_keys=["Store", "Brand"],
+    )
+    assert summary["status"] == "succeeded", summary.get("message")
+    lines = set((tmp_path / "out" / "parallel_run_step.txt").read_text().splitlines())
+    assert lines == {"WeekStarting,INCOME,Store,Brand"}
+
+
+@pytest.mark.xfail(strict=True, reason="phase 2: the planner recognises MLTable folders")
+@pytest.mark.parametrize("kind", ["tabular", "file"])
+def test_a_folder_holding_an_mltable_is_not_read_as_data(tmp_path: Path, kind: str) -> None:
+    """Given as a plain folder input, an MLTable folder is read per its YAML (or refused by name), never with its
+    `MLTable` file parsed as CSV rows or counted as an item."""
+    folder = tmp_path / "iris"
+    folder.mkdir()
+    (folder / "MLTable").write_text(
+        "paths:\n  - file: ./iris.csv\ntransformations:\n  - read_delimited: {}\n"
+    )
+    (folder / "iris.csv").write_text("a,b\n1,2\n3,4\n")
+    dataset = (
+        TabularDataset.from_delimited_files(str(folder))
+        if kind == "tabular"
+        else FileDataset.from_files(str(folder))
+    )
+    try:
+        planned = plan_inputs([dataset], "1MB" if kind == "tabular" else 10)
+    except (ConfigError, InputError) as exc:
+        assert "MLTable" in str(exc)
+        return
+    urls = [s.url for mb in planned.mini_batches for s in mb.slices] + [
+        f.url for mb in planned.mini_batches for f in mb.files
+    ]
+    assert urls and not any(u.endswith("/MLTable") for u in urls)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="phase 2: run_job turns arguments into strings with str(), as Azure does"
+)
+def test_arguments_that_are_not_strings(tmp_path: Path) -> None:
+    """Many-models notebooks pass `arguments=['--test_size', 20]`."""
+    summary = job(
+        tmp_path,
+        "import sys\n\ndef run(mini_batch):\n    return [' '.join(sys.argv[1:])] * len(mini_batch)\n",
+        [FileDataset.from_files(files(tmp_path, 1))],
+        arguments=["--test_size", 20, "--rate", 0.5],
+    )
+    assert summary["status"] == "succeeded", summary.get("message")
+    assert (tmp_path / "out" / "parallel_run_step.txt").read_text().strip() == "--test_size 20 --rate 0.5"
+
+
+@pytest.mark.xfail(strict=True, reason="phase 2: allowed_failed_count checked on failed attempts, at once")
+def test_allowed_failed_count_stops_the_job_as_soon_as_it_is_exceeded(tmp_path: Path) -> None:
+    """A failure on every mini-batch: the job stops after about allowed_failed_count + 1 failed attempts (plus the
+    ones already running), not after a first attempt of every mini-batch, and says how many really ran."""
+    total = 30
+    summary = job(
+        tmp_path,
+        "def run(mini_batch):\n    raise ValueError('always')\n",
+        [FileDataset.from_files(files(tmp_path, total))],
+        mini_batch_size=1,
+        allowed_failed_count=5,
+        run_max_try=3,
+    )
+    assert summary["status"] == "failed"
+    with open(
+        tmp_path / "out" / "logs" / "sys" / "job_report" / "processed_mini-batches.csv", newline=""
+    ) as handle:
+        attempts = [row for row in csv.DictReader(handle) if row.get("Status") not in ("CANCELLED",)]
+    slots = 2
+    assert len(attempts) <= 5 + 1 + 2 * slots, f"{len(attempts)} attempts ran before the job stopped"
+    attempted = {row["Mini-batch Id"] for row in attempts}
+    claimed = re.search(r"\((\d+) of (\d+) mini-batches", summary["message"])
+    if claimed:
+        assert int(claimed.group(1)) >= len(attempted), summary["message"]
+
+
+V1_SCRIPT = """
+import pickle
+from azureml.core import Model, Run
+from azureml_user.parallel_run import EntryScript
+
+
+def init():
+    global model, context
+    with open(Model.get_model_path("iris"), "rb") as handle:
+        model = pickle.load(handle)
+    context = Run.get_context()
+
+
+def run(mini_batch):
+    context.log("files", len(mini_batch))
+    EntryScript().logger.info("scored %d", len(mini_batch))
+    return [f"{model}:{p}" for p in mini_batch]
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="phase 2: the entry-script process installs the azureml.core fallback")
+def test_v1_scripts_use_get_model_path_and_the_run_context(tmp_path: Path) -> None:
+    models = tmp_path / "models" / "iris" / "1"
+    models.mkdir(parents=True)
+    import pickle
+
+    (models / "iris.pkl").write_bytes(pickle.dumps("iris-v1"))
+    summary = job(
+        tmp_path,
+        V1_SCRIPT.replace("def run(mini_batch):", "def run(mini_batch):  # noqa")
+        .replace("global model, run", "global model, ctx")
+        .replace("run = Run.get_context()", "ctx = Run.get_context()")
+        .replace("run.log(", "ctx.log("),
+        [FileDataset.from_files(files(tmp_path, 2))],
+        side_inputs=[str(tmp_path / "models")],
+        environment_variables={"AZUREML_MODEL_DIR": str(tmp_path / "models")},
+    )
+    assert summary["status"] == "succeeded", summary.get("message")
+    lines = (tmp_path / "out" / "parallel_run_step.txt").read_text().splitlines()
+    assert len(lines) == 2 and all(line.startswith("iris-v1:") for line in lines)
+    logs = "".join(
+        p.read_text() for p in (tmp_path / "out" / "logs" / "user" / "entry_script_log").rglob("*.txt")
+    )
+    assert "run.log('files', 2)" in logs
