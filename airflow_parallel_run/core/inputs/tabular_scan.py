@@ -375,19 +375,15 @@ def _chunks(f: BinaryIO, blank_bom: bool) -> Iterator[bytes]:
 def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> list[TabularSlice]:
     """Scan a CSV or JSON Lines file chunk by chunk, finding record boundaries with vectorised numpy.
 
-    Per chunk: the newline positions (one compare + nonzero), which of them end records (CSV: see
-    `_QuoteTracker`), and a blank check that only looks at the first byte of each record unless it is
-    blank. Line numbers and row counts come from positions, so no per-byte or per-record arrays beyond
-    these are built.
+    Per chunk (`_scan_chunk`): the newline positions (one compare + nonzero), which of them end records
+    (CSV: see `_QuoteTracker`), and a blank check that only looks at the first byte of each record unless
+    it is blank. Line numbers and row counts come from positions, so no per-byte or per-record arrays
+    beyond these are built.
     """
     is_csv = dataset.format == "csv"
-    blank = list(_CSV_BLANK_BYTES if is_csv else _JSONL_BLANK_BYTES) + [_NL]
-    if is_csv and dataset.separator in (" ", "\t"):
-        blank.remove(ord(dataset.separator))  # "\t" alone is a row of empty fields when tab separates them
+    blank = _blank_bytes(dataset)
     significant = np.ones(256, dtype=bool)
-    significant[blank] = False
-    blank_bytes = bytes(blank)
-
+    significant[list(blank)] = False
     slicer = _Slicer(url, dataset.format, target, has_header=is_csv and dataset.header)
     quotes = _QuoteTracker(dataset.separator) if is_csv else None
     base = 0  # file offset of the current chunk
@@ -396,41 +392,71 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
     for chunk in _chunks(f, _is_utf8(dataset.encoding)):
         if base == 0:
             _check_magic(url, dataset.format, chunk)
-        arr = np.frombuffer(chunk, dtype=np.uint8)
-        n = arr.size
-        newlines = np.flatnonzero(arr == _NL)
-        all_newlines = int(newlines.size)
+        scan = _ChunkScan(chunk, base, lines, significant, blank)
+        tail_nonblank = scan.feed(slicer, quotes, tail_nonblank)
+        lines += scan.all_newlines
+        base += len(chunk)
+    return _close_slices(url, slicer, quotes, base, tail_nonblank)
+
+
+def _blank_bytes(dataset: TabularDataset) -> bytes:
+    """The bytes that do not make a record non-blank (and the newline)."""
+    is_csv = dataset.format == "csv"
+    blank = list(_CSV_BLANK_BYTES if is_csv else _JSONL_BLANK_BYTES) + [_NL]
+    if is_csv and dataset.separator in (" ", "\t"):
+        blank.remove(ord(dataset.separator))  # "\t" alone is a row of empty fields when tab separates them
+    return bytes(blank)
+
+
+class _ChunkScan:
+    """One chunk of a CSV or JSON Lines file: its newlines and which of them end non-blank records."""
+
+    def __init__(self, chunk: bytes, base: int, lines: int, significant: np.ndarray, blank: bytes) -> None:
+        self.chunk, self.base, self.lines = chunk, base, lines
+        self.significant, self.blank = significant, blank
+        self.arr = np.frombuffer(chunk, dtype=np.uint8)
+        self.newlines = np.flatnonzero(self.arr == _NL)
+        self.all_newlines = int(self.newlines.size)  # quoted ones too
+
+    def feed(self, slicer: _Slicer, quotes: _QuoteTracker | None, tail_nonblank: bool) -> bool:
+        """Gives the slicer the record ends of this chunk; returns whether the record still open at its
+        end has a significant byte (`tail_nonblank` says the same of the record open at its start)."""
+        arr, newlines, n = self.arr, self.newlines, self.arr.size
         line_index: np.ndarray | None = None  # which newlines end records (None: all of them)
         if quotes is not None:
-            ends = quotes.record_ends(arr, base, newlines, lines + 1)
+            ends = quotes.record_ends(arr, self.base, newlines, self.lines + 1)
             if ends is not None and not ends.all():
                 line_index = np.flatnonzero(ends)
                 newlines = newlines[line_index]
         k = int(newlines.size)
-        if k:
-            starts = newlines + 1
-            starts[1:] = newlines[:-1] + 1
-            starts[0] = 0
-            if newlines[-1] + 1 < n:
-                starts = np.append(starts, newlines[-1] + 1)
-            # Segment i <= k-1 is record i (up to and including its newline); segment k, if any, is the tail.
-            has = _segments_with_data(chunk, arr, starts, significant, blank_bytes)
-            nonblank: np.ndarray | None = None
-            if not has[:k].all():
-                nonblank = has[:k].copy()
-                nonblank[0] |= tail_nonblank
-            tail_nonblank = bool(has[k]) if starts.size > k else False
-            slicer.add(base + newlines + 1, nonblank, lines + 2, line_index)
-        else:
-            tail_nonblank = tail_nonblank or bool(
-                _segments_with_data(chunk, arr, np.zeros(1, dtype=np.intp), significant, blank_bytes)[0]
-            )
-        lines += all_newlines
-        base += n
+        if not k:
+            return tail_nonblank or bool(self._with_data(np.zeros(1, dtype=np.intp))[0])
+        starts = newlines + 1
+        starts[1:] = newlines[:-1] + 1
+        starts[0] = 0
+        if newlines[-1] + 1 < n:
+            starts = np.append(starts, newlines[-1] + 1)
+        # Segment i <= k-1 is record i (up to and including its newline); segment k, if any, is the tail.
+        has = self._with_data(starts)
+        nonblank: np.ndarray | None = None
+        if not has[:k].all():
+            nonblank = has[:k].copy()
+            nonblank[0] |= tail_nonblank
+        slicer.add(self.base + newlines + 1, nonblank, self.lines + 2, line_index)
+        return bool(has[k]) if starts.size > k else False
+
+    def _with_data(self, starts: np.ndarray) -> np.ndarray:
+        return _segments_with_data(self.chunk, self.arr, starts, self.significant, self.blank)
+
+
+def _close_slices(
+    url: str, slicer: _Slicer, quotes: _QuoteTracker | None, size: int, tail_nonblank: bool
+) -> list[TabularSlice]:
+    """The file's slices once every chunk is scanned; a quoted field still open at the end is an error."""
     if quotes is not None and quotes.inside:
         raise InputError(
             f"{url}: the quote opened at byte {quotes.opened_at} is never closed (unterminated quoted field "
             f"from line {quotes.opened_line} to the end of the CSV file; a quote is special only where a field "
             "starts, as pandas reads it)"
         )
-    return slicer.finish(base, tail_nonblank)
+    return slicer.finish(size, tail_nonblank)
