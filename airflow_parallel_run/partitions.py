@@ -297,7 +297,7 @@ def emit_output_events(operator: Any, context: Context, summary: Mapping[str, An
     """
     from airflow.sdk import Asset
 
-    from airflow_parallel_run.operators import output_asset_uri
+    from airflow_parallel_run.assets import output_asset_uri
 
     output_uri = output_asset_uri(str(summary.get("output") or operator.resolve_output_path()))
     extra = event_extra(summary, output_uri)

@@ -17,8 +17,7 @@ from airflow.models.xcom import XComModel
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, aliased
 
-from airflow_parallel_run.links import DASHBOARD_XCOM_KEY
-from airflow_parallel_run.operators import JOB_XCOM_KEY, SUMMARY_XCOM_KEY
+from airflow_parallel_run.links import DASHBOARD_XCOM_KEY, JOB_XCOM_KEY, SUMMARY_XCOM_KEY
 
 RETURN_KEY = "return_value"
 #: Task-instance states offered by the list's status filter.

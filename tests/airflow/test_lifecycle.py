@@ -25,7 +25,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
 from airflow.sdk.execution_time.timeout import TimeoutPosix
 
-from airflow_parallel_run import operators
+from airflow_parallel_run import airflow_config, operators
 from airflow_parallel_run.core import (
     ConfigError,
     FileDataset,
@@ -33,6 +33,7 @@ from airflow_parallel_run.core import (
     ParallelRunConfig,
     TabularDataset,
 )
+from airflow_parallel_run.deferral import supersede
 from airflow_parallel_run.operators import ParallelRunOperator
 from airflow_parallel_run.sensors import DatasetPartitionSensor
 from airflow_parallel_run.task_identity import TaskIdentity, stop_reason_for_state
@@ -318,7 +319,7 @@ def test_more_processes_than_the_cpus_warn_in_the_task_log(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     landing = _land(tmp_path / "landing", 2)
-    monkeypatch.setattr(operators, "_cpu_count", lambda: 2)
+    monkeypatch.setattr(airflow_config, "cpu_count", lambda: 2)
     ran: dict[str, Any] = {}
 
     def fake_run_job(config: ParallelRunConfig, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -498,7 +499,7 @@ def test_a_new_try_stops_the_previous_tries_job_before_it_starts(
             write_script(ECHO), str(tmp_path / "in"), tmp_path / "out", dask_conn_id="apr_test_dask"
         )
         started = time.monotonic()
-        op._supersede(client, identity)  # what the new try does before it submits its own job
+        supersede(client, identity, op.log)  # what the new try does before it submits its own job
         waited = time.monotonic() - started
         summary, _ = job_state(client, old.job_id)
         assert summary is not None and summary["status"] == "failed"

@@ -57,10 +57,12 @@ def dask_client(
 
 
 def dashboard_link(client: Client) -> str | None:
+    """The cluster's dashboard URL; None when it has none."""
     try:
-        return str(client.dashboard_link)
+        link = client.dashboard_link
     except Exception:  # noqa: BLE001 - no dashboard (bokeh missing) is fine
         return None
+    return str(link) if link else None
 
 
 @dataclass(frozen=True)

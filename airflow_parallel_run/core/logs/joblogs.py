@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -56,6 +56,17 @@ def _error_key(attempt: AttemptResult) -> tuple[str, str]:
     first_line = (attempt.error or "").splitlines()[0] if attempt.error else ""
     generic = re.sub(r"mini-batch \d+", "mini-batch N", first_line)
     return attempt.status, re.sub(r"\bprocess\d{3,}\b", "processNNN", generic)
+
+
+def error_head(logs_dir: str, lines: int, storage_options: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The first `lines` lines of a job's logs/user/error.txt (a local path or a URL), and its path.
+    Raises OSError or ValueError when it cannot be read."""
+    import fsspec
+
+    error_file = f"{str(logs_dir).rstrip('/')}/user/error.txt"
+    with fsspec.open(error_file, "r", encoding="utf-8", **storage_options) as handle:
+        head = [line.rstrip("\n") for _, line in zip(range(lines), handle, strict=False)]
+    return error_file, head
 
 
 class JobLogs:
