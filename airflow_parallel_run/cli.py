@@ -10,7 +10,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .core.config import LOGGING_LEVELS, OUTPUT_ACTIONS
@@ -49,6 +49,15 @@ def _int_or_size(text: str) -> int | str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="airflow-parallel-run", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    run = _add_run_parser(sub)
+    parser.set_defaults(run_parser=run)
+    _add_report_parser(sub)
+    _add_cache_parser(sub)
+    return parser
+
+
+def _add_run_parser(sub: Any) -> argparse.ArgumentParser:
+    """`run`: inputs and outputs, an Azure ML job YAML, and the ParallelRunConfig fields."""
     run = sub.add_parser(
         "run",
         help="run an entry script over inputs",
@@ -56,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Everything after `--` is passed to the script as arguments (sys.argv).",
     )
     run.error = _Parser.error.__get__(run)  # type: ignore[method-assign]
+    _input_arguments(run)
+    _azure_arguments(run)
+    _config_arguments(run)
+    return run  # type: ignore[no-any-return]
+
+
+def _input_arguments(run: argparse.ArgumentParser) -> None:
     io = run.add_argument_group("inputs and outputs")
     io.add_argument(
         "--input",
@@ -101,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run every mini-batch again (allow_reuse=False); the cache is still refreshed",
     )
+
+
+def _azure_arguments(run: argparse.ArgumentParser) -> None:
     azure = run.add_argument_group("Azure ML v2 parallel job (docs/azure.md)")
     azure.add_argument(
         "--azure-job",
@@ -116,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=PATH_OR_URL",
         help="where an output of the job other than append_row_to goes (default: <--output>/NAME)",
     )
+
+
+def _config_arguments(run: argparse.ArgumentParser) -> None:
     cfg = run.add_argument_group("ParallelRunConfig")
     cfg.add_argument("--entry-script")
     cfg.add_argument("--source-directory")
@@ -141,11 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--environment-variables", type=_env_pair, action="append", default=[], metavar="KEY=VALUE"
     )
     cfg.add_argument("--resource-monitor-interval", type=float, default=600)
-    parser.set_defaults(run_parser=run)
+
+
+def _add_report_parser(sub: Any) -> None:
     report = sub.add_parser("report", help="write a self-contained HTML report of a job's logs")
     report.error = _Parser.error.__get__(report)  # type: ignore[method-assign]
     report.add_argument("logs", help="the job's output folder or its logs folder")
     report.add_argument("-o", "--output", help="HTML file to write (default: <logs>/report.html)")
+
+
+def _add_cache_parser(sub: Any) -> None:
     cache = sub.add_parser("cache", help="inspect or clean the reuse cache")
     cache.error = _Parser.error.__get__(cache)  # type: ignore[method-assign]
     cache.add_argument("action", choices=["info", "prune", "clear"])
@@ -156,7 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir",
         help="cache root (default: $AIRFLOW_PARALLEL_RUN_CACHE or ~/.cache/airflow-parallel-run)",
     )
-    return parser
 
 
 def _duration(text: str) -> float:
@@ -295,18 +321,7 @@ def _execute(
     from .core.summary import JobSummary
 
     stream = sys.stderr if args.json else sys.stdout
-    live = stream.isatty()  # a terminal gets one line updated in place; logs and pipes get plain lines
-
-    def progress(line: str) -> None:
-        if live and line.startswith("Processed "):
-            stream.write("\r\033[K" + line)
-            stream.flush()
-            return
-        print(
-            ("\n" if live else "") + line if live and line.startswith("Job ") else line,
-            file=stream,
-            flush=True,
-        )
+    progress = _progress_printer(stream)
 
     def keep(driver: JobDriver) -> None:
         startup.driver = driver
@@ -342,12 +357,36 @@ def _execute(
             file=sys.stderr,
         )
         return 2
-    if args.json:
+    _print_summary(summary, as_json=args.json)
+    return 0 if JobSummary.from_dict(summary).succeeded else 1
+
+
+def _progress_printer(stream: Any) -> Callable[[str], None]:
+    """Progress lines to `stream`: a terminal gets the "Processed" line updated in place; logs and pipes
+    get plain lines."""
+    live = stream.isatty()
+
+    def progress(line: str) -> None:
+        if live and line.startswith("Processed "):
+            stream.write("\r\033[K" + line)
+            stream.flush()
+            return
+        print(
+            ("\n" if live else "") + line if live and line.startswith("Job ") else line,
+            file=stream,
+            flush=True,
+        )
+
+    return progress
+
+
+def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
+    """The summary on stdout: the JSON document (--json), else one `key: value` line per key."""
+    if as_json:
         print(json.dumps(summary, indent=2))
     else:
         for key, value in summary.items():
             print(f"{key}: {value}")
-    return 0 if JobSummary.from_dict(summary).succeeded else 1
 
 
 #: Flags that describe inputs or the script, which an Azure job's YAML gives instead.
