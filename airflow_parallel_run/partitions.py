@@ -37,7 +37,8 @@ from airflow_parallel_run.core import ConfigError
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: Summary key added by the operator when the DAG run has a partition key (proposed for DESIGN.md §4).
+#: Summary key added by the operator when the DAG run has a partition key (proposed for
+#: /work/shared/DESIGN.md, result summary).
 SUMMARY_PARTITION_KEY = "partition_key"
 #: Event extra key holding each scored partition's own counts (``outlet_partitions="data"``).
 EXTRA_PARTITIONS = "partitions"

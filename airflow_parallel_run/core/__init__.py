@@ -19,7 +19,6 @@ _NAMES = {
     "EntryScript": "worker.entry_script",
     "ConfigError": "errors",
     "InputError": "errors",
-    "JobFailedError": "errors",
     "OutputBusyError": "errors",
     "ParallelRunError": "errors",
     "JobSummary": "summary",
@@ -33,7 +32,6 @@ __all__ = [
     "FileDataset",
     "InputError",
     "JobDriver",
-    "JobFailedError",
     "JobRequest",
     "JobSummary",
     "OutputBusyError",
@@ -47,7 +45,7 @@ if TYPE_CHECKING:
     from .attempt import AttemptStatus
     from .config import ParallelRunConfig
     from .driver import JobDriver, JobRequest, run_job
-    from .errors import ConfigError, InputError, JobFailedError, OutputBusyError, ParallelRunError
+    from .errors import ConfigError, InputError, OutputBusyError, ParallelRunError
     from .inputs.files import FileDataset
     from .inputs.tabular import TabularDataset
     from .summary import JobSummary

@@ -168,7 +168,8 @@ def script_defines_run(path: str) -> bool:
 
 @dataclass(frozen=True)
 class ParallelRunConfig:
-    """The ParallelRunStep settings (DESIGN §3). Invalid values raise `ConfigError` naming the field."""
+    """The ParallelRunStep settings (/work/shared/DESIGN.md, configuration). Invalid values raise
+    `ConfigError` naming the field."""
 
     entry_script: str
     source_directory: str | None = None

@@ -35,11 +35,3 @@ class DataChangedError(InputError):
     Raised while reading a mini-batch, it fails the attempt without a retry: every other try would read
     the same changed data, and running on it would give output that was never keyed.
     """
-
-
-class JobFailedError(ParallelRunError):
-    """The job ran and failed (threshold exceeded, nothing succeeded, ...). Carries the summary."""
-
-    def __init__(self, message: str, summary: dict[str, object]) -> None:
-        self.summary = summary
-        super().__init__(message)
