@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source (pyproject.toml and provider_info read it)
 
 _CORE = {
     "ParallelRunConfig",
@@ -19,7 +19,6 @@ _CORE = {
     "run_job",
     "ConfigError",
     "InputError",
-    "JobFailedError",
 }
 _AIRFLOW = {
     "ParallelRunOperator": "airflow_parallel_run.operators",

@@ -10,10 +10,11 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .core.config import APPEND_ROW_FORMATS, LOGGING_LEVELS, OUTPUT_ACTIONS
+from .core.config import LOGGING_LEVELS, OUTPUT_ACTIONS
+from .core.output.formats import format_names
 
 FORMATS = {"csv": "csv", "parquet": "parquet", "json": "jsonl", "jsonl": "jsonl"}
 
@@ -31,6 +32,16 @@ def _env_pair(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise argparse.ArgumentTypeError(f'expected a JSON object with a "type", got {text!r}')
+    return value
+
+
 def _int_or_size(text: str) -> int | str:
     return int(text) if text.isdigit() else text
 
@@ -38,6 +49,15 @@ def _int_or_size(text: str) -> int | str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="airflow-parallel-run", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    run = _add_run_parser(sub)
+    parser.set_defaults(run_parser=run)
+    _add_report_parser(sub)
+    _add_cache_parser(sub)
+    return parser
+
+
+def _add_run_parser(sub: Any) -> argparse.ArgumentParser:
+    """`run`: inputs and outputs, an Azure ML job YAML, and the ParallelRunConfig fields."""
     run = sub.add_parser(
         "run",
         help="run an entry script over inputs",
@@ -45,12 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
         "Everything after `--` is passed to the script as arguments (sys.argv).",
     )
     run.error = _Parser.error.__get__(run)  # type: ignore[method-assign]
+    _input_arguments(run)
+    _azure_arguments(run)
+    _config_arguments(run)
+    return run  # type: ignore[no-any-return]
+
+
+def _input_arguments(run: argparse.ArgumentParser) -> None:
     io = run.add_argument_group("inputs and outputs")
     io.add_argument(
         "--input",
         action="append",
         help="path, glob, folder or fsspec URL (repeatable); with --azure-job: NAME=PATH_OR_URL for an input of the "
         "job's YAML",
+    )
+    io.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        type=_json_object,
+        metavar="JSON",
+        help="an input of any installed type as JSON, e.g. "
+        '\'{"type": "TabularDataset", "paths": ["/data"], "format": "parquet"}\' (repeatable; after the --input ones)',
     )
     io.add_argument("--input-type", choices=["file", "tabular"], default="file")
     io.add_argument(
@@ -81,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run every mini-batch again (allow_reuse=False); the cache is still refreshed",
     )
+
+
+def _azure_arguments(run: argparse.ArgumentParser) -> None:
     azure = run.add_argument_group("Azure ML v2 parallel job (docs/azure.md)")
     azure.add_argument(
         "--azure-job",
@@ -96,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=PATH_OR_URL",
         help="where an output of the job other than append_row_to goes (default: <--output>/NAME)",
     )
+
+
+def _config_arguments(run: argparse.ArgumentParser) -> None:
     cfg = run.add_argument_group("ParallelRunConfig")
     cfg.add_argument("--entry-script")
     cfg.add_argument("--source-directory")
@@ -111,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--append-row-file-name",
         help="default: parallel_run_step.<txt|csv|jsonl|parquet> by --append-row-format",
     )
-    cfg.add_argument("--append-row-format", choices=APPEND_ROW_FORMATS, default="text")
+    cfg.add_argument("--append-row-format", choices=format_names(), default="text")
     cfg.add_argument("--node-count", type=int, default=1)
     cfg.add_argument("--process-count-per-node", type=int)
     cfg.add_argument("--run-invocation-timeout", type=float, default=60)
@@ -121,11 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--environment-variables", type=_env_pair, action="append", default=[], metavar="KEY=VALUE"
     )
     cfg.add_argument("--resource-monitor-interval", type=float, default=600)
-    parser.set_defaults(run_parser=run)
+
+
+def _add_report_parser(sub: Any) -> None:
     report = sub.add_parser("report", help="write a self-contained HTML report of a job's logs")
     report.error = _Parser.error.__get__(report)  # type: ignore[method-assign]
     report.add_argument("logs", help="the job's output folder or its logs folder")
     report.add_argument("-o", "--output", help="HTML file to write (default: <logs>/report.html)")
+
+
+def _add_cache_parser(sub: Any) -> None:
     cache = sub.add_parser("cache", help="inspect or clean the reuse cache")
     cache.error = _Parser.error.__get__(cache)  # type: ignore[method-assign]
     cache.add_argument("action", choices=["info", "prune", "clear"])
@@ -136,7 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir",
         help="cache root (default: $AIRFLOW_PARALLEL_RUN_CACHE or ~/.cache/airflow-parallel-run)",
     )
-    return parser
 
 
 def _duration(text: str) -> float:
@@ -147,7 +193,7 @@ def _duration(text: str) -> float:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from .core.cache import MiniBatchCache, resolve_cache_root
+    from .core.reuse.cache import MiniBatchCache, resolve_cache_root
 
     cache = MiniBatchCache(resolve_cache_root(args.cache_dir))
     if args.action == "info":
@@ -160,6 +206,45 @@ def _cache(args: argparse.Namespace) -> int:
     else:
         print(f"removed {cache.clear()} entries from {cache.root}")
     return 0
+
+
+def _inputs_from_args(args: argparse.Namespace) -> list[Any]:
+    """The `--input` paths as one FileDataset or TabularDataset (`--input-type`), then each `--dataset`."""
+    from .core import FileDataset, TabularDataset
+    from .core.errors import ConfigError
+    from .core.inputs import dataset_from_dict
+
+    inputs: list[Any] = []
+    if args.input and args.input_type == "file":
+        inputs.append(FileDataset.from_files(args.input, partition_format=args.partition_format))
+    elif args.input:
+        fmt = FORMATS[args.format]
+        if fmt == "csv":
+            inputs.append(
+                TabularDataset.from_delimited_files(
+                    args.input,
+                    args.separator,
+                    not args.no_header,
+                    args.encoding,
+                    partition_format=args.partition_format,
+                )
+            )
+        elif fmt == "parquet":
+            inputs.append(
+                TabularDataset.from_parquet_files(args.input, partition_format=args.partition_format)
+            )
+        else:
+            inputs.append(
+                TabularDataset.from_json_lines_files(
+                    args.input, args.encoding, partition_format=args.partition_format
+                )
+            )
+    for document in args.dataset:
+        try:
+            inputs.append(dataset_from_dict(document))
+        except (TypeError, KeyError) as exc:  # fields the type does not take, or lacks
+            raise ConfigError("dataset", document, f"the fields of a {document['type']} ({exc})") from None
+    return inputs
 
 
 class Interrupted(BaseException):
@@ -191,7 +276,7 @@ class _Startup:
 
 
 def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> int:
-    from .core import ConfigError, FileDataset, InputError, ParallelRunConfig, TabularDataset
+    from .core import ConfigError, InputError, ParallelRunConfig
 
     try:
         config = ParallelRunConfig(
@@ -213,30 +298,7 @@ def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> i
             environment_variables=dict(args.environment_variables),
             resource_monitor_interval=args.resource_monitor_interval,
         )
-        if args.input_type == "file":
-            inputs: list[Any] = [FileDataset.from_files(args.input, partition_format=args.partition_format)]
-        else:
-            fmt = FORMATS[args.format]
-            if fmt == "csv":
-                inputs = [
-                    TabularDataset.from_delimited_files(
-                        args.input,
-                        args.separator,
-                        not args.no_header,
-                        args.encoding,
-                        partition_format=args.partition_format,
-                    )
-                ]
-            elif fmt == "parquet":
-                inputs = [
-                    TabularDataset.from_parquet_files(args.input, partition_format=args.partition_format)
-                ]
-            else:
-                inputs = [
-                    TabularDataset.from_json_lines_files(
-                        args.input, args.encoding, partition_format=args.partition_format
-                    )
-                ]
+        inputs = _inputs_from_args(args)
     except (ConfigError, InputError) as exc:
         print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
         return 2
@@ -254,22 +316,12 @@ def _execute(
 ) -> int:
     """Runs the job, printing progress and the summary; the exit code."""
     from .core import ConfigError, InputError
-    from .core.cluster import ClusterError
     from .core.driver import JobDriver, run_job
+    from .core.driver.cluster import ClusterError
+    from .core.summary import JobSummary
 
     stream = sys.stderr if args.json else sys.stdout
-    live = stream.isatty()  # a terminal gets one line updated in place; logs and pipes get plain lines
-
-    def progress(line: str) -> None:
-        if live and line.startswith("Processed "):
-            stream.write("\r\033[K" + line)
-            stream.flush()
-            return
-        print(
-            ("\n" if live else "") + line if live and line.startswith("Job ") else line,
-            file=stream,
-            flush=True,
-        )
+    progress = _progress_printer(stream)
 
     def keep(driver: JobDriver) -> None:
         startup.driver = driver
@@ -305,12 +357,36 @@ def _execute(
             file=sys.stderr,
         )
         return 2
-    if args.json:
+    _print_summary(summary, as_json=args.json)
+    return 0 if JobSummary.from_dict(summary).succeeded else 1
+
+
+def _progress_printer(stream: Any) -> Callable[[str], None]:
+    """Progress lines to `stream`: a terminal gets the "Processed" line updated in place; logs and pipes
+    get plain lines."""
+    live = stream.isatty()
+
+    def progress(line: str) -> None:
+        if live and line.startswith("Processed "):
+            stream.write("\r\033[K" + line)
+            stream.flush()
+            return
+        print(
+            ("\n" if live else "") + line if live and line.startswith("Job ") else line,
+            file=stream,
+            flush=True,
+        )
+
+    return progress
+
+
+def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
+    """The summary on stdout: the JSON document (--json), else one `key: value` line per key."""
+    if as_json:
         print(json.dumps(summary, indent=2))
     else:
         for key, value in summary.items():
             print(f"{key}: {value}")
-    return 0 if summary["status"] == "succeeded" else 1
 
 
 #: Flags that describe inputs or the script, which an Azure job's YAML gives instead.
@@ -344,7 +420,12 @@ def _check_run_arguments(args: argparse.Namespace, argv: Sequence[str]) -> None:
     if azure_only:
         parser.error(f"argument {azure_only[0]}: only with --azure-job")
     missing = [
-        flag for flag, value in (("--input", args.input), ("--entry-script", args.entry_script)) if not value
+        flag
+        for flag, value in (
+            ("--input (or --dataset)", args.input or args.dataset),
+            ("--entry-script", args.entry_script),
+        )
+        if not value
     ]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
@@ -454,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "report":
         import os
 
-        from .core.report import build_report
+        from .core.logs.report import build_report
 
         logs = (
             args.logs

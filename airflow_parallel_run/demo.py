@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, TabularDataset, run_job
-from airflow_parallel_run.core.cluster import dask_client
+from airflow_parallel_run.core.driver.cluster import dask_client
+from airflow_parallel_run.core.summary import JobSummary
 
 PROCESSES = 2
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -148,20 +149,21 @@ def _mean(values: Sequence[bool]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def _report(name: str, summary: dict[str, Any], accuracy: Callable[[str], tuple[float, float, int]]) -> None:
-    rate = summary["succeeded_items"] / summary["duration_s"] if summary["duration_s"] else float("nan")
-    print(f"\n== {name}: {summary['status']}")
+def _report(name: str, document: dict[str, Any], accuracy: Callable[[str], tuple[float, float, int]]) -> None:
+    summary = JobSummary.from_dict(document)
+    rate = summary.succeeded_items / summary.duration_s if summary.duration_s else float("nan")
+    print(f"\n== {name}: {summary.status}")
     print(
-        f"   items: {summary['succeeded_items']} of {summary['total_items']} succeeded, {summary['failed_items']} "
-        f"failed, in {summary['total_mini_batches']} mini-batches; {summary['duration_s']:.2f} s"
+        f"   items: {summary.succeeded_items} of {summary.total_items} succeeded, {summary.failed_items} "
+        f"failed, in {summary.total_mini_batches} mini-batches; {summary.duration_s:.2f} s"
     )
     print(f"   speed: {rate:.1f} items/s")
-    print(f"   output: {summary['append_row_file'] or summary['output']}")
-    print(f"   logs: {summary['logs_dir']}")
-    if summary.get("message"):
-        print(f"   {summary['message']}")
-    if summary["append_row_file"]:
-        overall, held_out, count = accuracy(summary["append_row_file"])
+    print(f"   output: {summary.append_row_file or summary.output}")
+    print(f"   logs: {summary.logs_dir}")
+    if summary.message:
+        print(f"   {summary.message}")
+    if summary.append_row_file:
+        overall, held_out, count = accuracy(summary.append_row_file)
         print(f"   accuracy: {overall:.3f} over {count} predictions ({held_out:.3f} on the held-out half)")
 
 
@@ -234,15 +236,15 @@ def airflow_demo(root: str) -> int:
             print(test.stdout[-3000:], test.stderr[-3000:], file=sys.stderr)
             print("Airflow run of digits_file_scoring failed", file=sys.stderr)
             return 1
-        summary = json.loads(result.read_text().split("\n\n")[-1])
-        print("\n== digits_file_scoring through Airflow: " + summary["status"])
+        summary = JobSummary.from_dict(json.loads(result.read_text().split("\n\n")[-1]))
+        print("\n== digits_file_scoring through Airflow: " + summary.status)
         print(
-            f"   items: {summary['succeeded_items']} of {summary['total_items']} succeeded, "
-            f"{summary['reused_mini_batches']} of {summary['total_mini_batches']} mini-batches reused"
+            f"   items: {summary.succeeded_items} of {summary.total_items} succeeded, "
+            f"{summary.reused_mini_batches} of {summary.total_mini_batches} mini-batches reused"
         )
-        print(f"   output: {summary['append_row_file']}")
-        print(f"   logs: {summary['logs_dir']}")
-        return 0 if summary["status"] == "succeeded" else 1
+        print(f"   output: {summary.append_row_file}")
+        print(f"   logs: {summary.logs_dir}")
+        return 0 if summary.succeeded else 1
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from distributed import Client
     from distributed.security import Security
 
+    from airflow_parallel_run.core.inputs.source import ConnectionInfo
+
 DEFAULT_PORT = 8786
 PROTOCOLS = ("tcp", "tls", "ws", "wss")
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -212,6 +214,20 @@ def storage_options_from_connection(conn_id: str) -> dict[str, Any]:
         if options.get(name):
             mask_secret(str(options[name]))
     return options
+
+
+def connection_info(conn_id: str) -> ConnectionInfo:
+    """An Airflow connection as the engine takes it (`core.inputs.source.ConnectionResolver`): a source
+    that names a `conn_id` (a database) gets its URI and extras from here. The password is registered
+    with Airflow's secrets masker, so it never shows in task logs."""
+    from airflow.sdk.log import mask_secret
+
+    from airflow_parallel_run.core.inputs.source import ConnectionInfo
+
+    conn = BaseHook.get_connection(conn_id)
+    if conn.password:
+        mask_secret(str(conn.password))
+    return ConnectionInfo(uri=conn.get_uri(), extras=dict(conn.extra_dejson or {}))
 
 
 #: fsspec options that hold secrets (masked in logs, never shown).

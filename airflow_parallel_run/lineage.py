@@ -66,7 +66,7 @@ def dataset_name(url: str) -> tuple[str, str]:
 
 def _input_urls(operator: Any) -> list[str]:
     """The job's input and side-input locations (as rendered; a manifest's planned datasets)."""
-    from airflow_parallel_run.core.manifest import is_manifest_reference, load_manifest
+    from airflow_parallel_run.core.plan.manifest import is_manifest_reference, load_manifest
 
     urls: list[str] = []
     try:
@@ -75,13 +75,13 @@ def _input_urls(operator: Any) -> list[str]:
             datasets = manifest.datasets
         else:
             datasets = operator.resolve_inputs()
-        urls += [path for dataset in datasets for path in dataset.paths]
+        urls += [path for dataset in datasets for path in dataset.locations()]
     except Exception:  # noqa: BLE001 - a failed task may have failed on its inputs: report the rest
         pass
-    from airflow_parallel_run.operators import _to_strings
+    from airflow_parallel_run.core.inputs.normalise import as_strings
 
     with contextlib.suppress(Exception):  # reported as far as it is valid
-        urls += _to_strings("side_inputs", operator.side_inputs)
+        urls += as_strings("side_inputs", operator.side_inputs)
     return urls
 
 

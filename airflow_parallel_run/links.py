@@ -1,4 +1,5 @@
-"""Extra link "Dask dashboard": the dashboard of the cluster that ran the task."""
+"""Extra link "Dask dashboard": the dashboard of the cluster that ran the task; and the XCom keys the
+operator writes and the UI reads (here, so that the UI never imports the operator)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
 
 DASHBOARD_XCOM_KEY = "dask_dashboard_url"
+#: A failed job's summary document (a succeeded one is the task's return value).
+SUMMARY_XCOM_KEY = "summary"
+#: Pushed when the job starts: where its logs and output are, so the UI's "Parallel run" tab finds them.
+JOB_XCOM_KEY = "parallel_run_job"
 
 
 class DaskDashboardLink(BaseOperatorLink):

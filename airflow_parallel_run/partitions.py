@@ -37,7 +37,8 @@ from airflow_parallel_run.core import ConfigError
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: Summary key added by the operator when the DAG run has a partition key (proposed for DESIGN.md §4).
+#: Summary key added by the operator when the DAG run has a partition key (proposed for
+#: /work/shared/DESIGN.md, result summary).
 SUMMARY_PARTITION_KEY = "partition_key"
 #: Event extra key holding each scored partition's own counts (``outlet_partitions="data"``).
 EXTRA_PARTITIONS = "partitions"
@@ -163,9 +164,12 @@ class PartitionCounts:
 
 def _committed(status: str) -> bool:
     """The engine's own rule for a committed attempt (RUN_DONE or REUSED)."""
-    from airflow_parallel_run.core.runner import AttemptResult
+    from airflow_parallel_run.core.attempt import AttemptStatus
 
-    return AttemptResult(0, 0, status).ok
+    try:
+        return AttemptStatus(status).ok
+    except ValueError:  # a status this release does not know: not a commit
+        return False
 
 
 def partition_counts(attempts_csv: str, keys: Sequence[str]) -> dict[str, PartitionCounts]:
@@ -294,7 +298,7 @@ def emit_output_events(operator: Any, context: Context, summary: Mapping[str, An
     """
     from airflow.sdk import Asset
 
-    from airflow_parallel_run.operators import output_asset_uri
+    from airflow_parallel_run.assets import output_asset_uri
 
     output_uri = output_asset_uri(str(summary.get("output") or operator.resolve_output_path()))
     extra = event_extra(summary, output_uri)

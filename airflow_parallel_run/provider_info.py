@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from airflow_parallel_run import __version__  # the package face imports nothing of Airflow
 
 PACKAGE_NAME = "airflow-parallel-run"
 INTEGRATION = "Dask (Parallel Run)"

@@ -17,30 +17,21 @@ import fsspec
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from airflow_parallel_run.core import ConfigError, FileDataset, InputError, TabularDataset
-from airflow_parallel_run.core.cache import Fingerprinter, memo_path, resolve_cache_root
-from airflow_parallel_run.core.datasets import dataset_to_dict
-from airflow_parallel_run.core.manifest import fingerprint_plan, write_manifest
-from airflow_parallel_run.core.partition import Completeness, check_partition
-from airflow_parallel_run.core.planner import plan_inputs
-from airflow_parallel_run.core.results import write_atomic
+from airflow_parallel_run.airflow_config import default_manifest_dir, resolved_cache_root
+from airflow_parallel_run.core import ConfigError, InputError
+from airflow_parallel_run.core.inputs import dataset_to_dict
+from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
+from airflow_parallel_run.core.inputs.normalise import to_datasets, with_job_credentials
+from airflow_parallel_run.core.inputs.source import Dataset
+from airflow_parallel_run.core.plan import plan_inputs
+from airflow_parallel_run.core.plan.completeness import Completeness, check_partition
+from airflow_parallel_run.core.plan.manifest import fingerprint_plan, write_manifest
+from airflow_parallel_run.core.reuse.cache import memo_path
+from airflow_parallel_run.core.storage import write_atomic
 from airflow_parallel_run.task_identity import TaskIdentity
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-Dataset = FileDataset | TabularDataset
-
-
-def _cache_root() -> str:
-    """The reuse cache root the operator uses too (`[parallel_run] cache_root`, else the engine's default)."""
-    from airflow.sdk.configuration import conf
-
-    return resolve_cache_root(conf.get("parallel_run", "cache_root", fallback=None) or None)
-
-
-def _default_manifest_dir() -> str:
-    return _cache_root() + "/manifests"
 
 
 class DatasetPartitionSensor(BaseSensorOperator):
@@ -86,24 +77,17 @@ class DatasetPartitionSensor(BaseSensorOperator):
 
     # -- helpers ----------------------------------------------------------------------------------
     def _datasets(self) -> list[Dataset]:
-        from airflow_parallel_run.operators import to_datasets
+        from airflow_parallel_run.hooks import connection_info
 
         try:
             datasets = to_datasets(self.input)
         except ConfigError as exc:
             raise AirflowFailException(f"Invalid DatasetPartitionSensor input: {exc}") from exc
-        if self.storage_options:
-            datasets = [
-                dataclasses.replace(d, storage_options={**self.storage_options, **d.storage_options})
-                for d in datasets
-            ]
-        return datasets
+        return with_job_credentials(datasets, self.storage_options, connection_info, mode="merge")
 
     def _manifest_base(self, context: Context) -> str:
         """The manifest and the stable-pokes state of this task instance (map index included)."""
-        return TaskIdentity.from_context(context, self).path_base(
-            self.manifest_dir or _default_manifest_dir()
-        )
+        return TaskIdentity.from_context(context, self).path_base(self.manifest_dir or default_manifest_dir())
 
     def _load_state(self, base: str) -> dict[str, Any]:
         try:
@@ -133,7 +117,7 @@ class DatasetPartitionSensor(BaseSensorOperator):
             planned = plan_inputs(datasets, self.mini_batch_size, self.partition_keys)
         except (ConfigError, InputError) as exc:
             raise AirflowFailException(f"Cannot plan the input: {exc}") from exc
-        fingerprinter = Fingerprinter(memo_path(_cache_root()), self.storage_options)
+        fingerprinter = Fingerprinter(memo_path(resolved_cache_root()), self.storage_options)
         try:  # every file, tabular ones too: the operator checks them before it runs the plan
             fingerprints = fingerprint_plan(planned, datasets, fingerprinter)
         except (OSError, InputError) as exc:

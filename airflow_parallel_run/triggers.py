@@ -136,7 +136,7 @@ class ParallelRunJobTrigger(BaseTrigger):
             raise
 
     async def _poll(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_parallel_run.core.remote import METADATA_ROOT, metadata_key
+        from airflow_parallel_run.core.driver.remote import METADATA_ROOT, metadata_key
 
         first = self.first_poll_delay
         if self.deadline is not None:
@@ -189,7 +189,7 @@ class ParallelRunJobTrigger(BaseTrigger):
 
     async def _stop_at_deadline(self, client: Any, lines: list[str], new_lines: Any) -> TriggerEvent:
         """Cancels the job because the task's time is up; waits (bounded) for its summary."""
-        from airflow_parallel_run.core.remote import metadata_key
+        from airflow_parallel_run.core.driver.remote import metadata_key
 
         reason = f"{self.timeout_label or 'the task timeout'} exceeded"
         if not await client.get_metadata(metadata_key(self.job_id, "cancel"), default=None):
@@ -245,7 +245,7 @@ class ParallelRunJobTrigger(BaseTrigger):
 
     async def _stop_job(self, *, user_acted: bool) -> None:
         """Reaches the cluster while it asks Airflow for the task's state; sets the cancel flag."""
-        from airflow_parallel_run.core.remote import metadata_key
+        from airflow_parallel_run.core.driver.remote import metadata_key
 
         connecting = asyncio.ensure_future(self._client())
         try:
@@ -340,8 +340,8 @@ class DatasetPartitionTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_parallel_run.core.datasets import dataset_from_dict
-        from airflow_parallel_run.core.partition import Completeness, check_partition
+        from airflow_parallel_run.core.inputs import dataset_from_dict
+        from airflow_parallel_run.core.plan.completeness import Completeness, check_partition
 
         rule = Completeness(**self.completeness)
         datasets = [dataset_from_dict(d) for d in self.datasets]

@@ -44,7 +44,7 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
 from airflow_parallel_run.core import ConfigError, FileDataset, InputError
-from airflow_parallel_run.core.partition import Completeness, check_partition
+from airflow_parallel_run.core.plan.completeness import Completeness, check_partition
 from airflow_parallel_run.partitions import EXTRA_PARTITIONS, check_event_key
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def default_state_path(root: str) -> str:
     cache_root`, else the engine's default root)."""
     from airflow.sdk.configuration import conf
 
-    from airflow_parallel_run.core.cache import resolve_cache_root
+    from airflow_parallel_run.core.reuse.cache import resolve_cache_root
 
     cache_root = resolve_cache_root(conf.get("parallel_run", "cache_root", fallback=None) or None)
     digest = hashlib.sha256(root.rstrip("/").encode("utf-8")).hexdigest()[:12]
@@ -145,7 +145,7 @@ class ArrivalWatch:
 
     def record(self, payloads: Iterable[Mapping[str, Any]]) -> None:
         """Marks the payloads' partitions fired and writes the state file (whole, atomically)."""
-        from airflow_parallel_run.core.results import write_atomic
+        from airflow_parallel_run.core.storage import write_atomic
 
         now = dt.datetime.now(dt.timezone.utc).isoformat()
         added = False
@@ -478,7 +478,7 @@ class ArrivedPartitionsOperator(BaseOperator):
         the watcher stops re-firing those (one that stays unannounced is fired again after
         `refire_after`: its event was lost). Keys announced by this run are recorded by the next one,
         once Airflow stored them."""
-        from airflow_parallel_run.core.results import write_atomic
+        from airflow_parallel_run.core.storage import write_atomic
 
         for watcher in getattr(self.source, "watchers", None) or []:
             trigger = watcher.trigger

@@ -263,3 +263,103 @@ def make_empty_files(folder: Path, count: int, per_dir: int = 10_000, content: b
             os.close(fd)
             paths.append(path)
     return paths
+
+
+# -- another checkout's engine, measured in the same rounds --------------------------------------------
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """--compare-with DIR (and the hidden --serve of its child process)."""
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. a git worktree of an older commit): its engine is measured too, "
+        "interleaved with this one, in a child process with its own cluster",
+    )
+    parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # the child of --compare-with
+
+
+def engine_path() -> str:
+    """The checkout whose `airflow_parallel_run` this process imports."""
+    import airflow_parallel_run
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(airflow_parallel_run.__file__)))
+
+
+def serve(run: Callable[[str], tuple[float, float]]) -> None:
+    """The --compare-with child's loop: one case name per stdin line, one JSON answer per stdout line
+    (``{"seconds": ..., "setup": ...}``); the first line names the engine it imported."""
+    print(json.dumps({"engine_path": engine_path()}), flush=True)
+    for line in sys.stdin:
+        seconds, setup = run(line.strip())
+        print(json.dumps({"seconds": seconds, "setup": setup}), flush=True)
+
+
+class OtherEngine:
+    """The engine of another checkout, in a child process: the same bench script with ``--serve REQUEST``
+    and PYTHONPATH=<checkout>, so `import airflow_parallel_run` finds that checkout's package first (the
+    entry-script processes it starts inherit the path). The child only calls `run_job`, the one entry point
+    every version has. `run(case)` returns the child's own measurement of one job."""
+
+    def __init__(
+        self,
+        checkout: Path,
+        script: str,
+        request: Mapping[str, Any],
+        args: argparse.Namespace,
+        environ: Mapping[str, str],
+    ) -> None:
+        # `environ` is this process's environment from before its LocalCluster started: starting a cluster
+        # adds Dask's pre-spawn-environ (MALLOC_TRIM_THRESHOLD_=65536, OMP_NUM_THREADS=1, ...) to
+        # os.environ, and a child started with those allocates (and so plans) measurably slower.
+        pythonpath = os.pathsep.join(p for p in (str(checkout.resolve()), environ.get("PYTHONPATH", "")) if p)
+        env = {**environ, "PYTHONPATH": pythonpath}
+        command = [sys.executable, os.path.abspath(script), "--serve", json.dumps(dict(request))]
+        if args.tmp_dir:
+            command += ["--tmp-dir", args.tmp_dir]
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        self.engine_path = json.loads(self._line())["engine_path"]
+        self.setup: dict[str, list[float]] = {}
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the --compare-with engine process ended (exit code {self.proc.wait()})")
+        return line
+
+    def run(self, case: str) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(case + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self._line())
+        self.setup.setdefault(case, []).append(float(answer["setup"]))
+        return float(answer["seconds"])
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+
+
+def alternating(
+    cases: Mapping[str, Callable[[], float]], rounds: int, swap: Sequence[tuple[str, str]] = ()
+) -> dict[str, list[float]]:
+    """`interleaved`, except that each (a, b) pair of `swap` trades places every other round, so neither
+    side always runs first (right after the same other case)."""
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for round_ in range(rounds):
+        order = list(cases)
+        if round_ % 2:
+            for a, b in swap:
+                if a in order and b in order:
+                    i, j = order.index(a), order.index(b)
+                    order[i], order[j] = order[j], order[i]
+        for name in order:
+            seconds = float(cases[name]())
+            samples[name].append(seconds)
+            log(f"  round {round_ + 1}/{rounds} {name}: {seconds:.3f} s")
+    return samples

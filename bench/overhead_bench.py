@@ -11,18 +11,27 @@ Reported: engine time / raw Dask time (target <= 1.5x), and engine seconds per m
 time x processes / mini-batches, i.e. process-seconds spent per mini-batch) against the ~0.05 s per
 mini-batch quoted for Azure ParallelRunStep (issue 10).
 
-Diagnostic third side ("engine_tasks"): the engine's own worker task (`runner.run_mini_batch`, an
-entry-script process per worker thread) mapped over the same plan with `Client.map`, everything in
+Diagnostic third side ("engine_tasks"): the engine's own worker task (`worker.attempt.run_mini_batch`, an
+entry-script process per worker thread, its job's worker plugin registered once) mapped over the same plan
+with `Client.map`, everything in
 flight at once and no driver loop. engine / engine_tasks isolates the driver's share of the gap,
 engine_tasks / dask the worker path's share. It uses engine internals; if they changed, the
 diagnostic is skipped and the headline ratios still stand.
 
+--compare-with DIR also measures the engine of another checkout on the same files, in the same rounds
+(its `run_job` in a child process with PYTHONPATH=DIR and its own 2-process LocalCluster, idle while the
+other sides run; the two engines trade places every other round): `git worktree add /tmp/before <commit>`
+then `.venv/bin/python bench/overhead_bench.py --compare-with /tmp/before`.
+
 Usage: .venv/bin/python bench/overhead_bench.py [--quick] [--mini-batches 2000] [--repeats 3]
+                                                [--compare-with DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,47 +51,82 @@ def noop(mini_batch: list[str]) -> list[str]:
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mini-batches", type=int, default=None, help="default 2000 (--quick: 200)")
+    benchlib.add_compare_arguments(parser)
+
+
+class _Engine:
+    """`run_job` over the folder of 1-byte files with a fresh output and cache folder per run; only
+    public names, so that a --compare-with child of any version runs it too."""
+
+    def __init__(self, client: Any, data: str, root: Any, count: int) -> None:
+        from airflow_parallel_run.core import ParallelRunConfig
+
+        self.client, self.data, self.root, self.count = client, data, root, count
+        script = root / "noop.py"
+        script.write_text(SCRIPT)
+        self.config = ParallelRunConfig(
+            entry_script=str(script), mini_batch_size=1, process_count_per_node=PROCESSES
+        )
+        self.counter = iter(range(1_000_000))
+        self.setup: list[float] = []
+
+    def run(self) -> float:
+        from airflow_parallel_run.core import FileDataset, run_job
+
+        n = next(self.counter)
+        marks: dict[str, float] = {}
+        t0 = time.perf_counter()
+        summary = run_job(
+            self.config,
+            [FileDataset.from_files(self.data)],
+            str(self.root / f"out{n}"),
+            client=self.client,
+            cache_dir=str(self.root / f"cache{n}"),
+            allow_reuse=False,
+            on_driver=lambda _driver: marks.setdefault("driver", time.perf_counter()),
+        )
+        seconds = time.perf_counter() - t0
+        assert summary["status"] == "succeeded", summary
+        assert summary["succeeded_items"] == self.count and summary["reused_mini_batches"] == 0, summary
+        self.setup.append(marks.get("driver", t0) - t0)
+        return seconds
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """The --compare-with child: runs this checkout's engine on the parent's files (see benchlib.serve)."""
+    request = json.loads(args.serve)
+    with benchlib.workdir(args, "overhead-other") as root, benchlib.local_cluster(PROCESSES) as client:
+        engine = _Engine(client, request["data"], root, int(request["count"]))
+
+        def run(_case: str) -> tuple[float, float]:
+            seconds = engine.run()
+            return seconds, engine.setup[-1]
+
+        benchlib.serve(run)
 
 
 def main() -> None:
     args = benchlib.parse_args(__doc__, _add)
+    if args.serve is not None:
+        _serve(args)
+        return
     started = benchlib.start(args)
+    environ = dict(os.environ)  # before any LocalCluster adds its worker settings (see OtherEngine)
     count = args.mini_batches or (200 if args.quick else 2000)
     rounds = benchlib.repeats(args, full=3, quick=1)
 
-    from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
+    from airflow_parallel_run.core import FileDataset
 
+    other: benchlib.OtherEngine | None = None
     with benchlib.workdir(args, "overhead") as root:
         paths = benchlib.make_empty_files(root / "in", count, content=b"x")
-        script = root / "noop.py"
-        script.write_text(SCRIPT)
-        config = ParallelRunConfig(
-            entry_script=str(script), mini_batch_size=1, process_count_per_node=PROCESSES
-        )
         batches = [[p] for p in paths]
-        setup: list[float] = []
-        counter = iter(range(1_000_000))
 
         with benchlib.local_cluster(PROCESSES) as client:
-
-            def engine() -> float:
-                n = next(counter)
-                marks: dict[str, float] = {}
-                t0 = time.perf_counter()
-                summary = run_job(
-                    config,
-                    [FileDataset.from_files(str(root / "in"))],
-                    str(root / f"out{n}"),
-                    client=client,
-                    cache_dir=str(root / f"cache{n}"),
-                    allow_reuse=False,
-                    on_driver=lambda _driver: marks.setdefault("driver", time.perf_counter()),
-                )
-                seconds = time.perf_counter() - t0
-                assert summary["status"] == "succeeded", summary
-                assert summary["succeeded_items"] == count and summary["reused_mini_batches"] == 0, summary
-                setup.append(marks.get("driver", t0) - t0)
-                return seconds
+            this = _Engine(client, str(root / "in"), root, count)
+            config = this.config
+            setup = this.setup
+            engine = this.run
 
             def dask() -> float:
                 t0 = time.perf_counter()
@@ -93,9 +137,10 @@ def main() -> None:
 
             def engine_tasks() -> float:
                 from airflow_parallel_run.core import JobDriver
-                from airflow_parallel_run.core.runner import run_mini_batch, shutdown_job
+                from airflow_parallel_run.core.worker.attempt import run_mini_batch
+                from airflow_parallel_run.core.worker.plugin import finish_on, register, unregister
 
-                n = next(counter)
+                n = next(this.counter)
                 driver = JobDriver(
                     config,
                     [FileDataset.from_files(str(root / "in"))],
@@ -106,11 +151,12 @@ def main() -> None:
                 try:
                     mbs = driver.plan.mini_batches
                     t0 = time.perf_counter()
-                    spec = client.scatter(driver.spec, broadcast=True, hash=False)
+                    name = register(client, driver.spec, None)
                     results = client.gather(
-                        client.map(run_mini_batch, [spec] * len(mbs), mbs, [1] * len(mbs), pure=False)
+                        client.map(run_mini_batch, [name] * len(mbs), mbs, [1] * len(mbs), pure=False)
                     )
-                    client.run(shutdown_job, driver.job_id, driver.spec.log_url, {})
+                    client.run(finish_on, name, True)
+                    unregister(client, name)
                     seconds = time.perf_counter() - t0
                 finally:
                     driver.release()
@@ -118,13 +164,24 @@ def main() -> None:
                 return seconds
 
             dask()  # warm-up: the workers import the function's module once
-            cases: dict[str, Callable[[], float]] = {"engine": engine, "dask_client_map": dask}
+            cases: dict[str, Callable[[], float]] = {}
             try:
-                engine_tasks()
-                cases["engine_tasks"] = engine_tasks
-            except Exception as exc:  # noqa: BLE001 - engine internals moved: skip the diagnostic only
-                benchlib.log(f"diagnostic engine_tasks skipped: {type(exc).__name__}: {exc}")
-            samples = benchlib.interleaved(cases, rounds)
+                if args.compare_with is not None:
+                    other = benchlib.OtherEngine(
+                        args.compare_with, __file__, {"data": str(root / "in"), "count": count}, args, environ
+                    )
+                    benchlib.log(f"compared with the engine imported from {other.engine_path}")
+                    cases["other_engine"] = lambda: other.run("files") if other is not None else 0.0
+                cases.update({"engine": engine, "dask_client_map": dask})
+                try:
+                    engine_tasks()
+                    cases["engine_tasks"] = engine_tasks
+                except Exception as exc:  # noqa: BLE001 - engine internals moved: skip the diagnostic only
+                    benchlib.log(f"diagnostic engine_tasks skipped: {type(exc).__name__}: {exc}")
+                samples = benchlib.alternating(cases, rounds, [("other_engine", "engine")])
+            finally:
+                if other is not None:
+                    other.close()
 
     med = benchlib.medians(samples)
     per_mb = med["engine"] * PROCESSES / count
@@ -146,6 +203,16 @@ def main() -> None:
             f"vs ~{AZURE_SECONDS_PER_MINI_BATCH * 1000:.0f} ms quoted for Azure ParallelRunStep",
         ),
     ]
+    if "other_engine" in med:
+        ratios.append(
+            Ratio(
+                "engine / compared engine",
+                med["engine"] / med["other_engine"],
+                None,
+                "<=",
+                f"run_job of this checkout vs the engine of {other.engine_path if other else '?'}, same rounds",
+            )
+        )
     if "engine_tasks" in med:
         ratios += [
             Ratio(
@@ -169,12 +236,21 @@ def main() -> None:
         "engine_wall_ms_per_mini_batch": round(med["engine"] * 1000 / count, 3),
         "engine_setup_s_median": round(sorted(setup)[len(setup) // 2], 3) if setup else None,
         "note": "engine_setup_s = run_job start until the JobDriver exists (listing, planning, fingerprints)",
+        "engine_path": benchlib.engine_path(),
+        "other_engine_path": other.engine_path if other is not None else None,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
     benchlib.write_result(
         args,
         "overhead",
         started=started,
-        params={"mini_batches": count, "mini_batch_size": 1, "processes": PROCESSES, "rounds": rounds},
+        params={
+            "mini_batches": count,
+            "mini_batch_size": 1,
+            "processes": PROCESSES,
+            "rounds": rounds,
+            "compare_with": str(args.compare_with) if args.compare_with else None,
+        },
         ratios=ratios,
         samples=samples,
         extra=extra,

@@ -57,7 +57,7 @@ def child(mode: str, folders: list[str]) -> None:
         seconds, count = time.perf_counter() - t0, len(found)
     else:
         from airflow_parallel_run.core import FileDataset
-        from airflow_parallel_run.core.planner import plan_inputs
+        from airflow_parallel_run.core.plan import plan_inputs
 
         baseline = _rss_kib()
         t0 = time.perf_counter()

@@ -30,8 +30,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,14 +108,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--files", type=int, default=None, help="files per format (default 8, --quick 2)")
     parser.add_argument("--total-mb", type=int, default=None, help="MB per format (default 1024, --quick 20)")
     parser.add_argument("--data-dir", type=Path, default=None, help="keep and reuse the generated files here")
-    parser.add_argument(
-        "--compare-with",
-        type=Path,
-        default=None,
-        help="another checkout (e.g. a git worktree of an older commit): its engine is measured too, "
-        "interleaved with this one and the peer, in a child process with its own cluster",
-    )
-    parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # the child of --compare-with
+    benchlib.add_compare_arguments(parser)
 
 
 @contextlib.contextmanager
@@ -200,93 +191,18 @@ class _Engine:
         return seconds
 
 
-def _engine_path() -> str:
-    import airflow_parallel_run
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(airflow_parallel_run.__file__)))
-
-
 def _serve(args: argparse.Namespace) -> None:
-    """The --compare-with child: runs jobs on request (one format name per stdin line), answers in JSON."""
+    """The --compare-with child: runs this checkout's engine on the parent's files (see benchlib.serve)."""
     request = json.loads(args.serve)
     sizes = {fmt: (int(v[0]), int(v[1])) for fmt, v in request["sizes"].items()}
     with benchlib.workdir(args, "tabular-other") as root, benchlib.local_cluster(2) as client:
         engine = _Engine(client, Path(request["data"]), root, sizes)
-        print(json.dumps({"engine_path": _engine_path()}), flush=True)
-        for line in sys.stdin:
-            fmt = line.strip()
+
+        def run(fmt: str) -> tuple[float, float]:
             seconds = engine.run(fmt)
-            print(json.dumps({"seconds": seconds, "setup": engine.setup[fmt][-1]}), flush=True)
+            return seconds, engine.setup[fmt][-1]
 
-
-class _Other:
-    """The engine of another checkout, in a child process (see --compare-with)."""
-
-    def __init__(
-        self,
-        checkout: Path,
-        data: Path,
-        sizes: dict[str, tuple[int, int]],
-        args: argparse.Namespace,
-        environ: dict[str, str],
-    ) -> None:
-        # `environ` is this process's environment from before its LocalCluster started: starting a cluster
-        # adds Dask's pre-spawn-environ (MALLOC_TRIM_THRESHOLD_=65536, OMP_NUM_THREADS=1, ...) to
-        # os.environ, and a child started with those allocates (and so plans) measurably slower.
-        pythonpath = os.pathsep.join(p for p in (str(checkout.resolve()), environ.get("PYTHONPATH", "")) if p)
-        env = {**environ, "PYTHONPATH": pythonpath}
-        command = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--serve",
-            json.dumps({"data": str(data), "sizes": sizes}),
-        ]
-        if args.tmp_dir:
-            command += ["--tmp-dir", args.tmp_dir]
-        self.proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-        )
-        self.engine_path = json.loads(self._line())["engine_path"]
-        self.setup: dict[str, list[float]] = {"parquet": [], "csv": []}
-
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the --compare-with engine process ended (exit code {self.proc.wait()})")
-        return line
-
-    def run(self, fmt: str) -> float:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(fmt + "\n")
-        self.proc.stdin.flush()
-        answer = json.loads(self._line())
-        self.setup[fmt].append(float(answer["setup"]))
-        return float(answer["seconds"])
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=120)
-
-
-def _alternating(cases: dict[str, Any], rounds: int) -> dict[str, list[float]]:
-    """Interleaved rounds; with --compare-with the two engines swap places every round, so neither always
-    runs first (right after the peer's CSV scan of the previous round)."""
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for round_ in range(rounds):
-        order = dict(cases)
-        if round_ % 2:
-            order = {}
-            for fmt in ("parquet", "csv"):
-                for name in (f"engine_{fmt}", f"other_engine_{fmt}", f"pyarrow_{fmt}"):
-                    if name in cases:
-                        order[name] = cases[name]
-        for name, case in order.items():
-            seconds = float(case())
-            samples[name].append(seconds)
-            benchlib.log(f"  round {round_ + 1}/{rounds} {name}: {seconds:.3f} s")
-    return samples
+        benchlib.serve(run)
 
 
 def _median(values: list[float]) -> float:
@@ -305,9 +221,9 @@ def main() -> None:
     rounds = benchlib.repeats(args, full=3, quick=1)
     chunk_rows = 50_000 if args.quick else CHUNK_ROWS
 
-    engine_path = _engine_path()
+    engine_path = benchlib.engine_path()
     benchlib.log(f"engine imported from {engine_path}")
-    other: _Other | None = None
+    other: benchlib.OtherEngine | None = None
     with _data_root(args) as data, benchlib.workdir(args, "tabular-run") as root:
         sizes = {fmt: _generated(data, fmt, files, total_mb, chunk_rows) for fmt in ("parquet", "csv")}
 
@@ -326,14 +242,17 @@ def main() -> None:
             cases: dict[str, Any] = {}
             try:
                 if args.compare_with is not None:
-                    other = _Other(args.compare_with, data, sizes, args, environ)
+                    other = benchlib.OtherEngine(
+                        args.compare_with, __file__, {"data": str(data), "sizes": sizes}, args, environ
+                    )
                     benchlib.log(f"compared with the engine imported from {other.engine_path}")
                 for fmt in ("parquet", "csv"):
                     if other is not None:
                         cases[f"other_engine_{fmt}"] = lambda fmt=fmt, other=other: other.run(fmt)
                     cases[f"engine_{fmt}"] = lambda fmt=fmt: engine.run(fmt)
                     cases[f"pyarrow_{fmt}"] = lambda fmt=fmt: raw(fmt)
-                samples = _alternating(cases, rounds)
+                swap = [(f"other_engine_{fmt}", f"engine_{fmt}") for fmt in ("parquet", "csv")]
+                samples = benchlib.alternating(cases, rounds, swap)
             finally:
                 if other is not None:
                     other.close()
@@ -367,7 +286,7 @@ def main() -> None:
                     f"the engine of {other.engine_path}, same rounds",
                 )
             )
-            extra[f"{fmt}_other_engine_setup_s_median"] = _median(other.setup[fmt])
+            extra[f"{fmt}_other_engine_setup_s_median"] = _median(other.setup.get(fmt, []))
     extra["engine_path"] = engine_path
     if other is not None:
         extra["other_engine_path"] = other.engine_path

@@ -137,3 +137,65 @@ def test_core_never_imports_airflow(tmp_path: Path, files, write_script) -> None
         [sys.executable, "-c", "import airflow"], env=env, capture_output=True, text=True
     )
     assert blocked.returncode != 0 and "blocked" in blocked.stderr
+
+
+SUMMARY_KEYS = [
+    "status",
+    "total_items",
+    "succeeded_items",
+    "failed_items",
+    "total_mini_batches",
+    "succeeded_mini_batches",
+    "failed_mini_batches",
+    "reused_mini_batches",
+    "output",
+    "append_row_file",
+    "logs_dir",
+    "cache_key",
+    "duration_s",
+]
+
+
+def test_summary_keys_in_their_documented_order(tmp_path: Path, files, write_script) -> None:  # type: ignore[no-untyped-def]
+    """The summary's keys and their order (/work/shared/DESIGN.md, result summary): `--json`, the plain
+    listing and the failed job's `message`, which comes last."""
+    root = files(2)
+    good = write_script("def run(b):\n    return b\n")
+    bad = write_script("def run(b):\n    raise ValueError('no')\n", name="bad.py")
+    base = ["run", "--input", str(root), "--process-count-per-node", "1", "--run-max-try", "1"]
+    done = cli(*base, "--output", "ok", "--entry-script", good, "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert list(json.loads(done.stdout)) == SUMMARY_KEYS
+    plain = cli(*base, "--output", "ok2", "--entry-script", good, cwd=tmp_path)
+    listed = [line.split(":", 1)[0] for line in plain.stdout.splitlines() if ": " in line]
+    assert listed[-len(SUMMARY_KEYS) :] == SUMMARY_KEYS
+    failed = cli(*base, "--output", "no", "--entry-script", bad, "--json", cwd=tmp_path)
+    assert failed.returncode == 1, failed.stderr
+    assert list(json.loads(failed.stdout)) == [*SUMMARY_KEYS, "message"]
+
+
+def test_any_installed_input_type_as_json(tmp_path: Path, write_script) -> None:  # type: ignore[no-untyped-def]
+    """`--dataset` takes the serialised form of any input type (here a TabularDataset with its read
+    options); bad documents are usage errors that name the flag or the field."""
+    (tmp_path / "t.csv").write_text("a;b\n1;x\n2;y\n3;z\n")
+    script = write_script("def run(frame):\n    return frame['b'].tolist()\n")
+    document = {
+        "type": "TabularDataset",
+        "paths": [str(tmp_path / "t.csv")],
+        "format": "csv",
+        "separator": ";",
+    }
+    base = ["run", "--entry-script", script, "--process-count-per-node", "1"]
+    done = cli(*base, "--dataset", json.dumps(document), "--output", "out", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["succeeded_items"] == 3
+    assert (tmp_path / "out" / "parallel_run_step.txt").read_text() == "x\ny\nz\n"
+    for bad, fragment in [
+        ("{not json", "--dataset: not JSON"),
+        ('["TabularDataset"]', 'expected a JSON object with a "type"'),
+        ('{"type": "NoSuchDataset", "paths": ["/x"]}', "input type 'NoSuchDataset' is unknown here"),
+        (json.dumps({**document, "colour": "red"}), "dataset="),
+    ]:
+        failed = cli(*base, "--dataset", bad, "--output", "o", cwd=tmp_path)
+        assert failed.returncode == 2, (bad, failed.stderr)
+        assert fragment in failed.stderr and "Traceback" not in failed.stderr, failed.stderr

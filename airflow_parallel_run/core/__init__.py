@@ -1,7 +1,7 @@
 """The engine. Never imports Airflow: Dask workers on a remote cluster must not need it.
 
-Names are loaded on first use, so an entry-script process (which needs only `EntryScript` and the
-reader) does not pay for importing the driver, the cluster code and their dependencies.
+Names are loaded on first use, so an entry-script process (which needs only `EntryScript` and its
+job's input sources) does not pay for importing the driver, the cluster code and their dependencies.
 """
 
 from __future__ import annotations
@@ -11,25 +11,29 @@ from typing import TYPE_CHECKING, Any
 
 _NAMES = {
     "ParallelRunConfig": "config",
-    "FileDataset": "datasets",
-    "TabularDataset": "datasets",
+    "FileDataset": "inputs.files",
+    "TabularDataset": "inputs.tabular",
     "JobDriver": "driver",
+    "JobRequest": "driver",
     "run_job": "driver",
-    "EntryScript": "entry_script",
+    "EntryScript": "worker.entry_script",
     "ConfigError": "errors",
     "InputError": "errors",
-    "JobFailedError": "errors",
     "OutputBusyError": "errors",
     "ParallelRunError": "errors",
+    "JobSummary": "summary",
+    "AttemptStatus": "attempt",
 }
 
 __all__ = [
+    "AttemptStatus",
     "ConfigError",
     "EntryScript",
     "FileDataset",
     "InputError",
     "JobDriver",
-    "JobFailedError",
+    "JobRequest",
+    "JobSummary",
     "OutputBusyError",
     "ParallelRunConfig",
     "ParallelRunError",
@@ -38,11 +42,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .attempt import AttemptStatus
     from .config import ParallelRunConfig
-    from .datasets import FileDataset, TabularDataset
-    from .driver import JobDriver, run_job
-    from .entry_script import EntryScript
-    from .errors import ConfigError, InputError, JobFailedError, OutputBusyError, ParallelRunError
+    from .driver import JobDriver, JobRequest, run_job
+    from .errors import ConfigError, InputError, OutputBusyError, ParallelRunError
+    from .inputs.files import FileDataset
+    from .inputs.tabular import TabularDataset
+    from .summary import JobSummary
+    from .worker.entry_script import EntryScript
 
 
 def __getattr__(name: str) -> Any:

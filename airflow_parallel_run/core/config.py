@@ -12,13 +12,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import ConfigError
+from .output.formats import format_names, get_format
 
 OUTPUT_ACTIONS = ("append_row", "summary_only")
-APPEND_ROW_FORMATS = ("text", "csv", "jsonl", "parquet")
 # The output file's name when append_row_file_name is not given: Azure's name for text, and a name whose
 # extension says what the file holds for the other formats (a Parquet file called .txt misleads readers).
 DEFAULT_FILE_STEM = "parallel_run_step"
-FORMAT_EXTENSIONS = {"text": "txt", "csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
 LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING")
 DEFAULT_FILE_MINI_BATCH = 10
 DEFAULT_TABULAR_MINI_BATCH = "1MB"
@@ -121,6 +120,34 @@ def _source_directory_problem(root: str) -> str | None:
     return None
 
 
+def _check_file_name(name: object) -> None:
+    """append_row_file_name: a plain file name, none of the engine's own entries of the output folder,
+    short enough for the temporary names derived from it."""
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or name in (".", "..")
+        or ".." in name
+        or any(c in _BAD_FILE_NAME_CHARS for c in name)
+    ):
+        raise ConfigError(
+            "append_row_file_name",
+            name,
+            "a plain file name: no path separators, no '..', none of ~\"#%&*:<>?/\\{|}",
+        )
+    from .output.folder import check_output_file_name  # the engine's own entries (logs, .staging, ...)
+
+    check_output_file_name(name)
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_FILE_NAME_BYTES:
+        raise ConfigError(
+            "append_row_file_name",
+            name,
+            f"a file name of at most {MAX_FILE_NAME_BYTES} bytes in UTF-8 (file systems allow 255 and "
+            f"the engine adds up to {255 - MAX_FILE_NAME_BYTES} for temporary names); this one has {size}",
+        )
+
+
 def script_defines_run(path: str) -> bool:
     """True when the script has a top-level `def run` (or `run = ...`); checked without importing it."""
     with open(path, encoding="utf-8") as handle:
@@ -141,7 +168,8 @@ def script_defines_run(path: str) -> bool:
 
 @dataclass(frozen=True)
 class ParallelRunConfig:
-    """The ParallelRunStep settings (DESIGN §3). Invalid values raise `ConfigError` naming the field."""
+    """The ParallelRunStep settings (/work/shared/DESIGN.md, configuration). Invalid values raise
+    `ConfigError` naming the field."""
 
     entry_script: str
     source_directory: str | None = None
@@ -162,10 +190,24 @@ class ParallelRunConfig:
     resource_monitor_interval: float = 600
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
+        """Checks every field, in the order of the fields (the first bad one is named), and stores the
+        normalised values (stripped, lower/upper case, tuples, dicts)."""
+        self._check_script()
+        self._check_sizes_and_keys()
+        self._check_thresholds()
+        self._check_output()
+        self._check_processes_and_timeouts()
+        self._check_environment()
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # frozen: the normalised value replaces the given one
+
+    def _check_script(self) -> None:
+        """entry_script and source_directory: an existing Python file defining run(), inside the folder
+        that is shipped to the workers, which holds regular files only."""
         if not isinstance(self.entry_script, str) or not self.entry_script.strip():
             raise ConfigError("entry_script", self.entry_script, "a path to a Python file that defines run()")
-        set_(self, "entry_script", self.entry_script.strip())
+        self._set("entry_script", self.entry_script.strip())
         if self.source_directory is not None and not os.path.isdir(self.source_directory):
             raise ConfigError("source_directory", self.source_directory, "an existing directory")
         script = self.entry_script_path
@@ -195,6 +237,9 @@ class ParallelRunConfig:
             ) from exc
         if not defines_run:
             raise ConfigError("entry_script", self.entry_script, "a script that defines run(mini_batch)")
+
+    def _check_sizes_and_keys(self) -> None:
+        """mini_batch_size (its unit is checked again once the input's kind is known) and partition_keys."""
         if self.mini_batch_size is not None:
             parse_mini_batch_size(self.mini_batch_size, tabular=True)
         if self.partition_keys is not None:
@@ -203,7 +248,9 @@ class ParallelRunConfig:
             )
             if not keys or not all(isinstance(k, str) and k for k in keys):
                 raise ConfigError("partition_keys", self.partition_keys, "a non-empty list of key names")
-            set_(self, "partition_keys", tuple(keys))
+            self._set("partition_keys", tuple(keys))
+
+    def _check_thresholds(self) -> None:
         _check_int("error_threshold", self.error_threshold, -1)
         if self.allowed_failed_count is not None:
             _check_int("allowed_failed_count", self.allowed_failed_count, -1)
@@ -211,56 +258,43 @@ class ParallelRunConfig:
             value = self.allowed_failed_percent
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
                 raise ConfigError("allowed_failed_percent", value, "a number from 0 to 100")
+
+    def _check_output(self) -> None:
+        """output_action, append_row_file_name (a plain name the engine can derive temporary names from,
+        not one of its own entries) and append_row_format (a registered format)."""
         if not isinstance(self.output_action, str) or self.output_action.lower() not in OUTPUT_ACTIONS:
             raise ConfigError("output_action", self.output_action, " or ".join(OUTPUT_ACTIONS))
-        set_(self, "output_action", self.output_action.lower())
+        self._set("output_action", self.output_action.lower())
         name = self.append_row_file_name
-        if name is not None and (
-            not isinstance(name, str)
-            or not name.strip()
-            or name in (".", "..")
-            or ".." in name
-            or any(c in _BAD_FILE_NAME_CHARS for c in name)
-        ):
+        if name is not None:
+            _check_file_name(name)
+        try:
+            fmt = get_format(self.append_row_format.lower())  # the registry: built-ins and entry points
+        except (AttributeError, ConfigError):
             raise ConfigError(
-                "append_row_file_name",
-                name,
-                "a plain file name: no path separators, no '..', none of ~\"#%&*:<>?/\\{|}",
-            )
-        if name is not None:  # the engine's own entries of the output folder (logs, .staging, ...)
-            from .output_folder import check_output_file_name
+                "append_row_format", self.append_row_format, ", ".join(format_names())
+            ) from None
+        self._set("append_row_format", fmt.name)
 
-            check_output_file_name(name)
-        size = len(name.encode("utf-8", "surrogateescape")) if name is not None else 0
-        if size > MAX_FILE_NAME_BYTES:
-            raise ConfigError(
-                "append_row_file_name",
-                name,
-                f"a file name of at most {MAX_FILE_NAME_BYTES} bytes in UTF-8 (file systems allow 255 and "
-                f"the engine adds up to {255 - MAX_FILE_NAME_BYTES} for temporary names); this one has {size}",
-            )
-        if (
-            not isinstance(self.append_row_format, str)
-            or self.append_row_format.lower() not in APPEND_ROW_FORMATS
-        ):
-            raise ConfigError("append_row_format", self.append_row_format, ", ".join(APPEND_ROW_FORMATS))
-        set_(self, "append_row_format", self.append_row_format.lower())
+    def _check_processes_and_timeouts(self) -> None:
         _check_int("node_count", self.node_count, 1)
         if self.process_count_per_node is not None:
             _check_int("process_count_per_node", self.process_count_per_node, 1)
-        set_(
-            self,
+        self._set(
             "run_invocation_timeout",
             _check_positive_number("run_invocation_timeout", self.run_invocation_timeout),
         )
         _check_int("run_max_try", self.run_max_try, 1)
+
+    def _check_environment(self) -> None:
+        """logging_level, environment_variables (names to strings) and resource_monitor_interval."""
         if not isinstance(self.logging_level, str) or self.logging_level.upper() not in LOGGING_LEVELS:
             raise ConfigError("logging_level", self.logging_level, ", ".join(LOGGING_LEVELS))
-        set_(self, "logging_level", self.logging_level.upper())
+        self._set("logging_level", self.logging_level.upper())
         env = self.environment_variables or {}
         if not isinstance(env, Mapping) or not all(isinstance(k, str) and k for k in env):
             raise ConfigError("environment_variables", env, "a mapping of variable names to string values")
-        set_(self, "environment_variables", {k: str(v) for k, v in env.items()})
+        self._set("environment_variables", {k: str(v) for k, v in env.items()})
         rmi = self.resource_monitor_interval
         if isinstance(rmi, bool) or not isinstance(rmi, (int, float)) or not rmi >= 0:
             raise ConfigError(
@@ -282,7 +316,7 @@ class ParallelRunConfig:
         """`append_row_file_name`, or the default name for `append_row_format`."""
         if self.append_row_file_name is not None:
             return self.append_row_file_name
-        return f"{DEFAULT_FILE_STEM}.{FORMAT_EXTENSIONS[self.append_row_format]}"
+        return f"{DEFAULT_FILE_STEM}.{get_format(self.append_row_format).extension}"
 
     @property
     def processes_per_node(self) -> int:

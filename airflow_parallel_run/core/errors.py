@@ -29,9 +29,9 @@ class InputError(ParallelRunError, ValueError):
     """An input cannot be listed, read or split."""
 
 
-class JobFailedError(ParallelRunError):
-    """The job ran and failed (threshold exceeded, nothing succeeded, ...). Carries the summary."""
+class DataChangedError(InputError):
+    """An input's data no longer is what the job planned (a file rewritten, rows of a table updated).
 
-    def __init__(self, message: str, summary: dict[str, object]) -> None:
-        self.summary = summary
-        super().__init__(message)
+    Raised while reading a mini-batch, it fails the attempt without a retry: every other try would read
+    the same changed data, and running on it would give output that was never keyed.
+    """

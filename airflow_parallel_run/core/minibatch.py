@@ -1,9 +1,18 @@
-"""Mini-batch descriptors: small, picklable descriptions of a slice of input (never the data itself)."""
+"""Mini-batch descriptors: small, picklable descriptions of a slice of input (never the data itself).
+
+A mini-batch names its units: files (`FileRef`), byte ranges or row groups of tabular files
+(`TabularSlice`), or, for sources that are neither, pieces (`Piece`: a key range of a table, a page of
+an API). Fingerprints, cache keys, manifests and reuse explanations are keyed by those units
+(`MiniBatch.units`), and logs describe a mini-batch through them, so nothing downstream needs to know
+which source planned it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -36,22 +45,81 @@ class TabularSlice:
     first_line: int | None = None
 
 
+@runtime_checkable
+class Piece(Protocol):
+    """A unit of a source that is neither files nor tabular files (a key range of a table, a page of an API).
+
+    A frozen dataclass: its fields enter the mini-batch's cache key like a slice's (fields it lists in
+    a `NOT_IN_KEY` class attribute do not, see core/reuse/key.py). Registered with `register_piece` so
+    that manifests can read it back."""
+
+    @property
+    def unit(self) -> str:
+        """A stable id: fingerprints, manifests and reuse explanations are keyed by it."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What `mini_batch_context.dataset` and the logs show of it (never credentials)."""
+        ...
+
+    def label(self) -> str:
+        """A short human description, for log lines."""
+        ...
+
+
+_PIECES: dict[str, Callable[..., Any]] = {}
+
+
+def register_piece(cls: type) -> type:
+    """Makes a piece class readable from manifests (by its class name); usable as a decorator."""
+    _PIECES[cls.__name__] = cls
+    return cls
+
+
+def _piece_to_dict(piece: Any) -> dict[str, Any]:
+    return {"type": type(piece).__name__, **dataclasses.asdict(piece)}
+
+
+def _piece_from_dict(data: Mapping[str, Any]) -> Any:
+    kind = data.get("type")
+    if kind not in _PIECES:
+        raise ValueError(
+            f"unknown mini-batch piece type {kind!r} (is the input source that plans it installed?)"
+        )
+    return _PIECES[str(kind)](**{k: v for k, v in data.items() if k != "type"})
+
+
 @dataclass(frozen=True)
 class MiniBatch:
     """One unit of work: a run() call. `input_index` points at the job's inputs (storage options, read options)."""
 
     index: int
-    kind: str  # "file" or "tabular"
+    kind: str  # what run() receives: "file" (local paths) or "tabular" (a DataFrame)
     input_index: int
     items: int
     files: tuple[FileRef, ...] = ()
     slices: tuple[TabularSlice, ...] = ()
     partition_key_value: dict[str, str] = field(default_factory=dict)
+    pieces: tuple[Any, ...] = ()  # Piece objects of sources other than files (see `Piece`)
+
+    def units(self) -> list[str]:
+        """The ids its fingerprints are keyed by: file URLs, else slice URLs, else piece units."""
+        if self.files:
+            return [f.url for f in self.files]
+        if self.slices:
+            return [s.url for s in self.slices]
+        return [p.unit for p in self.pieces]
 
     def describe(self) -> dict[str, Any]:
         """What `mini_batch_context.dataset` shows and what logs print for this mini-batch (with its
         partition key values, so processed_mini-batches.csv tells which partition each row scored)."""
         keyed = {"partition_key_value": dict(self.partition_key_value)} if self.partition_key_value else {}
+        if self.pieces:
+            return {
+                "input_index": self.input_index,
+                "pieces": [p.describe() for p in self.pieces],
+                **keyed,
+            }
         if self.kind == "file":
             return {"input_index": self.input_index, "files": [f.url for f in self.files], **keyed}
         return {
@@ -70,10 +138,34 @@ class MiniBatch:
         }
 
     def label(self) -> str:
-        """Short human description: first file/slice and how many more."""
-        refs = [f.url for f in self.files] or [
-            f"{s.url}[{s.start}:{s.end}]" if s.format != "parquet" else f"{s.url}{list(s.row_groups)}"
-            for s in self.slices
-        ]
+        """Short human description: first file/slice/piece and how many more."""
+        refs = (
+            [f.url for f in self.files]
+            or [
+                f"{s.url}[{s.start}:{s.end}]" if s.format != "parquet" else f"{s.url}{list(s.row_groups)}"
+                for s in self.slices
+            ]
+            or [p.label() for p in self.pieces]
+        )
         more = f" (+{len(refs) - 1} more)" if len(refs) > 1 else ""
         return (refs[0] if refs else "<empty>") + more
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (manifests); pieces carry their type name."""
+        document = dataclasses.asdict(self)
+        document["pieces"] = [_piece_to_dict(p) for p in self.pieces]
+        return document
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MiniBatch:
+        """Inverse of `to_dict`; a document written before pieces existed reads as `pieces=()`."""
+        return cls(
+            index=data["index"],
+            kind=data["kind"],
+            input_index=data["input_index"],
+            items=data["items"],
+            files=tuple(FileRef(**f) for f in data["files"]),
+            slices=tuple(TabularSlice(**{**s, "row_groups": tuple(s["row_groups"])}) for s in data["slices"]),
+            partition_key_value=dict(data["partition_key_value"]),
+            pieces=tuple(_piece_from_dict(p) for p in data.get("pieces") or ()),
+        )

@@ -231,7 +231,16 @@ def create_app() -> FastAPI:
         openapi_url=None,
     )
 
-    # -- the task-instance tab --------------------------------------------------------------------
+    _task_routes(app)
+    _file_routes(app)
+    _download_routes(app)
+    _runs_routes(app)
+    return app
+
+
+def _task_routes(app: FastAPI) -> None:
+    """The Parallel run tab of a task instance: its page, its status and its failed attempts."""
+
     @app.get("/task", response_class=HTMLResponse, dependencies=[can_read_task])
     def task_page(
         session: SessionDep, dag_id: DagId, run_id: RunId, task_id: TaskId, map_index: MapIndex = "-1"
@@ -289,6 +298,11 @@ def create_app() -> FastAPI:
             headers={"Cache-Control": "no-store"},
         )
 
+
+def _file_routes(app: FastAPI) -> None:
+    """A task instance's job files: a trace and the report (behind the permission to read the task's
+    logs); the downloads in `_download_routes`."""
+
     @app.get("/task/trace", response_class=PlainTextResponse, dependencies=[can_read_logs])
     def task_trace(
         session: SessionDep,
@@ -335,6 +349,10 @@ def create_app() -> FastAPI:
             media_type="text/html; charset=utf-8",
             headers={"Content-Security-Policy": _REPORT_CSP, "X-Content-Type-Options": "nosniff"},
         )
+
+
+def _download_routes(app: FastAPI) -> None:
+    """A log file, the logs folder as a zip and the output file, streamed."""
 
     @app.get("/task/logs/file", dependencies=[can_read_logs])
     def task_log_file(
@@ -396,7 +414,10 @@ def create_app() -> FastAPI:
             headers["Content-Length"] = str(size)
         return StreamingResponse(_stream(files, path), media_type="application/octet-stream", headers=headers)
 
-    # -- the list of jobs -------------------------------------------------------------------------
+
+def _runs_routes(app: FastAPI) -> None:
+    """The Parallel runs page: every job of the DAGs the user may read."""
+
     @app.get("/runs", response_class=HTMLResponse)
     def runs_page(readable: Readable) -> HTMLResponse:
         return _page("runs.html", "Parallel runs", {"view": "runs", "states": list(queries.STATES)})
@@ -433,8 +454,6 @@ def create_app() -> FastAPI:
             },
             headers={"Cache-Control": "no-store"},
         )
-
-    return app
 
 
 def _live_counts(job: dict[str, Any], record: dict[str, Any]) -> None:

@@ -19,9 +19,10 @@ from collections.abc import Hashable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from airflow_parallel_run.core.attempt import AttemptStatus
 from airflow_parallel_run.ui.files import ATTEMPTS_FILE, JobFiles
 
-OK_STATUSES = frozenset({"RUN_DONE", "REUSED"})
+OK_STATUSES = frozenset(status.value for status in AttemptStatus if status.ok)
 CACHE_SIZE = 16
 MAX_MESSAGE = 500
 _HEADER = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? mini-batch (\d+) attempt (\d+) ")
@@ -87,7 +88,7 @@ def read_failed_attempts(files: JobFiles, path: str) -> list[FailedAttempt]:
             if status in OK_STATUSES:
                 succeeded.add(index)
                 continue
-            if status == "CANCELLED":
+            if status == AttemptStatus.CANCELLED.value:
                 continue
             node, process = row.get("Node") or "", row.get("Process") or ""
             message_lines = (row.get("Error Message") or status).splitlines()

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
-from airflow_parallel_run.core.joblogs import PROGRESS_FILE
-from airflow_parallel_run.core.planner import is_local
+from airflow_parallel_run.core.logs.joblogs import PROGRESS_FILE
+from airflow_parallel_run.core.storage import is_local
 from airflow_parallel_run.ui.zipstream import ZipEntry
 
 REPORT_FILE = "report.html"

@@ -17,8 +17,7 @@ from airflow.models.xcom import XComModel
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, aliased
 
-from airflow_parallel_run.links import DASHBOARD_XCOM_KEY
-from airflow_parallel_run.operators import JOB_XCOM_KEY, SUMMARY_XCOM_KEY
+from airflow_parallel_run.links import DASHBOARD_XCOM_KEY, JOB_XCOM_KEY, SUMMARY_XCOM_KEY
 
 RETURN_KEY = "return_value"
 #: Task-instance states offered by the list's status filter.
@@ -106,79 +105,97 @@ def list_jobs(
 
     Each job carries its XCom `record` (locations) for the caller; it is not meant for the page.
     """
-    job = aliased(XComModel)
-    ret = aliased(XComModel)
-    failed = aliased(XComModel)
+    query = _JobsQuery(readable_dags, dag_id, state)
+    total = session.scalar(query.count())
+    rows = session.execute(query.page(offset, limit)).all()
+    return [_job_row(row) for row in rows], int(total or 0)
 
-    def same_ti(other: Any, key: str) -> Any:
+
+class _JobsQuery:
+    """The jobs (XComs under `JOB_XCOM_KEY`) of readable DAGs joined to their task instances, with the
+    task's return value and failed-summary XComs, filtered by DAG and task state."""
+
+    def __init__(self, readable_dags: Collection[str], dag_id: str | None, state: str | None) -> None:
+        self.job = job = aliased(XComModel)
+        self.ret = aliased(XComModel)
+        self.failed = aliased(XComModel)
+        self.ti_join = and_(
+            TaskInstance.dag_id == job.dag_id,
+            TaskInstance.run_id == job.run_id,
+            TaskInstance.task_id == job.task_id,
+            TaskInstance.map_index == job.map_index,
+        )
+        self.conditions = [job.key == JOB_XCOM_KEY, job.dag_id.in_(list(readable_dags))]
+        if dag_id:
+            self.conditions.append(job.dag_id == dag_id)
+        if state:
+            self.conditions.append(TaskInstance.state == state)
+
+    def _same_ti(self, other: Any, key: str) -> Any:
         return and_(
-            other.dag_run_id == job.dag_run_id,
-            other.task_id == job.task_id,
-            other.map_index == job.map_index,
+            other.dag_run_id == self.job.dag_run_id,
+            other.task_id == self.job.task_id,
+            other.map_index == self.job.map_index,
             other.key == key,
         )
 
-    ti_join = and_(
-        TaskInstance.dag_id == job.dag_id,
-        TaskInstance.run_id == job.run_id,
-        TaskInstance.task_id == job.task_id,
-        TaskInstance.map_index == job.map_index,
-    )
-    conditions = [job.key == JOB_XCOM_KEY, job.dag_id.in_(list(readable_dags))]
-    if dag_id:
-        conditions.append(job.dag_id == dag_id)
-    if state:
-        conditions.append(TaskInstance.state == state)
-    total = session.scalar(
-        select(func.count()).select_from(job).join(TaskInstance, ti_join).where(*conditions)
-    )
-    rows = session.execute(
-        select(
-            job.dag_id,
-            job.run_id,
-            job.task_id,
-            job.map_index,
-            job.value,
-            job.timestamp,
-            ret.value,
-            failed.value,
-            TaskInstance.state,
-            TaskInstance.start_date,
-            TaskInstance.end_date,
+    def count(self) -> Any:
+        return (
+            select(func.count())
+            .select_from(self.job)
+            .join(TaskInstance, self.ti_join)
+            .where(*self.conditions)
         )
-        .select_from(job)
-        .join(TaskInstance, ti_join)
-        .outerjoin(ret, same_ti(ret, RETURN_KEY))
-        .outerjoin(failed, same_ti(failed, SUMMARY_XCOM_KEY))
-        .where(*conditions)
-        .order_by(job.timestamp.desc(), job.dag_id, job.run_id, job.task_id, job.map_index)
-        .offset(offset)
-        .limit(limit)
-    ).all()
-    jobs = []
-    for row in rows:
-        record = _value(row[4])
-        summary = _value(row[6])
-        if not isinstance(summary, dict):
-            summary = _value(row[7])
-        summary = summary if isinstance(summary, dict) else {}
-        started = record.get("started") if isinstance(record, dict) else None
-        jobs.append(
-            {
-                "dag_id": row[0],
-                "run_id": row[1],
-                "task_id": row[2],
-                "map_index": row[3],
-                "job_id": record.get("job_id") if isinstance(record, dict) else None,
-                "ti_state": str(row[8]) if row[8] is not None else None,
-                "started": started or _iso(row[5]),
-                "start_date": _iso(row[9]),
-                "end_date": _iso(row[10]),
-                **{name: summary.get(name) for name in SUMMARY_FIELDS},
-                "record": record if isinstance(record, dict) else None,
-            }
+
+    def page(self, offset: int, limit: int) -> Any:
+        job, ret, failed = self.job, self.ret, self.failed
+        return (
+            select(
+                job.dag_id,
+                job.run_id,
+                job.task_id,
+                job.map_index,
+                job.value,
+                job.timestamp,
+                ret.value,
+                failed.value,
+                TaskInstance.state,
+                TaskInstance.start_date,
+                TaskInstance.end_date,
+            )
+            .select_from(job)
+            .join(TaskInstance, self.ti_join)
+            .outerjoin(ret, self._same_ti(ret, RETURN_KEY))
+            .outerjoin(failed, self._same_ti(failed, SUMMARY_XCOM_KEY))
+            .where(*self.conditions)
+            .order_by(job.timestamp.desc(), job.dag_id, job.run_id, job.task_id, job.map_index)
+            .offset(offset)
+            .limit(limit)
         )
-    return jobs, int(total or 0)
+
+
+def _job_row(row: Any) -> dict[str, Any]:
+    """One job of the list: its task instance, its record's job id and start, and its summary's fields
+    (the return value when it succeeded, else the failed summary)."""
+    record = _value(row[4])
+    summary = _value(row[6])
+    if not isinstance(summary, dict):
+        summary = _value(row[7])
+    summary = summary if isinstance(summary, dict) else {}
+    started = record.get("started") if isinstance(record, dict) else None
+    return {
+        "dag_id": row[0],
+        "run_id": row[1],
+        "task_id": row[2],
+        "map_index": row[3],
+        "job_id": record.get("job_id") if isinstance(record, dict) else None,
+        "ti_state": str(row[8]) if row[8] is not None else None,
+        "started": started or _iso(row[5]),
+        "start_date": _iso(row[9]),
+        "end_date": _iso(row[10]),
+        **{name: summary.get(name) for name in SUMMARY_FIELDS},
+        "record": record if isinstance(record, dict) else None,
+    }
 
 
 def job_dag_ids(session: Session, readable_dags: Collection[str]) -> list[str]:

@@ -25,7 +25,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
 from airflow.sdk.execution_time.timeout import TimeoutPosix
 
-from airflow_parallel_run import operators
+from airflow_parallel_run import airflow_config, operators
 from airflow_parallel_run.core import (
     ConfigError,
     FileDataset,
@@ -33,6 +33,7 @@ from airflow_parallel_run.core import (
     ParallelRunConfig,
     TabularDataset,
 )
+from airflow_parallel_run.deferral import supersede
 from airflow_parallel_run.operators import ParallelRunOperator
 from airflow_parallel_run.sensors import DatasetPartitionSensor
 from airflow_parallel_run.task_identity import TaskIdentity, stop_reason_for_state
@@ -161,14 +162,14 @@ def test_object_store_manifests_are_checked_from_one_listing(tmp_path: Path) -> 
     against the manifest from a fresh listing; deleted and rewritten files are both named."""
     import fsspec
 
-    from airflow_parallel_run.core.cache import Fingerprinter
-    from airflow_parallel_run.core.manifest import (
+    from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
+    from airflow_parallel_run.core.plan import plan_inputs
+    from airflow_parallel_run.core.plan.manifest import (
         check_inputs,
         fingerprint_plan,
         load_manifest,
         write_manifest,
     )
-    from airflow_parallel_run.core.planner import plan_inputs
 
     fs = fsspec.filesystem("memory")
     root = f"/apr-lifecycle-{uuid.uuid4().hex[:8]}"
@@ -318,7 +319,7 @@ def test_more_processes_than_the_cpus_warn_in_the_task_log(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     landing = _land(tmp_path / "landing", 2)
-    monkeypatch.setattr(operators, "_cpu_count", lambda: 2)
+    monkeypatch.setattr(airflow_config, "cpu_count", lambda: 2)
     ran: dict[str, Any] = {}
 
     def fake_run_job(config: ParallelRunConfig, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -470,7 +471,7 @@ def test_every_task_instance_has_its_own_artefact_path() -> None:
 
 
 def _remote(script: str, folder: Path, out: Path, files: int) -> Any:
-    from airflow_parallel_run.core.remote import RemoteJob
+    from airflow_parallel_run.core.driver.remote import RemoteJob
 
     return RemoteJob.build(
         ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=2),
@@ -484,7 +485,7 @@ def test_a_new_try_stops_the_previous_tries_job_before_it_starts(
 ) -> None:
     from distributed import Client
 
-    from airflow_parallel_run.core.remote import job_state, submit_job, wait_for_end
+    from airflow_parallel_run.core.driver.remote import job_state, submit_job, wait_for_end
 
     identity = TaskIdentity("apr_unit", "r1", "score")
     old = _remote(write_script(SLOW), tmp_path / "in", tmp_path / "out", 40)
@@ -498,7 +499,7 @@ def test_a_new_try_stops_the_previous_tries_job_before_it_starts(
             write_script(ECHO), str(tmp_path / "in"), tmp_path / "out", dask_conn_id="apr_test_dask"
         )
         started = time.monotonic()
-        op._supersede(client, identity)  # what the new try does before it submits its own job
+        supersede(client, identity, op.log)  # what the new try does before it submits its own job
         waited = time.monotonic() - started
         summary, _ = job_state(client, old.job_id)
         assert summary is not None and summary["status"] == "failed"
@@ -517,7 +518,7 @@ async def test_the_trigger_stops_the_job_at_the_execution_timeout(
 ) -> None:
     from distributed import Client
 
-    from airflow_parallel_run.core.remote import submit_job
+    from airflow_parallel_run.core.driver.remote import submit_job
     from airflow_parallel_run.triggers import ParallelRunJobTrigger
 
     job = _remote(write_script(SLOW), tmp_path / "in", tmp_path / "out", 40)
@@ -562,7 +563,7 @@ def test_a_rerun_in_the_cluster_explains_what_changed(
     re-run names the changed input instead of claiming there was no earlier run."""
     from distributed import Client
 
-    from airflow_parallel_run.core.remote import job_lines, submit_job, wait_for_end
+    from airflow_parallel_run.core.driver.remote import job_lines, submit_job, wait_for_end
 
     script = write_script(ECHO)
     with Client(dask_cluster.scheduler_address) as client:

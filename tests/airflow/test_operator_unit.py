@@ -12,8 +12,9 @@ from airflow.sdk import DAG, Asset, AssetAlias
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_parallel_run.core import ConfigError, FileDataset, ParallelRunConfig, TabularDataset
+from airflow_parallel_run.core.inputs.normalise import to_datasets
 from airflow_parallel_run.links import DASHBOARD_XCOM_KEY, DaskDashboardLink
-from airflow_parallel_run.operators import TUNABLES, ParallelRunOperator, coerce_tunable, to_datasets
+from airflow_parallel_run.operators import TUNABLES, ParallelRunOperator, coerce_tunable
 
 START = pendulum.datetime(2024, 1, 1, tz="UTC")
 

@@ -33,10 +33,29 @@ def dagbag(airflow_db: Path) -> Any:
     return bag
 
 
-def _land_later(landing: Path, manifest_glob: str, manifest_root: Path) -> threading.Thread:
-    """Lands 7 files and the marker after a delay; once a manifest exists, lands one late extra file."""
+def _sensor_started(dag_id: str, since: float) -> bool:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        started = [
+            ti.start_date
+            for ti in session.query(TaskInstance).filter(
+                TaskInstance.dag_id == dag_id, TaskInstance.task_id == "wait"
+            )
+        ]
+    return any(start is not None and start.timestamp() >= since for start in started)
+
+
+def _land_later(landing: Path, manifest_glob: str, manifest_root: Path, dag_id: str) -> threading.Thread:
+    """Lands 7 files and the marker 3 s after the sensor started (so it found nothing at first, however
+    long `dag.test()` takes to get there); once a manifest exists, lands one late extra file."""
+    since = time.time() - 1
 
     def writer() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not _sensor_started(dag_id, since):
+            time.sleep(0.2)
         time.sleep(3)
         landing.mkdir(parents=True, exist_ok=True)
         for i in range(7):
@@ -84,6 +103,7 @@ def test_sensor_waits_then_operator_scores_exactly_the_manifest(
         root / "apr_test_sensor_poke" / "landing" / "2024-03-05",
         "**/apr_test_sensor_poke/wait/*.json",
         isolated_cache / "manifests",
+        "apr_test_sensor_poke",
     )
     run = dagbag.get_dag("apr_test_sensor_poke").test(logical_date=LOGICAL)
     writer.join(timeout=30)
@@ -98,6 +118,7 @@ def test_deferrable_sensor_and_operator(
         root / "apr_test_sensor_deferrable" / "landing" / "2024-03-05",
         "**/apr_test_sensor_deferrable/wait/*.json",
         isolated_cache / "manifests",
+        "apr_test_sensor_deferrable",
     )
     run = dagbag.get_dag("apr_test_sensor_deferrable").test(logical_date=LOGICAL)
     writer.join(timeout=30)
@@ -146,7 +167,7 @@ async def test_job_trigger_fires_with_the_summary_and_on_kill_cancels(
     from distributed import Client
 
     from airflow_parallel_run.core import FileDataset, ParallelRunConfig
-    from airflow_parallel_run.core.remote import RemoteJob, submit_job
+    from airflow_parallel_run.core.driver.remote import RemoteJob, submit_job
     from airflow_parallel_run.triggers import ParallelRunJobTrigger
 
     script = write_script("import time\ndef run(b):\n    time.sleep(0.5)\n    return b\n")

@@ -55,7 +55,7 @@ def _slow_job(dask_cluster: Any, tmp_path: Path, write_script: Any, files: Any) 
     from distributed import Client
 
     from airflow_parallel_run.core import FileDataset, ParallelRunConfig
-    from airflow_parallel_run.core.remote import RemoteJob, submit_job
+    from airflow_parallel_run.core.driver.remote import RemoteJob, submit_job
 
     script = write_script("import time\ndef run(b):\n    time.sleep(0.5)\n    return b\n")
     job = RemoteJob.build(
@@ -71,7 +71,7 @@ def _slow_job(dask_cluster: Any, tmp_path: Path, write_script: Any, files: Any) 
 async def _summary(dask_cluster: Any, job_id: str, timeout: float) -> Any:
     from distributed import Client
 
-    from airflow_parallel_run.core.remote import metadata_key
+    from airflow_parallel_run.core.driver.remote import metadata_key
 
     async with Client(dask_cluster.scheduler_address, asynchronous=True) as client:
         deadline = time.monotonic() + timeout
@@ -148,7 +148,7 @@ async def test_a_cancelled_trigger_without_the_user_action_note_still_stops_a_jo
     stopped; a task still deferred (the triggerer shuts down or handed the trigger on) does not."""
     from distributed import Client
 
-    from airflow_parallel_run.core.remote import cancel_job, metadata_key
+    from airflow_parallel_run.core.driver.remote import cancel_job, metadata_key
 
     job = _slow_job(dask_cluster, tmp_path, write_script, files)
     supervisor([state], delay=0.3)
@@ -192,7 +192,7 @@ async def test_a_trigger_dropped_while_its_task_is_still_deferred_leaves_the_job
     calls `on_kill` then too; the task is still deferred and the other triggerer waits for the job."""
     from distributed import Client
 
-    from airflow_parallel_run.core.remote import cancel_job, metadata_key
+    from airflow_parallel_run.core.driver.remote import cancel_job, metadata_key
     from airflow_parallel_run.task_identity import stop_reason_from_airflow
 
     supervisor(["deferred"], delay=0.05)

@@ -25,7 +25,7 @@ from ui_support import (  # noqa: F401 - session fixtures, shared with test_ui_v
     viewer,
 )
 
-from airflow_parallel_run.core.joblogs import ATTEMPT_COLUMNS
+from airflow_parallel_run.core.logs.joblogs import ATTEMPT_COLUMNS
 
 JOBS = 1000
 MINI_BATCHES = 10_000
@@ -88,7 +88,7 @@ def test_list_of_a_thousand_jobs(viewer: Client, run: dict[str, Any]) -> None:
 
 def _write_big_job(folder: Path) -> dict[str, Any]:
     """The logs of a 10,000-mini-batch file job (10 files each) as the engine lays them out."""
-    from airflow_parallel_run.core.report import build_report
+    from airflow_parallel_run.core.logs.report import build_report
 
     logs = folder / "logs"
     (logs / "sys" / "job_report").mkdir(parents=True)

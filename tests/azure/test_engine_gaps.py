@@ -21,7 +21,7 @@ from airflow_parallel_run.core import (
     TabularDataset,
     run_job,
 )
-from airflow_parallel_run.core.planner import plan_inputs
+from airflow_parallel_run.core.plan.planner import plan_inputs
 
 
 def script(tmp_path: Path, text: str, name: str = "score.py") -> str:

@@ -10,8 +10,8 @@ import pytest
 
 from airflow_parallel_run.azure.mltable import ColumnSteps, RowWindow, is_mltable, load_mltable
 from airflow_parallel_run.core import ConfigError, FileDataset, InputError, TabularDataset
-from airflow_parallel_run.core.planner import plan_inputs
-from airflow_parallel_run.core.tabular import read_tabular
+from airflow_parallel_run.core.inputs.tabular_read import read_tabular
+from airflow_parallel_run.core.plan.planner import plan_inputs
 
 
 def write(folder: Path, text: str, **files: str) -> Path:

@@ -17,7 +17,7 @@ import pytest
 from cluster_support import ExternalCluster, Procs, TlsFiles, start_scheduler
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
-from airflow_parallel_run.core.cluster import ClusterError, select_hosts, worker_host
+from airflow_parallel_run.core.driver.cluster import ClusterError, select_hosts, worker_host
 
 ECHO = """
 import os, sys

@@ -12,7 +12,7 @@ import pytest
 from cluster_support import Bucket
 
 from airflow_parallel_run.core import ConfigError, FileDataset, OutputBusyError, ParallelRunConfig, run_job
-from airflow_parallel_run.core.output_folder import LOCK_NAME, STALE_AFTER_S, StoreLock
+from airflow_parallel_run.core.output.folder import LOCK_NAME, STALE_AFTER_S, StoreLock
 
 ECHO = "import os\ndef run(mini_batch):\n    return [os.path.basename(p) for p in mini_batch]\n"
 

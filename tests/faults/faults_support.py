@@ -25,7 +25,7 @@ import pytest
 
 BIN = Path(sys.executable).parent
 CLI = [sys.executable, "-m", "airflow_parallel_run.cli"]
-ENTRY_MODULE = "airflow_parallel_run.core.entry_process"
+ENTRY_MODULE = "airflow_parallel_run.core.worker.child"
 SUMMARY_COUNTS = ("total_items", "succeeded_items", "failed_items")
 
 #: The entry script most fault tests use: one output line `fNNN.txt N` per input file of `files(N)`.
@@ -136,7 +136,7 @@ def lines_of(path: Path) -> list[str]:
 
 # -- processes ----------------------------------------------------------------------------------------
 def entry_processes(output: Path | str, root_pid: int | None = None) -> list[psutil.Process]:
-    """Running entry-script processes (`python -m airflow_parallel_run.core.entry_process`) of the job
+    """Running entry-script processes (`python -m airflow_parallel_run.core.worker.child`) of the job
     that writes to `output`, found among the descendants of `root_pid` (default: this process).
 
     With `root_pid=0` every process on the machine is searched (orphans are no one's descendants).

@@ -15,7 +15,8 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,11 @@ from airflow_parallel_run.core import (
     TabularDataset,
     run_job,
 )
-from airflow_parallel_run.core.output_folder import OutputLock
-from airflow_parallel_run.core.planner import plan
-from airflow_parallel_run.core.results import InvalidResultError, JobSchema, encode_part
+from airflow_parallel_run.core.output.folder import OutputLock
+from airflow_parallel_run.core.output.formats import encode_part
+from airflow_parallel_run.core.output.results import InvalidResultError
+from airflow_parallel_run.core.output.schema import JobSchema
+from airflow_parallel_run.core.plan import plan
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 
@@ -310,66 +313,104 @@ CASES = [
         "the end of the CSV file; a quote is special only where a field starts, as pandas reads it)",
         InputError,
     ),
+]
+
+
+@contextmanager
+def _held_lock(workspace: Path) -> Iterator[None]:
+    """out/ exists and its lock is held, as if another job of this host were running there."""
+    out = workspace / "out"
+    out.mkdir()
+    lock = OutputLock(str(out))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@dataclass(frozen=True)
+class RunJobCase:
+    """`run_job(ParallelRunConfig(entry_script="score.py", **config), [inputs], output, **kwargs)` refused
+    before any work with `error` and `message` (nothing created), or, with `error=None`, run and failed
+    with `message` in its summary. `setup` prepares the workspace for the call."""
+
+    name: str
+    message: str
+    config: dict[str, object] = field(default_factory=dict)
+    output: str = "out"
+    kwargs: dict[str, object] = field(default_factory=dict)
+    tabular: str | None = None  # a CSV file as the input instead of the folder `in`
+    setup: Callable[[Path], AbstractContextManager[None]] | None = None
+    error: type[Exception] | None = ConfigError
+
+
+RUN_JOB_CASES = [
     # 3. run_job and the output folder
-    Case(
+    RunJobCase(
         "output path is a file",
-        lambda: run_job(config(), [files()], "out.txt"),
         "output_path='out.txt' is not allowed: a folder (a file of that name exists)",
+        output="out.txt",
     ),
-    Case(
+    RunJobCase(
         "side input missing",
-        lambda: run_job(config(), [files()], "out", side_inputs=["no_such_side_input"]),
         "side_inputs='no_such_side_input' is not allowed: an existing file or folder, or an fsspec URL",
+        kwargs={"side_inputs": ["no_such_side_input"]},
     ),
-    Case(
+    RunJobCase(
         "more processes than the embedded cluster runs",
-        lambda: run_job(config(process_count_per_node=100_000), [files()], "out"),
         "process_count_per_node=100000 is not allowed: at most <limit> on the embedded cluster (4 per CPU; this "
         "host has <cpus>); for more, run on a Dask cluster (--scheduler or dask_conn_id)",
+        config={"process_count_per_node": 100_000},
     ),
-    Case(
+    RunJobCase(
         "argument not a string",
-        lambda: run_job(config(), [files()], "out", arguments=["--n", 3]),  # type: ignore[list-item]
         "arguments=['--n', 3] is not allowed: a list of strings",
+        kwargs={"arguments": ["--n", 3]},
     ),
-    Case(
+    RunJobCase(
         "reserved output file name",
-        lambda: run_job(config(append_row_file_name="logs"), [files()], "out"),
         "append_row_file_name='logs' is not allowed: a name other than logs, .staging or one starting with "
         ".airflow-parallel-run (the engine keeps its logs, staging area and lock there)",
+        config={"append_row_file_name": "logs"},
     ),
-    Case(
+    RunJobCase(
         "output inside the input",
-        lambda: run_job(config(), [files()], "in/out"),
         "output_path='in/out' is not allowed: a folder that neither is, contains nor lies inside the input 'in' "
         "(a later run would read this job's output and logs as its inputs)",
+        output="in/out",
     ),
-    Case(
+    RunJobCase(
         "output inside the cache",
-        lambda: run_job(config(), [files()], "reuse-cache/out"),
         "output_path='reuse-cache/out' is not allowed: a folder that neither is, contains nor lies inside the "
         "reuse cache /data/reuse-cache",
+        output="reuse-cache/out",
     ),
-    Case(
+    RunJobCase(
         "output inside a protected folder",
-        lambda: run_job(config(), [files()], "home/out", protected_paths=[os.path.abspath("home")]),
         "output_path='home/out' is not allowed: a folder that neither is, contains nor lies inside /data/home, "
         "which is protected (AIRFLOW_HOME, the DAGs folder and the like hold files of other programs)",
+        output="home/out",
+        kwargs={"protected_paths": ["home"]},  # made absolute in the workspace
     ),
-    Case(
+    RunJobCase(
         "someone else's logs",
-        lambda: run_job(config(), [files()], "home"),
         NOT_OURS.format(folder="home", name="logs", why="it has no marker logs/.airflow-parallel-run"),
+        output="home",
     ),
-    Case(
+    RunJobCase(
         "someone else's staging area",
-        lambda: run_job(config(), [files()], "staged"),
         NOT_OURS.format(folder="staged", name=".staging", why="logs/.airflow-parallel-run is missing"),
+        output="staged",
     ),
-    Case(
+    RunJobCase(
         "someone else's output file",
-        lambda: run_job(config(), [files()], "taken"),
         NOT_OURS.format(folder="taken", name="parallel_run_step.txt", why="no earlier job wrote it"),
+        output="taken",
+    ),
+    RunJobCase("busy output folder", BUSY, output="/data/out", setup=_held_lock, error=OutputBusyError),
+    # 6. failed jobs
+    RunJobCase(
+        "no items", "Job failed: the inputs hold no items to process", tabular="header.csv", error=None
     ),
 ]
 
@@ -406,16 +447,23 @@ def test_documented_message(case: Case, workspace: Path) -> None:
     assert not (workspace / "out").exists(), "a rejected job created its output folder"
 
 
-def test_busy_output_folder(workspace: Path) -> None:
-    out = workspace / "out"
-    out.mkdir()
-    lock = OutputLock(str(out))  # as if another job of this host were running
-    try:
-        with pytest.raises(OutputBusyError) as info:
-            run_job(config(), [files()], str(out))
-    finally:
-        lock.release()
-    check_documented(BUSY, str(info.value).replace(str(workspace), "/data"))
+@pytest.mark.parametrize("case", RUN_JOB_CASES, ids=[c.name for c in RUN_JOB_CASES])
+def test_documented_run_job_message(case: RunJobCase, workspace: Path) -> None:
+    inputs = [TabularDataset.from_delimited_files(case.tabular) if case.tabular else files()]
+    output = case.output.replace("/data", str(workspace))
+    kwargs = dict(case.kwargs)
+    if "protected_paths" in kwargs:
+        kwargs["protected_paths"] = [os.path.abspath(str(p)) for p in kwargs["protected_paths"]]  # type: ignore[attr-defined]
+    with case.setup(workspace) if case.setup else nullcontext():
+        if case.error is None:
+            message = str(run_job(config(**case.config), inputs, output, **kwargs)["message"])  # type: ignore[arg-type]
+        else:
+            with pytest.raises(case.error) as info:
+                run_job(config(**case.config), inputs, output, **kwargs)  # type: ignore[arg-type]
+            message = str(info.value)
+    check_documented(case.message, message.replace(str(workspace), "/data"))
+    if case.error is not None and case.setup is None:
+        assert not (workspace / "out").exists(), "a rejected job created its output folder"
 
 
 @pytest.mark.parametrize(
@@ -525,61 +573,83 @@ def test_the_doc_lists_no_untested_message() -> None:
     text = doc_text()
     engine_part = text[text.index("## 1. ParallelRunConfig") : text.index("## 5. Airflow")]
     documented = re.findall(r"```\n(.*?)\n```", engine_part, flags=re.S)
-    tested = {c.message for c in CASES} | {
-        f"airflow-parallel-run: error: {MBS_TEN}",
-        f"airflow-parallel-run: error: {EMPTY}",
-        "airflow-parallel-run run: error: argument --environment-variables: expected KEY=VALUE, got 'NOEQUALS'",
-        "airflow-parallel-run: error: cannot use Dask scheduler 'tcp://127.0.0.1:<port>': Timed out trying to "
-        "connect to tcp://127.0.0.1:<port> after 30 s",
-        INTERRUPTED,
-        BUSY,
-    }
+    tested = (
+        {c.message for c in CASES}
+        | {c.message for c in RUN_JOB_CASES}
+        | {
+            f"airflow-parallel-run: error: {MBS_TEN}",
+            f"airflow-parallel-run: error: {EMPTY}",
+            "airflow-parallel-run run: error: argument --environment-variables: expected KEY=VALUE, got 'NOEQUALS'",
+            "airflow-parallel-run: error: cannot use Dask scheduler 'tcp://127.0.0.1:<port>': Timed out trying to "
+            "connect to tcp://127.0.0.1:<port> after 30 s",
+            INTERRUPTED,
+        }
+    )
     untested = [m for m in documented if m not in tested]
     assert not untested, f"docs/errors.md lists messages no test checks: {untested}"
 
 
-def test_job_with_no_items_names_it(workspace: Path) -> None:
-    """Section 6: a job whose inputs hold no rows fails with the documented message (no process starts)."""
-    summary = run_job(config(), [TabularDataset.from_delimited_files("header.csv")], "out")
-    check_documented("Job failed: the inputs hold no items to process", summary["message"])
-
-
-def test_results_that_cannot_join_the_output_schema() -> None:
-    """Section 6: the attempt errors of results outside the job's one schema, from the encoder (entry process)
-    and from the schema the driver keeps."""
+def _types_that_do_not_join() -> str | None:
     schema = JobSchema("parquet")
     for index, result in enumerate([[{"v": 1.5}], [{"v": [1, 2]}]]):
         _, columns, part_schema = encode_part(result, "parquet")
         problem = schema.admit(index, columns, part_schema)
-    assert problem is not None
-    check_documented(
-        "run() returned column 'v' as list<item: int64> in mini-batch 1, which cannot be combined with double "
-        "from mini-batch 0: the records of all mini-batches form one output schema, and Arrow's type rules (int "
-        "and float give float, null takes the other type, mixed scalar types give string) do not join these",
-        problem,
-    )
+    return problem
+
+
+def _values_of_no_one_type() -> str | None:
     with pytest.raises(InvalidResultError) as info:
         encode_part([{"v": [1, 2]}, {"v": 3}], "jsonl")
-    check_documented(
-        "run() returned column 'v' with values that do not form one type, e.g. [1, 2] and 3: a column holds "
-        "either scalars (numbers, strings, dates, ...) or lists or dicts of one shape",
-        str(info.value),
-    )
+    return str(info.value)
+
+
+def _duplicate_column_names() -> str | None:
     import pandas as pd
 
     with pytest.raises(InvalidResultError) as info:
         encode_part(pd.DataFrame([[1, 2]], columns=["a", "a"]), "parquet")
-    check_documented(
-        "run() returned duplicate column names ['a']: each column of the output needs its own name (rename "
-        "them, e.g. with DataFrame.columns = [...])",
-        str(info.value),
-    )
+    return str(info.value)
+
+
+def _duplicate_names_across_mini_batches() -> str | None:
+    import pandas as pd
+
     text = JobSchema("csv")
     assert text.admit(0, encode_part(pd.DataFrame([[1, 2]], columns=["a", "a"]), "csv")[1], None) is None
-    problem = text.admit(1, encode_part(pd.DataFrame({"a": [1], "b": [2]}), "csv")[1], None)
-    assert problem is not None
-    check_documented(
+    return text.admit(1, encode_part(pd.DataFrame({"a": [1], "b": [2]}), "csv")[1], None)
+
+
+#: Section 6: results outside the job's one schema, from the encoder (entry process) and from the schema
+#: the driver keeps: (how the message is produced, the documented message).
+SCHEMA_CASES = [
+    (
+        _types_that_do_not_join,
+        "run() returned column 'v' as list<item: int64> in mini-batch 1, which cannot be combined with double "
+        "from mini-batch 0: the records of all mini-batches form one output schema, and Arrow's type rules (int "
+        "and float give float, null takes the other type, mixed scalar types give string) do not join these",
+    ),
+    (
+        _values_of_no_one_type,
+        "run() returned column 'v' with values that do not form one type, e.g. [1, 2] and 3: a column holds "
+        "either scalars (numbers, strings, dates, ...) or lists or dicts of one shape",
+    ),
+    (
+        _duplicate_column_names,
+        "run() returned duplicate column names ['a']: each column of the output needs its own name (rename "
+        "them, e.g. with DataFrame.columns = [...])",
+    ),
+    (
+        _duplicate_names_across_mini_batches,
         "run() returned columns ['a', 'b'] in mini-batch 1 and ['a', 'a'] in mini-batch 0: with duplicate column "
         "names the columns of different mini-batches cannot be matched by name (give every column its own name)",
-        problem,
-    )
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("produce", "message"), SCHEMA_CASES, ids=[p.__name__.strip("_") for p, _ in SCHEMA_CASES]
+)
+def test_results_that_cannot_join_the_output_schema(produce: Callable[[], str | None], message: str) -> None:
+    problem = produce()
+    assert problem is not None
+    check_documented(message, problem)

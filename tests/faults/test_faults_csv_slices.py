@@ -7,7 +7,7 @@ CRLF record ends, a UTF-8 byte order mark, blank and whitespace-only lines, no t
 sometimes a quoted field that never closes (then the planner must refuse the file, as pandas does).
 
 Two comparisons per distinct plan: field by field as text (`dtype=str`: any slice boundary in the wrong
-place shows), and with types after the job's one-schema unification (core/results.py): slices infer their
+place shows), and with types after the job's one-schema unification (core/output/schema.py): slices infer their
 own dtypes (a column of ints in one slice, `A1B` in another), and unified they must give the whole file's
 column types and values. Values whose text pandas would rewrite (leading zeros, `2.0`, `True`) are not
 generated: per-slice type inference cannot keep their spelling, whatever the planner does.
@@ -26,11 +26,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_parallel_run.core import tabular
-from airflow_parallel_run.core.datasets import TabularDataset
 from airflow_parallel_run.core.errors import InputError
-from airflow_parallel_run.core.results import unify_types
-from airflow_parallel_run.core.tabular import plan_tabular_file, read_tabular
+from airflow_parallel_run.core.inputs import tabular_scan
+from airflow_parallel_run.core.inputs.tabular import TabularDataset
+from airflow_parallel_run.core.inputs.tabular_read import read_tabular
+from airflow_parallel_run.core.inputs.tabular_scan import plan_tabular_file
+from airflow_parallel_run.core.output.schema import unify_types
 
 LETTERS = "ABCDFGHIJKLMNOPQRSTUVWXYZabcdfghijklmnopqrstuvwxyz"  # no e/E: "e5" could read as a number
 WORD = st.builds(
@@ -144,7 +145,7 @@ def check_file(case: dict[str, Any], scan_chunk: int) -> None:
         probes = sorted({1, 7, len(data) // 3 + 1, len(data)})
         expected_plans = [plan_tabular_file(url, len(data), dataset, target) for target in probes]
         with pytest.MonkeyPatch.context() as patch:  # the scan's chunk size never changes the plan
-            patch.setattr(tabular, "_CHUNK_BYTES", scan_chunk)
+            patch.setattr(tabular_scan, "_CHUNK_BYTES", scan_chunk)
             assert [plan_tabular_file(url, len(data), dataset, t) for t in probes] == expected_plans
 
         typed: dict[tuple[int, int], pd.DataFrame] = {}

@@ -1,6 +1,6 @@
 """Hung run(), hung init(), init() that ends its process, MemoryError and a real out-of-memory kill.
 
-tests/test_engine.py already proves: a run() that hangs once is killed and retried, os.abort() in run()
+tests/core/driver/test_engine.py already proves: a run() that hangs once is killed and retried, os.abort() in run()
 fails that attempt only, and an init() that raises on every process stops the job early. These tests
 cover what it does not: a run() that always hangs, an init() that hangs or exits, and memory failures.
 """

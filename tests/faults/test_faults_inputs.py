@@ -16,7 +16,7 @@ from faults_support import attempts, check_accounting, expected_line
 
 from airflow_parallel_run.core import FileDataset, InputError, ParallelRunConfig, TabularDataset, run_job
 from airflow_parallel_run.core.driver import JobDriver
-from airflow_parallel_run.core.planner import plan
+from airflow_parallel_run.core.plan import plan
 
 ROWS_RE = re.compile(r"^(\d+) (?:n\d+|nan)$")
 TABLE_SCRIPT = """

@@ -32,6 +32,7 @@ from faults_support import (
 )
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
+from airflow_parallel_run.core.worker.plugin import held, registered
 
 
 def counting_prelude(calls: Path, sleep: float) -> str:
@@ -67,12 +68,11 @@ class JobThread(threading.Thread):
 
 
 # -- Dask workers ---------------------------------------------------------------------------------------
-def _spec_holders(control: Any) -> set[str]:
-    """Workers holding a replica of the job's scattered JobSpec (the one input every attempt depends on).
-    When no worker holds a scattered JobSpec (the engine no longer scatters it), every worker counts."""
-    has_what = control.has_what()
-    holders = {w for w, keys in has_what.items() if any(str(k).startswith("JobSpec-") for k in keys)}
-    return holders or set(has_what)
+def _set_up(control: Any) -> set[str]:
+    """Workers on which a job's worker plugin is set up (a restarted worker gets it from the scheduler)."""
+    return {
+        w for w, names in control.run(held, on_error="ignore").items() if isinstance(names, list) and names
+    }
 
 
 def _kill_workers(
@@ -80,8 +80,8 @@ def _kill_workers(
 ) -> list[int]:
     """SIGKILLs worker processes (the nannies restart them) one after another while `job` runs.
 
-    Before each kill every worker is up again and holds the job's JobSpec, so one replica always
-    survives; losing every replica is `test_worker_restart_that_loses_every_spec_replica`.
+    Before each kill every worker is up again and has the job's plugin set up; restarting the only
+    worker there is is `test_restarted_only_worker_sets_the_job_up_again`.
     """
     killed: list[int] = []
     wait_for(lambda: len(lines_of(calls)) >= 3 or not job.is_alive(), 90, "the first mini-batches")
@@ -89,7 +89,7 @@ def _kill_workers(
         while job.is_alive() and len(killed) < kills:
             try:
                 pids = control.run(os.getpid, on_error="ignore")
-                holders = _spec_holders(control)
+                holders = _set_up(control)
             except Exception:  # noqa: BLE001 - a worker is restarting: ask again
                 pids, holders = {}, set()
             if len(pids) < workers or not set(pids) <= holders:
@@ -141,7 +141,7 @@ def test_worker_processes_killed_repeatedly_soak(external_cluster, echo_script, 
     _worker_kill_job(external_cluster, echo_script, files, tmp_path, count=240, kills=15)
 
 
-def test_worker_restart_that_loses_every_spec_replica(external_cluster, echo_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_restarted_only_worker_sets_the_job_up_again(external_cluster, echo_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cluster = external_cluster(workers=1, nthreads=2, nanny=True)
     root, calls, out = files(20), tmp_path / "calls.txt", tmp_path / "out"
     config = ParallelRunConfig(
@@ -156,6 +156,9 @@ def test_worker_restart_that_loses_every_spec_replica(external_cluster, echo_scr
     summary = job.result(timeout=240)
     check_accounting(summary, 20)
     assert summary["status"] == "succeeded", summary.get("message")
+    with cluster.client() as control:  # and it is gone from the scheduler and the new worker afterwards
+        assert control.run_on_scheduler(registered) == []
+        assert all(names == [] for names in control.run(held).values())
 
 
 # -- entry-script processes -----------------------------------------------------------------------------
@@ -318,7 +321,7 @@ def test_scheduler_killed_returns_a_failed_summary(scheduler_kill: SchedulerKill
 
 # -- the driver (CLI) -----------------------------------------------------------------------------------
 def test_killed_driver_rerun_into_the_same_folder(echo_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """tests/test_reuse.py resumes into a new folder; here the same folder: the dead driver's lock,
+    """tests/core/reuse/test_reuse.py resumes into a new folder; here the same folder: the dead driver's lock,
     staging parts and entry-script processes must not get in the way, and nothing is duplicated."""
     count = 24
     root, calls, out, cache = files(count), tmp_path / "calls.txt", tmp_path / "out", tmp_path / "cache"

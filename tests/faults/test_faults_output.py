@@ -24,7 +24,7 @@ from faults_support import (
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
 from airflow_parallel_run.core.driver import JobDriver
-from airflow_parallel_run.core.results import assemble
+from airflow_parallel_run.core.output.assemble import assemble
 
 
 def _inputs(folder: Path, count: int) -> Path:
@@ -175,7 +175,7 @@ def test_output_assembly_on_a_full_disk_leaves_no_temp_file(tmp_path: Path) -> N
 
 # -- two runs into one output folder -------------------------------------------------------------------
 def test_second_cli_run_into_a_busy_output_folder_is_refused(echo_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """tests/test_engine.py proves this for run_job; here the CLI: exit 2, one message, first run intact."""
+    """tests/core/driver/test_engine.py proves this for run_job; here the CLI: exit 2, one message, first run intact."""
     root, calls, out = files(6), tmp_path / "calls.txt", tmp_path / "shared"
     script = echo_script(f"open({str(calls)!r}, 'a').write('x\\n')\ntime.sleep(0.5)")
     args = ("--mini-batch-size", "1", "--process-count-per-node", "1", "--cache-dir", str(tmp_path / "cache"))

@@ -29,10 +29,10 @@ from airflow_parallel_run.core import (
     FileDataset,
     OutputBusyError,
     ParallelRunConfig,
-    output_folder,
     run_job,
 )
-from airflow_parallel_run.core.output_folder import LOCK_NAME, STALE_AFTER_S, OutputLock, StoreLock
+from airflow_parallel_run.core.output import folder as output_folder
+from airflow_parallel_run.core.output.folder import LOCK_NAME, STALE_AFTER_S, OutputLock, StoreLock
 
 ECHO = "import os\ndef run(mini_batch):\n    return [os.path.basename(p) for p in mini_batch]\n"
 

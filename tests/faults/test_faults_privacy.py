@@ -74,7 +74,7 @@ def test_process_snapshots_hold_only_the_jobs_processes_with_secrets_masked(  # 
     assert TOKEN not in logs and STORE_SECRET not in logs, "a secret of the job is in the logs"
     listed = {line.split()[0] for line in tables.splitlines() if line[:1] == " " or line[:1].isdigit()}
     assert not {str(p.pid) for p in bystanders} & listed, "a bystander process is listed"
-    assert "airflow_parallel_run.core.entry_process" in tables, "the entry-script process is not listed"
+    assert "airflow_parallel_run.core.worker.child" in tables, "the entry-script process is not listed"
     child = pids.read_text().strip()
     lines = [line for line in tables.splitlines() if line.split()[:1] == [child]]
     assert lines, f"the child init() started (pid {child}) is not listed:\n{tables}"

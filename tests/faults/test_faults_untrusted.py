@@ -16,7 +16,7 @@ import pytest
 from faults_support import cli_run_argv, closed_port, entry_processes, run_cli, wait_for
 
 from airflow_parallel_run.core import FileDataset, InputError, ParallelRunConfig, run_job
-from airflow_parallel_run.core.jobspec import bundle_scripts
+from airflow_parallel_run.core.worker.spec import bundle_scripts
 
 LOCK = ".airflow-parallel-run.lock"
 HONEST = 'import os\ndef run(mini_batch):\n    return [f"{os.path.basename(p)} honest" for p in mini_batch]\n'

@@ -1,0 +1,197 @@
+"""Attempts in flight on the Dask cluster: what is waiting to run (`Pending`), how many may be in flight
+(`Window`), and the stream of submitted attempts and their results (`AttemptStream`).
+
+Each attempt is a Dask task with its own key (``apr-<job>-mb<index>-a<attempt>``, never retried by
+Dask: the driver decides). Completion notices arrive in a queue as attempts finish; each loop turn
+gathers everything that finished since the last one in a single round trip. A worker lost while it ran
+an attempt fails that attempt only (PROCESS_DIED).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from distributed import Client, Future, as_completed
+
+from ..attempt import AttemptResult, AttemptStage, AttemptStatus
+from ..minibatch import MiniBatch
+from .stopping import STOP_CANCEL_S, STOP_DRAIN_S, bounded
+
+LOOP_WAIT_S = 0.2  # the driver loop looks at the cancel flag at least this often
+# Attempts in flight: enough that no worker waits for the driver's next submit, few enough that a
+# million mini-batches never sit on the scheduler at once (the scheduler queues the excess itself).
+WINDOW_PER_SLOT = 4
+WINDOW_EXTRA = 16
+
+Attempt = tuple[MiniBatch, int]  # a mini-batch and its attempt number (1-based)
+Booked = tuple[MiniBatch, int, AttemptResult]
+
+
+class Pending:
+    """Attempts waiting to be submitted, first come first served; retries join the end."""
+
+    def __init__(self, attempts: Iterable[Attempt] = ()) -> None:
+        self._queue: deque[Attempt] = deque(attempts)
+
+    def take(self, count: int) -> list[Attempt]:
+        taken: list[Attempt] = []
+        while self._queue and len(taken) < count:
+            taken.append(self._queue.popleft())
+        return taken
+
+    def retry(self, mb: MiniBatch, attempt: int) -> None:
+        self._queue.append((mb, attempt))
+
+    def clear(self) -> None:
+        self._queue.clear()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+
+class Window:
+    """How many attempts may be in flight: 2 per process slot until a mini-batch succeeded (a broken
+    init() must not fan out), then `WINDOW_PER_SLOT` per slot plus `WINDOW_EXTRA`."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+
+    def room(self, in_flight: int, any_succeeded: bool) -> int:
+        limit = WINDOW_PER_SLOT * self.slots + WINDOW_EXTRA if any_succeeded else 2 * self.slots
+        return max(limit - in_flight, 0)
+
+
+class AttemptStream:
+    """The job's attempts on the cluster: submitted with their keys, gathered as they finish."""
+
+    def __init__(
+        self,
+        client: Client,
+        job_id: str,
+        task: Callable[..., AttemptResult],
+        spec: Any,
+        hosts: list[str] | None,
+    ) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.task = task
+        self.spec = spec  # what the task gets before (mini-batch, attempt): the job's worker plugin name
+        self.hosts = hosts  # keep the job on the chosen hosts (None: any worker)
+        self.in_flight: dict[str, tuple[Future, MiniBatch, int]] = {}
+        self._finished = as_completed()
+
+    def submit(self, attempts: Iterable[Attempt]) -> None:
+        for mb, attempt in attempts:
+            key = f"apr-{self.job_id}-mb{mb.index}-a{attempt}"
+            future = self.client.submit(
+                self.task,
+                self.spec,
+                mb,
+                attempt,
+                key=key,
+                pure=False,
+                retries=0,
+                workers=self.hosts,
+                allow_other_workers=False,
+            )
+            self.in_flight[key] = (future, mb, attempt)
+            self._finished.add(future)
+
+    def __len__(self) -> int:
+        return len(self.in_flight)
+
+    def check_connected(self) -> None:
+        if self.client.status in ("closing", "closed"):  # gave up reconnecting to a lost scheduler
+            raise ConnectionError(f"lost the connection to the Dask scheduler ({self.client.status})")
+
+    def next_batch(self, timeout: float = LOOP_WAIT_S) -> list[Booked]:
+        """Every attempt that finished by now (waiting up to `timeout` s for the first), with its result,
+        in key order: attempts finishing together are booked in a stable order."""
+        done = [f for f in self._next_finished(timeout) if str(f.key) in self.in_flight]
+        outcomes = self._gather(done)  # one round trip for the whole batch
+        booked = []
+        for future in done:
+            _, mb, attempt = self.in_flight.pop(str(future.key))
+            gathered = outcomes.get(str(future.key))
+            result = gathered if isinstance(gathered, AttemptResult) else collect(future, mb, attempt)
+            booked.append((mb, attempt, result))
+        return booked
+
+    def _next_finished(self, timeout: float) -> list[Future]:
+        # `as_completed.queue` is distributed's own queue of finished futures (tests/core/driver pin it)
+        try:
+            batch = [self._finished.queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                batch.append(self._finished.queue.get_nowait())
+        return sorted(batch, key=lambda future: str(future.key))
+
+    def _gather(self, futures: list[Future]) -> dict[str, AttemptResult]:
+        """Results of finished attempts in one call; errored ones are left to `collect`."""
+        good = [f for f in futures if f.status == "finished"]
+        if not good:
+            return {}
+        try:
+            return dict(zip([str(f.key) for f in good], self.client.gather(good), strict=True))
+        except Exception:  # noqa: BLE001 - fall back to one by one, so one bad result fails only itself
+            return {}
+
+    def drain(self) -> list[Booked]:
+        """After the stop broadcast: cancels attempts no worker holds yet; returns what the others report
+        within STOP_DRAIN_S (CANCELLED for killed ones; a success that finished meanwhile)."""
+        deadline = time.monotonic() + STOP_DRAIN_S
+        known, processing = bounded(self.client.processing, STOP_DRAIN_S / 2)
+        # without the scheduler's view, wait for all (bounded)
+        held = {str(k) for keys in processing.values() for k in keys} if known else set(self.in_flight)
+        queued = [key for key in self.in_flight if key not in held and not self.in_flight[key][0].done()]
+        if queued:
+            futures = [self.in_flight[key][0] for key in queued]
+            bounded(lambda: self.client.cancel(futures), max(deadline - time.monotonic(), 0.1))
+            for key in queued:
+                self.in_flight.pop(key)
+        reported = []
+        for key, (future, mb, attempt) in list(self.in_flight.items()):
+            try:
+                future.result(timeout=max(deadline - time.monotonic(), 0.05))
+            except Exception:  # noqa: BLE001 - not back in time, or lost: cancelled below
+                continue
+            self.in_flight.pop(key)
+            reported.append((mb, attempt, collect(future, mb, attempt)))
+        return reported
+
+    def abandon(self, before: Callable[[], None]) -> None:
+        """Whatever did not report by now is cancelled (bounded: the scheduler may be gone); `before` runs
+        first in the same bounded call (the stop Event)."""
+        if not self.in_flight:
+            return
+        futures = [f for f, _, _ in self.in_flight.values()]
+
+        def cancel_rest() -> None:
+            before()
+            self.client.cancel(futures, force=True)
+
+        bounded(cancel_rest, STOP_CANCEL_S)
+
+
+def collect(future: Future, mb: MiniBatch, attempt: int) -> AttemptResult:
+    """A finished attempt's result; a lost worker fails this attempt only."""
+    try:
+        result = future.result()
+        assert isinstance(result, AttemptResult)
+        return result
+    except Exception as exc:  # noqa: BLE001 - a lost worker fails this attempt only
+        return AttemptResult(
+            mb.index,
+            attempt,
+            AttemptStatus.PROCESS_DIED,
+            total=mb.items,
+            error=f"the Dask worker running mini-batch {mb.index} was lost: {type(exc).__name__}: {exc}",
+            stage=AttemptStage.RUN,
+        )

@@ -1,0 +1,134 @@
+"""Where mini-batches run: an embedded LocalCluster on 127.0.0.1, or an existing Dask scheduler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Client, LocalCluster
+
+from ..worker.scratch import worker_host
+
+#: Seconds `select_hosts` waits for a first worker before it gives up with `ClusterError`.
+WORKER_WAIT_S = 30.0
+
+
+class ClusterError(RuntimeError):
+    """The Dask cluster cannot run the job at all (no workers joined in time)."""
+
+
+@contextmanager
+def dask_client(
+    scheduler: str | None = None,
+    n_workers: int = 1,
+    security: Any = None,
+    client: Client | None = None,
+) -> Iterator[Client]:
+    """Yields a connected Client; an embedded cluster is shut down on exit (also on error).
+
+    The embedded cluster keeps its Dask workers in this process (a real scheduler and workers over
+    TCP on 127.0.0.1): each worker thread drives its own entry-script child process, so nothing is
+    spawned that would re-import the caller's `__main__`.
+    """
+    if client is not None:
+        yield client
+        return
+    if scheduler:
+        with Client(scheduler, security=security, timeout="30s") as remote:
+            yield remote
+        return
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=False,  # user code runs in entry-script child processes; workers need no own process
+            protocol="tcp://",
+            host="127.0.0.1",
+            memory_limit=0,
+            dashboard_address="127.0.0.1:0",  # never on all interfaces, never a fixed port
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as local,
+    ):
+        yield local
+
+
+def dashboard_link(client: Client) -> str | None:
+    """The cluster's dashboard URL; None when it has none."""
+    try:
+        link = client.dashboard_link
+    except Exception:  # noqa: BLE001 - no dashboard (bokeh missing) is fine
+        return None
+    return str(link) if link else None
+
+
+@dataclass(frozen=True)
+class HostPlacement:
+    """Where a job's entry-script processes run: `node_count` hosts, `process_count_per_node` on each.
+
+    `hosts` are the chosen hosts (IPs, best first), `workers` the Dask worker addresses on them,
+    `slots` the processes that can run at once there (per host: the smaller of
+    `process_count_per_node` and the host's worker threads), `all_hosts` every host of the cluster,
+    and `warnings` says where the cluster is smaller than what was asked for.
+    """
+
+    hosts: tuple[str, ...]
+    workers: tuple[str, ...]
+    slots: int
+    all_hosts: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def restricts(self) -> bool:
+        """True when the job must be kept off some hosts (submit with ``workers=hosts``)."""
+        return len(self.hosts) < len(self.all_hosts)
+
+
+def select_hosts(
+    client: Client, node_count: int, process_count_per_node: int, wait_s: float = WORKER_WAIT_S
+) -> HostPlacement:
+    """Chooses `node_count` hosts of the cluster for a job (hosts that fit `process_count_per_node`
+    processes first, then by address) and says, as warnings, where the cluster falls short.
+
+    Fallback when the cluster is smaller than asked for: the job runs on the hosts and threads that
+    exist (one warning per shortfall). With no worker at all after `wait_s` seconds: `ClusterError`.
+    """
+    try:
+        client.wait_for_workers(1, timeout=wait_s)
+    except (TimeoutError, OSError) as exc:
+        address = client.scheduler.address if client.scheduler is not None else "?"
+        raise ClusterError(
+            f"the Dask cluster at {address} has no workers (waited {wait_s:g} s): "
+            "start Dask workers that can reach the scheduler, or fix the connection"
+        ) from exc
+    threads: dict[str, int] = {}
+    workers: dict[str, list[str]] = {}
+    for address, info in client.scheduler_info(n_workers=-1).get("workers", {}).items():
+        host = worker_host(address)
+        threads[host] = threads.get(host, 0) + int(info.get("nthreads", 1))
+        workers.setdefault(host, []).append(address)
+    ranked = sorted(threads, key=lambda h: (-min(threads[h], process_count_per_node), h))
+    chosen = tuple(ranked[: max(1, node_count)])
+    warnings = []
+    if len(ranked) < node_count:
+        warnings.append(
+            f"node_count={node_count} but the Dask cluster has {len(ranked)} host(s) ({', '.join(ranked)}): "
+            f"running on {len(ranked)}; start workers on more hosts or lower node_count"
+        )
+    for host in chosen:
+        if threads[host] < process_count_per_node:
+            warnings.append(
+                f"process_count_per_node={process_count_per_node} but host {host} has {threads[host]} Dask "
+                f"worker thread(s): at most {threads[host]} entry-script process(es) run there at once "
+                f"(start its workers with --nthreads {process_count_per_node}, or lower process_count_per_node)"
+            )
+    return HostPlacement(
+        hosts=chosen,
+        workers=tuple(sorted(a for h in chosen for a in workers[h])),
+        slots=sum(min(threads[h], process_count_per_node) for h in chosen),
+        all_hosts=tuple(sorted(ranked)),
+        warnings=tuple(warnings),
+    )

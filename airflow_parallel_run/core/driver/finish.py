@@ -1,0 +1,111 @@
+"""The end of a job: the processes' leftover files, the verdict, the logs' error summary, the assembled
+output, the summary, logs/job_result.txt, report.html, the final progress.json, and a remote folder's
+logs uploaded; the output folder is left (staging removed, lock released) whatever happens."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..logs.joblogs import JobLogs
+from ..summary import JobSummary, summarise, verdict
+from .stopping import stamp
+
+if TYPE_CHECKING:
+    from .loop import JobDriver
+
+
+def finish_job(driver: JobDriver) -> dict[str, Any]:
+    """Assembles the output (unless the job failed) and writes the summary; temp files never outlive it."""
+    try:
+        note = driver.files.collect_leftovers(driver.spec.staging_url)
+        if note:
+            driver.logs.master(note)
+        return _summarise(driver).to_dict()
+    finally:
+        driver.folder.leave()
+
+
+def _summarise(driver: JobDriver) -> JobSummary:
+    logs = driver.logs
+    message = verdict(driver.tally, driver.config, driver.stop.reason)
+    logs.close()
+    error_lines = logs.write_error_summary()
+    if logs.write_error:  # logs that cannot explain the job: fail it before presenting an output
+        log_failure = f"could not write the job's logs ({logs.write_error})"
+        message = f"{message}; also {log_failure}" if message else log_failure
+    append_row_file = None
+    if message is None and driver.config.output_action == "append_row":
+        append_row_file, message = driver.sink.assemble(driver.config.output_file_name)
+    summary = summarise(
+        driver.tally,
+        message=message,
+        output=driver.output,
+        append_row_file=append_row_file,
+        logs_dir=driver.folder.log_url,
+        cache_key=driver.cache_key,
+        duration_s=driver.elapsed(),
+    )
+    summary = _write_result(driver, summary, error_lines)
+    if driver.stop.stopped_at is not None and driver.folder.local:
+        driver.folder.leave()  # a stop must finish within the caller's kill window: the report may not
+    _write_report(logs, driver.log_root)
+    driver.progress.write(summary.status, summary.to_dict())  # after the report: "ended" means all is there
+    if not driver.folder.local:
+        driver.progress.join_copy()
+        driver.folder.upload_logs(driver.log_root)
+    return summary
+
+
+def _write_result(driver: JobDriver, summary: JobSummary, error_lines: list[str]) -> JobSummary:
+    """logs/job_result.txt and the result line; a log write that failed meanwhile becomes a note of a
+    failed job's message (a succeeded job's output stays presented, with a warning)."""
+    logs = driver.logs
+    lines = result_lines(summary, error_lines, driver.stop.stopped())
+    complete = logs.write_error is None
+    logs.result(lines)
+    logs.master(f"result: {summary.status}" + (f" - {summary.message}" if summary.message else ""))
+    driver.progress.say(lines[0])
+    if complete and logs.write_error:  # the summary above may not have reached the disk
+        note = f"could not write the job's logs ({logs.write_error}); logs/job_result.txt may be incomplete"
+        if summary.message is not None:
+            return summary.with_note(note)
+        driver.progress.say(
+            f"Warning: {note}"
+        )  # the output is complete and stays presented; only its logs fell short
+    return summary
+
+
+def _write_report(logs: JobLogs, log_root: str) -> None:
+    from ..logs.report import build_report  # lazy: keeps plotly out of the workers' imports
+
+    try:
+        build_report(log_root)
+    except Exception as exc:  # noqa: BLE001 - the report is a convenience; the job's result stands
+        logs.master(f"could not write report.html: {type(exc).__name__}: {exc}")
+
+
+def result_lines(
+    summary: JobSummary, error_lines: Sequence[str], stopped: tuple[float, str, int, int] | None
+) -> list[str]:
+    """What logs/job_result.txt says: the outcome, how a stopped job stopped ((when, why, attempts
+    cancelled, processes ended)), the first errors, and the summary document."""
+    if summary.succeeded:
+        lines = [
+            f"Job succeeded: {summary.succeeded_items} of {summary.total_items} items succeeded, "
+            f"{summary.failed_items} failed, in {summary.total_mini_batches} mini-batches "
+            f"({summary.reused_mini_batches} reused).",
+            f"Output: {summary.append_row_file or summary.output}",
+        ]
+    else:
+        lines = [str(summary.message), "Start with logs/user/error.txt; each line names the full trace."]
+    if stopped is not None:
+        at, reason, cancelled, leftovers = stopped
+        lines.append(
+            f"Stopped at {stamp(at)} UTC ({reason}): {cancelled} running attempt(s) cancelled, {leftovers} "
+            "process(es) the entry script left running ended."
+        )
+    if error_lines:
+        lines += ["", "Errors (logs/user/error.txt):", *error_lines[:20]]
+    return [*lines, "", json.dumps(summary.to_dict(), indent=2)]

@@ -1,0 +1,337 @@
+"""`JobDriver`: one job on a connected Dask client. It composes the job's parts (the output folder, the plan,
+reuse, the workers' spec, logs, progress, the output) and runs the loop that submits attempts and books
+what comes back: commit, retry or final failure, then the thresholds. Nothing else is in the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from distributed import Client
+
+from ..attempt import AttemptResult, AttemptStage, AttemptStatus
+from ..config import ParallelRunConfig
+from ..errors import ConfigError
+from ..inputs.source import Dataset
+from ..logs.joblogs import JobLogs
+from ..minibatch import MiniBatch
+from ..output.files import FilePublisher
+from ..output.folder import OutputFolder
+from ..output.sink import JobOutput
+from ..plan import Plan, plan
+from ..retry import InitFailures, Step, next_step
+from ..reuse.cache import MiniBatchCache, resolve_cache_root
+from ..reuse.reuse import Reuse
+from ..summary import Tally, threshold_breach
+from ..worker.attempt import run_mini_batch
+from ..worker.spec import JobSpec, bundle_scripts
+from .attempts import AttemptStream, Pending, Window
+from .cluster import select_hosts
+from .finish import finish_job
+from .progress import Progress, ProgressCallback
+from .stopping import StopControl
+
+
+def _plain(path: str) -> bool:
+    """A path on this host as given (a side input or argument), not a URL: made absolute, checked to exist."""
+    return "://" not in path
+
+
+def _local_paths(
+    side_inputs: Sequence[str], arguments: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Side inputs (and arguments naming them) that are paths on this host, made absolute and checked."""
+    if not all(isinstance(a, str) for a in arguments):
+        raise ConfigError("arguments", list(arguments), "a list of strings")
+    if not all(isinstance(s, str) and s for s in side_inputs):
+        raise ConfigError("side_inputs", list(side_inputs), "a list of paths or fsspec URLs")
+    side = [os.path.abspath(s) if _plain(s) and os.path.exists(s) else s for s in side_inputs]
+    for original, path in zip(side_inputs, side, strict=True):
+        if _plain(path) and not os.path.exists(path):
+            raise ConfigError("side_inputs", original, "an existing file or folder, or an fsspec URL")
+    args = tuple(os.path.abspath(a) if a in side_inputs and _plain(a) else a for a in arguments)
+    return tuple(side), args
+
+
+class JobDriver:
+    """Runs one job on a connected Client. Use `run_job` unless you manage the client yourself.
+
+    Nothing is created before the output folder is known to be valid, and refusals come in this order:
+    arguments and side inputs, the output file's name and the folder's path, overlaps with inputs, the
+    cache or protected folders, the plan, the folder (created, must be ours), then the lock."""
+
+    def __init__(
+        self,
+        config: ParallelRunConfig,
+        inputs: Sequence[Dataset],
+        output_path: str,
+        *,
+        side_inputs: Sequence[str] = (),
+        arguments: Sequence[str] = (),
+        storage_options: Mapping[str, Any] | None = None,
+        progress: ProgressCallback | None = None,
+        job_id: str | None = None,
+        allow_reuse: bool = True,
+        cache_dir: str | None = None,
+        planned: Plan | None = None,
+        protected_paths: Sequence[str] = (),
+    ) -> None:
+        self.started = (time.monotonic(), time.time())
+        self.config = config
+        self.job_id = job_id or uuid.uuid4().hex[:16]
+        self.storage_options = dict(storage_options or {})
+        self.inputs = [d.with_credentials(self.storage_options) for d in inputs]  # the job's, where none
+        self.side_inputs, self.arguments = _local_paths(side_inputs, arguments)
+        OutputFolder.check(
+            output_path,
+            self.storage_options,
+            output_file=config.output_file_name,
+            inputs=[(where, d.storage_options) for d in self.inputs for where in d.locations()],
+            cache_root=resolve_cache_root(cache_dir),
+            protected_paths=protected_paths,
+        )
+        self.plan: Plan = planned if planned is not None else plan(self.inputs, config)
+        output_file = config.output_file_name if config.output_action == "append_row" else None
+        self.folder = OutputFolder(output_path, self.storage_options, output_file)
+        self.output, self.local_output = self.folder.url, self.folder.local
+        bundle, bundle_hash, entry, code_files = bundle_scripts(
+            config.entry_script_path, config.source_directory
+        )
+        self.allow_reuse = allow_reuse
+        self.cache = MiniBatchCache(resolve_cache_root(cache_dir), self.storage_options)
+        self.reuse = Reuse(
+            config,
+            self.inputs,
+            self.plan,
+            (code_files, entry),
+            self.arguments,
+            self.side_inputs,
+            self.cache,
+            allow_reuse=allow_reuse,
+        )
+        self.cache_key, self.keys = self.reuse.cache_key, self.reuse.keys
+        self.stop = StopControl(self.job_id, self._master, self._say)
+        self.folder.claim(self.job_id, self.cancel)
+        try:
+            self._prepare((bundle, bundle_hash, entry), progress)
+        except BaseException:  # the lock's heartbeat would keep the folder busy for as long as we live
+            self.release()
+            raise
+
+    def _prepare(self, code: tuple[bytes, str, str], callback: ProgressCallback | None) -> None:
+        """The job's logs, its spec for the workers, its output and its progress."""
+        self.log_root = self.folder.open_logs()
+        self.logs = JobLogs(self.log_root)
+        self.spec = JobSpec.for_job(
+            self.job_id,
+            self.config,
+            code,
+            arguments=self.arguments,
+            side_inputs=self.side_inputs,
+            datasets=tuple(self.inputs),
+            output_url=self.output,
+            staging_url=self.folder.staging_url(self.job_id),
+            log_url=self.folder.log_url,
+            storage_options=self.storage_options,
+        )
+        self.files = FilePublisher(self.output, self.storage_options, self._warn)
+        self.sink = JobOutput(
+            self.config.append_row_format, self.output, self.storage_options, self.files, self._master
+        )
+        self.tally = Tally(len(self.plan), self.plan.total_items)
+        self.slots = max(1, self.config.node_count * self.config.processes_per_node)
+        self.init_failures = InitFailures.for_slots(self.slots)
+        self.progress = Progress(
+            self.job_id,
+            self.logs,
+            self.tally,
+            log_url=self.folder.log_url,
+            local=self.local_output,
+            storage_options=self.storage_options,
+            callback=callback,
+            stop_reason=lambda: self.stop.reason,
+            started=self.started,
+        )
+        if self.folder.unlocked:
+            self.logs.master(
+                f"warning: {self.output} takes no lock (its store cannot create a file exclusively); "
+                "make sure no other job writes to it at the same time"
+            )
+        self.logs.master(
+            f"job {self.job_id}: {len(self.plan)} mini-batches, {self.plan.total_items} items "
+            f"({self.plan.kind} input), entry script {self.config.entry_script}, cache key {self.cache_key}"
+        )
+
+    # -- what the Airflow layer and tests read ------------------------------------------------------
+    @property
+    def stop_reason(self) -> str | None:
+        return self.stop.reason
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started[0]
+
+    def cancel(self, reason: str = "the job was cancelled") -> None:
+        """Thread-safe and signal-safe (it only sets flags): the driver loop sees it within
+        `LOOP_WAIT_S`, stops scheduling and kills running attempts (on_kill, SIGTERM/SIGINT, a lost lock)."""
+        self.stop.cancel(reason)
+
+    def release(self) -> None:
+        """Frees the output folder for the next job (also called when a job ends early)."""
+        self.folder.release()
+
+    def _master(self, text: str) -> None:
+        self.logs.master(text)
+
+    def _say(self, text: str) -> None:
+        self.progress.say(text)
+
+    def _warn(self, text: str) -> None:
+        self.logs.master(f"warning: {text}")
+        self.progress.say(f"Warning: {text}")
+
+    # -- reuse ---------------------------------------------------------------------------------------
+    def find_reusable(self) -> dict[int, AttemptResult]:
+        """Cache hits (when allow_reuse) and a log line saying how many were reused and why others were not."""
+        outcome = self.reuse.find(self.sink.admit_reused, self.files.restore)
+        for line in outcome.warnings:
+            self._warn(line)
+        self.reuse_line = outcome.line
+        self.logs.master(self.reuse_line)
+        return outcome.hits
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def execute(
+        self, client: Client | None, reused: Mapping[int, AttemptResult] | None = None
+    ) -> dict[str, Any]:
+        """Runs every mini-batch not in `reused`; returns the summary (/work/shared/DESIGN.md, result summary).
+
+        `client` may be None only when every mini-batch is reused: then nothing starts on Dask.
+        """
+        reused = self.find_reusable() if reused is None else self.sink.admit_reused(reused)
+        for index, result in sorted(reused.items()):
+            self.logs.attempt(result, json.dumps(self.plan.batch(index).describe()))
+            self._finalise(self.plan.batch(index), result)
+        pending = Pending((mb, 1) for mb in self.plan if mb.index not in reused)
+        self._say(self.reuse_line)
+        if not len(pending):
+            return finish_job(self)
+        if client is None:
+            raise ValueError("a Dask client is needed: some mini-batches are not reusable")
+        stream = self._start(client, len(pending), len(reused))
+        interrupted: BaseException | None = None
+        try:
+            self._loop(stream, pending)
+        except Exception as exc:  # noqa: BLE001 - scheduler lost, connection closed: fail with the reason
+            self.stop.request(
+                f"the Dask cluster failed during the job ({type(exc).__name__}: {exc}); committed mini-batches "
+                "are in the reuse cache, so a re-run resumes from them"
+            )
+            self.stop.note()
+        except BaseException as exc:  # KeyboardInterrupt, an Airflow task timeout: stop, finish, re-raise
+            interrupted = exc
+            self.stop.request(f"interrupted by {type(exc).__name__}" + (f": {exc}" if str(exc) else ""))
+            with contextlib.suppress(Exception):
+                self._halt(stream, pending)
+        finally:
+            stream.abandon(self.stop.set_event)  # whatever did not report by now: do not leave it running
+            self.stop.finish_workers(client)
+        try:
+            summary = finish_job(self)
+        finally:
+            self.stop.detach(client)
+        if interrupted is not None:
+            raise interrupted
+        return summary
+
+    def _start(self, client: Client, to_run: int, reused: int) -> AttemptStream:
+        """Chooses the hosts, hands the spec to the workers and opens the stream of attempts."""
+        placement = select_hosts(client, self.config.node_count, self.config.processes_per_node)
+        for warning in placement.warnings:
+            self._warn(warning)
+        self.slots = placement.slots
+        self.init_failures = InitFailures.for_slots(self.slots)
+        self.window = Window(self.slots)
+        hosts = tuple(placement.hosts) if placement.restricts else None  # keep the job on the chosen hosts
+        name = self.stop.attach(client, self.spec, hosts)
+        stream = AttemptStream(client, self.job_id, run_mini_batch, name, list(hosts) if hosts else None)
+        self._say(
+            f"Started: {to_run} mini-batches to run, {reused} reused, {self.slots} processes on "
+            f"{len(placement.hosts)} host(s) ({', '.join(placement.hosts)})"
+        )
+        self.progress.started_running()
+        return stream
+
+    def _loop(self, stream: AttemptStream, pending: Pending) -> None:
+        stream.submit(pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0)))
+        while len(stream):
+            stream.check_connected()
+            for mb, attempt, result in stream.next_batch():
+                self._record(mb, attempt, result, pending)
+                self.progress.after_record()
+            self.progress.tick()
+            if self.stop.requested:
+                self.stop.request("the job was cancelled")
+                self._halt(stream, pending)
+                return
+            stream.submit(pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0)))
+
+    def _record(self, mb: MiniBatch, attempt: int, result: AttemptResult, pending: Pending) -> None:
+        """Books one attempt: commit, retry, or final failure; then checks the thresholds."""
+        result = self._admit(mb, result)
+        self.logs.attempt(result, json.dumps(mb.describe()))
+        if mb.index in self.tally.finished:
+            return  # a duplicate delivery: the first outcome stands
+        self.stop.request(self.init_failures.note(result, self.tally.succeeded_mini_batches > 0))
+        step = next_step(result, attempt, self.config.run_max_try, stopping=bool(self.stop.reason))
+        if step is Step.DROP:
+            return
+        if step is Step.RETRY:
+            pending.retry(mb, attempt + 1)
+            self.progress.note_error(result, final=False)
+        else:
+            self._finalise(mb, result)
+            if step is Step.FAIL:
+                self.progress.note_error(result, final=True)
+        self.stop.request(threshold_breach(self.tally, self.config, all_scheduled=not len(pending)))
+
+    def _admit(self, mb: MiniBatch, result: AttemptResult) -> AttemptResult:
+        """A successful attempt whose records cannot join the job's schema fails (and is not committed)."""
+        if mb.index in self.tally.finished:
+            return result  # a duplicate delivery: the first outcome stands
+        return self.sink.admit(mb.index, result)
+
+    def _finalise(self, mb: MiniBatch, result: AttemptResult) -> None:
+        """Counts a mini-batch's final outcome; a success is stored in the cache (unless reused) and
+        committed to the output."""
+        self.tally.record(mb, result)
+        if not result.ok:
+            return
+        files_url = None
+        if not result.reused:
+            files_url = self.spec.files_url(result.index, result.attempt)
+            note = self.reuse.commit(result, files_url)
+            if note:
+                self.logs.master(note)
+        self.sink.commit(mb.index, result, files_url)
+
+    def _halt(self, stream: AttemptStream, pending: Pending) -> None:
+        """No new attempt or process from now on; running ones are killed and what they report is booked
+        (CANCELLED for killed ones, a success that finished meanwhile is kept)."""
+        self.stop.note()
+        pending.clear()
+        self.stop.broadcast(stream.client)
+        for mb, _attempt, result in stream.drain():
+            result = self._admit(mb, result)
+            if result.status is AttemptStatus.CANCELLED and result.stage is AttemptStage.START:
+                continue  # reached a worker after the stop and started nothing: no row
+            if result.status is AttemptStatus.CANCELLED:
+                self.stop.cancelled_attempts += 1
+            self.logs.attempt(result, json.dumps(mb.describe()))
+            if result.ok and mb.index not in self.tally.finished:
+                self._finalise(mb, result)

@@ -1,0 +1,175 @@
+"""Content fingerprints of inputs: what keys a mini-batch's data in the reuse cache and in manifests.
+
+Local files: xxh3-128 of their bytes, memoised in a small SQLite file on (size, mtime_ns, inode), so an
+unchanged file is never read twice; object-store files: the store's own content identity (ETag, md5,
+crc32c, generation) and size, or a hash of their bytes where the store has none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import fsspec
+import xxhash
+
+from ..minibatch import FileRef
+from ..storage import is_local, local_path
+
+_CHUNK = 1 << 20
+
+
+class Fingerprinter:
+    """Content fingerprints of inputs. Local files: xxh3-128 of the bytes, memoised on (size, mtime_ns,
+    inode) so unchanged files are not re-read; object stores: the store's own content identity."""
+
+    def __init__(self, memo_path: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        os.makedirs(os.path.dirname(memo_path), exist_ok=True)
+        self._db = sqlite3.connect(memo_path, timeout=30, check_same_thread=False, isolation_level=None)
+        _use_wal(self._db)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS memo (path TEXT PRIMARY KEY, size INT, mtime_ns INT, inode INT, hash TEXT)"
+        )
+        self._lock = threading.Lock()
+        self.storage_options = dict(storage_options or {})
+        self.hashed_bytes = 0
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Fingerprinter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def local_file(self, path: str) -> str:
+        return self.local_files([path])[path]
+
+    def local_files(self, paths: Sequence[str]) -> dict[str, str]:
+        """Fingerprints of local files: one stat each, one memo query, and hashing only for files whose
+        (size, mtime_ns, inode) changed, in parallel chunks."""
+        stats = {p: os.stat(p) for p in paths}
+        known: dict[str, tuple[int, int, int, str]] = {}
+        with self._lock:
+            for start in range(0, len(paths), 900):  # SQLite's parameter limit
+                chunk = list(paths[start : start + 900])
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT path, size, mtime_ns, inode, hash FROM memo WHERE path IN ({marks})"
+                for path, size, mtime_ns, inode, value in self._db.execute(query, chunk):
+                    known[path] = (size, mtime_ns, inode, value)
+        result: dict[str, str] = {}
+        misses = []
+        for path, stat in stats.items():
+            row = known.get(path)
+            if row and row[:3] == (stat.st_size, stat.st_mtime_ns, stat.st_ino):
+                result[path] = row[3]
+            else:
+                misses.append(path)
+        if misses:
+            workers = min(8, (os.cpu_count() or 2) * 2, len(misses))
+            chunks = [misses[i : i + 64] for i in range(0, len(misses), 64)]
+            pool = ThreadPoolExecutor(max_workers=workers)
+            try:
+                for pairs in pool.map(lambda chunk: [(p, _hash_local(p)) for p in chunk], chunks):
+                    result.update(pairs)
+            finally:  # interrupted (Ctrl-C): only the chunks being hashed finish, not all the rest
+                pool.shutdown(wait=True, cancel_futures=True)
+            rows = [(p, stats[p].st_size, stats[p].st_mtime_ns, stats[p].st_ino, result[p]) for p in misses]
+            with self._lock:
+                self.hashed_bytes += sum(stats[p].st_size for p in misses)
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR REPLACE INTO memo VALUES (?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+        return result
+
+    def file(self, ref: FileRef, storage_options: Mapping[str, Any] | None = None) -> str:
+        if is_local(ref.url):
+            return self.local_file(local_path(ref.url))
+        if ref.identity:
+            return f"{ref.identity}:{ref.size}"
+        fs, path = fsspec.core.url_to_fs(ref.url, **dict(storage_options or self.storage_options))
+        with fs.open(path, "rb") as handle:
+            return hash_stream(handle)
+
+    def many(
+        self, refs: Sequence[FileRef], storage_options: Mapping[str, Any] | None = None
+    ) -> dict[str, str]:
+        """Fingerprints of many inputs (local files in bulk, see `local_files`)."""
+        unique = list({r.url: r for r in refs}.values())
+        local = {r.url: local_path(r.url) for r in unique if is_local(r.url)}
+        hashes = self.local_files(list(local.values())) if local else {}
+        result = {url: hashes[path] for url, path in local.items()}
+        for ref in unique:
+            if ref.url not in result:
+                result[ref.url] = self.file(ref, storage_options)
+        return result
+
+    def path(self, url: str, storage_options: Mapping[str, Any] | None = None) -> str:
+        """A side input (file or folder): a hash over relative names and file fingerprints."""
+        if is_local(url):
+            local = local_path(url)
+            if os.path.isfile(local):
+                return self.local_file(local)
+            digest = hashlib.sha256()
+            for folder, dirs, names in sorted(os.walk(local)):
+                dirs.sort()
+                for name in sorted(names):
+                    full = os.path.join(folder, name)
+                    digest.update(
+                        os.path.relpath(full, local).encode() + b"\0" + self.local_file(full).encode()
+                    )
+            return f"tree:{digest.hexdigest()[:32]}"
+        fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or self.storage_options))
+        infos = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+        digest = hashlib.sha256()
+        for name, info in sorted(infos.items()):
+            ident = next(
+                (str(info[k]) for k in ("ETag", "etag", "md5", "crc32c", "generation") if info.get(k)), ""
+            )
+            if not ident:
+                ident = self.file(FileRef(fs.unstrip_protocol(name), info.get("size")), storage_options)
+            digest.update(f"{posixpath.relpath(name, path)}\0{ident}\0{info.get('size')}".encode())
+        return f"tree:{digest.hexdigest()[:32]}"
+
+
+#: How long opening the memo waits for other jobs that switch a new memo file to WAL at the same moment.
+WAL_SWITCH_WAIT_S = 30.0
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """WAL lets jobs that share a cache read and write the memo at once. Switching a new file to it needs
+    the file to itself for a moment: a job switching at the same moment makes the statement fail with
+    'database is locked' at once (SQLite's busy timeout does not cover it), so it is tried again; once
+    one job switched it, the others find it in WAL already."""
+    deadline = time.monotonic() + WAL_SWITCH_WAIT_S
+    while True:
+        try:
+            if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01 + random.random() * 0.04)
+
+
+def hash_stream(handle: Any) -> str:
+    """xxh3-128 of a binary stream, read in chunks (never a whole file in memory)."""
+    digest = xxhash.xxh3_128()
+    while chunk := handle.read(_CHUNK):
+        digest.update(chunk)
+    return f"xxh3:{digest.hexdigest()}"
+
+
+def _hash_local(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hash_stream(handle)

@@ -1,0 +1,154 @@
+"""`TabularDataset`: delimited, Parquet or JSON Lines files; `run()` gets a pandas DataFrame per mini-batch."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import ConfigError
+from ..minibatch import FileRef, MiniBatch, TabularSlice
+from .listing import PathInput, as_paths, list_input
+from .partitions import check_partition_format, group_by_keys
+from .source import PlanContext
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TABULAR_FORMATS = ("csv", "parquet", "jsonl")
+_WHOLE_FILE = 1 << 62  # a target size no file reaches: one slice per file (partitioned mini-batches)
+
+
+@dataclass(frozen=True)
+class TabularDataset(PathInput):
+    """Delimited, Parquet or JSON Lines files; `run()` gets a pandas DataFrame per mini-batch.
+
+    Planned into slices of about `mini_batch_size` bytes that never cross a file (byte ranges of whole
+    records for csv/jsonl, runs of row groups for parquet; core/inputs/tabular_scan.py), one mini-batch
+    per slice (or one per combination of `partition_keys` values); read back slice by slice
+    (core/inputs/tabular_read.py)."""
+
+    paths: tuple[str, ...]
+    format: str
+    separator: str = ","
+    header: bool = True
+    encoding: str = "utf-8"
+    partition_format: str | None = None
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # credentials
+
+    kind: ClassVar[str] = "tabular"
+
+    def __post_init__(self) -> None:
+        if self.format not in TABULAR_FORMATS:
+            raise ConfigError("format", self.format, ", ".join(TABULAR_FORMATS))
+        if not isinstance(self.separator, str) or len(self.separator) != 1 or self.separator in '\r\n"':
+            raise ConfigError("separator", self.separator, "one character other than a quote or a newline")
+        check_partition_format(self.partition_format)
+
+    @classmethod
+    def from_delimited_files(
+        cls,
+        path: str | Sequence[str],
+        separator: str = ",",
+        header: bool = True,
+        encoding: str = "utf-8",
+        partition_format: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> TabularDataset:
+        return cls(
+            as_paths(path, "path"),
+            "csv",
+            separator,
+            header,
+            encoding,
+            partition_format,
+            dict(storage_options or {}),
+        )
+
+    @classmethod
+    def from_parquet_files(
+        cls,
+        path: str | Sequence[str],
+        partition_format: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> TabularDataset:
+        return cls(
+            as_paths(path, "path"),
+            "parquet",
+            partition_format=partition_format,
+            storage_options=dict(storage_options or {}),
+        )
+
+    @classmethod
+    def from_json_lines_files(
+        cls,
+        path: str | Sequence[str],
+        encoding: str = "utf-8",
+        partition_format: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> TabularDataset:
+        return cls(
+            as_paths(path, "path"),
+            "jsonl",
+            encoding=encoding,
+            partition_format=partition_format,
+            storage_options=dict(storage_options or {}),
+        )
+
+    def plan(self, ctx: PlanContext) -> Iterator[MiniBatch]:
+        for path in self.paths:
+            root, refs = list_input(path, dict(self.storage_options))
+            if ctx.partition_keys:
+                for values, files in group_by_keys(refs, root, self, ctx.partition_keys):
+                    slices = tuple(s for ref in files for s in _slices(ref, self, _WHOLE_FILE))
+                    yield ctx.batch(sum(s.rows for s in slices), slices=slices, partition_key_value=values)
+                continue
+            for pieces in _slices_of_files(refs, self, ctx.size):
+                for piece in pieces:
+                    yield ctx.batch(piece.rows, slices=(piece,))
+
+    def read(self, batch: MiniBatch, scratch_dir: str) -> tuple[pd.DataFrame, int]:
+        """The mini-batch's slices as one DataFrame."""
+        # imported here: pandas and pyarrow cost ~0.5 s of CPU, which a process of a files job never needs
+        from .tabular_read import read_tabular
+
+        frame = read_tabular(batch.slices, self)
+        return frame, len(frame)
+
+
+def _slices(ref: FileRef, dataset: TabularDataset, size: int) -> list[TabularSlice]:
+    from .tabular_scan import plan_tabular_file
+
+    return plan_tabular_file(ref.url, ref.size or 0, dataset, size)
+
+
+# Files scanned at once when splitting tabular input: the scan (numpy, file reads) releases the GIL, so
+# several files use several cores (or overlap remote reads), while the job waits for the whole plan.
+_PLAN_THREADS = min(4, os.cpu_count() or 1)
+
+
+def _slices_of_files(
+    refs: Sequence[FileRef], dataset: TabularDataset, size: int
+) -> Iterator[list[TabularSlice]]:
+    """The slices of each file, in the files' order; a bounded window of files is planned in parallel, so
+    a million files never become a million pending futures. The first failing file's error is raised."""
+    if _PLAN_THREADS < 2 or len(refs) < 2 or dataset.format == "parquet":
+        for ref in refs:  # parquet planning reads only footers: threads would not pay for themselves
+            yield _slices(ref, dataset, size)
+        return
+    window = 2 * _PLAN_THREADS
+    with ThreadPoolExecutor(max_workers=_PLAN_THREADS, thread_name_prefix="apr-plan") as pool:
+        pending: deque[Future[list[TabularSlice]]] = deque()
+        try:
+            for ref in refs:
+                pending.append(pool.submit(_slices, ref, dataset, size))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()

@@ -1,0 +1,232 @@
+"""Reading tabular slices back on workers: only the bytes (or row groups) of the slices given.
+
+Adjacent slices of one file are read with one range request and parsed once; the CSV header bytes are
+prepended so that every slice gets the file's column names. Errors name the file, the byte range and,
+for a ragged CSV row, the line of the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any, BinaryIO
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ..errors import InputError
+from ..minibatch import TabularSlice
+from ..storage import is_local
+from .tabular import TabularDataset
+from .tabular_scan import _NL, _UTF8_BOM, _is_utf8, _QuoteTracker
+
+# pandas' C parser on a ragged row; its line counts records of the text it parsed (header included).
+_RAGGED_ROW = re.compile(r"(Expected \d+ fields in )line (\d+)(, saw \d+)")
+
+
+def read_tabular(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
+    """Read exactly the given slices and concatenate them in order, as one DataFrame with a fresh index.
+
+    Adjacent slices of the same file are read with one range request and parsed once; the CSV header bytes
+    [0, header_end) are prepended so every slice gets the file's column names.
+    """
+    frames = [_read_group(group, dataset) for group in _coalesce(slices)]
+    if not frames:
+        return pd.DataFrame()
+    if len(frames) == 1:
+        return frames[0].reset_index(drop=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _coalesce(slices: Sequence[TabularSlice]) -> Iterator[list[TabularSlice]]:
+    """Group runs of slices that can be fetched together: same file, and contiguous bytes for csv/jsonl."""
+    group: list[TabularSlice] = []
+    for s in slices:
+        if group:
+            prev = group[-1]
+            same_file = prev.url == s.url and prev.format == s.format
+            joinable = same_file and (
+                s.format == "parquet" or (prev.end == s.start and prev.header_end == s.header_end)
+            )
+            if not joinable:
+                yield group
+                group = []
+        group.append(s)
+    if group:
+        yield group
+
+
+def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
+    first, last = group[0], group[-1]
+    fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
+    if first.format == "parquet":
+        row_groups = [rg for s in group for rg in s.row_groups]
+        where = f"{first.url} row groups {row_groups}"
+        try:
+            if is_local(fs):
+                # pyarrow's own file reader: its decoding threads never wait for the GIL of a Python file.
+                # Not memory-mapped: a file truncated under a mapping kills the process (SIGBUS) instead
+                # of raising an error that names the file.
+                return pq.ParquetFile(path).read_row_groups(row_groups).to_pandas()
+            with fs.open(path, "rb") as f:
+                return pq.ParquetFile(f).read_row_groups(row_groups).to_pandas()
+        except Exception as exc:
+            raise InputError(f"{where}: cannot read Parquet: {exc}") from exc
+
+    start, end, header_end = first.start, last.end, first.header_end
+    where = f"{first.url} bytes [{start}, {end})"
+    if first.format == "csv" and is_local(fs):
+        # Local files are read with plain OS calls (no fsspec file object between the parser and the bytes):
+        # streamed straight from the file into the parser: no copy of the slice in memory, no header+slice
+        # concatenation.
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if os.fstat(f.fileno()).st_size < end:
+                    raise InputError(
+                        f"{where}: the file is shorter than planned (did it change after planning?)"
+                    )
+                head = os.pread(f.fileno(), header_end, 0) if header_end else b""
+                f.seek(start)
+                return _parse_csv(_RangeReader(head, f, end - start), dataset, header_end, where, first)
+        except OSError as exc:
+            raise InputError(f"{where}: cannot read: {exc}") from exc
+    try:
+        data = _read_range(fs, path, start, end)
+        head = _read_range(fs, path, 0, header_end) if header_end else b""
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read: {exc}") from exc
+    if len(data) != end - start or len(head) != header_end:
+        raise InputError(f"{where}: the file is shorter than planned (did it change after planning?)")
+    if first.format == "csv":
+        return _parse_csv(_RangeReader(head, data, len(data)), dataset, header_end, where, first)
+    if first.format == "jsonl":
+        if start == 0 and data.startswith(_UTF8_BOM) and _is_utf8(dataset.encoding):
+            data = data[3:]  # the JSON parser does not skip a byte order mark
+        try:
+            # Values as JSON typed them: dtype=False turns off pandas' guessing, which made "01234" the number
+            # 1234 and turned columns named like dates (`date`, `*_at`, `modified`, ...) into timestamps;
+            # precise_float keeps every float exactly as written.
+            return pd.read_json(
+                io.BytesIO(data), lines=True, encoding=dataset.encoding, dtype=False, precise_float=True
+            )
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
+        except Exception as exc:
+            raise InputError(f"{where}: cannot parse as jsonl: {exc}") from exc
+    raise InputError(f"{first.url}: unsupported tabular format {first.format!r}")
+
+
+def _parse_csv(
+    reader: _RangeReader, dataset: TabularDataset, header_end: int, where: str, first: TabularSlice
+) -> pd.DataFrame:
+    try:
+        return pd.read_csv(
+            reader,
+            sep=dataset.separator,
+            encoding=dataset.encoding,
+            header=0 if header_end else None,
+        )
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from exc
+    except Exception as exc:
+        text = reader.head + reader.all_bytes()  # error path only: the bytes again, for the line number
+        raise InputError(
+            f"{where}: cannot parse as csv: "
+            f"{_line_of_file(str(exc), text, len(reader.head), first, dataset.separator)}"
+        ) from exc
+
+
+class _RangeReader(io.RawIOBase):
+    """A read-only stream of `head` followed by `size` bytes of `body` (bytes, or a file positioned at the
+    slice's start), so pandas parses header + slice without them being joined into one buffer first."""
+
+    def __init__(self, head: bytes, body: bytes | BinaryIO, size: int) -> None:
+        super().__init__()
+        self.head = head
+        self._head = memoryview(head)
+        self._body = body
+        self._start = body.tell() if not isinstance(body, bytes) else 0
+        self._view = memoryview(body) if isinstance(body, bytes) else None
+        self._size = size
+        self._done = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        if self._head.nbytes:
+            n = min(out.nbytes, self._head.nbytes)
+            out[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        want = min(out.nbytes, self._size - self._done)
+        if want <= 0:
+            return 0
+        if self._view is not None:
+            out[:want] = self._view[self._done : self._done + want]
+            n = want
+        else:
+            n = self._body.readinto(out[:want]) or 0  # type: ignore[union-attr]
+            if n == 0:
+                raise InputError("the file is shorter than planned (did it change after planning?)")
+        self._done += n
+        return n
+
+    def all_bytes(self) -> bytes:
+        """The whole body again (for error messages)."""
+        if self._view is not None:
+            return bytes(self._view)
+        assert not isinstance(self._body, bytes)
+        return os.pread(self._body.fileno(), self._size, self._start)
+
+
+def _line_of_file(message: str, text: bytes, data_start: int, first: TabularSlice, separator: str) -> str:
+    """pandas' ragged-row message with its 'line L' turned into the line of the file.
+
+    pandas counts the lines of what it parsed (header bytes + slice) and, like the planner, does not end
+    a line at a newline inside a quoted field; the file's line counts every newline, as an editor does.
+    Slices planned without `first_line` get "line N of the slice starting at byte B" instead.
+    """
+    found = _RAGGED_ROW.search(message)
+    if found is None:
+        return message
+    newlines = _newlines_before_record(text, int(found.group(2)), data_start, separator)
+    if newlines is None:
+        return message
+    where = (
+        f"line {first.first_line + newlines}"
+        if first.first_line is not None
+        else f"line {newlines + 1} of the slice starting at byte {first.start}"
+    )
+    return message[: found.start()] + found.group(1) + where + found.group(3) + message[found.end() :]
+
+
+def _newlines_before_record(text: bytes, number: int, skip: int, separator: str) -> int | None:
+    """Newlines in text[skip:] before CSV record `number` (1-based; quoted newlines do not end records)."""
+    if text.startswith(_UTF8_BOM):
+        text = b"\r\r\r" + text[3:]  # as the planner sees it (the parser skips the mark)
+    arr = np.frombuffer(text, dtype=np.uint8)
+    newlines = np.flatnonzero(arr == _NL)
+    mask = _QuoteTracker(separator).record_ends(arr, 0, newlines, 1)
+    ends = newlines if mask is None else newlines[mask]
+    if not 1 <= number <= ends.size + 1:
+        return None
+    start = 0 if number == 1 else int(ends[number - 2]) + 1
+    if start < skip:
+        return None
+    return int(np.searchsorted(newlines, start) - np.searchsorted(newlines, skip))
+
+
+def _read_range(fs: Any, path: str, start: int, end: int) -> bytes:
+    """Only the bytes [start, end): one ranged request on object stores, a seek + read locally."""
+    if end <= start:
+        return b""
+    data = fs.cat_file(path, start=start, end=end)
+    return bytes(data)

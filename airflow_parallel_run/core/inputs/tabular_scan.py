@@ -1,0 +1,462 @@
+"""Planning tabular files: splitting them into byte-range / row-group slices.
+
+Planning runs once, on the scheduler side, over every input file, so it only looks at what it must: the
+Parquet footer, or the raw bytes of a CSV / JSON Lines file scanned with numpy in large sequential chunks.
+Reading the slices back is tabular_read.py's.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any, BinaryIO
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..errors import InputError
+from ..minibatch import TabularSlice
+from .tabular import TabularDataset
+
+__all__ = ["plan_tabular_file"]
+
+# Large sequential reads keep remote stores efficient and let numpy amortise its per-call overhead.
+_CHUNK_BYTES = 8 * 1024 * 1024
+
+_NL = 0x0A
+_CR = 0x0D
+_QUOTE = 0x22
+_UTF8_BOM = b"\xef\xbb\xbf"
+# Compressed files cannot be split at byte offsets: refused by name (suffix) or by their first bytes.
+_COMPRESSED_SUFFIXES = {
+    ".gz": "gzip",
+    ".tgz": "gzip",
+    ".bz2": "bzip2",
+    ".xz": "xz",
+    ".lzma": "xz",
+    ".zst": "zstd",
+    ".zip": "zip",
+    ".lz4": "lz4",
+    ".z": "compress",
+    ".snappy": "snappy",
+}
+_COMPRESSED_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"PK\x03\x04", "zip"),
+    (b"\x04\x22\x4d\x18", "lz4"),
+)
+# Bytes pandas' CSV tokenizer ignores when deciding a line is blank (skip_blank_lines): space, tab, CR.
+_CSV_BLANK_BYTES = (0x09, 0x0D, 0x20)
+# read_json(lines=True) drops lines that are empty after str.strip().
+_JSONL_BLANK_BYTES = (0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20)
+
+
+def plan_tabular_file(url: str, size: int, dataset: TabularDataset, target_bytes: int) -> list[TabularSlice]:
+    """Split one file into slices of about `target_bytes` each, never crossing the file's boundary.
+
+    csv/jsonl slices are byte ranges ending just after a record-terminating newline (newlines inside quoted
+    CSV fields are skipped by following pandas' tokenizer, see `_QuoteTracker`), so each slice parses on its
+    own; parquet slices are runs of
+    consecutive row groups, found from the footer alone. `size` is the listed size; the scan itself reads
+    to end of file, so a stale listing cannot cut the last record. Slices with no records are never
+    produced: their bytes (blank lines) are folded into a neighbouring slice.
+    """
+    target = max(1, int(target_bytes))
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **dict(dataset.storage_options))
+        if dataset.format == "parquet":
+            return _plan_parquet(fs, path, url, target)
+        if dataset.format not in ("csv", "jsonl"):
+            raise InputError(f"{url}: unsupported tabular format {dataset.format!r}")
+        _check_ascii_compatible(url, dataset.encoding)
+        _refuse_compressed_name(url, dataset.format)
+        with fs.open(path, "rb") as f:
+            return _plan_lines(f, url, dataset, target)
+    except InputError:
+        raise
+    except OSError as exc:
+        raise InputError(f"{url}: cannot read the file to plan slices: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------- planning
+
+
+def _check_ascii_compatible(url: str, encoding: str) -> None:
+    """Planning finds newlines and quotes as single bytes, which only works for ASCII-compatible encodings."""
+    try:
+        codec = codecs.lookup(encoding)
+    except LookupError as exc:
+        raise InputError(f"{url}: unknown encoding {encoding!r}") from exc
+    probe = '\n\r", \t{}:0aZ'
+    try:
+        encoded = codec.encode(probe)[0]
+    except (UnicodeError, ValueError) as exc:
+        raise InputError(f"{url}: encoding {encoding!r} cannot be used for tabular input: {exc}") from exc
+    if encoded != probe.encode("ascii"):
+        raise InputError(
+            f"{url}: encoding {encoding!r} is not ASCII-compatible (UTF-16/UTF-32 are not supported): "
+            "files are split on byte-level newlines and quotes; re-encode the file as UTF-8"
+        )
+
+
+def _plan_parquet(fs: Any, path: str, url: str, target: int) -> list[TabularSlice]:
+    """Group consecutive row groups until their compressed size reaches the target; only the footer is read."""
+    try:
+        with fs.open(path, "rb") as f:
+            metadata = pq.ParquetFile(f).metadata
+    except OSError as exc:
+        raise InputError(f"{url}: cannot read the Parquet footer: {exc}") from exc
+    except Exception as exc:  # pyarrow raises ArrowInvalid (a ValueError) for non-Parquet bytes
+        raise InputError(f"{url}: not a readable Parquet file: {exc}") from exc
+
+    slices: list[TabularSlice] = []
+    group: list[int] = []
+    group_bytes = 0
+    group_rows = 0
+    for index in range(metadata.num_row_groups):
+        row_group = metadata.row_group(index)
+        group.append(index)
+        group_bytes += sum(row_group.column(c).total_compressed_size for c in range(row_group.num_columns))
+        group_rows += row_group.num_rows
+        if group_bytes >= target:
+            slices.append(TabularSlice(url, "parquet", row_groups=tuple(group), rows=group_rows))
+            group, group_bytes, group_rows = [], 0, 0
+    if group:
+        slices.append(TabularSlice(url, "parquet", row_groups=tuple(group), rows=group_rows))
+    return slices
+
+
+class _Slicer:
+    """Turns a stream of record boundaries (offsets just after a newline) into slices of ~target bytes.
+
+    Each boundary comes with the 1-based line number of the file that starts there, so every slice
+    records its `first_line` without another pass over the file.
+    """
+
+    def __init__(self, url: str, fmt: str, target: int, has_header: bool) -> None:
+        self.url = url
+        self.fmt = fmt
+        self.target = target
+        self.need_header = has_header
+        self.header_end = 0
+        self.start = 0
+        self.start_line = 1
+        self.rows = 0
+        self.slices: list[TabularSlice] = []
+
+    def add(
+        self, bounds: np.ndarray, nonblank: np.ndarray | None, line_base: int, line_index: np.ndarray | None
+    ) -> None:
+        """Consume the records that end at `bounds` (sorted, global offsets just after each record's newline).
+
+        `nonblank[i]` says record i has data (None: every record has); the line of the file that starts at
+        `bounds[i]` is `line_base + line_index[i]` (None: `line_base + i`). Both are Nones in the common case
+        so that a chunk of plain records costs no per-record Python or extra arrays.
+        """
+
+        def line_at(i: int) -> int:
+            return line_base + (i if line_index is None else int(line_index[i]))
+
+        pos = 0
+        if self.need_header:
+            if nonblank is None:
+                first = 0
+            else:
+                found = np.flatnonzero(nonblank)
+                if not found.size:
+                    return  # blank lines before the header: they stay in [0, header_end)
+                first = int(found[0])
+            self.header_end = self.start = int(bounds[first])
+            self.start_line = line_at(first)
+            self.need_header = False
+            pos = first + 1
+        if pos >= bounds.size:
+            return
+        counts: np.ndarray | None = None
+        if nonblank is not None:
+            counts = np.zeros(bounds.size + 1, dtype=np.int64)
+            np.cumsum(nonblank, out=counts[1:])
+
+        def rows_between(a: int, b: int) -> int:  # records a..b-1
+            return b - a if counts is None else int(counts[b] - counts[a])
+
+        while pos < bounds.size:
+            end_index = max(pos, int(np.searchsorted(bounds, self.start + self.target, side="left")))
+            if end_index >= bounds.size:
+                self.rows += rows_between(pos, bounds.size)
+                return
+            self.rows += rows_between(pos, end_index + 1)
+            self._emit(int(bounds[end_index]), line_at(end_index))
+            pos = end_index + 1
+
+    def finish(self, total: int, tail_nonblank: bool) -> list[TabularSlice]:
+        """Close the last slice at end of file; `tail_nonblank` says an unterminated last record has data."""
+        if self.need_header:
+            return []  # no complete header record: nothing to read
+        if total > self.start:
+            self.rows += int(tail_nonblank)
+            self._emit(total, 0)  # nothing starts at end of file: the line number is never used
+        return self.slices
+
+    def _emit(self, end: int, end_line: int) -> None:
+        if self.rows == 0:
+            # Only blank lines: fold them into the previous slice, or keep them at the front of the next one,
+            # so every slice parses to at least one row and the slices still tile the file.
+            if self.slices:
+                self.slices[-1] = replace(self.slices[-1], end=end)
+                self.start, self.start_line = end, end_line
+            return
+        self.slices.append(
+            TabularSlice(
+                self.url,
+                self.fmt,
+                self.start,
+                end,
+                header_end=self.header_end,
+                rows=self.rows,
+                first_line=self.start_line,
+            )
+        )
+        self.start, self.start_line = end, end_line
+        self.rows = 0
+
+
+# Above this many records whose first byte is blank in one chunk, classify every byte at once instead.
+_FEW_CANDIDATES = 256
+
+
+def _segments_with_data(
+    chunk: bytes, arr: np.ndarray, starts: np.ndarray, significant: np.ndarray, blank_bytes: bytes
+) -> np.ndarray:
+    """For each segment [starts[i], starts[i+1]) (the last one runs to the chunk's end): has it a byte that is
+    not blank? A segment whose first byte is significant has one; only the others (blank lines, lines
+    starting with spaces) are looked at byte by byte, so a chunk of ordinary records costs one gather."""
+    has = significant[arr[starts]]
+    candidates = np.flatnonzero(~has)
+    if candidates.size > _FEW_CANDIDATES:
+        return np.logical_or.reduceat(significant[arr], starts)
+    n = arr.size
+    for i in candidates.tolist():
+        end = int(starts[i + 1]) if i + 1 < starts.size else n
+        has[i] = bool(chunk[int(starts[i]) : end].translate(None, blank_bytes))
+    return has
+
+
+def _refuse_compressed_name(url: str, fmt: str) -> None:
+    name = url.rstrip("/").rsplit("/", 1)[-1].lower()
+    for suffix, kind in _COMPRESSED_SUFFIXES.items():
+        if name.endswith(suffix):
+            _refuse_compressed(url, fmt, kind)
+
+
+def _refuse_compressed(url: str, fmt: str, kind: str) -> None:
+    raise InputError(
+        f"{url}: {kind}-compressed {fmt} is not supported: tabular files are split into mini-batches by byte "
+        "ranges, which a compressed stream does not allow; decompress the file first (Parquet compresses "
+        "internally and splits by row groups)"
+    )
+
+
+def _check_magic(url: str, fmt: str, head: bytes) -> None:
+    """A compressed file under a plain name is refused too (its first bytes give it away)."""
+    for magic, kind in _COMPRESSED_MAGIC:
+        if head.startswith(magic):
+            _refuse_compressed(url, fmt, kind)
+    if head[:3] == b"BZh" and head[4:10] == b"1AY&SY":
+        _refuse_compressed(url, fmt, "bzip2")
+
+
+def _is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+
+
+class _QuoteTracker:
+    """Which newlines of a CSV file end records, decided as pandas' C tokenizer decides it.
+
+    pandas treats a quote as special only where a field starts: at the start of a record, or right after
+    the separator or a CR. There it opens a quoted field, in which newlines and separators are data; inside,
+    a quote closes the field unless another follows (`""` is one quote). Everywhere else a quote is an
+    ordinary character: `5" screen` and `a"b` are plain fields, and so is `  "x"` (the spaces start the
+    field). Counting quote parity over the whole stream agrees with this only when every quote that parity
+    calls an opener really starts a field, so each chunk is checked for that with a few vectorised
+    operations; a chunk where it fails (an inch mark, a quote after a space) is decided exactly by walking
+    its quotes, and only its quotes, in Python.
+
+    Measured on a 210 MB CSV (planning in one process, best of 7 runs interleaved with the parity-only
+    planner it replaced, 2 cores shared with other work): no quotes 0.11 s before / 0.10 s after; quoted
+    multi-line fields with "" in every third row 0.51 s / 0.53 s; the same with an inch mark in every tenth
+    row, so that every chunk takes the exact walk, 0.18 s (and a wrong plan: 1.86 M rows instead of
+    2.86 M) / 0.72 s. The state carried from chunk to chunk makes the result independent of the chunk size.
+    """
+
+    def __init__(self, separator: str) -> None:
+        self.starts_field = np.zeros(256, dtype=bool)  # a quote after this byte starts a quoted field
+        self.starts_field[[ord(separator), _NL, _CR]] = True
+        self.inside = False  # in a quoted field at the start of the next chunk
+        self.last_byte = _NL  # the byte before the next chunk (the file's start counts as a record start)
+        self.last_closer = -2  # file offset of the last quote that closed a quoted field
+        self.opened_at = -1  # file offset and line of the quote that opened the current quoted field
+        self.opened_line = 0
+
+    def record_ends(
+        self, arr: np.ndarray, base: int, newlines: np.ndarray, line_base: int
+    ) -> np.ndarray | None:
+        """For the chunk `arr` at file offset `base`: a mask over its `newlines` (positions in the chunk), True
+        where the newline ends a record; None when all of them do. `line_base` is the 1-based line of the
+        chunk's first byte (for the error message about a quote that is never closed)."""
+        quotes = np.flatnonzero(arr == _QUOTE)
+        inside, before = self.inside, self.last_byte
+        if arr.size:
+            self.last_byte = int(arr[-1])
+        if not quotes.size:
+            return np.zeros(newlines.size, dtype=bool) if inside else None
+        prev = np.empty(quotes.size, dtype=np.uint8)
+        prev[1:] = arr[quotes[1:] - 1]
+        prev[0] = arr[quotes[0] - 1] if quotes[0] else before
+        at_field_start = self.starts_field[prev]
+        # Under parity, quote i opens a field iff i + inside is even; it may do so at a field start, or right
+        # after the quote that closed the previous one ("" inside a quoted field).
+        after_closer = prev == _QUOTE
+        after_closer[0] = quotes[0] == 0 and self.last_closer == base - 1
+        first = int(inside)
+        if bool((at_field_start[first::2] | after_closer[first::2]).all()):
+            toggles = quotes
+            opens = quotes[first::2][~after_closer[first::2]]  # not reopened by the second quote of ""
+            opened = int(opens[-1]) if opens.size else -1
+        else:
+            toggles, opened = self._walk(quotes, at_field_start, base)
+        if toggles.size:
+            closers = toggles[1 - first :: 2]
+            if closers.size:
+                self.last_closer = base + int(closers[-1])
+            self.inside = bool((toggles.size + first) & 1)
+        if opened >= 0:
+            self.opened_at = base + opened
+            self.opened_line = line_base + int(np.searchsorted(newlines, opened))
+        ends: np.ndarray = ((np.searchsorted(toggles, newlines) + first) & 1) == 0
+        return ends
+
+    def _walk(self, quotes: np.ndarray, at_field_start: np.ndarray, base: int) -> tuple[np.ndarray, int]:
+        """The exact path: the quotes of this chunk that open or close a quoted field, one by one; and the
+        last one that opened a field (-1: none)."""
+        toggles = []
+        opened = -1
+        inside, last_closer = self.inside, self.last_closer
+        for q, starts in zip(quotes.tolist(), at_field_start.tolist(), strict=True):
+            if inside:  # closes (a quote right after it reopens: the pair is an escaped quote)
+                inside, last_closer = False, base + q
+                toggles.append(q)
+            elif last_closer == base + q - 1:
+                inside = True
+                toggles.append(q)
+            elif starts:
+                inside, opened = True, q
+                toggles.append(q)
+        return np.asarray(toggles, dtype=np.int64), opened
+
+
+def _chunks(f: BinaryIO, blank_bom: bool) -> Iterator[bytes]:
+    """The file in chunks of `_CHUNK_BYTES`. A UTF-8 byte order mark at its start is given as three CRs: pandas
+    skips the mark, so for finding records it is blank and what follows it starts a record."""
+    head = f.read(3)
+    if blank_bom and head == _UTF8_BOM:
+        head = b"\r\r\r"
+    first = head + f.read(max(_CHUNK_BYTES - len(head), 0))
+    if first:
+        yield first
+    while chunk := f.read(_CHUNK_BYTES):
+        yield chunk
+
+
+def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> list[TabularSlice]:
+    """Scan a CSV or JSON Lines file chunk by chunk, finding record boundaries with vectorised numpy.
+
+    Per chunk (`_scan_chunk`): the newline positions (one compare + nonzero), which of them end records
+    (CSV: see `_QuoteTracker`), and a blank check that only looks at the first byte of each record unless
+    it is blank. Line numbers and row counts come from positions, so no per-byte or per-record arrays
+    beyond these are built.
+    """
+    is_csv = dataset.format == "csv"
+    blank = _blank_bytes(dataset)
+    significant = np.ones(256, dtype=bool)
+    significant[list(blank)] = False
+    slicer = _Slicer(url, dataset.format, target, has_header=is_csv and dataset.header)
+    quotes = _QuoteTracker(dataset.separator) if is_csv else None
+    base = 0  # file offset of the current chunk
+    tail_nonblank = False  # the record still open at the chunk's end has a significant byte
+    lines = 0  # newlines (quoted ones too: lines as an editor counts them) before the current chunk
+    for chunk in _chunks(f, _is_utf8(dataset.encoding)):
+        if base == 0:
+            _check_magic(url, dataset.format, chunk)
+        scan = _ChunkScan(chunk, base, lines, significant, blank)
+        tail_nonblank = scan.feed(slicer, quotes, tail_nonblank)
+        lines += scan.all_newlines
+        base += len(chunk)
+    return _close_slices(url, slicer, quotes, base, tail_nonblank)
+
+
+def _blank_bytes(dataset: TabularDataset) -> bytes:
+    """The bytes that do not make a record non-blank (and the newline)."""
+    is_csv = dataset.format == "csv"
+    blank = list(_CSV_BLANK_BYTES if is_csv else _JSONL_BLANK_BYTES) + [_NL]
+    if is_csv and dataset.separator in (" ", "\t"):
+        blank.remove(ord(dataset.separator))  # "\t" alone is a row of empty fields when tab separates them
+    return bytes(blank)
+
+
+class _ChunkScan:
+    """One chunk of a CSV or JSON Lines file: its newlines and which of them end non-blank records."""
+
+    def __init__(self, chunk: bytes, base: int, lines: int, significant: np.ndarray, blank: bytes) -> None:
+        self.chunk, self.base, self.lines = chunk, base, lines
+        self.significant, self.blank = significant, blank
+        self.arr = np.frombuffer(chunk, dtype=np.uint8)
+        self.newlines = np.flatnonzero(self.arr == _NL)
+        self.all_newlines = int(self.newlines.size)  # quoted ones too
+
+    def feed(self, slicer: _Slicer, quotes: _QuoteTracker | None, tail_nonblank: bool) -> bool:
+        """Gives the slicer the record ends of this chunk; returns whether the record still open at its
+        end has a significant byte (`tail_nonblank` says the same of the record open at its start)."""
+        arr, newlines, n = self.arr, self.newlines, self.arr.size
+        line_index: np.ndarray | None = None  # which newlines end records (None: all of them)
+        if quotes is not None:
+            ends = quotes.record_ends(arr, self.base, newlines, self.lines + 1)
+            if ends is not None and not ends.all():
+                line_index = np.flatnonzero(ends)
+                newlines = newlines[line_index]
+        k = int(newlines.size)
+        if not k:
+            return tail_nonblank or bool(self._with_data(np.zeros(1, dtype=np.intp))[0])
+        starts = newlines + 1
+        starts[1:] = newlines[:-1] + 1
+        starts[0] = 0
+        if newlines[-1] + 1 < n:
+            starts = np.append(starts, newlines[-1] + 1)
+        # Segment i <= k-1 is record i (up to and including its newline); segment k, if any, is the tail.
+        has = self._with_data(starts)
+        nonblank: np.ndarray | None = None
+        if not has[:k].all():
+            nonblank = has[:k].copy()
+            nonblank[0] |= tail_nonblank
+        slicer.add(self.base + newlines + 1, nonblank, self.lines + 2, line_index)
+        return bool(has[k]) if starts.size > k else False
+
+    def _with_data(self, starts: np.ndarray) -> np.ndarray:
+        return _segments_with_data(self.chunk, self.arr, starts, self.significant, self.blank)
+
+
+def _close_slices(
+    url: str, slicer: _Slicer, quotes: _QuoteTracker | None, size: int, tail_nonblank: bool
+) -> list[TabularSlice]:
+    """The file's slices once every chunk is scanned; a quoted field still open at the end is an error."""
+    if quotes is not None and quotes.inside:
+        raise InputError(
+            f"{url}: the quote opened at byte {quotes.opened_at} is never closed (unterminated quoted field "
+            f"from line {quotes.opened_line} to the end of the CSV file; a quote is special only where a field "
+            "starts, as pandas reads it)"
+        )
+    return slicer.finish(size, tail_nonblank)

@@ -1,0 +1,526 @@
+"""One self-contained HTML report of a job's logs folder: summary, progress, durations, timeline, resources, errors.
+
+Why: the logs folder explains every failure but is dozens of files; the report is the first thing
+to open. It is a single file with plotly.js embedded inline, so it opens offline (no CDN) and can be
+attached to a ticket. Every section reads its own log file and says so when that file is missing;
+all text that comes from the logs is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+from ..attempt import AttemptStatus
+
+ATTEMPTS_CSV = os.path.join("sys", "job_report", "processed_mini-batches.csv")
+MAX_TIMELINE_ATTEMPTS = 5000  # more bars than this make the page slow; the rest are counted, not drawn
+MAX_LINE_POINTS = 2000
+TOP_ERRORS = 20
+#: A colour per status (every one: tests/core/test_attempt_status.py); looked up by the CSV's text too.
+STATUS_COLOURS: dict[str, str] = {
+    AttemptStatus.RUN_DONE: "#2ca02c",
+    AttemptStatus.REUSED: "#17becf",
+    AttemptStatus.RUN_EXCEPTION: "#d62728",
+    AttemptStatus.RUN_INVALID_RESULT: "#ff9896",
+    AttemptStatus.RUN_TIMEOUT: "#ff7f0e",
+    AttemptStatus.PROCESS_DIED: "#8c564b",
+    AttemptStatus.INIT_TIMEOUT: "#e377c2",
+    AttemptStatus.INIT_EXCEPTION: "#9467bd",
+    AttemptStatus.LOAD_TIMEOUT: "#bcbd22",
+    AttemptStatus.LOAD_EXCEPTION: "#1f77b4",
+    AttemptStatus.CANCELLED: "#7f7f7f",
+    AttemptStatus.SYSTEM_ERROR: "#000000",
+}
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+_ERROR_LINE = re.compile(r"^(?P<count>\d+) x (?P<status>[A-Z_]+): (?P<rest>.*)$")
+_ERROR_TAIL = re.compile(r"^(?P<message>.*) \(mini-batches (?P<batches>.*?); full trace: (?P<traces>.*)\)$")
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:0;background:#f6f7f9;color:#222}
+header{padding:16px 24px;background:#fff;border-bottom:1px solid #ddd}
+h1{font-size:20px;margin:0 0 8px}
+h2{font-size:16px;margin:0 0 8px}
+section{background:#fff;margin:16px 24px;padding:16px;border:1px solid #ddd;border-radius:6px}
+.badge{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;font-weight:600}
+.succeeded{background:#2ca02c}.failed{background:#d62728}.unknown{background:#7f7f7f}
+.counts{display:flex;flex-wrap:wrap;gap:12px;margin-top:10px}
+.count{background:#f0f2f5;border-radius:6px;padding:6px 12px;min-width:120px}
+.count b{display:block;font-size:18px}
+.missing{color:#8a6d3b;background:#fcf8e3;padding:8px 12px;border-radius:4px}
+.note{color:#555;font-size:13px}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f0f2f5}
+td.num{text-align:right}
+pre{background:#f0f2f5;padding:8px;overflow:auto;font-size:12px;max-height:300px}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _missing(what: str) -> str:
+    return f'<p class="missing">{_e(what)}</p>'
+
+
+def _figure_html(fig: go.Figure, div_id: str) -> str:
+    fig.update_layout(margin={"l": 60, "r": 20, "t": 40, "b": 50}, template="plotly_white")
+    return str(
+        fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG, validate=True)
+    )
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _downsample(frame: pd.DataFrame, limit: int = MAX_LINE_POINTS) -> pd.DataFrame:
+    if len(frame) <= limit:
+        return frame
+    step = -(-len(frame) // limit)
+    return pd.concat([frame.iloc[::step], frame.iloc[[-1]]]).drop_duplicates()
+
+
+# -- inputs --------------------------------------------------------------------------------------------
+def parse_job_result(text: str) -> tuple[str, dict[str, Any] | None]:
+    """(headline, summary): the file's first line, and the JSON document that is its last block."""
+    headline = text.strip().splitlines()[0] if text.strip() else ""
+    lines = text.splitlines()
+    for start in range(len(lines) - 1, -1, -1):
+        if lines[start].startswith("{"):
+            try:
+                summary = json.loads("\n".join(lines[start:]))
+            except ValueError:
+                continue
+            return headline, summary if isinstance(summary, dict) else None
+    return headline, None
+
+
+def load_attempts(path: str) -> pd.DataFrame:
+    """processed_mini-batches.csv with parsed times: Start, End (= start + elapsed), Label (node/process)."""
+    frame = pd.read_csv(path, dtype={"Node": str, "Process": str, "Status": str, "Error Message": str})
+    frame["Start"] = pd.to_datetime(frame["Start Time (UTC)"], errors="coerce")
+    frame["Elapsed Seconds"] = pd.to_numeric(frame["Elapsed Seconds"], errors="coerce").fillna(0.0)
+    frame["End"] = frame["Start"] + pd.to_timedelta(frame["Elapsed Seconds"], unit="s")
+    frame["Node"] = frame["Node"].fillna("")
+    frame["Process"] = frame["Process"].fillna("")
+    frame["Status"] = frame["Status"].fillna("UNKNOWN")
+    frame["Label"] = (frame["Node"] + "/" + frame["Process"]).map(_e)
+    return frame
+
+
+def parse_error_lines(text: str) -> list[dict[str, str]]:
+    """user/error.txt lines: `N x STATUS: message (mini-batches ...; full trace: ...)`."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line == "No errors.":
+            continue
+        match = _ERROR_LINE.match(line)
+        if not match:
+            rows.append({"count": "", "status": "", "message": line, "batches": "", "traces": ""})
+            continue
+        rest = match["rest"]
+        tail = _ERROR_TAIL.match(rest)
+        rows.append(
+            {
+                "count": match["count"],
+                "status": match["status"],
+                "message": tail["message"] if tail else rest,
+                "batches": tail["batches"] if tail else "",
+                "traces": tail["traces"] if tail else "",
+            }
+        )
+    return rows
+
+
+# -- sections ------------------------------------------------------------------------------------------
+def _summary_section(logs_dir: str) -> str:
+    text = _read_text(os.path.join(logs_dir, "job_result.txt"))
+    if text is None:
+        return (
+            "<header><h1>Parallel run report</h1>"
+            + _missing(
+                "job_result.txt is missing: the job has not finished (or was killed before it wrote its result)."
+            )
+            + "</header>"
+        )
+    headline, summary = parse_job_result(text)
+    if summary is None:
+        return (
+            f"<header><h1>Parallel run report</h1><p>{_e(headline)}</p>"
+            + _missing("job_result.txt holds no summary JSON block.")
+            + "</header>"
+        )
+    status = str(summary.get("status", "unknown"))
+    badge = status if status in ("succeeded", "failed") else "unknown"
+    counts = [
+        ("Items", summary.get("total_items")),
+        ("Items succeeded", summary.get("succeeded_items")),
+        ("Items failed", summary.get("failed_items")),
+        ("Mini-batches", summary.get("total_mini_batches")),
+        ("Mini-batches succeeded", summary.get("succeeded_mini_batches")),
+        ("Mini-batches failed", summary.get("failed_mini_batches")),
+        ("Mini-batches reused", summary.get("reused_mini_batches")),
+        ("Duration (s)", summary.get("duration_s")),
+    ]
+    tiles = "".join(f'<div class="count">{_e(name)}<b>{_e(value)}</b></div>' for name, value in counts)
+    details = "".join(
+        f"<tr><th>{_e(key)}</th><td>{_e(summary.get(key))}</td></tr>"
+        for key in ("message", "output", "append_row_file", "logs_dir", "cache_key")
+        if summary.get(key) is not None
+    )
+    return (
+        f'<header id="summary"><h1>Parallel run report <span class="badge {badge}">{_e(status)}</span></h1>'
+        f'<p>{_e(headline)}</p><div class="counts">{tiles}</div>'
+        f'<table style="margin-top:10px">{details}</table></header>'
+    )
+
+
+def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
+    body = '<section id="progress"><h2>Progress over time</h2>'
+    if attempts is None:
+        return body + _missing(unavailable) + "</section>"
+    timed = attempts.dropna(subset=["Start"])
+    if timed.empty:
+        reused_rows = int((attempts["Status"] == AttemptStatus.REUSED.value).sum())
+        return (
+            body
+            + _missing(f"No attempt ran: {reused_rows} mini-batches were reused from the cache.")
+            + "</section>"
+        )
+    # A mini-batch is done when its first successful attempt ends, or else when its last attempt ends.
+    done = timed.sort_values("End")
+    ok = done[done["Status"] == AttemptStatus.RUN_DONE.value].groupby("Mini-batch Id")["End"].min()
+    failed_ids = set(done["Mini-batch Id"]) - set(ok.index)
+    failed = done[done["Mini-batch Id"].isin(failed_ids)].groupby("Mini-batch Id")["End"].max()
+    reused = int(
+        attempts.loc[
+            attempts["Start"].isna() & (attempts["Status"] == AttemptStatus.REUSED.value), "Mini-batch Id"
+        ].nunique()
+    )
+    fig = go.Figure()
+    origin = timed["Start"].min()
+    for name, ends, colour, first in (("succeeded", ok, "#2ca02c", reused), ("failed", failed, "#d62728", 0)):
+        series = pd.DataFrame({"End": sorted(ends)})
+        series["Completed"] = range(first + 1, first + len(series) + 1)
+        series = _downsample(pd.concat([pd.DataFrame({"End": [origin], "Completed": [first]}), series]))
+        fig.add_trace(
+            go.Scatter(
+                x=series["End"],
+                y=series["Completed"],
+                mode="lines+markers",
+                name=f"mini-batches {name}",
+                line={"shape": "hv", "color": colour},
+            )
+        )
+    attempts_done = done[["End"]].copy()
+    attempts_done["Completed"] = range(1, len(attempts_done) + 1)
+    attempts_done = _downsample(attempts_done)
+    fig.add_trace(
+        go.Scatter(
+            x=attempts_done["End"],
+            y=attempts_done["Completed"],
+            mode="lines",
+            name="attempts finished",
+            line={"shape": "hv", "dash": "dot", "color": "#1f77b4"},
+        )
+    )
+    fig.update_layout(height=360, xaxis_title="time (UTC)", yaxis_title="count")
+    untimed = len(attempts) - len(timed)
+    note = (
+        f'<p class="note">{untimed} attempts have no start time ({reused} reused mini-batches, counted as '
+        "succeeded from the start).</p>"
+        if untimed
+        else ""
+    )
+    return body + _figure_html(fig, "plot-progress") + note + "</section>"
+
+
+def _durations_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
+    body = '<section id="durations"><h2>Mini-batch durations</h2>'
+    if attempts is None:
+        return body + _missing(unavailable) + "</section>"
+    ran = attempts.dropna(subset=["Start"])
+    if ran.empty:
+        return body + _missing("No attempt ran (every mini-batch was reused).") + "</section>"
+    fig = go.Figure()
+    for status, group in ran.groupby("Status"):
+        fig.add_trace(
+            go.Histogram(
+                x=group["Elapsed Seconds"],
+                name=_e(status),
+                marker_color=STATUS_COLOURS.get(str(status)),
+                nbinsx=40,
+            )
+        )
+    fig.update_layout(
+        barmode="stack", height=320, xaxis_title="elapsed seconds per attempt", yaxis_title="attempts"
+    )
+    stats = ran["Elapsed Seconds"].describe(percentiles=[0.5, 0.9, 0.99])
+    note = (
+        f'<p class="note">{int(stats["count"])} attempts; median {stats["50%"]:.3f} s, p90 {stats["90%"]:.3f} s, '
+        f"p99 {stats['99%']:.3f} s, max {stats['max']:.3f} s.</p>"
+    )
+    return body + _figure_html(fig, "plot-durations") + note + "</section>"
+
+
+def _timeline_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
+    body = '<section id="timeline"><h2>Per-process timeline</h2>'
+    if attempts is None:
+        return body + _missing(unavailable) + "</section>"
+    ran = attempts.dropna(subset=["Start"]).sort_values("Start")
+    ran = ran[ran["Process"] != ""]
+    if ran.empty:
+        return body + _missing("No attempt ran in an entry-script process.") + "</section>"
+    shown = ran.iloc[:MAX_TIMELINE_ATTEMPTS]
+    span_ms = max((shown["End"].max() - shown["Start"].min()).total_seconds() * 1000.0, 1.0)
+    min_ms = max(span_ms * 0.004, 1.0)  # very short attempts stay visible; hover gives the real time
+    fig = go.Figure()
+    for status, group in shown.groupby("Status"):
+        width_ms = (group["Elapsed Seconds"] * 1000.0).clip(lower=min_ms)
+        starts = group["Start"].dt.strftime("%H:%M:%S.%f").str[:-3]  # vectorised: thousands of rows
+        hover = [
+            f"mini-batch {_e(mb)} attempt {_e(attempt)}<br>{_e(state)}<br>start {start}<br>{elapsed:.3f} s"
+            for mb, attempt, state, start, elapsed in zip(
+                group["Mini-batch Id"],
+                group["Attempt"],
+                group["Status"],
+                starts,
+                group["Elapsed Seconds"],
+                strict=True,
+            )
+        ]
+        fig.add_trace(
+            go.Bar(
+                base=group["Start"],
+                x=width_ms,
+                y=group["Label"],
+                orientation="h",
+                name=_e(status),
+                marker_color=STATUS_COLOURS.get(str(status)),
+                hovertext=hover,
+                hoverinfo="text",
+            )
+        )
+    rows = shown["Label"].nunique()
+    fig.update_layout(
+        barmode="overlay",
+        height=max(220, 40 * rows + 120),
+        xaxis={"type": "date", "title": "time (UTC)"},
+        yaxis={"title": "node/process", "categoryorder": "category descending"},
+    )
+    note = ""
+    if len(ran) > len(shown):
+        note = f'<p class="note">Showing the first {len(shown)} of {len(ran)} attempts.</p>'
+    return body + _figure_html(fig, "plot-timeline") + note + _process_table(ran) + "</section>"
+
+
+def _process_table(ran: pd.DataFrame) -> str:
+    """Per process totals (Azure's process_summary.csv): uneven busy time means skewed mini-batches."""
+    grouped = ran.groupby(["Node", "Process"]).agg(
+        attempts=("Status", "size"),
+        ok=("Status", lambda s: int((s == AttemptStatus.RUN_DONE.value).sum())),
+        items=("Succeeded", "sum"),
+        busy=("Elapsed Seconds", "sum"),
+    )
+    rows = "".join(
+        f"<tr><td>{_e(r.Node)}</td><td>{_e(r.Process)}</td><td class=num>{int(r.attempts)}</td>"
+        f"<td class=num>{int(r.attempts - r.ok)}</td><td class=num>{_e(r['items'])}</td>"
+        f"<td class=num>{r.busy:.3f}</td></tr>"
+        for _, r in grouped.reset_index().iterrows()
+    )
+    return (
+        "<table><tr><th>Node</th><th>Process</th><th>Attempts</th><th>Failed attempts</th>"
+        f"<th>Items succeeded</th><th>Busy seconds</th></tr>{rows}</table>"
+    )
+
+
+def _resources_section(logs_dir: str) -> str:
+    body = '<section id="resources"><h2>CPU and memory per node</h2>'
+    perf = os.path.join(logs_dir, "perf")
+    nodes = (
+        sorted(n for n in os.listdir(perf) if os.path.isdir(os.path.join(perf, n)))
+        if os.path.isdir(perf)
+        else []
+    )
+    frames = []
+    for node in nodes:
+        path = os.path.join(perf, node, "node_resource_usage.csv")
+        if os.path.isfile(path):
+            try:
+                frame = pd.read_csv(path)
+                frame["Time"] = pd.to_datetime(frame["Utc Time"], errors="coerce")
+                frames.append((node, frame.dropna(subset=["Time"]).sort_values("Time")))
+            except (ValueError, KeyError, OSError) as exc:
+                body += _missing(f"perf/{node}/node_resource_usage.csv could not be read: {exc}")
+    if not frames:
+        return (
+            body
+            + _missing(
+                "No perf/<node>/node_resource_usage.csv: resource monitoring was off "
+                "(resource_monitor_interval = 0) or the job ended before the first sample."
+            )
+            + "</section>"
+        )
+    fig = make_subplots(
+        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=("CPU %", "Memory used %")
+    )
+    palette = qualitative.Plotly
+    for number, (node, frame) in enumerate(frames):
+        frame = _downsample(frame)
+        for row, column in ((1, "Cpu Percent"), (2, "Memory Used Percent")):
+            fig.add_trace(
+                go.Scatter(
+                    x=frame["Time"],
+                    y=pd.to_numeric(frame[column], errors="coerce"),
+                    mode="lines+markers",
+                    name=_e(node),
+                    legendgroup=_e(node),
+                    showlegend=row == 1,
+                    line={"color": palette[number % len(palette)]},
+                ),
+                row=row,
+                col=1,
+            )
+    fig.update_yaxes(range=[0, 105])
+    fig.update_layout(height=480)
+    html_out = body + _figure_html(fig, "plot-resources")
+    return html_out + _process_memory(perf, nodes) + "</section>"
+
+
+def _process_memory(perf: str, nodes: list[str]) -> str:
+    """RSS per entry-script process: a steady climb is the usual sign of a leak before an OOM kill."""
+    fig = go.Figure()
+    for node in nodes:
+        path = os.path.join(perf, node, "processes_resource_usage.csv")
+        if not os.path.isfile(path):
+            continue
+        try:
+            frame = pd.read_csv(path, dtype={"Process Name": str})
+        except (ValueError, OSError):
+            continue
+        frame["Time"] = pd.to_datetime(frame["Utc Time"], errors="coerce")
+        for (name, pid), group in frame.dropna(subset=["Time"]).groupby(["Process Name", "Pid"]):
+            group = _downsample(group.sort_values("Time"))
+            fig.add_trace(
+                go.Scatter(
+                    x=group["Time"],
+                    y=group["Rss (MB)"],
+                    mode="lines+markers",
+                    name=_e(f"{node}/{name} ({pid})"),
+                )
+            )
+    if not fig.data:
+        return '<p class="note">No per-process samples (perf/&lt;node&gt;/processes_resource_usage.csv).</p>'
+    fig.update_layout(
+        height=320, title="Entry-script process memory (RSS, MB)", yaxis_title="MB", showlegend=True
+    )
+    return _figure_html(fig, "plot-process-memory")
+
+
+def _errors_section(logs_dir: str) -> str:
+    body = '<section id="errors"><h2>Top errors</h2>'
+    text = _read_text(os.path.join(logs_dir, "user", "error.txt"))
+    if text is None:
+        return body + _missing("user/error.txt is missing.") + "</section>"
+    rows = parse_error_lines(text)
+    if not rows:
+        return body + "<p>No errors.</p></section>"
+    cells = "".join(
+        f"<tr><td class=num>{_e(r['count'])}</td><td>{_e(r['status'])}</td><td>{_e(r['message'])}</td>"
+        f"<td>{_e(r['batches'])}</td><td>{_e(r['traces'])}</td></tr>"
+        for r in rows[:TOP_ERRORS]
+    )
+    more = (
+        f'<p class="note">{len(rows) - TOP_ERRORS} more in user/error.txt.</p>'
+        if len(rows) > TOP_ERRORS
+        else ""
+    )
+    return (
+        body
+        + "<table><tr><th>Count</th><th>Status</th><th>Error</th><th>Mini-batches</th><th>Full trace</th></tr>"
+        + cells
+        + "</table>"
+        + more
+        + "</section>"
+    )
+
+
+def _progress_log_section(logs_dir: str) -> str:
+    body = '<section id="progress-log"><h2>Progress log (last lines)</h2>'
+    text = _read_text(os.path.join(logs_dir, "job_progress_overview.txt"))
+    if text is None:
+        return body + _missing("job_progress_overview.txt is missing.") + "</section>"
+    tail = "\n".join(text.splitlines()[-30:])
+    return body + f"<pre>{_e(tail)}</pre></section>"
+
+
+def _guarded(name: str, build: Callable[[], str]) -> str:
+    """A section that fails to build says so; the rest of the report is still written."""
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - a malformed log file must not lose the whole report
+        return (
+            f'<section id="{name}"><h2>{_e(name)}</h2>'
+            + _missing(f"could not build: {type(exc).__name__}: {exc}")
+            + "</section>"
+        )
+
+
+def build_report(logs_dir: str, target: str | None = None) -> str:
+    """Writes the HTML report of a local logs folder (default `<logs_dir>/report.html`); returns its path."""
+    logs_dir = os.path.abspath(logs_dir)
+    target = target or os.path.join(logs_dir, "report.html")
+    attempts: pd.DataFrame | None = None
+    attempts_path = os.path.join(logs_dir, ATTEMPTS_CSV)
+    unavailable = f"{ATTEMPTS_CSV} is missing: no attempt was recorded."
+    if os.path.isfile(attempts_path):
+        try:
+            attempts = load_attempts(attempts_path)
+        except (ValueError, KeyError, OSError) as exc:
+            unavailable = f"{ATTEMPTS_CSV} could not be read: {type(exc).__name__}: {exc}"
+    sections = [
+        _guarded("summary", lambda: _summary_section(logs_dir)),
+        _guarded("progress", lambda: _progress_section(attempts, unavailable)),
+        _guarded("durations", lambda: _durations_section(attempts, unavailable)),
+        _guarded("timeline", lambda: _timeline_section(attempts, unavailable)),
+        _guarded("resources", lambda: _resources_section(logs_dir)),
+        _guarded("errors", lambda: _errors_section(logs_dir)),
+        _guarded("progress-log", lambda: _progress_log_section(logs_dir)),
+    ]
+    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Parallel run report - {_e(os.path.basename(os.path.dirname(logs_dir)) or logs_dir)}</title>"
+        f"<style>{CSS}</style>"
+        "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
+        + "".join(sections)
+        + f'<p class="note" style="margin:16px 24px">Logs: {_e(logs_dir)} &middot; generated {generated}</p>'
+        "</body></html>\n"
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(page)
+    os.replace(tmp, target)
+    return target

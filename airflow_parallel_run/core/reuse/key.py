@@ -1,0 +1,161 @@
+"""What enters a reuse-cache key: complete by construction.
+
+Every field of the dataclasses that describe a job (`ParallelRunConfig`, `FileDataset`,
+`TabularDataset`) and a mini-batch (`MiniBatch`, `FileRef`, `TabularSlice`) enters the key,
+walked with `dataclasses.fields`, unless it is listed in `NOT_IN_KEY` with the reason it cannot
+change what `run()` sees or returns, or in `CONTENT_IN_KEY` because its content enters instead of
+its value (a script's bytes, not its path on this machine). A field added later is therefore in
+the key until someone decides otherwise and writes down why; tests/core/reuse/test_reuse_key.py checks that
+the lists name only real fields and that a new field lands in the key.
+
+Input sources added later declare their own exclusions as class attributes of the same names
+(`NOT_IN_KEY: ClassVar[dict[str, str]] = {"url": "credentials ..."}`), so adding a source never edits
+this module. A field in `KEY_WHEN_SET` enters only when it differs from its default: fields added to
+`MiniBatch` after `KEY_FORMAT` 2 for new sources, so that the keys of file and tabular mini-batches
+stay what they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import ParallelRunConfig
+from ..inputs.files import FileDataset
+from ..inputs.tabular import TabularDataset
+from ..minibatch import MiniBatch, TabularSlice
+from ..output.formats import PART_ENCODING_VERSION
+
+#: Bumped whenever what a key means changes (what is hashed, or how a cached part is encoded), so
+#: entries written under the old meaning simply miss.
+KEY_FORMAT = 2
+
+#: Fields that do not enter the key, per class, each with the reason it cannot change a result.
+NOT_IN_KEY: dict[type, dict[str, str]] = {
+    ParallelRunConfig: {
+        "mini_batch_size": "decides which items form a mini-batch; each mini-batch's key holds its own "
+        "items (files, byte ranges, row groups) and index, so equal work stays equal",
+        "error_threshold": "decides whether the job fails after run() returned, not what run() returned",
+        "allowed_failed_count": "decides whether the job fails after run() returned, not what run() returned",
+        "allowed_failed_percent": "decides whether the job fails after run() returned, not what run() returned",
+        "node_count": "where mini-batches run; each run() sees one mini-batch in a process of its own",
+        "process_count_per_node": "how many run at once; each run() sees one mini-batch in a process of its own",
+        "run_invocation_timeout": "how long an attempt may take; only a successful attempt is cached, and "
+        "its result does not depend on the limit",
+        "run_max_try": "how often a mini-batch is tried; only a successful attempt is cached",
+        "logging_level": "what is logged, not what run() returns",
+        "resource_monitor_interval": "how often logs/perf samples resources",
+    },
+    FileDataset: {
+        "paths": "which files are listed; each mini-batch's key holds its own files' URLs and contents, so "
+        "adding a path does not invalidate the mini-batches of the others",
+        "storage_options": "credentials and connection settings say how to reach a file, whose content "
+        "identity is in the key; secrets never enter a key or a manifest",
+    },
+    TabularDataset: {
+        "paths": "which files are listed; each mini-batch's key holds its own slices' URLs and contents, so "
+        "adding a path does not invalidate the mini-batches of the others",
+        "storage_options": "credentials and connection settings say how to reach a file, whose content "
+        "identity is in the key; secrets never enter a key or a manifest",
+    },
+    TabularSlice: {
+        "first_line": "the line of the file where the slice starts, used only to name lines in read "
+        "errors; start, end and header_end fix the bytes read",
+    },
+}
+
+#: Fields that enter the key only when they differ from their default, per class, with the reason.
+KEY_WHEN_SET: dict[type, dict[str, str]] = {
+    MiniBatch: {
+        "pieces": "units of sources added after KEY_FORMAT 2; empty for file and tabular mini-batches, "
+        "whose keys predate it",
+    },
+}
+
+#: Fields whose content, not their value, enters the key (computed by the driver).
+CONTENT_IN_KEY: dict[type, dict[str, str]] = {
+    ParallelRunConfig: {
+        "entry_script": "its path inside the code bundle and the bytes of every code file (component `code`)",
+        "source_directory": "the names and bytes of every file in it (component `code`)",
+    },
+}
+
+
+def _listed(table: Mapping[type, Mapping[str, str]], cls: type, attribute: str) -> set[str]:
+    """The fields a table lists for `cls` or a base of it, and those the classes declare themselves."""
+    names: set[str] = set()
+    for base in cls.__mro__:
+        names |= set(table.get(base, {}))
+        names |= set(base.__dict__.get(attribute, {}))
+    return names
+
+
+def excluded(cls: type) -> set[str]:
+    """Fields of `cls` whose value never enters a key (listed, or keyed by their content instead)."""
+    return _listed(NOT_IN_KEY, cls, "NOT_IN_KEY") | _listed(CONTENT_IN_KEY, cls, "CONTENT_IN_KEY")
+
+
+def key_fields(obj: Any) -> dict[str, Any]:
+    """The key material of a dataclass instance: every field not listed as excluded or content-keyed,
+    nested dataclasses walked the same way, mappings sorted. JSON-able."""
+    skip = excluded(type(obj))
+    when_set = _listed(KEY_WHEN_SET, type(obj), "KEY_WHEN_SET")
+    return {
+        f.name: _value(getattr(obj, f.name))
+        for f in dataclasses.fields(obj)
+        if f.name not in skip and (f.name not in when_set or not _is_default(obj, f))
+    }
+
+
+def _is_default(obj: Any, f: dataclasses.Field[Any]) -> bool:
+    value = getattr(obj, f.name)
+    if f.default is not dataclasses.MISSING:
+        return bool(value == f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return bool(value == f.default_factory())
+    return False
+
+
+def _value(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return key_fields(value)
+    if isinstance(value, Mapping):
+        return {str(k): _value(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_value(v) for v in value]
+        return sorted(items, key=json.dumps) if isinstance(value, (set, frozenset)) else items
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def digest(material: Any) -> str:
+    """sha256 of canonical JSON (ASCII: undecodable file names are escaped, never an error)."""
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def mini_batch_key(
+    job_key: str,
+    mini_batch: MiniBatch,
+    fingerprints: Mapping[str, str],
+    dataset_options: Mapping[str, Any] | None = None,
+) -> str:
+    """The cache key of one mini-batch: the job's components, the read options of the mini-batch's
+    input (`key_fields` of its dataset) and every key field of the mini-batch itself (index, files,
+    slices or pieces with their URLs, partition values), plus the content fingerprint of each unit.
+
+    URLs are in the key, not only contents: run() sees the paths (scripts often write the file name),
+    so two mini-batches of equal contents under different names must not share an entry.
+    """
+    material = {
+        "format": KEY_FORMAT,
+        "part_encoding": PART_ENCODING_VERSION,  # parts written in an older encoding are never served
+        "job": job_key,
+        "dataset": dict(dataset_options or {}),
+        "mini_batch": key_fields(mini_batch),
+        "fingerprints": [fingerprints[unit] for unit in mini_batch.units()],
+    }
+    return digest(material)[:40]

@@ -1,0 +1,177 @@
+"""A job's view of the reuse cache: the key of each planned mini-batch, what the cache holds for them, why
+the others run (the reuse line), and storing each committed attempt at once.
+
+Reused results still join the job's one output schema (a cached part that cannot is run again instead)
+and bring back the files their scripts wrote to output_dir: both are the output's business, so `find`
+takes them as callbacks (core/output/sink.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..attempt import AttemptResult, AttemptStatus
+from ..config import ParallelRunConfig
+from ..inputs.fingerprint import Fingerprinter
+from ..inputs.source import Dataset
+from ..minibatch import MiniBatch
+from ..output.schema import schema_from_text, schema_to_text
+from ..plan import Plan
+from .cache import MiniBatchCache, memo_path
+from .components import component_digests, digest32, explain_change, explain_inputs, job_components
+from .key import key_fields, mini_batch_key
+
+#: Schema admission of reused results: {index: result} -> those that join the job's schema.
+Admit = Callable[[Mapping[int, AttemptResult]], dict[int, AttemptResult]]
+#: Copies a reused entry's output_dir files into the output: (index, entry metadata) -> why it failed, or None.
+Restore = Callable[[int, Mapping[str, Any]], "str | None"]
+
+
+@dataclass
+class ReuseOutcome:
+    """What `Reuse.find` found: the reused results, damaged entries (as warnings), and the reuse line."""
+
+    hits: dict[int, AttemptResult]
+    warnings: list[str] = field(default_factory=list)
+    line: str = ""
+
+
+class Reuse:
+    """The keys of a job's mini-batches in the cache, and the job's record there (its signature's manifest:
+    component digests and input fingerprints, for the next run's reuse line)."""
+
+    def __init__(
+        self,
+        config: ParallelRunConfig,
+        inputs: Sequence[Dataset],
+        plan: Plan,
+        code: tuple[Mapping[str, str], str],
+        arguments: Sequence[str],
+        side_inputs: Sequence[str],
+        cache: MiniBatchCache,
+        *,
+        allow_reuse: bool,
+    ) -> None:
+        code_files, entry = code
+        self.cache = cache
+        self.allow_reuse = allow_reuse
+        self.plan = list(plan)
+        with Fingerprinter(memo_path(cache.root), cache.storage_options) as memo:
+            side = {url: memo.path(url) for url in side_inputs}
+            self.components = job_components(config, code_files, arguments, side, entry)
+            self.fingerprints: dict[str, str] = {}
+            for input_index, source in enumerate(inputs):
+                batches = [mb for mb in self.plan if mb.input_index == input_index]
+                self.fingerprints.update(source.fingerprints(batches, memo))
+        self.cache_key = digest32(self.components)
+        # each mini-batch's key holds its own input's read options (separator, encoding, ...)
+        self.read_options = [key_fields(source) for source in inputs]
+        self.keys = {
+            mb.index: mini_batch_key(self.cache_key, mb, self.fingerprints, self.read_options[mb.input_index])
+            for mb in self.plan
+        }
+        locations = [list(source.locations()) for source in inputs]
+        self.signature = digest32([os.path.abspath(config.entry_script_path), locations, plan.kind])
+
+    # -- looking up ----------------------------------------------------------------------------------
+    def find(self, admit: Admit, restore: Restore) -> ReuseOutcome:
+        """Verified cache hits that join the output (when allow_reuse), and the reuse line. The job's
+        record in the cache is written for the next run."""
+        hits: dict[int, AttemptResult] = {}
+        damaged: list[str] = []
+        if self.allow_reuse:
+            hits, with_files, damaged = self._lookup()
+            hits = admit(hits)
+            for index, meta in sorted(with_files.items()):  # only entries that are really reused
+                problem = restore(index, meta) if index in hits else None
+                if problem:
+                    del hits[index]
+                    damaged.append(self._damaged(index, problem))
+        outcome = ReuseOutcome(hits, damaged, self._line(hits, damaged))
+        self.cache.write_manifest(
+            self.signature,  # digests only: environment variables may hold secrets
+            {"components": self._digests(), "inputs": self.fingerprints},
+        )
+        return outcome
+
+    def _lookup(self) -> tuple[dict[int, AttemptResult], dict[int, dict[str, Any]], list[str]]:
+        """Every intact entry as a REUSED result; those that hold output_dir files; damaged ones."""
+        hits: dict[int, AttemptResult] = {}
+        with_files: dict[int, dict[str, Any]] = {}
+        damaged: list[str] = []
+        for mb in self.plan:
+            key = self.keys[mb.index]
+            meta, problem = self.cache.verified(key)
+            if problem:  # a damaged entry is a miss that says so, never output
+                damaged.append(self._damaged(mb.index, problem))
+            if meta is None:
+                continue
+            hits[mb.index] = AttemptResult(
+                mb.index,
+                0,
+                AttemptStatus.REUSED,
+                process="(cache)",
+                total=int(meta["total"]),
+                succeeded=int(meta["succeeded"]),
+                part_url=meta["part_url"],
+                columns=list(meta.get("columns", [])),
+                schema=schema_from_text(meta.get("schema")),
+                reused=True,
+                error=f"reused cache entry {key}",
+            )
+            if meta.get("files"):
+                with_files[mb.index] = meta
+        return hits, with_files, damaged
+
+    def _damaged(self, index: int, problem: str) -> str:
+        return f"cache entry {self.keys[index]} of mini-batch {index} failed verification ({problem}); it runs again"
+
+    def _digests(self) -> dict[str, Any]:
+        return component_digests({**self.components, "read_options": self.read_options})
+
+    def _line(self, hits: Mapping[int, AttemptResult], damaged: Sequence[str]) -> str:
+        """ "Reuse: N of M mini-batches reused from <cache>; K to run: <why>"."""
+        misses = [mb for mb in self.plan if mb.index not in hits]
+        line = f"Reuse: {len(hits)} of {len(self.plan)} mini-batches reused from {self.cache.root}"
+        return line + (f"; {len(misses)} to run: {self._why(misses, damaged)}" if misses else "")
+
+    def _why(self, misses: Sequence[MiniBatch], damaged: Sequence[str]) -> str:
+        if not self.allow_reuse:
+            return "allow_reuse is False"
+        previous = self.cache.read_manifest(self.signature)
+        if previous is None:
+            return "no earlier run of this job in the cache"
+        if damaged and len(damaged) == len(misses):
+            return f"{len(damaged)} cache entries failed verification"
+        return explain_change(previous.get("components", {}), self._digests()) or explain_inputs(
+            previous.get("inputs", {}), misses, self.fingerprints
+        )
+
+    # -- storing -------------------------------------------------------------------------------------
+    def commit(self, result: AttemptResult, files_url: str | None) -> str | None:
+        """Stores a committed attempt (its part and output_dir files) at once, so an interrupted run
+        resumes from here; its part URL becomes the cached copy's. Returns a line for the master log
+        when it is not cached (a result that belongs to no single mini-batch, a full cache disk).
+
+        Synchronous: on a local cache a commit is a link and a small file (well under 1 ms); a commit
+        thread would compete for the GIL the driver shares with the client's event loop (and, on the
+        embedded cluster, with the workers).
+        """
+        if result.uncacheable:
+            return f"mini-batch {result.index} is not cached: {result.uncacheable}"
+        meta = {
+            "total": result.total,
+            "succeeded": result.succeeded,
+            "columns": result.columns,
+            "schema": schema_to_text(result.schema),
+        }
+        try:
+            cached = self.cache.store(self.keys[result.index], result.part_url, meta, files_url, result.files)
+        except Exception as exc:  # noqa: BLE001 - a full cache disk must not fail the job
+            return f"could not cache mini-batch {result.index}: {type(exc).__name__}: {exc}"
+        if result.part_url:
+            result.part_url = cached
+        return None

@@ -1,0 +1,112 @@
+"""Where a path or URL points: the one place that tells local files from a store's objects.
+
+The engine takes plain paths, `file://` URLs and any fsspec URL (`s3://`, `gs://`, `memory://`, ...) for
+inputs, outputs, the cache and logs. Local files take the fast road (plain OS calls, hard links,
+renames); everything else goes through fsspec. Both `file://` and `local://` URLs are local, as fsspec's
+own local file system says (its protocols are ``("file", "local")``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import fsspec
+
+# fsspec is imported where a store is used: the entry-script process imports this module (through
+# `EntryScript`) and a job of local files never needs it there.
+
+LOCAL_PROTOCOLS = ("file", "local")
+
+
+def protocol(url: str) -> str:
+    """``"file"`` for plain paths and ``file://`` URLs, else what comes before ``://``."""
+    head, separator, _ = url.partition("://")
+    return head.lower() if separator else "file"
+
+
+def is_local(target: str | fsspec.AbstractFileSystem) -> bool:
+    """Does this URL (or file system) name files on this host's own disks?"""
+    if isinstance(target, str):
+        return protocol(target) in LOCAL_PROTOCOLS
+    protocols = target.protocol if isinstance(target.protocol, tuple) else (target.protocol,)
+    return any(p in LOCAL_PROTOCOLS for p in protocols)
+
+
+def local_path(url: str) -> str:
+    """The path of a local URL as the OS takes it (``file:///a``, ``local:///a``, ``/a`` -> ``/a``);
+    relative paths stay relative. `ValueError` for a store's URL."""
+    if not is_local(url):
+        raise ValueError(f"{url!r} is not a local path")
+    head, separator, rest = url.partition("://")
+    return rest if separator else url
+
+
+def absolute(url: str) -> str:
+    """A local path made absolute (``~`` expanded), a store's URL unchanged; no trailing ``/``."""
+    if is_local(url):
+        path = os.path.abspath(os.path.expanduser(local_path(url)))
+        return path.rstrip("/") or "/"
+    return url.rstrip("/")
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/part``: one ``/`` between parts, for paths and URLs alike."""
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    """The fsspec file system of `url` and the path on it."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+
+
+def to_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A path on `fs` as the engine writes it down: a plain path locally, a protocol URL elsewhere."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def write_atomic(url: str, data: bytes, storage_options: Mapping[str, Any]) -> None:
+    """Writes a whole file so that readers see all of it or nothing (temp name + rename where possible)."""
+    if not is_local(url):  # object stores: one PUT is atomic
+        fs, path = filesystem(url, storage_options)
+        fs.pipe_file(path, data)
+        return
+    path = os.path.abspath(local_path(url))  # plain os calls: this runs once per mini-batch
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no temp file stays behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def read_bytes(url: str, storage_options: Mapping[str, Any]) -> bytes:
+    """The whole file (plain `open` locally)."""
+    if is_local(url):
+        with open(local_path(url), "rb") as handle:
+            return handle.read()
+    fs, path = filesystem(url, storage_options)
+    return bytes(fs.cat_file(path))
+
+
+def remove_tree(url: str, storage_options: Mapping[str, Any]) -> None:
+    """Removes a folder and everything in it; a folder that is not there is fine."""
+    fs, path = filesystem(url, storage_options)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        fs.rm(path, recursive=True)
+
+
+def upload_folder(local_dir: str, url: str, storage_options: Mapping[str, Any]) -> None:
+    """Copies a local folder's contents into the folder `url` (on any store)."""
+    fs, path = filesystem(url, storage_options)
+    fs.put(local_dir.rstrip("/") + "/", path, recursive=True)

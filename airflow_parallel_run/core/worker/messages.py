@@ -1,0 +1,128 @@
+"""What the worker's runner and the entry-script process say to each other, as typed messages.
+
+Over the process's socket (pickled): the runner sends `Setup` once, then a `Run` per attempt and
+`Shutdown` at the end of the job; the entry-script process answers `Ready` (or `Failed`) after init(),
+`Loaded` then `Done` (or `Failed`) per attempt, and `Bye` after shutdown(). `Loaded` and `Done` name
+their attempt, so several attempts may one day be in flight in one process (an async `run()`).
+
+Waiting for an answer can also end in `TIMED_OUT`, `DIED` or `CANCELLED`: outcomes of the runner's own
+wait, never sent. The module imports only the attempt vocabulary and the mini-batch descriptors: the
+entry-script process loads it before the user's script.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..attempt import AttemptStage, AttemptStatus
+from ..minibatch import MiniBatch
+
+#: Why an attempt that found its job stopped started nothing (the driver books no row for it).
+NEVER_STARTED = "the job was stopped before this attempt started"
+
+
+# -- runner -> entry-script process ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setup:
+    """Once, right after the process starts: where it runs, what it runs, and how it writes results."""
+
+    logging_level: str
+    working_dir: str
+    script_dir: str
+    entry_script: str
+    arguments: tuple[str, ...]
+    datasets: tuple[Any, ...]  # the job's inputs, by MiniBatch.input_index
+    output_action: str
+    append_row_format: str
+    storage_options: Mapping[str, Any] = field(repr=False)
+    output_dir: str  # the process's own output_dir outside run() (core/output/files.py)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One attempt of one mini-batch: read it, run() it, write its part to `part_url`."""
+
+    mini_batch: MiniBatch
+    attempt: int
+    part_url: str
+    files_url: str  # the attempt's own output_dir during run()
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """The job ends: run the script's shutdown() and exit."""
+
+
+# -- entry-script process -> runner ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ready:
+    init_seconds: float
+
+
+@dataclass(frozen=True)
+class Loaded:
+    index: int
+    attempt: int
+    total: int
+    load_seconds: float
+
+
+@dataclass(frozen=True)
+class Done:
+    index: int
+    attempt: int
+    total: int
+    succeeded: int
+    run_seconds: float
+    cpu_seconds: float
+    part_url: str | None = None
+    columns: tuple[str, ...] = ()
+    schema: bytes | None = None
+    files: tuple[str, ...] = ()
+    uncacheable: str = ""
+
+
+@dataclass(frozen=True)
+class Failed:
+    status: AttemptStatus
+    stage: AttemptStage
+    message: str
+    traceback: str = ""
+    retriable: bool = True  # False: another try would read the same wrong data (DataChangedError)
+
+
+@dataclass(frozen=True)
+class Bye:
+    """shutdown() ran (or there was none); the process exits next."""
+
+
+ToChild = Setup | Run | Shutdown
+FromChild = Ready | Loaded | Done | Failed | Bye
+
+
+# -- the runner's own wait outcomes (never pickled) -----------------------------------------------------
+class TimedOut:
+    """No answer within the wait's limit."""
+
+    def __repr__(self) -> str:
+        return "TIMED_OUT"
+
+
+class Died:
+    """The process ended (or its socket closed) while the job still ran."""
+
+    def __repr__(self) -> str:
+        return "DIED"
+
+
+class Cancelled:
+    """The job stopped while the runner waited."""
+
+    def __repr__(self) -> str:
+        return "CANCELLED"
+
+
+TIMED_OUT, DIED, CANCELLED = TimedOut(), Died(), Cancelled()
+WaitOutcome = Ready | Loaded | Done | Failed | Bye | TimedOut | Died | Cancelled

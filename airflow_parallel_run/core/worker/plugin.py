@@ -1,0 +1,298 @@
+"""`JobWorker`: one job's state on one Dask worker, as a Dask worker plugin.
+
+The driver registers it once per job; distributed sets it up on every worker, including workers that
+join later, and tears it down when the driver unregisters it or the worker closes (distributed's
+`UploadFile` is the model). It holds what the job's attempts on that worker share: the unpacked code,
+downloaded side inputs, the entry-script processes (one per worker thread) and the processes they left,
+the stop flag and the resource monitor.
+
+Stopping: the driver calls `stop_on` on every worker (one broadcast). From then on no attempt of the job
+starts an entry-script process or sends it work on that worker, and the running ones are killed at once;
+an attempt on a worker that missed the broadcast (one that joined later) asks the job's Dask `Event`
+before it starts a process. At the end `finish_on` lets idle processes run the script's shutdown() and
+ends every process they started; `unregister` then removes the plugin everywhere.
+
+Plugin names carry the driver's client id (``apr-job-<job>@<client>``): a driver that dies leaves its
+plugin on the scheduler, and `sweep_orphans` (run at each job's start) removes those of clients that are
+gone, so that new workers do not set up jobs nobody drives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import zipfile
+from typing import TYPE_CHECKING
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from ..storage import filesystem, is_local, local_path
+from .monitor import stop_monitor
+from .process import SHUTDOWN_GRACE_S, EntryProcess
+from .process_tree import end_leftovers
+from .scratch import ensure, tmp_root, upload_logs, worker_host
+from .spec import JobSpec
+
+if TYPE_CHECKING:
+    from distributed import Client, Scheduler, Worker
+
+PREFIX = "apr-job-"
+log = logging.getLogger("airflow_parallel_run")
+
+
+def plugin_name(job_id: str, client_id: str) -> str:
+    return f"{PREFIX}{job_id}@{client_id}"
+
+
+class JobWorker(WorkerPlugin):
+    """One job's state on one Dask worker (see the module's docstring). Picklable until `setup`: the
+    scheduler sends it to each worker, which gets an instance of its own."""
+
+    idempotent = False
+
+    def __init__(self, spec: JobSpec, hosts: tuple[str, ...] | None) -> None:
+        self.spec = spec
+        self.hosts = hosts  # the hosts the job runs on (None: all)
+        self.finished = False
+
+    async def setup(self, worker: Worker) -> None:
+        """In the worker's event loop: the state's locks; the code unpacked (in a thread) on a host of
+        the job. A failure to unpack shows in the first attempt that needs the code."""
+        self.state_lock = threading.Lock()  # "is the job stopped?" and "start a process" in one step
+        self._files_lock = threading.Lock()
+        self._finish_lock = threading.Lock()  # `finish_on` and a teardown may overlap: one finish
+        self._stopped = False
+        self.live: set[EntryProcess] = set()  # starting or running entry-script processes
+        self.leftovers = 0  # processes the entry scripts left running, ended with them
+        self._processes: dict[int, EntryProcess] = {}  # worker thread -> its ready process
+        self._code: str | None = None
+        self._side_root: str | None = None
+        self._side: dict[str, str] = {}
+        self.node = worker_host(worker.address)
+        self.scope = f"{self.spec.job_id}/{os.getpid()}.{str(worker.name).replace('/', '_')}/"
+        if self.hosts is None or self.node in self.hosts:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.code_dir)
+
+    async def teardown(self, worker: Worker) -> None:
+        """Unregistered, or the worker closes: a job not finished here is finished now (its processes
+        end, its logs are uploaded)."""
+        if not self.finished:
+            await asyncio.to_thread(self.finish, upload_logs=True)
+
+    # -- for the job's attempts (worker threads) -----------------------------------------------------
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def mark_stopped(self) -> None:
+        with self.state_lock:
+            self._stopped = True
+
+    def process(self) -> EntryProcess | None:
+        """This worker thread's ready entry-script process, if any."""
+        return self._processes.get(threading.get_ident())
+
+    def keep(self, process: EntryProcess) -> None:
+        self._processes[threading.get_ident()] = process
+
+    def forget(self, process: EntryProcess) -> None:
+        """A process that ended: this thread starts a new one for its next attempt."""
+        if self._processes.get(threading.get_ident()) is process:
+            del self._processes[threading.get_ident()]
+
+    def code_dir(self) -> str:
+        """The job's code, unpacked into a new private folder (mkdtemp: 0700, ours) once.
+
+        A folder is never found by name and trusted: the bundle hash is computable from the script, so a
+        name derived from it could be prepared by someone else on a shared host. Removed by `finish`."""
+        with self._files_lock:
+            if self._code is not None and os.path.isdir(self._code):
+                return self._code
+            target = tempfile.mkdtemp(
+                prefix=f"code-{self.spec.job_id}-", dir=ensure(os.path.join(tmp_root(), "code"))
+            )
+            with zipfile.ZipFile(io.BytesIO(self.spec.script_bundle)) as archive:
+                archive.extractall(target)
+            self._code = target
+            return target
+
+    def side_input(self, url: str) -> str:
+        """Side inputs are local on every worker: local paths as they are, remote ones downloaded once."""
+        if is_local(url):
+            return local_path(url)
+        with self._files_lock:
+            if url not in self._side:
+                if self._side_root is None:
+                    self._side_root = tempfile.mkdtemp(
+                        prefix=f"side-{self.spec.job_id}-", dir=ensure(os.path.join(tmp_root(), "side"))
+                    )
+                fs, path = filesystem(url, self.spec.storage_options)
+                target = os.path.join(
+                    self._side_root, str(len(self._side)), os.path.basename(path.rstrip("/"))
+                )
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                fs.get(path, target, recursive=fs.isdir(path))
+                self._side[url] = target
+            return self._side[url]
+
+    # -- the driver's broadcasts ---------------------------------------------------------------------
+    def stop(self) -> int:
+        """No new process or mini-batch of the job starts on this worker, and its running entry-script
+        processes are killed now. Runs in the worker's event loop, so it only signals the processes
+        themselves; the attempts waiting on them see them end within `POLL_S`, report CANCELLED and end
+        (and count) what they started, their process groups included (`EntryProcess.kill`). Returns how
+        many it killed."""
+        with self.state_lock:
+            self._stopped = True
+            killed = 0
+            for process in self.live:
+                if process.proc is not None and process.proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(process.proc.pid, signal.SIGKILL)
+                    killed += 1
+        return killed
+
+    def finish(self, *, upload_logs: bool) -> dict[str, int]:
+        """Ends the job's entry-script processes here and syncs remote logs. Idle processes run the
+        script's shutdown() (all at once, `SHUTDOWN_GRACE_S` in all); any process still starting or running
+        (a stopped job) is killed. Every process they started goes with them.
+        Returns {"processes": entry-script processes ended, "leftovers": other processes ended}.
+
+        Once: a second call (the teardown of an unregister that came while a bounded `finish_on` was
+        still at it) waits for the first and ends nothing more."""
+        with self._finish_lock:
+            if self.finished:
+                return {"processes": 0, "leftovers": 0}
+            try:
+                return self._finish(upload_logs=upload_logs)
+            finally:
+                self.finished = True
+
+    def _finish(self, *, upload_logs: bool) -> dict[str, int]:
+        with self.state_lock:
+            self._stopped = True  # an attempt arriving after this starts nothing
+            idle = list(self._processes.values())
+            self._processes.clear()
+            busy = [p for p in self.live if p not in idle]
+        for process in idle:
+            process.request_shutdown()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        for process in idle:
+            process.finish_shutdown(deadline)
+        for process in busy:
+            process.kill()
+        with contextlib.suppress(Exception):  # processes of entry processes that ended earlier
+            stray = end_leftovers(None, self.scope)
+            with self.state_lock:
+                self.leftovers += len(stray)
+        with self.state_lock:
+            self.live.clear()
+            leftovers, self.leftovers = self.leftovers, 0
+        stop_monitor(self.spec.job_id, owner=self.scope)  # its last sample lands before the logs are synced
+        if upload_logs:
+            self._upload_logs()
+        self._remove_files()
+        return {"processes": len(idle) + len(busy), "leftovers": leftovers}
+
+    def _upload_logs(self) -> None:
+        if is_local(self.spec.log_url):
+            return
+        try:
+            upload_logs(self.spec.job_id, self.spec.log_url, dict(self.spec.storage_options))
+        except Exception as exc:  # noqa: BLE001 - never raise: Dask would log our arguments (credentials)
+            log.warning(
+                "could not upload the logs of job %s: %s: %s", self.spec.job_id, type(exc).__name__, exc
+            )
+
+    def _remove_files(self) -> None:
+        with self._files_lock:
+            for folder in (self._code, self._side_root):
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
+            self._code, self._side_root, self._side = None, None, {}
+
+
+# -- lookups and broadcasts --------------------------------------------------------------------------------
+def job_worker(name: str) -> JobWorker | None:
+    """The job's plugin on the worker running this thread (None: the job finished here, or never reached it)."""
+    from distributed import get_worker
+
+    try:
+        plugin = get_worker().plugins.get(name)
+    except ValueError:  # not on a worker
+        return None
+    return plugin if isinstance(plugin, JobWorker) else None
+
+
+def stop_on(name: str, dask_worker: Worker) -> int:
+    """`client.run` target of the stop broadcast (in the worker's event loop: quick)."""
+    plugin = dask_worker.plugins.get(name)
+    return plugin.stop() if isinstance(plugin, JobWorker) else 0
+
+
+async def finish_on(name: str, upload_logs: bool, dask_worker: Worker) -> dict[str, int]:
+    """`client.run` target at the end of a job: `JobWorker.finish` in a thread (shutdown() may take
+    `SHUTDOWN_GRACE_S`; the worker's event loop stays free)."""
+    plugin = dask_worker.plugins.get(name)
+    if not isinstance(plugin, JobWorker) or plugin.finished:
+        return {"processes": 0, "leftovers": 0}
+    return await asyncio.to_thread(plugin.finish, upload_logs=upload_logs)
+
+
+def register(client: Client, spec: JobSpec, hosts: tuple[str, ...] | None, name: str | None = None) -> str:
+    """Registers the job's plugin on every worker (now and later; `setup` has run on the present ones
+    when this returns); returns its name (`plugin_name` unless given)."""
+    name = name or plugin_name(spec.job_id, str(client.id))
+    client.register_plugin(JobWorker(spec, hosts), name=name)
+    return name
+
+
+def unregister(client: Client, name: str) -> None:
+    """Removes the job's plugin from the scheduler and every worker (its teardown runs there)."""
+    with contextlib.suppress(ValueError):  # gone already
+        client.unregister_worker_plugin(name)
+
+
+async def sweep_orphans(dask_scheduler: Scheduler) -> list[str]:
+    """`run_on_scheduler` target: removes job plugins whose driver's client is no longer connected."""
+    removed = []
+    for name in [n for n in dask_scheduler.worker_plugins if n.startswith(PREFIX)]:
+        client_id = name.rpartition("@")[2]
+        if client_id and client_id not in dask_scheduler.clients:
+            with contextlib.suppress(Exception):
+                await dask_scheduler.unregister_worker_plugin(None, name)
+                removed.append(name)
+    return removed
+
+
+def registered(dask_scheduler: Scheduler) -> list[str]:
+    """`run_on_scheduler` target: the job plugins the scheduler holds (tests, diagnostics)."""
+    return sorted(n for n in dask_scheduler.worker_plugins if n.startswith(PREFIX))
+
+
+def held(dask_worker: Worker) -> list[str]:
+    """`client.run` target: the job plugins a worker holds (tests, diagnostics)."""
+    return sorted(n for n in dask_worker.plugins if n.startswith(PREFIX))
+
+
+__all__ = [
+    "JobWorker",
+    "finish_on",
+    "held",
+    "job_worker",
+    "plugin_name",
+    "register",
+    "registered",
+    "stop_on",
+    "sweep_orphans",
+    "unregister",
+]

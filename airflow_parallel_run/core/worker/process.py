@@ -1,0 +1,395 @@
+"""One entry-script process: started (its environment, its setup, init()), waited for with the job's stop
+in view, and ended with everything it started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Protocol
+
+from ..attempt import AttemptStage, AttemptStatus
+from .messages import (
+    CANCELLED,
+    DIED,
+    NEVER_STARTED,
+    TIMED_OUT,
+    Cancelled,
+    Died,
+    Failed,
+    FromChild,
+    Ready,
+    Setup,
+    Shutdown,
+    TimedOut,
+    ToChild,
+    WaitOutcome,
+)
+from .monitor import ensure_monitor, get_monitor, secret_values
+from .process_tree import SCOPE_ENV, end_leftovers, remember
+from .scratch import (
+    claim_process_name,
+    ensure,
+    local_log_root,
+    node_name,
+    now,
+    resolve_arguments,
+    tmp_root,
+    user_environ,
+)
+from .spec import JobSpec
+
+StopCheck = Callable[[], bool]  # has the job stopped?
+SHUTDOWN_GRACE_S = 10.0  # for the entry script's shutdown() at the end of a job (all processes at once)
+
+
+class ProcessHost(Protocol):
+    """What an entry-script process needs of its job's state on the worker (`plugin.JobWorker`)."""
+
+    state_lock: threading.Lock  # "is the job stopped?" and "start a process" are one step under it
+    live: set[EntryProcess]  # starting or running processes (under the lock)
+    leftovers: int  # processes the entry scripts left running, ended with them (under the lock)
+    scope: str  # "<job>/<pid>.<worker>/": what the processes of this worker started carry
+
+    @property
+    def stopped(self) -> bool: ...
+
+    def code_dir(self) -> str: ...
+
+    def side_input(self, url: str) -> str: ...
+
+    def forget(self, process: EntryProcess) -> None: ...
+
+
+#: The status of an attempt whose process did not answer in time, by where it was.
+TIMEOUT_STATUS = {
+    AttemptStage.INIT: AttemptStatus.INIT_TIMEOUT,
+    AttemptStage.LOAD: AttemptStatus.LOAD_TIMEOUT,
+    AttemptStage.RUN: AttemptStatus.RUN_TIMEOUT,
+}
+POLL_S = 0.25  # how often a waiting attempt looks at its process and at the job's local stop flag
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    """The end of a process's stderr; for a native crash, faulthandler's report from its first line."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 65536))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    crash = text.rfind("Fatal Python error")
+    if crash >= 0:
+        kept = [line for line in text[crash:].splitlines() if not line.startswith("Extension modules:")]
+        return "\n".join(kept[:60])
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _signal_text(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class EntryProcess:
+    """One entry-script child process and its control connection."""
+
+    def __init__(self, spec: JobSpec, host: ProcessHost) -> None:
+        self.spec = spec
+        self.host = host
+        self.node = node_name()
+        self.log_root = local_log_root(spec)
+        self.name = claim_process_name(os.path.join(self.log_root, "sys", "node", self.node))
+        self.paths = {
+            "node": os.path.join(self.log_root, "sys", "node", self.node, f"{self.name}.txt"),
+            "stdout": os.path.join(self.log_root, "user", "stdout", self.node, f"{self.name}.stdout.txt"),
+            "stderr": os.path.join(self.log_root, "user", "stderr", self.node, f"{self.name}.stderr.txt"),
+            "error": os.path.join(self.log_root, "user", "error", self.node, f"{self.name}.txt"),
+            "entry_log_dir": os.path.join(self.log_root, "user", "entry_script_log", self.node),
+        }
+        for key in ("stdout", "stderr", "error"):
+            os.makedirs(os.path.dirname(self.paths[key]), exist_ok=True)
+        os.makedirs(self.paths["entry_log_dir"], exist_ok=True)
+        open(os.path.join(self.paths["entry_log_dir"], f"{self.name}.log.txt"), "a").close()
+        self.working_dir = tempfile.mkdtemp(
+            prefix=f"{self.name}-", dir=ensure(os.path.join(tmp_root(), "work"))
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conn: Connection | None = None
+        self.mini_batches = 0
+        self.scope = f"{host.scope}{self.name}/"  # inherited by all it starts
+        self.descendants: dict[int, float] = {}  # pid -> start time, sampled at each mini-batch end
+        self._kill_lock = threading.Lock()
+        self._killed = False
+
+    # Log lines are best-effort: a full log disk must not turn an attempt's own outcome (or a failure
+    # being reported) into an exception; the driver reports its own failed log writes in the summary.
+    def node_log(self, text: str) -> None:
+        with contextlib.suppress(OSError), open(self.paths["node"], "a", encoding="utf-8") as handle:
+            handle.write(f"{now()}|{self.node}|{self.name}|{os.getpid()}|{text}\n")
+
+    def error_log(self, header: str, trace: str) -> None:
+        with contextlib.suppress(OSError), open(self.paths["error"], "a", encoding="utf-8") as handle:
+            handle.write(f"{now()} {header}\n{trace.rstrip()}\n\n")
+
+    def start(self, stop_check: StopCheck) -> Ready | Failed:
+        """Starts the process and waits for init(): `Ready`, or `Failed` (the process is gone then)."""
+        code_dir = self.host.code_dir()
+        replacements = {url: self.host.side_input(url) for url in self.spec.side_inputs}
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            if not self._spawn(child_sock):
+                shutil.rmtree(self.working_dir, ignore_errors=True)
+                return Failed(AttemptStatus.CANCELLED, AttemptStage.START, NEVER_STARTED)
+        finally:
+            child_sock.close()
+        self._track()
+        self.conn = Connection(os.dup(parent_sock.fileno()))
+        parent_sock.close()
+        setup = Setup(
+            logging_level=self.spec.logging_level,
+            working_dir=self.working_dir,
+            script_dir=code_dir,
+            entry_script=os.path.join(code_dir, self.spec.entry_script),
+            arguments=tuple(resolve_arguments(self.spec.arguments, replacements)),
+            datasets=tuple(self.spec.datasets),
+            output_action=self.spec.output_action,
+            append_row_format=self.spec.append_row_format,
+            storage_options=dict(self.spec.storage_options),
+            output_dir=self.spec.process_files_url(self.node, self.name),
+        )
+        return self._await_init(self.request(setup, self.spec.run_invocation_timeout, stop_check))
+
+    def _environment(self) -> dict[str, str]:
+        """The user's environment, the job's `environment_variables`, and what the process needs to know
+        about itself."""
+        env = user_environ()
+        env.update(self.spec.environment_variables)
+        env.update(
+            {
+                # the job's output folder identifies the job (ps, /proc); the process itself points
+                # output_dir at a folder of its own at once (core/output/files.py)
+                "AZUREML_BI_OUTPUT_PATH": self.spec.output_url,
+                "AIRFLOW_PARALLEL_RUN_AGENT": self.name,
+                "AIRFLOW_PARALLEL_RUN_NODE": self.node,
+                "AIRFLOW_PARALLEL_RUN_WORKING_DIR": self.working_dir,
+                "AIRFLOW_PARALLEL_RUN_ENTRY_LOG_DIR": self.paths["entry_log_dir"],
+                "AIRFLOW_PARALLEL_RUN_LOGGING_LEVEL": self.spec.logging_level,
+                SCOPE_ENV: self.scope,
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONFAULTHANDLER": "1",
+            }
+        )
+        return env
+
+    def _spawn(self, child_sock: socket.socket) -> bool:
+        """Starts the process unless the job is stopped (False): under the host's lock, so that a stop
+        either sees it live or this sees the job stopped."""
+        env = self._environment()
+        with (
+            self.host.state_lock,
+            open(self.paths["stdout"], "ab") as out,
+            open(self.paths["stderr"], "ab") as err,
+        ):
+            if self.host.stopped:
+                return False
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "airflow_parallel_run.core.worker.child", str(child_sock.fileno())],
+                pass_fds=[child_sock.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                cwd=self.working_dir,
+                start_new_session=True,  # its own process group: killed as a whole
+            )
+            self.host.live.add(self)
+            self.node_log(f"started pid {self.proc.pid}; running init()")  # before any stop
+        return True
+
+    def _track(self) -> None:
+        """The job's resource monitor on this node samples the new process too."""
+        spec = self.spec
+        monitor = ensure_monitor(
+            spec.job_id,
+            self.log_root,
+            self.node,
+            spec.resource_monitor_interval,
+            secrets=secret_values(spec.environment_variables, spec.storage_options),
+            owner=self.host.scope,
+        )
+        if monitor is not None and self.proc is not None:
+            monitor.track(self.proc.pid, self.name)
+
+    def _await_init(self, outcome: WaitOutcome) -> Ready | Failed:
+        if isinstance(outcome, Ready):
+            self.node_log(f"init() done in {outcome.init_seconds:.3f}s")
+            return outcome
+        self.kill()
+        return self.failure(outcome, AttemptStage.INIT)
+
+    def send(self, message: ToChild) -> bool:
+        """False when the process ended since it was last seen alive (a stop's kill, a crash)."""
+        assert self.conn is not None
+        try:
+            self.conn.send(message)
+        except OSError:
+            return False
+        return True
+
+    def request(self, message: ToChild, timeout: float, stop_check: StopCheck) -> WaitOutcome:
+        """Sends `message` and waits for the answer; a process that cannot be reached ended (as if while
+        it was waited for)."""
+        if not self.send(message):
+            return CANCELLED if self.host.stopped else DIED
+        return self.wait(timeout, stop_check)
+
+    def failure(self, outcome: WaitOutcome, stage: AttemptStage, index: int | None = None) -> Failed:
+        """What a wait that did not bring the expected answer means for the attempt (the outcome table):
+        at `stage` of init() (`index` None) or of mini-batch `index`."""
+        during = "init()" if index is None else f"run() of mini-batch {index}"
+        if isinstance(outcome, Failed):
+            return outcome
+        if isinstance(outcome, TimedOut):
+            return Failed(TIMEOUT_STATUS[stage], stage, self._timeout_message(stage, index))
+        if isinstance(outcome, Died):
+            return self.death_report(during, stage)
+        if isinstance(outcome, Cancelled):
+            what = "init() ran" if stage is AttemptStage.INIT else "this mini-batch ran"
+            return Failed(AttemptStatus.CANCELLED, stage, f"job stopped while {what}")
+        message = f"the entry-script process answered {type(outcome).__name__} during {during}"
+        return Failed(AttemptStatus.SYSTEM_ERROR, stage, message)
+
+    def _timeout_message(self, stage: AttemptStage, index: int | None) -> str:
+        spec = self.spec
+        if stage is AttemptStage.INIT:
+            return (
+                f"init() did not finish in {spec.run_invocation_timeout:g} s (run_invocation_timeout); "
+                "the process was stopped"
+            )
+        if stage is AttemptStage.LOAD:
+            return f"reading mini-batch {index} took more than {spec.load_timeout:g} s"
+        return (
+            f"mini-batch {index} did not finish in {spec.run_invocation_timeout:g} s "
+            "(run_invocation_timeout); the process was stopped and will be replaced"
+        )
+
+    def death_report(self, during: str, stage: AttemptStage) -> Failed:
+        code = self.proc.wait() if self.proc else None
+        tail = _tail(self.paths["stderr"])
+        return Failed(
+            AttemptStatus.PROCESS_DIED,
+            stage,
+            f"entry-script process {self.name} died during {during} ({_signal_text(code)})",
+            f"last lines of {self.paths['stderr']}:\n{tail}\n" if tail else "",
+        )
+
+    def wait(self, timeout: float, stop_check: StopCheck) -> WaitOutcome:
+        """The process's next message, or TIMED_OUT / DIED / CANCELLED (the job stopped: checked every
+        `POLL_S` locally, every `EVENT_POLL_S` with the scheduler)."""
+        assert self.conn is not None and self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return TIMED_OUT
+            try:
+                if self.conn.poll(min(remaining, POLL_S)):
+                    message: FromChild = self.conn.recv()
+                    return message
+            except (EOFError, OSError):
+                return CANCELLED if self.host.stopped else DIED
+            if self.proc.poll() is not None and not self.conn.poll(0):
+                return CANCELLED if self.host.stopped else DIED
+            if stop_check():
+                return CANCELLED
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def remember_descendants(self) -> None:
+        """Samples the processes this one started (at each mini-batch end), so that one which later
+        detaches from the tree is still ended with the job."""
+        if self.proc is not None:
+            with contextlib.suppress(Exception):
+                remember(self.proc.pid, self.descendants)
+
+    def kill(self) -> int:
+        """Kills the process, its process group and every process it started; returns how many of
+        those others were still running (also noted in the node log and counted for the job).
+
+        Once only: a second caller (`JobWorker.finish` while the attempt's own thread is at it) waits for
+        the first to finish and returns 0; the process leaves the host's live set when its leftovers are
+        counted."""
+        with self._kill_lock:
+            if self._killed:
+                return 0
+            try:
+                return self._kill()
+            finally:
+                self._killed = True
+                with self.host.state_lock:
+                    self.host.live.discard(self)
+
+    def _kill(self) -> int:
+        monitor = get_monitor(self.spec.job_id, self.node)
+        if monitor is not None and self.proc is not None:
+            monitor.untrack(self.proc.pid)
+        ended: list[int] = []
+        if self.proc is not None:
+            try:  # before the process is reaped, so that its PID (= its group) cannot be reused meanwhile
+                ended = end_leftovers(self.proc.pid, self.scope, self.descendants)
+            except Exception as exc:  # noqa: BLE001 - the process itself is still killed below
+                self.node_log(f"could not look for processes left behind: {type(exc).__name__}: {exc}")
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.descendants.clear()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        shutil.rmtree(self.working_dir, ignore_errors=True)
+        if ended:
+            with self.host.state_lock:
+                self.host.leftovers += len(ended)
+            self.node_log(
+                f"ended {len(ended)} process(es) the entry script started and left running: pids "
+                + ", ".join(map(str, ended))
+            )
+        return len(ended)
+
+    def request_shutdown(self) -> None:
+        """Asks the script's shutdown() to run (answered with `Bye`); see `finish_shutdown`."""
+        if self.alive() and self.conn is not None:
+            self.send(Shutdown())
+
+    def finish_shutdown(self, deadline: float) -> None:
+        """Waits until `deadline` for shutdown() and the exit, then ends the process and what it left."""
+        if self.alive() and self.conn is not None:
+            with contextlib.suppress(OSError, EOFError):
+                self.wait(max(deadline - time.monotonic(), 0.0), lambda: False)
+            if self.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        self.kill()
+        self.node_log("stopped")
+
+    def shutdown(self) -> None:
+        """Lets the script's shutdown() run, then ends the process."""
+        self.request_shutdown()
+        self.finish_shutdown(time.monotonic() + SHUTDOWN_GRACE_S)

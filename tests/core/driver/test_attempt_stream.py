@@ -1,0 +1,78 @@
+"""The driver's attempts in flight, on an in-process cluster: what waits (`Pending`), how many may be in
+flight (`Window`), and `AttemptStream`'s batches: one gather per batch, key order, a lost attempt as
+PROCESS_DIED. Also pins the distributed internal the stream reads (`as_completed().queue`)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Iterator
+
+import pytest
+from distributed import Client, LocalCluster, as_completed
+
+from airflow_parallel_run.core.attempt import AttemptResult, AttemptStatus
+from airflow_parallel_run.core.driver.attempts import (
+    WINDOW_EXTRA,
+    WINDOW_PER_SLOT,
+    AttemptStream,
+    Pending,
+    Window,
+)
+from airflow_parallel_run.core.minibatch import MiniBatch
+
+
+def _attempt(spec: str, mb: MiniBatch, attempt: int) -> AttemptResult:
+    if mb.index == 3:
+        raise RuntimeError("worker lost")
+    return AttemptResult(
+        mb.index, attempt, AttemptStatus.RUN_DONE, total=mb.items, succeeded=mb.items, node=spec
+    )
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=False,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as connected,
+    ):
+        yield connected
+
+
+def test_the_distributed_queue_the_stream_reads_exists(client: Client) -> None:
+    assert isinstance(as_completed().queue, queue.Queue)
+
+
+def test_pending_and_window() -> None:
+    batches = [MiniBatch(i, "file", 0, 1) for i in range(5)]
+    pending = Pending((mb, 1) for mb in batches)
+    assert [mb.index for mb, _ in pending.take(2)] == [0, 1]
+    pending.retry(batches[0], 2)
+    assert [(mb.index, a) for mb, a in pending.take(10)] == [(2, 1), (3, 1), (4, 1), (0, 2)]
+    assert len(pending) == 0
+    window = Window(slots=3)
+    assert window.room(0, any_succeeded=False) == 6 and window.room(5, any_succeeded=False) == 1
+    assert window.room(0, any_succeeded=True) == WINDOW_PER_SLOT * 3 + WINDOW_EXTRA
+    assert window.room(100, any_succeeded=True) == 0
+
+
+def test_batches_come_back_in_key_order_with_a_lost_attempt_failed(client: Client) -> None:
+    stream = AttemptStream(client, "job1", _attempt, "node-a", None)
+    batches = [MiniBatch(i, "file", 0, 2) for i in range(6)]
+    stream.submit((mb, 1) for mb in batches)
+    assert len(stream) == 6
+    booked = []
+    while len(stream):
+        batch = stream.next_batch(timeout=5)
+        assert [str(mb.index) for mb, _, _ in batch] == sorted(str(mb.index) for mb, _, _ in batch)
+        booked += batch
+    results = {mb.index: result for mb, _, result in booked}
+    assert sorted(results) == list(range(6))
+    assert results[3].status is AttemptStatus.PROCESS_DIED and "was lost: RuntimeError" in results[3].error
+    assert all(results[i].ok and results[i].node == "node-a" for i in (0, 1, 2, 4, 5))

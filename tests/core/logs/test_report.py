@@ -1,0 +1,199 @@
+"""The HTML report of a real job's logs: sections, escaping, missing files, and plots rendered in Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
+from airflow_parallel_run.core.logs.report import build_report, parse_error_lines, parse_job_result
+from airflow_parallel_run.core.worker.monitor import ResourceMonitor
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+PLOTS = ["plot-progress", "plot-durations", "plot-timeline", "plot-resources", "plot-process-memory"]
+SCRIPT = """
+import os
+import time
+
+def run(mini_batch):
+    for path in mini_batch:
+        name = os.path.basename(path)
+        if name.startswith("b_raise"):
+            raise ValueError(f"bad <input> & 'quoted' in {name}")
+        if name.startswith("c_sleep"):
+            time.sleep(30)
+    return [os.path.basename(p) for p in mini_batch]
+"""
+
+
+@pytest.fixture(scope="module")
+def job_logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One real job on the embedded LocalCluster: 3 good mini-batches, one exception, one timeout."""
+    root = tmp_path_factory.mktemp("report-job")
+    inputs = root / "in"
+    inputs.mkdir()
+    for name in ["a0", "a1", "a2", "a3", "a4", "a5", "b_raise0", "b_raise1", "c_sleep0"]:
+        (inputs / f"{name}.txt").write_text(name)
+    script = root / "score.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW_PARALLEL_RUN_CACHE", str(root / "cache"))
+        summary = run_job(
+            ParallelRunConfig(
+                entry_script=str(script),
+                mini_batch_size=2,
+                process_count_per_node=2,
+                run_invocation_timeout=2,
+                run_max_try=1,
+                resource_monitor_interval=0,
+            ),
+            [FileDataset.from_files(str(inputs))],
+            str(root / "out"),
+        )
+    assert summary["failed_mini_batches"] == 2, summary
+    logs = root / "out" / "logs"
+    # Monitoring was off: this report must say so.
+    no_perf = Path(build_report(str(logs), str(root / "no-perf.html")))
+    monitor = ResourceMonitor(str(logs), "127.0.0.1", 1)
+    monitor.track(os.getpid(), "process001")
+    assert monitor.sample_once() == []
+    assert monitor.sample_once() == []
+    return {"root": root, "logs": logs, "no_perf": no_perf, "report": Path(build_report(str(logs)))}
+
+
+def test_report_has_every_section_and_escapes_log_text(job_logs):
+    report = job_logs["report"]
+    assert report == job_logs["logs"] / "report.html"
+    page = report.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    for section in ("summary", "progress", "durations", "timeline", "resources", "errors", "progress-log"):
+        assert f'id="{section}"' in page, section
+    for plot in PLOTS:
+        assert f'id="{plot}"' in page, plot
+    assert "Items succeeded" in page and "Mini-batches failed" in page
+    assert "RUN_EXCEPTION" in page and "RUN_TIMEOUT" in page
+    assert "bad &lt;input&gt; &amp; &#x27;quoted&#x27; in b_raise0.txt" in page
+    assert "bad <input>" not in page
+    assert "<td>process001</td>" in page and "<td>process002</td>" in page  # per-process table
+    # Offline: plotly.js is inline, nothing is loaded from elsewhere.
+    assert "<script src=" not in page and "<script charset" not in page and "<link " not in page
+    assert page.count("Plotly.newPlot(") == len(PLOTS)
+    assert "monitoring was off" not in page
+
+    no_perf = job_logs["no_perf"].read_text(encoding="utf-8")
+    assert "resource monitoring was off" in no_perf
+    assert 'id="plot-resources"' not in no_perf and 'id="plot-timeline"' in no_perf
+
+
+def test_missing_logs_give_notes_not_a_crash(tmp_path, job_logs):
+    empty = tmp_path / "empty-logs"
+    empty.mkdir()
+    page = Path(build_report(str(empty))).read_text(encoding="utf-8")
+    assert "job_result.txt is missing" in page
+    assert "processed_mini-batches.csv is missing" in page
+    assert "user/error.txt is missing" in page
+    assert "Plotly.newPlot(" not in page
+
+    broken = tmp_path / "broken-logs"
+    shutil.copytree(job_logs["logs"], broken)
+    (broken / "job_result.txt").write_text("Job failed: <killed>\nnot json\n")
+    (broken / "sys" / "job_report" / "processed_mini-batches.csv").write_text("garbage\n1,2\n")
+    (broken / "perf" / "127.0.0.1" / "node_resource_usage.csv").write_text("no,time,columns\n")
+    page = Path(build_report(str(broken), str(tmp_path / "elsewhere" / "r.html"))).read_text(encoding="utf-8")
+    assert "Job failed: &lt;killed&gt;" in page and "no summary JSON block" in page
+    assert "could not be read" in page
+    assert 'id="errors"' in page and "RUN_TIMEOUT" in page
+
+
+def test_parsers():
+    headline, summary = parse_job_result(
+        'Job succeeded.\nOutput: x\n\n{\n  "status": "succeeded",\n  "a": 1\n}\n'
+    )
+    assert headline == "Job succeeded." and summary == {"status": "succeeded", "a": 1}
+    assert parse_job_result("") == ("", None)
+    rows = parse_error_lines(
+        "2 x PROCESS_DIED: entry-script process process002 died (mini-batches 3, 4; "
+        "full trace: logs/user/error/127.0.0.1/process002.txt)\nsomething else\n"
+    )
+    assert rows[0] == {
+        "count": "2",
+        "status": "PROCESS_DIED",
+        "message": "entry-script process process002 died",
+        "batches": "3, 4",
+        "traces": "logs/user/error/127.0.0.1/process002.txt",
+    }
+    assert rows[1]["message"] == "something else"
+    assert parse_error_lines("No errors.\n") == []
+
+
+def _chromium_missing_reason() -> str | None:
+    if not os.path.exists(CHROMIUM):
+        return f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` (Debian)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright; no `playwright install` needed)"
+    return None
+
+
+def test_report_renders_in_headless_chromium(job_logs, tmp_path):
+    reason = _chromium_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    remote: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on(
+                "console", lambda message: errors.append(message.text) if message.type == "error" else None
+            )
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on(
+                "request",
+                lambda request: None if request.url.startswith("file:") else remote.append(request.url),
+            )
+            page.goto(job_logs["report"].as_uri())
+            for plot in PLOTS:
+                page.wait_for_selector(f"#{plot}.js-plotly-plot .main-svg", state="attached", timeout=15_000)
+            drawn = page.eval_on_selector_all(
+                ".js-plotly-plot",
+                """plots => plots.map(p => ({
+                    id: p.id,
+                    width: p.getBoundingClientRect().width,
+                    height: p.getBoundingClientRect().height,
+                    traces: p.querySelectorAll('.main-svg .trace').length,
+                    marks: p.querySelectorAll('.main-svg .trace path, .main-svg .trace .point').length,
+                }))""",
+            )
+            rows = page.eval_on_selector_all(
+                "#plot-timeline .ytick text", "ticks => ticks.map(t => t.textContent)"
+            )
+            screenshot = tmp_path / "report.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert remote == []
+    assert sorted(p["id"] for p in drawn) == sorted(PLOTS)
+    for plot in drawn:
+        assert plot["width"] > 300 and plot["height"] > 150, plot
+        assert plot["traces"] >= 1 and plot["marks"] >= 1, plot
+    timeline = next(p for p in drawn if p["id"] == "plot-timeline")
+    assert timeline["traces"] >= 3  # RUN_DONE, RUN_EXCEPTION, RUN_TIMEOUT
+    assert sorted(rows) == ["127.0.0.1/process001", "127.0.0.1/process002"]
+    assert screenshot.stat().st_size > 20_000

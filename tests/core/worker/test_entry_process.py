@@ -1,0 +1,186 @@
+"""The entry-script process on its own, over a socketpair as the runner starts it: no Dask, no driver.
+
+Setup -> Ready (or Failed and the process ends), Run -> Loaded -> Done or Failed, Shutdown -> Bye."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_parallel_run.core import FileDataset
+from airflow_parallel_run.core.attempt import AttemptStage, AttemptStatus
+from airflow_parallel_run.core.minibatch import FileRef, MiniBatch
+from airflow_parallel_run.core.worker.messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown
+
+SCRIPT = """
+import os
+def init():
+    global tag
+    tag = os.environ.get("TAG", "none")
+def run(mini_batch):
+    names = [os.path.basename(p) for p in mini_batch]
+    if "boom.txt" in names:
+        raise KeyError("boom")
+    if "bad.txt" in names:
+        return 42
+    return [f"{name} {tag}" for name in names]
+def shutdown():
+    print("shutdown ran")
+"""
+
+
+@dataclass
+class Child:
+    conn: Connection
+    proc: subprocess.Popen[bytes]
+    root: Path
+
+    def ask(self, message: Any, timeout: float = 60.0) -> Any:
+        self.conn.send(message)
+        return self.answer(timeout)
+
+    def answer(self, timeout: float = 60.0) -> Any:
+        assert self.conn.poll(timeout), "no answer from the entry-script process"
+        return self.conn.recv()
+
+
+def _start(root: Path, script: str, output_action: str = "append_row") -> Child:
+    (root / "code").mkdir(parents=True, exist_ok=True)
+    (root / "work").mkdir(exist_ok=True)
+    (root / "code" / "score.py").write_text(textwrap.dedent(script))
+    parent, child = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "airflow_parallel_run.core.worker.child", str(child.fileno())],
+        pass_fds=[child.fileno()],
+        stdout=open(root / "stdout.txt", "wb"),  # noqa: SIM115 - the child keeps it
+        stderr=open(root / "stderr.txt", "wb"),  # noqa: SIM115
+        cwd=root / "work",
+        env={**os.environ, "TAG": "t1"},
+        start_new_session=True,
+    )
+    child.close()
+    conn = Connection(os.dup(parent.fileno()))
+    parent.close()
+    setup = Setup(
+        logging_level="INFO",
+        working_dir=str(root / "work"),
+        script_dir=str(root / "code"),
+        entry_script=str(root / "code" / "score.py"),
+        arguments=("--x",),
+        datasets=(FileDataset.from_files(str(root / "in")),),
+        output_action=output_action,
+        append_row_format="text",
+        storage_options={},
+        output_dir=str(root / "staging" / "files" / "init-node-process001"),
+    )
+    conn.send(setup)
+    return Child(conn, proc, root)
+
+
+@pytest.fixture
+def child(tmp_path: Path) -> Iterator[Child]:
+    (tmp_path / "in").mkdir()
+    for name in ("a.txt", "b.txt", "boom.txt", "bad.txt"):
+        (tmp_path / "in" / name).write_text(name)
+    started = _start(tmp_path, SCRIPT)
+    try:
+        yield started
+    finally:
+        if started.proc.poll() is None:
+            started.proc.kill()
+        started.proc.wait()
+        started.conn.close()
+
+
+def _run(child: Child, index: int, *names: str, attempt: int = 1) -> Run:
+    files = tuple(FileRef(str(child.root / "in" / name)) for name in names)
+    staging = child.root / "staging"
+    return Run(
+        MiniBatch(index, "file", 0, len(files), files=files),
+        attempt,
+        str(staging / f"mb{index:08d}-a{attempt}.txt"),
+        str(staging / "files" / f"mb{index:08d}-a{attempt}"),
+    )
+
+
+def test_ready_then_done_with_the_part_written(child: Child) -> None:
+    ready = child.answer()
+    assert isinstance(ready, Ready) and ready.init_seconds >= 0
+    loaded = child.ask(_run(child, 0, "a.txt", "b.txt"))
+    assert loaded == Loaded(0, 1, 2, loaded.load_seconds)
+    done = child.answer()
+    assert isinstance(done, Done) and (done.index, done.attempt, done.total, done.succeeded) == (0, 1, 2, 2)
+    assert done.part_url is not None and Path(done.part_url).read_text() == "a.txt t1\nb.txt t1\n"
+    assert done.files == () and done.uncacheable == ""
+    assert child.ask(Shutdown()) == Bye()
+    assert child.proc.wait(30) == 0
+    assert "shutdown ran" in (child.root / "stdout.txt").read_text()
+
+
+def test_a_raising_run_and_an_invalid_result_fail_only_their_attempt(child: Child) -> None:
+    assert isinstance(child.answer(), Ready)
+    assert isinstance(child.ask(_run(child, 1, "boom.txt")), Loaded)
+    failed = child.answer()
+    assert isinstance(failed, Failed)
+    assert (failed.status, failed.stage) == (AttemptStatus.RUN_EXCEPTION, AttemptStage.RUN)
+    assert failed.message == "KeyError: 'boom'" and "raise KeyError" in failed.traceback
+    assert isinstance(child.ask(_run(child, 2, "bad.txt")), Loaded)
+    invalid = child.answer()
+    assert isinstance(invalid, Failed) and invalid.status is AttemptStatus.RUN_INVALID_RESULT
+    assert "It returned int" in invalid.message
+    assert isinstance(child.ask(_run(child, 3, "a.txt", attempt=2)), Loaded)  # the process goes on
+    assert isinstance(child.answer(), Done)
+
+
+def test_an_unreadable_mini_batch_fails_while_loading(child: Child) -> None:
+    assert isinstance(child.answer(), Ready)
+    failed = child.ask(_run(child, 4, "gone.txt"))
+    assert isinstance(failed, Failed)
+    assert (failed.status, failed.stage) == (AttemptStatus.LOAD_EXCEPTION, AttemptStage.LOAD)
+    assert "gone.txt" in failed.message
+
+
+def test_summary_only_writes_no_part(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("a")
+    child = _start(tmp_path, SCRIPT, output_action="summary_only")
+    try:
+        assert isinstance(child.answer(), Ready)
+        assert isinstance(child.ask(_run(child, 0, "a.txt")), Loaded)
+        done = child.answer()
+        assert isinstance(done, Done) and done.succeeded == 1 and done.part_url is None
+        assert not (tmp_path / "staging" / "mb00000000-a1.txt").exists()
+    finally:
+        child.proc.kill()
+        child.proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("init", "message"),
+    [("raise ValueError('no model')", "ValueError: no model"), ("import sys; sys.exit(7)", "SystemExit: 7")],
+)
+def test_an_init_failure_is_reported_and_ends_the_process(tmp_path: Path, init: str, message: str) -> None:
+    (tmp_path / "in").mkdir()
+    child = _start(tmp_path, f"def init():\n    {init}\ndef run(mini_batch):\n    return mini_batch\n")
+    try:
+        failed = child.answer()
+        assert isinstance(failed, Failed)
+        assert (failed.status, failed.stage, failed.message) == (
+            AttemptStatus.INIT_EXCEPTION,
+            AttemptStage.INIT,
+            message,
+        )
+        assert child.proc.wait(30) == 3
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
