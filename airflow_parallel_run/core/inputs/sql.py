@@ -318,8 +318,9 @@ class SqlDataset:
         )
 
     def _source(self) -> str:
-        """The rows as a subquery body: `SELECT * FROM <table>`, or the query itself."""
-        return f"SELECT * FROM {self.query}" if self.is_table else self.query
+        """The rows as a subquery body: `SELECT * FROM <table>`, or the query itself on lines of its own (a
+        trailing `--` comment must not swallow the parenthesis that closes the subquery)."""
+        return f"SELECT * FROM {self.query}" if self.is_table else f"\n{self.query}\n"
 
     # -- planning -----------------------------------------------------------------------------------
     def plan(self, ctx: PlanContext) -> Iterator[MiniBatch]:

@@ -554,3 +554,33 @@ def test_cli_reads_a_table_by_url(engine, server, write_script, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["total_items"] == 20
     assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_queries_ending_in_a_comment_and_odd_names(engine, server):
+    """A query is wrapped as a subquery: a trailing `--` comment must not swallow the closing parenthesis;
+    table and key names are quoted exactly (spaces, capitals, quotes)."""
+    name = f'Odd "{uuid.uuid4().hex[:6]}" Table'
+    quoted = '"' + name.replace('"', '""') + '"'
+    sql(engine, f'CREATE TABLE {quoted} ("Key ""x""" int PRIMARY KEY, "Value" text)')
+    sql(engine, f"INSERT INTO {quoted} SELECT g, 'v' FROM generate_series(1, 30) g")
+    by_table = read_all(TabularDataset.from_sql_query(quoted, url=server.url(), rows_per_mini_batch=4))
+    assert list(by_table['Key "x"']) == list(range(1, 31))
+    query = f"SELECT * FROM {quoted} WHERE \"Value\" = 'v' -- only the v rows"
+    source = TabularDataset.from_sql_query(
+        query, url=server.url(), key_column='Key "x"', rows_per_mini_batch=4
+    )
+    assert list(read_all(source)['Key "x"']) == list(range(1, 31))
+
+
+def test_manifest_verification_rehashes_the_pages(engine, server, scores, tmp_path):
+    from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
+
+    source = TabularDataset.from_sql_query(scores, url=server.url(), rows_per_mini_batch=40)
+    batches = plan_of(source)
+    with Fingerprinter(str(tmp_path / "memo.sqlite")) as memo:
+        recorded = source.recorded_fingerprints(batches, memo)
+        assert source.changes(batches, recorded, memo) == []
+        sql(engine, f"UPDATE {scores} SET v = 'x' WHERE id = 42")
+        (change,) = source.changes(batches, recorded, memo)
+    page = next(mb.pieces[0] for mb in batches if mb.pieces[0].unit == change.url)
+    assert change.what == "changed" and (page.lower is None or int(page.lower[0]) <= 42)
