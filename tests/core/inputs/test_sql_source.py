@@ -584,3 +584,25 @@ def test_manifest_verification_rehashes_the_pages(engine, server, scores, tmp_pa
         (change,) = source.changes(batches, recorded, memo)
     page = next(mb.pieces[0] for mb in batches if mb.pieces[0].unit == change.url)
     assert change.what == "changed" and (page.lower is None or int(page.lower[0]) <= 42)
+
+
+def test_a_read_slower_than_query_timeout_names_the_mini_batch(engine, server):
+    name, flag = table_name(), table_name("flag")
+    sql(
+        engine,
+        f"CREATE TABLE {name} (id int PRIMARY KEY, v text)",
+        f"INSERT INTO {name} SELECT g, 'v' FROM generate_series(1, 20) g",
+        f"CREATE TABLE {flag} (slow bool)",
+        f"INSERT INTO {flag} VALUES (false)",
+    )
+    query = f"SELECT id, v FROM {name}, LATERAL (SELECT pg_sleep(CASE WHEN (SELECT slow FROM {flag}) THEN 1 ELSE 0 END)) s"
+    source = TabularDataset.from_sql_query(
+        query, url=server.url(), key_column="id", query_timeout=0.5, rows_per_mini_batch=4
+    )
+    (first, *_) = plan_of(source)
+    sql(engine, f"UPDATE {flag} SET slow = true")
+    with pytest.raises(
+        InputError,
+        match=r"reading mini-batch 0 of query \w+ \(id < \d+\) took longer than query_timeout=0.5 s",
+    ):
+        source.read(first, "/nonexistent")
