@@ -9,6 +9,7 @@ attempt with the documented message and no retry; keys refused up front; the pas
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import re
@@ -104,10 +105,20 @@ KEY_TYPES = {
     "int": ("bigint", st.integers(-(2**40), 2**40)),
     "text": ("text", st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12)),
     "uuid": ("uuid", st.uuids().map(str)),
+    # bounds travel as text: exact float text and UTC timestamps must compare back to the same rows
+    "float": ("float8", st.floats(allow_nan=False, allow_infinity=False)),
+    "timestamptz": (
+        "timestamptz",
+        st.datetimes(
+            min_value=dt.datetime(1900, 1, 1),
+            max_value=dt.datetime(2200, 1, 1),
+            timezones=st.just(dt.timezone.utc),
+        ),
+    ),
 }
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     kind=st.sampled_from(sorted(KEY_TYPES)),
     data=st.data(),
