@@ -237,12 +237,6 @@ class SqlDataset:
         timeout = self.query_timeout
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
             raise ConfigError("query_timeout", timeout, "a number of seconds > 0")
-        if self.conn_id is None and self.url is None:
-            raise ConfigError(
-                "conn_id",
-                None,
-                "an Airflow connection id (conn_id=), or a database URL (url=) outside Airflow",
-            )
         if self.conn_id is not None and (not isinstance(self.conn_id, str) or not self.conn_id.strip()):
             raise ConfigError("conn_id", self.conn_id, "an Airflow connection id")
         if self.url is not None:
@@ -264,6 +258,12 @@ class SqlDataset:
         """`TabularDataset.from_sql_query`'s arguments, checked and normalised."""
         if conn_id is not None and url is not None:
             raise ConfigError("url", masked(str(url)), "either url= or conn_id=, not both")
+        if conn_id is None and url is None:
+            raise ConfigError(
+                "conn_id",
+                None,
+                "an Airflow connection id (conn_id=), or a database URL (url=) outside Airflow",
+            )
         columns: Any = (key_column,) if isinstance(key_column, str) else key_column
         if isinstance(columns, (list, tuple)):
             columns = tuple(columns)
@@ -310,6 +310,13 @@ class SqlDataset:
     def _url(self) -> str:
         if self.url:
             return self.url
+        if self.conn_id is None:  # read back from a manifest, which keeps no credentials
+            raise ConfigError(
+                "url",
+                None,
+                "a database URL: manifests keep no credentials, so a SQL input read from one needs its url= "
+                "again (or a conn_id, which Airflow resolves)",
+            )
         raise ConfigError(
             "conn_id",
             self.conn_id,

@@ -617,3 +617,30 @@ def test_a_read_slower_than_query_timeout_names_the_mini_batch(engine, server):
         match=r"reading mini-batch 0 of query \w+ \(id < \d+\) took longer than query_timeout=0.5 s",
     ):
         source.read(first, "/nonexistent")
+
+
+def test_a_manifest_of_a_sql_input_keeps_no_password_and_verifies_its_pages(engine, server, scores, tmp_path):
+    from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
+    from airflow_parallel_run.core.plan.manifest import (
+        InputChangedError,
+        fingerprint_plan,
+        load_manifest,
+        verify_manifest,
+        write_manifest,
+    )
+
+    source = TabularDataset.from_sql_query(scores, url=server.url(), rows_per_mini_batch=40)
+    planned = plan_inputs([source])
+    url = str(tmp_path / "manifest.json")
+    with Fingerprinter(str(tmp_path / "memo.sqlite")) as memo:
+        write_manifest(url, [source], planned, fingerprint_plan(planned, [source], memo))
+        assert PASSWORD.encode() not in Path(url).read_bytes()
+        manifest = load_manifest(url)
+        assert manifest.plan.mini_batches == planned.mini_batches and manifest.datasets[0].url is None
+        with pytest.raises(ConfigError, match="url=None is not allowed: a database URL: manifests keep no"):
+            verify_manifest(manifest, memo)
+        manifest = type(manifest)(manifest.url, [source], manifest.plan, manifest.fingerprints)
+        verify_manifest(manifest, memo)
+        sql(engine, f"UPDATE {scores} SET v = 'x' WHERE id = 7")
+        with pytest.raises(InputChangedError, match=f"/{scores} \\(id < "):
+            verify_manifest(manifest, memo)
