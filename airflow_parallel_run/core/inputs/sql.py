@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import re
 import threading
@@ -164,6 +165,9 @@ class KeyRange:
     upper: tuple[str, ...] | None
     rows: int
     digest: str
+    # the names and types of the rows' columns (a digest): row text does not name them, so a renamed column
+    # would otherwise leave every digest, and so every key, as it was
+    shape: str = ""
 
     NOT_IN_KEY: ClassVar[dict[str, str]] = {
         "digest": "the page's content fingerprint: it enters the key as the unit's fingerprint",
@@ -342,7 +346,8 @@ class SqlDataset:
         try:
             with engine.connect() as conn, conn.begin():
                 _settle(conn, self.query_timeout)
-                columns = self._key(conn)
+                available, shape = self._shape(conn)
+                columns = self._key(conn, available)
                 statement = _planning_sql(_escape(self._source()), columns)
                 params = {"rows": self.rows_per_mini_batch, "bytes": ctx.size, "cap": PAGE_CAP}
                 pages = _run(conn, statement, params, self._doing("planning"), self.query_timeout).all()
@@ -360,23 +365,30 @@ class SqlDataset:
                 firsts[i + 1] if i + 1 < len(pages) else None,
                 int(page.rows),
                 str(page.digest),
+                shape,
             )
             yield ctx.batch(piece.rows, pieces=(piece,))
 
     def _doing(self, what: str) -> str:
         return f"{what} SQL input {self.relation} of {self.database}"
 
-    def _key(self, conn: Connection) -> tuple[str, ...]:
-        """The key columns: `key_column`, else the table's primary key or first unique index over NOT NULL
-        columns; each must be a column of the query's result."""
+    def _shape(self, conn: Connection) -> tuple[list[str], str]:
+        """The rows' column names, and a digest of their names and types."""
         result = _run(
             conn,
             f"SELECT * FROM ({_escape(self._source())}) AS _apr_row LIMIT 0",
             {},
             self._doing("planning"),
-            None,
+            self.query_timeout,
         )
-        available = list(result.keys())
+        described = [(str(d[0]), int(d[1])) for d in result.cursor.description]  # name, type oid
+        result.close()
+        shape = hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
+        return [name for name, _ in described], shape
+
+    def _key(self, conn: Connection, available: Sequence[str]) -> tuple[str, ...]:
+        """The key columns: `key_column`, else the table's primary key or first unique index over NOT NULL
+        columns; each must be a column of the query's result."""
         if self.key_column is not None:
             for column in self.key_column:
                 if column not in available:
@@ -441,6 +453,8 @@ class SqlDataset:
                 for mb in batches:
                     for piece in mb.pieces:
                         _, digest = self._page_digest(conn, piece, "checking")
+                        if self._shape(conn)[1] != piece.shape:
+                            digest = None  # a column renamed or retyped: every page changed
                         if piece.unit in recorded and recorded[piece.unit] != digest:
                             changed.append(InputChange(piece.unit, "changed"))
         finally:
@@ -458,7 +472,7 @@ class SqlDataset:
         with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
             _settle(conn, self.query_timeout)
             rows, digest = self._page_digest(conn, piece, f"reading mini-batch {batch.index} of")
-            if digest != piece.digest:
+            if digest != piece.digest or self._shape(conn)[1] != piece.shape:
                 raise DataChangedError(
                     f"the rows of mini-batch {batch.index} ({piece.range_text()}) changed after the job was "
                     "planned; run the job again"

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from test_source_protocol import conform
 
 from airflow_parallel_run.core import ConfigError, InputError, ParallelRunConfig, TabularDataset, run_job
+from airflow_parallel_run.core.errors import DataChangedError
 from airflow_parallel_run.core.inputs.source import ConnectionInfo, PlanContext
 from airflow_parallel_run.core.inputs.sql import KeyRange, SqlDataset
 from airflow_parallel_run.core.plan import plan_inputs
@@ -644,3 +645,28 @@ def test_a_manifest_of_a_sql_input_keeps_no_password_and_verifies_its_pages(engi
         sql(engine, f"UPDATE {scores} SET v = 'x' WHERE id = 7")
         with pytest.raises(InputChangedError, match=f"/{scores} \\(id < "):
             verify_manifest(manifest, memo)
+
+
+def test_a_renamed_column_is_a_change(dask_client, engine, server, write_script, tmp_path):
+    """Row text does not name columns: without the columns' names and types in the key, a renamed column
+    reused every page, and the output kept the old name."""
+    name = table_name()
+    sql(
+        engine,
+        f"CREATE TABLE {name} (id int PRIMARY KEY, v text)",
+        f"INSERT INTO {name} SELECT g, 'v' FROM generate_series(1, 30) g",
+    )
+    script = write_script("def run(mini_batch):\n    return mini_batch\n")
+    dataset = TabularDataset.from_sql_query(name, url=server.url(), rows_per_mini_batch=8)
+    config = ParallelRunConfig(entry_script=script, append_row_format="csv")
+    first = run_job(config, [dataset], str(tmp_path / "o1"), client=dask_client)
+    assert pd.read_csv(first["append_row_file"]).columns.tolist() == ["id", "v"]
+    planned = plan_inputs([dataset])
+    sql(engine, f"ALTER TABLE {name} RENAME COLUMN v TO label")
+    with pytest.raises(
+        DataChangedError, match="the rows of mini-batch 0 .* changed after the job was planned"
+    ):
+        dataset.read(planned.mini_batches[0], "/nonexistent")
+    second = run_job(config, [dataset], str(tmp_path / "o2"), client=dask_client)
+    assert second["reused_mini_batches"] == 0
+    assert pd.read_csv(second["append_row_file"]).columns.tolist() == ["id", "label"]
