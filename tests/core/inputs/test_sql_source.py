@@ -670,3 +670,22 @@ def test_a_renamed_column_is_a_change(dask_client, engine, server, write_script,
     second = run_job(config, [dataset], str(tmp_path / "o2"), client=dask_client)
     assert second["reused_mini_batches"] == 0
     assert pd.read_csv(second["append_row_file"]).columns.tolist() == ["id", "label"]
+
+
+def test_deleting_a_page_start_in_the_middle_runs_the_pages_after_it(
+    dask_client, engine, server, scores, write_script, tmp_path
+):
+    """What README says: a removed page start merges two pages, so the mini-batch numbers after it move, and
+    `run()` sees its number (`mini_batch_context.minibatch_index`, in the key): those pages run again."""
+    script = write_script(SCORE)
+    dataset = TabularDataset.from_sql_query(scores, url=server.url(), rows_per_mini_batch=40)
+    calls = tmp_path / "calls.txt"
+    first = job(script, tmp_path / "o1", calls, dataset, dask_client)
+    pages = first["total_mini_batches"]
+    middle = plan_of(dataset)[pages // 2]
+    sql(engine, f"DELETE FROM {scores} WHERE id = {middle.pieces[0].lower[0]}")
+    calls.unlink()
+    second = job(script, tmp_path / "o2", calls, dataset, dask_client)
+    assert second["total_mini_batches"] == pages - 1
+    assert len(calls_of(calls)) == pages - middle.index, "the merged page and every page after it"
+    assert second["reused_mini_batches"] == middle.index - 1
