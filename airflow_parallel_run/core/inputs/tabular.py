@@ -18,6 +18,8 @@ from .source import PlanContext
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .sql import SqlDataset
+
 TABULAR_FORMATS = ("csv", "parquet", "jsonl")
 _WHOLE_FILE = 1 << 62  # a target size no file reaches: one slice per file (partitioned mini-batches)
 
@@ -96,6 +98,32 @@ class TabularDataset(PathInput):
             encoding=encoding,
             partition_format=partition_format,
             storage_options=dict(storage_options or {}),
+        )
+
+    @classmethod
+    def from_sql_query(
+        cls,
+        query: str,
+        *,
+        conn_id: str | None = None,
+        url: str | None = None,
+        key_column: str | Sequence[str] | None = None,
+        rows_per_mini_batch: int | None = None,
+        query_timeout: float = 30.0,
+    ) -> SqlDataset:
+        """Azure's TabularDataset.from_sql_query: rows of a PostgreSQL table or query, a DataFrame per
+        mini-batch (keyset pages of `key_column`, or of the table's primary key; core/inputs/sql.py).
+        `conn_id` names an Airflow connection (resolved when ParallelRunOperator runs); `url` is a
+        database URL for the CLI and Python. Needs the `sql` extra (SQLAlchemy, psycopg2)."""
+        from .sql import SqlDataset  # lazy: SQLAlchemy is an extra
+
+        return SqlDataset.create(
+            query,
+            conn_id=conn_id,
+            url=url,
+            key_column=key_column,
+            rows_per_mini_batch=rows_per_mini_batch,
+            query_timeout=query_timeout,
         )
 
     def plan(self, ctx: PlanContext) -> Iterator[MiniBatch]:

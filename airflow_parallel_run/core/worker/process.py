@@ -230,7 +230,10 @@ class EntryProcess:
             self.log_root,
             self.node,
             spec.resource_monitor_interval,
-            secrets=secret_values(spec.environment_variables, spec.storage_options),
+            # every source's credentials too (a SQL input's URL and password), not only the job's
+            secrets=secret_values(
+                spec.environment_variables, spec.storage_options, *(d.storage_options for d in spec.datasets)
+            ),
             owner=self.host.scope,
         )
         if monitor is not None and self.proc is not None:
