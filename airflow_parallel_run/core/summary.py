@@ -76,9 +76,23 @@ def threshold_breach(tally: Tally, config: ParallelRunConfig, *, all_scheduled: 
     return None
 
 
+def _item_failures_ignored(tally: Tally, config: ParallelRunConfig) -> bool:
+    """Whether a job where no item succeeded may still succeed, as on Azure, where only `error_threshold`
+    judges failed items: -1 ignores them (a training run() returning [] for each partition), N tolerates N.
+    Only when some mini-batch ran to the end (a run() that raised every time fails the job) and nothing is
+    to be appended (append_row with no row at all fails, as Azure's "There is no succeeded mini batch item
+    returned from run()")."""
+    return (
+        config.output_action == "summary_only"
+        and tally.succeeded_mini_batches > 0
+        and (config.error_threshold == -1 or tally.failed_items <= config.error_threshold)
+    )
+
+
 def verdict(tally: Tally, config: ParallelRunConfig, stop_reason: str | None) -> str | None:
     """Why the job failed, or None: its stop reason, mini-batches that never finished, inputs without
-    items, nothing succeeded, or a threshold (in that order)."""
+    items, nothing succeeded (unless item failures are ignored, see `_item_failures_ignored`), or a
+    threshold (in that order)."""
     if stop_reason is not None:
         return stop_reason
     unfinished = tally.total_mini_batches - tally.done
@@ -86,7 +100,7 @@ def verdict(tally: Tally, config: ParallelRunConfig, stop_reason: str | None) ->
         return f"{unfinished} mini-batches did not finish"
     if tally.total_items == 0:
         return "the inputs hold no items to process"
-    if tally.succeeded_items == 0:
+    if tally.succeeded_items == 0 and not _item_failures_ignored(tally, config):
         return (
             f"no item succeeded: all {tally.total_items} items of {tally.total_mini_batches} mini-batches failed "
             "(see logs/user/error.txt)"

@@ -45,7 +45,6 @@ def job(tmp_path: Path, code: str, inputs: list[Any], **settings: Any) -> dict[s
     return run_job(config, inputs, str(tmp_path / "out"), **extra)
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2: error_threshold=-1 wins over the 'no item succeeded' rule")
 def test_error_threshold_minus_one_ignores_item_failures(tmp_path: Path) -> None:
     """Azure's OJ training returns [] from every run() and relies on error_threshold -1 meaning "ignore"."""
     summary = job(
@@ -60,7 +59,6 @@ def test_error_threshold_minus_one_ignores_item_failures(tmp_path: Path) -> None
     assert (summary["succeeded_mini_batches"], summary["failed_mini_batches"]) == (3, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2: partition_format matched against the end of the whole path")
 def test_partition_format_with_the_dataset_folder_as_prefix(tmp_path: Path) -> None:
     """The notebook's format names the dataset's own folder: `dataset_partition_test/{user}/{season}/{genres}.wav`."""
     root = tmp_path / "ds" / "dataset_partition_test"
@@ -129,9 +127,6 @@ def test_a_folder_holding_an_mltable_is_not_read_as_data(tmp_path: Path, kind: s
     assert urls and not any(u.endswith("/MLTable") for u in urls)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="phase 2: run_job turns arguments into strings with str(), as Azure does"
-)
 def test_arguments_that_are_not_strings(tmp_path: Path) -> None:
     """Many-models notebooks pass `arguments=['--test_size', 20]`."""
     summary = job(
@@ -214,3 +209,57 @@ def test_v1_scripts_use_get_model_path_and_the_run_context(tmp_path: Path) -> No
         p.read_text() for p in (tmp_path / "out" / "logs" / "user" / "entry_script_log").rglob("*.txt")
     )
     assert "run.log('files', 2)" in logs
+
+
+def test_partition_format_starts_at_a_folder_boundary_and_ignores_url_queries() -> None:
+    """The template is matched against the end of the whole path, from a folder boundary: 'data_{day}.csv'
+    takes 'data_1.csv' but not 'mydata_1.csv'; a URL's query is not part of the path."""
+    from airflow_parallel_run.core.inputs.partitions import partition_regex, partition_values
+
+    regex = partition_regex("data_{day}.csv")[0]
+    assert partition_values("x/data_1.csv", regex, "/root/x/data_1.csv") == {"day": "1"}
+    assert partition_values("x/mydata_1.csv", regex, "/root/x/mydata_1.csv") == {}
+    nested = partition_regex("/ds/{user}/{season}/{genres}.wav")[0]
+    assert partition_values("u1/s1/rock.wav", nested, "/a/ds/u1/s1/rock.wav") == {
+        "user": "u1",
+        "season": "s1",
+        "genres": "rock",
+    }
+    assert partition_values("u1/s1/rock.wav", nested, "/a/other/u1/s1/rock.wav") == {}
+
+
+def test_partition_format_naming_folders_the_files_are_not_in_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "ds" / "u1" / "s1"
+    root.mkdir(parents=True)
+    (root / "rock.wav").write_bytes(b"RIFF")
+    dataset = FileDataset.from_files(
+        str(tmp_path / "ds"), partition_format="elsewhere/{user}/{season}/{genres}.wav"
+    )
+    with pytest.raises(InputError, match=r"has no value for partition key\(s\) \['user'\]"):
+        plan_inputs([dataset], None, ["user"])
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [(["--flag", True, "--n", 0], "--flag True --n 0"), (["--path", Path("/x/y")], "--path /x/y")],
+)
+def test_arguments_are_strs_of_what_was_given(tmp_path: Path, given: list[Any], expected: str) -> None:
+    summary = job(
+        tmp_path,
+        "import sys\n\ndef run(mini_batch):\n    return [' '.join(sys.argv[1:])] * len(mini_batch)\n",
+        [FileDataset.from_files(files(tmp_path, 1))],
+        arguments=given,
+        process_count_per_node=1,
+    )
+    assert summary["status"] == "succeeded", summary.get("message")
+    assert (tmp_path / "out" / "parallel_run_step.txt").read_text().strip() == expected
+
+
+def test_arguments_that_are_neither_strings_nor_numbers_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"arguments.*a string \(or a number\)"):
+        job(
+            tmp_path,
+            "def run(mini_batch):\n    return mini_batch\n",
+            [FileDataset.from_files(files(tmp_path, 1))],
+            arguments=["--model", None],
+        )

@@ -330,9 +330,9 @@ CASES = [
         "host has <cpus>); for more, run on a Dask cluster (--scheduler or dask_conn_id)",
     ),
     Case(
-        "argument not a string",
-        lambda: run_job(config(), [files()], "out", arguments=["--n", 3]),  # type: ignore[list-item]
-        "arguments=['--n', 3] is not allowed: a list of strings",
+        "argument neither a string nor a number",
+        lambda: run_job(config(), [files()], "out", arguments=["--n", None]),  # type: ignore[list-item]
+        "arguments=None is not allowed: a string (or a number)",
     ),
     Case(
         "reserved output file name",

@@ -18,6 +18,7 @@ from distributed import Client
 from ..attempt import AttemptResult, AttemptStage, AttemptStatus
 from ..config import ParallelRunConfig
 from ..errors import ConfigError
+from ..inputs.normalise import as_strings
 from ..inputs.source import Dataset
 from ..logs.joblogs import JobLogs
 from ..minibatch import MiniBatch
@@ -50,9 +51,9 @@ def _plain(path: str) -> bool:
 def _local_paths(
     side_inputs: Sequence[str], arguments: Sequence[str]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Side inputs (and arguments naming them) that are paths on this host, made absolute and checked."""
-    if not all(isinstance(a, str) for a in arguments):
-        raise ConfigError("arguments", list(arguments), "a list of strings")
+    """Side inputs (and arguments naming them) that are paths on this host, made absolute and checked.
+    Arguments that are numbers become strings with str(), as Azure passes `arguments=['--test_size', 20]`."""
+    arguments = as_strings("arguments", list(arguments))
     if not all(isinstance(s, str) and s for s in side_inputs):
         raise ConfigError("side_inputs", list(side_inputs), "a list of paths or fsspec URLs")
     side = [os.path.abspath(s) if _plain(s) and os.path.exists(s) else s for s in side_inputs]
