@@ -83,7 +83,7 @@ def test_each_threshold(config: Any) -> None:
     assert threshold_breach(tally, config(error_threshold=3), all_scheduled=True) is None
     assert threshold_breach(tally, config(allowed_failed_count=1), all_scheduled=False) == (
         "allowed_failed_count exceeded: 2 failed mini-batches > allowed_failed_count 1 (3 of 10 mini-batches "
-        "processed)"
+        "tried)"
     )
     assert threshold_breach(tally, config(allowed_failed_count=-1), all_scheduled=True) is None
     assert threshold_breach(tally, config(allowed_failed_percent=10), all_scheduled=False) is None  # not yet
@@ -166,3 +166,17 @@ def test_a_summary_of_a_job_that_never_started_reads_back() -> None:
     assert not summary.succeeded and summary.total_items == 0 and summary.append_row_file is None
     with pytest.raises(ValueError, match="not a job summary"):
         JobSummary.from_dict({"status": "error", "message": "boom"})
+
+
+def test_a_mini_batch_awaiting_a_retry_counts_against_allowed_failed_count(config: Any) -> None:
+    tally = Tally(10, 20)
+    tally.note_started([0, 1, 2])
+    tally.note_retry(_mb(0))
+    assert threshold_breach(tally, config(allowed_failed_count=1), all_scheduled=False) is None
+    assert threshold_breach(tally, config(allowed_failed_count=0), all_scheduled=False) == (
+        "allowed_failed_count exceeded: 1 failed mini-batches, 1 of them awaiting a retry > allowed_failed_count 0 "
+        "(3 of 10 mini-batches tried)"
+    )
+    tally.record(_mb(0), _ok(0))  # the retry succeeded: no longer counted
+    assert threshold_breach(tally, config(allowed_failed_count=0), all_scheduled=False) is None
+    assert (tally.failing_mini_batches, tally.attempted) == (0, 3)

@@ -273,8 +273,13 @@ class JobDriver:
         self.progress.started_running()
         return stream
 
+    def _submit(self, stream: AttemptStream, pending: Pending) -> None:
+        attempts = pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0))
+        self.tally.note_started(mb.index for mb, _attempt in attempts)
+        stream.submit(attempts)
+
     def _loop(self, stream: AttemptStream, pending: Pending) -> None:
-        stream.submit(pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0)))
+        self._submit(stream, pending)
         while len(stream):
             stream.check_connected()
             for mb, attempt, result in stream.next_batch():
@@ -285,7 +290,7 @@ class JobDriver:
                 self.stop.request("the job was cancelled")
                 self._halt(stream, pending)
                 return
-            stream.submit(pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0)))
+            self._submit(stream, pending)
 
     def _record(self, mb: MiniBatch, attempt: int, result: AttemptResult, pending: Pending) -> None:
         """Books one attempt: commit, retry, or final failure; then checks the thresholds."""
@@ -299,6 +304,7 @@ class JobDriver:
             return
         if step is Step.RETRY:
             pending.retry(mb, attempt + 1)
+            self.tally.note_retry(mb)
             self.progress.note_error(result, final=False)
         else:
             self._finalise(mb, result)
