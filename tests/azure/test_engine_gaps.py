@@ -184,7 +184,6 @@ def run(mini_batch):
 """
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2: the entry-script process installs the azureml.core fallback")
 def test_v1_scripts_use_get_model_path_and_the_run_context(tmp_path: Path) -> None:
     models = tmp_path / "models" / "iris" / "1"
     models.mkdir(parents=True)
@@ -301,3 +300,29 @@ def test_allowed_failed_count_counts_a_mini_batch_between_its_tries(tmp_path: Pa
     else:
         assert summary["status"] == "succeeded", summary.get("message")
         assert (summary["succeeded_items"], summary["failed_mini_batches"]) == (4, 0)
+
+
+@pytest.mark.parametrize("form", ["relative", "file_url"])
+def test_a_variable_naming_a_side_input_gets_its_local_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """AZUREML_MODEL_DIR given as the side input is given (a relative path, an fsspec URL) names the folder
+    the entry-script process can open; other variables stay as they are."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "m.txt").write_text("weights")
+    monkeypatch.chdir(tmp_path)
+    given = "models" if form == "relative" else models.as_uri()
+    summary = job(
+        tmp_path,
+        "import os\n\ndef run(mini_batch):\n"
+        "    d = os.environ['AZUREML_MODEL_DIR']\n"
+        "    return [d + '|' + open(os.path.join(d, 'm.txt')).read() + '|' + os.environ['OTHER']] * len(mini_batch)\n",
+        [FileDataset.from_files(files(tmp_path, 1))],
+        side_inputs=[given],
+        environment_variables={"AZUREML_MODEL_DIR": given, "OTHER": "models/x"},
+        process_count_per_node=1,
+    )
+    assert summary["status"] == "succeeded", summary.get("message")
+    line = (tmp_path / "out" / "parallel_run_step.txt").read_text().strip()
+    assert line == f"{models}|weights|models/x"

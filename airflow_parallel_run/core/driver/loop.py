@@ -6,6 +6,7 @@ what comes back: commit, retry or final failure, then the thresholds. Nothing el
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -64,6 +65,15 @@ def _local_paths(
     return tuple(side), args
 
 
+def _side_input_variables(
+    environment: Mapping[str, str], given: Sequence[str], side: Sequence[str]
+) -> dict[str, str]:
+    """`environment_variables` whose value is a side input as given (`AZUREML_MODEL_DIR: models`) name it
+    by the path the workers see: absolute here, and each worker's local copy (core/worker/process.py)."""
+    paths = dict(zip(given, side, strict=True))
+    return {name: paths.get(value, value) for name, value in environment.items()}
+
+
 class JobDriver:
     """Runs one job on a connected Client. Use `run_job` unless you manage the client yourself.
 
@@ -93,6 +103,7 @@ class JobDriver:
         self.storage_options = dict(storage_options or {})
         self.inputs = [d.with_credentials(self.storage_options) for d in inputs]  # the job's, where none
         self.side_inputs, self.arguments = _local_paths(side_inputs, arguments)
+        self.environment = _side_input_variables(config.environment_variables, side_inputs, self.side_inputs)
         OutputFolder.check(
             output_path,
             self.storage_options,
@@ -145,6 +156,7 @@ class JobDriver:
             log_url=self.folder.log_url,
             storage_options=self.storage_options,
         )
+        self.spec = dataclasses.replace(self.spec, environment_variables=self.environment)
         self.files = FilePublisher(self.output, self.storage_options, self._warn)
         self.sink = JobOutput(
             self.config.append_row_format, self.output, self.storage_options, self.files, self._master
