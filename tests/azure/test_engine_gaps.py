@@ -77,9 +77,6 @@ def test_partition_format_with_the_dataset_folder_as_prefix(tmp_path: Path) -> N
     ]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="phase 2: the partition key columns are appended to tabular mini-batches"
-)
 def test_tabular_partition_keys_are_columns_of_the_frame(tmp_path: Path) -> None:
     """Azure appends the key columns: run() sees WeekStarting,INCOME,Store,Brand."""
     for store, brand in [("1000", "tropicana"), ("1001", "dominicks")]:
@@ -326,3 +323,49 @@ def test_a_variable_naming_a_side_input_gets_its_local_path(
     assert summary["status"] == "succeeded", summary.get("message")
     line = (tmp_path / "out" / "parallel_run_step.txt").read_text().strip()
     assert line == f"{models}|weights|models/x"
+
+
+def _store_files(tmp_path: Path, header: str = "WeekStarting,INCOME") -> Path:
+    for store, brand in [("1000", "tropicana"), ("1001", "dominicks")]:
+        folder = tmp_path / "data" / store / brand
+        folder.mkdir(parents=True)
+        (folder / "part.csv").write_text(f"{header}\n1990-06-14,10\n1990-06-21,11\n")
+    empty = tmp_path / "data" / "0007" / "minute maid"
+    empty.mkdir(parents=True)
+    (empty / "part.csv").write_text(f"{header}\n")  # a file with no rows
+    return tmp_path / "data"
+
+
+def test_partition_format_columns_are_strings_on_every_tabular_mini_batch(tmp_path: Path) -> None:
+    """Without partition_keys too (Azure's partitioned TabularDataset has the columns), as strings ('1000',
+    not 1000); each file's rows get its own values, and a file without rows adds none."""
+    dataset = TabularDataset.from_delimited_files(
+        str(_store_files(tmp_path)), partition_format="{Store}/{Brand}/part.csv"
+    )
+    summary = job(
+        tmp_path,
+        "def run(mini_batch):\n"
+        "    assert all(isinstance(v, str) for v in mini_batch['Store']), mini_batch.dtypes\n"
+        "    return [f'{r.Store}|{r.Brand}|{r.INCOME}' for r in mini_batch.itertuples()]\n",
+        [dataset],
+        mini_batch_size="1GB",
+    )
+    assert summary["status"] == "succeeded", summary.get("message")
+    lines = sorted((tmp_path / "out" / "parallel_run_step.txt").read_text().splitlines())
+    assert lines == ["1000|tropicana|10", "1000|tropicana|11", "1001|dominicks|10", "1001|dominicks|11"]
+
+
+def test_a_partition_column_the_file_already_has_fails_its_mini_batch_by_name(tmp_path: Path) -> None:
+    dataset = TabularDataset.from_delimited_files(
+        str(_store_files(tmp_path, header="WeekStarting,Store")), partition_format="{Store}/{Brand}/part.csv"
+    )
+    summary = job(
+        tmp_path,
+        "def run(mini_batch):\n    return [1] * len(mini_batch)\n",
+        [dataset],
+        partition_keys=["Store"],
+        run_max_try=1,
+    )
+    assert summary["status"] == "failed"
+    errors = (tmp_path / "out" / "logs" / "user" / "error.txt").read_text()
+    assert "already has a column named ['Store'] (partition_format '{Store}/{Brand}/part.csv' appends" in errors
