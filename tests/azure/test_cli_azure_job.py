@@ -106,11 +106,6 @@ def run(input_data, mini_batch_context):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="phase 2: MLTable column steps applied by the reader (extract_columns_from_partition_format adds the "
-    "Store and Brand columns run() sees)",
-)
 def test_oj_many_models_job(oj_example: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     done = cli(
@@ -132,10 +127,6 @@ def test_oj_many_models_job(oj_example: Path, tmp_path: Path) -> None:
     assert len(models) == 6 and models[0] == "1000/dominicks/my_model.pkl"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="phase 2: error_threshold=-1 lets a job whose run() returns [] succeed; MLTable column steps applied",
-)
 def test_oj_training_that_returns_nothing_succeeds(oj_example: Path, tmp_path: Path) -> None:
     script = oj_example / "src" / "parallel_train" / "parallel_train.py"
     text = script.read_text().replace(

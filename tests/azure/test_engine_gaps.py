@@ -97,7 +97,6 @@ def test_tabular_partition_keys_are_columns_of_the_frame(tmp_path: Path) -> None
     assert lines == {"WeekStarting,INCOME,Store,Brand"}
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2: the planner recognises MLTable folders")
 @pytest.mark.parametrize("kind", ["tabular", "file"])
 def test_a_folder_holding_an_mltable_is_not_read_as_data(tmp_path: Path, kind: str) -> None:
     """Given as a plain folder input, an MLTable folder is read per its YAML (or refused by name), never with its
@@ -368,4 +367,26 @@ def test_a_partition_column_the_file_already_has_fails_its_mini_batch_by_name(tm
     )
     assert summary["status"] == "failed"
     errors = (tmp_path / "out" / "logs" / "user" / "error.txt").read_text()
-    assert "already has a column named ['Store'] (partition_format '{Store}/{Brand}/part.csv' appends" in errors
+    assert (
+        "already has a column named ['Store'] (partition_format '{Store}/{Brand}/part.csv' appends" in errors
+    )
+
+
+def test_a_path_string_naming_an_mltable_folder_is_read_as_the_mltable(tmp_path: Path) -> None:
+    """The operator's `inputs="<folder>"` (and a list of paths): an MLTable folder or file becomes its MLTable
+    input in its place; the other strings stay one FileDataset."""
+    from airflow_parallel_run.core.inputs.normalise import to_datasets
+
+    folder = tmp_path / "iris"
+    folder.mkdir()
+    (folder / "MLTable").write_text(
+        "paths:\n  - file: ./iris.csv\ntransformations:\n  - read_delimited: {}\n"
+    )
+    (folder / "iris.csv").write_text("a,b\n1,2\n3,4\n")
+    other = files(tmp_path, 2)
+    for given in (str(folder), str(folder / "MLTable")):
+        table, plain = to_datasets([given, other])
+        assert isinstance(table, TabularDataset) and table.paths == (str(folder / "iris.csv"),)
+        assert isinstance(plain, FileDataset) and plain.paths == (other,)
+    planned = plan_inputs(to_datasets(str(folder)), "1MB")
+    assert [s.url for mb in planned.mini_batches for s in mb.slices] == [str(folder / "iris.csv")]

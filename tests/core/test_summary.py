@@ -110,14 +110,19 @@ def test_error_threshold_minus_one_ignores_items_but_not_mini_batches_or_empty_a
     return [] succeed; a run() that raised every time or an append_row output with no row at all do not."""
     returned_nothing = Tally(2, 4, done=2, succeeded_mini_batches=2, failed_items=4)
     assert verdict(returned_nothing, config(output_action="summary_only"), None) is None
-    assert verdict(returned_nothing, config(output_action="summary_only", allowed_failed_count=0), None) is None
+    assert (
+        verdict(returned_nothing, config(output_action="summary_only", allowed_failed_count=0), None) is None
+    )
     no_item = "no item succeeded: all 4 items of 2 mini-batches failed (see logs/user/error.txt)"
     assert verdict(returned_nothing, config(), None) == no_item  # append_row: nothing to append
     assert verdict(returned_nothing, config(output_action="summary_only", error_threshold=4), None) is None
     assert verdict(returned_nothing, config(output_action="summary_only", error_threshold=3), None) == no_item
     all_raised = Tally(2, 4, done=2, failed_mini_batches=2, failed_items=4)
     assert verdict(all_raised, config(output_action="summary_only"), None) == no_item
-    assert verdict(Tally(0, 0), config(output_action="summary_only"), None) == "the inputs hold no items to process"
+    assert (
+        verdict(Tally(0, 0), config(output_action="summary_only"), None)
+        == "the inputs hold no items to process"
+    )
     unfinished = Tally(2, 4, done=1, succeeded_mini_batches=1, failed_items=2)
     assert verdict(unfinished, config(output_action="summary_only"), None) == "1 mini-batches did not finish"
 

@@ -93,9 +93,7 @@ def partition_regex(partition_format: str) -> tuple[re.Pattern[str], list[str]]:
     return re.compile(r"(?:^|/)" + pattern + r"$"), keys
 
 
-def partition_values(
-    rel_path: str, regex: re.Pattern[str] | None, path: str | None = None
-) -> dict[str, str]:
+def partition_values(rel_path: str, regex: re.Pattern[str] | None, path: str | None = None) -> dict[str, str]:
     """Key values of one file: from the template when given (matched against `path`, the file's whole
     path), else from hive `key=value` folders of `rel_path`, its path below the dataset's root."""
     if regex is not None:

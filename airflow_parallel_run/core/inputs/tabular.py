@@ -120,7 +120,9 @@ class TabularDataset(PathInput):
             frame = read_tabular(batch.slices, self)
             return frame, len(frame)
         frames = [
-            with_columns(read_tabular(group, self), url, partition_columns(self, url, batch), self.partition_format)
+            with_columns(
+                read_tabular(group, self), url, partition_columns(self, url, batch), self.partition_format
+            )
             for url, group in slices_by_file(batch.slices)
         ]
         frame = frames[0] if len(frames) == 1 else _concat(frames)
