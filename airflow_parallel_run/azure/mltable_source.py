@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_parallel_run.core import ConfigError, InputError, TabularDataset
-from airflow_parallel_run.core.inputs.partitions import partition_regex, partition_values
+from airflow_parallel_run.core.inputs.partitions import partition_regex, partition_values, path_of
 from airflow_parallel_run.core.inputs.source import (
     ConnectionResolver,
     CredentialMode,
@@ -93,8 +93,7 @@ class MLTableDataset:
         regex = partition_regex(self.table.partition_format)[0] if self.table.partition_format else None
         frames = []
         for url, group in slices_by_file(batch.slices):
-            whole = url.split("?", 1)[0] if "://" in url else url
-            values = partition_values("", regex, whole) if regex is not None else {}
+            values = partition_values("", regex, path_of(url)) if regex is not None else {}
             frame = read_tabular(group, self.table)
             clash = [c for c in self.columns.added_columns() if c in frame.columns]
             if clash:

@@ -93,6 +93,11 @@ def partition_regex(partition_format: str) -> tuple[re.Pattern[str], list[str]]:
     return re.compile(r"(?:^|/)" + pattern + r"$"), keys
 
 
+def path_of(url: str) -> str:
+    """What a partition format is matched against: a file's whole path (a URL without its query)."""
+    return url.split("?", 1)[0] if "://" in url else url
+
+
 def partition_values(rel_path: str, regex: re.Pattern[str] | None, path: str | None = None) -> dict[str, str]:
     """Key values of one file: from the template when given (matched against `path`, the file's whole
     path), else from hive `key=value` folders of `rel_path`, its path below the dataset's root."""
@@ -118,8 +123,7 @@ def group_by_keys(
             if root and ref.url.startswith(root)
             else posixpath.basename(ref.url)
         )
-        whole = ref.url.split("?", 1)[0] if "://" in ref.url else ref.url  # no URL query in the match
-        values = partition_values(rel, regex, whole)
+        values = partition_values(rel, regex, path_of(ref.url))
         missing = [k for k in keys if k not in values]
         if missing:
             source = f"partition_format {dataset.partition_format!r}" if regex else "hive key=value folders"

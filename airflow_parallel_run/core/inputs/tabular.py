@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import ConfigError, InputError
 from ..minibatch import FileRef, MiniBatch, TabularSlice
 from .listing import PathInput, as_paths, list_input
-from .partitions import check_partition_format, group_by_keys, partition_regex, partition_values
+from .partitions import check_partition_format, group_by_keys, partition_regex, partition_values, path_of
 from .source import PlanContext
 
 if TYPE_CHECKING:
@@ -148,8 +148,7 @@ def partition_columns(dataset: TabularDataset, url: str, batch: MiniBatch) -> di
     if not dataset.partition_format:
         return dict(batch.partition_key_value)
     regex, keys = partition_regex(dataset.partition_format)
-    whole = url.split("?", 1)[0] if "://" in url else url
-    values = partition_values("", regex, whole)
+    values = partition_values("", regex, path_of(url))
     if set(keys) - set(values):
         raise InputError(
             f"file {url!r} does not match partition_format {dataset.partition_format!r}, so its rows have no "
