@@ -111,8 +111,8 @@ def _refuse_mltable_folder(path: str, root: str, refs: Sequence[FileRef]) -> Non
         if name == MLTABLE_FILE and folder == root:
             raise InputError(
                 f"input {path!r} is an MLTable folder (it holds {ref.url}): read it as an MLTable input (a path "
-                "string in the operator's inputs, airflow_parallel_run.azure.mltable_input(path), or type: "
-                "mltable in a job YAML), or name its data files (e.g. a glob of them)"
+                "string in the operator's inputs or the CLI's --input, airflow_parallel_run.azure.mltable_input(path), "
+                "or type: mltable in a job YAML), or name its data files (e.g. a glob of them)"
             )
 
 
