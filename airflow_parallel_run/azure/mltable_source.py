@@ -44,6 +44,10 @@ class MLTableDataset:
 
     kind: ClassVar[str] = "tabular"
     template_fields: ClassVar[tuple[str, ...]] = ()
+    NOT_IN_KEY: ClassVar[dict[str, str]] = {
+        "source": "where the MLTable file is; the files it names are in each mini-batch's key with their "
+        "contents, and what it asks of their rows is in `columns`",
+    }
 
     def __post_init__(self) -> None:
         if self.columns.changes_rows():

@@ -346,3 +346,17 @@ def test_notes_for_keys_without_effect(tmp_path: Path) -> None:
     notes = load_mltable(str(folder)).notes
     assert len(notes) == 2 and "traits" in notes[1]
     assert os.path.isabs(load_mltable(str(folder)).paths[0])
+
+
+def test_the_mltable_source_keys_its_column_steps_not_its_place(tmp_path: Path) -> None:
+    """Reuse: what the MLTable asks of the rows is in the key, where its file lies is not."""
+    from airflow_parallel_run.core.reuse.key import key_fields
+
+    text = "paths:\n  - file: ./x.csv\ntransformations:\n  - read_delimited: {include_path_column: true}\n"
+    one = load_mltable(str(write(tmp_path / "a", text, **{"x.csv": CSV}))).engine_dataset()
+    moved = load_mltable(str(write(tmp_path / "b", text, **{"x.csv": CSV}))).engine_dataset()
+    dropped = load_mltable(
+        str(write(tmp_path / "c", text + "  - drop_columns: [b]\n", **{"x.csv": CSV}))
+    ).engine_dataset()
+    assert key_fields(one) == key_fields(moved) != key_fields(dropped)
+    assert "source" not in key_fields(one)
