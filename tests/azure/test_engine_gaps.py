@@ -390,3 +390,28 @@ def test_a_path_string_naming_an_mltable_folder_is_read_as_the_mltable(tmp_path:
         assert isinstance(plain, FileDataset) and plain.paths == (other,)
     planned = plan_inputs(to_datasets(str(folder)), "1MB")
     assert [s.url for mb in planned.mini_batches for s in mb.slices] == [str(folder / "iris.csv")]
+
+
+def test_partition_column_messages_are_the_documented_ones(tmp_path: Path) -> None:
+    """docs/errors.md section 2 quotes these read-time messages word for word."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text(encoding="utf-8")
+    data = _store_files(tmp_path, header="WeekStarting,Store")
+    (data / "other.csv").write_text("WeekStarting\n1990-06-14\n")
+    dataset = TabularDataset.from_delimited_files(str(data), partition_format="{Store}/{Brand}/part.csv")
+    messages = []
+    for mb in plan_inputs([dataset], "1GB").mini_batches:
+        with pytest.raises(InputError) as info:
+            dataset.read(mb, "")
+        messages.append(str(info.value).replace(str(data), "/data"))
+    assert sorted(set(messages)) == [
+        "file '/data/1000/tropicana/part.csv' already has a column named ['Store'] (partition_format "
+        "'{Store}/{Brand}/part.csv' appends a column of that name to the rows): rename the key in the format or "
+        "the column in the file",
+        "file '/data/1001/dominicks/part.csv' already has a column named ['Store'] (partition_format "
+        "'{Store}/{Brand}/part.csv' appends a column of that name to the rows): rename the key in the format or "
+        "the column in the file",
+        "file '/data/other.csv' does not match partition_format '{Store}/{Brand}/part.csv', so its rows have no "
+        "values for the columns ['Store', 'Brand']",
+    ]
+    for message in {m.replace("1001/dominicks", "1000/tropicana") for m in messages}:
+        assert f"`{message}`" in doc, message

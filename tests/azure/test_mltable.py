@@ -310,8 +310,15 @@ def test_a_column_the_mltable_adds_that_the_file_already_has_is_refused_by_name(
     )
     dataset = load_mltable(str(folder)).engine_dataset()
     planned = plan_inputs([dataset], "1GB")
-    with pytest.raises(InputError, match=r"already has a column named \['Path'\], which the MLTable"):
+    with pytest.raises(InputError) as info:
         dataset.read(planned.mini_batches[0], "")
+    message = str(info.value).replace(str(tmp_path), "/data")
+    assert message == (
+        "file '/data/t/x.csv' already has a column named ['Path'], which the MLTable /data/t/MLTable adds "
+        "(include_path_column or extract_columns_from_partition_format): rename one of them"
+    )
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text(encoding="utf-8")
+    assert f"`{message}`" in doc
 
 
 def test_not_an_mltable(tmp_path: Path) -> None:
