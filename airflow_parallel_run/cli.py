@@ -209,13 +209,17 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _inputs_from_args(args: argparse.Namespace) -> list[Any]:
-    """The `--input` paths as one FileDataset or TabularDataset (`--input-type`), then each `--dataset`."""
+    """The `--input` paths as one FileDataset or TabularDataset (`--input-type`; a local MLTable folder or file
+    given without --input-type tabular or --partition-format: its MLTable input), then each `--dataset`."""
     from .core import FileDataset, TabularDataset
     from .core.errors import ConfigError
     from .core.inputs import dataset_from_dict
+    from .core.inputs.normalise import to_datasets
 
     inputs: list[Any] = []
-    if args.input and args.input_type == "file":
+    if args.input and args.input_type == "file" and args.partition_format is None:
+        inputs.extend(to_datasets(args.input))  # an MLTable folder or file is read as its YAML says
+    elif args.input and args.input_type == "file":
         inputs.append(FileDataset.from_files(args.input, partition_format=args.partition_format))
     elif args.input:
         fmt = FORMATS[args.format]

@@ -521,12 +521,14 @@ def load_azure_job(
         table = load_mltable(str(data_value), options)
         reader.not_used.extend(table.notes)
         mltables.append(table)
-        dataset: FileDataset | TabularDataset = table.engine_dataset()
+        dataset: Any = table.engine_dataset()
     elif data_kind in (None, "uri_folder", "uri_file"):
         if data_kind == "uri_folder" and is_mltable(str(data_value), options):
-            reader.warnings.append(
-                f"inputs.{data_name} is a uri_folder holding an MLTable file, which is one of its files here as on "
-                "Azure (type: mltable reads it as a table)"
+            raise ConfigError(
+                f"inputs.{data_name}.type",
+                data_kind,
+                "mltable: the folder holds an MLTable file, which a uri_folder would hand to run() as one of its "
+                "files (type: mltable reads the folder as its YAML says)",
             )
         dataset = FileDataset.from_files(str(data_value), storage_options=options or None)
     else:

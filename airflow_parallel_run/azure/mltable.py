@@ -202,17 +202,25 @@ class MLTable:
             storage_options=options,
         )
 
-    def engine_dataset(self) -> FileDataset | TabularDataset:
-        """`dataset`, refused when the MLTable asks for columns or rows the reader does not produce yet."""
-        steps = self.columns.changes_columns() + self.columns.changes_rows()
-        if steps:
+    def engine_dataset(self) -> Any:
+        """The input the engine reads: `dataset` when the MLTable asks nothing beyond reading its files, else an
+        `MLTableDataset` applying its column steps to each file's rows. Skip/take windows are refused."""
+        rows = self.columns.changes_rows()
+        if rows:
             raise ConfigError(
                 _where(self.source, "transformations"),
-                steps,
-                "steps that leave the columns and rows as the files hold them: these add or remove columns or rows, "
-                "which reading an MLTable does not do yet (remove them, or do them in run())",
+                rows,
+                "steps that keep every row (skip and take windows of the table are not read yet: remove them, "
+                "or cut the rows in run())",
             )
-        return self.dataset
+        columns = self.columns
+        if self.read is None or not (columns.added_columns() or columns.selections or columns.generic_names):
+            return self.dataset
+        from .mltable_source import MLTableDataset  # it imports this module
+
+        dataset = self.dataset
+        assert isinstance(dataset, TabularDataset)
+        return MLTableDataset(self.source, dataset, columns)
 
 
 def is_mltable(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
@@ -630,9 +638,7 @@ def _literal_glob(root: str, relative: str, sep: str) -> str:
     return root + sep + "".join(out)
 
 
-def mltable_input(
-    path: str, storage_options: Mapping[str, Any] | None = None
-) -> FileDataset | TabularDataset:
+def mltable_input(path: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     """The engine dataset of the MLTable at `path` (see `MLTable.engine_dataset`)."""
     return load_mltable(path, storage_options).engine_dataset()
 

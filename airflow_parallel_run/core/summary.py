@@ -1,8 +1,9 @@
 """The job's accounting, as pure functions: the running tally, the thresholds, the verdict, and the summary.
 
 Every input item ends as exactly one of succeeded or failed. While the job runs, `Tally` counts what
-its finished mini-batches hold; `threshold_breach` says when a threshold (`error_threshold`,
-`allowed_failed_count`, `allowed_failed_percent`) stops it; at the end `verdict` says why it failed (or
+its finished mini-batches hold (and which failed an attempt and await a retry); `threshold_breach` says
+when a threshold (`error_threshold`, `allowed_failed_count` on every failed attempt, `allowed_failed_percent`)
+stops it; at the end `verdict` says why it failed (or
 nothing) and `summarise` writes the `JobSummary`: the document the CLI prints with `--json`, the
 operator returns as its XCom value and `logs/job_result.txt` ends with (keys and order in
 /work/shared/DESIGN.md, result summary).
@@ -10,7 +11,7 @@ operator returns as its XCom value and `logs/job_result.txt` ends with (keys and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,10 +35,32 @@ class Tally:
     succeeded_items: int = 0
     failed_items: int = 0
     finished: set[int] = field(default_factory=set)
+    retrying: set[int] = field(default_factory=set)  # last attempt failed, another is due
+    started: set[int] = field(default_factory=set)  # submitted at least once
+
+    def note_started(self, indices: Iterable[int]) -> None:
+        """Mini-batches whose attempt was just submitted (counted once, however often they are tried)."""
+        self.started.update(indices)
+
+    def note_retry(self, mb: MiniBatch) -> None:
+        """A mini-batch's attempt failed and another is due: until one succeeds it counts against
+        `allowed_failed_count`, as Azure checks between a first and a second try."""
+        self.retrying.add(mb.index)
+
+    @property
+    def failing_mini_batches(self) -> int:
+        """Mini-batches failed for good plus those whose last attempt failed and await a retry."""
+        return self.failed_mini_batches + len(self.retrying)
+
+    @property
+    def attempted(self) -> int:
+        """Mini-batches tried so far (finished, awaiting a retry or running)."""
+        return max(self.done, len(self.started | self.finished | self.retrying))
 
     def record(self, mb: MiniBatch, result: AttemptResult) -> None:
         """Counts a mini-batch's final outcome (a success, a reuse, or its last failed attempt)."""
         self.finished.add(mb.index)
+        self.retrying.discard(mb.index)
         self.done += 1
         self.total_items += result.total - mb.items  # the reader's count wins over the planner's estimate
         if result.ok:
@@ -60,10 +83,11 @@ def threshold_breach(tally: Tally, config: ParallelRunConfig, *, all_scheduled: 
             f"({t.done} of {t.total_mini_batches} mini-batches processed)"
         )
     allowed = config.allowed_failed_count
-    if allowed not in (None, -1) and t.failed_mini_batches > allowed:
+    if allowed not in (None, -1) and t.failing_mini_batches > allowed:
+        awaiting = f", {len(t.retrying)} of them awaiting a retry" if t.retrying else ""
         return (
-            f"allowed_failed_count exceeded: {t.failed_mini_batches} failed mini-batches > allowed_failed_count "
-            f"{allowed} ({t.done} of {t.total_mini_batches} mini-batches processed)"
+            f"allowed_failed_count exceeded: {t.failing_mini_batches} failed mini-batches{awaiting} > "
+            f"allowed_failed_count {allowed} ({t.attempted} of {t.total_mini_batches} mini-batches tried)"
         )
     percent_allowed = config.allowed_failed_percent
     if percent_allowed is not None and all_scheduled and t.total_mini_batches:
@@ -76,9 +100,23 @@ def threshold_breach(tally: Tally, config: ParallelRunConfig, *, all_scheduled: 
     return None
 
 
+def _item_failures_ignored(tally: Tally, config: ParallelRunConfig) -> bool:
+    """Whether a job where no item succeeded may still succeed, as on Azure, where only `error_threshold`
+    judges failed items: -1 ignores them (a training run() returning [] for each partition), N tolerates N.
+    Only when some mini-batch ran to the end (a run() that raised every time fails the job) and nothing is
+    to be appended (append_row with no row at all fails, as Azure's "There is no succeeded mini batch item
+    returned from run()")."""
+    return (
+        config.output_action == "summary_only"
+        and tally.succeeded_mini_batches > 0
+        and (config.error_threshold == -1 or tally.failed_items <= config.error_threshold)
+    )
+
+
 def verdict(tally: Tally, config: ParallelRunConfig, stop_reason: str | None) -> str | None:
     """Why the job failed, or None: its stop reason, mini-batches that never finished, inputs without
-    items, nothing succeeded, or a threshold (in that order)."""
+    items, nothing succeeded (unless item failures are ignored, see `_item_failures_ignored`), or a
+    threshold (in that order)."""
     if stop_reason is not None:
         return stop_reason
     unfinished = tally.total_mini_batches - tally.done
@@ -86,7 +124,7 @@ def verdict(tally: Tally, config: ParallelRunConfig, stop_reason: str | None) ->
         return f"{unfinished} mini-batches did not finish"
     if tally.total_items == 0:
         return "the inputs hold no items to process"
-    if tally.succeeded_items == 0:
+    if tally.succeeded_items == 0 and not _item_failures_ignored(tally, config):
         return (
             f"no item succeeded: all {tally.total_items} items of {tally.total_mini_batches} mini-batches failed "
             "(see logs/user/error.txt)"

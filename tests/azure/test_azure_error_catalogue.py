@@ -14,14 +14,16 @@ from airflow_parallel_run.azure.azureml_core import Model, ModelNotFoundExceptio
 from airflow_parallel_run.azure.job_yaml import load_azure_job
 from airflow_parallel_run.azure.mltable import load_mltable
 from airflow_parallel_run.azure.prs_arguments import split_prs_arguments
-from airflow_parallel_run.core import ConfigError
+from airflow_parallel_run.core import ConfigError, FileDataset, InputError
+from airflow_parallel_run.core.plan.planner import plan_inputs
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 
 
 def section() -> str:
     text = DOC.read_text(encoding="utf-8")
-    return text[text.index("## 7. Azure ML job YAML and MLTables") : text.index("## Known issues")]
+    start = text.index("## 7. Azure ML job YAML and MLTables")
+    return text[start : text.index("\n## ", start + 1)]  # up to the next section
 
 
 def documented() -> list[str]:
@@ -61,10 +63,18 @@ def messages(tmp_path: Path, oj_example: Path, iris_example: Path) -> list[str]:
     config_error(lambda: load_mltable(str(table)))
     (table / "MLTable").write_text(
         "paths:\n  - pattern: ./**/*.csv\ntransformations:\n  - read_delimited: {include_path_column: true}\n"
-        "  - extract_columns_from_partition_format: {partition_format: '{Store}/{Brand}/{file_name}.{extension}'}\n"
-        "  - drop_columns: [Path, file_name, extension]\n"
+        "  - skip: 3\n  - drop_columns: [Path]\n"
     )
     config_error(lambda: load_mltable(str(table)).engine_dataset())
+    (table / "x.csv").write_text("a\n1\n")
+    job["inputs"] = {"files": {"type": "uri_folder", "path": "./t"}}
+    job.pop("error_threshold")
+    job["task"].pop("program_arguments")  # type: ignore[attr-defined]
+    (tmp_path / "c.yml").write_text(yaml.safe_dump(job))
+    config_error(lambda: load_azure_job(str(tmp_path / "c.yml"), output_path="/o"))
+    with pytest.raises(InputError) as listed:
+        plan_inputs([FileDataset.from_files(str(table))], 10)
+    found.append(str(listed.value).replace(str(tmp_path), "/data"))
     done = subprocess.run(
         [
             sys.executable,

@@ -106,11 +106,6 @@ def run(input_data, mini_batch_context):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="phase 2: MLTable column steps applied by the reader (extract_columns_from_partition_format adds the "
-    "Store and Brand columns run() sees)",
-)
 def test_oj_many_models_job(oj_example: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     done = cli(
@@ -132,10 +127,6 @@ def test_oj_many_models_job(oj_example: Path, tmp_path: Path) -> None:
     assert len(models) == 6 and models[0] == "1000/dominicks/my_model.pkl"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="phase 2: error_threshold=-1 lets a job whose run() returns [] succeed; MLTable column steps applied",
-)
 def test_oj_training_that_returns_nothing_succeeds(oj_example: Path, tmp_path: Path) -> None:
     script = oj_example / "src" / "parallel_train" / "parallel_train.py"
     text = script.read_text().replace(
@@ -156,3 +147,33 @@ def test_oj_training_that_returns_nothing_succeeds(oj_example: Path, tmp_path: P
     assert done.returncode == 0, done.stderr
     assert summary_of(done)["status"] == "succeeded"
     assert len(list((out / "model_folder").rglob("*.pkl"))) == 6
+
+
+def test_cli_input_naming_an_mltable_folder_reads_the_mltable(oj_example: Path, tmp_path: Path) -> None:
+    """`--input <MLTable folder>` is the MLTable (its column steps applied), not its files: run() gets DataFrames
+    with the Store and Brand columns, one mini-batch per partition."""
+    script = tmp_path / "cols.py"
+    script.write_text(
+        "def run(mini_batch, mini_batch_context):\n"
+        "    keys = mini_batch_context.partition_key_value\n"
+        "    assert {*mini_batch['Store']} == {keys['Store']} and 'Path' not in mini_batch.columns\n"
+        "    return [f\"{keys['Store']}/{keys['Brand']} {len(mini_batch)}\"]\n"
+    )
+    out = tmp_path / "out"
+    done = cli(
+        "--input",
+        str(oj_example / "partitioned"),
+        "--entry-script",
+        str(script),
+        "--partition-keys",
+        "Store,Brand",
+        "--output",
+        str(out),
+        "--json",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = summary_of(done)
+    assert summary["status"] == "succeeded" and summary["total_mini_batches"] == 6, summary
+    lines = (out / "parallel_run_step.txt").read_text().splitlines()
+    assert len(lines) == 6 and all(int(line.split()[1]) > 0 for line in lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import pandas as pd
 import pytest
 
 from airflow_parallel_run.azure.mltable import ColumnSteps, RowWindow, is_mltable, load_mltable
+from airflow_parallel_run.azure.mltable_source import MLTableDataset
 from airflow_parallel_run.core import ConfigError, FileDataset, InputError, TabularDataset
+from airflow_parallel_run.core.inputs import dataset_from_dict, dataset_to_dict
 from airflow_parallel_run.core.inputs.tabular_read import read_tabular
 from airflow_parallel_run.core.plan.planner import plan_inputs
 
@@ -114,9 +117,15 @@ def test_the_oj_sample_mltable(oj_example: Path) -> None:
     assert steps.path_column and steps.partition_columns == ("Store", "Brand", "file_name", "extension")
     # Path, file_name and extension are dropped again; Store and Brand stay: run() must see them
     assert steps.changes_columns() == ["extract_columns_from_partition_format (adds ['Store', 'Brand'])"]
-    with pytest.raises(ConfigError) as info:
-        table.engine_dataset()
-    assert "extract_columns_from_partition_format" in str(info.value)
+    dataset = table.engine_dataset()
+    assert isinstance(dataset, MLTableDataset) and dataset.kind == "tabular"
+    planned = plan_inputs([dataset], None, ["Store", "Brand"])
+    first = planned.mini_batches[0]
+    frame, rows = dataset.read(first, "")
+    assert rows == len(frame) > 0
+    assert list(frame.columns)[-2:] == ["Store", "Brand"] and "Path" not in frame.columns
+    assert {*frame["Store"]} == {first.partition_key_value["Store"]}
+    assert {*frame["Brand"]} == {first.partition_key_value["Brand"]}
 
 
 def test_column_steps_apply() -> None:
@@ -261,14 +270,55 @@ def test_refused_by_name(tmp_path: Path, yaml_text: str, field: str, allowed: st
     assert allowed in info.value.allowed
 
 
-def test_column_and_row_steps_are_refused_until_the_reader_applies_them(tmp_path: Path) -> None:
+def test_row_windows_are_refused_until_the_reader_applies_them(tmp_path: Path) -> None:
     folder = write(
         tmp_path / "t",
         "paths:\n  - file: ./x.csv\ntransformations:\n  - read_delimited: {include_path_column: true}\n  - take: 5\n",
     )
     with pytest.raises(ConfigError) as info:
         load_mltable(str(folder)).engine_dataset()
-    assert info.value.value == ["include_path_column: true", "take: 5"]
+    assert info.value.value == ["take: 5"]
+
+
+def test_column_steps_reach_run_and_the_source_round_trips(tmp_path: Path) -> None:
+    """A no_header file named Column1.., a Path column per file, keep_columns: what run() gets; the source is
+    written to and read back from a document (manifests, the sensor) by its registered name."""
+    folder = write(
+        tmp_path / "t",
+        "paths:\n  - pattern: ./*.csv\ntransformations:\n  - read_delimited: {header: no_header, include_path_column: true}\n"
+        "  - keep_columns: [Column2, Path]\n",
+        **{"a.csv": "1,x\n2,y\n", "b.csv": "3,z\n"},
+    )
+    dataset = load_mltable(str(folder)).engine_dataset()
+    assert isinstance(dataset, MLTableDataset)
+    planned = plan_inputs([dataset], "1GB")
+    frames = [dataset.read(mb, "")[0] for mb in planned.mini_batches]
+    frame = pd.concat(frames, ignore_index=True)
+    assert list(frame.columns) == ["Column2", "Path"]
+    assert frame["Column2"].tolist() == ["x", "y", "z"]
+    assert [Path(p).name for p in frame["Path"]] == ["a.csv", "a.csv", "b.csv"]
+    document = dataset_to_dict(dataset, credentials=False)
+    assert document["type"] == "MLTableDataset"
+    assert dataset_from_dict(json.loads(json.dumps(document))) == dataset
+
+
+def test_a_column_the_mltable_adds_that_the_file_already_has_is_refused_by_name(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path / "t",
+        "paths:\n  - file: ./x.csv\ntransformations:\n  - read_delimited: {include_path_column: true}\n",
+        **{"x.csv": "Path,b\n1,2\n"},
+    )
+    dataset = load_mltable(str(folder)).engine_dataset()
+    planned = plan_inputs([dataset], "1GB")
+    with pytest.raises(InputError) as info:
+        dataset.read(planned.mini_batches[0], "")
+    message = str(info.value).replace(str(tmp_path), "/data")
+    assert message == (
+        "file '/data/t/x.csv' already has a column named ['Path'], which the MLTable /data/t/MLTable adds "
+        "(include_path_column or extract_columns_from_partition_format): rename one of them"
+    )
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text(encoding="utf-8")
+    assert f"`{message}`" in doc
 
 
 def test_not_an_mltable(tmp_path: Path) -> None:
@@ -303,3 +353,17 @@ def test_notes_for_keys_without_effect(tmp_path: Path) -> None:
     notes = load_mltable(str(folder)).notes
     assert len(notes) == 2 and "traits" in notes[1]
     assert os.path.isabs(load_mltable(str(folder)).paths[0])
+
+
+def test_the_mltable_source_keys_its_column_steps_not_its_place(tmp_path: Path) -> None:
+    """Reuse: what the MLTable asks of the rows is in the key, where its file lies is not."""
+    from airflow_parallel_run.core.reuse.key import key_fields
+
+    text = "paths:\n  - file: ./x.csv\ntransformations:\n  - read_delimited: {include_path_column: true}\n"
+    one = load_mltable(str(write(tmp_path / "a", text, **{"x.csv": CSV}))).engine_dataset()
+    moved = load_mltable(str(write(tmp_path / "b", text, **{"x.csv": CSV}))).engine_dataset()
+    dropped = load_mltable(
+        str(write(tmp_path / "c", text + "  - drop_columns: [b]\n", **{"x.csv": CSV}))
+    ).engine_dataset()
+    assert key_fields(one) == key_fields(moved) != key_fields(dropped)
+    assert "source" not in key_fields(one)

@@ -83,7 +83,7 @@ def test_each_threshold(config: Any) -> None:
     assert threshold_breach(tally, config(error_threshold=3), all_scheduled=True) is None
     assert threshold_breach(tally, config(allowed_failed_count=1), all_scheduled=False) == (
         "allowed_failed_count exceeded: 2 failed mini-batches > allowed_failed_count 1 (3 of 10 mini-batches "
-        "processed)"
+        "tried)"
     )
     assert threshold_breach(tally, config(allowed_failed_count=-1), all_scheduled=True) is None
     assert threshold_breach(tally, config(allowed_failed_percent=10), all_scheduled=False) is None  # not yet
@@ -103,6 +103,28 @@ def test_the_verdict_in_its_order(config: Any) -> None:
     failing = Tally(2, 4, done=2, succeeded_items=2, failed_items=2, failed_mini_batches=1)
     assert verdict(failing, config(), None) is None
     assert verdict(failing, config(allowed_failed_count=0), None) is not None
+
+
+def test_error_threshold_minus_one_ignores_items_but_not_mini_batches_or_empty_appends(config: Any) -> None:
+    """Azure: error_threshold=-1 ignores failed items (N tolerates N), so summary_only mini-batches that all
+    return [] succeed; a run() that raised every time or an append_row output with no row at all do not."""
+    returned_nothing = Tally(2, 4, done=2, succeeded_mini_batches=2, failed_items=4)
+    assert verdict(returned_nothing, config(output_action="summary_only"), None) is None
+    assert (
+        verdict(returned_nothing, config(output_action="summary_only", allowed_failed_count=0), None) is None
+    )
+    no_item = "no item succeeded: all 4 items of 2 mini-batches failed (see logs/user/error.txt)"
+    assert verdict(returned_nothing, config(), None) == no_item  # append_row: nothing to append
+    assert verdict(returned_nothing, config(output_action="summary_only", error_threshold=4), None) is None
+    assert verdict(returned_nothing, config(output_action="summary_only", error_threshold=3), None) == no_item
+    all_raised = Tally(2, 4, done=2, failed_mini_batches=2, failed_items=4)
+    assert verdict(all_raised, config(output_action="summary_only"), None) == no_item
+    assert (
+        verdict(Tally(0, 0), config(output_action="summary_only"), None)
+        == "the inputs hold no items to process"
+    )
+    unfinished = Tally(2, 4, done=1, succeeded_mini_batches=1, failed_items=2)
+    assert verdict(unfinished, config(output_action="summary_only"), None) == "1 mini-batches did not finish"
 
 
 def test_a_succeeded_summary_keeps_its_counts_and_key_order() -> None:
@@ -149,3 +171,17 @@ def test_a_summary_of_a_job_that_never_started_reads_back() -> None:
     assert not summary.succeeded and summary.total_items == 0 and summary.append_row_file is None
     with pytest.raises(ValueError, match="not a job summary"):
         JobSummary.from_dict({"status": "error", "message": "boom"})
+
+
+def test_a_mini_batch_awaiting_a_retry_counts_against_allowed_failed_count(config: Any) -> None:
+    tally = Tally(10, 20)
+    tally.note_started([0, 1, 2])
+    tally.note_retry(_mb(0))
+    assert threshold_breach(tally, config(allowed_failed_count=1), all_scheduled=False) is None
+    assert threshold_breach(tally, config(allowed_failed_count=0), all_scheduled=False) == (
+        "allowed_failed_count exceeded: 1 failed mini-batches, 1 of them awaiting a retry > allowed_failed_count 0 "
+        "(3 of 10 mini-batches tried)"
+    )
+    tally.record(_mb(0), _ok(0))  # the retry succeeded: no longer counted
+    assert threshold_breach(tally, config(allowed_failed_count=0), all_scheduled=False) is None
+    assert (tally.failing_mini_batches, tally.attempted) == (0, 3)

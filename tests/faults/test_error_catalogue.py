@@ -363,9 +363,9 @@ RUN_JOB_CASES = [
         config={"process_count_per_node": 100_000},
     ),
     RunJobCase(
-        "argument not a string",
-        "arguments=['--n', 3] is not allowed: a list of strings",
-        kwargs={"arguments": ["--n", 3]},
+        "argument neither a string nor a number",
+        "arguments=None is not allowed: a string (or a number)",
+        kwargs={"arguments": ["--n", None]},
     ),
     RunJobCase(
         "reserved output file name",

@@ -6,6 +6,7 @@ what comes back: commit, retry or final failure, then the thresholds. Nothing el
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -18,6 +19,7 @@ from distributed import Client
 from ..attempt import AttemptResult, AttemptStage, AttemptStatus
 from ..config import ParallelRunConfig
 from ..errors import ConfigError
+from ..inputs.normalise import as_strings
 from ..inputs.source import Dataset
 from ..logs.joblogs import JobLogs
 from ..minibatch import MiniBatch
@@ -46,9 +48,9 @@ def _plain(path: str) -> bool:
 def _local_paths(
     side_inputs: Sequence[str], arguments: Sequence[str]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Side inputs (and arguments naming them) that are paths on this host, made absolute and checked."""
-    if not all(isinstance(a, str) for a in arguments):
-        raise ConfigError("arguments", list(arguments), "a list of strings")
+    """Side inputs (and arguments naming them) that are paths on this host, made absolute and checked.
+    Arguments that are numbers become strings with str(), as Azure passes `arguments=['--test_size', 20]`."""
+    arguments = as_strings("arguments", list(arguments))
     if not all(isinstance(s, str) and s for s in side_inputs):
         raise ConfigError("side_inputs", list(side_inputs), "a list of paths or fsspec URLs")
     side = [os.path.abspath(s) if _plain(s) and os.path.exists(s) else s for s in side_inputs]
@@ -57,6 +59,15 @@ def _local_paths(
             raise ConfigError("side_inputs", original, "an existing file or folder, or an fsspec URL")
     args = tuple(os.path.abspath(a) if a in side_inputs and _plain(a) else a for a in arguments)
     return tuple(side), args
+
+
+def _side_input_variables(
+    environment: Mapping[str, str], given: Sequence[str], side: Sequence[str]
+) -> dict[str, str]:
+    """`environment_variables` whose value is a side input as given (`AZUREML_MODEL_DIR: models`) name it
+    by the path the workers see: absolute here, and each worker's local copy (core/worker/process.py)."""
+    paths = dict(zip(given, side, strict=True))
+    return {name: paths.get(value, value) for name, value in environment.items()}
 
 
 class JobDriver:
@@ -88,6 +99,7 @@ class JobDriver:
         self.storage_options = dict(storage_options or {})
         self.inputs = [d.with_credentials(self.storage_options) for d in inputs]  # the job's, where none
         self.side_inputs, self.arguments = _local_paths(side_inputs, arguments)
+        self.environment = _side_input_variables(config.environment_variables, side_inputs, self.side_inputs)
         OutputFolder.check(
             output_path,
             self.storage_options,
@@ -140,6 +152,7 @@ class JobDriver:
             log_url=self.folder.log_url,
             storage_options=self.storage_options,
         )
+        self.spec = dataclasses.replace(self.spec, environment_variables=self.environment)
         self.files = FilePublisher(self.output, self.storage_options, self._warn)
         self.sink = JobOutput(
             self.config.append_row_format, self.output, self.storage_options, self.files, self._master
@@ -267,8 +280,13 @@ class JobDriver:
         self.progress.started_running()
         return stream
 
+    def _submit(self, stream: AttemptStream, pending: Pending) -> None:
+        attempts = pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0))
+        self.tally.note_started(mb.index for mb, _attempt in attempts)
+        stream.submit(attempts)
+
     def _loop(self, stream: AttemptStream, pending: Pending) -> None:
-        stream.submit(pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0)))
+        self._submit(stream, pending)
         while len(stream):
             stream.check_connected()
             for mb, attempt, result in stream.next_batch():
@@ -279,7 +297,7 @@ class JobDriver:
                 self.stop.request("the job was cancelled")
                 self._halt(stream, pending)
                 return
-            stream.submit(pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0)))
+            self._submit(stream, pending)
 
     def _record(self, mb: MiniBatch, attempt: int, result: AttemptResult, pending: Pending) -> None:
         """Books one attempt: commit, retry, or final failure; then checks the thresholds."""
@@ -293,6 +311,7 @@ class JobDriver:
             return
         if step is Step.RETRY:
             pending.retry(mb, attempt + 1)
+            self.tally.note_retry(mb)
             self.progress.note_error(result, final=False)
         else:
             self._finalise(mb, result)

@@ -95,7 +95,25 @@ def list_input(path: str, storage_options: dict[str, Any]) -> tuple[str, list[Fi
     for ref in refs:
         _check_utf8_name(ref.url)
     refs.sort(key=lambda r: r.url)
-    return to_url(fs, root.rstrip("/")) if root else "", refs
+    root_url = to_url(fs, root.rstrip("/")) if root else ""
+    _refuse_mltable_folder(path, root_url, refs)
+    return root_url, refs
+
+
+MLTABLE_FILE = "MLTable"
+
+
+def _refuse_mltable_folder(path: str, root: str, refs: Sequence[FileRef]) -> None:
+    """A folder holding an `MLTable` file is a table described by that file: listed as data, its YAML would
+    become CSV rows or a file item. Refused by name (an MLTable input reads it as its YAML says)."""
+    for ref in refs:
+        folder, _, name = ref.url.rpartition("/")
+        if name == MLTABLE_FILE and folder == root:
+            raise InputError(
+                f"input {path!r} is an MLTable folder (it holds {ref.url}): read it as an MLTable input (a path "
+                "string in the operator's inputs or the CLI's --input, airflow_parallel_run.azure.mltable_input(path), "
+                "or type: mltable in a job YAML), or name its data files (e.g. a glob of them)"
+            )
 
 
 def _check_utf8_name(url: str) -> None:

@@ -2,7 +2,7 @@
 and the driver.
 
 `inputs` may be a source, a path/glob/URL string, or a list of them (strings become one `FileDataset`,
-in the place of the first string); `arguments` and `side_inputs` are lists of strings (numbers from
+in the place of the first string; a local MLTable folder or file becomes its MLTable input); `arguments` and `side_inputs` are lists of strings (numbers from
 Jinja's native rendering become strings). Credentials reach the sources with `with_job_credentials`:
 a job's `storage_options` fill those of inputs that have none (or are merged under theirs, for the
 sensor), and a source that names an Airflow connection gets it from the resolver the Airflow layer
@@ -31,6 +31,8 @@ def to_datasets(value: Any) -> list[Dataset]:
     for item in items:
         if isinstance(item, InputSource):
             datasets.append(item)
+        elif isinstance(item, (str, os.PathLike)) and str(item).strip() and _is_local_mltable(str(item)):
+            datasets.append(_mltable(str(item)))
         elif isinstance(item, (str, os.PathLike)) and str(item).strip():
             if paths_at < 0:
                 paths_at = len(datasets)
@@ -44,6 +46,24 @@ def to_datasets(value: Any) -> list[Dataset]:
     if paths:
         datasets.insert(paths_at, FileDataset.from_files(paths))
     return datasets
+
+
+def _is_local_mltable(path: str) -> bool:
+    """A local `MLTable` file or a folder holding one (remote folders are refused by name when listed)."""
+    path = path.removeprefix("file://")
+    if "://" in path:
+        return False
+    if os.path.basename(path.rstrip(os.sep)) == "MLTable":
+        return os.path.isfile(path)
+    return os.path.isfile(os.path.join(path, "MLTable"))
+
+
+def _mltable(path: str) -> Dataset:
+    """The MLTable at `path`, read as its YAML says (the Azure package parses it; it imports no Airflow)."""
+    from ...azure.mltable import mltable_input
+
+    dataset: Dataset = mltable_input(path)
+    return dataset
 
 
 def as_strings(name: str, value: Any) -> list[str]:

@@ -73,7 +73,10 @@ def check_partition_format(value: str | None) -> None:
 
 
 def partition_regex(partition_format: str) -> tuple[re.Pattern[str], list[str]]:
-    """'{user}/{season}/{genres}.wav' -> a regex with one named group per key."""
+    """'{user}/{season}/{genres}.wav' -> a regex with one named group per key, matched (with `search`)
+    against the end of a file's whole path as Azure does: the template may start with folders above the
+    dataset's root ('dataset_partition_test/{user}/...'), and it starts at a folder boundary, so
+    'data_{day}.csv' does not match 'mydata_1.csv'."""
     keys = re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", partition_format)
     if not keys:
         raise ConfigError(
@@ -87,13 +90,19 @@ def partition_regex(partition_format: str) -> tuple[re.Pattern[str], list[str]]:
             pattern += f"(?P<{part[1:-1]}>[^/]+?)"
         else:
             pattern += re.escape(part)
-    return re.compile(pattern + r"$"), keys
+    return re.compile(r"(?:^|/)" + pattern + r"$"), keys
 
 
-def partition_values(rel_path: str, regex: re.Pattern[str] | None) -> dict[str, str]:
-    """Key values of one file: from the template when given, else from hive `key=value` folders."""
+def path_of(url: str) -> str:
+    """What a partition format is matched against: a file's whole path (a URL without its query)."""
+    return url.split("?", 1)[0] if "://" in url else url
+
+
+def partition_values(rel_path: str, regex: re.Pattern[str] | None, path: str | None = None) -> dict[str, str]:
+    """Key values of one file: from the template when given (matched against `path`, the file's whole
+    path), else from hive `key=value` folders of `rel_path`, its path below the dataset's root."""
     if regex is not None:
-        match = regex.search(rel_path)
+        match = regex.search(path if path is not None else rel_path)
         return match.groupdict() if match else {}
     values = {}
     for segment in rel_path.split("/")[:-1]:
@@ -114,7 +123,7 @@ def group_by_keys(
             if root and ref.url.startswith(root)
             else posixpath.basename(ref.url)
         )
-        values = partition_values(rel, regex)
+        values = partition_values(rel, regex, path_of(ref.url))
         missing = [k for k in keys if k not in values]
         if missing:
             source = f"partition_format {dataset.partition_format!r}" if regex else "hive key=value folders"

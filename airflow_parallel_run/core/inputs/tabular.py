@@ -9,10 +9,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..minibatch import FileRef, MiniBatch, TabularSlice
 from .listing import PathInput, as_paths, list_input
-from .partitions import check_partition_format, group_by_keys
+from .partitions import check_partition_format, group_by_keys, partition_regex, partition_values, path_of
 from .source import PlanContext
 
 if TYPE_CHECKING:
@@ -139,12 +139,73 @@ class TabularDataset(PathInput):
                     yield ctx.batch(piece.rows, slices=(piece,))
 
     def read(self, batch: MiniBatch, scratch_dir: str) -> tuple[pd.DataFrame, int]:
-        """The mini-batch's slices as one DataFrame."""
+        """The mini-batch's slices as one DataFrame, with the partition key columns appended as Azure's
+        partitioned TabularDataset has them (see `partition_columns`)."""
         # imported here: pandas and pyarrow cost ~0.5 s of CPU, which a process of a files job never needs
         from .tabular_read import read_tabular
 
-        frame = read_tabular(batch.slices, self)
+        if not self.partition_format and not batch.partition_key_value:
+            frame = read_tabular(batch.slices, self)
+            return frame, len(frame)
+        frames = [
+            with_columns(
+                read_tabular(group, self), url, partition_columns(self, url, batch), self.partition_format
+            )
+            for url, group in slices_by_file(batch.slices)
+        ]
+        frame = frames[0] if len(frames) == 1 else _concat(frames)
         return frame, len(frame)
+
+
+def slices_by_file(slices: Sequence[TabularSlice]) -> Iterator[tuple[str, list[TabularSlice]]]:
+    """Runs of consecutive slices of the same file, with its URL."""
+    group: list[TabularSlice] = []
+    for piece in slices:
+        if group and group[-1].url != piece.url:
+            yield group[0].url, group
+            group = []
+        group.append(piece)
+    if group:
+        yield group[0].url, group
+
+
+def partition_columns(dataset: TabularDataset, url: str, batch: MiniBatch) -> dict[str, str]:
+    """The columns a file's rows get, as strings: every `{key}` of the dataset's `partition_format`, from
+    the file's path (Azure's partitioned TabularDataset has them as columns, in the format's order), else
+    the mini-batch's `partition_key_value` (hive `key=value` folders grouped by `partition_keys`)."""
+    if not dataset.partition_format:
+        return dict(batch.partition_key_value)
+    regex, keys = partition_regex(dataset.partition_format)
+    values = partition_values("", regex, path_of(url))
+    if set(keys) - set(values):
+        raise InputError(
+            f"file {url!r} does not match partition_format {dataset.partition_format!r}, so its rows have no "
+            f"values for the columns {keys}"
+        )
+    return {key: values[key] for key in keys}
+
+
+def with_columns(
+    frame: pd.DataFrame, url: str, columns: Mapping[str, str], partition_format: str | None
+) -> pd.DataFrame:
+    """`frame` with `columns` appended (string values); a column the file already has is an error, never
+    overwritten."""
+    clash = [key for key in columns if key in frame.columns]
+    if clash:
+        source = f"partition_format {partition_format!r}" if partition_format else "partition_keys"
+        raise InputError(
+            f"file {url!r} already has a column named {clash} ({source} appends a column of that name to the "
+            "rows): rename the key in the format or the column in the file"
+        )
+    for key, value in columns.items():
+        frame[key] = value
+    return frame
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
 
 
 def _slices(ref: FileRef, dataset: TabularDataset, size: int) -> list[TabularSlice]:

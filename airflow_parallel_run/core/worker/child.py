@@ -65,6 +65,14 @@ def _install_azureml_shim() -> None:
     sys.modules["azureml_user.parallel_run"] = module
 
 
+def _install_azureml_core_fallback() -> None:
+    """Lets v1 scripts `from azureml.core import Model, Run` where no azureml-core is installed
+    (`Model.get_model_path` reads AZUREML_MODEL_DIR; an installed azureml-core always wins)."""
+    from ...azure.azureml_fallback import install_azureml_core_fallback  # Airflow-free, stdlib only
+
+    install_azureml_core_fallback()
+
+
 def _watch_parent(parent_pid: int) -> None:
     """Exits when the runner that started us is gone (a killed Dask worker), so no entry-script
     process is ever orphaned, and takes what init()/run() started along (see `process_tree`)."""
@@ -147,6 +155,7 @@ def _start(conn: Connection, setup: Setup) -> types.ModuleType:
         format="%(asctime)s|%(levelname)s|%(name)s|%(message)s",
     )
     _install_azureml_shim()
+    _install_azureml_core_fallback()
     os.chdir(setup.working_dir)
     for folder in (setup.script_dir, os.path.dirname(setup.entry_script)):
         if folder not in sys.path:

@@ -112,6 +112,7 @@ class EntryProcess:
     def __init__(self, spec: JobSpec, host: ProcessHost) -> None:
         self.spec = spec
         self.host = host
+        self.side_input_paths: dict[str, str] = {}  # side input as given -> its local path (start())
         self.node = node_name()
         self.log_root = local_log_root(spec)
         self.name = claim_process_name(os.path.join(self.log_root, "sys", "node", self.node))
@@ -151,6 +152,7 @@ class EntryProcess:
         """Starts the process and waits for init(): `Ready`, or `Failed` (the process is gone then)."""
         code_dir = self.host.code_dir()
         replacements = {url: self.host.side_input(url) for url in self.spec.side_inputs}
+        self.side_input_paths = replacements  # for arguments and environment variables naming them
         parent_sock, child_sock = socket.socketpair()
         try:
             if not self._spawn(child_sock):
@@ -179,7 +181,8 @@ class EntryProcess:
         """The user's environment, the job's `environment_variables`, and what the process needs to know
         about itself."""
         env = user_environ()
-        env.update(self.spec.environment_variables)
+        local = self.side_input_paths
+        env.update({name: local.get(value, value) for name, value in self.spec.environment_variables.items()})
         env.update(
             {
                 # the job's output folder identifies the job (ps, /proc); the process itself points

@@ -170,6 +170,10 @@ def test_a_mini_batch_reads_back_with_its_pieces() -> None:
     batch = MiniBatch(3, "tabular", 1, 10, partition_key_value={"d": "1"}, pieces=(_Range("t", 0, 10, "d"),))
     assert MiniBatch.from_dict(json.loads(json.dumps(batch.to_dict()))) == batch
     assert batch.units() == ["t[0:10]"] and batch.label() == "t[0:10]"
-    assert batch.describe() == {"input_index": 1, "pieces": [{"table": "t", "lower": 0, "upper": 10}]}
+    assert batch.describe() == {
+        "input_index": 1,
+        "pieces": [{"table": "t", "lower": 0, "upper": 10}],
+        "partition_key_value": {"d": "1"},
+    }
     written_before_pieces = {k: v for k, v in MiniBatch(0, "file", 0, 0).to_dict().items() if k != "pieces"}
     assert MiniBatch.from_dict(written_before_pieces).pieces == ()
