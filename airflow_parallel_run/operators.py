@@ -44,6 +44,7 @@ from airflow_parallel_run.core import (
 from airflow_parallel_run.core.cluster import ClusterError, select_hosts
 from airflow_parallel_run.core.manifest import InputChangedError, is_manifest_reference, load_manifest
 from airflow_parallel_run.core.planner import Plan
+from airflow_parallel_run.core.watch_lease import DEFAULT_WATCH_LEASE_S, check_watch_lease
 from airflow_parallel_run.lineage import LineageMixin
 from airflow_parallel_run.links import DASHBOARD_XCOM_KEY, DaskDashboardLink
 from airflow_parallel_run.partitions import (
@@ -321,6 +322,11 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
     :param on_manifest_change: with a sensor's manifest as ``inputs``: ``"fail"`` (default) when an input
         file was deleted or changed after the sensor planned it, or ``"replan"`` to plan the manifest's
         inputs again as they are now.
+    :param watch_lease_s: deferrable mode: the in-cluster job stops itself (``Job failed: no Airflow
+        trigger watched the job for 300 s ...``) once no trigger has refreshed its watch mark for this many
+        seconds (default 300, at least 10): a task marked failed/success or cleared before its trigger
+        ran, or no triggerer running, must not leave a job running for ever. Keep it well above a
+        triggerer hand-off (see docs/airflow.md, Lifecycle).
     """
 
     template_fields: Sequence[str] = ("inputs", "output_path", "side_inputs", "arguments", *TUNABLES)
@@ -352,6 +358,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         on_manifest_change: str = "fail",
         output_asset: Asset | None = None,
         outlet_partitions: str = "run",
+        watch_lease_s: float = DEFAULT_WATCH_LEASE_S,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -379,6 +386,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         self.storage_options = dict(storage_options or {})
         self.storage_conn_id = storage_conn_id
         self.on_manifest_change = on_manifest_change
+        self.watch_lease_s = check_watch_lease(watch_lease_s)
         self._driver: JobDriver | None = None
         self._stop_reason: str | None = None  # set once the task must stop (before or while the job runs)
         self._kill_requested = threading.Event()
@@ -909,6 +917,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
             cache_dir=job.kwargs["cache_dir"],
             planned=job.planned,
             protected_paths=extra.get("protected_paths", ()),
+            watch_lease_s=self.watch_lease_s,
         )
         deadline, label = self._deadline(context)
         hook = DaskHook(self.dask_conn_id)
@@ -944,6 +953,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
                 timeout_label=label,
                 identity=identity.as_dict(),
                 cluster=hook.cluster_options(),
+                watch_lease_s=self.watch_lease_s,
             ),
             method_name="execute_complete",
             timeout=None

@@ -10,6 +10,8 @@ trigger polls it asynchronously:
 - ``beat``: a counter the driver task increases every second while it lives (a waiter that sees it stop
   moving knows the task is gone, without comparing clocks across hosts);
 - ``cancel``: set by the caller to stop the job; its value is the reason the job's logs record;
+- ``watch``: the mark a waiting trigger refreshes; a job with a ``watch_lease_s`` stops itself once it
+  has not changed for that long (see core/watch_lease.py);
 - ``summary``: the final summary (``status`` ``error`` with ``error_type`` when the job could not run).
 
 A task instance may own one job at a time: ``("airflow-parallel-run", "slots", <task key>)`` names the job
@@ -42,6 +44,7 @@ from .datasets import Dataset
 from .errors import ConfigError
 from .jobspec import bundle_scripts
 from .planner import Plan
+from .watch_lease import WatchLease, lease_reason, watch_key
 
 METADATA_ROOT = "airflow-parallel-run"
 #: The cancel reason when the caller gave none.
@@ -76,6 +79,7 @@ class RemoteJob:
     planned: Plan | None = None
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     protected_paths: tuple[str, ...] = ()
+    watch_lease_s: float | None = None  # None: nothing watches the job, it never stops for lack of it
 
     @classmethod
     def build(
@@ -91,6 +95,7 @@ class RemoteJob:
         cache_dir: str | None = None,
         planned: Plan | None = None,
         protected_paths: Sequence[str] = (),
+        watch_lease_s: float | None = None,
     ) -> RemoteJob:
         bundle, _, entry, _ = bundle_scripts(config.entry_script_path, config.source_directory)
         return cls(
@@ -106,6 +111,7 @@ class RemoteJob:
             cache_dir,
             planned,
             protected_paths=tuple(protected_paths),
+            watch_lease_s=watch_lease_s,
         )
 
     def _config_in(self, folder: str) -> ParallelRunConfig:
@@ -137,11 +143,13 @@ class RemoteJob:
 
 
 class _Watch:
-    """Beats and obeys the cancel flag from the start of the driver task, before the driver exists."""
+    """Beats and obeys the cancel flag from the start of the driver task, before the driver exists; with
+    a lease, sets the cancel flag itself once nobody refreshed the job's watch mark for that long."""
 
-    def __init__(self, client: Any, job_id: str) -> None:
+    def __init__(self, client: Any, job_id: str, watch_lease_s: float | None = None) -> None:
         self.client = client
         self.job_id = job_id
+        self.lease = None if watch_lease_s is None else WatchLease(watch_lease_s)
         self.done = threading.Event()
         self.driver: Any = None
         self.reason: str | None = None
@@ -162,6 +170,12 @@ class _Watch:
             try:
                 self.client.set_metadata(metadata_key(self.job_id, "beat"), beat)
                 flag = self.client.get_metadata(metadata_key(self.job_id, "cancel"), default=None)
+                if not flag and self.lease is not None:
+                    mark = self.client.get_metadata(watch_key(self.job_id), default=None)
+                    if self.lease.observe(mark):
+                        flag = lease_reason(self.lease.lease_s)
+                        if not cancel_job(self.client, self.job_id, flag):  # a stop came first: its words
+                            flag = self.client.get_metadata(metadata_key(self.job_id, "cancel"), default=None)
             except Exception:  # noqa: BLE001 - keep watching through a scheduler hiccup
                 continue
             if flag and self.reason is None:
@@ -186,7 +200,7 @@ def run_job_in_cluster(job: RemoteJob) -> dict[str, Any]:
         summary: dict[str, Any] = {"status": "failed", "message": f"Job failed: {reason} (before it started)"}
         client.set_metadata(metadata_key(job.job_id, "summary"), summary)
         return summary
-    watch = _Watch(client, job.job_id)
+    watch = _Watch(client, job.job_id, job.watch_lease_s)
     said = 0
 
     def progress(line: str) -> None:
