@@ -102,7 +102,8 @@ def submit_and_defer(
 
     conn_id = getattr(op, "dask_conn_id", None)
     assert conn_id is not None
-    remote = RemoteJob.of(request)
+    lease = getattr(op, "watch_lease_s", None)
+    remote = RemoteJob.of(request, watch_lease_s=lease)
     ends, label = deadline(op.execution_timeout, context)
     hook = DaskHook(conn_id)
     with hook.get_client() as client:
@@ -137,6 +138,7 @@ def submit_and_defer(
             timeout_label=label,
             identity=identity.as_dict(),
             cluster=hook.cluster_options(),
+            watch_lease_s=lease,
         ),
         method_name="execute_complete",
         timeout=None

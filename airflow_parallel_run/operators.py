@@ -41,6 +41,7 @@ from airflow_parallel_run.core import (
 )
 from airflow_parallel_run.core.driver.cluster import ClusterError, dashboard_link, select_hosts
 from airflow_parallel_run.core.driver.job import JobRequest
+from airflow_parallel_run.core.driver.watch_lease import DEFAULT_WATCH_LEASE_S, check_watch_lease
 from airflow_parallel_run.core.inputs.normalise import as_strings, to_datasets, with_job_credentials
 from airflow_parallel_run.core.inputs.source import Dataset, InputSource
 from airflow_parallel_run.core.logs.joblogs import error_head
@@ -131,6 +132,11 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
     :param on_manifest_change: with a sensor's manifest as ``inputs``: ``"fail"`` (default) when an input
         file was deleted or changed after the sensor planned it, or ``"replan"`` to plan the manifest's
         inputs again as they are now.
+    :param watch_lease_s: deferrable mode: the in-cluster job stops itself (``Job failed: no Airflow
+        trigger watched the job for 300 s ...``) once no trigger has refreshed its watch mark for this many
+        seconds (default 300, at least 10): a task marked failed/success or cleared before its trigger
+        ran, or no triggerer running, must not leave a job running for ever. Keep it well above a
+        triggerer hand-off (see docs/airflow.md, Lifecycle).
     """
 
     template_fields: Sequence[str] = ("inputs", "output_path", "side_inputs", "arguments", *TUNABLES)
@@ -162,6 +168,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         on_manifest_change: str = "fail",
         output_asset: Asset | None = None,
         outlet_partitions: str = "run",
+        watch_lease_s: float = DEFAULT_WATCH_LEASE_S,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -189,6 +196,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         self.storage_options = dict(storage_options or {})
         self.storage_conn_id = storage_conn_id
         self.on_manifest_change = on_manifest_change
+        self.watch_lease_s = check_watch_lease(watch_lease_s)
         self._watch = WatchedRun(self.log)  # the job's driver and how it stops (on_kill, timeout)
         check_static(
             parallel_run_config,

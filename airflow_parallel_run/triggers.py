@@ -52,6 +52,9 @@ class ParallelRunJobTrigger(BaseTrigger):
     :param cluster: ``DaskHook.cluster_options()`` of the connection, resolved by the task: the trigger
         reaches the cluster without asking Airflow for the connection, which can stall while Airflow
         handles the very user action `on_kill` answers (seen on SQLite: tens of seconds).
+    :param watch_lease_s: the job's watch lease: every poll refreshes the job's watch mark, at least
+        every `refresh_interval` of it, so the job knows a trigger still waits for it (see
+        core/driver/watch_lease.py: the job stops itself when no trigger watched it for that long).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class ParallelRunJobTrigger(BaseTrigger):
         timeout_label: str | None = None,
         identity: dict[str, Any] | None = None,
         cluster: dict[str, Any] | None = None,
+        watch_lease_s: float | None = None,
     ) -> None:
         super().__init__()
         self.dask_conn_id = dask_conn_id
@@ -74,6 +78,7 @@ class ParallelRunJobTrigger(BaseTrigger):
         self.timeout_label = timeout_label
         self.identity = dict(identity) if identity else None
         self.cluster = dict(cluster) if cluster else None
+        self.watch_lease_s = watch_lease_s
         self._cancelled = False  # run() ended by a cancellation
         self._fired = False  # run() fired its event: the job has ended (or the task stops it itself)
         self._stopping: asyncio.Future[None] | None = None  # the stop on_kill or cleanup started
@@ -90,6 +95,7 @@ class ParallelRunJobTrigger(BaseTrigger):
                 "timeout_label": self.timeout_label,
                 "identity": self.identity,
                 "cluster": self.cluster,
+                "watch_lease_s": self.watch_lease_s,
             },
         )
 
@@ -121,7 +127,9 @@ class ParallelRunJobTrigger(BaseTrigger):
             await asyncio.wait_for(identity_from_dict(self.identity).acurrent_state(), STATE_WAIT_S)
 
     async def _sleep_until_next_poll(self) -> None:
-        delay = self.poll_interval
+        from airflow_parallel_run.core.driver.watch_lease import refresh_interval
+
+        delay = min(self.poll_interval, refresh_interval(self.watch_lease_s))
         if self.deadline is not None:
             delay = max(0.0, min(delay, self.deadline - time.time()))
         await asyncio.sleep(delay)
@@ -137,6 +145,7 @@ class ParallelRunJobTrigger(BaseTrigger):
 
     async def _poll(self) -> AsyncIterator[TriggerEvent]:
         from airflow_parallel_run.core.driver.remote import METADATA_ROOT, metadata_key
+        from airflow_parallel_run.core.driver.watch_lease import new_mark, watch_key
 
         first = self.first_poll_delay
         if self.deadline is not None:
@@ -162,6 +171,7 @@ class ParallelRunJobTrigger(BaseTrigger):
         cancelled = False
         try:
             while True:
+                await client.set_metadata(watch_key(self.job_id), new_mark())  # the job's lease
                 summary = await client.get_metadata(metadata_key(self.job_id, "summary"), default=None)
                 await new_lines()
                 if summary is not None:

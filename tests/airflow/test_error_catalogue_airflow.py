@@ -99,6 +99,14 @@ def test_literal_bad_value_fails_when_the_dag_is_parsed(
     check_documented(MBS_TEN, str(info.value))
 
 
+def test_a_short_watch_lease_fails_when_the_dag_is_parsed(
+    config: ParallelRunConfig, inputs: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        operator(config, inputs, tmp_path, watch_lease_s=5)
+    check_documented("watch_lease_s=5 is not allowed: a finite number of seconds >= 10", str(info.value))
+
+
 def test_mixed_input_types_fail_the_task(config: ParallelRunConfig, inputs: str, tmp_path: Path) -> None:
     table = tmp_path / "t.csv"
     table.write_text("a\n1\n")

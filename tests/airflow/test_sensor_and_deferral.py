@@ -209,6 +209,38 @@ async def test_job_trigger_fires_with_the_summary_and_on_kill_cancels(
 
 
 @pytest.mark.asyncio
+async def test_the_job_trigger_keeps_a_job_with_a_short_watch_lease_alive(
+    dask_cluster: Any, tmp_path: Path, write_script: Any, files: Any
+) -> None:
+    """The trigger refreshes the job's watch mark: a job that outlives its lease many times over runs to
+    its end while the trigger waits for it (without the trigger, tests/core/driver/test_watch_lease.py: it stops)."""
+    from distributed import Client
+
+    from airflow_parallel_run.core import FileDataset, ParallelRunConfig
+    from airflow_parallel_run.core.driver.remote import RemoteJob, submit_job
+    from airflow_parallel_run.triggers import ParallelRunJobTrigger
+
+    script = write_script("import time\ndef run(b):\n    time.sleep(0.5)\n    return b\n")
+    job = RemoteJob.build(
+        ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1),
+        [FileDataset.from_files(str(files(60)))],
+        str(tmp_path / "out"),
+        watch_lease_s=3.0,  # below the operator's minimum on purpose: the trigger must refresh often
+    )
+    with Client(dask_cluster.scheduler_address) as client:
+        submit_job(client, job)
+    started = time.monotonic()
+    trigger = ParallelRunJobTrigger(
+        "apr_test_dask", job.job_id, poll_interval=30.0, first_poll_delay=0.1, watch_lease_s=3.0
+    )
+    event = await asyncio.wait_for(_first_event(trigger), 120)
+    assert event["status"] == "done", event
+    assert event["summary"]["status"] == "succeeded" and event["summary"]["succeeded_items"] == 60, event
+    assert time.monotonic() - started > 2 * 3.0, "the job outlived its lease"
+    assert trigger.serialize()[1]["watch_lease_s"] == 3.0
+
+
+@pytest.mark.asyncio
 async def test_partition_trigger_fires_when_complete_and_on_errors(tmp_path: Path) -> None:
     from airflow_parallel_run.triggers import DatasetPartitionTrigger
 

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from distributed import Client
 from e2e_rest import Api, Stack
 from test_e2e_deferrable import dask_connection  # noqa: F401 - the fixture, shared with that module
+
+from airflow_parallel_run.core.driver.watch_lease import lease_reason, watch_key
 
 pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
 
@@ -26,6 +31,8 @@ DAG_IDS = (
     "apr_e2e_deferrable_clear",
     "apr_e2e_deferrable_timeout",
     "apr_e2e_mark_failed",
+    "apr_e2e_deferrable_mark_failed",
+    "apr_e2e_deferrable_unwatched",
 )
 PARTITIONS = {"a": 3, "b": 2, "c": 4}
 LOCK = ".airflow-parallel-run.lock"
@@ -78,6 +85,24 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"{what} not within {timeout:.0f} s"
         time.sleep(0.25)
+
+
+def _job_id(api: Api, dag_id: str, run_id: str) -> str:
+    """The id of the job the task submitted (its `parallel_run_job` XCom)."""
+    return str(api.xcom(dag_id, run_id, "score", key="parallel_run_job")["job_id"])
+
+
+def _wait_watched(client: Client, job_id: str, refreshes: int, timeout: float) -> None:
+    """Waits until a trigger has refreshed the job's watch mark `refreshes` times (seen from the cluster)."""
+    marks: set[str] = set()
+
+    def refreshed() -> bool:
+        mark = client.get_metadata(watch_key(job_id), default=None)
+        if mark is not None:
+            marks.add(str(mark))
+        return len(marks) >= refreshes
+
+    _wait_for(refreshed, timeout, f"{refreshes} refreshes of job {job_id}'s watch mark by its trigger")
 
 
 def _attempt_rows(out: Path) -> int:
@@ -167,13 +192,22 @@ def test_marking_a_deferrable_task_failed_stops_its_job_with_those_words(
     api: Api,
     stack: Stack,
     root: Path,
+    dask_client: Client,
     dask_connection: str,  # noqa: F811 - the imported fixture
 ) -> None:
-    _land(root / "in", [f"item{i:02d}" for i in range(60)])
-    dag_id = "apr_e2e_deferrable_clear"
+    """Marked failed while its trigger watches the job: `on_kill` stops the job with those words.
+
+    The PATCH waits until the trigger has refreshed the job's watch mark twice (so the triggerer runs the
+    trigger and answers again), and the job would take two minutes (60 mini-batches of 8 s on 4
+    processes), so a slow triggerer cannot let it finish before the stop arrives.
+    """
+    _land(root / "in", [f"item{i:03d}" for i in range(240)])
+    dag_id = "apr_e2e_deferrable_mark_failed"
     run_id = _trigger(api, dag_id, root)
     _wait_ti(api, dag_id, run_id, "deferred", timeout=180)
-    _wait_for(lambda: _attempt_rows(root / "out") >= 4, 120, "four attempts")
+    job_id = _job_id(api, dag_id, run_id)
+    _wait_watched(dask_client, job_id, refreshes=2, timeout=90)
+    assert dask_client.get_metadata(["airflow-parallel-run", job_id, "summary"], default=None) is None
     response = api.request(
         "PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/score", json={"new_state": "failed"}
     )
@@ -193,6 +227,43 @@ def test_marking_a_deferrable_task_failed_stops_its_job_with_those_words(
     else:
         assert words == "Job failed: the Airflow task was marked failed", result[:300]
     summary = json.loads(result[result.rindex("\n{\n") :])  # the summary closes job_result.txt
+    assert summary["succeeded_mini_batches"] < 30, "the job stopped before its end"
+    _wait_for(lambda: not (root / "out" / LOCK).exists(), 30, "the output folder's lock released")
+    assert not (root / "out" / ".staging").exists()
+    assert _ti(api, dag_id, run_id)["state"] == "failed"
+
+
+def test_a_deferrable_job_no_trigger_watches_stops_at_its_watch_lease(
+    api: Api,
+    stack: Stack,
+    root: Path,
+    dask_client: Client,
+    dask_connection: str,  # noqa: F811 - the imported fixture
+) -> None:
+    """Marked failed before any trigger ran (the triggerer is paused: it cannot take the trigger, nor
+    cancel it): nothing in Airflow stops the job, so the job stops itself once its `watch_lease_s=10`
+    ran out, with words that say why."""
+    _land(root / "in", [f"item{i:03d}" for i in range(240)])
+    dag_id = "apr_e2e_deferrable_unwatched"
+    triggerer = stack.processes["triggerer"].pid
+    result_file = root / "out" / "logs" / "job_result.txt"
+    os.killpg(triggerer, signal.SIGSTOP)
+    try:
+        run_id = _trigger(api, dag_id, root)
+        _wait_ti(api, dag_id, run_id, "deferred", timeout=180)
+        response = api.request(
+            "PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/score", json={"new_state": "failed"}
+        )
+        assert response.status_code == 200, response.text
+        _wait_for(result_file.exists, 120, "logs/job_result.txt of the unwatched job")
+        job_id = _job_id(api, dag_id, run_id)
+        assert dask_client.get_metadata(watch_key(job_id), default=None) is None, "no trigger ever ran"
+    finally:
+        os.killpg(triggerer, signal.SIGCONT)
+    result = result_file.read_text()
+    assert result.splitlines()[0] == f"Job failed: {lease_reason(10)}", result[:300]
+    assert result.startswith("Job failed: no Airflow trigger watched the job for 10 s (its task was marked")
+    summary = json.loads(result[result.rindex("\n{\n") :])
     assert summary["succeeded_mini_batches"] < 30, "the job stopped before its end"
     _wait_for(lambda: not (root / "out" / LOCK).exists(), 30, "the output folder's lock released")
     assert not (root / "out" / ".staging").exists()

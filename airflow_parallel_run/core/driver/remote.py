@@ -10,6 +10,8 @@ trigger polls it asynchronously:
 - ``beat``: a counter the driver task increases every second while it lives (a waiter that sees it stop
   moving knows the task is gone, without comparing clocks across hosts);
 - ``cancel``: set by the caller to stop the job; its value is the reason the job's logs record;
+- ``watch``: the mark a waiting trigger refreshes; a job with a ``watch_lease_s`` stops itself once it
+  has not changed for that long (see core/driver/watch_lease.py);
 - ``summary``: the final summary (``status`` ``error`` with ``error_type`` when the job could not run).
 
 A task instance may own one job at a time: ``("airflow-parallel-run", "slots", <task key>)`` names the job
@@ -42,6 +44,7 @@ from ..inputs.source import Dataset
 from ..plan import Plan
 from ..worker.spec import bundle_scripts
 from .job import JobRequest
+from .watch_lease import WatchLease, lease_reason, watch_key
 
 METADATA_ROOT = "airflow-parallel-run"
 #: The cancel reason when the caller gave none.
@@ -67,6 +70,7 @@ class RemoteJob:
     request: JobRequest
     code: bytes
     entry: str
+    watch_lease_s: float | None = None  # None: nothing watches the job, it never stops for lack of it
 
     @property
     def job_id(self) -> str:
@@ -86,6 +90,7 @@ class RemoteJob:
         cache_dir: str | None = None,
         planned: Plan | None = None,
         protected_paths: Sequence[str] = (),
+        watch_lease_s: float | None = None,
     ) -> RemoteJob:
         request = JobRequest(
             config,
@@ -99,14 +104,14 @@ class RemoteJob:
             planned=planned,
             protected_paths=tuple(protected_paths),
         )
-        return cls.of(request)
+        return cls.of(request, watch_lease_s=watch_lease_s)
 
     @classmethod
-    def of(cls, request: JobRequest) -> RemoteJob:
+    def of(cls, request: JobRequest, *, watch_lease_s: float | None = None) -> RemoteJob:
         bundle, _, entry, _ = bundle_scripts(
             request.config.entry_script_path, request.config.source_directory
         )
-        return cls(request, bundle, entry)
+        return cls(request, bundle, entry, watch_lease_s)
 
     def _config_in(self, folder: str) -> ParallelRunConfig:
         config = self.request.config
@@ -175,11 +180,13 @@ class RemoteError:
 
 
 class _Watch:
-    """Beats and obeys the cancel flag from the start of the driver task, before the driver exists."""
+    """Beats and obeys the cancel flag from the start of the driver task, before the driver exists; with
+    a lease, sets the cancel flag itself once nobody refreshed the job's watch mark for that long."""
 
-    def __init__(self, client: Any, job_id: str) -> None:
+    def __init__(self, client: Any, job_id: str, watch_lease_s: float | None = None) -> None:
         self.client = client
         self.job_id = job_id
+        self.lease = None if watch_lease_s is None else WatchLease(watch_lease_s)
         self.done = threading.Event()
         self.driver: Any = None
         self.reason: str | None = None
@@ -200,6 +207,12 @@ class _Watch:
             try:
                 self.client.set_metadata(metadata_key(self.job_id, "beat"), beat)
                 flag = self.client.get_metadata(metadata_key(self.job_id, "cancel"), default=None)
+                if not flag and self.lease is not None:
+                    mark = self.client.get_metadata(watch_key(self.job_id), default=None)
+                    if self.lease.observe(mark):
+                        flag = lease_reason(self.lease.lease_s)
+                        if not cancel_job(self.client, self.job_id, flag):  # a stop came first: its words
+                            flag = self.client.get_metadata(metadata_key(self.job_id, "cancel"), default=None)
             except Exception:  # noqa: BLE001 - keep watching through a scheduler hiccup
                 continue
             if flag and self.reason is None:
@@ -224,7 +237,7 @@ def run_job_in_cluster(job: RemoteJob) -> dict[str, Any]:
         summary: dict[str, Any] = {"status": "failed", "message": f"Job failed: {reason} (before it started)"}
         client.set_metadata(metadata_key(job.job_id, "summary"), summary)
         return summary
-    watch = _Watch(client, job.job_id)
+    watch = _Watch(client, job.job_id, job.watch_lease_s)
     said = 0
 
     def progress(line: str) -> None:

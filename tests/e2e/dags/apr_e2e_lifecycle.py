@@ -8,6 +8,9 @@ files (and finds its outputs) before or after triggering, under a folder of its 
 - `apr_e2e_deferrable_clear`: a deferrable operator on the `apr_e2e_dask` cluster that runs long
   enough for the test to clear it while its job runs.
 - `apr_e2e_deferrable_timeout`: the same with `execution_timeout=15s`, which the job outlasts.
+- `apr_e2e_deferrable_mark_failed`: a deferrable job of 8 s mini-batches (two minutes for the test's 240
+  files), which the test marks failed once its trigger watches it.
+- `apr_e2e_deferrable_unwatched`: the same with `watch_lease_s=10`, marked failed while no trigger runs.
 - `apr_e2e_mark_failed`: an embedded-cluster job the test marks failed while it runs.
 """
 
@@ -31,6 +34,9 @@ ECHO = ParallelRunConfig(entry_script=str(HERE / "scripts" / "slow_echo.py"), pr
 SLOW = ParallelRunConfig(
     entry_script=str(HERE / "scripts" / "slow_echo.py"), mini_batch_size=2, process_count_per_node=2
 )
+SLEEPY = ParallelRunConfig(
+    entry_script=str(HERE / "scripts" / "sleepy_echo.py"), mini_batch_size=4, process_count_per_node=2
+)
 
 
 @dag(dag_id="apr_e2e_mapped_partitions", schedule=None, start_date=START, catchup=False, tags=["test"])
@@ -43,14 +49,14 @@ def mapped_partitions() -> None:
     ).expand(inputs=wait.output)
 
 
-def _deferrable(dag_id: str, **task_kwargs: Any) -> None:
+def _deferrable(dag_id: str, config: ParallelRunConfig = SLOW, **task_kwargs: Any) -> None:
     """A deferrable operator on the `apr_e2e_dask` cluster, long enough to be stopped while it runs."""
 
     @dag(dag_id=dag_id, schedule=None, start_date=START, catchup=False, tags=["test"])
     def deferrable() -> None:
         ParallelRunOperator(
             task_id="score",
-            parallel_run_config=SLOW,
+            parallel_run_config=config,
             inputs=ROOT + "/in",
             output_path=ROOT + "/out",
             dask_conn_id="apr_e2e_dask",
@@ -78,4 +84,6 @@ def mark_failed() -> None:
 mapped_partitions()
 _deferrable("apr_e2e_deferrable_clear")
 _deferrable("apr_e2e_deferrable_timeout", execution_timeout=timedelta(seconds=15))
+_deferrable("apr_e2e_deferrable_mark_failed", SLEEPY)
+_deferrable("apr_e2e_deferrable_unwatched", SLEEPY, watch_lease_s=10)
 mark_failed()
