@@ -2,7 +2,7 @@
 tasks, and marking a running task failed.
 
 Every test keeps its files under a folder of its own (`dag_run.conf["root"]`, see
-tests/e2e/dags/apr_e2e_lifecycle.py). Deferrable tests use the suite's Dask cluster of separate
+tests/dags/apr_e2e_lifecycle.py). Deferrable tests use the suite's Dask cluster of separate
 worker processes (`dask_client`), named by the `apr_e2e_dask` connection made over REST.
 """
 

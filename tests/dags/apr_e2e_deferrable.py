@@ -1,4 +1,4 @@
-"""e2e-only DAG: a deferrable DatasetPartitionSensor feeding a deferrable ParallelRunOperator.
+"""Test DAG of the e2e suite: a deferrable DatasetPartitionSensor feeding a deferrable ParallelRunOperator.
 
 The sensor waits in the triggerer for `<demo root>/deferrable/<run_id>/landing/_SUCCESS` (the test lands
 the files once it has seen the sensor deferred); the operator's driver runs inside the Dask cluster of

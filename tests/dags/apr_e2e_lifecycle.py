@@ -1,4 +1,4 @@
-"""e2e-only DAGs for the task lifecycle: mapped tasks, clearing and timing out deferrable tasks, and
+"""Test DAGs of the e2e suite for the task lifecycle: mapped tasks, clearing and timing out deferrable tasks, and
 marking a running task failed. Every folder comes from `dag_run.conf["root"]`, so the test lands its
 files (and finds its outputs) before or after triggering, under a folder of its own.
 
