@@ -28,7 +28,7 @@ from dag_folders import build_dags_folder
 from e2e_rest import EXAMPLE_DAG_IDS, Api, Stack, StackError, free_port
 
 ADMIN_PASSWORD = "e2e-admin-password"
-E2E_DAG_IDS = ("apr_test_failing_scoring", "apr_e2e_deferrable", "apr_e2e_twenty_batches")
+E2E_DAG_IDS = ("apr_test_failing_scoring", "apr_test_sensor_deferrable", "apr_e2e_twenty_batches")
 SCHEDULERS = 2
 # Airflow's defaults, except how often a scheduler looks for tasks of a dead scheduler (300 s): a
 # test that kills a scheduler should not wait five minutes for the other one to take over.
