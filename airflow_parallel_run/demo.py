@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import pickle
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -187,70 +191,78 @@ def ensure_demo_data(root: str) -> None:
         prepare(root)
 
 
-def airflow_demo(root: str) -> int:
-    """The seed example end to end through Airflow: `airflow dags test digits_file_scoring` on SQLite."""
-    import json
-    import os
-    import shutil
-    import subprocess
-    import tempfile
+# What `airflow dags test` prints that tells the story of the run; the rest is Airflow's own chatter.
+_AIRFLOW_JOB_LINES = ("Processed ", "Job succeeded", "Job failed", "Reuse:", "state=")
 
-    root_path = Path(root).resolve()
-    home = Path(tempfile.mkdtemp(prefix="apr-demo-airflow-"))
-    env = {
+
+def _airflow_env(home: Path, root: Path) -> dict[str, str]:
+    """A throw-away AIRFLOW_HOME on SQLite that reads the repository's example DAGs: the demo must not
+    touch the user's ~/airflow or need a running stack."""
+    return {
         **os.environ,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(SCRIPTS_DIR.parent),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW_PARALLEL_RUN_DEMO_ROOT": str(root_path),
+        "AIRFLOW_PARALLEL_RUN_DEMO_ROOT": str(root),
     }
+
+
+def _airflow(args: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """One `airflow` CLI command in its own interpreter (the CLI configures Airflow from `env` at
+    import, which this process cannot redo), output captured for the summary lines."""
+    return subprocess.run(
+        [sys.executable, "-m", "airflow", *args], env=env, capture_output=True, text=True, check=False
+    )
+
+
+def _print_job_lines(output: str) -> None:
+    """Echoes the lines of the task log that say how the job went (progress, reuse, result, states)."""
+    for line in output.splitlines():
+        if any(word in line for word in _AIRFLOW_JOB_LINES):
+            print("   " + line.strip()[:200])
+
+
+def _print_airflow_summary(result: Path) -> bool:
+    """Prints the job summary the operator wrote to `logs/job_result.txt` (its last paragraph is the
+    summary as JSON, so the demo reports what the job recorded, not what the CLI said); True if it
+    succeeded."""
+    summary = JobSummary.from_dict(json.loads(result.read_text().split("\n\n")[-1]))
+    print("\n== digits_file_scoring through Airflow: " + summary.status)
+    print(
+        f"   items: {summary.succeeded_items} of {summary.total_items} succeeded, "
+        f"{summary.reused_mini_batches} of {summary.total_mini_batches} mini-batches reused"
+    )
+    print(f"   output: {summary.append_row_file}")
+    print(f"   logs: {summary.logs_dir}")
+    return summary.succeeded
+
+
+def airflow_demo(root: str) -> int:
+    """The seed example end to end through Airflow: `airflow dags test digits_file_scoring` on SQLite."""
+    root_path = Path(root).resolve()
+    home = Path(tempfile.mkdtemp(prefix="apr-demo-airflow-"))
+    env = _airflow_env(home, root_path)
     try:
         print(f"Airflow: migrating a throw-away metadata DB in {home}", flush=True)
-        migrate = subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        migrate = _airflow(["db", "migrate"], env)
         if migrate.returncode != 0:
             print(migrate.stdout[-2000:], migrate.stderr[-2000:], file=sys.stderr)
             return 1
         print("Airflow: airflow dags test digits_file_scoring", flush=True)
-        test = subprocess.run(
-            [sys.executable, "-m", "airflow", "dags", "test", "digits_file_scoring"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        for line in (test.stdout + test.stderr).splitlines():
-            if any(
-                word in line for word in ("Processed ", "Job succeeded", "Job failed", "Reuse:", "state=")
-            ):
-                print("   " + line.strip()[:200])
-        output = root_path / "output" / "digits_file_scoring"
-        result = output / "logs" / "job_result.txt"
+        test = _airflow(["dags", "test", "digits_file_scoring"], env)
+        _print_job_lines(test.stdout + test.stderr)
+        result = root_path / "output" / "digits_file_scoring" / "logs" / "job_result.txt"
         if test.returncode != 0 or not result.is_file():
             print(test.stdout[-3000:], test.stderr[-3000:], file=sys.stderr)
             print("Airflow run of digits_file_scoring failed", file=sys.stderr)
             return 1
-        summary = JobSummary.from_dict(json.loads(result.read_text().split("\n\n")[-1]))
-        print("\n== digits_file_scoring through Airflow: " + summary.status)
-        print(
-            f"   items: {summary.succeeded_items} of {summary.total_items} succeeded, "
-            f"{summary.reused_mini_batches} of {summary.total_mini_batches} mini-batches reused"
-        )
-        print(f"   output: {summary.append_row_file}")
-        print(f"   logs: {summary.logs_dir}")
-        return 0 if summary.succeeded else 1
+        return 0 if _print_airflow_summary(result) else 1
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Prepares the data, runs both jobs on one embedded LocalCluster, prints results; 0 if both succeeded."""
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m airflow_parallel_run.demo",
         description="Batch inference on the digits and iris data bundled with scikit-learn.",
@@ -261,41 +273,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="run the digits_file_scoring DAG through Airflow (`airflow dags test`, throw-away AIRFLOW_HOME)",
     )
-    args = parser.parse_args(argv)
-    if args.airflow:
-        return airflow_demo(args.root)
+    return parser.parse_args(argv)
+
+
+def _entry_scripts_present() -> bool:
+    """The entry scripts live in the repository's dags/scripts, not in the installed package: say so
+    before preparing any data when the demo runs from an installed copy."""
     for script in ("score_digits.py", "score_iris.py"):
         if not (SCRIPTS_DIR / script).is_file():
             print(
                 f"entry script {SCRIPTS_DIR / script} not found: run the demo from a source checkout",
                 file=sys.stderr,
             )
-            return 1
+            return False
+    return True
 
-    paths = prepare(args.root)
-    print(f"Prepared data and models under {Path(args.root).resolve()}", flush=True)
-    outputs = Path(args.root).resolve() / "output"
-    digits_config = ParallelRunConfig(
+
+def _digits_config() -> ParallelRunConfig:
+    """File input: ten PNGs per mini-batch, one prediction line per image in one output file."""
+    return ParallelRunConfig(
         entry_script=str(SCRIPTS_DIR / "score_digits.py"),
         mini_batch_size=10,
         process_count_per_node=PROCESSES,
         append_row_file_name="digits_predictions.txt",
     )
-    iris_config = ParallelRunConfig(
+
+
+def _iris_config() -> ParallelRunConfig:
+    """Tabular input: 1 KB of CSV per mini-batch, one CSV row per input row."""
+    return ParallelRunConfig(
         entry_script=str(SCRIPTS_DIR / "score_iris.py"),
         mini_batch_size="1KB",
         process_count_per_node=PROCESSES,
         append_row_format="csv",
         append_row_file_name="iris_predictions.csv",
     )
-    # One cluster for both jobs: its start-up is paid once and is not part of either job's duration.
-    # Without bokeh the scheduler's HTTP server still asks for port 8787 and warns when another Dask
-    # cluster holds it, then takes a free port: harmless, so keep it out of the demo's output.
+
+
+def _run_both_jobs(paths: dict[str, str], outputs: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Runs the digits job, then the iris job, on one embedded LocalCluster; their summaries.
+
+    One cluster for both jobs: its start-up is paid once and is not part of either job's duration.
+    Without bokeh the scheduler's HTTP server still asks for port 8787 and warns when another Dask
+    cluster holds it, then takes a free port: harmless, so keep it out of the demo's output.
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
         with dask_client(n_workers=PROCESSES) as client:
             digits = run_job(
-                digits_config,
+                _digits_config(),
                 [FileDataset.from_files(paths["digits_dir"])],
                 str(outputs / "digits"),
                 side_inputs=[paths["digits_model"]],
@@ -304,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=_progress("digits"),
             )
             iris = run_job(
-                iris_config,
+                _iris_config(),
                 [TabularDataset.from_delimited_files(paths["iris_csv"])],
                 str(outputs / "iris"),
                 side_inputs=[paths["iris_model"]],
@@ -312,6 +338,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 client=client,
                 progress=_progress("iris"),
             )
+    return digits, iris
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prepares the data, runs both jobs on one embedded LocalCluster, prints results; 0 if both succeeded."""
+    args = _arguments(argv)
+    if args.airflow:
+        return airflow_demo(args.root)
+    if not _entry_scripts_present():
+        return 1
+    paths = prepare(args.root)
+    print(f"Prepared data and models under {Path(args.root).resolve()}", flush=True)
+    digits, iris = _run_both_jobs(paths, Path(args.root).resolve() / "output")
     _report("digits (file input)", digits, digits_accuracy)
     _report("iris (tabular input)", iris, iris_accuracy)
     return 0 if digits["status"] == iris["status"] == "succeeded" else 1

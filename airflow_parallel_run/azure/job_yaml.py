@@ -30,7 +30,7 @@ import yaml
 from airflow_parallel_run.core import ConfigError, FileDataset, ParallelRunConfig, TabularDataset
 
 from .mltable import MLTable, is_mltable, load_mltable
-from .prs_arguments import split_prs_arguments
+from .prs_arguments import PrsArguments, split_prs_arguments
 
 DATA_TYPES = ("uri_folder", "uri_file", "mltable", "mlflow_model", "custom_model", "triton_model")
 LITERAL_TYPES = ("string", "integer", "number", "boolean")
@@ -463,11 +463,58 @@ def load_azure_job(
     storage_options: Mapping[str, Any] | None = None,
 ) -> AzureJob:
     """The parallel job of the YAML at `path`, with its inputs given by `input_map` where the YAML points into
-    Azure, and its outputs other than `append_row_to` under `output_path` unless `output_map` names them."""
+    Azure, and its outputs other than `append_row_to` under `output_path` unless `output_map` names them.
+
+    The steps check the YAML in the order a reader meets it (keys, task, resources, inputs and outputs,
+    input_data, entry script, arguments, settings, append_row_to), so the first error named is the
+    first wrong thing in the file."""
     reader = _JobReader(path, input_map or {}, output_map or {}, output_path, job_name, storage_options or {})
     name, job, base = reader.node()
     component_base = job.pop("_component_base", base)
     job.pop("_node_inputs", None)
+    _check_job_keys(job, reader)
+    task = _task_of(job, reader)
+    _check_resources(job, reader)
+    inputs = reader.resolve_inputs(dict(job.get("inputs") or {}), component_base)
+    outputs = reader.resolve_outputs(dict(job.get("outputs") or {}), component_base)
+    data_name, dataset, mltables = _input_to_split(job, inputs, reader)
+    side_inputs = tuple(
+        str(v.value)
+        for input_name, v in inputs.items()
+        if input_name != data_name and v.value is not None and v.data
+    )
+    code, entry = _code_and_entry_script(task)
+    prs = split_prs_arguments(_program_arguments(task, inputs, outputs))
+    reader.warnings.extend(prs.warnings)
+    settings = _settings(job, reader)
+    _apply_driver_options(settings, prs)
+    outputs = _apply_append_row_to(job, task, outputs, settings, reader)
+    config = ParallelRunConfig(
+        entry_script=entry.strip(),
+        source_directory=_local(code, component_base),
+        **settings,
+    )
+    allow_reuse = job.get("is_deterministic", True)
+    if not isinstance(allow_reuse, bool):
+        raise ConfigError("is_deterministic", allow_reuse, "true or false")
+    return AzureJob(
+        name=name,
+        source=reader.path,
+        config=config,
+        inputs=(dataset,),
+        side_inputs=side_inputs,
+        arguments=tuple(prs.script_arguments),
+        outputs={k: v[1] for k, v in outputs.items()},
+        allow_reuse=allow_reuse,
+        mltables=tuple(mltables),
+        not_used=tuple(reader.not_used),
+        warnings=tuple(reader.warnings),
+    )
+
+
+def _check_job_keys(job: Mapping[str, Any], reader: _JobReader) -> None:
+    """Every top-level key is one the engine maps or one it knows to have no effect here (noted): an
+    unknown key is most likely a typo that would silently change nothing."""
     for key, value in job.items():
         if key in MAPPED:
             continue
@@ -476,6 +523,11 @@ def load_azure_job(
                 reader.not_used.append(f"{key}: {NOT_USED[key]}")
             continue
         raise ConfigError(key, value, "a key of a parallel job: " + ", ".join(sorted((*MAPPED, *NOT_USED))))
+
+
+def _task_of(job: Mapping[str, Any], reader: _JobReader) -> Mapping[str, Any]:
+    """The `task` mapping of a run_function job; a model given as task.model is refused (the engine
+    has no model registry: a model is an input), task.environment is noted as not used."""
     task = job.get("task")
     if not isinstance(task, Mapping):
         raise ConfigError("task", task, "a mapping with code, entry_script and program_arguments")
@@ -488,6 +540,12 @@ def load_azure_job(
         raise ConfigError("task.model", task["model"], "no task.model: give the model as an input instead")
     if task.get("environment") is not None:
         reader.not_used.append(f"task.environment: {NOT_USED_TASK['environment']}")
+    return task
+
+
+def _check_resources(job: Mapping[str, Any], reader: _JobReader) -> None:
+    """`resources`: instance_count is a setting (read by `_settings`); the other keys of Azure's
+    resource configuration are noted as not used, unknown ones refused."""
     resources = job.get("resources") or {}
     if not isinstance(resources, Mapping):
         raise ConfigError("resources", resources, "a mapping with instance_count")
@@ -499,10 +557,13 @@ def load_azure_job(
         if NOT_USED_RESOURCES[key]:
             reader.not_used.append(f"resources.{key}: {NOT_USED_RESOURCES[key]}")
 
-    inputs = reader.resolve_inputs(dict(job.get("inputs") or {}), component_base)
-    outputs = reader.resolve_outputs(dict(job.get("outputs") or {}), component_base)
 
-    # the input to split
+def _input_to_split(
+    job: Mapping[str, Any], inputs: Mapping[str, _Value], reader: _JobReader
+) -> tuple[str, Any, list[MLTable]]:
+    """The input `input_data` binds, as the dataset the engine splits into mini-batches: its name, the
+    dataset, and the MLTable it was read from (if any). A folder holding an MLTable file must be typed
+    mltable: as a uri_folder, run() would get the MLTable file as one of its items."""
     binding = job.get("input_data")
     match = _BINDING.fullmatch(str(binding).strip()) if binding is not None else None
     if match is None or not match.group(1).startswith("inputs.") or match.group(1)[7:] not in inputs:
@@ -535,34 +596,39 @@ def load_azure_job(
         raise ConfigError(
             f"inputs.{data_name}.type", data_kind, "mltable, uri_folder or uri_file (input_data)"
         )
+    return data_name, dataset, mltables
 
-    side_inputs = tuple(
-        str(v.value)
-        for input_name, v in inputs.items()
-        if input_name != data_name and v.value is not None and v.data
-    )
 
-    # the task
+def _code_and_entry_script(task: Mapping[str, Any]) -> tuple[str, str]:
+    """task.code (the folder) and task.entry_script (the file in it): both required, both non-empty."""
     code = task.get("code")
     entry = task.get("entry_script")
     if not isinstance(code, str) or not code.strip():
         raise ConfigError("task.code", code, "the folder holding the entry script")
     if not isinstance(entry, str) or not entry.strip():
         raise ConfigError("task.entry_script", entry, "the entry script's file name inside task.code")
+    return code, entry
+
+
+def _program_arguments(
+    task: Mapping[str, Any], inputs: Mapping[str, _Value], outputs: Mapping[str, tuple[str | None, str]]
+) -> list[str]:
+    """task.program_arguments (or the older task.args) as argv, bindings resolved: a command line
+    string, or a list of its tokens."""
     program = task.get("program_arguments", task.get("args"))
     if program is None:
-        arguments: list[str] = []
-    elif isinstance(program, str):
-        arguments = _substitute(program, inputs, outputs)
-    elif isinstance(program, list) and all(isinstance(a, (str, int, float)) for a in program):
-        arguments = [t for a in program for t in _substitute(str(a), inputs, outputs)]
-    else:
-        raise ConfigError("task.program_arguments", program, "a command line string")
-    prs = split_prs_arguments(arguments)
-    reader.warnings.extend(prs.warnings)
+        return []
+    if isinstance(program, str):
+        return _substitute(program, inputs, outputs)
+    if isinstance(program, list) and all(isinstance(a, (str, int, float)) for a in program):
+        return [t for a in program for t in _substitute(str(a), inputs, outputs)]
+    raise ConfigError("task.program_arguments", program, "a command line string")
 
-    settings = _settings(job, reader)
-    for config_field, value in prs.settings.items():  # the driver options of program_arguments
+
+def _apply_driver_options(settings: dict[str, Any], prs: PrsArguments) -> None:
+    """Adds the driver options of program_arguments (`--error_threshold 5`, ...) to `settings`; one that
+    contradicts the YAML key for the same field is refused rather than one of them silently winning."""
+    for config_field, value in prs.settings.items():
         if config_field in settings and settings[config_field] != value:
             raise ConfigError(
                 f"task.program_arguments {prs.given[config_field]}",
@@ -571,55 +637,46 @@ def load_azure_job(
             )
         settings[config_field] = value
 
+
+def _apply_append_row_to(
+    job: Mapping[str, Any],
+    task: Mapping[str, Any],
+    outputs: dict[str, tuple[str | None, str]],
+    settings: dict[str, Any],
+    reader: _JobReader,
+) -> dict[str, tuple[str | None, str]]:
+    """Sets the output action from task.append_row_to and returns the job's other outputs.
+
+    Without append_row_to the job is summary_only, as in Azure. With it, the named output is the job's
+    own output file (its uri_file name, if fixed, becomes append_row_file_name), so it cannot also be
+    mapped with --job-output and is not one of the outputs the entry script writes to."""
     append = task.get("append_row_to")
     if append is None:
         settings.setdefault("output_action", "summary_only")
-    else:
-        target = _BINDING.fullmatch(str(append).strip())
-        if target is None or not target.group(1).startswith("outputs.") or target.group(1)[8:] not in outputs:
-            raise ConfigError(
-                "task.append_row_to",
-                append,
-                f"${{{{outputs.NAME}}}} naming one of the job's outputs {sorted(outputs)}",
-            )
-        out_name = target.group(1)[8:]
-        if out_name in reader.output_map:
-            raise ConfigError(
-                "--job-output",
-                out_name,
-                "an output other than append_row_to's: its file goes to the job's output folder",
-            )
-        settings.setdefault("output_action", "append_row")
-        out_kind = outputs[out_name][0]
-        spec = (job.get("outputs") or {}).get(out_name)
-        out_path = spec.get("path") if isinstance(spec, Mapping) else None
-        if out_kind == "uri_file" and isinstance(out_path, str):
-            file_name = posixpath.basename(out_path.rstrip("/"))
-            if file_name and "${{" not in file_name:
-                settings.setdefault("append_row_file_name", file_name)
-        outputs = {k: v for k, v in outputs.items() if k != out_name}
-
-    config = ParallelRunConfig(
-        entry_script=entry.strip(),
-        source_directory=_local(code, component_base),
-        **settings,
-    )
-    allow_reuse = job.get("is_deterministic", True)
-    if not isinstance(allow_reuse, bool):
-        raise ConfigError("is_deterministic", allow_reuse, "true or false")
-    return AzureJob(
-        name=name,
-        source=reader.path,
-        config=config,
-        inputs=(dataset,),
-        side_inputs=side_inputs,
-        arguments=tuple(prs.script_arguments),
-        outputs={k: v[1] for k, v in outputs.items()},
-        allow_reuse=allow_reuse,
-        mltables=tuple(mltables),
-        not_used=tuple(reader.not_used),
-        warnings=tuple(reader.warnings),
-    )
+        return outputs
+    target = _BINDING.fullmatch(str(append).strip())
+    if target is None or not target.group(1).startswith("outputs.") or target.group(1)[8:] not in outputs:
+        raise ConfigError(
+            "task.append_row_to",
+            append,
+            f"${{{{outputs.NAME}}}} naming one of the job's outputs {sorted(outputs)}",
+        )
+    out_name = target.group(1)[8:]
+    if out_name in reader.output_map:
+        raise ConfigError(
+            "--job-output",
+            out_name,
+            "an output other than append_row_to's: its file goes to the job's output folder",
+        )
+    settings.setdefault("output_action", "append_row")
+    out_kind = outputs[out_name][0]
+    spec = (job.get("outputs") or {}).get(out_name)
+    out_path = spec.get("path") if isinstance(spec, Mapping) else None
+    if out_kind == "uri_file" and isinstance(out_path, str):
+        file_name = posixpath.basename(out_path.rstrip("/"))
+        if file_name and "${{" not in file_name:
+            settings.setdefault("append_row_file_name", file_name)
+    return {k: v for k, v in outputs.items() if k != out_name}
 
 
 #: The YAML key behind each config field (for messages).

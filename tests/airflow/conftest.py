@@ -1,8 +1,8 @@
 """Airflow test environment, set up before anything imports Airflow.
 
 At import time (pytest imports conftest files before the test modules of this folder) this points
-AIRFLOW_HOME at a fresh temp folder, builds a DAGs folder there (symlinks to the repo's example DAGs
-and their scripts, plus the test-only DAGs of tests/airflow/dags) and points the demo root at a temp
+AIRFLOW_HOME at a fresh temp folder, builds a DAGs folder there (tests/dag_folders.py: symlinks to
+the repo's example DAGs and their scripts, plus the test DAGs of tests/dags) and points the demo root at a temp
 folder, so nothing touches ~/airflow or the repo's demo_output. The `airflow_db` fixture runs
 `airflow db migrate` once per session (SQLite) for the `dag.test()` tests; unit tests need no DB.
 """
@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-TEST_DAGS = Path(__file__).resolve().parent / "dags"
+from dag_folders import build_dags_folder
 
 if "airflow" in sys.modules:
     raise RuntimeError(
@@ -37,22 +35,8 @@ _DAGS = _HOME / "dags"
 _DEMO_ROOT = _BASE / "demo_root"
 
 
-def _build_dags_folder() -> None:
-    _DAGS.mkdir(parents=True, exist_ok=True)
-    sources = [
-        *sorted((REPO / "dags").glob("*.py")),
-        REPO / "dags" / "scripts",
-        *sorted((REPO / "dags").glob(".airflowignore")),
-        *sorted(TEST_DAGS.glob("*.py")),
-    ]
-    for source in sources:
-        link = _DAGS / source.name
-        if not link.exists():
-            link.symlink_to(source)
-
-
 atexit.register(shutil.rmtree, _BASE, True)
-_build_dags_folder()
+build_dags_folder(_DAGS)
 # As Airflow's BundleDagBag does for the DAG processor and the task runner: DAG files import shared
 # modules of the folder (dags/partition_assets.py) by name.
 sys.path.append(str(_DAGS))

@@ -74,7 +74,7 @@ def _land_later(landing: Path, manifest_glob: str, manifest_root: Path, dag_id: 
 def _check_run(run: Any, root: Path, dag_id: str, log: str) -> None:
     assert str(run.state) == "success", _states(run)
     reference = _xcom(run, "wait")
-    assert reference["mini_batches"] == 3 and reference["items"] == 7 and reference["files"] == 7
+    assert reference["mini_batches"] == 4 and reference["items"] == 7 and reference["files"] == 7
     assert set(reference) == {"manifest", "kind", "mini_batches", "items", "files", "bytes"}, (
         "no file list in XCom"
     )

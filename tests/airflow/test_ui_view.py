@@ -2,7 +2,7 @@
 the plugin mounted from its entry point), with Airflow's own auth: a JWT per user, the simple auth
 manager's roles and a DAG hidden from ``limited`` users (see ui_support).
 
-One real job runs first (`dag.test()` of tests/airflow/dags/apr_test_ui_view.py: 24 mini-batches, 3
+One real job runs first (`dag.test()` of tests/dags/apr_test_ui_view.py: 24 mini-batches, 3
 failing twice, plus a mapped task of two jobs); every route is then checked for what it serves, what
 it refuses (401/403/404, paths that escape) and that no secret reaches a page or a download.
 """
@@ -435,7 +435,7 @@ def s3_job(run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Ite
         folder = tmp_path_factory.mktemp("s3-in")
         for i in range(8):
             (folder / f"item{i}.txt").write_text("bad\n" if i == 5 else f"s3 item {i}\n")
-        script = Path(__file__).resolve().parent / "dags" / "scripts" / "fail_some.py"
+        script = Path(__file__).resolve().parents[1] / "dags" / "scripts" / "fail_some.py"
         config = ParallelRunConfig(
             entry_script=str(script), mini_batch_size=1, run_max_try=1, process_count_per_node=2
         )

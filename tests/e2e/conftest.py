@@ -2,8 +2,8 @@
 
 The stack runs the api-server, two schedulers, the dag-processor and the triggerer as separate
 processes on free 127.0.0.1 ports with LocalExecutor, on a throw-away PostgreSQL server of its own,
-in a temp AIRFLOW_HOME whose DAGs folder links the repo's example DAGs (and their scripts) plus the
-e2e-only DAGs of tests/e2e/dags. Demo data, outputs and the reuse cache live in temp folders. A
+in a temp AIRFLOW_HOME whose DAGs folder (tests/dag_folders.py) links the repo's example DAGs (and
+their scripts) plus the test DAGs of tests/dags. Demo data, outputs and the reuse cache live in temp folders. A
 finalizer stops every process group and the database server, also when start-up or a test fails; if
 this process is killed, the stack's watchdog does it. Nothing here imports Airflow: the tests talk to
 the stack over REST and the `airflow` CLI.
@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_rest import EXAMPLE_DAG_IDS, REPO, Api, Stack, StackError, free_port
+from dag_folders import build_dags_folder
+from e2e_rest import EXAMPLE_DAG_IDS, Api, Stack, StackError, free_port
 
-E2E_DAGS = Path(__file__).resolve().parent / "dags"
 ADMIN_PASSWORD = "e2e-admin-password"
-E2E_DAG_IDS = ("apr_e2e_always_failing", "apr_e2e_deferrable", "apr_e2e_twenty_batches")
+E2E_DAG_IDS = ("apr_test_failing_scoring", "apr_test_sensor_deferrable", "apr_e2e_twenty_batches")
 SCHEDULERS = 2
 # Airflow's defaults, except how often a scheduler looks for tasks of a dead scheduler (300 s): a
 # test that kills a scheduler should not wait five minutes for the other one to take over.
@@ -53,25 +53,12 @@ def _partition_settings(base: Path) -> dict[str, str]:
 RESTARTS: list[str] = []  # every component restart of the session, for the terminal summary
 
 
-def _build_dags_folder(target: Path) -> None:
-    """Symlinks: the repo's example DAGs and `scripts/`, then the e2e-only DAG files."""
-    target.mkdir(parents=True, exist_ok=True)
-    sources = [
-        *sorted((REPO / "dags").glob("*.py")),
-        REPO / "dags" / "scripts",
-        *sorted((REPO / "dags").glob(".airflowignore")),
-        *sorted(E2E_DAGS.glob("*.py")),
-    ]
-    for source in sources:
-        (target / source.name).symlink_to(source)
-
-
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
     """The running stack (started once; stopped in a finalizer whatever happens)."""
     base = tmp_path_factory.mktemp("airflow-e2e")
     dags = base / "dags"
-    _build_dags_folder(dags)
+    build_dags_folder(dags)
     demo_root = base / "demo_root"
     instance = Stack(
         home=base / "home",

@@ -1,8 +1,9 @@
 """Deferrable sensor and operator on the real stack: the triggerer waits, no worker slot is held.
 
 The test takes the suite's Dask cluster of separate worker processes (`dask_client`), creates the
-`apr_e2e_dask` connection over REST and triggers `apr_e2e_deferrable`. Polling the task instances over REST, it sees the sensor
-`deferred` while nothing has landed, lands the files, then sees the operator `deferred` while its job
+`apr_test_dask` connection over REST and triggers `apr_test_sensor_deferrable`
+(tests/dags/apr_test_sensor_fed.py) with a folder of its own. Polling the task instances over REST, it
+sees the sensor `deferred` while nothing has landed, lands the files, then sees the operator `deferred` while its job
 runs inside the cluster (no summary yet), then both `success` with exactly the landed files scored.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,9 @@ from e2e_rest import Api
 
 pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
 
-DAG_ID = "apr_e2e_deferrable"
-CONN_ID = "apr_e2e_dask"
+DAG_ID = "apr_test_sensor_deferrable"
+CONN_ID = "apr_test_dask"
+PARTITION = "p1"
 FILES = 12
 
 
@@ -60,17 +63,17 @@ def _xcom_or_none(api: Api, run_id: str, task_id: str, key: str) -> Any:
 def test_deferrable_sensor_and_operator_wait_in_the_triggerer(
     api: Api, demo_root: Path, dask_connection: str
 ) -> None:
-    response = api.trigger(DAG_ID)
+    folder = demo_root / "deferrable" / uuid.uuid4().hex[:12]
+    response = api.trigger(DAG_ID, conf={"root": str(folder), "partition": PARTITION})
     assert response.status_code == 200, response.text
     run_id = response.json()["dag_run_id"]
-    folder = demo_root / "deferrable" / run_id
 
     sensor_states: list[str] = []
     _wait_state(api, run_id, "wait", "deferred", sensor_states, timeout=180)
     time.sleep(2)  # a few trigger polls that find nothing
     assert api.task_instance(DAG_ID, run_id, "wait")["state"] == "deferred", "still waiting for the marker"
 
-    landing = folder / "landing"
+    landing = folder / "landing" / PARTITION
     landing.mkdir(parents=True)
     for i in range(FILES):
         (landing / f"item{i:02d}.txt").write_text(f"v{i}\n")
@@ -79,7 +82,7 @@ def test_deferrable_sensor_and_operator_wait_in_the_triggerer(
     operator_states: list[str] = []
     _wait_state(api, run_id, "score", "deferred", operator_states, timeout=180)
     assert _xcom_or_none(api, run_id, "score", "return_value") is None, "deferred while the job still runs"
-    assert not (folder / "out" / "parallel_run_step.txt").exists(), "no output yet"
+    assert not (folder / "out" / PARTITION / "parallel_run_step.txt").exists(), "no output yet"
 
     run = api.wait_run(DAG_ID, run_id)
     assert run["state"] == "success", run

@@ -16,7 +16,7 @@ from e2e_rest import IN_PROGRESS_TI_STATES, Api, Progress, Stack, StackStalled
 
 pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
 
-DAG_ID = "apr_e2e_always_failing"
+DAG_ID = "apr_test_failing_scoring"
 
 
 def _quiet(api: Api) -> None:

@@ -2,8 +2,8 @@
 tasks, and marking a running task failed.
 
 Every test keeps its files under a folder of its own (`dag_run.conf["root"]`, see
-tests/e2e/dags/apr_e2e_lifecycle.py). Deferrable tests use the suite's Dask cluster of separate
-worker processes (`dask_client`), named by the `apr_e2e_dask` connection made over REST.
+tests/dags/apr_e2e_lifecycle.py). Deferrable tests use the suite's Dask cluster of separate
+worker processes (`dask_client`), named by the `apr_test_dask` connection made over REST.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from airflow_parallel_run.core.driver.watch_lease import lease_reason, watch_key
 pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
 
 DAG_IDS = (
-    "apr_e2e_mapped_partitions",
+    "apr_test_mapped_partitions",
     "apr_e2e_deferrable_clear",
     "apr_e2e_deferrable_timeout",
     "apr_e2e_mark_failed",
@@ -133,8 +133,8 @@ def _log_time(line: str) -> dt.datetime:
 
 def test_mapped_sensor_and_operator_score_each_partition_once(api: Api, root: Path) -> None:
     for name, count in PARTITIONS.items():
-        _land(root / "landing" / name, [f"{name}{i}" for i in range(count)])
-    dag_id = "apr_e2e_mapped_partitions"
+        _land(root / "partitions" / name, [f"{name}{i}" for i in range(count)])
+    dag_id = "apr_test_mapped_partitions"
     run_id = _trigger(api, dag_id, root)
     run = api.wait_run(dag_id, run_id, timeout=360)
     assert run["state"] == "success", run
@@ -143,7 +143,7 @@ def test_mapped_sensor_and_operator_score_each_partition_once(api: Api, root: Pa
     assert len(set(manifests)) == 3 and all(m.endswith(f".map{i}.json") for i, m in enumerate(manifests))
     for index, (name, count) in enumerate(PARTITIONS.items()):
         summary = _xcom(api, dag_id, run_id, "score", index)
-        assert summary["output"] == str(root / "out" / str(index))
+        assert summary["output"] == str(root / "out" / run_id / str(index))
         lines = Path(summary["append_row_file"]).read_text().splitlines()
         assert lines == [f"{name}{i}.txt v-{name}{i}" for i in range(count)], (index, lines)
 
@@ -151,7 +151,7 @@ def test_mapped_sensor_and_operator_score_each_partition_once(api: Api, root: Pa
     by_index = {event["source_map_index"]: event for event in events}
     assert sorted(by_index) == [0, 1, 2], events
     for index, count in enumerate(PARTITIONS.values()):
-        assert by_index[index]["uri"] == (root / "out" / str(index)).as_uri()
+        assert by_index[index]["uri"] == (root / "out" / run_id / str(index)).as_uri()
         assert by_index[index]["extra"]["succeeded_items"] == count
 
 

@@ -1,4 +1,4 @@
-"""e2e-only DAG: a small scoring job with OpenLineage enabled for it (the stack's OpenLineage runs in
+"""Test DAG of the e2e suite: a small scoring job with OpenLineage enabled for it (the stack's OpenLineage runs in
 selective mode, writing to a file: tests/e2e/conftest.py). Scores 10 demo digits with the digits model
 (a side input), so the lineage names two input datasets and one output dataset.
 """
@@ -14,7 +14,7 @@ from airflow.sdk import dag
 
 from airflow_parallel_run import ParallelRunConfig, ParallelRunOperator
 
-REPO_DAGS = Path(__file__).resolve().parents[3] / "dags"
+REPO_DAGS = Path(__file__).resolve().parents[2] / "dags"
 DEMO_ROOT = os.environ.get("AIRFLOW_PARALLEL_RUN_DEMO_ROOT", "/tmp/apr-e2e")
 MODEL = f"{DEMO_ROOT}/models/digits.pkl"
 

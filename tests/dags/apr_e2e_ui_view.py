@@ -1,4 +1,4 @@
-"""e2e-only DAG for the "Parallel run" tab: 200 one-file mini-batches of 0.15 s on two processes (long
+"""Test DAG of the e2e suite for the "Parallel run" tab: 200 one-file mini-batches of 0.15 s on two processes (long
 enough to watch the progress bar move), 4 of which fail (item007, item057, item107, item157), reuse off so every run
 runs. Inputs and output are per run (`<demo root>/ui_view/<run_id>/`)."""
 

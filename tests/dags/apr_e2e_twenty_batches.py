@@ -1,4 +1,4 @@
-"""e2e-only DAG: 20 slow mini-batches whose entry script records when each one ran, and in which process.
+"""Test DAG of the e2e suite: 20 slow mini-batches whose entry script records when each one ran, and in which process.
 
 The test that SIGKILLs a scheduler in the middle of this job writes 40 input files to `params.root`/in
 and triggers it; `scripts/ledger_echo.py` appends a `begin`/`end` line per mini-batch to
