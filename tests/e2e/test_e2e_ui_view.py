@@ -20,6 +20,7 @@ import time
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -177,7 +178,8 @@ def test_parallel_run_tab_in_the_browser(
     page.goto(f"{stack.url}/")
     page.get_by_role("button", name="Browse").click()
     page.get_by_role("menuitem", name="Parallel runs").click()
-    page.wait_for_url(lambda url: url.endswith("/plugin/parallel-runs"))
+    # the SPA may add a trailing slash or a query to the route; the page is the same
+    page.wait_for_url(lambda url: urlsplit(url).path.rstrip("/").endswith("/plugin/parallel-runs"))
     runs = page.frame_locator('iframe[title="Parallel runs"]')
     row = runs.locator(f'#runs-table tr[data-run-id="{run_id}"]')
     row.wait_for()
