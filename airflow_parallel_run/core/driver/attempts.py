@@ -2,7 +2,8 @@
 (`Window`), and the stream of submitted attempts and their results (`AttemptStream`).
 
 Each attempt is a Dask task with its own key (``apr-<job>-mb<index>-a<attempt>``, never retried by
-Dask: the driver decides). Completion notices arrive in a queue as attempts finish; each loop turn
+Dask: the driver decides), in a Dask task group of its own (`attempt_key`), so that the scheduler sends it
+to a worker at once instead of holding it in its root-task queue. Completion notices arrive in a queue as attempts finish; each loop turn
 gathers everything that finished since the last one in a single round trip. A worker lost while it ran
 an attempt fails that attempt only (PROCESS_DIED).
 """
@@ -24,12 +25,30 @@ from .stopping import STOP_CANCEL_S, STOP_DRAIN_S, bounded
 
 LOOP_WAIT_S = 0.2  # the driver loop looks at the cancel flag at least this often
 # Attempts in flight: enough that no worker waits for the driver's next submit, few enough that a
-# million mini-batches never sit on the scheduler at once (the scheduler queues the excess itself).
+# million mini-batches never sit on the scheduler at once. The window is the only queue: the attempts
+# bypass the scheduler's root-task queue (see `attempt_key`).
 WINDOW_PER_SLOT = 4
 WINDOW_EXTRA = 16
 
 Attempt = tuple[MiniBatch, int]  # a mini-batch and its attempt number (1-based)
 Booked = tuple[MiniBatch, int, AttemptResult]
+
+
+def attempt_key(job_id: str, index: int, attempt: int) -> tuple[str]:
+    """The Dask key of an attempt: its name in a one-element tuple, which Dask makes the task's group.
+
+    A task group of one is never "root-ish" to the scheduler. Attempts named by a plain string all fall
+    in one group (``apr``), which the scheduler treats as root tasks once it holds more than twice the
+    cluster's threads, and queues: a worker then gets its next attempt only after it reported the last
+    one (at most `worker-saturation` x threads, default 1.1, at a time), a scheduler round trip per
+    attempt. The driver's `Window` already bounds what is in flight, so each attempt goes to a worker when
+    submitted; the task prefix (dashboard) stays ``apr``."""
+    return (f"apr-{job_id}-mb{index}-a{attempt}",)
+
+
+def attempt_name(key: Any) -> str:
+    """An attempt's name from its Dask key (as a future or the scheduler reports it)."""
+    return str(key[0]) if isinstance(key, (tuple, list)) else str(key)
 
 
 class Pending:
@@ -87,7 +106,7 @@ class AttemptStream:
 
     def submit(self, attempts: Iterable[Attempt]) -> None:
         for mb, attempt in attempts:
-            key = f"apr-{self.job_id}-mb{mb.index}-a{attempt}"
+            key = attempt_key(self.job_id, mb.index, attempt)
             future = self.client.submit(
                 self.task,
                 self.spec,
@@ -99,7 +118,7 @@ class AttemptStream:
                 workers=self.hosts,
                 allow_other_workers=False,
             )
-            self.in_flight[key] = (future, mb, attempt)
+            self.in_flight[key[0]] = (future, mb, attempt)
             self._finished.add(future)
 
     def __len__(self) -> int:
@@ -112,12 +131,12 @@ class AttemptStream:
     def next_batch(self, timeout: float = LOOP_WAIT_S) -> list[Booked]:
         """Every attempt that finished by now (waiting up to `timeout` s for the first), with its result,
         in key order: attempts finishing together are booked in a stable order."""
-        done = [f for f in self._next_finished(timeout) if str(f.key) in self.in_flight]
+        done = [f for f in self._next_finished(timeout) if attempt_name(f.key) in self.in_flight]
         outcomes = self._gather(done)  # one round trip for the whole batch
         booked = []
         for future in done:
-            _, mb, attempt = self.in_flight.pop(str(future.key))
-            gathered = outcomes.get(str(future.key))
+            _, mb, attempt = self.in_flight.pop(attempt_name(future.key))
+            gathered = outcomes.get(attempt_name(future.key))
             result = gathered if isinstance(gathered, AttemptResult) else collect(future, mb, attempt)
             booked.append((mb, attempt, result))
         return booked
@@ -131,7 +150,7 @@ class AttemptStream:
         with contextlib.suppress(queue.Empty):
             while True:
                 batch.append(self._finished.queue.get_nowait())
-        return sorted(batch, key=lambda future: str(future.key))
+        return sorted(batch, key=lambda future: attempt_name(future.key))
 
     def _gather(self, futures: list[Future]) -> dict[str, AttemptResult]:
         """Results of finished attempts in one call; errored ones are left to `collect`."""
@@ -139,7 +158,7 @@ class AttemptStream:
         if not good:
             return {}
         try:
-            return dict(zip([str(f.key) for f in good], self.client.gather(good), strict=True))
+            return dict(zip([attempt_name(f.key) for f in good], self.client.gather(good), strict=True))
         except Exception:  # noqa: BLE001 - fall back to one by one, so one bad result fails only itself
             return {}
 
@@ -149,7 +168,9 @@ class AttemptStream:
         deadline = time.monotonic() + STOP_DRAIN_S
         known, processing = bounded(self.client.processing, STOP_DRAIN_S / 2)
         # without the scheduler's view, wait for all (bounded)
-        held = {str(k) for keys in processing.values() for k in keys} if known else set(self.in_flight)
+        held = (
+            {attempt_name(k) for keys in processing.values() for k in keys} if known else set(self.in_flight)
+        )
         queued = [key for key in self.in_flight if key not in held and not self.in_flight[key][0].done()]
         if queued:
             futures = [self.in_flight[key][0] for key in queued]

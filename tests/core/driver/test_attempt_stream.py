@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -76,3 +78,41 @@ def test_batches_come_back_in_key_order_with_a_lost_attempt_failed(client: Clien
     assert sorted(results) == list(range(6))
     assert results[3].status is AttemptStatus.PROCESS_DIED and "was lost: RuntimeError" in results[3].error
     assert all(results[i].ok and results[i].node == "node-a" for i in (0, 1, 2, 4, 5))
+
+
+def _name(key: object) -> str:
+    return str(key[0]) if isinstance(key, (tuple, list)) else str(key)
+
+
+_RELEASE = threading.Event()  # the in-process cluster's worker threads wait on it
+
+
+def _held(spec: str, mb: MiniBatch, attempt: int) -> AttemptResult:
+    _RELEASE.wait(30)
+    return AttemptResult(mb.index, attempt, AttemptStatus.RUN_DONE, total=mb.items, succeeded=mb.items)
+
+
+def test_every_attempt_in_the_window_goes_to_a_worker_at_once(client: Client) -> None:
+    """The window is the only queue: attempts are never held in the scheduler's root-task queue, where
+    a worker would get its next attempt only after reporting the last one (a round trip per attempt)."""
+    _RELEASE.clear()
+    stream = AttemptStream(client, "job2", _held, "node-a", None)
+    count = 6 * sum(client.nthreads().values())  # well past what the scheduler treats as root tasks
+    stream.submit((MiniBatch(i, "file", 0, 1), 1) for i in range(count))
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            queued = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.queued))
+            held = {_name(k) for keys in client.processing().values() for k in keys}
+            if held == set(stream.in_flight) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert queued == 0
+        assert held == set(stream.in_flight) and len(held) == count
+    finally:
+        _RELEASE.set()
+    booked = []
+    while len(stream):
+        booked += stream.next_batch(timeout=5)
+    assert sorted(mb.index for mb, _, _ in booked) == list(range(count))
+    assert all(result.ok for _, _, result in booked)
