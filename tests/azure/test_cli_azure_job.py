@@ -106,9 +106,9 @@ def run(input_data, mini_batch_context):
 """
 
 
-def test_oj_many_models_job(oj_example: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    done = cli(
+def run_oj_job(oj_example: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """The OJ pipeline's parallel job as its YAML gives it, its data input mapped to the local partitions."""
+    return cli(
         "--azure-job",
         "pipeline.yml",
         "--output",
@@ -118,6 +118,11 @@ def test_oj_many_models_job(oj_example: Path, tmp_path: Path) -> None:
         f"data_source={oj_example / 'partitioned'}",
         cwd=oj_example,
     )
+
+
+def test_oj_many_models_job(oj_example: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = run_oj_job(oj_example, out)
     assert done.returncode == 0, done.stderr
     summary = summary_of(done)
     assert summary["status"] == "succeeded" and summary["total_mini_batches"] == 6  # 2 stores x 3 brands
@@ -134,16 +139,7 @@ def test_oj_training_that_returns_nothing_succeeds(oj_example: Path, tmp_path: P
     )
     script.write_text(text + OJ_RETURNS_NOTHING)
     out = tmp_path / "out"
-    done = cli(
-        "--azure-job",
-        "pipeline.yml",
-        "--output",
-        str(out),
-        "--json",
-        "--input",
-        f"data_source={oj_example / 'partitioned'}",
-        cwd=oj_example,
-    )
+    done = run_oj_job(oj_example, out)
     assert done.returncode == 0, done.stderr
     assert summary_of(done)["status"] == "succeeded"
     assert len(list((out / "model_folder").rglob("*.pkl"))) == 6
