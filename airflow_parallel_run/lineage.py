@@ -25,24 +25,15 @@ from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_parallel_run.core.summary import SUMMARY_FIGURE_KEYS
+
 #: The schema URL of the ``parallelRun`` run facet. OpenLineage requires one per custom facet; this one
 #: names the facet by the package (its fields are documented in docs/airflow.md, "OpenLineage").
 FACET_SCHEMA_URL = "urn:airflow-parallel-run:facets:1-0-0/ParallelRunRunFacet.json#/$defs/ParallelRunRunFacet"
 FACET_NAME = "parallelRun"
 _GLOB_CHARS = "*?["
-_SUMMARY_FIELDS = (
-    "status",
-    "total_items",
-    "succeeded_items",
-    "failed_items",
-    "total_mini_batches",
-    "succeeded_mini_batches",
-    "failed_mini_batches",
-    "reused_mini_batches",
-    "cache_key",
-    "duration_s",
-    "partition_key",
-)
+#: The facet's fields: the summary's figures, and the partition the run scored (the operator adds it).
+_SUMMARY_FIELDS = (*SUMMARY_FIGURE_KEYS, "partition_key")
 
 
 def dataset_name(url: str) -> tuple[str, str]:

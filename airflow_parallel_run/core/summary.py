@@ -148,6 +148,12 @@ SUMMARY_KEYS = (
     "cache_key",
     "duration_s",
 )
+#: The keys that say where a job's files are: left out of the figures shown beside a job (the Airflow
+#: view's list, the OpenLineage facet), which take every other key, so a key added to `SUMMARY_KEYS` shows
+#: there without another edit.
+SUMMARY_LOCATION_KEYS = ("output", "append_row_file", "logs_dir")
+#: The summary's figures: every key but the locations.
+SUMMARY_FIGURE_KEYS = tuple(key for key in SUMMARY_KEYS if key not in SUMMARY_LOCATION_KEYS)
 
 
 @dataclass(frozen=True)

@@ -17,22 +17,14 @@ from airflow.models.xcom import XComModel
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, aliased
 
+from airflow_parallel_run.core.summary import SUMMARY_FIGURE_KEYS
 from airflow_parallel_run.links import DASHBOARD_XCOM_KEY, JOB_XCOM_KEY, SUMMARY_XCOM_KEY
 
 RETURN_KEY = "return_value"
 #: Task-instance states offered by the list's status filter.
 STATES = ("running", "success", "failed", "queued", "deferred", "up_for_retry", "upstream_failed", "skipped")
-SUMMARY_FIELDS = (
-    "status",
-    "total_items",
-    "succeeded_items",
-    "failed_items",
-    "total_mini_batches",
-    "succeeded_mini_batches",
-    "failed_mini_batches",
-    "reused_mini_batches",
-    "duration_s",
-)
+#: The summary's figures shown in the list (its content key is not one: the job's page shows it).
+SUMMARY_FIELDS = tuple(key for key in SUMMARY_FIGURE_KEYS if key != "cache_key")
 
 
 def _value(raw: Any) -> Any:

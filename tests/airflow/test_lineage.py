@@ -211,3 +211,19 @@ def test_the_provider_extracts_and_its_file_transport_writes_a_real_runs_facets(
     facet: dict[str, Any] = event["run"]["facets"]["parallelRun"]
     assert (facet["status"], facet["succeededItems"], facet["totalMiniBatches"]) == ("succeeded", 6, 2)
     assert facet["_schemaURL"].endswith("#/$defs/ParallelRunRunFacet")
+
+
+def test_the_facet_and_the_view_list_carry_every_summary_figure() -> None:
+    """Both take the summary's figures from `SUMMARY_KEYS`: a key added there reaches them, and the facet's
+    documented schema must name it (run_facet would refuse an unknown field)."""
+    import attrs
+
+    from airflow_parallel_run.core.summary import SUMMARY_FIGURE_KEYS, SUMMARY_KEYS, SUMMARY_LOCATION_KEYS
+    from airflow_parallel_run.lineage import _SUMMARY_FIELDS, _camel, _run_facet_class
+    from airflow_parallel_run.ui.queries import SUMMARY_FIELDS
+
+    assert set(SUMMARY_FIGURE_KEYS) | set(SUMMARY_LOCATION_KEYS) == set(SUMMARY_KEYS)
+    assert set(SUMMARY_FIGURE_KEYS) <= set(_SUMMARY_FIELDS)
+    assert set(SUMMARY_FIGURE_KEYS) - {"cache_key"} == set(SUMMARY_FIELDS)
+    facet_fields = {f.name for f in attrs.fields(_run_facet_class())}
+    assert {_camel(name) for name in _SUMMARY_FIELDS} <= facet_fields
