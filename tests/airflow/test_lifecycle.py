@@ -471,12 +471,15 @@ def test_every_task_instance_has_its_own_artefact_path() -> None:
 
 
 def _remote(script: str, folder: Path, out: Path, files: int) -> Any:
+    from airflow_parallel_run.core.driver.job import JobRequest
     from airflow_parallel_run.core.driver.remote import RemoteJob
 
-    return RemoteJob.build(
-        ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=2),
-        [FileDataset.from_files(str(_land(folder, files)))],
-        str(out),
+    return RemoteJob.of(
+        JobRequest(
+            ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=2),
+            (FileDataset.from_files(str(_land(folder, files))),),
+            str(out),
+        ),
     )
 
 

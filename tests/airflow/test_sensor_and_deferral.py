@@ -167,19 +167,24 @@ async def test_job_trigger_fires_with_the_summary_and_on_kill_cancels(
     from distributed import Client
 
     from airflow_parallel_run.core import FileDataset, ParallelRunConfig
+    from airflow_parallel_run.core.driver.job import JobRequest
     from airflow_parallel_run.core.driver.remote import RemoteJob, submit_job
     from airflow_parallel_run.triggers import ParallelRunJobTrigger
 
     script = write_script("import time\ndef run(b):\n    time.sleep(0.5)\n    return b\n")
-    quick = RemoteJob.build(
-        ParallelRunConfig(entry_script=script, mini_batch_size=2, process_count_per_node=2),
-        [FileDataset.from_files(str(files(6)))],
-        str(tmp_path / "o1"),
+    quick = RemoteJob.of(
+        JobRequest(
+            ParallelRunConfig(entry_script=script, mini_batch_size=2, process_count_per_node=2),
+            (FileDataset.from_files(str(files(6))),),
+            str(tmp_path / "o1"),
+        ),
     )
-    slow = RemoteJob.build(
-        ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1),
-        [FileDataset.from_files(str(files(200, "many")))],
-        str(tmp_path / "o2"),
+    slow = RemoteJob.of(
+        JobRequest(
+            ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1),
+            (FileDataset.from_files(str(files(200, "many"))),),
+            str(tmp_path / "o2"),
+        ),
     )
     with Client(dask_cluster.scheduler_address) as client:
         submit_job(client, quick)
@@ -217,14 +222,17 @@ async def test_the_job_trigger_keeps_a_job_with_a_short_watch_lease_alive(
     from distributed import Client
 
     from airflow_parallel_run.core import FileDataset, ParallelRunConfig
+    from airflow_parallel_run.core.driver.job import JobRequest
     from airflow_parallel_run.core.driver.remote import RemoteJob, submit_job
     from airflow_parallel_run.triggers import ParallelRunJobTrigger
 
     script = write_script("import time\ndef run(b):\n    time.sleep(0.5)\n    return b\n")
-    job = RemoteJob.build(
-        ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1),
-        [FileDataset.from_files(str(files(60)))],
-        str(tmp_path / "out"),
+    job = RemoteJob.of(
+        JobRequest(
+            ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1),
+            (FileDataset.from_files(str(files(60))),),
+            str(tmp_path / "out"),
+        ),
         watch_lease_s=3.0,  # below the operator's minimum on purpose: the trigger must refresh often
     )
     with Client(dask_cluster.scheduler_address) as client:

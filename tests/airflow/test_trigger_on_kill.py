@@ -55,13 +55,16 @@ def _slow_job(dask_cluster: Any, tmp_path: Path, write_script: Any, files: Any) 
     from distributed import Client
 
     from airflow_parallel_run.core import FileDataset, ParallelRunConfig
+    from airflow_parallel_run.core.driver.job import JobRequest
     from airflow_parallel_run.core.driver.remote import RemoteJob, submit_job
 
     script = write_script("import time\ndef run(b):\n    time.sleep(0.5)\n    return b\n")
-    job = RemoteJob.build(
-        ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1),
-        [FileDataset.from_files(str(files(400, "many")))],
-        str(tmp_path / "out"),
+    job = RemoteJob.of(
+        JobRequest(
+            ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1),
+            (FileDataset.from_files(str(files(400, "many"))),),
+            str(tmp_path / "out"),
+        ),
     )
     with Client(dask_cluster.scheduler_address) as client:
         submit_job(client, job)

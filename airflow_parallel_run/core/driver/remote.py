@@ -34,14 +34,12 @@ import threading
 import time
 import traceback
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import ParallelRunConfig
 from ..errors import ConfigError
-from ..inputs.source import Dataset
-from ..plan import Plan
 from ..worker.spec import bundle_scripts
 from .job import JobRequest
 from .watch_lease import WatchLease, lease_reason, watch_key
@@ -75,36 +73,6 @@ class RemoteJob:
     @property
     def job_id(self) -> str:
         return self.request.job_id
-
-    @classmethod
-    def build(
-        cls,
-        config: ParallelRunConfig,
-        inputs: Sequence[Dataset],
-        output_path: str,
-        *,
-        side_inputs: Sequence[str] = (),
-        arguments: Sequence[str] = (),
-        storage_options: Mapping[str, Any] | None = None,
-        allow_reuse: bool = True,
-        cache_dir: str | None = None,
-        planned: Plan | None = None,
-        protected_paths: Sequence[str] = (),
-        watch_lease_s: float | None = None,
-    ) -> RemoteJob:
-        request = JobRequest(
-            config,
-            tuple(inputs),
-            output_path,
-            side_inputs=tuple(side_inputs),
-            arguments=tuple(arguments),
-            storage_options=dict(storage_options or {}),
-            allow_reuse=allow_reuse,
-            cache_dir=cache_dir,
-            planned=planned,
-            protected_paths=tuple(protected_paths),
-        )
-        return cls.of(request, watch_lease_s=watch_lease_s)
 
     @classmethod
     def of(cls, request: JobRequest, *, watch_lease_s: float | None = None) -> RemoteJob:

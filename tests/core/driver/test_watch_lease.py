@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from airflow_parallel_run.core import ConfigError, FileDataset, ParallelRunConfig
+from airflow_parallel_run.core.driver.job import JobRequest
 from airflow_parallel_run.core.driver.remote import RemoteJob, submit_job, wait_for_end
 from airflow_parallel_run.core.driver.watch_lease import (
     WatchLease,
@@ -27,10 +28,12 @@ LEASE_S = 3.0
 
 
 def _job(write_script: Any, files: Any, tmp_path: Path, count: int, lease: float | None) -> RemoteJob:
-    return RemoteJob.build(
-        ParallelRunConfig(entry_script=write_script(SLOW), mini_batch_size=1, process_count_per_node=1),
-        [FileDataset.from_files(str(files(count)))],
-        str(tmp_path / "out"),
+    return RemoteJob.of(
+        JobRequest(
+            ParallelRunConfig(entry_script=write_script(SLOW), mini_batch_size=1, process_count_per_node=1),
+            (FileDataset.from_files(str(files(count))),),
+            str(tmp_path / "out"),
+        ),
         watch_lease_s=lease,
     )
 
