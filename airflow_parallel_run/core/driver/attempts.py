@@ -22,6 +22,7 @@ from distributed import Client, Future, as_completed
 from ..attempt import AttemptResult, AttemptStage, AttemptStatus
 from ..minibatch import MiniBatch
 from .stopping import STOP_CANCEL_S, STOP_DRAIN_S, bounded
+from .watchdog import InFlight
 
 LOOP_WAIT_S = 0.2  # the driver loop looks at the cancel flag at least this often
 # Attempts in flight: enough that no worker waits for the driver's next submit, few enough that a
@@ -102,6 +103,7 @@ class AttemptStream:
         self.spec = spec  # what the task gets before (mini-batch, attempt): the job's worker plugin name
         self.hosts = hosts  # keep the job on the chosen hosts (None: any worker)
         self.in_flight: dict[str, tuple[Future, MiniBatch, int]] = {}
+        self.submitted: dict[str, float] = {}  # attempt name -> time.monotonic() of its submit
         self._finished = as_completed()
 
     def submit(self, attempts: Iterable[Attempt]) -> None:
@@ -119,7 +121,15 @@ class AttemptStream:
                 allow_other_workers=False,
             )
             self.in_flight[key[0]] = (future, mb, attempt)
+            self.submitted[key[0]] = time.monotonic()
             self._finished.add(future)
+
+    def waiting(self) -> list[InFlight]:
+        """The attempts submitted and not heard back from, with when each was submitted."""
+        return [
+            InFlight(mb, attempt, self.submitted.get(name, 0.0))
+            for name, (_future, mb, attempt) in self.in_flight.items()
+        ]
 
     def __len__(self) -> int:
         return len(self.in_flight)
@@ -136,6 +146,7 @@ class AttemptStream:
         booked = []
         for future in done:
             _, mb, attempt = self.in_flight.pop(attempt_name(future.key))
+            self.submitted.pop(attempt_name(future.key), None)
             gathered = outcomes.get(attempt_name(future.key))
             result = gathered if isinstance(gathered, AttemptResult) else collect(future, mb, attempt)
             booked.append((mb, attempt, result))

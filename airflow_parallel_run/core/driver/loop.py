@@ -32,12 +32,16 @@ from ..reuse.cache import MiniBatchCache, resolve_cache_root
 from ..reuse.reuse import Reuse
 from ..summary import Tally, threshold_breach
 from ..worker.attempt import run_mini_batch
+from ..worker.plugin import activity_on
 from ..worker.spec import JobSpec, bundle_scripts
 from .attempts import AttemptStream, Pending, Window
 from .cluster import select_hosts
 from .finish import finish_job
 from .progress import Progress, ProgressCallback
-from .stopping import StopControl
+from .stopping import StopControl, bounded
+from .watchdog import Watchdog
+
+PROBE_BOUND_S = 2.0  # the watchdog's question to the workers waits at most this long
 
 
 def _plain(path: str) -> bool:
@@ -273,12 +277,21 @@ class JobDriver:
         hosts = tuple(placement.hosts) if placement.restricts else None  # keep the job on the chosen hosts
         name = self.stop.attach(client, self.spec, hosts)
         stream = AttemptStream(client, self.job_id, run_mini_batch, name, list(hosts) if hosts else None)
+        self.watchdog = Watchdog(self.config, lambda tails: self._probe(client, tails))
         self._say(
             f"Started: {to_run} mini-batches to run, {reused} reused, {self.slots} processes on "
             f"{len(placement.hosts)} host(s) ({', '.join(placement.hosts)})"
         )
         self.progress.started_running()
         return stream
+
+    def _probe(self, client: Client, tails: bool) -> Mapping[str, Any] | None:
+        """What the job's entry-script processes do on each worker (the watchdog's question), or None
+        when the workers do not answer within PROBE_BOUND_S (the loop must not wait on them)."""
+        answered, report = bounded(
+            lambda: client.run(activity_on, self.stop.plugin, tails, on_error="return"), PROBE_BOUND_S
+        )
+        return report if answered and isinstance(report, Mapping) else None
 
     def _submit(self, stream: AttemptStream, pending: Pending) -> None:
         attempts = pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0))
@@ -293,6 +306,7 @@ class JobDriver:
                 self._record(mb, attempt, result, pending)
                 self.progress.after_record()
             self.progress.tick()
+            self.stop.request(self.watchdog.check(stream.waiting()))
             if self.stop.requested:
                 self.stop.request("the job was cancelled")
                 self._halt(stream, pending)
@@ -303,6 +317,7 @@ class JobDriver:
         """Books one attempt: commit, retry, or final failure; then checks the thresholds."""
         result = self._admit(mb, result)
         self.logs.attempt(result, json.dumps(mb.describe()))
+        self.watchdog.attempt_ended(result)
         if mb.index in self.tally.finished:
             return  # a duplicate delivery: the first outcome stands
         self.stop.request(self.init_failures.note(result, self.tally.succeeded_mini_batches > 0))

@@ -137,6 +137,11 @@ class EntryProcess:
         self.descendants: dict[int, float] = {}  # pid -> start time, sampled at each mini-batch end
         self._kill_lock = threading.Lock()
         self._killed = False
+        # what the driver's watchdog asks about (`activity`): since when it starts, is ready, and which
+        # attempts it runs ((index, attempt) -> since, time.monotonic())
+        self.created = time.monotonic()
+        self.ready_at: float | None = None
+        self.running: dict[tuple[int, int], float] = {}
 
     # Log lines are best-effort: a full log disk must not turn an attempt's own outcome (or a failure
     # being reported) into an exception; the driver reports its own failed log writes in the summary.
@@ -244,6 +249,7 @@ class EntryProcess:
 
     def _await_init(self, outcome: WaitOutcome) -> Ready | Failed:
         if isinstance(outcome, Ready):
+            self.ready_at = time.monotonic()
             self.node_log(f"init() done in {outcome.init_seconds:.3f}s")
             return outcome
         self.kill()
@@ -324,6 +330,28 @@ class EntryProcess:
                 return CANCELLED if self.host.stopped else DIED
             if stop_check():
                 return CANCELLED
+
+    def activity(self, tails: bool) -> dict[str, object]:
+        """What this process does, for the driver's watchdog: starting (init() included) or ready, the
+        attempts it runs and for how long; with `tails`, the last lines of its stderr and entry-script log."""
+        clock = time.monotonic()
+        state: dict[str, object] = {
+            "process": self.name,
+            "node": self.node,
+            "pid": self.proc.pid if self.proc is not None else None,
+            "ready": self.ready_at is not None,
+            "for_s": round(clock - (self.ready_at or self.created), 3),
+            "running": [
+                [i, a, round(clock - since, 3)] for (i, a), since in sorted(dict(self.running).items())
+            ],
+        }
+        if tails:
+            entry_log = os.path.join(self.paths["entry_log_dir"], f"{self.name}.log.txt")
+            state["stderr"] = os.path.relpath(self.paths["stderr"], self.log_root)
+            state["stderr_tail"] = _tail(self.paths["stderr"], 10)
+            state["entry_log"] = os.path.relpath(entry_log, self.log_root)
+            state["entry_log_tail"] = _tail(entry_log, 10)
+        return state
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
