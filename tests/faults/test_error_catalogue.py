@@ -175,6 +175,26 @@ CASES = [
         "process_count_per_node=0 is not allowed: an integer >= 1",
     ),
     Case(
+        "progress_update_timeout",
+        lambda: config(progress_update_timeout=0),
+        "progress_update_timeout=0 is not allowed: a number of seconds > 0",
+    ),
+    Case(
+        "first_task_creation_timeout not finite",
+        lambda: config(first_task_creation_timeout=float("inf")),
+        "first_task_creation_timeout=inf is not allowed: a finite number of seconds > 0",
+    ),
+    Case(
+        "speculative_execution",
+        lambda: config(speculative_execution="yes"),
+        "speculative_execution='yes' is not allowed: True or False",
+    ),
+    Case(
+        "speculation_multiplier",
+        lambda: config(speculation_multiplier=1),
+        "speculation_multiplier=1 is not allowed: a finite number > 1 (times the median mini-batch duration)",
+    ),
+    Case(
         "append_row_file_name too long",
         lambda: config(append_row_file_name="r" * 296 + ".txt"),
         "append_row_file_name='<name>' is not allowed: a file name of at most 200 bytes in UTF-8 (file systems "

@@ -18,6 +18,19 @@ from airflow_parallel_run.core.attempt import AttemptResult, AttemptStage, Attem
 from airflow_parallel_run.core.driver.watchdog import PROBE_S, InFlight, Watchdog
 from airflow_parallel_run.core.minibatch import MiniBatch
 from tests.faults.faults_support import entry_processes
+from tests.faults.test_error_catalogue import check_documented
+
+NO_PROGRESS = (
+    "Job failed: no mini-batch finished or failed for <seconds> s (progress_update_timeout 3 s): mini-batch 3 "
+    "(<path>, attempt 1) has run for <seconds> s in <process> on <host> (pid <pid>). A run() that can hang needs a "
+    "lower run_invocation_timeout; mini-batches this slow need a higher progress_update_timeout"
+)
+NOT_READY = (
+    "Job failed: no entry-script process became ready within 4 s (first_task_creation_timeout): after <seconds> s "
+    "<process> on <host> (pid <pid>, worker <address>) has not finished init() after <seconds> s. An init() that "
+    "takes this long needs a higher first_task_creation_timeout; one that hangs needs fixing "
+    "(run_invocation_timeout also bounds init())."
+)
 
 
 def job(client: Client, script: str, root: Path, out: Path, **kw: Any) -> dict[str, Any]:
@@ -67,7 +80,7 @@ def test_a_hung_run_is_stopped_by_progress_update_timeout(
     took = time.monotonic() - started
     assert summary["status"] == "failed", summary
     message = summary["message"]
-    assert message.startswith("Job failed: no mini-batch finished or failed for "), message
+    check_documented(NO_PROGRESS, message)
     assert "no mini-batch finished or failed for" in message and "progress_update_timeout 3 s" in message
     assert "mini-batch 3 (" in message and "f003.txt" in message and "attempt 1) has run for" in message
     assert " in process0" in message and " on 127.0.0.1 (pid " in message, message
@@ -112,6 +125,7 @@ def test_an_init_that_never_returns_is_stopped_by_first_task_creation_timeout(
     assert message.startswith(
         "Job failed: no entry-script process became ready within 4 s (first_task_creation_timeout): after "
     ), message
+    check_documented(NOT_READY, message.splitlines()[0])
     assert "has not finished init() after" in message and " on 127.0.0.1 (pid " in message
     assert "last lines of the stderr of process0" in message
     assert "loading the model from /models/big" in message
