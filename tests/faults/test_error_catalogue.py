@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from faults_support import CLI, closed_port
+from faults_support import CLI, check_documented, closed_port, doc_text
 
 from airflow_parallel_run.core import (
     ConfigError,
@@ -36,26 +36,6 @@ from airflow_parallel_run.core.output.formats import encode_part
 from airflow_parallel_run.core.output.results import InvalidResultError
 from airflow_parallel_run.core.output.schema import JobSchema
 from airflow_parallel_run.core.plan import plan
-
-DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
-
-
-def doc_text() -> str:
-    return DOC.read_text(encoding="utf-8")
-
-
-def matches(template: str, actual: str) -> bool:
-    """`actual` equals `template` where each <placeholder> stands for any text."""
-    pattern = "".join(
-        ".+?" if part.startswith("<") and part.endswith(">") and part[1:-1].isalpha() else re.escape(part)
-        for part in re.split(r"(<[a-z]+>)", template)
-    )
-    return re.fullmatch(pattern, actual) is not None
-
-
-def check_documented(template: str, actual: str) -> None:
-    assert template in doc_text(), f"docs/errors.md does not list:\n{template}"
-    assert matches(template, actual), f"the message changed:\n  doc:    {template}\n  actual: {actual}"
 
 
 @dataclass(frozen=True)

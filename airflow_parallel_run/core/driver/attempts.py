@@ -76,12 +76,16 @@ class Pending:
 
 class Window:
     """How many attempts may be in flight: 2 per process slot until a mini-batch succeeded (a broken
-    init() must not fan out), then `WINDOW_PER_SLOT` per slot plus `WINDOW_EXTRA`."""
+    init() must not fan out), then `WINDOW_PER_SLOT` per slot plus `WINDOW_EXTRA`. `one_per_slot`
+    (speculative execution): one per slot, so that no attempt waits on a worker behind a straggler."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, one_per_slot: bool = False) -> None:
         self.slots = slots
+        self.one_per_slot = one_per_slot
 
     def room(self, in_flight: int, any_succeeded: bool) -> int:
+        if self.one_per_slot:
+            return max(self.slots - in_flight, 0)
         limit = WINDOW_PER_SLOT * self.slots + WINDOW_EXTRA if any_succeeded else 2 * self.slots
         return max(limit - in_flight, 0)
 
@@ -106,7 +110,8 @@ class AttemptStream:
         self.submitted: dict[str, float] = {}  # attempt name -> time.monotonic() of its submit
         self._finished = as_completed()
 
-    def submit(self, attempts: Iterable[Attempt]) -> None:
+    def submit(self, attempts: Iterable[Attempt], workers: list[str] | None = None) -> None:
+        """Submits attempts, on the job's hosts or on `workers` (a speculative copy's idle worker)."""
         for mb, attempt in attempts:
             key = attempt_key(self.job_id, mb.index, attempt)
             future = self.client.submit(
@@ -117,12 +122,24 @@ class AttemptStream:
                 key=key,
                 pure=False,
                 retries=0,
-                workers=self.hosts,
+                workers=workers or self.hosts,
                 allow_other_workers=False,
             )
             self.in_flight[key[0]] = (future, mb, attempt)
             self.submitted[key[0]] = time.monotonic()
             self._finished.add(future)
+
+    def forget(self, index: int, attempt: int) -> InFlight | None:
+        """An attempt whose result no longer matters (another attempt of its mini-batch committed): it
+        leaves the stream, so it is never booked, and its task is cancelled if it has not started."""
+        name = attempt_key(self.job_id, index, attempt)[0]
+        entry = self.in_flight.pop(name, None)
+        submitted = self.submitted.pop(name, 0.0)
+        if entry is None:
+            return None
+        future, mb, _ = entry
+        bounded(lambda: self.client.cancel([future]), STOP_CANCEL_S)
+        return InFlight(mb, attempt, submitted)
 
     def waiting(self) -> list[InFlight]:
         """The attempts submitted and not heard back from, with when each was submitted."""

@@ -162,6 +162,19 @@ class JobWorker(WorkerPlugin):
             "processes": [p.activity(tails) for p in sorted(live, key=lambda p: p.name)],
         }
 
+    def supersede(self, index: int, attempt: int) -> bool:
+        """Kills the process running attempt `attempt` of mini-batch `index` (another attempt of it
+        committed first); its attempt reports CANCELLED within `POLL_S`, and the thread starts a new
+        process for its next attempt. False: no process here runs it."""
+        with self.state_lock:
+            for process in self.live:
+                if (index, attempt) in process.running and process.proc is not None:
+                    process.superseded = True
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(process.proc.pid, signal.SIGKILL)
+                    return True
+        return False
+
     def stop(self) -> int:
         """No new process or mini-batch of the job starts on this worker, and its running entry-script
         processes are killed now. Runs in the worker's event loop, so it only signals the processes
@@ -265,6 +278,12 @@ def activity_on(name: str, tails: bool, dask_worker: Worker) -> dict[str, object
     return plugin.activity(tails)
 
 
+def supersede_on(name: str, index: int, attempt: int, dask_worker: Worker) -> bool:
+    """`client.run` target of speculative execution: stops the attempt that lost (quick: one signal)."""
+    plugin = dask_worker.plugins.get(name)
+    return plugin.supersede(index, attempt) if isinstance(plugin, JobWorker) else False
+
+
 async def finish_on(name: str, upload_logs: bool, dask_worker: Worker) -> dict[str, int]:
     """`client.run` target at the end of a job: `JobWorker.finish` in a thread (shutdown() may take
     `SHUTDOWN_GRACE_S`; the worker's event loop stays free)."""
@@ -320,6 +339,7 @@ __all__ = [
     "register",
     "registered",
     "stop_on",
+    "supersede_on",
     "sweep_orphans",
     "unregister",
 ]

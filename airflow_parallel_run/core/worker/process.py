@@ -142,6 +142,7 @@ class EntryProcess:
         self.created = time.monotonic()
         self.ready_at: float | None = None
         self.running: dict[tuple[int, int], float] = {}
+        self.superseded = False  # killed because another attempt of its mini-batch committed first
 
     # Log lines are best-effort: a full log disk must not turn an attempt's own outcome (or a failure
     # being reported) into an exception; the driver reports its own failed log writes in the summary.
@@ -268,7 +269,7 @@ class EntryProcess:
         """Sends `message` and waits for the answer; a process that cannot be reached ended (as if while
         it was waited for)."""
         if not self.send(message):
-            return CANCELLED if self.host.stopped else DIED
+            return CANCELLED if self.host.stopped or self.superseded else DIED
         return self.wait(timeout, stop_check)
 
     def failure(self, outcome: WaitOutcome, stage: AttemptStage, index: int | None = None) -> Failed:
@@ -281,6 +282,13 @@ class EntryProcess:
             return Failed(TIMEOUT_STATUS[stage], stage, self._timeout_message(stage, index))
         if isinstance(outcome, Died):
             return self.death_report(during, stage)
+        if isinstance(outcome, Cancelled) and self.superseded and index is not None:
+            return Failed(
+                AttemptStatus.CANCELLED,
+                stage,
+                f"another attempt of mini-batch {index} committed first (speculative_execution); this "
+                "one was stopped",
+            )
         if isinstance(outcome, Cancelled):
             what = "init() ran" if stage is AttemptStage.INIT else "this mini-batch ran"
             return Failed(AttemptStatus.CANCELLED, stage, f"job stopped while {what}")
@@ -325,9 +333,9 @@ class EntryProcess:
                     message: FromChild = self.conn.recv()
                     return message
             except (EOFError, OSError):
-                return CANCELLED if self.host.stopped else DIED
+                return CANCELLED if self.host.stopped or self.superseded else DIED
             if self.proc.poll() is not None and not self.conn.poll(0):
-                return CANCELLED if self.host.stopped else DIED
+                return CANCELLED if self.host.stopped or self.superseded else DIED
             if stop_check():
                 return CANCELLED
 

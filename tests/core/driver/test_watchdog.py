@@ -17,8 +17,7 @@ from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
 from airflow_parallel_run.core.attempt import AttemptResult, AttemptStage, AttemptStatus
 from airflow_parallel_run.core.driver.watchdog import PROBE_S, InFlight, Watchdog
 from airflow_parallel_run.core.minibatch import MiniBatch
-from tests.faults.faults_support import entry_processes
-from tests.faults.test_error_catalogue import check_documented
+from tests.faults.faults_support import check_documented, entry_processes
 
 NO_PROGRESS = (
     "Job failed: no mini-batch finished or failed for <seconds> s (progress_update_timeout 3 s): mini-batch 3 "
