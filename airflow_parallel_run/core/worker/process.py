@@ -34,7 +34,7 @@ from .messages import (
     ToChild,
     WaitOutcome,
 )
-from .monitor import ensure_monitor, get_monitor, secret_values
+from .monitor import ensure_monitor, get_monitor, mask, secret_values
 from .process_tree import SCOPE_ENV, end_leftovers, remember
 from .scratch import (
     claim_process_name,
@@ -353,12 +353,16 @@ class EntryProcess:
                 [i, a, round(clock - since, 3)] for (i, a), since in sorted(dict(self.running).items())
             ],
         }
-        if tails:
+        if tails:  # they travel into the job's message (XCom, task log): the job's secrets are masked
+            spec = self.spec
+            secrets = secret_values(
+                spec.environment_variables, spec.storage_options, *(d.storage_options for d in spec.datasets)
+            )
             entry_log = os.path.join(self.paths["entry_log_dir"], f"{self.name}.log.txt")
             state["stderr"] = os.path.relpath(self.paths["stderr"], self.log_root)
-            state["stderr_tail"] = _tail(self.paths["stderr"], 10)
+            state["stderr_tail"] = mask(_tail(self.paths["stderr"], 10), secrets)
             state["entry_log"] = os.path.relpath(entry_log, self.log_root)
-            state["entry_log_tail"] = _tail(entry_log, 10)
+            state["entry_log_tail"] = mask(_tail(entry_log, 10), secrets)
         return state
 
     def alive(self) -> bool:

@@ -95,8 +95,9 @@ def test_a_hung_run_is_stopped_by_progress_update_timeout(
 
 
 INIT_HANGS = """
-import sys, time
+import os, sys, time
 def init():
+    print("connecting with", os.environ["API_TOKEN"], file=sys.stderr, flush=True)
     print("loading the model from /models/big", file=sys.stderr, flush=True)
     time.sleep(3600)
 def run(mini_batch):
@@ -117,6 +118,7 @@ def test_an_init_that_never_returns_is_stopped_by_first_task_creation_timeout(
         run_invocation_timeout=3600,
         first_task_creation_timeout=4,
         progress_update_timeout=1,  # never applies before a process is ready
+        environment_variables={"API_TOKEN": "tok-8f2c61d9e4"},
     )
     took = time.monotonic() - started
     assert summary["status"] == "failed", summary
@@ -128,6 +130,7 @@ def test_an_init_that_never_returns_is_stopped_by_first_task_creation_timeout(
     assert "has not finished init() after" in message and " on 127.0.0.1 (pid " in message
     assert "last lines of the stderr of process0" in message
     assert "loading the model from /models/big" in message
+    assert "tok-8f2c61d9e4" not in message and "connecting with ***" in message  # the job's secrets are masked
     assert "logs/user/stderr/127.0.0.1/process0" in message
     assert summary["succeeded_mini_batches"] == 0
     assert took < 60, took
