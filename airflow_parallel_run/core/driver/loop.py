@@ -295,9 +295,15 @@ class JobDriver:
         """What the job's entry-script processes do on each worker (the watchdog's question), or None
         when the workers do not answer within PROBE_BOUND_S (the loop must not wait on them)."""
         answered, report = bounded(
-            lambda: client.run(activity_on, self.stop.plugin, tails, on_error="return"), PROBE_BOUND_S
+            lambda: client.run(activity_on, self.stop.plugin, tails, on_error="return"),
+            PROBE_BOUND_S,
+            self._stopping,
         )
         return report if answered and isinstance(report, Mapping) else None
+
+    def _stopping(self) -> bool:
+        """A question to the workers is given up once the job is being stopped (the stop's time bound)."""
+        return self.stop.requested
 
     def _submit(self, stream: AttemptStream, pending: Pending) -> None:
         attempts = pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0))
@@ -339,13 +345,17 @@ class JobDriver:
             }
             return report, free
 
-        answered, looked = bounded(look, PROBE_BOUND_S)
+        answered, looked = bounded(look, PROBE_BOUND_S, self._stopping)
         return looked if answered and isinstance(looked, tuple) else (None, {})
 
     def _stop_attempt(self, index: int, attempt: int) -> None:
         """Kills the process running an attempt that lost (bounded: the loop must not wait on workers)."""
         client, plugin = self.stream.client, self.stop.plugin
-        bounded(lambda: client.run(supersede_on, plugin, index, attempt, on_error="return"), PROBE_BOUND_S)
+        bounded(
+            lambda: client.run(supersede_on, plugin, index, attempt, on_error="return"),
+            PROBE_BOUND_S,
+            self._stopping,
+        )
 
     def _supersede(self, mb: MiniBatch, winner: int) -> None:
         """Attempt `winner` of `mb` committed: its other attempts are forgotten, stopped on their
@@ -374,7 +384,8 @@ class JobDriver:
                 self._record(mb, attempt, result, pending)
                 self.progress.after_record()
             self.progress.tick()
-            self.stop.request(self.watchdog.check(stream.waiting()))
+            if not self.stop.requested:
+                self.stop.request(self.watchdog.check(stream.waiting))
             if self.stop.requested:
                 self.stop.request("the job was cancelled")
                 self._halt(stream, pending)

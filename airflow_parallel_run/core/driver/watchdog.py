@@ -73,8 +73,9 @@ class Watchdog:
         if self.ready_at is None and (result.ok or result.stage in (AttemptStage.LOAD, AttemptStage.RUN)):
             self.ready_at = self.last_ended
 
-    def check(self, in_flight: Sequence[InFlight]) -> str | None:
-        """The reason to stop the job now, or None. Cheap unless a probe is due (see the module)."""
+    def check(self, in_flight: Callable[[], Sequence[InFlight]]) -> str | None:
+        """The reason to stop the job now, or None. Cheap unless a probe is due (see the module);
+        `in_flight` is asked only when the job fails for lack of progress."""
         now = self.clock()
         if self.ready_at is None:
             due = now - self.started >= self.first_task_limit
@@ -96,7 +97,7 @@ class Watchdog:
         since = max(self.last_ended, self.ready_at)
         if now - since < self.progress_limit:
             return None
-        return self._no_progress(now - since, now, in_flight, self.probe(False))
+        return self._no_progress(now - since, in_flight(), self.probe(False))
 
     # -- the messages --------------------------------------------------------------------------------
     def _not_ready(self, waited: float, report: Mapping[str, Any] | None) -> str:
@@ -138,7 +139,7 @@ class Watchdog:
         return head + "; ".join(named) + ". " + advice + "".join(f"\n{t}" for t in tails)
 
     def _no_progress(
-        self, quiet: float, now: float, in_flight: Sequence[InFlight], report: Mapping[str, Any] | None
+        self, quiet: float, in_flight: Sequence[InFlight], report: Mapping[str, Any] | None
     ) -> str:
         where: dict[tuple[int, int], tuple[str, str, Any, float]] = {}
         for worker in (report or {}).values():

@@ -130,7 +130,9 @@ def test_an_init_that_never_returns_is_stopped_by_first_task_creation_timeout(
     assert "has not finished init() after" in message and " on 127.0.0.1 (pid " in message
     assert "last lines of the stderr of process0" in message
     assert "loading the model from /models/big" in message
-    assert "tok-8f2c61d9e4" not in message and "connecting with ***" in message  # the job's secrets are masked
+    assert (
+        "tok-8f2c61d9e4" not in message and "connecting with ***" in message
+    )  # the job's secrets are masked
     assert "logs/user/stderr/127.0.0.1/process0" in message
     assert summary["succeeded_mini_batches"] == 0
     assert took < 60, took
@@ -203,13 +205,13 @@ def test_first_task_creation_timeout_on_a_fake_clock(tmp_path: Path) -> None:
         return {"tcp://10.0.0.5:4000": _worker(None)}
 
     dog = Watchdog(_config(tmp_path, first_task_creation_timeout=10, progress_update_timeout=1), probe, clock)
-    assert dog.check([]) is None and asked == [False]  # a first look at once
+    assert dog.check(list) is None and asked == [False]  # a first look at once
     clock.now += PROBE_S / 2
-    assert dog.check([]) is None and asked == [False]  # not asked again within PROBE_S
+    assert dog.check(list) is None and asked == [False]  # not asked again within PROBE_S
     clock.now += 9.9 - PROBE_S / 2
-    assert dog.check([]) is None  # progress_update_timeout does not apply before a process is ready
+    assert dog.check(list) is None  # progress_update_timeout does not apply before a process is ready
     clock.now += 0.1
-    reason = dog.check([])
+    reason = dog.check(list)
     assert asked[-1] is True and reason is not None
     assert reason.startswith(
         "no entry-script process became ready within 10 s (first_task_creation_timeout): after 10.0 s "
@@ -232,12 +234,12 @@ def test_progress_update_timeout_counts_from_the_last_attempt_or_readiness(tmp_p
         clock,
     )
     clock.now += 50
-    assert dog.check([]) is None  # not ready yet: the first-task limit is 100
+    assert dog.check(list) is None  # not ready yet: the first-task limit is 100
     report["tcp://10.0.0.5:4000"] = _worker(2.0, [[4, 1, 2.0]])
     clock.now += PROBE_S
-    assert dog.check([InFlight(mb, 1, clock.now - 10)]) is None  # ready 2 s ago
+    assert dog.check(lambda: [InFlight(mb, 1, clock.now - 10)]) is None  # ready 2 s ago
     clock.now += 3
-    reason = dog.check([InFlight(mb, 1, clock.now - 10)])
+    reason = dog.check(lambda: [InFlight(mb, 1, clock.now - 10)])
     assert reason is not None and reason.startswith(
         "no mini-batch finished or failed for 5.0 s (progress_update_timeout 5 s): mini-batch 4 ("
     ), reason
@@ -245,9 +247,9 @@ def test_progress_update_timeout_counts_from_the_last_attempt_or_readiness(tmp_p
     ended = AttemptResult(4, 1, AttemptStatus.RUN_EXCEPTION, stage=AttemptStage.RUN)
     dog.attempt_ended(ended)  # any attempt that ends is progress
     clock.now += 4.9
-    assert dog.check([]) is None
+    assert dog.check(list) is None
     clock.now += 0.1
-    assert dog.check([]) is not None
+    assert dog.check(list) is not None
 
 
 def test_an_attempt_past_init_proves_readiness_without_asking(tmp_path: Path) -> None:
@@ -259,7 +261,7 @@ def test_an_attempt_past_init_proves_readiness_without_asking(tmp_path: Path) ->
     )
     dog.attempt_ended(AttemptResult(0, 1, AttemptStatus.RUN_DONE))
     clock.now += 50
-    assert dog.check([]) is None and asked == []
+    assert dog.check(list) is None and asked == []
 
 
 def test_defaults_follow_azure(tmp_path: Path) -> None:
@@ -289,3 +291,16 @@ def test_bad_limits_name_the_field(tmp_path: Path, field: str, value: object, al
     with pytest.raises(ConfigError) as info:
         _config(tmp_path, **{field: value})
     assert str(info.value) == f"{field}={value!r} is not allowed: {allowed}"
+
+
+def test_a_question_to_the_workers_is_given_up_when_the_job_stops() -> None:
+    """The watchdog's and speculation's calls to the workers are bounded, and a stop does not wait for
+    them (the stop's own time bound, core/driver/stopping.py, must hold)."""
+    from airflow_parallel_run.core.driver.stopping import bounded
+
+    stop_at = time.monotonic() + 0.2
+    started = time.monotonic()
+    answered, value = bounded(lambda: time.sleep(5), 5.0, lambda: time.monotonic() >= stop_at)
+    assert (answered, value) == (False, None)
+    assert time.monotonic() - started < 1.0
+    assert bounded(lambda: 42, 5.0, lambda: False) == (True, 42)
