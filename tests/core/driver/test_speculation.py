@@ -81,6 +81,10 @@ def test_a_straggler_copy_wins_and_the_output_is_exactly_the_reference(
         speculative_execution=True,
         speculation_multiplier=2,  # the straggler runs 10x the median: a copy after 2x
         environment_variables=slowed,
+        # the lost attempt is no failure and the copy no try: any failed attempt would stop this job
+        error_threshold=0,
+        allowed_failed_count=0,
+        run_max_try=1,
     )
     assert summary["status"] == "succeeded", summary
     assert (summary["succeeded_mini_batches"], summary["failed_mini_batches"]) == (COUNT, 0)

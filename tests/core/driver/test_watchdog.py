@@ -92,6 +92,17 @@ def test_a_hung_run_is_stopped_by_progress_update_timeout(
     assert no_entry_processes_left(out)
     result = (out / "logs" / "job_result.txt").read_text()
     assert "progress_update_timeout" in result.splitlines()[0]
+    # what finished was committed to the reuse cache: a re-run reuses it and runs only the hung one
+    again = job(
+        dask_client,
+        write_script(HANGS_ON_F003),
+        files(6),
+        tmp_path / "again",
+        run_invocation_timeout=3600,
+        progress_update_timeout=3,
+    )
+    assert again["status"] == "failed" and again["reused_mini_batches"] == 5, again
+    assert no_entry_processes_left(tmp_path / "again")
 
 
 INIT_HANGS = """
