@@ -17,6 +17,8 @@ from airflow_parallel_run.core.attempt import AttemptResult, AttemptStatus
 from airflow_parallel_run.core.driver.speculation import Flight, Speculation
 from airflow_parallel_run.core.driver.watchdog import InFlight
 from airflow_parallel_run.core.minibatch import MiniBatch
+from airflow_parallel_run.ui.attempts import read_failed_attempts
+from airflow_parallel_run.ui.files import ATTEMPTS_FILE, JobFiles
 from tests.faults.faults_support import entry_processes
 
 COUNT, DELAY = 32, 0.5
@@ -100,6 +102,8 @@ def test_a_straggler_copy_wins_and_the_output_is_exactly_the_reference(
     ]
     assert all(r["Status"] == "RUN_DONE" for r in booked if r["Mini-batch Id"] != index)
     assert (out / "logs" / "user" / "error.txt").read_text() == "No errors.\n"  # losing is no failure
+    job_files = JobFiles(str(out))
+    assert read_failed_attempts(job_files, job_files.log_path(ATTEMPTS_FILE)) == []  # nor in the UI's table
     result = (out / "logs" / "job_result.txt").read_text()
     assert (
         "Speculative execution: 1 straggling mini-batch(es) got a second attempt; 1 attempt(s) lost" in result
