@@ -365,10 +365,13 @@ class JobDriver:
             self._stop_attempt(mb.index, attempt)
             self.speculation.lost += 1
             self.speculation.lost_attempts.add((mb.index, attempt))
+            node, process = self.speculation.where.get((mb.index, attempt), ("", ""))
             lost = AttemptResult(
                 mb.index,
                 attempt,
                 AttemptStatus.SPECULATIVE_LOST,
+                node=node,
+                process=process,
                 total=mb.items,
                 elapsed_seconds=time.monotonic() - gone.submitted if gone else 0.0,
                 error=f"attempt {winner} of mini-batch {mb.index} committed first (speculative_execution); "

@@ -44,6 +44,7 @@ class Speculation:
         self.copied: dict[int, int] = {}  # mini-batch -> the attempt number of its copy
         self.lost = 0  # attempts that lost the race
         self.lost_attempts: set[tuple[int, int]] = set()  # (mini-batch, attempt): never booked again
+        self.where: dict[tuple[int, int], tuple[str, str]] = {}  # (mini-batch, attempt) -> (node, process)
         self._looked = -math.inf
 
     def line(self) -> str | None:
@@ -90,6 +91,10 @@ class Speculation:
             for process in worker.get("processes") or []:
                 for index, attempt, seconds in process.get("running") or []:
                     running[(int(index), int(attempt))] = (address, float(seconds))
+                    self.where[(int(index), int(attempt))] = (
+                        str(process.get("node")),
+                        str(process.get("process")),
+                    )
         per_batch: dict[int, int] = {}
         for item in in_flight:
             per_batch[item.mini_batch.index] = per_batch.get(item.mini_batch.index, 0) + 1

@@ -95,7 +95,10 @@ def test_a_straggler_copy_wins_and_the_output_is_exactly_the_reference(
     booked = rows(out)
     lost = [r for r in booked if r["Status"] == AttemptStatus.SPECULATIVE_LOST.value]
     index = str(int(SLOWED[1:4]))
-    assert [(r["Mini-batch Id"], r["Attempt"]) for r in lost] == [(index, "1")], booked
+    assert [(r["Mini-batch Id"], r["Attempt"], r["Node"]) for r in lost] == [(index, "1", "127.0.0.1")], (
+        booked
+    )
+    assert lost[0]["Process"].startswith("process"), lost
     assert [(r["Attempt"], r["Status"]) for r in booked if r["Mini-batch Id"] == index] == [
         ("2", "RUN_DONE"),
         ("1", "SPECULATIVE_LOST"),
