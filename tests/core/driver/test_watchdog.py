@@ -315,3 +315,26 @@ def test_a_question_to_the_workers_is_given_up_when_the_job_stops() -> None:
     assert (answered, value) == (False, None)
     assert time.monotonic() - started < 1.0
     assert bounded(lambda: 42, 5.0, lambda: False) == (True, 42)
+
+
+def test_workers_that_start_no_process_or_do_not_answer_are_named(tmp_path: Path) -> None:
+    clock = Clock()
+    answers: list[Any] = [{"tcp://10.0.0.6:4000": {"node": "10.0.0.6", "ready_s_ago": None, "processes": []}}]
+    config = _config(tmp_path, first_task_creation_timeout=5)
+    dog = Watchdog(config, lambda tails: answers[0], clock)
+    clock.now += 5
+    reason = dog.check(list)
+    assert (
+        reason is not None
+        and "after 5.0 s worker tcp://10.0.0.6:4000 on 10.0.0.6 started no entry-script process." in reason
+    )
+    answers[0] = None  # the workers did not answer in time
+    dog = Watchdog(config, lambda tails: answers[0], clock)
+    clock.now += 5
+    reason = dog.check(list)
+    assert reason is not None and "the workers did not answer when asked what their processes do" in reason
+    answers[0] = {"tcp://10.0.0.6:4000": None}  # the job's plugin is on no worker
+    dog = Watchdog(config, lambda tails: answers[0], clock)
+    clock.now += 5
+    reason = dog.check(list)
+    assert reason is not None and "no worker holds the job" in reason
