@@ -106,6 +106,7 @@ def result_lines(
         lines = [str(summary.message), "Start with logs/user/error.txt; each line names the full trace."]
     if stopped is not None:
         at, reason, cancelled, leftovers = stopped
+        reason = (reason.splitlines() or [""])[0]  # the details (a watchdog's log tails) are above
         lines.append(
             f"Stopped at {stamp(at)} UTC ({reason}): {cancelled} running attempt(s) cancelled, {leftovers} "
             "process(es) the entry script left running ended."
