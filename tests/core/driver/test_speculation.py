@@ -172,3 +172,44 @@ def test_attempt_numbers_and_flight(tmp_path: Path) -> None:
     flight.launched(7, 3)
     assert flight.others(7, 3) == [1] and not flight.running(7)
     assert Speculation(_config(tmp_path)).due() is False  # off by default
+
+
+COPY_FAILS = """
+import os, time
+def run(mini_batch):
+    names = [os.path.basename(p) for p in mini_batch]
+    if "f005.txt" in names:
+        try:  # the first attempt claims the flag and is slow; the copy fails
+            os.close(os.open(os.path.join(os.environ["FLAGS"], "claimed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            raise RuntimeError("the copy fails") from None
+        time.sleep(3)
+    time.sleep(0.2)
+    return names
+"""
+
+
+def test_a_copy_that_fails_while_the_original_runs_is_no_failure(
+    dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path], tmp_path: Path
+) -> None:
+    (tmp_path / "flags").mkdir()
+    out = tmp_path / "out"
+    summary, _ = timed_job(
+        dask_client,
+        write_script(COPY_FAILS),
+        files(8),
+        out,
+        speculative_execution=True,
+        speculation_multiplier=2,
+        environment_variables={"FLAGS": str(tmp_path / "flags")},
+        allowed_failed_count=0,  # a failure counted against the job would stop it
+        run_max_try=1,
+    )
+    assert summary["status"] == "succeeded", summary
+    assert Path(summary["append_row_file"]).read_text() == "".join(f"f{i:03d}.txt\n" for i in range(8))
+    booked = [(r["Attempt"], r["Status"]) for r in rows(out) if r["Mini-batch Id"] == "5"]
+    assert booked == [("2", "RUN_EXCEPTION"), ("1", "RUN_DONE")], booked  # the original decides
+    assert (
+        "Speculative execution: 1 straggling mini-batch(es) got a second attempt; 0 attempt(s) lost"
+        in (out / "logs" / "job_result.txt").read_text()
+    )
