@@ -217,8 +217,9 @@ CASES = [
         lambda: config().with_overrides(mini_batch_sise=3),
         "mini_batch_sise=3 is not allowed: one of allowed_failed_count, allowed_failed_percent, "
         "append_row_file_name, append_row_format, entry_script, environment_variables, error_threshold, "
-        "logging_level, mini_batch_size, node_count, output_action, partition_keys, process_count_per_node, "
-        "resource_monitor_interval, run_invocation_timeout, run_max_try, source_directory",
+        "first_task_creation_timeout, logging_level, mini_batch_size, node_count, output_action, partition_keys, "
+        "process_count_per_node, progress_update_timeout, resource_monitor_interval, run_invocation_timeout, "
+        "run_max_try, source_directory, speculation_multiplier, speculative_execution",
     ),
     # 2. inputs
     Case(
