@@ -20,8 +20,8 @@ behind a straggler on its worker could not be helped, and an idle worker thread 
 
 from __future__ import annotations
 
+import heapq
 import math
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,6 +33,35 @@ from .watchdog import InFlight
 LOOK_S = 0.5  # once nothing is left to dispatch, stragglers are looked for at most this often
 
 
+class RunningMedian:
+    """The median of a growing list of numbers in O(log n) per number (a job may have millions): the
+    lower half in a max-heap, the upper half in a min-heap."""
+
+    def __init__(self) -> None:
+        self._low: list[float] = []  # negated
+        self._high: list[float] = []
+
+    def add(self, value: float) -> None:
+        if self._low and value > -self._low[0]:
+            heapq.heappush(self._high, value)
+        else:
+            heapq.heappush(self._low, -value)
+        if len(self._low) > len(self._high) + 1:
+            heapq.heappush(self._high, -heapq.heappop(self._low))
+        elif len(self._high) > len(self._low):
+            heapq.heappush(self._low, -heapq.heappop(self._high))
+
+    def median(self) -> float | None:
+        if not self._low:
+            return None
+        if len(self._low) > len(self._high):
+            return -self._low[0]
+        return (-self._low[0] + self._high[0]) / 2
+
+    def __len__(self) -> int:
+        return len(self._low) + len(self._high)
+
+
 class Speculation:
     """The speculative-execution bookkeeping of one job (see the module)."""
 
@@ -40,7 +69,7 @@ class Speculation:
         self.enabled = config.speculative_execution
         self.multiplier = config.speculation_multiplier
         self.clock = clock
-        self.run_seconds: list[float] = []  # run() time of each mini-batch that succeeded here
+        self.run_seconds = RunningMedian()  # run() times of the mini-batches that succeeded here
         self.copied: dict[int, int] = {}  # mini-batch -> the attempt number of its copy
         self.lost = 0  # attempts that lost the race
         self.lost_attempts: set[tuple[int, int]] = set()  # (mini-batch, attempt): never booked again
@@ -60,17 +89,16 @@ class Speculation:
     def finished(self, result: AttemptResult) -> None:
         """A committed attempt: its run() time joins the median."""
         if result.status is AttemptStatus.RUN_DONE and not result.reused:
-            self.run_seconds.append(result.run_seconds)
+            self.run_seconds.add(result.run_seconds)
 
     def limit(self) -> float | None:
         """How long an attempt may run before it gets a copy (None: nothing finished yet to compare with)."""
-        if not self.run_seconds:
-            return None
-        return self.multiplier * statistics.median(self.run_seconds)
+        median = self.run_seconds.median()
+        return None if median is None else self.multiplier * median
 
     def due(self) -> bool:
         """Time to look for stragglers (and ask the workers)."""
-        if not self.enabled or self.limit() is None or self.clock() - self._looked < LOOK_S:
+        if not self.enabled or self.clock() - self._looked < LOOK_S or self.limit() is None:
             return False
         self._looked = self.clock()
         return True

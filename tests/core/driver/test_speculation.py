@@ -5,16 +5,20 @@ changes. And the choice of stragglers, on given worker reports."""
 from __future__ import annotations
 
 import csv
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from distributed import Client
+from hypothesis import given
+from hypothesis import strategies as st
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
 from airflow_parallel_run.core.attempt import AttemptResult, AttemptStatus
-from airflow_parallel_run.core.driver.speculation import Flight, Speculation
+from airflow_parallel_run.core.driver.speculation import Flight, RunningMedian, Speculation
 from airflow_parallel_run.core.driver.watchdog import InFlight
 from airflow_parallel_run.core.minibatch import MiniBatch
 from airflow_parallel_run.ui.attempts import read_failed_attempts
@@ -160,6 +164,15 @@ def test_stragglers_are_chosen_past_k_times_the_median_onto_free_threads(tmp_pat
     speculation.copied[4] = 2
     chosen = speculation.choose([*in_flight, InFlight(_mb(4), 2, 0.0)], report, {"tcp://c": 5})
     assert [c[0].mini_batch.index for c in chosen] == [1, 3]  # 4 has its copy; 2 is within the limit
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1, max_size=200))
+def test_the_running_median_is_the_median(values: list[float]) -> None:
+    median = RunningMedian()
+    for count, value in enumerate(values, 1):
+        median.add(value)
+        assert len(median) == count
+        assert median.median() == pytest.approx(statistics.median(values[:count]))
 
 
 def test_attempt_numbers_and_flight(tmp_path: Path) -> None:
