@@ -164,7 +164,8 @@ class JobDriver:
             self.config.append_row_format, self.output, self.storage_options, self.files, self._master
         )
         self.tally = Tally(len(self.plan), self.plan.total_items)
-        self.tries: dict[int, int] = {}  # mini-batch -> attempts dispatched from the queue (copies are not)
+        # mini-batch -> attempts dispatched from the queue, when more than 1 (speculative copies are not)
+        self.tries: dict[int, int] = {}
         self.flight = Flight()
         self.speculation = Speculation(self.config)
         self.slots = max(1, self.config.node_count * self.config.processes_per_node)
@@ -309,7 +310,8 @@ class JobDriver:
         attempts = pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0))
         self.tally.note_started(mb.index for mb, _attempt in attempts)
         for mb, attempt in attempts:
-            self.tries[mb.index] = self.tries.get(mb.index, 0) + 1
+            if attempt > 1:  # a retry (first attempts are not stored: a job may have millions)
+                self.tries[mb.index] = self.tries.get(mb.index, 1) + 1
             self.flight.launched(mb.index, attempt)
         stream.submit(attempts)
 
@@ -410,7 +412,7 @@ class JobDriver:
             self.progress.note_error(result, final=False)
             return  # another attempt of it (speculative execution) still runs: it decides
         self.stop.request(self.init_failures.note(result, self.tally.succeeded_mini_batches > 0))
-        tries = self.tries.get(mb.index, attempt)  # speculative copies are not tries
+        tries = self.tries.get(mb.index, 1)  # speculative copies are not tries
         step = next_step(result, tries, self.config.run_max_try, stopping=bool(self.stop.reason))
         if step is Step.DROP:
             return

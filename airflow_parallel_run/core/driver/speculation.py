@@ -147,15 +147,17 @@ class Speculation:
 
 
 class Flight:
-    """The attempt numbers of each mini-batch: the highest given (a retry or a copy takes the next) and
-    those in flight (more than one only while a speculative copy runs)."""
+    """The attempt numbers of each mini-batch: the highest given (a retry or a copy takes the next; kept
+    only above 1, as a job may have millions of mini-batches) and those in flight (more than one only
+    while a speculative copy runs)."""
 
     def __init__(self) -> None:
         self.highest: dict[int, int] = {}
         self.in_flight: dict[int, set[int]] = {}
 
     def launched(self, index: int, attempt: int) -> None:
-        self.highest[index] = max(self.highest.get(index, 0), attempt)
+        if attempt > 1:
+            self.highest[index] = max(self.highest.get(index, 1), attempt)
         self.in_flight.setdefault(index, set()).add(attempt)
 
     def landed(self, index: int, attempt: int) -> None:
@@ -174,4 +176,4 @@ class Flight:
         return attempts
 
     def next_number(self, index: int) -> int:
-        return self.highest.get(index, 0) + 1
+        return self.highest.get(index, 1) + 1
