@@ -150,6 +150,9 @@ def test_a_hung_run_fails_by_progress_update_timeout(tmp_path: Path, files, writ
         "3",
         "--first-task-creation-timeout",
         "60",
+        "--speculative-execution",  # no copy: nothing finished to compare with
+        "--speculation-multiplier",
+        "2",
         "--json",
         cwd=tmp_path,
     )
