@@ -158,6 +158,30 @@ def _config_arguments(run: argparse.ArgumentParser) -> None:
     cfg.add_argument("--process-count-per-node", type=int)
     cfg.add_argument("--run-invocation-timeout", type=float, default=60)
     cfg.add_argument("--run-max-try", type=int, default=3)
+    cfg.add_argument(
+        "--progress-update-timeout",
+        type=float,
+        help="fail the job when no mini-batch finished or failed for this many seconds "
+        "(default: 3 x (run-invocation-timeout + 600))",
+    )
+    cfg.add_argument(
+        "--first-task-creation-timeout",
+        type=float,
+        help="fail the job when no entry-script process is ready (init() returned) after this many seconds "
+        "(default: 600, or run-invocation-timeout when longer)",
+    )
+    cfg.add_argument(
+        "--speculative-execution",
+        action="store_true",
+        default=False,
+        help="once nothing is left to dispatch, give a straggling mini-batch a second attempt on an idle process",
+    )
+    cfg.add_argument(
+        "--speculation-multiplier",
+        type=float,
+        default=3.0,
+        help="a straggler runs longer than this times the median mini-batch duration (default 3)",
+    )
     cfg.add_argument("--logging-level", choices=LOGGING_LEVELS, type=str.upper, default="INFO")
     cfg.add_argument(
         "--environment-variables", type=_env_pair, action="append", default=[], metavar="KEY=VALUE"
@@ -298,6 +322,10 @@ def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> i
             process_count_per_node=args.process_count_per_node,
             run_invocation_timeout=args.run_invocation_timeout,
             run_max_try=args.run_max_try,
+            progress_update_timeout=args.progress_update_timeout,
+            first_task_creation_timeout=args.first_task_creation_timeout,
+            speculative_execution=args.speculative_execution,
+            speculation_multiplier=args.speculation_multiplier,
             logging_level=args.logging_level,
             environment_variables=dict(args.environment_variables),
             resource_monitor_interval=args.resource_monitor_interval,
@@ -459,6 +487,10 @@ _CONFIG_FLAGS = (
     "process_count_per_node",
     "run_invocation_timeout",
     "run_max_try",
+    "progress_update_timeout",
+    "first_task_creation_timeout",
+    "speculative_execution",
+    "speculation_multiplier",
     "logging_level",
     "environment_variables",
     "resource_monitor_interval",

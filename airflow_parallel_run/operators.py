@@ -117,7 +117,8 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
     :param dask_conn_id: a ``dask`` connection; None ⇒ an embedded LocalCluster on 127.0.0.1.
     :param mini_batch_size: templated override of the config field (likewise ``node_count``,
         ``process_count_per_node``, ``logging_level``, ``run_invocation_timeout``, ``run_max_try``,
-        ``error_threshold``); None keeps the config's value. Bind them to DAG Params to get them in
+        ``error_threshold``, ``progress_update_timeout``, ``first_task_creation_timeout``,
+        ``speculative_execution``, ``speculation_multiplier``); None keeps the config's value. Bind them to DAG Params to get them in
         the trigger form; numeric strings from Jinja are converted back to numbers.
     :param storage_options: fsspec options (credentials) for inputs and output.
     :param storage_conn_id: an Airflow connection holding those options (an ``aws`` connection, or any
@@ -161,6 +162,10 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         run_invocation_timeout: float | str | None = None,
         run_max_try: int | str | None = None,
         error_threshold: int | str | None = None,
+        progress_update_timeout: float | str | None = None,
+        first_task_creation_timeout: float | str | None = None,
+        speculative_execution: bool | str | None = None,
+        speculation_multiplier: float | str | None = None,
         storage_options: Mapping[str, Any] | None = None,
         storage_conn_id: str | None = None,
         declare_output_asset: bool = True,
@@ -193,6 +198,10 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         self.run_invocation_timeout = run_invocation_timeout
         self.run_max_try = run_max_try
         self.error_threshold = error_threshold
+        self.progress_update_timeout = progress_update_timeout
+        self.first_task_creation_timeout = first_task_creation_timeout
+        self.speculative_execution = speculative_execution
+        self.speculation_multiplier = speculation_multiplier
         self.storage_options = dict(storage_options or {})
         self.storage_conn_id = storage_conn_id
         self.on_manifest_change = on_manifest_change

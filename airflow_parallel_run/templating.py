@@ -25,8 +25,24 @@ TUNABLES: tuple[str, ...] = (
     "run_invocation_timeout",
     "run_max_try",
     "error_threshold",
+    # the driver's watchdog and speculation (core/driver/watchdog.py, core/driver/speculation.py)
+    "progress_update_timeout",
+    "first_task_creation_timeout",
+    "speculative_execution",
+    "speculation_multiplier",
 )
 _INT_TUNABLES = frozenset({"node_count", "process_count_per_node", "run_max_try", "error_threshold"})
+#: Tunables that are a number of seconds (or a factor): a rendered "2.5" is a float again; non-finite
+#: values are refused (`check_tunables`).
+_FLOAT_TUNABLES = frozenset(
+    {
+        "run_invocation_timeout",
+        "progress_update_timeout",
+        "first_task_creation_timeout",
+        "speculation_multiplier",
+    }
+)
+_BOOL_TUNABLES = {"true": True, "false": False}  # speculative_execution rendered from a Param
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _NONE_STRINGS = frozenset({"", "none", "null"})
 
@@ -57,7 +73,9 @@ def coerce_tunable(name: str, value: Any) -> Any:
             return None
         if name in _INT_TUNABLES or name == "mini_batch_size":
             return int(text) if _INT_RE.match(text) else text
-        if name == "run_invocation_timeout":
+        if name == "speculative_execution" and text.lower() in _BOOL_TUNABLES:
+            return _BOOL_TUNABLES[text.lower()]
+        if name in _FLOAT_TUNABLES:
             try:
                 number = float(text)
             except ValueError:
@@ -73,17 +91,18 @@ def coerce_tunable(name: str, value: Any) -> Any:
 
 def check_tunables(overrides: Mapping[str, Any]) -> None:
     """What `ParallelRunConfig` lets through but a run cannot use: a non-finite timeout."""
-    value = overrides.get("run_invocation_timeout")
-    number: float | None = None
-    if isinstance(value, float):
-        number = value
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = None
-    if number is not None and not math.isfinite(number):
-        raise ConfigError("run_invocation_timeout", value, "a finite number of seconds > 0")
+    for name in sorted(_FLOAT_TUNABLES - {"speculation_multiplier"}):
+        value = overrides.get(name)
+        number: float | None = None
+        if isinstance(value, float):
+            number = value
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if number is not None and not math.isfinite(number):
+            raise ConfigError(name, value, "a finite number of seconds > 0")
 
 
 def overrides(values: Mapping[str, Any]) -> dict[str, Any]:

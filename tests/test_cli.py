@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 BIN = [sys.executable, "-m", "airflow_parallel_run.cli"]
@@ -88,6 +89,32 @@ def test_usage_and_config_errors_exit_2_without_traceback(tmp_path: Path, files,
             ["--input", str(root), "--output", "o", "--entry-script", script, "--run-max-try", "0"],
             "run_max_try",
         ),
+        (
+            [
+                "--input",
+                str(root),
+                "--output",
+                "o",
+                "--entry-script",
+                script,
+                "--first-task-creation-timeout",
+                "0",
+            ],
+            "first_task_creation_timeout=0.0 is not allowed",
+        ),
+        (
+            [
+                "--input",
+                str(root),
+                "--output",
+                "o",
+                "--entry-script",
+                script,
+                "--speculation-multiplier",
+                "0.5",
+            ],
+            "speculation_multiplier=0.5 is not allowed",
+        ),
         (["--input", str(tmp_path / "missing"), "--output", "o", "--entry-script", script], "missing"),
         (["--input", str(root), "--output", "o", "--entry-script", "nope.py"], "entry_script"),
         (
@@ -101,6 +128,39 @@ def test_usage_and_config_errors_exit_2_without_traceback(tmp_path: Path, files,
         assert done.returncode == 2, (args, done.stderr)
         assert fragment in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "o").exists(), "a rejected job must not create its output folder"
+
+
+def test_a_hung_run_fails_by_progress_update_timeout(tmp_path: Path, files, write_script) -> None:  # type: ignore[no-untyped-def]
+    root = files(1)
+    script = write_script("import time\ndef run(mini_batch):\n    time.sleep(3600)\n")
+    started = time.monotonic()
+    done = cli(
+        "run",
+        "--input",
+        str(root),
+        "--output",
+        "out",
+        "--entry-script",
+        script,
+        "--process-count-per-node",
+        "1",
+        "--run-invocation-timeout",
+        "3600",
+        "--progress-update-timeout",
+        "3",
+        "--first-task-creation-timeout",
+        "60",
+        "--speculative-execution",  # no copy: nothing finished to compare with
+        "--speculation-multiplier",
+        "2",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    message = json.loads(done.stdout)["message"]
+    assert "no mini-batch finished or failed for" in message and "(progress_update_timeout 3 s)" in message
+    assert "mini-batch 0 (" in message and "has run for" in message, message
+    assert time.monotonic() - started < 90
 
 
 def test_core_never_imports_airflow(tmp_path: Path, files, write_script) -> None:  # type: ignore[no-untyped-def]

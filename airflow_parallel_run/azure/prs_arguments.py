@@ -45,6 +45,14 @@ def _number(name: str, text: str, low: float, high: float | None, low_open: bool
     return value
 
 
+def _timeout(name: str, text: str) -> float | None:
+    """A watchdog limit: seconds > 0, or -1, the driver's "calculate it from the other settings" (None
+    here: the config's default)."""
+    if text.strip() in ("-1", "-1.0"):
+        return None
+    return _number(name, text, 0, None, True)
+
+
 def _bool(name: str, text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("true", "yes", "1"):
@@ -105,14 +113,10 @@ DRIVER_OPTIONS: tuple[DriverOption, ...] = (
         ignored="loading a mini-batch is part of its attempt, which run_invocation_timeout bounds as a whole",
     ),
     DriverOption(
-        "progress_update_timeout",
-        lambda n, t: _number(n, t, 0, 259200, True),
-        ignored="there is no separate no-progress watchdog; each attempt is bounded by run_invocation_timeout",
+        "progress_update_timeout", lambda n, t: _timeout(n, t), config_field="progress_update_timeout"
     ),
     DriverOption(
-        "first_task_creation_timeout",
-        lambda n, t: _number(n, t, 0, 259200, True),
-        ignored="the job is planned before any mini-batch runs, however long listing the inputs takes",
+        "first_task_creation_timeout", lambda n, t: _timeout(n, t), config_field="first_task_creation_timeout"
     ),
     DriverOption(
         "copy_logs_to_parent",

@@ -29,6 +29,9 @@ class AttemptStatus(str, Enum):
     SYSTEM_ERROR        a bug of the runner itself                                            worker
     CANCELLED           the job stopped while this attempt ran (never retried; no row if it
                         never started)                                                        worker
+    SPECULATIVE_LOST    speculative_execution ran a second attempt of this mini-batch and the
+                        other committed first; this one was stopped. Not a failure: never
+                        retried, never counted against error_threshold or run_max_try         driver
     """
 
     RUN_DONE = "RUN_DONE"
@@ -43,6 +46,7 @@ class AttemptStatus(str, Enum):
     PROCESS_DIED = "PROCESS_DIED"
     SYSTEM_ERROR = "SYSTEM_ERROR"
     CANCELLED = "CANCELLED"
+    SPECULATIVE_LOST = "SPECULATIVE_LOST"
 
     # The str mixin formats differently across Python 3.10-3.12 (`format()` and f-strings gave the
     # member's name on some): the value, always.

@@ -69,6 +69,12 @@ def _check_positive_number(name: str, value: object) -> float:
     return float(value)
 
 
+#: Loading one mini-batch and handing it to run() may take this long (the worker's `load_timeout`);
+#: Azure calls it task_overhead_timeout (600 s in its current documentation).
+TASK_OVERHEAD_S = 600.0
+#: Azure's first_task_creation_timeout default.
+FIRST_TASK_CREATION_DEFAULT_S = 600.0
+
 #: Longest `append_row_file_name` in UTF-8 bytes: file systems allow 255 per name, and the engine
 #: derives temporary names from it (`<name>.assembling`, `<name>.tmp-<32 hex>`), so 55 are kept free.
 MAX_FILE_NAME_BYTES = 200
@@ -188,6 +194,11 @@ class ParallelRunConfig:
     logging_level: str = "INFO"
     environment_variables: Mapping[str, str] = field(default_factory=dict)
     resource_monitor_interval: float = 600
+    # -- the driver's watchdog and speculation (core/driver/watchdog.py, core/driver/speculation.py) --
+    progress_update_timeout: float | None = None
+    first_task_creation_timeout: float | None = None
+    speculative_execution: bool = False
+    speculation_multiplier: float = 3.0
 
     def __post_init__(self) -> None:
         """Checks every field, in the order of the fields (the first bad one is named), and stores the
@@ -198,6 +209,7 @@ class ParallelRunConfig:
         self._check_output()
         self._check_processes_and_timeouts()
         self._check_environment()
+        self._check_watchdog_and_speculation()
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # frozen: the normalised value replaces the given one
@@ -304,6 +316,42 @@ class ParallelRunConfig:
             raise ConfigError(
                 "resource_monitor_interval", rmi, "a finite number of seconds >= 0 (0 turns monitoring off)"
             )
+
+    def _check_watchdog_and_speculation(self) -> None:
+        """progress_update_timeout and first_task_creation_timeout (None: derived, see their properties),
+        speculative_execution and speculation_multiplier."""
+        for name in ("progress_update_timeout", "first_task_creation_timeout"):
+            value = getattr(self, name)
+            if value is not None:
+                self._set(name, _check_positive_number(name, value))
+        if not isinstance(self.speculative_execution, bool):
+            raise ConfigError("speculative_execution", self.speculative_execution, "True or False")
+        k = self.speculation_multiplier
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or not k > 1:
+            raise ConfigError(
+                "speculation_multiplier", k, "a finite number > 1 (times the median mini-batch duration)"
+            )
+        self._set("speculation_multiplier", float(k))
+
+    @property
+    def progress_update_limit(self) -> float:
+        """Seconds without any attempt ending (succeeded, failed or retried) before the job fails:
+        `progress_update_timeout`, or by default Azure's 3 x (run_invocation_timeout +
+        task_overhead_timeout), where task overhead is loading a mini-batch (`TASK_OVERHEAD_S`, Azure's
+        current default): 1980 s with the defaults. An attempt takes at most init() + loading + run(),
+        so the default never stops a job whose attempts all keep within their own timeouts."""
+        if self.progress_update_timeout is not None:
+            return self.progress_update_timeout
+        return 3 * (self.run_invocation_timeout + TASK_OVERHEAD_S)
+
+    @property
+    def first_task_creation_limit(self) -> float:
+        """Seconds from the start of the job's attempts until some entry-script process must be ready
+        (its init() returned): `first_task_creation_timeout`, or by default Azure's 600 s, or
+        run_invocation_timeout when that is longer (init() may legitimately run that long)."""
+        if self.first_task_creation_timeout is not None:
+            return self.first_task_creation_timeout
+        return max(FIRST_TASK_CREATION_DEFAULT_S, self.run_invocation_timeout)
 
     @property
     def entry_script_path(self) -> str:

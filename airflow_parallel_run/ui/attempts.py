@@ -88,7 +88,7 @@ def read_failed_attempts(files: JobFiles, path: str) -> list[FailedAttempt]:
             if status in OK_STATUSES:
                 succeeded.add(index)
                 continue
-            if status == AttemptStatus.CANCELLED.value:
+            if status in (AttemptStatus.CANCELLED.value, AttemptStatus.SPECULATIVE_LOST.value):
                 continue
             node, process = row.get("Node") or "", row.get("Process") or ""
             message_lines = (row.get("Error Message") or status).splitlines()

@@ -56,6 +56,10 @@ def test_template_fields_cover_inputs_outputs_and_every_tunable() -> None:
         "run_invocation_timeout",
         "run_max_try",
         "error_threshold",
+        "progress_update_timeout",
+        "first_task_creation_timeout",
+        "speculative_execution",
+        "speculation_multiplier",
     }
 
 
@@ -108,6 +112,10 @@ def test_config_must_be_a_parallel_run_config() -> None:
         ("run_invocation_timeout", 0),
         ("run_max_try", 0),
         ("error_threshold", -2),
+        ("progress_update_timeout", 0),
+        ("first_task_creation_timeout", float("nan")),
+        ("speculative_execution", "maybe"),
+        ("speculation_multiplier", 1),
     ],
 )
 def test_static_bad_tunable_fails_at_parse_time_naming_the_field(
@@ -261,11 +269,41 @@ def test_paths_inside_datasets_are_rendered(config: ParallelRunConfig) -> None:
         ("process_count_per_node", "", None),
         ("logging_level", " WARNING ", "WARNING"),
         ("run_max_try", "three", "three"),
+        ("progress_update_timeout", "90", 90),
+        ("first_task_creation_timeout", "1.5", 1.5),
+        ("first_task_creation_timeout", "inf", "inf"),
+        ("speculative_execution", "True", True),
+        ("speculative_execution", " false ", False),
+        ("speculation_multiplier", "2.5", 2.5),
     ],
 )
 def test_coerce_tunable(name: str, value: Any, expected: Any) -> None:
     result = coerce_tunable(name, value)
     assert result == expected and type(result) is type(expected)
+
+
+def test_watchdog_and_speculation_tunables_from_params(config: ParallelRunConfig) -> None:
+    names = (
+        "progress_update_timeout",
+        "first_task_creation_timeout",
+        "speculative_execution",
+        "speculation_multiplier",
+    )
+    op = _op(config, **{name: "{{ params." + name + " }}" for name in names})
+    params = {
+        "progress_update_timeout": 120,
+        "first_task_creation_timeout": "900",
+        "speculative_execution": "true",
+        "speculation_multiplier": 4,
+    }
+    op.render_template_fields({"params": params})  # type: ignore[arg-type]
+    resolved = op.resolve_config()
+    assert (resolved.progress_update_timeout, resolved.first_task_creation_timeout) == (120.0, 900.0)
+    assert (resolved.speculative_execution, resolved.speculation_multiplier) == (True, 4.0)
+    op = _op(config, first_task_creation_timeout="{{ params.t }}")
+    op.render_template_fields({"params": {"t": "inf"}})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="first_task_creation_timeout='inf' is not allowed"):
+        op.resolve_config()
 
 
 def test_invalid_rendered_value_fails_the_task_naming_the_field(config: ParallelRunConfig) -> None:

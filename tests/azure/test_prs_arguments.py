@@ -25,14 +25,15 @@ IRIS = [
 
 def test_the_iris_sample_options_are_read_and_the_script_keeps_its_arguments() -> None:
     prs = split_prs_arguments(IRIS)
-    assert prs.settings == {"allowed_failed_percent": 30.0, "resource_monitor_interval": 20.0}
+    assert prs.settings == {
+        "allowed_failed_percent": 30.0,
+        "resource_monitor_interval": 20.0,
+        "progress_update_timeout": 600.0,
+        "first_task_creation_timeout": 600.0,
+    }
     assert prs.script_arguments == tuple(IRIS)  # the script sees the whole command line, as on Azure
     ignored = [w.split(" ")[1] for w in prs.warnings]
-    assert ignored == [
-        "--task_overhead_timeout",
-        "--progress_update_timeout",
-        "--first_task_creation_timeout",
-    ]
+    assert ignored == ["--task_overhead_timeout"]
 
 
 @pytest.mark.parametrize(
@@ -51,6 +52,9 @@ def test_the_iris_sample_options_are_read_and_the_script_keeps_its_arguments() -
         (["--logging_level", "debug"], {"logging_level": "DEBUG"}),
         (["--append_row_file_name", "out.csv"], {"append_row_file_name": "out.csv"}),
         (["--output_action", "SUMMARY_ONLY"], {"output_action": "summary_only"}),
+        (["--progress_update_timeout", "270"], {"progress_update_timeout": 270.0}),
+        (["--progress_update_timeout", "-1"], {"progress_update_timeout": None}),  # Azure: calculated
+        (["--first_task_creation_timeout", "518400"], {"first_task_creation_timeout": 518400.0}),
     ],
 )
 def test_mapped_options(arguments: list[str], expected: dict[str, object]) -> None:
@@ -78,6 +82,7 @@ def test_non_strings_become_strings() -> None:
             "one value",
         ),
         (["--copy_logs_to_parent", "maybe"], "program_arguments --copy_logs_to_parent", "True or False"),
+        (["--progress_update_timeout", "0"], "program_arguments --progress_update_timeout", "a number > 0"),
     ],
 )
 def test_refused(arguments: list[str], field: str, allowed: str) -> None:

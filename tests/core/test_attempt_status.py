@@ -30,6 +30,7 @@ def test_the_documented_statuses() -> None:
         "PROCESS_DIED",
         "SYSTEM_ERROR",
         "CANCELLED",
+        "SPECULATIVE_LOST",
     ]
     assert {s for s in STATUSES if s.ok} == {AttemptStatus.RUN_DONE, AttemptStatus.REUSED}
 

@@ -439,3 +439,25 @@ def make_tls_files(folder: Path) -> dict[str, Path]:
     )
     files["key"].chmod(0o600)
     return files
+
+
+# -- docs/errors.md ----------------------------------------------------------------------------------
+DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
+
+
+def doc_text() -> str:
+    return DOC.read_text(encoding="utf-8")
+
+
+def matches(template: str, actual: str) -> bool:
+    """`actual` equals `template` where each <placeholder> stands for any text."""
+    pattern = "".join(
+        ".+?" if part.startswith("<") and part.endswith(">") and part[1:-1].isalpha() else re.escape(part)
+        for part in re.split(r"(<[a-z]+>)", template)
+    )
+    return re.fullmatch(pattern, actual) is not None
+
+
+def check_documented(template: str, actual: str) -> None:
+    assert template in doc_text(), f"docs/errors.md does not list:\n{template}"
+    assert matches(template, actual), f"the message changed:\n  doc:    {template}\n  actual: {actual}"

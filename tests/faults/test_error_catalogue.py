@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from faults_support import CLI, closed_port
+from faults_support import CLI, check_documented, closed_port, doc_text
 
 from airflow_parallel_run.core import (
     ConfigError,
@@ -36,26 +36,6 @@ from airflow_parallel_run.core.output.formats import encode_part
 from airflow_parallel_run.core.output.results import InvalidResultError
 from airflow_parallel_run.core.output.schema import JobSchema
 from airflow_parallel_run.core.plan import plan
-
-DOC = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
-
-
-def doc_text() -> str:
-    return DOC.read_text(encoding="utf-8")
-
-
-def matches(template: str, actual: str) -> bool:
-    """`actual` equals `template` where each <placeholder> stands for any text."""
-    pattern = "".join(
-        ".+?" if part.startswith("<") and part.endswith(">") and part[1:-1].isalpha() else re.escape(part)
-        for part in re.split(r"(<[a-z]+>)", template)
-    )
-    return re.fullmatch(pattern, actual) is not None
-
-
-def check_documented(template: str, actual: str) -> None:
-    assert template in doc_text(), f"docs/errors.md does not list:\n{template}"
-    assert matches(template, actual), f"the message changed:\n  doc:    {template}\n  actual: {actual}"
 
 
 @dataclass(frozen=True)
@@ -175,6 +155,26 @@ CASES = [
         "process_count_per_node=0 is not allowed: an integer >= 1",
     ),
     Case(
+        "progress_update_timeout",
+        lambda: config(progress_update_timeout=0),
+        "progress_update_timeout=0 is not allowed: a number of seconds > 0",
+    ),
+    Case(
+        "first_task_creation_timeout not finite",
+        lambda: config(first_task_creation_timeout=float("inf")),
+        "first_task_creation_timeout=inf is not allowed: a finite number of seconds > 0",
+    ),
+    Case(
+        "speculative_execution",
+        lambda: config(speculative_execution="yes"),
+        "speculative_execution='yes' is not allowed: True or False",
+    ),
+    Case(
+        "speculation_multiplier",
+        lambda: config(speculation_multiplier=1),
+        "speculation_multiplier=1 is not allowed: a finite number > 1 (times the median mini-batch duration)",
+    ),
+    Case(
         "append_row_file_name too long",
         lambda: config(append_row_file_name="r" * 296 + ".txt"),
         "append_row_file_name='<name>' is not allowed: a file name of at most 200 bytes in UTF-8 (file systems "
@@ -217,8 +217,9 @@ CASES = [
         lambda: config().with_overrides(mini_batch_sise=3),
         "mini_batch_sise=3 is not allowed: one of allowed_failed_count, allowed_failed_percent, "
         "append_row_file_name, append_row_format, entry_script, environment_variables, error_threshold, "
-        "logging_level, mini_batch_size, node_count, output_action, partition_keys, process_count_per_node, "
-        "resource_monitor_interval, run_invocation_timeout, run_max_try, source_directory",
+        "first_task_creation_timeout, logging_level, mini_batch_size, node_count, output_action, partition_keys, "
+        "process_count_per_node, progress_update_timeout, resource_monitor_interval, run_invocation_timeout, "
+        "run_max_try, source_directory, speculation_multiplier, speculative_execution",
     ),
     # 2. inputs
     Case(

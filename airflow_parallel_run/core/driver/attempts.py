@@ -22,6 +22,7 @@ from distributed import Client, Future, as_completed
 from ..attempt import AttemptResult, AttemptStage, AttemptStatus
 from ..minibatch import MiniBatch
 from .stopping import STOP_CANCEL_S, STOP_DRAIN_S, bounded
+from .watchdog import InFlight
 
 LOOP_WAIT_S = 0.2  # the driver loop looks at the cancel flag at least this often
 # Attempts in flight: enough that no worker waits for the driver's next submit, few enough that a
@@ -75,12 +76,16 @@ class Pending:
 
 class Window:
     """How many attempts may be in flight: 2 per process slot until a mini-batch succeeded (a broken
-    init() must not fan out), then `WINDOW_PER_SLOT` per slot plus `WINDOW_EXTRA`."""
+    init() must not fan out), then `WINDOW_PER_SLOT` per slot plus `WINDOW_EXTRA`. `one_per_slot`
+    (speculative execution): one per slot, so that no attempt waits on a worker behind a straggler."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, one_per_slot: bool = False) -> None:
         self.slots = slots
+        self.one_per_slot = one_per_slot
 
     def room(self, in_flight: int, any_succeeded: bool) -> int:
+        if self.one_per_slot:
+            return max(self.slots - in_flight, 0)
         limit = WINDOW_PER_SLOT * self.slots + WINDOW_EXTRA if any_succeeded else 2 * self.slots
         return max(limit - in_flight, 0)
 
@@ -102,9 +107,11 @@ class AttemptStream:
         self.spec = spec  # what the task gets before (mini-batch, attempt): the job's worker plugin name
         self.hosts = hosts  # keep the job on the chosen hosts (None: any worker)
         self.in_flight: dict[str, tuple[Future, MiniBatch, int]] = {}
+        self.submitted: dict[str, float] = {}  # attempt name -> time.monotonic() of its submit
         self._finished = as_completed()
 
-    def submit(self, attempts: Iterable[Attempt]) -> None:
+    def submit(self, attempts: Iterable[Attempt], workers: list[str] | None = None) -> None:
+        """Submits attempts, on the job's hosts or on `workers` (a speculative copy's idle worker)."""
         for mb, attempt in attempts:
             key = attempt_key(self.job_id, mb.index, attempt)
             future = self.client.submit(
@@ -115,11 +122,31 @@ class AttemptStream:
                 key=key,
                 pure=False,
                 retries=0,
-                workers=self.hosts,
+                workers=workers or self.hosts,
                 allow_other_workers=False,
             )
             self.in_flight[key[0]] = (future, mb, attempt)
+            self.submitted[key[0]] = time.monotonic()
             self._finished.add(future)
+
+    def forget(self, index: int, attempt: int) -> InFlight | None:
+        """An attempt whose result no longer matters (another attempt of its mini-batch committed): it
+        leaves the stream, so it is never booked, and its task is cancelled if it has not started."""
+        name = attempt_key(self.job_id, index, attempt)[0]
+        entry = self.in_flight.pop(name, None)
+        submitted = self.submitted.pop(name, 0.0)
+        if entry is None:
+            return None
+        future, mb, _ = entry
+        bounded(lambda: self.client.cancel([future]), STOP_CANCEL_S)
+        return InFlight(mb, attempt, submitted)
+
+    def waiting(self) -> list[InFlight]:
+        """The attempts submitted and not heard back from, with when each was submitted."""
+        return [
+            InFlight(mb, attempt, self.submitted.get(name, 0.0))
+            for name, (_future, mb, attempt) in self.in_flight.items()
+        ]
 
     def __len__(self) -> int:
         return len(self.in_flight)
@@ -136,6 +163,7 @@ class AttemptStream:
         booked = []
         for future in done:
             _, mb, attempt = self.in_flight.pop(attempt_name(future.key))
+            self.submitted.pop(attempt_name(future.key), None)
             gathered = outcomes.get(attempt_name(future.key))
             result = gathered if isinstance(gathered, AttemptResult) else collect(future, mb, attempt)
             booked.append((mb, attempt, result))

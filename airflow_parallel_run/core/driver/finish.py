@@ -62,7 +62,7 @@ def _write_result(driver: JobDriver, summary: JobSummary, error_lines: list[str]
     """logs/job_result.txt and the result line; a log write that failed meanwhile becomes a note of a
     failed job's message (a succeeded job's output stays presented, with a warning)."""
     logs = driver.logs
-    lines = result_lines(summary, error_lines, driver.stop.stopped())
+    lines = result_lines(summary, error_lines, driver.stop.stopped(), driver.speculation.line())
     complete = logs.write_error is None
     logs.result(lines)
     logs.master(f"result: {summary.status}" + (f" - {summary.message}" if summary.message else ""))
@@ -87,10 +87,14 @@ def _write_report(logs: JobLogs, log_root: str) -> None:
 
 
 def result_lines(
-    summary: JobSummary, error_lines: Sequence[str], stopped: tuple[float, str, int, int] | None
+    summary: JobSummary,
+    error_lines: Sequence[str],
+    stopped: tuple[float, str, int, int] | None,
+    speculation: str | None = None,
 ) -> list[str]:
     """What logs/job_result.txt says: the outcome, how a stopped job stopped ((when, why, attempts
-    cancelled, processes ended)), the first errors, and the summary document."""
+    cancelled, processes ended)), what speculative execution did, the first errors, and the summary
+    document."""
     if summary.succeeded:
         lines = [
             f"Job succeeded: {summary.succeeded_items} of {summary.total_items} items succeeded, "
@@ -102,10 +106,13 @@ def result_lines(
         lines = [str(summary.message), "Start with logs/user/error.txt; each line names the full trace."]
     if stopped is not None:
         at, reason, cancelled, leftovers = stopped
+        reason = (reason.splitlines() or [""])[0]  # the details (a watchdog's log tails) are above
         lines.append(
             f"Stopped at {stamp(at)} UTC ({reason}): {cancelled} running attempt(s) cancelled, {leftovers} "
             "process(es) the entry script left running ended."
         )
+    if speculation:
+        lines.append(speculation)
     if error_lines:
         lines += ["", "Errors (logs/user/error.txt):", *error_lines[:20]]
     return [*lines, "", json.dumps(summary.to_dict(), indent=2)]

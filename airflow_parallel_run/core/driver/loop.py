@@ -32,12 +32,18 @@ from ..reuse.cache import MiniBatchCache, resolve_cache_root
 from ..reuse.reuse import Reuse
 from ..summary import Tally, threshold_breach
 from ..worker.attempt import run_mini_batch
+from ..worker.plugin import activity_on, supersede_on
+from ..worker.scratch import worker_host
 from ..worker.spec import JobSpec, bundle_scripts
 from .attempts import AttemptStream, Pending, Window
 from .cluster import select_hosts
 from .finish import finish_job
 from .progress import Progress, ProgressCallback
-from .stopping import StopControl
+from .speculation import Flight, Speculation
+from .stopping import StopControl, bounded
+from .watchdog import Watchdog
+
+PROBE_BOUND_S = 2.0  # the watchdog's question to the workers waits at most this long
 
 
 def _plain(path: str) -> bool:
@@ -158,6 +164,10 @@ class JobDriver:
             self.config.append_row_format, self.output, self.storage_options, self.files, self._master
         )
         self.tally = Tally(len(self.plan), self.plan.total_items)
+        # mini-batch -> attempts dispatched from the queue, when more than 1 (speculative copies are not)
+        self.tries: dict[int, int] = {}
+        self.flight = Flight()
+        self.speculation = Speculation(self.config)
         self.slots = max(1, self.config.node_count * self.config.processes_per_node)
         self.init_failures = InitFailures.for_slots(self.slots)
         self.progress = Progress(
@@ -269,10 +279,12 @@ class JobDriver:
             self._warn(warning)
         self.slots = placement.slots
         self.init_failures = InitFailures.for_slots(self.slots)
-        self.window = Window(self.slots)
+        self.window = Window(self.slots, one_per_slot=self.config.speculative_execution)
         hosts = tuple(placement.hosts) if placement.restricts else None  # keep the job on the chosen hosts
         name = self.stop.attach(client, self.spec, hosts)
         stream = AttemptStream(client, self.job_id, run_mini_batch, name, list(hosts) if hosts else None)
+        self.watchdog = Watchdog(self.config, lambda tails: self._probe(client, tails))
+        self.stream = stream
         self._say(
             f"Started: {to_run} mini-batches to run, {reused} reused, {self.slots} processes on "
             f"{len(placement.hosts)} host(s) ({', '.join(placement.hosts)})"
@@ -280,10 +292,94 @@ class JobDriver:
         self.progress.started_running()
         return stream
 
+    def _probe(self, client: Client, tails: bool) -> Mapping[str, Any] | None:
+        """What the job's entry-script processes do on each worker (the watchdog's question), or None
+        when the workers do not answer within PROBE_BOUND_S (the loop must not wait on them)."""
+        answered, report = bounded(
+            lambda: client.run(activity_on, self.stop.plugin, tails, on_error="return"),
+            PROBE_BOUND_S,
+            self._stopping,
+        )
+        return report if answered and isinstance(report, Mapping) else None
+
+    def _stopping(self) -> bool:
+        """A question to the workers is given up once the job is being stopped (the stop's time bound)."""
+        return self.stop.requested
+
     def _submit(self, stream: AttemptStream, pending: Pending) -> None:
         attempts = pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0))
         self.tally.note_started(mb.index for mb, _attempt in attempts)
+        for mb, attempt in attempts:
+            if attempt > 1:  # a retry (first attempts are not stored: a job may have millions)
+                self.tries[mb.index] = self.tries.get(mb.index, 1) + 1
+            self.flight.launched(mb.index, attempt)
         stream.submit(attempts)
+
+    def _speculate(self, stream: AttemptStream, pending: Pending) -> None:
+        """Once nothing is left to dispatch: a copy of each straggler on a free worker thread."""
+        if len(pending) or not self.speculation.due():
+            return
+        report, free = self._free_threads(stream)
+        for item, address, seconds in self.speculation.choose(stream.waiting(), report, free):
+            mb, number = item.mini_batch, self.flight.next_number(item.mini_batch.index)
+            self.flight.launched(mb.index, number)
+            self.speculation.copied[mb.index] = number
+            stream.submit([(mb, number)], workers=[address])
+            self.logs.master(
+                f"speculative_execution: mini-batch {mb.index} attempt {item.attempt} has run for "
+                f"{seconds:.1f} s, past {self.speculation.limit() or 0:.1f} s ({self.speculation.multiplier:g} x "
+                f"the median run() time): attempt {number} starts on {address}"
+            )
+
+    def _free_threads(self, stream: AttemptStream) -> tuple[Mapping[str, Any] | None, dict[str, int]]:
+        """What the job's processes run (`activity_on`) and the free threads of each of the job's workers
+        (threads minus the tasks the scheduler has them process), or (None, {}) without an answer."""
+        hosts = set(stream.hosts or ())
+
+        def look() -> tuple[Mapping[str, Any], dict[str, int]]:
+            report = stream.client.run(activity_on, self.stop.plugin, False, on_error="return")
+            processing = stream.client.processing()
+            workers = stream.client.scheduler_info(n_workers=-1).get("workers", {})
+            free = {
+                address: int(info.get("nthreads", 1)) - len(processing.get(address, ()))
+                for address, info in workers.items()
+                if isinstance(report.get(address), Mapping) and (not hosts or worker_host(address) in hosts)
+            }
+            return report, free
+
+        answered, looked = bounded(look, PROBE_BOUND_S, self._stopping)
+        return looked if answered and isinstance(looked, tuple) else (None, {})
+
+    def _stop_attempt(self, index: int, attempt: int) -> None:
+        """Kills the process running an attempt that lost (bounded: the loop must not wait on workers)."""
+        client, plugin = self.stream.client, self.stop.plugin
+        bounded(
+            lambda: client.run(supersede_on, plugin, index, attempt, on_error="return"),
+            PROBE_BOUND_S,
+            self._stopping,
+        )
+
+    def _supersede(self, mb: MiniBatch, winner: int) -> None:
+        """Attempt `winner` of `mb` committed: its other attempts are forgotten, stopped on their
+        workers, and booked as SPECULATIVE_LOST (not a failure, not a try)."""
+        for attempt in self.flight.others(mb.index, winner):
+            gone = self.stream.forget(mb.index, attempt)
+            self._stop_attempt(mb.index, attempt)
+            self.speculation.lost += 1
+            self.speculation.lost_attempts.add((mb.index, attempt))
+            node, process = self.speculation.where.get((mb.index, attempt), ("", ""))
+            lost = AttemptResult(
+                mb.index,
+                attempt,
+                AttemptStatus.SPECULATIVE_LOST,
+                node=node,
+                process=process,
+                total=mb.items,
+                elapsed_seconds=time.monotonic() - gone.submitted if gone else 0.0,
+                error=f"attempt {winner} of mini-batch {mb.index} committed first (speculative_execution); "
+                "this attempt was stopped",
+            )
+            self.logs.attempt(lost, json.dumps(mb.describe()))
 
     def _loop(self, stream: AttemptStream, pending: Pending) -> None:
         self._submit(stream, pending)
@@ -293,24 +389,37 @@ class JobDriver:
                 self._record(mb, attempt, result, pending)
                 self.progress.after_record()
             self.progress.tick()
+            if not self.stop.requested:
+                self.stop.request(self.watchdog.check(stream.waiting))
             if self.stop.requested:
                 self.stop.request("the job was cancelled")
                 self._halt(stream, pending)
                 return
             self._submit(stream, pending)
+            self._speculate(stream, pending)
 
     def _record(self, mb: MiniBatch, attempt: int, result: AttemptResult, pending: Pending) -> None:
         """Books one attempt: commit, retry, or final failure; then checks the thresholds."""
+        if (mb.index, attempt) in self.speculation.lost_attempts:
+            return  # reported with the winner, in the same turn: booked as SPECULATIVE_LOST already
         result = self._admit(mb, result)
+        self.flight.landed(mb.index, attempt)
         self.logs.attempt(result, json.dumps(mb.describe()))
+        self.watchdog.attempt_ended(result)
         if mb.index in self.tally.finished:
             return  # a duplicate delivery: the first outcome stands
+        if not result.ok and self.flight.running(mb.index):
+            self.progress.note_error(result, final=False)
+            return  # another attempt of it (speculative execution) still runs: it decides
         self.stop.request(self.init_failures.note(result, self.tally.succeeded_mini_batches > 0))
-        step = next_step(result, attempt, self.config.run_max_try, stopping=bool(self.stop.reason))
+        tries = self.tries.get(mb.index, 1)  # speculative copies are not tries
+        step = next_step(result, tries, self.config.run_max_try, stopping=bool(self.stop.reason))
         if step is Step.DROP:
             return
+        if result.ok and not result.reused:
+            self._supersede(mb, attempt)
         if step is Step.RETRY:
-            pending.retry(mb, attempt + 1)
+            pending.retry(mb, self.flight.next_number(mb.index))
             self.tally.note_retry(mb)
             self.progress.note_error(result, final=False)
         else:
@@ -331,6 +440,7 @@ class JobDriver:
         self.tally.record(mb, result)
         if not result.ok:
             return
+        self.speculation.finished(result)
         files_url = None
         if not result.reused:
             files_url = self.spec.files_url(result.index, result.attempt)

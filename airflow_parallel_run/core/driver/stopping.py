@@ -32,6 +32,7 @@ STOP_BROADCAST_S = 1.0
 STOP_DRAIN_S = 1.0
 STOP_CANCEL_S = 0.5  # cancelling what did not report (and, after the result, clearing the stop Event)
 STOP_SHUTDOWN_S = 1.5
+GIVE_UP_POLL_S = 0.05  # a bounded call with `give_up` looks at it this often
 # At a normal end the entry scripts' shutdown() runs (SHUTDOWN_GRACE_S) and remote logs are uploaded.
 SHUTDOWN_BOUND_S = SHUTDOWN_GRACE_S + 300.0
 
@@ -41,9 +42,12 @@ def stamp(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def bounded(call: Callable[[], Any], seconds: float) -> tuple[bool, Any]:
+def bounded(
+    call: Callable[[], Any], seconds: float, give_up: Callable[[], bool] | None = None
+) -> tuple[bool, Any]:
     """Runs `call()` in a helper thread for at most `seconds`: (True, its result), (False, the exception
-    it raised), or (False, None) when it is still running (it goes on in the background)."""
+    it raised), or (False, None) when it is still running (it goes on in the background). With
+    `give_up`, stops waiting as soon as that says so (a job being stopped must not wait on a question)."""
     box: list[tuple[bool, Any]] = []
 
     def run() -> None:
@@ -54,7 +58,12 @@ def bounded(call: Callable[[], Any], seconds: float) -> tuple[bool, Any]:
 
     thread = threading.Thread(target=run, name="apr-bounded-call", daemon=True)
     thread.start()
-    thread.join(seconds)
+    if give_up is None:
+        thread.join(seconds)
+    else:
+        deadline = time.monotonic() + seconds
+        while thread.is_alive() and time.monotonic() < deadline and not give_up():
+            thread.join(min(GIVE_UP_POLL_S, max(deadline - time.monotonic(), 0.0)))
     return box[0] if box else (False, None)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from ..attempt import AttemptResult
+from ..attempt import AttemptResult, AttemptStatus
 
 ATTEMPT_COLUMNS = [
     "Mini-batch Id",
@@ -130,7 +130,7 @@ class JobLogs:
         return path
 
     def attempt(self, result: AttemptResult, detail: str) -> None:
-        if not result.ok and not result.reused:
+        if not result.ok and not result.reused and result.status is not AttemptStatus.SPECULATIVE_LOST:
             group = self.errors.setdefault(_error_key(result), ErrorGroup(*_error_key(result)))
             group.count += 1
             group.mini_batches.append(result.index)

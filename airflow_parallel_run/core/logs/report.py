@@ -41,6 +41,7 @@ STATUS_COLOURS: dict[str, str] = {
     AttemptStatus.LOAD_TIMEOUT: "#bcbd22",
     AttemptStatus.LOAD_EXCEPTION: "#1f77b4",
     AttemptStatus.CANCELLED: "#7f7f7f",
+    AttemptStatus.SPECULATIVE_LOST: "#c7c7c7",
     AttemptStatus.SYSTEM_ERROR: "#000000",
 }
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
@@ -152,7 +153,7 @@ def parse_error_lines(text: str) -> list[dict[str, str]]:
 
 
 # -- sections ------------------------------------------------------------------------------------------
-def _summary_section(logs_dir: str) -> str:
+def _summary_section(logs_dir: str, attempts: pd.DataFrame | None = None) -> str:
     text = _read_text(os.path.join(logs_dir, "job_result.txt"))
     if text is None:
         return (
@@ -181,6 +182,10 @@ def _summary_section(logs_dir: str) -> str:
         ("Mini-batches reused", summary.get("reused_mini_batches")),
         ("Duration (s)", summary.get("duration_s")),
     ]
+    if attempts is not None:  # speculative_execution: attempts that lost the race (not failures)
+        lost = int((attempts["Status"] == AttemptStatus.SPECULATIVE_LOST.value).sum())
+        if lost:
+            counts.append(("Speculative attempts lost", lost))
     tiles = "".join(f'<div class="count">{_e(name)}<b>{_e(value)}</b></div>' for name, value in counts)
     details = "".join(
         f"<tr><th>{_e(key)}</th><td>{_e(summary.get(key))}</td></tr>"
@@ -498,7 +503,7 @@ def build_report(logs_dir: str, target: str | None = None) -> str:
         except (ValueError, KeyError, OSError) as exc:
             unavailable = f"{ATTEMPTS_CSV} could not be read: {type(exc).__name__}: {exc}"
     sections = [
-        _guarded("summary", lambda: _summary_section(logs_dir)),
+        _guarded("summary", lambda: _summary_section(logs_dir, attempts)),
         _guarded("progress", lambda: _progress_section(attempts, unavailable)),
         _guarded("durations", lambda: _durations_section(attempts, unavailable)),
         _guarded("timeline", lambda: _timeline_section(attempts, unavailable)),

@@ -48,6 +48,11 @@ NOT_IN_KEY: dict[type, dict[str, str]] = {
         "run_max_try": "how often a mini-batch is tried; only a successful attempt is cached",
         "logging_level": "what is logged, not what run() returns",
         "resource_monitor_interval": "how often logs/perf samples resources",
+        "progress_update_timeout": "when a job without progress fails, not what any run() returns",
+        "first_task_creation_timeout": "when a job whose processes never get ready fails, not what run() returns",
+        "speculative_execution": "whether a slow mini-batch gets a second attempt; only one attempt commits, "
+        "and each runs the same run() on the same mini-batch",
+        "speculation_multiplier": "when a slow mini-batch gets a second attempt, not what run() returns",
     },
     FileDataset: {
         "paths": "which files are listed; each mini-batch's key holds its own files' URLs and contents, so "

@@ -108,12 +108,17 @@ def _run_on(
         spec.part_url(mini_batch.index, result.attempt),
         spec.files_url(mini_batch.index, result.attempt),
     )
-    outcome = process.request(run, spec.load_timeout, stop_check)
-    load_seconds = 0.0
-    if isinstance(outcome, Loaded):
-        result.stage = AttemptStage.RUN
-        result.total, load_seconds = outcome.total, outcome.load_seconds
-        outcome = process.wait(spec.run_invocation_timeout, stop_check)
+    running = (mini_batch.index, result.attempt)
+    process.running[running] = time.monotonic()  # for the driver's watchdog (`EntryProcess.activity`)
+    try:
+        outcome = process.request(run, spec.load_timeout, stop_check)
+        load_seconds = 0.0
+        if isinstance(outcome, Loaded):
+            result.stage = AttemptStage.RUN
+            result.total, load_seconds = outcome.total, outcome.load_seconds
+            outcome = process.wait(spec.run_invocation_timeout, stop_check)
+    finally:
+        process.running.pop(running, None)
     if isinstance(outcome, Done):
         return _done(result, process, outcome, load_seconds, started)
     if isinstance(outcome, (TimedOut, Cancelled)):

@@ -73,6 +73,7 @@ class JobWorker(WorkerPlugin):
         self.live: set[EntryProcess] = set()  # starting or running entry-script processes
         self.leftovers = 0  # processes the entry scripts left running, ended with them
         self._processes: dict[int, EntryProcess] = {}  # worker thread -> its ready process
+        self.first_ready: float | None = None  # when a process of the job first got ready here
         self._code: str | None = None
         self._side_root: str | None = None
         self._side: dict[str, str] = {}
@@ -102,6 +103,9 @@ class JobWorker(WorkerPlugin):
         return self._processes.get(threading.get_ident())
 
     def keep(self, process: EntryProcess) -> None:
+        """This worker thread's process, ready (its init() returned)."""
+        if self.first_ready is None:
+            self.first_ready = time.monotonic()
         self._processes[threading.get_ident()] = process
 
     def forget(self, process: EntryProcess) -> None:
@@ -145,6 +149,32 @@ class JobWorker(WorkerPlugin):
             return self._side[url]
 
     # -- the driver's broadcasts ---------------------------------------------------------------------
+    def activity(self, tails: bool) -> dict[str, object]:
+        """For the driver's watchdog: since when a process of the job is ready here (seconds ago, None:
+        never), and what each starting or running process does (`EntryProcess.activity`)."""
+        with self.state_lock:
+            live = list(self.live)
+        return {
+            "node": self.node,
+            "ready_s_ago": None
+            if self.first_ready is None
+            else round(time.monotonic() - self.first_ready, 3),
+            "processes": [p.activity(tails) for p in sorted(live, key=lambda p: p.name)],
+        }
+
+    def supersede(self, index: int, attempt: int) -> bool:
+        """Kills the process running attempt `attempt` of mini-batch `index` (another attempt of it
+        committed first); its attempt reports CANCELLED within `POLL_S`, and the thread starts a new
+        process for its next attempt. False: no process here runs it."""
+        with self.state_lock:
+            for process in self.live:
+                if (index, attempt) in process.running and process.proc is not None:
+                    process.superseded = True
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(process.proc.pid, signal.SIGKILL)
+                    return True
+        return False
+
     def stop(self) -> int:
         """No new process or mini-batch of the job starts on this worker, and its running entry-script
         processes are killed now. Runs in the worker's event loop, so it only signals the processes
@@ -239,6 +269,21 @@ def stop_on(name: str, dask_worker: Worker) -> int:
     return plugin.stop() if isinstance(plugin, JobWorker) else 0
 
 
+def activity_on(name: str, tails: bool, dask_worker: Worker) -> dict[str, object] | None:
+    """`client.run` target of the driver's watchdog (in the worker's event loop: quick; the tails are
+    read only when the watchdog reports). None: the job has no plugin on this worker."""
+    plugin = dask_worker.plugins.get(name)
+    if not isinstance(plugin, JobWorker) or not hasattr(plugin, "state_lock"):
+        return None
+    return plugin.activity(tails)
+
+
+def supersede_on(name: str, index: int, attempt: int, dask_worker: Worker) -> bool:
+    """`client.run` target of speculative execution: stops the attempt that lost (quick: one signal)."""
+    plugin = dask_worker.plugins.get(name)
+    return plugin.supersede(index, attempt) if isinstance(plugin, JobWorker) else False
+
+
 async def finish_on(name: str, upload_logs: bool, dask_worker: Worker) -> dict[str, int]:
     """`client.run` target at the end of a job: `JobWorker.finish` in a thread (shutdown() may take
     `SHUTDOWN_GRACE_S`; the worker's event loop stays free)."""
@@ -286,6 +331,7 @@ def held(dask_worker: Worker) -> list[str]:
 
 __all__ = [
     "JobWorker",
+    "activity_on",
     "finish_on",
     "held",
     "job_worker",
@@ -293,6 +339,7 @@ __all__ = [
     "register",
     "registered",
     "stop_on",
+    "supersede_on",
     "sweep_orphans",
     "unregister",
 ]

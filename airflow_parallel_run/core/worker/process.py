@@ -34,7 +34,7 @@ from .messages import (
     ToChild,
     WaitOutcome,
 )
-from .monitor import ensure_monitor, get_monitor, secret_values
+from .monitor import ensure_monitor, get_monitor, mask, secret_values
 from .process_tree import SCOPE_ENV, end_leftovers, remember
 from .scratch import (
     claim_process_name,
@@ -137,6 +137,12 @@ class EntryProcess:
         self.descendants: dict[int, float] = {}  # pid -> start time, sampled at each mini-batch end
         self._kill_lock = threading.Lock()
         self._killed = False
+        # what the driver's watchdog asks about (`activity`): since when it starts, is ready, and which
+        # attempts it runs ((index, attempt) -> since, time.monotonic())
+        self.created = time.monotonic()
+        self.ready_at: float | None = None
+        self.running: dict[tuple[int, int], float] = {}
+        self.superseded = False  # killed because another attempt of its mini-batch committed first
 
     # Log lines are best-effort: a full log disk must not turn an attempt's own outcome (or a failure
     # being reported) into an exception; the driver reports its own failed log writes in the summary.
@@ -244,6 +250,7 @@ class EntryProcess:
 
     def _await_init(self, outcome: WaitOutcome) -> Ready | Failed:
         if isinstance(outcome, Ready):
+            self.ready_at = time.monotonic()
             self.node_log(f"init() done in {outcome.init_seconds:.3f}s")
             return outcome
         self.kill()
@@ -262,7 +269,7 @@ class EntryProcess:
         """Sends `message` and waits for the answer; a process that cannot be reached ended (as if while
         it was waited for)."""
         if not self.send(message):
-            return CANCELLED if self.host.stopped else DIED
+            return CANCELLED if self.host.stopped or self.superseded else DIED
         return self.wait(timeout, stop_check)
 
     def failure(self, outcome: WaitOutcome, stage: AttemptStage, index: int | None = None) -> Failed:
@@ -275,6 +282,13 @@ class EntryProcess:
             return Failed(TIMEOUT_STATUS[stage], stage, self._timeout_message(stage, index))
         if isinstance(outcome, Died):
             return self.death_report(during, stage)
+        if isinstance(outcome, Cancelled) and self.superseded and index is not None:
+            return Failed(
+                AttemptStatus.CANCELLED,
+                stage,
+                f"another attempt of mini-batch {index} committed first (speculative_execution); this "
+                "one was stopped",
+            )
         if isinstance(outcome, Cancelled):
             what = "init() ran" if stage is AttemptStage.INIT else "this mini-batch ran"
             return Failed(AttemptStatus.CANCELLED, stage, f"job stopped while {what}")
@@ -319,11 +333,37 @@ class EntryProcess:
                     message: FromChild = self.conn.recv()
                     return message
             except (EOFError, OSError):
-                return CANCELLED if self.host.stopped else DIED
+                return CANCELLED if self.host.stopped or self.superseded else DIED
             if self.proc.poll() is not None and not self.conn.poll(0):
-                return CANCELLED if self.host.stopped else DIED
+                return CANCELLED if self.host.stopped or self.superseded else DIED
             if stop_check():
                 return CANCELLED
+
+    def activity(self, tails: bool) -> dict[str, object]:
+        """What this process does, for the driver's watchdog: starting (init() included) or ready, the
+        attempts it runs and for how long; with `tails`, the last lines of its stderr and entry-script log."""
+        clock = time.monotonic()
+        state: dict[str, object] = {
+            "process": self.name,
+            "node": self.node,
+            "pid": self.proc.pid if self.proc is not None else None,
+            "ready": self.ready_at is not None,
+            "for_s": round(clock - (self.ready_at or self.created), 3),
+            "running": [
+                [i, a, round(clock - since, 3)] for (i, a), since in sorted(dict(self.running).items())
+            ],
+        }
+        if tails:  # they travel into the job's message (XCom, task log): the job's secrets are masked
+            spec = self.spec
+            secrets = secret_values(
+                spec.environment_variables, spec.storage_options, *(d.storage_options for d in spec.datasets)
+            )
+            entry_log = os.path.join(self.paths["entry_log_dir"], f"{self.name}.log.txt")
+            state["stderr"] = os.path.relpath(self.paths["stderr"], self.log_root)
+            state["stderr_tail"] = mask(_tail(self.paths["stderr"], 10), secrets)
+            state["entry_log"] = os.path.relpath(entry_log, self.log_root)
+            state["entry_log_tail"] = mask(_tail(entry_log, 10), secrets)
+        return state
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

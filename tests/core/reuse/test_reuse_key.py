@@ -72,6 +72,10 @@ def _config_values(script: str, src: Path) -> dict[str, tuple[Any, Any]]:
         "logging_level": ("INFO", "DEBUG"),
         "environment_variables": ({}, {"A": "1"}),
         "resource_monitor_interval": (600, 0),
+        "progress_update_timeout": (None, 30),
+        "first_task_creation_timeout": (None, 30),
+        "speculative_execution": (False, True),
+        "speculation_multiplier": (3, 5),
     }
 
 
