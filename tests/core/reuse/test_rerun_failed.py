@@ -1,0 +1,382 @@
+"""Re-running only the failed items of a job (core/reuse/rerun.py) on a real LocalCluster: the failed items
+file names them, the re-run runs exactly them (counted by the script itself), the output ends byte-identical
+to a job where nothing failed, and every refusal names what differs."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from distributed import Client
+
+from airflow_parallel_run.core import ConfigError, FileDataset, ParallelRunConfig, run_job
+from airflow_parallel_run.core.logs.failed_items import FAILED_ITEMS_FILE, read_failed_items
+from airflow_parallel_run.core.reuse.rerun import PreviousJob
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "errors.md"
+
+#: Fails on the items named in the file given by --fail-list ("raise": the whole mini-batch fails; "skip":
+#: run() leaves them out of its result, Azure's partial failure); appends each item it ran to --calls.
+SCRIPT = """
+import argparse, os
+
+def init():
+    global args
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fail-list")
+    parser.add_argument("--calls")
+    parser.add_argument("--mode", default="raise")
+    args, _ = parser.parse_known_args()
+
+def run(mini_batch):
+    with open(args.fail_list) as handle:
+        bad = set(handle.read().split())
+    with open(args.calls, "a") as handle:
+        handle.write("".join(os.path.basename(p) + "\\n" for p in mini_batch))
+    results = []
+    for path in mini_batch:
+        name = os.path.basename(path)
+        if name in bad:
+            if args.mode == "raise":
+                raise ValueError(f"item {name} is on the fail list")
+            continue
+        with open(path) as handle:
+            results.append(f"{name} {handle.read().strip()}")
+    return results
+"""
+
+FAILING = ["f003.txt", "f017.txt", "f030.txt", "f044.txt", "f058.txt", "f071.txt", "f089.txt"]  # 7 of 100
+
+
+def _job(
+    tmp_path: Path, script: str, mode: str, size: int, **settings: object
+) -> tuple[ParallelRunConfig, list[str]]:
+    config = ParallelRunConfig(
+        entry_script=script,
+        mini_batch_size=size,
+        run_max_try=1,
+        process_count_per_node=2,
+        **settings,  # type: ignore[arg-type]
+    )
+    arguments = [
+        "--fail-list",
+        str(tmp_path / "fail.txt"),
+        "--calls",
+        str(tmp_path / "calls.txt"),
+        "--mode",
+        mode,
+    ]
+    return config, arguments
+
+
+def _calls(tmp_path: Path) -> list[str]:
+    path = tmp_path / "calls.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+def _clean_output(
+    tmp_path: Path, client: Client, config: ParallelRunConfig, inputs: list[FileDataset], mode: str
+) -> bytes:
+    """The output of the same job where nothing fails, in a fresh cache (so it really runs)."""
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "fail.txt").write_text("")
+    arguments = ["--fail-list", str(clean / "fail.txt"), "--calls", str(clean / "calls.txt"), "--mode", mode]
+    summary = run_job(
+        config, inputs, str(clean / "out"), arguments=arguments, client=client, cache_dir=str(clean / "cache")
+    )
+    assert summary["status"] == "succeeded" and summary["failed_items"] == 0
+    return Path(summary["append_row_file"]).read_bytes()
+
+
+@pytest.mark.parametrize(("mode", "size"), [("raise", 1), ("skip", 4)])
+def test_rerun_runs_only_the_failed_items_and_completes_the_output(
+    tmp_path: Path,
+    dask_client: Client,
+    write_script: Callable[..., str],
+    files: Callable[..., Path],
+    mode: str,
+    size: int,
+) -> None:
+    inputs = [FileDataset.from_files(str(files(100)))]
+    config, arguments = _job(tmp_path, write_script(SCRIPT), mode, size)
+    (tmp_path / "fail.txt").write_text("\n".join(FAILING))
+    out = str(tmp_path / "out")
+
+    first = run_job(config, inputs, out, arguments=arguments, client=dask_client)
+    assert first["status"] == "succeeded", first  # error_threshold -1: failed items do not fail the job
+    failed = read_failed_items(str(tmp_path / "out" / "logs"))
+    failing_batches = sorted({int(name[1:4]) // size for name in FAILING})
+    assert sorted({line["mini_batch"] for line in failed}) == failing_batches
+    if mode == "raise":  # the whole mini-batch (one item) failed: the item is known for sure
+        assert [Path(line["item"]["file"]).name for line in failed] == FAILING
+        assert {line["status"] for line in failed} == {"RUN_EXCEPTION"}
+        assert all(line["certain"] and line["error"].startswith("ValueError: item f") for line in failed)
+        assert first["failed_items"] == len(FAILING)
+    else:  # run() returned fewer results: 1 of its 4 items failed, which one it did not say
+        assert len(failed) == size * len(failing_batches)
+        assert {line["status"] for line in failed} == {"RUN_DONE"}
+        assert all(not line["certain"] and line["mini_batch_failed"] == 1 for line in failed)
+        assert first["failed_items"] == len(FAILING)
+    result = (tmp_path / "out" / "logs" / "job_result.txt").read_text()
+    assert f"Failed items: logs/{FAILED_ITEMS_FILE} ({len(failed)} line(s))" in result
+
+    (tmp_path / "fail.txt").write_text("")  # the failure switched off
+    (tmp_path / "calls.txt").unlink()
+    previous = PreviousJob.load(out)
+    second = run_job(
+        config, inputs, out, arguments=arguments, client=dask_client, rerun=previous, planned=previous.plan
+    )
+    assert second["status"] == "succeeded" and second["failed_items"] == 0, second
+    ran = _calls(tmp_path)
+    expected = (
+        FAILING
+        if mode == "raise"
+        else [f"f{i:03d}.txt" for b in failing_batches for i in range(b * size, b * size + size)]
+    )
+    assert sorted(ran) == sorted(expected)  # exactly the failed items ran, each once
+    assert second["reused_mini_batches"] == second["total_mini_batches"] - len(failing_batches)
+    assert read_failed_items(str(tmp_path / "out" / "logs")) == []  # written, and empty: nothing failed
+    master = (tmp_path / "out" / "logs" / "sys" / "master_role.txt").read_text()
+    assert (
+        f"Re-run of job {previous.job_id}: {len(failing_batches)} mini-batches with failed items run again"
+        in master
+    )
+
+    output = Path(second["append_row_file"]).read_bytes()
+    assert output == _clean_output(tmp_path, dask_client, config, inputs, mode)
+    assert len(output.splitlines()) == 100
+
+
+def _failed_job(
+    tmp_path: Path, client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> tuple[ParallelRunConfig, list[FileDataset], list[str], str]:
+    inputs = [FileDataset.from_files(str(files(6)))]
+    config, arguments = _job(tmp_path, write_script(SCRIPT), "raise", 2)
+    (tmp_path / "fail.txt").write_text("f003.txt")
+    out = str(tmp_path / "out")
+    summary = run_job(config, inputs, out, arguments=arguments, client=client)
+    assert summary["failed_items"] == 2
+    return config, inputs, arguments, out
+
+
+def _doc_matches(message: str) -> None:
+    """The message is one docs/errors.md lists (placeholders <like> stand for any text)."""
+    text = DOC.read_text(encoding="utf-8")
+    templates = re.findall(r"```\n(rerun_failed=.*?)\n```", text, flags=re.S)
+    for template in templates:
+        pattern = "".join(
+            ".+?" if p.startswith("<") and p.endswith(">") else re.escape(p)
+            for p in re.split(r"(<[a-z_]+>)", template)
+        )
+        if re.fullmatch(pattern, message):
+            return
+    raise AssertionError(f"docs/errors.md does not list:\n{message}")
+
+
+def _refused(tmp_path: Path, call: Callable[[], object]) -> str:
+    before = (
+        sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "out").rglob("*"))
+        if (tmp_path / "out").exists()
+        else []
+    )
+    with pytest.raises(ConfigError) as info:
+        call()
+    after = (
+        sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "out").rglob("*"))
+        if (tmp_path / "out").exists()
+        else []
+    )
+    assert after == before  # a refusal changes nothing in the folder
+    _doc_matches(str(info.value))
+    return str(info.value)
+
+
+def test_refused_without_a_job_record(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    message = _refused(tmp_path, lambda: PreviousJob.load(str(tmp_path / "out")))
+    assert "holds no job record (logs/sys/job.json)" in message
+
+
+def test_refused_when_nothing_failed(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    inputs = [FileDataset.from_files(str(files(4)))]
+    config, arguments = _job(tmp_path, write_script(SCRIPT), "raise", 2)
+    (tmp_path / "fail.txt").write_text("")
+    summary = run_job(config, inputs, str(tmp_path / "out"), arguments=arguments, client=dask_client)
+    assert summary["status"] == "succeeded"
+    assert (tmp_path / "out" / "logs" / FAILED_ITEMS_FILE).read_text() == ""
+    message = _refused(tmp_path, lambda: PreviousJob.load(str(tmp_path / "out")))
+    assert "nothing failed in job" in message
+
+
+def test_refused_when_the_script_changed(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    config, inputs, arguments, out = _failed_job(tmp_path, dask_client, write_script, files)
+    previous = PreviousJob.load(out)
+    write_script(SCRIPT + "\n# changed\n")
+    message = _refused(
+        tmp_path,
+        lambda: run_job(
+            config,
+            inputs,
+            out,
+            arguments=arguments,
+            client=dask_client,
+            rerun=previous,
+            planned=previous.plan,
+        ),
+    )
+    assert "the entry script or a file in source_directory changed (score.py)" in message
+
+
+def test_refused_when_the_arguments_changed(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    config, inputs, arguments, out = _failed_job(tmp_path, dask_client, write_script, files)
+    previous = PreviousJob.load(out)
+    message = _refused(
+        tmp_path,
+        lambda: run_job(
+            config,
+            inputs,
+            out,
+            arguments=[*arguments, "--x"],
+            client=dask_client,
+            rerun=previous,
+            planned=previous.plan,
+        ),
+    )
+    assert "the arguments changed" in message
+
+
+def test_refused_when_an_input_changed(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    config, inputs, arguments, out = _failed_job(tmp_path, dask_client, write_script, files)
+    previous = PreviousJob.load(out)
+    (tmp_path / "in" / "f001.txt").write_text("changed\n")
+    message = _refused(
+        tmp_path,
+        lambda: run_job(
+            config,
+            inputs,
+            out,
+            arguments=arguments,
+            client=dask_client,
+            rerun=previous,
+            planned=previous.plan,
+        ),
+    )
+    assert "f001.txt changed" in message
+
+
+def test_refused_when_the_inputs_are_others(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    config, inputs, arguments, out = _failed_job(tmp_path, dask_client, write_script, files)
+    previous = PreviousJob.load(out)
+    others = [FileDataset.from_files(str(files(2, "other")))]
+    message = _refused(
+        tmp_path,
+        lambda: run_job(
+            config,
+            others,
+            out,
+            arguments=arguments,
+            client=dask_client,
+            rerun=previous,
+            planned=previous.plan,
+        ),
+    )
+    assert "input 0 has paths=" in message and "the previous job's had" in message
+
+
+def test_refused_when_a_success_left_the_cache(
+    tmp_path: Path,
+    dask_client: Client,
+    write_script: Callable[..., str],
+    files: Callable[..., Path],
+    isolated_cache: Path,
+) -> None:
+    import shutil
+
+    config, inputs, arguments, out = _failed_job(tmp_path, dask_client, write_script, files)
+    previous = PreviousJob.load(out)
+    shutil.rmtree(isolated_cache / "entries")
+    message = _refused(
+        tmp_path,
+        lambda: run_job(
+            config,
+            inputs,
+            out,
+            arguments=arguments,
+            client=dask_client,
+            rerun=previous,
+            planned=previous.plan,
+        ),
+    )
+    assert "mini-batches 0, 2) have no intact entry" in message
+
+
+def test_record_and_failed_items_hold_no_secret(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    inputs = [
+        FileDataset.from_files(
+            str(files(4)),
+        ).with_credentials({"key": "s3cr3t-key"})
+    ]
+    config, arguments = _job(
+        tmp_path, write_script(SCRIPT), "raise", 2, environment_variables={"API_TOKEN": "s3cr3t-token"}
+    )
+    (tmp_path / "fail.txt").write_text("f001.txt")
+    run_job(
+        config,
+        inputs,
+        str(tmp_path / "out"),
+        arguments=arguments,
+        client=dask_client,
+        storage_options={"secret": "s3cr3t-opt"},
+    )
+    logs = tmp_path / "out" / "logs"
+    for path in (logs / FAILED_ITEMS_FILE, logs / "sys" / "job.json"):
+        text = path.read_text()
+        assert "s3cr3t" not in text, path
+    record = json.loads((logs / "sys" / "job.json").read_text())
+    assert set(record["config"]["environment_variables"]) == {"API_TOKEN"}
+    previous = PreviousJob.load(str(tmp_path / "out"))
+    message = _refused(tmp_path, lambda: previous.config({}))
+    assert "API_TOKEN" in message and "s3cr3t" not in message
+
+
+def test_refused_when_an_environment_variable_differs(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    inputs = [FileDataset.from_files(str(files(4)))]
+    config, arguments = _job(
+        tmp_path, write_script(SCRIPT), "raise", 2, environment_variables={"API_TOKEN": "s3cr3t-token"}
+    )
+    (tmp_path / "fail.txt").write_text("f001.txt")
+    out = str(tmp_path / "out")
+    run_job(config, inputs, out, arguments=arguments, client=dask_client)
+    previous = PreviousJob.load(out)
+    changed = previous.config({"API_TOKEN": "another"})
+    message = _refused(
+        tmp_path,
+        lambda: run_job(
+            changed,
+            inputs,
+            out,
+            arguments=arguments,
+            client=dask_client,
+            rerun=previous,
+            planned=previous.plan,
+        ),
+    )
+    assert "API_TOKEN differ(s)" in message and "s3cr3t" not in message and "another" not in message
