@@ -44,6 +44,18 @@ def _refuse(folder: str, why: str) -> ConfigError:
     return ConfigError(FIELD, folder, why)
 
 
+def rerun_switch(value: object) -> bool:
+    """`rerun_failed` as a boolean: a bool, or (templated) "true"/"false" in any case, "1"/"0", "" (False)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", "", "none"):
+        return False
+    raise ConfigError(FIELD, value, "True or False (a templated value renders to 'true' or 'false')")
+
+
 @dataclass(frozen=True)
 class PreviousJob:
     """The job that wrote an output folder, as its record and failed items say. Picklable (a deferrable
