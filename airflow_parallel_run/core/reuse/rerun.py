@@ -207,8 +207,8 @@ class PreviousJob:
         return _refuse(
             self.folder,
             f"a re-run whose succeeded mini-batches are in the reuse cache; {len(missing)} of job {self.job_id}'s "
-            f"(mini-batches {shown}) have no intact entry in {root} (pruned, cleared, or another cache): "
-            "run the whole job again instead",
+            f"(mini-batches {shown}) have no intact entry in {root} (pruned, cleared, another cache, or not "
+            "cacheable: see the previous job's logs/sys/master_role.txt): run the whole job again instead",
         )
 
     # -- after the cache lookup ----------------------------------------------------------------------

@@ -380,3 +380,66 @@ def test_refused_when_an_environment_variable_differs(
         ),
     )
     assert "API_TOKEN differ(s)" in message and "s3cr3t" not in message and "another" not in message
+
+
+TABULAR_SCRIPT = """
+import argparse
+
+def init():
+    global args
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fail-list")
+    parser.add_argument("--calls")
+    args, _ = parser.parse_known_args()
+
+def run(frame):
+    bad = set(open(args.fail_list).read().split())
+    with open(args.calls, "a") as handle:
+        handle.write("".join(f"{i}\\n" for i in frame["id"]))
+    hit = [str(i) for i in frame["id"] if str(i) in bad]
+    if hit:
+        raise ValueError(f"row {hit[0]} is on the fail list")
+    return [f"{i} {v}" for i, v in zip(frame["id"], frame["value"])]
+"""
+
+
+def test_rerun_of_tabular_slices(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str]
+) -> None:
+    from airflow_parallel_run.core import TabularDataset
+
+    (tmp_path / "in").mkdir()
+    rows = "".join(f"{i},{'v' * 40}{i}\n" for i in range(300))
+    (tmp_path / "in" / "t.csv").write_text("id,value\n" + rows)
+    inputs = [TabularDataset.from_delimited_files(str(tmp_path / "in" / "t.csv"))]
+    config = ParallelRunConfig(
+        entry_script=write_script(TABULAR_SCRIPT),
+        mini_batch_size="1KB",
+        run_max_try=1,
+        process_count_per_node=2,
+    )
+    arguments = ["--fail-list", str(tmp_path / "fail.txt"), "--calls", str(tmp_path / "calls.txt")]
+    (tmp_path / "fail.txt").write_text("17 250")
+    out = str(tmp_path / "out")
+    first = run_job(config, inputs, out, arguments=arguments, client=dask_client)
+    failed = read_failed_items(str(tmp_path / "out" / "logs"))
+    assert len(failed) == 2 and all(
+        set(line["item"]) == {"file", "bytes", "rows", "first_line"} for line in failed
+    )
+    data = (tmp_path / "in" / "t.csv").read_bytes()
+    for line, row in zip(failed, (17, 250), strict=True):  # the byte range holds the failing row
+        start, end = line["item"]["bytes"]
+        assert f"\n{row},".encode() in data[start - 1 : end]
+        assert line["item"]["rows"] == data[start:end].count(b"\n")
+    assert first["failed_items"] == sum(line["item"]["rows"] for line in failed)
+
+    (tmp_path / "fail.txt").write_text("")
+    (tmp_path / "calls.txt").unlink()
+    previous = PreviousJob.load(out)
+    second = run_job(
+        config, inputs, out, arguments=arguments, client=dask_client, rerun=previous, planned=previous.plan
+    )
+    assert second["status"] == "succeeded" and second["failed_items"] == 0, second
+    assert len(_calls(tmp_path)) == first["failed_items"]  # only the rows of the failed slices ran
+    expected = "".join(f"{i} {'v' * 40}{i}\n" for i in range(300)).encode()
+    assert Path(second["append_row_file"]).read_bytes() == expected

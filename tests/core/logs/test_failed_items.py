@@ -1,0 +1,81 @@
+"""failed_items.jsonl lines for every kind of input item and every way a mini-batch can fail (no cluster)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from airflow_parallel_run.core.attempt import AttemptResult, AttemptStatus
+from airflow_parallel_run.core.inputs.sql import KeyRange
+from airflow_parallel_run.core.logs.failed_items import (
+    FAILED_ITEMS_FILE,
+    failed_item_lines,
+    read_failed_items,
+    write_failed_items,
+)
+from airflow_parallel_run.core.minibatch import FileRef, MiniBatch, TabularSlice
+
+FILES = MiniBatch(0, "file", 0, 2, files=(FileRef("/in/a.txt"), FileRef("/in/b.txt")))
+CSV = MiniBatch(
+    1, "tabular", 0, 40, slices=(TabularSlice("/in/t.csv", "csv", 120, 980, 12, rows=40, first_line=9),)
+)
+PARQUET = MiniBatch(
+    2, "tabular", 1, 500, slices=(TabularSlice("/in/t.parquet", "parquet", row_groups=(3, 4), rows=500),)
+)
+PAGE = KeyRange("postgresql://db.example:5432/shop", "orders", ("id",), ("100",), ("200",), 100, "d1")
+SQL = MiniBatch(3, "tabular", 2, 100, pieces=(PAGE,))
+GOOD = MiniBatch(4, "file", 0, 1, files=(FileRef("/in/c.txt"),))
+NEVER = MiniBatch(5, "file", 0, 1, files=(FileRef("/in/d.txt"),))
+
+
+def _failed(mb: MiniBatch, status: AttemptStatus, error: str, succeeded: int = 0) -> AttemptResult:
+    return AttemptResult(mb.index, 2, status, total=mb.items, succeeded=succeeded, error=error)
+
+
+def test_lines_for_each_item_kind_and_failure() -> None:
+    failures = {
+        0: _failed(FILES, AttemptStatus.RUN_EXCEPTION, "ValueError: bad a.txt\n  more detail"),
+        1: _failed(CSV, AttemptStatus.LOAD_EXCEPTION, "ParserError: line 12"),
+        2: _failed(PARQUET, AttemptStatus.RUN_DONE, "", succeeded=497),  # run() returned 3 results fewer
+        3: _failed(SQL, AttemptStatus.RUN_TIMEOUT, "mini-batch 3 did not finish in 60 s"),
+    }
+    plan = [FILES, CSV, PARQUET, SQL, GOOD, NEVER]
+    lines = list(
+        failed_item_lines(plan, failures, {0, 1, 2, 3, 4}, "allowed_failed_count exceeded: 4 > 3\nmore")
+    )
+
+    assert [(line["mini_batch"], line["item"]) for line in lines] == [
+        (0, {"file": "/in/a.txt"}),
+        (0, {"file": "/in/b.txt"}),
+        (1, {"file": "/in/t.csv", "bytes": [120, 980], "rows": 40, "first_line": 9}),
+        (2, {"file": "/in/t.parquet", "row_groups": [3, 4], "rows": 500}),
+        (3, PAGE.describe()),
+        (5, {"file": "/in/d.txt"}),
+    ]
+    by_batch = {line["mini_batch"]: line for line in lines}
+    assert by_batch[0]["error"] == "ValueError: bad a.txt" and by_batch[0]["certain"]
+    assert by_batch[0]["attempts"] == 2 and by_batch[0]["mini_batch_failed"] == 2
+    assert by_batch[1]["status"] == "LOAD_EXCEPTION" and by_batch[1]["input_index"] == 0
+    partial = by_batch[2]
+    assert partial["status"] == "RUN_DONE" and not partial["certain"]
+    assert (partial["mini_batch_items"], partial["mini_batch_failed"]) == (500, 3)
+    assert (
+        partial["error"] == "run() returned 497 results for 500 items: 3 failed, which ones run() did not say"
+    )
+    assert by_batch[3]["item"]["database"] == "postgresql://db.example:5432/shop"
+    stopped = by_batch[5]
+    assert stopped["status"] == "CANCELLED" and stopped["attempts"] == 0 and stopped["certain"]
+    assert stopped["error"] == "not finished: the job stopped (allowed_failed_count exceeded: 4 > 3)"
+
+
+def test_written_atomically_and_read_back(tmp_path: Path) -> None:
+    lines = list(
+        failed_item_lines(
+            [FILES, GOOD], {0: _failed(FILES, AttemptStatus.PROCESS_DIED, "died")}, {0, 4}, None
+        )
+    )
+    assert write_failed_items(str(tmp_path), lines) == 2
+    assert read_failed_items(str(tmp_path)) == json.loads(json.dumps(lines))
+    assert [p.name for p in (tmp_path / FAILED_ITEMS_FILE).parent.iterdir()] == ["failed_items.jsonl"]
+    assert write_failed_items(str(tmp_path), []) == 0
+    assert (tmp_path / FAILED_ITEMS_FILE).read_text() == "" and read_failed_items(str(tmp_path)) == []
