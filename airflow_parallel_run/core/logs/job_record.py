@@ -11,6 +11,7 @@ keys it computes now with these: any difference names what changed since (core/r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ParallelRunConfig
 from ..inputs import dataset_to_dict
-from ..reuse.components import digest32
 
 if TYPE_CHECKING:
     from ..driver.loop import JobDriver
@@ -28,13 +28,19 @@ JOB_RECORD_FILE = "sys/job.json"
 RECORD_VERSION = 1
 
 
+def variable_digest(value: str) -> str:
+    """What the record keeps of an environment variable's value: a digest, so a re-run can tell a
+    different value without the record ever holding one."""
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:32]
+
+
 def config_document(config: ParallelRunConfig) -> dict[str, Any]:
     """The config's fields, paths made absolute, environment variable values replaced by digests."""
     document: dict[str, Any] = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name == "environment_variables":
-            value = {name: digest32(text) for name, text in sorted(dict(value).items())}
+            value = {name: variable_digest(text) for name, text in sorted(dict(value).items())}
         elif isinstance(value, tuple):
             value = list(value)
         document[f.name] = value

@@ -28,11 +28,11 @@ from ..errors import ConfigError
 from ..inputs import dataset_from_dict, dataset_to_dict
 from ..inputs.source import Dataset
 from ..logs.failed_items import FAILED_ITEMS_FILE, read_failed_items
-from ..logs.job_record import JOB_RECORD_FILE, read_job_record
+from ..logs.job_record import JOB_RECORD_FILE, read_job_record, variable_digest
 from ..minibatch import MiniBatch
 from ..plan import Plan
 from ..storage import join
-from .components import digest32, explain_change, explain_inputs
+from .components import explain_change, explain_inputs
 
 if TYPE_CHECKING:
     from ..driver.loop import JobDriver
@@ -193,7 +193,9 @@ class PreviousJob:
         recorded: Mapping[str, str] = self.record["config"].get("environment_variables", {})
         names = sorted(set(recorded) | set(environment))
         differ = [
-            n for n in names if recorded.get(n) != (digest32(environment[n]) if n in environment else None)
+            n
+            for n in names
+            if recorded.get(n) != (variable_digest(environment[n]) if n in environment else None)
         ]
         if differ:
             raise _refuse(
