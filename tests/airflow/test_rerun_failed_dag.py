@@ -28,7 +28,9 @@ def _summary(run: Any) -> Any:
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        query = XComModel.get_many(run_id=run.run_id, key="return_value", task_ids="score", dag_ids=run.dag_id)
+        query = XComModel.get_many(
+            run_id=run.run_id, key="return_value", task_ids="score", dag_ids=run.dag_id
+        )
         row = session.scalars(query).first()
         return None if row is None else XComModel.deserialize_value(row)
 
