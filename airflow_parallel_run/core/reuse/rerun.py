@@ -97,6 +97,14 @@ class PreviousJob:
                 f"a folder whose job has failed items; nothing failed in job {record.get('job_id')} "
                 f"(logs/{FAILED_ITEMS_FILE} is empty)",
             )
+        planned = len(record["plan"]["mini_batches"])
+        outside = sorted({int(line["mini_batch"]) for line in failed} - set(range(planned)))
+        if outside:
+            raise _refuse(
+                output_path,
+                f"a folder whose failed items name mini-batches of its job; logs/{FAILED_ITEMS_FILE} names "
+                f"mini-batch {outside[0]}, job {record.get('job_id')} had {planned} (0 to {planned - 1})",
+            )
         return cls(str(output_path), record, tuple(failed))
 
     # -- what the previous job was -------------------------------------------------------------------

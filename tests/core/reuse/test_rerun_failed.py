@@ -214,6 +214,17 @@ def test_refused_when_nothing_failed(
     assert "nothing failed in job" in message
 
 
+def test_refused_when_failed_items_name_another_mini_batch(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    _failed_job(tmp_path, dask_client, write_script, files)
+    path = tmp_path / "out" / "logs" / FAILED_ITEMS_FILE
+    line = json.loads(path.read_text().splitlines()[0])
+    path.write_text(path.read_text() + json.dumps({**line, "mini_batch": 99}) + "\n")
+    message = _refused(tmp_path, lambda: PreviousJob.load(str(tmp_path / "out")))
+    assert "names mini-batch 99, job" in message and "had 3 (0 to 2)" in message
+
+
 def test_refused_when_the_script_changed(
     tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
 ) -> None:
