@@ -192,7 +192,7 @@ class PreviousJob:
                 k for k in set(now[index]) | set(before[index]) if now[index].get(k) != before[index].get(k)
             )[0]
             why = (
-                f"input {index} has {first}={now[index].get(first)!r}, the previous job's had "
+                f"input {index} has {first}={now[index].get(first)!r}, job {self.job_id}'s had "
                 f"{before[index].get(first)!r}"
             )
         raise _refuse(self.folder, f"a re-run of the job that wrote it, with its inputs; {why}")

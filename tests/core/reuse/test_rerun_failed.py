@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -225,114 +227,76 @@ def test_refused_when_failed_items_name_another_mini_batch(
     assert "names mini-batch 99, job" in message and "had 3 (0 to 2)" in message
 
 
-def test_refused_when_the_script_changed(
-    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
-) -> None:
-    config, inputs, arguments, out = _failed_job(tmp_path, dask_client, write_script, files)
-    previous = PreviousJob.load(out)
-    write_script(SCRIPT + "\n# changed\n")
-    message = _refused(
-        tmp_path,
-        lambda: run_job(
-            config,
-            inputs,
-            out,
-            arguments=arguments,
-            client=dask_client,
-            rerun=previous,
-            planned=previous.plan,
-        ),
-    )
-    assert "the entry script or a file in source_directory changed (score.py)" in message
+@dataclass
+class Job:
+    """A job whose mini-batch 1 failed, as a change sees it: it may edit files or replace a part."""
+
+    tmp_path: Path
+    cache: Path
+    write_script: Callable[..., str]
+    files: Callable[..., Path]
+    config: ParallelRunConfig
+    inputs: list[FileDataset]
+    arguments: list[str]
 
 
-def test_refused_when_the_arguments_changed(
-    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
-) -> None:
-    config, inputs, arguments, out = _failed_job(tmp_path, dask_client, write_script, files)
-    previous = PreviousJob.load(out)
-    message = _refused(
-        tmp_path,
-        lambda: run_job(
-            config,
-            inputs,
-            out,
-            arguments=[*arguments, "--x"],
-            client=dask_client,
-            rerun=previous,
-            planned=previous.plan,
-        ),
-    )
-    assert "the arguments changed" in message
+def _script_changed(job: Job) -> None:
+    job.write_script(SCRIPT + "\n# changed\n")
 
 
-def test_refused_when_an_input_changed(
-    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
-) -> None:
-    config, inputs, arguments, out = _failed_job(tmp_path, dask_client, write_script, files)
-    previous = PreviousJob.load(out)
-    (tmp_path / "in" / "f001.txt").write_text("changed\n")
-    message = _refused(
-        tmp_path,
-        lambda: run_job(
-            config,
-            inputs,
-            out,
-            arguments=arguments,
-            client=dask_client,
-            rerun=previous,
-            planned=previous.plan,
-        ),
-    )
-    assert "f001.txt changed" in message
+def _arguments_changed(job: Job) -> None:
+    job.arguments = [*job.arguments, "--x"]
 
 
-def test_refused_when_the_inputs_are_others(
-    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
-) -> None:
-    config, inputs, arguments, out = _failed_job(tmp_path, dask_client, write_script, files)
-    previous = PreviousJob.load(out)
-    others = [FileDataset.from_files(str(files(2, "other")))]
-    message = _refused(
-        tmp_path,
-        lambda: run_job(
-            config,
-            others,
-            out,
-            arguments=arguments,
-            client=dask_client,
-            rerun=previous,
-            planned=previous.plan,
-        ),
-    )
-    assert "input 0 has paths=" in message and "the previous job's had" in message
+def _input_changed(job: Job) -> None:
+    (job.tmp_path / "in" / "f001.txt").write_text("changed\n")
 
 
-def test_refused_when_a_success_left_the_cache(
+def _other_inputs(job: Job) -> None:
+    job.inputs = [FileDataset.from_files(str(job.files(2, "other")))]
+
+
+def _cache_cleared(job: Job) -> None:
+    shutil.rmtree(job.cache / "entries")
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (_script_changed, "the entry script or a file in source_directory changed (score.py)"),
+        (_arguments_changed, "the arguments changed"),
+        (_input_changed, "f001.txt changed"),
+        (_other_inputs, "input 0 has paths=["),
+        (_cache_cleared, "(mini-batches 0, 2) have no intact entry"),
+    ],
+    ids=["script", "arguments", "input_content", "other_inputs", "cache_cleared"],
+)
+def test_refused_when_the_job_changed(
     tmp_path: Path,
     dask_client: Client,
     write_script: Callable[..., str],
     files: Callable[..., Path],
     isolated_cache: Path,
+    change: Callable[[Job], None],
+    named: str,
 ) -> None:
-    import shutil
-
     config, inputs, arguments, out = _failed_job(tmp_path, dask_client, write_script, files)
     previous = PreviousJob.load(out)
-    shutil.rmtree(isolated_cache / "entries")
+    job = Job(tmp_path, isolated_cache, write_script, files, config, inputs, arguments)
+    change(job)
     message = _refused(
         tmp_path,
         lambda: run_job(
-            config,
-            inputs,
+            job.config,
+            job.inputs,
             out,
-            arguments=arguments,
+            arguments=job.arguments,
             client=dask_client,
             rerun=previous,
             planned=previous.plan,
         ),
     )
-    assert "mini-batches 0, 2) have no intact entry" in message
+    assert named in message and f"job {previous.job_id}" in message
 
 
 def test_record_and_failed_items_hold_no_secret(
