@@ -479,6 +479,13 @@ def _item_label(item: Mapping[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in item.items())
 
 
+def _certainty(line: Mapping[str, Any]) -> str:
+    """Whether the item surely failed, or was one of a mini-batch whose run() dropped some items."""
+    if line.get("certain"):
+        return "yes"
+    return f"maybe: {line.get('mini_batch_failed')} of its mini-batch's {line.get('mini_batch_items')} items failed"
+
+
 def _failed_items_section(logs_dir: str) -> str:
     """The first lines of sys/job_report/failed_items.jsonl, linked (what --rerun-failed runs again)."""
     body = '<section id="failed-items"><h2>Failed items</h2>'
@@ -490,7 +497,7 @@ def _failed_items_section(logs_dir: str) -> str:
         return body + "<p>No item failed.</p></section>"
     cells = "".join(
         f"<tr><td>{_e(_item_label(line.get('item') or {}))}</td><td class=num>{_e(line.get('mini_batch'))}</td>"
-        f"<td>{_e(line.get('status'))}</td><td>{'yes' if line.get('certain') else 'one of its mini-batch'}</td>"
+        f"<td>{_e(line.get('status'))}</td><td>{_e(_certainty(line))}</td>"
         f"<td>{_e(line.get('error'))}</td></tr>"
         for line in lines[:TOP_ERRORS]
     )

@@ -79,3 +79,19 @@ def test_written_atomically_and_read_back(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / FAILED_ITEMS_FILE).parent.iterdir()] == ["failed_items.jsonl"]
     assert write_failed_items(str(tmp_path), []) == 0
     assert (tmp_path / FAILED_ITEMS_FILE).read_text() == "" and read_failed_items(str(tmp_path)) == []
+
+
+def test_report_rows(tmp_path: Path) -> None:
+    from airflow_parallel_run.core.logs.report import build_report
+
+    partial = _failed(PARQUET, AttemptStatus.RUN_DONE, "", succeeded=497)
+    write_failed_items(
+        str(tmp_path), failed_item_lines([PARQUET, SQL], {2: partial}, {2}, "stopped <by hand>")
+    )
+    page = Path(build_report(str(tmp_path))).read_text(encoding="utf-8")
+    assert "<td>/in/t.parquet row groups [3, 4]</td>" in page
+    assert "maybe: 3 of its mini-batch&#x27;s 500 items failed" in page
+    assert "database=postgresql://db.example:5432/shop, relation=orders, key=[&#x27;id&#x27;]" in page
+    assert "not finished: the job stopped (stopped &lt;by hand&gt;)" in page
+    write_failed_items(str(tmp_path), [])
+    assert "<p>No item failed.</p>" in Path(build_report(str(tmp_path))).read_text(encoding="utf-8")

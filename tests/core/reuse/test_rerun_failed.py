@@ -418,3 +418,33 @@ def test_rerun_of_tabular_slices(
     assert len(_calls(tmp_path)) == first["failed_items"]  # only the rows of the failed slices ran
     expected = "".join(f"{i} {'v' * 40}{i}\n" for i in range(300)).encode()
     assert Path(second["append_row_file"]).read_bytes() == expected
+
+
+def test_rerun_of_a_job_a_threshold_stopped(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    """error_threshold 0 stops the job at its first failed item: the mini-batches it did not finish are failed
+    items too (CANCELLED), and the re-run runs exactly those and the failed one, whichever they were."""
+    inputs = [FileDataset.from_files(str(files(40)))]
+    config, arguments = _job(tmp_path, write_script(SCRIPT), "raise", 1, error_threshold=0)
+    (tmp_path / "fail.txt").write_text("f005.txt")
+    out = str(tmp_path / "out")
+    first = run_job(config, inputs, out, arguments=arguments, client=dask_client)
+    assert first["status"] == "failed" and "error_threshold exceeded" in first["message"]
+    failed = read_failed_items(str(tmp_path / "out" / "logs"))
+    names = sorted(Path(line["item"]["file"]).name for line in failed)
+    assert "f005.txt" in names and len(names) == 40 - first["succeeded_items"]
+    statuses = {Path(line["item"]["file"]).name: line["status"] for line in failed}
+    assert statuses.pop("f005.txt") == "RUN_EXCEPTION"
+    assert set(statuses.values()) <= {"CANCELLED"}  # never finished: the job stopped first
+
+    (tmp_path / "fail.txt").write_text("")
+    (tmp_path / "calls.txt").unlink()
+    previous = PreviousJob.load(out)
+    second = run_job(
+        config, inputs, out, arguments=arguments, client=dask_client, rerun=previous, planned=previous.plan
+    )
+    assert second["status"] == "succeeded", second
+    assert sorted(_calls(tmp_path)) == names
+    expected = "".join(f"f{i:03d}.txt {i}\n" for i in range(40)).encode()
+    assert Path(second["append_row_file"]).read_bytes() == expected
