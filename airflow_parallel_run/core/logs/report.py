@@ -574,7 +574,8 @@ def build_report(logs_dir: str, target: str | None = None) -> str:
     )
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     tmp = f"{target}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    # a file name that is not UTF-8 (a failed item, an error naming it) is shown escaped, never an error
+    with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as handle:
         handle.write(page)
     os.replace(tmp, target)
     return target

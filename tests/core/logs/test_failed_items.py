@@ -95,3 +95,18 @@ def test_report_rows(tmp_path: Path) -> None:
     assert "not finished: the job stopped (stopped &lt;by hand&gt;)" in page
     write_failed_items(str(tmp_path), [])
     assert "<p>No item failed.</p>" in Path(build_report(str(tmp_path))).read_text(encoding="utf-8")
+
+
+def test_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """A failed file whose name is not UTF-8 (undecodable bytes arrive as surrogates) is written, read back
+    as the same path, and shown escaped in report.html (the report could not be written before)."""
+    from airflow_parallel_run.core.logs.report import build_report
+
+    odd = MiniBatch(0, "file", 0, 1, files=(FileRef("/in/bad\udcff\nname.txt"),))
+    write_failed_items(
+        str(tmp_path),
+        failed_item_lines([odd], {0: _failed(odd, AttemptStatus.RUN_EXCEPTION, "x")}, {0}, None),
+    )
+    assert read_failed_items(str(tmp_path))[0]["item"]["file"] == "/in/bad\udcff\nname.txt"
+    page = Path(build_report(str(tmp_path))).read_text(encoding="utf-8")
+    assert "/in/bad\\udcff\nname.txt" in page
