@@ -170,14 +170,20 @@ class PreviousJob:
         if changed:
             what = explain_inputs(self.record.get("fingerprints", {}), changed, driver.reuse.fingerprints)
             raise _refuse(self.folder, f"a re-run of the job that wrote it; since job {self.job_id}: {what}")
-        missing = [
-            mb.index
-            for mb in driver.plan
-            if mb.index not in self.to_run and driver.cache.verified(driver.keys[mb.index])[0] is None
-        ]
+        verified: dict[str, dict[str, Any]] = {}
+        missing = []
+        for mb in driver.plan:
+            if mb.index in self.to_run:
+                continue
+            key = driver.keys[mb.index]
+            meta = driver.cache.verified(key)[0]
+            if meta is None:
+                missing.append(mb.index)
+            else:
+                verified[key] = meta
         if missing:
             raise self._not_cached(missing, driver.cache.root)
-        driver.reuse.run_again = self.to_run
+        driver.reuse.run_again, driver.reuse.verified = self.to_run, verified
 
     def _check_inputs(self, inputs: Sequence[Dataset]) -> None:
         now = [dataset_to_dict(d, credentials=False) for d in inputs]

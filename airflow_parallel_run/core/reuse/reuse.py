@@ -59,6 +59,8 @@ class Reuse:
         self.cache = cache
         self.allow_reuse = allow_reuse
         self.run_again: frozenset[int] = frozenset()  # a re-run's failed mini-batches (core/reuse/rerun.py)
+        # entries a re-run verified before it claimed the folder, by key: not read and checked twice
+        self.verified: dict[str, dict[str, Any]] = {}
         self.plan = list(plan)
         with Fingerprinter(memo_path(cache.root), cache.storage_options) as memo:
             side = {url: memo.path(url) for url in side_inputs}
@@ -107,7 +109,7 @@ class Reuse:
             if mb.index in self.run_again:
                 continue
             key = self.keys[mb.index]
-            meta, problem = self.cache.verified(key)
+            meta, problem = (self.verified[key], None) if key in self.verified else self.cache.verified(key)
             if problem:  # a damaged entry is a miss that says so, never output
                 damaged.append(self._damaged(mb.index, problem))
             if meta is None:
