@@ -66,3 +66,33 @@ def test_rerun_failed_switch(dagbag: Any, demo_root: Path, capfd: pytest.Capture
     assert "Invalid ParallelRunOperator setting: rerun_failed=" in log
     assert "nothing failed in job" in log
     assert (root / "out" / "parallel_run_step.txt").read_text() == expected  # the refusal changed nothing
+
+
+def test_rerun_failed_values(tmp_path: Path) -> None:
+    from airflow_parallel_run.core import ConfigError, ParallelRunConfig
+    from airflow_parallel_run.core.reuse.rerun import rerun_switch
+    from airflow_parallel_run.operators import ParallelRunOperator
+
+    script = tmp_path / "score.py"
+    script.write_text("def run(mini_batch):\n    return mini_batch\n")
+    config = ParallelRunConfig(entry_script=str(script))
+    with pytest.raises(ConfigError) as info:
+        ParallelRunOperator(
+            task_id="t", parallel_run_config=config, inputs="in", output_path="out", rerun_failed="maybe"
+        )
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text(encoding="utf-8")
+    assert f"```\n{info.value}\n```" in doc  # the message docs/errors.md lists
+    templated = ParallelRunOperator(
+        task_id="u", parallel_run_config=config, inputs="in", output_path="out", rerun_failed="{{ params.x }}"
+    )
+    assert "rerun_failed" in templated.template_fields
+    assert [rerun_switch(v) for v in (True, "True", "true", "1", False, "False", "", "None")] == [
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
