@@ -518,6 +518,16 @@ def _run_azure_job(args: argparse.Namespace, arguments: list[str], startup: _Sta
 _WITH_RERUN = ("--rerun-failed", "--scheduler", "--json", "--cache-dir", "--environment-variables")
 
 
+def _rerun_tunables() -> dict[str, str]:
+    """The config flags a re-run may change ({flag: field}): those that cannot change a result (outside the
+    reuse key, core/reuse/key.py), but mini_batch_size (the re-run runs the recorded mini-batches)."""
+    from .core import ParallelRunConfig
+    from .core.reuse.key import NOT_IN_KEY
+
+    names = [name for name in NOT_IN_KEY[ParallelRunConfig] if name != "mini_batch_size"]
+    return {f"--{name.replace('_', '-')}": name for name in names}
+
+
 def _rerun_arguments(run: argparse.ArgumentParser) -> None:
     rerun = run.add_argument_group("re-running failed items")
     rerun.add_argument(
@@ -525,13 +535,14 @@ def _rerun_arguments(run: argparse.ArgumentParser) -> None:
         metavar="OUTPUT_FOLDER",
         help="run only the items that failed in the job that wrote OUTPUT_FOLDER (its logs/sys/job_report/"
         "failed_items.jsonl), with that job's script, inputs and settings; the output is completed in place. "
-        "Takes only --scheduler, --json, --cache-dir (default: the previous job's cache) and the job's "
-        "--environment-variables (their values are not recorded)",
+        "Takes only --scheduler, --json, --cache-dir (default: the previous job's cache), the job's "
+        "--environment-variables (their values are not recorded) and the settings that cannot change a result "
+        "(--run-invocation-timeout, --run-max-try, --process-count-per-node, --node-count, thresholds, logging)",
     )
 
 
 def _check_rerun_arguments(args: argparse.Namespace, given: set[str]) -> None:
-    clash = sorted(flag for flag in given if flag not in _WITH_RERUN)
+    clash = sorted(flag for flag in given if flag not in _WITH_RERUN and flag not in _rerun_tunables())
     if clash:
         args.run_parser.error(
             f"argument {clash[0]}: not allowed with --rerun-failed (the previous job's record gives it)"
@@ -549,7 +560,9 @@ def _rerun_failed(args: argparse.Namespace, startup: _Startup) -> int:
 
     try:
         previous = PreviousJob.load(args.rerun_failed)
-        config = previous.config(dict(args.environment_variables))
+        given = _given(args.argv)
+        tunables = {name: getattr(args, name) for flag, name in _rerun_tunables().items() if flag in given}
+        config = previous.config(dict(args.environment_variables)).with_overrides(**tunables)
         inputs = previous.inputs()
     except (ConfigError, InputError) as exc:
         print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)

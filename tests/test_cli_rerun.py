@@ -86,11 +86,18 @@ def test_rerun_failed_from_the_command_line(
         "out",
         "--environment-variables",
         "STAGE=prod",
+        "--run-invocation-timeout",
+        "45",
+        "--process-count-per-node",
+        "1",
         "--json",
         cwd=tmp_path,
         env=env,
     )
     assert again.returncode == 0, again.stderr
+    assert (
+        "Started: 2 mini-batches to run, 13 reused, 1 processes" in again.stderr
+    )  # a setting outside the key
     summary = json.loads(again.stdout)
     assert summary["status"] == "succeeded" and summary["failed_items"] == 0
     assert summary["reused_mini_batches"] == 13 and summary["total_mini_batches"] == 15
@@ -133,6 +140,10 @@ def test_rerun_failed_usage_errors(tmp_path: Path) -> None:
     assert (
         "argument --entry-script: not allowed with --rerun-failed (the previous job's record gives it)"
         in done.stderr
+    )
+    done = cli("run", "--rerun-failed", "out", "--mini-batch-size", "3", cwd=tmp_path, env=env)
+    assert (
+        done.returncode == 2 and "argument --mini-batch-size: not allowed with --rerun-failed" in done.stderr
     )
     done = cli("run", "--rerun-failed", "out", "--", "--tag", "x", cwd=tmp_path, env=env)
     assert done.returncode == 2 and "arguments after --: not allowed with --rerun-failed" in done.stderr
