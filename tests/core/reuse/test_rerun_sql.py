@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from distributed import Client
+from test_rerun_failed import TABULAR_SCRIPT
 
 from airflow_parallel_run.core import ParallelRunConfig, TabularDataset, run_job
 from airflow_parallel_run.core.logs.failed_items import read_failed_items
@@ -21,25 +22,6 @@ sys.path.insert(0, str(REPO / "tools"))
 from postgres_server import PostgresServer  # noqa: E402
 
 PASSWORD = "Rerun-pw-5d2b81"
-
-SCRIPT = """
-import argparse
-
-def init():
-    global args
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--fail-list")
-    parser.add_argument("--calls")
-    args, _ = parser.parse_known_args()
-
-def run(frame):
-    bad = set(open(args.fail_list).read().split())
-    with open(args.calls, "a") as handle:
-        handle.write("".join(f"{i}\\n" for i in frame["id"]))
-    if any(str(i) in bad for i in frame["id"]):
-        raise ValueError("a row is on the fail list")
-    return [f"{i} {v}" for i, v in zip(frame["id"], frame["value"])]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +49,9 @@ def test_rerun_of_failed_key_ranges(
     engine.dispose()
     assert PASSWORD in server.url()
     dataset = TabularDataset.from_sql_query("scores", url=server.url(), rows_per_mini_batch=10)
-    config = ParallelRunConfig(entry_script=write_script(SCRIPT), run_max_try=1, process_count_per_node=2)
+    config = ParallelRunConfig(
+        entry_script=write_script(TABULAR_SCRIPT), run_max_try=1, process_count_per_node=2
+    )
     arguments = ["--fail-list", str(tmp_path / "fail.txt"), "--calls", str(tmp_path / "calls.txt")]
     (tmp_path / "fail.txt").write_text("15 42")
     out = tmp_path / "out"
