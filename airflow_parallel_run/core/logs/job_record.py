@@ -71,6 +71,24 @@ def job_record(driver: JobDriver) -> dict[str, Any]:
     }
 
 
+#: What every record holds (a reader refuses one that lacks a key).
+RECORD_KEYS = (
+    "version",
+    "job_id",
+    "config",
+    "inputs",
+    "arguments",
+    "side_inputs",
+    "allow_reuse",
+    "cache_root",
+    "cache_key",
+    "components",
+    "fingerprints",
+    "keys",
+    "plan",
+)
+
+
 def write_job_record(log_root: str, record: Mapping[str, Any]) -> None:
     """Writes the record atomically (write, then rename)."""
     path = os.path.join(log_root, *JOB_RECORD_FILE.split("/"))
@@ -90,4 +108,7 @@ def read_job_record(logs_url: str, storage_options: Mapping[str, Any] | None = N
         record = json.loads(handle.read())
     if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
         raise ValueError(f"{url} is not a job record of this release (version {RECORD_VERSION})")
+    missing = [key for key in RECORD_KEYS if key not in record]
+    if missing or not isinstance(record["plan"], dict) or "mini_batches" not in record["plan"]:
+        raise ValueError(f"{url} is incomplete (no {', '.join(missing) or 'plan.mini_batches'})")
     return record

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ..attempt import AttemptResult
@@ -112,12 +113,12 @@ class PreviousJob:
     def job_id(self) -> str:
         return str(self.record.get("job_id"))
 
-    @property
+    @cached_property
     def plan(self) -> Plan:
         plan = self.record["plan"]
         return Plan(plan["kind"], [MiniBatch.from_dict(mb) for mb in plan["mini_batches"]])
 
-    @property
+    @cached_property
     def to_run(self) -> frozenset[int]:
         """The mini-batches that hold a failed item."""
         return frozenset(int(line["mini_batch"]) for line in self.failed)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from airflow_parallel_run.core.attempt import AttemptResult, AttemptStatus
 from airflow_parallel_run.core.inputs.sql import KeyRange
 from airflow_parallel_run.core.logs.failed_items import (
@@ -110,3 +112,22 @@ def test_names_that_are_not_utf8(tmp_path: Path) -> None:
     assert read_failed_items(str(tmp_path))[0]["item"]["file"] == "/in/bad\udcff\nname.txt"
     page = Path(build_report(str(tmp_path))).read_text(encoding="utf-8")
     assert "/in/bad\\udcff\nname.txt" in page
+
+
+def test_a_damaged_job_record_is_refused_by_name(tmp_path: Path) -> None:
+    from airflow_parallel_run.core import ConfigError
+    from airflow_parallel_run.core.logs.job_record import JOB_RECORD_FILE, RECORD_KEYS
+    from airflow_parallel_run.core.reuse.rerun import PreviousJob
+
+    record = tmp_path / "logs" / JOB_RECORD_FILE
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"version": 1, "job_id": "j1"}))
+    with pytest.raises(ConfigError) as info:
+        PreviousJob.load(str(tmp_path))
+    assert "a folder with a readable job record (logs/sys/job.json:" in str(info.value)
+    assert f"is incomplete (no {', '.join(RECORD_KEYS[2:])})" in str(info.value)
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "errors.md").read_text(encoding="utf-8")
+    template = (
+        "rerun_failed='<folder>' is not allowed: a folder with a readable job record (logs/sys/job.json: "
+    )
+    assert template + "<folder>/logs/sys/job.json is incomplete (no <keys>))" in doc
