@@ -65,7 +65,9 @@ def _write_rerun_data(driver: JobDriver) -> int | None:
     """logs/sys/job_report/failed_items.jsonl and logs/sys/job.json, what `--rerun-failed` reads; the number
     of failed-item lines (None when they could not be written: a failed write is a log shortfall)."""
     tally = driver.tally
-    lines = failed_item_lines(driver.plan, tally.failures, tally.finished, driver.stop.reason)
+    lines = failed_item_lines(
+        driver.plan, tally.failures, tally.finished, driver.stop.reason, driver.logs.last_failures
+    )
     try:
         count = write_failed_items(driver.log_root, lines)
         write_job_record(driver.log_root, job_record(driver))

@@ -10,8 +10,8 @@ in plan order. A line names one input item as the planner knows it, so that a re
 - other sources: the piece's own description (a SQL input's key range: database without credentials,
   relation, key columns, lower/upper bounds, rows).
 
-Beside it: `mini_batch` (its index), `input_index`, `status` (the final `AttemptStatus`; `CANCELLED` for a
-mini-batch the job stopped before it finished), `error` (the first line of the error), `attempts`, and
+Beside it: `mini_batch` (its index), `input_index`, `status` (the final `AttemptStatus`; for a mini-batch the
+job stopped before it finished, its last failed attempt's, else `CANCELLED`), `error` (the first line of the error), `attempts`, and
 `mini_batch_items`/`mini_batch_failed` (items of the mini-batch and how many of them failed).
 
 What the engine knows of a failure: an attempt that raised, timed out or died fails every item of its
@@ -62,17 +62,29 @@ def failed_item_lines(
     failures: Mapping[int, AttemptResult],
     finished: set[int],
     stop_reason: str | None,
+    attempted: Mapping[int, AttemptResult] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The lines of failed_items.jsonl, in plan order: the items of every mini-batch that failed (whole or in
-    part) and of every one the job stopped before it finished."""
+    part) and of every one the job stopped before it finished. `attempted`: the last failed attempt of
+    mini-batches (a mini-batch that did not finish says how its last attempt failed, e.g. awaiting a retry)."""
     for mb in mini_batches:
         result = failures.get(mb.index)
         if result is None and mb.index in finished:
             continue
-        if result is None:  # never finished: the job stopped (a threshold, a cancel) before it did
+        last = (attempted or {}).get(mb.index) if result is None else None
+        stopped = f"the job stopped ({first_line(stop_reason or 'it ended early')})"
+        if last is not None:  # failed an attempt, and the job stopped before another one ended
+            status, error, attempts, total, failed = (
+                last.status,
+                f"{first_line(last.error)} (not finished: {stopped})",
+                last.attempt,
+                mb.items,
+                mb.items,
+            )
+        elif result is None:  # never finished: the job stopped (a threshold, a cancel) before it did
             status, error, attempts, total, failed = (
                 AttemptStatus.CANCELLED,
-                f"not finished: the job stopped ({first_line(stop_reason or 'it ended early')})",
+                f"not finished: {stopped}",
                 0,
                 mb.items,
                 mb.items,

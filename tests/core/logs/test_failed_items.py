@@ -131,3 +131,18 @@ def test_a_damaged_job_record_is_refused_by_name(tmp_path: Path) -> None:
         "rerun_failed='<folder>' is not allowed: a folder with a readable job record (logs/sys/job.json: "
     )
     assert template + "<folder>/logs/sys/job.json is incomplete (no <keys>))" in doc
+
+
+def test_a_mini_batch_stopped_before_its_retry_says_how_its_last_attempt_failed() -> None:
+    last = AttemptResult(
+        GOOD.index, 2, AttemptStatus.RUN_TIMEOUT, total=1, error="mini-batch 4 did not finish in 5 s"
+    )
+    lines = list(failed_item_lines([GOOD, NEVER], {}, set(), "the job was cancelled", {GOOD.index: last}))
+    assert [(line["mini_batch"], line["status"], line["attempts"]) for line in lines] == [
+        (4, "RUN_TIMEOUT", 2),
+        (5, "CANCELLED", 0),
+    ]
+    assert lines[0]["error"] == (
+        "mini-batch 4 did not finish in 5 s (not finished: the job stopped (the job was cancelled))"
+    )
+    assert lines[1]["error"] == "not finished: the job stopped (the job was cancelled)"
