@@ -68,6 +68,7 @@ def _add_run_parser(sub: Any) -> argparse.ArgumentParser:
     _input_arguments(run)
     _azure_arguments(run)
     _config_arguments(run)
+    _rerun_arguments(run)
     return run  # type: ignore[no-any-return]
 
 
@@ -103,7 +104,7 @@ def _input_arguments(run: argparse.ArgumentParser) -> None:
     io.add_argument(
         "--side-input", action="append", default=[], help="file or folder available on every worker"
     )
-    io.add_argument("--output", required=True, help="output folder (path or fsspec URL)")
+    io.add_argument("--output", help="output folder (path or fsspec URL); required unless --rerun-failed")
     io.add_argument(
         "--scheduler", help="Dask scheduler address (default: embedded LocalCluster on 127.0.0.1)"
     )
@@ -345,8 +346,10 @@ def _execute(
     arguments: list[str],
     allow_reuse: bool,
     startup: _Startup,
+    rerun: Any = None,
 ) -> int:
-    """Runs the job, printing progress and the summary; the exit code."""
+    """Runs the job (`rerun`: only the failed items of a `PreviousJob`), printing progress and the summary;
+    the exit code."""
     from .core import ConfigError, InputError
     from .core.driver import JobDriver, run_job
     from .core.driver.cluster import ClusterError
@@ -376,6 +379,8 @@ def _execute(
             on_client=running,
             allow_reuse=allow_reuse,
             cache_dir=args.cache_dir,
+            rerun=rerun,
+            planned=rerun.plan if rerun is not None else None,
         )
     except (ConfigError, InputError) as exc:
         print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
@@ -443,6 +448,11 @@ def _check_run_arguments(args: argparse.Namespace, argv: Sequence[str]) -> None:
     and how inputs are read). A usage error (exit code 2) names what is missing or not allowed."""
     parser = args.run_parser
     given = _given(argv)
+    if args.rerun_failed is not None:
+        _check_rerun_arguments(args, given)
+        return
+    if not args.output:
+        parser.error("the following arguments are required: --output")
     if args.azure_job:
         clash = [flag for flag in _NOT_WITH_AZURE_JOB if flag in given]
         if clash:
@@ -535,6 +545,65 @@ def _run_azure_job(args: argparse.Namespace, arguments: list[str], startup: _Sta
     )
 
 
+# -- re-running the failed items of a job (core/reuse/rerun.py) -------------------------------------------
+#: Flags a re-run takes; the previous job's record (logs/sys/job.json) gives every other one.
+_WITH_RERUN = ("--rerun-failed", "--scheduler", "--json", "--cache-dir", "--environment-variables")
+
+
+def _rerun_tunables() -> dict[str, str]:
+    """The config flags a re-run may change ({flag: field}): those that cannot change a result (outside the
+    reuse key, core/reuse/key.py), but mini_batch_size (the re-run runs the recorded mini-batches)."""
+    from .core import ParallelRunConfig
+    from .core.reuse.key import NOT_IN_KEY
+
+    names = [name for name in NOT_IN_KEY[ParallelRunConfig] if name != "mini_batch_size"]
+    return {f"--{name.replace('_', '-')}": name for name in names}
+
+
+def _rerun_arguments(run: argparse.ArgumentParser) -> None:
+    rerun = run.add_argument_group("re-running failed items")
+    rerun.add_argument(
+        "--rerun-failed",
+        metavar="OUTPUT_FOLDER",
+        help="run only the items that failed in the job that wrote OUTPUT_FOLDER (its logs/sys/job_report/"
+        "failed_items.jsonl), with that job's script, inputs and settings; the output is completed in place. "
+        "Takes only --scheduler, --json, --cache-dir (default: the previous job's cache), the job's "
+        "--environment-variables (their values are not recorded) and the settings that cannot change a result "
+        "(--run-invocation-timeout, --run-max-try, --process-count-per-node, --node-count, thresholds, logging)",
+    )
+
+
+def _check_rerun_arguments(args: argparse.Namespace, given: set[str]) -> None:
+    clash = sorted(flag for flag in given if flag not in _WITH_RERUN and flag not in _rerun_tunables())
+    if clash:
+        args.run_parser.error(
+            f"argument {clash[0]}: not allowed with --rerun-failed (the previous job's record gives it)"
+        )
+    if args.script_arguments:
+        args.run_parser.error(
+            "arguments after --: not allowed with --rerun-failed (the previous job's record gives them)"
+        )
+
+
+def _rerun_failed(args: argparse.Namespace, startup: _Startup) -> int:
+    """`run --rerun-failed FOLDER`: the job recorded in FOLDER again, only its failed items run."""
+    from .core import ConfigError, InputError
+    from .core.reuse.rerun import PreviousJob
+
+    try:
+        previous = PreviousJob.load(args.rerun_failed)
+        given = _given(args.argv)
+        tunables = {name: getattr(args, name) for flag, name in _rerun_tunables().items() if flag in given}
+        config = previous.config(dict(args.environment_variables)).with_overrides(**tunables)
+        inputs = previous.inputs()
+    except (ConfigError, InputError) as exc:
+        print(f"airflow-parallel-run: error: {exc}", file=sys.stderr)
+        return 2
+    args.output = args.rerun_failed
+    args.cache_dir = args.cache_dir or previous.cache_root
+    return _execute(args, config, inputs, previous.side_inputs, previous.arguments, True, startup, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # a message naming a file whose name is not UTF-8 is printed escaped, never a UnicodeEncodeError
     for stream in (sys.stdout, sys.stderr):
@@ -547,11 +616,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, arguments = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
     args.argv = argv
+    args.script_arguments = arguments
     if args.command == "run":
         _check_run_arguments(args, argv)
         startup = _Startup()
         previous = {sig: signal.signal(sig, startup.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if args.rerun_failed is not None:
+                return _rerun_failed(args, startup)
             if args.azure_job:
                 return _run_azure_job(args, arguments, startup)
             return _run(args, arguments, startup)

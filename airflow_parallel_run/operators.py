@@ -47,6 +47,7 @@ from airflow_parallel_run.core.inputs.source import Dataset, InputSource
 from airflow_parallel_run.core.logs.joblogs import error_head
 from airflow_parallel_run.core.plan import Plan
 from airflow_parallel_run.core.plan.manifest import InputChangedError, is_manifest_reference, load_manifest
+from airflow_parallel_run.core.reuse.rerun import PreviousJob, rerun_switch
 from airflow_parallel_run.core.storage import absolute
 from airflow_parallel_run.core.summary import JobSummary
 from airflow_parallel_run.deferral import (
@@ -98,6 +99,7 @@ def _run_kwargs(request: JobRequest) -> dict[str, Any]:
         "cache_dir": request.cache_dir,
         "planned": request.planned,
         "protected_paths": request.protected_paths,
+        "rerun": request.rerun,
     }
 
 
@@ -133,6 +135,11 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
     :param on_manifest_change: with a sensor's manifest as ``inputs``: ``"fail"`` (default) when an input
         file was deleted or changed after the sensor planned it, or ``"replan"`` to plan the manifest's
         inputs again as they are now.
+    :param rerun_failed: run only the items that failed in the job that last wrote ``output_path`` (its
+        ``logs/sys/job_report/failed_items.jsonl``), with the previous successes from the reuse cache, so the
+        output ends with every item once, in order; refused (without retries) when nothing failed there or
+        the script, settings or inputs changed since. Templated (``"{{ params.rerun_failed }}"``: a trigger
+        form switch); ``"true"``/``"false"`` strings are read as booleans.
     :param watch_lease_s: deferrable mode: the in-cluster job stops itself (``Job failed: no Airflow
         trigger watched the job for 300 s ...``) once no trigger has refreshed its watch mark for this many
         seconds (default 300, at least 10): a task marked failed/success or cleared before its trigger
@@ -140,7 +147,14 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         triggerer hand-off (see docs/airflow.md, Lifecycle).
     """
 
-    template_fields: Sequence[str] = ("inputs", "output_path", "side_inputs", "arguments", *TUNABLES)
+    template_fields: Sequence[str] = (
+        "inputs",
+        "output_path",
+        "side_inputs",
+        "arguments",
+        *TUNABLES,
+        "rerun_failed",
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {"arguments": "json", "side_inputs": "json"}
     operator_extra_links = (DaskDashboardLink(),)
     ui_color = "#cfe3f7"
@@ -174,6 +188,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         output_asset: Asset | None = None,
         outlet_partitions: str = "run",
         watch_lease_s: float = DEFAULT_WATCH_LEASE_S,
+        rerun_failed: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -206,6 +221,9 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         self.storage_conn_id = storage_conn_id
         self.on_manifest_change = on_manifest_change
         self.watch_lease_s = check_watch_lease(watch_lease_s)
+        self.rerun_failed = rerun_failed
+        if "{{" not in str(rerun_failed):
+            rerun_switch(rerun_failed)  # a literal bad value fails the DAG file at parse time
         self._watch = WatchedRun(self.log)  # the job's driver and how it stops (on_kill, timeout)
         check_static(
             parallel_run_config,
@@ -368,6 +386,10 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         )
         if identity.mapped:
             check_mapped_output(self, context, identity, output_path)
+        rerun = None
+        if rerun_switch(self.rerun_failed):  # the job that wrote output_path, only its failed items
+            rerun = PreviousJob.load(output_path, storage_options)
+            planned = rerun.plan
         return JobRequest(
             config,
             tuple(inputs),
@@ -375,10 +397,11 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
             side_inputs=tuple(as_strings("side_inputs", self.side_inputs)),
             arguments=tuple(as_strings("arguments", self.arguments)),
             storage_options=storage_options,
-            allow_reuse=self.allow_reuse,
+            allow_reuse=self.allow_reuse or rerun is not None,  # a re-run takes the successes from the cache
             cache_dir=cache_dir,
             planned=planned,
             protected_paths=tuple(airflow_config.protected_paths()),  # folders the output may not touch
+            rerun=rerun,
         )
 
     # -- execution --------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ class Tally:
     finished: set[int] = field(default_factory=set)
     retrying: set[int] = field(default_factory=set)  # last attempt failed, another is due
     started: set[int] = field(default_factory=set)  # submitted at least once
+    # the final outcome of every mini-batch that failed, whole or in part (logs/sys/job_report/failed_items.jsonl)
+    failures: dict[int, AttemptResult] = field(default_factory=dict)
 
     def note_started(self, indices: Iterable[int]) -> None:
         """Mini-batches whose attempt was just submitted (counted once, however often they are tried)."""
@@ -71,6 +73,8 @@ class Tally:
         else:
             self.failed_mini_batches += 1
             self.failed_items += result.total
+        if not result.ok or result.failed > 0:
+            self.failures[mb.index] = replace(result, traceback="")  # the trace is in logs/user/error/
 
 
 def threshold_breach(tally: Tally, config: ParallelRunConfig, *, all_scheduled: bool) -> str | None:

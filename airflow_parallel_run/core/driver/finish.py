@@ -8,6 +8,8 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..logs.failed_items import FAILED_ITEMS_FILE, failed_item_lines, write_failed_items
+from ..logs.job_record import job_record, write_job_record
 from ..logs.joblogs import JobLogs
 from ..summary import JobSummary, summarise, verdict
 from .stopping import stamp
@@ -32,6 +34,7 @@ def _summarise(driver: JobDriver) -> JobSummary:
     message = verdict(driver.tally, driver.config, driver.stop.reason)
     logs.close()
     error_lines = logs.write_error_summary()
+    failed_lines = _write_rerun_data(driver)
     if logs.write_error:  # logs that cannot explain the job: fail it before presenting an output
         log_failure = f"could not write the job's logs ({logs.write_error})"
         message = f"{message}; also {log_failure}" if message else log_failure
@@ -47,7 +50,7 @@ def _summarise(driver: JobDriver) -> JobSummary:
         cache_key=driver.cache_key,
         duration_s=driver.elapsed(),
     )
-    summary = _write_result(driver, summary, error_lines)
+    summary = _write_result(driver, summary, error_lines, failed_lines)
     if driver.stop.stopped_at is not None and driver.folder.local:
         driver.folder.leave()  # a stop must finish within the caller's kill window: the report may not
     _write_report(logs, driver.log_root)
@@ -58,11 +61,35 @@ def _summarise(driver: JobDriver) -> JobSummary:
     return summary
 
 
-def _write_result(driver: JobDriver, summary: JobSummary, error_lines: list[str]) -> JobSummary:
+def _write_rerun_data(driver: JobDriver) -> int | None:
+    """logs/sys/job_report/failed_items.jsonl and logs/sys/job.json, what `--rerun-failed` reads; the number
+    of failed-item lines (None when they could not be written: a failed write is a log shortfall)."""
+    tally = driver.tally
+    lines = failed_item_lines(
+        driver.plan, tally.failures, tally.finished, driver.stop.reason, driver.logs.last_failures
+    )
+    try:
+        count = write_failed_items(driver.log_root, lines)
+        write_job_record(driver.log_root, job_record(driver))
+    except OSError as exc:
+        if driver.logs.write_error is None:
+            driver.logs.write_error = f"{FAILED_ITEMS_FILE}: {exc}"
+        return None
+    return count
+
+
+def _write_result(
+    driver: JobDriver, summary: JobSummary, error_lines: list[str], failed_lines: int | None = None
+) -> JobSummary:
     """logs/job_result.txt and the result line; a log write that failed meanwhile becomes a note of a
     failed job's message (a succeeded job's output stays presented, with a warning)."""
     logs = driver.logs
     lines = result_lines(summary, error_lines, driver.stop.stopped(), driver.speculation.line())
+    if failed_lines:
+        lines[1:1] = [
+            f"Failed items: logs/{FAILED_ITEMS_FILE} ({failed_lines} line(s)); re-run only them with "
+            "`airflow-parallel-run run --rerun-failed <output folder>` or rerun_failed=True"
+        ]
     complete = logs.write_error is None
     logs.result(lines)
     logs.master(f"result: {summary.status}" + (f" - {summary.message}" if summary.message else ""))

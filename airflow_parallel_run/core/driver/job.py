@@ -13,6 +13,7 @@ from distributed import Client
 from ..config import ParallelRunConfig, check_embedded_process_count
 from ..inputs.source import Dataset
 from ..plan import Plan
+from ..reuse.rerun import PreviousJob
 from .cluster import dask_client
 from .loop import JobDriver
 from .progress import ProgressCallback
@@ -40,6 +41,7 @@ class JobRequest:
     planned: Plan | None = None
     protected_paths: tuple[str, ...] = ()
     job_id: str = field(default_factory=new_job_id)
+    rerun: PreviousJob | None = None  # re-run only this previous job's failed items (core/reuse/rerun.py)
 
     def driver(self, progress: ProgressCallback | None = None) -> JobDriver:
         """The job's driver: checks, plans, fingerprints and claims the output folder (nothing runs yet)."""
@@ -56,6 +58,7 @@ class JobRequest:
             cache_dir=self.cache_dir,
             planned=self.planned,
             protected_paths=self.protected_paths,
+            before_claim=self.rerun.check if self.rerun is not None else None,
         )
 
 
@@ -78,8 +81,12 @@ def run_job(
     on_client: Callable[[Client], None] | None = None,
     protected_paths: Sequence[str] = (),
     job_id: str | None = None,
+    rerun: PreviousJob | None = None,
 ) -> dict[str, Any]:
     """Plans, runs and assembles one job; returns the summary dict (status succeeded/failed).
+
+    `rerun` (`PreviousJob.load(output_path)`) runs only the items that failed in the job that wrote the
+    output folder: give it that job's plan (`planned=rerun.plan`) and allow_reuse.
 
     `on_driver` sees the driver once it exists (it may cancel it); `on_client` sees the connected client
     before work starts (the operator records its dashboard).
@@ -98,6 +105,7 @@ def run_job(
         planned,
         tuple(protected_paths),
         job_id or new_job_id(),
+        rerun,
     )
     if scheduler is None and client is None:
         check_embedded_process_count(config)  # before planning: this host runs every process
@@ -128,6 +136,8 @@ def execute_request(
         on_driver(driver)
     try:
         reused = driver.find_reusable()
+        if request.rerun is not None:
+            reused = request.rerun.select(driver, reused)
         if len(reused) == len(driver.plan):  # everything hits: no cluster, no entry-script process
             return driver.execute(None, reused)
         processes = request.config.processes_per_node

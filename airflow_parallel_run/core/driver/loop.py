@@ -11,7 +11,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from distributed import Client
@@ -98,6 +98,7 @@ class JobDriver:
         cache_dir: str | None = None,
         planned: Plan | None = None,
         protected_paths: Sequence[str] = (),
+        before_claim: Callable[[JobDriver], None] | None = None,
     ) -> None:
         self.started = (time.monotonic(), time.time())
         self.config = config
@@ -135,6 +136,8 @@ class JobDriver:
         )
         self.cache_key, self.keys = self.reuse.cache_key, self.reuse.keys
         self.stop = StopControl(self.job_id, self._master, self._say)
+        if before_claim is not None:  # a re-run's checks (core/reuse/rerun.py): refusals change nothing
+            before_claim(self)
         self.folder.claim(self.job_id, self.cancel)
         try:
             self._prepare((bundle, bundle_hash, entry), progress)

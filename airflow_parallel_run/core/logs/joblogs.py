@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -76,6 +77,9 @@ class JobLogs:
         self.root = root
         self.write_error: str | None = None  # the first failed write: "<path>: [Errno N] <reason>"
         self.errors: dict[tuple[str, str], ErrorGroup] = {}
+        # the last failed attempt of each mini-batch (traces left out): what failed_items.jsonl says of a
+        # mini-batch the job stopped before its retry
+        self.last_failures: dict[int, AttemptResult] = {}
         self._attempts_file: TextIO | None = None
         self._attempts_writer: Any = None
         self.path = lambda *parts: os.path.join(root, *parts)
@@ -136,6 +140,7 @@ class JobLogs:
             group.mini_batches.append(result.index)
             if result.error_file and result.error_file not in group.trace_files:
                 group.trace_files.append(result.error_file)
+            self.last_failures[result.index] = dataclasses.replace(result, traceback="")
         with self._best_effort(self._attempts_path):
             if self._attempts_file is None:  # kept open: one row per attempt, thousands of attempts
                 self._attempts_file = open(self._attempts_path, "a", newline="", encoding="utf-8")  # noqa: SIM115

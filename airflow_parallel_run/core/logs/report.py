@@ -13,7 +13,7 @@ import html
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -23,6 +23,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from ..attempt import AttemptStatus
+from .failed_items import FAILED_ITEMS_FILE
 
 ATTEMPTS_CSV = os.path.join("sys", "job_report", "processed_mini-batches.csv")
 MAX_TIMELINE_ATTEMPTS = 5000  # more bars than this make the page slow; the rest are counted, not drawn
@@ -469,6 +470,58 @@ def _errors_section(logs_dir: str) -> str:
     )
 
 
+def _item_label(item: Mapping[str, Any]) -> str:
+    """A failed item in a few words: its file and slice, or a piece's fields."""
+    if "file" in item:
+        where = (
+            f" bytes {item['bytes'][0]}-{item['bytes'][1]}"
+            if "bytes" in item
+            else f" row groups {item['row_groups']}"
+            if "row_groups" in item
+            else ""
+        )
+        return f"{item['file']}{where}"
+    return ", ".join(f"{key}={value}" for key, value in item.items())
+
+
+def _certainty(line: Mapping[str, Any]) -> str:
+    """Whether the item surely failed, or was one of a mini-batch whose run() dropped some items."""
+    if line.get("certain"):
+        return "yes"
+    return f"maybe: {line.get('mini_batch_failed')} of its mini-batch's {line.get('mini_batch_items')} items failed"
+
+
+def _failed_items_section(logs_dir: str) -> str:
+    """The first lines of sys/job_report/failed_items.jsonl, linked (what --rerun-failed runs again)."""
+    body = '<section id="failed-items"><h2>Failed items</h2>'
+    text = _read_text(os.path.join(logs_dir, *FAILED_ITEMS_FILE.split("/")))
+    if text is None:
+        return body + _missing(f"{FAILED_ITEMS_FILE} is missing.") + "</section>"
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not lines:
+        return body + "<p>No item failed.</p></section>"
+    cells = "".join(
+        f"<tr><td>{_e(_item_label(line.get('item') or {}))}</td><td class=num>{_e(line.get('mini_batch'))}</td>"
+        f"<td>{_e(line.get('status'))}</td><td>{_e(_certainty(line))}</td>"
+        f"<td>{_e(line.get('error'))}</td></tr>"
+        for line in lines[:TOP_ERRORS]
+    )
+    link = f'<a href="{_e(FAILED_ITEMS_FILE)}">{_e(FAILED_ITEMS_FILE)}</a>'
+    return (
+        body + f"<p>{len(lines)} line(s) in {link}; re-run only them with <code>airflow-parallel-run run "
+        "--rerun-failed &lt;output folder&gt;</code> or <code>rerun_failed=True</code>.</p>"
+        + "<table><tr><th>Item</th><th>Mini-batch</th><th>Status</th><th>Failed</th><th>Error</th></tr>"
+        + cells
+        + "</table>"
+        + (
+            f'<p class="note">{len(lines) - TOP_ERRORS} more in {link}.</p>'
+            if len(lines) > TOP_ERRORS
+            else ""
+        )
+        + "</section>"
+    )
+
+
 def _progress_log_section(logs_dir: str) -> str:
     body = '<section id="progress-log"><h2>Progress log (last lines)</h2>'
     text = _read_text(os.path.join(logs_dir, "job_progress_overview.txt"))
@@ -509,6 +562,7 @@ def build_report(logs_dir: str, target: str | None = None) -> str:
         _guarded("timeline", lambda: _timeline_section(attempts, unavailable)),
         _guarded("resources", lambda: _resources_section(logs_dir)),
         _guarded("errors", lambda: _errors_section(logs_dir)),
+        _guarded("failed-items", lambda: _failed_items_section(logs_dir)),
         _guarded("progress-log", lambda: _progress_log_section(logs_dir)),
     ]
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -525,7 +579,8 @@ def build_report(logs_dir: str, target: str | None = None) -> str:
     )
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     tmp = f"{target}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    # a file name that is not UTF-8 (a failed item, an error naming it) is shown escaped, never an error
+    with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as handle:
         handle.write(page)
     os.replace(tmp, target)
     return target

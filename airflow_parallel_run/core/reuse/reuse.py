@@ -58,6 +58,9 @@ class Reuse:
         code_files, entry = code
         self.cache = cache
         self.allow_reuse = allow_reuse
+        self.run_again: frozenset[int] = frozenset()  # a re-run's failed mini-batches (core/reuse/rerun.py)
+        # entries a re-run verified before it claimed the folder, by key: not read and checked twice
+        self.verified: dict[str, dict[str, Any]] = {}
         self.plan = list(plan)
         with Fingerprinter(memo_path(cache.root), cache.storage_options) as memo:
             side = {url: memo.path(url) for url in side_inputs}
@@ -103,8 +106,10 @@ class Reuse:
         with_files: dict[int, dict[str, Any]] = {}
         damaged: list[str] = []
         for mb in self.plan:
+            if mb.index in self.run_again:
+                continue
             key = self.keys[mb.index]
-            meta, problem = self.cache.verified(key)
+            meta, problem = (self.verified[key], None) if key in self.verified else self.cache.verified(key)
             if problem:  # a damaged entry is a miss that says so, never output
                 damaged.append(self._damaged(mb.index, problem))
             if meta is None:
@@ -131,6 +136,10 @@ class Reuse:
 
     def _digests(self) -> dict[str, Any]:
         return component_digests({**self.components, "read_options": self.read_options})
+
+    def component_digests(self) -> dict[str, Any]:
+        """The job's component digests as the cache's job manifest keeps them (never a value)."""
+        return self._digests()
 
     def _line(self, hits: Mapping[int, AttemptResult], damaged: Sequence[str]) -> str:
         """ "Reuse: N of M mini-batches reused from <cache>; K to run: <why>"."""

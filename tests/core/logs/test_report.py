@@ -86,6 +86,12 @@ def test_report_has_every_section_and_escapes_log_text(job_logs):
     assert "bad &lt;input&gt; &amp; &#x27;quoted&#x27; in b_raise0.txt" in page
     assert "bad <input>" not in page
     assert "<td>process001</td>" in page and "<td>process002</td>" in page  # per-process table
+    # the failed items: linked, one row per item of the two failed mini-batches, error escaped
+    assert 'id="failed-items"' in page
+    assert '3 line(s) in <a href="sys/job_report/failed_items.jsonl">' in page
+    for name in ("b_raise0", "b_raise1", "c_sleep0"):
+        assert page.count(f"/in/{name}.txt</td>") == 1, name
+    assert "<td>RUN_TIMEOUT</td>" in page
     # Offline: plotly.js is inline, nothing is loaded from elsewhere.
     assert "<script src=" not in page and "<script charset" not in page and "<link " not in page
     assert page.count("Plotly.newPlot(") == len(PLOTS)
@@ -103,6 +109,7 @@ def test_missing_logs_give_notes_not_a_crash(tmp_path, job_logs):
     assert "job_result.txt is missing" in page
     assert "processed_mini-batches.csv is missing" in page
     assert "user/error.txt is missing" in page
+    assert "sys/job_report/failed_items.jsonl is missing" in page
     assert "Plotly.newPlot(" not in page
 
     broken = tmp_path / "broken-logs"
