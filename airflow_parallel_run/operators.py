@@ -483,7 +483,11 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
             self._push_dashboard(context, hook.dashboard_url or dashboard_link(client))
             try:
                 placement = select_hosts(
-                    client, job.config.node_count, job.config.processes_per_node, hook.timeout
+                    client,
+                    job.config.node_count,
+                    job.config.processes_per_node,
+                    hook.timeout,
+                    concurrency=job.config.max_concurrency_per_process,
                 )
             except ClusterError as exc:
                 raise AirflowException(f"Dask connection {self.dask_conn_id!r}: {exc}") from exc

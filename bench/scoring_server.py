@@ -1,0 +1,125 @@
+"""A local HTTP "model endpoint" for I/O-bound scoring: the I/O bench and the async run() tests use it.
+
+`ScoringServer` listens on 127.0.0.1 (a free port) in a thread and answers ``GET /score?item=X`` with
+``X<TAB>scored`` after `delay` seconds (plus a random `jitter`, so that answers come back in random
+order). It counts every request per item (so a run can prove each item was called once per attempt)
+and the most requests it held at once; `hold_until` makes requests wait until that many are in flight
+(bounded), so that a test sees real overlap rather than a lucky one.
+
+`score` is a minimal asyncio HTTP/1.0 client (stdlib streams, one connection per request): the entry
+scripts and the bench's bare asyncio client both use it, so both sides pay the same per-request cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from urllib.parse import parse_qs, quote, urlsplit
+
+
+class ScoringServer:
+    """See the module's docstring. Use as a context manager (`close` stops the thread)."""
+
+    def __init__(
+        self,
+        delay: float = 0.1,
+        jitter: float = 0.0,
+        hold_until: int = 0,
+        hold_s: float = 10.0,
+        seed: int = 0,
+    ) -> None:
+        self.delay, self.jitter = delay, jitter
+        self.hold_until, self.hold_s = hold_until, hold_s
+        self.calls: Counter[str] = Counter()
+        self.in_flight = 0
+        self.peak = 0
+        self._random = random.Random(seed)
+        self._lock = threading.Condition()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                query = parse_qs(urlsplit(self.path).query)
+                item = query.get("item", [""])[0]
+                body = server.answer(item).encode("utf-8")
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+                return
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.request_queue_size = 1024
+        self.host, self.port = "127.0.0.1", int(self._httpd.server_address[1])
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="scoring-server", daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def answer(self, item: str) -> str:
+        with self._lock:
+            self.calls[item] += 1
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            self._lock.notify_all()
+            pause = self.delay + (self._random.uniform(0, self.jitter) if self.jitter else 0.0)
+            if self.hold_until:
+                deadline = time.monotonic() + self.hold_s
+                while self.in_flight < self.hold_until and self.peak < self.hold_until:
+                    if (
+                        not self._lock.wait(max(deadline - time.monotonic(), 0))
+                        and time.monotonic() >= deadline
+                    ):
+                        break
+        try:
+            time.sleep(pause)
+            return f"{item}\tscored"
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls.clear()
+            self.peak = 0
+
+    def __enter__(self) -> ScoringServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=10)
+
+
+async def score(address: str, item: str) -> str:
+    """Asks the server at `address` (host:port) to score `item`; returns the answer's body."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET /score?item={quote(item)} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode("ascii"))
+        await writer.drain()
+        data = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b"?"
+    if status != b"200":
+        raise RuntimeError(f"scoring server answered {status.decode('latin-1')} for {item!r}")
+    return body.decode("utf-8")

@@ -1,0 +1,224 @@
+"""`async def run(mini_batch)` with `max_concurrency_per_process`: several mini-batches in flight in one
+entry-script process on one event loop, against a real local HTTP scoring server (bench/scoring_server.py)
+and the embedded LocalCluster (its worker threads are processes x concurrency).
+
+What must hold: the server really sees the mini-batches overlap; the output is exactly once and in input
+order however the answers come back; `run_invocation_timeout` cancels a coroutine without ending its
+process, and a coroutine that blocks the loop gets its process replaced while the job goes on; async
+init() works; a synchronous run() with concurrency > 1 is refused before any work.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
+from airflow_parallel_run.core.errors import ConfigError
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+sys.path.insert(0, str(BENCH))
+
+from scoring_server import ScoringServer  # noqa: E402
+
+# The entry script: async init() opens nothing but checks the server answers; run() scores each file
+# of its mini-batch in turn (so the server's overlap is the engine's concurrency, not run()'s own).
+ASYNC_SCRIPT = """
+import asyncio, os, sys
+sys.path.insert(0, os.environ["SCORING_LIB"])
+from scoring_server import score
+
+ADDRESS = None
+GREETING = None
+
+async def init():
+    global ADDRESS, GREETING
+    await asyncio.sleep(0)
+    ADDRESS = os.environ["SCORING_ADDRESS"]
+    GREETING = (await score(ADDRESS, "init")).split("\\t")[1]
+
+async def run(mini_batch):
+    out = []
+    for path in mini_batch:
+        name = os.path.basename(path)
+        answer = await score(ADDRESS, name)
+        out.append(f"{answer}\\t{GREETING}")
+    return out
+"""
+
+
+def _attempts(summary: dict[str, Any]) -> list[dict[str, str]]:
+    path = Path(summary["logs_dir"]) / "sys" / "job_report" / "processed_mini-batches.csv"
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _run(script: str, folder: Path, out: Path, server: ScoringServer, **config: Any) -> dict[str, Any]:
+    env = {"SCORING_ADDRESS": server.address, "SCORING_LIB": str(BENCH)}
+    return run_job(
+        ParallelRunConfig(entry_script=script, environment_variables=env, **config),
+        [FileDataset.from_files(str(folder))],
+        str(out),
+    )
+
+
+def test_concurrency_overlaps_and_output_is_exactly_once_in_input_order(
+    write_script: Callable[..., str], files: Callable[..., Path], tmp_path: Path
+) -> None:
+    """16 mini-batches in flight per process, answers in random order: every item once, in order."""
+    folder = files(160)
+    with ScoringServer(delay=0.01, jitter=0.15, hold_until=16, hold_s=20) as server:
+        summary = _run(
+            write_script(ASYNC_SCRIPT),
+            folder,
+            tmp_path / "out",
+            server,
+            mini_batch_size=2,
+            process_count_per_node=2,
+            max_concurrency_per_process=16,
+        )
+        assert summary["status"] == "succeeded", summary
+        assert server.peak >= 16, f"the server saw at most {server.peak} requests at once"
+        names = [f"f{i:03d}.txt" for i in range(160)]
+        assert Path(summary["append_row_file"]).read_text().splitlines() == [
+            f"{name}\tscored\tscored" for name in names
+        ]
+        attempts = _attempts(summary)
+        assert all(row["Status"] == "RUN_DONE" for row in attempts)
+        assert len(attempts) == 80
+        # one call per item per successful attempt, plus one init() call per process
+        calls = Counter(server.calls)
+        processes = calls.pop("init")
+        assert calls == Counter(names)
+        assert processes == len({row["Process"] for row in attempts}) <= 2
+
+
+def test_an_async_timeout_cancels_the_coroutine_and_the_process_stays(
+    write_script: Callable[..., str], files: Callable[..., Path], tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = write_script(
+        ASYNC_SCRIPT
+        + f"""
+_run = run
+MARKS = {str(marks)!r}
+
+async def run(mini_batch):
+    first = os.path.basename(mini_batch[0])
+    flag = os.path.join(MARKS, first)
+    if first == "f002.txt" and not os.path.exists(flag):
+        open(flag, "w").close()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            open(flag + ".cancelled", "w").close()
+            raise
+    return await _run(mini_batch)
+"""
+    )
+    with ScoringServer(delay=0.01) as server:
+        summary = _run(
+            script,
+            files(8),
+            tmp_path / "out",
+            server,
+            mini_batch_size=2,
+            process_count_per_node=1,
+            max_concurrency_per_process=4,
+            run_invocation_timeout=2,
+            run_max_try=2,
+        )
+    assert summary["status"] == "succeeded", summary
+    assert (marks / "f002.txt.cancelled").exists(), "the coroutine was not cancelled"
+    attempts = _attempts(summary)
+    timed_out = [row for row in attempts if row["Status"] == "RUN_TIMEOUT"]
+    assert [(row["Mini-batch Id"], row["Attempt"]) for row in timed_out] == [("1", "1")]
+    assert "run() coroutine was cancelled" in timed_out[0]["Error Message"]
+    assert len({row["Process"] for row in attempts}) == 1, "the process was replaced"
+    assert Path(summary["append_row_file"]).read_text().splitlines() == [
+        f"f{i:03d}.txt\tscored\tscored" for i in range(8)
+    ]
+
+
+def test_a_coroutine_that_blocks_the_loop_gets_its_process_replaced(
+    write_script: Callable[..., str], files: Callable[..., Path], tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = write_script(
+        ASYNC_SCRIPT
+        + f"""
+import time
+_run = run
+MARKS = {str(marks)!r}
+
+async def run(mini_batch):
+    first = os.path.basename(mini_batch[0])
+    flag = os.path.join(MARKS, first)
+    if first == "f004.txt" and not os.path.exists(flag):
+        open(flag, "w").close()
+        time.sleep(120)  # blocks the event loop: no cancellation can reach it
+    return await _run(mini_batch)
+"""
+    )
+    with ScoringServer(delay=0.01) as server:
+        summary = _run(
+            script,
+            files(12),
+            tmp_path / "out",
+            server,
+            mini_batch_size=2,
+            process_count_per_node=1,
+            max_concurrency_per_process=3,
+            run_invocation_timeout=1,
+            run_max_try=3,
+        )
+    assert summary["status"] == "succeeded", summary
+    attempts = _attempts(summary)
+    blocked = [row for row in attempts if row["Status"] == "RUN_TIMEOUT"]
+    assert [(row["Mini-batch Id"], row["Attempt"]) for row in blocked] == [("2", "1")]
+    assert "blocks the process's event loop" in blocked[0]["Error Message"]
+    # mini-batches in flight in the killed process died with it, each said why, and were retried
+    for row in attempts:
+        if row["Status"] == "PROCESS_DIED":
+            assert "blocked its event loop" in row["Error Message"], row
+    assert len({row["Process"] for row in attempts}) == 2, "the blocked process was not replaced"
+    assert Path(summary["append_row_file"]).read_text().splitlines() == [
+        f"f{i:03d}.txt\tscored\tscored" for i in range(12)
+    ]
+
+
+def test_a_synchronous_run_with_concurrency_is_refused_before_any_work(
+    write_script: Callable[..., str], tmp_path: Path
+) -> None:
+    script = write_script("def run(mini_batch):\n    return mini_batch\n")
+    with pytest.raises(ConfigError, match="max_concurrency_per_process") as caught:
+        ParallelRunConfig(entry_script=script, max_concurrency_per_process=4)
+    assert "async def run(mini_batch)" in str(caught.value)
+    assert ParallelRunConfig(entry_script=script).max_concurrency_per_process == 1
+    for bad in (0, -1, True, 1.5, "4", 100_000):
+        with pytest.raises(ConfigError, match="max_concurrency_per_process"):
+            ParallelRunConfig(entry_script=script, max_concurrency_per_process=bad)  # type: ignore[arg-type]
+
+
+def test_a_run_bound_at_import_is_checked_in_the_process(
+    write_script: Callable[..., str], files: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`run = ...` cannot be judged without importing the script: the process refuses a synchronous one
+    before any mini-batch runs, and the job stops on it as on any init() failure."""
+    script = write_script("def _score(mini_batch):\n    return mini_batch\nrun = _score\n")
+    config = ParallelRunConfig(
+        entry_script=script, max_concurrency_per_process=2, process_count_per_node=1, run_max_try=1
+    )
+    summary = run_job(config, [FileDataset.from_files(str(files(6)))], str(tmp_path / "out"))
+    assert summary["status"] == "failed", summary
+    rows = _attempts(summary)
+    assert rows and all(row["Status"] == "INIT_EXCEPTION" for row in rows)
+    assert all("needs `async def run(mini_batch)`" in row["Error Message"] for row in rows)
