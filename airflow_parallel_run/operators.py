@@ -116,7 +116,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
     :param allow_reuse: reuse unchanged mini-batches of earlier runs (passed to the engine).
     :param dask_conn_id: a ``dask`` connection; None ⇒ an embedded LocalCluster on 127.0.0.1.
     :param mini_batch_size: templated override of the config field (likewise ``node_count``,
-        ``process_count_per_node``, ``logging_level``, ``run_invocation_timeout``, ``run_max_try``,
+        ``process_count_per_node``, ``max_concurrency_per_process``, ``logging_level``, ``run_invocation_timeout``, ``run_max_try``,
         ``error_threshold``); None keeps the config's value. Bind them to DAG Params to get them in
         the trigger form; numeric strings from Jinja are converted back to numbers.
     :param storage_options: fsspec options (credentials) for inputs and output.
@@ -157,6 +157,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         mini_batch_size: int | str | None = None,
         node_count: int | str | None = None,
         process_count_per_node: int | str | None = None,
+        max_concurrency_per_process: int | str | None = None,
         logging_level: str | None = None,
         run_invocation_timeout: float | str | None = None,
         run_max_try: int | str | None = None,
@@ -189,6 +190,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         self.mini_batch_size = mini_batch_size
         self.node_count = node_count
         self.process_count_per_node = process_count_per_node
+        self.max_concurrency_per_process = max_concurrency_per_process
         self.logging_level = logging_level
         self.run_invocation_timeout = run_invocation_timeout
         self.run_max_try = run_max_try

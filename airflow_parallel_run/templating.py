@@ -21,12 +21,15 @@ TUNABLES: tuple[str, ...] = (
     "mini_batch_size",
     "node_count",
     "process_count_per_node",
+    "max_concurrency_per_process",
     "logging_level",
     "run_invocation_timeout",
     "run_max_try",
     "error_threshold",
 )
-_INT_TUNABLES = frozenset({"node_count", "process_count_per_node", "run_max_try", "error_threshold"})
+_INT_TUNABLES = frozenset(
+    {"node_count", "process_count_per_node", "max_concurrency_per_process", "run_max_try", "error_threshold"}
+)
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _NONE_STRINGS = frozenset({"", "none", "null"})
 

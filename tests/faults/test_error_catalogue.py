@@ -175,6 +175,18 @@ CASES = [
         "process_count_per_node=0 is not allowed: an integer >= 1",
     ),
     Case(
+        "max_concurrency_per_process",
+        lambda: config(max_concurrency_per_process=0),
+        "max_concurrency_per_process=0 is not allowed: an integer >= 1 and <= 1024",
+    ),
+    Case(
+        "max_concurrency_per_process with a synchronous run()",
+        lambda: config(max_concurrency_per_process=4),
+        "max_concurrency_per_process=4 is not allowed: 1 for a synchronous run(mini_batch); several mini-batches "
+        "share one process only with `async def run(mini_batch)` (or raise process_count_per_node for more "
+        "processes)",
+    ),
+    Case(
         "append_row_file_name too long",
         lambda: config(append_row_file_name="r" * 296 + ".txt"),
         "append_row_file_name='<name>' is not allowed: a file name of at most 200 bytes in UTF-8 (file systems "
@@ -217,7 +229,7 @@ CASES = [
         lambda: config().with_overrides(mini_batch_sise=3),
         "mini_batch_sise=3 is not allowed: one of allowed_failed_count, allowed_failed_percent, "
         "append_row_file_name, append_row_format, entry_script, environment_variables, error_threshold, "
-        "logging_level, mini_batch_size, node_count, output_action, partition_keys, process_count_per_node, "
+        "logging_level, max_concurrency_per_process, mini_batch_size, node_count, output_action, partition_keys, process_count_per_node, "
         "resource_monitor_interval, run_invocation_timeout, run_max_try, source_directory",
     ),
     # 2. inputs

@@ -135,9 +135,9 @@ def _run_on(
         return _done(result, process, outcome, load_seconds, started)
     if isinstance(outcome, (TimedOut, Cancelled)):
         if isinstance(outcome, TimedOut) and process.async_run:
+            # which coroutine blocks is not known here: every attempt in flight times out together
             process.kill_reason = (
-                f"the runner stopped it because mini-batch {mini_batch.index} blocked its event loop past "
-                "run_invocation_timeout"
+                "the runner stopped it because its event loop stayed blocked past run_invocation_timeout"
             )
         process.kill()
     return _failed(result, process, process.failure(outcome, result.stage, mini_batch.index), started)
