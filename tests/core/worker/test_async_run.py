@@ -241,3 +241,26 @@ def test_a_run_bound_at_import_is_checked_in_the_process(
     assert rows and all(row["Status"] == "INIT_EXCEPTION" for row in rows)
     for row in rows:
         documented(row["Error Message"])
+
+
+def test_the_example_script_scores_through_httpx(files: Callable[..., Path], tmp_path: Path) -> None:
+    """examples/io_bound_scoring/score_async.py as documented: async init(), run() and shutdown()."""
+    example = BENCH.parent / "examples" / "io_bound_scoring" / "score_async.py"
+    with ScoringServer(delay=0.02, jitter=0.05) as server:
+        summary = run_job(
+            ParallelRunConfig(
+                entry_script=str(example),
+                mini_batch_size=3,
+                process_count_per_node=1,
+                max_concurrency_per_process=4,
+                environment_variables={"SCORING_URL": f"http://{server.address}/score"},
+            ),
+            [FileDataset.from_files(str(files(20)))],
+            str(tmp_path / "out"),
+        )
+        assert summary["status"] == "succeeded", summary
+        names = [f"f{i:03d}.txt" for i in range(20)]
+        assert Path(summary["append_row_file"]).read_text().splitlines() == [f"{n}\tscored" for n in names]
+        assert server.calls == Counter(names)
+    log = next((Path(summary["logs_dir"]) / "user" / "entry_script_log").rglob("*.log.txt")).read_text()
+    assert f"scoring against http://{server.address}/score" in log
