@@ -74,6 +74,8 @@ def run_mini_batch(name: str, mini_batch: MiniBatch, attempt: int) -> AttemptRes
     if plugin is None or plugin.stopped:  # the job ended here, or stopped before this was queued
         return _never_started(result, started)
     stop_check = _StopCheck(plugin)
+    if not plugin.has_room() and stop_check.ask_scheduler():  # a new process (init() and all) only
+        return _never_started(result, started)  # for a running job; no log files for a stopped one
     process, starter = plugin.lease()
     try:
         ready = _ready(process, starter, stop_check)
@@ -92,14 +94,10 @@ def run_mini_batch(name: str, mini_batch: MiniBatch, attempt: int) -> AttemptRes
 
 
 def _ready(process: EntryProcess, starter: bool, stop_check: _StopCheck) -> Ready | Failed:
-    """The leased process, started (init() and all) by the attempt that leased it first, and only for a
-    running job; the others that leased it meanwhile wait for that start and share its outcome."""
+    """The leased process, started (init() and all) by the attempt that leased it first; the others that
+    leased it meanwhile wait for that start and share its outcome (a stop found by `start` included)."""
     if not starter:
         return process.await_start(stop_check)
-    if stop_check.ask_scheduler():
-        process.init_outcome = Failed(AttemptStatus.CANCELLED, AttemptStage.START, NEVER_STARTED)
-        process.started.set()
-        return process.init_outcome
     return process.start_once(stop_check)
 
 

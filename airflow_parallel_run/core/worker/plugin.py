@@ -119,6 +119,12 @@ class JobWorker(WorkerPlugin):
             self._processes.append(process)
             return process, True
 
+    def has_room(self) -> bool:
+        """Would `lease` give a process that exists (started or starting), rather than a new one?"""
+        limit = max(1, self.spec.max_concurrency)
+        with self.state_lock:
+            return any(p.leases < limit and self._usable(p) for p in self._processes)
+
     @staticmethod
     def _usable(process: EntryProcess) -> bool:
         if not process.started.is_set():
