@@ -148,8 +148,9 @@ def _check_file_name(name: object) -> None:
         )
 
 
-#: Most mini-batches in flight in one entry-script process (each holds its data and a Dask worker thread).
-MAX_CONCURRENCY = 1024
+#: Most mini-batches in flight in one entry-script process: each holds its data in the process and a Dask
+#: worker thread (the embedded cluster starts process_count_per_node x this many threads).
+MAX_CONCURRENCY = 256
 
 
 def script_run_may_be_async(path: str) -> bool:

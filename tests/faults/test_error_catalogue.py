@@ -177,7 +177,7 @@ CASES = [
     Case(
         "max_concurrency_per_process",
         lambda: config(max_concurrency_per_process=0),
-        "max_concurrency_per_process=0 is not allowed: an integer >= 1 and <= 1024",
+        "max_concurrency_per_process=0 is not allowed: an integer >= 1 and <= 256",
     ),
     Case(
         "max_concurrency_per_process with a synchronous run()",
