@@ -3,8 +3,8 @@
 `ScoringServer` listens on 127.0.0.1 (a free port) in a thread and answers ``GET /score?item=X`` with
 ``X<TAB>scored`` after `delay` seconds (plus a random `jitter`, so that answers come back in random
 order). It counts every request per item (so a run can prove each item was called once per attempt)
-and the most requests it held at once; `hold_until` makes requests wait until that many are in flight
-(bounded), so that a test sees real overlap rather than a lucky one.
+and the most requests it held at once; `hold_until` makes the first requests wait until that many are in
+flight (once, for at most `hold_s`), so that a test sees real overlap rather than a lucky one.
 
 `score` is a minimal asyncio HTTP/1.0 client (stdlib streams, one connection per request): the entry
 scripts and the bench's bare asyncio client both use it, so both sides pay the same per-request cost.
@@ -45,6 +45,7 @@ class ScoringServer:
         self.calls: Counter[str] = Counter()
         self.in_flight = 0
         self.peak = 0
+        self._held = False
         self._random = random.Random(seed)
         self._lock = threading.Condition()
         server = self
@@ -78,14 +79,12 @@ class ScoringServer:
             self.peak = max(self.peak, self.in_flight)
             self._lock.notify_all()
             pause = self.delay + (self._random.uniform(0, self.jitter) if self.jitter else 0.0)
-            if self.hold_until:
+            if self.hold_until and not self._held:
                 deadline = time.monotonic() + self.hold_s
-                while self.in_flight < self.hold_until and self.peak < self.hold_until:
-                    if (
-                        not self._lock.wait(max(deadline - time.monotonic(), 0))
-                        and time.monotonic() >= deadline
-                    ):
-                        break
+                while self.peak < self.hold_until and time.monotonic() < deadline:
+                    self._lock.wait(max(deadline - time.monotonic(), 0))
+                self._held = True  # held once (reached, or timed out): later requests never wait
+                self._lock.notify_all()
         try:
             time.sleep(pause)
             return f"{item}\tscored"
@@ -97,6 +96,7 @@ class ScoringServer:
         with self._lock:
             self.calls.clear()
             self.peak = 0
+            self._held = False
 
     def __enter__(self) -> ScoringServer:
         self._thread.start()

@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import re
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -264,3 +266,104 @@ def test_the_example_script_scores_through_httpx(files: Callable[..., Path], tmp
         assert server.calls == Counter(names)
     log = next((Path(summary["logs_dir"]) / "user" / "entry_script_log").rglob("*.log.txt")).read_text()
     assert f"scoring against http://{server.address}/score" in log
+
+
+def test_failures_reach_their_own_attempt_among_those_in_flight(
+    write_script: Callable[..., str], files: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Answers of mini-batches in flight together are routed by attempt: a raising run() and an invalid
+    result fail only their own mini-batch's attempt, and the retries complete the output."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = write_script(
+        f"""
+import asyncio, os
+MARKS = {str(marks)!r}
+
+async def run(mini_batch):
+    await asyncio.sleep(0.2)  # all four in flight at once
+    first = os.path.basename(mini_batch[0])
+    flag = os.path.join(MARKS, first)
+    again = os.path.exists(flag)
+    open(flag, "a").close()
+    if first == "f002.txt" and not again:
+        raise ValueError("bad item " + first)
+    if first == "f004.txt" and not again:
+        return [first]  # one result for two items: the second item failed (allowed)
+    if first == "f006.txt" and not again:
+        return [first, first, first]  # more results than items: invalid
+    return [os.path.basename(p) for p in mini_batch]
+"""
+    )
+    summary = run_job(
+        ParallelRunConfig(
+            entry_script=script,
+            mini_batch_size=2,
+            process_count_per_node=1,
+            max_concurrency_per_process=4,
+            run_max_try=2,
+        ),
+        [FileDataset.from_files(str(files(8)))],
+        str(tmp_path / "out"),
+    )
+    rows = {(row["Mini-batch Id"], row["Attempt"]): row for row in _attempts(summary)}
+    assert rows[("1", "1")]["Status"] == "RUN_EXCEPTION"
+    assert "ValueError: bad item f002.txt" in rows[("1", "1")]["Error Message"]
+    assert rows[("2", "1")]["Status"] == "RUN_DONE" and rows[("2", "1")]["Failed"] == "1"
+    assert rows[("3", "1")]["Status"] == "RUN_INVALID_RESULT"
+    assert {k for k, row in rows.items() if row["Status"] != "RUN_DONE"} == {("1", "1"), ("3", "1")}
+    lines = Path(summary["append_row_file"]).read_text().splitlines()
+    assert lines == [f"f{i:03d}.txt" for i in range(8) if i != 5]  # mini-batch 2's second item failed
+    assert summary["failed_items"] == 1, summary
+
+
+def test_a_stopped_job_ends_the_processes_with_mini_batches_in_flight(
+    write_script: Callable[..., str], files: Callable[..., Path], tmp_path: Path
+) -> None:
+    import psutil
+
+    started = tmp_path / "started"
+    script = write_script(
+        f"""
+import asyncio, os
+
+async def init():
+    await asyncio.sleep(0)
+
+async def run(mini_batch):
+    open({str(started)!r}, "a").write("x")
+    await asyncio.sleep(120)
+    return mini_batch
+"""
+    )
+    drivers: list[Any] = []
+    stopper = threading.Thread(target=lambda: _stop_when_started(drivers, started, 8), daemon=True)
+    stopper.start()
+    began = time.monotonic()
+    summary = run_job(
+        ParallelRunConfig(
+            entry_script=script, mini_batch_size=1, process_count_per_node=2, max_concurrency_per_process=4
+        ),
+        [FileDataset.from_files(str(files(12)))],
+        str(tmp_path / "out"),
+        on_driver=drivers.append,
+    )
+    assert time.monotonic() - began < 60, "the stop did not end the coroutines' processes"
+    assert summary["status"] == "failed" and "stopped by the test" in summary["message"], summary
+    assert started.read_text() == "x" * 8, "not all 8 slots ran at once before the stop"
+    children = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "airflow_parallel_run.core.worker.child" in p.cmdline()
+    ]
+    assert not [p for p in children if p.status() != psutil.STATUS_ZOMBIE], "entry-script processes are left"
+
+
+def _stop_when_started(drivers: list[Any], started: Path, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if drivers and started.exists() and len(started.read_text()) >= count:
+            time.sleep(0.5)
+            drivers[0].cancel("stopped by the test")
+            return
+        time.sleep(0.1)
