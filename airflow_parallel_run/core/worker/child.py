@@ -405,6 +405,8 @@ async def _run_one_async(
                 result = await (
                     run(data, MiniBatchContext(message.mini_batch)) if with_context else run(data)
                 )
+            if limit.expired():  # it swallowed the cancellation and returned late: timed out all the same
+                raise TimeoutError
         except TimeoutError:
             if not limit.expired():
                 raise  # run() itself raised TimeoutError (a client's own timeout): a run() exception
