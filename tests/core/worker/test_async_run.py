@@ -375,3 +375,50 @@ def _stop_when_started(drivers: list[Any], started: Path, count: int) -> None:
             drivers[0].cancel("stopped by the test")
             return
         time.sleep(0.1)
+
+
+def test_output_dir_is_each_mini_batch_s_own_inside_an_async_run(
+    write_script: Callable[..., str], files: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Mini-batches in flight together each write to their own `EntryScript().output_dir` (a context
+    variable per task) and get their context; their files reach the output folder, and a file written to
+    the process's folder (`AZUREML_BI_OUTPUT_PATH`) during run() is published at the job's end and keeps
+    the mini-batch out of the reuse cache."""
+    script = write_script(
+        """
+import asyncio, os
+from azureml_user.parallel_run import EntryScript
+
+async def run(mini_batch, mini_batch_context):
+    folder = EntryScript().output_dir
+    await asyncio.sleep(0.3)  # the others start meanwhile, each setting its own folder
+    assert EntryScript().output_dir == folder
+    index = mini_batch_context.minibatch_index
+    with open(os.path.join(folder, f"mb{index}.txt"), "w") as out:
+        out.write(",".join(os.path.basename(p) for p in mini_batch))
+    if index == 3:
+        with open(os.path.join(os.environ["AZUREML_BI_OUTPUT_PATH"], "shared.txt"), "w") as out:
+            out.write("from the process")
+    return list(mini_batch)
+"""
+    )
+    config = ParallelRunConfig(
+        entry_script=script, mini_batch_size=2, process_count_per_node=1, max_concurrency_per_process=4
+    )
+    inputs = [FileDataset.from_files(str(files(8)))]
+    summary = run_job(config, inputs, str(tmp_path / "out"))
+    assert summary["status"] == "succeeded", summary
+    out = tmp_path / "out"
+    for index in range(4):
+        assert (out / f"mb{index}.txt").read_text() == f"f{2 * index:03d}.txt,f{2 * index + 1:03d}.txt"
+    assert (out / "shared.txt").read_text() == "from the process"
+    # who wrote shared.txt cannot be told: every mini-batch in flight meanwhile stays out of the cache
+    master = (Path(summary["logs_dir"]) / "sys" / "master_role.txt").read_text()
+    assert "mini-batch 3 is not cached: shared.txt changed in the process's output_dir" in master
+    not_cached = [line for line in master.splitlines() if "is not cached" in line]
+    assert all(": shared.txt changed" in line for line in not_cached), not_cached  # mb<n>.txt: their own
+    again = run_job(config, inputs, str(tmp_path / "again"))
+    assert again["status"] == "succeeded" and again["reused_mini_batches"] < 4, again
+    for index in range(4):
+        assert (tmp_path / "again" / f"mb{index}.txt").read_text() == (out / f"mb{index}.txt").read_text()
+    assert (tmp_path / "again" / "shared.txt").read_text() == "from the process"
