@@ -422,3 +422,37 @@ async def run(mini_batch, mini_batch_context):
     for index in range(4):
         assert (tmp_path / "again" / f"mb{index}.txt").read_text() == (out / f"mb{index}.txt").read_text()
     assert (tmp_path / "again" / "shared.txt").read_text() == "from the process"
+
+
+def test_async_init_and_shutdown_with_a_synchronous_run(
+    write_script: Callable[..., str], files: Callable[..., Path], tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = write_script(
+        f"""
+import asyncio, os
+
+async def init():
+    global PREFIX
+    await asyncio.sleep(0.01)
+    PREFIX = "ready"
+
+def run(mini_batch):
+    return [PREFIX + " " + os.path.basename(p) for p in mini_batch]
+
+async def shutdown():
+    await asyncio.sleep(0.01)
+    open(os.path.join({str(marks)!r}, str(os.getpid())), "w").close()
+"""
+    )
+    summary = run_job(
+        ParallelRunConfig(entry_script=script, mini_batch_size=2, process_count_per_node=1),
+        [FileDataset.from_files(str(files(4)))],
+        str(tmp_path / "out"),
+    )
+    assert summary["status"] == "succeeded", summary
+    assert Path(summary["append_row_file"]).read_text().splitlines() == [
+        f"ready f{i:03d}.txt" for i in range(4)
+    ]
+    assert len(list(marks.iterdir())) == 1, "the async shutdown() did not run"
