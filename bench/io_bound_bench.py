@@ -1,7 +1,7 @@
 """I/O-bound scoring: an `async def run()` through the engine vs a bare asyncio client, and vs sync run().
 
-A local HTTP "model endpoint" (bench/scoring_server.py: 127.0.0.1, a free port, each answer after
-100 ms) scores one item per request. The input is a folder of 2,000 one-byte files (--quick: 320),
+A local HTTP "model endpoint" (bench/scoring_server.py in a process of its own: 127.0.0.1, a free port,
+each answer after 100 ms) scores one item per request. The input is a folder of 2,000 one-byte files (--quick: 320),
 `mini_batch_size=10`, and every item is one request. Three sides, interleaved round by round:
 
 - `engine_async`: `run_job(client=...)` with `async def run(mini_batch)` scoring its items one after
@@ -37,7 +37,7 @@ from typing import Any
 
 import benchlib
 from benchlib import BENCH_DIR, Ratio
-from scoring_server import ScoringServer, score
+from scoring_server import ScoringServerProcess, score
 
 PROCESSES = 2
 CONCURRENCY = 16  # per process
@@ -76,7 +76,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--items", type=int, default=None, help="default 2000 (--quick: 320)")
 
 
-def _checked_calls(server: ScoringServer, summary: dict[str, Any], items: list[str]) -> None:
+def _checked_calls(server: ScoringServerProcess, summary: dict[str, Any], items: list[str]) -> None:
     """Every attempt succeeded, and the server saw each item once: once per successful attempt."""
     assert summary["status"] == "succeeded", summary
     report = Path(summary["logs_dir"]) / "sys" / "job_report" / "processed_mini-batches.csv"
@@ -98,7 +98,7 @@ class _Job:
         script: str,
         data: Path,
         items: list[str],
-        server: ScoringServer,
+        server: ScoringServerProcess,
         **config: Any,
     ) -> None:
         from airflow_parallel_run.core import ParallelRunConfig
@@ -151,7 +151,7 @@ def main() -> None:
     rounds = benchlib.repeats(args, full=3, quick=1)
     sync_count = max(MINI_BATCH, count // SYNC_SHARE)
 
-    with benchlib.workdir(args, "io-bound") as root, ScoringServer(delay=DELAY_S) as server:
+    with benchlib.workdir(args, "io-bound") as root, ScoringServerProcess(delay=DELAY_S) as server:
         paths = benchlib.make_empty_files(root / "in", count, content=b"x")
         items = [os.path.basename(p) for p in paths]
         sync_dir = root / "in-sync"

@@ -12,14 +12,19 @@ scripts and the bench's bare asyncio client both use it, so both sides pay the s
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from urllib.parse import parse_qs, quote, urlsplit
+from urllib.request import urlopen
 
 
 class _Server(ThreadingHTTPServer):
@@ -52,9 +57,17 @@ class ScoringServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                query = parse_qs(urlsplit(self.path).query)
-                item = query.get("item", [""])[0]
-                body = server.answer(item).encode("utf-8")
+                path = urlsplit(self.path)
+                if path.path == "/stats":  # the counts, for a server in another process
+                    with server._lock:
+                        stats = {"calls": dict(server.calls), "peak": server.peak}
+                    body = json.dumps(stats).encode("utf-8")
+                elif path.path == "/reset":
+                    server.reset()
+                    body = b"{}"
+                else:
+                    item = parse_qs(path.query).get("item", [""])[0]
+                    body = server.answer(item).encode("utf-8")
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
@@ -113,6 +126,62 @@ class ScoringServer:
         self._thread.join(timeout=10)
 
 
+class ScoringServerProcess:
+    """A `ScoringServer` in a process of its own (`python scoring_server.py --delay S`), so that its
+    threads share no GIL with whoever is measured against it (the bench's driver, scheduler and bare
+    client live in the bench's process). `calls` and `peak` are read over HTTP (/stats)."""
+
+    def __init__(self, delay: float = 0.1) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, "--delay", str(delay)], stdout=subprocess.PIPE, text=True
+        )
+        assert self._proc.stdout is not None
+        self.address = self._proc.stdout.readline().strip()
+        if not self.address:
+            self._proc.kill()
+            raise RuntimeError("the scoring server process did not start")
+
+    def _get(self, path: str) -> dict[str, object]:
+        with urlopen(f"http://{self.address}{path}", timeout=30) as answer:
+            stats: dict[str, object] = json.loads(answer.read())
+            return stats
+
+    @property
+    def calls(self) -> Counter[str]:
+        return Counter(self._get("/stats")["calls"])  # type: ignore[arg-type]
+
+    @property
+    def peak(self) -> int:
+        return int(self._get("/stats")["peak"])  # type: ignore[call-overload]
+
+    def reset(self) -> None:
+        self._get("/reset")
+
+    def __enter__(self) -> ScoringServerProcess:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="a local scoring endpoint; prints host:port, serves until killed"
+    )
+    parser.add_argument("--delay", type=float, default=0.1)
+    args = parser.parse_args()
+    with ScoringServer(delay=args.delay) as server:
+        print(server.address, flush=True)
+        threading.Event().wait()
+
+
 async def score(address: str, item: str) -> str:
     """Asks the server at `address` (host:port) to score `item`; returns the answer's body."""
     host, _, port = address.rpartition(":")
@@ -128,3 +197,7 @@ async def score(address: str, item: str) -> str:
     if status != b"200":
         raise RuntimeError(f"scoring server answered {status.decode('latin-1')} for {item!r}")
     return body.decode("utf-8")
+
+
+if __name__ == "__main__":
+    main()
