@@ -157,6 +157,12 @@ def _config_arguments(run: argparse.ArgumentParser) -> None:
     cfg.add_argument("--append-row-format", choices=format_names(), default="text")
     cfg.add_argument("--node-count", type=int, default=1)
     cfg.add_argument("--process-count-per-node", type=int)
+    cfg.add_argument(
+        "--max-concurrency-per-process",
+        type=int,
+        default=1,
+        help="mini-batches in flight at once in one entry-script process; needs `async def run(mini_batch)`",
+    )
     cfg.add_argument("--run-invocation-timeout", type=float, default=60)
     cfg.add_argument("--run-max-try", type=int, default=3)
     cfg.add_argument(
@@ -321,6 +327,7 @@ def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> i
             append_row_format=args.append_row_format,
             node_count=args.node_count,
             process_count_per_node=args.process_count_per_node,
+            max_concurrency_per_process=args.max_concurrency_per_process,
             run_invocation_timeout=args.run_invocation_timeout,
             run_max_try=args.run_max_try,
             progress_update_timeout=args.progress_update_timeout,
@@ -495,6 +502,7 @@ _CONFIG_FLAGS = (
     "append_row_format",
     "node_count",
     "process_count_per_node",
+    "max_concurrency_per_process",
     "run_invocation_timeout",
     "run_max_try",
     "progress_update_timeout",

@@ -118,9 +118,10 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
     :param allow_reuse: reuse unchanged mini-batches of earlier runs (passed to the engine).
     :param dask_conn_id: a ``dask`` connection; None ⇒ an embedded LocalCluster on 127.0.0.1.
     :param mini_batch_size: templated override of the config field (likewise ``node_count``,
-        ``process_count_per_node``, ``logging_level``, ``run_invocation_timeout``, ``run_max_try``,
-        ``error_threshold``, ``progress_update_timeout``, ``first_task_creation_timeout``,
-        ``speculative_execution``, ``speculation_multiplier``); None keeps the config's value. Bind them to DAG Params to get them in
+        ``process_count_per_node``, ``max_concurrency_per_process``, ``logging_level``,
+        ``run_invocation_timeout``, ``run_max_try``, ``error_threshold``, ``progress_update_timeout``,
+        ``first_task_creation_timeout``, ``speculative_execution``, ``speculation_multiplier``); None keeps
+        the config's value. Bind them to DAG Params to get them in
         the trigger form; numeric strings from Jinja are converted back to numbers.
     :param storage_options: fsspec options (credentials) for inputs and output.
     :param storage_conn_id: an Airflow connection holding those options (an ``aws`` connection, or any
@@ -172,6 +173,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         mini_batch_size: int | str | None = None,
         node_count: int | str | None = None,
         process_count_per_node: int | str | None = None,
+        max_concurrency_per_process: int | str | None = None,
         logging_level: str | None = None,
         run_invocation_timeout: float | str | None = None,
         run_max_try: int | str | None = None,
@@ -209,6 +211,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         self.mini_batch_size = mini_batch_size
         self.node_count = node_count
         self.process_count_per_node = process_count_per_node
+        self.max_concurrency_per_process = max_concurrency_per_process
         self.logging_level = logging_level
         self.run_invocation_timeout = run_invocation_timeout
         self.run_max_try = run_max_try
@@ -515,7 +518,11 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
             self._push_dashboard(context, hook.dashboard_url or dashboard_link(client))
             try:
                 placement = select_hosts(
-                    client, job.config.node_count, job.config.processes_per_node, hook.timeout
+                    client,
+                    job.config.node_count,
+                    job.config.processes_per_node,
+                    hook.timeout,
+                    concurrency=job.config.max_concurrency_per_process,
                 )
             except ClusterError as exc:
                 raise AirflowException(f"Dask connection {self.dask_conn_id!r}: {exc}") from exc

@@ -21,6 +21,7 @@ TUNABLES: tuple[str, ...] = (
     "mini_batch_size",
     "node_count",
     "process_count_per_node",
+    "max_concurrency_per_process",
     "logging_level",
     "run_invocation_timeout",
     "run_max_try",
@@ -31,7 +32,9 @@ TUNABLES: tuple[str, ...] = (
     "speculative_execution",
     "speculation_multiplier",
 )
-_INT_TUNABLES = frozenset({"node_count", "process_count_per_node", "run_max_try", "error_threshold"})
+_INT_TUNABLES = frozenset(
+    {"node_count", "process_count_per_node", "max_concurrency_per_process", "run_max_try", "error_threshold"}
+)
 #: Tunables that are a number of seconds (or a factor): a rendered "2.5" is a float again; non-finite
 #: values are refused (`check_tunables`).
 _FLOAT_TUNABLES = frozenset(

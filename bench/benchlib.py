@@ -226,14 +226,15 @@ def start(args: argparse.Namespace) -> float:
 
 
 @contextlib.contextmanager
-def local_cluster(workers: int = 2) -> Iterator[Any]:
-    """A Dask LocalCluster on 127.0.0.1: `workers` worker processes with one thread each, and its Client."""
+def local_cluster(workers: int = 2, threads: int = 1) -> Iterator[Any]:
+    """A Dask LocalCluster on 127.0.0.1: `workers` worker processes with `threads` threads each (one
+    unless the job runs an async run() with max_concurrency_per_process), and its Client."""
     from distributed import Client, LocalCluster
 
     with (
         LocalCluster(
             n_workers=workers,
-            threads_per_worker=1,
+            threads_per_worker=threads,
             processes=True,
             host="127.0.0.1",
             protocol="tcp://",

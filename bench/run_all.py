@@ -30,6 +30,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "tabular": ("tabular_bench.py", "tabular"),
     "planning": ("planning_bench.py", "planning"),
     "reuse": ("reuse_bench.py", "reuse"),
+    "io_bound": ("io_bound_bench.py", "io_bound"),
     "airflow": ("airflow_bench.py", "airflow"),
 }
 

@@ -47,7 +47,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
         ],
         capture_output=True,
         text=True,
-        timeout=600 if WITH_AIRFLOW else 240,
+        timeout=600 if WITH_AIRFLOW else 300,
         cwd=REPO,
     )
     return results, process

@@ -54,6 +54,36 @@ def test_success_json_and_arguments(tmp_path: Path, files, write_script) -> None
     assert (tmp_path / "out" / "parallel_run_step.txt").read_text().splitlines()[0] == "f000.txt --tag x prod"
 
 
+def test_max_concurrency_per_process_runs_an_async_run_and_refuses_a_sync_one(
+    tmp_path: Path,
+    files,
+    write_script,  # type: ignore[no-untyped-def]
+) -> None:
+    root = files(6)
+    script = write_script("""
+        import asyncio, os
+        async def run(mini_batch):
+            await asyncio.sleep(0.05)
+            return [os.path.basename(p) for p in mini_batch]
+    """)
+    argv = ["run", "--input", str(root), "--entry-script", script, "--mini-batch-size", "1", "--json"]
+    flags = ["--process-count-per-node", "1", "--max-concurrency-per-process", "3"]
+    done = cli(*argv, "--output", "out", *flags, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "succeeded"
+    assert "6 mini-batches to run, 0 reused, 3 mini-batches at once (3 per process)" in done.stderr
+    assert (tmp_path / "out" / "parallel_run_step.txt").read_text().splitlines() == [
+        f"f{i:03d}.txt" for i in range(6)
+    ]
+    sync = write_script("def run(mini_batch):\n    return mini_batch\n", name="sync.py")
+    refused = cli(*argv[:4], sync, *argv[5:], "--output", "out2", *flags, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert (
+        "max_concurrency_per_process=3 is not allowed: 1 for a synchronous run(mini_batch)" in refused.stderr
+    )
+    assert not (tmp_path / "out2").exists()
+
+
 def test_failed_job_exits_1_with_json(tmp_path: Path, files, write_script) -> None:  # type: ignore[no-untyped-def]
     root = files(3)
     script = write_script("def run(mini_batch):\n    raise KeyError('label')\n")

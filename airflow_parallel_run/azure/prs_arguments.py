@@ -155,7 +155,8 @@ DRIVER_OPTIONS: tuple[DriverOption, ...] = (
     DriverOption(
         "amlbi_async_mode",
         _bool,
-        refused="run(mini_batch) returning its result (the streaming entry-script contract of enqueue() and "
+        refused="`async def run(mini_batch)` with max_concurrency_per_process, which keeps that many "
+        "mini-batches in flight in one process (the streaming entry-script contract of enqueue() and "
         "get_finished_batch_result() is not supported)",
     ),
     DriverOption(

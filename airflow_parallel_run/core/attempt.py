@@ -20,7 +20,8 @@ class AttemptStatus(str, Enum):
     RUN_EXCEPTION       run() raised                                                          child
     RUN_INVALID_RESULT  run() returned what the contract forbids, or records that cannot join
                         the job's one schema                                                  child / driver
-    RUN_TIMEOUT         run() exceeded run_invocation_timeout; the process was killed         worker
+    RUN_TIMEOUT         run() exceeded run_invocation_timeout; the process was killed (an     worker
+                        async run() is cancelled; its process goes only if it blocks)
     INIT_EXCEPTION      importing the script or init() raised                                 child
     INIT_TIMEOUT        init() exceeded run_invocation_timeout                                worker
     LOAD_EXCEPTION      reading the mini-batch's data failed                                  child

@@ -154,6 +154,32 @@ def _check_file_name(name: object) -> None:
         )
 
 
+#: Most mini-batches in flight in one entry-script process: each holds its data in the process and a Dask
+#: worker thread (the embedded cluster starts process_count_per_node x this many threads).
+MAX_CONCURRENCY = 256
+
+
+def script_run_may_be_async(path: str) -> bool:
+    """False when the script's top-level `run` is a plain `def` (checked without importing it). A `run`
+    bound otherwise (assigned, imported) is not known here: the entry-script process checks it again
+    with `inspect.iscoroutinefunction` before any mini-batch runs."""
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read(), filename=path)
+    found: bool | None = None
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "run":
+            found = isinstance(node, ast.AsyncFunctionDef)
+        elif isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "run" for t in node.targets
+        ):
+            found = True  # not known statically
+        elif isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+            (a.asname or a.name) == "run" for a in node.names
+        ):
+            found = True
+    return bool(found)
+
+
 def script_defines_run(path: str) -> bool:
     """True when the script has a top-level `def run` (or `run = ...`); checked without importing it."""
     with open(path, encoding="utf-8") as handle:
@@ -189,6 +215,7 @@ class ParallelRunConfig:
     append_row_format: str = "text"
     node_count: int = 1
     process_count_per_node: int | None = None
+    max_concurrency_per_process: int = 1  # mini-batches in flight in one process: async run() only
     run_invocation_timeout: float = 60
     run_max_try: int = 3
     logging_level: str = "INFO"
@@ -292,6 +319,14 @@ class ParallelRunConfig:
         _check_int("node_count", self.node_count, 1)
         if self.process_count_per_node is not None:
             _check_int("process_count_per_node", self.process_count_per_node, 1)
+        _check_int("max_concurrency_per_process", self.max_concurrency_per_process, 1, MAX_CONCURRENCY)
+        if self.max_concurrency_per_process > 1 and not script_run_may_be_async(self.entry_script_path):
+            raise ConfigError(
+                "max_concurrency_per_process",
+                self.max_concurrency_per_process,
+                "1 for a synchronous run(mini_batch); several mini-batches share one process only with "
+                "`async def run(mini_batch)` (or raise process_count_per_node for more processes)",
+            )
         self._set(
             "run_invocation_timeout",
             _check_positive_number("run_invocation_timeout", self.run_invocation_timeout),
@@ -326,6 +361,15 @@ class ParallelRunConfig:
                 self._set(name, _check_positive_number(name, value))
         if not isinstance(self.speculative_execution, bool):
             raise ConfigError("speculative_execution", self.speculative_execution, "True or False")
+        if self.speculative_execution and self.max_concurrency_per_process > 1:
+            # the copy that loses is stopped by ending its process, which would end the other
+            # mini-batches in flight there (async run())
+            raise ConfigError(
+                "speculative_execution",
+                self.speculative_execution,
+                "False when max_concurrency_per_process > 1 (a losing copy is stopped by ending its process, "
+                "which holds other mini-batches of an async run())",
+            )
         k = self.speculation_multiplier
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or not k > 1:
             raise ConfigError(

@@ -52,6 +52,7 @@ def test_template_fields_cover_inputs_outputs_and_every_tunable() -> None:
         "mini_batch_size",
         "node_count",
         "process_count_per_node",
+        "max_concurrency_per_process",
         "logging_level",
         "run_invocation_timeout",
         "run_max_try",

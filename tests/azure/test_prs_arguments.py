@@ -74,7 +74,7 @@ def test_non_strings_become_strings() -> None:
         (["--allowed_failed_percent", "101"], "program_arguments --allowed_failed_percent", "a number >= 0"),
         (["--error_threshold"], "program_arguments --error_threshold", "a value after the option"),
         (["--error_threshold", "--x"], "program_arguments --error_threshold", "a value after the option"),
-        (["--amlbi_async_mode", "true"], "program_arguments --amlbi_async_mode", "run(mini_batch) returning"),
+        (["--amlbi_async_mode", "true"], "program_arguments --amlbi_async_mode", "async def run(mini_batch)"),
         (["--append_row_dataframe_header", "True"], "program_arguments --append_row_dataframe_header", "csv"),
         (
             ["--error_threshold", "1", "--error_threshold", "2"],

@@ -170,9 +170,29 @@ CASES = [
         "speculative_execution='yes' is not allowed: True or False",
     ),
     Case(
+        "speculative_execution with several mini-batches per process",
+        lambda: ParallelRunConfig(
+            entry_script="score_async.py", speculative_execution=True, max_concurrency_per_process=2
+        ),
+        "speculative_execution=True is not allowed: False when max_concurrency_per_process > 1 (a losing copy "
+        "is stopped by ending its process, which holds other mini-batches of an async run())",
+    ),
+    Case(
         "speculation_multiplier",
         lambda: config(speculation_multiplier=1),
         "speculation_multiplier=1 is not allowed: a finite number > 1 (times the median mini-batch duration)",
+    ),
+    Case(
+        "max_concurrency_per_process",
+        lambda: config(max_concurrency_per_process=0),
+        "max_concurrency_per_process=0 is not allowed: an integer >= 1 and <= 256",
+    ),
+    Case(
+        "max_concurrency_per_process with a synchronous run()",
+        lambda: config(max_concurrency_per_process=4),
+        "max_concurrency_per_process=4 is not allowed: 1 for a synchronous run(mini_batch); several mini-batches "
+        "share one process only with `async def run(mini_batch)` (or raise process_count_per_node for more "
+        "processes)",
     ),
     Case(
         "append_row_file_name too long",
@@ -217,9 +237,10 @@ CASES = [
         lambda: config().with_overrides(mini_batch_sise=3),
         "mini_batch_sise=3 is not allowed: one of allowed_failed_count, allowed_failed_percent, "
         "append_row_file_name, append_row_format, entry_script, environment_variables, error_threshold, "
-        "first_task_creation_timeout, logging_level, mini_batch_size, node_count, output_action, partition_keys, "
-        "process_count_per_node, progress_update_timeout, resource_monitor_interval, run_invocation_timeout, "
-        "run_max_try, source_directory, speculation_multiplier, speculative_execution",
+        "first_task_creation_timeout, logging_level, max_concurrency_per_process, mini_batch_size, "
+        "node_count, output_action, partition_keys, process_count_per_node, progress_update_timeout, "
+        "resource_monitor_interval, run_invocation_timeout, run_max_try, source_directory, "
+        "speculation_multiplier, speculative_execution",
     ),
     # 2. inputs
     Case(
@@ -420,6 +441,7 @@ RUN_JOB_CASES = [
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "score.py").write_text("def run(mini_batch):\n    return mini_batch\n")
+    (tmp_path / "score_async.py").write_text("async def run(mini_batch):\n    return mini_batch\n")
     (tmp_path / "no_run.py").write_text("def init():\n    pass\n")
     (tmp_path / "broken.py").write_text("def run(mini_batch)\n    return mini_batch\n")
     (tmp_path / "in").mkdir()

@@ -26,12 +26,15 @@ def dask_client(
     n_workers: int = 1,
     security: Any = None,
     client: Client | None = None,
+    threads_per_worker: int = 1,
 ) -> Iterator[Client]:
     """Yields a connected Client; an embedded cluster is shut down on exit (also on error).
 
     The embedded cluster keeps its Dask workers in this process (a real scheduler and workers over
     TCP on 127.0.0.1): each worker thread drives its own entry-script child process, so nothing is
-    spawned that would re-import the caller's `__main__`.
+    spawned that would re-import the caller's `__main__`. A worker's threads share its entry-script
+    processes: `threads_per_worker` > 1 is for an async run() with `max_concurrency_per_process`, where
+    one process runs that many mini-batches at once.
     """
     if client is not None:
         yield client
@@ -43,7 +46,7 @@ def dask_client(
     with (
         LocalCluster(
             n_workers=n_workers,
-            threads_per_worker=1,
+            threads_per_worker=max(1, threads_per_worker),
             processes=False,  # user code runs in entry-script child processes; workers need no own process
             protocol="tcp://",
             host="127.0.0.1",
@@ -88,10 +91,19 @@ class HostPlacement:
 
 
 def select_hosts(
-    client: Client, node_count: int, process_count_per_node: int, wait_s: float = WORKER_WAIT_S
+    client: Client,
+    node_count: int,
+    process_count_per_node: int,
+    wait_s: float = WORKER_WAIT_S,
+    *,
+    concurrency: int = 1,
 ) -> HostPlacement:
     """Chooses `node_count` hosts of the cluster for a job (hosts that fit `process_count_per_node`
     processes first, then by address) and says, as warnings, where the cluster falls short.
+
+    Each attempt holds a Dask worker thread while it runs, so a host runs `process_count_per_node` x
+    `concurrency` (`max_concurrency_per_process`) attempts at once when it has that many threads; the
+    returned `slots` count attempts, not processes.
 
     Fallback when the cluster is smaller than asked for: the job runs on the hosts and threads that
     exist (one warning per shortfall). With no worker at all after `wait_s` seconds: `ClusterError`.
@@ -110,7 +122,8 @@ def select_hosts(
         host = worker_host(address)
         threads[host] = threads.get(host, 0) + int(info.get("nthreads", 1))
         workers.setdefault(host, []).append(address)
-    ranked = sorted(threads, key=lambda h: (-min(threads[h], process_count_per_node), h))
+    per_host = process_count_per_node * max(1, concurrency)  # attempts at once on a host
+    ranked = sorted(threads, key=lambda h: (-min(threads[h], per_host), h))
     chosen = tuple(ranked[: max(1, node_count)])
     warnings = []
     if len(ranked) < node_count:
@@ -119,7 +132,14 @@ def select_hosts(
             f"running on {len(ranked)}; start workers on more hosts or lower node_count"
         )
     for host in chosen:
-        if threads[host] < process_count_per_node:
+        if concurrency > 1 and threads[host] < per_host:
+            warnings.append(
+                f"process_count_per_node={process_count_per_node} x max_concurrency_per_process={concurrency} "
+                f"but host {host} has {threads[host]} Dask worker thread(s): at most {threads[host]} "
+                f"mini-batches run there at once (start its workers with --nthreads {per_host}, or lower "
+                "the settings)"
+            )
+        elif threads[host] < process_count_per_node:
             warnings.append(
                 f"process_count_per_node={process_count_per_node} but host {host} has {threads[host]} Dask "
                 f"worker thread(s): at most {threads[host]} entry-script process(es) run there at once "
@@ -128,7 +148,7 @@ def select_hosts(
     return HostPlacement(
         hosts=chosen,
         workers=tuple(sorted(a for h in chosen for a in workers[h])),
-        slots=sum(min(threads[h], process_count_per_node) for h in chosen),
+        slots=sum(min(threads[h], per_host) for h in chosen),
         all_hosts=tuple(sorted(ranked)),
         warnings=tuple(warnings),
     )

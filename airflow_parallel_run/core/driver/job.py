@@ -140,8 +140,10 @@ def execute_request(
             reused = request.rerun.select(driver, reused)
         if len(reused) == len(driver.plan):  # everything hits: no cluster, no entry-script process
             return driver.execute(None, reused)
-        processes = request.config.processes_per_node
-        with dask_client(scheduler, processes, security=security, client=client) as dask:
+        processes, concurrency = request.config.processes_per_node, request.config.max_concurrency_per_process
+        with dask_client(
+            scheduler, processes, security=security, client=client, threads_per_worker=concurrency
+        ) as dask:
             if on_client is not None:
                 on_client(dask)
             return driver.execute(dask, reused)

@@ -171,7 +171,10 @@ class JobDriver:
         self.tries: dict[int, int] = {}
         self.flight = Flight()
         self.speculation = Speculation(self.config)
-        self.slots = max(1, self.config.node_count * self.config.processes_per_node)
+        self.slots = max(  # attempts at once: each process runs max_concurrency_per_process (async run())
+            1,
+            self.config.node_count * self.config.processes_per_node * self.config.max_concurrency_per_process,
+        )
         self.init_failures = InitFailures.for_slots(self.slots)
         self.progress = Progress(
             self.job_id,
@@ -277,7 +280,12 @@ class JobDriver:
 
     def _start(self, client: Client, to_run: int, reused: int) -> AttemptStream:
         """Chooses the hosts, hands the spec to the workers and opens the stream of attempts."""
-        placement = select_hosts(client, self.config.node_count, self.config.processes_per_node)
+        placement = select_hosts(
+            client,
+            self.config.node_count,
+            self.config.processes_per_node,
+            concurrency=self.config.max_concurrency_per_process,
+        )
         for warning in placement.warnings:
             self._warn(warning)
         self.slots = placement.slots
@@ -289,7 +297,7 @@ class JobDriver:
         self.watchdog = Watchdog(self.config, lambda tails: self._probe(client, tails))
         self.stream = stream
         self._say(
-            f"Started: {to_run} mini-batches to run, {reused} reused, {self.slots} processes on "
+            f"Started: {to_run} mini-batches to run, {reused} reused, {self.slots} {self._slot_noun()} on "
             f"{len(placement.hosts)} host(s) ({', '.join(placement.hosts)})"
         )
         self.progress.started_running()
@@ -308,6 +316,10 @@ class JobDriver:
     def _stopping(self) -> bool:
         """A question to the workers is given up once the job is being stopped (the stop's time bound)."""
         return self.stop.requested
+
+    def _slot_noun(self) -> str:
+        concurrency = self.config.max_concurrency_per_process
+        return "processes" if concurrency == 1 else f"mini-batches at once ({concurrency} per process)"
 
     def _submit(self, stream: AttemptStream, pending: Pending) -> None:
         attempts = pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0))

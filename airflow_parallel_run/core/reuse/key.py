@@ -43,6 +43,8 @@ NOT_IN_KEY: dict[type, dict[str, str]] = {
         "allowed_failed_percent": "decides whether the job fails after run() returned, not what run() returned",
         "node_count": "where mini-batches run; each run() sees one mini-batch in a process of its own",
         "process_count_per_node": "how many run at once; each run() sees one mini-batch in a process of its own",
+        "max_concurrency_per_process": "how many mini-batches one process runs at once; each run() call "
+        "still sees one mini-batch and returns its result",
         "run_invocation_timeout": "how long an attempt may take; only a successful attempt is cached, and "
         "its result does not depend on the limit",
         "run_max_try": "how often a mini-batch is tried; only a successful attempt is cached",

@@ -1,5 +1,5 @@
-"""The Dask task: one attempt of one mini-batch, run in this worker thread's entry-script process (started,
-with init(), when the thread has none alive), reported as an `AttemptResult` (its counts, never its data)."""
+"""The Dask task: one attempt of one mini-batch, run in an entry-script process leased from the job's worker
+plugin (started, with init(), when none has room), reported as an `AttemptResult` (its counts, never its data)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from .messages import (
     Done,
     Failed,
     Loaded,
+    Ready,
     Run,
     TimedOut,
 )
 from .plugin import JobWorker, job_worker
-from .process import EntryProcess, StopCheck
+from .process import ASYNC_CANCEL_GRACE_S, EntryProcess, StopCheck
 from .scratch import now
 
 EVENT_POLL_S = 1.0  # how often an attempt asks the scheduler's stop Event (a round trip)
@@ -73,32 +74,43 @@ def run_mini_batch(name: str, mini_batch: MiniBatch, attempt: int) -> AttemptRes
     if plugin is None or plugin.stopped:  # the job ended here, or stopped before this was queued
         return _never_started(result, started)
     stop_check = _StopCheck(plugin)
-    process = plugin.process()
+    if not plugin.has_room() and stop_check.ask_scheduler():  # a new process (init() and all) only
+        return _never_started(result, started)  # for a running job; no log files for a stopped one
+    process, starter = plugin.lease()
     try:
-        if process is None or not process.alive():
-            if stop_check.ask_scheduler():  # a new process (init() and all) only for a running job
-                return _never_started(result, started)
-            process = EntryProcess(plugin.spec, plugin)
-            ready = process.start(stop_check)
-            if isinstance(ready, Failed):
-                if ready.stage is AttemptStage.START and ready.status is AttemptStatus.CANCELLED:
-                    return _never_started(result, started)  # stopped between the check and the start
-                return _failed(result, process, ready, started)
-            plugin.keep(process)
+        ready = _ready(process, starter, stop_check)
+        if isinstance(ready, Failed):
+            if ready.stage is AttemptStage.START and ready.status is AttemptStatus.CANCELLED:
+                return _never_started(result, started)  # stopped between the check and the start
+            return _failed(result, process, ready, started)
+        plugin.note_ready()
         return _run_on(process, mini_batch, result, stop_check, started)
     except Exception as exc:  # noqa: BLE001 - runner bugs are reported per attempt, not lost
         failure = Failed(
             AttemptStatus.SYSTEM_ERROR, result.stage, f"{type(exc).__name__}: {exc}", traceback.format_exc()
         )
         return _failed(result, process, failure, started)
+    finally:
+        plugin.release(process)
+
+
+def _ready(process: EntryProcess, starter: bool, stop_check: _StopCheck) -> Ready | Failed:
+    """The leased process, started (init() and all) by the attempt that leased it first; the others that
+    leased it meanwhile wait for that start and share its outcome (a stop found by `start` included)."""
+    if not starter:
+        return process.await_start(stop_check)
+    return process.start_once(stop_check)
 
 
 def _run_on(
     process: EntryProcess, mini_batch: MiniBatch, result: AttemptResult, stop_check: StopCheck, started: float
 ) -> AttemptResult:
     """Sends the attempt to a ready process and waits for it to be read (`load_timeout`), then run()
-    (`run_invocation_timeout`)."""
+    (`run_invocation_timeout`; for an async run(), which the process cancels itself at the timeout,
+    `ASYNC_CANCEL_GRACE_S` more before the process is killed as blocked). Answers are those of this
+    attempt (`key`): other attempts may be in flight in the same process."""
     spec = process.spec
+    key = (mini_batch.index, result.attempt)
     result.node, result.process = process.node, process.name
     result.stage = AttemptStage.LOAD
     process.node_log(f"picked mini-batch {mini_batch.index} attempt {result.attempt}: {mini_batch.label()}")
@@ -111,17 +123,24 @@ def _run_on(
     running = (mini_batch.index, result.attempt)
     process.running[running] = time.monotonic()  # for the driver's watchdog (`EntryProcess.activity`)
     try:
-        outcome = process.request(run, spec.load_timeout, stop_check)
+        outcome = process.request(run, spec.load_timeout, stop_check, key)
         load_seconds = 0.0
         if isinstance(outcome, Loaded):
             result.stage = AttemptStage.RUN
             result.total, load_seconds = outcome.total, outcome.load_seconds
-            outcome = process.wait(spec.run_invocation_timeout, stop_check)
+            limit = spec.run_invocation_timeout + (ASYNC_CANCEL_GRACE_S if process.async_run else 0.0)
+            outcome = process.wait(limit, stop_check, key)
     finally:
         process.running.pop(running, None)
+        process.forget_mail(key)
     if isinstance(outcome, Done):
         return _done(result, process, outcome, load_seconds, started)
     if isinstance(outcome, (TimedOut, Cancelled)):
+        if isinstance(outcome, TimedOut) and process.async_run:
+            # which coroutine blocks is not known here: every attempt in flight times out together
+            process.kill_reason = (
+                "the runner stopped it because its event loop stayed blocked past run_invocation_timeout"
+            )
         process.kill()
     return _failed(result, process, process.failure(outcome, result.stage, mini_batch.index), started)
 

@@ -3,10 +3,20 @@
 Started by the worker runner as `python -m airflow_parallel_run.core.worker.child FD`; it talks to
 the runner over the socket FD (pickled messages) and writes prints to its own stdout/stderr files.
 Killing this process (timeout, crash) never takes the Dask worker down with it.
+
+A synchronous `run()` handles one mini-batch at a time, in this process's main thread. An
+`async def run()` (and `async def init()`/`shutdown()`) runs on one asyncio event loop: each `Run`
+becomes a task, so up to `max_concurrency_per_process` mini-batches are in flight at once; reading a
+mini-batch and writing its part happen in threads so that they do not stall the loop, and
+`run_invocation_timeout` cancels the attempt's coroutine here (`RUN_TIMEOUT`) without ending the
+process. A coroutine that blocks the loop cannot be cancelled: the runner's own, later deadline kills
+the process then (core/worker/attempt.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import faulthandler
 import importlib.util
 import inspect
@@ -28,7 +38,7 @@ from ..attempt import AttemptStage, AttemptStatus
 from ..errors import DataChangedError
 from ..minibatch import MiniBatch
 from ..storage import is_local, local_path, write_atomic
-from .entry_script import EntryScript
+from .entry_script import ATTEMPT_OUTPUT_DIR, EntryScript
 from .messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown, ToChild
 
 if TYPE_CHECKING:
@@ -120,6 +130,28 @@ def _wants_context(run: Any) -> bool:
     return len(params) >= 2
 
 
+def is_async(function: Any) -> bool:
+    """An `async def` function (or a callable object whose `__call__` is one)."""
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)  # noqa: B004 - a callable object's own __call__
+    )
+
+
+def _keyed(answer: Done | Failed, message: Run) -> Done | Failed:
+    """An attempt's `Failed` names its attempt, as `Loaded` and `Done` do (messages.answer_key)."""
+    if isinstance(answer, Failed):
+        return dataclasses.replace(answer, index=message.mini_batch.index, attempt=message.attempt)
+    return answer
+
+
+def _call(function: Any, loop: asyncio.AbstractEventLoop) -> Any:
+    """Calls a hook (init, shutdown); an `async def` one runs to its end on the process's loop."""
+    result = function()
+    if inspect.isawaitable(result):
+        return loop.run_until_complete(result)  # type: ignore[arg-type]
+    return result
+
+
 def _failed(status: AttemptStatus, stage: AttemptStage, exc: BaseException) -> Failed:
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     retriable = not isinstance(exc, DataChangedError)  # another try would read the same changed data
@@ -146,7 +178,7 @@ def _connect(fd: int) -> Connection:
     return conn
 
 
-def _start(conn: Connection, setup: Setup) -> types.ModuleType:
+def _start(conn: Connection, setup: Setup, loop: asyncio.AbstractEventLoop) -> types.ModuleType:
     """Prepares the process as the script expects it, imports the script and runs init(); answers
     `Ready`, or `Failed` and ends the process."""
     logging.basicConfig(
@@ -167,20 +199,39 @@ def _start(conn: Connection, setup: Setup) -> types.ModuleType:
     try:
         EntryScript()
         module = _load_script(setup.entry_script)
+        if setup.max_concurrency > 1 and not is_async(module.run):
+            raise TypeError(
+                f"max_concurrency_per_process={setup.max_concurrency} needs `async def run(mini_batch)`; "
+                f"the run of {os.path.basename(setup.entry_script)} is synchronous (set "
+                "max_concurrency_per_process to 1, or make run() a coroutine function)"
+            )
         init = getattr(module, "init", None)
         if callable(init):
-            init()
+            _call(init, loop)
     except BaseException as exc:  # noqa: BLE001 - every init failure is reported, then the process ends
         conn.send(_failed(AttemptStatus.INIT_EXCEPTION, AttemptStage.INIT, exc))
         sys.stdout.flush()
         os._exit(3)
-    conn.send(Ready(time.monotonic() - started))
+    conn.send(Ready(time.monotonic() - started, is_async(module.run)))
     return module
 
 
-def _serve(conn: Connection, module: types.ModuleType, setup: Setup) -> None:
+def _shutdown(module: types.ModuleType, loop: asyncio.AbstractEventLoop) -> None:
+    shutdown = getattr(module, "shutdown", None)
+    if callable(shutdown):
+        try:
+            _call(shutdown, loop)
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+
+
+def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: asyncio.AbstractEventLoop) -> None:
     """Answers `Run` messages until `Shutdown` (or the runner is gone)."""
     from ..output.files import OutputDirWatch
+
+    if is_async(module.run):
+        loop.run_until_complete(_serve_async(conn, module, setup))
+        return
 
     watch = OutputDirWatch(setup.output_dir, setup.storage_options)
     with_context = _wants_context(module.run)
@@ -190,12 +241,7 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup) -> None:
         except EOFError:
             break
         if isinstance(message, Shutdown):
-            shutdown = getattr(module, "shutdown", None)
-            if callable(shutdown):
-                try:
-                    shutdown()
-                except Exception:  # noqa: BLE001
-                    traceback.print_exc()
+            _shutdown(module, loop)
             conn.send(Bye())
             break
         assert isinstance(message, Run), message
@@ -206,11 +252,11 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup) -> None:
                 source = setup.datasets[message.mini_batch.input_index]
                 data, total = source.read(message.mini_batch, scratch)
             except BaseException as exc:  # noqa: BLE001
-                conn.send(_failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.LOAD, exc))
+                conn.send(_keyed(_failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.LOAD, exc), message))
                 continue
             mini_batch = message.mini_batch
             conn.send(Loaded(mini_batch.index, message.attempt, total, time.monotonic() - load_started))
-            conn.send(_run_one(module.run, with_context, message, data, total, setup, watch))
+            conn.send(_keyed(_run_one(module.run, with_context, message, data, total, setup, watch), message))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             sys.stdout.flush()
@@ -260,6 +306,162 @@ def _run_one(
     )
 
 
+async def _serve_async(conn: Connection, module: types.ModuleType, setup: Setup) -> None:
+    """Each `Run` becomes a task on this loop (the runner keeps at most `max_concurrency` in flight);
+    a reader thread hands the messages over, so the loop never blocks on the socket."""
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[ToChild | None] = asyncio.Queue()
+
+    def read() -> None:
+        while True:
+            try:
+                message: ToChild | None = conn.recv()
+            except (EOFError, OSError):
+                message = None
+            loop.call_soon_threadsafe(inbox.put_nowait, message)
+            if message is None or isinstance(message, Shutdown):
+                return
+
+    threading.Thread(target=read, name="apr-reader", daemon=True).start()
+    with_context = _wants_context(module.run)
+    running: set[asyncio.Task[None]] = set()
+    while True:
+        message = await inbox.get()
+        if message is None:
+            break
+        if isinstance(message, Shutdown):
+            if running:  # the runner shuts down idle processes only; let any straggler end first
+                await asyncio.wait(running)
+            await _shutdown_async(module)
+            conn.send(Bye())
+            break
+        assert isinstance(message, Run), message
+        task = loop.create_task(_attempt_async(conn, module.run, with_context, message, setup))
+        running.add(task)
+        task.add_done_callback(_attempt_ended(running))
+
+
+def _attempt_ended(running: set[asyncio.Task[None]]) -> Any:
+    def ended(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a bug here, not in run(): on stderr
+            traceback.print_exception(task.exception())
+            sys.stderr.flush()
+
+    return ended
+
+
+async def _shutdown_async(module: types.ModuleType) -> None:
+    shutdown = getattr(module, "shutdown", None)
+    if callable(shutdown):
+        try:
+            result = shutdown()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+
+
+async def _attempt_async(conn: Connection, run: Any, with_context: bool, message: Run, setup: Setup) -> None:
+    """One attempt as a task: read (in a thread), `Loaded`, run() under the timeout, `Done` or `Failed`."""
+    mini_batch = message.mini_batch
+    load_started = time.monotonic()
+    scratch = os.path.join(setup.working_dir, f"mb{mini_batch.index:08d}-a{message.attempt}")
+    try:
+        try:
+            source = setup.datasets[mini_batch.input_index]
+            data, total = await asyncio.to_thread(source.read, mini_batch, scratch)
+        except Exception as exc:  # noqa: BLE001
+            conn.send(_keyed(_failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.LOAD, exc), message))
+            return
+        conn.send(Loaded(mini_batch.index, message.attempt, total, time.monotonic() - load_started))
+        answer = await _run_one_async(run, with_context, message, data, total, setup)
+        conn.send(_keyed(answer, message))
+    finally:
+        await asyncio.to_thread(shutil.rmtree, scratch, True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+async def _run_one_async(
+    run: Any, with_context: bool, message: Run, data: Any, total: int, setup: Setup
+) -> Done | Failed:
+    """An async run() on one mini-batch: cancelled after `run_invocation_timeout`; its result checked and
+    (append_row) written as its part, in a thread. `output_dir` is the attempt's own folder for this task
+    only (`ATTEMPT_OUTPUT_DIR`); a file written meanwhile into the process's folder (the path read at
+    import or init()) cannot be told apart from the other mini-batches in flight, so it is published at the
+    job's end and the attempt is not cached."""
+    from ..output.files import list_files, snapshot
+    from ..output.results import InvalidResultError, count_result
+
+    index, timeout = message.mini_batch.index, setup.run_invocation_timeout
+    cpu_started = time.process_time()
+    run_started = time.monotonic()
+    try:
+        before = await asyncio.to_thread(snapshot, setup.output_dir, setup.storage_options)
+        token = ATTEMPT_OUTPUT_DIR.set(message.files_url)
+        try:
+            async with asyncio.timeout(timeout) as limit:
+                result = await (
+                    run(data, MiniBatchContext(message.mini_batch)) if with_context else run(data)
+                )
+            if limit.expired():  # it swallowed the cancellation and returned late: timed out all the same
+                raise TimeoutError
+        except TimeoutError:
+            if not limit.expired():
+                raise  # run() itself raised TimeoutError (a client's own timeout): a run() exception
+            return Failed(
+                AttemptStatus.RUN_TIMEOUT,
+                AttemptStage.RUN,
+                f"mini-batch {index} did not finish in {timeout:g} s (run_invocation_timeout); its run() "
+                "coroutine was cancelled",
+            )
+        finally:
+            ATTEMPT_OUTPUT_DIR.reset(token)
+        run_seconds = time.monotonic() - run_started
+        after = await asyncio.to_thread(snapshot, setup.output_dir, setup.storage_options)
+        touched = sorted(name for name in after if before.get(name) != after[name])
+        uncacheable = (
+            f"{touched[0]}" + (f" (+{len(touched) - 1} more)" if len(touched) > 1 else "") + " changed in "
+            "the process's output_dir while this async run() ran (a path taken outside run(): the file "
+            "belongs to no single mini-batch; inside run() use EntryScript().output_dir)"
+            if touched
+            else ""
+        )
+        files = await asyncio.to_thread(list_files, message.files_url, setup.storage_options)
+        succeeded = count_result(result, total)
+        part_url: str | None = None
+        columns: Sequence[str] = ()
+        schema: bytes | None = None
+        if setup.output_action == "append_row" and succeeded:
+            part_url = message.part_url
+            columns, schema = await asyncio.to_thread(
+                _write_part, result, setup.append_row_format, part_url, setup.storage_options
+            )
+    except InvalidResultError as exc:
+        return Failed(AttemptStatus.RUN_INVALID_RESULT, AttemptStage.RUN, str(exc), str(exc) + "\n")
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this task itself is being cancelled (the loop ends)
+        return _failed(AttemptStatus.RUN_EXCEPTION, AttemptStage.RUN, exc)  # raised by run() itself
+    except Exception as exc:  # noqa: BLE001 - run() failures fail the attempt only
+        return _failed(AttemptStatus.RUN_EXCEPTION, AttemptStage.RUN, exc)
+    return Done(
+        index,
+        message.attempt,
+        total,
+        succeeded,
+        run_seconds,
+        time.process_time() - cpu_started,  # the process's, shared with the mini-batches in flight
+        part_url,
+        tuple(columns),
+        schema,
+        tuple(files),
+        uncacheable,
+    )
+
+
 def _write_part(
     result: Any, fmt: str, url: str, storage_options: Mapping[str, Any]
 ) -> tuple[Sequence[str], bytes | None]:
@@ -274,8 +476,10 @@ def _write_part(
 def main(fd: int) -> None:
     conn = _connect(fd)
     setup: Setup = conn.recv()
-    module = _start(conn, setup)
-    _serve(conn, module, setup)
+    loop = asyncio.new_event_loop()  # one loop for the process: async init(), run() and shutdown()
+    asyncio.set_event_loop(loop)
+    module = _start(conn, setup, loop)
+    _serve(conn, module, setup, loop)
     sys.stdout.flush()
 
 

@@ -9,9 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextvars import ContextVar
 from typing import Any
 
 from ..storage import is_local, local_path
+
+#: The attempt's own output folder inside an `async def run()` (set per asyncio task by the entry-script
+#: process), so that mini-batches running at once in one process each see their own `output_dir`.
+ATTEMPT_OUTPUT_DIR: ContextVar[str | None] = ContextVar("apr_attempt_output_dir", default=None)
 
 LOG_FORMAT = "%(asctime)s|%(name)s|%(levelname)s|%(process)d|%(thread)d|%(funcName)s()|%(message)s"
 
@@ -55,10 +60,12 @@ class EntryScript(metaclass=_Singleton):
 
     @property
     def output_dir(self) -> str:
-        """The job's output folder (created on first use); for files written by summary_only scripts."""
-        if is_local(self._output_dir):
-            os.makedirs(local_path(self._output_dir), exist_ok=True)
-        return self._output_dir
+        """The job's output folder (created on first use); for files written by summary_only scripts.
+        Inside an `async def run()` it is the running mini-batch's own folder (`ATTEMPT_OUTPUT_DIR`)."""
+        url = ATTEMPT_OUTPUT_DIR.get() or self._output_dir
+        if is_local(url):
+            os.makedirs(local_path(url), exist_ok=True)
+        return url
 
     def config_log(self) -> None:
         """Kept for Azure compatibility; logging is configured by the runner."""

@@ -2,8 +2,10 @@
 
 Over the process's socket (pickled): the runner sends `Setup` once, then a `Run` per attempt and
 `Shutdown` at the end of the job; the entry-script process answers `Ready` (or `Failed`) after init(),
-`Loaded` then `Done` (or `Failed`) per attempt, and `Bye` after shutdown(). `Loaded` and `Done` name
-their attempt, so several attempts may one day be in flight in one process (an async `run()`).
+`Loaded` then `Done` (or `Failed`) per attempt, and `Bye` after shutdown(). `Loaded`, `Done` and an
+attempt's `Failed` name their attempt (`key`), so that several attempts can be in flight in one process
+(an `async def run()` with `max_concurrency_per_process` > 1): the runner routes each answer to the
+attempt that waits for it.
 
 Waiting for an answer can also end in `TIMED_OUT`, `DIED` or `CANCELLED`: outcomes of the runner's own
 wait, never sent. The module imports only the attempt vocabulary and the mini-batch descriptors: the
@@ -38,6 +40,8 @@ class Setup:
     append_row_format: str
     storage_options: Mapping[str, Any] = field(repr=False)
     output_dir: str  # the process's own output_dir outside run() (core/output/files.py)
+    run_invocation_timeout: float = 60.0  # an async run() is cancelled after it, in the process itself
+    max_concurrency: int = 1  # attempts the runner may have in flight here (async run() only)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Shutdown:
 @dataclass(frozen=True)
 class Ready:
     init_seconds: float
+    async_run: bool = False  # run() is a coroutine function: the process cancels it at the timeout
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class Failed:
     message: str
     traceback: str = ""
     retriable: bool = True  # False: another try would read the same wrong data (DataChangedError)
+    index: int | None = None  # the attempt it answers (None: init(), or a runner-side outcome)
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,18 @@ class Bye:
 
 
 ToChild = Setup | Run | Shutdown
+AttemptKey = tuple[int, int]  # (mini-batch index, attempt number)
+
+
+def answer_key(message: object) -> AttemptKey | None:
+    """The attempt an answer of the entry-script process belongs to (None: the process's own)."""
+    if isinstance(message, (Loaded, Done)):
+        return (message.index, message.attempt)
+    if isinstance(message, Failed) and message.index is not None and message.attempt is not None:
+        return (message.index, message.attempt)
+    return None
+
+
 FromChild = Ready | Loaded | Done | Failed | Bye
 
 

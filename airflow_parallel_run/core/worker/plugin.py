@@ -3,7 +3,8 @@
 The driver registers it once per job; distributed sets it up on every worker, including workers that
 join later, and tears it down when the driver unregisters it or the worker closes (distributed's
 `UploadFile` is the model). It holds what the job's attempts on that worker share: the unpacked code,
-downloaded side inputs, the entry-script processes (one per worker thread) and the processes they left,
+downloaded side inputs, the entry-script processes (leased per attempt: one attempt at a time each, or up to
+`max_concurrency_per_process` with an async run()) and the processes they left,
 the stop flag and the resource monitor.
 
 Stopping: the driver calls `stop_on` on every worker (one broadcast). From then on no attempt of the job
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..storage import filesystem, is_local, local_path
+from .messages import Ready
 from .monitor import stop_monitor
 from .process import SHUTDOWN_GRACE_S, EntryProcess
 from .process_tree import end_leftovers
@@ -72,7 +74,7 @@ class JobWorker(WorkerPlugin):
         self._stopped = False
         self.live: set[EntryProcess] = set()  # starting or running entry-script processes
         self.leftovers = 0  # processes the entry scripts left running, ended with them
-        self._processes: dict[int, EntryProcess] = {}  # worker thread -> its ready process
+        self._processes: list[EntryProcess] = []  # started or starting processes, leased per attempt
         self.first_ready: float | None = None  # when a process of the job first got ready here
         self._code: str | None = None
         self._side_root: str | None = None
@@ -98,20 +100,56 @@ class JobWorker(WorkerPlugin):
         with self.state_lock:
             self._stopped = True
 
-    def process(self) -> EntryProcess | None:
-        """This worker thread's ready entry-script process, if any."""
-        return self._processes.get(threading.get_ident())
+    def lease(self) -> tuple[EntryProcess, bool]:
+        """An entry-script process for one attempt, and whether the caller must start it (True: a new
+        one, already leased to others that wait for its start).
 
-    def keep(self, process: EntryProcess) -> None:
-        """This worker thread's process, ready (its init() returned)."""
+        A process holds at most `max_concurrency` attempts at once (1 unless run() is async; the process
+        refuses concurrency for a synchronous run()). The fullest process with room is chosen, so that
+        the worker's threads fill few processes rather than start one each; a process still starting
+        counts, so that threads arriving together share it instead of each starting one."""
+        limit = max(1, self.spec.max_concurrency)
+        with self.state_lock:
+            room = [p for p in self._processes if p.leases < limit and self._usable(p)]
+            if room:
+                chosen = max(room, key=lambda p: p.leases)
+                chosen.leases += 1
+                return chosen, False
+            process = EntryProcess(self.spec, self)
+            process.leases = 1
+            self._processes.append(process)
+            return process, True
+
+    def has_room(self) -> bool:
+        """Would `lease` give a process that exists (started or starting), rather than a new one?"""
+        limit = max(1, self.spec.max_concurrency)
+        with self.state_lock:
+            return any(p.leases < limit and self._usable(p) for p in self._processes)
+
+    @staticmethod
+    def _usable(process: EntryProcess) -> bool:
+        if not process.started.is_set():
+            return True  # starting
+        return isinstance(process.init_outcome, Ready) and process.alive()
+
+    def note_ready(self) -> None:
+        """A leased process of the job is ready (its init() returned): the watchdog's
+        first_task_creation_timeout no longer applies here."""
         if self.first_ready is None:
             self.first_ready = time.monotonic()
-        self._processes[threading.get_ident()] = process
+
+    def release(self, process: EntryProcess) -> None:
+        """The attempt that leased `process` ended; a process that ended goes (the next lease starts one)."""
+        with self.state_lock:
+            process.leases = max(process.leases - 1, 0)
+            if not self._usable(process) and process in self._processes:
+                self._processes.remove(process)
 
     def forget(self, process: EntryProcess) -> None:
-        """A process that ended: this thread starts a new one for its next attempt."""
-        if self._processes.get(threading.get_ident()) is process:
-            del self._processes[threading.get_ident()]
+        """A process that ended: the next attempt starts a new one."""
+        with self.state_lock:
+            if process in self._processes:
+                self._processes.remove(process)
 
     def code_dir(self) -> str:
         """The job's code, unpacked into a new private folder (mkdtemp: 0700, ours) once.
@@ -210,7 +248,7 @@ class JobWorker(WorkerPlugin):
     def _finish(self, *, upload_logs: bool) -> dict[str, int]:
         with self.state_lock:
             self._stopped = True  # an attempt arriving after this starts nothing
-            idle = list(self._processes.values())
+            idle = [p for p in self._processes if p.started.is_set() and self._usable(p)]
             self._processes.clear()
             busy = [p for p in self.live if p not in idle]
         for process in idle:

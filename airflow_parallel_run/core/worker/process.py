@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict, deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Protocol
@@ -23,6 +24,7 @@ from .messages import (
     DIED,
     NEVER_STARTED,
     TIMED_OUT,
+    AttemptKey,
     Cancelled,
     Died,
     Failed,
@@ -33,6 +35,7 @@ from .messages import (
     TimedOut,
     ToChild,
     WaitOutcome,
+    answer_key,
 )
 from .monitor import ensure_monitor, get_monitor, mask, secret_values
 from .process_tree import SCOPE_ENV, end_leftovers, remember
@@ -76,6 +79,9 @@ TIMEOUT_STATUS = {
     AttemptStage.LOAD: AttemptStatus.LOAD_TIMEOUT,
     AttemptStage.RUN: AttemptStatus.RUN_TIMEOUT,
 }
+#: How long after `run_invocation_timeout` the runner waits for an async run()'s process to report the
+#: coroutine cancelled before it kills the process (a coroutine that blocks the event loop).
+ASYNC_CANCEL_GRACE_S = 5.0
 POLL_S = 0.25  # how often a waiting attempt looks at its process and at the job's local stop flag
 
 
@@ -143,6 +149,17 @@ class EntryProcess:
         self.ready_at: float | None = None
         self.running: dict[tuple[int, int], float] = {}
         self.superseded = False  # killed because another attempt of its mini-batch committed first
+        # Several attempts may wait on one process (async run()): whoever holds `_recv_lock` reads the
+        # socket and files each answer under its attempt's key (`_mail`) for the attempt waiting on it.
+        self._recv_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._mail_ready = threading.Condition()
+        self._mail: defaultdict[AttemptKey | None, deque[FromChild]] = defaultdict(deque)
+        self.leases = 0  # attempts using the process now (`JobWorker.lease`, under the host's lock)
+        self.started = threading.Event()  # start() ended: `init_outcome` says how
+        self.init_outcome: Ready | Failed | None = None
+        self.async_run = False  # run() is a coroutine function (the process cancels it at the timeout)
+        self.kill_reason = ""  # why the runner killed the process, for the other attempts it ran
 
     # Log lines are best-effort: a full log disk must not turn an attempt's own outcome (or a failure
     # being reported) into an exception; the driver reports its own failed log writes in the summary.
@@ -180,8 +197,31 @@ class EntryProcess:
             append_row_format=self.spec.append_row_format,
             storage_options=dict(self.spec.storage_options),
             output_dir=self.spec.process_files_url(self.node, self.name),
+            run_invocation_timeout=self.spec.run_invocation_timeout,
+            max_concurrency=self.spec.max_concurrency,
         )
         return self._await_init(self.request(setup, self.spec.run_invocation_timeout, stop_check))
+
+    def start_once(self, stop_check: StopCheck) -> Ready | Failed:
+        """`start`, and `init_outcome`/`started` for the attempts that leased the process meanwhile."""
+        try:
+            self.init_outcome = self.start(stop_check)
+        except BaseException as exc:
+            self.init_outcome = Failed(
+                AttemptStatus.SYSTEM_ERROR, AttemptStage.INIT, f"{type(exc).__name__}: {exc}"
+            )
+            raise
+        finally:
+            self.started.set()
+        return self.init_outcome
+
+    def await_start(self, stop_check: StopCheck) -> Ready | Failed:
+        """For an attempt that leased a process another attempt is starting: how its start ended."""
+        while not self.started.wait(POLL_S):
+            if stop_check():
+                return Failed(AttemptStatus.CANCELLED, AttemptStage.INIT, "job stopped while init() ran")
+        assert self.init_outcome is not None
+        return self.init_outcome
 
     def _environment(self) -> dict[str, str]:
         """The user's environment, the job's `environment_variables`, and what the process needs to know
@@ -251,26 +291,37 @@ class EntryProcess:
     def _await_init(self, outcome: WaitOutcome) -> Ready | Failed:
         if isinstance(outcome, Ready):
             self.ready_at = time.monotonic()
-            self.node_log(f"init() done in {outcome.init_seconds:.3f}s")
+            self.async_run = outcome.async_run
+            mode = (
+                f"; async run(), up to {self.spec.max_concurrency} mini-batches at once"
+                if self.async_run
+                else ""
+            )
+            self.node_log(f"init() done in {outcome.init_seconds:.3f}s{mode}")
             return outcome
         self.kill()
         return self.failure(outcome, AttemptStage.INIT)
 
     def send(self, message: ToChild) -> bool:
         """False when the process ended since it was last seen alive (a stop's kill, a crash)."""
-        assert self.conn is not None
+        conn = self.conn
+        if conn is None:
+            return False
         try:
-            self.conn.send(message)
+            with self._send_lock:
+                conn.send(message)
         except OSError:
             return False
         return True
 
-    def request(self, message: ToChild, timeout: float, stop_check: StopCheck) -> WaitOutcome:
-        """Sends `message` and waits for the answer; a process that cannot be reached ended (as if while
-        it was waited for)."""
+    def request(
+        self, message: ToChild, timeout: float, stop_check: StopCheck, key: AttemptKey | None = None
+    ) -> WaitOutcome:
+        """Sends `message` and waits for the answer (`key`: of that attempt); a process that cannot be
+        reached ended (as if while it was waited for)."""
         if not self.send(message):
             return CANCELLED if self.host.stopped or self.superseded else DIED
-        return self.wait(timeout, stop_check)
+        return self.wait(timeout, stop_check, key)
 
     def failure(self, outcome: WaitOutcome, stage: AttemptStage, index: int | None = None) -> Failed:
         """What a wait that did not bring the expected answer means for the attempt (the outcome table):
@@ -304,6 +355,13 @@ class EntryProcess:
             )
         if stage is AttemptStage.LOAD:
             return f"reading mini-batch {index} took more than {spec.load_timeout:g} s"
+        if self.async_run:
+            return (
+                f"mini-batch {index} did not finish in {spec.run_invocation_timeout:g} s (run_invocation_timeout) "
+                f"and its async run() was not cancelled within {ASYNC_CANCEL_GRACE_S:g} s more: something "
+                "blocks the process's event loop (a blocking call such as time.sleep or requests, CPU work, or "
+                "a coroutine that ignores cancellation); the process was stopped and will be replaced"
+            )
         return (
             f"mini-batch {index} did not finish in {spec.run_invocation_timeout:g} s "
             "(run_invocation_timeout); the process was stopped and will be replaced"
@@ -312,32 +370,75 @@ class EntryProcess:
     def death_report(self, during: str, stage: AttemptStage) -> Failed:
         code = self.proc.wait() if self.proc else None
         tail = _tail(self.paths["stderr"])
+        why = f": {self.kill_reason}" if self.kill_reason else ""
         return Failed(
             AttemptStatus.PROCESS_DIED,
             stage,
-            f"entry-script process {self.name} died during {during} ({_signal_text(code)})",
+            f"entry-script process {self.name} died during {during} ({_signal_text(code)}){why}",
             f"last lines of {self.paths['stderr']}:\n{tail}\n" if tail else "",
         )
 
-    def wait(self, timeout: float, stop_check: StopCheck) -> WaitOutcome:
-        """The process's next message, or TIMED_OUT / DIED / CANCELLED (the job stopped: checked every
-        `POLL_S` locally, every `EVENT_POLL_S` with the scheduler)."""
-        assert self.conn is not None and self.proc is not None
+    def wait(self, timeout: float, stop_check: StopCheck, key: AttemptKey | None = None) -> WaitOutcome:
+        """The process's next message for attempt `key` (None: for the process itself, init() and
+        shutdown()), or TIMED_OUT / DIED / CANCELLED (the job stopped: checked every `POLL_S` locally,
+        every `EVENT_POLL_S` with the scheduler)."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while True:
+            with self._mail_ready:
+                if self._mail[key]:
+                    return self._mail[key].popleft()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return TIMED_OUT
-            try:
-                if self.conn.poll(min(remaining, POLL_S)):
-                    message: FromChild = self.conn.recv()
-                    return message
-            except (EOFError, OSError):
-                return CANCELLED if self.host.stopped or self.superseded else DIED
-            if self.proc.poll() is not None and not self.conn.poll(0):
+            if self._recv_lock.acquire(blocking=False):
+                try:
+                    message = self._receive(min(remaining, POLL_S))
+                except (EOFError, OSError):
+                    return CANCELLED if self.host.stopped or self.superseded else DIED
+                finally:
+                    self._recv_lock.release()
+                if message is not None:
+                    if answer_key(message) == key:
+                        return message
+                    with self._mail_ready:  # another attempt's answer: filed for it
+                        self._mail[answer_key(message)].append(message)
+                        self._mail_ready.notify_all()
+                    continue
+            else:  # another attempt reads the socket: wait for it to file our answer
+                with self._mail_ready:
+                    if not self._mail[key]:
+                        self._mail_ready.wait(min(remaining, POLL_S))
+            if self.conn is None or (self.proc.poll() is not None and not self._pending_answer()):
                 return CANCELLED if self.host.stopped or self.superseded else DIED
             if stop_check():
                 return CANCELLED
+
+    def _pending_answer(self) -> bool:
+        """Something is still to be read from the socket (an answer sent before the process ended)."""
+        with self._recv_lock:
+            conn = self.conn
+            try:
+                return conn is not None and conn.poll(0)
+            except (EOFError, OSError):
+                return False
+
+    def _receive(self, timeout: float) -> FromChild | None:
+        """One message within `timeout` (the caller holds `_recv_lock`), or None; EOFError/OSError when
+        the socket closed."""
+        conn = self.conn
+        if conn is None:
+            raise EOFError("the process's connection is closed")
+        if not conn.poll(timeout):
+            return None
+        message: FromChild = conn.recv()
+        return message
+
+    def forget_mail(self, key: AttemptKey) -> None:
+        """An attempt that ended: an answer for it still arriving (after its runner-side timeout) is
+        dropped."""
+        with self._mail_ready:
+            self._mail.pop(key, None)
 
     def activity(self, tails: bool) -> dict[str, object]:
         """What this process does, for the driver's watchdog: starting (init() included) or ready, the
@@ -406,9 +507,10 @@ class EntryProcess:
                     os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             self.descendants.clear()
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        with self._recv_lock:  # no attempt is reading it right now
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
         shutil.rmtree(self.working_dir, ignore_errors=True)
         if ended:
             with self.host.state_lock:

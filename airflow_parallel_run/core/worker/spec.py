@@ -35,6 +35,7 @@ class JobSpec:
     append_row_format: str
     logging_level: str
     run_invocation_timeout: float
+    max_concurrency: int = 1  # mini-batches in flight in one entry-script process (async run())
     load_timeout: float = 600.0
     resource_monitor_interval: float = 600.0
     storage_options: dict[str, object] = field(default_factory=dict)  # for output/staging/logs
@@ -73,6 +74,7 @@ class JobSpec:
             append_row_format=config.append_row_format,
             logging_level=config.logging_level,
             run_invocation_timeout=config.run_invocation_timeout,
+            max_concurrency=config.max_concurrency_per_process,
             resource_monitor_interval=float(config.resource_monitor_interval),
             storage_options=dict(storage_options),
         )

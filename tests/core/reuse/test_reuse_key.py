@@ -67,6 +67,7 @@ def _config_values(script: str, src: Path) -> dict[str, tuple[Any, Any]]:
         "append_row_format": ("text", "csv"),
         "node_count": (1, 2),
         "process_count_per_node": (None, 2),
+        "max_concurrency_per_process": (1, 4),
         "run_invocation_timeout": (60, 5),
         "run_max_try": (3, 1),
         "logging_level": ("INFO", "DEBUG"),
@@ -83,7 +84,8 @@ def test_each_config_field_changes_the_key_exactly_when_it_is_not_excluded(tmp_p
     src = tmp_path / "src"
     src.mkdir()
     script = src / "score.py"
-    script.write_text("def run(mini_batch):\n    return mini_batch\n")
+    # async: max_concurrency_per_process > 1 needs it (the script's content is in the key by other means)
+    script.write_text("async def run(mini_batch):\n    return mini_batch\n")
     values = _config_values(str(script), src)
     assert set(values) == {f.name for f in dataclasses.fields(ParallelRunConfig)}, (
         "a field has no test values"

@@ -1,0 +1,246 @@
+"""I/O-bound scoring: an `async def run()` through the engine vs a bare asyncio client, and vs sync run().
+
+A local HTTP "model endpoint" (bench/scoring_server.py in a process of its own: 127.0.0.1, a free port,
+each answer after 100 ms) scores one item per request. The input is a folder of 2,000 one-byte files (--quick: 320),
+`mini_batch_size=10`, and every item is one request. Three sides, interleaved round by round:
+
+- `engine_async`: `run_job(client=...)` with `async def run(mini_batch)` scoring its items one after
+  another (`await score(...)`), `process_count_per_node=2`, `max_concurrency_per_process=16`: 32
+  mini-batches, so 32 requests, in flight at once. The LocalCluster has 2 workers x 16 threads (each
+  attempt holds a worker thread while its process runs it).
+- `bare_asyncio`: the same requests from one asyncio loop in this process, 32 at a time (a semaphore),
+  with the same client code (`scoring_server.score`): the ceiling of 32 requests in flight.
+- `engine_sync`: the same job with a synchronous `run()` (urllib, one request at a time) on 2
+  processes (2 workers x 1 thread), over the first fifth of the items (it is 16 x slower; the ratio
+  compares items per second).
+
+Each engine run gets a fresh output and cache folder (`allow_reuse=False`). After each engine run the
+server's request count is checked against the attempts: every item of every successful attempt was
+called exactly once per attempt (a run with failed attempts is refused: its count proves nothing).
+
+Reported: engine_async / bare_asyncio throughput (target >= 0.8x) and engine_async / engine_sync
+throughput (target >= 10x).
+
+Usage: .venv/bin/python bench/io_bound_bench.py [--quick] [--items 2000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import benchlib
+from benchlib import BENCH_DIR, Ratio
+from scoring_server import ScoringServerProcess, score
+
+PROCESSES = 2
+CONCURRENCY = 16  # per process
+DELAY_S = 0.1
+MINI_BATCH = 10
+SYNC_SHARE = 5  # engine_sync runs 1/SYNC_SHARE of the items
+
+ASYNC_SCRIPT = """
+import os, sys
+sys.path.insert(0, os.environ["SCORING_LIB"])
+from scoring_server import score
+
+ADDRESS = os.environ["SCORING_ADDRESS"]
+
+async def run(mini_batch):
+    return [await score(ADDRESS, os.path.basename(path)) for path in mini_batch]
+"""
+
+SYNC_SCRIPT = """
+import os, urllib.request
+from urllib.parse import quote
+
+ADDRESS = os.environ["SCORING_ADDRESS"]
+
+def run(mini_batch):
+    out = []
+    for path in mini_batch:
+        url = f"http://{ADDRESS}/score?item={quote(os.path.basename(path))}"
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            out.append(answer.read().decode("utf-8"))
+    return out
+"""
+
+
+def _add(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--items", type=int, default=None, help="default 2000 (--quick: 320)")
+
+
+def _checked_calls(server: ScoringServerProcess, summary: dict[str, Any], items: list[str]) -> None:
+    """Every attempt succeeded, and the server saw each item once: once per successful attempt."""
+    assert summary["status"] == "succeeded", summary
+    report = Path(summary["logs_dir"]) / "sys" / "job_report" / "processed_mini-batches.csv"
+    with open(report, newline="") as handle:
+        statuses = Counter(row["Status"] for row in csv.DictReader(handle))
+    assert statuses == Counter({"RUN_DONE": len(items) // MINI_BATCH + bool(len(items) % MINI_BATCH)}), (
+        f"attempts other than one success per mini-batch: {dict(statuses)}"
+    )
+    assert server.calls == Counter(items), "the server was not called exactly once per item"
+
+
+class _Job:
+    """One engine side: its entry script, config and cluster; `run()` times one job on fresh folders."""
+
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        script: str,
+        data: Path,
+        items: list[str],
+        server: ScoringServerProcess,
+        **config: Any,
+    ) -> None:
+        from airflow_parallel_run.core import ParallelRunConfig
+
+        path = root / f"{name}.py"
+        path.write_text(script)
+        env = {"SCORING_ADDRESS": server.address, "SCORING_LIB": str(BENCH_DIR)}
+        self.config = ParallelRunConfig(
+            entry_script=str(path), mini_batch_size=MINI_BATCH, environment_variables=env, **config
+        )
+        self.root, self.name, self.data, self.items, self.server = root, name, data, items, server
+        self.client: Any = None
+        self.runs = 0
+        self.peaks: list[int] = []  # requests the server held at once, per run
+
+    def run(self) -> float:
+        from airflow_parallel_run.core import FileDataset, run_job
+
+        self.runs += 1
+        self.server.reset()
+        t0 = time.perf_counter()
+        summary = run_job(
+            self.config,
+            [FileDataset.from_files(str(self.data))],
+            str(self.root / f"out-{self.name}-{self.runs}"),
+            client=self.client,
+            cache_dir=str(self.root / f"cache-{self.name}-{self.runs}"),
+            allow_reuse=False,
+        )
+        seconds = time.perf_counter() - t0
+        _checked_calls(self.server, summary, self.items)
+        self.peaks.append(self.server.peak)
+        return seconds
+
+
+async def _bare(address: str, items: list[str], concurrency: int) -> list[str]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(item: str) -> str:
+        async with gate:
+            return await score(address, item)
+
+    return await asyncio.gather(*(one(item) for item in items))
+
+
+def main() -> None:
+    args = benchlib.parse_args(__doc__, _add)
+    started = benchlib.start(args)
+    count = args.items or (320 if args.quick else 2000)
+    rounds = benchlib.repeats(args, full=3, quick=1)
+    sync_count = max(MINI_BATCH, count // SYNC_SHARE)
+
+    with benchlib.workdir(args, "io-bound") as root, ScoringServerProcess(delay=DELAY_S) as server:
+        paths = benchlib.make_empty_files(root / "in", count, content=b"x")
+        items = [os.path.basename(p) for p in paths]
+        sync_dir = root / "in-sync"
+        sync_dir.mkdir()
+        for path in paths[:sync_count]:
+            os.link(path, sync_dir / os.path.basename(path))
+        async_job = _Job(
+            root,
+            "async",
+            ASYNC_SCRIPT,
+            root / "in",
+            items,
+            server,
+            process_count_per_node=PROCESSES,
+            max_concurrency_per_process=CONCURRENCY,
+        )
+        sync_job = _Job(
+            root, "sync", SYNC_SCRIPT, sync_dir, items[:sync_count], server, process_count_per_node=PROCESSES
+        )
+
+        bare_peaks: list[int] = []
+
+        def bare() -> float:
+            server.reset()
+            t0 = time.perf_counter()
+            answers = asyncio.run(_bare(server.address, items, PROCESSES * CONCURRENCY))
+            seconds = time.perf_counter() - t0
+            assert len(answers) == count and server.calls == Counter(items)
+            bare_peaks.append(server.peak)
+            return seconds
+
+        with (
+            benchlib.local_cluster(PROCESSES, threads=CONCURRENCY) as async_client,
+            benchlib.local_cluster(PROCESSES) as sync_client,
+        ):
+            async_job.client, sync_job.client = async_client, sync_client
+            samples = benchlib.interleaved(
+                {"engine_async": async_job.run, "bare_asyncio": bare, "engine_sync": sync_job.run}, rounds
+            )
+        peaks = {"engine_async": async_job.peaks, "bare_asyncio": bare_peaks, "engine_sync": sync_job.peaks}
+
+    med = benchlib.medians(samples)
+    throughput = {
+        "engine_async": count / med["engine_async"],
+        "bare_asyncio": count / med["bare_asyncio"],
+        "engine_sync": sync_count / med["engine_sync"],
+    }
+    spread = {name: [round(min(v), 3), round(max(v), 3)] for name, v in samples.items()}
+    ratios = [
+        Ratio(
+            "async engine / bare asyncio client",
+            throughput["engine_async"] / throughput["bare_asyncio"],
+            0.8,
+            ">=",
+            f"items/s: {count} items (100 ms each) in mini-batches of {MINI_BATCH}, async run() on {PROCESSES} "
+            f"processes x {CONCURRENCY} in flight vs one asyncio loop with {PROCESSES * CONCURRENCY} in flight",
+        ),
+        Ratio(
+            "async engine / sync engine",
+            throughput["engine_async"] / throughput["engine_sync"],
+            10.0,
+            ">=",
+            f"items/s: async run() (max_concurrency_per_process={CONCURRENCY}) vs sync run() on "
+            f"{sync_count} of the items, both on {PROCESSES} processes",
+        ),
+    ]
+    benchlib.write_result(
+        args,
+        "io_bound",
+        started=started,
+        params={
+            "items": count,
+            "sync_items": sync_count,
+            "delay_s": DELAY_S,
+            "mini_batch_size": MINI_BATCH,
+            "processes": PROCESSES,
+            "max_concurrency_per_process": CONCURRENCY,
+            "rounds": rounds,
+        },
+        ratios=ratios,
+        samples=samples,
+        extra={
+            "items_per_second": {k: round(v, 1) for k, v in throughput.items()},
+            "min_max_s": spread,
+            "server_peak_in_flight": {k: max(v) for k, v in peaks.items() if v},
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
