@@ -628,8 +628,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         _check_run_arguments(args, argv)
         startup = _Startup()
-        previous = {sig: signal.signal(sig, startup.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, startup.handle) for sig in stops}
+        # A signal mask is inherited across fork and exec: started by a thread that had these signals
+        # blocked, the CLI would keep them pending for as long as it runs, and end when its work does
+        # (30 s later when the scheduler cannot be reached), not when asked to. Every thread
+        # the CLI starts from here inherits the unblocked mask. (Unblocked inside the `try`: a signal that
+        # was pending is handled at once, as an interruption.)
+        previous_mask: set[int | signal.Signals] | None = None
         try:
+            previous_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
             if args.rerun_failed is not None:
                 return _rerun_failed(args, startup)
             if args.azure_job:
@@ -644,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 128 + exc.signum
         finally:
+            if previous_mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     if args.command == "cache":

@@ -268,6 +268,13 @@ class Stack:
         env[COMPONENT_ENV] = component_tag(self.stack_id, component, generation)
         if component in self._log_ports:  # two schedulers on one host: one log-server port each
             env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] = str(self._log_ports[component])
+        if component.startswith("scheduler-"):
+            # Only the first scheduler sweeps assets (`parsing_cleanup_interval`, 60 s): the sweep
+            # activates an asset an alias materialised with a plain INSERT, and two schedulers sweeping
+            # at the same moment (their timers start together) both insert it; the loser dies on the
+            # unique key of `asset_active` (seen on Airflow 3.3.2 with PostgreSQL). The same setting
+            # also paces the removal of unreferenced triggers: one scheduler doing it is enough.
+            env["AIRFLOW__SCHEDULER__PARSING_CLEANUP_INTERVAL"] = str(10**9)
         return env
 
     # -- CLI -------------------------------------------------------------------------------------

@@ -30,9 +30,19 @@ from e2e_rest import EXAMPLE_DAG_IDS, Api, Stack, StackError, free_port
 ADMIN_PASSWORD = "e2e-admin-password"
 E2E_DAG_IDS = ("apr_test_failing_scoring", "apr_test_sensor_deferrable", "apr_e2e_twenty_batches")
 SCHEDULERS = 2
-# Airflow's defaults, except how often a scheduler looks for tasks of a dead scheduler (300 s): a
-# test that kills a scheduler should not wait five minutes for the other one to take over.
-SCHEDULER_SETTINGS = {"AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15"}
+# Airflow's defaults, except:
+# - how often a scheduler looks for tasks of a dead scheduler (300 s): a test that kills a scheduler
+#   should not wait minutes for the other one to take over. The check is one query per scheduler; every
+#   5 s it adds ~5 s less to the wait after `scheduler_health_check_threshold` (30 s, kept: a live
+#   scheduler on a loaded 2-core machine must never be taken for dead).
+# - how often the dag-processor re-parses every DAG file (30 s): the session's DAG files never change
+#   (new files would still show up within `refresh_interval`, and callbacks are parsed at once), and
+#   re-parsing the ~25 files every 30 s took about a third of a core for the whole session (148 s of
+#   CPU in 10 min) from the tasks the tests wait for. Once an hour is never within a session.
+SCHEDULER_SETTINGS = {
+    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
+    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
+}
 # Partitions and lineage (test_e2e_partitions.py): the arrival watcher of dags/partition_assets.py polls
 # every 2 s instead of 30; OpenLineage writes to a file, for DAGs that enable it only (selective enable:
 # the other DAGs' tasks emit nothing and fork nothing).

@@ -45,10 +45,23 @@ def browser() -> Iterator[Any]:
             instance.close()
 
 
+# A navigation is done once the server answered (`commit`); what the test needs next is then waited for
+# as an element (a locator waits until it is there). Playwright's default, the page's `load` event, also
+# waits for every script, style sheet, font and image of the Airflow UI (megabytes from a one-worker
+# api-server): on a loaded 2-core machine the first load of the UI took longer than any timeout that
+# still means something, while the element the test uses was there long before.
+NAVIGATED = "commit"
+
+
+def open_page(page: Any, url: str) -> None:
+    """Navigates to `url`; the caller waits for the element it needs."""
+    page.goto(url, wait_until=NAVIGATED)
+
+
 def sign_in(page: Any, stack: Stack) -> None:
     """Signs in at /auth/login as the stack's user and waits until the UI has left the login page."""
-    page.goto(f"{stack.url}/auth/login")
+    open_page(page, f"{stack.url}/auth/login")
     page.locator("input[name=username]").fill(stack.username)
     page.locator("input[name=password]").fill(str(stack.password))
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(lambda url: "/auth/login" not in url)
+    page.wait_for_url(lambda url: "/auth/login" not in url, wait_until=NAVIGATED)

@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,14 @@ BACKFILL_DAGS = ("partitioned_daily_scoring", "weekly_digit_scores")
 IMAGES = {"batch-a": 6, "batch-b": 4, "batch-c": 5}
 WEEK = [f"2024-03-{day:02d}" for day in range(4, 11)]  # Monday 4 to Sunday 10 March 2024: ISO week 10
 RUN_WAIT = 240.0
+WATCHED_ASSET = "digit_arrivals"
+# Nothing more may start for this long after the last event that could start something: several polls
+# of the arrival watcher (every 2 s in the e2e stack) and many scheduler loops.
+QUIET_S = 3 * 2 + 10
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 def _digits(demo_root: Path) -> list[Path]:
@@ -52,6 +61,14 @@ def land(demo_root: Path, key: str, images: list[Path]) -> list[str]:
 
 def partition_runs(api: Api, dag_id: str) -> list[dict[str, Any]]:
     return api.runs(dag_id)
+
+
+def watcher_events(api: Api) -> list[dict[str, Any]]:
+    """The events the arrival watcher put on `digit_arrivals` (one per landed partition)."""
+    (asset,) = [
+        a for a in api.get("/assets", name_pattern=WATCHED_ASSET)["assets"] if a["name"] == WATCHED_ASSET
+    ]
+    return list(api.get("/assets/events", asset_id=asset["id"], limit=100)["asset_events"])
 
 
 def wait_partition_runs(
@@ -87,9 +104,15 @@ def test_each_arriving_partition_is_scored_once_across_a_triggerer_restart(
         landed[keys[2]] = land(
             demo_root, keys[2], digits[start : start + IMAGES[keys[2]]]
         )  # while it is down
+    last_landed = time.monotonic()
     scoring = wait_partition_runs(api, "arrival_driven_scoring", set(keys))
     reports = wait_partition_runs(api, "scored_partition_report", set(keys))
-    time.sleep(3 * 2 + 10)  # several watcher polls and scheduler loops later: nothing more starts
+    # Several watcher polls and scheduler loops after the last partition landed (the waits above mostly
+    # took longer than that): the restarted watcher fired once for the partition that landed while it was
+    # down, and never again for the two it had announced. A repeated event is in the asset's events at
+    # once, before any run it would start.
+    time.sleep(max(0.0, last_landed + QUIET_S - time.monotonic()))
+    assert len(watcher_events(api)) == len(keys), watcher_events(api)
 
     runs = partition_runs(api, "arrival_driven_scoring")
     assert sorted(r["partition_key"] for r in runs) == sorted(keys), "exactly one scoring run per partition"
@@ -209,7 +232,8 @@ def test_cli_backfill_completes_the_week_and_the_rollup_runs_once(stack: Stack, 
     summary = api.xcom("weekly_digit_scores", run["dag_run_id"], "summarise_week")
     assert sorted(summary["days"]) == WEEK
     assert summary["succeeded_items"] == 7 * 20
-    time.sleep(10)
+    # many scheduler loops after the rollup's run was queued (it ran meanwhile), still one run for the week
+    time.sleep(max(0.0, _epoch(run["queued_at"]) + QUIET_S - time.time()))
     assert [r["partition_key"] for r in partition_runs(api, "weekly_digit_scores")] == [week], "once per week"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_browser import browser, sign_in  # noqa: F401 - the browser fixture
+from e2e_browser import browser, open_page, sign_in  # noqa: F401 - the browser fixture
 from e2e_rest import Api, Stack
 
 pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
@@ -36,7 +36,7 @@ def test_trigger_form_in_the_browser(
     page.set_default_timeout(30_000)
     sign_in(page, stack)
 
-    page.goto(f"{stack.url}/dags/{DAG_ID}")
+    open_page(page, f"{stack.url}/dags/{DAG_ID}")
     page.get_by_role("button", name="Trigger").first.click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_text("Run Parameters").wait_for()

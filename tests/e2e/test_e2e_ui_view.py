@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from e2e_browser import browser, sign_in  # noqa: F401 - the browser fixture
+from e2e_browser import NAVIGATED, browser, open_page, sign_in  # noqa: F401 - the browser fixture
 from e2e_rest import Api, Stack
 
 pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
@@ -82,7 +82,7 @@ def test_parallel_run_tab_in_the_browser(
     page.set_default_timeout(60_000)
     sign_in(page, stack)
 
-    page.goto(f"{stack.url}/dags/{DAG_ID}")
+    open_page(page, f"{stack.url}/dags/{DAG_ID}")
     page.get_by_role("button", name="Trigger").first.click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_role("button", name="Trigger").click()
@@ -95,7 +95,7 @@ def test_parallel_run_tab_in_the_browser(
     assert new[0]["triggered_by"] == "ui"
     _wait_state(api, run_id, {"running", "success", "failed"})
 
-    page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{run_id}/tasks/{TASK_ID}")
+    open_page(page, f"{stack.url}/dags/{DAG_ID}/runs/{run_id}/tasks/{TASK_ID}")
     page.get_by_text("Parallel run", exact=True).first.click()
     frame = page.frame_locator('iframe[title="Parallel run"]')
     bar = frame.locator("#progress-bar")
@@ -175,11 +175,13 @@ def test_parallel_run_tab_in_the_browser(
         )
 
     # the nav page (Browse > Parallel runs) lists the run and links to the tab
-    page.goto(f"{stack.url}/")
+    open_page(page, f"{stack.url}/")
     page.get_by_role("button", name="Browse").click()
     page.get_by_role("menuitem", name="Parallel runs").click()
     # the SPA may add a trailing slash or a query to the route; the page is the same
-    page.wait_for_url(lambda url: urlsplit(url).path.rstrip("/").endswith("/plugin/parallel-runs"))
+    page.wait_for_url(
+        lambda url: urlsplit(url).path.rstrip("/").endswith("/plugin/parallel-runs"), wait_until=NAVIGATED
+    )
     runs = page.frame_locator('iframe[title="Parallel runs"]')
     row = runs.locator(f'#runs-table tr[data-run-id="{run_id}"]')
     row.wait_for()
@@ -188,7 +190,7 @@ def test_parallel_run_tab_in_the_browser(
     runs_shot = tmp_path / "runs-page.png"
     page.screenshot(path=str(runs_shot))
     row.locator(".tab-link").click()
-    page.wait_for_url(lambda url: f"/tasks/{TASK_ID}/plugin/parallel-run" in url)
+    page.wait_for_url(lambda url: f"/tasks/{TASK_ID}/plugin/parallel-run" in url, wait_until=NAVIGATED)
     page.frame_locator('iframe[title="Parallel run"]').locator("#summary-section").wait_for()
     page.close()
     print(f"screenshots: {running_shot} {ended_shot} {runs_shot}")

@@ -130,9 +130,37 @@ def test_a_signal_at_each_stage_of_startup_ends_the_cli_promptly(
     else:
         assert code == 128 + sig and stdout == "", stderr[-2000:]
         assert f"airflow-parallel-run: interrupted by {sig.name} while " in stderr
-    time.sleep(1.5)  # an orphaned entry-script process would notice its parent is gone within a second
-    assert entry_processes(out, root_pid=0) == []
+    # an orphaned entry-script process notices its parent is gone within a second and exits
+    wait_for(lambda: entry_processes(out, root_pid=0) == [], 1.5, "no entry-script process of the job left")
     assert not (out / LOCK).exists() or json.loads((out / LOCK).read_text())["pid"] == proc.pid
+
+
+def test_a_signal_the_launcher_blocked_still_ends_the_cli_promptly(files, write_script, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A launcher whose thread had SIGINT and SIGTERM blocked when it started the CLI (a signal mask is
+    inherited across fork and exec) must not make the CLI deaf to them: blocked, a SIGTERM stayed
+    pending while the CLI tried to connect, and the CLI ended 30 s later with the connection error
+    (exit 2) instead of the signal's exit code."""
+    root, out = files(3), tmp_path / "out"
+    script = write_script(HONEST)
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    proc = subprocess.Popen(
+        cli_run_argv(root, out, script, "--scheduler", f"tcp://127.0.0.1:{closed_port()}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.pthread_sigmask(
+            signal.SIG_BLOCK, blocked
+        ),  # the mask only: no Python code of note in the child
+    )
+    try:
+        code, stdout, stderr, seconds = _signal_after(proc, (out / LOCK).exists, signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert code == 128 + signal.SIGTERM and stdout == "", stderr[-2000:]
+    assert seconds < 20, f"the CLI needed {seconds:.0f} s to stop after SIGTERM"
+    assert "airflow-parallel-run: interrupted by SIGTERM while " in stderr
 
 
 # -- values that were accepted and then failed, or hung, the job ---------------------------------------------------
