@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import logging
+import signal
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from distributed import Client, LocalCluster
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C and SIGTERM as a terminal gives them, whatever started the suite.
+
+    A shell starts a background command (`make test &` in a script, `(cmd &)`) with SIGINT ignored,
+    and an ignored signal stays ignored in every process started from it: the tests that stop a
+    process with SIGINT, as Ctrl-C in a terminal does (`make airflow`, the CLI, the PostgreSQL owner),
+    would then wait for processes that never see it. Handled here, they start with the default.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

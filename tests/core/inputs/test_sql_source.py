@@ -462,7 +462,8 @@ def test_the_password_appears_nowhere(
 # -- errors.md -------------------------------------------------------------------------------------------------
 def documented() -> list[str]:
     text = ERRORS_DOC.read_text(encoding="utf-8")
-    section = text[text.index("## 8. SQL inputs") : text.index("## Known issues")]
+    start = text.index("## 8. SQL inputs")
+    section = text[start : text.index("\n## ", start + 1)]  # up to the next section
     return re.findall(r"```\n(.*?)\n```", section, flags=re.S)
 
 
