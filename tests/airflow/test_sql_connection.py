@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,21 +20,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 from postgres_server import PostgresServer  # noqa: E402
+from postgres_support import throwaway_postgres  # noqa: E402
 
 PASSWORD = "Airflow-conn-pw-51d0b3"
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[PostgresServer]:
-    home = Path(tempfile.mkdtemp(prefix="apr-sql-airflow-"))
-    home.chmod(0o755)  # the server account must reach it
-    pg = PostgresServer(location=home / "postgres", password=PASSWORD)
-    pg.start()
-    try:
+    with throwaway_postgres("apr-sql-airflow-", PASSWORD) as pg:
         yield pg
-    finally:
-        pg.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def _xcoms(run: Any) -> list[Any]:

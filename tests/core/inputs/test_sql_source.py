@@ -13,10 +13,8 @@ import datetime as dt
 import itertools
 import json
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +35,7 @@ from airflow_parallel_run.core.plan import plan_inputs
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tools"))
 from postgres_server import PostgresServer  # noqa: E402
+from postgres_support import throwaway_postgres  # noqa: E402
 
 PASSWORD = "Sql-Src-pw-7c1e9a"
 ERRORS_DOC = REPO / "docs" / "errors.md"
@@ -44,15 +43,8 @@ ERRORS_DOC = REPO / "docs" / "errors.md"
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[PostgresServer]:
-    home = Path(tempfile.mkdtemp(prefix="apr-sql-test-"))
-    home.chmod(0o755)  # the server account must reach it
-    pg = PostgresServer(location=home / "postgres", password=PASSWORD)
-    pg.start()
-    try:
+    with throwaway_postgres("apr-sql-test-", PASSWORD) as pg:
         yield pg
-    finally:
-        pg.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

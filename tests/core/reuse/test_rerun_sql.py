@@ -3,9 +3,7 @@ ranges, neither they nor the job record hold the database password, and the re-r
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,21 +18,15 @@ from airflow_parallel_run.core.reuse.rerun import PreviousJob
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tools"))
 from postgres_server import PostgresServer  # noqa: E402
+from postgres_support import throwaway_postgres  # noqa: E402
 
 PASSWORD = "Rerun-pw-5d2b81"
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[PostgresServer]:
-    home = Path(tempfile.mkdtemp(prefix="apr-rerun-sql-"))
-    home.chmod(0o755)  # the server account must reach it
-    pg = PostgresServer(location=home / "postgres", password=PASSWORD)
-    pg.start()
-    try:
+    with throwaway_postgres("apr-rerun-sql-", PASSWORD) as pg:
         yield pg
-    finally:
-        pg.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_rerun_of_failed_key_ranges(
