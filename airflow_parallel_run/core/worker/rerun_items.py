@@ -1,0 +1,101 @@
+"""In the entry-script process: a re-run of only the items a mini-batch's run() marked failed.
+
+The previous job's run() returned one entry per item with some marked failed (core/output/results.py);
+it kept the successful entries (`save_successes`, a pickle beside the part, stored with it in the reuse
+cache). A re-run (`--rerun-failed`, core/reuse/rerun.py) sends the mini-batch with a `PartialRun`: run()
+gets only the failed items (`read_selected`), and its results take their places among the previous ones
+(`join_results`), so the part written is the one a run of the whole mini-batch writes, each item once, in
+input order.
+
+The pickle is read only here, in the process that already runs the job's script, and only from a cache
+entry whose digests the driver verified: the reuse cache is the job's own trusted storage (it serves
+parts into the output too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..minibatch import MiniBatch
+from ..output.results import InvalidResultError, is_frame
+from ..storage import write_atomic
+from .messages import PartialRun
+
+
+def read_selected(source: Any, mini_batch: MiniBatch, partial: PartialRun, scratch: str) -> tuple[Any, int]:
+    """The items at `partial.positions` as run() gets them (local paths, or the DataFrame's rows with their
+    index), and the whole mini-batch's item count. Files: only those are read (downloaded)."""
+    positions = list(partial.positions)
+    if mini_batch.files:
+        selected = dataclasses.replace(
+            mini_batch, files=tuple(mini_batch.files[i] for i in positions), items=len(positions)
+        )
+        data, _count = source.read(selected, scratch)
+        return data, mini_batch.items
+    data, total = source.read(mini_batch, scratch)
+    if any(p >= total for p in positions):
+        raise InvalidResultError(
+            f"mini-batch {mini_batch.index} has {total} items now, the previous job marked item "
+            f"{max(positions)} failed: its input changed"
+        )
+    if is_frame(data):
+        return data.iloc[positions], total
+    return [data[i] for i in positions], total
+
+
+def load_successes(url: str, storage_options: Mapping[str, Any]) -> list[Any]:
+    """The previous job's successful results of a mini-batch ([] for summary_only: none were kept)."""
+    if not url:
+        return []
+    import fsspec
+
+    with fsspec.open(url, "rb", **dict(storage_options)) as handle:
+        value = pickle.load(handle)  # noqa: S301 - a verified entry of the job's own cache (module doc)
+    if not isinstance(value, list):
+        raise InvalidResultError(f"{url} does not hold the previous job's results")
+    return value
+
+
+def join_results(
+    new: Any, partial: PartialRun, previous: Sequence[Any], total: int, summary_only: bool
+) -> list[Any]:
+    """run()'s results for the re-run items in their places among the previous job's successful results:
+    one entry per item of the mini-batch, in input order (a still-failing item keeps its marker)."""
+    positions = list(partial.positions)
+    if is_frame(new) or not isinstance(new, (list, tuple)) or len(new) != len(positions):
+        kind = (
+            f"{len(new)} results" if isinstance(new, (list, tuple)) or is_frame(new) else type(new).__name__
+        )
+        raise InvalidResultError(
+            f"a re-run of {len(positions)} failed items of this mini-batch needs a list (or tuple) with one "
+            f"entry per item, in input order; run() returned {kind}. The failed items' results take their "
+            "places among the previous job's, so each must say which item it is for"
+        )
+    others = [i for i in range(total) if i not in set(positions)]
+    if summary_only:
+        previous = [None] * len(others)
+    if len(previous) != len(others):
+        raise InvalidResultError(
+            f"the previous job kept {len(previous)} results of this mini-batch, {len(others)} of its "
+            f"{total} items succeeded: the cache entry does not belong to this re-run"
+        )
+    joined: list[Any] = [None] * total
+    for position, value in zip(others, previous, strict=True):
+        joined[position] = value
+    for position, value in zip(positions, new, strict=True):
+        joined[position] = value
+    return joined
+
+
+def save_successes(value: Sequence[Any], url: str, storage_options: Mapping[str, Any]) -> str | None:
+    """Keeps the successful results of a run() that marked items failed, for a re-run of those items; None
+    (the re-run then runs the whole mini-batch) when they cannot be pickled."""
+    try:
+        blob = pickle.dumps(list(value), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - an unpicklable result: the whole mini-batch runs again instead
+        return None
+    write_atomic(url, blob, storage_options)
+    return url
