@@ -67,7 +67,9 @@ def join_results(
     positions = list(partial.positions)
     if is_frame(new) or not isinstance(new, (list, tuple)) or len(new) != len(positions):
         kind = (
-            f"{len(new)} results" if isinstance(new, (list, tuple)) or is_frame(new) else type(new).__name__
+            f"a {type(new).__name__} of length {len(new)}"
+            if isinstance(new, (list, tuple)) or is_frame(new)
+            else f"a {type(new).__name__}"
         )
         raise InvalidResultError(
             f"a re-run of {len(positions)} failed items of this mini-batch needs a list (or tuple) with one "

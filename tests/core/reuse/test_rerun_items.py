@@ -16,14 +16,12 @@ from distributed import Client
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, TabularDataset, run_job
 from airflow_parallel_run.core.logs.failed_items import read_failed_items
-from airflow_parallel_run.core.output.results import InvalidResultError, ItemFailed, check_result
 from airflow_parallel_run.core.reuse.rerun import PreviousJob
 
 #: Marks the items named in --fail-list failed in place ("exception": the exception object; "marker":
 #: ItemFailed), sync or async (gather with return_exceptions=True); appends each item it ran to --calls.
 SCRIPT = """
 import argparse, asyncio, os
-from airflow_parallel_run import ItemFailed
 
 def init():
     global args
@@ -38,6 +36,8 @@ def score(path, bad):
     name = os.path.basename(path)
     if name in bad:
         if args.mode == "marker":
+            from airflow_parallel_run import ItemFailed
+
             return ItemFailed(f"item {name} is on the fail list")
         raise ValueError(f"item {name} is on the fail list")
     with open(path) as handle:
@@ -69,7 +69,7 @@ ASYNC_RUN = """
 async def _one(path, bad):
     await asyncio.sleep(0)
     result = score(path, bad)
-    if isinstance(result, ItemFailed):
+    if not isinstance(result, (str, dict)):
         raise ValueError(result.reason)
     return result
 
@@ -305,6 +305,8 @@ class _Unpicklable(Exception):
 
 
 def test_markers_are_taken_out_and_described() -> None:
+    from airflow_parallel_run.core.output.results import ItemFailed, check_result
+
     checked = check_result(
         ["a", ValueError("bad\nsecond line"), "c", ItemFailed("gone"), _Unpicklable("x")], 5
     )
@@ -318,6 +320,8 @@ def test_markers_are_taken_out_and_described() -> None:
 
 
 def test_markers_in_a_short_or_long_result_are_refused() -> None:
+    from airflow_parallel_run.core.output.results import InvalidResultError, check_result
+
     with pytest.raises(InvalidResultError, match="needs exactly one entry per input item"):
         check_result(["a", ValueError("bad")], 3)
     with pytest.raises(InvalidResultError, match="returned 4 results for a mini-batch of 3"):
