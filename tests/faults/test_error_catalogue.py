@@ -650,6 +650,14 @@ def _markers_in_a_short_result() -> str | None:
     return str(info.value)
 
 
+def _an_exception_inside_an_entry() -> str | None:
+    from airflow_parallel_run.core.output.results import check_result
+
+    with pytest.raises(InvalidResultError) as info:
+        check_result([{"p": 1}, {"p": KeyError("k")}], 2)
+    return str(info.value)
+
+
 def _a_count_in_a_rerun_of_items() -> str | None:
     from airflow_parallel_run.core.worker.messages import PartialRun
     from airflow_parallel_run.core.worker.rerun_items import join_results
@@ -667,6 +675,12 @@ SCHEMA_CASES = [
         "run() returned 2 results for a mini-batch of 3 items, 1 of them failed-item markers (exceptions or "
         "ItemFailed): a result that marks failed items needs exactly one entry per input item, in input order, "
         "so that each marker names its item",
+    ),
+    (
+        _an_exception_inside_an_entry,
+        "run() returned KeyError \"'k'\" as the value of key 'p' of entry 1: an exception is never written to the "
+        "output. To fail that item, put the exception (or ItemFailed) itself in the item's place in a list with one "
+        "entry per input item",
     ),
     (
         _a_count_in_a_rerun_of_items,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -105,6 +106,27 @@ class CheckedResult:
     item_errors: tuple[ItemError, ...] = ()
 
 
+def _frame_values(frame: pd.DataFrame) -> Iterator[tuple[str, Any]]:
+    """The values of a DataFrame's object columns (only those can hold an exception), with where they are."""
+    for position, dtype in enumerate(frame.dtypes):
+        if dtype == object:  # noqa: E721 - numpy dtype equality, not a type check
+            column = frame.iloc[:, position]
+            for row, value in enumerate(column.to_numpy()):
+                yield f"column {str(frame.columns[position])!r} of row {row}", value
+
+
+def _refuse_nested_markers(values: Iterable[tuple[str, Any]]) -> None:
+    """An exception (or ItemFailed) inside an entry would be written to the output as text, and its item
+    counted as a success: refused, naming where it is."""
+    for where, value in values:
+        if _is_marker(value):
+            raise InvalidResultError(
+                f"run() returned {type(value).__name__} {_first_line(str(value))!r} as the value of {where}: an "
+                "exception is never written to the output. To fail that item, put the exception (or "
+                "ItemFailed) itself in the item's place in a list with one entry per input item"
+            )
+
+
 def check_result(result: Any, total: int) -> CheckedResult:
     """Validates a run() result: its successful entries, their count and the items it marked failed."""
     if not isinstance(result, (list, tuple)) and not is_frame(result):
@@ -117,8 +139,15 @@ def check_result(result: Any, total: int) -> CheckedResult:
             "item that succeeded."
         )
     if is_frame(result):
+        _refuse_nested_markers(_frame_values(result))
         return CheckedResult(result, count)
     marked = [i for i, value in enumerate(result) if _is_marker(value)]
+    _refuse_nested_markers(
+        (f"key {key!r} of entry {i}", value)
+        for i, entry in enumerate(result)
+        if isinstance(entry, dict)
+        for key, value in entry.items()
+    )
     if not marked:
         return CheckedResult(result, count)
     if count != total:

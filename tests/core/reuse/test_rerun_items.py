@@ -30,7 +30,19 @@ def init():
     parser.add_argument("--calls")
     parser.add_argument("--mode", default="exception")
     parser.add_argument("--dicts", action="store_true")
+    parser.add_argument("--unpicklable", action="store_true")
     args, _ = parser.parse_known_args()
+
+class Scored:
+    # a result that prints as text but cannot be pickled (it holds a lock)
+
+    def __init__(self, text):
+        import threading
+
+        self.text, self.lock = text, threading.Lock()
+
+    def __str__(self):
+        return self.text
 
 def score(path, bad):
     name = os.path.basename(path)
@@ -42,7 +54,9 @@ def score(path, bad):
         raise ValueError(f"item {name} is on the fail list")
     with open(path) as handle:
         value = handle.read().strip()
-    return {"name": name, "value": int(value), "half": int(value) / 2} if args.dicts else f"{name} {value}"
+    if args.dicts:
+        return {"name": name, "value": int(value), "half": int(value) / 2}
+    return Scored(f"{name} {value}") if args.unpicklable else f"{name} {value}"
 
 def _safe(path, bad):
     try:
@@ -81,8 +95,8 @@ async def run(mini_batch):
 FAILING = ["f003.txt", "f017.txt", "f030.txt", "f044.txt", "f058.txt", "f071.txt", "f089.txt"]  # 7 of 100
 
 
-def _arguments(folder: Path, mode: str, dicts: bool) -> list[str]:
-    extra = ["--dicts"] if dicts else []
+def _arguments(folder: Path, mode: str, dicts: bool, *more: str) -> list[str]:
+    extra = ["--dicts", *more] if dicts else list(more)
     return [
         "--fail-list",
         str(folder / "fail.txt"),
@@ -297,6 +311,76 @@ def test_summary_only_counts_marked_items_and_reruns_them_alone(
     assert sorted(_calls(tmp_path)) == ["f003.txt", "f017.txt"]
 
 
+def _first_job(
+    tmp_path: Path, client: Client, script: str, files: Callable[..., Path], *more: str
+) -> tuple[ParallelRunConfig, list[FileDataset], list[str], str]:
+    inputs = [FileDataset.from_files(str(files(100)))]
+    config = ParallelRunConfig(
+        entry_script=script, mini_batch_size=10, run_max_try=1, process_count_per_node=2
+    )
+    arguments = _arguments(tmp_path, "exception", False, *more)
+    (tmp_path / "fail.txt").write_text("\n".join(FAILING))
+    out = str(tmp_path / "out")
+    first = run_job(config, inputs, out, arguments=arguments, client=client)
+    assert first["failed_items"] == len(FAILING), first
+    (tmp_path / "fail.txt").write_text("")
+    (tmp_path / "calls.txt").unlink()
+    return config, inputs, arguments, out
+
+
+def _whole(names: list[str]) -> list[str]:
+    """Every item of the mini-batches (of 10) that hold these."""
+    return sorted(
+        f"f{b * 10 + i:03d}.txt" for b in sorted({int(n[1:4]) // 10 for n in names}) for i in range(10)
+    )
+
+
+def test_unpicklable_results_rerun_their_mini_batches_whole(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    """Successful results that cannot be kept: the re-run cannot join new results with them, so it runs those
+    mini-batches whole (and says so), and the output is still the clean job's."""
+    script = write_script(SCRIPT + SYNC_RUN)
+    config, inputs, arguments, out = _first_job(tmp_path, dask_client, script, files, "--unpicklable")
+    previous = PreviousJob.load(out)
+    second = run_job(
+        config, inputs, out, arguments=arguments, client=dask_client, rerun=previous, planned=previous.plan
+    )
+    assert second["status"] == "succeeded" and second["failed_items"] == 0, second
+    assert sorted(_calls(tmp_path)) == _whole(FAILING)
+    master = (tmp_path / "out" / "logs" / "sys" / "master_role.txt").read_text()
+    assert (
+        "Re-run: mini-batch 0 runs whole: its successful results could not be kept (not picklable)" in master
+    )
+    assert Path(second["append_row_file"]).read_bytes() == _clean(
+        tmp_path, dask_client, config, inputs, arguments
+    )
+
+
+def test_failed_items_edited_since_rerun_that_mini_batch_whole(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    """failed_items.jsonl edited by hand to name a succeeded item of a partly failed mini-batch: the cache
+    entry's own record of its failed items disagrees, so the mini-batch runs whole, never a wrong join."""
+    script = write_script(SCRIPT + SYNC_RUN)
+    config, inputs, arguments, out = _first_job(tmp_path, dask_client, script, files)
+    path = tmp_path / "out" / "logs" / "sys" / "job_report" / "failed_items.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    forged = {**lines[0], "item": {"file": lines[0]["item"]["file"].replace("f003", "f004")}, "position": 4}
+    path.write_text("".join(json.dumps(line) + "\n" for line in [lines[0], forged, *lines[1:]]))
+    previous = PreviousJob.load(out)
+    second = run_job(
+        config, inputs, out, arguments=arguments, client=dask_client, rerun=previous, planned=previous.plan
+    )
+    assert second["status"] == "succeeded" and second["failed_items"] == 0, second
+    assert sorted(_calls(tmp_path)) == sorted({*_whole(["f003.txt"]), *FAILING})
+    master = (tmp_path / "out" / "logs" / "sys" / "master_role.txt").read_text()
+    assert "Re-run: mini-batch 0 runs whole: its cache entry names other failed items than logs/" in master
+    assert Path(second["append_row_file"]).read_bytes() == _clean(
+        tmp_path, dask_client, config, inputs, arguments
+    )
+
+
 # -- the result contract, without a cluster ------------------------------------------------------------
 class _Unpicklable(Exception):
     def __init__(self, message: str) -> None:
@@ -327,3 +411,15 @@ def test_markers_in_a_short_or_long_result_are_refused() -> None:
     with pytest.raises(InvalidResultError, match="returned 4 results for a mini-batch of 3"):
         check_result(["a", ValueError("bad"), "c", "d"], 3)
     assert check_result(["a", "b"], 3).succeeded == 2  # a short result without markers: the Azure count
+
+
+def test_an_exception_inside_an_entry_is_refused() -> None:
+    """Inside a dict or a DataFrame cell an exception would be written as text and counted a success."""
+    import pandas as pd
+
+    from airflow_parallel_run.core.output.results import InvalidResultError, check_result
+
+    with pytest.raises(InvalidResultError, match="as the value of key 'p' of entry 1"):
+        check_result([{"p": 1}, {"p": KeyError("k")}], 2)
+    with pytest.raises(InvalidResultError, match="as the value of column 'p' of row 1"):
+        check_result(pd.DataFrame({"p": ["ok", ValueError("boom")]}), 2)
