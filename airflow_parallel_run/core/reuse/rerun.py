@@ -198,14 +198,18 @@ class PreviousJob:
         mini-batch's cache entry. The others run whole, each with the reason (for the master log)."""
         positions: dict[int, set[int]] = {}
         whole: dict[int, str] = {}
+        failed_whole: set[int] = set()  # raised, timed out, died, or not finished: nothing to say
         for line in self.failed:
             index = int(line["mini_batch"])
             position = line.get("position")
-            if isinstance(position, int) and line.get("certain") is True and index not in whole:
+            if isinstance(position, int) and line.get("certain") is True:
                 positions.setdefault(index, set()).add(position)
+            elif line.get("certain") is False:
+                whole[index] = "its run() returned fewer results than items without saying which failed"
             else:
-                whole[index] = "its failed items are not named one by one"
-                positions.pop(index, None)
+                failed_whole.add(index)
+        for index in set(whole) | failed_whole:
+            positions.pop(index, None)
         summary_only = driver.config.output_action != "append_row"
         partial: dict[int, PartialRun] = {}
         for index, chosen in sorted(positions.items()):
@@ -215,12 +219,10 @@ class PreviousJob:
                 whole[index] = "its cache entry (the previous successful items) is gone"
             elif marked != chosen:
                 whole[index] = "its cache entry names other failed items than logs/" + FAILED_ITEMS_FILE
-            elif not summary_only and not meta.get("items_url"):
+            elif not summary_only and not meta.get("items_url") and int(meta.get("succeeded", 0)):
                 whole[index] = "its successful results could not be kept (not picklable)"
             else:
-                partial[index] = PartialRun(
-                    tuple(sorted(chosen)), "" if summary_only else str(meta["items_url"])
-                )
+                partial[index] = PartialRun(tuple(sorted(chosen)), str(meta.get("items_url") or ""))
         return partial, whole
 
     def _check_inputs(self, inputs: Sequence[Dataset]) -> None:

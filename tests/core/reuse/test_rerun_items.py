@@ -381,6 +381,33 @@ def test_failed_items_edited_since_rerun_that_mini_batch_whole(
     )
 
 
+def test_a_mini_batch_whose_items_all_failed_reruns_as_marked(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    """No successful results to keep is not "could not keep them": the mini-batch runs its marked items."""
+    inputs = [FileDataset.from_files(str(files(20)))]
+    config = ParallelRunConfig(entry_script=write_script(SCRIPT + SYNC_RUN), mini_batch_size=5, run_max_try=1)
+    arguments = _arguments(tmp_path, "marker", False)
+    failing = ["f005.txt", "f006.txt", "f007.txt", "f008.txt", "f009.txt", "f012.txt"]
+    (tmp_path / "fail.txt").write_text("\n".join(failing))
+    out = str(tmp_path / "out")
+    first = run_job(config, inputs, out, arguments=arguments, client=dask_client)
+    assert first["failed_items"] == 6 and first["failed_mini_batches"] == 0, first
+    (tmp_path / "fail.txt").write_text("")
+    (tmp_path / "calls.txt").unlink()
+    previous = PreviousJob.load(out)
+    second = run_job(
+        config, inputs, out, arguments=arguments, client=dask_client, rerun=previous, planned=previous.plan
+    )
+    assert second["status"] == "succeeded" and second["failed_items"] == 0, second
+    assert sorted(_calls(tmp_path)) == failing
+    master = (tmp_path / "out" / "logs" / "sys" / "master_role.txt").read_text()
+    assert "2 of them run only their 6 failed items" in master and "runs whole" not in master
+    assert Path(second["append_row_file"]).read_bytes() == _clean(
+        tmp_path, dask_client, config, inputs, arguments
+    )
+
+
 # -- the result contract, without a cluster ------------------------------------------------------------
 class _Unpicklable(Exception):
     def __init__(self, message: str) -> None:
