@@ -244,6 +244,9 @@ def test_rows_marked_failed_rerun_alone(
         start, end = line["item"]["bytes"]
         assert data[start:end].splitlines()[line["item"]["row"]].startswith(f"{row},".encode())
         assert line["error"] == f"KeyError: 'row {row} is on the fail list'"
+    report = (tmp_path / "out" / "logs" / "report.html").read_text()
+    first_item = failed[0]["item"]
+    assert f"bytes {first_item['bytes'][0]}-{first_item['bytes'][1]} row {first_item['row']}<" in report
 
     (tmp_path / "fail.txt").write_text("")
     (tmp_path / "calls.txt").unlink()
