@@ -83,10 +83,14 @@ def _describe(position: int, marker: Any) -> ItemError:
     if isinstance(marker, ItemFailed):
         text = f"ItemFailed: {marker.reason}" if marker.reason else "ItemFailed"
         return ItemError(position, _first_line(text), text)
-    text = f"{type(marker).__name__}: {marker}" if str(marker) else type(marker).__name__
+    try:
+        message = str(marker)
+    except Exception:  # noqa: BLE001 - an exception whose str() fails still marks its item
+        message = "<str() of the exception failed>"
+    text = f"{type(marker).__name__}: {message}" if message else type(marker).__name__
     try:
         trace = "".join(traceback.format_exception(type(marker), marker, marker.__traceback__))
-    except Exception:  # noqa: BLE001 - an exception whose str() or traceback fails still marks its item
+    except Exception:  # noqa: BLE001 - nor does a traceback that cannot be formatted stop it
         trace = text
     return ItemError(position, _first_line(text), trace)
 

@@ -384,10 +384,11 @@ def test_failed_items_edited_since_rerun_that_mini_batch_whole(
     )
 
 
-def test_a_mini_batch_whose_items_all_failed_reruns_as_marked(
+def test_a_mini_batch_whose_items_all_failed_reruns_as_marked_and_again(
     tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
 ) -> None:
-    """No successful results to keep is not "could not keep them": the mini-batch runs its marked items."""
+    """No successful results to keep is not "could not keep them": the mini-batch runs its marked items; an
+    item that fails again in the re-run is marked in the whole mini-batch's terms, and re-run again."""
     inputs = [FileDataset.from_files(str(files(20)))]
     config = ParallelRunConfig(entry_script=write_script(SCRIPT + SYNC_RUN), mini_batch_size=5, run_max_try=1)
     arguments = _arguments(tmp_path, "marker", False)
@@ -396,17 +397,28 @@ def test_a_mini_batch_whose_items_all_failed_reruns_as_marked(
     out = str(tmp_path / "out")
     first = run_job(config, inputs, out, arguments=arguments, client=dask_client)
     assert first["failed_items"] == 6 and first["failed_mini_batches"] == 0, first
-    (tmp_path / "fail.txt").write_text("")
+    (tmp_path / "fail.txt").write_text("f012.txt")  # still failing in the re-run: marked again
     (tmp_path / "calls.txt").unlink()
     previous = PreviousJob.load(out)
     second = run_job(
         config, inputs, out, arguments=arguments, client=dask_client, rerun=previous, planned=previous.plan
     )
-    assert second["status"] == "succeeded" and second["failed_items"] == 0, second
+    assert second["status"] == "succeeded" and second["failed_items"] == 1, second
     assert sorted(_calls(tmp_path)) == failing
     master = (tmp_path / "out" / "logs" / "sys" / "master_role.txt").read_text()
     assert "2 of them run only their 6 failed items" in master and "runs whole" not in master
-    assert Path(second["append_row_file"]).read_bytes() == _clean(
+    [line] = read_failed_items(str(tmp_path / "out" / "logs"))  # in the whole mini-batch's terms
+    assert (line["mini_batch"], line["position"], Path(line["item"]["file"]).name) == (2, 2, "f012.txt")
+
+    (tmp_path / "fail.txt").write_text("")  # a re-run of the re-run
+    (tmp_path / "calls.txt").unlink()
+    previous = PreviousJob.load(out)
+    third = run_job(
+        config, inputs, out, arguments=arguments, client=dask_client, rerun=previous, planned=previous.plan
+    )
+    assert third["status"] == "succeeded" and third["failed_items"] == 0, third
+    assert _calls(tmp_path) == ["f012.txt"]
+    assert Path(third["append_row_file"]).read_bytes() == _clean(
         tmp_path, dask_client, config, inputs, arguments
     )
 
@@ -418,8 +430,16 @@ class _Unpicklable(Exception):
         self.lock = threading.Lock()
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
 def test_markers_are_taken_out_and_described() -> None:
     from airflow_parallel_run.core.output.results import ItemFailed, check_result
+
+    [unprintable] = check_result([_Unprintable()], 1).item_errors  # still marks its item
+    assert unprintable.error == "_Unprintable: <str() of the exception failed>"
 
     checked = check_result(
         ["a", ValueError("bad\nsecond line"), "c", ItemFailed("gone"), _Unpicklable("x")], 5
