@@ -38,6 +38,7 @@ from ..minibatch import MiniBatch
 from ..plan import Plan
 from ..storage import join
 from ..worker.messages import PartialRun
+from ..worker.rerun_items import sha256_of
 from .components import explain_change, explain_inputs
 
 if TYPE_CHECKING:
@@ -221,8 +222,17 @@ class PreviousJob:
                 whole[index] = "its cache entry names other failed items than logs/" + FAILED_ITEMS_FILE
             elif not summary_only and not meta.get("items_url") and int(meta.get("succeeded", 0)):
                 whole[index] = "its successful results could not be kept (not picklable)"
+            elif summary_only or not meta.get("items_url"):
+                partial[index] = PartialRun(tuple(sorted(chosen)))
             else:
-                partial[index] = PartialRun(tuple(sorted(chosen)), str(meta.get("items_url") or ""))
+                url, recorded = str(meta["items_url"]), self.record.get("kept_items", {}).get(str(index))
+                if recorded is None or sha256_of(url, driver.cache.storage_options) != recorded:
+                    whole[index] = (
+                        f"its cache entry's successful results are not the ones job {self.job_id} recorded "
+                        "(changed since: not loaded)"
+                    )
+                else:
+                    partial[index] = PartialRun(tuple(sorted(chosen)), url, recorded)
         return partial, whole
 
     def _check_inputs(self, inputs: Sequence[Dataset]) -> None:

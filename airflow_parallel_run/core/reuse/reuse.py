@@ -21,6 +21,7 @@ from ..minibatch import MiniBatch
 from ..output.schema import schema_from_text, schema_to_text
 from ..plan import Plan
 from ..worker.messages import PartialRun
+from ..worker.rerun_items import sha256_of
 from .cache import MiniBatchCache, memo_path
 from .components import component_digests, digest32, explain_change, explain_inputs, job_components
 from .key import key_fields, mini_batch_key
@@ -63,6 +64,8 @@ class Reuse:
         # those of them whose run() said which items failed: only those items run (core/reuse/rerun.py)
         self.partial: dict[int, PartialRun] = {}
         self.run_whole: dict[int, str] = {}  # the other failed mini-batches, and why they run whole
+        # mini-batch -> SHA-256 of the successful results kept for a re-run of its marked items (job record)
+        self.kept_items: dict[int, str] = {}
         # entries a re-run verified before it claimed the folder, by key: not read and checked twice
         self.verified: dict[str, dict[str, Any]] = {}
         self.plan = list(plan)
@@ -186,6 +189,8 @@ class Reuse:
         if result.item_errors:
             meta["item_errors"] = [[position, error] for position, error in result.item_errors]
         try:
+            if result.items_url:  # named in the job's record: a re-run unpickles only these bytes
+                self.kept_items[result.index] = sha256_of(result.items_url, self.cache.storage_options)
             cached = self.cache.store(
                 self.keys[result.index], result.part_url, meta, files_url, result.files, result.items_url
             )

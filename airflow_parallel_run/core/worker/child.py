@@ -295,7 +295,7 @@ def _write_result(result: Any, message: Run, total: int, setup: Setup) -> _Writt
     if message.partial is not None:
         from .rerun_items import join_results, load_successes
 
-        previous = [] if summary_only else load_successes(message.partial.items_url, setup.storage_options)
+        previous = [] if summary_only else load_successes(message.partial, setup.storage_options)
         result = join_results(result, message.partial, previous, total, summary_only)
     checked = check_result(result, total)
     errors = tuple((e.position, e.error, e.trace) for e in checked.item_errors)

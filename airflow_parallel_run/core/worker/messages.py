@@ -53,6 +53,7 @@ class PartialRun:
 
     positions: tuple[int, ...]
     items_url: str = ""
+    items_sha256: str = ""  # what the previous job's record says those bytes are: checked before unpickling
 
 
 @dataclass(frozen=True)

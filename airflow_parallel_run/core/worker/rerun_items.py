@@ -7,14 +7,16 @@ gets only the failed items (`read_selected`), and its results take their places 
 (`join_results`), so the part written is the one a run of the whole mini-batch writes, each item once, in
 input order.
 
-The pickle is read only here, in the process that already runs the job's script, and only from a cache
-entry whose digests the driver verified: the reuse cache is the job's own trusted storage (it serves
-parts into the output too).
+The pickle is read only here, in the process that already runs the job's script, and only when its bytes
+have the SHA-256 that the previous job's record (`logs/sys/job.json`, `kept_items`) gives: a cache entry
+rewritten by someone who can write the cache but not the output folder is never unpickled (checked here,
+on the bytes about to be loaded, so nothing can swap the file after the driver's own check).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,14 +48,22 @@ def read_selected(source: Any, mini_batch: MiniBatch, partial: PartialRun, scrat
     return [data[i] for i in positions], total
 
 
-def load_successes(url: str, storage_options: Mapping[str, Any]) -> list[Any]:
-    """The previous job's successful results of a mini-batch ([] for summary_only: none were kept)."""
+def load_successes(partial: PartialRun, storage_options: Mapping[str, Any]) -> list[Any]:
+    """The previous job's successful results of a mini-batch ([] when none were kept: summary_only, or no
+    item succeeded), once their bytes are the ones the previous job recorded."""
+    url = partial.items_url
     if not url:
         return []
     import fsspec
 
     with fsspec.open(url, "rb", **dict(storage_options)) as handle:
-        value = pickle.load(handle)  # noqa: S301 - a verified entry of the job's own cache (module doc)
+        blob = handle.read()
+    if hashlib.sha256(blob).hexdigest() != partial.items_sha256:
+        raise InvalidResultError(
+            f"the previous job's successful results in {url} are not the ones its record names (SHA-256 "
+            "differs): they were changed since, and are not loaded"
+        )
+    value = pickle.loads(blob)  # noqa: S301 - the bytes the previous job recorded (module doc)
     if not isinstance(value, list):
         raise InvalidResultError(f"{url} does not hold the previous job's results")
     return value
@@ -90,6 +100,17 @@ def join_results(
     for position, value in zip(positions, new, strict=True):
         joined[position] = value
     return joined
+
+
+def sha256_of(url: str, storage_options: Mapping[str, Any]) -> str:
+    """The SHA-256 of a kept-results file (what the job's record names it by)."""
+    import fsspec
+
+    digest = hashlib.sha256()
+    with fsspec.open(url, "rb", **dict(storage_options)) as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_successes(value: Sequence[Any], url: str, storage_options: Mapping[str, Any]) -> str | None:

@@ -423,6 +423,84 @@ def test_a_mini_batch_whose_items_all_failed_reruns_as_marked_and_again(
     )
 
 
+class _Planted:
+    """A pickle that, when loaded, creates a folder: what a forged cache entry could make a re-run do."""
+
+    def __init__(self, sentinel: str) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self) -> tuple[object, ...]:
+        import os
+
+        return (os.mkdir, (self.sentinel,))
+
+
+def test_kept_results_rewritten_in_the_cache_are_never_unpickled(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    """Someone who can write the cache (not the output folder) rewrites a kept-results pickle and its
+    meta.json's digests consistently: the job record's SHA-256 disagrees, so the re-run runs that mini-batch
+    whole and never loads the pickle; the output is still the clean job's."""
+    import pickle
+
+    from airflow_parallel_run.core.inputs.fingerprint import hash_stream
+    from airflow_parallel_run.core.reuse.cache import _meta_digest
+
+    script = write_script(SCRIPT + SYNC_RUN)
+    config, inputs, arguments, out = _first_job(tmp_path, dask_client, script, files)
+    record = json.loads((tmp_path / "out" / "logs" / "sys" / "job.json").read_text())
+    assert sorted(record["kept_items"]) == ["0", "1", "3", "4", "5", "7", "8"]
+    entry = next(
+        p.parent for p in Path(record["cache_root"]).rglob("meta.json") if record["keys"][0] in str(p)
+    )
+    meta = json.loads((entry / "meta.json").read_text())
+    sentinel = tmp_path / "planted"
+    forged = pickle.dumps(_Planted(str(sentinel)))
+    (entry / meta["items"]).unlink()  # a hard link to the staged file: replaced, not written through
+    (entry / meta["items"]).write_bytes(forged)
+    meta["items_size"] = len(forged)
+    with open(entry / meta["items"], "rb") as handle:
+        meta["items_digest"] = hash_stream(handle)
+    meta["digest"] = _meta_digest(meta)
+    (entry / "meta.json").write_text(json.dumps(meta, sort_keys=True))
+
+    previous = PreviousJob.load(out)
+    second = run_job(
+        config, inputs, out, arguments=arguments, client=dask_client, rerun=previous, planned=previous.plan
+    )
+    assert not sentinel.exists()  # the forged pickle never ran
+    assert second["status"] == "succeeded" and second["failed_items"] == 0, second
+    assert sorted(_calls(tmp_path)) == sorted({*_whole(["f003.txt"]), *FAILING})
+    master = (tmp_path / "out" / "logs" / "sys" / "master_role.txt").read_text()
+    assert (
+        "Re-run: mini-batch 0 runs whole: its cache entry's successful results are not the ones job" in master
+    )
+    assert Path(second["append_row_file"]).read_bytes() == _clean(
+        tmp_path, dask_client, config, inputs, arguments
+    )
+
+
+def test_kept_results_are_checked_again_before_they_are_unpickled(tmp_path: Path) -> None:
+    """The entry-script process checks the bytes it is about to load (nothing swaps them after the driver's
+    check)."""
+    import hashlib
+    import pickle
+
+    from airflow_parallel_run.core.output.results import InvalidResultError
+    from airflow_parallel_run.core.worker.messages import PartialRun
+    from airflow_parallel_run.core.worker.rerun_items import load_successes
+
+    kept = tmp_path / "kept.pickle"
+    kept.write_bytes(pickle.dumps(["a", "c"]))
+    digest = hashlib.sha256(kept.read_bytes()).hexdigest()
+    assert load_successes(PartialRun((1,), str(kept), digest), {}) == ["a", "c"]
+    sentinel = tmp_path / "planted"
+    kept.write_bytes(pickle.dumps(_Planted(str(sentinel))))
+    with pytest.raises(InvalidResultError, match="are not the ones its record names"):
+        load_successes(PartialRun((1,), str(kept), digest), {})
+    assert not sentinel.exists()
+
+
 # -- the result contract, without a cluster ------------------------------------------------------------
 class _Unpicklable(Exception):
     def __init__(self, message: str) -> None:
