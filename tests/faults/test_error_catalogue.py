@@ -658,6 +658,20 @@ def _an_exception_inside_an_entry() -> str | None:
     return str(info.value)
 
 
+def _kept_results_changed() -> str | None:
+    import tempfile
+
+    from airflow_parallel_run.core.worker.messages import PartialRun
+    from airflow_parallel_run.core.worker.rerun_items import load_successes
+
+    with tempfile.TemporaryDirectory() as folder:
+        kept = Path(folder) / "kept.pickle"
+        kept.write_bytes(b"changed")
+        with pytest.raises(InvalidResultError) as info:
+            load_successes(PartialRun((1,), str(kept), "0" * 64), {})
+    return str(info.value)
+
+
 def _a_count_in_a_rerun_of_items() -> str | None:
     from airflow_parallel_run.core.worker.messages import PartialRun
     from airflow_parallel_run.core.worker.rerun_items import join_results
@@ -681,6 +695,11 @@ SCHEMA_CASES = [
         "run() returned KeyError \"'k'\" as the value of key 'p' of entry 1: an exception is never written to the "
         "output. To fail that item, put the exception (or ItemFailed) itself in the item's place in a list with one "
         "entry per input item",
+    ),
+    (
+        _kept_results_changed,
+        "the previous job's successful results in <url> are not the ones its record names (SHA-256 differs): "
+        "they were changed since, and are not loaded",
     ),
     (
         _a_count_in_a_rerun_of_items,
