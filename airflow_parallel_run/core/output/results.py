@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -75,8 +74,8 @@ class ItemError:
     trace: str = ""
 
 
-def _is_marker(value: Any) -> bool:
-    return isinstance(value, (BaseException, ItemFailed))
+#: What marks an item failed in a run() result.
+_MARKERS = (BaseException, ItemFailed)
 
 
 def _describe(position: int, marker: Any) -> ItemError:
@@ -110,25 +109,33 @@ class CheckedResult:
     item_errors: tuple[ItemError, ...] = ()
 
 
-def _frame_values(frame: pd.DataFrame) -> Iterator[tuple[str, Any]]:
-    """The values of a DataFrame's object columns (only those can hold an exception), with where they are."""
+def _refuse_frame_markers(frame: pd.DataFrame) -> None:
+    """An exception in a cell of an object column (only those can hold one) is refused (see `_refused`)."""
     for position, dtype in enumerate(frame.dtypes):
         if dtype == object:  # noqa: E721 - numpy dtype equality, not a type check
-            column = frame.iloc[:, position]
-            for row, value in enumerate(column.to_numpy()):
-                yield f"column {str(frame.columns[position])!r} of row {row}", value
+            for row, value in enumerate(frame.iloc[:, position].to_numpy()):
+                if isinstance(value, _MARKERS):
+                    raise _refused(value, f"column {str(frame.columns[position])!r} of row {row}")
 
 
-def _refuse_nested_markers(values: Iterable[tuple[str, Any]]) -> None:
+def _refuse_dict_markers(result: Any) -> None:
+    """An exception as a value of a dict entry is refused (see `_refused`). One isinstance per value: a
+    location is formatted only for the refusal."""
+    for index, entry in enumerate(result):
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                if isinstance(value, _MARKERS):
+                    raise _refused(value, f"key {key!r} of entry {index}")
+
+
+def _refused(value: Any, where: str) -> InvalidResultError:
     """An exception (or ItemFailed) inside an entry would be written to the output as text, and its item
     counted as a success: refused, naming where it is."""
-    for where, value in values:
-        if _is_marker(value):
-            raise InvalidResultError(
-                f"run() returned {type(value).__name__} {_first_line(str(value))!r} as the value of {where}: an "
-                "exception is never written to the output. To fail that item, put the exception (or "
-                "ItemFailed) itself in the item's place in a list with one entry per input item"
-            )
+    return InvalidResultError(
+        f"run() returned {type(value).__name__} {_first_line(str(value))!r} as the value of {where}: an "
+        "exception is never written to the output. To fail that item, put the exception (or "
+        "ItemFailed) itself in the item's place in a list with one entry per input item"
+    )
 
 
 def check_result(result: Any, total: int) -> CheckedResult:
@@ -143,15 +150,10 @@ def check_result(result: Any, total: int) -> CheckedResult:
             "item that succeeded."
         )
     if is_frame(result):
-        _refuse_nested_markers(_frame_values(result))
+        _refuse_frame_markers(result)
         return CheckedResult(result, count)
-    marked = [i for i, value in enumerate(result) if _is_marker(value)]
-    _refuse_nested_markers(
-        (f"key {key!r} of entry {i}", value)
-        for i, entry in enumerate(result)
-        if isinstance(entry, dict)
-        for key, value in entry.items()
-    )
+    marked = [i for i, value in enumerate(result) if isinstance(value, _MARKERS)]
+    _refuse_dict_markers(result)
     if not marked:
         return CheckedResult(result, count)
     if count != total:
@@ -161,5 +163,5 @@ def check_result(result: Any, total: int) -> CheckedResult:
             "one entry per input item, in input order, so that each marker names its item"
         )
     errors = tuple(_describe(i, result[i]) for i in marked)
-    kept = [value for value in result if not _is_marker(value)]
+    kept = [value for value in result if not isinstance(value, _MARKERS)]
     return CheckedResult(kept, len(kept), errors)
