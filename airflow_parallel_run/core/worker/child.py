@@ -262,6 +262,15 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: async
             sys.stderr.flush()
 
 
+def _context(message: Run) -> MiniBatchContext:
+    """run()'s second argument: in a re-run of failed items, it describes the items run() gets."""
+    if message.partial is None:
+        return MiniBatchContext(message.mini_batch)
+    from .rerun_items import selected_batch
+
+    return MiniBatchContext(selected_batch(message.mini_batch, message.partial))
+
+
 def _read(setup: Setup, message: Run, scratch: str) -> tuple[Any, int]:
     """The mini-batch's data as run() gets it (only the items to run again, in a re-run of failed items),
     and the mini-batch's item count."""
@@ -323,7 +332,7 @@ def _run_one(
         watch.start()
         _point_output_dir(message.files_url)  # this attempt's own folder (core/output/files.py)
         try:
-            result = run(data, MiniBatchContext(message.mini_batch)) if with_context else run(data)
+            result = run(data, _context(message)) if with_context else run(data)
             run_seconds = time.monotonic() - run_started
         finally:
             _point_output_dir(setup.output_dir)
@@ -445,9 +454,7 @@ async def _run_one_async(
         token = ATTEMPT_OUTPUT_DIR.set(message.files_url)
         try:
             async with asyncio.timeout(timeout) as limit:
-                result = await (
-                    run(data, MiniBatchContext(message.mini_batch)) if with_context else run(data)
-                )
+                result = await (run(data, _context(message)) if with_context else run(data))
             if limit.expired():  # it swallowed the cancellation and returned late: timed out all the same
                 raise TimeoutError
         except TimeoutError:

@@ -27,15 +27,21 @@ from ..storage import write_atomic
 from .messages import PartialRun
 
 
+def selected_batch(mini_batch: MiniBatch, partial: PartialRun | None) -> MiniBatch:
+    """What run() gets of a mini-batch, as `mini_batch_context` describes it: for files, only the files at
+    `partial.positions` (same index); tabular rows are picked after reading, so their slices stay."""
+    if partial is None or not mini_batch.files:
+        return mini_batch
+    files = tuple(mini_batch.files[i] for i in partial.positions)
+    return dataclasses.replace(mini_batch, files=files, items=len(files))
+
+
 def read_selected(source: Any, mini_batch: MiniBatch, partial: PartialRun, scratch: str) -> tuple[Any, int]:
     """The items at `partial.positions` as run() gets them (local paths, or the DataFrame's rows with their
     index), and the whole mini-batch's item count. Files: only those are read (downloaded)."""
     positions = list(partial.positions)
     if mini_batch.files:
-        selected = dataclasses.replace(
-            mini_batch, files=tuple(mini_batch.files[i] for i in positions), items=len(positions)
-        )
-        data, _count = source.read(selected, scratch)
+        data, _count = source.read(selected_batch(mini_batch, partial), scratch)
         return data, mini_batch.items
     data, total = source.read(mini_batch, scratch)
     if any(p >= total for p in positions):

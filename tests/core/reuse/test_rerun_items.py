@@ -551,3 +551,15 @@ def test_an_exception_inside_an_entry_is_refused() -> None:
         check_result([{"p": 1}, {"p": KeyError("k")}], 2)
     with pytest.raises(InvalidResultError, match="as the value of column 'p' of row 1"):
         check_result(pd.DataFrame({"p": ["ok", ValueError("boom")]}), 2)
+
+
+def test_the_context_of_a_rerun_describes_the_items_run_gets() -> None:
+    from airflow_parallel_run.core.minibatch import FileRef, MiniBatch
+    from airflow_parallel_run.core.worker.child import _context
+    from airflow_parallel_run.core.worker.messages import PartialRun, Run
+
+    batch = MiniBatch(3, "file", 0, 3, files=(FileRef("/in/a"), FileRef("/in/b"), FileRef("/in/c")))
+    whole = _context(Run(batch, 1, "part", "files"))
+    assert whole.dataset["files"] == ["/in/a", "/in/b", "/in/c"]
+    rerun = _context(Run(batch, 1, "part", "files", "", PartialRun((0, 2))))
+    assert rerun.dataset["files"] == ["/in/a", "/in/c"] and rerun.minibatch_index == 3
