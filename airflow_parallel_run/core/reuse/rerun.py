@@ -226,7 +226,12 @@ class PreviousJob:
                 partial[index] = PartialRun(tuple(sorted(chosen)))
             else:
                 url, recorded = str(meta["items_url"]), self.record.get("kept_items", {}).get(str(index))
-                if recorded is None or sha256_of(url, driver.cache.storage_options) != recorded:
+                if recorded is None:  # job X took it from the cache: it cannot vouch for those bytes
+                    whole[index] = (
+                        f"job {self.job_id} reused it from the cache, so its record names no successful "
+                        "results to trust"
+                    )
+                elif sha256_of(url, driver.cache.storage_options) != recorded:
                     whole[index] = (
                         f"its cache entry's successful results are not the ones job {self.job_id} recorded "
                         "(changed since: not loaded)"

@@ -480,6 +480,34 @@ def test_kept_results_rewritten_in_the_cache_are_never_unpickled(
     )
 
 
+def test_a_job_that_reused_a_partly_failed_mini_batch_cannot_vouch_for_its_results(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    """A second, ordinary run into the folder reuses every mini-batch (their items are failed items again);
+    its record names no kept results it did not write itself, so a re-run of it runs those mini-batches
+    whole, and still ends with the clean job's output."""
+    script = write_script(SCRIPT + SYNC_RUN)
+    config, inputs, arguments, out = _first_job(tmp_path, dask_client, script, files)
+    again = run_job(config, inputs, out, arguments=arguments, client=dask_client)
+    assert again["reused_mini_batches"] == 10 and again["failed_items"] == len(FAILING), again
+    record = json.loads((tmp_path / "out" / "logs" / "sys" / "job.json").read_text())
+    assert record["kept_items"] == {}
+    assert [
+        Path(x["item"]["file"]).name for x in read_failed_items(str(tmp_path / "out" / "logs"))
+    ] == FAILING
+    previous = PreviousJob.load(out)
+    second = run_job(
+        config, inputs, out, arguments=arguments, client=dask_client, rerun=previous, planned=previous.plan
+    )
+    assert second["status"] == "succeeded" and second["failed_items"] == 0, second
+    assert sorted(_calls(tmp_path)) == _whole(FAILING)
+    master = (tmp_path / "out" / "logs" / "sys" / "master_role.txt").read_text()
+    assert f"runs whole: job {previous.job_id} reused it from the cache, so its record names no" in master
+    assert Path(second["append_row_file"]).read_bytes() == _clean(
+        tmp_path, dask_client, config, inputs, arguments
+    )
+
+
 def test_kept_results_are_checked_again_before_they_are_unpickled(tmp_path: Path) -> None:
     """The entry-script process checks the bytes it is about to load (nothing swaps them after the driver's
     check)."""
