@@ -161,7 +161,9 @@ class JobDriver:
             log_url=self.folder.log_url,
             storage_options=self.storage_options,
         )
-        self.spec = dataclasses.replace(self.spec, environment_variables=self.environment)
+        self.spec = dataclasses.replace(
+            self.spec, environment_variables=self.environment, partial=dict(self.reuse.partial)
+        )
         self.files = FilePublisher(self.output, self.storage_options, self._warn)
         self.sink = JobOutput(
             self.config.append_row_format, self.output, self.storage_options, self.files, self._master

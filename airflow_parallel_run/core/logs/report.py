@@ -480,7 +480,8 @@ def _item_label(item: Mapping[str, Any]) -> str:
             if "row_groups" in item
             else ""
         )
-        return f"{item['file']}{where}"
+        row = f" row {item['row']}" if item.get("row") is not None else ""  # a row run() marked failed
+        return f"{item['file']}{where}{row}"
     return ", ".join(f"{key}={value}" for key, value in item.items())
 
 
