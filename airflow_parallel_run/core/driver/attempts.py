@@ -77,16 +77,24 @@ class Pending:
 class Window:
     """How many attempts may be in flight: 2 per process slot until a mini-batch succeeded (a broken
     init() must not fan out), then `WINDOW_PER_SLOT` per slot plus `WINDOW_EXTRA`. `one_per_slot`
-    (speculative execution): one per slot, so that no attempt waits on a worker behind a straggler."""
+    (speculative execution): one per slot, so that no attempt waits on a worker behind a straggler.
+
+    The tail: once what is left to submit (`pending`) fits in the window, at most one attempt per slot
+    is in flight. Attempts beyond the slots wait in some worker's queue, and at the end of a job that
+    worker is still busy with them while the others' slots are idle (a partly filled last wave made
+    longer by up to one mini-batch); submitted one per free slot, each goes to a worker with a free
+    thread (the scheduler places it on the least occupied one)."""
 
     def __init__(self, slots: int, one_per_slot: bool = False) -> None:
         self.slots = slots
         self.one_per_slot = one_per_slot
 
-    def room(self, in_flight: int, any_succeeded: bool) -> int:
+    def room(self, in_flight: int, any_succeeded: bool, pending: int | None = None) -> int:
         if self.one_per_slot:
             return max(self.slots - in_flight, 0)
         limit = WINDOW_PER_SLOT * self.slots + WINDOW_EXTRA if any_succeeded else 2 * self.slots
+        if pending is not None and pending <= limit:
+            limit = min(limit, self.slots)
         return max(limit - in_flight, 0)
 
 

@@ -62,6 +62,10 @@ def test_pending_and_window() -> None:
     assert window.room(0, any_succeeded=False) == 6 and window.room(5, any_succeeded=False) == 1
     assert window.room(0, any_succeeded=True) == WINDOW_PER_SLOT * 3 + WINDOW_EXTRA
     assert window.room(100, any_succeeded=True) == 0
+    full = WINDOW_PER_SLOT * 3 + WINDOW_EXTRA
+    assert window.room(2, any_succeeded=True, pending=full + 1) == full - 2  # far from the end: ahead
+    assert window.room(0, any_succeeded=True, pending=full) == 3  # the tail: one per slot
+    assert window.room(2, any_succeeded=True, pending=5) == 1 and window.room(9, True, pending=5) == 0
 
 
 def test_batches_come_back_in_key_order_with_a_lost_attempt_failed(client: Client) -> None:
