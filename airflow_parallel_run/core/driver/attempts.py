@@ -30,6 +30,10 @@ LOOP_WAIT_S = 0.2  # the driver loop looks at the cancel flag at least this ofte
 # bypass the scheduler's root-task queue (see `attempt_key`).
 WINDOW_PER_SLOT = 4
 WINDOW_EXTRA = 16
+# The window's tail (see `Window`) is for mini-batches whose run() takes at least this long (the median so
+# far): the driver's round trip that one attempt per slot costs at each end is then a small share of a
+# run(), while an attempt queued behind another can hold the job's end back by a whole run().
+TAIL_MIN_RUN_S = 0.2
 
 Attempt = tuple[MiniBatch, int]  # a mini-batch and its attempt number (1-based)
 Booked = tuple[MiniBatch, int, AttemptResult]
@@ -79,8 +83,8 @@ class Window:
     init() must not fan out), then `WINDOW_PER_SLOT` per slot plus `WINDOW_EXTRA`. `one_per_slot`
     (speculative execution): one per slot, so that no attempt waits on a worker behind a straggler.
 
-    The tail: once what is left to submit (`pending`) fits in the window, at most one attempt per slot
-    is in flight. Attempts beyond the slots wait in some worker's queue, and at the end of a job that
+    The tail: once what is left to submit (`pending`, given when mini-batches run `TAIL_MIN_RUN_S` or
+    longer) fits in the window, at most one attempt per slot is in flight. Attempts beyond the slots wait in some worker's queue, and at the end of a job that
     worker is still busy with them while the others' slots are idle (a partly filled last wave made
     longer by up to one mini-batch); submitted one per free slot, each goes to a worker with a free
     thread (the scheduler places it on the least occupied one)."""

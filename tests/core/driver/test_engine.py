@@ -489,8 +489,9 @@ def test_the_last_mini_batches_go_one_per_free_slot_not_into_a_busy_workers_queu
 ):
     """Attempts beyond the slots wait in some worker's queue; at the end of a job that worker is still busy
     with them while the other slots idle (the I/O-bound bench's last wave). Once what is left fits in the
-    window, the driver keeps at most one attempt per slot in flight."""
-    from airflow_parallel_run.core.driver.attempts import WINDOW_EXTRA, WINDOW_PER_SLOT
+    window, the driver keeps at most one attempt per slot in flight (for mini-batches of TAIL_MIN_RUN_S
+    or longer: for shorter ones the round trip per attempt would cost more than the queue)."""
+    from airflow_parallel_run.core.driver.attempts import TAIL_MIN_RUN_S, WINDOW_EXTRA, WINDOW_PER_SLOT
     from airflow_parallel_run.core.driver.loop import JobDriver
 
     seen: list[tuple[int, int, int]] = []  # per submit: (left to submit, submitted, in flight after)
@@ -502,8 +503,8 @@ def test_the_last_mini_batches_go_one_per_free_slot_not_into_a_busy_workers_queu
         seen.append((before, before - len(pending), len(stream)))
 
     monkeypatch.setattr(JobDriver, "_submit", recorded)
-    count, slots = 60, 2
-    script = write_script("import time\ndef run(b):\n    time.sleep(0.02)\n    return b\n")
+    count, slots = 40, 2
+    script = write_script(f"import time\ndef run(b):\n    time.sleep({TAIL_MIN_RUN_S})\n    return b\n")
     summary = job(
         dask_client, script, [FileDataset.from_files(str(files(count)))], tmp_path / "out", mini_batch_size=1
     )
