@@ -30,10 +30,6 @@ LOOP_WAIT_S = 0.2  # the driver loop looks at the cancel flag at least this ofte
 # bypass the scheduler's root-task queue (see `attempt_key`).
 WINDOW_PER_SLOT = 4
 WINDOW_EXTRA = 16
-# The window's tail (see `Window`) is for mini-batches whose run() takes at least this long (the median so
-# far): the driver's round trip that one attempt per slot costs at each end is then a small share of a
-# run(), while an attempt queued behind another can hold the job's end back by a whole run().
-TAIL_MIN_RUN_S = 0.2
 
 Attempt = tuple[MiniBatch, int]  # a mini-batch and its attempt number (1-based)
 Booked = tuple[MiniBatch, int, AttemptResult]
@@ -83,11 +79,12 @@ class Window:
     init() must not fan out), then `WINDOW_PER_SLOT` per slot plus `WINDOW_EXTRA`. `one_per_slot`
     (speculative execution): one per slot, so that no attempt waits on a worker behind a straggler.
 
-    The tail: once what is left to submit (`pending`, given when mini-batches run `TAIL_MIN_RUN_S` or
-    longer) fits in the window, at most one attempt per slot is in flight. Attempts beyond the slots wait in some worker's queue, and at the end of a job that
-    worker is still busy with them while the others' slots are idle (a partly filled last wave made
-    longer by up to one mini-batch); submitted one per free slot, each goes to a worker with a free
-    thread (the scheduler places it on the least occupied one)."""
+    The tail: attempts beyond the slots wait in some worker's queue, and at the end of a job a worker
+    still busy with them holds the job back while other slots idle (up to a whole mini-batch longer).
+    So, given what is left to submit (`pending`), a submit leaves at most `slots` + what is still left
+    in flight: the workers' queues shrink as the job nears its end and are empty once the last attempt
+    is submitted (each of the last ones goes to a worker with a free thread: the scheduler places it on
+    the least occupied one), and until then no worker waits for the driver's next submit."""
 
     def __init__(self, slots: int, one_per_slot: bool = False) -> None:
         self.slots = slots
@@ -97,9 +94,10 @@ class Window:
         if self.one_per_slot:
             return max(self.slots - in_flight, 0)
         limit = WINDOW_PER_SLOT * self.slots + WINDOW_EXTRA if any_succeeded else 2 * self.slots
-        if pending is not None and pending <= limit:
-            limit = min(limit, self.slots)
-        return max(limit - in_flight, 0)
+        room = limit - in_flight
+        if pending is not None:  # in_flight + room <= slots + (pending - room)
+            room = min(room, (self.slots + pending - in_flight) // 2, pending)
+        return max(room, 0)
 
 
 class AttemptStream:

@@ -35,7 +35,7 @@ from ..worker.attempt import run_mini_batch
 from ..worker.plugin import activity_on, supersede_on
 from ..worker.scratch import worker_host
 from ..worker.spec import JobSpec, bundle_scripts
-from .attempts import TAIL_MIN_RUN_S, AttemptStream, Pending, Window
+from .attempts import AttemptStream, Pending, Window
 from .cluster import select_hosts
 from .finish import finish_job
 from .progress import Progress, ProgressCallback
@@ -322,9 +322,7 @@ class JobDriver:
         return "processes" if concurrency == 1 else f"mini-batches at once ({concurrency} per process)"
 
     def _submit(self, stream: AttemptStream, pending: Pending) -> None:
-        median = self.speculation.run_seconds.median()
-        left = len(pending) if median is not None and median >= TAIL_MIN_RUN_S else None
-        room = self.window.room(len(stream), self.tally.succeeded_mini_batches > 0, left)
+        room = self.window.room(len(stream), self.tally.succeeded_mini_batches > 0, len(pending))
         attempts = pending.take(room)
         self.tally.note_started(mb.index for mb, _attempt in attempts)
         for mb, attempt in attempts:

@@ -484,33 +484,32 @@ def test_second_job_into_the_same_output_folder_is_refused(dask_client, write_sc
     assert again["status"] == "succeeded" and not (out / ".airflow-parallel-run.lock").exists()
 
 
-def test_the_last_mini_batches_go_one_per_free_slot_not_into_a_busy_workers_queue(
+def test_the_workers_queues_are_empty_when_the_last_mini_batch_is_submitted(
     dask_client, write_script, files, tmp_path, monkeypatch
 ):
     """Attempts beyond the slots wait in some worker's queue; at the end of a job that worker is still busy
-    with them while the other slots idle (the I/O-bound bench's last wave). Once what is left fits in the
-    window, the driver keeps at most one attempt per slot in flight (for mini-batches of TAIL_MIN_RUN_S
-    or longer: for shorter ones the round trip per attempt would cost more than the queue)."""
-    from airflow_parallel_run.core.driver.attempts import TAIL_MIN_RUN_S, WINDOW_EXTRA, WINDOW_PER_SLOT
+    with them while the other slots idle (the I/O-bound bench's last wave). The driver keeps at most
+    `slots + left to submit` attempts in flight: a window ahead early on, no queue at the end."""
+    from airflow_parallel_run.core.driver.attempts import WINDOW_EXTRA, WINDOW_PER_SLOT
     from airflow_parallel_run.core.driver.loop import JobDriver
 
-    seen: list[tuple[int, int, int]] = []  # per submit: (left to submit, submitted, in flight after)
+    seen: list[tuple[int, int]] = []  # per submit that sent something: (left to submit, in flight)
     submit = JobDriver._submit
 
     def recorded(self: JobDriver, stream: Any, pending: Any) -> None:
         before = len(pending)
         submit(self, stream, pending)
-        seen.append((before, before - len(pending), len(stream)))
+        if len(pending) < before:
+            seen.append((len(pending), len(stream)))
 
     monkeypatch.setattr(JobDriver, "_submit", recorded)
-    count, slots = 40, 2
-    script = write_script(f"import time\ndef run(b):\n    time.sleep({TAIL_MIN_RUN_S})\n    return b\n")
+    count, slots = 60, 2
+    script = write_script("import time\ndef run(b):\n    time.sleep(0.02)\n    return b\n")
     summary = job(
         dask_client, script, [FileDataset.from_files(str(files(count)))], tmp_path / "out", mini_batch_size=1
     )
     assert summary["status"] == "succeeded" and summary["succeeded_mini_batches"] == count, summary
-    window = WINDOW_PER_SLOT * slots + WINDOW_EXTRA
-    assert any(left > window and after > slots for left, _sent, after in seen), seen  # a window ahead
-    tail = [(left, sent, after) for left, sent, after in seen if sent and left <= window]
-    assert tail and all(after <= slots for _left, _sent, after in tail), tail
+    assert max(in_flight for _left, in_flight in seen) == WINDOW_PER_SLOT * slots + WINDOW_EXTRA, seen
+    assert all(in_flight <= slots + left for left, in_flight in seen), seen
+    assert seen[-1][0] == 0 and seen[-1][1] <= slots, seen  # the last submit: nothing queued on a worker
     assert len(attempts(tmp_path / "out")) == count  # one attempt each: nothing ran twice
