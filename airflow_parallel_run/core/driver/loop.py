@@ -324,7 +324,8 @@ class JobDriver:
         return "processes" if concurrency == 1 else f"mini-batches at once ({concurrency} per process)"
 
     def _submit(self, stream: AttemptStream, pending: Pending) -> None:
-        attempts = pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0))
+        room = self.window.room(len(stream), self.tally.succeeded_mini_batches > 0, len(pending))
+        attempts = pending.take(room)
         self.tally.note_started(mb.index for mb, _attempt in attempts)
         for mb, attempt in attempts:
             if attempt > 1:  # a retry (first attempts are not stored: a job may have millions)
