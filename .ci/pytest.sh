@@ -64,17 +64,15 @@ stack_pid=$!
 echo "== main lane: tests/ without ${STACK_LANE[*]} (the stack lane runs at the same time; its output follows)"
 "${PYTEST[@]}" -o cache_dir=.pytest_cache/main-lane "$@" "${ignores[@]}" tests
 main_rc=$?
-main_s=$((SECONDS - start))
 
 wait "$stack_pid"
 stack_rc=$?
 stack_pid=""
-stack_s=$((SECONDS - start))
 echo
 echo "== stack lane: ${STACK_LANE[*]}"
 cat "$logs/stack.log"
 echo
-echo "== lanes: main exit $main_rc in ${main_s} s, stack exit $stack_rc in ${stack_s} s"
+echo "== lanes: main exit $main_rc, stack exit $stack_rc; both done after $((SECONDS - start)) s (each lane's own time ends its output)"
 
 rc=0
 check main "$main_rc" || rc=1
