@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the suite as two pytest processes at once, over disjoint sets of test files:
 #
-# - the "stack" lane: the tests that wait on a real Airflow stack (STACK_LANE below). Most of their wall
-#   time is waiting (scheduler loops, polling, process start-ups, Airflow's own timers), not CPU.
-# - the "main" lane: every other test under tests/ (Dask clusters, dag.test(), faults, cluster, bench),
+# - the "stack" lane: the tests that wait on a real Airflow stack, and those that start a Dask scheduler,
+#   workers, a TLS cluster and an S3 server as processes of their own (STACK_LANE below). Most of their
+#   wall time is waiting (scheduler loops, polling, process start-ups, Airflow's own timers), not CPU.
+# - the "main" lane: every other test under tests/ (LocalCluster jobs, dag.test(), faults, bench),
 #   mostly CPU-bound.
 #
 # One after the other the two leave the 2 CPUs idle most of the time; side by side the suite takes
@@ -20,9 +21,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PYTEST=(.venv/bin/python -m pytest -q -rfEs --durations=15)
-# Test paths (relative to the repo) whose modules wait on a real Airflow stack; each is a directory or
-# a file under tests/.
-STACK_LANE=(tests/e2e)
+# Test paths (relative to the repo) whose modules mostly wait (see above); each is a directory or a file
+# under tests/. tests/cluster moves about 2 minutes out of the main lane, the longer one.
+STACK_LANE=(tests/e2e tests/cluster)
 
 check() {  # lane name, pytest exit code -> 0 when the lane passed
   if [ "$2" -eq 5 ]; then
