@@ -220,6 +220,12 @@ class PreviousJob:
                 whole[index] = "its cache entry (the previous successful items) is gone"
             elif marked != chosen:
                 whole[index] = "its cache entry names other failed items than logs/" + FAILED_ITEMS_FILE
+            elif meta.get("files"):
+                # the new attempt writes only the re-run items' files: its cache entry would lack the others'
+                whole[index] = (
+                    "its run() wrote files to output_dir, which a re-run of only its failed items would "
+                    "leave out of the new cache entry"
+                )
             elif not summary_only and not meta.get("items_url") and int(meta.get("succeeded", 0)):
                 whole[index] = "its successful results could not be kept (not picklable)"
             elif summary_only or not meta.get("items_url"):

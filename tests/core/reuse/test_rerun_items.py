@@ -591,3 +591,54 @@ def test_the_context_of_a_rerun_describes_the_items_run_gets() -> None:
     assert whole.dataset["files"] == ["/in/a", "/in/b", "/in/c"]
     rerun = _context(Run(batch, 1, "part", "files", "", PartialRun((0, 2))))
     assert rerun.dataset["files"] == ["/in/a", "/in/c"] and rerun.minibatch_index == 3
+
+
+def test_a_mini_batch_whose_run_wrote_files_reruns_whole_and_its_entry_keeps_every_file(
+    tmp_path: Path, dask_client: Client, write_script: Callable[..., str], files: Callable[..., Path]
+) -> None:
+    """run() wrote a file per successful item to output_dir and marked two items failed. Re-running only
+    those two would store a cache entry holding only their files, and a later job reusing it into a new
+    folder would lack the others' files while saying "succeeded": such a mini-batch re-runs whole."""
+    root, calls = files(20), tmp_path / "calls.txt"
+    fail = tmp_path / "fail.txt"
+    script = write_script(f"""
+        import os
+        from airflow_parallel_run import EntryScript, ItemFailed
+        def run(mini_batch):
+            bad = set(open({str(fail)!r}).read().split())
+            open({str(calls)!r}, "a").write("".join(os.path.basename(p) + "\\n" for p in mini_batch))
+            results = []
+            for path in mini_batch:
+                name = os.path.basename(path)
+                if name in bad:
+                    results.append(ItemFailed(f"{{name}} is on the fail list"))
+                    continue
+                with open(os.path.join(EntryScript().output_dir, name + ".out"), "w") as handle:
+                    handle.write(open(path).read().strip() + "!")
+                results.append(name)
+            return results
+    """)
+    config = ParallelRunConfig(
+        entry_script=script, output_action="summary_only", mini_batch_size=10, run_max_try=1
+    )
+    inputs = [FileDataset.from_files(str(root))]
+    expected = {f"f{i:03d}.txt.out": f"{i}!" for i in range(20)}
+    fail.write_text("f003.txt f007.txt")
+    out = tmp_path / "out"
+    first = run_job(config, inputs, str(out), client=dask_client)
+    assert first["failed_items"] == 2, first
+    fail.write_text("")
+    calls.unlink()
+    previous = PreviousJob.load(str(out))
+    second = run_job(config, inputs, str(out), client=dask_client, rerun=previous, planned=previous.plan)
+    assert second["status"] == "succeeded" and second["failed_items"] == 0, second
+    assert sorted(calls.read_text().split()) == [f"f{i:03d}.txt" for i in range(10)], "mini-batch 0 ran whole"
+    master = (out / "logs" / "sys" / "master_role.txt").read_text()
+    assert "Re-run: mini-batch 0 runs whole: its run() wrote files to output_dir" in master, master
+    assert {p.name: p.read_text() for p in out.glob("*.out")} == expected
+    third = run_job(config, inputs, str(tmp_path / "again"))  # every mini-batch from the cache
+    assert third["status"] == "succeeded" and third["failed_items"] == 0, third
+    assert third["reused_mini_batches"] == 2, third
+    assert {p.name: p.read_text() for p in (tmp_path / "again").glob("*.out")} == expected, (
+        "a job reusing the re-run's entries lost files run() wrote"
+    )
