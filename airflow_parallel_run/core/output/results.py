@@ -152,14 +152,10 @@ def check_result(result: Any, total: int) -> CheckedResult:
     if is_frame(result):
         _refuse_frame_markers(result)
         return CheckedResult(result, count)
-    # the entries' types first (one pass in C): a result of millions of plain values (ints, strings,
-    # tuples) is checked without a Python-level isinstance per entry
-    kinds = set(map(type, result))
-    if any(issubclass(kind, dict) for kind in kinds):
-        _refuse_dict_markers(result)
-    if not any(issubclass(kind, _MARKERS) for kind in kinds):
-        return CheckedResult(result, count)
     marked = [i for i, value in enumerate(result) if isinstance(value, _MARKERS)]
+    _refuse_dict_markers(result)
+    if not marked:
+        return CheckedResult(result, count)
     if count != total:
         raise InvalidResultError(
             f"run() returned {count} results for a mini-batch of {total} items, {len(marked)} of them "
