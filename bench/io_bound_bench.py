@@ -4,10 +4,16 @@ A local HTTP "model endpoint" (bench/scoring_server.py in a process of its own: 
 each answer after 100 ms) scores one item per request. The input is a folder of 2,000 one-byte files (--quick: 320),
 `mini_batch_size=10`, and every item is one request. Three sides, interleaved round by round:
 
-- `engine_async`: `run_job(client=...)` with `async def run(mini_batch)` scoring its items one after
-  another (`await score(...)`), `process_count_per_node=2`, `max_concurrency_per_process=16`: 32
-  mini-batches, so 32 requests, in flight at once. The LocalCluster has 2 workers x 16 threads (each
-  attempt holds a worker thread while its process runs it).
+- `engine_async`: `run_job(client=...)` with `async def run(mini_batch)` as docs/io-bound-scoring.md
+  recommends: `asyncio.gather` over the mini-batch's items under one semaphore per process of 16
+  requests, `process_count_per_node=2`, `max_concurrency_per_process=16`: at most 32 requests in flight
+  at once, as the bare client (the endpoint's peak count is checked to be at most 32). Up to 16
+  mini-batches per process are in flight, so a process always has requests queued behind its bound and
+  the job has no partly filled last wave of whole mini-batches. The LocalCluster has 2 workers x 16
+  threads (each attempt holds a worker thread while its process runs it).
+- `engine_async_sequential` (context, no target): the same job with a `run()` that awaits its items one
+  after another: 32 mini-batches, so 32 requests, in flight; 200 mini-batches of about 1.07 s on 32
+  slots end in a last wave of 8, which caps it near 0.84x of the bare client whatever the engine does.
 - `bare_asyncio`: the same requests from one asyncio loop in this process, 32 at a time (a semaphore),
   with the same client code (`scoring_server.score`): the ceiling of 32 requests in flight.
 - `engine_sync`: the same job with a synchronous `run()` (urllib, one request at a time) on 2
@@ -63,6 +69,28 @@ async def run(mini_batch):
     return [await score(ADDRESS, os.path.basename(path)) for path in mini_batch]
 """
 
+# the recipe of docs/io-bound-scoring.md: the items of a mini-batch at once, bounded per process (the
+# semaphore is made on the process's event loop by init(), which runs on it)
+GATHER_SCRIPT = """
+import asyncio, os, sys
+sys.path.insert(0, os.environ["SCORING_LIB"])
+from scoring_server import score
+
+ADDRESS = os.environ["SCORING_ADDRESS"]
+gate = None
+
+async def init():
+    global gate
+    gate = asyncio.Semaphore(int(os.environ["SCORING_PER_PROCESS"]))
+
+async def _one(path):
+    async with gate:
+        return await score(ADDRESS, os.path.basename(path))
+
+async def run(mini_batch):
+    return list(await asyncio.gather(*(_one(path) for path in mini_batch)))
+"""
+
 SYNC_SCRIPT = """
 import os, urllib.request
 from urllib.parse import quote
@@ -113,7 +141,11 @@ class _Job:
 
         path = root / f"{name}.py"
         path.write_text(script)
-        env = {"SCORING_ADDRESS": server.address, "SCORING_LIB": str(BENCH_DIR)}
+        env = {
+            "SCORING_ADDRESS": server.address,
+            "SCORING_LIB": str(BENCH_DIR),
+            "SCORING_PER_PROCESS": str(CONCURRENCY),
+        }
         self.config = ParallelRunConfig(
             entry_script=str(path), mini_batch_size=MINI_BATCH, environment_variables=env, **config
         )
@@ -164,7 +196,7 @@ def _serve(args: argparse.Namespace) -> None:
         job = _Job(
             root,
             "async",
-            ASYNC_SCRIPT,
+            GATHER_SCRIPT,
             Path(request["data"]),
             list(request["items"]),
             server,
@@ -200,6 +232,16 @@ def main() -> None:
         async_job = _Job(
             root,
             "async",
+            GATHER_SCRIPT,
+            root / "in",
+            items,
+            server,
+            process_count_per_node=PROCESSES,
+            max_concurrency_per_process=CONCURRENCY,
+        )
+        sequential_job = _Job(
+            root,
+            "sequential",
             ASYNC_SCRIPT,
             root / "in",
             items,
@@ -228,6 +270,7 @@ def main() -> None:
             benchlib.local_cluster(PROCESSES) as sync_client,
         ):
             async_job.client, sync_job.client = async_client, sync_client
+            sequential_job.client = async_client
             cases: dict[str, Callable[[], float]] = {}
             try:
                 if args.compare_with is not None:
@@ -241,18 +284,31 @@ def main() -> None:
                     benchlib.log(f"compared with the engine imported from {other.engine_path}")
                     cases["other_engine_async"] = lambda: other.run("async") if other is not None else 0.0
                 cases.update(
-                    {"engine_async": async_job.run, "bare_asyncio": bare, "engine_sync": sync_job.run}
+                    {
+                        "engine_async": async_job.run,
+                        "bare_asyncio": bare,
+                        "engine_async_sequential": sequential_job.run,
+                        "engine_sync": sync_job.run,
+                    }
                 )
                 samples = benchlib.alternating(cases, rounds, [("other_engine_async", "engine_async")])
             finally:
                 if other is not None:
                     other.close()
-        peaks = {"engine_async": async_job.peaks, "bare_asyncio": bare_peaks, "engine_sync": sync_job.peaks}
+        peaks = {
+            "engine_async": async_job.peaks,
+            "bare_asyncio": bare_peaks,
+            "engine_async_sequential": sequential_job.peaks,
+            "engine_sync": sync_job.peaks,
+        }
+    # the recipe's bound holds: never more requests in flight than the bare client's
+    assert max(peaks["engine_async"]) <= PROCESSES * CONCURRENCY, peaks["engine_async"]
 
     med = benchlib.medians(samples)
     throughput = {
         "engine_async": count / med["engine_async"],
         "bare_asyncio": count / med["bare_asyncio"],
+        "engine_async_sequential": count / med["engine_async_sequential"],
         "engine_sync": sync_count / med["engine_sync"],
     }
     spread = {name: [round(min(v), 3), round(max(v), 3)] for name, v in samples.items()}
@@ -262,8 +318,18 @@ def main() -> None:
             throughput["engine_async"] / throughput["bare_asyncio"],
             0.8,
             ">=",
-            f"items/s: {count} items (100 ms each) in mini-batches of {MINI_BATCH}, async run() on {PROCESSES} "
-            f"processes x {CONCURRENCY} in flight vs one asyncio loop with {PROCESSES * CONCURRENCY} in flight",
+            f"items/s: {count} items (100 ms each) in mini-batches of {MINI_BATCH}, async run() gathering its "
+            f"items under {CONCURRENCY} requests per process on {PROCESSES} processes "
+            f"(max_concurrency_per_process={CONCURRENCY}) vs one asyncio loop with {PROCESSES * CONCURRENCY} "
+            "requests in flight",
+        ),
+        Ratio(
+            "async engine, items one after another / bare asyncio client",
+            throughput["engine_async_sequential"] / throughput["bare_asyncio"],
+            None,
+            ">=",
+            f"context: run() awaits its {MINI_BATCH} items one by one, {CONCURRENCY} mini-batches per process "
+            "in flight; whole mini-batches end in a partly filled last wave",
         ),
         Ratio(
             "async engine / sync engine",

@@ -263,7 +263,10 @@ def test_the_example_script_scores_through_httpx(files: Callable[..., Path], tmp
                 mini_batch_size=3,
                 process_count_per_node=1,
                 max_concurrency_per_process=4,
-                environment_variables={"SCORING_URL": f"http://{server.address}/score"},
+                environment_variables={
+                    "SCORING_URL": f"http://{server.address}/score",
+                    "SCORING_REQUESTS_PER_PROCESS": "5",
+                },
             ),
             [FileDataset.from_files(str(files(20)))],
             str(tmp_path / "out"),
@@ -272,8 +275,10 @@ def test_the_example_script_scores_through_httpx(files: Callable[..., Path], tmp
         names = [f"f{i:03d}.txt" for i in range(20)]
         assert Path(summary["append_row_file"]).read_text().splitlines() == [f"{n}\tscored" for n in names]
         assert server.calls == Counter(names)
+        # the process's bound holds over the 4 mini-batches of 3 items in flight (12 requests unbounded)
+        assert server.peak <= 5, server.peak
     log = next((Path(summary["logs_dir"]) / "user" / "entry_script_log").rglob("*.log.txt")).read_text()
-    assert f"scoring against http://{server.address}/score" in log
+    assert f"scoring against http://{server.address}/score, at most 5 requests at once" in log
 
 
 def test_failures_reach_their_own_attempt_among_those_in_flight(
