@@ -111,7 +111,7 @@ def key_fields(obj: Any) -> dict[str, Any]:
     nested dataclasses walked the same way, mappings sorted. JSON-able."""
     return {
         name: _value(getattr(obj, name))
-        for name, when_set in _keyed_fields(type(obj))
+        for name, when_set in _keyed_fields(type(obj))  # type: ignore[arg-type]  # classes are hashable
         if when_set is None or not _is_default(obj, when_set)
     }
 

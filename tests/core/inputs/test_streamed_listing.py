@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from airflow_parallel_run.core import FileDataset
 from airflow_parallel_run.core.errors import InputError
 from airflow_parallel_run.core.inputs.listing import iter_input, list_input
-from airflow_parallel_run.core.plan import plan_inputs
+from airflow_parallel_run.core.plan import iter_plan, plan_inputs
 
 
 def _reference(root: Path) -> list[tuple[str, int]]:
@@ -100,3 +100,21 @@ def test_an_empty_folder_is_still_refused(tmp_path: Path) -> None:
     (tmp_path / "_SUCCESS").write_text("")
     with pytest.raises(InputError, match="matched no files"):
         plan_inputs([FileDataset.from_files(str(tmp_path))], 5)
+
+
+def test_iter_plan_yields_before_the_later_folders_are_listed(tmp_path: Path) -> None:
+    """The plan's first mini-batch exists while the walk has not reached the second folder: a file
+    added there afterwards is still planned, in its sorted place."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for i in range(4):
+            (tmp_path / folder / f"{i}.txt").write_text("x")
+    kind, batches = iter_plan([FileDataset.from_files(str(tmp_path))], 2)
+    first = next(batches)
+    assert kind == "file" and [f.url for f in first.files] == [
+        str(tmp_path / "a" / f"{i}.txt") for i in (0, 1)
+    ]
+    (tmp_path / "b" / "00.txt").write_text("late")
+    rest = list(batches)
+    assert [mb.index for mb in rest] == [1, 2, 3, 4]
+    assert [f.url for f in rest[1].files] == [str(tmp_path / "b" / "0.txt"), str(tmp_path / "b" / "00.txt")]
