@@ -5,6 +5,9 @@ A mini-batch names its units: files (`FileRef`), byte ranges or row groups of ta
 an API). Fingerprints, cache keys, manifests and reuse explanations are keyed by those units
 (`MiniBatch.units`), and logs describe a mini-batch through them, so nothing downstream needs to know
 which source planned it.
+
+The descriptors are slotted dataclasses (no per-instance `__dict__`): a planned job holds one `FileRef`
+per input file, and a million of them with a dict each cost about 100 MB more.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileRef:
     """One input file. `identity` is the store's content identity (ETag, md5, ...) or '' for local files."""
 
@@ -24,7 +27,7 @@ class FileRef:
     identity: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TabularSlice:
     """Part of one tabular file.
 
@@ -89,7 +92,7 @@ def _piece_from_dict(data: Mapping[str, Any]) -> Any:
     return _PIECES[str(kind)](**{k: v for k, v in data.items() if k != "type"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MiniBatch:
     """One unit of work: a run() call. `input_index` points at the job's inputs (storage options, read options)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from typing import Any, ClassVar
 
 from ..minibatch import FileRef, MiniBatch
 from ..storage import filesystem, is_local, local_path
-from .listing import PathInput, as_paths, list_input
+from .listing import PathInput, as_paths, iter_input
 from .partitions import check_partition_format, group_by_keys
 from .source import PlanContext
 
@@ -42,13 +43,12 @@ class FileDataset(PathInput):
 
     def plan(self, ctx: PlanContext) -> Iterator[MiniBatch]:
         for path in self.paths:
-            root, refs = list_input(path, dict(self.storage_options))
-            if ctx.partition_keys:
-                for values, files in group_by_keys(refs, root, self, ctx.partition_keys):
+            root, refs = iter_input(path, dict(self.storage_options))
+            if ctx.partition_keys:  # groups need the whole listing
+                for values, files in group_by_keys(list(refs), root, self, ctx.partition_keys):
                     yield ctx.batch(len(files), files=tuple(files), partition_key_value=values)
                 continue
-            for start in range(0, len(refs), ctx.size):
-                chunk = tuple(refs[start : start + ctx.size])
+            while chunk := tuple(itertools.islice(refs, ctx.size)):  # while the folder is still walked
                 yield ctx.batch(len(chunk), files=chunk)
 
     def read(self, batch: MiniBatch, scratch_dir: str) -> tuple[list[str], int]:

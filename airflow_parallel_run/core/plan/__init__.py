@@ -3,6 +3,6 @@ plan from `DatasetPartitionSensor` to the operator, and the completeness rules t
 
 from __future__ import annotations
 
-from .planner import Plan, plan, plan_inputs
+from .planner import Plan, iter_plan, plan, plan_inputs
 
-__all__ = ["Plan", "plan", "plan_inputs"]
+__all__ = ["Plan", "iter_plan", "plan", "plan_inputs"]

@@ -58,18 +58,30 @@ def plan_inputs(
     partition_keys: Sequence[str] | str | None = None,
 ) -> Plan:
     """`plan` without a whole config (the sensor plans before the operator's config is known)."""
+    kind, batches = iter_plan(inputs, mini_batch_size, partition_keys)
+    return Plan(kind, list(batches))
+
+
+def iter_plan(
+    inputs: Sequence[Dataset],
+    mini_batch_size: int | str | None = None,
+    partition_keys: Sequence[str] | str | None = None,
+) -> tuple[str, Iterator[MiniBatch]]:
+    """(kind, the mini-batches in order, cut while the inputs are still being listed): a local folder's
+    first mini-batch comes once its first sub-folder is listed (core/inputs/listing.py). The config is
+    checked here; a listing's refusals (a dangling symlink, an empty input) come from the iterator."""
     kind = _one_kind(inputs)
     tabular = kind == "tabular"
     default = DEFAULT_TABULAR_MINI_BATCH if tabular else DEFAULT_FILE_MINI_BATCH
     size = parse_mini_batch_size(mini_batch_size if mini_batch_size is not None else default, tabular=tabular)
     keys = (partition_keys,) if isinstance(partition_keys, str) else tuple(partition_keys or ())
     numbers = itertools.count()
-    batches = [
+    batches = (
         mb
         for input_index, source in enumerate(inputs)
         for mb in source.plan(PlanContext(input_index, kind, size, keys, numbers))
-    ]
-    return Plan(kind, batches)
+    )
+    return kind, batches
 
 
 def _one_kind(inputs: Sequence[Dataset]) -> str:

@@ -18,6 +18,7 @@ stay what they were.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -108,13 +109,23 @@ def excluded(cls: type) -> set[str]:
 def key_fields(obj: Any) -> dict[str, Any]:
     """The key material of a dataclass instance: every field not listed as excluded or content-keyed,
     nested dataclasses walked the same way, mappings sorted. JSON-able."""
-    skip = excluded(type(obj))
-    when_set = _listed(KEY_WHEN_SET, type(obj), "KEY_WHEN_SET")
     return {
-        f.name: _value(getattr(obj, f.name))
-        for f in dataclasses.fields(obj)
-        if f.name not in skip and (f.name not in when_set or not _is_default(obj, f))
+        name: _value(getattr(obj, name))
+        for name, when_set in _keyed_fields(type(obj))  # type: ignore[arg-type]  # classes are hashable
+        if when_set is None or not _is_default(obj, when_set)
     }
+
+
+@functools.cache
+def _keyed_fields(cls: type) -> tuple[tuple[str, dataclasses.Field[Any] | None], ...]:
+    """The fields of `cls` that enter its key, in field order, each with its `Field` when it enters
+    only when set (KEY_WHEN_SET). Once per class: a job computes a key per mini-batch and walks every
+    file of each, so looking the tables up along the class's MRO per object took most of the keys' time."""
+    skip = excluded(cls)
+    when_set = _listed(KEY_WHEN_SET, cls, "KEY_WHEN_SET")
+    return tuple(
+        (f.name, f if f.name in when_set else None) for f in dataclasses.fields(cls) if f.name not in skip
+    )
 
 
 def _is_default(obj: Any, f: dataclasses.Field[Any]) -> bool:
