@@ -419,6 +419,7 @@ def test_the_password_appears_nowhere(
     """Output, logs (also the resource monitor's process tables), the reuse cache and its manifests."""
     secret_file = tmp_path / "secret.txt"
     secret_file.write_text(PASSWORD)
+    perf = str(tmp_path / "out" / "logs" / "perf")
     script = write_script(f"""
         import subprocess, sys
         child = None
@@ -429,8 +430,16 @@ def test_the_password_appears_nowhere(
             child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", secret])
 
         def run(mini_batch):
-            import time
-            time.sleep(0.3)
+            # until the resource monitor has written a sample holding the child's command line (or 60 s):
+            # a fixed sleep raced the monitor's thread on a loaded machine, and the check below then
+            # proved nothing
+            import glob, os, time
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                tables = [p for p in glob.glob({perf!r} + "/**/*", recursive=True) if os.path.isfile(p)]
+                if any("time.sleep(30)" in open(p, errors="replace").read() for p in tables):
+                    break
+                time.sleep(0.1)
             return mini_batch[["id"]]
 
         def shutdown():
