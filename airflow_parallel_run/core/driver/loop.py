@@ -116,6 +116,7 @@ class JobDriver:
             protected_paths=protected_paths,
         )
         self.plan: Plan = planned if planned is not None else plan(self.inputs, config)
+        config.check_batch_format(self.plan.kind)
         output_file = config.output_file_name if config.output_action == "append_row" else None
         self.folder = OutputFolder(output_path, self.storage_options, output_file)
         self.output, self.local_output = self.folder.url, self.folder.local

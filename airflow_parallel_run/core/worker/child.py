@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..attempt import AttemptStage, AttemptStatus
 from ..errors import DataChangedError
+from ..inputs.batch_format import read_batch
 from ..minibatch import MiniBatch
 from ..storage import is_local, local_path, write_atomic
 from .entry_script import ATTEMPT_OUTPUT_DIR, EntryScript
@@ -250,7 +251,7 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: async
         try:
             try:
                 source = setup.datasets[message.mini_batch.input_index]
-                data, total = source.read(message.mini_batch, scratch)
+                data, total = read_batch(source, message.mini_batch, scratch, setup.batch_format)
             except BaseException as exc:  # noqa: BLE001
                 conn.send(_keyed(_failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.LOAD, exc), message))
                 continue
@@ -370,7 +371,7 @@ async def _attempt_async(conn: Connection, run: Any, with_context: bool, message
     try:
         try:
             source = setup.datasets[mini_batch.input_index]
-            data, total = await asyncio.to_thread(source.read, mini_batch, scratch)
+            data, total = await asyncio.to_thread(read_batch, source, mini_batch, scratch, setup.batch_format)
         except Exception as exc:  # noqa: BLE001
             conn.send(_keyed(_failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.LOAD, exc), message))
             return
