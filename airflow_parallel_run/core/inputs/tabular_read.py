@@ -16,6 +16,8 @@ from typing import Any, BinaryIO
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..errors import InputError
@@ -23,6 +25,7 @@ from ..minibatch import TabularSlice
 from ..storage import is_local
 from .tabular import TabularDataset
 from .tabular_scan import _NL, _UTF8_BOM, _is_utf8, _QuoteTracker
+from .tabular_types import arrow_types, convert_options, parse_options, read_options
 
 # pandas' C parser on a ragged row; its line counts records of the text it parsed (header included).
 _RAGGED_ROW = re.compile(r"(Expected \d+ fields in )line (\d+)(, saw \d+)")
@@ -32,14 +35,36 @@ def read_tabular(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pd.
     """Read exactly the given slices and concatenate them in order, as one DataFrame with a fresh index.
 
     Adjacent slices of the same file are read with one range request and parsed once; the CSV header bytes
-    [0, header_end) are prepended so every slice gets the file's column names.
+    [0, header_end) are prepended so every slice gets the file's column names. csv and parquet are read
+    as Arrow and converted once (`read_tabular_table`); a csv without a header keeps pandas' column names
+    0, 1, ...
     """
-    frames = [_read_group(group, dataset) for group in _coalesce(slices)]
+    if dataset.format != "jsonl":
+        frame = read_tabular_table(slices, dataset).to_pandas()
+        if dataset.format == "csv" and not dataset.header:
+            frame.columns = range(frame.shape[1])
+        return frame
+    frames = [_read_jsonl_group(group, dataset) for group in _coalesce(slices)]
     if not frames:
         return pd.DataFrame()
     if len(frames) == 1:
         return frames[0].reset_index(drop=True)
     return pd.concat(frames, ignore_index=True)
+
+
+def read_tabular_table(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pa.Table:
+    """The given slices as one pyarrow Table, in order: Parquet row groups as stored (no copy), CSV parsed
+    by Arrow with the dataset's `column_types` (the same for every slice, core/inputs/tabular_types.py),
+    JSON Lines as pandas reads them, converted."""
+    if dataset.format == "jsonl":
+        frame = read_tabular(slices, dataset)
+        return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    tables = [_read_group(group, dataset) for group in _coalesce(slices)]
+    if not tables:
+        return pa.table({})
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def _coalesce(slices: Sequence[TabularSlice]) -> Iterator[list[TabularSlice]]:
@@ -60,7 +85,7 @@ def _coalesce(slices: Sequence[TabularSlice]) -> Iterator[list[TabularSlice]]:
         yield group
 
 
-def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
+def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pa.Table:
     first, last = group[0], group[-1]
     fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
     if first.format == "parquet":
@@ -71,18 +96,16 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
                 # pyarrow's own file reader: its decoding threads never wait for the GIL of a Python file.
                 # Not memory-mapped: a file truncated under a mapping kills the process (SIGBUS) instead
                 # of raising an error that names the file.
-                return pq.ParquetFile(path).read_row_groups(row_groups).to_pandas()
+                return pq.ParquetFile(path).read_row_groups(row_groups)
             with fs.open(path, "rb") as f:
-                return pq.ParquetFile(f).read_row_groups(row_groups).to_pandas()
+                return pq.ParquetFile(f).read_row_groups(row_groups)
         except Exception as exc:
             raise InputError(f"{where}: cannot read Parquet: {exc}") from exc
 
     start, end, header_end = first.start, last.end, first.header_end
     where = f"{first.url} bytes [{start}, {end})"
     if first.format == "csv" and is_local(fs):
-        # Local files are read with plain OS calls (no fsspec file object between the parser and the bytes):
-        # streamed straight from the file into the parser: no copy of the slice in memory, no header+slice
-        # concatenation.
+        # Local files are read with plain OS calls (no fsspec file object between the parser and the bytes).
         try:
             with open(path, "rb", buffering=0) as f:
                 if os.fstat(f.fileno()).st_size < end:
@@ -90,10 +113,12 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
                         f"{where}: the file is shorter than planned (did it change after planning?)"
                     )
                 head = os.pread(f.fileno(), header_end, 0) if header_end else b""
-                f.seek(start)
-                return _parse_csv(_RangeReader(head, f, end - start), dataset, header_end, where, first)
+                data = os.pread(f.fileno(), end - start, start)
         except OSError as exc:
             raise InputError(f"{where}: cannot read: {exc}") from exc
+        if len(data) != end - start:
+            raise InputError(f"{where}: the file is shorter than planned (did it change after planning?)")
+        return _parse_csv_arrow(head, data, dataset, where, group)
     try:
         data = _read_range(fs, path, start, end)
         head = _read_range(fs, path, 0, header_end) if header_end else b""
@@ -102,22 +127,105 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
     if len(data) != end - start or len(head) != header_end:
         raise InputError(f"{where}: the file is shorter than planned (did it change after planning?)")
     if first.format == "csv":
-        return _parse_csv(_RangeReader(head, data, len(data)), dataset, header_end, where, first)
-    if first.format == "jsonl":
-        if start == 0 and data.startswith(_UTF8_BOM) and _is_utf8(dataset.encoding):
-            data = data[3:]  # the JSON parser does not skip a byte order mark
-        try:
-            # Values as JSON typed them: dtype=False turns off pandas' guessing, which made "01234" the number
-            # 1234 and turned columns named like dates (`date`, `*_at`, `modified`, ...) into timestamps;
-            # precise_float keeps every float exactly as written.
-            return pd.read_json(
-                io.BytesIO(data), lines=True, encoding=dataset.encoding, dtype=False, precise_float=True
-            )
-        except pd.errors.EmptyDataError:
-            return pd.DataFrame()
-        except Exception as exc:
-            raise InputError(f"{where}: cannot parse as jsonl: {exc}") from exc
+        return _parse_csv_arrow(head, data, dataset, where, group)
     raise InputError(f"{first.url}: unsupported tabular format {first.format!r}")
+
+
+def _read_jsonl_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
+    first, last = group[0], group[-1]
+    fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
+    start, end = first.start, last.end
+    where = f"{first.url} bytes [{start}, {end})"
+    try:
+        data = _read_range(fs, path, start, end)
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read: {exc}") from exc
+    if len(data) != end - start:
+        raise InputError(f"{where}: the file is shorter than planned (did it change after planning?)")
+    if start == 0 and data.startswith(_UTF8_BOM) and _is_utf8(dataset.encoding):
+        data = data[3:]  # the JSON parser does not skip a byte order mark
+    try:
+        # Values as JSON typed them: dtype=False turns off pandas' guessing, which made "01234" the number
+        # 1234 and turned columns named like dates (`date`, `*_at`, `modified`, ...) into timestamps;
+        # precise_float keeps every float exactly as written.
+        return pd.read_json(
+            io.BytesIO(data), lines=True, encoding=dataset.encoding, dtype=False, precise_float=True
+        )
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except Exception as exc:
+        raise InputError(f"{where}: cannot parse as jsonl: {exc}") from exc
+
+
+def _parse_csv_arrow(
+    head: bytes, data: bytes, dataset: TabularDataset, where: str, group: list[TabularSlice]
+) -> pa.Table:
+    """Header + slices parsed by Arrow's CSV reader with the dataset's column types; an error names the
+    file, the byte range and (for a ragged row) the line of the file, as pandas' parser reports it."""
+    try:
+        table = _arrow_csv(head, data, dataset, where)
+        if table.num_columns != 1 or table.num_rows == sum(s.rows for s in group):
+            return table
+    except pa.ArrowInvalid:
+        pass
+    # pandas (and the planner) skip lines of only spaces/tabs, which Arrow reads as a row of one field (a
+    # value in a one-column file, or the row that sets the column count when a slice starts with one)
+    trimmed = _without_blank_records(data, dataset.separator)
+    try:
+        return _arrow_csv(head, trimmed, dataset, where)
+    except pa.ArrowInvalid as exc:
+        # the bytes again through pandas' parser, for its message with the line of the file
+        _parse_csv(_RangeReader(head, data, len(data)), dataset, len(head), where, group[0])
+        raise InputError(f"{where}: cannot parse as csv: {exc}") from exc
+
+
+def _without_blank_records(data: bytes, separator: str) -> bytes:
+    """`data` without its records of only spaces, tabs and CRs (newlines inside quoted fields, found as
+    the planner finds them, do not end records)."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(arr == _NL)
+    mask = _QuoteTracker(separator).record_ends(arr, 0, newlines, 1)
+    ends = (newlines if mask is None else newlines[mask]).tolist()
+    kept, start = [], 0
+    for end in [*ends, len(data) - 1]:
+        record = data[start : end + 1]
+        if record.strip(b" \t\r\n") or not record.strip(b"\n"):
+            kept.append(record)
+        start = end + 1
+    return b"".join(kept)
+
+
+def _arrow_csv(head: bytes, data: bytes, dataset: TabularDataset, where: str) -> pa.Table:
+    """Arrow's parse; a value that does not fit the column's type is an `InputError` naming the fix."""
+    types = arrow_types(dataset.column_types)
+    names = sorted((k for k in types if k.isdigit()), key=int) if not dataset.header else None
+    if data and not data.endswith(b"\n"):
+        data += b"\n"  # the file's last record: Arrow cannot infer a lone unterminated field's columns
+    buffer = head + data if head else data
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(buffer),
+            read_options=read_options(dataset, names),
+            parse_options=parse_options(dataset),
+            convert_options=convert_options(dataset, types),
+        )
+    except pa.ArrowInvalid as exc:
+        if "conversion error" in str(exc):
+            raise InputError(
+                f"{where}: cannot read as csv with the job's column types: {exc}. The types of the columns "
+                "are decided once for every mini-batch from the start of the first file (or given with "
+                "column_types); give this column's type, e.g. TabularDataset.from_delimited_files(..., "
+                "column_types={'<column>': 'string'})"
+            ) from exc
+        raise
+    if not dataset.header and not names:
+        table = table.rename_columns([str(i) for i in range(table.num_columns)])
+    untyped_empty = [
+        i for i, f in enumerate(table.schema) if pa.types.is_null(f.type) and f.name not in types
+    ]
+    for i in untyped_empty:  # a column with no value and no type given: float64 NaN, as pandas reads it
+        table = table.set_column(i, table.field(i).name, table.column(i).cast(pa.float64()))
+    return table
 
 
 def _parse_csv(

@@ -145,7 +145,11 @@ class JsonlFormat(LineFormat):
 
     def encode(self, result: Any) -> EncodedPart:
         arrow = arrow_rows(result) is not None
-        if not arrow and not is_frame(result) and not (result and all(isinstance(item, dict) for item in result)):
+        if (
+            not arrow
+            and not is_frame(result)
+            and not (result and all(isinstance(item, dict) for item in result))
+        ):
             return EncodedPart("".join(jsonl.json_line(item) for item in result).encode("utf-8"), [], None)
         table = encode.arrow_table(result)
         return EncodedPart(jsonl.jsonl_of(table), table.column_names, encode.schema_bytes(table.schema))
