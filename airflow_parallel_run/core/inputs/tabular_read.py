@@ -40,7 +40,7 @@ def read_tabular(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pd.
     0, 1, ...
     """
     if dataset.format != "jsonl":
-        frame = read_tabular_table(slices, dataset).to_pandas()
+        frame = to_pandas(read_tabular_table(slices, dataset))
         if dataset.format == "csv" and not dataset.header:
             frame.columns = range(frame.shape[1])
         return frame
@@ -50,6 +50,27 @@ def read_tabular(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pd.
     if len(frames) == 1:
         return frames[0].reset_index(drop=True)
     return pd.concat(frames, ignore_index=True)
+
+
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    """A mini-batch's Table as a DataFrame whose dtypes do not depend on which rows it holds: integer and
+    bool columns become pandas' nullable Int64/boolean (numpy's int64 and bool have no missing value, so
+    plain `to_pandas()` gives float64/object for a mini-batch that happens to hold one, and int64/bool for
+    its neighbour)."""
+    return table.to_pandas(types_mapper=_NULLABLE.get)
+
+
+_NULLABLE = {
+    pa.int8(): pd.Int8Dtype(),
+    pa.int16(): pd.Int16Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(),
+    pa.uint8(): pd.UInt8Dtype(),
+    pa.uint16(): pd.UInt16Dtype(),
+    pa.uint32(): pd.UInt32Dtype(),
+    pa.uint64(): pd.UInt64Dtype(),
+    pa.bool_(): pd.BooleanDtype(),
+}
 
 
 def read_tabular_table(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pa.Table:
@@ -83,6 +104,22 @@ def _coalesce(slices: Sequence[TabularSlice]) -> Iterator[list[TabularSlice]]:
         group.append(s)
     if group:
         yield group
+
+
+def read_csv_sample(
+    slices: Sequence[TabularSlice], dataset: TabularDataset, empty_type: pa.DataType
+) -> pa.Table:
+    """Header + the given consecutive slices of one file, parsed with the dataset's column types (for
+    inferring the job's types: a column with no value is `empty_type`)."""
+    first, last = slices[0], slices[-1]
+    fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
+    where = f"{first.url} bytes [{first.start}, {last.end})"
+    try:
+        data = _read_range(fs, path, first.start, last.end)
+        head = _read_range(fs, path, 0, first.header_end) if first.header_end else b""
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read: {exc}") from exc
+    return _parse_csv_arrow(head, data, dataset, where, slices, empty_type)
 
 
 def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pa.Table:
@@ -158,12 +195,17 @@ def _read_jsonl_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.
 
 
 def _parse_csv_arrow(
-    head: bytes, data: bytes, dataset: TabularDataset, where: str, group: list[TabularSlice]
+    head: bytes,
+    data: bytes,
+    dataset: TabularDataset,
+    where: str,
+    group: Sequence[TabularSlice],
+    empty_type: pa.DataType | None = None,
 ) -> pa.Table:
     """Header + slices parsed by Arrow's CSV reader with the dataset's column types; an error names the
     file, the byte range and (for a ragged row) the line of the file, as pandas' parser reports it."""
     try:
-        table = _arrow_csv(head, data, dataset, where)
+        table = _arrow_csv(head, data, dataset, empty_type)
         if table.num_columns != 1 or table.num_rows == sum(s.rows for s in group):
             return table
     except pa.ArrowInvalid:
@@ -172,8 +214,15 @@ def _parse_csv_arrow(
     # value in a one-column file, or the row that sets the column count when a slice starts with one)
     trimmed = _without_blank_records(data, dataset.separator)
     try:
-        return _arrow_csv(head, trimmed, dataset, where)
+        return _arrow_csv(head, trimmed, dataset, empty_type)
     except pa.ArrowInvalid as exc:
+        if "conversion error" in str(exc):
+            raise InputError(
+                f"{where}: cannot read as csv with the job's column types: {exc}. The types of the columns "
+                "are decided once for every mini-batch from the start of the first file (or given with "
+                "column_types); give this column's type, e.g. TabularDataset.from_delimited_files(..., "
+                "column_types={'<column>': 'string'})"
+            ) from exc
         # the bytes again through pandas' parser, for its message with the line of the file
         _parse_csv(_RangeReader(head, data, len(data)), dataset, len(head), where, group[0])
         raise InputError(f"{where}: cannot parse as csv: {exc}") from exc
@@ -195,36 +244,27 @@ def _without_blank_records(data: bytes, separator: str) -> bytes:
     return b"".join(kept)
 
 
-def _arrow_csv(head: bytes, data: bytes, dataset: TabularDataset, where: str) -> pa.Table:
-    """Arrow's parse; a value that does not fit the column's type is an `InputError` naming the fix."""
+def _arrow_csv(head: bytes, data: bytes, dataset: TabularDataset, empty_type: pa.DataType | None) -> pa.Table:
+    """Arrow's parse (`pa.ArrowInvalid` for bytes it cannot read as the types). A column with no value and
+    no type given becomes `empty_type` (default float64 NaN, as pandas reads it)."""
     types = arrow_types(dataset.column_types)
     names = sorted((k for k in types if k.isdigit()), key=int) if not dataset.header else None
     if data and not data.endswith(b"\n"):
         data += b"\n"  # the file's last record: Arrow cannot infer a lone unterminated field's columns
     buffer = head + data if head else data
-    try:
-        table = pacsv.read_csv(
-            pa.py_buffer(buffer),
-            read_options=read_options(dataset, names),
-            parse_options=parse_options(dataset),
-            convert_options=convert_options(dataset, types),
-        )
-    except pa.ArrowInvalid as exc:
-        if "conversion error" in str(exc):
-            raise InputError(
-                f"{where}: cannot read as csv with the job's column types: {exc}. The types of the columns "
-                "are decided once for every mini-batch from the start of the first file (or given with "
-                "column_types); give this column's type, e.g. TabularDataset.from_delimited_files(..., "
-                "column_types={'<column>': 'string'})"
-            ) from exc
-        raise
+    table = pacsv.read_csv(
+        pa.py_buffer(buffer),
+        read_options=read_options(dataset, names),
+        parse_options=parse_options(dataset),
+        convert_options=convert_options(dataset, types),
+    )
     if not dataset.header and not names:
         table = table.rename_columns([str(i) for i in range(table.num_columns)])
     untyped_empty = [
         i for i, f in enumerate(table.schema) if pa.types.is_null(f.type) and f.name not in types
     ]
-    for i in untyped_empty:  # a column with no value and no type given: float64 NaN, as pandas reads it
-        table = table.set_column(i, table.field(i).name, table.column(i).cast(pa.float64()))
+    for i in untyped_empty:
+        table = table.set_column(i, table.field(i).name, table.column(i).cast(empty_type or pa.float64()))
     return table
 
 

@@ -21,17 +21,15 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import fsspec
-
-from ..errors import ConfigError, InputError
-from ..minibatch import MiniBatch
+from ..errors import ConfigError
+from ..minibatch import MiniBatch, TabularSlice
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from .tabular import TabularDataset
 
-#: Bytes of the first file from which column types are inferred (Arrow's first block of a streaming read).
+#: Bytes of the first file from which column types are inferred (whole slices: at least the first one).
 SAMPLE_BYTES = 1 << 20
 #: pandas' default missing-value spellings (`pandas.read_csv` na_values), so both batch formats read the
 #: same cells as missing.
@@ -93,35 +91,30 @@ def resolve_column_types(dataset: TabularDataset, batches: Sequence[MiniBatch]) 
     the user's `column_types` win. Other formats, or an input without mini-batches, are returned as given."""
     if dataset.format != "csv":
         return dataset
-    first = next((s for mb in batches for s in mb.slices), None)
-    if first is None:
+    slices = [s for mb in batches for s in mb.slices]
+    if not slices:
         return dataset
-    inferred = infer_csv_types(first.url, dataset)
+    inferred = infer_csv_types(slices, dataset)
     merged = {**inferred, **(dataset.column_types or {})}
     return dataclasses.replace(dataset, column_types=merged)
 
 
-def infer_csv_types(url: str, dataset: TabularDataset) -> dict[str, str]:
-    """Column name -> type name, from Arrow's first block (`SAMPLE_BYTES`) of the file; columns without a
-    header are named "0", "1", ..."""
-    import pyarrow.csv as pacsv
+def infer_csv_types(slices: Sequence[TabularSlice], dataset: TabularDataset) -> dict[str, str]:
+    """Column name -> type name, from the first `SAMPLE_BYTES` (whole slices, at least one) of the first
+    file; columns without a header are named "0", "1", ..."""
+    import pyarrow as pa
 
-    fs, path = fsspec.core.url_to_fs(url, **dict(dataset.storage_options))
-    try:
-        with fs.open(path, "rb") as handle:
-            reader = pacsv.open_csv(
-                handle,
-                read_options=read_options(dataset, None, SAMPLE_BYTES),
-                parse_options=parse_options(dataset),
-                convert_options=convert_options(dataset, {}),
-            )
-            schema = reader.schema
-    except Exception as exc:
-        raise InputError(
-            f"{url}: cannot infer the column types from its first {SAMPLE_BYTES} bytes: {exc}"
-        ) from exc
-    names = schema.names if dataset.header else [str(i) for i in range(len(schema.names))]
-    return {name: _portable(field.type) for name, field in zip(names, schema, strict=True)}
+    from .tabular_read import read_csv_sample
+
+    first = slices[0]
+    sample = [first]
+    for piece in slices[1:]:
+        if piece.url != first.url or piece.start != sample[-1].end or piece.end - first.start > SAMPLE_BYTES:
+            break
+        sample.append(piece)
+    untyped = dataclasses.replace(dataset, column_types=None)
+    table = read_csv_sample(sample, untyped, empty_type=pa.string())
+    return {name: _portable(field.type) for name, field in zip(table.column_names, table.schema, strict=True)}
 
 
 def read_options(dataset: TabularDataset, names: list[str] | None, block_size: int | None = None) -> Any:
