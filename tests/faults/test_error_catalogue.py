@@ -442,7 +442,7 @@ RUN_JOB_CASES = [
     ),
     RunJobCase(
         "batch_format for file input",
-        'batch_format=\'pyarrow\' is not allowed: "pandas" (the default) for file input: run() gets a list of '
+        "batch_format='pyarrow' is not allowed: \"pandas\" (the default) for file input: run() gets a list of "
         "local file paths, which has no batch format; use a TabularDataset to get pyarrow Tables",
         config={"batch_format": "pyarrow"},
     ),

@@ -32,9 +32,9 @@ NULLS = [
     "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
 ]  # fmt: skip
 ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "text": pa.string()}
-TEXT = st.text(
-    alphabet=list("ab,;\"' \n\r\tzé€日😀"), min_size=0, max_size=8
-).map(lambda s: "x" + s)  # a letter first: never a number, never a null spelling
+TEXT = st.text(alphabet=list("ab,;\"' \n\r\tzé€日😀"), min_size=0, max_size=8).map(
+    lambda s: "x" + s
+)  # a letter first: never a number, never a null spelling
 
 
 @st.composite
