@@ -47,7 +47,7 @@ def tables(draw: Any) -> dict[str, Any]:
     lines = [sep.join(f"c{i}é" for i in range(len(kinds)))] if header else []
     for r in range(rows):
         fields = []
-        for i, kind in enumerate(kinds):
+        for kind in kinds:
             missing = r > 0 and draw(st.integers(0, 5)) == 0  # the first row has every value (types)
             if kind == "int":
                 fields.append("" if missing else str(draw(st.integers(-(10**12), 10**12))))
