@@ -42,7 +42,7 @@ def read_tabular(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pd.
     if dataset.format != "jsonl":
         frame = to_pandas(read_tabular_table(slices, dataset))
         if dataset.format == "csv" and not dataset.header:
-            frame.columns = range(frame.shape[1])
+            frame.columns = list(range(frame.shape[1]))
         return frame
     frames = [_read_jsonl_group(group, dataset) for group in _coalesce(slices)]
     if not frames:

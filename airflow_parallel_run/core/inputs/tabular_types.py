@@ -21,6 +21,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import fsspec
+
 from ..errors import ConfigError
 from ..minibatch import MiniBatch, TabularSlice
 
@@ -104,8 +106,6 @@ def infer_csv_types(slices: Sequence[TabularSlice], dataset: TabularDataset) -> 
     file; columns without a header are named "0", "1", ..."""
     import pyarrow as pa
 
-    from .tabular_read import read_csv_sample
-
     first = slices[0]
     sample = [first]
     for piece in slices[1:]:
@@ -113,8 +113,36 @@ def infer_csv_types(slices: Sequence[TabularSlice], dataset: TabularDataset) -> 
             break
         sample.append(piece)
     untyped = dataclasses.replace(dataset, column_types=None)
-    table = read_csv_sample(sample, untyped, empty_type=pa.string())
-    return {name: _portable(field.type) for name, field in zip(table.column_names, table.schema, strict=True)}
+    schema = _first_block_schema(first, untyped) if first.end - first.start > SAMPLE_BYTES else None
+    if schema is None:
+        from .tabular_read import read_csv_sample  # imports pandas: only for small first slices
+
+        schema = read_csv_sample(sample, untyped, empty_type=pa.string()).schema
+    return {f.name: "string" if pa.types.is_null(f.type) else _portable(f.type) for f in schema}
+
+
+def _first_block_schema(first: TabularSlice, dataset: TabularDataset) -> pa.Schema | None:
+    """The schema Arrow's streaming reader infers from the first `SAMPLE_BYTES` of a file whose first slice
+    is larger than that (reading the whole slice would put a mini-batch's parse on the job's start); None
+    when that block cannot be parsed on its own (blank lines first: the whole slice is read instead)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
+    try:
+        with fs.open(path, "rb") as handle:
+            reader = pacsv.open_csv(
+                handle,
+                read_options=read_options(dataset, None, SAMPLE_BYTES),
+                parse_options=parse_options(dataset),
+                convert_options=convert_options(dataset, {}),
+            )
+            schema = reader.schema
+    except (pa.ArrowInvalid, OSError):
+        return None
+    if not dataset.header:
+        schema = pa.schema([pa.field(str(i), f.type) for i, f in enumerate(schema)])
+    return schema
 
 
 def read_options(dataset: TabularDataset, names: list[str] | None, block_size: int | None = None) -> Any:
