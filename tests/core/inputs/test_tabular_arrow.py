@@ -145,14 +145,17 @@ def test_a_column_is_one_type_in_every_mini_batch(tmp_path: Path) -> None:
         assert kinds == ({"double"} if fmt == "pyarrow" else {"float64"}), (fmt, kinds)
 
 
-def test_a_value_outside_the_decided_type_fails_its_mini_batch_naming_the_fix(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [32, 1000])  # sampled from whole slices / from Arrow's first block
+def test_a_value_outside_the_decided_type_fails_its_mini_batch_naming_the_fix(
+    tmp_path: Path, size: int
+) -> None:
     """A word beyond the sample in a column the sample saw as integers: a loud error, never a silently
     different type in that mini-batch."""
     from airflow_parallel_run.core.inputs import tabular_types
 
     path = _write(tmp_path, "code\n" + "".join(f"{i}\n" for i in range(40)) + "A1B\n")
     dataset = TabularDataset.from_delimited_files(path)
-    batches = list(plan_inputs([dataset], 32))
+    batches = list(plan_inputs([dataset], size))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tabular_types, "SAMPLE_BYTES", 64)  # the sample ends before the word
         job_input = dataset.with_column_types(batches)
