@@ -1,8 +1,81 @@
 #!/usr/bin/env bash
-# Runs the suite; pytest's exit 5 ("no tests collected") is a failure, not a pass.
+# Runs the suite as two pytest processes at once, over disjoint sets of test files:
+#
+# - the "stack" lane: the tests that wait on a real Airflow stack, and those that start a Dask scheduler,
+#   workers, a TLS cluster and an S3 server as processes of their own (STACK_LANE below). Most of their
+#   wall time is waiting (scheduler loops, polling, process start-ups, Airflow's own timers), not CPU.
+# - the "main" lane: every other test under tests/ (LocalCluster jobs, dag.test(), faults, bench),
+#   mostly CPU-bound.
+#
+# One after the other the two leave the 2 CPUs idle most of the time; side by side the suite takes
+# about the time of the longer lane. The main lane is `tests` minus the stack lane's paths, so a new
+# test file is always in exactly one lane (no file drops out, none runs twice).
+#
+# Arguments are pytest options for both lanes (`.ci/pytest.sh -x`, `--durations=0`); to run a few
+# tests, call pytest directly. `APR_TEST_LANES=1` runs the whole suite in one pytest process instead.
+#
+# The main lane's output streams; the stack lane's is printed after it (each in one piece, readable).
+# Each lane fails on its own test failures and on pytest's exit 5 ("no tests collected"); the script
+# fails when either lane fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/python -m pytest -q -rfEs --durations=15 "$@"
-rc=$?
-if [ "$rc" -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
+
+PYTEST=(.venv/bin/python -m pytest -q -rfEs --durations=15)
+# Test paths (relative to the repo) whose modules mostly wait (see above); each is a directory or a file
+# under tests/. tests/cluster moves about 2 minutes out of the main lane, the longer one.
+STACK_LANE=(tests/e2e tests/cluster)
+
+check() {  # lane name, pytest exit code -> 0 when the lane passed
+  if [ "$2" -eq 5 ]; then
+    echo "pytest collected no tests in the $1 lane: failing" >&2
+    return 1
+  fi
+  return "$2"
+}
+
+if [ "${APR_TEST_LANES:-2}" = 1 ]; then
+  "${PYTEST[@]}" "$@"
+  check suite "$?"
+  exit
+fi
+
+for path in "${STACK_LANE[@]}"; do
+  if [ ! -e "$path" ]; then
+    echo ".ci/pytest.sh: the stack lane's path $path does not exist" >&2
+    exit 1
+  fi
+done
+ignores=()
+for path in "${STACK_LANE[@]}"; do ignores+=("--ignore=$path"); done
+
+logs=$(mktemp -d "${TMPDIR:-/tmp}/apr-pytest-lanes.XXXXXX")
+stack_pid=""
+stop_stack_lane() {
+  if [ -n "$stack_pid" ]; then kill -TERM "$stack_pid" 2>/dev/null; wait "$stack_pid" 2>/dev/null; fi
+}
+trap 'stop_stack_lane; rm -rf "$logs"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start=$SECONDS
+# Each lane has its own pytest cache folder: two processes writing one `lastfailed` would lose entries.
+"${PYTEST[@]}" -o cache_dir=.pytest_cache/stack-lane "$@" "${STACK_LANE[@]}" >"$logs/stack.log" 2>&1 &
+stack_pid=$!
+
+echo "== main lane: tests/ without ${STACK_LANE[*]} (the stack lane runs at the same time; its output follows)"
+"${PYTEST[@]}" -o cache_dir=.pytest_cache/main-lane "$@" "${ignores[@]}" tests
+main_rc=$?
+
+wait "$stack_pid"
+stack_rc=$?
+stack_pid=""
+echo
+echo "== stack lane: ${STACK_LANE[*]}"
+cat "$logs/stack.log"
+echo
+echo "== lanes: main exit $main_rc, stack exit $stack_rc; both done after $((SECONDS - start)) s (each lane's own time ends its output)"
+
+rc=0
+check main "$main_rc" || rc=1
+check stack "$stack_rc" || rc=1
 exit "$rc"

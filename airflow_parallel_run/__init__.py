@@ -19,6 +19,7 @@ _CORE = {
     "run_job",
     "ConfigError",
     "InputError",
+    "ItemFailed",
 }
 _AIRFLOW = {
     "ParallelRunOperator": "airflow_parallel_run.operators",

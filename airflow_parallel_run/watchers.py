@@ -14,8 +14,9 @@ shared-stream *ack mode*: a partition is recorded as fired once Airflow confirme
 A restart therefore does not fire a recorded partition again, and one that landed while the triggerer
 was down fires when it is back, from a fresh listing. What is *done* is decided by Airflow's own event
 history, not by the watcher: `ArrivedPartitionsOperator` writes the keys it finds announced on its
-target asset beside the state (``...announced.json``), and a fired partition that does not get there
-within `refire_after` seconds is fired again (its event was lost: a triggerer killed between firing
+target asset beside the state (``...announced.json``; its own keys as soon as Airflow stored them, in
+its success callback), and a fired partition that does not get there within `refire_after` seconds is
+fired again (its event was lost: a triggerer killed between firing
 and storing, seen on the real stack). The router announces a key at most once (it checks the target's
 history), so a repeat never scores a partition twice. The trigger never touches the metadata DB.
 
@@ -442,16 +443,26 @@ class ArrivedPartitionsOperator(BaseOperator):
         self.source = source
         self.target = target
         self.window = window
+        # after Airflow stored this run's events: a callback, since `execute` ends before they are stored
+        self.on_success_callback = [*self.on_success_callback, self.record_announced]
 
-    def execute(self, context: Context) -> list[str]:
-        since = (dt.datetime.now(dt.timezone.utc) - self.window).isoformat()
-        triggering = arrived_payloads(context["triggering_asset_events"][self.source])
-        arrivals = arrived_payloads(context["inlet_events"][self.source].after(since))
-        announced: set[str] = {
+    def _since(self) -> str:
+        return (dt.datetime.now(dt.timezone.utc) - self.window).isoformat()
+
+    def _announced(self, context: Context) -> set[str]:
+        """The keys Airflow holds announced on `target` within `window` (read afresh: ``after`` drops
+        the accessor's cache)."""
+        return {
             str(e.partition_key)
-            for e in context["inlet_events"][self.target].after(since)
+            for e in context["inlet_events"][self.target].after(self._since())
             if getattr(e, "partition_key", None)
         }
+
+    def execute(self, context: Context) -> list[str]:
+        since = self._since()
+        triggering = arrived_payloads(context["triggering_asset_events"][self.source])
+        arrivals = arrived_payloads(context["inlet_events"][self.source].after(since))
+        announced = self._announced(context)
         self._tell_watchers(announced)
         fresh = {k: a for k, a in arrivals.items() if k not in announced}
         for key in sorted(set(triggering) & announced):
@@ -473,17 +484,34 @@ class ArrivedPartitionsOperator(BaseOperator):
         )
         return sorted(fresh)
 
-    def _tell_watchers(self, announced: set[str]) -> None:
+    def record_announced(self, context: Context) -> None:
+        """The success callback: tells the watchers the keys this run announced, now that Airflow
+        stored its events (a task's outlet events are stored when its success is reported, after
+        `execute`, and before its success callbacks run). Without it they would learn them only from
+        the next run, and a restarted watcher whose `refire_after` passed meanwhile would fire them
+        again. A run that dies before this point leaves them to the next run (a repeat the router
+        drops)."""
+        announced = self._announced(context)
+        told = self._tell_watchers(announced)
+        self.log.info(
+            "Announced on %s (Airflow's history): %s; told %d watcher(s)",
+            self.target.uri,
+            ", ".join(sorted(announced)) or "none",
+            told,
+        )
+
+    def _tell_watchers(self, announced: set[str]) -> int:
         """Records, beside each `PartitionArrivalTrigger`'s state, the keys Airflow holds announced:
         the watcher stops re-firing those (one that stays unannounced is fired again after
-        `refire_after`: its event was lost). Keys announced by this run are recorded by the next one,
-        once Airflow stored them."""
+        `refire_after`: its event was lost). Returns how many watchers it found."""
         from airflow_parallel_run.core.storage import write_atomic
 
+        told = 0
         for watcher in getattr(self.source, "watchers", None) or []:
             trigger = watcher.trigger
             if not isinstance(trigger, PartitionArrivalTrigger):
                 continue
+            told += 1
             path = announced_path(trigger.resolved_state_path())
             options = trigger.resolved_storage_options()
             known = read_announced(path, options)
@@ -491,6 +519,7 @@ class ArrivedPartitionsOperator(BaseOperator):
                 continue
             document = {"version": STATE_VERSION, "announced": sorted(known | announced)}
             write_atomic(path, json.dumps(document, indent=1).encode(), options)
+        return told
 
 
 def arrived_payloads(events: Iterable[Any]) -> dict[str, dict[str, Any]]:

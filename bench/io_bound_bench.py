@@ -21,7 +21,12 @@ called exactly once per attempt (a run with failed attempts is refused: its coun
 Reported: engine_async / bare_asyncio throughput (target >= 0.8x) and engine_async / engine_sync
 throughput (target >= 10x).
 
-Usage: .venv/bin/python bench/io_bound_bench.py [--quick] [--items 2000] [--repeats 3]
+--compare-with DIR also measures the async job on the engine of another checkout (e.g. a git worktree of
+`main`), interleaved in the same rounds against the same endpoint and files: that engine runs in a child
+process with its own LocalCluster of the same shape, and its requests are checked as this one's.
+Reported then: this engine / that engine (seconds of the async job) and each one's ratio to the bare client.
+
+Usage: .venv/bin/python bench/io_bound_bench.py [--quick] [--items 2000] [--repeats 3] [--compare-with DIR]
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +81,7 @@ def run(mini_batch):
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--items", type=int, default=None, help="default 2000 (--quick: 320)")
+    benchlib.add_compare_arguments(parser)
 
 
 def _checked_calls(server: ScoringServerProcess, summary: dict[str, Any], items: list[str]) -> None:
@@ -144,9 +152,40 @@ async def _bare(address: str, items: list[str], concurrency: int) -> list[str]:
     return await asyncio.gather(*(one(item) for item in items))
 
 
+def _serve(args: argparse.Namespace) -> None:
+    """The --compare-with child: this checkout's engine runs the async job on the parent's files and
+    endpoint (see benchlib.serve)."""
+    request = json.loads(args.serve)
+    server = ScoringServerProcess.attach(request["address"])
+    with (
+        benchlib.workdir(args, "io-bound-other") as root,
+        benchlib.local_cluster(PROCESSES, threads=CONCURRENCY) as client,
+    ):
+        job = _Job(
+            root,
+            "async",
+            ASYNC_SCRIPT,
+            Path(request["data"]),
+            list(request["items"]),
+            server,
+            process_count_per_node=PROCESSES,
+            max_concurrency_per_process=CONCURRENCY,
+        )
+        job.client = client
+
+        def run(_case: str) -> tuple[float, float]:
+            return job.run(), 0.0
+
+        benchlib.serve(run)
+
+
 def main() -> None:
     args = benchlib.parse_args(__doc__, _add)
+    if args.serve is not None:
+        _serve(args)
+        return
     started = benchlib.start(args)
+    environ = dict(os.environ)  # before any LocalCluster adds its worker settings (see OtherEngine)
     count = args.items or (320 if args.quick else 2000)
     rounds = benchlib.repeats(args, full=3, quick=1)
     sync_count = max(MINI_BATCH, count // SYNC_SHARE)
@@ -183,14 +222,31 @@ def main() -> None:
             bare_peaks.append(server.peak)
             return seconds
 
+        other: benchlib.OtherEngine | None = None
         with (
             benchlib.local_cluster(PROCESSES, threads=CONCURRENCY) as async_client,
             benchlib.local_cluster(PROCESSES) as sync_client,
         ):
             async_job.client, sync_job.client = async_client, sync_client
-            samples = benchlib.interleaved(
-                {"engine_async": async_job.run, "bare_asyncio": bare, "engine_sync": sync_job.run}, rounds
-            )
+            cases: dict[str, Callable[[], float]] = {}
+            try:
+                if args.compare_with is not None:
+                    other = benchlib.OtherEngine(
+                        args.compare_with,
+                        __file__,
+                        {"data": str(root / "in"), "items": items, "address": server.address},
+                        args,
+                        environ,
+                    )
+                    benchlib.log(f"compared with the engine imported from {other.engine_path}")
+                    cases["other_engine_async"] = lambda: other.run("async") if other is not None else 0.0
+                cases.update(
+                    {"engine_async": async_job.run, "bare_asyncio": bare, "engine_sync": sync_job.run}
+                )
+                samples = benchlib.alternating(cases, rounds, [("other_engine_async", "engine_async")])
+            finally:
+                if other is not None:
+                    other.close()
         peaks = {"engine_async": async_job.peaks, "bare_asyncio": bare_peaks, "engine_sync": sync_job.peaks}
 
     med = benchlib.medians(samples)
@@ -218,6 +274,28 @@ def main() -> None:
             f"{sync_count} of the items, both on {PROCESSES} processes",
         ),
     ]
+    if "other_engine_async" in med:
+        ratios += [
+            Ratio(
+                "async engine / compared engine (seconds)",
+                med["engine_async"] / med["other_engine_async"],
+                None,
+                "<=",
+                f"the async job on this checkout vs on the engine of {other.engine_path if other else '?'}, "
+                "same rounds, endpoint and files",
+            ),
+            Ratio(
+                "compared engine / bare asyncio client",
+                med["bare_asyncio"] / med["other_engine_async"],
+                0.8,
+                ">=",
+                "items/s, as the first figure, for the compared engine",
+            ),
+        ]
+        spread["per_round_engine_over_compared"] = [
+            round(a / b, 3)
+            for a, b in zip(samples["engine_async"], samples["other_engine_async"], strict=True)
+        ]
     benchlib.write_result(
         args,
         "io_bound",
@@ -230,6 +308,7 @@ def main() -> None:
             "processes": PROCESSES,
             "max_concurrency_per_process": CONCURRENCY,
             "rounds": rounds,
+            "compare_with": str(args.compare_with) if args.compare_with else None,
         },
         ratios=ratios,
         samples=samples,

@@ -131,8 +131,17 @@ class ScoringServerProcess:
     threads share no GIL with whoever is measured against it (the bench's driver, scheduler and bare
     client live in the bench's process). `calls` and `peak` are read over HTTP (/stats)."""
 
+    @classmethod
+    def attach(cls, address: str) -> ScoringServerProcess:
+        """A handle on a server another process started (`calls`, `peak`, `reset`; closing it leaves the
+        server running): the --compare-with child of bench/io_bound_bench.py checks its calls with it."""
+        handle = cls.__new__(cls)
+        handle._proc = None
+        handle.address = address
+        return handle
+
     def __init__(self, delay: float = 0.1) -> None:
-        self._proc = subprocess.Popen(
+        self._proc: subprocess.Popen[str] | None = subprocess.Popen(
             [sys.executable, __file__, "--delay", str(delay)], stdout=subprocess.PIPE, text=True
         )
         assert self._proc.stdout is not None
@@ -163,6 +172,8 @@ class ScoringServerProcess:
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
     ) -> None:
+        if self._proc is None:
+            return
         self._proc.terminate()
         try:
             self._proc.wait(timeout=10)

@@ -23,6 +23,7 @@ _NAMES = {
     "ParallelRunError": "errors",
     "JobSummary": "summary",
     "AttemptStatus": "attempt",
+    "ItemFailed": "output.results",
 }
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "EntryScript",
     "FileDataset",
     "InputError",
+    "ItemFailed",
     "JobDriver",
     "JobRequest",
     "JobSummary",

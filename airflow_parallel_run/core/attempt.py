@@ -105,6 +105,9 @@ class AttemptResult:
     uncacheable: str = ""  # why this attempt's result cannot be cached ("" when it can)
     stage: AttemptStage = AttemptStage.RUN  # where it ended
     retriable: bool = True  # False: its source knows another try would read the same wrong data
+    # the items run() marked failed (exceptions or ItemFailed in its result): (position, first error line)
+    item_errors: list[tuple[int, str]] = field(default_factory=list)
+    items_url: str | None = None  # the successful results of such a run(), for a re-run of the failed items
 
     @property
     def ok(self) -> bool:

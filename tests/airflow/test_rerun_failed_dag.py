@@ -68,6 +68,45 @@ def test_rerun_failed_switch(dagbag: Any, demo_root: Path, capfd: pytest.Capture
     assert (root / "out" / "parallel_run_step.txt").read_text() == expected  # the refusal changed nothing
 
 
+def test_rerun_failed_deferrable(
+    dagbag: Any, demo_root: Path, dask_cluster: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """deferrable=True: the re-run's checks and its job run in the cluster (the operator ships the previous
+    job's record with the request); items marked failed in place run alone there too."""
+    root = demo_root / "rerun_failed_deferrable"
+    (root / "in").mkdir(parents=True)
+    for i in range(15):
+        (root / "in" / f"f{i:02d}.txt").write_text(f"value {i}\n")
+    (root / "fail.txt").write_text("\n".join(FAILING))
+    dag = dagbag.get_dag("apr_test_rerun_failed_deferrable")
+
+    first = dag.test()
+    assert str(first.state) == "success"
+    assert _summary(first)["failed_items"] == 2
+    failed = [
+        json.loads(line)
+        for line in (root / "out" / "logs" / "sys" / "job_report" / "failed_items.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert [Path(line["item"]["file"]).name for line in failed] == FAILING
+    assert [(line["position"], line["certain"]) for line in failed] == [(2, True), (4, True)]
+
+    (root / "fail.txt").write_text("")
+    (root / "calls.txt").unlink()
+    capfd.readouterr()
+    second = dag.test(run_conf={"rerun_failed": True})
+    log = capfd.readouterr().out
+    assert str(second.state) == "success"
+    assert "runs inside the Dask cluster; this task defers until it finishes" in log  # it did defer
+    assert "2 of them run only their 2 failed items" in log
+    summary = _summary(second)
+    assert summary["failed_items"] == 0 and summary["reused_mini_batches"] == 1, summary
+    assert sorted((root / "calls.txt").read_text().split()) == FAILING  # only the failed items ran
+    expected = "".join(f"f{i:02d}.txt value {i}\n" for i in range(15))
+    assert (root / "out" / "parallel_run_step.txt").read_text() == expected  # every item once, in order
+
+
 def test_rerun_failed_values(tmp_path: Path) -> None:
     from airflow_parallel_run.core import ConfigError, ParallelRunConfig
     from airflow_parallel_run.core.reuse.rerun import rerun_switch

@@ -296,3 +296,63 @@ def test_the_router_announces_each_arrival_once(tmp_path: Path) -> None:
     assert set(arrived_payloads(triggering)) == {"2024-01-01", "2024-01-02", "2024-01-03"}
     # the watcher learns what Airflow holds announced (this run's keys: from the next run on)
     assert json.loads(Path(announced_path(str(state))).read_text())["announced"] == ["2024-01-01"]
+
+
+def test_the_router_tells_the_watcher_its_own_keys_once_airflow_stored_them(tmp_path: Path) -> None:
+    """A restarted watcher must not fire again what this very run announced: the router records its own
+    keys in its success callback (after Airflow stored the events), not only from its next run on. Seen
+    on the real stack: a triggerer restarted more than `refire_after` after the last router run fired the
+    announced partitions again."""
+    root, state = tmp_path / "landing", tmp_path / "watch.json"
+    land(root, "2024-01-01")
+    land(root, "2024-01-02")
+    watched = Asset(
+        name="landing", uri="file:///landing", watchers=[AssetWatcher(name="w", trigger=trigger(root, state))]
+    )
+    router = ArrivedPartitionsOperator(task_id="announce", source=watched, target=ARRIVED)
+    now = dt.datetime.now(dt.timezone.utc)
+    arrivals = [_arrival("2024-01-01", 1), _arrival("2024-01-02", 2)]
+    for event in arrivals:
+        event.timestamp = now - dt.timedelta(minutes=1)
+    stored: History = History()
+    outlets = OutletEventAccessors()
+    context = {
+        "triggering_asset_events": TriggeringAssetEventsAccessor.build(arrivals),
+        "inlet_events": {watched: History(arrivals), ARRIVED: stored},
+        "outlet_events": outlets,
+    }
+    fired_long_ago = (now - dt.timedelta(hours=1)).isoformat()
+    state.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "root": str(root),
+                "fired": {k: {"at": fired_long_ago, "times": 1} for k in ("2024-01-01", "2024-01-02")},
+            }
+        )
+    )
+    assert router.execute(context) == ["2024-01-01", "2024-01-02"]  # type: ignore[arg-type]
+    # Airflow stores the run's events when its success is reported, then runs the success callbacks
+    for registered in _serialize_outlet_events(outlets):
+        stored.append(_event({}, 3, key=registered["partition_key"]))
+        stored[-1].timestamp = now
+    assert router.on_success_callback, "the router needs its success callback"
+    for callback in router.on_success_callback:
+        callback(context)  # type: ignore[arg-type]
+    restarted = trigger(root, state).build_watch  # the watcher as a restarted triggerer builds it
+    watch = asyncio.run(restarted({**trigger(root, state).serialize()[1], "refire_after": 0.0}))
+    watch.load()
+    assert watch.poll() == [], "a restarted watcher fired again partitions the router announced"
+
+
+def test_the_routers_callback_keeps_the_users_callbacks(tmp_path: Path) -> None:
+    seen: list[str] = []
+    router = ArrivedPartitionsOperator(
+        task_id="announce",
+        source=LANDING,
+        target=ARRIVED,
+        on_success_callback=lambda context: seen.append("user"),
+    )
+    assert len(router.on_success_callback) == 2
+    router.on_success_callback[0]({})  # type: ignore[arg-type]
+    assert seen == ["user"]

@@ -86,6 +86,15 @@ def wait_partition_runs(
     )
 
 
+def _told_to_the_watcher(stack: Stack) -> set[str]:
+    """The keys the router recorded as announced beside the watcher's state (``...announced.json``)."""
+    cache_root = stack.cache_root or stack.home / "parallel_run_cache"
+    told: set[str] = set()
+    for path in (Path(cache_root) / "watchers").glob("*.announced.json"):
+        told |= set(json.loads(path.read_text())["announced"])
+    return told
+
+
 def test_each_arriving_partition_is_scored_once_across_a_triggerer_restart(
     stack: Stack, api: Api, demo_root: Path
 ) -> None:
@@ -98,6 +107,9 @@ def test_each_arriving_partition_is_scored_once_across_a_triggerer_restart(
         landed[key] = land(demo_root, key, digits[start : start + IMAGES[key]])
         start += IMAGES[key]
     wait_partition_runs(api, "arrival_driven_scoring", set(keys[:2]))
+    # The router told the watcher the keys it announced once Airflow stored them (its success callback),
+    # so however late the restart below comes after `refire_after`, the watcher cannot fire them again.
+    assert set(keys[:2]) <= _told_to_the_watcher(stack), _told_to_the_watcher(stack)
 
     with stack.expect_restart("triggerer"):
         os.kill(stack.processes["triggerer"].pid, signal.SIGKILL)

@@ -175,9 +175,13 @@ def test_parallel_run_tab_in_the_browser(
         )
 
     # the nav page (Browse > Parallel runs) lists the run and links to the tab
-    open_page(page, f"{stack.url}/")
+    # The home page fully loaded (its scripts ran), not only committed: a menu used while the UI was still
+    # starting was once seen taking the click without routing anywhere (60 s wait, no navigation).
+    page.goto(f"{stack.url}/", wait_until="load")
     page.get_by_role("button", name="Browse").click()
-    page.get_by_role("menuitem", name="Parallel runs").click()
+    entry = page.get_by_role("menuitem", name="Parallel runs")
+    entry.wait_for(state="visible")
+    entry.click()
     # the SPA may add a trailing slash or a query to the route; the page is the same
     page.wait_for_url(
         lambda url: urlsplit(url).path.rstrip("/").endswith("/plugin/parallel-runs"), wait_until=NAVIGATED

@@ -683,9 +683,71 @@ def _arrow_tables_that_do_not_join() -> str | None:
     return str(info.value).split(" (")[0]
 
 
+def _markers_in_a_short_result() -> str | None:
+    from airflow_parallel_run.core.output.results import ItemFailed, check_result
+
+    with pytest.raises(InvalidResultError) as info:
+        check_result(["a", ItemFailed("gone")], 3)
+    return str(info.value)
+
+
+def _an_exception_inside_an_entry() -> str | None:
+    from airflow_parallel_run.core.output.results import check_result
+
+    with pytest.raises(InvalidResultError) as info:
+        check_result([{"p": 1}, {"p": KeyError("k")}], 2)
+    return str(info.value)
+
+
+def _kept_results_changed() -> str | None:
+    import tempfile
+
+    from airflow_parallel_run.core.worker.messages import PartialRun
+    from airflow_parallel_run.core.worker.rerun_items import load_successes
+
+    with tempfile.TemporaryDirectory() as folder:
+        kept = Path(folder) / "kept.pickle"
+        kept.write_bytes(b"changed")
+        with pytest.raises(InvalidResultError) as info:
+            load_successes(PartialRun((1,), str(kept), "0" * 64), {})
+    return str(info.value)
+
+
+def _a_count_in_a_rerun_of_items() -> str | None:
+    from airflow_parallel_run.core.worker.messages import PartialRun
+    from airflow_parallel_run.core.worker.rerun_items import join_results
+
+    with pytest.raises(InvalidResultError) as info:
+        join_results(["x"], PartialRun((0, 2)), ["b"], 3, summary_only=False)
+    return str(info.value)
+
+
 #: Section 6: results outside the job's one schema, from the encoder (entry process) and from the schema
 #: the driver keeps: (how the message is produced, the documented message).
 SCHEMA_CASES = [
+    (
+        _markers_in_a_short_result,
+        "run() returned 2 results for a mini-batch of 3 items, 1 of them failed-item markers (exceptions or "
+        "ItemFailed): a result that marks failed items needs exactly one entry per input item, in input order, "
+        "so that each marker names its item",
+    ),
+    (
+        _an_exception_inside_an_entry,
+        "run() returned KeyError \"'k'\" as the value of key 'p' of entry 1: an exception is never written to the "
+        "output. To fail that item, put the exception (or ItemFailed) itself in the item's place in a list with one "
+        "entry per input item",
+    ),
+    (
+        _kept_results_changed,
+        "the previous job's successful results in <url> are not the ones its record names (SHA-256 differs): "
+        "they were changed since, and are not loaded",
+    ),
+    (
+        _a_count_in_a_rerun_of_items,
+        "a re-run of 2 failed items of this mini-batch needs a list (or tuple) with one entry per item, in input "
+        "order; run() returned a list of length 1. The failed items' results take their places among the previous "
+        "job's, so each must say which item it is for",
+    ),
     (
         _types_that_do_not_join,
         "run() returned column 'v' as list<item: int64> in mini-batch 1, which cannot be combined with double "

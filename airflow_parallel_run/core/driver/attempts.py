@@ -77,17 +77,27 @@ class Pending:
 class Window:
     """How many attempts may be in flight: 2 per process slot until a mini-batch succeeded (a broken
     init() must not fan out), then `WINDOW_PER_SLOT` per slot plus `WINDOW_EXTRA`. `one_per_slot`
-    (speculative execution): one per slot, so that no attempt waits on a worker behind a straggler."""
+    (speculative execution): one per slot, so that no attempt waits on a worker behind a straggler.
+
+    The tail: attempts beyond the slots wait in some worker's queue, and at the end of a job a worker
+    still busy with them holds the job back while other slots idle (up to a whole mini-batch longer).
+    So, given what is left to submit (`pending`), a submit leaves at most `slots` + what is still left
+    in flight: the workers' queues shrink as the job nears its end and are empty once the last attempt
+    is submitted (each of the last ones goes to a worker with a free thread: the scheduler places it on
+    the least occupied one), and until then no worker waits for the driver's next submit."""
 
     def __init__(self, slots: int, one_per_slot: bool = False) -> None:
         self.slots = slots
         self.one_per_slot = one_per_slot
 
-    def room(self, in_flight: int, any_succeeded: bool) -> int:
+    def room(self, in_flight: int, any_succeeded: bool, pending: int | None = None) -> int:
         if self.one_per_slot:
             return max(self.slots - in_flight, 0)
         limit = WINDOW_PER_SLOT * self.slots + WINDOW_EXTRA if any_succeeded else 2 * self.slots
-        return max(limit - in_flight, 0)
+        room = limit - in_flight
+        if pending is not None:  # in_flight + room <= slots + (pending - room)
+            room = min(room, (self.slots + pending - in_flight) // 2, pending)
+        return max(room, 0)
 
 
 class AttemptStream:

@@ -165,7 +165,9 @@ class JobDriver:
             log_url=self.folder.log_url,
             storage_options=self.storage_options,
         )
-        self.spec = dataclasses.replace(self.spec, environment_variables=self.environment)
+        self.spec = dataclasses.replace(
+            self.spec, environment_variables=self.environment, partial=dict(self.reuse.partial)
+        )
         self.files = FilePublisher(self.output, self.storage_options, self._warn)
         self.sink = JobOutput(
             self.config.append_row_format, self.output, self.storage_options, self.files, self._master
@@ -326,7 +328,8 @@ class JobDriver:
         return "processes" if concurrency == 1 else f"mini-batches at once ({concurrency} per process)"
 
     def _submit(self, stream: AttemptStream, pending: Pending) -> None:
-        attempts = pending.take(self.window.room(len(stream), self.tally.succeeded_mini_batches > 0))
+        room = self.window.room(len(stream), self.tally.succeeded_mini_batches > 0, len(pending))
+        attempts = pending.take(room)
         self.tally.note_started(mb.index for mb, _attempt in attempts)
         for mb, attempt in attempts:
             if attempt > 1:  # a retry (first attempts are not stored: a job may have millions)

@@ -15,10 +15,13 @@ job stopped before it finished, its last failed attempt's, else `CANCELLED`), `e
 `mini_batch_items`/`mini_batch_failed` (items of the mini-batch and how many of them failed).
 
 What the engine knows of a failure: an attempt that raised, timed out or died fails every item of its
-mini-batch (`certain: true` on each). A run() that returned fewer results than it got items (the Azure
-contract) failed `mini_batch_failed` of them, but said nothing of which: every item of such a mini-batch is
-listed with `certain: false`, and a re-run runs that mini-batch whole (its new result replaces the old one,
-so each item is still in the output exactly once).
+mini-batch (`certain: true` on each). A run() that returned one entry per item with some of them exceptions
+or `ItemFailed` markers (core/output/results.py) failed exactly those: each is listed with `certain: true`,
+its own error, and `position` (its index in the mini-batch; a tabular item is its slice plus `row`, 0-based
+within the slice), and a re-run runs only them. A run() that returned fewer results than it got items (the
+Azure contract) failed `mini_batch_failed` of them, but said nothing of which: every item of such a
+mini-batch is listed with `certain: false`, and a re-run runs that mini-batch whole (its new result
+replaces the old one, so each item is still in the output exactly once).
 """
 
 from __future__ import annotations
@@ -51,6 +54,21 @@ def items_of(mb: MiniBatch) -> list[dict[str, Any]]:
                 items.append(item)
         return items
     return [dict(p.describe()) for p in mb.pieces]
+
+
+def item_at(mb: MiniBatch, position: int) -> dict[str, Any]:
+    """The input item at `position` of a mini-batch (the index of its entry in run()'s list, or of its row
+    in run()'s DataFrame): a file, or a row of a slice (`row`: 0-based within the slice)."""
+    items = items_of(mb)
+    if mb.files:
+        return items[position]
+    rows = [int(s.rows) for s in mb.slices] if mb.slices else [int(i.get("rows", 0) or 0) for i in items]
+    offset = 0
+    for item, count in zip(items, rows, strict=True):
+        if position < offset + count:
+            return {**item, "row": position - offset}
+        offset += count
+    return {**(items[-1] if items else {}), "row": None}  # planned counts that miss it: position says which
 
 
 def first_line(text: str) -> str:
@@ -101,6 +119,22 @@ def failed_item_lines(
                     "which ones run() did not say"
                 )
             )
+        if result is not None and result.ok and result.item_errors:  # run() said which items failed
+            for position, item_error in result.item_errors:
+                yield {
+                    "mini_batch": mb.index,
+                    "input_index": mb.input_index,
+                    "item": item_at(mb, position),
+                    "position": position,
+                    "status": str(status),
+                    "error": item_error,
+                    "attempts": attempts,
+                    "mini_batch_items": total,
+                    "mini_batch_failed": failed,
+                    "certain": True,
+                }
+            if len(result.item_errors) == failed:
+                continue
         certain = result is None or not result.ok
         for item in items_of(mb):
             yield {

@@ -4,7 +4,8 @@ It holds the config (every field; `environment_variables` as names with digests 
 secret), the inputs without credentials (`dataset_to_dict(credentials=False)`: storage options and a SQL
 URL's password never enter it), the arguments and side inputs as the workers saw them, the exact plan
 (every mini-batch descriptor), the reuse cache's root, the job's cache key with its component digests,
-each mini-batch's cache key, and the input fingerprints. A re-run runs this plan again and compares the
+each mini-batch's cache key, the input fingerprints, and the SHA-256 of the successful results kept for a
+re-run of the items a run() marked failed (`kept_items`: a re-run unpickles only those bytes). A re-run runs this plan again and compares the
 keys it computes now with these: any difference names what changed since (core/reuse/rerun.py).
 """
 
@@ -68,6 +69,8 @@ def job_record(driver: JobDriver) -> dict[str, Any]:
         "fingerprints": dict(reuse.fingerprints),
         "keys": [driver.keys[mb.index] for mb in driver.plan],
         "plan": {"kind": driver.plan.kind, "mini_batches": [mb.to_dict() for mb in driver.plan]},
+        # the successful results kept for a re-run of the items run() marked failed, by SHA-256
+        "kept_items": {str(index): digest for index, digest in sorted(reuse.kept_items.items())},
     }
 
 

@@ -141,6 +141,14 @@ class JobLogs:
             if result.error_file and result.error_file not in group.trace_files:
                 group.trace_files.append(result.error_file)
             self.last_failures[result.index] = dataclasses.replace(result, traceback="")
+        if result.ok and not result.reused:
+            for _position, error in result.item_errors:  # items run() marked failed: one group per error
+                generic = re.sub(r"mini-batch \d+", "mini-batch N", error)
+                group = self.errors.setdefault(("ITEM_FAILED", generic), ErrorGroup("ITEM_FAILED", generic))
+                group.count += 1
+                group.mini_batches.append(result.index)
+                if result.error_file and result.error_file not in group.trace_files:
+                    group.trace_files.append(result.error_file)
         with self._best_effort(self._attempts_path):
             if self._attempts_file is None:  # kept open: one row per attempt, thousands of attempts
                 self._attempts_file = open(self._attempts_path, "a", newline="", encoding="utf-8")  # noqa: SIM115

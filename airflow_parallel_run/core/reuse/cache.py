@@ -119,6 +119,11 @@ class MiniBatchCache:
                 meta["part_url"] = f"{self._entry(key)}/{meta['part']}"
             else:
                 meta["part_url"] = None
+            if meta.get("items"):
+                self._check(f"{entry_path}/{meta['items']}", meta["items_size"], meta["items_digest"])
+                meta["items_url"] = f"{self._entry(key)}/{meta['items']}"
+            else:
+                meta["items_url"] = None
             for item in meta.get("files", []):
                 self._check(f"{entry_path}/{meta['files_dir']}/{item['name']}", item["size"], item["digest"])
         except EntryDamaged as exc:
@@ -163,13 +168,15 @@ class MiniBatchCache:
         meta: Mapping[str, Any],
         files_url: str | None = None,
         files: Sequence[str] = (),
+        items_url: str | None = None,
     ) -> str | None:
-        """Copies a committed part (and the files its script wrote, relative names under `files_url`)
-        into the cache with their digests, then publishes meta.json; returns the cached part URL."""
+        """Copies a committed part (and the files its script wrote, relative names under `files_url`, and
+        the successful results of a run() that marked items failed, `items_url`) into the cache with their
+        digests, then publishes meta.json; returns the cached part URL."""
         entry = self._entry(key)
         target_root = self._entry_path(key) if self._local else entry
         document: dict[str, Any] = {
-            **{k: v for k, v in meta.items() if k not in ("part_url", "files_url")},
+            **{k: v for k, v in meta.items() if k not in ("part_url", "files_url", "items_url")},
             "format": ENTRY_FORMAT,
             "part": None,
             "files": [],
@@ -180,6 +187,11 @@ class MiniBatchCache:
             document["part_digest"] = self._copy_in(part_url, f"{target_root}/{name}", link=True)
             document["part_size"] = self._size(f"{target_root}/{name}")
             document["part"] = name
+        if items_url:
+            name = f"{uuid.uuid4().hex}.items.pickle"
+            document["items_digest"] = self._copy_in(items_url, f"{target_root}/{name}", link=True)
+            document["items_size"] = self._size(f"{target_root}/{name}")
+            document["items"] = name
         if files and files_url:
             folder = f"{uuid.uuid4().hex}.files"
             for rel in files:

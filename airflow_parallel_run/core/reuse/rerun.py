@@ -12,8 +12,12 @@ a job where nothing failed, a script, argument, side input, environment variable
 from the recorded job's (its cache key), inputs that are not the recorded ones, an input item whose content
 changed, or a succeeded mini-batch whose cache entry is gone (the re-run would have to run it too).
 
-A mini-batch whose run() returned fewer results than items failed some of them without saying which (the
-Azure contract gives a count): it runs again whole and its new result replaces its old one.
+A mini-batch whose run() marked some items failed (exceptions or `ItemFailed` in a result with one entry per
+item, core/output/results.py) runs only those items: run() gets them alone, and their results take their
+places among the previous job's successful results, kept in the mini-batch's cache entry, so its new part
+is the one a run of the whole mini-batch writes. A mini-batch whose run() returned fewer results than items
+failed some of them without saying which (the Azure contract gives a count): it runs again whole and its
+new result replaces its old one.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from ..logs.job_record import JOB_RECORD_FILE, read_job_record, variable_digest
 from ..minibatch import MiniBatch
 from ..plan import Plan
 from ..storage import join
+from ..worker.messages import PartialRun
+from ..worker.rerun_items import sha256_of
 from .components import explain_change, explain_inputs
 
 if TYPE_CHECKING:
@@ -185,6 +191,60 @@ class PreviousJob:
         if missing:
             raise self._not_cached(missing, driver.cache.root)
         driver.reuse.run_again, driver.reuse.verified = self.to_run, verified
+        driver.reuse.partial, driver.reuse.run_whole = self._partial(driver)
+
+    def _partial(self, driver: JobDriver) -> tuple[dict[int, PartialRun], dict[int, str]]:
+        """The failed mini-batches whose run() said which items failed (every line of them has a
+        `position`): only those items run, their results join the previous successful ones kept in the
+        mini-batch's cache entry. The others run whole, each with the reason (for the master log)."""
+        positions: dict[int, set[int]] = {}
+        whole: dict[int, str] = {}
+        failed_whole: set[int] = set()  # raised, timed out, died, or not finished: nothing to say
+        for line in self.failed:
+            index = int(line["mini_batch"])
+            position = line.get("position")
+            if isinstance(position, int) and line.get("certain") is True:
+                positions.setdefault(index, set()).add(position)
+            elif line.get("certain") is False:
+                whole[index] = "its run() returned fewer results than items without saying which failed"
+            else:
+                failed_whole.add(index)
+        for index in set(whole) | failed_whole:
+            positions.pop(index, None)
+        summary_only = driver.config.output_action != "append_row"
+        partial: dict[int, PartialRun] = {}
+        for index, chosen in sorted(positions.items()):
+            meta = driver.cache.verified(driver.keys[index])[0]
+            marked = {int(p) for p, _e in (meta or {}).get("item_errors", [])}
+            if meta is None:
+                whole[index] = "its cache entry (the previous successful items) is gone"
+            elif marked != chosen:
+                whole[index] = "its cache entry names other failed items than logs/" + FAILED_ITEMS_FILE
+            elif meta.get("files"):
+                # the new attempt writes only the re-run items' files: its cache entry would lack the others'
+                whole[index] = (
+                    "its run() wrote files to output_dir, which a re-run of only its failed items would "
+                    "leave out of the new cache entry"
+                )
+            elif not summary_only and not meta.get("items_url") and int(meta.get("succeeded", 0)):
+                whole[index] = "its successful results could not be kept (not picklable)"
+            elif summary_only or not meta.get("items_url"):
+                partial[index] = PartialRun(tuple(sorted(chosen)))
+            else:
+                url, recorded = str(meta["items_url"]), self.record.get("kept_items", {}).get(str(index))
+                if recorded is None:  # job X took it from the cache: it cannot vouch for those bytes
+                    whole[index] = (
+                        f"job {self.job_id} reused it from the cache, so its record names no successful "
+                        "results to trust"
+                    )
+                elif sha256_of(url, driver.cache.storage_options) != recorded:
+                    whole[index] = (
+                        f"its cache entry's successful results are not the ones job {self.job_id} recorded "
+                        "(changed since: not loaded)"
+                    )
+                else:
+                    partial[index] = PartialRun(tuple(sorted(chosen)), url, recorded)
+        return partial, whole
 
     def _check_inputs(self, inputs: Sequence[Dataset]) -> None:
         now = [dataset_to_dict(d, credentials=False) for d in inputs]
@@ -237,9 +297,14 @@ class PreviousJob:
         if missing:
             raise self._not_cached(missing, driver.cache.root)
         items = sum(1 for _ in self.failed)
+        partial = driver.reuse.partial
+        only = sum(len(p.positions) for p in partial.values())
         driver.reuse_line = (
             f"Re-run of job {self.job_id}: {len(self.to_run)} mini-batches with failed items run again "
-            f"({items} failed-item lines in its failed_items.jsonl), {len(reused)} reused from {driver.cache.root}"
+            f"({items} failed-item lines in its failed_items.jsonl; {len(partial)} of them run only their "
+            f"{only} failed items), {len(reused)} reused from {driver.cache.root}"
         )
         driver.logs.master(driver.reuse_line)
+        for index, why in sorted(driver.reuse.run_whole.items()):
+            driver.logs.master(f"Re-run: mini-batch {index} runs whole: {why}")
         return reused

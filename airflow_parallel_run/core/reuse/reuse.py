@@ -20,6 +20,8 @@ from ..inputs.source import Dataset
 from ..minibatch import MiniBatch
 from ..output.schema import schema_from_text, schema_to_text
 from ..plan import Plan
+from ..worker.messages import PartialRun
+from ..worker.rerun_items import sha256_of
 from .cache import MiniBatchCache, memo_path
 from .components import component_digests, digest32, explain_change, explain_inputs, job_components
 from .key import key_fields, mini_batch_key
@@ -59,6 +61,11 @@ class Reuse:
         self.cache = cache
         self.allow_reuse = allow_reuse
         self.run_again: frozenset[int] = frozenset()  # a re-run's failed mini-batches (core/reuse/rerun.py)
+        # those of them whose run() said which items failed: only those items run (core/reuse/rerun.py)
+        self.partial: dict[int, PartialRun] = {}
+        self.run_whole: dict[int, str] = {}  # the other failed mini-batches, and why they run whole
+        # mini-batch -> SHA-256 of the successful results kept for a re-run of its marked items (job record)
+        self.kept_items: dict[int, str] = {}
         # entries a re-run verified before it claimed the folder, by key: not read and checked twice
         self.verified: dict[str, dict[str, Any]] = {}
         self.plan = list(plan)
@@ -126,6 +133,8 @@ class Reuse:
                 schema=schema_from_text(meta.get("schema")),
                 reused=True,
                 error=f"reused cache entry {key}",
+                item_errors=[(int(p), str(e)) for p, e in meta.get("item_errors", [])],
+                items_url=meta.get("items_url"),
             )
             if meta.get("files"):
                 with_files[mb.index] = meta
@@ -177,8 +186,14 @@ class Reuse:
             "columns": result.columns,
             "schema": schema_to_text(result.schema),
         }
+        if result.item_errors:
+            meta["item_errors"] = [[position, error] for position, error in result.item_errors]
         try:
-            cached = self.cache.store(self.keys[result.index], result.part_url, meta, files_url, result.files)
+            if result.items_url:  # named in the job's record: a re-run unpickles only these bytes
+                self.kept_items[result.index] = sha256_of(result.items_url, self.cache.storage_options)
+            cached = self.cache.store(
+                self.keys[result.index], result.part_url, meta, files_url, result.files, result.items_url
+            )
         except Exception as exc:  # noqa: BLE001 - a full cache disk must not fail the job
             return f"could not cache mini-batch {result.index}: {type(exc).__name__}: {exc}"
         if result.part_url:

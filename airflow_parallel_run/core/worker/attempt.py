@@ -119,6 +119,8 @@ def _run_on(
         result.attempt,
         spec.part_url(mini_batch.index, result.attempt),
         spec.files_url(mini_batch.index, result.attempt),
+        spec.items_url(mini_batch.index, result.attempt),
+        spec.partial.get(mini_batch.index),
     )
     running = (mini_batch.index, result.attempt)
     process.running[running] = time.monotonic()  # for the driver's watchdog (`EntryProcess.activity`)
@@ -153,8 +155,16 @@ def _done(
     result.run_seconds, result.cpu_seconds = done.run_seconds, done.cpu_seconds
     result.part_url, result.columns, result.schema = done.part_url, list(done.columns), done.schema
     result.files, result.uncacheable = list(done.files), done.uncacheable
+    result.item_errors = [(position, error) for position, error, _trace in done.item_errors]
+    result.items_url = done.items_url
     result.elapsed_seconds = time.monotonic() - started
     process.remember_descendants()
+    for position, error, trace in done.item_errors:  # each failed item's error, as an attempt's would be
+        process.error_log(
+            f"mini-batch {result.index} attempt {result.attempt} item {position} failed: {error}", trace
+        )
+    if done.item_errors:
+        result.error_file = os.path.relpath(process.paths["error"], process.log_root)
     process.node_log(
         f"completed mini-batch {result.index} attempt {result.attempt}: entry-script pid "
         f"{process.proc.pid if process.proc else '?'}, total {result.total}, succeeded {result.succeeded}, "

@@ -250,8 +250,7 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: async
         scratch = os.path.join(setup.working_dir, f"mb{message.mini_batch.index:08d}-a{message.attempt}")
         try:
             try:
-                source = setup.datasets[message.mini_batch.input_index]
-                data, total = read_batch(source, message.mini_batch, scratch, setup.batch_format)
+                data, total = _read(setup, message, scratch)
             except BaseException as exc:  # noqa: BLE001
                 conn.send(_keyed(_failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.LOAD, exc), message))
                 continue
@@ -264,11 +263,69 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: async
             sys.stderr.flush()
 
 
+def _context(message: Run) -> MiniBatchContext:
+    """run()'s second argument: in a re-run of failed items, it describes the items run() gets."""
+    if message.partial is None:
+        return MiniBatchContext(message.mini_batch)
+    from .rerun_items import selected_batch
+
+    return MiniBatchContext(selected_batch(message.mini_batch, message.partial))
+
+
+def _read(setup: Setup, message: Run, scratch: str) -> tuple[Any, int]:
+    """The mini-batch's data as run() gets it (only the items to run again, in a re-run of failed items),
+    and the mini-batch's item count."""
+    source = setup.datasets[message.mini_batch.input_index]
+    if message.partial is not None:
+        from .rerun_items import read_selected
+
+        return read_selected(source, message.mini_batch, message.partial, scratch, setup.batch_format)
+    return read_batch(source, message.mini_batch, scratch, setup.batch_format)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Written:
+    """A checked run() result and what was written of it: the part, its columns and schema, and the
+    successful results kept for a re-run of the items run() marked failed."""
+
+    succeeded: int
+    item_errors: tuple[tuple[int, str, str], ...] = ()
+    part_url: str | None = None
+    columns: Sequence[str] = ()
+    schema: bytes | None = None
+    items_url: str | None = None
+
+
+def _write_result(result: Any, message: Run, total: int, setup: Setup) -> _Written:
+    """Checks a run() result (joined first with the previous job's results, in a re-run of failed items),
+    writes its part (append_row) and, when it marked items failed, keeps its successful results."""
+    from ..output.results import check_result
+
+    summary_only = setup.output_action != "append_row"
+    if message.partial is not None:
+        from .rerun_items import join_results, load_successes
+
+        previous = [] if summary_only else load_successes(message.partial, setup.storage_options)
+        result = join_results(result, message.partial, previous, total, summary_only)
+    checked = check_result(result, total)
+    errors = tuple((e.position, e.error, e.trace) for e in checked.item_errors)
+    if summary_only or not checked.succeeded:
+        return _Written(checked.succeeded, errors)
+    part_url = message.part_url
+    columns, schema = _write_part(checked.value, setup.append_row_format, part_url, setup.storage_options)
+    items_url = None
+    if errors and message.items_url:
+        from .rerun_items import save_successes
+
+        items_url = save_successes(checked.value, message.items_url, setup.storage_options)
+    return _Written(checked.succeeded, errors, part_url, columns, schema, items_url)
+
+
 def _run_one(
     run: Any, with_context: bool, message: Run, data: Any, total: int, setup: Setup, watch: OutputDirWatch
 ) -> Done | Failed:
     """run() on one mini-batch's data, its result checked and (append_row) written as its part."""
-    from ..output.results import InvalidResultError, count_result
+    from ..output.results import InvalidResultError
 
     cpu_started = time.process_time()
     run_started = time.monotonic()
@@ -276,18 +333,12 @@ def _run_one(
         watch.start()
         _point_output_dir(message.files_url)  # this attempt's own folder (core/output/files.py)
         try:
-            result = run(data, MiniBatchContext(message.mini_batch)) if with_context else run(data)
+            result = run(data, _context(message)) if with_context else run(data)
             run_seconds = time.monotonic() - run_started
         finally:
             _point_output_dir(setup.output_dir)
             files, uncacheable = watch.finish(message.files_url)
-        succeeded = count_result(result, total)
-        part_url: str | None = None
-        columns: Sequence[str] = ()
-        schema: bytes | None = None
-        if setup.output_action == "append_row" and succeeded:
-            part_url = message.part_url
-            columns, schema = _write_part(result, setup.append_row_format, part_url, setup.storage_options)
+        written = _write_result(result, message, total, setup)
     except InvalidResultError as exc:
         return Failed(AttemptStatus.RUN_INVALID_RESULT, AttemptStage.RUN, str(exc), str(exc) + "\n")
     except BaseException as exc:  # noqa: BLE001 - run() failures fail the attempt only
@@ -296,14 +347,16 @@ def _run_one(
         message.mini_batch.index,
         message.attempt,
         total,
-        succeeded,
+        written.succeeded,
         run_seconds,
         time.process_time() - cpu_started,
-        part_url,
-        tuple(columns),
-        schema,
+        written.part_url,
+        tuple(written.columns),
+        written.schema,
         tuple(files),
         uncacheable,
+        written.item_errors,
+        written.items_url,
     )
 
 
@@ -370,8 +423,7 @@ async def _attempt_async(conn: Connection, run: Any, with_context: bool, message
     scratch = os.path.join(setup.working_dir, f"mb{mini_batch.index:08d}-a{message.attempt}")
     try:
         try:
-            source = setup.datasets[mini_batch.input_index]
-            data, total = await asyncio.to_thread(read_batch, source, mini_batch, scratch, setup.batch_format)
+            data, total = await asyncio.to_thread(_read, setup, message, scratch)
         except Exception as exc:  # noqa: BLE001
             conn.send(_keyed(_failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.LOAD, exc), message))
             return
@@ -393,7 +445,7 @@ async def _run_one_async(
     import or init()) cannot be told apart from the other mini-batches in flight, so it is published at the
     job's end and the attempt is not cached."""
     from ..output.files import list_files, snapshot
-    from ..output.results import InvalidResultError, count_result
+    from ..output.results import InvalidResultError
 
     index, timeout = message.mini_batch.index, setup.run_invocation_timeout
     cpu_started = time.process_time()
@@ -403,9 +455,7 @@ async def _run_one_async(
         token = ATTEMPT_OUTPUT_DIR.set(message.files_url)
         try:
             async with asyncio.timeout(timeout) as limit:
-                result = await (
-                    run(data, MiniBatchContext(message.mini_batch)) if with_context else run(data)
-                )
+                result = await (run(data, _context(message)) if with_context else run(data))
             if limit.expired():  # it swallowed the cancellation and returned late: timed out all the same
                 raise TimeoutError
         except TimeoutError:
@@ -430,15 +480,7 @@ async def _run_one_async(
             else ""
         )
         files = await asyncio.to_thread(list_files, message.files_url, setup.storage_options)
-        succeeded = count_result(result, total)
-        part_url: str | None = None
-        columns: Sequence[str] = ()
-        schema: bytes | None = None
-        if setup.output_action == "append_row" and succeeded:
-            part_url = message.part_url
-            columns, schema = await asyncio.to_thread(
-                _write_part, result, setup.append_row_format, part_url, setup.storage_options
-            )
+        written = await asyncio.to_thread(_write_result, result, message, total, setup)
     except InvalidResultError as exc:
         return Failed(AttemptStatus.RUN_INVALID_RESULT, AttemptStage.RUN, str(exc), str(exc) + "\n")
     except asyncio.CancelledError as exc:
@@ -452,14 +494,16 @@ async def _run_one_async(
         index,
         message.attempt,
         total,
-        succeeded,
+        written.succeeded,
         run_seconds,
         time.process_time() - cpu_started,  # the process's, shared with the mini-batches in flight
-        part_url,
-        tuple(columns),
-        schema,
+        written.part_url,
+        tuple(written.columns),
+        written.schema,
         tuple(files),
         uncacheable,
+        written.item_errors,
+        written.items_url,
     )
 
 

@@ -46,13 +46,28 @@ class Setup:
 
 
 @dataclass(frozen=True)
+class PartialRun:
+    """A re-run of the items a mini-batch's run() marked failed (core/reuse/rerun.py): run() gets only the
+    items at `positions`, and its results join the previous job's successful ones (`items_url`, the list
+    its run() returned without the failed entries, in input order; "" for summary_only) in input order,
+    so the part is the one a run of the whole mini-batch writes."""
+
+    positions: tuple[int, ...]
+    items_url: str = ""
+    items_sha256: str = ""  # what the previous job's record says those bytes are: checked before unpickling
+
+
+@dataclass(frozen=True)
 class Run:
-    """One attempt of one mini-batch: read it, run() it, write its part to `part_url`."""
+    """One attempt of one mini-batch: read it, run() it, write its part to `part_url` (and, when run()
+    marked items failed, its successful results to `items_url`, for a re-run of only those items)."""
 
     mini_batch: MiniBatch
     attempt: int
     part_url: str
     files_url: str  # the attempt's own output_dir during run()
+    items_url: str = ""
+    partial: PartialRun | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,9 @@ class Done:
     schema: bytes | None = None
     files: tuple[str, ...] = ()
     uncacheable: str = ""
+    # the items run() marked failed: (position in the mini-batch, first line of the error, its whole text)
+    item_errors: tuple[tuple[int, str, str], ...] = ()
+    items_url: str | None = None  # the successful results, when items failed (for a re-run of those)
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,12 @@ class JobWorker(WorkerPlugin):
             busy = [p for p in self.live if p not in idle]
         for process in idle:
             process.request_shutdown()
+        # The resource monitor's last sample (a tenth of a second on a busy host) is taken while the
+        # processes run shutdown() and exit, not after: it lands before the logs are synced all the same.
+        monitor = threading.Thread(
+            target=stop_monitor, args=(self.spec.job_id,), kwargs={"owner": self.scope}, daemon=True
+        )
+        monitor.start()
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         for process in idle:
             process.finish_shutdown(deadline)
@@ -265,7 +271,7 @@ class JobWorker(WorkerPlugin):
         with self.state_lock:
             self.live.clear()
             leftovers, self.leftovers = self.leftovers, 0
-        stop_monitor(self.spec.job_id, owner=self.scope)  # its last sample lands before the logs are synced
+        monitor.join()
         if upload_logs:
             self._upload_logs()
         self._remove_files()

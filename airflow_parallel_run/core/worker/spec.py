@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ..inputs.source import Dataset
 from ..output.files import attempt_folder, process_folder
 from ..output.formats import get_format
+from .messages import PartialRun
 
 if TYPE_CHECKING:
     from ..config import ParallelRunConfig
@@ -40,6 +41,8 @@ class JobSpec:
     resource_monitor_interval: float = 600.0
     storage_options: dict[str, object] = field(default_factory=dict)  # for output/staging/logs
     batch_format: str = "pandas"  # what run() gets for a tabular mini-batch (core/inputs/batch_format.py)
+    # a re-run of failed items: the mini-batches whose run() marked items failed run only those
+    partial: Mapping[int, PartialRun] = field(default_factory=dict)
 
     @classmethod
     def for_job(
@@ -88,6 +91,10 @@ class JobSpec:
     def process_files_url(self, node: str, process: str) -> str:
         """An entry-script process's own `output_dir` outside run() (see core/output/files.py)."""
         return process_folder(self.staging_url, node, process)
+
+    def items_url(self, index: int, attempt: int) -> str:
+        """Where an attempt whose run() marked items failed keeps its successful results (for a re-run)."""
+        return f"{self.staging_url}/mb{index:08d}-a{attempt}.items.pickle"
 
     def part_url(self, index: int, attempt: int) -> str:
         extension = get_format(self.append_row_format).extension

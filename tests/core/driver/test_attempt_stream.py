@@ -62,6 +62,14 @@ def test_pending_and_window() -> None:
     assert window.room(0, any_succeeded=False) == 6 and window.room(5, any_succeeded=False) == 1
     assert window.room(0, any_succeeded=True) == WINDOW_PER_SLOT * 3 + WINDOW_EXTRA
     assert window.room(100, any_succeeded=True) == 0
+    full = WINDOW_PER_SLOT * 3 + WINDOW_EXTRA
+    assert window.room(2, any_succeeded=True, pending=100) == full - 2  # far from the end: a window ahead
+    # the tail: in flight after the submit <= slots + what is still left
+    assert window.room(0, any_succeeded=True, pending=5) == 4  # 4 in flight <= 3 + 1
+    assert window.room(2, any_succeeded=True, pending=1) == 1  # the last one, to a free slot
+    assert window.room(3, any_succeeded=True, pending=1) == 0  # no free slot: it waits for one
+    assert window.room(7, any_succeeded=True, pending=2) == 0 and window.room(0, True, pending=0) == 0
+    assert window.room(0, any_succeeded=False, pending=1) == 1
 
 
 def test_batches_come_back_in_key_order_with_a_lost_attempt_failed(client: Client) -> None:

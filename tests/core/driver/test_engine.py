@@ -482,3 +482,34 @@ def test_second_job_into_the_same_output_folder_is_refused(dask_client, write_sc
     )
     again = run_job(config, [FileDataset.from_files(str(root))], str(out), client=dask_client)
     assert again["status"] == "succeeded" and not (out / ".airflow-parallel-run.lock").exists()
+
+
+def test_the_workers_queues_are_empty_when_the_last_mini_batch_is_submitted(
+    dask_client, write_script, files, tmp_path, monkeypatch
+):
+    """Attempts beyond the slots wait in some worker's queue; at the end of a job that worker is still busy
+    with them while the other slots idle (the I/O-bound bench's last wave). The driver keeps at most
+    `slots + left to submit` attempts in flight: a window ahead early on, no queue at the end."""
+    from airflow_parallel_run.core.driver.attempts import WINDOW_EXTRA, WINDOW_PER_SLOT
+    from airflow_parallel_run.core.driver.loop import JobDriver
+
+    seen: list[tuple[int, int]] = []  # per submit that sent something: (left to submit, in flight)
+    submit = JobDriver._submit
+
+    def recorded(self: JobDriver, stream: Any, pending: Any) -> None:
+        before = len(pending)
+        submit(self, stream, pending)
+        if len(pending) < before:
+            seen.append((len(pending), len(stream)))
+
+    monkeypatch.setattr(JobDriver, "_submit", recorded)
+    count, slots = 60, 2
+    script = write_script("import time\ndef run(b):\n    time.sleep(0.02)\n    return b\n")
+    summary = job(
+        dask_client, script, [FileDataset.from_files(str(files(count)))], tmp_path / "out", mini_batch_size=1
+    )
+    assert summary["status"] == "succeeded" and summary["succeeded_mini_batches"] == count, summary
+    assert max(in_flight for _left, in_flight in seen) == WINDOW_PER_SLOT * slots + WINDOW_EXTRA, seen
+    assert all(in_flight <= slots + left for left, in_flight in seen), seen
+    assert seen[-1][0] == 0 and seen[-1][1] <= slots, seen  # the last submit: nothing queued on a worker
+    assert len(attempts(tmp_path / "out")) == count  # one attempt each: nothing ran twice

@@ -95,6 +95,10 @@ def test_a_straggler_copy_wins_and_the_output_is_exactly_the_reference(
     assert summary["status"] == "succeeded", summary
     assert (summary["succeeded_mini_batches"], summary["failed_mini_batches"]) == (COUNT, 0)
     assert Path(summary["append_row_file"]).read_bytes() == expected  # exactly once, in order
+    # The job's time to its result (the summary's duration_s): the bar is when the job finishes. The wall
+    # time of run_job also holds what follows the result (report.html, the plugin's removal, bounded at
+    # 1.5 s), which under a loaded machine was seen taking 2.3 s more after a superseded process.
+    took, fast = summary["duration_s"], reference["duration_s"]
     assert took <= 1.3 * fast, (took, fast)
     booked = rows(out)
     lost = [r for r in booked if r["Status"] == AttemptStatus.SPECULATIVE_LOST.value]
