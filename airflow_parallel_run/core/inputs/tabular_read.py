@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..minibatch import TabularSlice
 from ..storage import is_local
 from .tabular import TabularDataset
-from .tabular_scan import _NL, _UTF8_BOM, _is_utf8, _QuoteTracker
+from .tabular_scan import _NL, _UTF8_BOM, _blank_bytes, _is_utf8, _QuoteTracker
 from .tabular_types import arrow_types, convert_options, parse_options, read_options
 
 # pandas' C parser on a ragged row; its line counts records of the text it parsed (header included).
@@ -203,18 +203,24 @@ def _parse_csv_arrow(
     empty_type: pa.DataType | None = None,
 ) -> pa.Table:
     """Header + slices parsed by Arrow's CSV reader with the dataset's column types; an error names the
-    file, the byte range and (for a ragged row) the line of the file, as pandas' parser reports it."""
+    file, the byte range and (for a ragged row) the line of the file, as pandas' parser reports it.
+
+    The rows are exactly the rows the planner counted, or the mini-batch fails (`_check_rows`): a slice
+    never loses or gains a row without an error."""
+    planned = sum(s.rows for s in group)
+    first_rows: int | None = None
     try:
         table = _arrow_csv(head, data, dataset, empty_type)
-        if table.num_columns != 1 or table.num_rows == sum(s.rows for s in group):
+        if table.num_rows == planned:
             return table
+        first_rows = table.num_rows
     except pa.ArrowInvalid:
         pass
     # pandas (and the planner) skip lines of only spaces/tabs, which Arrow reads as a row of one field (a
     # value in a one-column file, or the row that sets the column count when a slice starts with one)
-    trimmed = _without_blank_records(data, dataset.separator)
+    trimmed, removed = _without_blank_records(data, dataset, at_file_start=group[0].start == 0)
     try:
-        return _arrow_csv(head, trimmed, dataset, empty_type)
+        table = _arrow_csv(head, trimmed, dataset, empty_type)
     except pa.ArrowInvalid as exc:
         if "conversion error" in str(exc):
             raise InputError(
@@ -226,22 +232,47 @@ def _parse_csv_arrow(
         # the bytes again through pandas' parser, for its message with the line of the file
         _parse_csv(_RangeReader(head, data, len(data)), dataset, len(head), where, group[0])
         raise InputError(f"{where}: cannot parse as csv: {exc}") from exc
+    # Each blank record taken out was one row of Arrow's first parse; more taken out than that means one of
+    # them was inside a value as Arrow reads it (the value changed), fewer that Arrow saw rows the planner
+    # did not.
+    consistent = first_rows is None or first_rows - removed == table.num_rows
+    _check_rows(table.num_rows if consistent else first_rows, planned, where)
+    return table
 
 
-def _without_blank_records(data: bytes, separator: str) -> bytes:
-    """`data` without its records of only spaces, tabs and CRs (newlines inside quoted fields, found as
-    the planner finds them, do not end records)."""
-    arr = np.frombuffer(data, dtype=np.uint8)
+def _check_rows(rows: int | None, planned: int, where: str) -> None:
+    if rows != planned:
+        raise InputError(
+            f"{where}: Arrow's CSV reader found {rows} row{'s' if rows != 1 else ''} where the plan counted "
+            f"{planned}, so its records are not the ones planned and the mini-batch is not run (rows would "
+            "be lost or invented). Did the file change after planning?"
+        )
+
+
+def _without_blank_records(data: bytes, dataset: TabularDataset, at_file_start: bool) -> tuple[bytes, int]:
+    """`data` without the records the planner calls blank (only the bytes of `_blank_bytes`: spaces, tabs
+    unless they separate fields, CRs), and how many were taken out. Records are found as the planner finds
+    them (core/inputs/tabular_scan.py): newlines inside quoted fields do not end records, and a UTF-8 byte
+    order mark at the file's start is blank and does not hide the quote that follows it. The count is of
+    the rows Arrow reads from the records taken out (a record of only CRs and LFs is none: an empty line)."""
+    tracked = data
+    if at_file_start and data.startswith(_UTF8_BOM) and _is_utf8(dataset.encoding):
+        tracked = b"\r\r\r" + data[3:]
+    arr = np.frombuffer(tracked, dtype=np.uint8)
     newlines = np.flatnonzero(arr == _NL)
-    mask = _QuoteTracker(separator).record_ends(arr, 0, newlines, 1)
+    mask = _QuoteTracker(dataset.separator).record_ends(arr, 0, newlines, 1)
     ends = (newlines if mask is None else newlines[mask]).tolist()
-    kept, start = [], 0
+    blank = _blank_bytes(dataset)
+    kept, start, removed = [], 0, 0
     for end in [*ends, len(data) - 1]:
-        record = data[start : end + 1]
-        if record.strip(b" \t\r\n") or not record.strip(b"\n"):
-            kept.append(record)
+        record = tracked[start : end + 1]
+        if record and not record.translate(None, blank) and record.strip(b"\n"):
+            # the rows Arrow reads from it: its pieces between line ends (CR, LF or CRLF) that are not empty
+            removed += sum(1 for piece in record.replace(b"\r", b"\n").split(b"\n") if piece)
+        else:
+            kept.append(data[start : end + 1])
         start = end + 1
-    return b"".join(kept)
+    return b"".join(kept), removed
 
 
 def _arrow_csv(head: bytes, data: bytes, dataset: TabularDataset, empty_type: pa.DataType | None) -> pa.Table:

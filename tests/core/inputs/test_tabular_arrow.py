@@ -185,3 +185,48 @@ def test_parquet_row_groups_are_handed_over_as_read(tmp_path: Path) -> None:
     tables = [read_batch(dataset, mb, str(tmp_path), "pyarrow")[0] for mb in batches]
     assert all(isinstance(t, pa.Table) for t in tables)
     assert pa.concat_tables(tables).equals(table)
+
+
+@pytest.mark.parametrize("fmt", ["pyarrow", "pandas"])
+def test_a_blank_line_inside_a_quoted_field_is_kept_after_a_byte_order_mark(tmp_path: Path, fmt: str) -> None:
+    """One column, no header, a byte order mark before a quoted field holding a line of spaces, and a line
+    of spaces outside it: pandas (and the planner) skip the outer one only. Arrow reads that one as a row,
+    so the slice's blank records are taken out and the bytes parsed again; the quoted line of spaces was
+    taken out with them (the mark hid the quote that opens the field), and the job 'succeeded' with the
+    value 'x\\ny' instead of 'x\\n   \\ny'."""
+    path = tmp_path / "data.csv"
+    path.write_bytes(b'\xef\xbb\xbf"x\n   \ny"\n   \nb\n')
+    dataset = TabularDataset.from_delimited_files(str(path), header=False)
+    for size in (1, 1000):
+        batches = list(plan_inputs([dataset], size))
+        job_input = dataset.with_column_types(batches)
+        values = []
+        for mb in batches:
+            data = read_batch(job_input, mb, str(tmp_path), fmt)[0]
+            assert len(data) == mb.items
+            values += data["0"].to_pylist() if fmt == "pyarrow" else data[0].tolist()
+        assert values == ["x\n   \ny", "b"], (size, values)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"), [("a\n1\n2\n", "a\n12\n\n"), ("a,b\n1,2\n3,4\n", "a,b\n1,2\n\n\n\n\n")]
+)
+def test_rows_other_than_planned_fail_the_mini_batch_naming_the_file_and_bytes(
+    tmp_path: Path, before: str, after: str
+) -> None:
+    """A file rewritten after planning with the same size but fewer records: the slice's rows are not the
+    rows the plan counted, and the mini-batch fails naming the file and its bytes (it was handed to run()
+    with a row fewer, and the job 'succeeded')."""
+    assert len(before) == len(after)
+    path = tmp_path / "data.csv"
+    path.write_text(before)
+    dataset = TabularDataset.from_delimited_files(str(path), column_types={"a": "string"})
+    batches = list(plan_inputs([dataset], 1000))
+    job_input = dataset.with_column_types(batches)
+    path.write_text(after)
+    for fmt in ("pyarrow", "pandas"):
+        with pytest.raises(
+            InputError,
+            match=r"data\.csv bytes \[\d+, \d+\): Arrow's CSV reader found 1 row where the plan counted 2",
+        ):
+            read_batch(job_input, batches[0], str(tmp_path), fmt)
