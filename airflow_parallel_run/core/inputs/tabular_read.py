@@ -142,7 +142,9 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pa.Table:
     start, end, header_end = first.start, last.end, first.header_end
     where = f"{first.url} bytes [{start}, {end})"
     if first.format == "csv" and is_local(fs):
-        # Local files are read with plain OS calls (no fsspec file object between the parser and the bytes).
+        # Local files are read with plain OS calls (no fsspec file object between the parser and the bytes),
+        # streamed into Arrow's parser block by block: a whole-slice buffer, touched once and freed, cost
+        # more in a fresh entry process (its pages faulted in every time) than the parse saved.
         try:
             with open(path, "rb", buffering=0) as f:
                 if os.fstat(f.fileno()).st_size < end:
@@ -150,12 +152,9 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pa.Table:
                         f"{where}: the file is shorter than planned (did it change after planning?)"
                     )
                 head = os.pread(f.fileno(), header_end, 0) if header_end else b""
-                data = os.pread(f.fileno(), end - start, start)
+                return _parse_csv_arrow(head, _FileRange(f, start, end - start), dataset, where, group)
         except OSError as exc:
             raise InputError(f"{where}: cannot read: {exc}") from exc
-        if len(data) != end - start:
-            raise InputError(f"{where}: the file is shorter than planned (did it change after planning?)")
-        return _parse_csv_arrow(head, data, dataset, where, group)
     try:
         data = _read_range(fs, path, start, end)
         head = _read_range(fs, path, 0, header_end) if header_end else b""
@@ -196,7 +195,7 @@ def _read_jsonl_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.
 
 def _parse_csv_arrow(
     head: bytes,
-    data: bytes,
+    data: bytes | _FileRange,
     dataset: TabularDataset,
     where: str,
     group: Sequence[TabularSlice],
@@ -218,25 +217,60 @@ def _parse_csv_arrow(
         pass
     # pandas (and the planner) skip lines of only spaces/tabs, which Arrow reads as a row of one field (a
     # value in a one-column file, or the row that sets the column count when a slice starts with one)
+    data = _as_bytes(data)
     trimmed, removed = _without_blank_records(data, dataset, at_file_start=group[0].start == 0)
     try:
         table = _arrow_csv(head, trimmed, dataset, empty_type)
     except pa.ArrowInvalid as exc:
-        if "conversion error" in str(exc):
-            raise InputError(
-                f"{where}: cannot read as csv with the job's column types: {exc}. The types of the columns "
-                "are decided once for every mini-batch from the start of the first file (or given with "
-                "column_types); give this column's type, e.g. TabularDataset.from_delimited_files(..., "
-                "column_types={'<column>': 'string'})"
-            ) from exc
-        # the bytes again through pandas' parser, for its message with the line of the file
-        _parse_csv(_RangeReader(head, data, len(data)), dataset, len(head), where, group[0])
-        raise InputError(f"{where}: cannot parse as csv: {exc}") from exc
+        if "conversion error" in str(exc) and "invalid UTF8" not in str(exc):
+            raise _type_error(where, exc) from exc  # bytes not in the encoding: pandas' message names them
+        if empty_type is not None:  # deciding the job's types: another slice decides them (tabular_types.py)
+            _parse_csv(_RangeReader(head, data, len(data)), dataset, len(head), where, group[0])
+            raise InputError(f"{where}: cannot parse as csv: {exc}") from exc
+        # A short row (fewer fields than the header) is read by pandas with the missing fields empty, and by
+        # Arrow not at all: pandas' parser reads the slice as text, Arrow casts it to the job's types. A
+        # ragged row that pandas refuses too fails with its message naming the line of the file.
+        table = _short_rows_filled(head, data, dataset, where, group[0])
+        first_rows = None
     # Each blank record taken out was one row of Arrow's first parse; more taken out than that means one of
     # them was inside a value as Arrow reads it (the value changed), fewer that Arrow saw rows the planner
     # did not.
     consistent = first_rows is None or first_rows - removed == table.num_rows
     _check_rows(table.num_rows if consistent else first_rows, planned, where)
+    return table
+
+
+def _type_error(where: str, exc: Exception) -> InputError:
+    return InputError(
+        f"{where}: cannot read as csv with the job's column types: {exc}. The types of the columns are decided "
+        "once for every mini-batch from the start of the first file (or given with column_types); give this "
+        "column's type, e.g. TabularDataset.from_delimited_files(..., column_types={'<column>': 'string'})"
+    )
+
+
+def _short_rows_filled(
+    head: bytes, data: bytes, dataset: TabularDataset, where: str, first: TabularSlice
+) -> pa.Table:
+    """The slice as pandas' parser reads it (short rows filled with missing values), every column as text,
+    cast to the job's column types."""
+    import pyarrow.compute as pc
+
+    frame = _parse_csv(_RangeReader(head, data, len(data)), dataset, len(head), where, first, as_text=True)
+    if not dataset.header:
+        frame.columns = [str(i) for i in range(frame.shape[1])]
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    types = arrow_types(dataset.column_types)
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        if pa.types.is_null(column.type):
+            column = column.cast(pa.string())
+        target = types.get(name, pa.string())
+        if pa.types.is_boolean(target):
+            column = pc.utf8_lower(column)
+        try:
+            table = table.set_column(i, name, column.cast(target))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise _type_error(where, exc) from exc
     return table
 
 
@@ -275,16 +309,28 @@ def _without_blank_records(data: bytes, dataset: TabularDataset, at_file_start: 
     return b"".join(kept), removed
 
 
-def _arrow_csv(head: bytes, data: bytes, dataset: TabularDataset, empty_type: pa.DataType | None) -> pa.Table:
+def _arrow_csv(
+    head: bytes, data: bytes | _FileRange, dataset: TabularDataset, empty_type: pa.DataType | None
+) -> pa.Table:
     """Arrow's parse (`pa.ArrowInvalid` for bytes it cannot read as the types). A column with no value and
-    no type given becomes `empty_type` (default float64 NaN, as pandas reads it)."""
+    no type given becomes `empty_type` (default float64 NaN, as pandas reads it).
+
+    The header is parsed on its own and its names given to the reader (`column_names`), so the slice's
+    bytes are parsed as they were read, never joined with the header (a local file's slice is streamed)."""
     types = arrow_types(dataset.column_types)
-    names = sorted((k for k in types if k.isdigit()), key=int) if not dataset.header else None
-    if data and not data.endswith(b"\n"):
-        data += b"\n"  # the file's last record: Arrow cannot infer a lone unterminated field's columns
-    buffer = head + data if head else data
+    size = len(data)
+    if dataset.header:
+        names = _header_names(head, dataset) if head and size else None
+    else:
+        names = sorted((k for k in types if k.isdigit()), key=int) or None
+    last = (data[-1] if size else _NL) if isinstance(data, bytes) else data.last_byte()
+    tail = b"\n" if last != _NL else b""  # the file's last record: Arrow cannot infer a lone unterminated field
+    if isinstance(data, _FileRange) and names is not None:
+        source = data.stream(tail)
+    else:
+        source = pa.BufferReader((head if names is None else b"") + _as_bytes(data) + tail)
     table = pacsv.read_csv(
-        pa.py_buffer(buffer),
+        source,
         read_options=read_options(dataset, names),
         parse_options=parse_options(dataset),
         convert_options=convert_options(dataset, types),
@@ -299,8 +345,63 @@ def _arrow_csv(head: bytes, data: bytes, dataset: TabularDataset, empty_type: pa
     return table
 
 
+_HEADER_NAMES: dict[tuple[bytes, str, str], list[str]] = {}
+
+
+def _header_names(head: bytes, dataset: TabularDataset) -> list[str]:
+    """The column names of a file's header bytes [0, header_end), as Arrow reads them at the start of the
+    file (byte order mark and empty lines before it skipped); remembered per header in the process."""
+    key = (head, dataset.separator, dataset.encoding)
+    names = _HEADER_NAMES.get(key)
+    if names is None:
+        text = head if head.endswith(b"\n") else head + b"\n"
+        names = pacsv.read_csv(
+            pa.BufferReader(text),
+            read_options=read_options(dataset, None),
+            parse_options=parse_options(dataset),
+            convert_options=convert_options(dataset, {}),
+        ).column_names
+        if len(_HEADER_NAMES) > 64:
+            _HEADER_NAMES.clear()
+        _HEADER_NAMES[key] = names
+    return names
+
+
+class _FileRange:
+    """`size` bytes of an open local file from `start`: streamed to the parser (`stream`), or read whole
+    for the rare paths that need the bytes (`read`)."""
+
+    def __init__(self, file: BinaryIO, start: int, size: int) -> None:
+        self.file, self.start, self.size = file, start, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def last_byte(self) -> int:
+        return os.pread(self.file.fileno(), 1, self.start + self.size - 1)[0] if self.size else _NL
+
+    def stream(self, tail: bytes) -> Any:
+        self.file.seek(self.start)
+        return pa.PythonFile(_RangeReader(b"", self.file, self.size, tail), mode="r")
+
+    def read(self) -> bytes:
+        data = os.pread(self.file.fileno(), self.size, self.start)
+        if len(data) != self.size:
+            raise InputError("the file is shorter than planned (did it change after planning?)")
+        return data
+
+
+def _as_bytes(data: bytes | _FileRange) -> bytes:
+    return data if isinstance(data, bytes) else data.read()
+
+
 def _parse_csv(
-    reader: _RangeReader, dataset: TabularDataset, header_end: int, where: str, first: TabularSlice
+    reader: _RangeReader,
+    dataset: TabularDataset,
+    header_end: int,
+    where: str,
+    first: TabularSlice,
+    as_text: bool = False,
 ) -> pd.DataFrame:
     try:
         return pd.read_csv(
@@ -308,6 +409,7 @@ def _parse_csv(
             sep=dataset.separator,
             encoding=dataset.encoding,
             header=0 if header_end else None,
+            dtype=str if as_text else None,
         )
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
@@ -322,12 +424,13 @@ def _parse_csv(
 
 
 class _RangeReader(io.RawIOBase):
-    """A read-only stream of `head` followed by `size` bytes of `body` (bytes, or a file positioned at the
-    slice's start), so pandas parses header + slice without them being joined into one buffer first."""
+    """A read-only stream of `head`, `size` bytes of `body` (bytes, or a file positioned at the slice's
+    start) and `tail`, so a parser reads header + slice without them being joined into one buffer first."""
 
-    def __init__(self, head: bytes, body: bytes | BinaryIO, size: int) -> None:
+    def __init__(self, head: bytes, body: bytes | BinaryIO, size: int, tail: bytes = b"") -> None:
         super().__init__()
         self.head = head
+        self._tail = memoryview(tail)
         self._head = memoryview(head)
         self._body = body
         self._start = body.tell() if not isinstance(body, bytes) else 0
@@ -347,7 +450,10 @@ class _RangeReader(io.RawIOBase):
             return n
         want = min(out.nbytes, self._size - self._done)
         if want <= 0:
-            return 0
+            n = min(out.nbytes, self._tail.nbytes)
+            out[:n] = self._tail[:n]
+            self._tail = self._tail[n:]
+            return n
         if self._view is not None:
             out[:want] = self._view[self._done : self._done + want]
             n = want

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import fsspec
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..minibatch import MiniBatch, TabularSlice
 
 if TYPE_CHECKING:
@@ -115,10 +115,32 @@ def infer_csv_types(slices: Sequence[TabularSlice], dataset: TabularDataset) -> 
     untyped = dataclasses.replace(dataset, column_types=None)
     schema = _first_block_schema(first, untyped) if first.end - first.start > SAMPLE_BYTES else None
     if schema is None:
-        from .tabular_read import read_csv_sample  # imports pandas: only for small first slices
-
-        schema = read_csv_sample(sample, untyped, empty_type=pa.string()).schema
+        schema = _sample_schema(sample, untyped)
+    if schema is None:
+        return {}
     return {f.name: "string" if pa.types.is_null(f.type) else _portable(f.type) for f in schema}
+
+
+def _sample_schema(sample: Sequence[TabularSlice], dataset: TabularDataset) -> pa.Schema | None:
+    """The schema Arrow infers from the sample's slices read together; when they cannot be (a ragged row),
+    from the first of them that can be read on its own, so that the bad slice fails only its own
+    mini-batch when it is read, as any read error does (None when none can: every mini-batch then fails
+    with its own error)."""
+    import pyarrow as pa
+
+    from .tabular_read import read_csv_sample  # imports pandas: only for small first slices
+
+    try:
+        return read_csv_sample(sample, dataset, empty_type=pa.string()).schema
+    except InputError:
+        if len(sample) == 1:
+            return None
+    for piece in sample:
+        try:
+            return read_csv_sample([piece], dataset, empty_type=pa.string()).schema
+        except InputError:
+            continue
+    return None
 
 
 def _first_block_schema(first: TabularSlice, dataset: TabularDataset) -> pa.Schema | None:
@@ -151,11 +173,10 @@ def read_options(dataset: TabularDataset, names: list[str] | None, block_size: i
     options: dict[str, Any] = {"encoding": dataset.encoding, "use_threads": False}
     if block_size is not None:
         options["block_size"] = block_size
-    if not dataset.header:
-        if names:
-            options["column_names"] = names
-        else:
-            options["autogenerate_column_names"] = True
+    if names:
+        options["column_names"] = names  # with a header: the header's, parsed on its own (tabular_read.py)
+    elif not dataset.header:
+        options["autogenerate_column_names"] = True
     return pacsv.ReadOptions(**options)
 
 
