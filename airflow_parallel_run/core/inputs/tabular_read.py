@@ -324,17 +324,33 @@ def _arrow_csv(
     else:
         names = sorted((k for k in types if k.isdigit()), key=int) or None
     last = (data[-1] if size else _NL) if isinstance(data, bytes) else data.last_byte()
-    tail = b"\n" if last != _NL else b""  # the file's last record: Arrow cannot infer a lone unterminated field
-    if isinstance(data, _FileRange) and names is not None:
-        source = data.stream(tail)
-    else:
-        source = pa.BufferReader((head if names is None else b"") + _as_bytes(data) + tail)
-    table = pacsv.read_csv(
-        source,
-        read_options=read_options(dataset, names),
-        parse_options=parse_options(dataset),
-        convert_options=convert_options(dataset, types),
+    tail = (
+        b"\n" if last != _NL else b""
+    )  # the file's last record: Arrow cannot infer a lone unterminated field
+    prefix = head if names is None else b""
+    source = (
+        data.stream(tail)
+        if isinstance(data, _FileRange) and names is not None
+        else pa.BufferReader(prefix + _as_bytes(data) + tail)
     )
+    try:
+        table = pacsv.read_csv(
+            source,
+            read_options=read_options(dataset, names),
+            parse_options=parse_options(dataset),
+            convert_options=convert_options(dataset, types),
+        )
+    except pa.ArrowInvalid as exc:
+        if "straddl" not in str(exc):
+            raise
+        # a record larger than Arrow's block (1 MiB): the slice as one block
+        whole = prefix + _as_bytes(data) + tail
+        table = pacsv.read_csv(
+            pa.BufferReader(whole),
+            read_options=read_options(dataset, names, max(len(whole), 1 << 20)),
+            parse_options=parse_options(dataset),
+            convert_options=convert_options(dataset, types),
+        )
     if not dataset.header and not names:
         table = table.rename_columns([str(i) for i in range(table.num_columns)])
     untyped_empty = [

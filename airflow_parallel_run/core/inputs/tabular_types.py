@@ -116,31 +116,29 @@ def infer_csv_types(slices: Sequence[TabularSlice], dataset: TabularDataset) -> 
     schema = _first_block_schema(first, untyped) if first.end - first.start > SAMPLE_BYTES else None
     if schema is None:
         schema = _sample_schema(sample, untyped)
-    if schema is None:
-        return {}
     return {f.name: "string" if pa.types.is_null(f.type) else _portable(f.type) for f in schema}
 
 
-def _sample_schema(sample: Sequence[TabularSlice], dataset: TabularDataset) -> pa.Schema | None:
+def _sample_schema(sample: Sequence[TabularSlice], dataset: TabularDataset) -> pa.Schema:
     """The schema Arrow infers from the sample's slices read together; when they cannot be (a ragged row),
     from the first of them that can be read on its own, so that the bad slice fails only its own
-    mini-batch when it is read, as any read error does (None when none can: every mini-batch then fails
-    with its own error)."""
+    mini-batch when it is read, as any read error does (when none can, its error stops the job's start:
+    without one set of types every slice would read its own)."""
     import pyarrow as pa
 
     from .tabular_read import read_csv_sample  # imports pandas: only for small first slices
 
     try:
         return read_csv_sample(sample, dataset, empty_type=pa.string()).schema
-    except InputError:
-        if len(sample) == 1:
-            return None
-    for piece in sample:
+    except InputError as exc:
+        first_error = exc
+    for piece in sample if len(sample) > 1 else ():
         try:
             return read_csv_sample([piece], dataset, empty_type=pa.string()).schema
         except InputError:
             continue
-    return None
+    # No slice of the sample reads: without types each slice would decide its own, so the job stops here.
+    raise first_error
 
 
 def _first_block_schema(first: TabularSlice, dataset: TabularDataset) -> pa.Schema | None:

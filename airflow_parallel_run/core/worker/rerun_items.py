@@ -21,8 +21,8 @@ import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..minibatch import MiniBatch
 from ..inputs.batch_format import read_batch
+from ..minibatch import MiniBatch
 from ..output.results import InvalidResultError, is_arrow, is_frame
 from ..storage import write_atomic
 from .messages import PartialRun

@@ -230,3 +230,21 @@ def test_rows_other_than_planned_fail_the_mini_batch_naming_the_file_and_bytes(
             match=r"data\.csv bytes \[\d+, \d+\): Arrow's CSV reader found 1 row where the plan counted 2",
         ):
             read_batch(job_input, batches[0], str(tmp_path), fmt)
+
+
+@pytest.mark.parametrize("quoted", [True, False])
+def test_a_field_larger_than_arrows_block_keeps_the_jobs_types(tmp_path: Path, quoted: bool) -> None:
+    """A 3 MB field (Arrow's CSV reader parses 1 MiB blocks and refuses a record that straddles two): the
+    job's types were left undecided, and the first mini-batch read column 'a' as string, the next as
+    int64."""
+    big = b'"' + b"x\n" * 1_500_000 + b'"' if quoted else b"x" * 3_000_000
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"a,b\n1," + big + b"\n2,y\n")
+    dataset = TabularDataset.from_delimited_files(str(path))
+    batches = list(plan_inputs([dataset], 1))
+    job_input = dataset.with_column_types(batches)
+    assert job_input.column_types == {"a": "int64", "b": "string"}
+    tables = [read_batch(job_input, mb, str(tmp_path), "pyarrow")[0] for mb in batches]
+    assert [t.schema for t in tables] == [tables[0].schema] * len(tables)
+    values = pa.concat_tables(tables).to_pylist()
+    assert values == [{"a": 1, "b": big.strip(b'"').decode()}, {"a": 2, "b": "y"}]
