@@ -1,8 +1,10 @@
 """Reading tabular slices back on workers: only the bytes (or row groups) of the slices given.
 
-Adjacent slices of one file are read with one range request and parsed once; the CSV header bytes are
-prepended so that every slice gets the file's column names. Errors name the file, the byte range and,
-for a ragged CSV row, the line of the file.
+Adjacent slices of one file are read with one range request and parsed once; every CSV slice gets the
+file's column names from its header, parsed on its own and given to Arrow's reader (a local slice is
+streamed into the parser; nothing joins header and slice). A slice's rows are exactly the rows the planner
+counted, or its mini-batch fails. Errors name the file, the byte range and, for a ragged CSV row, the line
+of the file.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ _RAGGED_ROW = re.compile(r"(Expected \d+ fields in )line (\d+)(, saw \d+)")
 def read_tabular(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
     """Read exactly the given slices and concatenate them in order, as one DataFrame with a fresh index.
 
-    Adjacent slices of the same file are read with one range request and parsed once; the CSV header bytes
-    [0, header_end) are prepended so every slice gets the file's column names. csv and parquet are read
+    Adjacent slices of the same file are read with one range request and parsed once; every CSV slice gets
+    the names of the file's header [0, header_end). csv and parquet are read
     as Arrow and converted once (`read_tabular_table`); a csv without a header keeps pandas' column names
     0, 1, ...
     """

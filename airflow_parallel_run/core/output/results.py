@@ -38,19 +38,35 @@ def is_arrow(value: Any) -> bool:
     return pyarrow is not None and isinstance(value, (pyarrow.Table, pyarrow.RecordBatch))
 
 
-def arrow_rows(result: Any) -> int | None:
+def entry_types(result: Any) -> frozenset[type]:
+    """The types of a list or tuple result's entries, found at C speed (`map(type, ...)`): the checks below
+    look at the few types instead of calling isinstance on every entry of a million-item result."""
+    return frozenset(map(type, result)) if isinstance(result, (list, tuple)) else frozenset()
+
+
+def _is_arrow_type(kind: type) -> bool:
+    pyarrow = sys.modules.get("pyarrow")
+    return pyarrow is not None and issubclass(kind, (pyarrow.Table, pyarrow.RecordBatch))
+
+
+def arrow_rows(result: Any, types: frozenset[type] | None = None) -> int | None:
     """The rows of an Arrow result (a Table, a RecordBatch, or a list or tuple holding any of them), None for
     a result of another kind. A list mixing Tables or RecordBatches with other values is invalid: its
-    length would count tables and rows alike."""
+    length would count tables and rows alike. `types`: the result's `entry_types`, when known."""
     if is_arrow(result):
         return int(result.num_rows)
-    if not isinstance(result, (list, tuple)) or not any(is_arrow(item) for item in result):
+    if not isinstance(result, (list, tuple)):
         return None
-    others = [item for item in result if not is_arrow(item)]
+    kinds = entry_types(result) if types is None else types
+    arrow = {kind for kind in kinds if _is_arrow_type(kind)}
+    if not arrow:
+        return None
+    others = kinds - arrow
     if others:
+        other = next(item for item in result if type(item) in others)
         raise InvalidResultError(
             "run() returned a list mixing pyarrow Tables/RecordBatches with "
-            f"{type(others[0]).__name__} values: return one Table, a list of Tables/RecordBatches (their rows "
+            f"{type(other).__name__} values: return one Table, a list of Tables/RecordBatches (their rows "
             "are the result), or a list of rows without any Table"
         )
     return sum(int(item.num_rows) for item in result)
@@ -166,7 +182,8 @@ def _refused(value: Any, where: str) -> InvalidResultError:
 
 def check_result(result: Any, total: int) -> CheckedResult:
     """Validates a run() result: its successful entries, their count and the items it marked failed."""
-    rows = arrow_rows(result)
+    types = entry_types(result)
+    rows = arrow_rows(result, types)
     if rows is None and not isinstance(result, (list, tuple)) and not is_frame(result):
         raise InvalidResultError(RESULT_TYPE_MESSAGE.format(kind=type(result).__name__))
     count = len(result) if rows is None else rows
@@ -181,8 +198,10 @@ def check_result(result: Any, total: int) -> CheckedResult:
     if is_frame(result):
         _refuse_frame_markers(result)
         return CheckedResult(result, count)
-    marked = [i for i, value in enumerate(result) if isinstance(value, _MARKERS)]
-    _refuse_dict_markers(result)
+    has_markers = any(issubclass(kind, _MARKERS) for kind in types)
+    marked = [i for i, value in enumerate(result) if isinstance(value, _MARKERS)] if has_markers else []
+    if any(issubclass(kind, dict) for kind in types):
+        _refuse_dict_markers(result)
     if not marked:
         return CheckedResult(result, count)
     if count != total:
