@@ -157,6 +157,10 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pa.Table:
                 return _parse_csv_arrow(head, _FileRange(f, start, end - start), dataset, where, group)
         except OSError as exc:
             raise InputError(f"{where}: cannot read: {exc}") from exc
+        except InputError as exc:  # the range reader's, when the file shrinks while it is parsed
+            if str(exc).startswith(where):
+                raise
+            raise InputError(f"{where}: {exc}") from exc
     try:
         data = _read_range(fs, path, start, end)
         head = _read_range(fs, path, 0, header_end) if header_end else b""

@@ -248,3 +248,27 @@ def test_a_field_larger_than_arrows_block_keeps_the_jobs_types(tmp_path: Path, q
     assert [t.schema for t in tables] == [tables[0].schema] * len(tables)
     values = pa.concat_tables(tables).to_pylist()
     assert values == [{"a": 1, "b": big.strip(b'"').decode()}, {"a": 2, "b": "y"}]
+
+
+def test_a_file_that_shrinks_while_its_slice_is_streamed_names_the_file(tmp_path: Path) -> None:
+    """The size is checked before the slice is streamed into Arrow's parser; a file truncated in between
+    fails the mini-batch naming the file and its bytes."""
+    import os
+
+    from airflow_parallel_run.core.inputs import tabular_read
+
+    path = tmp_path / "data.csv"
+    path.write_text("a,b\n" + "".join(f"{i},x{i}\n" for i in range(5000)))
+    dataset = TabularDataset.from_delimited_files(str(path))
+    batches = list(plan_inputs([dataset], 10**9))
+    job_input = dataset.with_column_types(batches)
+    stream = tabular_read._FileRange.stream
+
+    def shrinking(self: Any, tail: bytes) -> Any:
+        os.truncate(path, self.start + 100)
+        return stream(self, tail)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tabular_read._FileRange, "stream", shrinking)
+        with pytest.raises(InputError, match=r"data\.csv bytes \[4, \d+\): the file is shorter than planned"):
+            read_batch(job_input, batches[0], str(tmp_path), "pyarrow")
