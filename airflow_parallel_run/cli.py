@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .core.config import LOGGING_LEVELS, OUTPUT_ACTIONS
+from .core.config import BATCH_FORMATS, LOGGING_LEVELS, OUTPUT_ACTIONS
 from .core.output.formats import format_names
 
 FORMATS = {"csv": "csv", "parquet": "parquet", "json": "jsonl", "jsonl": "jsonl"}
@@ -155,6 +155,12 @@ def _config_arguments(run: argparse.ArgumentParser) -> None:
         help="default: parallel_run_step.<txt|csv|jsonl|parquet> by --append-row-format",
     )
     cfg.add_argument("--append-row-format", choices=format_names(), default="text")
+    cfg.add_argument(
+        "--batch-format",
+        choices=BATCH_FORMATS,
+        default="pandas",
+        help="what run() gets for a tabular mini-batch: a pandas DataFrame (default) or a pyarrow Table",
+    )
     cfg.add_argument("--node-count", type=int, default=1)
     cfg.add_argument("--process-count-per-node", type=int)
     cfg.add_argument(
@@ -325,6 +331,7 @@ def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> i
             output_action=args.output_action,
             append_row_file_name=args.append_row_file_name,
             append_row_format=args.append_row_format,
+            batch_format=args.batch_format,
             node_count=args.node_count,
             process_count_per_node=args.process_count_per_node,
             max_concurrency_per_process=args.max_concurrency_per_process,
@@ -500,6 +507,7 @@ _CONFIG_FLAGS = (
     "output_action",
     "append_row_file_name",
     "append_row_format",
+    "batch_format",
     "node_count",
     "process_count_per_node",
     "max_concurrency_per_process",

@@ -119,7 +119,8 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
     :param dask_conn_id: a ``dask`` connection; None ⇒ an embedded LocalCluster on 127.0.0.1.
     :param mini_batch_size: templated override of the config field (likewise ``node_count``,
         ``process_count_per_node``, ``max_concurrency_per_process``, ``logging_level``,
-        ``run_invocation_timeout``, ``run_max_try``, ``error_threshold``, ``progress_update_timeout``,
+        ``run_invocation_timeout``, ``run_max_try``, ``error_threshold``, ``batch_format``,
+        ``progress_update_timeout``,
         ``first_task_creation_timeout``, ``speculative_execution``, ``speculation_multiplier``); None keeps
         the config's value. Bind them to DAG Params to get them in
         the trigger form; numeric strings from Jinja are converted back to numbers.
@@ -178,6 +179,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         run_invocation_timeout: float | str | None = None,
         run_max_try: int | str | None = None,
         error_threshold: int | str | None = None,
+        batch_format: str | None = None,
         progress_update_timeout: float | str | None = None,
         first_task_creation_timeout: float | str | None = None,
         speculative_execution: bool | str | None = None,
@@ -216,6 +218,7 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
         self.run_invocation_timeout = run_invocation_timeout
         self.run_max_try = run_max_try
         self.error_threshold = error_threshold
+        self.batch_format = batch_format
         self.progress_update_timeout = progress_update_timeout
         self.first_task_creation_timeout = first_task_creation_timeout
         self.speculative_execution = speculative_execution

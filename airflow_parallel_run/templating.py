@@ -26,6 +26,7 @@ TUNABLES: tuple[str, ...] = (
     "run_invocation_timeout",
     "run_max_try",
     "error_threshold",
+    "batch_format",
     # the driver's watchdog and speculation (core/driver/watchdog.py, core/driver/speculation.py)
     "progress_update_timeout",
     "first_task_creation_timeout",

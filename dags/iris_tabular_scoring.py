@@ -8,7 +8,8 @@ What it does
     order and with one header, into `<demo root>/output/iris_tabular_scoring/iris_predictions.csv`.
 
 Trigger form
-    One Param, mini_batch_size, as a size string ("1KB", "512", "1MB"; KB/MB/GB are x1024).
+    mini_batch_size, as a size string ("1KB", "512", "1MB"; KB/MB/GB are x1024), and batch_format:
+    what run() gets, a pandas DataFrame ("pandas") or a pyarrow Table ("pyarrow").
 
 Data
     The first task writes the demo table and model under AIRFLOW_PARALLEL_RUN_DEMO_ROOT (read when
@@ -56,6 +57,13 @@ CONFIG = ParallelRunConfig(
             title="Mini-batch size",
             description="Bytes of CSV per mini-batch: 1024, 1KB, 10MB, 1GB (x1024 units).",
         ),
+        "batch_format": Param(
+            "pandas",
+            type="string",
+            enum=["pandas", "pyarrow"],
+            title="Batch format",
+            description="What run() receives per mini-batch: a pandas DataFrame or a pyarrow Table.",
+        ),
     },
 )
 def iris_tabular_scoring() -> None:
@@ -74,6 +82,7 @@ def iris_tabular_scoring() -> None:
         side_inputs=[IRIS_MODEL],
         arguments=["--model", IRIS_MODEL],
         mini_batch_size="{{ params.mini_batch_size }}",
+        batch_format="{{ params.batch_format }}",
     )
     prepare_demo_data() >> score
 

@@ -15,6 +15,9 @@ from .errors import ConfigError
 from .output.formats import format_names, get_format
 
 OUTPUT_ACTIONS = ("append_row", "summary_only")
+#: What run() receives for a tabular mini-batch (Ray Data's `batch_format`): a pandas DataFrame (Azure's
+#: contract) or a pyarrow Table (no conversion: Parquet row groups as read, CSV as parsed).
+BATCH_FORMATS = ("pandas", "pyarrow")
 # The output file's name when append_row_file_name is not given: Azure's name for text, and a name whose
 # extension says what the file holds for the other formats (a Parquet file called .txt misleads readers).
 DEFAULT_FILE_STEM = "parallel_run_step"
@@ -213,6 +216,7 @@ class ParallelRunConfig:
     output_action: str = "append_row"
     append_row_file_name: str | None = None  # None: parallel_run_step.<txt|csv|jsonl|parquet> by format
     append_row_format: str = "text"
+    batch_format: str = "pandas"  # tabular input: run() gets a pandas DataFrame or a pyarrow Table
     node_count: int = 1
     process_count_per_node: int | None = None
     max_concurrency_per_process: int = 1  # mini-batches in flight in one process: async run() only
@@ -314,6 +318,13 @@ class ParallelRunConfig:
                 "append_row_format", self.append_row_format, ", ".join(format_names())
             ) from None
         self._set("append_row_format", fmt.name)
+        if not isinstance(self.batch_format, str) or self.batch_format.strip().lower() not in BATCH_FORMATS:
+            raise ConfigError(
+                "batch_format",
+                self.batch_format,
+                " or ".join(BATCH_FORMATS) + " (what run() receives for a tabular mini-batch)",
+            )
+        self._set("batch_format", self.batch_format.strip().lower())
 
     def _check_processes_and_timeouts(self) -> None:
         _check_int("node_count", self.node_count, 1)
@@ -413,6 +424,17 @@ class ParallelRunConfig:
     @property
     def processes_per_node(self) -> int:
         return self.process_count_per_node or (os.cpu_count() or 1)
+
+    def check_batch_format(self, kind: str) -> None:
+        """`batch_format` is what run() receives for a tabular mini-batch: a job of files (run() gets a
+        list of local paths) with batch_format="pyarrow" is refused before any work runs."""
+        if kind != "tabular" and self.batch_format != "pandas":
+            raise ConfigError(
+                "batch_format",
+                self.batch_format,
+                f'"pandas" (the default) for {kind} input: run() gets a list of local file paths, which '
+                "has no batch format; use a TabularDataset to get pyarrow Tables",
+            )
 
     def mini_batch_size_for(self, tabular: bool) -> int:
         """The effective mini-batch size: files (file input) or bytes (tabular input)."""

@@ -36,8 +36,17 @@ def init() -> None:
     logger.info("loaded model %s (features: %s)", args.model, list(getattr(model, "feature_names_in_", [])))
 
 
-def run(mini_batch: pd.DataFrame) -> pd.DataFrame:
-    """One prediction per complete row, in input order."""
+def run(mini_batch: Any) -> Any:
+    """One prediction per complete row, in input order. With batch_format="pyarrow" the mini-batch is a
+    pyarrow Table, and so is the result (scikit-learn reads the features through pandas either way)."""
+    if not isinstance(mini_batch, pd.DataFrame):  # a pyarrow Table
+        import pyarrow as pa
+
+        return pa.Table.from_pandas(_predict(mini_batch.to_pandas()), preserve_index=False)
+    return _predict(mini_batch)
+
+
+def _predict(mini_batch: pd.DataFrame) -> pd.DataFrame:
     columns = list(getattr(model, "feature_names_in_", mini_batch.select_dtypes("number").columns))
     missing = [c for c in columns if c not in mini_batch.columns]
     if missing:

@@ -57,6 +57,7 @@ def test_template_fields_cover_inputs_outputs_and_every_tunable() -> None:
         "run_invocation_timeout",
         "run_max_try",
         "error_threshold",
+        "batch_format",
         "progress_update_timeout",
         "first_task_creation_timeout",
         "speculative_execution",
@@ -117,6 +118,7 @@ def test_config_must_be_a_parallel_run_config() -> None:
         ("first_task_creation_timeout", float("nan")),
         ("speculative_execution", "maybe"),
         ("speculation_multiplier", 1),
+        ("batch_format", "arrow"),
     ],
 )
 def test_static_bad_tunable_fails_at_parse_time_naming_the_field(
@@ -276,6 +278,7 @@ def test_paths_inside_datasets_are_rendered(config: ParallelRunConfig) -> None:
         ("speculative_execution", "True", True),
         ("speculative_execution", " false ", False),
         ("speculation_multiplier", "2.5", 2.5),
+        ("batch_format", " pyarrow ", "pyarrow"),
     ],
 )
 def test_coerce_tunable(name: str, value: Any, expected: Any) -> None:

@@ -236,11 +236,22 @@ CASES = [
         "misspelt override",
         lambda: config().with_overrides(mini_batch_sise=3),
         "mini_batch_sise=3 is not allowed: one of allowed_failed_count, allowed_failed_percent, "
-        "append_row_file_name, append_row_format, entry_script, environment_variables, error_threshold, "
+        "append_row_file_name, append_row_format, batch_format, entry_script, environment_variables, error_threshold, "
         "first_task_creation_timeout, logging_level, max_concurrency_per_process, mini_batch_size, "
         "node_count, output_action, partition_keys, process_count_per_node, progress_update_timeout, "
         "resource_monitor_interval, run_invocation_timeout, run_max_try, source_directory, "
         "speculation_multiplier, speculative_execution",
+    ),
+    Case(
+        "batch_format unknown",
+        lambda: config(batch_format="arrow"),
+        "batch_format='arrow' is not allowed: pandas or pyarrow (what run() receives for a tabular mini-batch)",
+    ),
+    Case(
+        "column_types not a type",
+        lambda: TabularDataset.from_delimited_files("rows.csv", column_types={"zip": "text"}),
+        "column_types={'zip': 'text'} is not allowed: Arrow type names (int64, float64, string, bool, "
+        "timestamp[s], date32, ...); 'text' for column 'zip' is not one",
     ),
     # 2. inputs
     Case(
@@ -428,6 +439,12 @@ RUN_JOB_CASES = [
         "someone else's output file",
         NOT_OURS.format(folder="taken", name="parallel_run_step.txt", why="no earlier job wrote it"),
         output="taken",
+    ),
+    RunJobCase(
+        "batch_format for file input",
+        "batch_format='pyarrow' is not allowed: \"pandas\" (the default) for file input: run() gets a list of "
+        "local file paths, which has no batch format; use a TabularDataset to get pyarrow Tables",
+        config={"batch_format": "pyarrow"},
     ),
     RunJobCase("busy output folder", BUSY, output="/data/out", setup=_held_lock, error=OutputBusyError),
     # 6. failed jobs
@@ -642,6 +659,30 @@ def _duplicate_names_across_mini_batches() -> str | None:
     return text.admit(1, encode_part(pd.DataFrame({"a": [1], "b": [2]}), "csv")[1], None)
 
 
+def _arrow_list_with_other_values() -> str | None:
+    import pyarrow as pa
+
+    with pytest.raises(InvalidResultError) as info:
+        encode_part([pa.table({"a": [1]}), {"a": 2}], "parquet")
+    return str(info.value)
+
+
+def _nested_arrow_column_as_csv() -> str | None:
+    import pyarrow as pa
+
+    with pytest.raises(InvalidResultError) as info:
+        encode_part(pa.table({"v": [[1, 2]]}), "csv")
+    return str(info.value)
+
+
+def _arrow_tables_that_do_not_join() -> str | None:
+    import pyarrow as pa
+
+    with pytest.raises(InvalidResultError) as info:
+        encode_part([pa.table({"v": [1]}), pa.table({"v": [[1]]})], "parquet")
+    return str(info.value).split(" (")[0]
+
+
 def _markers_in_a_short_result() -> str | None:
     from airflow_parallel_run.core.output.results import ItemFailed, check_result
 
@@ -727,6 +768,20 @@ SCHEMA_CASES = [
         _duplicate_names_across_mini_batches,
         "run() returned columns ['a', 'b'] in mini-batch 1 and ['a', 'a'] in mini-batch 0: with duplicate column "
         "names the columns of different mini-batches cannot be matched by name (give every column its own name)",
+    ),
+    (
+        _arrow_list_with_other_values,
+        "run() returned a list mixing pyarrow Tables/RecordBatches with dict values: return one Table, a list of "
+        "Tables/RecordBatches (their rows are the result), or a list of rows without any Table",
+    ),
+    (
+        _nested_arrow_column_as_csv,
+        "run() returned column 'v' as list<item: int64>, which append_row_format=csv cannot write (CSV holds "
+        "scalar values): use append_row_format='jsonl' or 'parquet', or turn the column into strings",
+    ),
+    (
+        _arrow_tables_that_do_not_join,
+        "run() returned 2 pyarrow Tables/RecordBatches whose schemas do not join into one table",
     ),
 ]
 

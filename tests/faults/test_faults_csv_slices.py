@@ -7,9 +7,9 @@ CRLF record ends, a UTF-8 byte order mark, blank and whitespace-only lines, no t
 sometimes a quoted field that never closes (then the planner must refuse the file, as pandas does).
 
 Two comparisons per distinct plan: field by field as text (`dtype=str`: any slice boundary in the wrong
-place shows), and with types after the job's one-schema unification (core/output/schema.py): slices infer their
-own dtypes (a column of ints in one slice, `A1B` in another), and unified they must give the whole file's
-column types and values. Values whose text pandas would rewrite (leading zeros, `2.0`, `True`) are not
+place shows), and with types: every slice is read with the job's column types (decided once from the start
+of the file, core/inputs/tabular_types.py), and they must give the whole file's column types (in the job's
+rules: nullable ints, string for a column without values) and values. Values whose text pandas would rewrite (leading zeros, `2.0`, `True`) are not
 generated: per-slice type inference cannot keep their spelling, whatever the planner does.
 """
 
@@ -31,6 +31,7 @@ from airflow_parallel_run.core.inputs import tabular_scan
 from airflow_parallel_run.core.inputs.tabular import TabularDataset
 from airflow_parallel_run.core.inputs.tabular_read import read_tabular
 from airflow_parallel_run.core.inputs.tabular_scan import plan_tabular_file
+from airflow_parallel_run.core.minibatch import MiniBatch
 from airflow_parallel_run.core.output.schema import unify_types
 
 LETTERS = "ABCDFGHIJKLMNOPQRSTUVWXYZabcdfghijklmnopqrstuvwxyz"  # no e/E: "e5" could read as a number
@@ -107,6 +108,24 @@ def _table(frame: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
 
 
+def _in_the_job_types(frame: pd.DataFrame) -> pd.DataFrame:
+    """pandas' whole-file frame in the job's type rules (README, "CSV column types"): a column of integers
+    with missing values is a nullable int64 (pandas: float64; the generator writes no `2.0`, so a float64
+    column of integral values held integers), and a column with no value at all is string (pandas:
+    float64)."""
+    frame = frame.copy()
+    for name in frame.columns:
+        column = frame[name]
+        if str(column.dtype) != "float64":
+            continue
+        present = column.dropna()
+        if present.empty:
+            frame[name] = pd.array([None] * len(column), dtype=pd.StringDtype("pyarrow"))
+        elif (present == present.round()).all():
+            frame[name] = column.astype("Int64")
+    return frame
+
+
 def _unify(tables: list[pa.Table]) -> pa.Table:
     """The slices' tables as the job assembles them: one schema, types unified, values cast."""
     names = tables[0].column_names
@@ -152,6 +171,10 @@ def check_file(case: dict[str, Any], scan_chunk: int) -> None:
             patch.setattr(tabular_scan, "_CHUNK_BYTES", scan_chunk)
             assert [plan_tabular_file(url, len(data), dataset, t) for t in probes] == expected_plans
 
+        # the job's column types, decided once from the start of the file (core/inputs/tabular_types.py)
+        job_dataset = dataset.with_column_types(
+            [MiniBatch(0, "tabular", 0, 1, slices=tuple(next(iter(plans.values()))))]
+        )
         # each distinct slice is read once (as the job reads it, and as text); plans share slices
         typed: dict[tuple[int, int], pa.Table] = {}
         as_text: dict[tuple[int, int], pd.DataFrame] = {}
@@ -167,7 +190,7 @@ def check_file(case: dict[str, Any], scan_chunk: int) -> None:
             for s in slices:
                 key = (s.start, s.end)
                 if key not in typed:
-                    frame = read_tabular([s], dataset)
+                    frame = read_tabular([s], job_dataset)
                     assert len(frame) == s.rows, key
                     typed[key] = _table(frame)
                     head = data[: s.header_end]
@@ -184,7 +207,7 @@ def check_file(case: dict[str, Any], scan_chunk: int) -> None:
                 pd.testing.assert_frame_equal(text, whole_text, obj=f"slices {bounds} as text")
             got = _unify([typed[(s.start, s.end)] for s in slices])
             if want is None:
-                whole_table = _unify([_table(whole)])
+                whole_table = _unify([_table(_in_the_job_types(whole))])
                 want = (whole_table.schema, whole_table.to_pylist())
             assert got.schema == want[0], (bounds, got.schema, want[0])
             assert got.to_pylist() == want[1], bounds

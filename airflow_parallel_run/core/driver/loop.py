@@ -21,6 +21,7 @@ from ..config import ParallelRunConfig
 from ..errors import ConfigError
 from ..inputs.normalise import as_strings
 from ..inputs.source import Dataset
+from ..inputs.tabular_types import with_read_types
 from ..logs.joblogs import JobLogs
 from ..minibatch import MiniBatch
 from ..output.files import FilePublisher
@@ -116,6 +117,9 @@ class JobDriver:
             protected_paths=protected_paths,
         )
         self.plan: Plan = planned if planned is not None else plan(self.inputs, config)
+        config.check_batch_format(self.plan.kind)
+        # csv: one set of column types for every slice, decided before the reuse key is (it enters it)
+        self.inputs = with_read_types(self.inputs, list(self.plan))
         output_file = config.output_file_name if config.output_action == "append_row" else None
         self.folder = OutputFolder(output_path, self.storage_options, output_file)
         self.output, self.local_output = self.folder.url, self.folder.local

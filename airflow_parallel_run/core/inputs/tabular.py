@@ -17,6 +17,7 @@ from .source import PlanContext
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from .sql import SqlDataset
 
@@ -40,6 +41,9 @@ class TabularDataset(PathInput):
     encoding: str = "utf-8"
     partition_format: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # credentials
+    # csv: column name -> Arrow type name for every slice; the rest are inferred once per job from the first
+    # file (core/inputs/tabular_types.py), so every mini-batch reads a column as the same type
+    column_types: Mapping[str, str] | None = None
 
     kind: ClassVar[str] = "tabular"
 
@@ -49,6 +53,16 @@ class TabularDataset(PathInput):
         if not isinstance(self.separator, str) or len(self.separator) != 1 or self.separator in '\r\n"':
             raise ConfigError("separator", self.separator, "one character other than a quote or a newline")
         check_partition_format(self.partition_format)
+        if self.column_types is not None:
+            if self.format != "csv":
+                raise ConfigError(
+                    "column_types",
+                    self.column_types,
+                    "None for a csv input only (Parquet and JSON carry their types)",
+                )
+            from .tabular_types import check_column_types
+
+            object.__setattr__(self, "column_types", check_column_types(self.column_types))
 
     @classmethod
     def from_delimited_files(
@@ -59,7 +73,10 @@ class TabularDataset(PathInput):
         encoding: str = "utf-8",
         partition_format: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        column_types: Mapping[str, str] | None = None,
     ) -> TabularDataset:
+        """`column_types` ({"zip": "string", "when": "timestamp[s]"}) fixes the Arrow type of those columns;
+        the others are inferred once from the first file (core/inputs/tabular_types.py)."""
         return cls(
             as_paths(path, "path"),
             "csv",
@@ -68,6 +85,7 @@ class TabularDataset(PathInput):
             encoding,
             partition_format,
             dict(storage_options or {}),
+            dict(column_types) if column_types is not None else None,
         )
 
     @classmethod
@@ -138,6 +156,33 @@ class TabularDataset(PathInput):
                 for piece in pieces:
                     yield ctx.batch(piece.rows, slices=(piece,))
 
+    def with_column_types(self, batches: Sequence[MiniBatch]) -> TabularDataset:
+        """This input with the column types every slice is read with (csv; core/inputs/tabular_types.py)."""
+        from .tabular_types import resolve_column_types
+
+        return resolve_column_types(self, batches)
+
+    def read_table(self, batch: MiniBatch, scratch_dir: str) -> tuple[pa.Table, int]:
+        """The mini-batch's slices as one pyarrow Table (`batch_format="pyarrow"`): Parquet row groups as
+        read, CSV as Arrow parsed it; partition key columns appended as string columns."""
+        import pyarrow as pa
+
+        from .tabular_read import read_tabular_table
+
+        if not self.partition_format and not batch.partition_key_value:
+            table = read_tabular_table(batch.slices, self)
+            return table, table.num_rows
+        tables = []
+        for url, group in slices_by_file(batch.slices):
+            table = read_tabular_table(group, self)
+            columns = partition_columns(self, url, batch)
+            _check_clash(table.column_names, url, columns, self.partition_format)
+            for key, value in columns.items():
+                table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+            tables.append(table)
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+        return table, table.num_rows
+
     def read(self, batch: MiniBatch, scratch_dir: str) -> tuple[pd.DataFrame, int]:
         """The mini-batch's slices as one DataFrame, with the partition key columns appended as Azure's
         partitioned TabularDataset has them (see `partition_columns`)."""
@@ -190,16 +235,22 @@ def with_columns(
 ) -> pd.DataFrame:
     """`frame` with `columns` appended (string values); a column the file already has is an error, never
     overwritten."""
-    clash = [key for key in columns if key in frame.columns]
+    _check_clash(list(frame.columns), url, columns, partition_format)
+    for key, value in columns.items():
+        frame[key] = value
+    return frame
+
+
+def _check_clash(
+    names: Sequence[Any], url: str, columns: Mapping[str, str], partition_format: str | None
+) -> None:
+    clash = [key for key in columns if key in names]
     if clash:
         source = f"partition_format {partition_format!r}" if partition_format else "partition_keys"
         raise InputError(
             f"file {url!r} already has a column named {clash} ({source} appends a column of that name to the "
             "rows): rename the key in the format or the column in the file"
         )
-    for key, value in columns.items():
-        frame[key] = value
-    return frame
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

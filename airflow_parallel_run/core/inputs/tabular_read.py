@@ -1,8 +1,10 @@
 """Reading tabular slices back on workers: only the bytes (or row groups) of the slices given.
 
-Adjacent slices of one file are read with one range request and parsed once; the CSV header bytes are
-prepended so that every slice gets the file's column names. Errors name the file, the byte range and,
-for a ragged CSV row, the line of the file.
+Adjacent slices of one file are read with one range request and parsed once; every CSV slice gets the
+file's column names from its header, parsed on its own and given to Arrow's reader (a local slice is
+streamed into the parser; nothing joins header and slice). A slice's rows are exactly the rows the planner
+counted, or its mini-batch fails. Errors name the file, the byte range and, for a ragged CSV row, the line
+of the file.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from typing import Any, BinaryIO
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..minibatch import TabularSlice
 from ..storage import is_local
 from .tabular import TabularDataset
-from .tabular_scan import _NL, _UTF8_BOM, _is_utf8, _QuoteTracker
+from .tabular_scan import _NL, _UTF8_BOM, _blank_bytes, _is_utf8, _QuoteTracker
+from .tabular_types import arrow_types, convert_options, parse_options, read_options
 
 # pandas' C parser on a ragged row; its line counts records of the text it parsed (header included).
 _RAGGED_ROW = re.compile(r"(Expected \d+ fields in )line (\d+)(, saw \d+)")
@@ -31,15 +36,58 @@ _RAGGED_ROW = re.compile(r"(Expected \d+ fields in )line (\d+)(, saw \d+)")
 def read_tabular(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
     """Read exactly the given slices and concatenate them in order, as one DataFrame with a fresh index.
 
-    Adjacent slices of the same file are read with one range request and parsed once; the CSV header bytes
-    [0, header_end) are prepended so every slice gets the file's column names.
+    Adjacent slices of the same file are read with one range request and parsed once; every CSV slice gets
+    the names of the file's header [0, header_end). csv and parquet are read
+    as Arrow and converted once (`read_tabular_table`); a csv without a header keeps pandas' column names
+    0, 1, ...
     """
-    frames = [_read_group(group, dataset) for group in _coalesce(slices)]
+    if dataset.format != "jsonl":
+        frame = to_pandas(read_tabular_table(slices, dataset))
+        if dataset.format == "csv" and not dataset.header:
+            frame.columns = list(range(frame.shape[1]))
+        return frame
+    frames = [_read_jsonl_group(group, dataset) for group in _coalesce(slices)]
     if not frames:
         return pd.DataFrame()
     if len(frames) == 1:
         return frames[0].reset_index(drop=True)
     return pd.concat(frames, ignore_index=True)
+
+
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    """A mini-batch's Table as a DataFrame whose dtypes do not depend on which rows it holds: integer and
+    bool columns become pandas' nullable Int64/boolean (numpy's int64 and bool have no missing value, so
+    plain `to_pandas()` gives float64/object for a mini-batch that happens to hold one, and int64/bool for
+    its neighbour)."""
+    return table.to_pandas(types_mapper=_NULLABLE.get)
+
+
+_NULLABLE = {
+    pa.int8(): pd.Int8Dtype(),
+    pa.int16(): pd.Int16Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(),
+    pa.uint8(): pd.UInt8Dtype(),
+    pa.uint16(): pd.UInt16Dtype(),
+    pa.uint32(): pd.UInt32Dtype(),
+    pa.uint64(): pd.UInt64Dtype(),
+    pa.bool_(): pd.BooleanDtype(),
+}
+
+
+def read_tabular_table(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pa.Table:
+    """The given slices as one pyarrow Table, in order: Parquet row groups as stored (no copy), CSV parsed
+    by Arrow with the dataset's `column_types` (the same for every slice, core/inputs/tabular_types.py),
+    JSON Lines as pandas reads them, converted."""
+    if dataset.format == "jsonl":
+        frame = read_tabular(slices, dataset)
+        return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    tables = [_read_group(group, dataset) for group in _coalesce(slices)]
+    if not tables:
+        return pa.table({})
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def _coalesce(slices: Sequence[TabularSlice]) -> Iterator[list[TabularSlice]]:
@@ -60,7 +108,23 @@ def _coalesce(slices: Sequence[TabularSlice]) -> Iterator[list[TabularSlice]]:
         yield group
 
 
-def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
+def read_csv_sample(
+    slices: Sequence[TabularSlice], dataset: TabularDataset, empty_type: pa.DataType
+) -> pa.Table:
+    """Header + the given consecutive slices of one file, parsed with the dataset's column types (for
+    inferring the job's types: a column with no value is `empty_type`)."""
+    first, last = slices[0], slices[-1]
+    fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
+    where = f"{first.url} bytes [{first.start}, {last.end})"
+    try:
+        data = _read_range(fs, path, first.start, last.end)
+        head = _read_range(fs, path, 0, first.header_end) if first.header_end else b""
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read: {exc}") from exc
+    return _parse_csv_arrow(head, data, dataset, where, slices, empty_type)
+
+
+def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pa.Table:
     first, last = group[0], group[-1]
     fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
     if first.format == "parquet":
@@ -71,18 +135,18 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
                 # pyarrow's own file reader: its decoding threads never wait for the GIL of a Python file.
                 # Not memory-mapped: a file truncated under a mapping kills the process (SIGBUS) instead
                 # of raising an error that names the file.
-                return pq.ParquetFile(path).read_row_groups(row_groups).to_pandas()
+                return pq.ParquetFile(path).read_row_groups(row_groups)
             with fs.open(path, "rb") as f:
-                return pq.ParquetFile(f).read_row_groups(row_groups).to_pandas()
+                return pq.ParquetFile(f).read_row_groups(row_groups)
         except Exception as exc:
             raise InputError(f"{where}: cannot read Parquet: {exc}") from exc
 
     start, end, header_end = first.start, last.end, first.header_end
     where = f"{first.url} bytes [{start}, {end})"
     if first.format == "csv" and is_local(fs):
-        # Local files are read with plain OS calls (no fsspec file object between the parser and the bytes):
-        # streamed straight from the file into the parser: no copy of the slice in memory, no header+slice
-        # concatenation.
+        # Local files are read with plain OS calls (no fsspec file object between the parser and the bytes),
+        # streamed into Arrow's parser block by block: a whole-slice buffer, touched once and freed, cost
+        # more in a fresh entry process (its pages faulted in every time) than the parse saved.
         try:
             with open(path, "rb", buffering=0) as f:
                 if os.fstat(f.fileno()).st_size < end:
@@ -90,10 +154,13 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
                         f"{where}: the file is shorter than planned (did it change after planning?)"
                     )
                 head = os.pread(f.fileno(), header_end, 0) if header_end else b""
-                f.seek(start)
-                return _parse_csv(_RangeReader(head, f, end - start), dataset, header_end, where, first)
+                return _parse_csv_arrow(head, _FileRange(f, start, end - start), dataset, where, group)
         except OSError as exc:
             raise InputError(f"{where}: cannot read: {exc}") from exc
+        except InputError as exc:  # the range reader's, when the file shrinks while it is parsed
+            if str(exc).startswith(where):
+                raise
+            raise InputError(f"{where}: {exc}") from exc
     try:
         data = _read_range(fs, path, start, end)
         head = _read_range(fs, path, 0, header_end) if header_end else b""
@@ -102,26 +169,261 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFr
     if len(data) != end - start or len(head) != header_end:
         raise InputError(f"{where}: the file is shorter than planned (did it change after planning?)")
     if first.format == "csv":
-        return _parse_csv(_RangeReader(head, data, len(data)), dataset, header_end, where, first)
-    if first.format == "jsonl":
-        if start == 0 and data.startswith(_UTF8_BOM) and _is_utf8(dataset.encoding):
-            data = data[3:]  # the JSON parser does not skip a byte order mark
-        try:
-            # Values as JSON typed them: dtype=False turns off pandas' guessing, which made "01234" the number
-            # 1234 and turned columns named like dates (`date`, `*_at`, `modified`, ...) into timestamps;
-            # precise_float keeps every float exactly as written.
-            return pd.read_json(
-                io.BytesIO(data), lines=True, encoding=dataset.encoding, dtype=False, precise_float=True
-            )
-        except pd.errors.EmptyDataError:
-            return pd.DataFrame()
-        except Exception as exc:
-            raise InputError(f"{where}: cannot parse as jsonl: {exc}") from exc
+        return _parse_csv_arrow(head, data, dataset, where, group)
     raise InputError(f"{first.url}: unsupported tabular format {first.format!r}")
 
 
+def _read_jsonl_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
+    first, last = group[0], group[-1]
+    fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
+    start, end = first.start, last.end
+    where = f"{first.url} bytes [{start}, {end})"
+    try:
+        data = _read_range(fs, path, start, end)
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read: {exc}") from exc
+    if len(data) != end - start:
+        raise InputError(f"{where}: the file is shorter than planned (did it change after planning?)")
+    if start == 0 and data.startswith(_UTF8_BOM) and _is_utf8(dataset.encoding):
+        data = data[3:]  # the JSON parser does not skip a byte order mark
+    try:
+        # Values as JSON typed them: dtype=False turns off pandas' guessing, which made "01234" the number
+        # 1234 and turned columns named like dates (`date`, `*_at`, `modified`, ...) into timestamps;
+        # precise_float keeps every float exactly as written.
+        return pd.read_json(
+            io.BytesIO(data), lines=True, encoding=dataset.encoding, dtype=False, precise_float=True
+        )
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except Exception as exc:
+        raise InputError(f"{where}: cannot parse as jsonl: {exc}") from exc
+
+
+def _parse_csv_arrow(
+    head: bytes,
+    data: bytes | _FileRange,
+    dataset: TabularDataset,
+    where: str,
+    group: Sequence[TabularSlice],
+    empty_type: pa.DataType | None = None,
+) -> pa.Table:
+    """Header + slices parsed by Arrow's CSV reader with the dataset's column types; an error names the
+    file, the byte range and (for a ragged row) the line of the file, as pandas' parser reports it.
+
+    The rows are exactly the rows the planner counted, or the mini-batch fails (`_check_rows`): a slice
+    never loses or gains a row without an error."""
+    planned = sum(s.rows for s in group)
+    first_rows: int | None = None
+    try:
+        table = _arrow_csv(head, data, dataset, empty_type)
+        if table.num_rows == planned:
+            return table
+        first_rows = table.num_rows
+    except pa.ArrowInvalid:
+        pass
+    # pandas (and the planner) skip lines of only spaces/tabs, which Arrow reads as a row of one field (a
+    # value in a one-column file, or the row that sets the column count when a slice starts with one)
+    data = _as_bytes(data)
+    trimmed, removed = _without_blank_records(data, dataset, at_file_start=group[0].start == 0)
+    try:
+        table = _arrow_csv(head, trimmed, dataset, empty_type)
+    except pa.ArrowInvalid as exc:
+        if "conversion error" in str(exc) and "invalid UTF8" not in str(exc):
+            raise _type_error(where, exc) from exc  # bytes not in the encoding: pandas' message names them
+        if empty_type is not None:  # deciding the job's types: another slice decides them (tabular_types.py)
+            _parse_csv(_RangeReader(head, data, len(data)), dataset, len(head), where, group[0])
+            raise InputError(f"{where}: cannot parse as csv: {exc}") from exc
+        # A short row (fewer fields than the header) is read by pandas with the missing fields empty, and by
+        # Arrow not at all: pandas' parser reads the slice as text, Arrow casts it to the job's types. A
+        # ragged row that pandas refuses too fails with its message naming the line of the file.
+        table = _short_rows_filled(head, data, dataset, where, group[0])
+        first_rows = None
+    # Each blank record taken out was one row of Arrow's first parse; more taken out than that means one of
+    # them was inside a value as Arrow reads it (the value changed), fewer that Arrow saw rows the planner
+    # did not.
+    consistent = first_rows is None or first_rows - removed == table.num_rows
+    _check_rows(table.num_rows if consistent else first_rows, planned, where)
+    return table
+
+
+def _type_error(where: str, exc: Exception) -> InputError:
+    return InputError(
+        f"{where}: cannot read as csv with the job's column types: {exc}. The types of the columns are decided "
+        "once for every mini-batch from the start of the first file (or given with column_types); give this "
+        "column's type, e.g. TabularDataset.from_delimited_files(..., column_types={'<column>': 'string'})"
+    )
+
+
+def _short_rows_filled(
+    head: bytes, data: bytes, dataset: TabularDataset, where: str, first: TabularSlice
+) -> pa.Table:
+    """The slice as pandas' parser reads it (short rows filled with missing values), every column as text,
+    cast to the job's column types."""
+    import pyarrow.compute as pc
+
+    frame = _parse_csv(_RangeReader(head, data, len(data)), dataset, len(head), where, first, as_text=True)
+    if not dataset.header:
+        frame.columns = [str(i) for i in range(frame.shape[1])]
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    types = arrow_types(dataset.column_types)
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        if pa.types.is_null(column.type):
+            column = column.cast(pa.string())
+        target = types.get(name, pa.string())
+        if pa.types.is_boolean(target):
+            column = pc.utf8_lower(column)
+        try:
+            table = table.set_column(i, name, column.cast(target))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise _type_error(where, exc) from exc
+    return table
+
+
+def _check_rows(rows: int | None, planned: int, where: str) -> None:
+    if rows != planned:
+        raise InputError(
+            f"{where}: Arrow's CSV reader found {rows} row{'s' if rows != 1 else ''} where the plan counted "
+            f"{planned}, so its records are not the ones planned and the mini-batch is not run (rows would "
+            "be lost or invented). Did the file change after planning?"
+        )
+
+
+def _without_blank_records(data: bytes, dataset: TabularDataset, at_file_start: bool) -> tuple[bytes, int]:
+    """`data` without the records the planner calls blank (only the bytes of `_blank_bytes`: spaces, tabs
+    unless they separate fields, CRs), and how many were taken out. Records are found as the planner finds
+    them (core/inputs/tabular_scan.py): newlines inside quoted fields do not end records, and a UTF-8 byte
+    order mark at the file's start is blank and does not hide the quote that follows it. The count is of
+    the rows Arrow reads from the records taken out (a record of only CRs and LFs is none: an empty line)."""
+    tracked = data
+    if at_file_start and data.startswith(_UTF8_BOM) and _is_utf8(dataset.encoding):
+        tracked = b"\r\r\r" + data[3:]
+    arr = np.frombuffer(tracked, dtype=np.uint8)
+    newlines = np.flatnonzero(arr == _NL)
+    mask = _QuoteTracker(dataset.separator).record_ends(arr, 0, newlines, 1)
+    ends = (newlines if mask is None else newlines[mask]).tolist()
+    blank = _blank_bytes(dataset)
+    kept, start, removed = [], 0, 0
+    for end in [*ends, len(data) - 1]:
+        record = tracked[start : end + 1]
+        if record and not record.translate(None, blank) and record.strip(b"\n"):
+            # the rows Arrow reads from it: its pieces between line ends (CR, LF or CRLF) that are not empty
+            removed += sum(1 for piece in record.replace(b"\r", b"\n").split(b"\n") if piece)
+        else:
+            kept.append(data[start : end + 1])
+        start = end + 1
+    return b"".join(kept), removed
+
+
+def _arrow_csv(
+    head: bytes, data: bytes | _FileRange, dataset: TabularDataset, empty_type: pa.DataType | None
+) -> pa.Table:
+    """Arrow's parse (`pa.ArrowInvalid` for bytes it cannot read as the types). A column with no value and
+    no type given becomes `empty_type` (default float64 NaN, as pandas reads it).
+
+    The header is parsed on its own and its names given to the reader (`column_names`), so the slice's
+    bytes are parsed as they were read, never joined with the header (a local file's slice is streamed)."""
+    types = arrow_types(dataset.column_types)
+    size = len(data)
+    if dataset.header:
+        names = _header_names(head, dataset) if head and size else None
+    else:
+        names = sorted((k for k in types if k.isdigit()), key=int) or None
+    last = (data[-1] if size else _NL) if isinstance(data, bytes) else data.last_byte()
+    tail = (
+        b"\n" if last != _NL else b""
+    )  # the file's last record: Arrow cannot infer a lone unterminated field
+    prefix = head if names is None else b""
+    source = (
+        data.stream(tail)
+        if isinstance(data, _FileRange) and names is not None
+        else pa.BufferReader(prefix + _as_bytes(data) + tail)
+    )
+    try:
+        table = pacsv.read_csv(
+            source,
+            read_options=read_options(dataset, names),
+            parse_options=parse_options(dataset),
+            convert_options=convert_options(dataset, types),
+        )
+    except pa.ArrowInvalid as exc:
+        if "straddl" not in str(exc):
+            raise
+        # a record larger than Arrow's block (1 MiB): the slice as one block
+        whole = prefix + _as_bytes(data) + tail
+        table = pacsv.read_csv(
+            pa.BufferReader(whole),
+            read_options=read_options(dataset, names, max(len(whole), 1 << 20)),
+            parse_options=parse_options(dataset),
+            convert_options=convert_options(dataset, types),
+        )
+    if not dataset.header and not names:
+        table = table.rename_columns([str(i) for i in range(table.num_columns)])
+    untyped_empty = [
+        i for i, f in enumerate(table.schema) if pa.types.is_null(f.type) and f.name not in types
+    ]
+    for i in untyped_empty:
+        table = table.set_column(i, table.field(i).name, table.column(i).cast(empty_type or pa.float64()))
+    return table
+
+
+_HEADER_NAMES: dict[tuple[bytes, str, str], list[str]] = {}
+
+
+def _header_names(head: bytes, dataset: TabularDataset) -> list[str]:
+    """The column names of a file's header bytes [0, header_end), as Arrow reads them at the start of the
+    file (byte order mark and empty lines before it skipped); remembered per header in the process."""
+    key = (head, dataset.separator, dataset.encoding)
+    names = _HEADER_NAMES.get(key)
+    if names is None:
+        text = head if head.endswith(b"\n") else head + b"\n"
+        names = pacsv.read_csv(
+            pa.BufferReader(text),
+            read_options=read_options(dataset, None),
+            parse_options=parse_options(dataset),
+            convert_options=convert_options(dataset, {}),
+        ).column_names
+        if len(_HEADER_NAMES) > 64:
+            _HEADER_NAMES.clear()
+        _HEADER_NAMES[key] = names
+    return names
+
+
+class _FileRange:
+    """`size` bytes of an open local file from `start`: streamed to the parser (`stream`), or read whole
+    for the rare paths that need the bytes (`read`)."""
+
+    def __init__(self, file: BinaryIO, start: int, size: int) -> None:
+        self.file, self.start, self.size = file, start, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def last_byte(self) -> int:
+        return os.pread(self.file.fileno(), 1, self.start + self.size - 1)[0] if self.size else _NL
+
+    def stream(self, tail: bytes) -> Any:
+        self.file.seek(self.start)
+        return pa.PythonFile(_RangeReader(b"", self.file, self.size, tail), mode="r")
+
+    def read(self) -> bytes:
+        data = os.pread(self.file.fileno(), self.size, self.start)
+        if len(data) != self.size:
+            raise InputError("the file is shorter than planned (did it change after planning?)")
+        return data
+
+
+def _as_bytes(data: bytes | _FileRange) -> bytes:
+    return data if isinstance(data, bytes) else data.read()
+
+
 def _parse_csv(
-    reader: _RangeReader, dataset: TabularDataset, header_end: int, where: str, first: TabularSlice
+    reader: _RangeReader,
+    dataset: TabularDataset,
+    header_end: int,
+    where: str,
+    first: TabularSlice,
+    as_text: bool = False,
 ) -> pd.DataFrame:
     try:
         return pd.read_csv(
@@ -129,6 +431,7 @@ def _parse_csv(
             sep=dataset.separator,
             encoding=dataset.encoding,
             header=0 if header_end else None,
+            dtype=str if as_text else None,
         )
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
@@ -143,12 +446,13 @@ def _parse_csv(
 
 
 class _RangeReader(io.RawIOBase):
-    """A read-only stream of `head` followed by `size` bytes of `body` (bytes, or a file positioned at the
-    slice's start), so pandas parses header + slice without them being joined into one buffer first."""
+    """A read-only stream of `head`, `size` bytes of `body` (bytes, or a file positioned at the slice's
+    start) and `tail`, so a parser reads header + slice without them being joined into one buffer first."""
 
-    def __init__(self, head: bytes, body: bytes | BinaryIO, size: int) -> None:
+    def __init__(self, head: bytes, body: bytes | BinaryIO, size: int, tail: bytes = b"") -> None:
         super().__init__()
         self.head = head
+        self._tail = memoryview(tail)
         self._head = memoryview(head)
         self._body = body
         self._start = body.tell() if not isinstance(body, bytes) else 0
@@ -168,7 +472,10 @@ class _RangeReader(io.RawIOBase):
             return n
         want = min(out.nbytes, self._size - self._done)
         if want <= 0:
-            return 0
+            n = min(out.nbytes, self._tail.nbytes)
+            out[:n] = self._tail[:n]
+            self._tail = self._tail[n:]
+            return n
         if self._view is not None:
             out[:want] = self._view[self._done : self._done + want]
             n = want

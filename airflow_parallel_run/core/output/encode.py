@@ -16,7 +16,7 @@ import math
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .results import InvalidResultError, is_frame
+from .results import InvalidResultError, arrow_rows, is_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 def as_frame(result: list[Any] | tuple[Any, ...] | pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
+    if arrow_rows(result) is not None:
+        return arrow_result_table(result).to_pandas()
     if isinstance(result, pd.DataFrame):
         return result
     if result and all(isinstance(item, dict) for item in result):
@@ -37,6 +39,10 @@ def arrow_table(result: list[Any] | tuple[Any, ...] | pd.DataFrame) -> pa.Table:
     """The result as an Arrow table with str column names and no pandas metadata (the output is one table)."""
     import pyarrow as pa
 
+    if arrow_rows(result) is not None:
+        table = arrow_result_table(result)
+        _check_unique(table.column_names)
+        return table.replace_schema_metadata(None)
     if is_frame(result):
         names = [str(c) for c in result.columns]
         _check_unique(names)
@@ -54,6 +60,48 @@ def arrow_table(result: list[Any] | tuple[Any, ...] | pd.DataFrame) -> pa.Table:
         ]
         return pa.Table.from_arrays(arrays, names=names)
     return pa.Table.from_arrays([_column_array("result", list(result))], names=["result"])
+
+
+def arrow_result_table(result: Any) -> pa.Table:
+    """An Arrow result (a Table, a RecordBatch or a list of them) as one Table: the tables' rows in order,
+    their schemas unified as across mini-batches (a column missing from one table is null there)."""
+    import pyarrow as pa
+
+    items = list(result) if isinstance(result, (list, tuple)) else [result]
+    tables = [pa.Table.from_batches([t]) if isinstance(t, pa.RecordBatch) else t for t in items]
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(
+            [t.replace_schema_metadata(None) for t in tables], promote_options="permissive"
+        )
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise InvalidResultError(
+            f"run() returned {len(tables)} pyarrow Tables/RecordBatches whose schemas do not join into one "
+            f"table ({exc}): the tables of one result are its rows in order, so their columns must have "
+            "types Arrow can promote to one"
+        ) from exc
+
+
+def csv_of_arrow(result: Any) -> tuple[bytes, list[str]]:
+    """An Arrow result as CSV rows (no header) written by Arrow's CSV writer, without a pandas round trip;
+    nested columns (lists, structs, maps) have no CSV spelling and are an invalid result."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    table = arrow_result_table(result).replace_schema_metadata(None)
+    nested = [f for f in table.schema if pa.types.is_nested(f.type)]
+    if nested:
+        raise InvalidResultError(
+            f"run() returned column {nested[0].name!r} as {nested[0].type}, which append_row_format=csv cannot "
+            "write (CSV holds scalar values): use append_row_format='jsonl' or 'parquet', or turn the column "
+            "into strings"
+        )
+    if table.num_columns == 0:
+        return b"", []
+    buffer = pa.BufferOutputStream()
+    pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    return buffer.getvalue().to_pybytes(), [str(n) for n in table.column_names]
 
 
 def _check_unique(names: list[str]) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, NamedTuple, Protocol
 
 from ..errors import ConfigError
 from . import encode, jsonl
-from .results import is_frame
+from .results import arrow_rows, is_frame
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -107,6 +107,8 @@ class TextFormat(LineFormat):
     separator: ClassVar[str] = " "
 
     def encode(self, result: Any) -> EncodedPart:
+        if arrow_rows(result) is not None:
+            result = encode.as_frame(result)
         if is_frame(result):
             text = result.to_csv(sep=" ", header=False, index=False, lineterminator="\n")
             return EncodedPart(text.encode("utf-8"), [str(c) for c in result.columns], None)
@@ -121,6 +123,9 @@ class CsvFormat(LineFormat):
     typed: ClassVar[bool] = False
 
     def encode(self, result: Any) -> EncodedPart:
+        if arrow_rows(result) is not None:  # Arrow's CSV writer: no pandas round trip
+            data, columns = encode.csv_of_arrow(result)
+            return EncodedPart(data, columns, None)
         frame = encode.as_frame(result)
         data = frame.to_csv(header=False, index=False, lineterminator="\n").encode("utf-8")
         return EncodedPart(data, [str(c) for c in frame.columns], None)
@@ -139,7 +144,12 @@ class JsonlFormat(LineFormat):
     typed: ClassVar[bool] = True
 
     def encode(self, result: Any) -> EncodedPart:
-        if not is_frame(result) and not (result and all(isinstance(item, dict) for item in result)):
+        arrow = arrow_rows(result) is not None
+        if (
+            not arrow
+            and not is_frame(result)
+            and not (result and all(isinstance(item, dict) for item in result))
+        ):
             return EncodedPart("".join(jsonl.json_line(item) for item in result).encode("utf-8"), [], None)
         table = encode.arrow_table(result)
         return EncodedPart(jsonl.jsonl_of(table), table.column_names, encode.schema_bytes(table.schema))

@@ -1,14 +1,15 @@
 """The run() result contract: what run() may return, and which items it says succeeded.
 
-A result is a list, a tuple or a pandas DataFrame. Two forms:
+A result is a list, a tuple, a pandas DataFrame or an Arrow result (a pyarrow Table or RecordBatch, or a
+list of them: their rows, in order, are the result's). Two forms:
 
-- **a count** (the Azure ParallelRunStep rule): its length is the number of items that succeeded and may
-  not exceed the mini-batch's items; the difference failed, without saying which.
+- **a count** (the Azure ParallelRunStep rule): its length (an Arrow result's rows) is the number of items
+  that succeeded and may not exceed the mini-batch's items; the difference failed, without saying which.
 - **per item**: a list or tuple with exactly one entry per input item, in input order, in which an entry
   that is an exception instance (what `asyncio.gather(..., return_exceptions=True)` gives) or an
   `ItemFailed("reason")` marks that item failed. The other entries are the successful items' results.
   The engine keeps the marked items' positions and their errors' text, never the objects: nothing of an
-  exception reaches the output file (or a pickle).
+  exception reaches the output file (or a pickle). An Arrow result is always a count.
 
 Anything else fails the attempt as RUN_INVALID_RESULT with `InvalidResultError`'s message. Checked in the
 entry-script process, before anything is written.
@@ -31,8 +32,49 @@ def is_frame(value: Any) -> TypeGuard[pd.DataFrame]:
     return pandas is not None and isinstance(value, pandas.DataFrame)
 
 
+def is_arrow(value: Any) -> bool:
+    """A pyarrow Table or RecordBatch? (If pyarrow is not imported yet, the value cannot be one.)"""
+    pyarrow = sys.modules.get("pyarrow")
+    return pyarrow is not None and isinstance(value, (pyarrow.Table, pyarrow.RecordBatch))
+
+
+def entry_types(result: Any) -> frozenset[type]:
+    """The types of a list or tuple result's entries, found at C speed (`map(type, ...)`): the checks below
+    look at the few types instead of calling isinstance on every entry of a million-item result."""
+    return frozenset(map(type, result)) if isinstance(result, (list, tuple)) else frozenset()
+
+
+def _is_arrow_type(kind: type) -> bool:
+    pyarrow = sys.modules.get("pyarrow")
+    return pyarrow is not None and issubclass(kind, (pyarrow.Table, pyarrow.RecordBatch))
+
+
+def arrow_rows(result: Any, types: frozenset[type] | None = None) -> int | None:
+    """The rows of an Arrow result (a Table, a RecordBatch, or a list or tuple holding any of them), None for
+    a result of another kind. A list mixing Tables or RecordBatches with other values is invalid: its
+    length would count tables and rows alike. `types`: the result's `entry_types`, when known."""
+    if is_arrow(result):
+        return int(result.num_rows)
+    if not isinstance(result, (list, tuple)):
+        return None
+    kinds = entry_types(result) if types is None else types
+    arrow = {kind for kind in kinds if _is_arrow_type(kind)}
+    if not arrow:
+        return None
+    others = kinds - arrow
+    if others:
+        other = next(item for item in result if type(item) in others)
+        raise InvalidResultError(
+            "run() returned a list mixing pyarrow Tables/RecordBatches with "
+            f"{type(other).__name__} values: return one Table, a list of Tables/RecordBatches (their rows "
+            "are the result), or a list of rows without any Table"
+        )
+    return sum(int(item.num_rows) for item in result)
+
+
 RESULT_TYPE_MESSAGE = (
-    "run() must return a list, a tuple or a pandas DataFrame: its length is the number of items that "
+    "run() must return a list, a tuple, a pandas DataFrame or a pyarrow Table (or a list of Tables/"
+    "RecordBatches): its length (a Table's rows) is the number of items that "
     "succeeded, and with output_action=append_row its elements (rows) are written to the output file. "
     "It returned {kind}."
 )
@@ -140,20 +182,26 @@ def _refused(value: Any, where: str) -> InvalidResultError:
 
 def check_result(result: Any, total: int) -> CheckedResult:
     """Validates a run() result: its successful entries, their count and the items it marked failed."""
-    if not isinstance(result, (list, tuple)) and not is_frame(result):
+    types = entry_types(result)
+    rows = arrow_rows(result, types)
+    if rows is None and not isinstance(result, (list, tuple)) and not is_frame(result):
         raise InvalidResultError(RESULT_TYPE_MESSAGE.format(kind=type(result).__name__))
-    count = len(result)
+    count = len(result) if rows is None else rows
     if count > total:
         raise InvalidResultError(
             f"run() returned {count} results for a mini-batch of {total} items; at most one result per "
             "input item is allowed, so the extra results would be miscounted. Return one element (row) per "
             "item that succeeded."
         )
+    if rows is not None:  # Arrow columns hold no Python objects, so no markers
+        return CheckedResult(result, count)
     if is_frame(result):
         _refuse_frame_markers(result)
         return CheckedResult(result, count)
-    marked = [i for i, value in enumerate(result) if isinstance(value, _MARKERS)]
-    _refuse_dict_markers(result)
+    has_markers = any(issubclass(kind, _MARKERS) for kind in types)
+    marked = [i for i, value in enumerate(result) if isinstance(value, _MARKERS)] if has_markers else []
+    if any(issubclass(kind, dict) for kind in types):
+        _refuse_dict_markers(result)
     if not marked:
         return CheckedResult(result, count)
     if count != total:

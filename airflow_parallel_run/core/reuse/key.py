@@ -31,8 +31,9 @@ from ..minibatch import MiniBatch, TabularSlice
 from ..output.formats import PART_ENCODING_VERSION
 
 #: Bumped whenever what a key means changes (what is hashed, or how a cached part is encoded), so
-#: entries written under the old meaning simply miss.
-KEY_FORMAT = 2
+#: entries written under the old meaning simply miss. 3: tabular inputs read by Arrow with one set of
+#: column types per job (`batch_format`, `column_types` in the key; nullable integer columns for pandas).
+KEY_FORMAT = 3
 
 #: Fields that do not enter the key, per class, each with the reason it cannot change a result.
 NOT_IN_KEY: dict[type, dict[str, str]] = {

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..attempt import AttemptStage, AttemptStatus
 from ..errors import DataChangedError
+from ..inputs.batch_format import read_batch
 from ..minibatch import MiniBatch
 from ..storage import is_local, local_path, write_atomic
 from .entry_script import ATTEMPT_OUTPUT_DIR, EntryScript
@@ -278,8 +279,8 @@ def _read(setup: Setup, message: Run, scratch: str) -> tuple[Any, int]:
     if message.partial is not None:
         from .rerun_items import read_selected
 
-        return read_selected(source, message.mini_batch, message.partial, scratch)
-    return source.read(message.mini_batch, scratch)  # type: ignore[no-any-return]
+        return read_selected(source, message.mini_batch, message.partial, scratch, setup.batch_format)
+    return read_batch(source, message.mini_batch, scratch, setup.batch_format)
 
 
 @dataclasses.dataclass(frozen=True)

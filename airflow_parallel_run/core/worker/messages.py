@@ -42,6 +42,7 @@ class Setup:
     output_dir: str  # the process's own output_dir outside run() (core/output/files.py)
     run_invocation_timeout: float = 60.0  # an async run() is cancelled after it, in the process itself
     max_concurrency: int = 1  # attempts the runner may have in flight here (async run() only)
+    batch_format: str = "pandas"  # what run() gets for a tabular mini-batch (core/inputs/batch_format.py)
 
 
 @dataclass(frozen=True)

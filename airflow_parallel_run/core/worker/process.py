@@ -199,6 +199,7 @@ class EntryProcess:
             output_dir=self.spec.process_files_url(self.node, self.name),
             run_invocation_timeout=self.spec.run_invocation_timeout,
             max_concurrency=self.spec.max_concurrency,
+            batch_format=self.spec.batch_format,
         )
         return self._await_init(self.request(setup, self.spec.run_invocation_timeout, stop_check))
 

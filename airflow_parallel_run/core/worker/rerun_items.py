@@ -21,8 +21,9 @@ import pickle
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..inputs.batch_format import read_batch
 from ..minibatch import MiniBatch
-from ..output.results import InvalidResultError, is_frame
+from ..output.results import InvalidResultError, is_arrow, is_frame
 from ..storage import write_atomic
 from .messages import PartialRun
 
@@ -36,14 +37,17 @@ def selected_batch(mini_batch: MiniBatch, partial: PartialRun | None) -> MiniBat
     return dataclasses.replace(mini_batch, files=files, items=len(files))
 
 
-def read_selected(source: Any, mini_batch: MiniBatch, partial: PartialRun, scratch: str) -> tuple[Any, int]:
-    """The items at `partial.positions` as run() gets them (local paths, or the DataFrame's rows with their
-    index), and the whole mini-batch's item count. Files: only those are read (downloaded)."""
+def read_selected(
+    source: Any, mini_batch: MiniBatch, partial: PartialRun, scratch: str, batch_format: str = "pandas"
+) -> tuple[Any, int]:
+    """The items at `partial.positions` as run() gets them (local paths, the DataFrame's rows with their
+    index, or the pyarrow Table's rows), and the whole mini-batch's item count. Files: only those are read
+    (downloaded)."""
     positions = list(partial.positions)
     if mini_batch.files:
         data, _count = source.read(selected_batch(mini_batch, partial), scratch)
         return data, mini_batch.items
-    data, total = source.read(mini_batch, scratch)
+    data, total = read_batch(source, mini_batch, scratch, batch_format)
     if any(p >= total for p in positions):
         raise InvalidResultError(
             f"mini-batch {mini_batch.index} has {total} items now, the previous job marked item "
@@ -51,6 +55,8 @@ def read_selected(source: Any, mini_batch: MiniBatch, partial: PartialRun, scrat
         )
     if is_frame(data):
         return data.iloc[positions], total
+    if is_arrow(data):
+        return data.take(positions), total
     return [data[i] for i in positions], total
 
 

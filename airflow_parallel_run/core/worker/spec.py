@@ -40,6 +40,7 @@ class JobSpec:
     load_timeout: float = 600.0
     resource_monitor_interval: float = 600.0
     storage_options: dict[str, object] = field(default_factory=dict)  # for output/staging/logs
+    batch_format: str = "pandas"  # what run() gets for a tabular mini-batch (core/inputs/batch_format.py)
     # a re-run of failed items: the mini-batches whose run() marked items failed run only those
     partial: Mapping[int, PartialRun] = field(default_factory=dict)
 
@@ -80,6 +81,7 @@ class JobSpec:
             max_concurrency=config.max_concurrency_per_process,
             resource_monitor_interval=float(config.resource_monitor_interval),
             storage_options=dict(storage_options),
+            batch_format=config.batch_format,
         )
 
     def files_url(self, index: int, attempt: int) -> str:

@@ -691,3 +691,21 @@ def test_deleting_a_page_start_in_the_middle_runs_the_pages_after_it(
     assert second["total_mini_batches"] == pages - 1
     assert len(calls_of(calls)) == pages - middle.index, "the merged page and every page after it"
     assert second["reused_mini_batches"] == middle.index - 1
+
+
+def test_pyarrow_batches_of_sql_rows(dask_client, engine, server, scores, write_script, tmp_path):
+    """batch_format="pyarrow": run() gets each keyset page as a pyarrow Table and may return one."""
+    script = write_script("""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        def run(mini_batch):
+            assert isinstance(mini_batch, pa.Table), type(mini_batch)
+            return pa.table({"id": mini_batch["id"], "score": pc.utf8_length(mini_batch["v"])})
+    """)
+    dataset = TabularDataset.from_sql_query(scores, url=server.url(), rows_per_mini_batch=100)
+    summary = job(script, tmp_path / "out", tmp_path / "calls", dataset, dask_client, batch_format="pyarrow")
+    assert summary["status"] == "succeeded" and summary["total_mini_batches"] > 3, summary
+    back = pd.read_csv(summary["append_row_file"])
+    assert back["id"].tolist() == list(range(1, 601))
+    assert back["score"].tolist() == [i % 7 + 1 for i in range(1, 601)]

@@ -4,7 +4,9 @@ engine as it was before its modules were rearranged.
 A key that changes silently makes every cache entry of every user a miss (the next run recomputes
 everything), and a planned slice that moves changes the keys of its mini-batch and of every later one.
 Each value below was computed once and written here; a change that moves one must say why and bump
-`KEY_FORMAT` instead of editing this file.
+`KEY_FORMAT` (then the values are written again, once). KEY_FORMAT 3: `batch_format` and an input's
+`column_types` entered the key, and tabular inputs are read by Arrow with one set of column types per job
+(nullable Int64/boolean columns for pandas), so results cached under 2 may differ and must miss.
 
 The inputs live on fsspec's in-memory file system, so their URLs (which are in the keys) and their
 fingerprints (xxh3 of the bytes: the store has no content identity) are the same on every machine.
@@ -245,7 +247,7 @@ def planned_slices(root: str) -> dict[str, list[list[Any]]]:
 
 GOLDEN_JOB_KEYS: dict[str, Any] = {
     "defaults": {
-        "cache_key": "7ce9fb6572f32a6a25129d4b872c395c",
+        "cache_key": "1f1033cd9d555a1ac3231c573acd0acd",
         "digests": {
             "code": {
                 "lib/util.py": "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
@@ -257,7 +259,7 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
             "environment_variables": "44136fa355b3678a1146ad16f7e8649e",
             "output": "0d530f497b680cf580cf8163f70b158f",
             "partition_keys": "4f53cda18c2baa0c0354bb5f9a3ecbe5",
-            "settings": {},
+            "settings": {"batch_format": "0a6934e28a6bb591c4542051ac4f02f7"},
             "read_options": [
                 {
                     "format": "82cacb7d3298441d7e03e0d916f2417f",
@@ -265,12 +267,13 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
                     "header": "b5bea41b6c623f7c09f1bf24dcae58eb",
                     "encoding": "d98383a6cb0943d0f3b771d8bf29de73",
                     "partition_format": "74234e98afe7498fb5daf1f36ac2d78a",
+                    "column_types": "74234e98afe7498fb5daf1f36ac2d78a",
                 }
             ],
         },
     },
     "many": {
-        "cache_key": "8fcbeb0134dc5b3e63584d65b4b4dfdf",
+        "cache_key": "b8c25148987b8cc310d5a3e315e9f547",
         "digests": {
             "code": {
                 "lib/util.py": "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
@@ -282,7 +285,7 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
             "environment_variables": "7edb0ee6ed85b8888b3e4e2fbbb7dbae",
             "output": "c80bc226fca3e917f128b58b087deb1d",
             "partition_keys": "cec35d191f4a2ca2e8d72e0d763c69a3",
-            "settings": {},
+            "settings": {"batch_format": "0a6934e28a6bb591c4542051ac4f02f7"},
             "read_options": [
                 {
                     "format": "82cacb7d3298441d7e03e0d916f2417f",
@@ -290,12 +293,13 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
                     "header": "b5bea41b6c623f7c09f1bf24dcae58eb",
                     "encoding": "d98383a6cb0943d0f3b771d8bf29de73",
                     "partition_format": "74234e98afe7498fb5daf1f36ac2d78a",
+                    "column_types": "74234e98afe7498fb5daf1f36ac2d78a",
                 }
             ],
         },
     },
     "parquet": {
-        "cache_key": "bb421289de1b5a05e5008c30c0d9bd8a",
+        "cache_key": "72e93e60ed87dc9116d791a927643f98",
         "digests": {
             "code": {
                 "lib/util.py": "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
@@ -307,7 +311,7 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
             "environment_variables": "44136fa355b3678a1146ad16f7e8649e",
             "output": "4419f0be79c42304dd5ae5e5ffaa8334",
             "partition_keys": "4f53cda18c2baa0c0354bb5f9a3ecbe5",
-            "settings": {},
+            "settings": {"batch_format": "0a6934e28a6bb591c4542051ac4f02f7"},
             "read_options": [
                 {
                     "format": "82cacb7d3298441d7e03e0d916f2417f",
@@ -315,12 +319,13 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
                     "header": "b5bea41b6c623f7c09f1bf24dcae58eb",
                     "encoding": "d98383a6cb0943d0f3b771d8bf29de73",
                     "partition_format": "74234e98afe7498fb5daf1f36ac2d78a",
+                    "column_types": "74234e98afe7498fb5daf1f36ac2d78a",
                 }
             ],
         },
     },
     "summary_only": {
-        "cache_key": "aad6e38437108e05ebfc0e2f6cbbf703",
+        "cache_key": "deab0b0a32b3b554178de3737882d7ae",
         "digests": {
             "code": {
                 "lib/util.py": "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
@@ -332,7 +337,7 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
             "environment_variables": "44136fa355b3678a1146ad16f7e8649e",
             "output": "776f6c8bf5b768ee20c972d85d299d03",
             "partition_keys": "4f53cda18c2baa0c0354bb5f9a3ecbe5",
-            "settings": {},
+            "settings": {"batch_format": "0a6934e28a6bb591c4542051ac4f02f7"},
             "read_options": [
                 {
                     "format": "82cacb7d3298441d7e03e0d916f2417f",
@@ -340,62 +345,63 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
                     "header": "b5bea41b6c623f7c09f1bf24dcae58eb",
                     "encoding": "d98383a6cb0943d0f3b771d8bf29de73",
                     "partition_format": "74234e98afe7498fb5daf1f36ac2d78a",
+                    "column_types": "74234e98afe7498fb5daf1f36ac2d78a",
                 }
             ],
         },
     },
 }
 GOLDEN_MINI_BATCH_KEYS: dict[str, str] = {
-    "files": "18f081f047e0db4baa114a7fdce840f5c6103712",
-    "partition": "5bd19b935edf924d203615c7abe20f6051650617",
-    "remote": "1e6e4a5c6a07d1c9eba7e0b86db97fbe1b3efeaf",
-    "csv": "9a99623965e8a888e5d2452101bb8cecb4e775a9",
-    "jsonl": "c6a510c1e63554d813a826efc619786c5f56ca59",
-    "parquet": "419e6a5d218fb2bb45d182dd34f69730e86bbfdb",
+    "files": "0b85bf649d1b8dc81658ed4cc9cd805454ce99f0",
+    "partition": "a1b8f5f69c6fb793b0aeaa67b96411df5d43de08",
+    "remote": "30cb4fdceb296a18f030d99df014833cd153441b",
+    "csv": "dbe1fed7dadbc09d383a1fd932a16a586756cf2c",
+    "jsonl": "56a61a2ad140c95af7d6799324f673e63f619471",
+    "parquet": "47b6566f5c343b3fd9a6fc2bb45173f49a16866b",
 }
 GOLDEN_DRIVER_KEYS: dict[str, Any] = {
     "files": {
-        "cache_key": "3f1248771a1e70878c8d9906ffe954c9",
+        "cache_key": "903427c5983dfa8f4f90336ff29fac51",
         "keys": [
-            "dc4b7eecd1ec967eb91fd38eb67fadb86ff8f54c",
-            "492946d377a30cfbe6be581b6eee4d62be6710ac",
-            "1ebcaf41fa593dee3f9328ba45ffb02d6fb45db7",
+            "0ef7ba8a13f5674c4c52d9a683e30202a0b702c9",
+            "ec7f28a74602452ffffbc284621812b19aa1d828",
+            "5c5916fe3b1d4feccf864fa82475c88d99ab4168",
         ],
     },
     "partitioned": {
-        "cache_key": "c02fe7eb7649013eb453638ef50deb0a",
+        "cache_key": "6976c545db30fd4458dc0f73584107d5",
         "keys": [
-            "8188a0155640be33df83c54eb7c42a3caa4edc61",
-            "a41b60914fa23705feefd6e44376e9039c5909d3",
-            "caa675d844466584a062f7640f3ae4a6c5352cef",
-            "e072a7fe87e667252ba870d1cd0d662efae1ce7b",
-            "ab10d7fdfb99362623af67d596548b11580b1c1a",
-            "8d384bbec425ed79855069c33e14dd0d8c5bbaf2",
-            "e7d9e374f1554f01bf9a90156bec7a5cd8a25c6f",
+            "f221578cf55a4ec2ed1e6d48332fbf29265cbd7c",
+            "7f47e0343042054d72efbeda2484f8ea488426c6",
+            "8f2f2f432ea95d5a3cb8984147aed4eb7e21f498",
+            "95904e14bce4f486034e72c3b296ee3baf7af78f",
+            "66e927901fe5d9ee547f0aa7bbba53ab91499df0",
+            "eb3dc1e02ceb4df5c97542b20079fa6bcbf4ee58",
+            "ea93fd005893ecbd6824b9480f2557b80778f7c5",
         ],
     },
     "csv": {
-        "cache_key": "3f1248771a1e70878c8d9906ffe954c9",
+        "cache_key": "903427c5983dfa8f4f90336ff29fac51",
         "keys": [
-            "cab3088015eaf3ba5673f5d624de5170cea37e32",
-            "1adbeed568e54f96fb42ed433be75e00c73575be",
-            "e529caa26ddc92b805dfe21f3c4b8452479b52d9",
-            "93f4a4857e610c7368c3aff0941f199bedd3f829",
-            "6954b84de599a270b4ed1505068e552727add20c",
-            "99c1c9d0444447cbf698fb27dc961191a72f81c6",
-            "70d6c6daeafc0bf48dc57aea95b105abf27d04b4",
-            "8d8fdd7b416f1639a511678ef45767d0b69454f1",
+            "5fb401de83ab49be6b23be60da6ecee928179d56",
+            "4c44b4e5c45a27a72a1a5e1f8a4fdf954c81ee68",
+            "d0b4a44c3540213ea081f9cf3e476220543c59c9",
+            "a1456c7eb1c71e486dfc307aed266dbaae11fda1",
+            "0b4d85452b2289dbb062e8b601da24032cfd6611",
+            "67488b0013502f87e9385a2b403890c239ae401c",
+            "beb438e5ed6760b74713cee90d9f848787443b0f",
+            "b9e5f8adcb598009427523dcb6b98937e6d7889f",
         ],
     },
     "jsonl": {
-        "cache_key": "3f1248771a1e70878c8d9906ffe954c9",
+        "cache_key": "903427c5983dfa8f4f90336ff29fac51",
         "keys": [
-            "bbb557bf563a75798bca02b2ae5aab5e2bb00076",
-            "faf8e85dfd848ad1b35e7a89831e9471181641b2",
-            "461c792f977e4fadb6b2d5fcf85be50572705623",
-            "9e43c7d4941862f02b6cb3f29aac03fc6e370bfb",
-            "680a2925fba60e9d19c01d48aa4670261cd0adb1",
-            "e72e9d9247a0db6a208f9ab811bfebadc2d7a48e",
+            "4e3e9055f5c5174996e738ff6437c5876531c3ec",
+            "39082f6bc6849cc7458687b35b746df10da97f3a",
+            "e45908d7712eca84f2a133cdc5f2fe23f37aa00e",
+            "55c74ac3e22dda7fb1f7b769ff50f64073e70dde",
+            "2ae49cc459ea6d7020591fa5b546955257a5aa6f",
+            "10ace0735eaccd920918b64e6415f4dd942ed58d",
         ],
     },
 }

@@ -642,3 +642,31 @@ def test_a_mini_batch_whose_run_wrote_files_reruns_whole_and_its_entry_keeps_eve
     assert {p.name: p.read_text() for p in (tmp_path / "again").glob("*.out")} == expected, (
         "a job reusing the re-run's entries lost files run() wrote"
     )
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+def test_a_rerun_of_items_gives_run_the_selected_rows_in_its_batch_format(
+    tmp_path: Path, batch_format: str
+) -> None:
+    """batch_format="pyarrow": the failed items of a tabular mini-batch are the Table's rows at their
+    positions (the re-run read the mini-batch as a DataFrame, whatever the job's batch format)."""
+    import pyarrow as pa
+
+    from airflow_parallel_run.core.plan import plan_inputs
+    from airflow_parallel_run.core.worker.messages import PartialRun
+    from airflow_parallel_run.core.worker.rerun_items import read_selected
+
+    (tmp_path / "t.csv").write_text("id,name\n1,a\n2,b\n3,c\n4,d\n")
+    dataset = TabularDataset.from_delimited_files(str(tmp_path / "t.csv"))
+    [batch] = list(plan_inputs([dataset], 10**9))
+    data, total = read_selected(
+        dataset.with_column_types([batch]), batch, PartialRun((1, 3)), str(tmp_path), batch_format
+    )
+    assert total == 4
+    if batch_format == "pyarrow":
+        assert isinstance(data, pa.Table) and data.to_pylist() == [
+            {"id": 2, "name": "b"},
+            {"id": 4, "name": "d"},
+        ]
+    else:
+        assert data["id"].tolist() == [2, 4] and data["name"].tolist() == ["b", "d"]

@@ -48,7 +48,7 @@ def test_a_new_config_field_enters_the_key(tmp_path: Path) -> None:
     assert key_fields(one)["new_knob"] == 1
     components = [job_components(c, {"score.py": "h"}, [], {}) for c in (one, two)]
     assert components[0] != components[1]
-    assert components[0]["settings"] == {"new_knob": 1}
+    assert components[0]["settings"] == {"batch_format": "pandas", "new_knob": 1}
 
 
 def _config_values(script: str, src: Path) -> dict[str, tuple[Any, Any]]:
@@ -65,6 +65,7 @@ def _config_values(script: str, src: Path) -> dict[str, tuple[Any, Any]]:
         "output_action": ("append_row", "summary_only"),
         "append_row_file_name": ("parallel_run_step.txt", "out.txt"),
         "append_row_format": ("text", "csv"),
+        "batch_format": ("pandas", "pyarrow"),
         "node_count": (1, 2),
         "process_count_per_node": (None, 2),
         "max_concurrency_per_process": (1, 4),
@@ -108,6 +109,8 @@ def test_each_config_field_changes_the_key_exactly_when_it_is_not_excluded(tmp_p
         ("encoding", "utf-8", "latin-1"),
         ("partition_format", None, "{user}/x.csv"),
         ("format", "csv", "jsonl"),
+        ("column_types", None, {"zip": "string"}),
+        ("column_types", {"zip": "int64"}, {"zip": "string"}),
     ],
 )
 def test_read_options_change_every_mini_batch_key(field: str, first: object, second: object) -> None:
