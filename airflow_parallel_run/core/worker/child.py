@@ -324,6 +324,7 @@ def _run_one(
     run: Any, with_context: bool, message: Run, data: Any, total: int, setup: Setup, watch: OutputDirWatch
 ) -> Done | Failed:
     """run() on one mini-batch's data, its result checked and (append_row) written as its part."""
+    from ..output.files import drop_if_empty
     from ..output.results import InvalidResultError
 
     cpu_started = time.process_time()
@@ -337,6 +338,8 @@ def _run_one(
         finally:
             _point_output_dir(setup.output_dir)
             files, uncacheable = watch.finish(message.files_url)
+            if not files:
+                drop_if_empty(message.files_url)
         written = _write_result(result, message, total, setup)
     except InvalidResultError as exc:
         return Failed(AttemptStatus.RUN_INVALID_RESULT, AttemptStage.RUN, str(exc), str(exc) + "\n")
