@@ -227,7 +227,7 @@ def _shutdown(module: types.ModuleType, loop: asyncio.AbstractEventLoop) -> None
 
 def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: asyncio.AbstractEventLoop) -> None:
     """Answers `Run` messages until `Shutdown` (or the runner is gone)."""
-    from ..output.files import OutputDirWatch
+    from ..output.files import OutputDirWatch, drop_if_empty
 
     if is_async(module.run):
         loop.run_until_complete(_serve_async(conn, module, setup))
@@ -255,7 +255,10 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: async
                 continue
             mini_batch = message.mini_batch
             conn.send(Loaded(mini_batch.index, message.attempt, total, time.monotonic() - load_started))
-            conn.send(_keyed(_run_one(module.run, with_context, message, data, total, setup, watch), message))
+            answer = _run_one(module.run, with_context, message, data, total, setup, watch)
+            conn.send(_keyed(answer, message))
+            if isinstance(answer, Done) and not answer.files:  # after the answer: off the attempt's path
+                drop_if_empty(message.files_url)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             sys.stdout.flush()
@@ -324,7 +327,6 @@ def _run_one(
     run: Any, with_context: bool, message: Run, data: Any, total: int, setup: Setup, watch: OutputDirWatch
 ) -> Done | Failed:
     """run() on one mini-batch's data, its result checked and (append_row) written as its part."""
-    from ..output.files import drop_if_empty
     from ..output.results import InvalidResultError
 
     cpu_started = time.process_time()
@@ -338,8 +340,6 @@ def _run_one(
         finally:
             _point_output_dir(setup.output_dir)
             files, uncacheable = watch.finish(message.files_url)
-            if not files:
-                drop_if_empty(message.files_url)
         written = _write_result(result, message, total, setup)
     except InvalidResultError as exc:
         return Failed(AttemptStatus.RUN_INVALID_RESULT, AttemptStage.RUN, str(exc), str(exc) + "\n")
