@@ -7,9 +7,13 @@ maps the same function over the same one-file lists and gathers the results. Eac
 fresh output folder and cache folder with `allow_reuse=False`, so nothing is reused. Samples are
 interleaved (engine, dask, engine, dask, ...) and compared by their medians.
 
-Reported: engine time / raw Dask time (target <= 1.5x), and engine seconds per mini-batch (wall
+Reported: engine time / raw Dask time (target <= 1.25x), and engine seconds per mini-batch (wall
 time x processes / mini-batches, i.e. process-seconds spent per mini-batch) against the ~0.05 s per
-mini-batch quoted for Azure ParallelRunStep (issue 10).
+mini-batch quoted for Azure ParallelRunStep.
+
+Also reported (this engine, every run): the per-mini-batch orchestration latency p50/p99, from the
+driver's submit to the node log's "picked" line, and from the node log's "completed" line to the
+driver booking the result (`orchestration_latency_ms`), and each side's min/max (`engine_spread`).
 
 Diagnostic third side ("engine_tasks"): the engine's own worker task (`worker.attempt.run_mini_batch`, an
 entry-script process per worker thread, its job's worker plugin registered once) mapped over the same plan
@@ -30,10 +34,15 @@ Usage: .venv/bin/python bench/overhead_bench.py [--quick] [--mini-batches 2000] 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
+import glob
 import json
 import os
+import re
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import benchlib
@@ -47,6 +56,73 @@ SCRIPT = "def run(mini_batch):\n    return list(mini_batch)\n"
 def noop(mini_batch: list[str]) -> list[str]:
     """The raw Dask peer's task: the entry script's run(), as a plain function."""
     return list(mini_batch)
+
+
+_NODE_LINE = re.compile(
+    r"^(?P<ts>[\d-]+ [\d:.]+)\|.*?\|(?P<what>picked|completed) mini-batch (?P<mb>\d+) attempt 1\b"
+)
+
+
+@contextlib.contextmanager
+def _orchestration_clock(marks: dict[str, dict[int, float]]) -> Iterator[None]:
+    """Notes, in the driver, when each mini-batch is submitted to Dask and when the driver books its result
+    (wall clock, as the node logs): wraps the engine's `AttemptStream.submit` / `next_batch` for one run.
+    Diagnostic only; without those names (another engine version) nothing is noted."""
+    try:
+        from airflow_parallel_run.core.driver.attempts import AttemptStream
+    except ImportError:
+        yield
+        return
+    submit, next_batch = AttemptStream.submit, AttemptStream.next_batch
+
+    def timed_submit(stream: Any, attempts: Any, workers: Any = None) -> None:
+        attempts = list(attempts)
+        when = time.time()
+        for mb, _attempt in attempts:
+            marks["dispatched"].setdefault(mb.index, when)
+        submit(stream, attempts, workers)
+
+    def timed_next_batch(stream: Any, *args: Any, **kwargs: Any) -> Any:
+        booked = next_batch(stream, *args, **kwargs)
+        when = time.time()
+        for mb, _attempt, _result in booked:
+            marks["booked"].setdefault(mb.index, when)
+        return booked
+
+    AttemptStream.submit, AttemptStream.next_batch = timed_submit, timed_next_batch  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        AttemptStream.submit, AttemptStream.next_batch = submit, next_batch  # type: ignore[method-assign]
+
+
+def orchestration_latency(logs_dir: str, marks: dict[str, dict[int, float]]) -> dict[str, list[float]]:
+    """Per mini-batch, in ms: dispatch (driver submit) -> start in the process (node log "picked"), and
+    end in the process (node log "completed") -> booked by the driver. Node log times are UTC, to the ms."""
+    seen: dict[str, dict[int, float]] = {"picked": {}, "completed": {}}
+    for path in glob.glob(os.path.join(logs_dir, "sys", "node", "*", "*.txt")):
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                match = _NODE_LINE.match(line)
+                if match:
+                    when = dt.datetime.strptime(match["ts"], "%Y-%m-%d %H:%M:%S.%f").replace(
+                        tzinfo=dt.timezone.utc
+                    )
+                    seen[match["what"]][int(match["mb"])] = when.timestamp()
+    start = [(seen["picked"][i] - t) * 1000 for i, t in marks["dispatched"].items() if i in seen["picked"]]
+    end = [(t - seen["completed"][i]) * 1000 for i, t in marks["booked"].items() if i in seen["completed"]]
+    return {"dispatch_to_start_ms": start, "end_to_booked_ms": end}
+
+
+def _percentiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {
+        "p50": round(statistics.median(ordered), 2),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+        "n": len(ordered),
+    }
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
@@ -69,23 +145,28 @@ class _Engine:
         )
         self.counter = iter(range(1_000_000))
         self.setup: list[float] = []
+        self.latency: dict[str, list[float]] = {"dispatch_to_start_ms": [], "end_to_booked_ms": []}
 
     def run(self) -> float:
         from airflow_parallel_run.core import FileDataset, run_job
 
         n = next(self.counter)
         marks: dict[str, float] = {}
-        t0 = time.perf_counter()
-        summary = run_job(
-            self.config,
-            [FileDataset.from_files(self.data)],
-            str(self.root / f"out{n}"),
-            client=self.client,
-            cache_dir=str(self.root / f"cache{n}"),
-            allow_reuse=False,
-            on_driver=lambda _driver: marks.setdefault("driver", time.perf_counter()),
-        )
-        seconds = time.perf_counter() - t0
+        clock: dict[str, dict[int, float]] = {"dispatched": {}, "booked": {}}
+        with _orchestration_clock(clock):
+            t0 = time.perf_counter()
+            summary = run_job(
+                self.config,
+                [FileDataset.from_files(self.data)],
+                str(self.root / f"out{n}"),
+                client=self.client,
+                cache_dir=str(self.root / f"cache{n}"),
+                allow_reuse=False,
+                on_driver=lambda _driver: marks.setdefault("driver", time.perf_counter()),
+            )
+            seconds = time.perf_counter() - t0
+        for name, values in orchestration_latency(str(self.root / f"out{n}" / "logs"), clock).items():
+            self.latency[name] += values
         assert summary["status"] == "succeeded", summary
         assert summary["succeeded_items"] == self.count and summary["reused_mini_batches"] == 0, summary
         self.setup.append(marks.get("driver", t0) - t0)
@@ -190,7 +271,7 @@ def main() -> None:
         Ratio(
             "engine / raw Dask",
             med["engine"] / med["dask_client_map"],
-            1.5,
+            1.25,
             "<=",
             f"{count} no-op mini-batches (mini_batch_size=1, 2 processes): run_job vs Client.map, same cluster",
         ),
@@ -235,6 +316,13 @@ def main() -> None:
         "dask_seconds_per_mini_batch": round(per_mb_dask, 5),
         "engine_wall_ms_per_mini_batch": round(med["engine"] * 1000 / count, 3),
         "engine_setup_s_median": round(sorted(setup)[len(setup) // 2], 3) if setup else None,
+        "engine_spread": {
+            side: {"min": round(min(v), 3), "max": round(max(v), 3)} for side, v in samples.items() if v
+        },
+        "orchestration_latency_ms": {name: _percentiles(v) for name, v in this.latency.items()},
+        "orchestration_note": "per mini-batch, every engine run: dispatch_to_start = driver submit -> node log "
+        "'picked' (Dask scheduling, the worker's queue, the lease of the process); end_to_booked = node log "
+        "'completed' -> the driver's next_batch returns it (result transfer, the driver loop's turn)",
         "note": "engine_setup_s = run_job start until the JobDriver exists (listing, planning, fingerprints)",
         "engine_path": benchlib.engine_path(),
         "other_engine_path": other.engine_path if other is not None else None,

@@ -31,6 +31,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "planning": ("planning_bench.py", "planning"),
     "reuse": ("reuse_bench.py", "reuse"),
     "io_bound": ("io_bound_bench.py", "io_bound"),
+    "scale": ("scale_bench.py", "scale"),
     "airflow": ("airflow_bench.py", "airflow"),
 }
 

@@ -228,7 +228,7 @@ def _shutdown(module: types.ModuleType, loop: asyncio.AbstractEventLoop) -> None
 
 def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: asyncio.AbstractEventLoop) -> None:
     """Answers `Run` messages until `Shutdown` (or the runner is gone)."""
-    from ..output.files import OutputDirWatch
+    from ..output.files import OutputDirWatch, drop_if_empty
 
     if is_async(module.run):
         loop.run_until_complete(_serve_async(conn, module, setup))
@@ -256,7 +256,10 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: async
                 continue
             mini_batch = message.mini_batch
             conn.send(Loaded(mini_batch.index, message.attempt, total, time.monotonic() - load_started))
-            conn.send(_keyed(_run_one(module.run, with_context, message, data, total, setup, watch), message))
+            answer = _run_one(module.run, with_context, message, data, total, setup, watch)
+            conn.send(_keyed(answer, message))
+            if isinstance(answer, Done) and not answer.files:  # after the answer: off the attempt's path
+                drop_if_empty(message.files_url)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             sys.stdout.flush()
