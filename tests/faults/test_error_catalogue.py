@@ -38,6 +38,20 @@ from airflow_parallel_run.core.output.schema import JobSchema
 from airflow_parallel_run.core.plan import plan
 
 
+def _read_jsonl_job(text: str, column_types: dict[str, str], sample: bool = True) -> None:
+    """Every mini-batch of a JSON Lines job read as a worker reads it (`sample=False`: the job's types are
+    exactly `column_types`, as when the first file's start lacks a field)."""
+    from airflow_parallel_run.core.inputs.batch_format import read_batch
+    from airflow_parallel_run.core.plan import plan_inputs
+
+    Path("scores.jsonl").write_text(text)
+    dataset = TabularDataset.from_json_lines_files("scores.jsonl", column_types=column_types)
+    batches = list(plan_inputs([dataset], 10))
+    job_input = dataset.with_column_types(batches) if sample else dataset
+    for batch in batches:
+        read_batch(job_input, batch, ".", "pandas")
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -253,6 +267,12 @@ CASES = [
         "column_types={'zip': 'text'} is not allowed: Arrow type names (int64, float64, string, bool, "
         "timestamp[s], date32, ...); 'text' for column 'zip' is not one",
     ),
+    Case(
+        "column_types a type JSON Lines cannot be",
+        lambda: TabularDataset.from_json_lines_files("rows.jsonl", column_types={"raw": "binary"}),
+        "column_types={'raw': 'binary'} is not allowed: for JSON Lines, int*/uint*, float*, bool, string, "
+        "timestamp[...], date32/date64 or object (nested or mixed values kept as they are); 'binary' is not one",
+    ),
     # 2. inputs
     Case(
         "mixed input types",
@@ -337,6 +357,24 @@ CASES = [
         "/data/rows.csv.gz: gzip-compressed csv is not supported: tabular files are split into mini-batches by "
         "byte ranges, which a compressed stream does not allow; decompress the file first (Parquet compresses "
         "internally and splits by row groups)",
+        InputError,
+    ),
+    Case(
+        "jsonl value outside its field's type",
+        lambda: _read_jsonl_job('{"v": 1}\n{"v": 1.5}\n', {"v": "int64"}),
+        "/data/scores.jsonl bytes [<start>, <end>): field 'v' is int64 for every mini-batch of the job (decided "
+        "once from the start of the first file, or given with column_types), but line 2 has 1.5 (float), which "
+        "is not converted silently; give this field's type, e.g. TabularDataset.from_json_lines_files(..., "
+        "column_types={'v': 'float64'})",
+        InputError,
+    ),
+    Case(
+        "jsonl field without a type",
+        lambda: _read_jsonl_job('{"v": 1}\n{"v": 2, "note": "late"}\n', {"v": "int64"}, sample=False),
+        "/data/scores.jsonl bytes [<start>, <end>): field 'note' (line 2) was not in the first 1 MiB of the "
+        "first file, from which the job's field types are decided, nor in column_types, so it has no type that "
+        "every mini-batch reads it with; give its type, e.g. TabularDataset.from_json_lines_files(..., "
+        "column_types={'note': 'string'})",
         InputError,
     ),
     Case(

@@ -118,7 +118,7 @@ class JobDriver:
         )
         self.plan: Plan = planned if planned is not None else plan(self.inputs, config)
         config.check_batch_format(self.plan.kind)
-        # csv: one set of column types for every slice, decided before the reuse key is (it enters it)
+        # csv/jsonl: one set of column types for every slice, decided before the reuse key is (it enters it)
         self.inputs = with_read_types(self.inputs, list(self.plan))
         output_file = config.output_file_name if config.output_action == "append_row" else None
         self.folder = OutputFolder(output_path, self.storage_options, output_file)

@@ -41,8 +41,9 @@ class TabularDataset(PathInput):
     encoding: str = "utf-8"
     partition_format: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # credentials
-    # csv: column name -> Arrow type name for every slice; the rest are inferred once per job from the first
-    # file (core/inputs/tabular_types.py), so every mini-batch reads a column as the same type
+    # csv/jsonl: column name -> Arrow type name (jsonl: or "object") for every slice; the rest are inferred
+    # once per job from the first file (core/inputs/tabular_types.py, tabular_jsonl.py), so every
+    # mini-batch reads a column as the same type
     column_types: Mapping[str, str] | None = None
 
     kind: ClassVar[str] = "tabular"
@@ -54,15 +55,15 @@ class TabularDataset(PathInput):
             raise ConfigError("separator", self.separator, "one character other than a quote or a newline")
         check_partition_format(self.partition_format)
         if self.column_types is not None:
-            if self.format != "csv":
+            if self.format == "parquet":
                 raise ConfigError(
                     "column_types",
                     self.column_types,
-                    "None for a csv input only (Parquet and JSON carry their types)",
+                    "None for a Parquet input (Parquet carries its types); given for csv and jsonl only",
                 )
             from .tabular_types import check_column_types
 
-            object.__setattr__(self, "column_types", check_column_types(self.column_types))
+            object.__setattr__(self, "column_types", check_column_types(self.column_types, self.format))
 
     @classmethod
     def from_delimited_files(
@@ -109,13 +110,17 @@ class TabularDataset(PathInput):
         encoding: str = "utf-8",
         partition_format: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        column_types: Mapping[str, str] | None = None,
     ) -> TabularDataset:
+        """`column_types` ({"score": "float64", "tags": "object"}) fixes the type of those fields; the
+        others are decided once from the start of the first file (core/inputs/tabular_jsonl.py)."""
         return cls(
             as_paths(path, "path"),
             "jsonl",
             encoding=encoding,
             partition_format=partition_format,
             storage_options=dict(storage_options or {}),
+            column_types=dict(column_types) if column_types is not None else None,
         )
 
     @classmethod
@@ -157,7 +162,7 @@ class TabularDataset(PathInput):
                     yield ctx.batch(piece.rows, slices=(piece,))
 
     def with_column_types(self, batches: Sequence[MiniBatch]) -> TabularDataset:
-        """This input with the column types every slice is read with (csv; core/inputs/tabular_types.py)."""
+        """This input with the column types every slice is read with (csv, jsonl; core/inputs/tabular_types.py)."""
         from .tabular_types import resolve_column_types
 
         return resolve_column_types(self, batches)

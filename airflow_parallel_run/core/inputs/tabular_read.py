@@ -26,6 +26,8 @@ from ..errors import InputError
 from ..minibatch import TabularSlice
 from ..storage import is_local
 from .tabular import TabularDataset
+from .tabular_jsonl import OBJECT, Records, decide_types, parse_records, read_range_records, typed_array
+from .tabular_jsonl import columns as jsonl_columns
 from .tabular_scan import _NL, _UTF8_BOM, _blank_bytes, _is_utf8, _QuoteTracker
 from .tabular_types import arrow_types, convert_options, parse_options, read_options
 
@@ -39,19 +41,15 @@ def read_tabular(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pd.
     Adjacent slices of the same file are read with one range request and parsed once; every CSV slice gets
     the names of the file's header [0, header_end). csv and parquet are read
     as Arrow and converted once (`read_tabular_table`); a csv without a header keeps pandas' column names
-    0, 1, ...
+    0, 1, ... JSON Lines records are typed with the job's field types (`_read_jsonl`).
     """
     if dataset.format != "jsonl":
         frame = to_pandas(read_tabular_table(slices, dataset))
         if dataset.format == "csv" and not dataset.header:
             frame.columns = list(range(frame.shape[1]))
         return frame
-    frames = [_read_jsonl_group(group, dataset) for group in _coalesce(slices)]
-    if not frames:
-        return pd.DataFrame()
-    if len(frames) == 1:
-        return frames[0].reset_index(drop=True)
-    return pd.concat(frames, ignore_index=True)
+    jsonl: pd.DataFrame = _read_jsonl(slices, dataset, as_pandas=True)
+    return jsonl
 
 
 def to_pandas(table: pa.Table) -> pd.DataFrame:
@@ -78,10 +76,10 @@ _NULLABLE = {
 def read_tabular_table(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pa.Table:
     """The given slices as one pyarrow Table, in order: Parquet row groups as stored (no copy), CSV parsed
     by Arrow with the dataset's `column_types` (the same for every slice, core/inputs/tabular_types.py),
-    JSON Lines as pandas reads them, converted."""
+    JSON Lines with the job's field types (core/inputs/tabular_jsonl.py)."""
     if dataset.format == "jsonl":
-        frame = read_tabular(slices, dataset)
-        return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+        table: pa.Table = _read_jsonl(slices, dataset, as_pandas=False)
+        return table
     tables = [_read_group(group, dataset) for group in _coalesce(slices)]
     if not tables:
         return pa.table({})
@@ -173,7 +171,7 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pa.Table:
     raise InputError(f"{first.url}: unsupported tabular format {first.format!r}")
 
 
-def _read_jsonl_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.DataFrame:
+def _jsonl_bytes(group: list[TabularSlice], dataset: TabularDataset) -> tuple[bytes, str]:
     first, last = group[0], group[-1]
     fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
     start, end = first.start, last.end
@@ -186,17 +184,63 @@ def _read_jsonl_group(group: list[TabularSlice], dataset: TabularDataset) -> pd.
         raise InputError(f"{where}: the file is shorter than planned (did it change after planning?)")
     if start == 0 and data.startswith(_UTF8_BOM) and _is_utf8(dataset.encoding):
         data = data[3:]  # the JSON parser does not skip a byte order mark
+    return data, where
+
+
+def read_jsonl_sample(slices: Sequence[TabularSlice], dataset: TabularDataset, limit: int) -> Records:
+    """The records of the first `limit` bytes of consecutive slices of one file (whole lines; at least the
+    first record), for deciding the job's field types; lines that do not parse are left out (their slice
+    fails when it is read)."""
+    first, last = slices[0], slices[-1]
+    fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
+    where = f"{first.url} bytes [{first.start}, {last.end})"
     try:
-        # Values as JSON typed them: dtype=False turns off pandas' guessing, which made "01234" the number
-        # 1234 and turned columns named like dates (`date`, `*_at`, `modified`, ...) into timestamps;
-        # precise_float keeps every float exactly as written.
-        return pd.read_json(
-            io.BytesIO(data), lines=True, encoding=dataset.encoding, dtype=False, precise_float=True
+        data = _read_range(fs, path, first.start, min(last.end, first.start + limit))
+        if first.start + limit < first.end:
+            cut = data.rfind(b"\n")
+            data = data[: cut + 1] if cut >= 0 else _read_range(fs, path, first.start, first.end)
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read: {exc}") from exc
+    if first.start == 0 and data.startswith(_UTF8_BOM) and _is_utf8(dataset.encoding):
+        data = data[3:]
+    return parse_records(data, dataset, where, strict=False)
+
+
+def _read_jsonl(slices: Sequence[TabularSlice], dataset: TabularDataset, as_pandas: bool) -> Any:
+    """The slices' records with the job's field types (core/inputs/tabular_jsonl.py): a DataFrame (nullable
+    Int64/boolean, float64, str/None; Python values for "object" fields) or a Table of that schema. Read
+    without decided types (not through a job), the types are decided from these records."""
+    parts = []
+    for group in _coalesce(slices):
+        data, where = _jsonl_bytes(group, dataset)
+        parts.append((read_range_records(group, data, dataset, where), where, group[0]))
+    types = dict(dataset.column_types or {})
+    if dataset.column_types is None:
+        types = decide_types(Records([o for r, _, _ in parts for o in r.objects], []))
+    fields: dict[str, list[Any]] = {name: [] for name in types}
+    arrays: dict[str, list[pa.Array]] = {name: [] for name in types}
+    for records, where, first in parts:
+        for name, values in jsonl_columns(records, types, where, first).items():
+            if as_pandas and types[name] == OBJECT:
+                fields[name].extend(values)
+            else:
+                arrays[name].append(typed_array(name, types[name], values, records, where, first))
+    if not as_pandas:
+        return pa.table(
+            {n: pa.chunked_array(a, _arrow_type(types[n])) for n, a in arrays.items()}
+        ).combine_chunks()
+    typed = to_pandas(
+        pa.table(
+            {n: pa.chunked_array(a, _arrow_type(types[n])) for n, a in arrays.items() if types[n] != OBJECT}
         )
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-    except Exception as exc:
-        raise InputError(f"{where}: cannot parse as jsonl: {exc}") from exc
+    )
+    rows = sum(len(r.objects) for r, _, _ in parts)
+    out = {n: pd.Series(fields[n], dtype=object) if types[n] == OBJECT else typed[n] for n in types}
+    return pd.DataFrame(out, index=pd.RangeIndex(rows))
+
+
+def _arrow_type(type_name: str) -> pa.DataType:
+    return pa.string() if type_name == OBJECT else pa.type_for_alias(type_name)
 
 
 def _parse_csv_arrow(

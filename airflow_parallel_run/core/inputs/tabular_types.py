@@ -43,9 +43,9 @@ TRUE_VALUES = ("True", "TRUE", "true")
 FALSE_VALUES = ("False", "FALSE", "false")
 
 
-def check_column_types(value: Any) -> dict[str, str] | None:
+def check_column_types(value: Any, fmt: str = "csv") -> dict[str, str] | None:
     """`column_types`: a mapping of column names to Arrow type names (int64, float64, string, bool,
-    timestamp[s], date32, ...)."""
+    timestamp[s], date32, ...); for JSON Lines also "object" (core/inputs/tabular_jsonl.py)."""
     if value is None:
         return None
     if not isinstance(value, Mapping) or not all(
@@ -57,6 +57,8 @@ def check_column_types(value: Any) -> dict[str, str] | None:
     import pyarrow as pa
 
     for name, alias in value.items():
+        if fmt == "jsonl" and alias.strip() == "object":
+            continue
         try:
             pa.type_for_alias(alias.strip())
         except (ValueError, KeyError):
@@ -66,7 +68,19 @@ def check_column_types(value: Any) -> dict[str, str] | None:
                 f"Arrow type names (int64, float64, string, bool, timestamp[s], date32, ...); {alias!r} for "
                 f"column {name!r} is not one",
             ) from None
-    return {k: v.strip() for k, v in value.items()}
+    types = {k: v.strip() for k, v in value.items()}
+    if fmt == "jsonl":
+        from .tabular_jsonl import check_type_names
+
+        odd = check_type_names(types)
+        if odd is not None:
+            raise ConfigError(
+                "column_types",
+                dict(value),
+                "for JSON Lines, int*/uint*, float*, bool, string, timestamp[...], date32/date64 or object "
+                f"(nested or mixed values kept as they are); {odd!r} is not one",
+            )
+    return types
 
 
 def arrow_types(column_types: Mapping[str, str] | None) -> dict[str, pa.DataType]:
@@ -89,14 +103,20 @@ def _portable(t: pa.DataType) -> str:
 
 
 def resolve_column_types(dataset: TabularDataset, batches: Sequence[MiniBatch]) -> TabularDataset:
-    """`dataset` with the column types of every column of its first file (see the module's docstring);
-    the user's `column_types` win. Other formats, or an input without mini-batches, are returned as given."""
-    if dataset.format != "csv":
+    """`dataset` with the column types of every column of its first file (see the module's docstring; JSON
+    Lines: core/inputs/tabular_jsonl.py); the user's `column_types` win. Other formats, or an input without mini-batches, are returned as given."""
+    if dataset.format not in ("csv", "jsonl"):
         return dataset
     slices = [s for mb in batches for s in mb.slices]
     if not slices:
         return dataset
-    inferred = infer_csv_types(slices, dataset)
+    if dataset.format == "jsonl":
+        from .tabular_jsonl import decide_types
+        from .tabular_read import read_jsonl_sample
+
+        inferred = decide_types(read_jsonl_sample(_sample_slices(slices), dataset, SAMPLE_BYTES))
+    else:
+        inferred = infer_csv_types(slices, dataset)
     merged = {**inferred, **(dataset.column_types or {})}
     return dataclasses.replace(dataset, column_types=merged)
 
@@ -107,16 +127,23 @@ def infer_csv_types(slices: Sequence[TabularSlice], dataset: TabularDataset) -> 
     import pyarrow as pa
 
     first = slices[0]
-    sample = [first]
-    for piece in slices[1:]:
-        if piece.url != first.url or piece.start != sample[-1].end or piece.end - first.start > SAMPLE_BYTES:
-            break
-        sample.append(piece)
+    sample = _sample_slices(slices)
     untyped = dataclasses.replace(dataset, column_types=None)
     schema = _first_block_schema(first, untyped) if first.end - first.start > SAMPLE_BYTES else None
     if schema is None:
         schema = _sample_schema(sample, untyped)
     return {f.name: "string" if pa.types.is_null(f.type) else _portable(f.type) for f in schema}
+
+
+def _sample_slices(slices: Sequence[TabularSlice]) -> list[TabularSlice]:
+    """The first slice and those after it in the same file, contiguous, within `SAMPLE_BYTES`."""
+    first = slices[0]
+    sample = [first]
+    for piece in slices[1:]:
+        if piece.url != first.url or piece.start != sample[-1].end or piece.end - first.start > SAMPLE_BYTES:
+            break
+        sample.append(piece)
+    return sample
 
 
 def _sample_schema(sample: Sequence[TabularSlice], dataset: TabularDataset) -> pa.Schema:

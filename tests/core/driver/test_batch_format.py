@@ -163,3 +163,27 @@ def test_pyarrow_for_a_files_job_is_refused_before_any_work(
     with pytest.raises(ConfigError, match="batch_format='pyarrow' is not allowed"):
         run_job(config, [FileDataset.from_files(str(files(2)))], str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+def test_a_jsonl_int_field_with_a_null_in_one_mini_batch_is_written_as_ints(
+    dask_client: Client, write_script: Any, tmp_path: Path, batch_format: str
+) -> None:
+    """Each JSON Lines slice was typed on its own: the mini-batch holding the null read `n` as float64 and
+    the csv output said 1.0 there, 1 in its neighbours; the job's one set of field types keeps it int."""
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "n": None if i == 7 else i}) + "\n" for i in range(40)))
+    config = ParallelRunConfig(
+        entry_script=write_script("def run(mini_batch):\n    return mini_batch\n"),
+        batch_format=batch_format,
+        append_row_format="csv",
+        mini_batch_size=100,
+        process_count_per_node=2,
+    )
+    summary = run_job(
+        config, [TabularDataset.from_json_lines_files(str(source))], str(tmp_path / "out"), client=dask_client
+    )
+    assert summary["status"] == "succeeded" and summary["total_mini_batches"] > 3, summary
+    with open(summary["append_row_file"], newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["n"] for r in rows] == ["" if i == 7 else str(i) for i in range(40)]

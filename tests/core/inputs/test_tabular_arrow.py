@@ -18,8 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from property_support import REPEATABLE
 
 from airflow_parallel_run.core.errors import InputError
 from airflow_parallel_run.core.inputs.batch_format import read_batch
@@ -107,13 +108,7 @@ def check_table(case: dict[str, Any], sizes: list[int]) -> None:
             pd.testing.assert_frame_equal(pd.concat(frames, ignore_index=True), expected)
 
 
-@settings(
-    max_examples=60,
-    derandomize=True,  # the same examples every run: it cannot flake
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@REPEATABLE
 @given(case=tables(), sizes=st.lists(st.integers(1, 400), min_size=1, max_size=3, unique=True))
 def test_mini_batches_concatenated_equal_arrow_reading_the_whole_file(
     case: dict[str, Any], sizes: list[int]

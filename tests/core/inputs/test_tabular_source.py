@@ -80,8 +80,7 @@ def _check_round_trip(
     assert sum(s.rows for s in slices) == len(expected)
     for s in slices:
         assert len(read_tabular([s], dataset)) == s.rows
-    if dataset.format != "jsonl":  # JSON Lines is still read by pandas, with numpy dtypes
-        expected = _nullable(expected)
+    expected = _nullable(expected)
     pd.testing.assert_frame_equal(_read_each(slices, dataset), expected)
     pd.testing.assert_frame_equal(read_tabular(slices, dataset), expected)
     return slices

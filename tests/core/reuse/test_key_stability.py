@@ -396,12 +396,12 @@ GOLDEN_DRIVER_KEYS: dict[str, Any] = {
     "jsonl": {
         "cache_key": "903427c5983dfa8f4f90336ff29fac51",
         "keys": [
-            "4e3e9055f5c5174996e738ff6437c5876531c3ec",
-            "39082f6bc6849cc7458687b35b746df10da97f3a",
-            "e45908d7712eca84f2a133cdc5f2fe23f37aa00e",
-            "55c74ac3e22dda7fb1f7b769ff50f64073e70dde",
-            "2ae49cc459ea6d7020591fa5b546955257a5aa6f",
-            "10ace0735eaccd920918b64e6415f4dd942ed58d",
+            "11acc9d93c475ec8537023e5f6ba43e470dc1cb7",
+            "06bc22f1429620ca227a6a55e17ee6ca7ef9baa3",
+            "fba056846625dba5b6ace0b9225913ac7f65edc9",
+            "a287118f89f294873e28e8d332ea29fc1b6f6e6f",
+            "3144aa085959ff5cacdfe6cfa56e52af82c55621",
+            "3e4438db113294663bc2757d06ecdabe10b02c75",
         ],
     },
 }
