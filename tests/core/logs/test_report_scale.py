@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from plotly.offline import get_plotlyjs
 
+from airflow_parallel_run.core.logs.joblogs import ATTEMPT_COLUMNS
 from airflow_parallel_run.core.logs.report import (
     ATTEMPTS_CSV,
     HISTOGRAM_BINS,
@@ -23,22 +24,7 @@ from airflow_parallel_run.core.logs.report import (
 )
 
 ATTEMPTS = 100_000
-HEADER = [
-    "Mini-batch Id",
-    "Attempt",
-    "Node",
-    "Process",
-    "Start Time (UTC)",
-    "Total",
-    "Succeeded",
-    "Failed",
-    "Elapsed Seconds",
-    "Process Seconds",
-    "Run Method Seconds",
-    "Status",
-    "Error Message",
-    "Mini-batch Detail",
-]
+HEADER = ATTEMPT_COLUMNS
 #: What the page may carry besides plotly.js and the plots' bounded data: sections, tables, notes.
 PAGE_BUDGET_BYTES = 1_500_000
 
