@@ -8,6 +8,7 @@ and reads every mini-batch on its own, as a worker reads it, for both batch form
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -15,10 +16,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from property_support import REPEATABLE
 
 from airflow_parallel_run.core.errors import InputError
 from airflow_parallel_run.core.inputs.batch_format import read_batch
 from airflow_parallel_run.core.inputs.tabular import TabularDataset
+from airflow_parallel_run.core.inputs.tabular_types import unique_names
 from airflow_parallel_run.core.plan import plan_inputs
 
 
@@ -70,3 +75,81 @@ def test_every_mini_batch_of_a_crlf_file_is_read_as_the_reference_reads_it(tmp_p
     parts = _job(TabularDataset.from_delimited_files(path), 4, tmp_path, "pyarrow")
     assert len(parts) > 1
     assert pa.concat_tables(parts).equals(reference)  # type: ignore[arg-type]
+
+
+def _with_nullable_ints(frame: pd.DataFrame) -> pd.DataFrame:
+    """A pandas reference with the dtypes a mini-batch has (nullable Int64 for integer columns)."""
+    return frame.astype(
+        {c: "Int64" for c, t in zip(frame.columns, frame.dtypes, strict=True) if t == "int64"}
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"a,a\n1,x\n2,y\n3,z\n",  # an int column and a text column of one name
+        b"a,a,a.1\n1,x,2\n3,y,4\n",  # a third column already named as pandas names the second `a`
+        b"k,k\nx,1\ny,2\n",
+    ],
+)
+def test_columns_of_one_name_keep_their_own_types_and_get_pandas_names(tmp_path: Path, data: bytes) -> None:
+    """Two header fields of one name are two columns: each is read with its own type (the job's types are
+    decided per column, not per name), named as `pandas.read_csv` names them (`a`, `a.1`)."""
+    path = _write(tmp_path, data)
+    dataset = TabularDataset.from_delimited_files(path)
+    want_frame = _with_nullable_ints(pd.read_csv(path))
+    frames = _job(dataset, 4, tmp_path, "pandas")
+    assert len(frames) > 1
+    pd.testing.assert_frame_equal(pd.concat(frames, ignore_index=True), want_frame)  # type: ignore[arg-type]
+    want_table = pacsv.read_csv(path)  # Arrow's own reading keeps the duplicate names
+    tables = _job(dataset, 4, tmp_path, "pyarrow")
+    got = pa.concat_tables(tables)  # type: ignore[arg-type]
+    assert got.column_names == list(want_frame.columns)
+    assert got.rename_columns(want_table.column_names).equals(want_table), (got.schema, want_table.schema)
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+def test_a_mini_batch_with_a_short_row_has_the_columns_of_the_others(
+    tmp_path: Path, batch_format: str
+) -> None:
+    """A short row is read by pandas' parser (tabular_read._short_rows_filled); its mini-batch still has the
+    header's names and the job's types, as every other mini-batch of the job."""
+    header = b"a,,c\n"  # an empty name: pandas' parser would call it "Unnamed: 1"
+    path = _write(tmp_path, header + b"1,2,3\n4,5\n6,7,8\n")
+    names = pacsv.read_csv(pa.BufferReader(header)).column_names
+    parts = _job(TabularDataset.from_delimited_files(path), 4, tmp_path, batch_format)
+    assert len(parts) == 3
+    if batch_format == "pyarrow":
+        assert [t.column_names for t in parts] == [names] * 3  # type: ignore[attr-defined]
+        assert len({t.schema for t in parts}) == 1, [t.schema for t in parts]  # type: ignore[attr-defined]
+        rows = pa.concat_tables(parts).to_pylist()  # type: ignore[arg-type]
+        assert [list(r.values()) for r in rows] == [[1, 2, 3], [4, 5, None], [6, 7, 8]]
+    else:
+        assert [list(f.columns) for f in parts] == [names] * 3  # type: ignore[attr-defined]
+        assert len({tuple(map(str, f.dtypes)) for f in parts}) == 1, [f.dtypes for f in parts]  # type: ignore[attr-defined]
+        frame = pd.concat(parts, ignore_index=True)  # type: ignore[arg-type]
+        want = _with_nullable_ints(pd.read_csv(path)).set_axis(names, axis=1).astype({"c": "Int64"})
+        pd.testing.assert_frame_equal(frame, want)
+
+
+def test_columns_of_one_name_keep_their_types_when_the_first_slice_is_larger_than_the_sample(
+    tmp_path: Path,
+) -> None:
+    """A first slice larger than the 1 MiB sample has its types from Arrow's first block
+    (tabular_types._first_block_schema): there too, each of two columns of one name has its own type."""
+    path = _write(tmp_path, b"a,a\n" + b"1,x\n" * 300_000)
+    batches = list(plan_inputs([TabularDataset.from_delimited_files(path)], 4 << 20))
+    assert len(batches) == 1 and batches[0].slices[0].end - batches[0].slices[0].start > 1 << 20
+    want = pacsv.read_csv(path)
+    got = TabularDataset.from_delimited_files(path).with_column_types(batches)
+    assert list(got.column_types or {}) == list(pd.read_csv(path, nrows=1).columns)  # a, a.1
+    assert list((got.column_types or {}).values()) == [str(f.type) for f in want.schema]  # int64, string
+
+
+@REPEATABLE
+@given(
+    names=st.lists(st.sampled_from(["a", "b", "a.1", "a.2", "b.1", "a.1.1", "a.3"]), min_size=1, max_size=7)
+)
+def test_repeated_names_are_renamed_as_pandas_renames_them(names: list[str]) -> None:
+    header = ",".join(names) + "\n" + ",".join("1" * len(names)) + "\n"
+    assert unique_names(names) == list(pd.read_csv(io.StringIO(header)).columns)
