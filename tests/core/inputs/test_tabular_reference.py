@@ -9,6 +9,7 @@ and reads every mini-batch on its own, as a worker reads it, for both batch form
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -153,3 +154,38 @@ def test_columns_of_one_name_keep_their_types_when_the_first_slice_is_larger_tha
 def test_repeated_names_are_renamed_as_pandas_renames_them(names: list[str]) -> None:
     header = ",".join(names) + "\n" + ",".join("1" * len(names)) + "\n"
     assert unique_names(names) == list(pd.read_csv(io.StringIO(header)).columns)
+
+
+def _write_jsonl(tmp_path: Path, lines: list[bytes]) -> str:
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return str(path)
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+def test_a_lone_surrogate_in_a_string_field_fails_naming_the_file_field_and_line(
+    tmp_path: Path, batch_format: str
+) -> None:
+    """`json.loads` reads "\\ud800" as a lone surrogate, which no UTF-8 string holds: the mini-batch fails
+    naming the file, the field and the line (it raised a bare UnicodeEncodeError)."""
+    path = _write_jsonl(tmp_path, [b'{"a": "x"}', b'{"a": "y"}', b'{"a": "\\ud800"}'])
+    assert json.loads(Path(path).read_text().splitlines()[2])["a"] == "\ud800"
+    with pytest.raises(InputError, match=re.escape(path) + r".*field 'a' \(line 3\).*surrogate"):
+        _job(TabularDataset.from_json_lines_files(path), 4, tmp_path, batch_format)
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+def test_a_lone_surrogate_in_an_object_field_is_kept(tmp_path: Path, batch_format: str) -> None:
+    """An "object" field keeps every value exact: for pyarrow as JSON text that `json.loads` reads back as
+    the reference value (escaped, since a lone surrogate is no UTF-8), for pandas as the Python value."""
+    path = _write_jsonl(
+        tmp_path, [b'{"a": [1]}', b'{"a": ["\\ud800", "\\u00e9"]}', b'{"a": {"k": "\\udfff"}}']
+    )
+    want = [json.loads(line)["a"] for line in Path(path).read_text().splitlines()]
+    parts = _job(TabularDataset.from_json_lines_files(path), 4, tmp_path, batch_format)
+    assert len(parts) > 1
+    if batch_format == "pyarrow":
+        got = [json.loads(v) for v in pa.concat_tables(parts).column("a").to_pylist()]  # type: ignore[arg-type]
+    else:
+        got = list(pd.concat(parts, ignore_index=True)["a"])  # type: ignore[arg-type]
+    assert got == want
