@@ -384,6 +384,14 @@ CASES = [
         "the end of the CSV file; a quote is special only where a field starts, as pandas reads it)",
         InputError,
     ),
+    Case(
+        "csv header record holding rows after a lone CR",
+        lambda: plan([TabularDataset.from_delimited_files("mac.csv")], config()),
+        "/data/mac.csv: the header record (bytes [0, 12)) holds 2 rows of data after the header: a lone CR, not "
+        "followed by LF, is a line break for Arrow and pandas, but the file is split into records at LF only, so "
+        "those rows would be lost; convert the file's line endings to LF or CRLF",
+        InputError,
+    ),
 ]
 
 
@@ -506,6 +514,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
     (tmp_path / "rows.csv.gz").write_bytes(gzip.compress(b"a,b\n1,2\n"))
     (tmp_path / "open.csv").write_text('a,b\n1,"open\n2,3\n')
+    (tmp_path / "mac.csv").write_bytes(b"a,b\r1,2\r3,4\r")
     (tmp_path / "out.txt").write_text("a file, not a folder\n")
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "score.py").write_text("def run(mini_batch):\n    return mini_batch\n")

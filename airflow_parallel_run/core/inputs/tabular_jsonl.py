@@ -135,9 +135,14 @@ def typed_array(
     import pyarrow as pa
 
     if type_name == OBJECT:
-        return pa.array(
-            [None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string()
-        )
+        texts = [None if v is None else json.dumps(v, ensure_ascii=False) for v in values]
+        try:
+            return pa.array(texts, pa.string())
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800") has no UTF-8: that value's text escaped
+            escaped = [
+                t if t is None or _has_utf8(t) else json.dumps(v) for t, v in zip(texts, values, strict=True)
+            ]
+            return pa.array(escaped, pa.string())
     target = pa.type_for_alias(type_name)
     fits = _fits(target)
     for index, value in enumerate(values):
@@ -147,12 +152,30 @@ def typed_array(
         if pa.types.is_temporal(target):
             return pa.array(values, pa.string()).cast(target)
         return pa.array(values, target)
+    except UnicodeEncodeError as exc:
+        index = next(i for i, v in enumerate(values) if isinstance(v, str) and not _has_utf8(v))
+        lone = next(c for c in values[index] if "\ud800" <= c <= "\udfff")
+        raise InputError(
+            f"{where}: field {name!r} ({_line(records, index, first)}) holds a string with a lone surrogate "
+            f"({json.dumps(lone)}, an escape JSON allows), which is not Unicode text and has "
+            "no UTF-8 form, so it cannot be a string value; give the field as "
+            f"TabularDataset.from_json_lines_files(..., column_types={{{name!r}: 'object'}}) to have it as "
+            "Python's str (pandas) or as JSON text (pyarrow)"
+        ) from exc
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError) as exc:
         raise InputError(
             f"{where}: field {name!r} is {type_name} for every mini-batch of the job, but a value does not "
             f"fit it: {exc}; give this field's type, e.g. TabularDataset.from_json_lines_files(..., "
             f"column_types={{{name!r}: 'object'}})"
         ) from exc
+
+
+def _has_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _fits(target: Any) -> Any:

@@ -29,7 +29,7 @@ from .tabular import TabularDataset
 from .tabular_jsonl import OBJECT, Records, decide_types, parse_records, read_range_records, typed_array
 from .tabular_jsonl import columns as jsonl_columns
 from .tabular_scan import _NL, _UTF8_BOM, _blank_bytes, _is_utf8, _QuoteTracker
-from .tabular_types import arrow_types, convert_options, parse_options, read_options
+from .tabular_types import arrow_types, convert_options, parse_options, read_options, unique_names
 
 # pandas' C parser on a ragged row; its line counts records of the text it parsed (header included).
 _RAGGED_ROW = re.compile(r"(Expected \d+ fields in )line (\d+)(, saw \d+)")
@@ -308,6 +308,11 @@ def _short_rows_filled(
     frame = _parse_csv(_RangeReader(head, data, len(data)), dataset, len(head), where, first, as_text=True)
     if not dataset.header:
         frame.columns = [str(i) for i in range(frame.shape[1])]
+    elif head:
+        # the header's names as every other slice has them (pandas' parser names an empty one "Unnamed: 1")
+        names = _header_names(head, dataset)
+        if len(names) == frame.shape[1]:
+            frame.columns = names
     table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
     types = arrow_types(dataset.column_types)
     for i, name in enumerate(table.column_names):
@@ -403,6 +408,8 @@ def _arrow_csv(
         )
     if not dataset.header and not names:
         table = table.rename_columns([str(i) for i in range(table.num_columns)])
+    elif names is None:
+        table = table.rename_columns(unique_names(table.column_names))
     untyped_empty = [
         i for i, f in enumerate(table.schema) if pa.types.is_null(f.type) and f.name not in types
     ]
@@ -416,17 +423,20 @@ _HEADER_NAMES: dict[tuple[bytes, str, str], list[str]] = {}
 
 def _header_names(head: bytes, dataset: TabularDataset) -> list[str]:
     """The column names of a file's header bytes [0, header_end), as Arrow reads them at the start of the
-    file (byte order mark and empty lines before it skipped); remembered per header in the process."""
+    file (byte order mark and empty lines before it skipped), repeats renamed as pandas renames them
+    (`unique_names`); remembered per header in the process."""
     key = (head, dataset.separator, dataset.encoding)
     names = _HEADER_NAMES.get(key)
     if names is None:
         text = head if head.endswith(b"\n") else head + b"\n"
-        names = pacsv.read_csv(
-            pa.BufferReader(text),
-            read_options=read_options(dataset, None),
-            parse_options=parse_options(dataset),
-            convert_options=convert_options(dataset, {}),
-        ).column_names
+        names = unique_names(
+            pacsv.read_csv(
+                pa.BufferReader(text),
+                read_options=read_options(dataset, None),
+                parse_options=parse_options(dataset),
+                convert_options=convert_options(dataset, {}),
+            ).column_names
+        )
         if len(_HEADER_NAMES) > 64:
             _HEADER_NAMES.clear()
         _HEADER_NAMES[key] = names

@@ -389,14 +389,59 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
     base = 0  # file offset of the current chunk
     tail_nonblank = False  # the record still open at the chunk's end has a significant byte
     lines = 0  # newlines (quoted ones too: lines as an editor counts them) before the current chunk
+    first = b""  # the first chunk (a byte order mark given as CRs), where the header record is
     for chunk in _chunks(f, _is_utf8(dataset.encoding)):
         if base == 0:
             _check_magic(url, dataset.format, chunk)
+            first = chunk
         scan = _ChunkScan(chunk, base, lines, significant, blank)
         tail_nonblank = scan.feed(slicer, quotes, tail_nonblank)
         lines += scan.all_newlines
         base += len(chunk)
-    return _close_slices(url, slicer, quotes, base, tail_nonblank)
+    slices = _close_slices(url, slicer, quotes, base, tail_nonblank)
+    if is_csv and dataset.header:
+        header_end = base if slicer.need_header else slicer.header_end  # no LF at all: the whole file
+        if header_end <= len(first):
+            head = first[:header_end]
+        elif header_end <= _HEADER_CHECK_BYTES:
+            f.seek(0)
+            head = f.read(header_end)
+            if _is_utf8(dataset.encoding) and head.startswith(_UTF8_BOM):
+                head = b"\r\r\r" + head[3:]  # as `_chunks` gives it
+        else:
+            return slices  # a header record this long is not looked into
+        _check_header_record(url, head, dataset)
+    return slices
+
+
+# The longest header record `_check_header_record` reads (a file without any LF is one record).
+_HEADER_CHECK_BYTES = 64 * 1024 * 1024
+
+
+def _check_header_record(url: str, head: bytes, dataset: TabularDataset) -> None:
+    """The header record [0, header_end) must hold the header only. Records end at LF here; pandas' parser
+    and Arrow's also end one at a lone CR (old Mac line endings), so a header record with one holds rows of
+    data that would be read as part of the header and never reach run(): refused, naming the file. Its
+    pieces between line breaks outside quoted fields are counted as the planner counts records (a piece of
+    only blank bytes is none; a byte order mark is given as CRs)."""
+    if b"\r" not in head.replace(b"\r\n", b""):
+        return  # the common case: no lone CR
+    arr = np.frombuffer(head, dtype=np.uint8)
+    breaks = np.flatnonzero((arr == _CR) | (arr == _NL))
+    outside = _QuoteTracker(dataset.separator).record_ends(arr, 0, breaks, 1)
+    if outside is not None:
+        breaks = breaks[outside]
+    blank = _blank_bytes(dataset)
+    starts = [0, *(breaks + 1).tolist()]
+    ends = [*breaks.tolist(), len(head)]
+    rows = sum(1 for a, b in zip(starts, ends, strict=True) if head[a:b].translate(None, blank)) - 1
+    if rows > 0:
+        raise InputError(
+            f"{url}: the header record (bytes [0, {len(head)})) holds {rows} row{'s' if rows != 1 else ''} of "
+            "data after the header: a lone CR, not followed by LF, is a line break for Arrow and pandas, but "
+            "the file is split into records at LF only, so those rows would be lost; convert the file's line "
+            "endings to LF or CRLF"
+        )
 
 
 def _blank_bytes(dataset: TabularDataset) -> bytes:

@@ -188,8 +188,29 @@ def _first_block_schema(first: TabularSlice, dataset: TabularDataset) -> pa.Sche
     except (pa.ArrowInvalid, OSError):
         return None
     if not dataset.header:
-        schema = pa.schema([pa.field(str(i), f.type) for i, f in enumerate(schema)])
-    return schema
+        return pa.schema([pa.field(str(i), f.type) for i, f in enumerate(schema)])
+    names = unique_names(schema.names)  # as every slice is read (tabular_read._header_names)
+    return pa.schema([pa.field(name, f.type) for name, f in zip(names, schema, strict=True)])
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """A CSV header's column names with repeats renamed as `pandas.read_csv` renames them: the second `a` is
+    `a.1`, the third `a.2`, skipping a name the header already has (`a,a,a.1` gives `a`, `a.2`, `a.1`). Two
+    columns of one name would share one entry of the job's types and be unreadable as an Arrow table."""
+    if len(set(names)) == len(names):
+        return list(names)
+    header = set(names)
+    counts: dict[str, int] = {}
+    unique = []
+    for name in names:
+        col, count = name, counts.get(name, 0)
+        while count > 0:
+            counts[name] = count + 1
+            col = f"{name}.{count}"
+            count = count + 1 if col in header else counts.get(col, 0)
+        unique.append(col)
+        counts[col] = count + 1
+    return unique
 
 
 def read_options(dataset: TabularDataset, names: list[str] | None, block_size: int | None = None) -> Any:

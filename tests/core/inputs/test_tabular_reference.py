@@ -1,0 +1,191 @@
+"""Whole jobs against a reference reader of the whole file: what run() receives across every mini-batch,
+concatenated in order, is what `pyarrow.csv.read_csv` / `pandas.read_csv` read from the file, or the job
+fails with an error naming the file; never a green job with other data.
+
+Each case plans the input with small mini-batches (many slices), decides the job's types as a job does
+and reads every mini-batch on its own, as a worker reads it, for both batch formats.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from property_support import REPEATABLE
+
+from airflow_parallel_run.core.errors import InputError
+from airflow_parallel_run.core.inputs.batch_format import read_batch
+from airflow_parallel_run.core.inputs.tabular import TabularDataset
+from airflow_parallel_run.core.inputs.tabular_types import unique_names
+from airflow_parallel_run.core.plan import plan_inputs
+
+
+def _job(dataset: TabularDataset, size: int, folder: Path, batch_format: str) -> list[object]:
+    """What run() receives for each mini-batch of the job, in order."""
+    batches = list(plan_inputs([dataset], size))
+    job_input = dataset.with_column_types(batches)
+    return [read_batch(job_input, mb, str(folder), batch_format)[0] for mb in batches]
+
+
+def _write(tmp_path: Path, data: bytes) -> str:
+    path = tmp_path / "data.csv"
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"a,b\r1,2\n3,4\n5,6\n",  # the header ends with a lone CR, the rest with LF
+        b"\xef\xbb\xbfa,b\r1,2\n3,4\n",  # the same after a byte order mark
+        b"a,b\r1,2\r3,4\r",  # old Mac line endings: no LF anywhere
+    ],
+)
+def test_rows_behind_a_lone_cr_in_the_header_record_are_never_dropped(
+    tmp_path: Path, data: bytes, batch_format: str
+) -> None:
+    """Arrow and pandas end a record at a lone CR; the planner ends records at LF only. A header record
+    that holds a lone CR holds rows of data too: they must not vanish as part of the header."""
+    path = _write(tmp_path, data)
+    reference = pacsv.read_csv(path)
+    assert reference.num_rows > 0 and reference.num_rows == len(pd.read_csv(path))
+    dataset = TabularDataset.from_delimited_files(path)
+    try:
+        parts = _job(dataset, 4, tmp_path, batch_format)
+    except InputError as exc:
+        assert re.search(re.escape(path) + r".*line break", str(exc)), str(exc)
+        return
+    rows = sum(len(p) for p in parts)  # type: ignore[arg-type]
+    assert rows == reference.num_rows, (
+        f"the job succeeded with {rows} rows, the file has {reference.num_rows}"
+    )
+
+
+def test_every_mini_batch_of_a_crlf_file_is_read_as_the_reference_reads_it(tmp_path: Path) -> None:
+    path = _write(tmp_path, b'a,b\r\n1,x\r\n2,"y\r\nz"\r\n3,w\r\n')
+    reference = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True))
+    parts = _job(TabularDataset.from_delimited_files(path), 4, tmp_path, "pyarrow")
+    assert len(parts) > 1
+    assert pa.concat_tables(parts).equals(reference)  # type: ignore[arg-type]
+
+
+def _with_nullable_ints(frame: pd.DataFrame) -> pd.DataFrame:
+    """A pandas reference with the dtypes a mini-batch has (nullable Int64 for integer columns)."""
+    return frame.astype(
+        {c: "Int64" for c, t in zip(frame.columns, frame.dtypes, strict=True) if t == "int64"}
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"a,a\n1,x\n2,y\n3,z\n",  # an int column and a text column of one name
+        b"a,a,a.1\n1,x,2\n3,y,4\n",  # a third column already named as pandas names the second `a`
+        b"k,k\nx,1\ny,2\n",
+    ],
+)
+def test_columns_of_one_name_keep_their_own_types_and_get_pandas_names(tmp_path: Path, data: bytes) -> None:
+    """Two header fields of one name are two columns: each is read with its own type (the job's types are
+    decided per column, not per name), named as `pandas.read_csv` names them (`a`, `a.1`)."""
+    path = _write(tmp_path, data)
+    dataset = TabularDataset.from_delimited_files(path)
+    want_frame = _with_nullable_ints(pd.read_csv(path))
+    frames = _job(dataset, 4, tmp_path, "pandas")
+    assert len(frames) > 1
+    pd.testing.assert_frame_equal(pd.concat(frames, ignore_index=True), want_frame)  # type: ignore[arg-type]
+    want_table = pacsv.read_csv(path)  # Arrow's own reading keeps the duplicate names
+    tables = _job(dataset, 4, tmp_path, "pyarrow")
+    got = pa.concat_tables(tables)  # type: ignore[arg-type]
+    assert got.column_names == list(want_frame.columns)
+    assert got.rename_columns(want_table.column_names).equals(want_table), (got.schema, want_table.schema)
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+def test_a_mini_batch_with_a_short_row_has_the_columns_of_the_others(
+    tmp_path: Path, batch_format: str
+) -> None:
+    """A short row is read by pandas' parser (tabular_read._short_rows_filled); its mini-batch still has the
+    header's names and the job's types, as every other mini-batch of the job."""
+    header = b"a,,c\n"  # an empty name: pandas' parser would call it "Unnamed: 1"
+    path = _write(tmp_path, header + b"1,2,3\n4,5\n6,7,8\n")
+    names = pacsv.read_csv(pa.BufferReader(header)).column_names
+    parts = _job(TabularDataset.from_delimited_files(path), 4, tmp_path, batch_format)
+    assert len(parts) == 3
+    if batch_format == "pyarrow":
+        assert [t.column_names for t in parts] == [names] * 3  # type: ignore[attr-defined]
+        assert len({t.schema for t in parts}) == 1, [t.schema for t in parts]  # type: ignore[attr-defined]
+        rows = pa.concat_tables(parts).to_pylist()  # type: ignore[arg-type]
+        assert [list(r.values()) for r in rows] == [[1, 2, 3], [4, 5, None], [6, 7, 8]]
+    else:
+        assert [list(f.columns) for f in parts] == [names] * 3  # type: ignore[attr-defined]
+        assert len({tuple(map(str, f.dtypes)) for f in parts}) == 1, [f.dtypes for f in parts]  # type: ignore[attr-defined]
+        frame = pd.concat(parts, ignore_index=True)  # type: ignore[arg-type]
+        want = _with_nullable_ints(pd.read_csv(path)).set_axis(names, axis=1).astype({"c": "Int64"})
+        pd.testing.assert_frame_equal(frame, want)
+
+
+def test_columns_of_one_name_keep_their_types_when_the_first_slice_is_larger_than_the_sample(
+    tmp_path: Path,
+) -> None:
+    """A first slice larger than the 1 MiB sample has its types from Arrow's first block
+    (tabular_types._first_block_schema): there too, each of two columns of one name has its own type."""
+    path = _write(tmp_path, b"a,a\n" + b"1,x\n" * 300_000)
+    batches = list(plan_inputs([TabularDataset.from_delimited_files(path)], 4 << 20))
+    assert len(batches) == 1 and batches[0].slices[0].end - batches[0].slices[0].start > 1 << 20
+    want = pacsv.read_csv(path)
+    got = TabularDataset.from_delimited_files(path).with_column_types(batches)
+    assert list(got.column_types or {}) == list(pd.read_csv(path, nrows=1).columns)  # a, a.1
+    assert list((got.column_types or {}).values()) == [str(f.type) for f in want.schema]  # int64, string
+
+
+@REPEATABLE
+@given(
+    names=st.lists(st.sampled_from(["a", "b", "a.1", "a.2", "b.1", "a.1.1", "a.3"]), min_size=1, max_size=7)
+)
+def test_repeated_names_are_renamed_as_pandas_renames_them(names: list[str]) -> None:
+    header = ",".join(names) + "\n" + ",".join("1" * len(names)) + "\n"
+    assert unique_names(names) == list(pd.read_csv(io.StringIO(header)).columns)
+
+
+def _write_jsonl(tmp_path: Path, lines: list[bytes]) -> str:
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return str(path)
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+def test_a_lone_surrogate_in_a_string_field_fails_naming_the_file_field_and_line(
+    tmp_path: Path, batch_format: str
+) -> None:
+    """`json.loads` reads "\\ud800" as a lone surrogate, which no UTF-8 string holds: the mini-batch fails
+    naming the file, the field and the line (it raised a bare UnicodeEncodeError)."""
+    path = _write_jsonl(tmp_path, [b'{"a": "x"}', b'{"a": "y"}', b'{"a": "\\ud800"}'])
+    assert json.loads(Path(path).read_text().splitlines()[2])["a"] == "\ud800"
+    with pytest.raises(InputError, match=re.escape(path) + r".*field 'a' \(line 3\).*surrogate"):
+        _job(TabularDataset.from_json_lines_files(path), 4, tmp_path, batch_format)
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+def test_a_lone_surrogate_in_an_object_field_is_kept(tmp_path: Path, batch_format: str) -> None:
+    """An "object" field keeps every value exact: for pyarrow as JSON text that `json.loads` reads back as
+    the reference value (escaped, since a lone surrogate is no UTF-8), for pandas as the Python value."""
+    path = _write_jsonl(
+        tmp_path, [b'{"a": [1]}', b'{"a": ["\\ud800", "\\u00e9"]}', b'{"a": {"k": "\\udfff"}}']
+    )
+    want = [json.loads(line)["a"] for line in Path(path).read_text().splitlines()]
+    parts = _job(TabularDataset.from_json_lines_files(path), 4, tmp_path, batch_format)
+    assert len(parts) > 1
+    if batch_format == "pyarrow":
+        got = [json.loads(v) for v in pa.concat_tables(parts).column("a").to_pylist()]  # type: ignore[arg-type]
+    else:
+        got = list(pd.concat(parts, ignore_index=True)["a"])  # type: ignore[arg-type]
+    assert got == want
