@@ -12,7 +12,8 @@ silently different type.
 Inferred types are pandas' defaults for a CSV column: int64, float64 (ints with floats), bool
 (True/False spellings only) and string (everything else: dates and times stay text, as pandas reads
 them; give `column_types={"when": "timestamp[s]"}` to have them typed). A column with no value in the
-sample is string.
+sample is string. A column whose sample holds a number Arrow reads and pandas keeps as text (a hex integer,
+a NaN spelled otherwise than pandas' missing values) is string (tabular_read._as_pandas_reads).
 """
 
 from __future__ import annotations
