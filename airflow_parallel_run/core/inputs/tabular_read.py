@@ -375,7 +375,25 @@ def arrow_only_numbers(
 def _may_hold_hex(data: bytes | _FileRange) -> bool:
     if isinstance(data, _FileRange):
         return data.hex_seen
-    return b"0x" in data or b"0X" in data
+    return _hex_in(data, len(data))
+
+
+def _hex_in(data: bytes | bytearray, end: int) -> bool:
+    """Whether data[:end] holds `0x` or `0X`. Found by looking for the letter (memchr: rare in numbers,
+    while `b"0x" in data` scans byte by byte, slow on digits), then the `0` before it; data with many x's
+    is scanned for the pair directly."""
+    for letter, pair in ((b"x", b"0x"), (b"X", b"0X")):
+        at = data.find(letter, 1, end)
+        for _ in range(64):
+            if at == -1:
+                break
+            if data[at - 1] == 0x30:
+                return True
+            at = data.find(letter, at + 1, end)
+        else:
+            if data.find(pair, 0, end) != -1:
+                return True
+    return False
 
 
 def _type_error(where: str, exc: object) -> InputError:
@@ -653,9 +671,10 @@ class _RangeReader(io.RawIOBase):
             if n == 0:
                 raise InputError("the file is shorter than planned (did it change after planning?)")
         if not self.hex_seen:
-            chunk = self._last + bytes(out[:n])
-            self.hex_seen = b"0x" in chunk or b"0X" in chunk
-            self._last = chunk[-1:]
+            # a bytearray (what Python's buffered reads pass) is searched where it is, without a copy
+            chunk = buffer if isinstance(buffer, bytearray) and out.nbytes == len(buffer) else bytes(out[:n])
+            self.hex_seen = (self._last == b"0" and chunk[0] in b"xX") or _hex_in(chunk, n)
+            self._last = bytes(chunk[n - 1 : n])
         self._done += n
         return n
 

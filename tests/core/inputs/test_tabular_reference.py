@@ -300,3 +300,25 @@ def test_hex_split_between_two_reads_of_a_streamed_slice_is_seen(tmp_path: Path,
         assert reader.readinto(rest) == len(body) - split
     assert bytes(first) + bytes(rest[: len(body) - split]) == body
     assert reader.hex_seen == (b"0x" in body or b"0X" in body)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"0x",
+        b"a0X",
+        b"x0x",
+        b"xxX0X",
+        b"x" * 200 + b"0x",
+        b"X" * 200 + b"9X0X",
+        b"x" * 200,
+        b"0 x",
+        b"x0",
+        b"",
+    ],
+)
+def test_hex_is_looked_for_as_a_plain_search_finds_it(data: bytes) -> None:
+    from airflow_parallel_run.core.inputs.tabular_read import _hex_in
+
+    assert _hex_in(data, len(data)) == (b"0x" in data or b"0X" in data)
+    assert _hex_in(bytearray(data + b"0x"), len(data)) == (b"0x" in data or b"0X" in data)
