@@ -322,3 +322,18 @@ def test_hex_is_looked_for_as_a_plain_search_finds_it(data: bytes) -> None:
 
     assert _hex_in(data, len(data)) == (b"0x" in data or b"0X" in data)
     assert _hex_in(bytearray(data + b"0x"), len(data)) == (b"0x" in data or b"0X" in data)
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+def test_infinities_of_both_signs_in_one_mini_batch_are_read_as_pandas_reads_them(
+    tmp_path: Path, batch_format: str
+) -> None:
+    """inf and -inf in one float column sum to NaN (the cheap test for a NaN): they are still numbers."""
+    path = _write(tmp_path, b"x\n1.5\ninf\n-inf\nnan\n2.5\n")
+    want = pd.read_csv(path)["x"].tolist()
+    parts = _job(TabularDataset.from_delimited_files(path), 1 << 20, tmp_path, batch_format)
+    if batch_format == "pandas":
+        got = pd.concat(parts, ignore_index=True)["x"].tolist()  # type: ignore[arg-type]
+    else:
+        got = [float("nan") if v is None else v for v in pa.concat_tables(parts).column("x").to_pylist()]  # type: ignore[arg-type]
+    assert str(got) == str(want)
