@@ -52,6 +52,19 @@ def _read_jsonl_job(text: str, column_types: dict[str, str], sample: bool = True
         read_batch(job_input, batch, ".", "pandas")
 
 
+def _read_csv_job(text: str, column_types: dict[str, str]) -> None:
+    """Every mini-batch of a CSV job read as a worker reads it."""
+    from airflow_parallel_run.core.inputs.batch_format import read_batch
+    from airflow_parallel_run.core.plan import plan_inputs
+
+    Path("scores.csv").write_text(text)
+    dataset = TabularDataset.from_delimited_files("scores.csv", column_types=column_types)
+    batches = list(plan_inputs([dataset], 10))
+    job_input = dataset.with_column_types(batches)
+    for batch in batches:
+        read_batch(job_input, batch, ".", "pandas")
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -366,6 +379,16 @@ CASES = [
         "once from the start of the first file, or given with column_types), but line 2 has 1.5 (float), which "
         "is not converted silently; give this field's type, e.g. TabularDataset.from_json_lines_files(..., "
         "column_types={'v': 'float64'})",
+        InputError,
+    ),
+    Case(
+        "csv number that pandas reads as text",
+        lambda: _read_csv_job("v\n1\n0x1f\n", {"v": "int64"}),
+        "/data/scores.csv bytes [<start>, <end>): cannot read as csv with the job's column types: column 'v' "
+        "(int64) holds '0x1f', a number for Arrow but text for pandas.read_csv, which reads such a column as "
+        "string. The types of the columns are decided once for every mini-batch from the start of the first "
+        "file (or given with column_types); give this column's type, e.g. "
+        "TabularDataset.from_delimited_files(..., column_types={'<column>': 'string'})",
         InputError,
     ),
     Case(

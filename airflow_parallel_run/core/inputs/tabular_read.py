@@ -9,10 +9,11 @@ of the file.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import fsspec
@@ -261,7 +262,7 @@ def _parse_csv_arrow(
     try:
         table = _arrow_csv(head, data, dataset, empty_type)
         if table.num_rows == planned:
-            return table
+            return _as_pandas_reads(table, head, data, dataset, where, empty_type)
         first_rows = table.num_rows
     except pa.ArrowInvalid:
         pass
@@ -282,15 +283,127 @@ def _parse_csv_arrow(
         # ragged row that pandas refuses too fails with its message naming the line of the file.
         table = _short_rows_filled(head, data, dataset, where, group[0])
         first_rows = None
+        _check_rows(table.num_rows, planned, where)
+        return table
     # Each blank record taken out was one row of Arrow's first parse; more taken out than that means one of
     # them was inside a value as Arrow reads it (the value changed), fewer that Arrow saw rows the planner
     # did not.
     consistent = first_rows is None or first_rows - removed == table.num_rows
     _check_rows(table.num_rows if consistent else first_rows, planned, where)
-    return table
+    return _as_pandas_reads(table, head, trimmed, dataset, where, empty_type)
 
 
-def _type_error(where: str, exc: Exception) -> InputError:
+def _reparsed(
+    head: bytes, data: bytes | _FileRange, dataset: TabularDataset, empty_type: pa.DataType | None
+) -> Callable[[list[str]], pa.Table]:
+    """The slice parsed again with the given columns as text."""
+
+    def parse(names: list[str]) -> pa.Table:
+        types = {**(dataset.column_types or {}), **dict.fromkeys(names, "string")}
+        return _arrow_csv(head, data, dataclasses.replace(dataset, column_types=types), empty_type)
+
+    return parse
+
+
+# Arrow's integer converter reads `0x10`/`0X1f` (spaces around trimmed) as hex; pandas keeps them as text.
+_HEX = r"^\s*0[xX]"
+
+
+def _as_pandas_reads(
+    table: pa.Table,
+    head: bytes,
+    data: bytes | _FileRange,
+    dataset: TabularDataset,
+    where: str,
+    empty_type: pa.DataType | None,
+) -> pa.Table:
+    """`table`, checked for numbers that Arrow's converters read and `pandas.read_csv` keeps as text: a NaN
+    spelled otherwise than pandas' missing values (`NAN`, `+nan`, ` NaN`, `nan(0)`: pandas' spellings are
+    nulls here, so a float column never holds a NaN that pandas reads) and an integer in hex. Reading a
+    mini-batch, such a value fails it as any value that does not fit the job's types; deciding the job's
+    types (`empty_type` given), its column is text, as pandas reads it.
+
+    Cheap when there is none: a vectorized NaN test of the float columns, and the integer columns are
+    parsed again as text only when the bytes hold `0x` or `0X`."""
+    odd = arrow_only_numbers(table, _reparsed(head, data, dataset, empty_type), _may_hold_hex(data))
+    if not odd:
+        return table
+    if empty_type is not None:
+        for i, (_, column) in odd.items():
+            table = table.set_column(i, table.field(i).name, column)
+        return table
+    raise _arrow_only_error(where, table, odd)
+
+
+def _arrow_only_error(where: str, table: pa.Table, odd: dict[int, tuple[str, Any]]) -> InputError:
+    i, (value, _) = next(iter(odd.items()))
+    return _type_error(
+        where,
+        f"column {table.field(i).name!r} ({table.field(i).type}) holds {value!r}, a number for Arrow but text for "
+        "pandas.read_csv, which reads such a column as string",
+    )
+
+
+def arrow_only_numbers(
+    table: pa.Table | pa.RecordBatch, as_text: Callable[[list[str]], Any], may_hold_hex: bool
+) -> dict[int, tuple[str, Any]]:
+    """The columns of `table` holding a number Arrow reads and pandas does not (`_as_pandas_reads`): index
+    -> (the first such value, the column as text); `as_text(names)` parses the same rows with the columns
+    of those names as text."""
+    import pyarrow.compute as pc
+
+    schema = table.schema
+    # a sum is NaN when a value is (or for +inf with -inf): one pass without an array of flags, confirmed
+    floats = [
+        i
+        for i, f in enumerate(schema)
+        if pa.types.is_floating(f.type)
+        and _is_nan(pc.sum(table.column(i)).as_py())
+        and pc.any(pc.is_nan(table.column(i))).as_py()
+    ]
+    ints = [i for i, f in enumerate(schema) if pa.types.is_integer(f.type)] if may_hold_hex else []
+    if not floats and not ints:
+        return {}
+    text = as_text([schema.field(i).name for i in floats + ints])
+    odd: dict[int, tuple[str, Any]] = {}
+    for i in floats + ints:
+        column = text.column(i)
+        found = pc.is_nan(table.column(i)) if i in floats else pc.match_substring_regex(column, _HEX)
+        values = column.filter(found)
+        if len(values):
+            odd[i] = (values[0].as_py(), column)
+    return odd
+
+
+def _is_nan(value: Any) -> bool:
+    return value is not None and value != value
+
+
+def _may_hold_hex(data: bytes | _FileRange) -> bool:
+    if isinstance(data, _FileRange):
+        return data.hex_seen
+    return _hex_in(data, len(data))
+
+
+def _hex_in(data: bytes | bytearray, end: int) -> bool:
+    """Whether data[:end] holds `0x` or `0X`. Found by looking for the letter (memchr: rare in numbers,
+    while `b"0x" in data` scans byte by byte, slow on digits), then the `0` before it; data with many x's
+    is scanned for the pair directly."""
+    for letter, pair in ((b"x", b"0x"), (b"X", b"0X")):
+        at = data.find(letter, 1, end)
+        for _ in range(64):
+            if at == -1:
+                break
+            if data[at - 1] == 0x30:
+                return True
+            at = data.find(letter, at + 1, end)
+        else:
+            if data.find(pair, 0, end) != -1:
+                return True
+    return False
+
+
+def _type_error(where: str, exc: object) -> InputError:
     return InputError(
         f"{where}: cannot read as csv with the job's column types: {exc}. The types of the columns are decided "
         "once for every mini-batch from the start of the first file (or given with column_types); give this "
@@ -314,6 +427,7 @@ def _short_rows_filled(
         if len(names) == frame.shape[1]:
             frame.columns = names
     table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    text = table
     types = arrow_types(dataset.column_types)
     for i, name in enumerate(table.column_names):
         column = table.column(i)
@@ -326,6 +440,13 @@ def _short_rows_filled(
             table = table.set_column(i, name, column.cast(target))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise _type_error(where, exc) from exc
+    odd = arrow_only_numbers(
+        table,
+        lambda names: pa.table([c.cast(pa.string()) for c in text.columns], names=text.column_names),
+        _may_hold_hex(data),
+    )
+    if odd:
+        raise _arrow_only_error(where, table, odd)
     return table
 
 
@@ -449,6 +570,14 @@ class _FileRange:
 
     def __init__(self, file: BinaryIO, start: int, size: int) -> None:
         self.file, self.start, self.size = file, start, size
+        self._reader: _RangeReader | None = None
+
+    @property
+    def hex_seen(self) -> bool:
+        """Whether the bytes last streamed (or these bytes, never streamed) hold `0x` or `0X`."""
+        if self._reader is None or not self._reader.hex_seen and self._reader.unread:
+            return _may_hold_hex(self.read())  # not streamed to the end (a record larger than a block)
+        return self._reader.hex_seen
 
     def __len__(self) -> int:
         return self.size
@@ -458,7 +587,8 @@ class _FileRange:
 
     def stream(self, tail: bytes) -> Any:
         self.file.seek(self.start)
-        return pa.PythonFile(_RangeReader(b"", self.file, self.size, tail), mode="r")
+        self._reader = _RangeReader(b"", self.file, self.size, tail, watch_hex=True)
+        return pa.PythonFile(self._reader, mode="r")
 
     def read(self) -> bytes:
         data = os.pread(self.file.fileno(), self.size, self.start)
@@ -503,8 +633,14 @@ class _RangeReader(io.RawIOBase):
     """A read-only stream of `head`, `size` bytes of `body` (bytes, or a file positioned at the slice's
     start) and `tail`, so a parser reads header + slice without them being joined into one buffer first."""
 
-    def __init__(self, head: bytes, body: bytes | BinaryIO, size: int, tail: bytes = b"") -> None:
+    def __init__(
+        self, head: bytes, body: bytes | BinaryIO, size: int, tail: bytes = b"", watch_hex: bool = False
+    ) -> None:
         super().__init__()
+        # `0x`/`0X` in the body (`_as_pandas_reads`), looked for only until found; `_last` is the byte before
+        # the chunk being read (a pair split between two reads)
+        self.hex_seen = not watch_hex
+        self._last = b""
         self.head = head
         self._tail = memoryview(tail)
         self._head = memoryview(head)
@@ -516,6 +652,10 @@ class _RangeReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    @property
+    def unread(self) -> bool:
+        return self._done < self._size
 
     def readinto(self, buffer: Any) -> int:
         out = memoryview(buffer).cast("B")
@@ -537,6 +677,11 @@ class _RangeReader(io.RawIOBase):
             n = self._body.readinto(out[:want]) or 0  # type: ignore[union-attr]
             if n == 0:
                 raise InputError("the file is shorter than planned (did it change after planning?)")
+        if not self.hex_seen:
+            # a bytearray (what Python's buffered reads pass) is searched where it is, without a copy
+            chunk = buffer if isinstance(buffer, bytearray) and out.nbytes == len(buffer) else bytes(out[:n])
+            self.hex_seen = (self._last == b"0" and chunk[0] in b"xX") or _hex_in(chunk, n)
+            self._last = bytes(chunk[n - 1 : n])
         self._done += n
         return n
 

@@ -12,7 +12,8 @@ silently different type.
 Inferred types are pandas' defaults for a CSV column: int64, float64 (ints with floats), bool
 (True/False spellings only) and string (everything else: dates and times stay text, as pandas reads
 them; give `column_types={"when": "timestamp[s]"}` to have them typed). A column with no value in the
-sample is string.
+sample is string. A column whose sample holds a number Arrow reads and pandas keeps as text (a hex integer,
+a NaN spelled otherwise than pandas' missing values) is string (tabular_read._as_pandas_reads).
 """
 
 from __future__ import annotations
@@ -175,17 +176,30 @@ def _first_block_schema(first: TabularSlice, dataset: TabularDataset) -> pa.Sche
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    from .tabular_read import arrow_only_numbers
+
     fs, path = fsspec.core.url_to_fs(first.url, **dict(dataset.storage_options))
-    try:
+
+    def first_block(types: Mapping[str, pa.DataType]) -> pa.RecordBatch:
         with fs.open(path, "rb") as handle:
             reader = pacsv.open_csv(
                 handle,
                 read_options=read_options(dataset, None, SAMPLE_BYTES),
                 parse_options=parse_options(dataset),
-                convert_options=convert_options(dataset, {}),
+                convert_options=convert_options(dataset, types),
             )
-            schema = reader.schema
-    except (pa.ArrowInvalid, OSError):
+            return reader.read_next_batch()
+
+    try:
+        block = first_block({})
+        # numbers Arrow reads and pandas keeps as text (tabular_read._as_pandas_reads): those columns are text
+        odd = arrow_only_numbers(
+            block, lambda names: first_block(dict.fromkeys(names, pa.string())), may_hold_hex=True
+        )
+        schema = pa.schema(
+            [pa.field(f.name, pa.string()) if i in odd else f for i, f in enumerate(block.schema)]
+        )
+    except (pa.ArrowInvalid, OSError, StopIteration):
         return None
     if not dataset.header:
         return pa.schema([pa.field(str(i), f.type) for i, f in enumerate(schema)])

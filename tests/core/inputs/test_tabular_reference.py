@@ -189,3 +189,151 @@ def test_a_lone_surrogate_in_an_object_field_is_kept(tmp_path: Path, batch_forma
     else:
         got = list(pd.concat(parts, ignore_index=True)["a"])  # type: ignore[arg-type]
     assert got == want
+
+
+# Spellings that Arrow's converters (with the engine's options) read as numbers and `pandas.read_csv` keeps
+# as text: integers in hex (`0x`/`0X` only; spaces around them are trimmed) and NaN spellings that are not
+# pandas' missing values (any case, a sign, spaces around, a payload in parentheses).
+_ARROW_ONLY_NUMBERS = [
+    "0x10", "0X1f", " 0x10", "0x10 ", "0xff",
+    "NAN", "Nan", "nAN", "+nan", "+NaN", "-NAN", "-Nan", " NaN", "NaN ", "nan(0)", "NaN(123)",
+]  # fmt: skip
+# Spellings both read alike (checked so that the guard for the ones above leaves them as they are).
+_SHARED_SPELLINGS = [
+    "16", " 1", "1 ", "007", "-0", "1e5", "1E5", "1.", ".5", "+.5", "inf", "-Infinity", "iNf", "1e400",
+    "True", "FALSE", "nan", "-NaN", "NA", "x0x1",
+]  # fmt: skip
+
+
+def _pandas_like(frame: pd.DataFrame) -> pd.DataFrame:
+    """A pandas reference with a mini-batch's dtypes (nullable Int64 and boolean)."""
+    return _with_nullable_ints(frame).astype(
+        {c: "boolean" for c, t in zip(frame.columns, frame.dtypes, strict=True) if t == "bool"}
+    )
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+@pytest.mark.parametrize("spelling", _ARROW_ONLY_NUMBERS + _SHARED_SPELLINGS)
+@pytest.mark.parametrize("neighbour", ["1", "2.5"])
+def test_a_spelling_in_the_sample_is_read_as_pandas_reads_the_column(
+    tmp_path: Path, spelling: str, neighbour: str, batch_format: str
+) -> None:
+    """The job's types are pandas' defaults: a column whose sample holds `0x10` or `NAN` is text, as
+    `pandas.read_csv` reads it (Arrow alone reads 16 and NaN), and every value is pandas' in both formats."""
+    path = _write(tmp_path, f"x,k\n{neighbour},a\n{spelling},b\n{neighbour},c\n".encode())
+    want = _pandas_like(pd.read_csv(path))
+    parts = _job(TabularDataset.from_delimited_files(path), 6, tmp_path, batch_format)
+    assert len(parts) > 1
+    if batch_format == "pandas":
+        got_frame = pd.concat(parts, ignore_index=True)  # type: ignore[arg-type]
+        if str(got_frame["x"].dtype) == "Int64" and want["x"].dtype == "float64":
+            want = want.astype({"x": "Int64"})  # ints with a missing value: nullable Int64 (README)
+        pd.testing.assert_frame_equal(got_frame, want)
+    else:
+        got = pa.concat_tables(parts).column("x").to_pylist()  # type: ignore[arg-type]
+        assert got == [None if pd.isna(v) else v for v in want["x"].tolist()], (got, want["x"].tolist())
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+@pytest.mark.parametrize("spelling", _ARROW_ONLY_NUMBERS)
+@pytest.mark.parametrize("neighbour", ["1", "2.5"])
+def test_a_spelling_after_the_sample_fails_its_mini_batch_naming_the_column_and_the_fix(
+    tmp_path: Path, spelling: str, neighbour: str, batch_format: str
+) -> None:
+    """Beyond the sample, in a column decided int64/float64 from numbers: pandas over the whole file would
+    read the column as text, so the value fits no number type and its mini-batch fails as a word would,
+    naming the file, the column and `column_types` (it was a green job with 16 or NaN)."""
+    from airflow_parallel_run.core.inputs import tabular_types
+
+    rows = "".join(f"{neighbour},r{i}\n" for i in range(30))
+    path = _write(tmp_path, f"x,k\n{rows}{spelling},z\n".encode())
+    assert pd.read_csv(path)["x"].dtype == object or str(pd.read_csv(path)["x"].dtype) == "str"
+    dataset = TabularDataset.from_delimited_files(path)
+    batches = list(plan_inputs([dataset], 64))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tabular_types, "SAMPLE_BYTES", 64)  # the sample ends before the spelling
+        job_input = dataset.with_column_types(batches)
+    assert (job_input.column_types or {})["x"] in ("int64", "float64")
+    with pytest.raises(
+        InputError,
+        match=re.escape(path) + r" bytes \[\d+, \d+\): cannot read as csv with the job's column types: "
+        rf"(column 'x'|In CSV column #0).*({re.escape(repr(spelling))}|{re.escape(repr(spelling.strip()))})"
+        r".*column_types",
+    ):
+        for mb in batches:
+            read_batch(job_input, mb, str(tmp_path), batch_format)
+
+
+@pytest.mark.parametrize("spelling", ["0x10", "NAN"])
+def test_a_spelling_in_a_first_slice_larger_than_the_sample_makes_its_column_text(
+    tmp_path: Path, spelling: str
+) -> None:
+    """A first slice larger than the sample has its types from Arrow's first block
+    (tabular_types._first_block_schema): there too, a column holding `0x10` or `NAN` is text."""
+    from airflow_parallel_run.core.inputs import tabular_types
+
+    rows = "".join(f"{i},{i}.5\n" for i in range(40))
+    path = _write(tmp_path, f"i,f\n{spelling},{spelling}\n{rows}".encode())
+    dataset = TabularDataset.from_delimited_files(path)
+    batches = list(plan_inputs([dataset], 1 << 20))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tabular_types, "SAMPLE_BYTES", 64)
+        assert batches[0].slices[0].end - batches[0].slices[0].start > tabular_types.SAMPLE_BYTES
+        job_input = dataset.with_column_types(batches)
+    assert job_input.column_types == {"i": "string", "f": "string"}
+    assert [str(t) for t in pd.read_csv(path).dtypes] in (["object"] * 2, ["str"] * 2)
+
+
+@pytest.mark.parametrize("body", [b"1\n0x10\n", b"1\n0X1f\n", b"10\nx0\n", b"1\n00\nx\n"])
+def test_hex_split_between_two_reads_of_a_streamed_slice_is_seen(tmp_path: Path, body: bytes) -> None:
+    """A local slice is streamed to Arrow in reads of Arrow's size: `0x` split between two of them (the `0`
+    ending one read, the `x` starting the next) is still seen, so its integer columns are checked."""
+    from airflow_parallel_run.core.inputs.tabular_read import _RangeReader
+
+    path = tmp_path / "body"
+    path.write_bytes(body)
+    split = body.index(b"0") + 1  # the first read ends with a `0`
+    with open(path, "rb", buffering=0) as f:
+        reader = _RangeReader(b"", f, len(body), watch_hex=True)
+        first, rest = bytearray(split), bytearray(64)
+        assert reader.readinto(first) == split
+        assert reader.readinto(rest) == len(body) - split
+    assert bytes(first) + bytes(rest[: len(body) - split]) == body
+    assert reader.hex_seen == (b"0x" in body or b"0X" in body)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"0x",
+        b"a0X",
+        b"x0x",
+        b"xxX0X",
+        b"x" * 200 + b"0x",
+        b"X" * 200 + b"9X0X",
+        b"x" * 200,
+        b"0 x",
+        b"x0",
+        b"",
+    ],
+)
+def test_hex_is_looked_for_as_a_plain_search_finds_it(data: bytes) -> None:
+    from airflow_parallel_run.core.inputs.tabular_read import _hex_in
+
+    assert _hex_in(data, len(data)) == (b"0x" in data or b"0X" in data)
+    assert _hex_in(bytearray(data + b"0x"), len(data)) == (b"0x" in data or b"0X" in data)
+
+
+@pytest.mark.parametrize("batch_format", ["pandas", "pyarrow"])
+def test_infinities_of_both_signs_in_one_mini_batch_are_read_as_pandas_reads_them(
+    tmp_path: Path, batch_format: str
+) -> None:
+    """inf and -inf in one float column sum to NaN (the cheap test for a NaN): they are still numbers."""
+    path = _write(tmp_path, b"x\n1.5\ninf\n-inf\nnan\n2.5\n")
+    want = pd.read_csv(path)["x"].tolist()
+    parts = _job(TabularDataset.from_delimited_files(path), 1 << 20, tmp_path, batch_format)
+    if batch_format == "pandas":
+        got = pd.concat(parts, ignore_index=True)["x"].tolist()  # type: ignore[arg-type]
+    else:
+        got = [float("nan") if v is None else v for v in pa.concat_tables(parts).column("x").to_pylist()]  # type: ignore[arg-type]
+    assert str(got) == str(want)
