@@ -33,7 +33,10 @@ from ..output.formats import PART_ENCODING_VERSION
 #: Bumped whenever what a key means changes (what is hashed, or how a cached part is encoded), so
 #: entries written under the old meaning simply miss. 3: tabular inputs read by Arrow with one set of
 #: column types per job (`batch_format`, `column_types` in the key; nullable integer columns for pandas).
-KEY_FORMAT = 3
+#: 4: CSV read as pandas reads it where Arrow differed (hex integers and NaN spellings outside pandas'
+#: missing values are text, repeated header names renamed, a short row's mini-batch keeps the header's
+#: names): a mini-batch cached under 3 may hold what the reader no longer gives, so it must miss.
+KEY_FORMAT = 4
 
 #: Fields that do not enter the key, per class, each with the reason it cannot change a result.
 NOT_IN_KEY: dict[type, dict[str, str]] = {

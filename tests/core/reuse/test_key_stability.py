@@ -6,7 +6,9 @@ everything), and a planned slice that moves changes the keys of its mini-batch a
 Each value below was computed once and written here; a change that moves one must say why and bump
 `KEY_FORMAT` (then the values are written again, once). KEY_FORMAT 3: `batch_format` and an input's
 `column_types` entered the key, and tabular inputs are read by Arrow with one set of column types per job
-(nullable Int64/boolean columns for pandas), so results cached under 2 may differ and must miss.
+(nullable Int64/boolean columns for pandas), so results cached under 2 may differ and must miss. KEY_FORMAT 4:
+CSV values read as pandas reads them where Arrow read them otherwise (hex integers, NaN spellings, repeated
+header names, a short row's names), so a mini-batch cached under 3 may hold values the reader no longer gives.
 
 The inputs live on fsspec's in-memory file system, so their URLs (which are in the keys) and their
 fingerprints (xxh3 of the bytes: the store has no content identity) are the same on every machine.
@@ -352,56 +354,56 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
     },
 }
 GOLDEN_MINI_BATCH_KEYS: dict[str, str] = {
-    "files": "0b85bf649d1b8dc81658ed4cc9cd805454ce99f0",
-    "partition": "a1b8f5f69c6fb793b0aeaa67b96411df5d43de08",
-    "remote": "30cb4fdceb296a18f030d99df014833cd153441b",
-    "csv": "dbe1fed7dadbc09d383a1fd932a16a586756cf2c",
-    "jsonl": "56a61a2ad140c95af7d6799324f673e63f619471",
-    "parquet": "47b6566f5c343b3fd9a6fc2bb45173f49a16866b",
+    "files": "b20037fa34ce342ba6e9fed7af0af9bf5e209710",
+    "partition": "b66ef74151817f65d8ca8faffb48ade6d540f99a",
+    "remote": "d9df8adb48d747b7d4c845e487c13ea6a38cb2ec",
+    "csv": "87518d2fd6500cd0514863a4c4b4e2f7bfce1f6a",
+    "jsonl": "647afbc3a8a4f1b9977fa66d969d1ebb1e81c2a6",
+    "parquet": "6e41fb831d5dfdeebce06848ec418ed4b3dabd18",
 }
 GOLDEN_DRIVER_KEYS: dict[str, Any] = {
     "files": {
         "cache_key": "903427c5983dfa8f4f90336ff29fac51",
         "keys": [
-            "0ef7ba8a13f5674c4c52d9a683e30202a0b702c9",
-            "ec7f28a74602452ffffbc284621812b19aa1d828",
-            "5c5916fe3b1d4feccf864fa82475c88d99ab4168",
+            "e8911d964ca4cb000993a30644289fb2416458cb",
+            "bc53b7af40a0f07c899bab2655c6007095751a14",
+            "17a7b7a24453af59ac84900667e1aade2c33623f",
         ],
     },
     "partitioned": {
         "cache_key": "6976c545db30fd4458dc0f73584107d5",
         "keys": [
-            "f221578cf55a4ec2ed1e6d48332fbf29265cbd7c",
-            "7f47e0343042054d72efbeda2484f8ea488426c6",
-            "8f2f2f432ea95d5a3cb8984147aed4eb7e21f498",
-            "95904e14bce4f486034e72c3b296ee3baf7af78f",
-            "66e927901fe5d9ee547f0aa7bbba53ab91499df0",
-            "eb3dc1e02ceb4df5c97542b20079fa6bcbf4ee58",
-            "ea93fd005893ecbd6824b9480f2557b80778f7c5",
+            "c68ba20093d61e376d170124284c99bb0e58af08",
+            "bec71c4876a390b70764355d87409bc3df2d8a95",
+            "27055227a2c5c05372ce338d81bc5a3d221ddf3c",
+            "7f43cf5eaaa0b7b3db602f68ccf4bb605abb3435",
+            "ee2cb9a3dac168f52d460df6a8146eafe64f5bc7",
+            "52dd7d74d43da51c6fa7ab697b6090df58c88344",
+            "492dec98d37ec3e59df8d0a041f02d049523fbf1",
         ],
     },
     "csv": {
         "cache_key": "903427c5983dfa8f4f90336ff29fac51",
         "keys": [
-            "5fb401de83ab49be6b23be60da6ecee928179d56",
-            "4c44b4e5c45a27a72a1a5e1f8a4fdf954c81ee68",
-            "d0b4a44c3540213ea081f9cf3e476220543c59c9",
-            "a1456c7eb1c71e486dfc307aed266dbaae11fda1",
-            "0b4d85452b2289dbb062e8b601da24032cfd6611",
-            "67488b0013502f87e9385a2b403890c239ae401c",
-            "beb438e5ed6760b74713cee90d9f848787443b0f",
-            "b9e5f8adcb598009427523dcb6b98937e6d7889f",
+            "019661d4c3f6a2c6927a3f9fc1e19c849e869120",
+            "2a8d42b4701cb897dc0c79e5cf2827218b1f1614",
+            "2ac9b8edee21985fccd54ca11d0694797839f09a",
+            "aba1d921ce05c9bf27f1a1d00f0cc4b605eb164a",
+            "6b20079dcb5ebb406568fdc5b45f226d339155f1",
+            "a8692211d7292a1b5bd087e22902895752a42275",
+            "884b72e307c83a4a333f4d70610c3ae57669740b",
+            "700457c57f4d1fef9aff1ec35033796d722cc461",
         ],
     },
     "jsonl": {
         "cache_key": "903427c5983dfa8f4f90336ff29fac51",
         "keys": [
-            "11acc9d93c475ec8537023e5f6ba43e470dc1cb7",
-            "06bc22f1429620ca227a6a55e17ee6ca7ef9baa3",
-            "fba056846625dba5b6ace0b9225913ac7f65edc9",
-            "a287118f89f294873e28e8d332ea29fc1b6f6e6f",
-            "3144aa085959ff5cacdfe6cfa56e52af82c55621",
-            "3e4438db113294663bc2757d06ecdabe10b02c75",
+            "255994be12588c1d95f88ce0154b8ba484cff0c2",
+            "88aca7d0f7acca0a4590217525e4c64372b246ce",
+            "a257dccbabf8c7af094b19f105803e433ad6714b",
+            "93855eb3a0382f3c5979fc44213c50310bf36d45",
+            "35b90745724ca6006df11bae3998954b270d449e",
+            "f45329d6c50b9aa238fde1c267a3b504a7ebd48a",
         ],
     },
 }
