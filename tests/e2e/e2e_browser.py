@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,24 @@ def browser() -> Iterator[Any]:
 # api-server): on a loaded 2-core machine the first load of the UI took longer than any timeout that
 # still means something, while the element the test uses was there long before.
 NAVIGATED = "commit"
+
+
+def wait_for_route(page: Any, matches: Callable[[str], bool], timeout_s: float = 60.0) -> str:
+    """Waits until the document's own URL (`location.href`, read in the page) matches, and returns it.
+
+    The UI routes in the page (history.pushState), and Playwright's `wait_for_url` waits for a navigation
+    *event*: after a menu click that had already routed (the plugin page's iframe was requested from the
+    server), it once waited its 60 s without seeing one. Reading the URL from the document does not depend
+    on when an event is delivered; a click that never routes still times out, naming the URL it stayed on.
+    """
+    deadline = time.monotonic() + timeout_s
+    href = ""
+    while time.monotonic() < deadline:
+        href = str(page.evaluate("location.href"))
+        if matches(href):
+            return href
+        page.wait_for_timeout(200)
+    raise AssertionError(f"the page did not route there within {timeout_s:.0f} s: it stayed on {href}")
 
 
 def open_page(page: Any, url: str) -> None:

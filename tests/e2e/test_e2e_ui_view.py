@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from e2e_browser import NAVIGATED, browser, open_page, sign_in  # noqa: F401 - the browser fixture
+from e2e_browser import browser, open_page, sign_in, wait_for_route  # noqa: F401 - the browser fixture
 from e2e_rest import Api, Stack
 
 pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
@@ -183,9 +183,7 @@ def test_parallel_run_tab_in_the_browser(
     entry.wait_for(state="visible")
     entry.click()
     # the SPA may add a trailing slash or a query to the route; the page is the same
-    page.wait_for_url(
-        lambda url: urlsplit(url).path.rstrip("/").endswith("/plugin/parallel-runs"), wait_until=NAVIGATED
-    )
+    wait_for_route(page, lambda url: urlsplit(url).path.rstrip("/").endswith("/plugin/parallel-runs"))
     runs = page.frame_locator('iframe[title="Parallel runs"]')
     row = runs.locator(f'#runs-table tr[data-run-id="{run_id}"]')
     row.wait_for()
@@ -194,7 +192,7 @@ def test_parallel_run_tab_in_the_browser(
     runs_shot = tmp_path / "runs-page.png"
     page.screenshot(path=str(runs_shot))
     row.locator(".tab-link").click()
-    page.wait_for_url(lambda url: f"/tasks/{TASK_ID}/plugin/parallel-run" in url, wait_until=NAVIGATED)
+    wait_for_route(page, lambda url: f"/tasks/{TASK_ID}/plugin/parallel-run" in url)
     page.frame_locator('iframe[title="Parallel run"]').locator("#summary-section").wait_for()
     page.close()
     print(f"screenshots: {running_shot} {ended_shot} {runs_shot}")
