@@ -57,10 +57,9 @@ NAVIGATED = "commit"
 def wait_for_route(page: Any, matches: Callable[[str], bool], timeout_s: float = 60.0) -> str:
     """Waits until the document's own URL (`location.href`, read in the page) matches, and returns it.
 
-    The UI routes in the page (history.pushState), and Playwright's `wait_for_url` waits for a navigation
-    *event*: after a menu click that had already routed (the plugin page's iframe was requested from the
-    server), it once waited its 60 s without seeing one. Reading the URL from the document does not depend
-    on when an event is delivered; a click that never routes still times out, naming the URL it stayed on.
+    The UI routes in the page (history API) and may rewrite its URL again once a view's iframe has loaded
+    (a plugin page appends the iframe's path); reading the URL from the document does not depend on which
+    navigation events Playwright reports. A route that never matches fails naming the URL the page has.
     """
     deadline = time.monotonic() + timeout_s
     href = ""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -182,8 +183,9 @@ def test_parallel_run_tab_in_the_browser(
     entry = page.get_by_role("menuitem", name="Parallel runs")
     entry.wait_for(state="visible")
     entry.click()
-    # the SPA may add a trailing slash or a query to the route; the page is the same
-    wait_for_route(page, lambda url: urlsplit(url).path.rstrip("/").endswith("/plugin/parallel-runs"))
+    # the SPA may add a trailing slash or a query to the route, and once the view's iframe has loaded it
+    # appends the iframe's own path (/plugin/parallel-runs/parallel-run/runs): the page is the same
+    wait_for_route(page, lambda url: re.search(r"/plugin/parallel-runs(/|$)", urlsplit(url).path) is not None)
     runs = page.frame_locator('iframe[title="Parallel runs"]')
     row = runs.locator(f'#runs-table tr[data-run-id="{run_id}"]')
     row.wait_for()
