@@ -362,14 +362,17 @@ class _QuoteTracker:
 def _chunks(f: BinaryIO, blank_bom: bool) -> Iterator[bytes]:
     """The file in chunks of `_CHUNK_BYTES`. A UTF-8 byte order mark at its start is given as three CRs: pandas
     skips the mark, so for finding records it is blank and what follows it starts a record."""
-    head = f.read(3)
-    if blank_bom and head == _UTF8_BOM:
-        head = b"\r\r\r"
+    head = _bom_as_blank(f.read(3), blank_bom)
     first = head + f.read(max(_CHUNK_BYTES - len(head), 0))
     if first:
         yield first
     while chunk := f.read(_CHUNK_BYTES):
         yield chunk
+
+
+def _bom_as_blank(start: bytes, blank_bom: bool) -> bytes:
+    """The file's first bytes with a UTF-8 byte order mark given as three CRs (`_chunks`)."""
+    return b"\r\r\r" + start[3:] if blank_bom and start.startswith(_UTF8_BOM) else start
 
 
 def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> list[TabularSlice]:
@@ -405,9 +408,7 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
             head = first[:header_end]
         elif header_end <= _HEADER_CHECK_BYTES:
             f.seek(0)
-            head = f.read(header_end)
-            if _is_utf8(dataset.encoding) and head.startswith(_UTF8_BOM):
-                head = b"\r\r\r" + head[3:]  # as `_chunks` gives it
+            head = _bom_as_blank(f.read(header_end), _is_utf8(dataset.encoding))
         else:
             return slices  # a header record this long is not looked into
         _check_header_record(url, head, dataset)
