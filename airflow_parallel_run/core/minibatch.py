@@ -36,6 +36,10 @@ class TabularSlice:
     `rows` is the record count found at planning time. `first_line` (csv/jsonl) is the 1-based line of the
     file on which byte `start` lies, so read errors can name lines of the file; None for parquet and for
     slices planned before it was recorded. It is not part of the reuse-cache key (start/end/header_end are).
+    `null_columns` (parquet) names the columns that may hold a missing value in these row groups, as the
+    footer's statistics say (a column without a null count is among them); None when not known (csv/jsonl,
+    slices planned before it was recorded). The job decides pandas dtypes from it
+    (core/inputs/tabular_types.py: `parquet_null_columns`).
     """
 
     url: str
@@ -46,6 +50,7 @@ class TabularSlice:
     row_groups: tuple[int, ...] = ()
     rows: int = 0
     first_line: int | None = None
+    null_columns: tuple[str, ...] | None = None
 
 
 @runtime_checkable
@@ -168,7 +173,20 @@ class MiniBatch:
             input_index=data["input_index"],
             items=data["items"],
             files=tuple(FileRef(**f) for f in data["files"]),
-            slices=tuple(TabularSlice(**{**s, "row_groups": tuple(s["row_groups"])}) for s in data["slices"]),
+            slices=tuple(_slice_from_dict(s) for s in data["slices"]),
             partition_key_value=dict(data["partition_key_value"]),
             pieces=tuple(_piece_from_dict(p) for p in data.get("pieces") or ()),
         )
+
+
+def _slice_from_dict(data: Mapping[str, Any]) -> TabularSlice:
+    """A slice from its manifest form (JSON lists back to tuples; a manifest written before `null_columns`
+    existed reads as None: not known)."""
+    nulls = data.get("null_columns")
+    return TabularSlice(
+        **{
+            **data,
+            "row_groups": tuple(data["row_groups"]),
+            "null_columns": tuple(nulls) if nulls is not None else None,
+        }
+    )

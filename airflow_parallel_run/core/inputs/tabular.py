@@ -45,6 +45,11 @@ class TabularDataset(PathInput):
     # once per job from the first file (core/inputs/tabular_types.py, tabular_jsonl.py), so every
     # mini-batch reads a column as the same type
     column_types: Mapping[str, str] | None = None
+    # parquet, decided by the job from its files' statistics (leave None): the columns that may hold a missing
+    # value in some planned row group. An integer or bool column outside it is numpy's int64/bool in every
+    # mini-batch; one inside it (or every one, while None) pandas' nullable Int64/boolean
+    # (core/inputs/tabular_types.py: `parquet_null_columns`)
+    null_columns: tuple[str, ...] | None = None
 
     kind: ClassVar[str] = "tabular"
 
@@ -64,6 +69,10 @@ class TabularDataset(PathInput):
             from .tabular_types import check_column_types
 
             object.__setattr__(self, "column_types", check_column_types(self.column_types, self.format))
+        if self.null_columns is not None:
+            if self.format != "parquet":
+                raise ConfigError("null_columns", self.null_columns, "None for csv and jsonl (Parquet only)")
+            object.__setattr__(self, "null_columns", tuple(sorted(set(self.null_columns))))
 
     @classmethod
     def from_delimited_files(
@@ -162,7 +171,8 @@ class TabularDataset(PathInput):
                     yield ctx.batch(piece.rows, slices=(piece,))
 
     def with_column_types(self, batches: Sequence[MiniBatch]) -> TabularDataset:
-        """This input with the column types every slice is read with (csv, jsonl; core/inputs/tabular_types.py)."""
+        """This input with the column types every slice is read with (csv, jsonl: `column_types`; parquet:
+        `null_columns`; core/inputs/tabular_types.py)."""
         from .tabular_types import resolve_column_types
 
         return resolve_column_types(self, batches)

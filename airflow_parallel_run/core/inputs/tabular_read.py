@@ -44,6 +44,8 @@ def read_tabular(slices: Sequence[TabularSlice], dataset: TabularDataset) -> pd.
     as Arrow and converted once (`read_tabular_table`); a csv without a header keeps pandas' column names
     0, 1, ... JSON Lines records are typed with the job's field types (`_read_jsonl`).
     """
+    if dataset.format == "parquet":
+        return _parquet_to_pandas(read_tabular_table(slices, dataset), dataset.null_columns, slices)
     if dataset.format != "jsonl":
         frame = to_pandas(read_tabular_table(slices, dataset))
         if dataset.format == "csv" and not dataset.header:
@@ -59,6 +61,37 @@ def to_pandas(table: pa.Table) -> pd.DataFrame:
     plain `to_pandas()` gives float64/object for a mini-batch that happens to hold one, and int64/bool for
     its neighbour)."""
     return table.to_pandas(types_mapper=_NULLABLE.get)
+
+
+def _parquet_to_pandas(
+    table: pa.Table, null_columns: tuple[str, ...] | None, slices: Sequence[TabularSlice]
+) -> pd.DataFrame:
+    """A Parquet mini-batch as a DataFrame: its integer and bool columns that the job knows hold no missing
+    value (not in `null_columns`, core/inputs/tabular_types.py: `parquet_null_columns`) as numpy's
+    int64/bool, as `pandas.read_parquet` reads them, the others nullable (`to_pandas`). One of the former
+    that holds a missing value after all (the file changed after planning, or its statistics were wrong)
+    fails the mini-batch, naming the column: read as float64 or object it would differ from its neighbours."""
+    if null_columns is None:
+        return to_pandas(table)
+    nullable = set(null_columns)
+    plain = [i for i, f in enumerate(table.schema) if f.type in _NULLABLE and f.name not in nullable]
+    for i in plain:
+        column = table.column(i)
+        if column.null_count:
+            files = sorted({s.url for s in slices})
+            raise InputError(
+                f"{', '.join(files)}: column {table.schema.field(i).name!r} holds {column.null_count} missing "
+                "value(s) in this mini-batch, but the files' statistics said it holds none when the job was "
+                "planned (did a file change?); run the job again"
+            )
+    if len(plain) == sum(1 for f in table.schema if f.type in _NULLABLE):
+        return table.to_pandas()  # no column needs pandas' nullable dtypes
+    frame = to_pandas(table)
+    # Arrow's types_mapper sees types, not columns: the others are given numpy's dtype afterwards. Their
+    # names are unique (the planner counts a name two columns share as possibly null).
+    for name in {table.schema.field(i).name for i in plain}:
+        frame[name] = frame[name].to_numpy(dtype=frame[name].dtype.numpy_dtype)
+    return frame
 
 
 _NULLABLE = {

@@ -117,17 +117,44 @@ def _plan_parquet(fs: Any, path: str, url: str, target: int) -> list[TabularSlic
     group: list[int] = []
     group_bytes = 0
     group_rows = 0
+    nulls: set[str] = set()
+    shared: dict[frozenset[str], tuple[str, ...]] = {}  # slices with the same columns share one tuple
+
+    def emit() -> None:
+        names = shared.setdefault(frozenset(nulls), tuple(sorted(nulls)))
+        slices.append(
+            TabularSlice(url, "parquet", row_groups=tuple(group), rows=group_rows, null_columns=names)
+        )
+
     for index in range(metadata.num_row_groups):
         row_group = metadata.row_group(index)
         group.append(index)
         group_bytes += sum(row_group.column(c).total_compressed_size for c in range(row_group.num_columns))
         group_rows += row_group.num_rows
+        nulls |= _row_group_nulls(row_group)
         if group_bytes >= target:
-            slices.append(TabularSlice(url, "parquet", row_groups=tuple(group), rows=group_rows))
-            group, group_bytes, group_rows = [], 0, 0
+            emit()
+            group, group_bytes, group_rows, nulls = [], 0, 0, set()
     if group:
-        slices.append(TabularSlice(url, "parquet", row_groups=tuple(group), rows=group_rows))
+        emit()
     return slices
+
+
+def _row_group_nulls(row_group: Any) -> set[str]:
+    """The columns of a row group that may hold a missing value: its statistics count one, or it has no
+    null count (statistics not written). A column is named by its path; a path that two columns share (a
+    top-level "a.b" and field b of a struct a) is counted as possibly null, so a name can only be said to
+    hold no null when exactly one column has it and its count is 0."""
+    seen: set[str] = set()
+    nulls: set[str] = set()
+    for c in range(row_group.num_columns):
+        column = row_group.column(c)
+        path = column.path_in_schema
+        stats = column.statistics if column.is_stats_set else None
+        if path in seen or stats is None or not stats.has_null_count or stats.null_count != 0:
+            nulls.add(path)
+        seen.add(path)
+    return nulls
 
 
 class _Slicer:

@@ -105,11 +105,12 @@ def _portable(t: pa.DataType) -> str:
 
 def resolve_column_types(dataset: TabularDataset, batches: Sequence[MiniBatch]) -> TabularDataset:
     """`dataset` with the column types of every column of its first file (see the module's docstring; JSON
-    Lines: core/inputs/tabular_jsonl.py); the user's `column_types` win. Other formats, or an input without mini-batches, are returned as given."""
-    if dataset.format not in ("csv", "jsonl"):
-        return dataset
+    Lines: core/inputs/tabular_jsonl.py); the user's `column_types` win. Parquet: with the columns that may
+    hold a missing value (`parquet_null_columns`). An input without mini-batches is returned as given."""
     slices = [s for mb in batches for s in mb.slices]
-    if not slices:
+    if dataset.format == "parquet":
+        return dataclasses.replace(dataset, null_columns=parquet_null_columns(slices))
+    if dataset.format not in ("csv", "jsonl") or not slices:
         return dataset
     if dataset.format == "jsonl":
         from .tabular_jsonl import decide_types
@@ -120,6 +121,25 @@ def resolve_column_types(dataset: TabularDataset, batches: Sequence[MiniBatch]) 
         inferred = infer_csv_types(slices, dataset)
     merged = {**inferred, **(dataset.column_types or {})}
     return dataclasses.replace(dataset, column_types=merged)
+
+
+def parquet_null_columns(slices: Sequence[TabularSlice]) -> tuple[str, ...] | None:
+    """The columns that may hold a missing value in any of the job's Parquet slices (their footers'
+    statistics, `TabularSlice.null_columns`); None when a slice does not say (planned before it was recorded).
+
+    Why: numpy's int64 and bool have no missing value, so a plain `to_pandas()` gives float64/object to a
+    mini-batch that happens to hold one and int64/bool to its neighbour. Deciding per job keeps one dtype per
+    column in every mini-batch; deciding from the statistics lets a column that holds no missing value
+    anywhere be read as `pandas.read_parquet` reads it (int64/bool, faster to convert and to use: on 2 M
+    rows `Series.tolist()` took 100 ms against 150 ms for Int64), and only the others nullable."""
+    if not slices:
+        return None
+    names: set[str] = set()
+    for piece in slices:
+        if piece.null_columns is None:
+            return None
+        names.update(piece.null_columns)
+    return tuple(sorted(names))
 
 
 def infer_csv_types(slices: Sequence[TabularSlice], dataset: TabularDataset) -> dict[str, str]:

@@ -36,7 +36,9 @@ from ..output.formats import PART_ENCODING_VERSION
 #: 4: CSV read as pandas reads it where Arrow differed (hex integers and NaN spellings outside pandas'
 #: missing values are text, repeated header names renamed, a short row's mini-batch keeps the header's
 #: names): a mini-batch cached under 3 may hold what the reader no longer gives, so it must miss.
-KEY_FORMAT = 4
+#: 5: Parquet integer and bool columns that hold no missing value in the job (its files' statistics) are
+#: numpy's int64/bool for pandas, no longer nullable Int64/boolean: run() may return other results.
+KEY_FORMAT = 5
 
 #: Fields that do not enter the key, per class, each with the reason it cannot change a result.
 NOT_IN_KEY: dict[type, dict[str, str]] = {
@@ -76,6 +78,8 @@ NOT_IN_KEY: dict[type, dict[str, str]] = {
     TabularSlice: {
         "first_line": "the line of the file where the slice starts, used only to name lines in read "
         "errors; start, end and header_end fix the bytes read",
+        "null_columns": "what the Parquet footer, whose file's content is in the key, says of the slice's "
+        "missing values; the job's decision from it enters as TabularDataset.null_columns",
     },
 }
 

@@ -8,7 +8,9 @@ Each value below was computed once and written here; a change that moves one mus
 `column_types` entered the key, and tabular inputs are read by Arrow with one set of column types per job
 (nullable Int64/boolean columns for pandas), so results cached under 2 may differ and must miss. KEY_FORMAT 4:
 CSV values read as pandas reads them where Arrow read them otherwise (hex integers, NaN spellings, repeated
-header names, a short row's names), so a mini-batch cached under 3 may hold values the reader no longer gives.
+header names, a short row's names), so a mini-batch cached under 3 may hold values the reader no longer gives. KEY_FORMAT 5:
+Parquet integer and bool columns without a missing value in the job are numpy's int64/bool for pandas (they
+were nullable Int64/boolean), and the job's `null_columns` entered the key with the input.
 
 The inputs live on fsspec's in-memory file system, so their URLs (which are in the keys) and their
 fingerprints (xxh3 of the bytes: the store has no content identity) are the same on every machine.
@@ -270,6 +272,7 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
                     "encoding": "d98383a6cb0943d0f3b771d8bf29de73",
                     "partition_format": "74234e98afe7498fb5daf1f36ac2d78a",
                     "column_types": "74234e98afe7498fb5daf1f36ac2d78a",
+                    "null_columns": "74234e98afe7498fb5daf1f36ac2d78a",
                 }
             ],
         },
@@ -296,6 +299,7 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
                     "encoding": "d98383a6cb0943d0f3b771d8bf29de73",
                     "partition_format": "74234e98afe7498fb5daf1f36ac2d78a",
                     "column_types": "74234e98afe7498fb5daf1f36ac2d78a",
+                    "null_columns": "74234e98afe7498fb5daf1f36ac2d78a",
                 }
             ],
         },
@@ -322,6 +326,7 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
                     "encoding": "d98383a6cb0943d0f3b771d8bf29de73",
                     "partition_format": "74234e98afe7498fb5daf1f36ac2d78a",
                     "column_types": "74234e98afe7498fb5daf1f36ac2d78a",
+                    "null_columns": "74234e98afe7498fb5daf1f36ac2d78a",
                 }
             ],
         },
@@ -348,62 +353,63 @@ GOLDEN_JOB_KEYS: dict[str, Any] = {
                     "encoding": "d98383a6cb0943d0f3b771d8bf29de73",
                     "partition_format": "74234e98afe7498fb5daf1f36ac2d78a",
                     "column_types": "74234e98afe7498fb5daf1f36ac2d78a",
+                    "null_columns": "74234e98afe7498fb5daf1f36ac2d78a",
                 }
             ],
         },
     },
 }
 GOLDEN_MINI_BATCH_KEYS: dict[str, str] = {
-    "files": "b20037fa34ce342ba6e9fed7af0af9bf5e209710",
-    "partition": "b66ef74151817f65d8ca8faffb48ade6d540f99a",
-    "remote": "d9df8adb48d747b7d4c845e487c13ea6a38cb2ec",
-    "csv": "87518d2fd6500cd0514863a4c4b4e2f7bfce1f6a",
-    "jsonl": "647afbc3a8a4f1b9977fa66d969d1ebb1e81c2a6",
-    "parquet": "6e41fb831d5dfdeebce06848ec418ed4b3dabd18",
+    "files": "87c72f32d9a1c4a3d096abc7e05918d1dcfd242f",
+    "partition": "e98b2625dd67ddc88875aa7248cce6ea89a7704b",
+    "remote": "6afa768cba65dafe89c94f462d87435feaeb3232",
+    "csv": "189dfb6115b87c051dd48bfa8b872345bd32ec71",
+    "jsonl": "ab8e937ccbffff2dc21a26126a4276fdd8e015a4",
+    "parquet": "94dedf41b2e96e496f4ab54af844ff48492edc16",
 }
 GOLDEN_DRIVER_KEYS: dict[str, Any] = {
     "files": {
         "cache_key": "903427c5983dfa8f4f90336ff29fac51",
         "keys": [
-            "e8911d964ca4cb000993a30644289fb2416458cb",
-            "bc53b7af40a0f07c899bab2655c6007095751a14",
-            "17a7b7a24453af59ac84900667e1aade2c33623f",
+            "7a4180972249da9b7bfb8e4cef052d35ea956719",
+            "178b0b7df30f062d6ca03978a5249b2e1bb780f1",
+            "156e8a1a5234863d17702950eb127f564cd1f1cf",
         ],
     },
     "partitioned": {
         "cache_key": "6976c545db30fd4458dc0f73584107d5",
         "keys": [
-            "c68ba20093d61e376d170124284c99bb0e58af08",
-            "bec71c4876a390b70764355d87409bc3df2d8a95",
-            "27055227a2c5c05372ce338d81bc5a3d221ddf3c",
-            "7f43cf5eaaa0b7b3db602f68ccf4bb605abb3435",
-            "ee2cb9a3dac168f52d460df6a8146eafe64f5bc7",
-            "52dd7d74d43da51c6fa7ab697b6090df58c88344",
-            "492dec98d37ec3e59df8d0a041f02d049523fbf1",
+            "a0605ffea15e3ef88f6e6c531f58bd415037efea",
+            "bf8162c7e594beb8ef06e593d4f1bfde1bea6c4d",
+            "578504da3fe3b16f6fbb9884c62ae81e7f84c03e",
+            "ed59177b0fedc7a938da3b825e9e50051cd259ee",
+            "c13419a9ffa39b2790b0c347bd1c152cd0af1c23",
+            "dd2efcee7d2023d482364d72b15038bc0c140e3b",
+            "61b7bf02aa06608455b93b923256e86c53d97f7c",
         ],
     },
     "csv": {
         "cache_key": "903427c5983dfa8f4f90336ff29fac51",
         "keys": [
-            "019661d4c3f6a2c6927a3f9fc1e19c849e869120",
-            "2a8d42b4701cb897dc0c79e5cf2827218b1f1614",
-            "2ac9b8edee21985fccd54ca11d0694797839f09a",
-            "aba1d921ce05c9bf27f1a1d00f0cc4b605eb164a",
-            "6b20079dcb5ebb406568fdc5b45f226d339155f1",
-            "a8692211d7292a1b5bd087e22902895752a42275",
-            "884b72e307c83a4a333f4d70610c3ae57669740b",
-            "700457c57f4d1fef9aff1ec35033796d722cc461",
+            "0266cc6ee7582fcc39a4e9a5649c36f8e7748935",
+            "4db4cba4abfaaa5d53ebac9aec5413d67072989a",
+            "90ec8ad5364b36ccc074e40ffaaf0826b55c1c75",
+            "846c3f4e6f39c69800dedb6f942dba0eeb0d80af",
+            "f6e10b86980cc02e7eafaa523c745bd130cd3122",
+            "19ba30473ea00df160cf4a5cc2c74795ae568bf6",
+            "441551bac7ac30e5321793ba9c6516717054d3b7",
+            "3e54c5b4d011bf946623e8f7be42c9f62e945d5f",
         ],
     },
     "jsonl": {
         "cache_key": "903427c5983dfa8f4f90336ff29fac51",
         "keys": [
-            "255994be12588c1d95f88ce0154b8ba484cff0c2",
-            "88aca7d0f7acca0a4590217525e4c64372b246ce",
-            "a257dccbabf8c7af094b19f105803e433ad6714b",
-            "93855eb3a0382f3c5979fc44213c50310bf36d45",
-            "35b90745724ca6006df11bae3998954b270d449e",
-            "f45329d6c50b9aa238fde1c267a3b504a7ebd48a",
+            "2644626e8e3164fb618de7322196cff04f99f789",
+            "79c6f7f94b34ad67bad5517f0485b479e42389aa",
+            "19a8d0c1a65ca7f869d7c519ec10447cdecb68bf",
+            "49a8f5dd82f17440a600d7748b7714971c848c7b",
+            "71c524a5e7dcdb4d058a38933a8f2e5e4e1ff81f",
+            "6c662301cfaffaaab357d845ced6205c2b221457",
         ],
     },
 }
