@@ -36,8 +36,8 @@ class TabularSlice:
     `rows` is the record count found at planning time. `first_line` (csv/jsonl) is the 1-based line of the
     file on which byte `start` lies, so read errors can name lines of the file; None for parquet and for
     slices planned before it was recorded. It is not part of the reuse-cache key (start/end/header_end are).
-    `null_columns` (parquet) names the columns that may hold a missing value in these row groups, as the
-    footer's statistics say (a column without a null count is among them); None when not known (csv/jsonl,
+    `null_columns` (parquet) names the integer and bool columns that may hold a missing value in these row
+    groups, as the footer's statistics say (one without a null count is among them); None when not known (csv/jsonl,
     slices planned before it was recorded). The job decides pandas dtypes from it
     (core/inputs/tabular_types.py: `parquet_null_columns`).
     """

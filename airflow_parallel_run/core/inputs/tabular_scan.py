@@ -117,6 +117,7 @@ def _plan_parquet(fs: Any, path: str, url: str, target: int) -> list[TabularSlic
     group: list[int] = []
     group_bytes = 0
     group_rows = 0
+    watched = _NullWatch(metadata)
     nulls: set[str] = set()
     shared: dict[frozenset[str], tuple[str, ...]] = {}  # slices with the same columns share one tuple
 
@@ -131,7 +132,7 @@ def _plan_parquet(fs: Any, path: str, url: str, target: int) -> list[TabularSlic
         group.append(index)
         group_bytes += sum(row_group.column(c).total_compressed_size for c in range(row_group.num_columns))
         group_rows += row_group.num_rows
-        nulls |= _row_group_nulls(row_group)
+        nulls |= watched.nulls(row_group)
         if group_bytes >= target:
             emit()
             group, group_bytes, group_rows, nulls = [], 0, 0, set()
@@ -140,21 +141,37 @@ def _plan_parquet(fs: Any, path: str, url: str, target: int) -> list[TabularSlic
     return slices
 
 
-def _row_group_nulls(row_group: Any) -> set[str]:
-    """The columns of a row group that may hold a missing value: its statistics count one, or it has no
-    null count (statistics not written). A column is named by its path; a path that two columns share (a
-    top-level "a.b" and field b of a struct a) is counted as possibly null, so a name can only be said to
-    hold no null when exactly one column has it and its count is 0."""
-    seen: set[str] = set()
-    nulls: set[str] = set()
-    for c in range(row_group.num_columns):
-        column = row_group.column(c)
-        path = column.path_in_schema
-        stats = column.statistics if column.is_stats_set else None
-        if path in seen or stats is None or not stats.has_null_count or stats.null_count != 0:
-            nulls.add(path)
-        seen.add(path)
-    return nulls
+class _NullWatch:
+    """Which integer and bool columns of a Parquet file may hold a missing value, row group by row group
+    (`TabularSlice.null_columns`; only those columns' dtype depends on it). A column whose chunk has no null
+    count (statistics not written) may; so may a name that two columns share (a top-level "a.b" and field b
+    of a struct a have one path), so a name is only said to hold no null when exactly one column has it and
+    its count is 0. Only those columns' statistics are read: on a wide file the others would cost planning
+    time for nothing."""
+
+    def __init__(self, metadata: Any) -> None:
+        import pyarrow as pa
+
+        schema = metadata.schema
+        wanted = {
+            f.name
+            for f in schema.to_arrow_schema()
+            if pa.types.is_integer(f.type) or pa.types.is_boolean(f.type)
+        }
+        paths = [schema.column(c).path for c in range(len(schema))]
+        self.always = {name for name in wanted if paths.count(name) != 1}
+        self.checked = [
+            (c, path) for c, path in enumerate(paths) if path in wanted and path not in self.always
+        ]
+
+    def nulls(self, row_group: Any) -> set[str]:
+        found = set(self.always)
+        for c, path in self.checked:
+            column = row_group.column(c)
+            stats = column.statistics if column.is_stats_set else None
+            if stats is None or not stats.has_null_count or stats.null_count != 0:
+                found.add(path)
+        return found
 
 
 class _Slicer:
