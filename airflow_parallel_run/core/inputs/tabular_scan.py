@@ -300,7 +300,9 @@ class _QuoteTracker:
     planner it replaced, 2 cores shared with other work): no quotes 0.11 s before / 0.10 s after; quoted
     multi-line fields with "" in every third row 0.51 s / 0.53 s; the same with an inch mark in every tenth
     row, so that every chunk takes the exact walk, 0.18 s (and a wrong plan: 1.86 M rows instead of
-    2.86 M) / 0.72 s. The state carried from chunk to chunk makes the result independent of the chunk size.
+    2.86 M) / 0.72 s. The one-pass chunk scan (`_ChunkScan._pass`) later took a 165 MB file of the tabular
+    bench (a quoted field in every row) from 0.47-0.52 s to 0.34-0.40 s of CPU (medians of 7 interleaved runs,
+    under heavy load; see docs/performance.md). The state carried from chunk to chunk makes the result independent of the chunk size.
     """
 
     def __init__(self, separator: str) -> None:
@@ -497,9 +499,9 @@ class _ChunkScan:
     """One chunk of a CSV or JSON Lines file: its newlines and which of them end non-blank records.
 
     The chunk's bytes are passed over once, block by block (`_BLOCK_BYTES`, so that the intermediate arrays and
-    the block itself stay in the CPU's cache): the positions of the newlines, and for CSV of the quotes too, with
-    the byte before each (does a quote start a field?) and after each (is the next record blank?) taken while
-    the block is still in cache. What follows works on those few arrays only.
+    the block itself stay in the CPU's cache), for the positions of the newlines and, for CSV, of the quotes too;
+    what follows works on those arrays only. Gathering the bytes around each hit inside the pass was tried and
+    dropped: it was slower on dense files (CRLF rows of 30 bytes).
     """
 
     def __init__(
@@ -515,36 +517,30 @@ class _ChunkScan:
         self.chunk, self.base, self.lines = chunk, base, lines
         self.significant, self.blank = significant, blank
         self.arr = arr = np.frombuffer(chunk, dtype=np.uint8)
-        found, kinds, before, after = self._pass(arr, scratch, with_quotes)
+        found, kinds = self._pass(arr, scratch, with_quotes)
         self.quotes: np.ndarray | None = _NO_QUOTES if with_quotes else None
-        self.quote_prev: np.ndarray | None = None
         self.quotes_before: np.ndarray | None = None
         is_nl = kinds == _NL
         newline_count = int(np.count_nonzero(is_nl))
         if newline_count == found.size:  # no quote
-            self.newlines, self.newline_next = found, after
+            self.newlines = found
         else:
             is_quote = kinds == _QUOTE
             if newline_count + int(np.count_nonzero(is_quote)) != found.size:  # some 0x02 or '*' were found
                 keep = is_nl | is_quote
                 found, is_nl, is_quote = found[keep], is_nl[keep], is_quote[keep]
-                before, after = before[keep], after[keep]
-            nl_at, quote_at = np.flatnonzero(is_nl), np.flatnonzero(is_quote)
-            self.newlines, self.newline_next = found.take(nl_at), after.take(nl_at)
-            self.quotes, self.quote_prev = found.take(quote_at), before.take(quote_at)
+            nl_at = np.flatnonzero(is_nl)
+            self.newlines, self.quotes = found.take(nl_at), np.compress(is_quote, found)
             # The quotes before each newline: its rank among what was found, less the newlines before it.
             self.quotes_before = nl_at - np.arange(newline_count)
         self.all_newlines = int(self.newlines.size)  # quoted ones too
 
     @staticmethod
-    def _pass(
-        arr: np.ndarray, scratch: _Scratch, with_quotes: bool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The positions of the newlines (and quotes), each one's byte, and the bytes just before and after it
-        (clipped to the chunk: the caller ignores those past either end). LF (0x0A) and '"' (0x22) differ only
+    def _pass(arr: np.ndarray, scratch: _Scratch, with_quotes: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The positions of the newlines (and quotes) and each one's byte. LF (0x0A) and '"' (0x22) differ only
         in the bits 0x28, so `byte | 0x28 == 0x2A` finds both at once, with 0x02 and '*' (0x2A), which the
         caller drops by their byte."""
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        found_parts, kind_parts = [], []
         for offset in range(0, arr.size, _BLOCK_BYTES):
             block = arr[offset : offset + _BLOCK_BYTES]
             m = block.size
@@ -553,33 +549,27 @@ class _ChunkScan:
             else:
                 mask = np.equal(block, _NL, out=scratch.mask[:m])
             hits = np.flatnonzero(mask)
-            kinds = block[hits]
+            kind_parts.append(block[hits])
             hits += offset
-            before = np.take(arr, hits - 1, mode="clip")
-            after = np.take(arr, hits + 1, mode="clip")
-            parts.append((hits, kinds, before, after))
-        if len(parts) == 1:
-            return parts[0]
-        if not parts:
-            empty = np.zeros(0, dtype=np.intp)
-            return empty, empty.astype(np.uint8), empty.astype(np.uint8), empty.astype(np.uint8)
-        hits_all, kinds_all, before_all, after_all = (
-            np.concatenate(column) for column in zip(*parts, strict=True)
-        )
-        return hits_all, kinds_all, before_all, after_all
+            found_parts.append(hits)
+        if len(found_parts) == 1:
+            return found_parts[0], kind_parts[0]
+        if not found_parts:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.uint8)
+        return np.concatenate(found_parts), np.concatenate(kind_parts)
 
     def feed(self, slicer: _Slicer, quotes: _QuoteTracker | None, tail_nonblank: bool) -> bool:
         """Gives the slicer the record ends of this chunk; returns whether the record still open at its
         end has a significant byte (`tail_nonblank` says the same of the record open at its start)."""
-        arr, newlines, next_bytes, n = self.arr, self.newlines, self.newline_next, self.arr.size
+        arr, newlines, n = self.arr, self.newlines, self.arr.size
         line_index: np.ndarray | None = None  # which newlines end records (None: all of them)
         if quotes is not None:
             ends = quotes.record_ends(
-                arr, self.base, newlines, self.lines + 1, self.quotes, self.quotes_before, self.quote_prev
+                arr, self.base, newlines, self.lines + 1, self.quotes, self.quotes_before
             )
             if ends is not None:
                 line_index = np.flatnonzero(ends)
-                newlines, next_bytes = newlines[line_index], next_bytes[line_index]
+                newlines = newlines[line_index]
         k = int(newlines.size)
         if not k:
             return tail_nonblank or bool(self._with_data(np.zeros(1, dtype=np.intp))[0])
@@ -588,7 +578,7 @@ class _ChunkScan:
         tail = int(newlines[-1]) + 1 < n
         first_bytes = np.empty(k + int(tail), dtype=np.uint8)
         first_bytes[0] = arr[0]
-        first_bytes[1:] = next_bytes[: first_bytes.size - 1]
+        arr.take(newlines[: first_bytes.size - 1] + 1, out=first_bytes[1:])
         has = self.significant[first_bytes]
         if not has.all():
             starts = np.empty(first_bytes.size, dtype=np.intp)
