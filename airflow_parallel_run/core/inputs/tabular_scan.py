@@ -24,6 +24,8 @@ __all__ = ["plan_tabular_file"]
 
 # Large sequential reads keep remote stores efficient and let numpy amortise its per-call overhead.
 _CHUNK_BYTES = 8 * 1024 * 1024
+# A chunk is compared block by block, so the compare's intermediate arrays stay in the CPU's cache.
+_BLOCK_BYTES = 1024 * 1024
 
 _NL = 0x0A
 _CR = 0x0D
@@ -193,18 +195,25 @@ class _Slicer:
         self.slices: list[TabularSlice] = []
 
     def add(
-        self, bounds: np.ndarray, nonblank: np.ndarray | None, line_base: int, line_index: np.ndarray | None
+        self,
+        offset: int,
+        positions: np.ndarray,
+        nonblank: np.ndarray | None,
+        line_base: int,
+        line_index: np.ndarray | None,
     ) -> None:
-        """Consume the records that end at `bounds` (sorted, global offsets just after each record's newline).
+        """Consume the records that end at `offset + positions` (sorted: `positions` are a chunk's newlines,
+        `offset` the chunk's file offset plus one, so each is the global offset just after a record's newline).
 
         `nonblank[i]` says record i has data (None: every record has); the line of the file that starts at
-        `bounds[i]` is `line_base + line_index[i]` (None: `line_base + i`). Both are Nones in the common case
-        so that a chunk of plain records costs no per-record Python or extra arrays.
+        the end of record i is `line_base + line_index[i]` (None: `line_base + i`). Both are Nones in the
+        common case so that a chunk of plain records costs no per-record Python or extra arrays.
         """
 
         def line_at(i: int) -> int:
             return line_base + (i if line_index is None else int(line_index[i]))
 
+        size = int(positions.size)
         pos = 0
         if self.need_header:
             if nonblank is None:
@@ -214,27 +223,28 @@ class _Slicer:
                 if not found.size:
                     return  # blank lines before the header: they stay in [0, header_end)
                 first = int(found[0])
-            self.header_end = self.start = int(bounds[first])
+            self.header_end = self.start = offset + int(positions[first])
             self.start_line = line_at(first)
             self.need_header = False
             pos = first + 1
-        if pos >= bounds.size:
+        if pos >= size:
             return
         counts: np.ndarray | None = None
         if nonblank is not None:
-            counts = np.zeros(bounds.size + 1, dtype=np.int64)
+            counts = np.zeros(size + 1, dtype=np.int64)
             np.cumsum(nonblank, out=counts[1:])
 
         def rows_between(a: int, b: int) -> int:  # records a..b-1
             return b - a if counts is None else int(counts[b] - counts[a])
 
-        while pos < bounds.size:
-            end_index = max(pos, int(np.searchsorted(bounds, self.start + self.target, side="left")))
-            if end_index >= bounds.size:
-                self.rows += rows_between(pos, bounds.size)
+        while pos < size:
+            wanted = self.start + self.target - offset
+            end_index = max(pos, int(np.searchsorted(positions, wanted, side="left")))
+            if end_index >= size:
+                self.rows += rows_between(pos, size)
                 return
             self.rows += rows_between(pos, end_index + 1)
-            self._emit(int(bounds[end_index]), line_at(end_index))
+            self._emit(offset + int(positions[end_index]), line_at(end_index))
             pos = end_index + 1
 
     def finish(self, total: int, tail_nonblank: bool) -> list[TabularSlice]:
@@ -334,7 +344,9 @@ class _QuoteTracker:
     planner it replaced, 2 cores shared with other work): no quotes 0.11 s before / 0.10 s after; quoted
     multi-line fields with "" in every third row 0.51 s / 0.53 s; the same with an inch mark in every tenth
     row, so that every chunk takes the exact walk, 0.18 s (and a wrong plan: 1.86 M rows instead of
-    2.86 M) / 0.72 s. The state carried from chunk to chunk makes the result independent of the chunk size.
+    2.86 M) / 0.72 s. The one-pass chunk scan (`_ChunkScan._pass`) later took a 165 MB file of the tabular
+    bench (a quoted field in every row) from 0.47-0.52 s to 0.34-0.40 s of CPU (medians of 7 interleaved runs,
+    under heavy load; see docs/performance.md). The state carried from chunk to chunk makes the result independent of the chunk size.
     """
 
     def __init__(self, separator: str) -> None:
@@ -347,32 +359,47 @@ class _QuoteTracker:
         self.opened_line = 0
 
     def record_ends(
-        self, arr: np.ndarray, base: int, newlines: np.ndarray, line_base: int
+        self,
+        arr: np.ndarray,
+        base: int,
+        newlines: np.ndarray,
+        line_base: int,
+        quotes: np.ndarray | None = None,
+        quotes_before: np.ndarray | None = None,
+        quote_prev: np.ndarray | None = None,
     ) -> np.ndarray | None:
         """For the chunk `arr` at file offset `base`: a mask over its `newlines` (positions in the chunk), True
         where the newline ends a record; None when all of them do. `line_base` is the 1-based line of the
-        chunk's first byte (for the error message about a quote that is never closed)."""
-        quotes = np.flatnonzero(arr == _QUOTE)
+        chunk's first byte (for the error message about a quote that is never closed). `quotes` are the
+        chunk's quote positions, `quotes_before[i]` how many of them precede `newlines[i]` and `quote_prev` the
+        byte before each quote (any value for one at the chunk's start), when the caller found them in its own
+        pass (`_ChunkScan`); None: found here."""
+        if quotes is None:
+            quotes = np.flatnonzero(arr == _QUOTE)
+            quotes_before = quote_prev = None
         inside, before = self.inside, self.last_byte
         if arr.size:
             self.last_byte = int(arr[-1])
         if not quotes.size:
             return np.zeros(newlines.size, dtype=bool) if inside else None
-        prev = np.empty(quotes.size, dtype=np.uint8)
-        prev[1:] = arr[quotes[1:] - 1]
-        prev[0] = arr[quotes[0] - 1] if quotes[0] else before
-        at_field_start = self.starts_field[prev]
-        # Under parity, quote i opens a field iff i + inside is even; it may do so at a field start, or right
-        # after the quote that closed the previous one ("" inside a quoted field).
-        after_closer = prev == _QUOTE
-        after_closer[0] = quotes[0] == 0 and self.last_closer == base - 1
         first = int(inside)
-        if bool((at_field_start[first::2] | after_closer[first::2]).all()):
+        # Under parity, quote i opens a field iff i + inside is even; it may do so at a field start, or right
+        # after the quote that closed the previous one ("" inside a quoted field). Only the openers are looked
+        # at here; the exact walk needs every quote's previous byte.
+        openers = quotes[first::2]
+        prev = arr[openers - 1] if quote_prev is None else quote_prev[first::2].copy()
+        if openers.size and openers[0] == 0:
+            prev[0] = before
+        after_closer = prev == _QUOTE
+        if openers.size and openers[0] == 0:
+            after_closer[0] = self.last_closer == base - 1
+        if bool((self.starts_field[prev] | after_closer).all()):
             toggles = quotes
-            opens = quotes[first::2][~after_closer[first::2]]  # not reopened by the second quote of ""
+            opens = openers[~after_closer]  # not reopened by the second quote of ""
             opened = int(opens[-1]) if opens.size else -1
         else:
-            toggles, opened = self._walk(quotes, at_field_start, base)
+            toggles, opened = self._walk(quotes, self._at_field_start(arr, quotes, before), base)
+            quotes_before = None
         if toggles.size:
             closers = toggles[1 - first :: 2]
             if closers.size:
@@ -381,8 +408,21 @@ class _QuoteTracker:
         if opened >= 0:
             self.opened_at = base + opened
             self.opened_line = line_base + int(np.searchsorted(newlines, opened))
-        ends: np.ndarray = ((np.searchsorted(toggles, newlines) + first) & 1) == 0
+        if quotes_before is None:
+            quotes_before = np.searchsorted(toggles, newlines)
+        odd = (quotes_before + first) & 1
+        if not odd.any():
+            return None
+        ends: np.ndarray = odd == 0
         return ends
+
+    def _at_field_start(self, arr: np.ndarray, quotes: np.ndarray, before: int) -> np.ndarray:
+        """For each quote of the chunk: is it where a field starts (after the separator, a CR or a LF)?"""
+        prev = arr[quotes - 1]
+        if quotes[0] == 0:
+            prev[0] = before
+        at: np.ndarray = self.starts_field[prev]
+        return at
 
     def _walk(self, quotes: np.ndarray, at_field_start: np.ndarray, base: int) -> tuple[np.ndarray, int]:
         """The exact path: the quotes of this chunk that open or close a quoted field, one by one; and the
@@ -437,11 +477,12 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
     tail_nonblank = False  # the record still open at the chunk's end has a significant byte
     lines = 0  # newlines (quoted ones too: lines as an editor counts them) before the current chunk
     first = b""  # the first chunk (a byte order mark given as CRs), where the header record is
+    scratch = _Scratch()
     for chunk in _chunks(f, _is_utf8(dataset.encoding)):
         if base == 0:
             _check_magic(url, dataset.format, chunk)
             first = chunk
-        scan = _ChunkScan(chunk, base, lines, significant, blank)
+        scan = _ChunkScan(chunk, base, lines, significant, blank, scratch, is_csv)
         tail_nonblank = scan.feed(slicer, quotes, tail_nonblank)
         lines += scan.all_newlines
         base += len(chunk)
@@ -499,14 +540,67 @@ def _blank_bytes(dataset: TabularDataset) -> bytes:
 
 
 class _ChunkScan:
-    """One chunk of a CSV or JSON Lines file: its newlines and which of them end non-blank records."""
+    """One chunk of a CSV or JSON Lines file: its newlines and which of them end non-blank records.
 
-    def __init__(self, chunk: bytes, base: int, lines: int, significant: np.ndarray, blank: bytes) -> None:
+    The chunk's bytes are passed over once, block by block (`_BLOCK_BYTES`, so that the intermediate arrays and
+    the block itself stay in the CPU's cache), for the positions of the newlines and, for CSV, of the quotes too;
+    what follows works on those arrays only. Gathering the bytes around each hit inside the pass was tried and
+    dropped: it was slower on dense files (CRLF rows of 30 bytes).
+    """
+
+    def __init__(
+        self,
+        chunk: bytes,
+        base: int,
+        lines: int,
+        significant: np.ndarray,
+        blank: bytes,
+        scratch: _Scratch,
+        with_quotes: bool,
+    ) -> None:
         self.chunk, self.base, self.lines = chunk, base, lines
         self.significant, self.blank = significant, blank
-        self.arr = np.frombuffer(chunk, dtype=np.uint8)
-        self.newlines = np.flatnonzero(self.arr == _NL)
+        self.arr = arr = np.frombuffer(chunk, dtype=np.uint8)
+        found, kinds = self._pass(arr, scratch, with_quotes)
+        self.quotes: np.ndarray | None = _NO_QUOTES if with_quotes else None
+        self.quotes_before: np.ndarray | None = None
+        is_nl = kinds == _NL
+        newline_count = int(np.count_nonzero(is_nl))
+        if newline_count == found.size:  # no quote
+            self.newlines = found
+        else:
+            is_quote = kinds == _QUOTE
+            if newline_count + int(np.count_nonzero(is_quote)) != found.size:  # some 0x02 or '*' were found
+                keep = is_nl | is_quote
+                found, is_nl, is_quote = found[keep], is_nl[keep], is_quote[keep]
+            nl_at = np.flatnonzero(is_nl)
+            self.newlines, self.quotes = found.take(nl_at), np.compress(is_quote, found)
+            # The quotes before each newline: its rank among what was found, less the newlines before it.
+            self.quotes_before = nl_at - np.arange(newline_count)
         self.all_newlines = int(self.newlines.size)  # quoted ones too
+
+    @staticmethod
+    def _pass(arr: np.ndarray, scratch: _Scratch, with_quotes: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The positions of the newlines (and quotes) and each one's byte. LF (0x0A) and '"' (0x22) differ only
+        in the bits 0x28, so `byte | 0x28 == 0x2A` finds both at once, with 0x02 and '*' (0x2A), which the
+        caller drops by their byte."""
+        found_parts, kind_parts = [], []
+        for offset in range(0, arr.size, _BLOCK_BYTES):
+            block = arr[offset : offset + _BLOCK_BYTES]
+            m = block.size
+            if with_quotes:
+                mask = np.equal(np.bitwise_or(block, 0x28, out=scratch.bytes[:m]), 0x2A, out=scratch.mask[:m])
+            else:
+                mask = np.equal(block, _NL, out=scratch.mask[:m])
+            hits = np.flatnonzero(mask)
+            kind_parts.append(block[hits])
+            hits += offset
+            found_parts.append(hits)
+        if len(found_parts) == 1:
+            return found_parts[0], kind_parts[0]
+        if not found_parts:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.uint8)
+        return np.concatenate(found_parts), np.concatenate(kind_parts)
 
     def feed(self, slicer: _Slicer, quotes: _QuoteTracker | None, tail_nonblank: bool) -> bool:
         """Gives the slicer the record ends of this chunk; returns whether the record still open at its
@@ -514,29 +608,47 @@ class _ChunkScan:
         arr, newlines, n = self.arr, self.newlines, self.arr.size
         line_index: np.ndarray | None = None  # which newlines end records (None: all of them)
         if quotes is not None:
-            ends = quotes.record_ends(arr, self.base, newlines, self.lines + 1)
-            if ends is not None and not ends.all():
+            ends = quotes.record_ends(
+                arr, self.base, newlines, self.lines + 1, self.quotes, self.quotes_before
+            )
+            if ends is not None:
                 line_index = np.flatnonzero(ends)
                 newlines = newlines[line_index]
         k = int(newlines.size)
         if not k:
             return tail_nonblank or bool(self._with_data(np.zeros(1, dtype=np.intp))[0])
-        starts = newlines + 1
-        starts[1:] = newlines[:-1] + 1
-        starts[0] = 0
-        if newlines[-1] + 1 < n:
-            starts = np.append(starts, newlines[-1] + 1)
         # Segment i <= k-1 is record i (up to and including its newline); segment k, if any, is the tail.
-        has = self._with_data(starts)
+        # Whether a segment has data shows in its first byte unless that byte is blank (then: _segments_with_data).
+        tail = int(newlines[-1]) + 1 < n
+        first_bytes = np.empty(k + int(tail), dtype=np.uint8)
+        first_bytes[0] = arr[0]
+        arr.take(newlines[: first_bytes.size - 1] + 1, out=first_bytes[1:])
+        has = self.significant[first_bytes]
+        if not has.all():
+            starts = np.empty(first_bytes.size, dtype=np.intp)
+            starts[0] = 0
+            np.add(newlines[: starts.size - 1], 1, out=starts[1:])
+            has = self._with_data(starts)
         nonblank: np.ndarray | None = None
         if not has[:k].all():
             nonblank = has[:k].copy()
             nonblank[0] |= tail_nonblank
-        slicer.add(self.base + newlines + 1, nonblank, self.lines + 2, line_index)
-        return bool(has[k]) if starts.size > k else False
+        slicer.add(self.base + 1, newlines, nonblank, self.lines + 2, line_index)
+        return bool(has[k]) if tail else False
 
     def _with_data(self, starts: np.ndarray) -> np.ndarray:
         return _segments_with_data(self.chunk, self.arr, starts, self.significant, self.blank)
+
+
+_NO_QUOTES = np.zeros(0, dtype=np.intp)
+
+
+class _Scratch:
+    """Buffers for one block of `_ChunkScan`'s pass, reused from block to block and chunk to chunk."""
+
+    def __init__(self) -> None:
+        self.mask = np.empty(_BLOCK_BYTES, dtype=bool)
+        self.bytes = np.empty(_BLOCK_BYTES, dtype=np.uint8)
 
 
 def _close_slices(
