@@ -366,17 +366,15 @@ class _QuoteTracker:
         line_base: int,
         quotes: np.ndarray | None = None,
         quotes_before: np.ndarray | None = None,
-        quote_prev: np.ndarray | None = None,
     ) -> np.ndarray | None:
         """For the chunk `arr` at file offset `base`: a mask over its `newlines` (positions in the chunk), True
         where the newline ends a record; None when all of them do. `line_base` is the 1-based line of the
         chunk's first byte (for the error message about a quote that is never closed). `quotes` are the
-        chunk's quote positions, `quotes_before[i]` how many of them precede `newlines[i]` and `quote_prev` the
-        byte before each quote (any value for one at the chunk's start), when the caller found them in its own
-        pass (`_ChunkScan`); None: found here."""
+        chunk's quote positions, `quotes_before[i]` how many of them precede `newlines[i]`, when the caller found
+        them in its own pass (`_ChunkScan`); None: found here."""
         if quotes is None:
             quotes = np.flatnonzero(arr == _QUOTE)
-            quotes_before = quote_prev = None
+            quotes_before = None
         inside, before = self.inside, self.last_byte
         if arr.size:
             self.last_byte = int(arr[-1])
@@ -387,7 +385,7 @@ class _QuoteTracker:
         # after the quote that closed the previous one ("" inside a quoted field). Only the openers are looked
         # at here; the exact walk needs every quote's previous byte.
         openers = quotes[first::2]
-        prev = arr[openers - 1] if quote_prev is None else quote_prev[first::2].copy()
+        prev = arr[openers - 1]
         if openers.size and openers[0] == 0:
             prev[0] = before
         after_closer = prev == _QUOTE
