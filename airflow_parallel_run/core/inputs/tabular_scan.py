@@ -8,7 +8,7 @@ Reading the slices back is tabular_read.py's.
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any, BinaryIO
 
@@ -488,40 +488,60 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
     if is_csv and dataset.header:
         header_end = base if slicer.need_header else slicer.header_end  # no LF at all: the whole file
         if header_end <= len(first):
-            head = first[:header_end]
-        elif header_end <= _HEADER_CHECK_BYTES:
-            f.seek(0)
-            head = _bom_as_blank(f.read(header_end), _is_utf8(dataset.encoding))
+            if b"\r" in first[:header_end].replace(b"\r\n", b""):  # the common case has no lone CR
+                _check_header_record(url, [first[:header_end]], header_end, dataset)
         else:
-            return slices  # a header record this long is not looked into
-        _check_header_record(url, head, dataset)
+            f.seek(0)
+            _check_header_record(url, _header_chunks(f, header_end, dataset), header_end, dataset)
     return slices
 
 
-# The longest header record `_check_header_record` reads (a file without any LF is one record).
-_HEADER_CHECK_BYTES = 64 * 1024 * 1024
+def _header_chunks(f: BinaryIO, header_end: int, dataset: TabularDataset) -> Iterator[bytes]:
+    """The header record [0, header_end) in chunks, however long it is (a file with old Mac line endings
+    and no LF is one record: the whole file), its byte order mark given as CRs (`_chunks`)."""
+    start = _bom_as_blank(f.read(min(3, header_end)), _is_utf8(dataset.encoding))  # the mark whole
+    yield start
+    done = len(start)
+    while done < header_end and (chunk := f.read(min(_CHUNK_BYTES, header_end - done))):
+        yield chunk
+        done += len(chunk)
 
 
-def _check_header_record(url: str, head: bytes, dataset: TabularDataset) -> None:
+def _check_header_record(url: str, chunks: Iterable[bytes], header_end: int, dataset: TabularDataset) -> None:
     """The header record [0, header_end) must hold the header only. Records end at LF here; pandas' parser
     and Arrow's also end one at a lone CR (old Mac line endings), so a header record with one holds rows of
     data that would be read as part of the header and never reach run(): refused, naming the file. Its
     pieces between line breaks outside quoted fields are counted as the planner counts records (a piece of
-    only blank bytes is none; a byte order mark is given as CRs)."""
-    if b"\r" not in head.replace(b"\r\n", b""):
-        return  # the common case: no lone CR
-    arr = np.frombuffer(head, dtype=np.uint8)
-    breaks = np.flatnonzero((arr == _CR) | (arr == _NL))
-    outside = _QuoteTracker(dataset.separator).record_ends(arr, 0, breaks, 1)
-    if outside is not None:
-        breaks = breaks[outside]
-    blank = _blank_bytes(dataset)
-    starts = [0, *(breaks + 1).tolist()]
-    ends = [*breaks.tolist(), len(head)]
-    rows = sum(1 for a, b in zip(starts, ends, strict=True) if head[a:b].translate(None, blank)) - 1
+    only blank bytes is none; a byte order mark is given as CRs), chunk by chunk: a header record of any
+    length is checked (it was read whole up to 64 MiB, and a longer one, a whole CR-only file, was not
+    checked at all: its rows were lost in a job that succeeded)."""
+    significant = np.ones(256, dtype=bool)
+    significant[list(_blank_bytes(dataset))] = False
+    quotes = _QuoteTracker(dataset.separator)
+    pieces = 0  # closed pieces with data
+    open_has_data = False  # the piece still open at the end of the chunks so far has data
+    base = 0
+    for chunk in chunks:
+        arr = np.frombuffer(chunk, dtype=np.uint8)
+        breaks = np.flatnonzero((arr == _CR) | (arr == _NL))
+        outside = quotes.record_ends(arr, base, breaks, 1)
+        if outside is not None:
+            breaks = breaks[outside]
+        counts = np.zeros(arr.size + 1, dtype=np.int64)
+        np.cumsum(significant[arr], out=counts[1:])
+        starts = np.concatenate(([0], breaks + 1))
+        ends = np.concatenate((breaks, [arr.size]))
+        with_data = counts[ends] > counts[starts]  # segment i: [starts[i], ends[i])
+        if breaks.size:
+            pieces += int(open_has_data or with_data[0]) + int(np.count_nonzero(with_data[1:-1]))
+            open_has_data = bool(with_data[-1])
+        else:
+            open_has_data = open_has_data or bool(with_data[0])
+        base += arr.size
+    rows = pieces + int(open_has_data) - 1
     if rows > 0:
         raise InputError(
-            f"{url}: the header record (bytes [0, {len(head)})) holds {rows} row{'s' if rows != 1 else ''} of "
+            f"{url}: the header record (bytes [0, {header_end})) holds {rows} row{'s' if rows != 1 else ''} of "
             "data after the header: a lone CR, not followed by LF, is a line break for Arrow and pandas, but "
             "the file is split into records at LF only, so those rows would be lost; convert the file's line "
             "endings to LF or CRLF"

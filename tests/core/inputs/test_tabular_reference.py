@@ -70,6 +70,43 @@ def test_rows_behind_a_lone_cr_in_the_header_record_are_never_dropped(
     )
 
 
+def test_a_whole_file_with_old_mac_line_endings_is_refused_however_long(tmp_path: Path) -> None:
+    """A CSV with CR line endings only is one LF-record, the header record, however long. One over 64 MiB was
+    not looked into: the job planned no mini-batch and succeeded with none of its rows."""
+    rows = 17_000_000  # 68 MB of "1,2\r"
+    path = _write(tmp_path, b"a,b\r" + b"1,2\r" * rows)
+    with pytest.raises(InputError, match=rf"data\.csv: the header record .* holds {rows} rows of data"):
+        plan_inputs([TabularDataset.from_delimited_files(path)], 64 << 20)
+
+
+@pytest.mark.parametrize(
+    ("data", "rows"),
+    [
+        (b"a,b\r1,2\n3,4\n", 1),
+        (b"\xef\xbb\xbfa,b\r1,2\r\r \t\r3,4\r", 2),  # blank pieces between are no rows
+        (b'a,"b\rc"\r1,2\r"x\ry",3\r', 2),  # a CR inside quotes is data, also across chunks
+        (b'a,"b\rc"\r\n1,2\n', 0),  # CRLF ends the header record: nothing to refuse
+        (b"a,b\r\n" * 3, 0),
+    ],
+)
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 1 << 20])
+def test_the_header_record_is_checked_the_same_in_chunks_of_any_size(
+    tmp_path: Path, data: bytes, rows: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header record is read chunk by chunk when it is longer than the planner's first chunk: the rows
+    counted in it do not depend on where the chunks end (a CRLF, a quoted CR or a byte order mark split
+    between two chunks)."""
+    from airflow_parallel_run.core.inputs import tabular_scan
+
+    monkeypatch.setattr(tabular_scan, "_CHUNK_BYTES", chunk)
+    path = _write(tmp_path, data)
+    if rows:
+        with pytest.raises(InputError, match=rf"holds {rows} rows? of data after the header"):
+            plan_inputs([TabularDataset.from_delimited_files(path)], 64)
+    else:
+        plan_inputs([TabularDataset.from_delimited_files(path)], 64)
+
+
 def test_every_mini_batch_of_a_crlf_file_is_read_as_the_reference_reads_it(tmp_path: Path) -> None:
     path = _write(tmp_path, b'a,b\r\n1,x\r\n2,"y\r\nz"\r\n3,w\r\n')
     reference = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True))
