@@ -7,11 +7,19 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
-from airflow_parallel_run.core.logs.report import build_report, parse_error_lines, parse_job_result
+from airflow_parallel_run.core.logs.report import (
+    ATTEMPTS_CSV,
+    STATUS_COLOURS,
+    build_report,
+    parse_error_lines,
+    parse_job_result,
+)
 from airflow_parallel_run.core.worker.monitor import ResourceMonitor
+from tests.core.logs.plots import figure, values
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -100,6 +108,59 @@ def test_report_has_every_section_and_escapes_log_text(job_logs):
     no_perf = job_logs["no_perf"].read_text(encoding="utf-8")
     assert "resource monitoring was off" in no_perf
     assert 'id="plot-resources"' not in no_perf and 'id="plot-timeline"' in no_perf
+
+
+def _gaps(points: list) -> list:
+    """NaN (a typed array's) and null (a JSON list's) alike: both are a gap in plotly.js's line."""
+    return [None if point is None or point != point else point for point in points]
+
+
+def test_every_plot_carries_the_logs_data(job_logs):
+    """Each plot's traces and points, read from the page's `Plotly.newPlot` calls, against the log files:
+    the figures are plain dicts that nothing validates, so a plot that lost a trace or its data (and would
+    still render, empty) fails here."""
+    page = job_logs["report"].read_text(encoding="utf-8")
+    logs = job_logs["logs"]
+    attempts = pd.read_csv(logs / ATTEMPTS_CSV)
+    per_status = attempts["Status"].value_counts().to_dict()
+    assert set(per_status) == {"RUN_DONE", "RUN_EXCEPTION", "RUN_TIMEOUT"}
+    ok_ids = attempts.loc[attempts["Status"] == "RUN_DONE", "Mini-batch Id"].nunique()
+    failed_ids = attempts["Mini-batch Id"].nunique() - ok_ids
+
+    progress = {t["name"]: t for t in figure(page, "plot-progress")}
+    assert list(progress) == ["mini-batches succeeded", "mini-batches failed", "attempts finished"]
+    for name, done in (("mini-batches succeeded", ok_ids), ("mini-batches failed", failed_ids)):
+        trace = progress[name]
+        assert values(trace["y"]) == list(range(done + 1)), name  # from the origin's 0, one step per batch
+        assert len(values(trace["x"])) == done + 1 and all(isinstance(x, str) for x in trace["x"]), name
+    assert values(progress["attempts finished"]["y"]) == list(range(1, len(attempts) + 1))
+
+    durations = figure(page, "plot-durations")
+    assert {t["name"]: sum(values(t["y"])) for t in durations} == per_status  # every attempt in a bin
+    for trace in durations:
+        assert len(values(trace["x"])) == len(values(trace["width"])) == len(values(trace["y"]))
+        assert trace["marker"]["color"] == STATUS_COLOURS[trace["name"]]
+
+    timeline = figure(page, "plot-timeline")
+    assert {t["name"]: len(values(t["x"])) for t in timeline} == per_status  # one bar per attempt
+    for trace in timeline:
+        assert trace["orientation"] == "h" and trace["marker"]["color"] == STATUS_COLOURS[trace["name"]]
+        assert len(trace["base"]) == len(trace["y"]) == len(trace["hovertext"]) == len(values(trace["x"]))
+        assert all(text.startswith("mini-batch ") for text in trace["hovertext"])
+
+    samples = pd.read_csv(logs / "perf" / "127.0.0.1" / "node_resource_usage.csv")
+    resources = figure(page, "plot-resources")
+    assert [(t["name"], t["xaxis"], t["yaxis"], t["showlegend"]) for t in resources] == [
+        ("127.0.0.1", "x", "y", True),
+        ("127.0.0.1", "x2", "y2", False),
+    ]
+    for trace, column in zip(resources, ("Cpu Percent", "Memory Used Percent"), strict=True):
+        assert _gaps(values(trace["y"])) == _gaps(samples[column].tolist()), column  # a missing sample: a gap
+
+    processes = pd.read_csv(logs / "perf" / "127.0.0.1" / "processes_resource_usage.csv")
+    memory = figure(page, "plot-process-memory")
+    assert len(memory) == processes.groupby(["Process Name", "Pid"]).ngroups >= 1
+    assert sum(len(values(t["y"])) for t in memory) == len(processes)
 
 
 def test_missing_logs_give_notes_not_a_crash(tmp_path, job_logs):
