@@ -96,6 +96,12 @@ def _template() -> dict[str, Any]:
     return template
 
 
+def warm_up() -> None:
+    """Loads now what the first report in a process loads (plotly's JSON encoder, the template), so that
+    a fresh process pays it while its job runs (finish.prepare_report), not at the job's end."""
+    _template()
+
+
 def _figure_html(div_id: str, traces: list[dict[str, Any]], layout: dict[str, Any]) -> str:
     """One plot's div and `Plotly.newPlot` call; the figure is given as plotly.js's JSON, not validated."""
     figure = {"data": traces, "layout": {**layout, "margin": PLOT_MARGIN, "template": _template()}}

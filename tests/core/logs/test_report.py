@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import textwrap
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -265,3 +266,25 @@ def test_report_renders_in_headless_chromium(job_logs, tmp_path):
     assert timeline["traces"] >= 3  # RUN_DONE, RUN_EXCEPTION, RUN_TIMEOUT
     assert sorted(rows) == ["127.0.0.1/process001", "127.0.0.1/process002"]
     assert screenshot.stat().st_size > 20_000
+
+
+def test_prepare_report_loads_plotly_while_the_job_runs(monkeypatch):
+    """The driver's background warm-up resolves what the first report needs, and a failure in it stays
+    in its thread (the report at the job's end imports again and logs its own error)."""
+    from airflow_parallel_run.core.driver.finish import prepare_report
+    from airflow_parallel_run.core.logs import report
+
+    report._template.cache_clear()
+    thread = prepare_report()
+    thread.join(60)
+    assert not thread.is_alive() and thread.daemon
+    assert report._template.cache_info().currsize == 1
+
+    def broken() -> None:
+        raise ImportError("no plotly")
+
+    uncaught: list[object] = []
+    monkeypatch.setattr(report, "warm_up", broken)
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    prepare_report().join(60)
+    assert uncaught == []
