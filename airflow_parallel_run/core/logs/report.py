@@ -168,7 +168,8 @@ def load_attempts(path: str) -> pd.DataFrame:
     frame["Node"] = frame["Node"].fillna("")
     frame["Process"] = frame["Process"].fillna("")
     frame["Status"] = frame["Status"].fillna("UNKNOWN")
-    frame["Label"] = (frame["Node"] + "/" + frame["Process"]).map(_e)
+    labels = frame["Node"] + "/" + frame["Process"]
+    frame["Label"] = labels.map({label: _e(label) for label in labels.unique()})  # a few processes, many rows
     return frame
 
 
@@ -269,7 +270,7 @@ def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
     traces = []
     origin = timed["Start"].min()
     for name, ends, colour, first in (("succeeded", ok, "#2ca02c", reused), ("failed", failed, "#d62728", 0)):
-        series = pd.DataFrame({"End": sorted(ends)})
+        series = pd.DataFrame({"End": ends.sort_values().to_numpy()})
         series["Completed"] = range(first + 1, first + len(series) + 1)
         series = _downsample(pd.concat([pd.DataFrame({"End": [origin], "Completed": [first]}), series]))
         traces.append(
