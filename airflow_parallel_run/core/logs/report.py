@@ -8,9 +8,10 @@ all text that comes from the logs is HTML-escaped.
 The figures are plain dicts of plotly.js's JSON (traces, layout, the "plotly_white" template resolved once),
 rendered by `plotly.io.to_html(validate=False)`, not `go.Figure`s: the report is built at the end of every
 job, before the job returns, and plotly's graph_objects validate every property and deep-copy the template
-into each figure. That cost 0.3 s per report warm and 1.4 s in a fresh process (an Airflow task), import
-included, for a 16-mini-batch job; see docs/performance.md, "Report build time". What the page shows is the
-same (tests/core/logs/test_report.py checks every plot's traces and points against the logs).
+into each figure: for a 16-mini-batch job that was 0.3-0.7 s per report warm and 0.8-1.8 s in a fresh
+process (an Airflow task), import included, against 0.1-0.2 s and 0.2-0.7 s as dicts (medians of
+interleaved runs, quiet and loaded host; docs/performance.md, "Report build time"). What the page shows is
+the same (tests/core/logs/test_report.py checks every plot's traces and points against the logs).
 """
 
 from __future__ import annotations
