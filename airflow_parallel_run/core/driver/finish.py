@@ -4,7 +4,9 @@ logs uploaded; the output folder is left (staging removed, lock released) whatev
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +104,22 @@ def _write_result(
             f"Warning: {note}"
         )  # the output is complete and stays presented; only its logs fell short
     return summary
+
+
+def prepare_report() -> threading.Thread:
+    """Imports the report's code (plotly) in a daemon thread while the job runs: in a fresh process (each
+    Airflow task is one) that import and the first build's set-up would otherwise delay the job's return.
+    Best effort: a failure here is silent; `_write_report` imports it again and logs its own error."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            from ..logs.report import warm_up  # lazy: keeps plotly out of the workers' imports
+
+            warm_up()
+
+    thread = threading.Thread(target=load, name="apr-report-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def _write_report(logs: JobLogs, log_root: str) -> None:

@@ -38,7 +38,7 @@ from ..worker.scratch import worker_host
 from ..worker.spec import JobSpec, bundle_scripts
 from .attempts import AttemptStream, Pending, Window
 from .cluster import select_hosts
-from .finish import finish_job
+from .finish import finish_job, prepare_report
 from .progress import Progress, ProgressCallback
 from .speculation import Flight, Speculation
 from .stopping import StopControl, bounded
@@ -307,6 +307,7 @@ class JobDriver:
             f"{len(placement.hosts)} host(s) ({', '.join(placement.hosts)})"
         )
         self.progress.started_running()
+        prepare_report()  # while the attempts run: the report is built at the end, before the job returns
         return stream
 
     def _probe(self, client: Client, tails: bool) -> Mapping[str, Any] | None:

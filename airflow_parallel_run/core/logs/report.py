@@ -4,6 +4,14 @@ Why: the logs folder explains every failure but is dozens of files; the report i
 to open. It is a single file with plotly.js embedded inline, so it opens offline (no CDN) and can be
 attached to a ticket. Every section reads its own log file and says so when that file is missing;
 all text that comes from the logs is HTML-escaped.
+
+The figures are plain dicts of plotly.js's JSON (traces, layout, the "plotly_white" template resolved once),
+rendered by `plotly.io.to_html(validate=False)`, not `go.Figure`s: the report is built at the end of every
+job, before the job returns, and plotly's graph_objects validate every property and deep-copy the template
+into each figure: for a 16-mini-batch job that was 0.3-0.7 s per report warm and 0.8-1.8 s in a fresh
+process (an Airflow task), import included, against 0.1-0.2 s and 0.2-0.7 s as dicts (medians of
+interleaved runs, quiet and loaded host; docs/performance.md, "Report build time"). What the page shows is
+the same (tests/core/logs/test_report.py checks every plot's traces and points against the logs).
 """
 
 from __future__ import annotations
@@ -19,11 +27,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.colors import qualitative
 from plotly.offline import get_plotlyjs
-from plotly.subplots import make_subplots
 
 from ..attempt import AttemptStatus
 from .failed_items import FAILED_ITEMS_FILE
@@ -50,6 +56,8 @@ STATUS_COLOURS: dict[str, str] = {
     AttemptStatus.SYSTEM_ERROR: "#000000",
 }
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+PLOT_MARGIN = {"l": 60, "r": 20, "t": 40, "b": 50}
+_ISO_TIME = "%Y-%m-%dT%H:%M:%S.%f"
 _ERROR_LINE = re.compile(r"^(?P<count>\d+) x (?P<status>[A-Z_]+): (?P<rest>.*)$")
 _ERROR_TAIL = re.compile(r"^(?P<message>.*) \(mini-batches (?P<batches>.*?); full trace: (?P<traces>.*)\)$")
 
@@ -83,18 +91,43 @@ def _missing(what: str) -> str:
 
 
 @functools.cache
-def _template() -> go.layout.Template:
-    """plotly's "plotly_white", looked up once: given by name, plotly copies the whole template out of
-    its registry again for every figure (a tenth of a second each on a busy host, at every job's end)."""
-    template: go.layout.Template = pio.templates["plotly_white"]
+def _template() -> dict[str, Any]:
+    """plotly's "plotly_white" as the plain dict the page carries, resolved once per process."""
+    template: dict[str, Any] = pio.templates["plotly_white"].to_plotly_json()
     return template
 
 
-def _figure_html(fig: go.Figure, div_id: str) -> str:
-    fig.update_layout(margin={"l": 60, "r": 20, "t": 40, "b": 50}, template=_template())
+def warm_up() -> None:
+    """Loads now what the first report in a process loads (plotly's JSON encoder, the template), so that
+    a fresh process pays it while its job runs (finish.prepare_report), not at the job's end."""
+    _template()
+
+
+def _figure_html(div_id: str, traces: list[dict[str, Any]], layout: dict[str, Any]) -> str:
+    """One plot's div and `Plotly.newPlot` call; the figure is given as plotly.js's JSON, not validated."""
+    figure = {"data": traces, "layout": {**layout, "margin": PLOT_MARGIN, "template": _template()}}
     return str(
-        fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG, validate=True)
+        pio.to_html(
+            figure, full_html=False, include_plotlyjs=False, div_id=div_id, config=PLOT_CONFIG, validate=False
+        )
     )
+
+
+def _column(values: pd.Series | np.ndarray) -> list[Any]:
+    """A trace's array: times as ISO text, numbers as numbers (a NaN becomes null: a gap in the line)."""
+    series = values if isinstance(values, pd.Series) else pd.Series(values)
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return list(series.dt.strftime(_ISO_TIME).tolist())
+    return list(series.tolist())
+
+
+def _axis_titles(x: str, y: str) -> dict[str, Any]:
+    return {"xaxis": {"title": {"text": x}}, "yaxis": {"title": {"text": y}}}
+
+
+def _marker(status: object) -> dict[str, Any]:
+    colour = STATUS_COLOURS.get(str(status))
+    return {"marker": {"color": colour}} if colour else {}
 
 
 def _read_text(path: str) -> str | None:
@@ -136,7 +169,8 @@ def load_attempts(path: str) -> pd.DataFrame:
     frame["Node"] = frame["Node"].fillna("")
     frame["Process"] = frame["Process"].fillna("")
     frame["Status"] = frame["Status"].fillna("UNKNOWN")
-    frame["Label"] = (frame["Node"] + "/" + frame["Process"]).map(_e)
+    labels = frame["Node"] + "/" + frame["Process"]
+    frame["Label"] = labels.map({label: _e(label) for label in labels.unique()})  # a few processes, many rows
     return frame
 
 
@@ -234,34 +268,36 @@ def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
             attempts["Start"].isna() & (attempts["Status"] == AttemptStatus.REUSED.value), "Mini-batch Id"
         ].nunique()
     )
-    fig = go.Figure()
+    traces = []
     origin = timed["Start"].min()
     for name, ends, colour, first in (("succeeded", ok, "#2ca02c", reused), ("failed", failed, "#d62728", 0)):
-        series = pd.DataFrame({"End": sorted(ends)})
+        series = pd.DataFrame({"End": ends.sort_values().to_numpy()})
         series["Completed"] = range(first + 1, first + len(series) + 1)
         series = _downsample(pd.concat([pd.DataFrame({"End": [origin], "Completed": [first]}), series]))
-        fig.add_trace(
-            go.Scatter(
-                x=series["End"],
-                y=series["Completed"],
-                mode="lines+markers",
-                name=f"mini-batches {name}",
-                line={"shape": "hv", "color": colour},
-            )
+        traces.append(
+            {
+                "type": "scatter",
+                "x": _column(series["End"]),
+                "y": _column(series["Completed"]),
+                "mode": "lines+markers",
+                "name": f"mini-batches {name}",
+                "line": {"shape": "hv", "color": colour},
+            }
         )
     attempts_done = done[["End"]].copy()
     attempts_done["Completed"] = range(1, len(attempts_done) + 1)
     attempts_done = _downsample(attempts_done)
-    fig.add_trace(
-        go.Scatter(
-            x=attempts_done["End"],
-            y=attempts_done["Completed"],
-            mode="lines",
-            name="attempts finished",
-            line={"shape": "hv", "dash": "dot", "color": "#1f77b4"},
-        )
+    traces.append(
+        {
+            "type": "scatter",
+            "x": _column(attempts_done["End"]),
+            "y": _column(attempts_done["Completed"]),
+            "mode": "lines",
+            "name": "attempts finished",
+            "line": {"shape": "hv", "dash": "dot", "color": "#1f77b4"},
+        }
     )
-    fig.update_layout(height=360, xaxis_title="time (UTC)", yaxis_title="count")
+    layout = {"height": 360, **_axis_titles("time (UTC)", "count")}
     untimed = len(attempts) - len(timed)
     note = (
         f'<p class="note">{untimed} attempts have no start time ({reused} reused mini-batches, counted as '
@@ -269,7 +305,7 @@ def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
         if untimed
         else ""
     )
-    return body + _figure_html(fig, "plot-progress") + note + "</section>"
+    return body + _figure_html("plot-progress", traces, layout) + note + "</section>"
 
 
 def _durations_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
@@ -283,32 +319,32 @@ def _durations_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
     # (about 1 MB per 100,000 attempts, binned again at every open); these bars carry HISTOGRAM_BINS counts.
     edges = np.histogram_bin_edges(ran["Elapsed Seconds"].to_numpy(dtype=float), bins=HISTOGRAM_BINS)
     centres, widths = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-    fig = go.Figure()
+    traces = []
     for status, group in ran.groupby("Status"):
         counts, _ = np.histogram(group["Elapsed Seconds"].to_numpy(dtype=float), bins=edges)
-        fig.add_trace(
-            go.Bar(
-                x=centres.round(6),
-                y=counts,
-                width=widths,
-                name=_e(status),
-                marker_color=STATUS_COLOURS.get(str(status)),
-                hovertemplate="%{y} attempts of %{x:.3f} s (bin)<extra>%{fullData.name}</extra>",
-            )
+        traces.append(
+            {
+                "type": "bar",
+                "x": _column(centres.round(6)),
+                "y": _column(counts),
+                "width": _column(widths),
+                "name": _e(status),
+                **_marker(status),
+                "hovertemplate": "%{y} attempts of %{x:.3f} s (bin)<extra>%{fullData.name}</extra>",
+            }
         )
-    fig.update_layout(
-        barmode="stack",
-        bargap=0,
-        height=320,
-        xaxis_title="elapsed seconds per attempt",
-        yaxis_title="attempts",
-    )
+    layout = {
+        "barmode": "stack",
+        "bargap": 0,
+        "height": 320,
+        **_axis_titles("elapsed seconds per attempt", "attempts"),
+    }
     stats = ran["Elapsed Seconds"].describe(percentiles=[0.5, 0.9, 0.99])
     note = (
         f'<p class="note">{int(stats["count"])} attempts; median {stats["50%"]:.3f} s, p90 {stats["90%"]:.3f} s, '
         f"p99 {stats['99%']:.3f} s, max {stats['max']:.3f} s.</p>"
     )
-    return body + _figure_html(fig, "plot-durations") + note + "</section>"
+    return body + _figure_html("plot-durations", traces, layout) + note + "</section>"
 
 
 def _timeline_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
@@ -322,7 +358,7 @@ def _timeline_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
     shown = ran.iloc[:MAX_TIMELINE_ATTEMPTS]
     span_ms = max((shown["End"].max() - shown["Start"].min()).total_seconds() * 1000.0, 1.0)
     min_ms = max(span_ms * 0.004, 1.0)  # very short attempts stay visible; hover gives the real time
-    fig = go.Figure()
+    traces = []
     for status, group in shown.groupby("Status"):
         width_ms = (group["Elapsed Seconds"] * 1000.0).clip(lower=min_ms)
         starts = group["Start"].dt.strftime("%H:%M:%S.%f").str[:-3]  # vectorised: thousands of rows
@@ -337,29 +373,30 @@ def _timeline_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
                 strict=True,
             )
         ]
-        fig.add_trace(
-            go.Bar(
-                base=group["Start"],
-                x=width_ms,
-                y=group["Label"],
-                orientation="h",
-                name=_e(status),
-                marker_color=STATUS_COLOURS.get(str(status)),
-                hovertext=hover,
-                hoverinfo="text",
-            )
+        traces.append(
+            {
+                "type": "bar",
+                "base": _column(group["Start"]),
+                "x": _column(width_ms),
+                "y": _column(group["Label"]),
+                "orientation": "h",
+                "name": _e(status),
+                **_marker(status),
+                "hovertext": hover,
+                "hoverinfo": "text",
+            }
         )
     rows = shown["Label"].nunique()
-    fig.update_layout(
-        barmode="overlay",
-        height=max(220, 40 * rows + 120),
-        xaxis={"type": "date", "title": "time (UTC)"},
-        yaxis={"title": "node/process", "categoryorder": "category descending"},
-    )
+    layout = {
+        "barmode": "overlay",
+        "height": max(220, 40 * rows + 120),
+        "xaxis": {"type": "date", "title": {"text": "time (UTC)"}},
+        "yaxis": {"title": {"text": "node/process"}, "categoryorder": "category descending"},
+    }
     note = ""
     if len(ran) > len(shown):
         note = f'<p class="note">Showing the first {len(shown)} of {len(ran)} attempts.</p>'
-    return body + _figure_html(fig, "plot-timeline") + note + _process_table(ran) + "</section>"
+    return body + _figure_html("plot-timeline", traces, layout) + note + _process_table(ran) + "</section>"
 
 
 def _process_table(ran: pd.DataFrame) -> str:
@@ -380,6 +417,22 @@ def _process_table(ran: pd.DataFrame) -> str:
         "<table><tr><th>Node</th><th>Process</th><th>Attempts</th><th>Failed attempts</th>"
         f"<th>Items succeeded</th><th>Busy seconds</th></tr>{rows}</table>"
     )
+
+
+#: Two rows sharing the time axis, each titled: what plotly's make_subplots(rows=2, cols=1, shared_xaxes=True,
+#: vertical_spacing=0.08, subplot_titles=...) lays out, written down (make_subplots builds validated objects).
+_RESOURCES_LAYOUT: dict[str, Any] = {
+    "height": 480,
+    "xaxis": {"anchor": "y", "domain": [0.0, 1.0], "matches": "x2", "showticklabels": False},
+    "yaxis": {"anchor": "x", "domain": [0.54, 1.0], "range": [0, 105]},
+    "xaxis2": {"anchor": "y2", "domain": [0.0, 1.0]},
+    "yaxis2": {"anchor": "x2", "domain": [0.0, 0.46], "range": [0, 105]},
+    "annotations": [
+        {"font": {"size": 16}, "showarrow": False, "text": text, "x": 0.5, "xanchor": "center", "xref": "paper",
+         "y": y, "yanchor": "bottom", "yref": "paper"}
+        for text, y in (("CPU %", 1.0), ("Memory used %", 0.46))
+    ],
+}  # fmt: skip
 
 
 def _resources_section(logs_dir: str) -> str:
@@ -409,35 +462,32 @@ def _resources_section(logs_dir: str) -> str:
             )
             + "</section>"
         )
-    fig = make_subplots(
-        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=("CPU %", "Memory used %")
-    )
+    traces = []
     palette = qualitative.Plotly
     for number, (node, frame) in enumerate(frames):
         frame = _downsample(frame)
         for row, column in ((1, "Cpu Percent"), (2, "Memory Used Percent")):
-            fig.add_trace(
-                go.Scatter(
-                    x=frame["Time"],
-                    y=pd.to_numeric(frame[column], errors="coerce"),
-                    mode="lines+markers",
-                    name=_e(node),
-                    legendgroup=_e(node),
-                    showlegend=row == 1,
-                    line={"color": palette[number % len(palette)]},
-                ),
-                row=row,
-                col=1,
+            traces.append(
+                {
+                    "type": "scatter",
+                    "x": _column(frame["Time"]),
+                    "y": _column(pd.to_numeric(frame[column], errors="coerce")),
+                    "mode": "lines+markers",
+                    "name": _e(node),
+                    "legendgroup": _e(node),
+                    "showlegend": row == 1,
+                    "line": {"color": palette[number % len(palette)]},
+                    "xaxis": "x" if row == 1 else "x2",
+                    "yaxis": "y" if row == 1 else "y2",
+                }
             )
-    fig.update_yaxes(range=[0, 105])
-    fig.update_layout(height=480)
-    html_out = body + _figure_html(fig, "plot-resources")
+    html_out = body + _figure_html("plot-resources", traces, _RESOURCES_LAYOUT)
     return html_out + _process_memory(perf, nodes) + "</section>"
 
 
 def _process_memory(perf: str, nodes: list[str]) -> str:
     """RSS per entry-script process: a steady climb is the usual sign of a leak before an OOM kill."""
-    fig = go.Figure()
+    traces = []
     for node in nodes:
         path = os.path.join(perf, node, "processes_resource_usage.csv")
         if not os.path.isfile(path):
@@ -449,20 +499,24 @@ def _process_memory(perf: str, nodes: list[str]) -> str:
         frame["Time"] = pd.to_datetime(frame["Utc Time"], errors="coerce")
         for (name, pid), group in frame.dropna(subset=["Time"]).groupby(["Process Name", "Pid"]):
             group = _downsample(group.sort_values("Time"))
-            fig.add_trace(
-                go.Scatter(
-                    x=group["Time"],
-                    y=group["Rss (MB)"],
-                    mode="lines+markers",
-                    name=_e(f"{node}/{name} ({pid})"),
-                )
+            traces.append(
+                {
+                    "type": "scatter",
+                    "x": _column(group["Time"]),
+                    "y": _column(group["Rss (MB)"]),
+                    "mode": "lines+markers",
+                    "name": _e(f"{node}/{name} ({pid})"),
+                }
             )
-    if not fig.data:
+    if not traces:
         return '<p class="note">No per-process samples (perf/&lt;node&gt;/processes_resource_usage.csv).</p>'
-    fig.update_layout(
-        height=320, title="Entry-script process memory (RSS, MB)", yaxis_title="MB", showlegend=True
-    )
-    return _figure_html(fig, "plot-process-memory")
+    layout = {
+        "height": 320,
+        "title": {"text": "Entry-script process memory (RSS, MB)"},
+        "yaxis": {"title": {"text": "MB"}},
+        "showlegend": True,
+    }
+    return _figure_html("plot-process-memory", traces, layout)
 
 
 def _errors_section(logs_dir: str) -> str:

@@ -5,13 +5,22 @@ from __future__ import annotations
 import os
 import shutil
 import textwrap
+import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
-from airflow_parallel_run.core.logs.report import build_report, parse_error_lines, parse_job_result
+from airflow_parallel_run.core.logs.report import (
+    ATTEMPTS_CSV,
+    STATUS_COLOURS,
+    build_report,
+    parse_error_lines,
+    parse_job_result,
+)
 from airflow_parallel_run.core.worker.monitor import ResourceMonitor
+from tests.core.logs.plots import figure, values
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -100,6 +109,59 @@ def test_report_has_every_section_and_escapes_log_text(job_logs):
     no_perf = job_logs["no_perf"].read_text(encoding="utf-8")
     assert "resource monitoring was off" in no_perf
     assert 'id="plot-resources"' not in no_perf and 'id="plot-timeline"' in no_perf
+
+
+def _gaps(points: list) -> list:
+    """NaN (a typed array's) and null (a JSON list's) alike: both are a gap in plotly.js's line."""
+    return [None if point is None or point != point else point for point in points]
+
+
+def test_every_plot_carries_the_logs_data(job_logs):
+    """Each plot's traces and points, read from the page's `Plotly.newPlot` calls, against the log files:
+    the figures are plain dicts that nothing validates, so a plot that lost a trace or its data (and would
+    still render, empty) fails here."""
+    page = job_logs["report"].read_text(encoding="utf-8")
+    logs = job_logs["logs"]
+    attempts = pd.read_csv(logs / ATTEMPTS_CSV)
+    per_status = attempts["Status"].value_counts().to_dict()
+    assert set(per_status) == {"RUN_DONE", "RUN_EXCEPTION", "RUN_TIMEOUT"}
+    ok_ids = attempts.loc[attempts["Status"] == "RUN_DONE", "Mini-batch Id"].nunique()
+    failed_ids = attempts["Mini-batch Id"].nunique() - ok_ids
+
+    progress = {t["name"]: t for t in figure(page, "plot-progress")}
+    assert list(progress) == ["mini-batches succeeded", "mini-batches failed", "attempts finished"]
+    for name, done in (("mini-batches succeeded", ok_ids), ("mini-batches failed", failed_ids)):
+        trace = progress[name]
+        assert values(trace["y"]) == list(range(done + 1)), name  # from the origin's 0, one step per batch
+        assert len(values(trace["x"])) == done + 1 and all(isinstance(x, str) for x in trace["x"]), name
+    assert values(progress["attempts finished"]["y"]) == list(range(1, len(attempts) + 1))
+
+    durations = figure(page, "plot-durations")
+    assert {t["name"]: sum(values(t["y"])) for t in durations} == per_status  # every attempt in a bin
+    for trace in durations:
+        assert len(values(trace["x"])) == len(values(trace["width"])) == len(values(trace["y"]))
+        assert trace["marker"]["color"] == STATUS_COLOURS[trace["name"]]
+
+    timeline = figure(page, "plot-timeline")
+    assert {t["name"]: len(values(t["x"])) for t in timeline} == per_status  # one bar per attempt
+    for trace in timeline:
+        assert trace["orientation"] == "h" and trace["marker"]["color"] == STATUS_COLOURS[trace["name"]]
+        assert len(trace["base"]) == len(trace["y"]) == len(trace["hovertext"]) == len(values(trace["x"]))
+        assert all(text.startswith("mini-batch ") for text in trace["hovertext"])
+
+    samples = pd.read_csv(logs / "perf" / "127.0.0.1" / "node_resource_usage.csv")
+    resources = figure(page, "plot-resources")
+    assert [(t["name"], t["xaxis"], t["yaxis"], t["showlegend"]) for t in resources] == [
+        ("127.0.0.1", "x", "y", True),
+        ("127.0.0.1", "x2", "y2", False),
+    ]
+    for trace, column in zip(resources, ("Cpu Percent", "Memory Used Percent"), strict=True):
+        assert _gaps(values(trace["y"])) == _gaps(samples[column].tolist()), column  # a missing sample: a gap
+
+    processes = pd.read_csv(logs / "perf" / "127.0.0.1" / "processes_resource_usage.csv")
+    memory = figure(page, "plot-process-memory")
+    assert len(memory) == processes.groupby(["Process Name", "Pid"]).ngroups >= 1
+    assert sum(len(values(t["y"])) for t in memory) == len(processes)
 
 
 def test_missing_logs_give_notes_not_a_crash(tmp_path, job_logs):
@@ -204,3 +266,25 @@ def test_report_renders_in_headless_chromium(job_logs, tmp_path):
     assert timeline["traces"] >= 3  # RUN_DONE, RUN_EXCEPTION, RUN_TIMEOUT
     assert sorted(rows) == ["127.0.0.1/process001", "127.0.0.1/process002"]
     assert screenshot.stat().st_size > 20_000
+
+
+def test_prepare_report_loads_plotly_while_the_job_runs(monkeypatch):
+    """The driver's background warm-up resolves what the first report needs, and a failure in it stays
+    in its thread (the report at the job's end imports again and logs its own error)."""
+    from airflow_parallel_run.core.driver.finish import prepare_report
+    from airflow_parallel_run.core.logs import report
+
+    report._template.cache_clear()
+    thread = prepare_report()
+    thread.join(60)
+    assert not thread.is_alive() and thread.daemon
+    assert report._template.cache_info().currsize == 1
+
+    def broken() -> None:
+        raise ImportError("no plotly")
+
+    uncaught: list[object] = []
+    monkeypatch.setattr(report, "warm_up", broken)
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)
+    prepare_report().join(60)
+    assert uncaught == []

@@ -3,13 +3,10 @@ grow with the number of attempts (only the counts in it do), and the counts it s
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
-import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from plotly.offline import get_plotlyjs
@@ -22,26 +19,12 @@ from airflow_parallel_run.core.logs.report import (
     MAX_TIMELINE_ATTEMPTS,
     build_report,
 )
+from tests.core.logs.plots import figure, values
 
 ATTEMPTS = 100_000
 HEADER = ATTEMPT_COLUMNS
 #: What the page may carry besides plotly.js and the plots' bounded data: sections, tables, notes.
 PAGE_BUDGET_BYTES = 1_500_000
-
-
-def _figure(page: str, div_id: str) -> list[dict]:
-    """The traces of one plot, as plotly's `Plotly.newPlot("<id>", [traces], ...)` call holds them."""
-    match = re.search(r'Plotly\.newPlot\(\s*"' + re.escape(div_id) + r'",\s*', page)
-    assert match, f"no plot {div_id}"
-    traces, _ = json.JSONDecoder().raw_decode(page, match.end())
-    return list(traces)
-
-
-def _values(data: list | dict) -> list[float]:
-    """A trace's array: a JSON list, or plotly's typed array (`{"dtype", "bdata"}`: base64 of numpy bytes)."""
-    if isinstance(data, dict):
-        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist()
-    return list(data)
 
 
 @pytest.fixture(scope="module")
@@ -73,26 +56,26 @@ def test_report_of_100k_attempts_stays_small(big_report):
 
 def test_durations_are_binned_and_count_every_attempt(big_report):
     page, attempts = big_report
-    traces = _figure(page, "plot-durations")
+    traces = figure(page, "plot-durations")
     assert {t["type"] for t in traces} == {"bar"}
     per_status = {t["name"]: t for t in traces}
     assert set(per_status) == {"RUN_DONE", "RUN_EXCEPTION"}
     for status, trace in per_status.items():
-        counts = _values(trace["y"])
+        counts = values(trace["y"])
         assert len(counts) == HISTOGRAM_BINS
         assert sum(counts) == int((attempts["Status"] == status).sum())  # binned, none lost
     # the bins span every value: the slowest attempts are in the last bin
     widest = max(
         float(x) + float(w) / 2
-        for x, w in zip(_values(traces[0]["x"]), _values(traces[0]["width"]), strict=True)
+        for x, w in zip(values(traces[0]["x"]), values(traces[0]["width"]), strict=True)
     )
     assert widest >= attempts["Elapsed Seconds"].max() - 1e-6
 
 
 def test_timeline_and_lines_are_capped(big_report):
     page, _ = big_report
-    bars = sum(len(_values(t["x"])) for t in _figure(page, "plot-timeline"))
+    bars = sum(len(values(t["x"])) for t in figure(page, "plot-timeline"))
     assert bars == MAX_TIMELINE_ATTEMPTS
     assert f"Showing the first {MAX_TIMELINE_ATTEMPTS} of {ATTEMPTS} attempts" in page
-    for trace in _figure(page, "plot-progress"):
-        assert len(_values(trace["x"])) <= MAX_LINE_POINTS + 2
+    for trace in figure(page, "plot-progress"):
+        assert len(values(trace["x"])) <= MAX_LINE_POINTS + 2
