@@ -121,22 +121,34 @@ class AttemptStream:
         self._finished = as_completed()
 
     def submit(self, attempts: Iterable[Attempt], workers: list[str] | None = None) -> None:
-        """Submits attempts, on the job's hosts or on `workers` (a speculative copy's idle worker)."""
-        for mb, attempt in attempts:
-            key = attempt_key(self.job_id, mb.index, attempt)
-            future = self.client.submit(
+        """Submits attempts, on the job's hosts or on `workers` (a speculative copy's idle worker): several
+        in one `Client.map` (one graph update on the scheduler for them all, not one each), in order."""
+        attempts = list(attempts)
+        if not attempts:
+            return
+        keys = [attempt_key(self.job_id, mb.index, attempt) for mb, attempt in attempts]
+        options: dict[str, Any] = {
+            "pure": False,
+            "retries": 0,
+            "workers": workers or self.hosts,
+            "allow_other_workers": False,
+        }
+        if len(attempts) == 1:
+            (mb, attempt), key = attempts[0], keys[0]
+            futures = [self.client.submit(self.task, self.spec, mb, attempt, key=key, **options)]
+        else:
+            futures = self.client.map(
                 self.task,
-                self.spec,
-                mb,
-                attempt,
-                key=key,
-                pure=False,
-                retries=0,
-                workers=workers or self.hosts,
-                allow_other_workers=False,
+                [self.spec] * len(attempts),
+                [mb for mb, _ in attempts],
+                [attempt for _, attempt in attempts],
+                key=keys,
+                **options,
             )
+        now = time.monotonic()
+        for (mb, attempt), key, future in zip(attempts, keys, futures, strict=True):
             self.in_flight[key[0]] = (future, mb, attempt)
-            self.submitted[key[0]] = time.monotonic()
+            self.submitted[key[0]] = now
             self._finished.add(future)
 
     def forget(self, index: int, attempt: int) -> InFlight | None:

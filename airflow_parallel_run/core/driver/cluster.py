@@ -54,7 +54,9 @@ def dask_client(
             dashboard_address="127.0.0.1:0",  # never on all interfaces, never a fixed port
             silence_logs=logging.ERROR,
         ) as cluster,
-        Client(cluster) as local,
+        # results straight from the workers (threads of this process), not relayed by the scheduler: one
+        # hop instead of three per gather; a remote cluster's workers may be unreachable, so only here
+        Client(cluster, direct_to_workers=True) as local,
     ):
         yield local
 

@@ -143,6 +143,8 @@ class EntryProcess:
         self.descendants: dict[int, float] = {}  # pid -> start time, sampled at each mini-batch end
         self._kill_lock = threading.Lock()
         self._killed = False
+        self._node_fd: int | None = None  # the node log, kept open while the process lives (`node_log`)
+        self._node_fd_lock = threading.Lock()
         # what the driver's watchdog asks about (`activity`): since when it starts, is ready, and which
         # attempts it runs ((index, attempt) -> since, time.monotonic())
         self.created = time.monotonic()
@@ -163,9 +165,35 @@ class EntryProcess:
 
     # Log lines are best-effort: a full log disk must not turn an attempt's own outcome (or a failure
     # being reported) into an exception; the driver reports its own failed log writes in the summary.
+    #
+    # The node log takes two lines per attempt: its file stays open (O_APPEND) while the process lives,
+    # and each line is one os.write, so it is in the file (the page cache) as soon as it is logged, as
+    # with an open/append/close per line, which cost more than the rest of the line's work.
     def node_log(self, text: str) -> None:
-        with contextlib.suppress(OSError), open(self.paths["node"], "a", encoding="utf-8") as handle:
-            handle.write(f"{now()}|{self.node}|{self.name}|{os.getpid()}|{text}\n")
+        line = f"{now()}|{self.node}|{self.name}|{os.getpid()}|{text}\n".encode()
+        with self._node_fd_lock:  # no close (and reuse of the fd number) meanwhile
+            if self._node_fd is None and not self._killed:
+                with contextlib.suppress(OSError):
+                    self._node_fd = os.open(self.paths["node"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if self._node_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self._node_fd, line)
+                return
+        with contextlib.suppress(OSError), open(self.paths["node"], "ab") as handle:  # the process is gone
+            handle.write(line)  # (or the file would not open): one open per line, as before
+
+    def _close_node_log(self) -> None:
+        with self._node_fd_lock:
+            fd, self._node_fd = self._node_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:  # a process forgotten without `kill` (it failed to start)
+        fd = getattr(self, "_node_fd", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def error_log(self, header: str, trace: str) -> None:
         with contextlib.suppress(OSError), open(self.paths["error"], "a", encoding="utf-8") as handle:
@@ -491,6 +519,7 @@ class EntryProcess:
                 return self._kill()
             finally:
                 self._killed = True
+                self._close_node_log()
                 with self.host.state_lock:
                     self.host.live.discard(self)
 
