@@ -87,11 +87,28 @@ def _parquet_to_pandas(
     if len(plain) == sum(1 for f in table.schema if f.type in _NULLABLE):
         return table.to_pandas()  # no column needs pandas' nullable dtypes
     frame = to_pandas(table)
-    # Arrow's types_mapper sees types, not columns: the others are given numpy's dtype afterwards. Their
+    # Arrow's types_mapper sees types, not columns: the others are given numpy's dtype afterwards, as columns
+    # or as the index levels pandas' metadata restores them to (a DataFrame written with a named index). Their
     # names are unique (the planner counts a name two columns share as possibly null).
     for name in {table.schema.field(i).name for i in plain}:
-        frame[name] = frame[name].to_numpy(dtype=frame[name].dtype.numpy_dtype)
+        if name in frame.columns:
+            frame[name] = frame[name].to_numpy(dtype=_numpy_dtype(frame[name].dtype))
+        elif name in frame.index.names:
+            frame.index = _numpy_level(frame.index, frame.index.names.index(name))
     return frame
+
+
+def _numpy_level(index: pd.Index, level: int) -> pd.Index:
+    """`index` with one level (of a MultiIndex, or the whole index) in numpy's dtype instead of a nullable one."""
+    if not isinstance(index, pd.MultiIndex):
+        return index.astype(_numpy_dtype(index.dtype))
+    values = index.levels[level]  # a MultiIndex level's distinct values: a missing one is a code, not a value
+    return index.set_levels(values.astype(_numpy_dtype(values.dtype)), level=level)
+
+
+def _numpy_dtype(dtype: Any) -> Any:
+    """numpy's dtype for a pandas nullable one (Int64 -> int64, boolean -> bool)."""
+    return dtype.numpy_dtype
 
 
 _NULLABLE = {

@@ -211,3 +211,37 @@ def test_a_job_reads_columns_as_pandas_reads_them_and_the_key_follows(
     lines, summary = job("two")
     assert lines == {"k=Int64;ok=boolean"}
     assert summary["reused_mini_batches"] == 0
+
+
+@pytest.mark.parametrize("levels", [["id"], ["id", "day"]])
+def test_an_index_pandas_wrote_keeps_one_dtype_beside_a_nullable_column(
+    tmp_path: Path, levels: list[str]
+) -> None:
+    """A DataFrame written by pandas with a named integer index: the index comes back as an index, numpy int64
+    in every mini-batch (as pandas.read_parquet reads it) also when another column is nullable (the numpy
+    dtype was looked for among the columns only, and the mini-batch failed with KeyError: 'id')."""
+    rows = 12
+    frame = pd.DataFrame(
+        {
+            "id": [i * i for i in range(rows)],  # not a range: stored as a column, not as metadata
+            "day": [i % 3 for i in range(rows)],
+            "k": pd.array([None if i == 7 else i for i in range(rows)], dtype="Int64"),
+            "v": range(rows),
+        }
+    ).set_index(levels)
+    frame.to_parquet(tmp_path / "a.parquet", row_group_size=4)
+    frames = _frames(str(tmp_path), 1)
+    assert len(frames) == 3
+    reference = pd.read_parquet(tmp_path / "a.parquet")
+    for got in frames:
+        assert str(got["k"].dtype) == "Int64" and got["v"].dtype == np.int64
+        assert list(got.index.names) == levels
+        for level in levels:
+            assert got.index.get_level_values(level).dtype == np.int64
+    whole = pd.concat(frames)
+    assert whole.index.equals(reference.index)
+    assert whole["v"].tolist() == reference["v"].tolist()
+    assert (
+        whole["k"].astype(object).where(whole["k"].notna(), None).tolist()
+        == reference["k"].astype(object).where(reference["k"].notna(), None).tolist()
+    )
