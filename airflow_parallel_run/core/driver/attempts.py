@@ -133,18 +133,14 @@ class AttemptStream:
             "workers": workers or self.hosts,
             "allow_other_workers": False,
         }
-        if len(attempts) == 1:
-            (mb, attempt), key = attempts[0], keys[0]
-            futures = [self.client.submit(self.task, self.spec, mb, attempt, key=key, **options)]
-        else:
-            futures = self.client.map(
-                self.task,
-                [self.spec] * len(attempts),
-                [mb for mb, _ in attempts],
-                [attempt for _, attempt in attempts],
-                key=keys,
-                **options,
-            )
+        futures = self.client.map(
+            self.task,
+            [self.spec] * len(attempts),
+            [mb for mb, _ in attempts],
+            [attempt for _, attempt in attempts],
+            key=keys,
+            **options,
+        )
         now = time.monotonic()
         for (mb, attempt), key, future in zip(attempts, keys, futures, strict=True):
             self.in_flight[key[0]] = (future, mb, attempt)
