@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -289,6 +290,122 @@ def test_an_unreadable_lock_is_judged_by_its_age(tmp_path: Path) -> None:
     os.utime(tmp_path / LOCK_NAME, (old, old))
     OutputLock(str(tmp_path)).release()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+class _Interrupt(BaseException):
+    """What a signal handler raises (the CLI's `Interrupted`, Python's KeyboardInterrupt), at a chosen line."""
+
+
+def _interrupted_at(line_number: int, folder: Path) -> bool:
+    """Takes the lock in `folder` with an interrupt raised at the `line_number`-th line the lock's own code
+    runs (folder.py, the file the lock lives in): what a SIGINT/SIGTERM does to a job claiming its output
+    folder. True when the interrupt came before the lock was taken (False: it never came)."""
+    count = 0
+    source = output_folder.__file__
+
+    def trace(frame: Any, event: str, _arg: Any) -> Any:
+        nonlocal count
+        if frame.f_code.co_filename != source:
+            return None
+        if event == "line":
+            count += 1
+            if count == line_number:
+                raise _Interrupt
+        return trace
+
+    sys.settrace(trace)
+    try:
+        lock = OutputLock(str(folder), "job1")
+    except _Interrupt:
+        return True
+    finally:
+        sys.settrace(None)
+    lock.release()
+    return False
+
+
+def test_an_interrupt_at_any_line_of_taking_the_lock_leaves_no_half_written_lock(tmp_path: Path) -> None:
+    """A signal while the lock is being taken (the CLI or an Airflow task interrupted as it claims its
+    output folder, Ctrl-C in a notebook) leaves nothing behind: no empty or half-written lock file, which
+    refused every job for STALE_AFTER_S with no owner to name, and no whole lock naming a process that
+    lives on (a notebook's: its own next job was refused), nor a temp file; a retry takes the lock."""
+    for line_number in range(1, 500):
+        folder = tmp_path / f"at{line_number}"
+        folder.mkdir()
+        if not _interrupted_at(line_number, folder):
+            break  # the lock was taken before the line came: every line of the way was tried
+        left = sorted(p.name for p in folder.iterdir())
+        contents = {name: (folder / name).read_bytes() for name in left}
+        assert left == [], (line_number, contents)  # no lock, whole or half-written, and no mutex or temp
+        OutputLock(str(folder), "job2").release()  # a retry in the same process (a notebook) takes it
+    else:
+        pytest.fail("taking the lock never finished within 500 lines")
+    assert line_number > 5, "the trace never reached the lock's code"
+
+
+def test_an_interrupt_at_any_line_of_a_job_claiming_its_folder_leaves_it_claimable(
+    write_script, files, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The same for a job's start from its claim of the output folder to the point where it runs (the lock,
+    the checks that the folder is ours, its marker, its logs and spec: the end of `JobDriver`): interrupted
+    at any line of the driver's or the output folder's code from the claim on, the folder keeps no lock and
+    nothing that makes it look like someone else's: the next job, in the same process too, takes it."""
+    from airflow_parallel_run.core import JobDriver
+    from airflow_parallel_run.core.driver import loop as driver_loop
+
+    root = files(2)
+    config = ParallelRunConfig(entry_script=write_script(ECHO))
+    watched = {output_folder.__file__, driver_loop.__file__}
+    for line_number in range(1, 2000):
+        out = tmp_path / f"out{line_number}"
+        count, where, armed = 0, "", False
+
+        def trace(frame: Any, event: str, _arg: Any, target: int = line_number) -> Any:
+            nonlocal count, where, armed
+            if frame.f_code.co_filename not in watched:
+                return None
+            armed = armed or frame.f_code.co_name == "claim"  # before it, nothing of the folder is ours
+            if event == "line" and armed:
+                count += 1
+                if count == target:
+                    where = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno} {frame.f_code.co_name}"
+                    raise _Interrupt
+            return trace
+
+        sys.settrace(trace)
+        try:
+            driver = JobDriver(
+                config, [FileDataset.from_files(str(root))], str(out), cache_dir=str(tmp_path / "c")
+            )
+        except _Interrupt:
+            driver = None
+        finally:
+            sys.settrace(None)
+        if driver is not None:
+            driver.release()
+            break  # the driver was built before the line came: every line of the way was tried
+        # what would refuse the next job: a lock (busy), or something in logs/ or .staging/ without the
+        # engine's marker (someone else's)
+        assert not (out / LOCK_NAME).exists(), where
+        output_folder.check_ours(fsspec.filesystem("file"), str(out), str(out), None)
+    else:
+        pytest.fail("building the driver never finished within 2000 lines")
+    assert line_number > 20, "the trace never reached the driver's code"
+
+
+def test_an_on_driver_callback_that_raises_frees_the_output_folder(write_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`run_job(on_driver=...)` (the operator records the job there) raising: the folder is let go with the
+    error, not left locked by a heartbeat for as long as the process lives (a notebook, a long-lived worker)."""
+    root, out = files(2), tmp_path / "out"
+
+    def refuse(_driver: Any) -> None:
+        raise RuntimeError("the callback failed")
+
+    config = ParallelRunConfig(entry_script=write_script(ECHO))
+    with pytest.raises(RuntimeError, match="the callback failed"):
+        run_job(config, [FileDataset.from_files(str(root))], str(out), on_driver=refuse)
+    assert not (out / LOCK_NAME).exists()
+    OutputLock(str(out)).release()  # taken at once in the same process
 
 
 def test_the_heartbeat_is_refreshed_and_a_lost_lock_stops_its_job(  # type: ignore[no-untyped-def]

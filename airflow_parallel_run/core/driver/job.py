@@ -132,9 +132,9 @@ def execute_request(
 ) -> dict[str, Any]:
     """Runs a request: reused mini-batches first, and a cluster only when something must run."""
     driver = request.driver(progress)
-    if on_driver is not None:
-        on_driver(driver)
-    try:
+    try:  # `on_driver` inside: a callback that raises (or an interrupt) still frees the output folder
+        if on_driver is not None:
+            on_driver(driver)
         reused = driver.find_reusable()
         if request.rerun is not None:
             reused = request.rerun.select(driver, reused)

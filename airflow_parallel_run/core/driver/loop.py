@@ -142,8 +142,8 @@ class JobDriver:
         self.stop = StopControl(self.job_id, self._master, self._say)
         if before_claim is not None:  # a re-run's checks (core/reuse/rerun.py): refusals change nothing
             before_claim(self)
-        self.folder.claim(self.job_id, self.cancel)
-        try:
+        try:  # the claim inside: interrupted between it and `_prepare`, the folder is still let go
+            self.folder.claim(self.job_id, self.cancel)
             self._prepare((bundle, bundle_hash, entry), progress)
         except BaseException:  # the lock's heartbeat would keep the folder busy for as long as we live
             self.release()

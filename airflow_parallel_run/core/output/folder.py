@@ -172,8 +172,8 @@ def check_ours(
     for name in (LOGS, STAGING):
         path = join(folder, name)
         if fs.exists(path) and not (
-            fs.isdir(path) and not fs.ls(path, detail=False)
-        ):  # empty: nothing to lose
+            fs.isdir(path) and all(_marker_temp(e) for e in fs.ls(path, detail=False))
+        ):  # empty, or only the temp of a marker a job was killed writing: nothing to lose
             why = (
                 f"it has no marker {LOGS}/{MARKER_NAME}"
                 if name == LOGS
@@ -229,11 +229,28 @@ def write_marker(fs: fsspec.AbstractFileSystem, folder: str, marker: Mapping[str
     data = json.dumps(dict(marker), indent=2).encode()
     if is_local(fs):
         temp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(temp, "wb") as handle:
-            handle.write(data)
-        os.replace(temp, path)
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(data)
+            os.replace(temp, path)
+        except BaseException:  # interrupted: the temp goes (one a killed job left is `_marker_temp`)
+            with contextlib.suppress(OSError):
+                os.remove(temp)
+            raise
     else:
         fs.pipe_file(path, data)
+
+
+def _marker_temp(entry: str) -> bool:
+    """A temp file of `write_marker`'s (`logs/.airflow-parallel-run.<8 hex>.tmp`): ours, never the user's."""
+    name = str(entry).rstrip("/").rsplit("/", 1)[-1]
+    middle = name[len(MARKER_NAME) + 1 : -len(".tmp")]
+    return (
+        name.startswith(f"{MARKER_NAME}.")
+        and name.endswith(".tmp")
+        and len(middle) == 8
+        and all(c in "0123456789abcdef" for c in middle)
+    )
 
 
 # -- one running job per folder --------------------------------------------------------------------------
@@ -310,22 +327,49 @@ class _HeartbeatLock:
     def _delete_file(self, path: str) -> None:
         raise NotImplementedError
 
-    def _acquire(self) -> None:
-        for _ in range(ACQUIRE_TRIES):
-            if self._create_file(self.path, self._encode()):
-                self._start_heartbeat()
-                return
-            raw, mtime = self._read_file(self.path)
-            owner = self._parse(raw)
-            if raw is None and mtime is None:
-                continue  # released between our attempts
-            if self._stale(owner, mtime):
-                self._remove_stale(raw)
-                continue
-            raise self._busy(owner, mtime)
+    def acquire(self) -> None:
+        """Takes the lock, or raises OutputBusyError. Interrupted half-way (a signal handler's exception, a
+        KeyboardInterrupt in a notebook), it leaves nothing of its own behind: no lock naming a process that
+        is still alive (every later job of it would be refused), no takeover mutex."""
+        try:
+            for _ in range(ACQUIRE_TRIES):
+                if self._create_file(self.path, self._encode()):
+                    self._start_heartbeat()
+                    return
+                raw, mtime = self._read_file(self.path)
+                owner = self._parse(raw)
+                if raw is None and mtime is None:
+                    continue  # released between our attempts
+                if self._stale(owner, mtime):
+                    self._remove_stale(raw)
+                    continue
+                raise self._busy(owner, mtime)
+        except BaseException:
+            self._abandon()
+            raise
         raise OutputBusyError(
             "output_path", self.shown, f"a folder whose lock {join(self.shown, LOCK_NAME)} can be taken"
         )
+
+    def _abandon(self) -> None:
+        """After an interrupted `acquire`: the heartbeat stops, and the lock and the takeover mutex go if
+        they hold this lock's token (what another job wrote stays). A heartbeat thread interrupted in its
+        start may not be joinable: it sees the stop at its first wait and ends."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread.ident is not None and thread is not threading.current_thread():
+            thread.join(HEARTBEAT_S + 5)
+        for path in (self.path, self.mutex):
+            with contextlib.suppress(Exception):
+                owner = self._parse(self._read_file(path)[0])
+                if owner is not None and owner.get("token") == self.me["token"]:
+                    self._delete_file(path)
+            with contextlib.suppress(Exception):
+                self._delete_file(self._temp_of(path))  # OutputLock's, when interrupted before removing it
+
+    def _temp_of(self, path: str) -> str:
+        """The temp file this lock writes `path` through (OutputLock: create and replace)."""
+        return f"{path}.{self.me['token'][:12]}.tmp"
 
     def _remove_stale(self, raw: bytes | None) -> None:
         """Removes the lock judged stale, unless it changed since it was read. Several jobs may judge it
@@ -444,17 +488,47 @@ class OutputLock(_HeartbeatLock):
 
     NAME = LOCK_NAME
 
-    def __init__(self, folder: str, job_id: str = "", on_lost: OnLost | None = None) -> None:
+    def __init__(
+        self, folder: str, job_id: str = "", on_lost: OnLost | None = None, *, acquire: bool = True
+    ) -> None:
         super().__init__(folder, folder, job_id, on_lost)
-        self._acquire()
+        if acquire:
+            self.acquire()
 
     def _create_file(self, path: str, data: bytes) -> bool:
+        """The whole file appears at once, or not at all: written to a temp file of our own first, then
+        hard-linked to `path` (link() fails when `path` exists). An O_EXCL create followed by a write would
+        leave an empty lock when interrupted in between (a signal as the job claims its folder), refusing
+        every job for STALE_AFTER_S with no owner to name. A file system without hard links gets the O_EXCL
+        create, with the file removed again when its write does not finish."""
+        temp = self._temp_of(path)
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(data)
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links here (EPERM, ENOTSUP, ...)
+                return self._create_exclusive(path, data)
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(temp)
+
+    @staticmethod
+    def _create_exclusive(path: str, data: bytes) -> bool:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            raise
         return True
 
     def _read_file(self, path: str) -> tuple[bytes | None, float | None]:
@@ -465,7 +539,7 @@ class OutputLock(_HeartbeatLock):
             return None, None
 
     def _replace_file(self, path: str, data: bytes) -> None:
-        temp = f"{path}.{self.me['token'][:12]}.tmp"
+        temp = self._temp_of(path)
         with open(temp, "wb") as handle:
             handle.write(data)
         os.replace(temp, path)  # readers see the old lock or the new one, never half of it
@@ -489,11 +563,14 @@ class StoreLock(_HeartbeatLock):
         shown: str,
         job_id: str = "",
         on_lost: OnLost | None = None,
+        *,
+        acquire: bool = True,
     ) -> None:
         super().__init__(folder, shown, job_id, on_lost)
         self.fs = fs
         self.supported = True
-        self._acquire()
+        if acquire:
+            self.acquire()
 
     def _create_file(self, path: str, data: bytes) -> bool:
         self.fs.invalidate_cache(self.folder)  # "exists" must come from the store, not a listing cache
@@ -615,11 +692,14 @@ class OutputFolder:
     def claim(self, job_id: str, on_lost: OnLost) -> None:
         """Takes the folder's lock, checks again that what is there is ours, and marks the folder
         (emptying the engine's logs/ and .staging/ of an earlier run). Refusals change nothing."""
+        # Held by the folder before it is taken: interrupted anywhere from here on (a signal as the job
+        # starts), the folder lets the lock go (`release`) instead of leaving it to a heartbeat nobody owns.
         if self.local:
-            self.lock = OutputLock(self.url, job_id, on_lost=on_lost)
+            self.lock = OutputLock(self.url, job_id, on_lost=on_lost, acquire=False)
         else:
-            self.lock = StoreLock(self.fs, self.path, self.url, job_id, on_lost=on_lost)
+            self.lock = StoreLock(self.fs, self.path, self.url, job_id, on_lost=on_lost, acquire=False)
         try:
+            self.lock.acquire()
             previous = check_ours(self.fs, self.path, self.url, self.output_file)
             if self.output_file:  # named before it exists: a job killed after assembling still owns it
                 previous = {
