@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .cli_signals import Interrupted, SignalRelay
 from .core.config import BATCH_FORMATS, LOGGING_LEVELS, OUTPUT_ACTIONS
 from .core.output.formats import format_names
 
@@ -288,15 +289,6 @@ def _inputs_from_args(args: argparse.Namespace) -> list[Any]:
     return inputs
 
 
-class Interrupted(BaseException):
-    """SIGINT/SIGTERM before the job runs. A BaseException, so no `except Exception` in the engine
-    (or in Dask) swallows it on its way out."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 class _Startup:
     """Where the CLI is, for the signal handler: until the job runs, a signal ends the CLI at once
     (nothing it started outlives it: the embedded cluster lives in this process, entry-script
@@ -307,13 +299,15 @@ class _Startup:
         self.stage = "checking the configuration"
         self.driver: Any = None
         self.stopping = False
+        self.relay = SignalRelay(self.handle)
 
-    def handle(self, signum: int, _frame: Any) -> None:
+    def handle(self, signum: int) -> None:
+        """A SIGINT/SIGTERM, in the relay thread (cli_signals.py)."""
         if self.stage == "running" and self.driver is not None and not self.stopping:
             self.stopping = True
-            self.driver.cancel(f"interrupted by signal {signal.Signals(signum).name}")
+            self.driver.cancel(f"interrupted by signal {signal.Signals(signum).name}")  # flags only
             return
-        raise Interrupted(signum)
+        self.relay.interrupt_main(signum)
 
 
 def _run(args: argparse.Namespace, arguments: list[str], startup: _Startup) -> int:
@@ -636,34 +630,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         _check_run_arguments(args, argv)
         startup = _Startup()
-        stops = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, startup.handle) for sig in stops}
-        # A signal mask is inherited across fork and exec: started by a thread that had these signals
-        # blocked, the CLI would keep them pending for as long as it runs, and end when its work does
-        # (30 s later when the scheduler cannot be reached), not when asked to. Every thread
-        # the CLI starts from here inherits the unblocked mask. (Unblocked inside the `try`: a signal that
-        # was pending is handled at once, as an interruption.)
-        previous_mask: set[int | signal.Signals] | None = None
-        try:
-            previous_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-            if args.rerun_failed is not None:
-                return _rerun_failed(args, startup)
-            if args.azure_job:
-                return _run_azure_job(args, arguments, startup)
-            return _run(args, arguments, startup)
-        except Interrupted as exc:
-            name = signal.Signals(exc.signum).name
-            print(
-                f"airflow-parallel-run: interrupted by {name} while {startup.stage}; the job did not run "
-                "and nothing it started is left running",
-                file=sys.stderr,
-            )
-            return 128 + exc.signum
-        finally:
-            if previous_mask is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        # SIGINT/SIGTERM are taken by the relay thread from here (cli_signals.py); one that was pending
+        # when the CLI started is taken at once, as an interruption.
+        with startup.relay:
+            try:
+                if args.rerun_failed is not None:
+                    return _rerun_failed(args, startup)
+                if args.azure_job:
+                    return _run_azure_job(args, arguments, startup)
+                return _run(args, arguments, startup)
+            except Interrupted as exc:
+                startup.relay.caught_it()
+                name = signal.Signals(exc.signum).name
+                print(
+                    f"airflow-parallel-run: interrupted by {name} while {startup.stage}; the job did not run "
+                    "and nothing it started is left running",
+                    file=sys.stderr,
+                )
+                return 128 + exc.signum
     if args.command == "cache":
         return _cache(args)
     if args.command == "report":

@@ -84,6 +84,22 @@ def test_more_processes_than_the_embedded_cluster_can_run_is_a_config_error(
     assert not (tmp_path / "out").exists()
 
 
+def test_entry_script_processes_start_with_no_signal_blocked(files, write_script, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The CLI blocks SIGINT/SIGTERM in its threads (its signal relay takes them, cli_signals.py); the
+    entry-script processes the embedded cluster's workers start get a fresh program's mask, so the script
+    and what it starts can be stopped by those signals as anywhere else."""
+    root, out = files(2), tmp_path / "out"
+    script = write_script(
+        "import signal\n"
+        "def run(mini_batch):\n"
+        "    return [sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))]\n"
+    )
+    done = run_cli(cli_run_argv(root, out, script, "--mini-batch-size", "2", "--process-count-per-node", "1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["status"] == "succeeded"
+    assert (out / "parallel_run_step.txt").read_text().split() == ["[]"]
+
+
 def _signal_after(proc: subprocess.Popen[str], ready: Any, sig: int) -> tuple[int, str, str, float]:
     wait_for(ready, 90, "the CLI to reach the stage")
     sent = time.monotonic()

@@ -522,6 +522,10 @@ def _write_part(
 
 
 def main(fd: int) -> None:
+    # A fresh program's signal mask: a process inherits its creator's, and the CLI blocks SIGINT/SIGTERM in
+    # all its threads (cli_signals.py), the embedded cluster's workers among them; the entry script and
+    # the processes it starts must be stoppable by them as anywhere else.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     conn = _connect(fd)
     setup: Setup = conn.recv()
     loop = asyncio.new_event_loop()  # one loop for the process: async init(), run() and shutdown()
