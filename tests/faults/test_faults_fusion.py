@@ -80,6 +80,12 @@ def cache_entries(root: Path) -> dict[str, bytes]:
     return found
 
 
+def _set_budget(seconds: float) -> float:
+    """`client.run` target: the chunk time budget on a worker (returns the old one)."""
+    old, chunk.CHUNK_BUDGET_S = chunk.CHUNK_BUDGET_S, seconds
+    return old
+
+
 # -- 1. the same job, chunked or not ------------------------------------------------------------------------
 EQUIVALENCE_SCRIPT = (
     HEAD
@@ -298,7 +304,11 @@ def test_an_init_failure_ends_the_chunk_and_its_rest_is_not_charged(
         run_max_try=1,
         allowed_failed_count=1,
     )
-    summary = run_job(config, [FileDataset.from_files(str(root))], str(out), client=dask_client)
+    dask_client.run(_set_budget, 60.0)  # the chunk's time budget could end it first: not here
+    try:
+        summary = run_job(config, [FileDataset.from_files(str(root))], str(out), client=dask_client)
+    finally:
+        dask_client.run(_set_budget, chunk.CHUNK_BUDGET_S)
     assert summary["status"] == "failed" and "allowed_failed_count" in summary["message"], summary
     by = rows(out)
     assert [r["Status"] for r in by[5]] == ["PROCESS_DIED"] and [r["Status"] for r in by[6]] == [
@@ -323,11 +333,6 @@ def test_init_failing_everywhere_stops_the_job_as_before_with_no_chunk(
 
 
 # -- 5. timeouts inside a chunk --------------------------------------------------------------------------------
-def _set_budget(seconds: float) -> float:
-    old, chunk.CHUNK_BUDGET_S = chunk.CHUNK_BUDGET_S, seconds
-    return old
-
-
 def test_a_timeout_kills_only_its_attempt_and_the_chunk_goes_on(
     dask_client, write_script, files, tmp_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
