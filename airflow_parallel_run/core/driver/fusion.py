@@ -10,7 +10,7 @@ them, so it adapts when the mini-batches get slower): k x median is about `CHUNK
 and all of it once k > 1), at most `CHUNK_MAX`, and at most what is left to submit / (2 x slots) so that
 the end of the job looks as without chunks: the last attempts go one per task, and the Window
 (core/driver/attempts.py) keeps at most `slots` + what is left in flight, counted in attempts. A
-mini-batch of a quarter of a second or more is never fused.
+mini-batch of more than a tenth of a second is never fused.
 
 No fusion with `speculative_execution`: a straggler's copy needs the driver to know when each attempt was
 submitted and to stop one attempt (`supersede_on`), which a chunk would blur. A re-run of failed items
