@@ -75,12 +75,12 @@ def _orchestration_clock(marks: dict[str, dict[int, float]]) -> Iterator[None]:
         return
     submit, next_batch = AttemptStream.submit, AttemptStream.next_batch
 
-    def timed_submit(stream: Any, attempts: Any, workers: Any = None) -> None:
+    def timed_submit(stream: Any, attempts: Any, workers: Any = None, **options: Any) -> None:
         attempts = list(attempts)
         when = time.time()
         for mb, _attempt in attempts:
             marks["dispatched"].setdefault(mb.index, when)
-        submit(stream, attempts, workers)
+        submit(stream, attempts, workers, **options)
 
     def timed_next_batch(stream: Any, *args: Any, **kwargs: Any) -> Any:
         booked = next_batch(stream, *args, **kwargs)

@@ -6,6 +6,15 @@ Dask: the driver decides), in a Dask task group of its own (`attempt_key`), so t
 to a worker at once instead of holding it in its root-task queue. Completion notices arrive in a queue as attempts finish; each loop turn
 gathers everything that finished since the last one in a single round trip. A worker lost while it ran
 an attempt fails that attempt only (PROCESS_DIED).
+
+Short attempts travel in chunks: one Dask task runs several (core/worker/chunk.py; the driver's `Fusion`
+chooses how many) and reports the results of those it ran, a prefix. The stream books each as it books a
+single attempt, and hands the rest back to the driver (`take_returned`) to submit again, not charged a
+try: those after an attempt whose process did not start or whose init() failed (each then alone, so each
+meets init() on its own as it would in a task of its own), or past the chunk's time budget. A chunk whose
+task fails as a whole (its worker lost more often than the scheduler retries, `KilledWorker`) charges
+nobody: every attempt of it goes back, each alone, so an attempt that really kills its worker fails its
+own try (PROCESS_DIED) the next time, and no other.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from distributed import Client, Future, as_completed
 
 from ..attempt import AttemptResult, AttemptStage, AttemptStatus
 from ..minibatch import MiniBatch
+from ..worker.chunk import not_started
 from .stopping import STOP_CANCEL_S, STOP_DRAIN_S, bounded
 from .watchdog import InFlight
 
@@ -33,6 +43,7 @@ WINDOW_EXTRA = 16
 
 Attempt = tuple[MiniBatch, int]  # a mini-batch and its attempt number (1-based)
 Booked = tuple[MiniBatch, int, AttemptResult]
+Returned = tuple[Attempt, bool]  # an attempt a chunk did not run, and whether it must go to Dask alone
 
 
 def attempt_key(job_id: str, index: int, attempt: int) -> tuple[str]:
@@ -47,16 +58,26 @@ def attempt_key(job_id: str, index: int, attempt: int) -> tuple[str]:
     return (f"apr-{job_id}-mb{index}-a{attempt}",)
 
 
+def chunk_key(job_id: str, first: Attempt, number: int) -> tuple[str]:
+    """The Dask key of a chunk: named after its first attempt, and the stream's count of chunks so that a
+    chunk's key is never used twice (an attempt put back may lead another chunk). A one-element tuple, as
+    `attempt_key`, for the same reason."""
+    mb, attempt = first
+    return (f"apr-{job_id}-mb{mb.index}-a{attempt}-c{number}",)
+
+
 def attempt_name(key: Any) -> str:
     """An attempt's name from its Dask key (as a future or the scheduler reports it)."""
     return str(key[0]) if isinstance(key, (tuple, list)) else str(key)
 
 
 class Pending:
-    """Attempts waiting to be submitted, first come first served; retries join the end."""
+    """Attempts waiting to be submitted, first come first served; retries join the end. Attempts a chunk
+    did not run (`put_back`) go first: they were dispatched (and counted) already."""
 
     def __init__(self, attempts: Iterable[Attempt] = ()) -> None:
         self._queue: deque[Attempt] = deque(attempts)
+        self._back: deque[Returned] = deque()
 
     def take(self, count: int) -> list[Attempt]:
         taken: list[Attempt] = []
@@ -67,11 +88,22 @@ class Pending:
     def retry(self, mb: MiniBatch, attempt: int) -> None:
         self._queue.append((mb, attempt))
 
+    def put_back(self, returned: Iterable[Returned]) -> None:
+        self._back.extend(returned)
+
+    def take_back(self, count: int) -> list[Returned]:
+        """Attempts put back, before any other (not counted again as dispatched: they were)."""
+        taken: list[Returned] = []
+        while self._back and len(taken) < count:
+            taken.append(self._back.popleft())
+        return taken
+
     def clear(self) -> None:
         self._queue.clear()
+        self._back.clear()
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._back)
 
 
 class Window:
@@ -84,24 +116,50 @@ class Window:
     So, given what is left to submit (`pending`), a submit leaves at most `slots` + what is still left
     in flight: the workers' queues shrink as the job nears its end and are empty once the last attempt
     is submitted (each of the last ones goes to a worker with a free thread: the scheduler places it on
-    the least occupied one), and until then no worker waits for the driver's next submit."""
+    the least occupied one), and until then no worker waits for the driver's next submit.
+
+    Chunks (`chunk` attempts per Dask task): the limit counts Dask tasks (`tasks` in flight), so room is
+    that many chunks; the tail's rule still counts attempts (a chunk queued on a worker holds the job back
+    as long as its attempts would). With chunk=1 and tasks=None, as without chunks."""
 
     def __init__(self, slots: int, one_per_slot: bool = False) -> None:
         self.slots = slots
         self.one_per_slot = one_per_slot
 
-    def room(self, in_flight: int, any_succeeded: bool, pending: int | None = None) -> int:
+    def room(
+        self,
+        in_flight: int,
+        any_succeeded: bool,
+        pending: int | None = None,
+        *,
+        tasks: int | None = None,
+        chunk: int = 1,
+    ) -> int:
+        """Attempts to submit now, with `in_flight` attempts in `tasks` Dask tasks and `pending` left."""
         if self.one_per_slot:
             return max(self.slots - in_flight, 0)
         limit = WINDOW_PER_SLOT * self.slots + WINDOW_EXTRA if any_succeeded else 2 * self.slots
-        room = limit - in_flight
+        room = (limit - (in_flight if tasks is None else tasks)) * max(chunk, 1)
         if pending is not None:  # in_flight + room <= slots + (pending - room)
             room = min(room, (self.slots + pending - in_flight) // 2, pending)
         return max(room, 0)
 
 
+class _Sent:
+    """One Dask task in flight: its future and its attempts (one, or a chunk's)."""
+
+    __slots__ = ("attempts", "chunked", "future", "solo")
+
+    def __init__(self, future: Future, attempts: tuple[Attempt, ...], chunked: bool, solo: bool) -> None:
+        self.future = future
+        self.attempts = attempts
+        self.chunked = chunked  # run by the chunk task: its result is a list
+        self.solo = solo  # an attempt put back to run alone: lost again, it fails its own try
+
+
 class AttemptStream:
-    """The job's attempts on the cluster: submitted with their keys, gathered as they finish."""
+    """The job's attempts on the cluster: submitted with their keys (alone or in chunks), gathered as they
+    finish, one booked result per attempt."""
 
     def __init__(
         self,
@@ -110,64 +168,119 @@ class AttemptStream:
         task: Callable[..., AttemptResult],
         spec: Any,
         hosts: list[str] | None,
+        chunk_task: Callable[..., Any] | None = None,
     ) -> None:
         self.client = client
         self.job_id = job_id
         self.task = task
+        self.chunk_task = chunk_task  # runs a chunk of attempts (None: every attempt alone)
         self.spec = spec  # what the task gets before (mini-batch, attempt): the job's worker plugin name
         self.hosts = hosts  # keep the job on the chosen hosts (None: any worker)
-        self.in_flight: dict[str, tuple[Future, MiniBatch, int]] = {}
-        self.submitted: dict[str, float] = {}  # attempt name -> time.monotonic() of its submit
+        self.in_flight: dict[str, _Sent] = {}  # Dask key name -> the task
+        self.submitted: dict[str, float] = {}  # Dask key name -> time.monotonic() of its submit
+        self.returned: list[Returned] = []  # attempts chunks did not run, for the driver to submit again
+        self._attempts = 0  # attempts in flight (over every task)
+        self._chunks = 0
         self._finished = as_completed()
 
-    def submit(self, attempts: Iterable[Attempt], workers: list[str] | None = None) -> None:
+    def submit(
+        self,
+        attempts: Iterable[Attempt],
+        workers: list[str] | None = None,
+        *,
+        chunk: int = 1,
+        solo: bool = False,
+    ) -> None:
         """Submits attempts, on the job's hosts or on `workers` (a speculative copy's idle worker): several
-        in one `Client.map` (one graph update on the scheduler for them all, not one each), in order."""
+        in one `Client.map` (one graph update on the scheduler for them all, not one each), in order.
+        `chunk` > 1: that many attempts per task (the chunk task). `solo`: attempts put back after their
+        chunk was lost, each in a task of its own run by the chunk task (which clears what a lost run of
+        the attempt left, core/worker/chunk.py), under a key of its own."""
         attempts = list(attempts)
         if not attempts:
             return
-        keys = [attempt_key(self.job_id, mb.index, attempt) for mb, attempt in attempts]
         options: dict[str, Any] = {
             "pure": False,
             "retries": 0,
             "workers": workers or self.hosts,
             "allow_other_workers": False,
         }
-        futures = self.client.map(
-            self.task,
-            [self.spec] * len(attempts),
-            [mb for mb, _ in attempts],
-            [attempt for _, attempt in attempts],
-            key=keys,
-            **options,
-        )
+        if self.chunk_task is None or (chunk <= 1 and not solo):
+            keys = [attempt_key(self.job_id, mb.index, attempt) for mb, attempt in attempts]
+            futures = self.client.map(
+                self.task,
+                [self.spec] * len(attempts),
+                [mb for mb, _ in attempts],
+                [attempt for _, attempt in attempts],
+                key=keys,
+                **options,
+            )
+            self._sent(keys, [(a,) for a in attempts], futures, chunked=False, solo=False)
+            return
+        size = 1 if solo else chunk
+        groups = [tuple(attempts[i : i + size]) for i in range(0, len(attempts), size)]
+        keys = []
+        for group in groups:
+            self._chunks += 1
+            keys.append(chunk_key(self.job_id, group[0], self._chunks))
+        futures = self.client.map(self.chunk_task, [self.spec] * len(groups), groups, key=keys, **options)
+        self._sent(keys, groups, futures, chunked=True, solo=solo)
+
+    def _sent(
+        self,
+        keys: list[tuple[str]],
+        groups: list[tuple[Attempt, ...]],
+        futures: list[Future],
+        *,
+        chunked: bool,
+        solo: bool,
+    ) -> None:
         now = time.monotonic()
-        for (mb, attempt), key, future in zip(attempts, keys, futures, strict=True):
-            self.in_flight[key[0]] = (future, mb, attempt)
+        for key, group, future in zip(keys, groups, futures, strict=True):
+            self.in_flight[key[0]] = _Sent(future, group, chunked, solo)
             self.submitted[key[0]] = now
+            self._attempts += len(group)
             self._finished.add(future)
+
+    def _pop(self, name: str) -> _Sent:
+        sent = self.in_flight.pop(name)
+        self.submitted.pop(name, None)
+        self._attempts -= len(sent.attempts)
+        return sent
 
     def forget(self, index: int, attempt: int) -> InFlight | None:
         """An attempt whose result no longer matters (another attempt of its mini-batch committed): it
-        leaves the stream, so it is never booked, and its task is cancelled if it has not started."""
+        leaves the stream, so it is never booked, and its task is cancelled if it has not started. Only
+        attempts submitted alone (speculative execution, which never fuses)."""
         name = attempt_key(self.job_id, index, attempt)[0]
-        entry = self.in_flight.pop(name, None)
-        submitted = self.submitted.pop(name, 0.0)
-        if entry is None:
+        if name not in self.in_flight:
             return None
-        future, mb, _ = entry
-        bounded(lambda: self.client.cancel([future]), STOP_CANCEL_S)
-        return InFlight(mb, attempt, submitted)
+        submitted = self.submitted.get(name, 0.0)
+        sent = self._pop(name)
+        bounded(lambda: self.client.cancel([sent.future]), STOP_CANCEL_S)
+        return InFlight(sent.attempts[0][0], attempt, submitted)
 
     def waiting(self) -> list[InFlight]:
         """The attempts submitted and not heard back from, with when each was submitted."""
         return [
             InFlight(mb, attempt, self.submitted.get(name, 0.0))
-            for name, (_future, mb, attempt) in self.in_flight.items()
+            for name, sent in self.in_flight.items()
+            for mb, attempt in sent.attempts
         ]
 
     def __len__(self) -> int:
+        """Attempts in flight."""
+        return self._attempts
+
+    @property
+    def tasks(self) -> int:
+        """Dask tasks in flight (a chunk is one)."""
         return len(self.in_flight)
+
+    def take_returned(self) -> list[Returned]:
+        """Attempts chunks handed back unrun since the last call (see the module)."""
+        returned, self.returned = self.returned, []
+        return returned
 
     def check_connected(self) -> None:
         if self.client.status in ("closing", "closed"):  # gave up reconnecting to a lost scheduler
@@ -175,17 +288,34 @@ class AttemptStream:
 
     def next_batch(self, timeout: float = LOOP_WAIT_S) -> list[Booked]:
         """Every attempt that finished by now (waiting up to `timeout` s for the first), with its result,
-        in key order: attempts finishing together are booked in a stable order."""
+        in key order: attempts finishing together are booked in a stable order (a chunk's in its order)."""
         done = [f for f in self._next_finished(timeout) if attempt_name(f.key) in self.in_flight]
         outcomes = self._gather(done)  # one round trip for the whole batch
-        booked = []
+        booked: list[Booked] = []
         for future in done:
-            _, mb, attempt = self.in_flight.pop(attempt_name(future.key))
-            self.submitted.pop(attempt_name(future.key), None)
-            gathered = outcomes.get(attempt_name(future.key))
-            result = gathered if isinstance(gathered, AttemptResult) else collect(future, mb, attempt)
-            booked.append((mb, attempt, result))
+            name = attempt_name(future.key)
+            booked += self._book(self._pop(name), outcomes.get(name))
         return booked
+
+    def _book(self, sent: _Sent, gathered: Any) -> list[Booked]:
+        """A finished task's attempts with their results; a chunk's unrun ones go to `returned`."""
+        if not sent.chunked:
+            mb, attempt = sent.attempts[0]
+            result = gathered if isinstance(gathered, AttemptResult) else collect(sent.future, mb, attempt)
+            return [(mb, attempt, result)]
+        results = gathered if isinstance(gathered, list) else _chunk_results(sent.future)
+        if results is None:  # the task failed as a whole (its worker lost)
+            if sent.solo:  # alone already: its own try, as an attempt submitted alone
+                mb, attempt = sent.attempts[0]
+                return [(mb, attempt, collect(sent.future, mb, attempt))]
+            self.returned += [(attempt, True) for attempt in sent.attempts]
+            return []
+        ran = list(zip(sent.attempts, results, strict=False))
+        rest = sent.attempts[len(ran) :]
+        if rest:  # alone after a start or init() failure; in chunks again after the time budget
+            alone = bool(ran) and not_started(ran[-1][1])
+            self.returned += [(attempt, alone) for attempt in rest]
+        return [(mb, attempt, result) for (mb, attempt), result in ran]
 
     def _next_finished(self, timeout: float) -> list[Future]:
         # `as_completed.queue` is distributed's own queue of finished futures (tests/core/driver pin it)
@@ -198,8 +328,8 @@ class AttemptStream:
                 batch.append(self._finished.queue.get_nowait())
         return sorted(batch, key=lambda future: attempt_name(future.key))
 
-    def _gather(self, futures: list[Future]) -> dict[str, AttemptResult]:
-        """Results of finished attempts in one call; errored ones are left to `collect`."""
+    def _gather(self, futures: list[Future]) -> dict[str, Any]:
+        """Results of finished tasks in one call; errored ones are left to `collect`."""
         good = [f for f in futures if f.status == "finished"]
         if not good:
             return {}
@@ -209,28 +339,29 @@ class AttemptStream:
             return {}
 
     def drain(self) -> list[Booked]:
-        """After the stop broadcast: cancels attempts no worker holds yet; returns what the others report
-        within STOP_DRAIN_S (CANCELLED for killed ones; a success that finished meanwhile)."""
+        """After the stop broadcast: cancels tasks no worker holds yet; returns what the others report
+        within STOP_DRAIN_S (CANCELLED for killed attempts, never started for a chunk's later ones; a
+        success that finished meanwhile). Attempts a chunk did not run are dropped: the job stops."""
         deadline = time.monotonic() + STOP_DRAIN_S
         known, processing = bounded(self.client.processing, STOP_DRAIN_S / 2)
         # without the scheduler's view, wait for all (bounded)
         held = (
             {attempt_name(k) for keys in processing.values() for k in keys} if known else set(self.in_flight)
         )
-        queued = [key for key in self.in_flight if key not in held and not self.in_flight[key][0].done()]
+        queued = [key for key in self.in_flight if key not in held and not self.in_flight[key].future.done()]
         if queued:
-            futures = [self.in_flight[key][0] for key in queued]
+            futures = [self.in_flight[key].future for key in queued]
             bounded(lambda: self.client.cancel(futures), max(deadline - time.monotonic(), 0.1))
             for key in queued:
-                self.in_flight.pop(key)
-        reported = []
-        for key, (future, mb, attempt) in list(self.in_flight.items()):
+                self._pop(key)
+        reported: list[Booked] = []
+        for key, sent in list(self.in_flight.items()):
             try:
-                future.result(timeout=max(deadline - time.monotonic(), 0.05))
+                outcome = sent.future.result(timeout=max(deadline - time.monotonic(), 0.05))
             except Exception:  # noqa: BLE001 - not back in time, or lost: cancelled below
                 continue
-            self.in_flight.pop(key)
-            reported.append((mb, attempt, collect(future, mb, attempt)))
+            reported += self._book(self._pop(key), outcome)
+        self.returned = []
         return reported
 
     def abandon(self, before: Callable[[], None]) -> None:
@@ -238,13 +369,22 @@ class AttemptStream:
         first in the same bounded call (the stop Event)."""
         if not self.in_flight:
             return
-        futures = [f for f, _, _ in self.in_flight.values()]
+        futures = [sent.future for sent in self.in_flight.values()]
 
         def cancel_rest() -> None:
             before()
             self.client.cancel(futures, force=True)
 
         bounded(cancel_rest, STOP_CANCEL_S)
+
+
+def _chunk_results(future: Future) -> list[AttemptResult] | None:
+    """A finished chunk's results, or None when its task failed (a lost worker)."""
+    try:
+        results = future.result()
+    except Exception:  # noqa: BLE001 - the chunk's attempts go back (see the module)
+        return None
+    return results if isinstance(results, list) else None
 
 
 def collect(future: Future, mb: MiniBatch, attempt: int) -> AttemptResult:

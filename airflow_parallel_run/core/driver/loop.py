@@ -33,12 +33,14 @@ from ..reuse.cache import MiniBatchCache, resolve_cache_root
 from ..reuse.reuse import Reuse
 from ..summary import Tally, threshold_breach
 from ..worker.attempt import run_mini_batch
+from ..worker.chunk import run_attempts
 from ..worker.plugin import activity_on, supersede_on
 from ..worker.scratch import worker_host
 from ..worker.spec import JobSpec, bundle_scripts
 from .attempts import AttemptStream, Pending, Window
 from .cluster import select_hosts
 from .finish import finish_job, prepare_report
+from .fusion import Fusion
 from .progress import Progress, ProgressCallback
 from .speculation import Flight, Speculation
 from .stopping import StopControl, bounded
@@ -297,9 +299,12 @@ class JobDriver:
         self.slots = placement.slots
         self.init_failures = InitFailures.for_slots(self.slots)
         self.window = Window(self.slots, one_per_slot=self.config.speculative_execution)
+        self.fusion = Fusion(self.slots, enabled=not self.config.speculative_execution)
         hosts = tuple(placement.hosts) if placement.restricts else None  # keep the job on the chosen hosts
         name = self.stop.attach(client, self.spec, hosts)
-        stream = AttemptStream(client, self.job_id, run_mini_batch, name, list(hosts) if hosts else None)
+        stream = AttemptStream(
+            client, self.job_id, run_mini_batch, name, list(hosts) if hosts else None, chunk_task=run_attempts
+        )
         self.watchdog = Watchdog(self.config, lambda tails: self._probe(client, tails))
         self.stream = stream
         self._say(
@@ -329,14 +334,20 @@ class JobDriver:
         return "processes" if concurrency == 1 else f"mini-batches at once ({concurrency} per process)"
 
     def _submit(self, stream: AttemptStream, pending: Pending) -> None:
-        room = self.window.room(len(stream), self.tally.succeeded_mini_batches > 0, len(pending))
-        attempts = pending.take(room)
+        """Fills the window: attempts that chunks handed back first (dispatched and counted already; those
+        to run alone each in its own task), then new ones, `chunk` per Dask task (`Fusion`)."""
+        any_succeeded = self.tally.succeeded_mini_batches > 0
+        chunk = self.fusion.size(len(pending), any_succeeded)
+        room = self.window.room(len(stream), any_succeeded, len(pending), tasks=stream.tasks, chunk=chunk)
+        back = pending.take_back(room)
+        attempts = pending.take(room - len(back))
         self.tally.note_started(mb.index for mb, _attempt in attempts)
         for mb, attempt in attempts:
             if attempt > 1:  # a retry (first attempts are not stored: a job may have millions)
                 self.tries[mb.index] = self.tries.get(mb.index, 1) + 1
             self.flight.launched(mb.index, attempt)
-        stream.submit(attempts)
+        stream.submit([attempt for attempt, alone in back if alone], solo=True)
+        stream.submit([attempt for attempt, alone in back if not alone] + attempts, chunk=chunk)
 
     def _speculate(self, stream: AttemptStream, pending: Pending) -> None:
         """Once nothing is left to dispatch: a copy of each straggler on a free worker thread."""
@@ -411,6 +422,7 @@ class JobDriver:
             for mb, attempt, result in stream.next_batch():
                 self._record(mb, attempt, result, pending)
                 self.progress.after_record()
+            pending.put_back(stream.take_returned())
             self.progress.tick()
             if not self.stop.requested:
                 self.stop.request(self.watchdog.check(stream.waiting))
@@ -429,6 +441,7 @@ class JobDriver:
         self.flight.landed(mb.index, attempt)
         self.logs.attempt(result, json.dumps(mb.describe()))
         self.watchdog.attempt_ended(result)
+        self.fusion.observe(result)
         if mb.index in self.tally.finished:
             return  # a duplicate delivery: the first outcome stands
         if not result.ok and self.flight.running(mb.index):

@@ -484,23 +484,28 @@ def test_second_job_into_the_same_output_folder_is_refused(dask_client, write_sc
     assert again["status"] == "succeeded" and not (out / ".airflow-parallel-run.lock").exists()
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["alone", "chunks"])
 def test_the_workers_queues_are_empty_when_the_last_mini_batch_is_submitted(
-    dask_client, write_script, files, tmp_path, monkeypatch
+    dask_client, write_script, files, tmp_path, monkeypatch, fused
 ):
     """Attempts beyond the slots wait in some worker's queue; at the end of a job that worker is still busy
     with them while the other slots idle (the I/O-bound bench's last wave). The driver keeps at most
-    `slots + left to submit` attempts in flight: a window ahead early on, no queue at the end."""
+    `slots + left to submit` attempts in flight: a window ahead early on, no queue at the end. With
+    chunks (core/driver/fusion.py) the window counts Dask tasks and the tail's rule still attempts."""
+    from airflow_parallel_run.core.driver import fusion
     from airflow_parallel_run.core.driver.attempts import WINDOW_EXTRA, WINDOW_PER_SLOT
     from airflow_parallel_run.core.driver.loop import JobDriver
 
-    seen: list[tuple[int, int]] = []  # per submit that sent something: (left to submit, in flight)
+    if not fused:
+        monkeypatch.setattr(fusion, "CHUNK_MAX", 1)
+    seen: list[tuple[int, int, int]] = []  # per submit that sent something: (left, attempts, tasks in flight)
     submit = JobDriver._submit
 
     def recorded(self: JobDriver, stream: Any, pending: Any) -> None:
         before = len(pending)
         submit(self, stream, pending)
         if len(pending) < before:
-            seen.append((len(pending), len(stream)))
+            seen.append((len(pending), len(stream), stream.tasks))
 
     monkeypatch.setattr(JobDriver, "_submit", recorded)
     count, slots = 60, 2
@@ -509,7 +514,13 @@ def test_the_workers_queues_are_empty_when_the_last_mini_batch_is_submitted(
         dask_client, script, [FileDataset.from_files(str(files(count)))], tmp_path / "out", mini_batch_size=1
     )
     assert summary["status"] == "succeeded" and summary["succeeded_mini_batches"] == count, summary
-    assert max(in_flight for _left, in_flight in seen) == WINDOW_PER_SLOT * slots + WINDOW_EXTRA, seen
-    assert all(in_flight <= slots + left for left, in_flight in seen), seen
+    window = WINDOW_PER_SLOT * slots + WINDOW_EXTRA
+    if fused:
+        assert max(tasks for _left, _in_flight, tasks in seen) <= window, seen
+        assert any(in_flight > tasks for _left, in_flight, tasks in seen), seen  # chunks were sent
+    else:
+        assert max(in_flight for _left, in_flight, _tasks in seen) == window, seen
+        assert all(in_flight == tasks for _left, in_flight, tasks in seen), seen
+    assert all(in_flight <= slots + left for left, in_flight, _tasks in seen), seen
     assert seen[-1][0] == 0 and seen[-1][1] <= slots, seen  # the last submit: nothing queued on a worker
     assert len(attempts(tmp_path / "out")) == count  # one attempt each: nothing ran twice
