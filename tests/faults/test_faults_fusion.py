@@ -230,6 +230,46 @@ def test_a_lost_chunk_charges_only_the_attempt_that_kills_its_worker(
     assert published == sorted(f"n{i}" for i in range(count) if i != killer), published
 
 
+ONCE_KILLER_SCRIPT = (
+    HEAD
+    + """
+import signal
+def run(mini_batch):
+    n = int(open(mini_batch[0]).read())
+    with open(os.path.join(EntryScript().output_dir, f"n{{n}}-{{uuid.uuid4().hex}}.out"), "w") as f:
+        f.write("x")  # a name of each run's own: a lost run's file would show as a second one
+    if n == {killer} and not os.path.exists({marker!r}):
+        open({marker!r}, "w").close()
+        os.kill(os.getppid(), signal.SIGKILL)  # its Dask worker, once (the nanny starts another)
+        time.sleep(30)
+    return [f"{{os.path.basename(p)}} {{open(p).read().strip()}}" for p in mini_batch]
+"""
+)
+
+
+def test_an_attempt_alone_run_again_after_its_worker_was_lost_publishes_only_its_last_runs_files(
+    external_cluster, write_script, files, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Not only chunks: an attempt of its own whose worker was lost is run again by the scheduler under the
+    same key, so under the same attempt number and output_dir folder; what the lost run wrote there is
+    removed first, and only the second run's file is published."""
+    cluster = external_cluster(workers=2, nthreads=1, nanny=True)
+    sent = pin_chunks(monkeypatch, 1)
+    count, killer = 4, 2
+    root, out = files(count), tmp_path / "out"
+    script = ONCE_KILLER_SCRIPT.format(killer=killer, marker=str(tmp_path / "killed-once"))
+    config = ParallelRunConfig(entry_script=write_script(script), mini_batch_size=1, process_count_per_node=2)
+    job = JobThread(config, [FileDataset.from_files(str(root))], str(out), scheduler=cluster.address)
+    job.start()
+    summary = job.result(timeout=240)
+    assert set(sent) == {1}, sent
+    check_accounting(summary, count, expected_lines=[expected_line(i) for i in range(count)])
+    assert (tmp_path / "killed-once").exists()
+    assert [(r["Attempt"], r["Status"]) for r in rows(out)[killer]] == [("1", "RUN_DONE")]
+    published = sorted(p.name.split("-")[0] for p in out.rglob("n*.out"))
+    assert published == sorted(f"n{i}" for i in range(count)), published
+
+
 # -- 3. a stop while a chunk runs ------------------------------------------------------------------------------
 STOP_SCRIPT = (
     HEAD
@@ -237,8 +277,12 @@ STOP_SCRIPT = (
 def run(mini_batch):
     n = int(open(mini_batch[0]).read())
     if n == 1:
+        open({stamp!r} + ".running", "w").close()  # mini-batch 0, before it in its chunk, is done
         time.sleep(30)
     if n == 5:
+        deadline = time.time() + 60  # the other chunk's processes may start later than this one's
+        while not os.path.exists({stamp!r} + ".running") and time.time() < deadline:
+            time.sleep(0.02)
         open({stamp!r}, "w").write(str(time.time()))
         raise ValueError("fails: the job stops (allowed_failed_count=0)")
     return [f"{{os.path.basename(p)}} {{open(p).read().strip()}}" for p in mini_batch]

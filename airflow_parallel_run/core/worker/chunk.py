@@ -25,22 +25,19 @@ A Dask worker lost while it runs a chunk: the scheduler runs the whole chunk aga
 (until `distributed.scheduler.allowed-failures`, then the driver gets an error and puts every attempt of
 the chunk back, each alone). The attempts that had completed in the lost run then run again under the
 same attempt numbers; their part files are rewritten (atomically) by the new run, and files run() left
-in the attempt's own output_dir folder are removed before it runs again (`_clear_lost_run`), so the files
-published are those of the run the driver books.
+in the attempt's own output_dir folder are removed before it runs again (`run_mini_batch`, as for an
+attempt of its own that the scheduler runs again), so the files published are those of the run the driver
+books.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from time import monotonic
 
 from ..attempt import AttemptResult, AttemptStage, AttemptStatus
 from ..minibatch import MiniBatch
-from ..storage import is_local, local_path
 from .attempt import run_mini_batch
-from .plugin import job_worker
 
 CHUNK_BUDGET_S = 1.0  # a chunk starts no attempt after this long (the driver aims at ~0.2 s a chunk)
 
@@ -53,7 +50,6 @@ def run_attempts(name: str, attempts: Sequence[tuple[MiniBatch, int]]) -> list[A
     for mini_batch, attempt in attempts:
         if results and (not_started(results[-1]) or monotonic() - started >= CHUNK_BUDGET_S):
             break
-        _clear_lost_run(name, mini_batch, attempt)
         results.append(run_mini_batch(name, mini_batch, attempt))
     return results
 
@@ -66,19 +62,3 @@ def not_started(result: AttemptResult) -> bool:
         and not result.ok
         and result.stage in (AttemptStage.START, AttemptStage.INIT)
     )
-
-
-def _clear_lost_run(name: str, mini_batch: MiniBatch, attempt: int) -> None:
-    """The attempt's output_dir folder, when an earlier run of the same attempt (a chunk on a worker that
-    was lost) left one: removed, so that only this run's files are the attempt's. The folder is made by
-    the attempt itself (never before it runs), so one that exists is a lost run's. Local staging only: on
-    an object store the check would be a request per attempt, so a lost run's files there stay (as they do
-    for a single attempt that the scheduler runs again after losing its worker)."""
-    plugin = job_worker(name)
-    if plugin is None or plugin.stopped:
-        return
-    url = plugin.spec.files_url(mini_batch.index, attempt)
-    if is_local(url):
-        path = local_path(url)
-        if os.path.lexists(path):
-            shutil.rmtree(path, ignore_errors=True)

@@ -97,7 +97,6 @@ def _fake_worker(monkeypatch: pytest.MonkeyPatch, outcomes: dict[int, AttemptRes
         return outcomes.get(mb.index) or AttemptResult(mb.index, attempt, AttemptStatus.RUN_DONE)
 
     monkeypatch.setattr(chunk, "run_mini_batch", run_mini_batch)
-    monkeypatch.setattr(chunk, "job_worker", lambda name: None)
     return ran
 
 
