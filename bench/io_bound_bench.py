@@ -1,7 +1,7 @@
 """I/O-bound scoring: an `async def run()` through the engine vs a bare asyncio client, and vs sync run().
 
 A local HTTP "model endpoint" (bench/scoring_server.py in a process of its own: 127.0.0.1, a free port,
-each answer after 100 ms) scores one item per request. The input is a folder of 2,000 one-byte files (--quick: 320),
+each answer after 100 ms) scores one item per request. The input is a folder of 2,000 one-byte files (--quick: 160),
 `mini_batch_size=10`, and every item is one request. Three sides, interleaved round by round:
 
 - `engine_async`: `run_job(client=...)` with `async def run(mini_batch)` as docs/io-bound-scoring.md
@@ -108,7 +108,7 @@ def run(mini_batch):
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--items", type=int, default=None, help="default 2000 (--quick: 320)")
+    parser.add_argument("--items", type=int, default=None, help="default 2000 (--quick: 160)")
     benchlib.add_compare_arguments(parser)
 
 
@@ -218,7 +218,7 @@ def main() -> None:
         return
     started = benchlib.start(args)
     environ = dict(os.environ)  # before any LocalCluster adds its worker settings (see OtherEngine)
-    count = args.items or (320 if args.quick else 2000)
+    count = args.items or (160 if args.quick else 2000)
     rounds = benchlib.repeats(args, full=3, quick=1)
     sync_count = max(MINI_BATCH, count // SYNC_SHARE)
 

@@ -126,7 +126,7 @@ def _percentiles(values: list[float]) -> dict[str, float] | None:
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mini-batches", type=int, default=None, help="default 2000 (--quick: 200)")
+    parser.add_argument("--mini-batches", type=int, default=None, help="default 2000 (--quick: 50)")
     benchlib.add_compare_arguments(parser)
 
 
@@ -193,7 +193,7 @@ def main() -> None:
         return
     started = benchlib.start(args)
     environ = dict(os.environ)  # before any LocalCluster adds its worker settings (see OtherEngine)
-    count = args.mini_batches or (200 if args.quick else 2000)
+    count = args.mini_batches or (50 if args.quick else 2000)
     rounds = benchlib.repeats(args, full=3, quick=1)
 
     from airflow_parallel_run.core import FileDataset

@@ -1,6 +1,6 @@
 """Planning and memory: `plan_inputs` over 1,000,000 empty files, in a subprocess that only plans.
 
-Creates `--files` empty files (default 1,000,000; --quick 10,000) in sub-folders of 10,000 with
+Creates `--files` empty files (default 1,000,000; --quick 2,000) in sub-folders of 10,000 with
 os.open/os.close in a tight loop. Each sample is a fresh subprocess that imports the planner,
 records its RSS, plans `FileDataset.from_files(<sub-folders>)` with `mini_batch_size=10`, and
 reports the planning time, the time to the first planned mini-batch (the planner cuts mini-batches
@@ -90,7 +90,7 @@ def child(mode: str, folders: list[str]) -> None:
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--files", type=int, default=None, help="default 1,000,000 (--quick 10,000)")
+    parser.add_argument("--files", type=int, default=None, help="default 1,000,000 (--quick 2,000)")
     parser.add_argument("--child", choices=("plan", "walk"), help=argparse.SUPPRESS)
     parser.add_argument("folders", nargs="*", help=argparse.SUPPRESS)
 
@@ -101,7 +101,7 @@ def main() -> None:
         child(args.child, args.folders)
         return
     started = benchlib.start(args)
-    count = args.files or (10_000 if args.quick else 1_000_000)
+    count = args.files or (2_000 if args.quick else 1_000_000)
     per_dir = min(PER_DIR, max(1, count // 10))
     rounds = benchlib.repeats(args, full=3, quick=1)
     runs: dict[str, list[dict[str, Any]]] = {"plan_all": [], "plan_tenth": [], "walk_all": []}

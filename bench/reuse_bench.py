@@ -30,7 +30,7 @@ def run(mini_batch):
 
 
 def _add(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--files", type=int, default=None, help="default 10,000 (--quick 500)")
+    parser.add_argument("--files", type=int, default=None, help="default 10,000 (--quick 100)")
     parser.add_argument("--mini-batch-size", type=int, default=10)
     parser.add_argument("--processes", type=int, default=2)
 
@@ -38,7 +38,7 @@ def _add(parser: argparse.ArgumentParser) -> None:
 def main() -> None:
     args = benchlib.parse_args(__doc__, _add)
     started = benchlib.start(args)
-    count = args.files or (500 if args.quick else 10_000)
+    count = args.files or (100 if args.quick else 10_000)
     rounds = benchlib.repeats(args, full=3, quick=1)
 
     from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job

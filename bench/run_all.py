@@ -3,10 +3,13 @@
     .venv/bin/python bench/run_all.py [--quick] [--only NAME ...] [--skip NAME ...] [--results-dir DIR]
                                       [--scale-full]
 
-`--quick`, `--results-dir` and `--tmp-dir` are passed to every script. Each script prints its ratios
-and writes `<results-dir>/<name>.json`; the table below is read back from those files. The exit code
-is 1 when a script failed (crashed or wrote no JSON), not when a target was missed: the benches
-report what they measure, the targets are for people to judge.
+`--quick`, `--results-dir` and `--tmp-dir` are passed to every script. The quick sizes are smoke sizes
+(`make test` runs them through tests/test_bench_quick.py): small enough that fixed costs dominate, so
+their ratios are not results, and large enough that every side of every bench still runs (several
+mini-batches per process, several chunks per generated file, two sizes where a bench compares growth).
+Each script prints its ratios and writes `<results-dir>/<name>.json`; the table below is read back from
+those files. The exit code is 1 when a script failed (crashed or wrote no JSON), not when a target was
+missed: the benches report what they measure, the targets are for people to judge.
 
 The scale bench runs 1,000 and 10,000 mini-batches here (about 3 minutes); its 100,000-mini-batch job
 alone takes 11-12 minutes on 2 cores today, which would take `make bench` past its 20 minutes:

@@ -13,7 +13,7 @@ of driver RSS, its report open in under 3 s, and time and RSS growing linearly o
 seconds per mini-batch and RSS growth of the largest size against the one 10x smaller).
 
 The full size takes about 8-10 minutes on 2 shared cores (creating 100,000 files included); `--quick`
-runs 100 and 1,000 mini-batches (about 30 s).
+runs 20 and 200 mini-batches (about 15 s).
 
 Usage: .venv/bin/python bench/scale_bench.py [--quick] [--sizes 1000 10000 100000]
 """
@@ -44,7 +44,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--sizes", type=int, nargs="+", default=None, help="default 1000 10000 100000 (--quick: 100 1000)"
+        "--sizes", type=int, nargs="+", default=None, help="default 1000 10000 100000 (--quick: 20 200)"
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one job, in its own process
 
@@ -134,7 +134,7 @@ def main() -> None:
         child(json.loads(args.child))
         return
     started = benchlib.start(args)
-    sizes = sorted(args.sizes or ([100, 1000] if args.quick else [1000, 10_000, 100_000]))
+    sizes = sorted(args.sizes or ([20, 200] if args.quick else [1000, 10_000, 100_000]))
     rows = [measure(args, count) for count in sizes]
     big = rows[-1]
     ratios = [

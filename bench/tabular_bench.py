@@ -2,7 +2,7 @@
 same files with a 2-process pool.
 
 Generated in a temp folder: `--files` files per format, about `--total-mb` MB per format (default
-8 x 128 MB = 1 GiB each; --quick: 2 x 10 MB), columns id int64, three float64, an int32 and a short
+8 x 128 MB = 1 GiB each; --quick: 2 x 2 MB), columns id int64, three float64, an int32 and a short
 string. The engine reads them as `TabularDataset.from_parquet_files` / `from_delimited_files` with
 `mini_batch_size="64MB"`, `process_count_per_node=2`, `output_action="summary_only"`, and an entry
 script whose run() returns the DataFrame's first column as a list (every row succeeds), on one Dask
@@ -129,7 +129,7 @@ def by_hand_csv(path: str) -> int:
 
 def _add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--files", type=int, default=None, help="files per format (default 8, --quick 2)")
-    parser.add_argument("--total-mb", type=int, default=None, help="MB per format (default 1024, --quick 20)")
+    parser.add_argument("--total-mb", type=int, default=None, help="MB per format (default 1024, --quick 4)")
     parser.add_argument("--data-dir", type=Path, default=None, help="keep and reuse the generated files here")
     benchlib.add_compare_arguments(parser)
 
@@ -240,9 +240,9 @@ def main() -> None:
     started = benchlib.start(args)
     environ = dict(os.environ)  # before any LocalCluster adds its worker settings (see _Other)
     files = args.files or (2 if args.quick else 8)
-    total_mb = args.total_mb or (20 if args.quick else 1024)
+    total_mb = args.total_mb or (4 if args.quick else 1024)
     rounds = benchlib.repeats(args, full=3, quick=1)
-    chunk_rows = 50_000 if args.quick else CHUNK_ROWS
+    chunk_rows = 10_000 if args.quick else CHUNK_ROWS
 
     engine_path = benchlib.engine_path()
     benchlib.log(f"engine imported from {engine_path}")

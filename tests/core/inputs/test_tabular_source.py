@@ -73,11 +73,25 @@ def _assert_tiles(slices: list[TabularSlice], size: int) -> None:
 
 
 def _check_round_trip(
-    url: str, dataset: TabularDataset, target: int, expected: pd.DataFrame
+    url: str,
+    dataset: TabularDataset,
+    target: int,
+    expected: pd.DataFrame,
+    read_already: set[tuple[TabularSlice, ...]] | None = None,
 ) -> list[TabularSlice]:
+    """Plans the file and checks the slices; reads them back unless `read_already` holds the same plan.
+
+    Reading depends on nothing but the slices and the dataset (not on the scan's chunk size), so a plan
+    equal to one read back before would read the same frames again: a caller that plans one file many
+    times passes a set, and each distinct plan is read once (every plan is still made and checked).
+    """
     slices = _plan(url, dataset, target)
     _assert_tiles(slices, Path(url).stat().st_size)
     assert sum(s.rows for s in slices) == len(expected)
+    if read_already is not None:
+        if tuple(slices) in read_already:
+            return slices
+        read_already.add(tuple(slices))
     for s in slices:
         assert len(read_tabular([s], dataset)) == s.rows
     expected = _nullable(expected)
@@ -589,10 +603,11 @@ def test_quoted_newline_at_every_split_point_and_chunk_edge(
     url = _write(tmp_path, "q.csv", text)
     dataset = TabularDataset.from_delimited_files(url)
     expected = pd.read_csv(url)
+    read_already: set[tuple[TabularSlice, ...]] = set()  # 168 or 216 plans, 13 distinct ones
     for chunk in (1, 2, 3, 5, 7, 11):
         monkeypatch.setattr(tabular_scan, "_CHUNK_BYTES", chunk)
         for target in range(1, len(text), 3):
-            _check_round_trip(url, dataset, target, expected)
+            _check_round_trip(url, dataset, target, expected, read_already)
 
 
 @pytest.mark.parametrize("few", [0, 256])
