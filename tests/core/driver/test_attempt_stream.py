@@ -4,14 +4,11 @@ PROCESS_DIED. Also pins the distributed internal the stream reads (`as_completed
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, as_completed
 
 from airflow_parallel_run.core.attempt import AttemptResult, AttemptStatus
 from airflow_parallel_run.core.driver.attempts import (
@@ -30,21 +27,6 @@ def _attempt(spec: str, mb: MiniBatch, attempt: int) -> AttemptResult:
     return AttemptResult(
         mb.index, attempt, AttemptStatus.RUN_DONE, total=mb.items, succeeded=mb.items, node=spec
     )
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=2,
-            processes=False,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as connected,
-    ):
-        yield connected
 
 
 def test_the_distributed_queue_the_stream_reads_exists(client: Client) -> None:

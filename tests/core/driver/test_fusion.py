@@ -4,12 +4,10 @@ in-process cluster with stand-in tasks. The engine with real processes: tests/fa
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from airflow_parallel_run.core.attempt import AttemptResult, AttemptStage, AttemptStatus
 from airflow_parallel_run.core.driver import fusion
@@ -142,21 +140,6 @@ def test_a_chunk_starts_nothing_past_its_time_budget(monkeypatch: pytest.MonkeyP
 
 
 # -- the stream: booked, handed back, charged ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=2,
-            processes=False,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as connected,
-    ):
-        yield connected
-
-
 def _single(spec: str, mb: MiniBatch, attempt: int) -> AttemptResult:
     return AttemptResult(mb.index, attempt, AttemptStatus.RUN_DONE, total=mb.items, succeeded=mb.items)
 
