@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import signal
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from distributed import Client, LocalCluster
@@ -43,6 +45,43 @@ def dask_client() -> Iterator[Client]:
         yield client
 
 
+#: a finished job's last tasks (its shutdown, a killed attempt's thread) end well within this
+IDLE_WAIT_S = 30.0
+
+
+def _worker_tasks(dask_worker: Any) -> list[str]:
+    """The keys a worker still executes (threads Dask cannot stop count too: a cancelled task still runs)."""
+    state = dask_worker.state
+    return sorted(str(ts.key) for ts in (*state.executing, *state.long_running))
+
+
+@pytest.fixture(autouse=True)
+def shared_cluster_left_idle(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The session's cluster must be idle after each test that used it: a task a job left running on a
+    worker (a leak: run_job returned while its work went on) would otherwise take that worker's only
+    thread, and a later test's job would wait behind it until its own timeout, failing far from the
+    cause. The leak fails the test that made it, and the cluster restarts so the next tests start clean."""
+    yield
+    if "dask_client" not in request.fixturenames:
+        return
+    client: Client = request.getfixturevalue("dask_client")
+    deadline = time.monotonic() + IDLE_WAIT_S
+    while True:
+        busy = {worker: keys for worker, keys in client.run(_worker_tasks).items() if keys}
+        busy_on_scheduler = {w: list(keys) for w, keys in client.processing().items() if keys}
+        if not busy and not busy_on_scheduler:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    client.restart(wait_for_workers=True)
+    pytest.fail(
+        f"the test left tasks running on the shared Dask cluster {IDLE_WAIT_S:.0f} s after it ended "
+        f"(workers: {busy}, scheduler: {busy_on_scheduler}); the cluster was restarted",
+        pytrace=False,
+    )
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test gets its own reuse cache, so no test reuses another's results (or the user's)."""
@@ -76,3 +115,45 @@ def files(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+JOB_LOG_TAIL_LINES = 20
+JOB_LOG_SECTION_BYTES = 60_000
+
+
+def _job_log_tails(root: Path) -> str:
+    """The last lines of every text file in the jobs' logs folders under a test's tmp_path (not the
+    report or the resource tables): what the job said about itself when its test failed."""
+    parts: list[str] = []
+    size = 0
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if not path.is_file() or "logs" not in rel.parts[:-1] or "perf" in rel.parts:
+            continue
+        if path.suffix not in {".txt", ".log", ".csv", ".json"}:
+            continue
+        try:
+            lines = path.read_text(errors="replace").splitlines()[-JOB_LOG_TAIL_LINES:]
+        except OSError as exc:
+            lines = [f"(unreadable: {exc})"]
+        part = f"--- {rel}\n" + "\n".join(line[:400] for line in lines)
+        size += len(part)
+        if size > JOB_LOG_SECTION_BYTES:
+            parts.append("--- (more files not shown)")
+            break
+        parts.append(part)
+    return "\n".join(parts)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """A failed test that ran jobs in its tmp_path shows their logs' tails: the folder is gone (or another
+    run's by then) when a chance failure in CI is looked at, and the logs say which stage a job waited in."""
+    report = yield
+    if report.when == "call" and report.failed:
+        root = getattr(item, "funcargs", {}).get("tmp_path")
+        if isinstance(root, Path) and root.is_dir():
+            tails = _job_log_tails(root)
+            if tails:
+                report.sections.append(("job logs (tails)", tails))
+    return report
