@@ -5,6 +5,11 @@ to open. It is a single file with plotly.js embedded inline, so it opens offline
 attached to a ticket. Every section reads its own log file and says so when that file is missing;
 all text that comes from the logs is HTML-escaped.
 
+The plotly.js inlined is plotly's "basic" bundle (scatter, bar and pie: the report draws only scatter and
+bar traces), kept in plotlyjs/ at the plotly.js version of the pinned plotly package, not that package's
+full bundle: in headless Chromium, parsing and running the full bundle's 4.8 MB took 1.3-2.6 s of every
+report's open, the basic bundle's 1.2 MB 0.3-0.45 s (docs/performance.md, "Scale").
+
 The figures are plain dicts of plotly.js's JSON (traces, layout, the "plotly_white" template resolved once),
 rendered by `plotly.io.to_html(validate=False)`, not `go.Figure`s: the report is built at the end of every
 job, before the job returns, and plotly's graph_objects validate every property and deep-copy the template
@@ -29,7 +34,6 @@ import numpy as np
 import pandas as pd
 import plotly.io as pio
 from plotly.colors import qualitative
-from plotly.offline import get_plotlyjs
 
 from ..attempt import AttemptStatus
 from .failed_items import FAILED_ITEMS_FILE
@@ -97,10 +101,21 @@ def _template() -> dict[str, Any]:
     return template
 
 
+PLOTLYJS_FILE = "plotly-basic.min.js"
+
+
+@functools.cache
+def plotlyjs() -> str:
+    """The plotly.js the page inlines: the basic bundle kept beside this module (package data, so offline)."""
+    with open(os.path.join(os.path.dirname(__file__), "plotlyjs", PLOTLYJS_FILE), encoding="utf-8") as handle:
+        return handle.read()
+
+
 def warm_up() -> None:
-    """Loads now what the first report in a process loads (plotly's JSON encoder, the template), so that
-    a fresh process pays it while its job runs (finish.prepare_report), not at the job's end."""
+    """Loads now what the first report in a process loads (plotly's JSON encoder, the template, plotly.js),
+    so that a fresh process pays it while its job runs (finish.prepare_report), not at the job's end."""
     _template()
+    plotlyjs()
 
 
 def _figure_html(div_id: str, traces: list[dict[str, Any]], layout: dict[str, Any]) -> str:
@@ -650,7 +665,7 @@ def build_report(logs_dir: str, target: str | None = None) -> str:
         f"<title>Parallel run report - {_e(os.path.basename(os.path.dirname(logs_dir)) or logs_dir)}</title>"
         f"<style>{CSS}</style>"
         "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
-        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
+        f'<script type="text/javascript">{plotlyjs()}</script></head><body>'
         + "".join(sections)
         + f'<p class="note" style="margin:16px 24px">Logs: {_e(logs_dir)} &middot; generated {generated}</p>'
         "</body></html>\n"

@@ -18,6 +18,7 @@ from airflow_parallel_run.core.logs.report import (
     build_report,
     parse_error_lines,
     parse_job_result,
+    plotlyjs,
 )
 from airflow_parallel_run.core.worker.monitor import ResourceMonitor
 from tests.core.logs.plots import figure, values
@@ -114,6 +115,21 @@ def test_report_has_every_section_and_escapes_log_text(job_logs):
 def _gaps(points: list) -> list:
     """NaN (a typed array's) and null (a JSON list's) alike: both are a gap in plotly.js's line."""
     return [None if point is None or point != point else point for point in points]
+
+
+def test_the_page_inlines_the_basic_bundle_of_plotlys_version(job_logs):
+    """The report inlines plotly.js's basic bundle (kept in the package), not plotly's full one: it must be
+    the plotly.js version the installed plotly package was made for (its template and JSON are that
+    version's; a plotly upgrade in constraints.txt fails here until plotlyjs/ is replaced too), and it must
+    draw every trace type the report uses (the basic bundle has scatter, bar and pie only)."""
+    from plotly.offline import get_plotlyjs_version
+
+    bundle = plotlyjs()
+    assert bundle.startswith(f"/**\n* plotly.js (basic - minified) v{get_plotlyjs_version()}\n")
+    page = job_logs["report"].read_text(encoding="utf-8")
+    assert bundle in page
+    used = {trace["type"] for plot in PLOTS for trace in figure(page, plot)}
+    assert used == {"scatter", "bar"}
 
 
 def test_every_plot_carries_the_logs_data(job_logs):

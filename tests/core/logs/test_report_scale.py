@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from plotly.offline import get_plotlyjs
 
 from airflow_parallel_run.core.logs.joblogs import ATTEMPT_COLUMNS
 from airflow_parallel_run.core.logs.report import (
@@ -18,6 +17,7 @@ from airflow_parallel_run.core.logs.report import (
     MAX_LINE_POINTS,
     MAX_TIMELINE_ATTEMPTS,
     build_report,
+    plotlyjs,
 )
 from tests.core.logs.plots import figure, values
 
@@ -51,7 +51,7 @@ def big_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, pd.DataFr
 
 def test_report_of_100k_attempts_stays_small(big_report):
     page, _ = big_report
-    assert len(page.encode()) - len(get_plotlyjs().encode()) < PAGE_BUDGET_BYTES
+    assert len(page.encode()) - len(plotlyjs().encode()) < PAGE_BUDGET_BYTES
 
 
 def test_durations_are_binned_and_count_every_attempt(big_report):
