@@ -362,7 +362,21 @@ def _durations_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
     return body + _figure_html("plot-durations", traces, layout) + note + "</section>"
 
 
+_EPOCH = pd.Timestamp("1970-01-01")
+#: A timeline bar's thickness as a share of its row's height (what a bar trace's default bargap gave).
+TIMELINE_BAR_SHARE = 0.8
+#: A hover point every this share of the timeline's span along a bar (plotly hovers within 20 px of a point).
+HOVER_STEP = 0.02
+
+
 def _timeline_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
+    """One bar per attempt on its process's row. A status's bars are one filled scatter trace (each bar a
+    rectangle: four corners, then a gap), which plotly.js draws as a single SVG path; a bar trace drew an SVG
+    element per attempt, and 5,000 of them took 0.4 s of main-thread CPU (0.7-1.1 s of wall time on a
+    loaded host) of the report's open in Chromium, the rectangles 0.2 s (docs/performance.md, "Scale").
+    Hovering a bar gives its attempt: a second trace per status, drawn as nothing (mode "none", so no SVG
+    element either), holds the text at points along each bar, one per HOVER_STEP of the time span, so a
+    pointer anywhere on a bar is near one of its points."""
     body = '<section id="timeline"><h2>Per-process timeline</h2>'
     if attempts is None:
         return body + _missing(unavailable) + "</section>"
@@ -373,9 +387,13 @@ def _timeline_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
     shown = ran.iloc[:MAX_TIMELINE_ATTEMPTS]
     span_ms = max((shown["End"].max() - shown["Start"].min()).total_seconds() * 1000.0, 1.0)
     min_ms = max(span_ms * 0.004, 1.0)  # very short attempts stay visible; hover gives the real time
-    traces = []
+    labels = sorted(shown["Label"].unique(), reverse=True)  # the first process on the top row
+    row_of = {label: row for row, label in enumerate(labels)}
+    height = max(220, 40 * len(labels) + 120)
+    traces: list[dict[str, Any]] = []
     for status, group in shown.groupby("Status"):
-        width_ms = (group["Elapsed Seconds"] * 1000.0).clip(lower=min_ms)
+        start_ms = ((group["Start"] - _EPOCH) / pd.Timedelta(milliseconds=1)).to_numpy(dtype=float)
+        width_ms = (group["Elapsed Seconds"] * 1000.0).clip(lower=min_ms).to_numpy(dtype=float)
         starts = group["Start"].dt.strftime("%H:%M:%S.%f").str[:-3]  # vectorised: thousands of rows
         hover = [
             f"mini-batch {_e(mb)} attempt {_e(attempt)}<br>{_e(state)}<br>start {start}<br>{elapsed:.3f} s"
@@ -388,25 +406,57 @@ def _timeline_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
                 strict=True,
             )
         ]
+        end_ms = start_ms + width_ms
+        row = group["Label"].map(row_of).to_numpy(dtype=float)
+        x = np.full((len(group), 5), np.nan)  # a rectangle's corners, then a gap
+        x[:, 0] = x[:, 3] = start_ms.round(3)
+        x[:, 1] = x[:, 2] = end_ms.round(3)
+        y = np.full((len(group), 5), np.nan)
+        y[:, 0] = y[:, 1] = row - TIMELINE_BAR_SHARE / 2
+        y[:, 2] = y[:, 3] = row + TIMELINE_BAR_SHARE / 2
+        colour = STATUS_COLOURS.get(str(status))
         traces.append(
             {
-                "type": "bar",
-                "base": _column(group["Start"]),
-                "x": _column(width_ms),
-                "y": _column(group["Label"]),
-                "orientation": "h",
+                "type": "scatter",
+                "mode": "none",
+                "fill": "toself",
+                "x": _column(x.ravel()),
+                "y": _column(y.ravel().round(3)),
                 "name": _e(status),
-                **_marker(status),
-                "hovertext": hover,
-                "hoverinfo": "text",
+                "legendgroup": _e(status),
+                **({"fillcolor": colour} if colour else {}),
+                "hoverinfo": "skip",
             }
         )
-    rows = shown["Label"].nunique()
+        # hover: points along each bar (no SVG of their own: mode "none"), one per HOVER_STEP of the span
+        steps = np.ceil(width_ms / (span_ms * HOVER_STEP)).astype(int)
+        which = np.repeat(np.arange(len(group)), steps)
+        nth = np.arange(len(which)) - np.repeat(np.cumsum(steps) - steps, steps)
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "none",
+                "x": _column((start_ms[which] + (nth + 0.5) * width_ms[which] / steps[which]).round(3)),
+                "y": _column(row[which]),
+                "name": _e(status),
+                "legendgroup": _e(status),
+                "showlegend": False,
+                "hovertext": [hover[i] for i in which],
+                "hoverinfo": "text",
+                **({"hoverlabel": {"bgcolor": colour}} if colour else {}),
+            }
+        )
     layout = {
-        "barmode": "overlay",
-        "height": max(220, 40 * rows + 120),
+        "height": height,
+        "hovermode": "closest",
         "xaxis": {"type": "date", "title": {"text": "time (UTC)"}},
-        "yaxis": {"title": {"text": "node/process"}, "categoryorder": "category descending"},
+        "yaxis": {
+            "title": {"text": "node/process"},
+            "tickvals": list(range(len(labels))),
+            "ticktext": labels,
+            "range": [-0.5, len(labels) - 0.5],
+            "zeroline": False,
+        },
     }
     note = ""
     if len(ran) > len(shown):

@@ -21,7 +21,7 @@ from airflow_parallel_run.core.logs.report import (
     plotlyjs,
 )
 from airflow_parallel_run.core.worker.monitor import ResourceMonitor
-from tests.core.logs.plots import figure, values
+from tests.core.logs.plots import figure, layout, timeline_bars, values
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -158,12 +158,37 @@ def test_every_plot_carries_the_logs_data(job_logs):
         assert len(values(trace["x"])) == len(values(trace["width"])) == len(values(trace["y"]))
         assert trace["marker"]["color"] == STATUS_COLOURS[trace["name"]]
 
-    timeline = figure(page, "plot-timeline")
-    assert {t["name"]: len(values(t["x"])) for t in timeline} == per_status  # one bar per attempt
-    for trace in timeline:
-        assert trace["orientation"] == "h" and trace["marker"]["color"] == STATUS_COLOURS[trace["name"]]
-        assert len(trace["base"]) == len(trace["y"]) == len(trace["hovertext"]) == len(values(trace["x"]))
-        assert all(text.startswith("mini-batch ") for text in trace["hovertext"])
+    # the timeline: one rectangle per attempt, from its start for its elapsed time (at least a sliver),
+    # on its process's row; hovering a bar names that attempt
+    bars = timeline_bars(page)
+    assert {status: len(rects) for status, rects in bars.items()} == per_status  # one bar per attempt
+    ticks = layout(page, "plot-timeline")["yaxis"]
+    row_of = dict(zip(ticks["ticktext"], ticks["tickvals"], strict=True))
+    assert set(row_of) == {"127.0.0.1/process001", "127.0.0.1/process002"}
+    starts = pd.to_datetime(attempts["Start Time (UTC)"])
+    attempts["start_ms"] = (starts - pd.Timestamp("1970-01-01")) / pd.Timedelta(milliseconds=1)
+    attempts["row"] = (attempts["Node"] + "/" + attempts["Process"]).map(row_of)
+    for status, rects in bars.items():
+        logged = attempts[attempts["Status"] == status].sort_values(["start_ms", "row"])
+        expected = logged[["start_ms", "row", "Elapsed Seconds"]].itertuples(index=False, name=None)
+        for (start, end, row), (start_ms, row_logged, elapsed) in zip(
+            sorted(rects, key=lambda r: (r[0], r[2])), expected, strict=True
+        ):
+            assert start == pytest.approx(start_ms) and row == row_logged, (status, start_ms)
+            assert end - start >= elapsed * 1000 - 1e-3, (status, start_ms)
+    hovers = [t for t in figure(page, "plot-timeline") if t.get("hoverinfo") == "text"]
+    assert all(t["mode"] == "none" and t["showlegend"] is False for t in hovers)
+    for trace in hovers:
+        named = {" ".join(text.split("<br>")[0].split()[1::2]) for text in trace["hovertext"]}
+        logged = attempts[attempts["Status"] == trace["name"]]
+        assert named == {
+            f"{mb} {a}" for mb, a in zip(logged["Mini-batch Id"], logged["Attempt"], strict=True)
+        }
+        for x, y in zip(values(trace["x"]), values(trace["y"]), strict=True):  # every point on a bar
+            assert any(s <= x <= e and y == r for s, e, r in bars[trace["name"]]), (x, y)
+    for trace in figure(page, "plot-timeline"):
+        colour = trace.get("fillcolor") or trace["hoverlabel"]["bgcolor"]
+        assert colour == STATUS_COLOURS[trace["name"]]
 
     samples = pd.read_csv(logs / "perf" / "127.0.0.1" / "node_resource_usage.csv")
     resources = figure(page, "plot-resources")
@@ -263,6 +288,7 @@ def test_report_renders_in_headless_chromium(job_logs, tmp_path):
                     height: p.getBoundingClientRect().height,
                     traces: p.querySelectorAll('.main-svg .trace').length,
                     marks: p.querySelectorAll('.main-svg .trace path, .main-svg .trace .point').length,
+                    fills: p.querySelectorAll('.main-svg .trace path.js-fill').length,
                 }))""",
             )
             rows = page.eval_on_selector_all(
@@ -279,7 +305,7 @@ def test_report_renders_in_headless_chromium(job_logs, tmp_path):
         assert plot["width"] > 300 and plot["height"] > 150, plot
         assert plot["traces"] >= 1 and plot["marks"] >= 1, plot
     timeline = next(p for p in drawn if p["id"] == "plot-timeline")
-    assert timeline["traces"] >= 3  # RUN_DONE, RUN_EXCEPTION, RUN_TIMEOUT
+    assert timeline["fills"] == 3  # the bars of RUN_DONE, RUN_EXCEPTION, RUN_TIMEOUT
     assert sorted(rows) == ["127.0.0.1/process001", "127.0.0.1/process002"]
     assert screenshot.stat().st_size > 20_000
 
