@@ -41,6 +41,8 @@ from .failed_items import FAILED_ITEMS_FILE
 ATTEMPTS_CSV = os.path.join("sys", "job_report", "processed_mini-batches.csv")
 MAX_TIMELINE_ATTEMPTS = 5000  # more bars than this make the page slow; the rest are counted, not drawn
 MAX_LINE_POINTS = 2000
+#: Lines with more points than this are drawn without markers (see `_line_mode`).
+MAX_MARKERS = 200
 HISTOGRAM_BINS = 40
 TOP_ERRORS = 20
 #: A colour per status (every one: tests/core/test_attempt_status.py); looked up by the CSV's text too.
@@ -151,6 +153,12 @@ def _read_text(path: str) -> str | None:
             return handle.read()
     except OSError:
         return None
+
+
+def _line_mode(points: int) -> str:
+    """Markers show each sample or mini-batch of a short line; on a long one they merge into the line and
+    cost an SVG element each: 2,000 markers were half of the progress plot's drawing time in Chromium."""
+    return "lines+markers" if points <= MAX_MARKERS else "lines"
 
 
 def _downsample(frame: pd.DataFrame, limit: int = MAX_LINE_POINTS) -> pd.DataFrame:
@@ -294,7 +302,7 @@ def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
                 "type": "scatter",
                 "x": _column(series["End"]),
                 "y": _column(series["Completed"]),
-                "mode": "lines+markers",
+                "mode": _line_mode(len(series)),
                 "name": f"mini-batches {name}",
                 "line": {"shape": "hv", "color": colour},
             }
@@ -537,7 +545,7 @@ def _resources_section(logs_dir: str) -> str:
                     "type": "scatter",
                     "x": _column(frame["Time"]),
                     "y": _column(pd.to_numeric(frame[column], errors="coerce")),
-                    "mode": "lines+markers",
+                    "mode": _line_mode(len(frame)),
                     "name": _e(node),
                     "legendgroup": _e(node),
                     "showlegend": row == 1,
@@ -569,7 +577,7 @@ def _process_memory(perf: str, nodes: list[str]) -> str:
                     "type": "scatter",
                     "x": _column(group["Time"]),
                     "y": _column(group["Rss (MB)"]),
-                    "mode": "lines+markers",
+                    "mode": _line_mode(len(group)),
                     "name": _e(f"{node}/{name} ({pid})"),
                 }
             )

@@ -16,6 +16,7 @@ from airflow_parallel_run.core.logs.report import (
     ATTEMPTS_CSV,
     HISTOGRAM_BINS,
     MAX_LINE_POINTS,
+    MAX_MARKERS,
     MAX_TIMELINE_ATTEMPTS,
     build_report,
     plotlyjs,
@@ -27,8 +28,9 @@ HEADER = ATTEMPT_COLUMNS
 #: What the page may carry besides plotly.js and the plots' bounded data: sections, tables, notes.
 PAGE_BUDGET_BYTES = 1_500_000
 #: SVG elements all plots may draw: the open time in a browser follows them. With an element or two per
-#: timeline bar, this page drew 13,000; with a path per status, about 3,050 (2,400 of them line markers).
-SVG_ELEMENTS_BUDGET = 4000
+#: timeline bar and per line marker, this page drew 13,000; as one path per status and unmarked long lines,
+#: about 650.
+SVG_ELEMENTS_BUDGET = 1500
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -87,6 +89,7 @@ def test_timeline_and_lines_are_capped(big_report):
     assert f"Showing the first {MAX_TIMELINE_ATTEMPTS} of {ATTEMPTS} attempts" in page
     for trace in figure(page, "plot-progress"):
         assert len(values(trace["x"])) <= MAX_LINE_POINTS + 2
+        assert trace["mode"] == ("lines" if len(values(trace["x"])) > MAX_MARKERS else "lines+markers")
 
 
 def test_report_of_100k_attempts_draws_few_svg_elements(big_report, tmp_path):
