@@ -34,8 +34,9 @@ def _gap(value: object) -> bool:
 
 
 def timeline_bars(page: str) -> dict[str, list[tuple[float, float, float]]]:
-    """The timeline's bars per status, as (start ms, end ms, row): each filled trace holds one rectangle
-    per attempt (corners start-end-end-start at row -/+ half a bar, then a gap)."""
+    """The timeline's rectangles per status, as (left ms, right ms, row): each filled trace holds a
+    rectangle per bar, or per run of bars that overlap or touch on a row (corners left-right-right-left at
+    row -/+ half a bar, then a gap)."""
     bars: dict[str, list[tuple[float, float, float]]] = {}
     for trace in figure(page, "plot-timeline"):
         if trace.get("fill") != "toself":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import textwrap
 import threading
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -15,6 +17,7 @@ from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
 from airflow_parallel_run.core.logs.report import (
     ATTEMPTS_CSV,
     STATUS_COLOURS,
+    _merged_bars,
     build_report,
     parse_error_lines,
     parse_job_result,
@@ -158,25 +161,31 @@ def test_every_plot_carries_the_logs_data(job_logs):
         assert len(values(trace["x"])) == len(values(trace["width"])) == len(values(trace["y"]))
         assert trace["marker"]["color"] == STATUS_COLOURS[trace["name"]]
 
-    # the timeline: one rectangle per attempt, from its start for its elapsed time (at least a sliver),
-    # on its process's row; hovering a bar names that attempt
+    # the timeline: every attempt's bar, from its start for its elapsed time (at least a sliver) on its
+    # process's row, lies in one rectangle of its status; each rectangle starts at a bar's start, and the
+    # rectangles of a row neither overlap nor touch (bars that do are drawn as one)
     bars = timeline_bars(page)
-    assert {status: len(rects) for status, rects in bars.items()} == per_status  # one bar per attempt
+    assert set(bars) == set(per_status)
     ticks = layout(page, "plot-timeline")["yaxis"]
     row_of = dict(zip(ticks["ticktext"], ticks["tickvals"], strict=True))
     assert set(row_of) == {"127.0.0.1/process001", "127.0.0.1/process002"}
     starts = pd.to_datetime(attempts["Start Time (UTC)"])
     attempts["start_ms"] = (starts - pd.Timestamp("1970-01-01")) / pd.Timedelta(milliseconds=1)
     attempts["row"] = (attempts["Node"] + "/" + attempts["Process"]).map(row_of)
-    for status, rects in bars.items():
-        logged = attempts[attempts["Status"] == status].sort_values(["start_ms", "row"])
-        expected = logged[["start_ms", "row", "Elapsed Seconds"]].itertuples(index=False, name=None)
-        for (start, end, row), (start_ms, row_logged, elapsed) in zip(
-            sorted(rects, key=lambda r: (r[0], r[2])), expected, strict=True
-        ):
-            assert start == pytest.approx(start_ms) and row == row_logged, (status, start_ms)
-            assert end - start >= elapsed * 1000 - 1e-3, (status, start_ms)
     hovers = [t for t in figure(page, "plot-timeline") if t.get("hoverinfo") == "text"]
+    for status, rects in bars.items():
+        logged = attempts[attempts["Status"] == status]
+        for start_ms, row, elapsed in logged[["start_ms", "row", "Elapsed Seconds"]].itertuples(index=False):
+            holding = [
+                (left, right) for left, right, r in rects if r == row and left - 1e-3 <= start_ms <= right
+            ]
+            assert len(holding) == 1, (status, start_ms)
+            assert holding[0][1] >= start_ms + elapsed * 1000 - 1e-3, (status, start_ms)  # the bar fits
+        lefts = set(logged["start_ms"].round(3))
+        assert all(round(left, 3) in lefts for left, _, _ in rects), status
+        for row in {r for _, _, r in rects}:
+            on_row = sorted((left, right) for left, right, r in rects if r == row)
+            assert all(a[1] < b[0] for a, b in itertools.pairwise(on_row)), (status, row)
     assert all(t["mode"] == "none" and t["showlegend"] is False for t in hovers)
     for trace in hovers:
         named = {" ".join(text.split("<br>")[0].split()[1::2]) for text in trace["hovertext"]}
@@ -224,6 +233,19 @@ def test_missing_logs_give_notes_not_a_crash(tmp_path, job_logs):
     assert "Job failed: &lt;killed&gt;" in page and "no summary JSON block" in page
     assert "could not be read" in page
     assert 'id="errors"' in page and "RUN_TIMEOUT" in page
+
+
+def test_timeline_bars_that_overlap_or_touch_on_a_row_are_one_rectangle():
+    # row 0: [0, 5] and [3, 4] overlap, [5, 6] touches them, [8, 9] stands apart; row 1: [3, 4] alone
+    starts = np.array([8.0, 3.0, 0.0, 5.0, 3.0])
+    ends = np.array([9.0, 4.0, 5.0, 6.0, 4.0])
+    rows = np.array([0.0, 0.0, 0.0, 0.0, 1.0])
+    lefts, rights, of_rows = _merged_bars(starts, ends, rows)
+    assert sorted(zip(lefts.tolist(), rights.tolist(), of_rows.tolist(), strict=True)) == [
+        (0.0, 6.0, 0.0),
+        (3.0, 4.0, 1.0),
+        (8.0, 9.0, 0.0),
+    ]
 
 
 def test_parsers():
