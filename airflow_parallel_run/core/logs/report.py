@@ -5,6 +5,11 @@ to open. It is a single file with plotly.js embedded inline, so it opens offline
 attached to a ticket. Every section reads its own log file and says so when that file is missing;
 all text that comes from the logs is HTML-escaped.
 
+The plotly.js inlined is plotly's "basic" bundle (scatter, bar and pie: the report draws only scatter and
+bar traces), kept in plotlyjs/ at the plotly.js version of the pinned plotly package, not that package's
+full bundle: in headless Chromium, parsing and running the full bundle's 4.8 MB took 1.3-2.6 s of every
+report's open, the basic bundle's 1.2 MB 0.3-0.45 s (docs/performance.md, "Scale").
+
 The figures are plain dicts of plotly.js's JSON (traces, layout, the "plotly_white" template resolved once),
 rendered by `plotly.io.to_html(validate=False)`, not `go.Figure`s: the report is built at the end of every
 job, before the job returns, and plotly's graph_objects validate every property and deep-copy the template
@@ -29,7 +34,6 @@ import numpy as np
 import pandas as pd
 import plotly.io as pio
 from plotly.colors import qualitative
-from plotly.offline import get_plotlyjs
 
 from ..attempt import AttemptStatus
 from .failed_items import FAILED_ITEMS_FILE
@@ -37,6 +41,8 @@ from .failed_items import FAILED_ITEMS_FILE
 ATTEMPTS_CSV = os.path.join("sys", "job_report", "processed_mini-batches.csv")
 MAX_TIMELINE_ATTEMPTS = 5000  # more bars than this make the page slow; the rest are counted, not drawn
 MAX_LINE_POINTS = 2000
+#: Lines with more points than this are drawn without markers (see `_line_mode`).
+MAX_MARKERS = 200
 HISTOGRAM_BINS = 40
 TOP_ERRORS = 20
 #: A colour per status (every one: tests/core/test_attempt_status.py); looked up by the CSV's text too.
@@ -97,10 +103,21 @@ def _template() -> dict[str, Any]:
     return template
 
 
+PLOTLYJS_FILE = "plotly-basic.min.js"
+
+
+@functools.cache
+def plotlyjs() -> str:
+    """The plotly.js the page inlines: the basic bundle kept beside this module (package data, so offline)."""
+    with open(os.path.join(os.path.dirname(__file__), "plotlyjs", PLOTLYJS_FILE), encoding="utf-8") as handle:
+        return handle.read()
+
+
 def warm_up() -> None:
-    """Loads now what the first report in a process loads (plotly's JSON encoder, the template), so that
-    a fresh process pays it while its job runs (finish.prepare_report), not at the job's end."""
+    """Loads now what the first report in a process loads (plotly's JSON encoder, the template, plotly.js),
+    so that a fresh process pays it while its job runs (finish.prepare_report), not at the job's end."""
     _template()
+    plotlyjs()
 
 
 def _figure_html(div_id: str, traces: list[dict[str, Any]], layout: dict[str, Any]) -> str:
@@ -136,6 +153,12 @@ def _read_text(path: str) -> str | None:
             return handle.read()
     except OSError:
         return None
+
+
+def _line_mode(points: int) -> str:
+    """Markers show each sample or mini-batch of a short line; on a long one they merge into the line and
+    cost an SVG element each: 2,000 markers were half of the progress plot's drawing time in Chromium."""
+    return "lines+markers" if points <= MAX_MARKERS else "lines"
 
 
 def _downsample(frame: pd.DataFrame, limit: int = MAX_LINE_POINTS) -> pd.DataFrame:
@@ -279,7 +302,7 @@ def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
                 "type": "scatter",
                 "x": _column(series["End"]),
                 "y": _column(series["Completed"]),
-                "mode": "lines+markers",
+                "mode": _line_mode(len(series)),
                 "name": f"mini-batches {name}",
                 "line": {"shape": "hv", "color": colour},
             }
@@ -347,7 +370,41 @@ def _durations_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
     return body + _figure_html("plot-durations", traces, layout) + note + "</section>"
 
 
+_EPOCH = pd.Timestamp("1970-01-01")
+#: A timeline bar's thickness as a share of its row's height (what a bar trace's default bargap gave).
+TIMELINE_BAR_SHARE = 0.8
+#: A hover point every this share of the timeline's span along a bar (plotly hovers within 20 px of a point).
+HOVER_STEP = 0.02
+
+
+def _merged_bars(
+    starts: np.ndarray, ends: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lefts, rights, rows) of the union of the bars [start, end] on each row: bars that overlap or touch
+    become one, so a filled path draws the same area with fewer corners."""
+    lefts, rights, of_rows = [], [], []
+    for row in np.unique(rows):
+        on_row = rows == row
+        order = np.argsort(starts[on_row], kind="stable")
+        s, e = starts[on_row][order], ends[on_row][order]
+        reach = np.maximum.accumulate(e)  # the furthest end so far
+        first = np.flatnonzero(np.concatenate(([True], s[1:] > reach[:-1])))  # a bar past every earlier one
+        lefts.append(s[first])
+        rights.append(reach[np.concatenate((first[1:] - 1, [len(s) - 1]))])
+        of_rows.append(np.full(len(first), row))
+    return np.concatenate(lefts), np.concatenate(rights), np.concatenate(of_rows)
+
+
 def _timeline_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
+    """One bar per attempt on its process's row. A status's bars are one filled scatter trace (each bar a
+    rectangle: four corners, then a gap), which plotly.js draws as a single SVG path; a bar trace drew an SVG
+    element per attempt, and 5,000 of them took 0.4 s of main-thread CPU (0.7-1.1 s of wall time on a
+    loaded host) of the report's open in Chromium, the rectangles 0.2 s (docs/performance.md, "Scale").
+    Bars of one status that overlap or touch on a row are drawn as one rectangle (`_merged_bars`: the same
+    pixels, and with the minimum width a dense timeline's bars overlap: 5,000 no-op attempts on 2 processes
+    were 2 rectangles, 0.05 s instead of 0.2 s). Hovering a bar gives its attempt: a second trace per
+    status, drawn as nothing (mode "none", so no SVG element either), holds each attempt's text at points
+    along its bar, one per HOVER_STEP of the time span, so a pointer anywhere on a bar is near one of them."""
     body = '<section id="timeline"><h2>Per-process timeline</h2>'
     if attempts is None:
         return body + _missing(unavailable) + "</section>"
@@ -358,9 +415,13 @@ def _timeline_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
     shown = ran.iloc[:MAX_TIMELINE_ATTEMPTS]
     span_ms = max((shown["End"].max() - shown["Start"].min()).total_seconds() * 1000.0, 1.0)
     min_ms = max(span_ms * 0.004, 1.0)  # very short attempts stay visible; hover gives the real time
-    traces = []
+    labels = sorted(shown["Label"].unique(), reverse=True)  # the first process on the top row
+    row_of = {label: row for row, label in enumerate(labels)}
+    height = max(220, 40 * len(labels) + 120)
+    traces: list[dict[str, Any]] = []
     for status, group in shown.groupby("Status"):
-        width_ms = (group["Elapsed Seconds"] * 1000.0).clip(lower=min_ms)
+        start_ms = ((group["Start"] - _EPOCH) / pd.Timedelta(milliseconds=1)).to_numpy(dtype=float)
+        width_ms = (group["Elapsed Seconds"] * 1000.0).clip(lower=min_ms).to_numpy(dtype=float)
         starts = group["Start"].dt.strftime("%H:%M:%S.%f").str[:-3]  # vectorised: thousands of rows
         hover = [
             f"mini-batch {_e(mb)} attempt {_e(attempt)}<br>{_e(state)}<br>start {start}<br>{elapsed:.3f} s"
@@ -373,25 +434,57 @@ def _timeline_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
                 strict=True,
             )
         ]
+        row = group["Label"].map(row_of).to_numpy(dtype=float)
+        lefts, rights, rows = _merged_bars(start_ms, start_ms + width_ms, row)
+        x = np.full((len(lefts), 5), np.nan)  # a rectangle's corners, then a gap
+        x[:, 0] = x[:, 3] = lefts.round(3)
+        x[:, 1] = x[:, 2] = rights.round(3)
+        y = np.full((len(lefts), 5), np.nan)
+        y[:, 0] = y[:, 1] = rows - TIMELINE_BAR_SHARE / 2
+        y[:, 2] = y[:, 3] = rows + TIMELINE_BAR_SHARE / 2
+        colour = STATUS_COLOURS.get(str(status))
         traces.append(
             {
-                "type": "bar",
-                "base": _column(group["Start"]),
-                "x": _column(width_ms),
-                "y": _column(group["Label"]),
-                "orientation": "h",
+                "type": "scatter",
+                "mode": "none",
+                "fill": "toself",
+                "x": _column(x.ravel()),
+                "y": _column(y.ravel().round(3)),
                 "name": _e(status),
-                **_marker(status),
-                "hovertext": hover,
-                "hoverinfo": "text",
+                "legendgroup": _e(status),
+                **({"fillcolor": colour} if colour else {}),
+                "hoverinfo": "skip",
             }
         )
-    rows = shown["Label"].nunique()
+        # hover: points along each bar (no SVG of their own: mode "none"), one per HOVER_STEP of the span
+        steps = np.ceil(width_ms / (span_ms * HOVER_STEP)).astype(int)
+        which = np.repeat(np.arange(len(group)), steps)
+        nth = np.arange(len(which)) - np.repeat(np.cumsum(steps) - steps, steps)
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "none",
+                "x": _column((start_ms[which] + (nth + 0.5) * width_ms[which] / steps[which]).round(3)),
+                "y": _column(row[which]),
+                "name": _e(status),
+                "legendgroup": _e(status),
+                "showlegend": False,
+                "hovertext": [hover[i] for i in which],
+                "hoverinfo": "text",
+                **({"hoverlabel": {"bgcolor": colour}} if colour else {}),
+            }
+        )
     layout = {
-        "barmode": "overlay",
-        "height": max(220, 40 * rows + 120),
+        "height": height,
+        "hovermode": "closest",
         "xaxis": {"type": "date", "title": {"text": "time (UTC)"}},
-        "yaxis": {"title": {"text": "node/process"}, "categoryorder": "category descending"},
+        "yaxis": {
+            "title": {"text": "node/process"},
+            "tickvals": list(range(len(labels))),
+            "ticktext": labels,
+            "range": [-0.5, len(labels) - 0.5],
+            "zeroline": False,
+        },
     }
     note = ""
     if len(ran) > len(shown):
@@ -472,7 +565,7 @@ def _resources_section(logs_dir: str) -> str:
                     "type": "scatter",
                     "x": _column(frame["Time"]),
                     "y": _column(pd.to_numeric(frame[column], errors="coerce")),
-                    "mode": "lines+markers",
+                    "mode": _line_mode(len(frame)),
                     "name": _e(node),
                     "legendgroup": _e(node),
                     "showlegend": row == 1,
@@ -504,7 +597,7 @@ def _process_memory(perf: str, nodes: list[str]) -> str:
                     "type": "scatter",
                     "x": _column(group["Time"]),
                     "y": _column(group["Rss (MB)"]),
-                    "mode": "lines+markers",
+                    "mode": _line_mode(len(group)),
                     "name": _e(f"{node}/{name} ({pid})"),
                 }
             )
@@ -650,7 +743,7 @@ def build_report(logs_dir: str, target: str | None = None) -> str:
         f"<title>Parallel run report - {_e(os.path.basename(os.path.dirname(logs_dir)) or logs_dir)}</title>"
         f"<style>{CSS}</style>"
         "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
-        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
+        f'<script type="text/javascript">{plotlyjs()}</script></head><body>'
         + "".join(sections)
         + f'<p class="note" style="margin:16px 24px">Logs: {_e(logs_dir)} &middot; generated {generated}</p>'
         "</body></html>\n"

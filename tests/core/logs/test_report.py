@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import textwrap
 import threading
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -15,12 +17,14 @@ from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
 from airflow_parallel_run.core.logs.report import (
     ATTEMPTS_CSV,
     STATUS_COLOURS,
+    _merged_bars,
     build_report,
     parse_error_lines,
     parse_job_result,
+    plotlyjs,
 )
 from airflow_parallel_run.core.worker.monitor import ResourceMonitor
-from tests.core.logs.plots import figure, values
+from tests.core.logs.plots import figure, layout, timeline_bars, values
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -116,6 +120,21 @@ def _gaps(points: list) -> list:
     return [None if point is None or point != point else point for point in points]
 
 
+def test_the_page_inlines_the_basic_bundle_of_plotlys_version(job_logs):
+    """The report inlines plotly.js's basic bundle (kept in the package), not plotly's full one: it must be
+    the plotly.js version the installed plotly package was made for (its template and JSON are that
+    version's; a plotly upgrade in constraints.txt fails here until plotlyjs/ is replaced too), and it must
+    draw every trace type the report uses (the basic bundle has scatter, bar and pie only)."""
+    from plotly.offline import get_plotlyjs_version
+
+    bundle = plotlyjs()
+    assert bundle.startswith(f"/**\n* plotly.js (basic - minified) v{get_plotlyjs_version()}\n")
+    page = job_logs["report"].read_text(encoding="utf-8")
+    assert bundle in page
+    used = {trace["type"] for plot in PLOTS for trace in figure(page, plot)}
+    assert used == {"scatter", "bar"}
+
+
 def test_every_plot_carries_the_logs_data(job_logs):
     """Each plot's traces and points, read from the page's `Plotly.newPlot` calls, against the log files:
     the figures are plain dicts that nothing validates, so a plot that lost a trace or its data (and would
@@ -142,12 +161,43 @@ def test_every_plot_carries_the_logs_data(job_logs):
         assert len(values(trace["x"])) == len(values(trace["width"])) == len(values(trace["y"]))
         assert trace["marker"]["color"] == STATUS_COLOURS[trace["name"]]
 
-    timeline = figure(page, "plot-timeline")
-    assert {t["name"]: len(values(t["x"])) for t in timeline} == per_status  # one bar per attempt
-    for trace in timeline:
-        assert trace["orientation"] == "h" and trace["marker"]["color"] == STATUS_COLOURS[trace["name"]]
-        assert len(trace["base"]) == len(trace["y"]) == len(trace["hovertext"]) == len(values(trace["x"]))
-        assert all(text.startswith("mini-batch ") for text in trace["hovertext"])
+    # the timeline: every attempt's bar, from its start for its elapsed time (at least a sliver) on its
+    # process's row, lies in one rectangle of its status; each rectangle starts at a bar's start, and the
+    # rectangles of a row neither overlap nor touch (bars that do are drawn as one)
+    bars = timeline_bars(page)
+    assert set(bars) == set(per_status)
+    ticks = layout(page, "plot-timeline")["yaxis"]
+    row_of = dict(zip(ticks["ticktext"], ticks["tickvals"], strict=True))
+    assert set(row_of) == {"127.0.0.1/process001", "127.0.0.1/process002"}
+    starts = pd.to_datetime(attempts["Start Time (UTC)"])
+    attempts["start_ms"] = (starts - pd.Timestamp("1970-01-01")) / pd.Timedelta(milliseconds=1)
+    attempts["row"] = (attempts["Node"] + "/" + attempts["Process"]).map(row_of)
+    hovers = [t for t in figure(page, "plot-timeline") if t.get("hoverinfo") == "text"]
+    for status, rects in bars.items():
+        logged = attempts[attempts["Status"] == status]
+        for start_ms, row, elapsed in logged[["start_ms", "row", "Elapsed Seconds"]].itertuples(index=False):
+            holding = [
+                (left, right) for left, right, r in rects if r == row and left - 1e-3 <= start_ms <= right
+            ]
+            assert len(holding) == 1, (status, start_ms)
+            assert holding[0][1] >= start_ms + elapsed * 1000 - 1e-3, (status, start_ms)  # the bar fits
+        lefts = set(logged["start_ms"].round(3))
+        assert all(round(left, 3) in lefts for left, _, _ in rects), status
+        for row in {r for _, _, r in rects}:
+            on_row = sorted((left, right) for left, right, r in rects if r == row)
+            assert all(a[1] < b[0] for a, b in itertools.pairwise(on_row)), (status, row)
+    assert all(t["mode"] == "none" and t["showlegend"] is False for t in hovers)
+    for trace in hovers:
+        named = {" ".join(text.split("<br>")[0].split()[1::2]) for text in trace["hovertext"]}
+        logged = attempts[attempts["Status"] == trace["name"]]
+        assert named == {
+            f"{mb} {a}" for mb, a in zip(logged["Mini-batch Id"], logged["Attempt"], strict=True)
+        }
+        for x, y in zip(values(trace["x"]), values(trace["y"]), strict=True):  # every point on a bar
+            assert any(s <= x <= e and y == r for s, e, r in bars[trace["name"]]), (x, y)
+    for trace in figure(page, "plot-timeline"):
+        colour = trace.get("fillcolor") or trace["hoverlabel"]["bgcolor"]
+        assert colour == STATUS_COLOURS[trace["name"]]
 
     samples = pd.read_csv(logs / "perf" / "127.0.0.1" / "node_resource_usage.csv")
     resources = figure(page, "plot-resources")
@@ -183,6 +233,19 @@ def test_missing_logs_give_notes_not_a_crash(tmp_path, job_logs):
     assert "Job failed: &lt;killed&gt;" in page and "no summary JSON block" in page
     assert "could not be read" in page
     assert 'id="errors"' in page and "RUN_TIMEOUT" in page
+
+
+def test_timeline_bars_that_overlap_or_touch_on_a_row_are_one_rectangle():
+    # row 0: [0, 5] and [3, 4] overlap, [5, 6] touches them, [8, 9] stands apart; row 1: [3, 4] alone
+    starts = np.array([8.0, 3.0, 0.0, 5.0, 3.0])
+    ends = np.array([9.0, 4.0, 5.0, 6.0, 4.0])
+    rows = np.array([0.0, 0.0, 0.0, 0.0, 1.0])
+    lefts, rights, of_rows = _merged_bars(starts, ends, rows)
+    assert sorted(zip(lefts.tolist(), rights.tolist(), of_rows.tolist(), strict=True)) == [
+        (0.0, 6.0, 0.0),
+        (3.0, 4.0, 1.0),
+        (8.0, 9.0, 0.0),
+    ]
 
 
 def test_parsers():
@@ -247,6 +310,7 @@ def test_report_renders_in_headless_chromium(job_logs, tmp_path):
                     height: p.getBoundingClientRect().height,
                     traces: p.querySelectorAll('.main-svg .trace').length,
                     marks: p.querySelectorAll('.main-svg .trace path, .main-svg .trace .point').length,
+                    fills: p.querySelectorAll('.main-svg .trace path.js-fill').length,
                 }))""",
             )
             rows = page.eval_on_selector_all(
@@ -263,7 +327,7 @@ def test_report_renders_in_headless_chromium(job_logs, tmp_path):
         assert plot["width"] > 300 and plot["height"] > 150, plot
         assert plot["traces"] >= 1 and plot["marks"] >= 1, plot
     timeline = next(p for p in drawn if p["id"] == "plot-timeline")
-    assert timeline["traces"] >= 3  # RUN_DONE, RUN_EXCEPTION, RUN_TIMEOUT
+    assert timeline["fills"] == 3  # the bars of RUN_DONE, RUN_EXCEPTION, RUN_TIMEOUT
     assert sorted(rows) == ["127.0.0.1/process001", "127.0.0.1/process002"]
     assert screenshot.stat().st_size > 20_000
 

@@ -5,26 +5,33 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from plotly.offline import get_plotlyjs
 
 from airflow_parallel_run.core.logs.joblogs import ATTEMPT_COLUMNS
 from airflow_parallel_run.core.logs.report import (
     ATTEMPTS_CSV,
     HISTOGRAM_BINS,
     MAX_LINE_POINTS,
+    MAX_MARKERS,
     MAX_TIMELINE_ATTEMPTS,
     build_report,
+    plotlyjs,
 )
-from tests.core.logs.plots import figure, values
+from tests.core.logs.plots import figure, timeline_bars, values
 
 ATTEMPTS = 100_000
 HEADER = ATTEMPT_COLUMNS
 #: What the page may carry besides plotly.js and the plots' bounded data: sections, tables, notes.
 PAGE_BUDGET_BYTES = 1_500_000
+#: SVG elements all plots may draw: the open time in a browser follows them. With an element or two per
+#: timeline bar and per line marker, this page drew 13,000; as one path per status and unmarked long lines,
+#: about 650.
+SVG_ELEMENTS_BUDGET = 1500
+CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,7 @@ def big_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, pd.DataFr
 
 def test_report_of_100k_attempts_stays_small(big_report):
     page, _ = big_report
-    assert len(page.encode()) - len(get_plotlyjs().encode()) < PAGE_BUDGET_BYTES
+    assert len(page.encode()) - len(plotlyjs().encode()) < PAGE_BUDGET_BYTES
 
 
 def test_durations_are_binned_and_count_every_attempt(big_report):
@@ -74,8 +81,41 @@ def test_durations_are_binned_and_count_every_attempt(big_report):
 
 def test_timeline_and_lines_are_capped(big_report):
     page, _ = big_report
-    bars = sum(len(values(t["x"])) for t in figure(page, "plot-timeline"))
-    assert bars == MAX_TIMELINE_ATTEMPTS
+    # every attempt shown is named by the hover points (one per attempt, more only along the few bars
+    # wider than HOVER_STEP of the span); its bar is in a rectangle, and overlapping bars are merged
+    hover = [t for t in figure(page, "plot-timeline") if t.get("hoverinfo") == "text"]
+    named = {text.split("<br>")[0] for t in hover for text in t["hovertext"]}
+    assert len(named) == MAX_TIMELINE_ATTEMPTS
+    assert MAX_TIMELINE_ATTEMPTS <= sum(len(values(t["x"])) for t in hover) <= MAX_TIMELINE_ATTEMPTS * 1.05
+    assert 1 <= sum(len(rects) for rects in timeline_bars(page).values()) < MAX_TIMELINE_ATTEMPTS / 10
     assert f"Showing the first {MAX_TIMELINE_ATTEMPTS} of {ATTEMPTS} attempts" in page
     for trace in figure(page, "plot-progress"):
         assert len(values(trace["x"])) <= MAX_LINE_POINTS + 2
+        assert trace["mode"] == ("lines" if len(values(trace["x"])) > MAX_MARKERS else "lines+markers")
+
+
+def test_report_of_100k_attempts_draws_few_svg_elements(big_report, tmp_path):
+    """What the browser draws is bounded too: every plot's SVG elements, counted in headless Chromium."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` (Debian)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    report = tmp_path / "report.html"
+    report.write_text(big_report[0], encoding="utf-8")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(report.as_uri())
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.plotly-graph-div')].every(p => p.querySelector('.main-svg'))",
+                timeout=30_000,
+            )
+            drawn = page.eval_on_selector_all(
+                ".js-plotly-plot", "plots => plots.map(p => p.querySelectorAll('.main-svg *').length)"
+            )
+        finally:
+            browser.close()
+    assert len(drawn) == big_report[0].count("Plotly.newPlot(") == 3  # progress, durations, timeline
+    assert sum(drawn) < SVG_ELEMENTS_BUDGET, drawn
