@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import re
 import shutil
 import textwrap
 import threading
@@ -14,6 +16,7 @@ import pandas as pd
 import pytest
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
+from airflow_parallel_run.core.logs import report as report_module
 from airflow_parallel_run.core.logs.report import (
     ATTEMPTS_CSV,
     STATUS_COLOURS,
@@ -128,6 +131,12 @@ def test_the_page_inlines_the_basic_bundle_of_plotlys_version(job_logs):
     from plotly.offline import get_plotlyjs_version
 
     bundle = plotlyjs()
+    # the npm file unchanged: its digest is the one plotlyjs/README.md records (an edit or a truncated copy
+    # in the package would otherwise pass the version line)
+    readme = (Path(report_module.__file__).parent / "plotlyjs" / "README.md").read_text(encoding="utf-8")
+    recorded = re.search(r"sha256 `([0-9a-f]{64})`", readme)
+    assert recorded, "plotlyjs/README.md records the bundle's sha256"
+    assert hashlib.sha256(bundle.encode("utf-8")).hexdigest() == recorded.group(1)
     assert bundle.startswith(f"/**\n* plotly.js (basic - minified) v{get_plotlyjs_version()}\n")
     page = job_logs["report"].read_text(encoding="utf-8")
     assert bundle in page
