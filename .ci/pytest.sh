@@ -74,6 +74,13 @@ done
 stack_ignores=()
 for path in "${MAIN_FROM_STACK[@]}"; do stack_ignores+=("--ignore=$path"); done
 
+# The main lane's files are shared out to MAIN_WORKERS processes (pytest-xdist, a file's tests in one
+# process: module fixtures stay whole); the stack lane mostly waits, so on 2 CPUs the main lane's two
+# workers and the stack lane keep both busy. APR_MAIN_LANE_WORKERS=1 runs the main lane in one process.
+MAIN_WORKERS=${APR_MAIN_LANE_WORKERS:-2}
+main_workers=()
+[ "$MAIN_WORKERS" -gt 1 ] && main_workers=(-n "$MAIN_WORKERS" --dist loadfile)
+
 logs=$(mktemp -d "${TMPDIR:-/tmp}/apr-pytest-lanes.XXXXXX")
 stack_pid=""
 stop_stack_lane() {
@@ -88,8 +95,8 @@ start=$SECONDS
 "${PYTEST[@]}" -o cache_dir=.pytest_cache/stack-lane "$@" "${stack_ignores[@]}" "${STACK_LANE[@]}" >"$logs/stack.log" 2>&1 &
 stack_pid=$!
 
-echo "== main lane: tests/ without ${STACK_LANE[*]}, with ${MAIN_FROM_STACK[*]} (the stack lane runs at the same time; its output follows)"
-"${PYTEST[@]}" -o cache_dir=.pytest_cache/main-lane "$@" "${ignores[@]}" tests
+echo "== main lane: tests/ without ${STACK_LANE[*]}, with ${MAIN_FROM_STACK[*]}, in $MAIN_WORKERS pytest-xdist workers (the stack lane runs at the same time; its output follows)"
+"${PYTEST[@]}" -o cache_dir=.pytest_cache/main-lane "${main_workers[@]}" "$@" "${ignores[@]}" tests
 main_rc=$?
 
 wait "$stack_pid"
