@@ -53,8 +53,8 @@ class Tally:
 
     @property
     def of_total(self) -> str:
-        """The total mini-batches in words: "N", or, while the inputs are listed, "N listed so far"."""
-        return f"{self.total_mini_batches} listed so far" if self.listing else str(self.total_mini_batches)
+        """The total in words: "N mini-batches", or, while the inputs are listed, "N mini-batches listed so far"."""
+        return f"{self.total_mini_batches} mini-batches" + (" listed so far" if self.listing else "")
 
     def note_started(self, indices: Iterable[int]) -> None:
         """Mini-batches whose attempt was just submitted (counted once, however often they are tried)."""
@@ -100,14 +100,14 @@ def threshold_breach(tally: Tally, config: ParallelRunConfig, *, all_scheduled: 
     if config.error_threshold != -1 and t.failed_items > config.error_threshold:
         return (
             f"error_threshold exceeded: {t.failed_items} failed items > error_threshold {config.error_threshold} "
-            f"({t.done} of {t.of_total} mini-batches processed)"
+            f"({t.done} of {t.of_total} processed)"
         )
     allowed = config.allowed_failed_count
     if allowed not in (None, -1) and t.failing_mini_batches > allowed:
         awaiting = f", {len(t.retrying)} of them awaiting a retry" if t.retrying else ""
         return (
             f"allowed_failed_count exceeded: {t.failing_mini_batches} failed mini-batches{awaiting} > "
-            f"allowed_failed_count {allowed} ({t.attempted} of {t.of_total} mini-batches tried)"
+            f"allowed_failed_count {allowed} ({t.attempted} of {t.of_total} tried)"
         )
     percent_allowed = config.allowed_failed_percent
     if percent_allowed is not None and all_scheduled and not t.listing and t.total_mini_batches:

@@ -1,6 +1,7 @@
 """`JobDriver`: one job on a connected Dask client. It composes the job's parts (the output folder, the plan,
 reuse, the workers' spec, logs, progress, the output) and runs the loop that submits attempts and books
-what comes back: commit, retry or final failure, then the thresholds. Nothing else is in the loop.
+what comes back: commit, retry or final failure, then the thresholds. Nothing else is in the loop, but
+what a streaming plan's listing handed over since the last turn (core/driver/planning.py).
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class JobDriver:
 
     Nothing is created before the output folder is known to be valid, and refusals come in this order:
     arguments and side inputs, the output file's name and the folder's path, overlaps with inputs, the
-    cache or protected folders, the plan, the folder (created, must be ours), then the lock."""
+    cache or protected folders, the plan (a streaming plan: its first mini-batch; a later refusal fails the
+    running job), the folder (created, must be ours), then the lock."""
 
     def __init__(
         self,
