@@ -49,6 +49,8 @@ from .stopping import StopControl, bounded
 from .watchdog import Watchdog
 
 PROBE_BOUND_S = 2.0  # the watchdog's question to the workers waits at most this long
+# The first submit waits at most this long for the listing to fill the first window (`_fill_first`).
+FIRST_FILL_S = 1.0
 
 
 def _plain(path: str) -> bool:
@@ -566,7 +568,20 @@ class JobDriver:
             )
             self.logs.attempt(lost, json.dumps(mb.describe()))
 
+    def _fill_first(self, pending: Pending) -> None:
+        """Streaming: before the first submit, the listing gets up to FIRST_FILL_S to bring what the first
+        window takes with the whole plan known (its tail rule counts what is pending), so that the first
+        attempts and their chunks are those of the whole-plan path unless the listing is slow."""
+        deadline = time.monotonic() + FIRST_FILL_S
+        while self.listing and not self.stop.requested and time.monotonic() < deadline:
+            chunk = self.fusion.size(len(pending), False)
+            full = self.window.room(0, False, None, tasks=0, chunk=chunk)
+            if self.window.room(0, False, len(pending), tasks=0, chunk=chunk) >= full:
+                return
+            self._pull(pending, 0)
+
     def _loop(self, stream: AttemptStream, pending: Pending) -> None:
+        self._fill_first(pending)
         self._submit(stream, pending)
         while len(stream) or self.listing:
             stream.check_connected()
