@@ -20,6 +20,7 @@ from distributed import Client
 from ..attempt import AttemptResult, AttemptStage, AttemptStatus
 from ..config import ParallelRunConfig
 from ..errors import ConfigError, InputError
+from ..inputs.listing import PathInput, check_local_input
 from ..inputs.normalise import as_strings
 from ..inputs.source import Dataset
 from ..inputs.tabular_types import with_read_types
@@ -148,8 +149,8 @@ class JobDriver:
         if not self.streaming:
             self.inputs = with_read_types(self.inputs, list(self.plan))
         output_file = config.output_file_name if config.output_action == "append_row" else None
-        self.folder = OutputFolder(output_path, self.storage_options, output_file)
-        self.output, self.local_output = self.folder.url, self.folder.local
+        if not self.streaming:
+            self.folder = OutputFolder(output_path, self.storage_options, output_file)
         bundle, bundle_hash, entry, code_files = bundle_scripts(
             config.entry_script_path, config.source_directory
         )
@@ -170,8 +171,16 @@ class JobDriver:
         self._misses: list[MiniBatch] = []  # streaming: listed mini-batches to run, not yet pending
         self._reused: set[int] = set()  # streaming: the mini-batches reused so far
         self._damaged: list[str] = []  # streaming: cache entries that failed verification
-        if self.streaming:
-            self._start_feed(batches)
+        self._executing = False  # `execute` began (a progress line is said only from then on)
+        self.reuse_line = ""
+        if self.streaming:  # the folder is created after the plan's refusals, as without streaming
+            feed = self.feed = self._start_feed(batches)
+            try:
+                self.folder = OutputFolder(output_path, self.storage_options, output_file)
+            except BaseException:
+                feed.stop()
+                raise
+        self.output, self.local_output = self.folder.url, self.folder.local
         self.stop = StopControl(self.job_id, self._master, self._say)
         if before_claim is not None:  # a re-run's checks (core/reuse/rerun.py): refusals change nothing
             before_claim(self)
@@ -182,15 +191,24 @@ class JobDriver:
             self.release()
             raise
 
-    def _start_feed(self, batches: Any) -> None:
+    def _start_feed(self, batches: Any) -> PlanFeed:
         """The listing's thread. Its first mini-batch (or its refusal) is waited for before the folder is
-        claimed: an input that is missing, empty or bad in its first folder is refused as without
-        streaming, leaving an earlier job's folder untouched."""
-        self.feed = PlanFeed(batches, self.reuse, look_up=self.allow_reuse, job_id=self.job_id)
-        first = self.feed.first()
-        if isinstance(first, Exception):
-            self.feed.stop()
-            raise first
+        claimed, and every local input path is checked to exist and hold a file (`check_local_input`, a
+        walk that stops at the first file): an input that is missing, empty or bad in its first folder is
+        refused as without streaming, leaving an earlier job's folder untouched."""
+        feed = PlanFeed(batches, self.reuse, look_up=self.allow_reuse, job_id=self.job_id)
+        try:
+            first = feed.first()
+            if isinstance(first, Exception):
+                raise first
+            for source in self.inputs:  # later inputs that do not exist or hold no file: refused here too
+                if isinstance(source, PathInput):
+                    for path in source.paths:
+                        check_local_input(path, source.storage_options)
+        except BaseException:
+            feed.stop()
+            raise
+        return feed
 
     def _prepare(self, code: tuple[bytes, str, str], callback: ProgressCallback | None) -> None:
         """The job's logs, its spec for the workers, its output and its progress."""
@@ -354,7 +372,10 @@ class JobDriver:
         self._log_plan()
         self.reuse_line = self.reuse.conclude(self._reused, self._damaged)
         self.logs.master(self.reuse_line)
-        self._say(self.reuse_line)
+        if (
+            self._executing
+        ):  # else `execute` says it, as without streaming: nothing is said before the job runs
+            self._say(self.reuse_line)
 
     def _listing_failed(self, exc: Exception) -> None:
         """The listing (or a fingerprint) failed after work began: the job fails with its message; what
@@ -397,6 +418,9 @@ class JobDriver:
         if self.feed is not None:  # streaming: the listed misses; the reuse line comes with the listing's end
             if not self.stop.requested:  # listed while the cluster started
                 self._misses += self._take_planned(self.feed.take(0))
+            self._executing = True
+            if self.reuse_line:  # the listing ended before: said now, as without streaming
+                self._say(self.reuse_line)
             pending = Pending((mb, 1) for mb in self._misses)
             self._misses = []
             if self.stop.requested:  # a listing that failed, or a cancel, before anything ran
