@@ -356,7 +356,7 @@ class JobDriver:
             return False
         problem = self.files.restore(mb.index, item.files_meta) if item.files_meta else None
         if problem:
-            warning = self.reuse._damaged(mb.index, problem)
+            warning = self.reuse.damaged(mb.index, problem)
             self._damaged.append(warning)
             self._warn(warning)
             return False
@@ -372,9 +372,7 @@ class JobDriver:
         self._log_plan()
         self.reuse_line = self.reuse.conclude(self._reused, self._damaged)
         self.logs.master(self.reuse_line)
-        if (
-            self._executing
-        ):  # else `execute` says it, as without streaming: nothing is said before the job runs
+        if self._executing:  # else `execute` says it: nothing is said before the job runs, as before
             self._say(self.reuse_line)
 
     def _listing_failed(self, exc: Exception) -> None:

@@ -115,7 +115,7 @@ class Reuse:
                 problem = restore(index, meta) if index in hits else None
                 if problem:
                     del hits[index]
-                    damaged.append(self._damaged(index, problem))
+                    damaged.append(self.damaged(index, problem))
         return ReuseOutcome(hits, damaged, self.conclude(hits, damaged))
 
     def conclude(self, hits: Collection[int], damaged: Sequence[str]) -> str:
@@ -151,7 +151,7 @@ class Reuse:
         never output)."""
         key = self.keys[mb.index]
         meta, problem = (self.verified[key], None) if key in self.verified else self.cache.verified(key)
-        warning = self._damaged(mb.index, problem) if problem else None
+        warning = self.damaged(mb.index, problem) if problem else None
         if meta is None:
             return None, None, warning
         hit = AttemptResult(
@@ -171,7 +171,8 @@ class Reuse:
         )
         return hit, (meta if meta.get("files") else None), warning
 
-    def _damaged(self, index: int, problem: str) -> str:
+    def damaged(self, index: int, problem: str) -> str:
+        """The warning for mini-batch `index`'s cache entry that failed verification (or restoring)."""
         return f"cache entry {self.keys[index]} of mini-batch {index} failed verification ({problem}); it runs again"
 
     def _digests(self) -> dict[str, Any]:
