@@ -200,7 +200,7 @@ def main() -> None:
             env = dict(os.environ)
             if engine is not None:  # the child imports that checkout's engine
                 env["PYTHONPATH"] = engine
-            work = ["--work", str(root / f"job-{engine is not None}")] if mode == "job" else []
+            work = ["--work", str(root / name)] if mode == "job" else []  # each engine its own cache and memo
             out = subprocess.run(
                 [sys.executable, __file__, "--child", mode, *work, *chosen],
                 capture_output=True,
