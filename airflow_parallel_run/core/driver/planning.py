@@ -110,8 +110,11 @@ class PlanFeed:
     # -- the loop's side -----------------------------------------------------------------------------
     def first(self) -> Fed:
         """The first thing the listing hands over (waits for it), left for `take` to hand out."""
-        if not self._head:
-            self._head.append(self._queue.get())
+        while not self._head:  # in short waits: a signal's handler (the CLI's) gets its turn meanwhile
+            try:
+                self._head.append(self._queue.get(timeout=0.2))
+            except queue.Empty:
+                continue
         return self._head[0]
 
     def take(self, wait: float) -> list[Fed]:
