@@ -39,6 +39,22 @@ class Tally:
     started: set[int] = field(default_factory=set)  # submitted at least once
     # the final outcome of every mini-batch that failed, whole or in part (logs/sys/job_report/failed_items.jsonl)
     failures: dict[int, AttemptResult] = field(default_factory=dict)
+    # the inputs are still being listed (core/driver/planning.py): the totals count what is listed so far
+    listing: bool = False
+
+    def plan(self, mb: MiniBatch) -> None:
+        """A mini-batch listed while the job runs joins the totals."""
+        self.total_mini_batches += 1
+        self.total_items += mb.items
+
+    def listed(self) -> None:
+        """The listing ended: the totals are the job's."""
+        self.listing = False
+
+    @property
+    def of_total(self) -> str:
+        """The total in words: "N mini-batches", or, while the inputs are listed, "N mini-batches listed so far"."""
+        return f"{self.total_mini_batches} mini-batches" + (" listed so far" if self.listing else "")
 
     def note_started(self, indices: Iterable[int]) -> None:
         """Mini-batches whose attempt was just submitted (counted once, however often they are tried)."""
@@ -84,17 +100,17 @@ def threshold_breach(tally: Tally, config: ParallelRunConfig, *, all_scheduled: 
     if config.error_threshold != -1 and t.failed_items > config.error_threshold:
         return (
             f"error_threshold exceeded: {t.failed_items} failed items > error_threshold {config.error_threshold} "
-            f"({t.done} of {t.total_mini_batches} mini-batches processed)"
+            f"({t.done} of {t.of_total} processed)"
         )
     allowed = config.allowed_failed_count
     if allowed not in (None, -1) and t.failing_mini_batches > allowed:
         awaiting = f", {len(t.retrying)} of them awaiting a retry" if t.retrying else ""
         return (
             f"allowed_failed_count exceeded: {t.failing_mini_batches} failed mini-batches{awaiting} > "
-            f"allowed_failed_count {allowed} ({t.attempted} of {t.total_mini_batches} mini-batches tried)"
+            f"allowed_failed_count {allowed} ({t.attempted} of {t.of_total} tried)"
         )
     percent_allowed = config.allowed_failed_percent
-    if percent_allowed is not None and all_scheduled and t.total_mini_batches:
+    if percent_allowed is not None and all_scheduled and not t.listing and t.total_mini_batches:
         percent = 100.0 * t.failed_mini_batches / t.total_mini_batches
         if percent > percent_allowed:
             return (

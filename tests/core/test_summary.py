@@ -185,3 +185,21 @@ def test_a_mini_batch_awaiting_a_retry_counts_against_allowed_failed_count(confi
     tally.record(_mb(0), _ok(0))  # the retry succeeded: no longer counted
     assert threshold_breach(tally, config(allowed_failed_count=0), all_scheduled=False) is None
     assert (tally.failing_mini_batches, tally.attempted) == (0, 3)
+
+
+def test_a_tally_of_a_listing_plan_claims_no_total_and_judges_no_share(config: Any) -> None:
+    """While the inputs are listed (streaming planning) the totals grow with the plan; a share of the
+    total (`allowed_failed_percent`) waits for the listing's end, counts are judged at once."""
+    tally = Tally(0, 0, listing=True)
+    for index in range(4):
+        tally.plan(_mb(index))
+    tally.record(_mb(0), _failed(0))
+    assert (tally.total_mini_batches, tally.total_items) == (4, 8)
+    percent = config(allowed_failed_percent=10)
+    assert threshold_breach(tally, percent, all_scheduled=True) is None
+    breach = threshold_breach(tally, config(error_threshold=1), all_scheduled=False)
+    assert breach is not None and "(1 of 4 mini-batches listed so far processed)" in breach
+    tally.listed()
+    assert "allowed_failed_percent exceeded: 1 of 4" in str(
+        threshold_breach(tally, percent, all_scheduled=True)
+    )

@@ -85,6 +85,10 @@ class Pending:
             taken.append(self._queue.popleft())
         return taken
 
+    def extend(self, attempts: Iterable[Attempt]) -> None:
+        """First attempts of mini-batches listed while the job runs (core/driver/planning.py)."""
+        self._queue.extend(attempts)
+
     def retry(self, mb: MiniBatch, attempt: int) -> None:
         self._queue.append((mb, attempt))
 

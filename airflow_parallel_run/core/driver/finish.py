@@ -34,6 +34,12 @@ def finish_job(driver: JobDriver) -> dict[str, Any]:
 def _summarise(driver: JobDriver) -> JobSummary:
     logs = driver.logs
     message = verdict(driver.tally, driver.config, driver.stop.reason)
+    if driver.tally.listing:  # stopped while listing: never a success, and the totals say what they count
+        unlisted = (
+            f"the inputs were not listed to the end: the totals count the {driver.tally.total_mini_batches} "
+            "mini-batches listed before the job stopped"
+        )
+        message = f"{message}; {unlisted}" if message else unlisted
     logs.close()
     error_lines = logs.write_error_summary()
     failed_lines = _write_rerun_data(driver)
@@ -72,7 +78,8 @@ def _write_rerun_data(driver: JobDriver) -> int | None:
     )
     try:
         count = write_failed_items(driver.log_root, lines)
-        write_job_record(driver.log_root, job_record(driver))
+        if not driver.tally.listing:  # a partial plan is no job to re-run: --rerun-failed refuses the folder
+            write_job_record(driver.log_root, job_record(driver))
     except OSError as exc:
         if driver.logs.write_error is None:
             driver.logs.write_error = f"{FAILED_ITEMS_FILE}: {exc}"

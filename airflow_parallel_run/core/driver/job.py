@@ -44,7 +44,8 @@ class JobRequest:
     rerun: PreviousJob | None = None  # re-run only this previous job's failed items (core/reuse/rerun.py)
 
     def driver(self, progress: ProgressCallback | None = None) -> JobDriver:
-        """The job's driver: checks, plans, fingerprints and claims the output folder (nothing runs yet)."""
+        """The job's driver: checks, plans, fingerprints and claims the output folder (nothing runs yet). A
+        file job's plan streams: the driver has its first mini-batch, the rest is listed as the job runs."""
         return JobDriver(
             self.config,
             self.inputs,
@@ -59,6 +60,7 @@ class JobRequest:
             planned=self.planned,
             protected_paths=self.protected_paths,
             before_claim=self.rerun.check if self.rerun is not None else None,
+            stream_plan=True,
         )
 
 
@@ -138,7 +140,7 @@ def execute_request(
         reused = driver.find_reusable()
         if request.rerun is not None:
             reused = request.rerun.select(driver, reused)
-        if len(reused) == len(driver.plan):  # everything hits: no cluster, no entry-script process
+        if not driver.needs_cluster(reused):  # everything hits: no cluster, no entry-script process
             return driver.execute(None, reused)
         processes, concurrency = request.config.processes_per_node, request.config.max_concurrency_per_process
         with dask_client(

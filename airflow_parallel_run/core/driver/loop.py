@@ -1,6 +1,7 @@
 """`JobDriver`: one job on a connected Dask client. It composes the job's parts (the output folder, the plan,
 reuse, the workers' spec, logs, progress, the output) and runs the loop that submits attempts and books
-what comes back: commit, retry or final failure, then the thresholds. Nothing else is in the loop.
+what comes back: commit, retry or final failure, then the thresholds. Nothing else is in the loop, but
+what a streaming plan's listing handed over since the last turn (core/driver/planning.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from distributed import Client
 
 from ..attempt import AttemptResult, AttemptStage, AttemptStatus
 from ..config import ParallelRunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
+from ..inputs.listing import PathInput, check_local_input
 from ..inputs.normalise import as_strings
 from ..inputs.source import Dataset
 from ..inputs.tabular_types import with_read_types
@@ -27,7 +29,7 @@ from ..minibatch import MiniBatch
 from ..output.files import FilePublisher
 from ..output.folder import OutputFolder
 from ..output.sink import JobOutput
-from ..plan import Plan, plan
+from ..plan import Plan, iter_plan, plan
 from ..retry import InitFailures, Step, next_step
 from ..reuse.cache import MiniBatchCache, resolve_cache_root
 from ..reuse.reuse import Reuse
@@ -37,16 +39,19 @@ from ..worker.chunk import run_attempts
 from ..worker.plugin import activity_on, supersede_on
 from ..worker.scratch import worker_host
 from ..worker.spec import JobSpec, bundle_scripts
-from .attempts import AttemptStream, Pending, Window
+from .attempts import LOOP_WAIT_S, AttemptStream, Pending, Window
 from .cluster import select_hosts
 from .finish import finish_job, prepare_report
 from .fusion import Fusion
+from .planning import PlanFeed, Planned
 from .progress import Progress, ProgressCallback
 from .speculation import Flight, Speculation
 from .stopping import StopControl, bounded
 from .watchdog import Watchdog
 
 PROBE_BOUND_S = 2.0  # the watchdog's question to the workers waits at most this long
+# The first submit waits at most this long for the listing to fill the first window (`_fill_first`).
+FIRST_FILL_S = 1.0
 
 
 def _plain(path: str) -> bool:
@@ -70,6 +75,15 @@ def _local_paths(
     return tuple(side), args
 
 
+def streams(inputs: Sequence[Dataset]) -> bool:
+    """Whether a job's plan may stream (core/driver/planning.py): file inputs, none of which decides
+    anything over all its mini-batches (csv/jsonl column types do: `with_column_types`)."""
+    return bool(inputs) and all(
+        getattr(d, "kind", None) == "file" and not callable(getattr(d, "with_column_types", None))
+        for d in inputs
+    )
+
+
 def _side_input_variables(
     environment: Mapping[str, str], given: Sequence[str], side: Sequence[str]
 ) -> dict[str, str]:
@@ -84,7 +98,8 @@ class JobDriver:
 
     Nothing is created before the output folder is known to be valid, and refusals come in this order:
     arguments and side inputs, the output file's name and the folder's path, overlaps with inputs, the
-    cache or protected folders, the plan, the folder (created, must be ours), then the lock."""
+    cache or protected folders, the plan (a streaming plan: its first mini-batch; a later refusal fails the
+    running job), the folder (created, must be ours), then the lock."""
 
     def __init__(
         self,
@@ -102,7 +117,11 @@ class JobDriver:
         planned: Plan | None = None,
         protected_paths: Sequence[str] = (),
         before_claim: Callable[[JobDriver], None] | None = None,
+        stream_plan: bool = False,
     ) -> None:
+        """`stream_plan`: start running the first mini-batches while the inputs are still listed, where
+        the job allows it (`streams`; not with `planned` nor a re-run's `before_claim`): see
+        docs/architecture.md, "Streaming planning". Without it the plan is whole once the driver exists."""
         self.started = (time.monotonic(), time.time())
         self.config = config
         self.job_id = job_id or uuid.uuid4().hex[:16]
@@ -118,13 +137,20 @@ class JobDriver:
             cache_root=resolve_cache_root(cache_dir),
             protected_paths=protected_paths,
         )
-        self.plan: Plan = planned if planned is not None else plan(self.inputs, config)
+        self.streaming = stream_plan and planned is None and before_claim is None and streams(self.inputs)
+        self.feed: PlanFeed | None = None
+        if self.streaming:  # listed (and keyed) by the feed's thread, while the job runs
+            kind, batches = iter_plan(self.inputs, config.mini_batch_size, config.partition_keys)
+            self.plan: Plan = Plan(kind, [])
+        else:
+            self.plan = planned if planned is not None else plan(self.inputs, config)
         config.check_batch_format(self.plan.kind)
         # csv/jsonl: one set of column types for every slice, decided before the reuse key is (it enters it)
-        self.inputs = with_read_types(self.inputs, list(self.plan))
+        if not self.streaming:
+            self.inputs = with_read_types(self.inputs, list(self.plan))
         output_file = config.output_file_name if config.output_action == "append_row" else None
-        self.folder = OutputFolder(output_path, self.storage_options, output_file)
-        self.output, self.local_output = self.folder.url, self.folder.local
+        if not self.streaming:
+            self.folder = OutputFolder(output_path, self.storage_options, output_file)
         bundle, bundle_hash, entry, code_files = bundle_scripts(
             config.entry_script_path, config.source_directory
         )
@@ -133,14 +159,28 @@ class JobDriver:
         self.reuse = Reuse(
             config,
             self.inputs,
-            self.plan,
+            None if self.streaming else self.plan,
             (code_files, entry),
             self.arguments,
             self.side_inputs,
             self.cache,
             allow_reuse=allow_reuse,
+            kind=self.plan.kind,
         )
         self.cache_key, self.keys = self.reuse.cache_key, self.reuse.keys
+        self._misses: list[MiniBatch] = []  # streaming: listed mini-batches to run, not yet pending
+        self._reused: set[int] = set()  # streaming: the mini-batches reused so far
+        self._damaged: list[str] = []  # streaming: cache entries that failed verification
+        self._executing = False  # `execute` began (a progress line is said only from then on)
+        self.reuse_line = ""
+        if self.streaming:  # the folder is created after the plan's refusals, as without streaming
+            feed = self.feed = self._start_feed(batches)
+            try:
+                self.folder = OutputFolder(output_path, self.storage_options, output_file)
+            except BaseException:
+                feed.stop()
+                raise
+        self.output, self.local_output = self.folder.url, self.folder.local
         self.stop = StopControl(self.job_id, self._master, self._say)
         if before_claim is not None:  # a re-run's checks (core/reuse/rerun.py): refusals change nothing
             before_claim(self)
@@ -150,6 +190,25 @@ class JobDriver:
         except BaseException:  # the lock's heartbeat would keep the folder busy for as long as we live
             self.release()
             raise
+
+    def _start_feed(self, batches: Any) -> PlanFeed:
+        """The listing's thread. Its first mini-batch (or its refusal) is waited for before the folder is
+        claimed, and every local input path is checked to exist and hold a file (`check_local_input`, a
+        walk that stops at the first file): an input that is missing, empty or bad in its first folder is
+        refused as without streaming, leaving an earlier job's folder untouched."""
+        feed = PlanFeed(batches, self.reuse, look_up=self.allow_reuse, job_id=self.job_id)
+        try:
+            first = feed.first()
+            if isinstance(first, Exception):
+                raise first
+            for source in self.inputs:  # later inputs that do not exist or hold no file: refused here too
+                if isinstance(source, PathInput):
+                    for path in source.paths:
+                        check_local_input(path, source.storage_options)
+        except BaseException:
+            feed.stop()
+            raise
+        return feed
 
     def _prepare(self, code: tuple[bytes, str, str], callback: ProgressCallback | None) -> None:
         """The job's logs, its spec for the workers, its output and its progress."""
@@ -174,7 +233,7 @@ class JobDriver:
         self.sink = JobOutput(
             self.config.append_row_format, self.output, self.storage_options, self.files, self._master
         )
-        self.tally = Tally(len(self.plan), self.plan.total_items)
+        self.tally = Tally(len(self.plan), self.plan.total_items, listing=self.streaming)
         # mini-batch -> attempts dispatched from the queue, when more than 1 (speculative copies are not)
         self.tries: dict[int, int] = {}
         self.flight = Flight()
@@ -200,6 +259,15 @@ class JobDriver:
                 f"warning: {self.output} takes no lock (its store cannot create a file exclusively); "
                 "make sure no other job writes to it at the same time"
             )
+        if self.streaming:
+            self.logs.master(
+                f"job {self.job_id}: the inputs are being listed; the first mini-batches run meanwhile "
+                f"({self.plan.kind} input), entry script {self.config.entry_script}, cache key {self.cache_key}"
+            )
+        else:
+            self._log_plan()
+
+    def _log_plan(self) -> None:
         self.logs.master(
             f"job {self.job_id}: {len(self.plan)} mini-batches, {self.plan.total_items} items "
             f"({self.plan.kind} input), entry script {self.config.entry_script}, cache key {self.cache_key}"
@@ -219,7 +287,10 @@ class JobDriver:
         self.stop.cancel(reason)
 
     def release(self) -> None:
-        """Frees the output folder for the next job (also called when a job ends early)."""
+        """Frees the output folder for the next job (also called when a job ends early); a listing still
+        going on stops."""
+        if self.feed is not None:
+            self.feed.stop()
         self.folder.release()
 
     def _master(self, text: str) -> None:
@@ -234,13 +305,101 @@ class JobDriver:
 
     # -- reuse ---------------------------------------------------------------------------------------
     def find_reusable(self) -> dict[int, AttemptResult]:
-        """Cache hits (when allow_reuse) and a log line saying how many were reused and why others were not."""
+        """Cache hits (when allow_reuse) and a log line saying how many were reused and why others were not.
+
+        Streaming: books the hits listed until the first miss (or the listing's end, or a stop) and
+        returns none; the reuse line comes when the listing ends."""
+        if self.feed is not None:
+            while not self._misses and not self.feed.ended and not self.stop.requested:
+                self._misses += self._take_planned(self.feed.take(LOOP_WAIT_S))
+            return {}
         outcome = self.reuse.find(self.sink.admit_reused, self.files.restore)
         for line in outcome.warnings:
             self._warn(line)
         self.reuse_line = outcome.line
         self.logs.master(self.reuse_line)
         return outcome.hits
+
+    def needs_cluster(self, reused: Mapping[int, AttemptResult]) -> bool:
+        """Whether some mini-batch must run (else no cluster starts): streaming, whether a miss was listed
+        before the listing ended or the job stopped (`find_reusable` waits for one)."""
+        if self.feed is not None:
+            return bool(self._misses) and not self.stop.requested
+        return len(reused) != len(self.plan)
+
+    # -- streaming planning ------------------------------------------------------------------------------
+    def _take_planned(self, fed: Sequence[Any]) -> list[MiniBatch]:
+        """Books what the listing handed over: each mini-batch joins the plan and the tally, a cache hit
+        that joins the output's schema (and whose output_dir files come back) is booked as reused; the
+        others are returned, to run. The listing's end or failure is booked too."""
+        misses: list[MiniBatch] = []
+        for item in fed:
+            if isinstance(item, Planned):
+                mb = item.mini_batch
+                self.plan.mini_batches.append(mb)
+                self.tally.plan(mb)
+                if not self._reuse_planned(item):
+                    misses.append(mb)
+            elif isinstance(item, Exception):
+                self._listing_failed(item)
+            else:
+                self._listing_ended()
+        return misses
+
+    def _reuse_planned(self, item: Planned) -> bool:
+        """One listed mini-batch's cache hit, admitted as `Reuse.find` admits hits; False: it runs."""
+        mb = item.mini_batch
+        if item.damaged:
+            self._damaged.append(item.damaged)
+            self._warn(item.damaged)
+        if item.hit is None or not self.sink.admit_reused({mb.index: item.hit}):
+            return False
+        problem = self.files.restore(mb.index, item.files_meta) if item.files_meta else None
+        if problem:
+            warning = self.reuse.damaged(mb.index, problem)
+            self._damaged.append(warning)
+            self._warn(warning)
+            return False
+        self._reused.add(mb.index)
+        self.logs.attempt(item.hit, json.dumps(mb.describe()))
+        self._finalise(mb, item.hit)
+        return True
+
+    def _listing_ended(self) -> None:
+        """The whole plan is known: the totals, the plan's log line, the reuse line and the cache's record
+        of the job (the next run's reuse line compares with it)."""
+        self.tally.listed()
+        self._log_plan()
+        self.reuse_line = self.reuse.conclude(self._reused, self._damaged)
+        self.logs.master(self.reuse_line)
+        if self._executing:  # else `execute` says it: nothing is said before the job runs, as before
+            self._say(self.reuse_line)
+
+    def _listing_failed(self, exc: Exception) -> None:
+        """The listing (or a fingerprint) failed after work began: the job fails with its message; what
+        was committed stays in the reuse cache."""
+        message = str(exc) if isinstance(exc, (InputError, ConfigError)) else f"{type(exc).__name__}: {exc}"
+        self.logs.master(f"the inputs could not be listed to the end: {message}")
+        self.stop.request(
+            f"{message} (found while listing the inputs; committed mini-batches are in the reuse cache)"
+        )
+
+    def _pull(self, pending: Pending, in_flight: int) -> None:
+        """Streaming: what the listing handed over joins `pending` (waiting up to a loop turn for it when
+        nothing is in flight: the loop then has nothing else to wait on)."""
+        if self.feed is None:
+            return
+        if self._misses:
+            pending.extend((mb, 1) for mb in self._misses)
+            self._misses = []
+        if not self.feed.ended and not self.stop.requested:
+            fed = self.feed.take(0 if in_flight else LOOP_WAIT_S)
+            pending.extend((mb, 1) for mb in self._take_planned(fed))
+
+    @property
+    def listing(self) -> bool:
+        """The listing goes on: more mini-batches may come."""
+        return self.feed is not None and not self.feed.ended
 
     # -- the loop ------------------------------------------------------------------------------------
     def execute(
@@ -254,13 +413,26 @@ class JobDriver:
         for index, result in sorted(reused.items()):
             self.logs.attempt(result, json.dumps(self.plan.batch(index).describe()))
             self._finalise(self.plan.batch(index), result)
-        pending = Pending((mb, 1) for mb in self.plan if mb.index not in reused)
-        self._say(self.reuse_line)
-        if not len(pending):
+        if self.feed is not None:  # streaming: the listed misses; the reuse line comes with the listing's end
+            if not self.stop.requested:  # listed while the cluster started
+                self._misses += self._take_planned(self.feed.take(0))
+            self._executing = True
+            if self.reuse_line:  # the listing ended before: said now, as without streaming
+                self._say(self.reuse_line)
+            pending = Pending((mb, 1) for mb in self._misses)
+            self._misses = []
+            if self.stop.requested:  # a listing that failed, or a cancel, before anything ran
+                self.feed.stop()
+                self.stop.note()
+                return finish_job(self)
+        else:
+            pending = Pending((mb, 1) for mb in self.plan if mb.index not in reused)
+            self._say(self.reuse_line)
+        if not len(pending) and not self.listing:
             return finish_job(self)
         if client is None:
             raise ValueError("a Dask client is needed: some mini-batches are not reusable")
-        stream = self._start(client, len(pending), len(reused))
+        stream = self._start(client, len(pending), len(reused) + len(self._reused))
         interrupted: BaseException | None = None
         try:
             self._loop(stream, pending)
@@ -276,6 +448,8 @@ class JobDriver:
             with contextlib.suppress(Exception):
                 self._halt(stream, pending)
         finally:
+            if self.feed is not None:
+                self.feed.stop()
             stream.abandon(self.stop.set_event)  # whatever did not report by now: do not leave it running
             self.stop.finish_workers(client)
         try:
@@ -307,8 +481,9 @@ class JobDriver:
         )
         self.watchdog = Watchdog(self.config, lambda tails: self._probe(client, tails))
         self.stream = stream
+        so_far = " so far (the inputs are still being listed)" if self.listing else ""
         self._say(
-            f"Started: {to_run} mini-batches to run, {reused} reused, {self.slots} {self._slot_noun()} on "
+            f"Started: {to_run} mini-batches to run, {reused} reused{so_far}, {self.slots} {self._slot_noun()} on "
             f"{len(placement.hosts)} host(s) ({', '.join(placement.hosts)})"
         )
         self.progress.started_running()
@@ -351,7 +526,7 @@ class JobDriver:
 
     def _speculate(self, stream: AttemptStream, pending: Pending) -> None:
         """Once nothing is left to dispatch: a copy of each straggler on a free worker thread."""
-        if len(pending) or not self.speculation.due():
+        if len(pending) or self.listing or not self.speculation.due():
             return
         report, free = self._free_threads(stream)
         for item, address, seconds in self.speculation.choose(stream.waiting(), report, free):
@@ -415,15 +590,35 @@ class JobDriver:
             )
             self.logs.attempt(lost, json.dumps(mb.describe()))
 
+    def _fill_first(self, pending: Pending) -> None:
+        """Streaming: before the first submit, the listing gets up to FIRST_FILL_S to bring what the first
+        window takes with the whole plan known (its tail rule counts what is pending), so that the first
+        attempts and their chunks are those of the whole-plan path unless the listing is slow."""
+        deadline = time.monotonic() + FIRST_FILL_S
+        while self.listing and not self.stop.requested and time.monotonic() < deadline:
+            chunk = self.fusion.size(len(pending), False)
+            full = self.window.room(0, False, None, tasks=0, chunk=chunk)
+            if self.window.room(0, False, len(pending), tasks=0, chunk=chunk) >= full:
+                return
+            self._pull(pending, 0)
+
     def _loop(self, stream: AttemptStream, pending: Pending) -> None:
+        self._fill_first(pending)
         self._submit(stream, pending)
-        while len(stream):
+        while len(stream) or self.listing:
             stream.check_connected()
-            for mb, attempt, result in stream.next_batch():
-                self._record(mb, attempt, result, pending)
-                self.progress.after_record()
+            listed = self.listing
+            self._pull(pending, len(stream))
+            if listed and not self.listing and not self.stop.requested:  # all scheduled may be true now
+                self.stop.request(threshold_breach(self.tally, self.config, all_scheduled=not len(pending)))
+            if len(stream):
+                for mb, attempt, result in stream.next_batch():
+                    self._record(mb, attempt, result, pending)
+                    self.progress.after_record()
             pending.put_back(stream.take_returned())
             self.progress.tick()
+            if not len(stream):  # nothing can end while the listing brings nothing to run
+                self.watchdog.idle()
             if not self.stop.requested:
                 self.stop.request(self.watchdog.check(stream.waiting))
             if self.stop.requested:
@@ -462,7 +657,8 @@ class JobDriver:
             self._finalise(mb, result)
             if step is Step.FAIL:
                 self.progress.note_error(result, final=True)
-        self.stop.request(threshold_breach(self.tally, self.config, all_scheduled=not len(pending)))
+        all_scheduled = not len(pending) and not self.listing
+        self.stop.request(threshold_breach(self.tally, self.config, all_scheduled=all_scheduled))
 
     def _admit(self, mb: MiniBatch, result: AttemptResult) -> AttemptResult:
         """A successful attempt whose records cannot join the job's schema fails (and is not committed)."""
@@ -490,6 +686,8 @@ class JobDriver:
         (CANCELLED for killed ones, a success that finished meanwhile is kept)."""
         self.stop.note()
         pending.clear()
+        if self.feed is not None:
+            self.feed.stop()
         self.stop.broadcast(stream.client)
         for mb, _attempt, result in stream.drain():
             result = self._admit(mb, result)

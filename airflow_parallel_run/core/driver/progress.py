@@ -84,6 +84,11 @@ class Progress:
     def line(self) -> str:
         t = self.tally
         rate, seconds_left = self.rate_eta()
+        if t.listing:  # no total yet: neither a share nor an ETA, which would claim one
+            return (
+                f"Processed {t.done} of {t.total_mini_batches} mini-batches listed so far (listing the inputs...): "
+                f"{t.succeeded_items} items succeeded, {t.failed_items} failed; {rate:.1f} items/s"
+            )
         eta = format_eta(seconds_left) if seconds_left is not None else "unknown"
         pct = 100 * t.done // max(t.total_mini_batches, 1)
         return (
@@ -93,6 +98,8 @@ class Progress:
 
     def after_record(self) -> None:
         """After an attempt was booked: a line when the finished share reached a new 10 % step."""
+        if self.tally.listing:
+            return  # a share of a total not known yet: the interval's lines only
         step = 10 * self.tally.done // max(self.tally.total_mini_batches, 1)
         if step != self._last_step:
             self.say(self.line())
@@ -118,7 +125,7 @@ class Progress:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = (t.succeeded_items + t.failed_items) / elapsed
         remaining_items = max(t.total_items - t.succeeded_items - t.failed_items, 0)
-        return rate, (remaining_items / rate if rate > 0 else None)
+        return rate, (remaining_items / rate if rate > 0 and not t.listing else None)
 
     def note_error(self, result: AttemptResult, final: bool) -> None:
         """A failed attempt for progress.json: what the UI shows as the latest errors while the job runs."""
@@ -152,12 +159,14 @@ class Progress:
             "started": self.started_at,
             "updated": time.time(),
             "elapsed_s": round(time.monotonic() - self.started, 3),
-            "total_mini_batches": t.total_mini_batches,
+            "total_mini_batches": None if t.listing else t.total_mini_batches,
+            "listed_mini_batches": t.total_mini_batches,
+            "listing": t.listing,
             "done_mini_batches": t.done,
             "succeeded_mini_batches": t.succeeded_mini_batches,
             "failed_mini_batches": t.failed_mini_batches,
             "reused_mini_batches": t.reused_mini_batches,
-            "total_items": t.total_items,
+            "total_items": None if t.listing else t.total_items,
             "succeeded_items": t.succeeded_items,
             "failed_items": t.failed_items,
             "items_per_s": round(rate, 3),

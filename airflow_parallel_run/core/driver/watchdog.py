@@ -73,6 +73,11 @@ class Watchdog:
         if self.ready_at is None and (result.ok or result.stage in (AttemptStage.LOAD, AttemptStage.RUN)):
             self.ready_at = self.last_ended
 
+    def idle(self) -> None:
+        """Nothing is in flight (the listing has brought nothing to run yet): no attempt can end, so the
+        wait does not count against `progress_update_timeout`."""
+        self.last_ended = self.clock()
+
     def check(self, in_flight: Callable[[], Sequence[InFlight]]) -> str | None:
         """The reason to stop the job now, or None. Cheap unless a probe is due (see the module);
         `in_flight` is asked only when the job fails for lack of progress."""

@@ -121,6 +121,50 @@ def iter_input(path: str, storage_options: dict[str, Any]) -> tuple[str, Iterato
     return root_url, _checked(path, root_url, found)
 
 
+def check_local_input(path: str, storage_options: Mapping[str, Any]) -> None:
+    """The refusals a local path or folder gets from its listing when it does not exist or holds no file,
+    found without listing it: a walk that stops at the first file (no sorting, no stat of the others).
+    A streaming plan (core/driver/planning.py) refuses every input this way before it claims the output
+    folder, as the whole plan did; other paths (globs, object stores) are left to their listing."""
+    try:
+        fs, fs_path = url_to_fs(path, **dict(storage_options))
+    except (ValueError, ImportError):
+        return  # the listing says why, in its own words
+    if not is_local(fs) or _GLOB_CHARS.search(fs_path):
+        return
+    fs_path = os.path.abspath(fs_path)
+    if os.path.isfile(fs_path):
+        return
+    if not os.path.isdir(fs_path):
+        if not os.path.exists(fs_path):  # a dangling symlink given by name too, as the listing says
+            raise InputError(f"input {path!r} does not exist (no file, folder or glob match)")
+        return
+    if not _holds_a_file(fs_path):
+        raise InputError(
+            f"input {path!r} matched no files (names starting with '.' or '_' are skipped in folders)"
+        )
+
+
+def _holds_a_file(folder: str) -> bool:
+    """Whether a walk of `folder` (hidden names skipped, as `_folder_rows` does) meets any entry that is not
+    a folder: a file, or something the listing will refuse by name. An unreadable folder: True (the
+    listing says why)."""
+    stack = [folder]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if _hidden(entry.name):
+                        continue
+                    if entry.is_dir(follow_symlinks=True):
+                        stack.append(entry.path)
+                    else:
+                        return True
+        except OSError:
+            return True
+    return False
+
+
 def _checked(path: str, root_url: str, found: Iterable[FileRef]) -> Iterator[FileRef]:
     """The refusals every listing gets, applied to each file as it is listed."""
     count = 0

@@ -9,7 +9,7 @@ takes them as callbacks (core/output/sink.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,14 +49,16 @@ class Reuse:
         self,
         config: ParallelRunConfig,
         inputs: Sequence[Dataset],
-        plan: Plan,
+        plan: Plan | None,
         code: tuple[Mapping[str, str], str],
         arguments: Sequence[str],
         side_inputs: Sequence[str],
         cache: MiniBatchCache,
         *,
         allow_reuse: bool,
+        kind: str | None = None,
     ) -> None:
+        """`plan` None: the plan comes later, a block at a time (`add`), and `kind` says what it holds."""
         code_files, entry = code
         self.cache = cache
         self.allow_reuse = allow_reuse
@@ -68,23 +70,37 @@ class Reuse:
         self.kept_items: dict[int, str] = {}
         # entries a re-run verified before it claimed the folder, by key: not read and checked twice
         self.verified: dict[str, dict[str, Any]] = {}
-        self.plan = list(plan)
+        self.inputs = list(inputs)
+        self.plan: list[MiniBatch] = []
+        self.fingerprints: dict[str, str] = {}
+        self.keys: dict[int, str] = {}
         with Fingerprinter(memo_path(cache.root), cache.storage_options) as memo:
             side = {url: memo.path(url) for url in side_inputs}
             self.components = job_components(config, code_files, arguments, side, entry)
-            self.fingerprints: dict[str, str] = {}
-            for input_index, source in enumerate(inputs):
-                batches = [mb for mb in self.plan if mb.input_index == input_index]
-                self.fingerprints.update(source.fingerprints(batches, memo))
-        self.cache_key = digest32(self.components)
-        # each mini-batch's key holds its own input's read options (separator, encoding, ...)
-        self.read_options = [key_fields(source) for source in inputs]
-        self.keys = {
-            mb.index: mini_batch_key(self.cache_key, mb, self.fingerprints, self.read_options[mb.input_index])
-            for mb in self.plan
-        }
+            self.cache_key = digest32(self.components)
+            # each mini-batch's key holds its own input's read options (separator, encoding, ...)
+            self.read_options = [key_fields(source) for source in inputs]
+            if plan is not None:
+                self.add(list(plan), memo)
+        kind = plan.kind if plan is not None else kind
+        if kind is None:
+            raise ValueError("Reuse needs the plan or the kind of input it will hold")
         locations = [list(source.locations()) for source in inputs]
-        self.signature = digest32([os.path.abspath(config.entry_script_path), locations, plan.kind])
+        self.signature = digest32([os.path.abspath(config.entry_script_path), locations, kind])
+
+    def add(self, batches: Sequence[MiniBatch], memo: Fingerprinter) -> None:
+        """Fingerprints of planned mini-batches' inputs (each input's files in one call) and their keys. A
+        mini-batch's key depends only on its own files' fingerprints, so a plan added a block at a time
+        while it is listed (core/driver/planning.py) gets the keys the whole plan added at once gets."""
+        for input_index, source in enumerate(self.inputs):
+            own = [mb for mb in batches if mb.input_index == input_index]
+            if own:
+                self.fingerprints.update(source.fingerprints(own, memo))
+        self.plan.extend(batches)
+        for mb in batches:
+            self.keys[mb.index] = mini_batch_key(
+                self.cache_key, mb, self.fingerprints, self.read_options[mb.input_index]
+            )
 
     # -- looking up ----------------------------------------------------------------------------------
     def find(self, admit: Admit, restore: Restore) -> ReuseOutcome:
@@ -99,13 +115,18 @@ class Reuse:
                 problem = restore(index, meta) if index in hits else None
                 if problem:
                     del hits[index]
-                    damaged.append(self._damaged(index, problem))
-        outcome = ReuseOutcome(hits, damaged, self._line(hits, damaged))
+                    damaged.append(self.damaged(index, problem))
+        return ReuseOutcome(hits, damaged, self.conclude(hits, damaged))
+
+    def conclude(self, hits: Collection[int], damaged: Sequence[str]) -> str:
+        """The reuse line once the whole plan is known (`hits`: the mini-batches reused), and the job's
+        record in the cache written for the next run (after the line: the line compares with the last)."""
+        line = self._line(hits, damaged)
         self.cache.write_manifest(
             self.signature,  # digests only: environment variables may hold secrets
             {"components": self._digests(), "inputs": self.fingerprints},
         )
-        return outcome
+        return line
 
     def _lookup(self) -> tuple[dict[int, AttemptResult], dict[int, dict[str, Any]], list[str]]:
         """Every intact entry as a REUSED result; those that hold output_dir files; damaged ones."""
@@ -115,32 +136,43 @@ class Reuse:
         for mb in self.plan:
             if mb.index in self.run_again:
                 continue
-            key = self.keys[mb.index]
-            meta, problem = (self.verified[key], None) if key in self.verified else self.cache.verified(key)
-            if problem:  # a damaged entry is a miss that says so, never output
-                damaged.append(self._damaged(mb.index, problem))
-            if meta is None:
-                continue
-            hits[mb.index] = AttemptResult(
-                mb.index,
-                0,
-                AttemptStatus.REUSED,
-                process="(cache)",
-                total=int(meta["total"]),
-                succeeded=int(meta["succeeded"]),
-                part_url=meta["part_url"],
-                columns=list(meta.get("columns", [])),
-                schema=schema_from_text(meta.get("schema")),
-                reused=True,
-                error=f"reused cache entry {key}",
-                item_errors=[(int(p), str(e)) for p, e in meta.get("item_errors", [])],
-                items_url=meta.get("items_url"),
-            )
-            if meta.get("files"):
+            hit, meta, problem = self.look_up(mb)
+            if problem:
+                damaged.append(problem)
+            if hit is not None:
+                hits[mb.index] = hit
+            if meta is not None:
                 with_files[mb.index] = meta
         return hits, with_files, damaged
 
-    def _damaged(self, index: int, problem: str) -> str:
+    def look_up(self, mb: MiniBatch) -> tuple[AttemptResult | None, dict[str, Any] | None, str | None]:
+        """One mini-batch's intact entry as a REUSED result (None: a miss), the entry's metadata when it
+        holds output_dir files (to restore), and the warning for a damaged entry (a miss that says so,
+        never output)."""
+        key = self.keys[mb.index]
+        meta, problem = (self.verified[key], None) if key in self.verified else self.cache.verified(key)
+        warning = self.damaged(mb.index, problem) if problem else None
+        if meta is None:
+            return None, None, warning
+        hit = AttemptResult(
+            mb.index,
+            0,
+            AttemptStatus.REUSED,
+            process="(cache)",
+            total=int(meta["total"]),
+            succeeded=int(meta["succeeded"]),
+            part_url=meta["part_url"],
+            columns=list(meta.get("columns", [])),
+            schema=schema_from_text(meta.get("schema")),
+            reused=True,
+            error=f"reused cache entry {key}",
+            item_errors=[(int(p), str(e)) for p, e in meta.get("item_errors", [])],
+            items_url=meta.get("items_url"),
+        )
+        return hit, (meta if meta.get("files") else None), warning
+
+    def damaged(self, index: int, problem: str) -> str:
+        """The warning for mini-batch `index`'s cache entry that failed verification (or restoring)."""
         return f"cache entry {self.keys[index]} of mini-batch {index} failed verification ({problem}); it runs again"
 
     def _digests(self) -> dict[str, Any]:
@@ -150,7 +182,7 @@ class Reuse:
         """The job's component digests as the cache's job manifest keeps them (never a value)."""
         return self._digests()
 
-    def _line(self, hits: Mapping[int, AttemptResult], damaged: Sequence[str]) -> str:
+    def _line(self, hits: Collection[int], damaged: Sequence[str]) -> str:
         """ "Reuse: N of M mini-batches reused from <cache>; K to run: <why>"."""
         misses = [mb for mb in self.plan if mb.index not in hits]
         line = f"Reuse: {len(hits)} of {len(self.plan)} mini-batches reused from {self.cache.root}"

@@ -111,7 +111,9 @@
     $("bar-ok").style.width = (total ? (100 * (p.succeeded_mini_batches || 0)) / total : 0) + "%";
     $("bar-failed").style.width = (total ? (100 * (p.failed_mini_batches || 0)) / total : 0) + "%";
     var eta = p.state === "running" ? (p.eta_s === null || p.eta_s === undefined ? "unknown" : duration(p.eta_s)) : "-";
-    $("progress-text").textContent = "Processed " + num(done) + " of " + num(total) + " mini-batches (" + pct + "%): " +
+    var of = p.listing ? num(p.listed_mini_batches) + " mini-batches listed so far (listing the inputs\u2026)" :
+      num(total) + " mini-batches (" + pct + "%)";  // no total is claimed before the listing ended
+    $("progress-text").textContent = "Processed " + num(done) + " of " + of + ": " +
       num(p.succeeded_mini_batches) + " succeeded, " + num(p.failed_mini_batches) + " failed, " + num(p.reused_mini_batches) +
       " reused \u00b7 " + Number(p.items_per_s || 0).toFixed(1) + " items/s \u00b7 ETA " + eta;
     numbers("progress-numbers", [

@@ -118,3 +118,26 @@ def test_iter_plan_yields_before_the_later_folders_are_listed(tmp_path: Path) ->
     rest = list(batches)
     assert [mb.index for mb in rest] == [1, 2, 3, 4]
     assert [f.url for f in rest[1].files] == [str(tmp_path / "b" / "0.txt"), str(tmp_path / "b" / "00.txt")]
+
+
+def test_check_local_input_refuses_what_the_listing_refuses_without_listing(tmp_path: Path) -> None:
+    """A streaming plan checks every local input before it claims the output folder: the messages are the
+    listing's own, for a path that does not exist (a dangling symlink given by name too) or holds no
+    visible file; anything else is left to the listing."""
+    from airflow_parallel_run.core.inputs.listing import check_local_input
+
+    (tmp_path / "empty" / "sub" / ".hidden").mkdir(parents=True)
+    (tmp_path / "empty" / "_SUCCESS").write_text("")
+    (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "deep" / "a" / "b" / "x.txt").write_text("x")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    for name in ("missing", "dangling", "empty"):
+        path = str(tmp_path / name)
+        with pytest.raises(InputError) as listed:
+            list_input(path, {})
+        with pytest.raises(InputError) as checked:
+            check_local_input(path, {})
+        assert str(checked.value) == str(listed.value)
+    check_local_input(str(tmp_path / "deep"), {})
+    check_local_input(str(tmp_path / "deep" / "a" / "b" / "x.txt"), {})
+    check_local_input(str(tmp_path / "empty" / "*.txt"), {})  # a glob: its listing decides
