@@ -13,6 +13,7 @@ per input file, and a million of them with a dict each cost about 100 MB more.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -88,6 +89,24 @@ def _piece_to_dict(piece: Any) -> dict[str, Any]:
     return {"type": type(piece).__name__, **dataclasses.asdict(piece)}
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _plain(value: Any) -> Any:
+    """`dataclasses.asdict` for the descriptors' values: dataclasses become dicts of all their fields,
+    tuples, lists and dicts are rebuilt with their items converted, anything else (str, int, float, bool,
+    None: the descriptors hold nothing mutable) is shared instead of deep-copied."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
+    if isinstance(value, tuple | list):
+        return type(value)(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    return value
+
+
 def _piece_from_dict(data: Mapping[str, Any]) -> Any:
     kind = data.get("type")
     if kind not in _PIECES:
@@ -159,8 +178,10 @@ class MiniBatch:
         return (refs[0] if refs else "<empty>") + more
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (manifests); pieces carry their type name."""
-        document = dataclasses.asdict(self)
+        """JSON-able form (manifests); pieces carry their type name. `dataclasses.asdict`'s result, built
+        without its deep copies: every field of every descriptor is taken by introspection (`_plain`), and a
+        job record holds every mini-batch (asdict was 0.1-0.2 s of a fully reused 1,000-mini-batch re-run)."""
+        document = _plain(self)
         document["pieces"] = [_piece_to_dict(p) for p in self.pieces]
         return document
 

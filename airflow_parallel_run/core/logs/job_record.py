@@ -97,8 +97,8 @@ def write_job_record(log_root: str, record: Mapping[str, Any]) -> None:
     path = os.path.join(log_root, *JOB_RECORD_FILE.split("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, separators=(",", ":"))
+    with open(tmp, "w", encoding="utf-8") as handle:  # dumps: json.dump encodes in Python, dumps in C
+        handle.write(json.dumps(record, separators=(",", ":")))
     os.replace(tmp, path)
 
 

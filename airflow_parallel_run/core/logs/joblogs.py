@@ -129,7 +129,7 @@ class JobLogs:
         tmp = f"{path}.tmp-{os.getpid()}"
         with self._best_effort(path):
             with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(state, handle, separators=(",", ":"))
+                handle.write(json.dumps(state, separators=(",", ":")))  # C encoder (json.dump: Python)
             os.replace(tmp, path)
         return path
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -9,8 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airflow_parallel_run.core import ConfigError, FileDataset, InputError, ParallelRunConfig, TabularDataset
+from airflow_parallel_run.core.inputs.sql import KeyRange
+from airflow_parallel_run.core.minibatch import FileRef, MiniBatch, TabularSlice
 from airflow_parallel_run.core.plan import plan
 
 
@@ -121,3 +127,53 @@ def test_planning_100k_files_takes_seconds(tmp_path: Path, cfg) -> None:  # type
     print(f"planned 100,000 files in {elapsed:.2f}s")
     assert elapsed < 15, f"planning 100,000 files took {elapsed:.1f}s"
     assert os.path.basename(result.mini_batches[0].files[0].url) == "0000.png"
+
+
+# -- MiniBatch.to_dict: dataclasses.asdict's document, built without deep copies -------------------------
+_text = st.text(max_size=8)
+_file_refs = st.builds(FileRef, url=_text, size=st.none() | st.integers(0, 2**40), identity=_text)
+_slices = st.builds(
+    TabularSlice,
+    url=_text,
+    format=st.sampled_from(["csv", "jsonl", "parquet"]),
+    start=st.integers(0, 2**40),
+    end=st.integers(0, 2**40),
+    header_end=st.integers(0, 100),
+    row_groups=st.lists(st.integers(0, 99), max_size=4).map(tuple),
+    rows=st.integers(0, 10**6),
+    first_line=st.none() | st.integers(1, 10**6),
+    null_columns=st.none() | st.lists(_text, max_size=3).map(tuple),
+)
+_pieces = st.builds(
+    KeyRange,
+    database=_text,
+    relation=_text,
+    columns=st.lists(_text, min_size=1, max_size=3).map(tuple),
+    lower=st.none() | st.lists(_text, max_size=3).map(tuple),
+    upper=st.none() | st.lists(_text, max_size=3).map(tuple),
+    rows=st.integers(0, 10**6),
+    digest=_text,
+    shape=_text,
+)
+
+
+@settings(max_examples=300, derandomize=True, database=None)
+@given(
+    index=st.integers(0, 10**6),
+    files=st.lists(_file_refs, max_size=4).map(tuple),
+    slices=st.lists(_slices, max_size=3).map(tuple),
+    pieces=st.lists(_pieces, max_size=2).map(tuple),
+    keys=st.dictionaries(_text, _text, max_size=3),
+)
+def test_to_dict_is_asdicts_document(index, files, slices, pieces, keys) -> None:
+    """Every field of every descriptor, as `dataclasses.asdict` gives it (the reference), with pieces
+    named by type; the document is a copy (changing it changes no mini-batch) and reads back whole."""
+    mb = MiniBatch(index, "file", 0, len(files), files, slices, keys, pieces)
+    reference = dataclasses.asdict(mb)
+    reference["pieces"] = [{"type": type(p).__name__, **dataclasses.asdict(p)} for p in pieces]
+    document = mb.to_dict()
+    assert document == reference
+    assert json.dumps(document) == json.dumps(reference)
+    document["partition_key_value"]["changed"] = "yes"
+    assert "changed" not in mb.partition_key_value
+    assert MiniBatch.from_dict(json.loads(json.dumps(mb.to_dict()))) == mb
