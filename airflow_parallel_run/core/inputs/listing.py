@@ -121,6 +121,18 @@ def iter_input(path: str, storage_options: dict[str, Any]) -> tuple[str, Iterato
     return root_url, _checked(path, root_url, found)
 
 
+def _missing(path: str) -> InputError:
+    """An input path that names nothing: one wording for the listing and `check_local_input`."""
+    return InputError(f"input {path!r} does not exist (no file, folder or glob match)")
+
+
+def _no_files(path: str) -> InputError:
+    """An input that holds no file to run: one wording for the listing and `check_local_input`."""
+    return InputError(
+        f"input {path!r} matched no files (names starting with '.' or '_' are skipped in folders)"
+    )
+
+
 def check_local_input(path: str, storage_options: Mapping[str, Any]) -> None:
     """The refusals a local path or folder gets from its listing when it does not exist or holds no file,
     found without listing it: a walk that stops at the first file (no sorting, no stat of the others).
@@ -137,12 +149,10 @@ def check_local_input(path: str, storage_options: Mapping[str, Any]) -> None:
         return
     if not os.path.isdir(fs_path):
         if not os.path.exists(fs_path):  # a dangling symlink given by name too, as the listing says
-            raise InputError(f"input {path!r} does not exist (no file, folder or glob match)")
+            raise _missing(path)
         return
     if not _holds_a_file(fs_path):
-        raise InputError(
-            f"input {path!r} matched no files (names starting with '.' or '_' are skipped in folders)"
-        )
+        raise _no_files(path)
 
 
 def _holds_a_file(folder: str) -> bool:
@@ -179,9 +189,7 @@ def _checked(path: str, root_url: str, found: Iterable[FileRef]) -> Iterator[Fil
     except Exception as exc:  # a folder that went away or became unreadable during the walk
         raise InputError(f"input {path!r} cannot be listed: {type(exc).__name__}: {exc}") from exc
     if not count:
-        raise InputError(
-            f"input {path!r} matched no files (names starting with '.' or '_' are skipped in folders)"
-        )
+        raise _no_files(path)
 
 
 MLTABLE_FILE = "MLTable"
@@ -237,7 +245,7 @@ def _expand(
         root = posixpath.dirname(fs_path)
         refs = [FileRef(to_url(fs, fs_path), info.get("size"), "" if local else store_identity(info))]
     else:
-        raise InputError(f"input {path!r} does not exist (no file, folder or glob match)")
+        raise _missing(path)
     refs.sort(key=lambda r: r.url)
     return root, refs
 
