@@ -6,8 +6,11 @@ memory leaves evidence next to its other logs. Files, every `interval` seconds:
 - `node_resource_usage.csv`: CPU, memory, disk and network I/O, TCP/UDP connection counts.
 - `processes_resource_usage.csv`: one row per tracked entry-script process (CPU %, RSS, threads).
 - `node_disk_usage.csv`: the disk that holds the log root.
-- `os/%Y%m%d%H/processes_%M`: a `ps`-like table of the job's own processes, once a minute: the
-  Dask worker process, its entry-script processes and every process they started. Other processes
+- `os/%Y%m%d%H/processes_%M`: a `ps`-like table of the job's own processes: the Dask worker process,
+  its entry-script processes and every process they started. A section is appended at the first sample
+  of each minute and again at any sample that finds a different set of processes, and a sample is taken
+  as soon as an entry-script process has finished init(): with the default 600 s interval, a table
+  written only once a minute would show a job's first seconds, before init() started anything. Other processes
   of the host (other jobs, other users) are never listed: their command lines may hold secrets.
   Command lines are masked: values of the job's `environment_variables` and `storage_options`, and
   whatever follows a password/token/secret-like option or name, show as `***`.
@@ -235,7 +238,8 @@ class ResourceMonitor:
     """Samples this node into `<log_root>/perf/<node>/` from a daemon thread; `interval` 0 = off.
 
     Timing: the first sample comes `min(interval, 1 s)` after `start()` (so a job shorter than the
-    interval still gets one), then one every `interval` seconds, and a last one at `stop()`.
+    interval still gets one), then one every `interval` seconds, one at once on `sample_soon()` (an
+    entry-script process finished init()), and a last one at `stop()`.
 
     Counters in `node_resource_usage.csv` are **deltas since the previous sample** of this monitor
     (the first row: since the monitor was created): Disk Io Read/Write Count and (MB), Network
@@ -263,9 +267,11 @@ class ResourceMonitor:
         self._tracked: dict[int, tuple[str, psutil.Process]] = {}
         self._lock = threading.Lock()  # guards _tracked and the previous-sample state
         self._stop = threading.Event()
+        self._wake = threading.Event()  # stop() and sample_soon(): the thread samples (or ends) now
         self._thread: threading.Thread | None = None
         self._final_sample = True
         self._last_snapshot_path: str | None = None
+        self._last_snapshot_pids: frozenset[int] = frozenset()
         self._prev_cpu = _cpu_busy_and_total(psutil.cpu_times())
         self._prev_disk = self._disk_counters()
         self._prev_net = self._net_counters()
@@ -280,6 +286,7 @@ class ResourceMonitor:
         if self.interval <= 0 or self.running:
             return
         self._stop.clear()
+        self._wake.clear()
         self._final_sample = True
         self._thread = threading.Thread(
             target=self._loop, name=f"apr-resource-monitor-{self.node}", daemon=True
@@ -290,14 +297,23 @@ class ResourceMonitor:
         """Wakes the thread at once (it waits on an Event, not a sleep) and joins it."""
         self._final_sample = final_sample
         self._stop.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(JOIN_TIMEOUT_S)
         self._thread = None
 
+    def sample_soon(self) -> None:
+        """Takes a sample now rather than at the next interval; the interval restarts from it."""
+        self._wake.set()
+
     def _loop(self) -> None:
         wait = min(self.interval, FIRST_SAMPLE_MAX_DELAY_S)
-        while not self._stop.wait(wait):
+        while True:
+            self._wake.wait(wait)
+            if self._stop.is_set():
+                break
+            self._wake.clear()
             self._safe_sample()
             wait = self.interval
         if self._final_sample:
@@ -436,13 +452,17 @@ class ResourceMonitor:
 
     def _snapshot_processes(self, now: dt.datetime) -> None:
         """One table per node and minute; each monitor (Dask worker process) appends its own section:
-        this worker process, the tracked entry-script processes and what they started."""
+        this worker process, the tracked entry-script processes and what they started. A section at the
+        minute's first sample, then only when the set of processes changed (a process init() or run()
+        started, one that ended), so a table per sample does not grow the file for nothing."""
         path = os.path.join(self.perf_dir, "os", now.strftime("%Y%m%d%H"), f"processes_{now:%M}")
-        if path == self._last_snapshot_path:
-            return
-        self._last_snapshot_path = path
         roots = [os.getpid(), *self._tracked]
-        table = process_table(processes=own_processes(roots, self.scope_prefix), secrets=self.secrets)
+        processes = own_processes(roots, self.scope_prefix)
+        pids = frozenset(proc.pid for proc in processes)
+        if path == self._last_snapshot_path and pids == self._last_snapshot_pids:
+            return
+        self._last_snapshot_path, self._last_snapshot_pids = path, pids
+        table = process_table(processes=processes, secrets=self.secrets)
         with _locked_append(path) as handle:
             handle.write(f"# {_stamp(now)} UTC, node {self.node}, worker pid {os.getpid()}\n{table}")
 

@@ -327,6 +327,9 @@ class EntryProcess:
                 else ""
             )
             self.node_log(f"init() done in {outcome.init_seconds:.3f}s{mode}")
+            monitor = get_monitor(self.spec.job_id, self.node)
+            if monitor is not None:  # the process table shows the process and what init() started
+                monitor.sample_soon()
             return outcome
         self.kill()
         return self.failure(outcome, AttemptStage.INIT)

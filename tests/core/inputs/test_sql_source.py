@@ -427,17 +427,19 @@ def test_the_password_appears_nowhere(
         def init():
             global child  # a process whose command line holds the password, as a careless script might
             secret = open({str(secret_file)!r}).read()
-            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", secret])
+            # alive until shutdown(): a child that ended after 30 s could end before any table showed it,
+            # and each run() below then waited its whole deadline (the suite's 300 s timeout, once)
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30 * 60)", secret])
 
         def run(mini_batch):
-            # until the resource monitor has written a sample holding the child's command line (or 60 s):
-            # a fixed sleep raced the monitor's thread on a loaded machine, and the check below then
-            # proved nothing
+            # until the resource monitor has written a table holding the child's command line (it samples
+            # as soon as init() is done): a fixed sleep raced the monitor's thread on a loaded machine,
+            # and the check below then proved nothing; 30 s, under run_invocation_timeout
             import glob, os, time
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 tables = [p for p in glob.glob({perf!r} + "/**/*", recursive=True) if os.path.isfile(p)]
-                if any("time.sleep(30)" in open(p, errors="replace").read() for p in tables):
+                if any("time.sleep(30 * 60)" in open(p, errors="replace").read() for p in tables):
                     break
                 time.sleep(0.1)
             return mini_batch[["id"]]
@@ -451,7 +453,7 @@ def test_the_password_appears_nowhere(
     assert summary["status"] == "succeeded"
     assert PASSWORD not in json.dumps(summary)
     perf = list((tmp_path / "out/logs").rglob("perf/**/*"))
-    assert any("time.sleep(30)" in p.read_text(errors="replace") for p in perf if p.is_file()), (
+    assert any("time.sleep(30 * 60)" in p.read_text(errors="replace") for p in perf if p.is_file()), (
         "monitor saw it"
     )
     for root in (tmp_path / "out", isolated_cache):

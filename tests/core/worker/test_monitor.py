@@ -282,3 +282,53 @@ def test_process_table_lists_only_the_given_processes_masked(tmp_path, busy_chil
 )
 def test_mask_hides_configured_values_and_secret_looking_options(text, masked):
     assert mask(text, secret_values({"opts": {"nested": ["THE-VALUE"]}, "short": "x"})) == masked
+
+
+def sections(perf: Path) -> list[str]:
+    """The process-table sections of every minute's file, in order."""
+    found = []
+    for path in sorted((perf / "os").glob("*/processes_*")):
+        found += ["#" + part for part in path.read_text().split("\n#") if part.strip("#\n ")]
+    return found
+
+
+def test_a_process_started_within_the_minute_shows_at_the_next_sample(tmp_path):
+    """A table written once a minute missed what init() started after the minute's first sample (a job
+    shorter than a minute showed none of it); a changed set of processes now gets its own section."""
+    monitor = ResourceMonitor(str(tmp_path / "logs"), NODE, 1)
+    monitor.track(os.getpid(), "process001")
+    perf = tmp_path / "logs" / "perf" / NODE
+    assert monitor.sample_once() == []
+    assert monitor.sample_once() == []  # nothing changed: no second section
+    first = sections(perf)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "started-by-init"])
+    try:
+        assert monitor.sample_once() == []
+        tables = sections(perf)
+        assert "started-by-init" in tables[-1] and str(child.pid) in tables[-1]
+        assert len(tables) == len(first) + 1 or (len(first), len(tables)) == (1, 1)  # or a minute turned
+    finally:
+        child.kill()
+        child.wait()
+    assert monitor.sample_once() == []  # it ended: the set changed again
+    assert "started-by-init" not in sections(perf)[-1]
+
+
+def test_sample_soon_wakes_a_monitor_with_a_long_interval(tmp_path):
+    monitor = ResourceMonitor(str(tmp_path / "logs"), NODE, 600)
+    monitor.start()
+    csv_path = tmp_path / "logs" / "perf" / NODE / "node_resource_usage.csv"
+    try:
+        deadline = time.monotonic() + 10
+        while not csv_path.exists() and time.monotonic() < deadline:  # the first sample, within 1 s
+            time.sleep(0.05)
+        assert len(read_csv(csv_path)[1]) == 1
+        monitor.sample_soon()
+        deadline = time.monotonic() + 10
+        while len(read_csv(csv_path)[1]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(read_csv(csv_path)[1]) == 2, "sample_soon() took no sample"
+        assert monitor.running
+    finally:
+        monitor.stop()
+    assert len(read_csv(csv_path)[1]) == 3  # and the last one at stop()
