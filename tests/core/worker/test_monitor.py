@@ -67,10 +67,14 @@ def test_monitor_writes_every_file_while_tracking_a_busy_process(tmp_path, busy_
     log_root = tmp_path / "logs"
     monitor = ResourceMonitor(str(log_root), NODE, 0.2)
     monitor.track(busy_child.pid, "process001")
+    child = psutil.Process(busy_child.pid)
+    cpu_before, wall_before = sum(child.cpu_times()[:2]), time.monotonic()
     monitor.start()
     assert monitor.running
     time.sleep(1.1)
     monitor.stop()
+    # what the child really got: on a loaded machine a busy loop may get far less than a core
+    actual = 100 * (sum(child.cpu_times()[:2]) - cpu_before) / (time.monotonic() - wall_before)
     assert not monitor.running
     perf = log_root / "perf" / NODE
 
@@ -89,7 +93,10 @@ def test_monitor_writes_every_file_while_tracking_a_busy_process(tmp_path, busy_
     assert len(mine) >= 2
     assert {r["Process Name"] for r in mine} == {"process001"}
     assert all(float(r["Rss (MB)"]) > 0 and int(r["Num Threads"]) >= 1 for r in mine)
-    assert max(float(r["Cpu Percent"]) for r in mine) > 10  # the loop keeps a core busy
+    # the busiest sample is at least about the child's average over the whole time (a fixed "> 10 %"
+    # failed at load 17, where the loop got 9 %)
+    assert actual > 0
+    assert max(float(r["Cpu Percent"]) for r in mine) >= 0.5 * actual, actual
 
     header, rows = read_csv(perf / "node_disk_usage.csv")
     assert header == DISK_HEADER
