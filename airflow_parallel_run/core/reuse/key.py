@@ -117,11 +117,14 @@ def excluded(cls: type) -> set[str]:
 def key_fields(obj: Any) -> dict[str, Any]:
     """The key material of a dataclass instance: every field not listed as excluded or content-keyed,
     nested dataclasses walked the same way, mappings sorted. JSON-able."""
-    return {
-        name: _value(getattr(obj, name))
-        for name, when_set in _keyed_fields(type(obj))  # type: ignore[arg-type]  # classes are hashable
-        if when_set is None or not _is_default(obj, when_set)
-    }
+    material: dict[str, Any] = {}
+    for name, when_set in _keyed_fields(type(obj)):  # type: ignore[arg-type]  # classes are hashable
+        if when_set is not None and _is_default(obj, when_set):
+            continue
+        value = getattr(obj, name)
+        # a plain value as it is without a call: every FileRef of every mini-batch has three
+        material[name] = value if type(value) in _PLAIN else _value(value)
+    return material
 
 
 @functools.cache
