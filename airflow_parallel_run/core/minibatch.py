@@ -86,16 +86,25 @@ def register_piece(cls: type) -> type:
 
 
 @functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """The fields of a dataclass type, None for any other type (looked up once per type)."""
+    return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
+
+
+_SHARED = frozenset({str, int, float, bool, type(None)})  # immutable: shared, as `_plain` shares them
 
 
 def _plain(value: Any) -> Any:
     """`dataclasses.asdict` for the descriptors' values: dataclasses become dicts of all their fields,
     tuples, lists and dicts are rebuilt with their items converted, anything else (str, int, float, bool,
-    None: the descriptors hold nothing mutable) is shared instead of deep-copied."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {name: _plain(getattr(value, name)) for name in _field_names(type(value))}
+    None: the descriptors hold nothing mutable) is shared instead of deep-copied. Told apart by exact
+    type, looked up once per type (`dataclasses.is_dataclass` per value was most of a job record's time)."""
+    cls = type(value)
+    if cls in _SHARED:
+        return value
+    names = _field_names(cls)  # type: ignore[arg-type]  # classes are hashable
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
     if isinstance(value, tuple | list):
         return type(value)(_plain(item) for item in value)
     if isinstance(value, dict):

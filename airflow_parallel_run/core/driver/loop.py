@@ -344,6 +344,7 @@ class JobDriver:
                 self._listing_failed(item)
             else:
                 self._listing_ended()
+        self.logs.flush_attempts()  # the reused mini-batches' rows, written unflushed
         return misses
 
     def _reuse_planned(self, item: Planned) -> bool:
@@ -361,7 +362,7 @@ class JobDriver:
             self._warn(warning)
             return False
         self._reused.add(mb.index)
-        self.logs.attempt(item.hit, json.dumps(mb.describe()))
+        self.logs.attempt(item.hit, json.dumps(mb.describe()), flush=False)
         self._finalise(mb, item.hit)
         return True
 
@@ -411,8 +412,9 @@ class JobDriver:
         """
         reused = self.find_reusable() if reused is None else self.sink.admit_reused(reused)
         for index, result in sorted(reused.items()):
-            self.logs.attempt(result, json.dumps(self.plan.batch(index).describe()))
+            self.logs.attempt(result, json.dumps(self.plan.batch(index).describe()), flush=False)
             self._finalise(self.plan.batch(index), result)
+        self.logs.flush_attempts()
         if self.feed is not None:  # streaming: the listed misses; the reuse line comes with the listing's end
             if not self.stop.requested:  # listed while the cluster started
                 self._misses += self._take_planned(self.feed.take(0))

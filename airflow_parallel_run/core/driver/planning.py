@@ -11,7 +11,9 @@ Blocks grow from 1 mini-batch to `BLOCK_MAX`: the first mini-batch is handed ove
 listed, later ones are fingerprinted many files per call (one memo query per block, not one per file).
 
 What the loop gets (`take`): `Planned` entries in plan order, then one `END`, or the exception the listing
-(or a fingerprint) raised, in place of the rest. `stop()` makes the thread end at the next block; a
+(or a fingerprint) raised, in place of the rest. They cross the queue a block at a time: handed over one
+by one, the loop woke for each mini-batch and took the GIL from the listing's thread each time (a fully
+reused re-run of 1,000 mini-batches is all hand-offs: see docs/performance.md, "Reuse"). `stop()` makes the thread end at the next block; a
 thread held in a slow listing call (an unreachable store) is not waited for: it is a daemon and hands
 nothing over once stopped.
 """
@@ -60,7 +62,7 @@ class PlanFeed:
         self._batches = batches
         self._reuse = reuse
         self._look_up = look_up
-        self._queue: queue.SimpleQueue[Fed] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Fed]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._head: list[Fed] = []  # what `first` took from the queue and `take` has not handed out
         self.ended = False  # END or an error was handed out
@@ -77,13 +79,15 @@ class PlanFeed:
                     if not block or self._stop.is_set():
                         break
                     self._reuse.add(block, memo)
+                    planned: list[Fed] = []
                     for mb in block:
                         if self._stop.is_set():
                             return
-                        self._queue.put(self._planned(mb))
+                        planned.append(self._planned(mb))
+                    self._queue.put(planned)
                     size = min(size * 2, BLOCK_MAX)
         except Exception as exc:  # noqa: BLE001 - the loop fails the job with it (an InputError says why)
-            self._queue.put(exc)
+            self._queue.put([exc])
             return
         finally:
             close = getattr(self._batches, "close", None)
@@ -91,7 +95,7 @@ class PlanFeed:
                 with contextlib.suppress(Exception):  # closing after an error: the error is what counts
                     close()
         if not self._stop.is_set():
-            self._queue.put(END)
+            self._queue.put([END])
 
     def _block(self, size: int) -> list[MiniBatch]:
         block: list[MiniBatch] = []
@@ -112,7 +116,7 @@ class PlanFeed:
         """The first thing the listing hands over (waits for it), left for `take` to hand out."""
         while not self._head:  # in short waits: a signal's handler (the CLI's) gets its turn meanwhile
             try:
-                self._head.append(self._queue.get(timeout=0.2))
+                self._head.extend(self._queue.get(timeout=0.2))
             except queue.Empty:
                 continue
         return self._head[0]
@@ -126,12 +130,12 @@ class PlanFeed:
         self._head = []
         if not items and wait > 0:
             try:
-                items.append(self._queue.get(timeout=wait))
+                items.extend(self._queue.get(timeout=wait))
             except queue.Empty:
                 return []
         while True:
             try:
-                items.append(self._queue.get_nowait())
+                items.extend(self._queue.get_nowait())
             except queue.Empty:
                 break
         for position, item in enumerate(items):

@@ -7,6 +7,7 @@ crc32c, generation) and size, or a hash of their bytes where the store has none.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import posixpath
@@ -56,24 +57,31 @@ class Fingerprinter:
 
     def local_files(self, paths: Sequence[str]) -> dict[str, str]:
         """Fingerprints of local files: one stat each, one memo query, and hashing only for files whose
-        (size, mtime_ns, inode) changed, in parallel chunks."""
-        stats = {p: os.stat(p) for p in paths}
+        (size, mtime_ns, inode) changed, in parallel chunks. Every file is stat'ed after its memo row is
+        read, so a row written meanwhile by another job is compared with the file as it is now."""
         known: dict[str, tuple[int, int, int, str]] = {}
         with self._lock:
             for start in range(0, len(paths), 900):  # SQLite's parameter limit
                 chunk = list(paths[start : start + 900])
-                marks = ",".join("?" * len(chunk))
-                query = f"SELECT path, size, mtime_ns, inode, hash FROM memo WHERE path IN ({marks})"
-                for path, size, mtime_ns, inode, value in self._db.execute(query, chunk):
+                for path, size, mtime_ns, inode, value in self._db.execute(_memo_query(len(chunk)), chunk):
                     known[path] = (size, mtime_ns, inode, value)
         result: dict[str, str] = {}
         misses = []
-        for path, stat in stats.items():
+        stats: dict[str, os.stat_result] = {}
+        stat = os.stat
+        for path in paths:
+            now = stat(path)
             row = known.get(path)
-            if row and row[:3] == (stat.st_size, stat.st_mtime_ns, stat.st_ino):
+            if (
+                row is not None
+                and row[0] == now.st_size
+                and row[1] == now.st_mtime_ns
+                and row[2] == now.st_ino
+            ):
                 result[path] = row[3]
-            else:
+            elif path not in stats:
                 misses.append(path)
+                stats[path] = now
         if misses:
             workers = min(8, (os.cpu_count() or 2) * 2, len(misses))
             chunks = [misses[i : i + 64] for i in range(0, len(misses), 64)]
@@ -103,14 +111,22 @@ class Fingerprinter:
     def many(
         self, refs: Sequence[FileRef], storage_options: Mapping[str, Any] | None = None
     ) -> dict[str, str]:
-        """Fingerprints of many inputs (local files in bulk, see `local_files`)."""
-        unique = list({r.url: r for r in refs}.values())
-        local = {r.url: local_path(r.url) for r in unique if is_local(r.url)}
+        """Fingerprints of many inputs (local files in bulk, see `local_files`), by URL in first-seen order.
+        A plain path (the local listing's URLs) is told local without parsing it as a URL."""
+        local: dict[str, str] = {}  # url -> path
+        others: dict[str, FileRef] = {}
+        for ref in refs:
+            url = ref.url
+            if "://" not in url:  # `storage.protocol`: no scheme is a local path, as it is
+                local[url] = url
+            elif is_local(url):
+                local[url] = local_path(url)
+            else:
+                others[url] = ref  # the last ref of a URL, as a dict built over them keeps
         hashes = self.local_files(list(local.values())) if local else {}
         result = {url: hashes[path] for url, path in local.items()}
-        for ref in unique:
-            if ref.url not in result:
-                result[ref.url] = self.file(ref, storage_options)
+        for url, ref in others.items():
+            result[url] = self.file(ref, storage_options)
         return result
 
     def path(self, url: str, storage_options: Mapping[str, Any] | None = None) -> str:
@@ -160,6 +176,11 @@ def _use_wal(db: sqlite3.Connection) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01 + random.random() * 0.04)
+
+
+@functools.cache
+def _memo_query(count: int) -> str:
+    return f"SELECT path, size, mtime_ns, inode, hash FROM memo WHERE path IN ({','.join('?' * count)})"
 
 
 def hash_stream(handle: Any) -> str:

@@ -181,7 +181,8 @@ def _checked(path: str, root_url: str, found: Iterable[FileRef]) -> Iterator[Fil
     try:
         for ref in found:
             _check_utf8_name(ref.url)
-            _refuse_mltable_folder(path, root_url, (ref,))
+            if ref.url.endswith(MLTABLE_FILE):  # the check's call only for a file of that name
+                _refuse_mltable_folder(path, root_url, (ref,))
             count += 1
             yield ref
     except InputError:

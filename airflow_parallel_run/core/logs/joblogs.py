@@ -133,7 +133,9 @@ class JobLogs:
             os.replace(tmp, path)
         return path
 
-    def attempt(self, result: AttemptResult, detail: str) -> None:
+    def attempt(self, result: AttemptResult, detail: str, *, flush: bool = True) -> None:
+        """One row of the attempts' log, flushed unless `flush` is False (a batch of reused mini-batches:
+        the caller flushes once after it, `flush_attempts`; a flush per row was a write per mini-batch)."""
         if not result.ok and not result.reused and result.status is not AttemptStatus.SPECULATIVE_LOST:
             group = self.errors.setdefault(_error_key(result), ErrorGroup(*_error_key(result)))
             group.count += 1
@@ -171,7 +173,14 @@ class JobLogs:
                     detail,
                 ]
             )
-            self._attempts_file.flush()
+            if flush:
+                self._attempts_file.flush()
+
+    def flush_attempts(self) -> None:
+        """Writes out the attempts' rows written with `flush=False`."""
+        if self._attempts_file is not None:
+            with self._best_effort(self._attempts_path):
+                self._attempts_file.flush()
 
     def error_summary_lines(self) -> list[str]:
         groups = sorted(self.errors.values(), key=lambda g: -g.count)

@@ -21,6 +21,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, NamedTuple, Protocol
 
 from ..errors import ConfigError
+from ..storage import is_local, local_path
 from . import encode, jsonl
 from .results import arrow_rows, is_frame
 
@@ -61,6 +62,11 @@ class OutputFormat(Protocol):
 
 
 def _read(url: str, storage_options: Mapping[str, Any]) -> Any:
+    """A part opened for reading: a local one with plain `open` (fsspec's URL parsing and file-system lookup
+    cost about 0.1 ms a part, a tenth of a fully reused 1,000-mini-batch re-run's assembly), others through
+    fsspec."""
+    if is_local(url):
+        return open(local_path(url), "rb")  # noqa: SIM115 - the caller's `with` closes it
     import fsspec
 
     return fsspec.open(url, "rb", **dict(storage_options))

