@@ -21,6 +21,7 @@ from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
 from airflow_parallel_run.core.driver import fusion
 from airflow_parallel_run.core.driver.attempts import AttemptStream, Window
 from airflow_parallel_run.core.driver.fusion import Fusion
+from airflow_parallel_run.core.driver.loop import JobDriver
 from airflow_parallel_run.core.worker import chunk
 
 HEAD = "import os, sys, time, uuid\nfrom airflow_parallel_run import EntryScript\n"
@@ -32,9 +33,23 @@ def _index(path: str) -> int:
 
 
 def pin_chunks(monkeypatch: pytest.MonkeyPatch, k: int) -> list[int]:
-    """Every submit sends chunks of `k` (the last one of a submit may be shorter); returns the sizes sent."""
+    """Every submit sends chunks of `k` (the last one of a submit may be shorter), the first submit once the
+    listing has ended; returns the sizes sent."""
     monkeypatch.setattr(Fusion, "size", lambda self, pending, any_succeeded: k)
+    whole_plan_first(monkeypatch)
     return record_chunks(monkeypatch)
+
+
+def whole_plan_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first submit waits for the listing's end, so that its chunks are the whole plan's: streaming
+    planning gives the listing FIRST_FILL_S, and on a loaded machine it had listed 3 of 12 mini-batches by
+    then (a first chunk of 3 where the test laid out [0-3] [4-7] [8-11])."""
+
+    def fill_with_everything(self: JobDriver, pending: Any) -> None:
+        while self.listing and not self.stop.requested:
+            self._pull(pending, 0)
+
+    monkeypatch.setattr(JobDriver, "_fill_first", fill_with_everything)
 
 
 def record_chunks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
