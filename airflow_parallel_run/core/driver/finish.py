@@ -30,6 +30,7 @@ def finish_job(driver: JobDriver) -> dict[str, Any]:
         return _summarise(driver).to_dict()
     finally:
         driver.folder.leave()
+        driver.sink.close()  # the commit log's spill: the output is assembled (or never will be)
 
 
 def _summarise(driver: JobDriver) -> JobSummary:

@@ -26,6 +26,7 @@ from ..inputs.source import Dataset
 from ..inputs.tabular_types import with_read_types
 from ..logs.joblogs import JobLogs
 from ..minibatch import MiniBatch
+from ..numbers import NumberSet
 from ..output.files import FilePublisher
 from ..output.folder import OutputFolder
 from ..output.sink import JobOutput
@@ -175,7 +176,7 @@ class JobDriver:
         )
         self.cache_key, self.keys = self.reuse.cache_key, self.reuse.keys
         self._misses: list[int] = []  # streaming: listed mini-batches to run (by number), not yet pending
-        self._reused: set[int] = set()  # streaming: the mini-batches reused so far
+        self._reused = NumberSet()  # streaming: the mini-batches reused so far
         self._damaged: list[str] = []  # streaming: cache entries that failed verification
         self._executing = False  # `execute` began (a progress line is said only from then on)
         self.reuse_line = ""
@@ -305,9 +306,13 @@ class JobDriver:
             self._close_store()
 
     def _close_store(self) -> None:
-        """The plan's spill is removed (the listing's thread, stopped, writes nothing more to it)."""
+        """The plan's and the commit log's spills are removed (the listing's thread, stopped, writes
+        nothing more to them)."""
         if self.store is not None:
             self.store.close()
+        sink = getattr(self, "sink", None)  # made once the folder is claimed
+        if sink is not None:
+            sink.close()
 
     def _master(self, text: str) -> None:
         self.logs.master(text)

@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from ..attempt import AttemptResult, AttemptStatus
@@ -79,7 +80,7 @@ def first_line(text: str) -> str:
 def failed_item_lines(
     mini_batches: Iterable[MiniBatch],
     failures: Mapping[int, AttemptResult],
-    finished: set[int],
+    finished: AbstractSet[int],
     stop_reason: str | None,
     attempted: Mapping[int, AttemptResult] | None = None,
 ) -> Iterator[dict[str, Any]]:

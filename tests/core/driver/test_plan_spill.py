@@ -79,7 +79,7 @@ def _bytes(out: Path, summary: dict[str, Any], job_id: str, cache: Path) -> dict
 
 
 @pytest.mark.parametrize("size", [1, 4])
-@pytest.mark.parametrize("output", ["jsonl", "csv"])
+@pytest.mark.parametrize("output", ["jsonl", "csv", "parquet"])
 def test_the_spilled_plan_writes_what_the_whole_plan_writes(
     dask_client: Client, write_script: Callable[..., str], tmp_path: Path, size: int, output: str
 ) -> None:
