@@ -7,6 +7,7 @@ failed and partly failed mini-batches."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Callable
@@ -174,3 +175,37 @@ def test_a_spill_damaged_while_the_job_runs_fails_the_job(
     assert not list((tmp_path / "o").glob("*.txt"))  # no output file
     assert not list((tmp_path / "o" / "logs" / "sys").glob("**/*.tmp-*"))  # no half-written record
     assert len(spill_folders) == 1 and not os.path.exists(spill_folders[0])
+
+
+def test_the_embedded_cluster_keeps_no_mini_batch_of_finished_tasks(
+    write_script: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded cluster's workers live in the driver's process: the tasks they ran must not keep
+    their mini-batches there (Dask's low-level event log kept the last 1,000 tasks' arguments)."""
+    from airflow_parallel_run.core.driver import loop
+    from airflow_parallel_run.core.minibatch import MiniBatch
+
+    alive: list[int] = []
+    original = loop.finish_job
+
+    def count_then_finish(driver: JobDriver) -> dict[str, Any]:
+        gc.collect()
+        alive.append(sum(1 for o in gc.get_objects() if isinstance(o, MiniBatch)))
+        return original(driver)
+
+    monkeypatch.setattr(loop, "finish_job", count_then_finish)
+    root = tmp_path / "in"
+    root.mkdir()
+    for i in range(150):
+        (root / f"f{i:03d}.txt").write_text("x\n")
+    cfg = ParallelRunConfig(  # speculative execution: one attempt per Dask task (none fused)
+        entry_script=write_script(SCRIPT),
+        mini_batch_size=1,
+        process_count_per_node=2,
+        speculative_execution=True,
+    )
+    summary = run_job(
+        cfg, [FileDataset.from_files(str(root))], str(tmp_path / "o"), cache_dir=str(tmp_path / "c")
+    )
+    assert summary["status"] == "succeeded" and summary["total_mini_batches"] == 150, summary
+    assert alive and alive[0] <= 40, alive  # a few in flight at the end, not the 150 the job ran
