@@ -19,12 +19,10 @@ appends mini-batches the loop has not taken yet, which a job stopped while listi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import sqlite3
-import struct
 import threading
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
@@ -165,8 +163,13 @@ class FingerprintSpill(Mapping[str, str]):
     passed through (file names that are not UTF-8 come from the listing as surrogate escapes), so
     sorting the bytes sorts the URLs as Python sorts the strings.
 
-    Integrity: every row carries a keyed tag of (row number, unit, fingerprint), and the rows' count
-    is known; a read that finds a row changed, added or missing raises `SpillError` (core/spill.py)."""
+    Fast path: a listing gives a folder's files in order, so the units usually come in ascending order,
+    each once; then both orders are the rows' own order and nothing is sorted or grouped. Otherwise
+    SQLite sorts (on disk, in bounded memory).
+
+    Integrity: every row carries a check of (row number, unit, fingerprint) with Python's keyed string
+    hash, and the rows' count is known; a read that finds a row changed, added or missing raises
+    `SpillError` (core/spill.py). (A check, not a signature: the folder is this user's alone.)"""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -176,57 +179,66 @@ class FingerprintSpill(Mapping[str, str]):
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE"):
             self._db.execute(f"PRAGMA {pragma}")
         self._db.execute(
-            "CREATE TABLE fp (seq INTEGER PRIMARY KEY, unit BLOB NOT NULL, fp TEXT NOT NULL, tag BLOB NOT NULL)"
+            "CREATE TABLE fp (seq INTEGER PRIMARY KEY, unit BLOB NOT NULL, fp TEXT NOT NULL, h INTEGER NOT NULL)"
         )
-        self._key = secrets.token_bytes(32)
+        self._salt = secrets.token_bytes(16)
         self._lock = threading.Lock()
         self._rows = 0
         self._indexed = False
+        self._ascending = True  # every unit so far greater than the one before (so each came once)
+        self._last = b""
         self._unique: int | None = None  # distinct units, once counted (None: not known yet)
 
-    def _tag(self, seq: int, unit: bytes, fp: str) -> bytes:
-        mac = hashlib.blake2b(struct.pack("<Q", seq), key=self._key, digest_size=8)
-        mac.update(struct.pack("<I", len(unit)))
-        mac.update(unit)
-        mac.update(fp.encode())
-        return mac.digest()
+    def _check(self, seq: int, unit: bytes, fp: str) -> int:
+        return hash((self._salt, seq, unit, fp))
 
     def update(self, fingerprints: Mapping[str, str]) -> None:  # type: ignore[override]
         """Adds a block's fingerprints (as `dict.update`: a unit seen before keeps its place, takes this
         value)."""
         with self._lock:
-            rows: list[tuple[int, bytes, str, bytes]] = []
+            rows: list[tuple[int, bytes, str, int]] = []
+            seq = self._rows
             for unit, fp in fingerprints.items():
                 raw = unit.encode("utf-8", "surrogatepass")
-                seq = self._rows + len(rows) + 1
-                rows.append((seq, raw, fp, self._tag(seq, raw, fp)))
+                if self._ascending and seq and raw <= self._last:
+                    self._ascending = False
+                self._last = raw
+                seq += 1
+                rows.append((seq, raw, fp, self._check(seq, raw, fp)))
             if not rows:
                 return
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT INTO fp (seq, unit, fp, tag) VALUES (?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT INTO fp (seq, unit, fp, h) VALUES (?, ?, ?, ?)", rows)
             self._db.execute("COMMIT")
-            self._rows += len(rows)
+            self._rows = seq
             self._unique = None
 
     def _checked(
-        self, rows: Iterable[tuple[int, bytes, str, bytes]], whole: bool
-    ) -> Iterator[tuple[int, bytes, str]]:
+        self, rows: Iterable[tuple[int, bytes, str, int]], whole: bool
+    ) -> Iterator[tuple[bytes, str]]:
         seen = 0
-        for seq, raw, fp, tag in rows:
-            if not isinstance(raw, bytes) or not isinstance(fp, str) or tag != self._tag(seq, raw, fp):
+        for seq, raw, fp, check in rows:
+            if not isinstance(raw, bytes) or not isinstance(fp, str) or check != self._check(seq, raw, fp):
                 raise SpillError(f"fingerprint row {seq} of {self.path} is not what the job wrote there")
             seen += 1
-            yield seq, raw, fp
+            yield raw, fp
         if whole and seen != self._rows:
             raise SpillError(f"{self.path} holds {seen} fingerprints, the job wrote {self._rows}")
+
+    def _in_order(self) -> Iterator[tuple[bytes, str]]:
+        return self._checked(self._db.execute("SELECT seq, unit, fp, h FROM fp ORDER BY seq"), whole=True)
 
     def sorted_items(self) -> Iterator[tuple[str, str]]:
         """(unit, fingerprint) sorted by unit, each unit once with its last fingerprint."""
         with self._lock:
-            rows = self._db.execute("SELECT seq, unit, fp, tag FROM fp ORDER BY unit, seq")
+            if self._ascending:
+                for raw, fp in self._in_order():
+                    yield _unit(raw), fp
+                return
+            rows = self._db.execute("SELECT seq, unit, fp, h FROM fp ORDER BY unit, seq")
             last: tuple[bytes, str] | None = None
             unique = 0
-            for _seq, raw, fp in self._checked(rows, whole=True):
+            for raw, fp in self._checked(rows, whole=True):
                 if last is not None and raw != last[0]:
                     unique += 1
                     yield _unit(last[0]), last[1]
@@ -240,29 +252,25 @@ class FingerprintSpill(Mapping[str, str]):
         """(unit, fingerprint) in the order the units were first added, each with its last fingerprint:
         the dict's items."""
         with self._lock:
-            if self._distinct() == self._rows:  # no unit added twice: the rows as they are
-                rows = self._db.execute("SELECT seq, unit, fp, tag FROM fp ORDER BY seq")
-                for _seq, raw, fp in self._checked(rows, whole=True):
+            if self._ascending or self._distinct() == self._rows:  # no unit added twice: the rows as they are
+                for raw, fp in self._in_order():
                     yield _unit(raw), fp
                 return
-            self._check_all()
+            for _ in self._in_order():  # every row checked before the grouped read uses some of them
+                pass
             rows = self._db.execute(
-                "SELECT f.seq, f.unit, l.fp, l.tag, l.seq FROM "
+                "SELECT l.seq, f.unit, l.fp, l.h, f.seq, f.h, f.fp FROM "
                 "(SELECT unit, MIN(seq) AS first, MAX(seq) AS last FROM fp GROUP BY unit) AS g "
                 "JOIN fp AS f ON f.seq = g.first JOIN fp AS l ON l.seq = g.last ORDER BY g.first"
             )
-            for _first, raw, fp, tag, last in rows:
-                if tag != self._tag(last, raw, fp):
+            for last, raw, fp, check, first, first_check, first_fp in rows:
+                if check != self._check(last, raw, fp) or first_check != self._check(first, raw, first_fp):
                     raise SpillError(f"fingerprint row {last} of {self.path} is not what the job wrote there")
                 yield _unit(raw), fp
 
-    def _check_all(self) -> None:
-        for _ in self._checked(
-            self._db.execute("SELECT seq, unit, fp, tag FROM fp ORDER BY seq"), whole=True
-        ):
-            pass
-
     def _distinct(self) -> int:
+        if self._ascending:
+            return self._rows
         if self._unique is None:
             (self._unique,) = self._db.execute("SELECT COUNT(DISTINCT unit) FROM fp").fetchone()
         return int(self._unique)
@@ -281,11 +289,11 @@ class FingerprintSpill(Mapping[str, str]):
                 self._db.execute("CREATE INDEX fp_unit ON fp (unit, seq)")
                 self._indexed = True
             row = self._db.execute(
-                "SELECT seq, unit, fp, tag FROM fp WHERE unit = ? ORDER BY seq DESC LIMIT 1", (raw,)
+                "SELECT seq, unit, fp, h FROM fp WHERE unit = ? ORDER BY seq DESC LIMIT 1", (raw,)
             ).fetchone()
         if row is None:
             raise KeyError(unit)
-        for _seq, _raw, fp in self._checked([row], whole=False):
+        for _raw, fp in self._checked([row], whole=False):
             return fp
         raise KeyError(unit)
 

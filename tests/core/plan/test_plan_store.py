@@ -157,23 +157,39 @@ def test_fingerprints_read_like_the_dict_they_replace(
         spill.close()
 
 
+@pytest.mark.parametrize("ascending", [True, False])
 @pytest.mark.parametrize("damage", ["change", "delete", "insert"])
-def test_tampered_fingerprints_fail_loudly(tmp_path: Path, damage: str) -> None:
+def test_tampered_fingerprints_fail_loudly(tmp_path: Path, damage: str, ascending: bool) -> None:
     spill = FingerprintSpill(str(tmp_path / "fp.sqlite"))
     spill.update({"/a": "1", "/b": "2"})
-    spill.update({"/a": "3", "/c": "4"})  # /a twice: the grouped read checks the rows it uses too
+    # ascending: the rows as they are; else /a twice, and the grouped read checks the rows it uses too
+    spill.update({"/c": "3", "/d": "4"} if ascending else {"/a": "3", "/c": "4"})
+    assert spill._ascending is ascending
     other = sqlite3.connect(tmp_path / "fp.sqlite", isolation_level=None)
     if damage == "change":
         other.execute("UPDATE fp SET fp = 'x' WHERE unit = CAST('/b' AS BLOB)")
     elif damage == "delete":
         other.execute("DELETE FROM fp WHERE unit = CAST('/c' AS BLOB)")
     else:
-        other.execute("INSERT INTO fp (seq, unit, fp, tag) VALUES (99, CAST('/z' AS BLOB), 'z', x'00')")
+        other.execute("INSERT INTO fp (seq, unit, fp, h) VALUES (99, CAST('/z' AS BLOB), 'z', 0)")
     other.close()
     with pytest.raises(SpillError):
         list(spill.items())
     with pytest.raises(SpillError):
         list(spill.sorted_items())
+    spill.close()
+
+
+def test_units_in_ascending_order_are_read_without_sorting(tmp_path: Path) -> None:
+    spill = FingerprintSpill(str(tmp_path / "fp.sqlite"))
+    units = [f"/data/d{i // 7:03d}/f{i:05d}" for i in range(200)]
+    for start in range(0, 200, 30):
+        spill.update({u: f"h{u[-3:]}" for u in units[start : start + 30]})
+    assert spill._ascending and len(spill) == 200
+    assert list(spill.items()) == list(spill.sorted_items()) == [(u, f"h{u[-3:]}") for u in units]
+    spill.update({"/data/a-late-one": "x"})  # no longer ascending: sorted by SQLite from now on
+    assert not spill._ascending
+    assert list(spill.sorted_items())[0] == ("/data/a-late-one", "x")
     spill.close()
 
 
