@@ -190,7 +190,13 @@ def test_the_embedded_cluster_keeps_no_mini_batch_of_finished_tasks(
 
     def count_then_finish(driver: JobDriver) -> dict[str, Any]:
         gc.collect()
-        alive.append(sum(1 for o in gc.get_objects() if isinstance(o, MiniBatch)))
+        alive.append(  # this job's (other tests in this process may leave theirs)
+            sum(
+                1
+                for o in gc.get_objects()
+                if isinstance(o, MiniBatch) and o.files[0].url.startswith(str(root))
+            )
+        )
         return original(driver)
 
     monkeypatch.setattr(loop, "finish_job", count_then_finish)
