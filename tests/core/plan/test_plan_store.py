@@ -63,7 +63,7 @@ def test_mini_batches_come_back_as_written_with_odd_names(store: PlanStore) -> N
     assert list(store) == written
     assert [store.batch(i) for i in (6, 0, 3)] == [written[6], written[0], written[3]]
     documents = list(store.documents())
-    assert documents == [json.dumps(mb.to_dict(), separators=(",", ":")).encode() for mb in written]
+    assert documents == [json.dumps(mb.to_dict(), separators=(",", ":")) for mb in written]
 
 
 def test_the_spill_is_private_and_removed_at_the_end() -> None:
