@@ -194,7 +194,7 @@ def test_the_embedded_cluster_keeps_no_mini_batch_of_finished_tasks(
             sum(
                 1
                 for o in gc.get_objects()
-                if isinstance(o, MiniBatch) and o.files[0].url.startswith(str(root))
+                if isinstance(o, MiniBatch) and o.files and o.files[0].url.startswith(str(root))
             )
         )
         return original(driver)
