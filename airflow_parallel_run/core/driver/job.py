@@ -123,6 +123,7 @@ def run_job(
     )
 
 
+@older_objects_frozen()  # core/driver/heap.py: full collections skip what was there before
 def execute_request(
     request: JobRequest,
     *,
@@ -134,19 +135,6 @@ def execute_request(
     on_client: Callable[[Client], None] | None = None,
 ) -> dict[str, Any]:
     """Runs a request: reused mini-batches first, and a cluster only when something must run."""
-    with older_objects_frozen():  # core/driver/heap.py: full collections skip what was there before
-        return _execute(request, scheduler, client, security, progress, on_driver, on_client)
-
-
-def _execute(
-    request: JobRequest,
-    scheduler: str | None,
-    client: Client | None,
-    security: Any,
-    progress: ProgressCallback | None,
-    on_driver: Callable[[JobDriver], None] | None,
-    on_client: Callable[[Client], None] | None,
-) -> dict[str, Any]:
     driver = request.driver(progress)
     try:  # `on_driver` inside: a callback that raises (or an interrupt) still frees the output folder
         if on_driver is not None:
