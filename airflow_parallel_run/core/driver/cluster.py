@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,30 @@ class HostPlacement:
         return len(self.hosts) < len(self.all_hosts)
 
 
+def _running_workers(client: Client, wait_s: float) -> dict[str, Mapping[str, Any]]:
+    """The cluster's running workers (address: scheduler info), waiting up to `wait_s` seconds for one.
+
+    `Client.wait_for_workers` returning is not enough: a worker it counted may leave before the next
+    question (a previous try's job stopped and its workers restart), and a placement on no host would
+    give the job no slot at all. So the question is asked again until the answer itself lists a
+    running worker."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.wait_for_workers(1, timeout=max(deadline - time.monotonic(), 0.001))
+        except (TimeoutError, OSError) as exc:
+            address = client.scheduler.address if client.scheduler is not None else "?"
+            raise ClusterError(
+                f"the Dask cluster at {address} has no workers (waited {wait_s:g} s): "
+                "start Dask workers that can reach the scheduler, or fix the connection"
+            ) from exc
+        listed = client.scheduler_info(n_workers=-1).get("workers", {})
+        running = {a: i for a, i in listed.items() if i.get("status", "running") == "running"}
+        if running:
+            return running
+        time.sleep(0.1)  # counted a moment ago, gone now: wait_for_workers bounds the rest of the wait
+
+
 def select_hosts(
     client: Client,
     node_count: int,
@@ -110,17 +135,9 @@ def select_hosts(
     Fallback when the cluster is smaller than asked for: the job runs on the hosts and threads that
     exist (one warning per shortfall). With no worker at all after `wait_s` seconds: `ClusterError`.
     """
-    try:
-        client.wait_for_workers(1, timeout=wait_s)
-    except (TimeoutError, OSError) as exc:
-        address = client.scheduler.address if client.scheduler is not None else "?"
-        raise ClusterError(
-            f"the Dask cluster at {address} has no workers (waited {wait_s:g} s): "
-            "start Dask workers that can reach the scheduler, or fix the connection"
-        ) from exc
     threads: dict[str, int] = {}
     workers: dict[str, list[str]] = {}
-    for address, info in client.scheduler_info(n_workers=-1).get("workers", {}).items():
+    for address, info in _running_workers(client, wait_s).items():
         host = worker_host(address)
         threads[host] = threads.get(host, 0) + int(info.get("nthreads", 1))
         workers.setdefault(host, []).append(address)
