@@ -5,7 +5,8 @@ os.open/os.close in a tight loop. Each sample is a fresh subprocess that imports
 records its RSS, plans `FileDataset.from_files(<sub-folders>)` with `mini_batch_size=10`, and
 reports the planning time, the time to the first planned mini-batch (the planner cuts mini-batches
 while the folders are still walked) and its peak RSS (`VmHWM`), holding every mini-batch as the
-driver does. Three kinds of subprocess, interleaved:
+driver of a streaming job does: in its `PlanStore` (core/plan/store.py, on disk; an offset and an item
+count per mini-batch in RAM). Three kinds of subprocess, interleaved:
 
 - `plan_all`: plans every sub-folder (N files);
 - `plan_tenth`: plans the first tenth of the sub-folders (N/10 files), to show how time and
@@ -135,16 +136,19 @@ def child(mode: str, folders: list[str]) -> None:
     else:
         from airflow_parallel_run.core import FileDataset
         from airflow_parallel_run.core.plan import iter_plan
+        from airflow_parallel_run.core.plan.store import PlanStore
 
         baseline = _rss_kib()
         t0 = time.perf_counter()
-        _kind, batches = iter_plan([FileDataset.from_files(folders)], 10)
-        plan = []  # held, as the driver holds its plan
+        kind, batches = iter_plan([FileDataset.from_files(folders)], 10)
+        plan = PlanStore(kind, "bench")  # held as a streaming job's driver holds its plan (on disk)
         for mb in batches:
-            if not plan:
+            if not len(plan):
                 first = time.perf_counter() - t0
             plan.append(mb)
+            plan.reveal(mb.index)
         seconds, count = time.perf_counter() - t0, len(plan)
+        plan.close()
     peak = _peak_kib()
     print(
         json.dumps(

@@ -19,6 +19,21 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """The fields of a dataclass type, None for any other type (looked up once per type)."""
+    return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
+
+
+def _reduce(descriptor: Any) -> tuple[type, tuple[Any, ...]]:
+    """`__reduce__` of the descriptors: the class and its fields in order. A slotted dataclass pickles
+    through `dataclasses`' Python `__getstate__` (it lists the fields each time): 70 us per mini-batch of
+    10 files, where a streaming job's driver pickles every mini-batch it plans (core/plan/store.py) and
+    Dask pickles each one it sends; this is the C pickler's work only."""
+    cls: type = type(descriptor)
+    return cls, tuple(getattr(descriptor, name) for name in _field_names(cls) or ())
+
+
 @dataclass(frozen=True, slots=True)
 class FileRef:
     """One input file. `identity` is the store's content identity (ETag, md5, ...) or '' for local files."""
@@ -26,6 +41,8 @@ class FileRef:
     url: str
     size: int | None = None
     identity: str = ""
+
+    __reduce__ = _reduce
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +69,8 @@ class TabularSlice:
     rows: int = 0
     first_line: int | None = None
     null_columns: tuple[str, ...] | None = None
+
+    __reduce__ = _reduce
 
 
 @runtime_checkable
@@ -83,12 +102,6 @@ def register_piece(cls: type) -> type:
     """Makes a piece class readable from manifests (by its class name); usable as a decorator."""
     _PIECES[cls.__name__] = cls
     return cls
-
-
-@functools.cache
-def _field_names(cls: type) -> tuple[str, ...] | None:
-    """The fields of a dataclass type, None for any other type (looked up once per type)."""
-    return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
 
 
 _SHARED = frozenset({str, int, float, bool, type(None)})  # immutable: shared, as `_plain` shares them
@@ -133,6 +146,8 @@ class MiniBatch:
     slices: tuple[TabularSlice, ...] = ()
     partition_key_value: dict[str, str] = field(default_factory=dict)
     pieces: tuple[Any, ...] = ()  # Piece objects of sources other than files (see `Piece`)
+
+    __reduce__ = _reduce
 
     def units(self) -> list[str]:
         """The ids its fingerprints are keyed by: file URLs, else slice URLs, else piece units."""

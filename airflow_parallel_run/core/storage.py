@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -77,14 +78,29 @@ def write_atomic(url: str, data: bytes, storage_options: Mapping[str, Any]) -> N
         fs, path = filesystem(url, storage_options)
         fs.pipe_file(path, data)
         return
+    write_atomic_chunks(url, (data,), storage_options)
+
+
+def write_atomic_chunks(url: str, chunks: Iterable[bytes], storage_options: Mapping[str, Any]) -> None:
+    """`write_atomic` of a file too large to hold whole: its bytes written as they come (locally: temp
+    name + rename; an object store: a local temp file, uploaded once whole, so an error while the chunks
+    are made never leaves part of the file there)."""
+    if not is_local(url):
+        fs, path = filesystem(url, storage_options)
+        with tempfile.TemporaryDirectory(prefix="apr-upload-") as folder:
+            local = os.path.join(folder, "file")
+            write_atomic_chunks(local, chunks, {})
+            fs.put_file(local, path)
+        return
     path = os.path.abspath(local_path(url))  # plain os calls: this runs once per mini-batch
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
         os.replace(tmp, path)
-    except BaseException:  # a full disk, an interrupt: no temp file stays behind
+    except BaseException:  # a full disk, an interrupt, a spill that fails its check: no temp file stays
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .attempt import AttemptResult
 from .minibatch import MiniBatch
+from .numbers import NumberSet
 
 if TYPE_CHECKING:
     from .config import ParallelRunConfig
@@ -34,9 +35,9 @@ class Tally:
     reused_mini_batches: int = 0
     succeeded_items: int = 0
     failed_items: int = 0
-    finished: set[int] = field(default_factory=set)
+    finished: NumberSet = field(default_factory=NumberSet)  # a bit per mini-batch (core/numbers.py)
     retrying: set[int] = field(default_factory=set)  # last attempt failed, another is due
-    started: set[int] = field(default_factory=set)  # submitted at least once
+    started: NumberSet = field(default_factory=NumberSet)  # submitted at least once
     # the final outcome of every mini-batch that failed, whole or in part (logs/sys/job_report/failed_items.jsonl)
     failures: dict[int, AttemptResult] = field(default_factory=dict)
     # the inputs are still being listed (core/driver/planning.py): the totals count what is listed so far

@@ -73,24 +73,55 @@ def attempt_name(key: Any) -> str:
 
 class Pending:
     """Attempts waiting to be submitted, first come first served; retries join the end. Attempts a chunk
-    did not run (`put_back`) go first: they were dispatched (and counted) already."""
+    did not run (`put_back`) go first: they were dispatched (and counted) already.
 
-    def __init__(self, attempts: Iterable[Attempt] = ()) -> None:
-        self._queue: deque[Attempt] = deque(attempts)
+    First attempts of a plan kept on disk (core/plan/store.py) wait as runs of mini-batch numbers
+    (`extend_numbers`) and are read back (`batch`) only when taken: a job of 100,000 mini-batches listed
+    long before they run holds a few ranges, not 100,000 mini-batches."""
+
+    def __init__(
+        self, attempts: Iterable[Attempt] = (), batch: Callable[[int], MiniBatch] | None = None
+    ) -> None:
+        self._queue: deque[Attempt | list[int]] = deque(attempts)  # a list: [first, end) of first attempts
         self._back: deque[Returned] = deque()
+        self._batch = batch
+        self._count = len(self._queue)
 
     def take(self, count: int) -> list[Attempt]:
         taken: list[Attempt] = []
         while self._queue and len(taken) < count:
-            taken.append(self._queue.popleft())
+            head = self._queue[0]
+            if isinstance(head, list):
+                assert self._batch is not None
+                taken.append((self._batch(head[0]), 1))
+                head[0] += 1
+                if head[0] == head[1]:
+                    self._queue.popleft()
+            else:
+                taken.append(head)
+                self._queue.popleft()
+            self._count -= 1
         return taken
 
     def extend(self, attempts: Iterable[Attempt]) -> None:
         """First attempts of mini-batches listed while the job runs (core/driver/planning.py)."""
+        before = len(self._queue)
         self._queue.extend(attempts)
+        self._count += len(self._queue) - before
+
+    def extend_numbers(self, numbers: Iterable[int]) -> None:
+        """First attempts of mini-batches kept on disk, by number (read back with `batch` when taken)."""
+        for number in numbers:
+            tail = self._queue[-1] if self._queue else None
+            if isinstance(tail, list) and tail[1] == number:
+                tail[1] += 1
+            else:
+                self._queue.append([number, number + 1])
+            self._count += 1
 
     def retry(self, mb: MiniBatch, attempt: int) -> None:
         self._queue.append((mb, attempt))
+        self._count += 1
 
     def put_back(self, returned: Iterable[Returned]) -> None:
         self._back.extend(returned)
@@ -105,9 +136,10 @@ class Pending:
     def clear(self) -> None:
         self._queue.clear()
         self._back.clear()
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._queue) + len(self._back)
+        return self._count + len(self._back)
 
 
 class Window:

@@ -9,12 +9,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster
 
 from ..worker.scratch import worker_host
 
 #: Seconds `select_hosts` waits for a first worker before it gives up with `ClusterError`.
 WORKER_WAIT_S = 30.0
+#: Dask's "logs for developers" (`distributed.admin.low-level-log-length`, 1,000 by default) of the embedded
+#: cluster, whose workers live in the driver's process. A worker's log of the events it got keeps each
+#: task's arguments: the last 1,000 tasks' mini-batches (a fused task carries up to 64), so up to 64,000
+#: mini-batches stayed in the driver's memory, all of them in smaller jobs. 16 events keep a few.
+EMBEDDED_LOG_LENGTH = 16
 
 
 class ClusterError(RuntimeError):
@@ -45,6 +51,7 @@ def dask_client(
             yield remote
         return
     with (
+        dask.config.set({"distributed.admin.low-level-log-length": EMBEDDED_LOG_LENGTH}),  # read at start
         LocalCluster(
             n_workers=n_workers,
             threads_per_worker=max(1, threads_per_worker),

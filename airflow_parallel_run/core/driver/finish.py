@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..logs.failed_items import FAILED_ITEMS_FILE, failed_item_lines, write_failed_items
 from ..logs.job_record import job_record, write_job_record
 from ..logs.joblogs import JobLogs
+from ..spill import SpillError
 from ..summary import JobSummary, summarise, verdict
 from .stopping import stamp
 
@@ -29,6 +30,7 @@ def finish_job(driver: JobDriver) -> dict[str, Any]:
         return _summarise(driver).to_dict()
     finally:
         driver.folder.leave()
+        driver.sink.close()  # the commit log's spill: the output is assembled (or never will be)
 
 
 def _summarise(driver: JobDriver) -> JobSummary:
@@ -72,15 +74,21 @@ def _summarise(driver: JobDriver) -> JobSummary:
 def _write_rerun_data(driver: JobDriver) -> int | None:
     """logs/sys/job_report/failed_items.jsonl and logs/sys/job.json, what `--rerun-failed` reads; the number
     of failed-item lines (None when they could not be written: a failed write is a log shortfall)."""
-    tally = driver.tally
+    tally, plan = driver.tally, driver.plan
+    # only the mini-batches that have lines are read (a plan kept on disk reads each back)
+    listed = (
+        plan.batch(index)
+        for index in range(len(plan))
+        if index in tally.failures or index not in tally.finished
+    )
     lines = failed_item_lines(
-        driver.plan, tally.failures, tally.finished, driver.stop.reason, driver.logs.last_failures
+        listed, tally.failures, tally.finished, driver.stop.reason, driver.logs.last_failures
     )
     try:
         count = write_failed_items(driver.log_root, lines)
         if not driver.tally.listing:  # a partial plan is no job to re-run: --rerun-failed refuses the folder
             write_job_record(driver.log_root, job_record(driver))
-    except OSError as exc:
+    except (OSError, SpillError) as exc:  # a damaged plan spill: the job failed on it already
         if driver.logs.write_error is None:
             driver.logs.write_error = f"{FAILED_ITEMS_FILE}: {exc}"
         return None

@@ -26,13 +26,16 @@ from ..inputs.source import Dataset
 from ..inputs.tabular_types import with_read_types
 from ..logs.joblogs import JobLogs
 from ..minibatch import MiniBatch
+from ..numbers import NumberSet
 from ..output.files import FilePublisher
 from ..output.folder import OutputFolder
 from ..output.sink import JobOutput
 from ..plan import Plan, iter_plan, plan
+from ..plan.store import PlanStore
 from ..retry import InitFailures, Step, next_step
 from ..reuse.cache import MiniBatchCache, resolve_cache_root
 from ..reuse.reuse import Reuse
+from ..spill import SpillError
 from ..summary import Tally, threshold_breach
 from ..worker.attempt import run_mini_batch
 from ..worker.chunk import run_attempts
@@ -139,11 +142,14 @@ class JobDriver:
         )
         self.streaming = stream_plan and planned is None and before_claim is None and streams(self.inputs)
         self.feed: PlanFeed | None = None
-        if self.streaming:  # listed (and keyed) by the feed's thread, while the job runs
+        self.store: PlanStore | None = None
+        if self.streaming:  # listed (and keyed) by the feed's thread, while the job runs, and kept on disk
             kind, batches = iter_plan(self.inputs, config.mini_batch_size, config.partition_keys)
-            self.plan: Plan = Plan(kind, [])
+            self.store = PlanStore(kind, self.job_id)
+            self.plan: Plan | PlanStore = self.store
+            whole: Plan | None = None
         else:
-            self.plan = planned if planned is not None else plan(self.inputs, config)
+            self.plan = whole = planned if planned is not None else plan(self.inputs, config)
         config.check_batch_format(self.plan.kind)
         # csv/jsonl: one set of column types for every slice, decided before the reuse key is (it enters it)
         if not self.streaming:
@@ -159,26 +165,29 @@ class JobDriver:
         self.reuse = Reuse(
             config,
             self.inputs,
-            None if self.streaming else self.plan,
+            whole,
             (code_files, entry),
             self.arguments,
             self.side_inputs,
             self.cache,
             allow_reuse=allow_reuse,
             kind=self.plan.kind,
+            store=self.store,
         )
         self.cache_key, self.keys = self.reuse.cache_key, self.reuse.keys
-        self._misses: list[MiniBatch] = []  # streaming: listed mini-batches to run, not yet pending
-        self._reused: set[int] = set()  # streaming: the mini-batches reused so far
+        self._misses: list[int] = []  # streaming: listed mini-batches to run (by number), not yet pending
+        self._reused = NumberSet()  # streaming: the mini-batches reused so far
         self._damaged: list[str] = []  # streaming: cache entries that failed verification
         self._executing = False  # `execute` began (a progress line is said only from then on)
         self.reuse_line = ""
         if self.streaming:  # the folder is created after the plan's refusals, as without streaming
-            feed = self.feed = self._start_feed(batches)
             try:
+                self.feed = self._start_feed(batches)
                 self.folder = OutputFolder(output_path, self.storage_options, output_file)
             except BaseException:
-                feed.stop()
+                if self.feed is not None:
+                    self.feed.stop()
+                self._close_store()
                 raise
         self.output, self.local_output = self.folder.url, self.folder.local
         self.stop = StopControl(self.job_id, self._master, self._say)
@@ -291,7 +300,19 @@ class JobDriver:
         going on stops."""
         if self.feed is not None:
             self.feed.stop()
-        self.folder.release()
+        try:
+            self.folder.release()
+        finally:
+            self._close_store()
+
+    def _close_store(self) -> None:
+        """The plan's and the commit log's spills are removed (the listing's thread, stopped, writes
+        nothing more to them)."""
+        if self.store is not None:
+            self.store.close()
+        sink = getattr(self, "sink", None)  # made once the folder is claimed
+        if sink is not None:
+            sink.close()
 
     def _master(self, text: str) -> None:
         self.logs.master(text)
@@ -328,18 +349,20 @@ class JobDriver:
         return len(reused) != len(self.plan)
 
     # -- streaming planning ------------------------------------------------------------------------------
-    def _take_planned(self, fed: Sequence[Any]) -> list[MiniBatch]:
+    def _take_planned(self, fed: Sequence[Any]) -> list[int]:
         """Books what the listing handed over: each mini-batch joins the plan and the tally, a cache hit
         that joins the output's schema (and whose output_dir files come back) is booked as reused; the
-        others are returned, to run. The listing's end or failure is booked too."""
-        misses: list[MiniBatch] = []
+        others are returned (their numbers: the plan keeps them on disk), to run. The listing's end or
+        failure is booked too."""
+        misses: list[int] = []
         for item in fed:
             if isinstance(item, Planned):
                 mb = item.mini_batch
-                self.plan.mini_batches.append(mb)
+                assert self.store is not None
+                self.store.reveal(mb.index)
                 self.tally.plan(mb)
                 if not self._reuse_planned(item):
-                    misses.append(mb)
+                    misses.append(mb.index)
             elif isinstance(item, Exception):
                 self._listing_failed(item)
             else:
@@ -391,11 +414,11 @@ class JobDriver:
         if self.feed is None:
             return
         if self._misses:
-            pending.extend((mb, 1) for mb in self._misses)
+            pending.extend_numbers(self._misses)
             self._misses = []
         if not self.feed.ended and not self.stop.requested:
             fed = self.feed.take(0 if in_flight else LOOP_WAIT_S)
-            pending.extend((mb, 1) for mb in self._take_planned(fed))
+            pending.extend_numbers(self._take_planned(fed))
 
     @property
     def listing(self) -> bool:
@@ -421,7 +444,8 @@ class JobDriver:
             self._executing = True
             if self.reuse_line:  # the listing ended before: said now, as without streaming
                 self._say(self.reuse_line)
-            pending = Pending((mb, 1) for mb in self._misses)
+            pending = Pending(batch=self.plan.batch)
+            pending.extend_numbers(self._misses)
             self._misses = []
             if self.stop.requested:  # a listing that failed, or a cancel, before anything ran
                 self.feed.stop()
@@ -438,6 +462,9 @@ class JobDriver:
         interrupted: BaseException | None = None
         try:
             self._loop(stream, pending)
+        except SpillError as exc:  # the plan kept on disk was damaged: nothing runs as something else
+            self.stop.request(f"the job's plan could not be read back from disk: {exc}")
+            self.stop.note()
         except Exception as exc:  # noqa: BLE001 - scheduler lost, connection closed: fail with the reason
             self.stop.request(
                 f"the Dask cluster failed during the job ({type(exc).__name__}: {exc}); committed mini-batches "

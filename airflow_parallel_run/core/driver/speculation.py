@@ -87,8 +87,9 @@ class Speculation:
         )
 
     def finished(self, result: AttemptResult) -> None:
-        """A committed attempt: its run() time joins the median."""
-        if result.status is AttemptStatus.RUN_DONE and not result.reused:
+        """A committed attempt: its run() time joins the median (kept only with speculative execution on: it
+        holds a number per mini-batch)."""
+        if self.enabled and result.status is AttemptStatus.RUN_DONE and not result.reused:
             self.run_seconds.add(result.run_seconds)
 
     def limit(self) -> float | None:

@@ -26,9 +26,11 @@ replaces the old one, so each item is still in the output exactly once).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from ..attempt import AttemptResult, AttemptStatus
@@ -78,7 +80,7 @@ def first_line(text: str) -> str:
 def failed_item_lines(
     mini_batches: Iterable[MiniBatch],
     failures: Mapping[int, AttemptResult],
-    finished: set[int],
+    finished: AbstractSet[int],
     stop_reason: str | None,
     attempted: Mapping[int, AttemptResult] | None = None,
 ) -> Iterator[dict[str, Any]]:
@@ -156,11 +158,16 @@ def write_failed_items(log_root: str, lines: Iterable[Mapping[str, Any]]) -> int
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     count = 0
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(json.dumps(line, ensure_ascii=True) + "\n")
-            count += 1
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for line in lines:  # a plan kept on disk is read back meanwhile: that may fail
+                handle.write(json.dumps(line, ensure_ascii=True) + "\n")
+                count += 1
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
     return count
 
 

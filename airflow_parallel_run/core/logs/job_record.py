@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ParallelRunConfig
 from ..inputs import dataset_to_dict
+from ..json_stream import Encoded, Listed, dumps_bytes, streams
+from ..storage import write_atomic_chunks
 
 if TYPE_CHECKING:
     from ..driver.loop import JobDriver
@@ -53,8 +55,19 @@ def config_document(config: ParallelRunConfig) -> dict[str, Any]:
 
 
 def job_record(driver: JobDriver) -> dict[str, Any]:
-    """The record of the job a driver runs."""
+    """The record of the job a driver runs. A plan kept on disk (a streaming job's, core/plan/store.py)
+    stays there: its mini-batches, keys and fingerprints are read back as the record is written."""
     reuse = driver.reuse
+    plan = driver.plan
+    documents = getattr(plan, "documents", None)  # a PlanStore: the mini-batches' JSON as stored
+    if callable(documents):
+        keys: Any = Listed(lambda: (driver.keys[index] for index in range(len(plan))))
+        mini_batches: Any = Encoded(documents)
+        fingerprints: Any = reuse.fingerprints
+    else:
+        keys = [driver.keys[mb.index] for mb in plan]
+        mini_batches = [mb.to_dict() for mb in plan]
+        fingerprints = dict(reuse.fingerprints)
     return {
         "version": RECORD_VERSION,
         "job_id": driver.job_id,
@@ -66,9 +79,9 @@ def job_record(driver: JobDriver) -> dict[str, Any]:
         "cache_root": driver.cache.root,
         "cache_key": driver.cache_key,
         "components": reuse.component_digests(),
-        "fingerprints": dict(reuse.fingerprints),
-        "keys": [driver.keys[mb.index] for mb in driver.plan],
-        "plan": {"kind": driver.plan.kind, "mini_batches": [mb.to_dict() for mb in driver.plan]},
+        "fingerprints": fingerprints,
+        "keys": keys,
+        "plan": {"kind": plan.kind, "mini_batches": mini_batches},
         # the successful results kept for a re-run of the items run() marked failed, by SHA-256
         "kept_items": {str(index): digest for index, digest in sorted(reuse.kept_items.items())},
     }
@@ -93,8 +106,11 @@ RECORD_KEYS = (
 
 
 def write_job_record(log_root: str, record: Mapping[str, Any]) -> None:
-    """Writes the record atomically (write, then rename)."""
+    """Writes the record atomically (write, then rename); a record whose plan is on disk in pieces."""
     path = os.path.join(log_root, *JOB_RECORD_FILE.split("/"))
+    if streams(record):
+        write_atomic_chunks(path, dumps_bytes(record, separators=(",", ":")), {})
+        return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as handle:  # dumps: json.dump encodes in Python, dumps in C

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from ..storage import filesystem
 from .formats import get_format
@@ -85,7 +85,10 @@ def assemble(
     """
     output_format = get_format(fmt)
     fs, target = filesystem(target_url, storage_options)
-    ordered = sorted((Part(*p) for p in parts), key=lambda p: p.mini_batch)
+    if getattr(parts, "in_order", False):  # a commit log's parts: in order, read from disk as they are used
+        ordered = cast("Sequence[Part]", parts)
+    else:
+        ordered = sorted((Part(*p) for p in parts), key=lambda p: p.mini_batch)
     shape = layout(ordered, output_format.typed)
     tmp = target + ".assembling"
     try:

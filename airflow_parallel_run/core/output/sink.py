@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 
 from ..attempt import AttemptResult, AttemptStage, AttemptStatus
 from ..storage import join
-from .assemble import Part, assemble
+from .assemble import assemble
+from .commit_log import CommitLog
 from .files import FilePublisher
 from .schema import JobSchema
 
@@ -34,7 +35,7 @@ class JobOutput:
         self.files = files
         self.log = log
         self.schema = JobSchema(append_row_format)  # the output's one schema over committed parts
-        self.committed: dict[int, AttemptResult] = {}  # mini-batch -> its committed attempt
+        self.committed = CommitLog()  # mini-batch -> its committed part, on disk
 
     def admit(self, index: int, result: AttemptResult) -> AttemptResult:
         """A successful attempt whose records cannot join the job's schema fails (and is not committed)."""
@@ -68,19 +69,21 @@ class JobOutput:
     def commit(self, index: int, result: AttemptResult, files_url: str | None) -> None:
         """Mini-batch `index`'s part is this attempt's; the output_dir files it wrote (under `files_url`),
         and no other attempt's, reach the output."""
-        self.committed[index] = result
+        self.committed.add(index, result)
         if files_url and result.files:
             self.files.publish(index, files_url, result.files, move=True)
 
     def assemble(self, file_name: str) -> tuple[str | None, str | None]:
         """The committed parts as the output file: (its URL, None), or (None, why it could not be)."""
         target = join(self.output_url, file_name)
-        parts = [
-            Part(i, r.part_url, r.columns, r.schema) for i, r in sorted(self.committed.items()) if r.part_url
-        ]
+        parts = self.committed.parts()
         try:
             assemble(parts, target, self.format, self.storage_options)
         except Exception as exc:  # noqa: BLE001
             return None, f"could not assemble the output file {target}: {type(exc).__name__}: {exc}"
         self.log(f"assembled {len(parts)} parts into {target}")
         return target, None
+
+    def close(self) -> None:
+        """The commit log's spill is removed (the job ended)."""
+        self.committed.close()

@@ -23,7 +23,8 @@ import fsspec
 import xxhash
 
 from ..inputs.fingerprint import hash_stream
-from ..storage import absolute, is_local, local_path, write_atomic
+from ..json_stream import dumps_bytes, streams
+from ..storage import absolute, is_local, local_path, write_atomic, write_atomic_chunks
 
 __all__ = ["MiniBatchCache", "memo_path", "resolve_cache_root"]
 
@@ -228,11 +229,13 @@ class MiniBatchCache:
             return None
 
     def write_manifest(self, signature: str, manifest: Mapping[str, Any]) -> None:
-        write_atomic(
-            f"{self.root}/jobs/{signature}.json",
-            json.dumps(manifest, sort_keys=True).encode(),
-            self.storage_options,
-        )
+        """The job's record in the cache; one whose fingerprints are on disk (a streaming job's,
+        core/plan/store.py) is written from there in pieces, the same bytes."""
+        url = f"{self.root}/jobs/{signature}.json"
+        if streams(manifest):
+            write_atomic_chunks(url, dumps_bytes(manifest, sort_keys=True), self.storage_options)
+            return
+        write_atomic(url, json.dumps(manifest, sort_keys=True).encode(), self.storage_options)
 
     # -- maintenance (CLI `cache info|prune|clear`) --------------------------------------------------
     def _entries(self) -> Iterable[tuple[str, dict[str, Any]]]:

@@ -6,7 +6,7 @@ that say which one changed since the previous run of the same job (the reuse lin
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..config import ParallelRunConfig
@@ -110,7 +110,7 @@ def explain_change(previous: Mapping[str, Any], current: Mapping[str, Any]) -> s
 
 
 def explain_inputs(
-    previous_inputs: Mapping[str, str], misses: Sequence[MiniBatch], fingerprints: Mapping[str, str]
+    previous_inputs: Mapping[str, str], misses: Iterable[MiniBatch], fingerprints: Mapping[str, str]
 ) -> str:
     """Which units of the mini-batches that run again are new or changed since the previous run."""
     changed, new = [], []

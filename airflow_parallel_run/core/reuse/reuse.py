@@ -9,7 +9,7 @@ takes them as callbacks (core/output/sink.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from ..inputs.source import Dataset
 from ..minibatch import MiniBatch
 from ..output.schema import schema_from_text, schema_to_text
 from ..plan import Plan
+from ..plan.store import FingerprintSpill, KeyColumn, PlanStore
 from ..worker.messages import PartialRun
 from ..worker.rerun_items import sha256_of
 from .cache import MiniBatchCache, memo_path
@@ -57,8 +58,11 @@ class Reuse:
         *,
         allow_reuse: bool,
         kind: str | None = None,
+        store: PlanStore | None = None,
     ) -> None:
-        """`plan` None: the plan comes later, a block at a time (`add`), and `kind` says what it holds."""
+        """`plan` None: the plan comes later, a block at a time (`add`), and `kind` says what it holds.
+        `store`: where those mini-batches and their fingerprints are kept (core/plan/store.py), instead
+        of in RAM."""
         code_files, entry = code
         self.cache = cache
         self.allow_reuse = allow_reuse
@@ -71,9 +75,9 @@ class Reuse:
         # entries a re-run verified before it claimed the folder, by key: not read and checked twice
         self.verified: dict[str, dict[str, Any]] = {}
         self.inputs = list(inputs)
-        self.plan: list[MiniBatch] = []
-        self.fingerprints: dict[str, str] = {}
-        self.keys: dict[int, str] = {}
+        self.plan: list[MiniBatch] | PlanStore = store if store is not None else []
+        self.fingerprints: dict[str, str] | FingerprintSpill = store.fingerprints if store is not None else {}
+        self.keys = KeyColumn()
         with Fingerprinter(memo_path(cache.root), cache.storage_options) as memo:
             side = {url: memo.path(url) for url in side_inputs}
             self.components = job_components(config, code_files, arguments, side, entry)
@@ -92,15 +96,15 @@ class Reuse:
         """Fingerprints of planned mini-batches' inputs (each input's files in one call) and their keys. A
         mini-batch's key depends only on its own files' fingerprints, so a plan added a block at a time
         while it is listed (core/driver/planning.py) gets the keys the whole plan added at once gets."""
+        block: dict[str, str] = {}  # the block's units: after the update, the job's values for them
         for input_index, source in enumerate(self.inputs):
             own = [mb for mb in batches if mb.input_index == input_index]
             if own:
-                self.fingerprints.update(source.fingerprints(own, memo))
-        self.plan.extend(batches)
+                block.update(source.fingerprints(own, memo))
+        self.fingerprints.update(block)
         for mb in batches:
-            self.keys[mb.index] = mini_batch_key(
-                self.cache_key, mb, self.fingerprints, self.read_options[mb.input_index]
-            )
+            self.plan.append(mb)
+            self.keys[mb.index] = mini_batch_key(self.cache_key, mb, block, self.read_options[mb.input_index])
 
     # -- looking up ----------------------------------------------------------------------------------
     def find(self, admit: Admit, restore: Restore) -> ReuseOutcome:
@@ -184,17 +188,21 @@ class Reuse:
 
     def _line(self, hits: Collection[int], damaged: Sequence[str]) -> str:
         """ "Reuse: N of M mini-batches reused from <cache>; K to run: <why>"."""
-        misses = [mb for mb in self.plan if mb.index not in hits]
+        numbers = (
+            range(len(self.plan)) if isinstance(self.plan, PlanStore) else [mb.index for mb in self.plan]
+        )
+        to_run = sum(1 for index in numbers if index not in hits)
+        misses = (mb for mb in self.plan if mb.index not in hits)  # read only if the line names them
         line = f"Reuse: {len(hits)} of {len(self.plan)} mini-batches reused from {self.cache.root}"
-        return line + (f"; {len(misses)} to run: {self._why(misses, damaged)}" if misses else "")
+        return line + (f"; {to_run} to run: {self._why(to_run, misses, damaged)}" if to_run else "")
 
-    def _why(self, misses: Sequence[MiniBatch], damaged: Sequence[str]) -> str:
+    def _why(self, to_run: int, misses: Iterable[MiniBatch], damaged: Sequence[str]) -> str:
         if not self.allow_reuse:
             return "allow_reuse is False"
         previous = self.cache.read_manifest(self.signature)
         if previous is None:
             return "no earlier run of this job in the cache"
-        if damaged and len(damaged) == len(misses):
+        if damaged and len(damaged) == to_run:
             return f"{len(damaged)} cache entries failed verification"
         return explain_change(previous.get("components", {}), self._digests()) or explain_inputs(
             previous.get("inputs", {}), misses, self.fingerprints

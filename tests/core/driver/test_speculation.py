@@ -159,6 +159,9 @@ def test_stragglers_are_chosen_past_k_times_the_median_onto_free_threads(tmp_pat
         speculation.finished(AttemptResult(0, 1, AttemptStatus.RUN_DONE, run_seconds=seconds))
     speculation.finished(AttemptResult(0, 1, AttemptStatus.REUSED, run_seconds=100.0, reused=True))
     assert speculation.limit() == 4.5  # 3 x the median of run() times that ran here
+    off = Speculation(_config(tmp_path, speculative_execution=False))
+    off.finished(AttemptResult(0, 1, AttemptStatus.RUN_DONE, run_seconds=1.0))
+    assert off.limit() is None and not len(off.run_seconds)  # nothing kept per mini-batch when it is off
     in_flight = [InFlight(_mb(i), 1, 0.0) for i in (1, 2, 3, 4)]
     report = _report({"tcp://a": [[1, 1, 9.0], [2, 1, 4.0]], "tcp://b": [[3, 1, 5.0], [4, 1, 20.0]]})
     chosen = speculation.choose(in_flight, report, {"tcp://a": 0, "tcp://b": 0, "tcp://c": 1})
