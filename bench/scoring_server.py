@@ -4,7 +4,10 @@
 ``X<TAB>scored`` after `delay` seconds (plus a random `jitter`, so that answers come back in random
 order). It counts every request per item (so a run can prove each item was called once per attempt)
 and the most requests it held at once; `hold_until` makes the first requests wait until that many are in
-flight (once, for at most `hold_s`), so that a test sees real overlap rather than a lucky one.
+flight (once, for at most `hold_s`), so that a test sees real overlap rather than a lucky one. Items in
+`hold_except` (an entry script's init() call, say) are answered at once and left out of `in_flight` and
+`peak`: an init() held until 16 run() calls are in flight would wait for calls that cannot start before
+it returns.
 
 `score` is a minimal asyncio HTTP/1.0 client (stdlib streams, one connection per request): the entry
 scripts and the bench's bare asyncio client both use it, so both sides pay the same per-request cost.
@@ -44,9 +47,10 @@ class ScoringServer:
         hold_until: int = 0,
         hold_s: float = 10.0,
         seed: int = 0,
+        hold_except: frozenset[str] = frozenset(),
     ) -> None:
         self.delay, self.jitter = delay, jitter
-        self.hold_until, self.hold_s = hold_until, hold_s
+        self.hold_until, self.hold_s, self.hold_except = hold_until, hold_s, hold_except
         self.calls: Counter[str] = Counter()
         self.in_flight = 0
         self.peak = 0
@@ -86,13 +90,15 @@ class ScoringServer:
         return f"{self.host}:{self.port}"
 
     def answer(self, item: str) -> str:
+        counted = item not in self.hold_except
         with self._lock:
             self.calls[item] += 1
-            self.in_flight += 1
-            self.peak = max(self.peak, self.in_flight)
-            self._lock.notify_all()
             pause = self.delay + (self._random.uniform(0, self.jitter) if self.jitter else 0.0)
-            if self.hold_until and not self._held:
+            if counted:
+                self.in_flight += 1
+                self.peak = max(self.peak, self.in_flight)
+                self._lock.notify_all()
+            if counted and self.hold_until and not self._held:
                 deadline = time.monotonic() + self.hold_s
                 while self.peak < self.hold_until and time.monotonic() < deadline:
                     self._lock.wait(max(deadline - time.monotonic(), 0))
@@ -102,8 +108,9 @@ class ScoringServer:
             time.sleep(pause)
             return f"{item}\tscored"
         finally:
-            with self._lock:
-                self.in_flight -= 1
+            if counted:
+                with self._lock:
+                    self.in_flight -= 1
 
     def reset(self) -> None:
         with self._lock:
