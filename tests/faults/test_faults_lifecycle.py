@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -310,13 +311,24 @@ def test_a_timeout_raised_inside_the_driver_stops_finishes_and_re_raises(  # typ
     root, out = files(8), tmp_path / "out"
     script = slow_script(write_script, tmp_path, init_s=0.5, run_s=20, quick=2)
 
+    fired: list[float] = []
+
     def alarm(_signum: int, _frame: Any) -> None:
+        fired.append(time.time())
         raise TaskTimeout("Timeout, PID: 1")
 
+    def alarm_once_running(main: int) -> None:
+        """SIGALRM to the main thread 1 s after the first run() call, as Airflow's timeout would arrive
+        (a fixed delay from the start may come before any run() on a loaded machine)."""
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: bool(lines_of(tmp_path / "calls.txt")), 120, "a first run() call")
+        time.sleep(1.0)
+        signal.pthread_kill(main, signal.SIGALRM)
+
     previous = signal.signal(signal.SIGALRM, alarm)
+    timer = threading.Thread(target=alarm_once_running, args=(threading.get_ident(),), daemon=True)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 6.0)
-        started = time.time()
+        timer.start()
         try:
             run_job(
                 ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=2),
@@ -329,10 +341,10 @@ def test_a_timeout_raised_inside_the_driver_stops_finishes_and_re_raises(  # typ
         else:
             raise AssertionError("the timeout did not reach the caller")
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        timer.join()
         signal.signal(signal.SIGALRM, previous)
     assert len(lines_of(tmp_path / "calls.txt")) >= 1, "the timeout came before any run()"
-    summary = check_stopped_cleanly(out, tmp_path, started + 6.0, within=5)
+    summary = check_stopped_cleanly(out, tmp_path, fired[0], within=5)
     assert summary["message"] == "Job failed: interrupted by TaskTimeout: Timeout, PID: 1", summary
 
 
