@@ -123,13 +123,28 @@ def test_interval_zero_never_starts(tmp_path):
 
 
 def test_stop_returns_at_once_with_a_long_interval(tmp_path):
+    """stop() wakes the thread rather than waiting out the 60 s interval: what it takes beyond the samples
+    it waits for (the one under way and the last one, whose time grows with the machine's load) is short."""
     monitor = ResourceMonitor(str(tmp_path / "logs"), NODE, 60)
+    sampling: list[float] = []
+    sample_once = monitor.sample_once
+
+    def timed_sample() -> None:
+        begun = time.monotonic()
+        try:
+            sample_once()
+        finally:
+            sampling.append(time.monotonic() - begun)
+
+    monitor.sample_once = timed_sample  # type: ignore[method-assign]
     monitor.start()
+    thread = monitor._thread
     time.sleep(0.1)
     started = time.monotonic()
     monitor.stop()
-    assert time.monotonic() - started < 1.0
-    assert not monitor.running
+    waited = time.monotonic() - started
+    assert waited - sum(sampling) < 1.0, (waited, sampling)
+    assert thread is not None and not thread.is_alive() and not monitor.running
     # The last sample at stop() gives a job shorter than the interval one row.
     _, rows = read_csv(tmp_path / "logs" / "perf" / NODE / "node_resource_usage.csv")
     assert len(rows) == 1
