@@ -27,6 +27,11 @@ from run_all import BENCHES, summary_table  # noqa: E402
 WITH_AIRFLOW = os.environ.get("APR_BENCH_AIRFLOW") == "1"
 CHEAP = [name for name in BENCHES if name != "airflow"]
 CHOSEN = [*CHEAP, "airflow"] if WITH_AIRFLOW else CHEAP
+#: A hang detector, not a speed target: the cheap quick benches take about 50 s on a quiet 2-core machine
+#: and took 210 s inside `make test` (load 15, three lanes at once), 70 % of the former 300 s.
+QUICK_RUN_TIMEOUT_S = 900 if WITH_AIRFLOW else 600
+#: pytest-timeout counts the module fixture's run in the first test that uses it.
+pytestmark = pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 60)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
         ],
         capture_output=True,
         text=True,
-        timeout=600 if WITH_AIRFLOW else 300,
+        timeout=QUICK_RUN_TIMEOUT_S,
         cwd=REPO,
     )
     return results, process
