@@ -183,17 +183,43 @@ def parse_job_result(text: str) -> tuple[str, dict[str, Any] | None]:
     return headline, None
 
 
+#: The columns of processed_mini-batches.csv the report reads: the others (each row's "Mini-batch Detail"
+#: names every file of its mini-batch, most of the file's bytes) are not read at all.
+REPORT_COLUMNS = (
+    "Mini-batch Id",
+    "Attempt",
+    "Node",
+    "Process",
+    "Start Time (UTC)",
+    "Succeeded",
+    "Elapsed Seconds",
+    "Status",
+)
+
+#: Rows of processed_mini-batches.csv parsed at a time.
+READ_CHUNK_ROWS = 10_000
+
+
 def load_attempts(path: str) -> pd.DataFrame:
     """processed_mini-batches.csv with parsed times: Start, End (= start + elapsed), Label (node/process).
-    Without "Mini-batch Detail" (nothing shows it): each row's detail names every file of its mini-batch,
-    most of the file's bytes (a job of 100,000 mini-batches of 10 files: about 200 MB held while the report
-    was built, the driver's largest peak)."""
-    frame = pd.read_csv(
-        path,
-        usecols=lambda name: name != "Mini-batch Detail",
-        dtype={"Node": str, "Process": str, "Status": str, "Error Message": str},
-    )
-    frame["Start"] = pd.to_datetime(frame["Start Time (UTC)"], errors="coerce")
+    Only `REPORT_COLUMNS`: the report's memory is the driver's peak at a job's end (a job of 100,000
+    mini-batches of 10 files held about 200 MB with every column and 100 MB with all but the detail column
+    (docs/performance.md, "The plan on disk"), 60 MB now)."""
+    options: dict[str, Any] = {
+        "usecols": lambda name: name in REPORT_COLUMNS,
+        "dtype": {"Node": str, "Process": str, "Status": str},
+    }
+    chunks = []
+    # In chunks: the parser's buffers stay those of READ_CHUNK_ROWS rows (the whole file's doubled the
+    # peak), and each chunk's time strings become datetimes before the next is read.
+    for chunk in pd.read_csv(path, chunksize=READ_CHUNK_ROWS, **options):
+        chunk["Start"] = pd.to_datetime(chunk.pop("Start Time (UTC)"), errors="coerce")
+        chunks.append(chunk)
+    if chunks:
+        frame = pd.concat(chunks, ignore_index=True)
+    else:  # a header alone
+        frame = pd.read_csv(path, **options)
+        frame["Start"] = pd.to_datetime(frame.pop("Start Time (UTC)"), errors="coerce")
     frame["Elapsed Seconds"] = pd.to_numeric(frame["Elapsed Seconds"], errors="coerce").fillna(0.0)
     frame["End"] = frame["Start"] + pd.to_timedelta(frame["Elapsed Seconds"], unit="s")
     frame["Node"] = frame["Node"].fillna("")
@@ -289,10 +315,9 @@ def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
             + "</section>"
         )
     # A mini-batch is done when its first successful attempt ends, or else when its last attempt ends.
-    done = timed.sort_values("End")
+    done = timed[["Mini-batch Id", "Status", "End"]].sort_values("End")  # a copy of the 3 columns it needs
     ok = done[done["Status"] == AttemptStatus.RUN_DONE.value].groupby("Mini-batch Id")["End"].min()
-    failed_ids = set(done["Mini-batch Id"]) - set(ok.index)
-    failed = done[done["Mini-batch Id"].isin(failed_ids)].groupby("Mini-batch Id")["End"].max()
+    failed = done[~done["Mini-batch Id"].isin(ok.index)].groupby("Mini-batch Id")["End"].max()
     reused = int(
         attempts.loc[
             attempts["Start"].isna() & (attempts["Status"] == AttemptStatus.REUSED.value), "Mini-batch Id"
