@@ -35,26 +35,50 @@ class Listed:
         return iter(self._items())
 
 
+#: Items of a streamed list or mapping encoded by one `json.dumps` call: a call per item (a million
+#: fingerprints, each key and value) cost most of a fully reused re-run's CPU time.
+BLOCK = 1000
+
+
 def dumps_chunks(
-    value: Any, *, sort_keys: bool = False, separators: tuple[str, str] = (", ", ": ")
+    value: Any, *, sort_keys: bool = False, separators: tuple[str, str] = (", ", ": "), block: int = BLOCK
 ) -> Iterator[str]:
-    """The pieces of `json.dumps(value, sort_keys=sort_keys, separators=separators)` (see the module)."""
+    """The pieces of `json.dumps(value, sort_keys=sort_keys, separators=separators)` (see the module).
+
+    Plain items of a streamed list or mapping are encoded `block` at a time, as one list or dict whose
+    brackets are cut off: the same bytes as item by item, since `json.dumps` joins them with the same
+    separators (a block's keys keep their order: it is already sorted when `sort_keys` is set)."""
     item_sep, key_sep = separators
 
     def one(v: Any) -> str:
         return json.dumps(v, sort_keys=sort_keys, separators=separators)
 
+    def inner(v: list[Any] | dict[str, Any]) -> str:
+        """The items of a list, or the pairs of a dict, as `json.dumps` writes them between its brackets
+        (a block's keys are in order already: sorting them again changes nothing)."""
+        return json.dumps(v, sort_keys=sort_keys, separators=separators)[1:-1]
+
     def walk(v: Any) -> Iterator[str]:
-        if isinstance(v, Encoded | Listed):
+        if isinstance(v, Encoded):
             first = True
             for item in v:
                 yield "[" if first else item_sep
                 first = False
-                if isinstance(v, Encoded):
-                    yield item.decode() if isinstance(item, bytes) else item
-                else:
-                    yield one(item)
+                yield item.decode() if isinstance(item, bytes) else item
             yield "[]" if first else "]"
+            return
+        if isinstance(v, Listed):
+            opened = False
+            pending: list[Any] = []
+            for item in v:
+                pending.append(item)
+                if len(pending) >= block:
+                    yield ("[" if not opened else item_sep) + inner(pending)
+                    opened, pending = True, []
+            if pending:
+                yield ("[" if not opened else item_sep) + inner(pending)
+                opened = True
+            yield "]" if opened else "[]"
             return
         if isinstance(v, Mapping) and (not isinstance(v, dict) or streams(v)):
             if isinstance(v, dict):
@@ -64,16 +88,43 @@ def dumps_chunks(
                 pairs = sorted_items() if sort_keys and callable(sorted_items) else v.items()
                 if sort_keys and not callable(sorted_items):
                     pairs = sorted(pairs)
-            first = True
+            opened = False
+            plain: dict[str, Any] = {}
+
+            def flush() -> Iterator[str]:
+                nonlocal opened, plain
+                if plain:
+                    yield ("{" if not opened else item_sep) + inner(plain)
+                    opened, plain = True, {}
+
             for key, item in pairs:
-                yield ("{" if first else item_sep) + json.dumps(key) + key_sep
-                first = False
+                if type(key) is str and key not in plain and not _streamed(item):
+                    plain[key] = item
+                    if len(plain) >= block:
+                        yield from flush()
+                    continue
+                yield from flush()
+                yield ("{" if not opened else item_sep) + json.dumps(key) + key_sep
+                opened = True
                 yield from walk(item)
-            yield "{}" if first else "}"
+            yield from flush()
+            yield "}" if opened else "{}"
             return
         yield one(v)
 
     yield from walk(value)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _streamed(value: Any) -> bool:
+    """Whether `walk` writes `value` piece by piece (else one `json.dumps` call writes it)."""
+    if type(value) in _SCALARS:  # a fingerprint, a count: most values, so asked first
+        return False
+    return isinstance(value, Encoded | Listed) or (
+        isinstance(value, Mapping) and (not isinstance(value, dict) or streams(value))
+    )
 
 
 def streams(document: Mapping[Any, Any]) -> bool:

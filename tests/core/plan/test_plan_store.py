@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import stat
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,25 @@ json_values = st.recursive(
 )
 
 
+class _ReadOnly(Mapping[str, object]):
+    """A mapping that is not a dict (streamed pair by pair, sorted by `sorted_items` when asked)."""
+
+    def __init__(self, pairs: dict[str, object]) -> None:
+        self._pairs = pairs
+
+    def __getitem__(self, key: str) -> object:
+        return self._pairs[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def sorted_items(self) -> Iterator[tuple[str, object]]:
+        return iter(sorted(self._pairs.items()))
+
+
 @settings(max_examples=80, deadline=None)
 @given(st.dictionaries(urls, json_values, max_size=5), st.lists(json_values, max_size=5), st.booleans())
 def test_streamed_json_is_what_json_dumps_writes(
@@ -242,11 +262,20 @@ def test_streamed_json_is_what_json_dumps_writes(
                 )
             ),
             "nested": {"inner": Listed(lambda: iter(items))},
+            "spilled": _ReadOnly(document),  # a Mapping that is not a dict, as a FingerprintSpill
         }
-        plain = {**document, "listed": items, "encoded": items, "nested": {"inner": items}}
+        plain = {
+            **document,
+            "listed": items,
+            "encoded": items,
+            "nested": {"inner": items},
+            "spilled": document,
+        }
         assert streams(streamed) and not streams(plain)
         expected = json.dumps(plain, separators=separators, sort_keys=sort_keys)
-        assert "".join(dumps_chunks(streamed, separators=separators, sort_keys=sort_keys)) == expected
+        for block in (1, 2, 1000):  # items encoded one by one, in blocks that split them, in one block
+            chunks = dumps_chunks(streamed, separators=separators, sort_keys=sort_keys, block=block)
+            assert "".join(chunks) == expected, block
         assert (
             b"".join(dumps_bytes(streamed, separators=separators, sort_keys=sort_keys)) == expected.encode()
         )
