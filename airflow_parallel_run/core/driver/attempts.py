@@ -424,7 +424,22 @@ def _chunk_results(future: Future) -> list[AttemptResult] | None:
 
 
 def collect(future: Future, mb: MiniBatch, attempt: int) -> AttemptResult:
-    """A finished attempt's result; a lost worker fails this attempt only."""
+    """A finished attempt's result; a lost worker fails this attempt only.
+
+    A future the Dask client holds as cancelled is said to be one, not blamed on a lost worker: its task
+    may well have ended on the worker (the node log says how)."""
+    if future.status == "cancelled":
+        return AttemptResult(
+            mb.index,
+            attempt,
+            AttemptStatus.PROCESS_DIED,
+            total=mb.items,
+            error=(
+                f"the result of mini-batch {mb.index} attempt {attempt} was cancelled in the Dask client before "
+                "the driver read it (see the node log for how the attempt ended on its worker)"
+            ),
+            stage=AttemptStage.RUN,
+        )
     try:
         result = future.result()
         assert isinstance(result, AttemptResult)

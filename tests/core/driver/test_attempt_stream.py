@@ -17,6 +17,7 @@ from airflow_parallel_run.core.driver.attempts import (
     AttemptStream,
     Pending,
     Window,
+    collect,
 )
 from airflow_parallel_run.core.minibatch import MiniBatch
 
@@ -68,6 +69,25 @@ def test_batches_come_back_in_key_order_with_a_lost_attempt_failed(client: Clien
     assert sorted(results) == list(range(6))
     assert results[3].status is AttemptStatus.PROCESS_DIED and "was lost: RuntimeError" in results[3].error
     assert all(results[i].ok and results[i].node == "node-a" for i in (0, 1, 2, 4, 5))
+
+
+def test_a_result_cancelled_in_the_client_is_said_to_be_one(client: Client) -> None:
+    """A future the client holds as cancelled is not blamed on a lost worker (`Future.result()` raises
+    FutureCancelledError for it, which was reported as "the Dask worker running mini-batch 7 was lost")."""
+    mb = MiniBatch(7, "file", 0, 2)
+    future = client.submit(_attempt, "node-a", mb, 1, key=("apr-test-cancelled-mb7-a1",), pure=False)
+    future.result(timeout=30)
+    client.cancel([future])
+    deadline = time.monotonic() + 30
+    while future.status != "cancelled":
+        assert time.monotonic() < deadline, future.status
+        time.sleep(0.05)
+    result = collect(future, mb, 1)
+    assert result.status is AttemptStatus.PROCESS_DIED and not result.ok
+    assert result.error.startswith("the result of mini-batch 7 attempt 1 was cancelled in the Dask client"), (
+        result
+    )
+    assert "was lost" not in result.error
 
 
 def _name(key: object) -> str:
