@@ -80,7 +80,7 @@ def dumps_chunks(
                 opened = True
             yield "]" if opened else "[]"
             return
-        if isinstance(v, Mapping) and (not isinstance(v, dict) or streams(v)):
+        if isinstance(v, Mapping) and _streamed(v):
             if isinstance(v, dict):
                 pairs: Iterable[tuple[Any, Any]] = sorted(v.items()) if sort_keys else v.items()
             else:
@@ -132,11 +132,7 @@ def streams(document: Mapping[Any, Any]) -> bool:
     piece."""
     if not isinstance(document, dict):
         return True
-    return any(
-        isinstance(v, Encoded | Listed)
-        or (isinstance(v, Mapping) and (not isinstance(v, dict) or streams(v)))
-        for v in document.values()
-    )
+    return any(_streamed(v) for v in document.values())
 
 
 def dumps_bytes(value: Any, **kwargs: Any) -> Iterator[bytes]:

@@ -428,7 +428,7 @@ def collect(future: Future, mb: MiniBatch, attempt: int) -> AttemptResult:
 
     A future the Dask client holds as cancelled is said to be one, not blamed on a lost worker: its task
     may well have ended on the worker (the node log says how)."""
-    if future.status == "cancelled":
+    if future.cancelled():
         return AttemptResult(
             mb.index,
             attempt,

@@ -200,6 +200,12 @@ REPORT_COLUMNS = (
 READ_CHUNK_ROWS = 10_000
 
 
+def _with_start(rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` with their time strings ("Start Time (UTC)") parsed into "Start" (unparseable ones: NaT)."""
+    rows["Start"] = pd.to_datetime(rows.pop("Start Time (UTC)"), errors="coerce")
+    return rows
+
+
 def load_attempts(path: str) -> pd.DataFrame:
     """processed_mini-batches.csv with parsed times: Start, End (= start + elapsed), Label (node/process).
     Only `REPORT_COLUMNS`: the report's memory is the driver's peak at a job's end (a job of 100,000
@@ -213,13 +219,8 @@ def load_attempts(path: str) -> pd.DataFrame:
     # In chunks: the parser's buffers stay those of READ_CHUNK_ROWS rows (the whole file's doubled the
     # peak), and each chunk's time strings become datetimes before the next is read.
     for chunk in pd.read_csv(path, chunksize=READ_CHUNK_ROWS, **options):
-        chunk["Start"] = pd.to_datetime(chunk.pop("Start Time (UTC)"), errors="coerce")
-        chunks.append(chunk)
-    if chunks:
-        frame = pd.concat(chunks, ignore_index=True)
-    else:  # a header alone
-        frame = pd.read_csv(path, **options)
-        frame["Start"] = pd.to_datetime(frame.pop("Start Time (UTC)"), errors="coerce")
+        chunks.append(_with_start(chunk))
+    frame = pd.concat(chunks, ignore_index=True) if chunks else _with_start(pd.read_csv(path, **options))
     frame["Elapsed Seconds"] = pd.to_numeric(frame["Elapsed Seconds"], errors="coerce").fillna(0.0)
     frame["End"] = frame["Start"] + pd.to_timedelta(frame["Elapsed Seconds"], unit="s")
     frame["Node"] = frame["Node"].fillna("")
