@@ -43,6 +43,34 @@ def test_run_that_always_hangs_fails_its_mini_batch_only(dask_client, echo_scrip
     assert "2 x RUN_TIMEOUT" in (out / "logs" / "user" / "error.txt").read_text()
 
 
+def test_a_slow_process_start_is_not_charged_to_init(dask_client, write_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """run_invocation_timeout bounds the script's import and init(), not the interpreter's start: a machine
+    so loaded (or a disk so cold) that Python takes 3 s to start must not turn into INIT_TIMEOUT at 1 s."""
+    slow_start = tmp_path / "slow_start"
+    slow_start.mkdir()
+    # runs at the interpreter's start, before the engine's imports: a stand-in for a slow start
+    (slow_start / "sitecustomize.py").write_text("import time\ntime.sleep(3)\n")
+    root, out = files(4), tmp_path / "out"
+    script = write_script("""
+        def init():
+            pass
+        def run(mini_batch):
+            return mini_batch
+    """)
+    summary = job(
+        dask_client,
+        script,
+        root,
+        out,
+        run_invocation_timeout=1,
+        run_max_try=1,
+        environment_variables={"PYTHONPATH": str(slow_start)},
+    )
+    rows = attempts(out)
+    assert summary["status"] == "succeeded" and summary["failed_mini_batches"] == 0, (summary, rows)
+    assert [r["Status"] for r in rows] == ["RUN_DONE"] * 4, rows
+
+
 def test_hung_init_times_out_and_stops_the_job_soon(dask_client, write_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
     root, out = files(30), tmp_path / "out"
     script = write_script("""

@@ -40,7 +40,7 @@ from ..inputs.batch_format import read_batch
 from ..minibatch import MiniBatch
 from ..storage import is_local, local_path, write_atomic
 from .entry_script import ATTEMPT_OUTPUT_DIR, EntryScript
-from .messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown, ToChild
+from .messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown, Started, ToChild
 
 if TYPE_CHECKING:
     from ..output.files import OutputDirWatch
@@ -527,6 +527,7 @@ def main(fd: int) -> None:
     # the processes it starts must be stoppable by them as anywhere else.
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     conn = _connect(fd)
+    conn.send(Started())  # the runner's clock for init() starts here, not at the interpreter's start
     setup: Setup = conn.recv()
     loop = asyncio.new_event_loop()  # one loop for the process: async init(), run() and shutdown()
     asyncio.set_event_loop(loop)

@@ -1,7 +1,9 @@
 """What the worker's runner and the entry-script process say to each other, as typed messages.
 
 Over the process's socket (pickled): the runner sends `Setup` once, then a `Run` per attempt and
-`Shutdown` at the end of the job; the entry-script process answers `Ready` (or `Failed`) after init(),
+`Shutdown` at the end of the job; the entry-script process says `Started` as soon as it runs (the
+interpreter and the engine's own imports are up: what follows is the user's), answers `Ready` (or
+`Failed`) after importing the script and running init(),
 `Loaded` then `Done` (or `Failed`) per attempt, and `Bye` after shutdown(). `Loaded`, `Done` and an
 attempt's `Failed` name their attempt (`key`), so that several attempts can be in flight in one process
 (an `async def run()` with `max_concurrency_per_process` > 1): the runner routes each answer to the
@@ -77,6 +79,12 @@ class Shutdown:
 
 # -- entry-script process -> runner ----------------------------------------------------------------------
 @dataclass(frozen=True)
+class Started:
+    """First, before the script is imported: the process is up. `run_invocation_timeout` bounds init() from
+    here, so that a slow interpreter start (a loaded machine, a cold disk) is not charged to init()."""
+
+
+@dataclass(frozen=True)
 class Ready:
     init_seconds: float
     async_run: bool = False  # run() is a coroutine function: the process cancels it at the timeout
@@ -137,7 +145,7 @@ def answer_key(message: object) -> AttemptKey | None:
     return None
 
 
-FromChild = Ready | Loaded | Done | Failed | Bye
+FromChild = Started | Ready | Loaded | Done | Failed | Bye
 
 
 # -- the runner's own wait outcomes (never pickled) -----------------------------------------------------
@@ -163,4 +171,4 @@ class Cancelled:
 
 
 TIMED_OUT, DIED, CANCELLED = TimedOut(), Died(), Cancelled()
-WaitOutcome = Ready | Loaded | Done | Failed | Bye | TimedOut | Died | Cancelled
+WaitOutcome = FromChild | TimedOut | Died | Cancelled

@@ -32,6 +32,7 @@ from .messages import (
     Ready,
     Setup,
     Shutdown,
+    Started,
     TimedOut,
     ToChild,
     WaitOutcome,
@@ -73,8 +74,14 @@ class ProcessHost(Protocol):
     def forget(self, process: EntryProcess) -> None: ...
 
 
+#: How long a new entry-script process may take to say `Started` (the Python interpreter and the engine's own
+#: imports, before the user's script): not the user's time, so not `run_invocation_timeout`; generous,
+#: because a loaded machine or a cold disk can make a start take seconds, and it bounds only a hang.
+START_TIMEOUT_S = 120.0
+
 #: The status of an attempt whose process did not answer in time, by where it was.
 TIMEOUT_STATUS = {
+    AttemptStage.START: AttemptStatus.SYSTEM_ERROR,
     AttemptStage.INIT: AttemptStatus.INIT_TIMEOUT,
     AttemptStage.LOAD: AttemptStatus.LOAD_TIMEOUT,
     AttemptStage.RUN: AttemptStatus.RUN_TIMEOUT,
@@ -229,7 +236,12 @@ class EntryProcess:
             max_concurrency=self.spec.max_concurrency,
             batch_format=self.spec.batch_format,
         )
-        return self._await_init(self.request(setup, self.spec.run_invocation_timeout, stop_check))
+        up = self.request(setup, START_TIMEOUT_S, stop_check)
+        if not isinstance(up, Started):
+            self.kill()
+            return self.failure(up, AttemptStage.START)
+        # run_invocation_timeout bounds the script's import and init() only, from the process's `Started`
+        return self._await_init(self.wait(self.spec.run_invocation_timeout, stop_check))
 
     def start_once(self, stop_check: StopCheck) -> Ready | Failed:
         """`start`, and `init_outcome`/`started` for the attempts that leased the process meanwhile."""
@@ -358,7 +370,10 @@ class EntryProcess:
     def failure(self, outcome: WaitOutcome, stage: AttemptStage, index: int | None = None) -> Failed:
         """What a wait that did not bring the expected answer means for the attempt (the outcome table):
         at `stage` of init() (`index` None) or of mini-batch `index`."""
-        during = "init()" if index is None else f"run() of mini-batch {index}"
+        if index is not None:
+            during = f"run() of mini-batch {index}"
+        else:
+            during = "its start" if stage is AttemptStage.START else "init()"
         if isinstance(outcome, Failed):
             return outcome
         if isinstance(outcome, TimedOut):
@@ -373,13 +388,20 @@ class EntryProcess:
                 "one was stopped",
             )
         if isinstance(outcome, Cancelled):
-            what = "init() ran" if stage is AttemptStage.INIT else "this mini-batch ran"
+            what = {AttemptStage.START: "the process started", AttemptStage.INIT: "init() ran"}.get(
+                stage, "this mini-batch ran"
+            )
             return Failed(AttemptStatus.CANCELLED, stage, f"job stopped while {what}")
         message = f"the entry-script process answered {type(outcome).__name__} during {during}"
         return Failed(AttemptStatus.SYSTEM_ERROR, stage, message)
 
     def _timeout_message(self, stage: AttemptStage, index: int | None) -> str:
         spec = self.spec
+        if stage is AttemptStage.START:
+            return (
+                f"the entry-script process did not start within {START_TIMEOUT_S:g} s (the Python interpreter "
+                "and the engine's imports, before the entry script); the process was stopped"
+            )
         if stage is AttemptStage.INIT:
             return (
                 f"init() did not finish in {spec.run_invocation_timeout:g} s (run_invocation_timeout); "

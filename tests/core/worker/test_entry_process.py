@@ -1,6 +1,6 @@
 """The entry-script process on its own, over a socketpair as the runner starts it: no Dask, no driver.
 
-Setup -> Ready (or Failed and the process ends), Run -> Loaded -> Done or Failed, Shutdown -> Bye."""
+Started (before any Setup), Setup -> Ready (or Failed and the process ends), Run -> Loaded -> Done or Failed, Shutdown -> Bye."""
 
 from __future__ import annotations
 
@@ -20,7 +20,17 @@ import pytest
 from airflow_parallel_run.core import FileDataset
 from airflow_parallel_run.core.attempt import AttemptStage, AttemptStatus
 from airflow_parallel_run.core.minibatch import FileRef, MiniBatch
-from airflow_parallel_run.core.worker.messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown
+from airflow_parallel_run.core.worker.messages import (
+    Bye,
+    Done,
+    Failed,
+    Loaded,
+    Ready,
+    Run,
+    Setup,
+    Shutdown,
+    Started,
+)
 
 SCRIPT = """
 import os
@@ -84,7 +94,9 @@ def _start(root: Path, script: str, output_action: str = "append_row") -> Child:
         output_dir=str(root / "staging" / "files" / "init-node-process001"),
     )
     conn.send(setup)
-    return Child(conn, proc, root)
+    started = Child(conn, proc, root)
+    assert started.answer() == Started()  # first, before the script is imported
+    return started
 
 
 @pytest.fixture
