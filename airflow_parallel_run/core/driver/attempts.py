@@ -19,6 +19,7 @@ own try (PROCESS_DIED) the next time, and no other.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import time
@@ -35,6 +36,7 @@ from .stopping import STOP_CANCEL_S, STOP_DRAIN_S, bounded
 from .watchdog import InFlight
 
 LOOP_WAIT_S = 0.2  # the driver loop looks at the cancel flag at least this often
+DRAIN_POLL_S = 0.02  # how often a stopping job looks whether its attempts in flight reported
 # Attempts in flight: enough that no worker waits for the driver's next submit, few enough that a
 # million mini-batches never sit on the scheduler at once. The window is the only queue: the attempts
 # bypass the scheduler's root-task queue (see `attempt_key`).
@@ -370,7 +372,8 @@ class AttemptStream:
         if not good:
             return {}
         try:
-            return dict(zip([attempt_name(f.key) for f in good], self.client.gather(good), strict=True))
+            values = fetch(self.client, lambda: self.client.gather(good), f"{len(good)} attempts")
+            return dict(zip([attempt_name(f.key) for f in good], values, strict=True))
         except Exception:  # noqa: BLE001 - fall back to one by one, so one bad result fails only itself
             return {}
 
@@ -390,13 +393,23 @@ class AttemptStream:
             bounded(lambda: self.client.cancel(futures), max(deadline - time.monotonic(), 0.1))
             for key in queued:
                 self._pop(key)
+        # Waits for completion only, then fetches what finished in a bounded helper: never
+        # `Future.result(timeout=...)`, whose timeout cancels the client's gather shared by every caller
+        # (see `fetch`). What is not back in time is cancelled by `abandon`.
+        while time.monotonic() < deadline and not all(sent.future.done() for sent in self.in_flight.values()):
+            time.sleep(DRAIN_POLL_S)
+        done = [key for key, sent in self.in_flight.items() if sent.future.done()]
+        finished = [
+            self.in_flight[key].future for key in done if self.in_flight[key].future.status == "finished"
+        ]
+        fetched, outcomes = bounded(lambda: self._gather(finished), max(deadline - time.monotonic(), 0.05))
+        outcomes = outcomes if fetched else {}
         reported: list[Booked] = []
-        for key, sent in list(self.in_flight.items()):
-            try:
-                outcome = sent.future.result(timeout=max(deadline - time.monotonic(), 0.05))
-            except Exception:  # noqa: BLE001 - not back in time, or lost: cancelled below
-                continue
-            reported += self._book(self._pop(key), outcome)
+        for key in done:
+            sent = self.in_flight[key]
+            if key not in outcomes and sent.future.status == "finished":
+                continue  # finished, but its result was not fetched in time: as if not back
+            reported += self._book(self._pop(key), outcomes.get(key))
         self.returned = []
         return reported
 
@@ -417,7 +430,7 @@ class AttemptStream:
 def _chunk_results(future: Future) -> list[AttemptResult] | None:
     """A finished chunk's results, or None when its task failed (a lost worker)."""
     try:
-        results = future.result()
+        results = read_result(future)
     except Exception:  # noqa: BLE001 - the chunk's attempts go back (see the module)
         return None
     return results if isinstance(results, list) else None
@@ -441,7 +454,7 @@ def collect(future: Future, mb: MiniBatch, attempt: int) -> AttemptResult:
             stage=AttemptStage.RUN,
         )
     try:
-        result = future.result()
+        result = read_result(future)
         assert isinstance(result, AttemptResult)
         return result
     except Exception as exc:  # noqa: BLE001 - a lost worker fails this attempt only
@@ -453,3 +466,52 @@ def collect(future: Future, mb: MiniBatch, attempt: int) -> AttemptResult:
             error=f"the Dask worker running mini-batch {mb.index} was lost: {type(exc).__name__}: {exc}",
             stage=AttemptStage.RUN,
         )
+
+
+class ClientGatherCancelled(RuntimeError):
+    """The Dask client could not fetch a finished task's result: its shared gather was cancelled."""
+
+
+def read_result(future: Future) -> Any:
+    """`future.result()`, immune to a Dask client whose shared gather was cancelled (`fetch`)."""
+    return fetch(future.client, future.result, attempt_name(future.key))
+
+
+def fetch(client: Client, read: Callable[[], Any], what: str) -> Any:
+    """`read()` (a result fetch on `client`), immune to a client whose shared gather was cancelled.
+
+    distributed's client batches concurrent result fetches into one pending gather (`Client._gather_future`).
+    When a caller that joined it is cancelled (`Future.result(timeout=...)` timing out while the client's
+    five gather slots are busy, or a KeyboardInterrupt in `sync`), the shared gather is cancelled with it,
+    and if it had not started it stays the client's pending gather: every later `result()` and `gather()` on
+    that client then ends in `UnboundLocalError: cannot access local variable 'result'` (dask/distributed
+    #8514), and a job sharing the client would book every attempt as a lost worker while all of them ran
+    well. The engine never puts a timeout on a result fetch (`AttemptStream.drain`); a client poisoned by
+    someone else is cleared here, and the fetch tried once more."""
+    try:
+        return read()
+    except (UnboundLocalError, asyncio.CancelledError):
+        if not clear_cancelled_gather(client):
+            raise
+    try:
+        return read()
+    except (UnboundLocalError, asyncio.CancelledError) as exc:
+        raise ClientGatherCancelled(
+            f"the Dask client could not fetch the result of {what}: its gather was cancelled ({type(exc).__name__})"
+        ) from exc
+
+
+def clear_cancelled_gather(client: Client) -> bool:
+    """Forgets the client's pending gather when it is a cancelled one (see `read_result`): True if it was."""
+
+    async def clear() -> bool:
+        pending = getattr(client, "_gather_future", None)
+        if pending is None or not pending.done():
+            return False
+        client._gather_future = None
+        return True
+
+    try:
+        return bool(client.sync(clear))
+    except Exception:  # noqa: BLE001 - a client that cannot run it: the caller reports the first error
+        return False

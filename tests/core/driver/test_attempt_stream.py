@@ -4,6 +4,7 @@ PROCESS_DIED. Also pins the distributed internal the stream reads (`as_completed
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -17,6 +18,7 @@ from airflow_parallel_run.core.driver.attempts import (
     AttemptStream,
     Pending,
     Window,
+    clear_cancelled_gather,
     collect,
 )
 from airflow_parallel_run.core.minibatch import MiniBatch
@@ -88,6 +90,78 @@ def test_a_result_cancelled_in_the_client_is_said_to_be_one(client: Client) -> N
         result
     )
     assert "was lost" not in result.error
+
+
+class _GatherSlots:
+    """Holds the client's five gather slots (distributed's `Client._gather_semaphore`), as five large
+    result fetches in flight would: a fetch started meanwhile waits for a slot before it starts."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def __enter__(self) -> _GatherSlots:
+        async def hold() -> None:
+            for _ in range(5):
+                await self.client._gather_semaphore.acquire()
+
+        self.client.sync(hold)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def release() -> None:
+            for _ in range(5):
+                self.client._gather_semaphore.release()
+
+        self.client.sync(release)
+
+
+def _poisoned(client: Client) -> bool:
+    pending = client._gather_future
+    return pending is not None and pending.cancelled()
+
+
+def test_a_client_whose_gather_was_cancelled_still_books_every_attempt(client: Client) -> None:
+    """A `result(timeout=...)` that times out while the gather slots are busy leaves the client a cancelled
+    pending gather (dask/distributed#8514): every later fetch raised UnboundLocalError, and a job on that
+    client booked every attempt as a lost worker while all ran well (38 tests of one pytest worker)."""
+    finished = client.submit(lambda: 1, key="apr-test-poison", pure=False)
+    assert finished.result(timeout=30) == 1
+    with _GatherSlots(client), contextlib.suppress(TimeoutError):
+        finished.result(timeout=0.3)  # someone else's fetch with a timeout, on the shared client
+    try:
+        assert _poisoned(client), "distributed no longer leaves a cancelled gather behind: drop the cure"
+        stream = AttemptStream(client, "job-poisoned", _attempt, "node-a", None)
+        stream.submit((MiniBatch(i, "file", 0, 2), 1) for i in (0, 1, 2, 4))
+        booked = []
+        while len(stream):
+            booked += stream.next_batch(timeout=5)
+        assert sorted(mb.index for mb, _, _ in booked) == [0, 1, 2, 4]
+        assert all(result.ok for _, _, result in booked), [r.error for _, _, r in booked]
+        assert not _poisoned(client)
+    finally:
+        clear_cancelled_gather(client)
+
+
+def test_a_stopping_stream_never_cancels_the_clients_gather(client: Client) -> None:
+    """`drain` after a stop reads what reported within its budget without a timeout on any fetch: it used
+    `Future.result(timeout=...)`, which poisoned the client shared by later jobs when the slots were busy."""
+    stream = AttemptStream(client, "job-drain", _attempt, "node-a", None)
+    stream.submit((MiniBatch(i, "file", 0, 2), 1) for i in (0, 1, 2))
+    deadline = time.monotonic() + 30
+    while not all(sent.future.done() for sent in stream.in_flight.values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    try:
+        with _GatherSlots(client):
+            started = time.monotonic()
+            reported = stream.drain()  # the results cannot be fetched while the slots are held
+            assert time.monotonic() - started < 5
+            assert reported == []
+        later = client.submit(lambda: 2, key="apr-test-after-drain", pure=False)
+        assert later.result(timeout=30) == 2
+        assert not _poisoned(client)
+    finally:
+        clear_cancelled_gather(client)
 
 
 def _name(key: object) -> str:
