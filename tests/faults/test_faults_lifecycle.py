@@ -129,7 +129,10 @@ def check_stopped_cleanly(out: Path, tmp_path: Path, stopped: float, within: flo
     assert broadcast is not None and stopped <= broadcast < stopped + 2, "no (or a late) stop line"
     result = (out / "logs" / "job_result.txt").read_text()
     stop_line = re.search(
-        r"^Stopped at \S+ \S+ UTC \(.+\): \d+ running attempt\(s\) cancelled, (\d+) process", result, re.M
+        r"^Stopped at \S+ \S+ UTC \(.+\): \d+ running attempt\(s\) cancelled, (\d+) process\(es\) the entry "
+        r"script left running ended( on the workers that answered within [\d.]+ s)?",
+        result,
+        re.M,
     )
     assert stop_line, result
     assert not (out / ".airflow-parallel-run.lock").exists(), "the lock is left"
@@ -137,7 +140,12 @@ def check_stopped_cleanly(out: Path, tmp_path: Path, stopped: float, within: flo
     pids = noted_pids(tmp_path)
     assert any(k.startswith("init-helper") for k in lines_of(tmp_path / "pids.txt")), "init() never ran"
     wait_for(lambda: not running(pids), within, "every process init() and run() started to end")
-    assert int(stop_line.group(1)) == len(pids), (result, lines_of(tmp_path / "pids.txt"))
+    # every worker answered in time: the count is exact; a loaded machine may leave it to the workers
+    # themselves (the line says so, and the processes ended all the same, above)
+    if stop_line.group(2) is None:
+        assert int(stop_line.group(1)) == len(pids), (result, lines_of(tmp_path / "pids.txt"))
+    else:
+        assert int(stop_line.group(1)) <= len(pids), (result, lines_of(tmp_path / "pids.txt"))
     return summary
 
 

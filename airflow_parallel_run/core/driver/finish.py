@@ -15,7 +15,7 @@ from ..logs.job_record import job_record, write_job_record
 from ..logs.joblogs import JobLogs
 from ..spill import SpillError
 from ..summary import JobSummary, summarise, verdict
-from .stopping import stamp
+from .stopping import StopRecord, stamp
 
 if TYPE_CHECKING:
     from .loop import JobDriver
@@ -149,12 +149,11 @@ def _write_report(logs: JobLogs, log_root: str) -> None:
 def result_lines(
     summary: JobSummary,
     error_lines: Sequence[str],
-    stopped: tuple[float, str, int, int] | None,
+    stopped: StopRecord | None,
     speculation: str | None = None,
 ) -> list[str]:
-    """What logs/job_result.txt says: the outcome, how a stopped job stopped ((when, why, attempts
-    cancelled, processes ended)), what speculative execution did, the first errors, and the summary
-    document."""
+    """What logs/job_result.txt says: the outcome, how a stopped job stopped (`StopRecord`), what
+    speculative execution did, the first errors, and the summary document."""
     if summary.succeeded:
         lines = [
             f"Job succeeded: {summary.succeeded_items} of {summary.total_items} items succeeded, "
@@ -165,11 +164,16 @@ def result_lines(
     else:
         lines = [str(summary.message), "Start with logs/user/error.txt; each line names the full trace."]
     if stopped is not None:
-        at, reason, cancelled, leftovers = stopped
-        reason = (reason.splitlines() or [""])[0]  # the details (a watchdog's log tails) are above
+        reason = (stopped.reason.splitlines() or [""])[0]  # the details (a watchdog's log tails) are above
+        ended = f"{stopped.leftovers} process(es) the entry script left running ended"
+        if stopped.unanswered_s is not None:
+            ended += (
+                f" on the workers that answered within {stopped.unanswered_s:g} s; the others end theirs "
+                "uncounted (see logs/sys/node/<ip>/<process>.txt)"
+            )
         lines.append(
-            f"Stopped at {stamp(at)} UTC ({reason}): {cancelled} running attempt(s) cancelled, {leftovers} "
-            "process(es) the entry script left running ended."
+            f"Stopped at {stamp(stopped.at)} UTC ({reason}): {stopped.cancelled} running attempt(s) cancelled, "
+            f"{ended}."
         )
     if speculation:
         lines.append(speculation)

@@ -20,6 +20,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client, Event
@@ -79,6 +80,9 @@ class StopControl:
         self.stopped_at: float | None = None
         self.cancelled_attempts = 0
         self.leftover_processes = 0
+        # None: every worker answered `finish_workers` in time, so `leftover_processes` is their count;
+        # else how long the answers were waited for (the others go on ending theirs, uncounted)
+        self.leftovers_unanswered_s: float | None = None
         self._cancel = threading.Event()
         self.event: Event | None = None
         self.plugin: str | None = None  # the job's worker plugin, once registered
@@ -161,6 +165,8 @@ class StopControl:
             lambda: client.run(finish_on, self.plugin, True, on_error="return"),
             bound,
         )
+        if not done or failed_answers(outcome):
+            self.leftovers_unanswered_s = bound
         if not done:
             self.master(
                 "could not stop entry-script processes on every worker: "
@@ -182,8 +188,33 @@ class StopControl:
                 "(pids in logs/sys/node/<ip>/<process>.txt)"
             )
 
-    def stopped(self) -> tuple[float, str, int, int] | None:
-        """For job_result.txt: (when, why, attempts cancelled, processes ended), if the job stopped."""
+    def stopped(self) -> StopRecord | None:
+        """For job_result.txt: when, why and what the stop ended, if the job stopped."""
         if self.stopped_at is None:
             return None
-        return (self.stopped_at, self.reason or "", self.cancelled_attempts, self.leftover_processes)
+        return StopRecord(
+            self.stopped_at,
+            self.reason or "",
+            self.cancelled_attempts,
+            self.leftover_processes,
+            self.leftovers_unanswered_s,
+        )
+
+
+@dataclass(frozen=True)
+class StopRecord:
+    """How a stopped job stopped, for logs/job_result.txt. `leftovers` counts the processes entry scripts
+    left running that the workers ended; `unanswered_s` (None when every worker answered) says that some
+    worker did not answer within that many seconds, so the count is of those that did: the others end
+    theirs all the same, uncounted (a loaded machine, a lost worker)."""
+
+    at: float
+    reason: str
+    cancelled: int
+    leftovers: int
+    unanswered_s: float | None = None
+
+
+def failed_answers(outcome: Any) -> bool:
+    """Whether `client.run(..., on_error="return")` brought an error from some worker."""
+    return not isinstance(outcome, dict) or any(not isinstance(r, dict) for r in outcome.values())
