@@ -71,6 +71,32 @@ def test_a_slow_process_start_is_not_charged_to_init(dask_client, write_script, 
     assert [r["Status"] for r in rows] == ["RUN_DONE"] * 4, rows
 
 
+def test_a_process_that_dies_while_starting_says_so(dask_client, write_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Before `Started` (the interpreter's start, before the engine's imports): PROCESS_DIED at stage start,
+    with the exit code and the process's last stderr lines, not an init() failure."""
+    dying_start = tmp_path / "dying_start"
+    dying_start.mkdir()
+    (dying_start / "sitecustomize.py").write_text(
+        "import os, sys\nsys.stderr.write('no interpreter for you\\n')\nsys.stderr.flush()\nos._exit(7)\n"
+    )
+    root, out = files(2), tmp_path / "out"
+    script = write_script("""
+        def run(mini_batch):
+            return mini_batch
+    """)
+    summary = job(
+        dask_client, script, root, out, run_max_try=1, environment_variables={"PYTHONPATH": str(dying_start)}
+    )
+    rows = attempts(out)
+    assert summary["status"] == "failed" and summary["failed_mini_batches"] == 2, (summary, rows)
+    for row in rows:
+        assert row["Status"] == "PROCESS_DIED", row
+        assert "died during its start (exit code 7)" in row["Error Message"], row
+    assert "no interpreter for you" in (out / "logs" / "user" / "error.txt").read_text() or any(
+        "no interpreter for you" in p.read_text() for p in (out / "logs" / "user" / "error").rglob("*.txt")
+    )
+
+
 def test_hung_init_times_out_and_stops_the_job_soon(dask_client, write_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
     root, out = files(30), tmp_path / "out"
     script = write_script("""
