@@ -7,6 +7,7 @@ cover what it does not: a run() that always hangs, an init() that hangs or exits
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,62 @@ def test_a_slow_process_start_is_not_charged_to_init(dask_client, write_script, 
     rows = attempts(out)
     assert summary["status"] == "succeeded" and summary["failed_mini_batches"] == 0, (summary, rows)
     assert [r["Status"] for r in rows] == ["RUN_DONE"] * 4, rows
+
+
+def test_a_stop_while_processes_start_books_their_attempts_as_cancelled_in_init(  # type: ignore[no-untyped-def]
+    dask_client, write_script, files, tmp_path
+) -> None:
+    """A stop that comes between a process's spawn and its `Started` (a slow interpreter start): each
+    attempt whose process was spawned has its CANCELLED row, as a stop during init() always had; only an
+    attempt that started nothing is left without a row."""
+    slow_start = tmp_path / "slow_start"
+    slow_start.mkdir()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (slow_start / "sitecustomize.py").write_text(
+        f"import os, time\nopen(os.path.join({str(marks)!r}, str(os.getpid())), 'w').close()\ntime.sleep(30)\n"
+    )
+    root, out = files(2), tmp_path / "out"
+    script = write_script("""
+        def run(mini_batch):
+            return mini_batch
+    """)
+    drivers: list[Any] = []
+    result: list[Any] = []
+
+    def run() -> None:
+        try:
+            result.append(
+                run_job(
+                    ParallelRunConfig(
+                        entry_script=script,
+                        mini_batch_size=1,
+                        process_count_per_node=2,
+                        environment_variables={"PYTHONPATH": str(slow_start)},
+                    ),
+                    [FileDataset.from_files(str(root))],
+                    str(out),
+                    client=dask_client,
+                    on_driver=drivers.append,
+                )
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while len(list(marks.iterdir())) < 2 and not result:  # both processes spawned, still starting
+        assert time.monotonic() < deadline, "the entry-script processes never started"
+        time.sleep(0.05)
+    drivers[0].cancel("the Airflow task was killed")
+    thread.join(60)
+    assert result and isinstance(result[0], dict), result
+    assert result[0]["message"] == "Job failed: the Airflow task was killed", result[0]
+    rows = attempts(out)
+    assert sorted(r["Mini-batch Id"] for r in rows) == ["0", "1"], rows
+    for row in rows:
+        assert (row["Status"], row["Error Message"]) == ("CANCELLED", "job stopped while init() ran"), row
 
 
 def test_a_process_that_dies_while_starting_says_so(dask_client, write_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]

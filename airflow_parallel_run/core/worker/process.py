@@ -239,7 +239,9 @@ class EntryProcess:
         up = self.request(setup, START_TIMEOUT_S, stop_check)
         if not isinstance(up, Started):
             self.kill()
-            return self.failure(up, AttemptStage.START)
+            # a stop meanwhile ends the attempt as during init(), as before `Started`: the process was
+            # started, so its attempt has a row (stage START with CANCELLED means "never started")
+            return self.failure(up, AttemptStage.INIT if isinstance(up, Cancelled) else AttemptStage.START)
         # run_invocation_timeout bounds the script's import and init() only, from the process's `Started`
         return self._await_init(self.wait(self.spec.run_invocation_timeout, stop_check))
 
@@ -388,9 +390,7 @@ class EntryProcess:
                 "one was stopped",
             )
         if isinstance(outcome, Cancelled):
-            what = {AttemptStage.START: "the process started", AttemptStage.INIT: "init() ran"}.get(
-                stage, "this mini-batch ran"
-            )
+            what = "init() ran" if stage is AttemptStage.INIT else "this mini-batch ran"
             return Failed(AttemptStatus.CANCELLED, stage, f"job stopped while {what}")
         message = f"the entry-script process answered {type(outcome).__name__} during {during}"
         return Failed(AttemptStatus.SYSTEM_ERROR, stage, message)
