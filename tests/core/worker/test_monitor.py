@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import os
 import subprocess
 import sys
@@ -47,8 +48,16 @@ DISK_HEADER = ["Utc Time", "Path", "Total (MB)", "Used (MB)", "Free (MB)", "Perc
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The monitor's CSV as its writers leave it: read under a shared flock (they append under an exclusive
+    one), so no half-written row is seen; a file created but not written yet reads as no header, no rows."""
     with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
+        fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+        try:
+            rows = list(csv.reader(handle))
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    if not rows:
+        return [], []
     return rows[0], [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
 
 
@@ -342,7 +351,8 @@ def test_sample_soon_wakes_a_monitor_with_a_long_interval(tmp_path):
     csv_path = tmp_path / "logs" / "perf" / NODE / "node_resource_usage.csv"
     try:
         deadline = time.monotonic() + 10
-        while not csv_path.exists() and time.monotonic() < deadline:  # the first sample, within 1 s
+        # the first sample, within 1 s (the file exists, empty, a moment before its writer holds the lock)
+        while not (csv_path.exists() and read_csv(csv_path)[1]) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(read_csv(csv_path)[1]) == 1
         monitor.sample_soon()
