@@ -502,7 +502,7 @@ def fetch(client: Client, read: Callable[[], Any], what: str) -> Any:
 
 
 def clear_cancelled_gather(client: Client) -> bool:
-    """Forgets the client's pending gather when it is a cancelled one (see `read_result`): True if it was."""
+    """Forgets the client's pending gather when it is a cancelled one (see `fetch`): True if it was."""
 
     async def clear() -> bool:
         pending = getattr(client, "_gather_future", None)

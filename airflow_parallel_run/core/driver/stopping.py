@@ -165,9 +165,8 @@ class StopControl:
             lambda: client.run(finish_on, self.plugin, True, on_error="return"),
             bound,
         )
-        if not done or failed_answers(outcome):
-            self.leftovers_unanswered_s = bound
         if not done:
+            self.leftovers_unanswered_s = bound
             self.master(
                 "could not stop entry-script processes on every worker: "
                 + (f"{outcome}" if outcome is not None else f"no answer within {bound:g} s")
@@ -181,6 +180,7 @@ class StopControl:
             else:
                 failed.append(f"{worker}: {result}")
         if failed:
+            self.leftovers_unanswered_s = bound
             self.master(f"could not stop entry-script processes on every worker: {'; '.join(failed)}")
         if self.leftover_processes:
             self.master(
@@ -213,8 +213,3 @@ class StopRecord:
     cancelled: int
     leftovers: int
     unanswered_s: float | None = None
-
-
-def failed_answers(outcome: Any) -> bool:
-    """Whether `client.run(..., on_error="return")` brought an error from some worker."""
-    return not isinstance(outcome, dict) or any(not isinstance(r, dict) for r in outcome.values())
