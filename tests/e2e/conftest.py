@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from dag_folders import build_dags_folder
-from e2e_rest import EXAMPLE_DAG_IDS, Api, Stack, StackError, free_port
+from e2e_rest import E2E_CALL_TIMEOUT_S, EXAMPLE_DAG_IDS, Api, Stack, StackError, free_port
 
 ADMIN_PASSWORD = "e2e-admin-password"
 E2E_DAG_IDS = ("apr_test_failing_scoring", "apr_test_sensor_deferrable", "apr_e2e_twenty_batches")
@@ -58,6 +58,15 @@ def _partition_settings(base: Path) -> dict[str, str]:
         "AIRFLOW__OPENLINEAGE__SELECTIVE_ENABLE": "True",
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "apr-e2e",
     }
+
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(HERE) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(E2E_CALL_TIMEOUT_S, func_only=True))
 
 
 RESTARTS: list[str] = []  # every component restart of the session, for the terminal summary

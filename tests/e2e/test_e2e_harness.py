@@ -3,6 +3,8 @@
 - Both schedulers frozen (SIGSTOP) while a run is queued: the wait fails with "made no progress"
   after the stall time, long before its timeout, and shows the queued run and the component logs.
 - A component that dies without the test declaring it: the next wait fails at once, naming it.
+- pytest-timeout's guard counts a test's call only (the session stack starts inside the first test's
+  setup), and leaves room for the test's own waits, which fail with the stack's state.
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ import signal
 import time
 
 import pytest
-from e2e_rest import IN_PROGRESS_TI_STATES, Api, Progress, Stack, StackStalled
+from e2e_rest import (
+    E2E_CALL_TIMEOUT_S,
+    IN_PROGRESS_TI_STATES,
+    RUN_TIMEOUT,
+    Api,
+    Progress,
+    Stack,
+    StackStalled,
+)
 
 pytestmark = pytest.mark.usefixtures("stack_logs_on_failure")
 
@@ -76,3 +86,9 @@ def test_wait_fails_at_once_when_a_component_dies(stack: Stack, api: Api) -> Non
     assert stack.unexpected_restarts[-1].startswith("dag-processor exited with -9 and was restarted")
     stack.acknowledged_restarts = len(stack.unexpected_restarts)  # caused by this test, on purpose
     api.wait_for(stack.is_healthy, "a healthy stack", timeout=120)
+
+
+def test_the_timeout_guard_counts_the_call_only(request: pytest.FixtureRequest) -> None:
+    mark = request.node.get_closest_marker("timeout")
+    assert mark is not None and mark.kwargs.get("func_only") is True, mark
+    assert mark.args[0] == E2E_CALL_TIMEOUT_S >= 3 * RUN_TIMEOUT
