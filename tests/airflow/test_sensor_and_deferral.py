@@ -18,7 +18,7 @@ from unittest import mock
 import pendulum
 import pytest
 
-from airflow_parallel_run.core.driver.finish import unlisted_note
+from airflow_parallel_run.core.driver.finish import with_unlisted_note
 from airflow_parallel_run.task_identity import TaskIdentity
 from tests.airflow.test_example_dags import _states, _xcom
 
@@ -210,7 +210,7 @@ async def test_job_trigger_fires_with_the_summary_and_on_kill_cancels(
     words = "Job failed: the Airflow task was marked success"  # 200 inputs: the stop may come while listing
     stopped = event["summary"]
     assert stopped["status"] == "failed", stopped
-    assert stopped["message"] in (words, f"{words}; {unlisted_note(stopped['total_mini_batches'])}"), stopped
+    assert stopped["message"] in (words, with_unlisted_note(words, stopped["total_mini_batches"])), stopped
     assert time.monotonic() - started < 30 and event["summary"]["succeeded_items"] < 200
 
 

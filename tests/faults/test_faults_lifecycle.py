@@ -27,7 +27,7 @@ import psutil
 from faults_support import cli_run_argv, entry_processes, lines_of, wait_for
 
 from airflow_parallel_run.core import FileDataset, JobDriver, ParallelRunConfig, run_job
-from airflow_parallel_run.core.driver.finish import unlisted_note
+from airflow_parallel_run.core.driver.finish import with_unlisted_note
 
 #: Airflow 3's task supervisor sends SIGTERM to the task's process group and SIGKILL 5 s later
 #: (`kill(SIGTERM, force=True)`, escalation delay 5 s); the job's result must be written before that.
@@ -185,7 +185,7 @@ def test_cancel_stops_at_once_on_the_embedded_cluster(write_script, files, tmp_p
     assert isinstance(result[0], dict), result
     summary = check_stopped_cleanly(out, tmp_path, stopped, within=5)
     words = "Job failed: the Airflow task was killed"  # 40 inputs: the stop may come before they are listed
-    assert summary["message"] in (words, f"{words}; {unlisted_note(summary['total_mini_batches'])}"), summary
+    assert summary["message"] in (words, with_unlisted_note(words, summary["total_mini_batches"])), summary
     assert seconds < STOP_BOUND_S, f"job_result.txt took {seconds:.1f} s after the cancel"
     assert not entry_processes(out, 0), "entry-script processes are left"
 

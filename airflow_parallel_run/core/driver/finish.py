@@ -33,18 +33,19 @@ def finish_job(driver: JobDriver) -> dict[str, Any]:
         driver.sink.close()  # the commit log's spill: the output is assembled (or never will be)
 
 
-def unlisted_note(listed: int) -> str:
-    """What the message of a job stopped before its listing ended adds (after "; "): its totals count only
-    the mini-batches listed by then. A stop can come at any point of a listing that runs beside the job."""
-    return f"the inputs were not listed to the end: the totals count the {listed} mini-batches listed before the job stopped"
+def with_unlisted_note(message: str | None, listed: int) -> str:
+    """The message of a job stopped before its listing ended: its totals count only the mini-batches
+    listed by then, which it says after the message (or alone). A stop can come at any point of a listing
+    that runs beside the job."""
+    note = f"the inputs were not listed to the end: the totals count the {listed} mini-batches listed before the job stopped"
+    return f"{message}; {note}" if message else note
 
 
 def _summarise(driver: JobDriver) -> JobSummary:
     logs = driver.logs
     message = verdict(driver.tally, driver.config, driver.stop.reason)
     if driver.tally.listing:  # stopped while listing: never a success, and the totals say what they count
-        unlisted = unlisted_note(driver.tally.total_mini_batches)
-        message = f"{message}; {unlisted}" if message else unlisted
+        message = with_unlisted_note(message, driver.tally.total_mini_batches)
     logs.close()
     error_lines = logs.write_error_summary()
     failed_lines = _write_rerun_data(driver)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from airflow_parallel_run.core import ConfigError, FileDataset, ParallelRunConfig
-from airflow_parallel_run.core.driver.finish import unlisted_note
+from airflow_parallel_run.core.driver.finish import with_unlisted_note
 from airflow_parallel_run.core.driver.job import JobRequest
 from airflow_parallel_run.core.driver.remote import RemoteJob, submit_job, wait_for_end
 from airflow_parallel_run.core.driver.watch_lease import (
@@ -86,8 +86,7 @@ def test_a_job_nobody_watches_stops_with_the_lease_words(
     # the lease words; when the stop came before the listing of the 60 inputs ended (a loaded machine lists
     # them while the first mini-batches run), the summary also says what its totals count
     words = f"Job failed: {lease_reason(LEASE_S)}"
-    unlisted = unlisted_note(summary["total_mini_batches"])
-    assert summary["message"] in (words, f"{words}; {unlisted}"), summary
+    assert summary["message"] in (words, with_unlisted_note(words, summary["total_mini_batches"])), summary
     assert summary["message"].startswith("Job failed: no Airflow trigger watched the job for 3 s (")
     assert summary["succeeded_items"] < 60 and time.monotonic() - started < 60
     result = (tmp_path / "out" / "logs" / "job_result.txt").read_text().splitlines()[0]
@@ -122,8 +121,7 @@ def test_a_job_stops_once_its_watcher_went_away(
     # the lease words; when the stop came before the listing of the 60 inputs ended (a loaded machine lists
     # them while the first mini-batches run), the summary also says what its totals count
     words = f"Job failed: {lease_reason(LEASE_S)}"
-    unlisted = unlisted_note(summary["total_mini_batches"])
-    assert summary["message"] in (words, f"{words}; {unlisted}"), summary
+    assert summary["message"] in (words, with_unlisted_note(words, summary["total_mini_batches"])), summary
     assert ended - last >= LEASE_S, "not before the lease after the last refresh ran out"
     assert summary["succeeded_items"] < 80
 
