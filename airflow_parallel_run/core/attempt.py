@@ -102,6 +102,7 @@ class AttemptResult:
     schema: bytes | None = None  # the part's Arrow schema (typed output formats), for the job's one schema
     reused: bool = False
     files: list[str] = field(default_factory=list)  # what run() wrote to its output_dir
+    files_url: str | None = None  # that output_dir: this run's own (core/worker/attempt.py)
     uncacheable: str = ""  # why this attempt's result cannot be cached ("" when it can)
     stage: AttemptStage = AttemptStage.RUN  # where it ended
     retriable: bool = True  # False: its source knows another try would read the same wrong data

@@ -7,8 +7,10 @@ the equivalence test lets the driver choose as it does in a job."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from test_faults_kill import JobThread
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
 from airflow_parallel_run.core.driver import fusion
-from airflow_parallel_run.core.driver.attempts import AttemptStream, Window
+from airflow_parallel_run.core.driver.attempts import AttemptStream, Window, attempt_name
 from airflow_parallel_run.core.driver.fusion import Fusion
 from airflow_parallel_run.core.driver.loop import JobDriver
 from airflow_parallel_run.core.worker import chunk
@@ -266,8 +268,8 @@ def test_an_attempt_alone_run_again_after_its_worker_was_lost_publishes_only_its
     external_cluster, write_script, files, tmp_path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     """Not only chunks: an attempt of its own whose worker was lost is run again by the scheduler under the
-    same key, so under the same attempt number and output_dir folder; what the lost run wrote there is
-    removed first, and only the second run's file is published."""
+    same key, so under the same attempt number; each run writes under a token of its own, and only the
+    booked run's file is published."""
     cluster = external_cluster(workers=2, nthreads=1, nanny=True)
     sent = pin_chunks(monkeypatch, 1)
     count, killer = 4, 2
@@ -283,6 +285,72 @@ def test_an_attempt_alone_run_again_after_its_worker_was_lost_publishes_only_its
     assert [(r["Attempt"], r["Status"]) for r in rows(out)[killer]] == [("1", "RUN_DONE")]
     published = sorted(p.name.split("-")[0] for p in out.rglob("n*.out"))
     assert published == sorted(f"n{i}" for i in range(count)), published
+
+
+BOOKED_THEN_LOST_SCRIPT = (
+    HEAD
+    + """
+def run(mini_batch):
+    n, run_id = int(open(mini_batch[0]).read()), uuid.uuid4().hex
+    with open(os.path.join(EntryScript().output_dir, f"n{{n}}.out"), "w") as f:
+        f.write(run_id)
+    with open(os.path.join({marks!r}, f"n{{n}}-{{run_id}}"), "w") as f:
+        f.write(str(os.getppid()))  # its Dask worker
+    return [f"{{os.path.basename(p)}} {{open(p).read().strip()}}" for p in mini_batch]
+"""
+)
+
+
+def test_a_run_again_after_the_driver_read_the_result_leaves_the_booked_runs_files_alone(
+    external_cluster, write_script, files, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The driver has read an attempt's result, and its worker is lost before the driver has published the
+    attempt's files: the scheduler runs the task again (the driver still holds its future), and that run
+    must not touch the files of the run the driver booked. Every run of a task writes under a name of its
+    own (core/worker/attempt.py), so the output holds the booked run's file, and the job succeeds. (Before:
+    the run again removed the attempt's output_dir folder while the driver published it, and the job
+    failed with a FileNotFoundError.)"""
+    cluster = external_cluster(workers=2, nthreads=1, nanny=True)
+    pin_chunks(monkeypatch, 1)
+    count, victim = 4, 0
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    root, out = files(count), tmp_path / "out"
+
+    def runs() -> list[Path]:
+        return sorted(marks.glob(f"n{victim}-*"))
+
+    gather = AttemptStream._gather
+    lost: list[str] = []  # the booked run's token
+
+    def gather_then_lose_the_worker(self: AttemptStream, futures: list[Any]) -> dict[str, Any]:
+        outcomes = gather(self, futures)  # the futures are still held here
+        name = f"-mb{victim}-a1"
+        if not lost and any(attempt_name(f.key).endswith(name) for f in futures):
+            (first,) = runs()
+            lost.append(first.name.split("-", 1)[1])
+            os.kill(int(first.read_text()), signal.SIGKILL)
+            deadline = time.monotonic() + 90
+            while len(runs()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(runs()) == 2, "the scheduler did not run the task again"
+        return outcomes
+
+    monkeypatch.setattr(AttemptStream, "_gather", gather_then_lose_the_worker)
+    config = ParallelRunConfig(
+        entry_script=write_script(BOOKED_THEN_LOST_SCRIPT.format(marks=str(marks))),
+        mini_batch_size=1,
+        process_count_per_node=1,
+    )
+    job = JobThread(config, [FileDataset.from_files(str(root))], str(out), scheduler=cluster.address)
+    job.start()
+    summary = job.result(timeout=240)
+    assert lost, "mini-batch 0's result was never gathered"
+    check_accounting(summary, count, expected_lines=[expected_line(i) for i in range(count)])
+    assert [(r["Attempt"], r["Status"]) for r in rows(out)[victim]] == [("1", "RUN_DONE")]
+    assert (out / f"n{victim}.out").read_text() == lost[0]  # the booked run's, not the run again's
+    assert sorted(p.name for p in out.glob("n*.out")) == [f"n{i}.out" for i in range(count)]
+    assert not (out / ".staging").exists()
 
 
 # -- 3. a stop while a chunk runs ------------------------------------------------------------------------------

@@ -232,8 +232,8 @@ class AttemptStream:
         """Submits attempts, on the job's hosts or on `workers` (a speculative copy's idle worker): several
         in one `Client.map` (one graph update on the scheduler for them all, not one each), in order.
         `chunk` > 1: that many attempts per task (the chunk task). `solo`: attempts put back after their
-        chunk was lost, each in a task of its own run by the chunk task (which clears what a lost run of
-        the attempt left, core/worker/chunk.py), under a key of its own."""
+        chunk was lost, each in a task of its own run by the chunk task (core/worker/chunk.py), under a key
+        of its own."""
         attempts = list(attempts)
         if not attempts:
             return

@@ -704,7 +704,7 @@ class JobDriver:
         self.speculation.finished(result)
         files_url = None
         if not result.reused:
-            files_url = self.spec.files_url(result.index, result.attempt)
+            files_url = result.files_url  # the booked run's, never a run again's (core/worker/attempt.py)
             note = self.reuse.commit(result, files_url)
             if note:
                 self.logs.master(note)

@@ -6,7 +6,9 @@ half-written files would land in the output. Processes write concurrently, so a 
 cannot say who wrote what. Instead:
 
 - during `run()`, `output_dir` (and `AZUREML_BI_OUTPUT_PATH`) is a folder of that attempt alone,
-  `<staging>/files/mb<index>-a<attempt>/`; what is in it when `run()` returns is the mini-batch's;
+  `<staging>/files/mb<index>-a<attempt>-<run>/` (each run of a Dask task has its own `<run>`, so a
+  lost worker's task run again never writes where the run the driver booked did); what is in it when
+  `run()` returns is the mini-batch's;
 - outside `run()` (module import, `init()`, `shutdown()`) it is a folder of that entry-script
   process alone, `<staging>/files/init-<node>-<process>/`. A script that keeps that path from
   `init()` and writes there during `run()` is still attributed exactly, because only one `run()`
@@ -38,8 +40,9 @@ from ..storage import is_local, local_path
 Snapshot = dict[str, tuple[Any, ...]]
 
 
-def attempt_folder(staging_url: str, index: int, attempt: int) -> str:
-    return f"{staging_url}/files/mb{index:08d}-a{attempt}"
+def attempt_folder(staging_url: str, index: int, attempt: int, run: str) -> str:
+    """One run's own output_dir folder (`run`: see `JobSpec.files_url`)."""
+    return f"{staging_url}/files/mb{index:08d}-a{attempt}-{run}"
 
 
 def process_folder(staging_url: str, node: str, process: str) -> str:

@@ -4,14 +4,13 @@ plugin (started, with init(), when none has room), reported as an `AttemptResult
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import traceback
+import uuid
 from typing import Any
 
 from ..attempt import AttemptResult, AttemptStage, AttemptStatus
 from ..minibatch import MiniBatch
-from ..storage import is_local, local_path
 from .messages import (
     NEVER_STARTED,
     Cancelled,
@@ -62,7 +61,11 @@ class _StopCheck:
 
 def run_mini_batch(name: str, mini_batch: MiniBatch, attempt: int) -> AttemptResult:
     """The Dask task: runs one attempt of one mini-batch of the job whose worker plugin is called `name`,
-    and reports its counts (never its data)."""
+    and reports its counts (never its data).
+
+    Its part, items and output_dir files are named by a token of this run (`JobSpec.files_url`): a worker
+    lost after the driver read this result makes the scheduler run the task again under the same key,
+    and that run writes beside this one's files, never over the ones the driver publishes."""
     started = time.monotonic()
     result = AttemptResult(
         mini_batch.index,
@@ -78,7 +81,6 @@ def run_mini_batch(name: str, mini_batch: MiniBatch, attempt: int) -> AttemptRes
     stop_check = _StopCheck(plugin)
     if not plugin.has_room() and stop_check.ask_scheduler():  # a new process (init() and all) only
         return _never_started(result, started)  # for a running job; no log files for a stopped one
-    _clear_lost_run(plugin, mini_batch, attempt)
     process, starter = plugin.lease()
     try:
         ready = _ready(process, starter, stop_check)
@@ -117,12 +119,14 @@ def _run_on(
     result.node, result.process = process.node, process.name
     result.stage = AttemptStage.LOAD
     process.node_log(f"picked mini-batch {mini_batch.index} attempt {result.attempt}: {mini_batch.label()}")
+    run_token = uuid.uuid4().hex[:12]  # this run's files are its own (see `run_mini_batch`)
+    result.files_url = spec.files_url(mini_batch.index, result.attempt, run_token)
     run = Run(
         mini_batch,
         result.attempt,
-        spec.part_url(mini_batch.index, result.attempt),
-        spec.files_url(mini_batch.index, result.attempt),
-        spec.items_url(mini_batch.index, result.attempt),
+        spec.part_url(mini_batch.index, result.attempt, run_token),
+        result.files_url,
+        spec.items_url(mini_batch.index, result.attempt, run_token),
         spec.partial.get(mini_batch.index),
     )
     running = (mini_batch.index, result.attempt)
@@ -201,17 +205,3 @@ def _failed(
         if not process.alive():
             process.host.forget(process)
     return result
-
-
-def _clear_lost_run(plugin: JobWorker, mini_batch: MiniBatch, attempt: int) -> None:
-    """The attempt's output_dir folder, when an earlier run of the same attempt left one: removed, so that
-    only this run's files are the attempt's (the files of the run the driver books are those it publishes).
-    An earlier run is one the scheduler started on a worker that was then lost, and runs again under the
-    same key (an attempt alone, or a chunk, core/worker/chunk.py). The folder is made by the attempt itself
-    (never before it runs), so one that exists is a lost run's. Local staging only: on an object store the
-    check would be a request per attempt, so a lost run's files there stay (docs/architecture.md)."""
-    url = plugin.spec.files_url(mini_batch.index, attempt)
-    if is_local(url):
-        path = local_path(url)
-        if os.path.lexists(path):
-            shutil.rmtree(path, ignore_errors=True)

@@ -24,10 +24,9 @@ task of its own arriving after the stop does, and within the same bounds.
 A Dask worker lost while it runs a chunk: the scheduler runs the whole chunk again on another worker
 (until `distributed.scheduler.allowed-failures`, then the driver gets an error and puts every attempt of
 the chunk back, each alone). The attempts that had completed in the lost run then run again under the
-same attempt numbers; their part files are rewritten (atomically) by the new run, and files run() left
-in the attempt's own output_dir folder are removed before it runs again (`run_mini_batch`, as for an
-attempt of its own that the scheduler runs again), so the files published are those of the run the driver
-books.
+same attempt numbers; each run writes its part and output_dir files under a token of its own
+(`run_mini_batch`, as for an attempt of its own that the scheduler runs again), so the files published are
+those of the run the driver books.
 """
 
 from __future__ import annotations

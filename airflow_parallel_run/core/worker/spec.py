@@ -84,21 +84,24 @@ class JobSpec:
             batch_format=config.batch_format,
         )
 
-    def files_url(self, index: int, attempt: int) -> str:
-        """The attempt's own `output_dir` (see core/output/files.py)."""
-        return attempt_folder(self.staging_url, index, attempt)
+    def files_url(self, index: int, attempt: int, run: str) -> str:
+        """The attempt's own `output_dir` (see core/output/files.py). Like the part and items files, named
+        by `run` too, a token of one execution of the Dask task: the scheduler runs a task again under the
+        same key (so the same attempt number) when its worker is lost, even after the driver has read the
+        first run's result, and the run again must not write over what the driver publishes."""
+        return attempt_folder(self.staging_url, index, attempt, run)
 
     def process_files_url(self, node: str, process: str) -> str:
         """An entry-script process's own `output_dir` outside run() (see core/output/files.py)."""
         return process_folder(self.staging_url, node, process)
 
-    def items_url(self, index: int, attempt: int) -> str:
+    def items_url(self, index: int, attempt: int, run: str) -> str:
         """Where an attempt whose run() marked items failed keeps its successful results (for a re-run)."""
-        return f"{self.staging_url}/mb{index:08d}-a{attempt}.items.pickle"
+        return f"{self.staging_url}/mb{index:08d}-a{attempt}-{run}.items.pickle"
 
-    def part_url(self, index: int, attempt: int) -> str:
+    def part_url(self, index: int, attempt: int, run: str) -> str:
         extension = get_format(self.append_row_format).extension
-        return f"{self.staging_url}/mb{index:08d}-a{attempt}.{extension}"
+        return f"{self.staging_url}/mb{index:08d}-a{attempt}-{run}.{extension}"
 
 
 def bundle_scripts(
