@@ -83,7 +83,10 @@ def repeats(args: argparse.Namespace, full: int, quick: int = 1) -> int:
 
 @contextlib.contextmanager
 def workdir(args: argparse.Namespace, name: str) -> Iterator[Path]:
-    """A temp folder for generated data, removed at the end (also on failure)."""
+    """A temp folder for generated data, removed at the end (also on failure). `--tmp-dir` is made when
+    missing, as `--results-dir` is."""
+    if args.tmp_dir is not None:
+        Path(args.tmp_dir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix=f"apr-bench-{name}-", dir=args.tmp_dir))
     try:
         yield root
