@@ -26,7 +26,13 @@ from airflow_parallel_run.core.driver.fusion import Fusion
 from airflow_parallel_run.core.driver.loop import JobDriver
 from airflow_parallel_run.core.worker import chunk
 
-HEAD = "import os, sys, time, uuid\nfrom airflow_parallel_run import EntryScript\n"
+HEAD = """import os, sys, time, uuid
+import psutil
+from airflow_parallel_run import EntryScript
+def worker_pid():  # its Dask worker: the parent, or the parent of the fork server it was forked from
+    parent = psutil.Process(os.getppid())
+    return parent.ppid() if "fork_server" in " ".join(parent.cmdline()) else parent.pid
+"""
 NODE_LINE = re.compile(r"\|(picked|completed) mini-batch (\d+) attempt (\d+)\b")
 
 
@@ -197,7 +203,7 @@ def run(mini_batch):
     n = int(open(mini_batch[0]).read())
     if n == {killer}:
         time.sleep(1.0)  # the chunk's other attempts are done: only this one dies with the worker
-        os.kill(os.getppid(), signal.SIGKILL)  # its Dask worker (the nanny starts another)
+        os.kill(worker_pid(), signal.SIGKILL)  # its Dask worker (the nanny starts another)
         time.sleep(30)
     with open(os.path.join(EntryScript().output_dir, f"n{{n}}-{{uuid.uuid4().hex}}.out"), "w") as f:
         f.write("x")  # a name of each run's own: a lost run's file would show as a second one
@@ -257,7 +263,7 @@ def run(mini_batch):
         f.write("x")  # a name of each run's own: a lost run's file would show as a second one
     if n == {killer} and not os.path.exists({marker!r}):
         open({marker!r}, "w").close()
-        os.kill(os.getppid(), signal.SIGKILL)  # its Dask worker, once (the nanny starts another)
+        os.kill(worker_pid(), signal.SIGKILL)  # its Dask worker, once (the nanny starts another)
         time.sleep(30)
     return [f"{{os.path.basename(p)}} {{open(p).read().strip()}}" for p in mini_batch]
 """
@@ -295,7 +301,7 @@ def run(mini_batch):
     with open(os.path.join(EntryScript().output_dir, f"n{{n}}.out"), "w") as f:
         f.write(run_id)
     with open(os.path.join({marks!r}, f"n{{n}}-{{run_id}}"), "w") as f:
-        f.write(str(os.getppid()))  # its Dask worker
+        f.write(str(worker_pid()))  # its Dask worker
     return [f"{{os.path.basename(p)}} {{open(p).read().strip()}}" for p in mini_batch]
 """
 )

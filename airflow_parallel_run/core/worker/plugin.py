@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..storage import filesystem, is_local, local_path
+from . import fork_server
 from .messages import Ready
 from .monitor import stop_monitor
 from .process import SHUTDOWN_GRACE_S, EntryProcess
 from .process_tree import end_leftovers
-from .scratch import ensure, tmp_root, upload_logs, worker_host
+from .scratch import ensure, fork_server_log, import_environ, tmp_root, upload_logs, worker_host
 from .spec import JobSpec
 
 if TYPE_CHECKING:
@@ -82,6 +83,13 @@ class JobWorker(WorkerPlugin):
         self.node = worker_host(worker.address)
         self.scope = f"{self.spec.job_id}/{os.getpid()}.{str(worker.name).replace('/', '_')}/"
         if self.hosts is None or self.node in self.hosts:
+            if not self.spec.environment_variables:  # its imports done while the job starts (fork_server.py)
+                threading.Thread(
+                    target=fork_server.server_for,
+                    args=(import_environ({}, {}), fork_server_log(), lambda: self._stopped),
+                    name="fork-server-prestart",
+                    daemon=True,
+                ).start()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.code_dir)
 

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Protocol
 
 from ..attempt import AttemptStage, AttemptStatus
+from . import fork_server
 from .messages import (
     CANCELLED,
     DIED,
@@ -43,12 +44,13 @@ from .process_tree import SCOPE_ENV, end_leftovers, remember
 from .scratch import (
     claim_process_name,
     ensure,
+    fork_server_log,
+    import_environ,
     local_log_root,
     node_name,
     now,
     resolve_arguments,
     tmp_root,
-    user_environ,
 )
 from .spec import JobSpec
 
@@ -143,7 +145,7 @@ class EntryProcess:
         self.working_dir = tempfile.mkdtemp(
             prefix=f"{self.name}-", dir=ensure(os.path.join(tmp_root(), "work"))
         )
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | fork_server.ForkedProcess | None = None
         self.conn: Connection | None = None
         self.mini_batches = 0
         self.scope = f"{host.scope}{self.name}/"  # inherited by all it starts
@@ -213,7 +215,7 @@ class EntryProcess:
         self.side_input_paths = replacements  # for arguments and environment variables naming them
         parent_sock, child_sock = socket.socketpair()
         try:
-            if not self._spawn(child_sock):
+            if not self._spawn(child_sock, stop_check):
                 shutil.rmtree(self.working_dir, ignore_errors=True)
                 return Failed(AttemptStatus.CANCELLED, AttemptStage.START, NEVER_STARTED)
         finally:
@@ -267,11 +269,8 @@ class EntryProcess:
         return self.init_outcome
 
     def _environment(self) -> dict[str, str]:
-        """The user's environment, the job's `environment_variables`, and what the process needs to know
-        about itself."""
-        env = user_environ()
-        local = self.side_input_paths
-        env.update({name: local.get(value, value) for name, value in self.spec.environment_variables.items()})
+        """What its imports see (`import_environ`), and what the process needs to know about itself."""
+        env = import_environ(self.spec.environment_variables, self.side_input_paths)
         env.update(
             {
                 # the job's output folder identifies the job (ps, /proc); the process itself points
@@ -283,16 +282,19 @@ class EntryProcess:
                 "AIRFLOW_PARALLEL_RUN_ENTRY_LOG_DIR": self.paths["entry_log_dir"],
                 "AIRFLOW_PARALLEL_RUN_LOGGING_LEVEL": self.spec.logging_level,
                 SCOPE_ENV: self.scope,
-                "PYTHONUNBUFFERED": "1",
-                "PYTHONFAULTHANDLER": "1",
             }
         )
         return env
 
-    def _spawn(self, child_sock: socket.socket) -> bool:
+    def _spawn(self, child_sock: socket.socket, stop_check: StopCheck) -> bool:
         """Starts the process unless the job is stopped (False): under the host's lock, so that a stop
-        either sees it live or this sees the job stopped."""
+        either sees it live or this sees the job stopped. Forked from the worker's fork server for this
+        environment (its imports done) for a job without `environment_variables`, else started fresh
+        (core/worker/fork_server.py)."""
         env = self._environment()
+        server = None
+        if not self.spec.environment_variables:
+            server = fork_server.server_for(import_environ({}, {}), fork_server_log(), stop_check)
         with (
             self.host.state_lock,
             open(self.paths["stdout"], "ab") as out,
@@ -300,7 +302,12 @@ class EntryProcess:
         ):
             if self.host.stopped:
                 return False
-            self.proc = subprocess.Popen(
+            forked = (
+                server.spawn(env, self.working_dir, out.fileno(), err.fileno(), child_sock.fileno())
+                if server is not None
+                else None
+            )
+            self.proc = forked or subprocess.Popen(
                 [sys.executable, "-m", "airflow_parallel_run.core.worker.child", str(child_sock.fileno())],
                 pass_fds=[child_sock.fileno()],
                 stdin=subprocess.DEVNULL,
@@ -311,7 +318,12 @@ class EntryProcess:
                 start_new_session=True,  # its own process group: killed as a whole
             )
             self.host.live.add(self)
-            self.node_log(f"started pid {self.proc.pid}; running init()")  # before any stop
+            how = (
+                f" (forked from fork server {server.pid})"
+                if forked is not None and server is not None
+                else ""
+            )
+            self.node_log(f"started pid {self.proc.pid}; running init(){how}")  # before any stop
         return True
 
     def _track(self) -> None:

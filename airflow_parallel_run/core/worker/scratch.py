@@ -15,6 +15,7 @@ import socket
 import stat
 import tempfile
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from ..storage import is_local, local_path, upload_folder
@@ -127,6 +128,21 @@ def user_environ() -> dict[str, str]:
         if env.get(key) == str(value):
             del env[key]
     return env
+
+
+def import_environ(variables: Mapping[str, str], local: Mapping[str, str]) -> dict[str, str]:
+    """What an entry-script process's imports see: the user's environment (`user_environ`), the job's
+    `environment_variables` (a side input named there as its local path, from `local`) and the interpreter
+    settings every entry-script process gets. A fork server is chosen by it (core/worker/fork_server.py)."""
+    env = user_environ()
+    env.update({name: local.get(value, value) for name, value in variables.items()})
+    env.update({"PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
+    return env
+
+
+def fork_server_log() -> str:
+    """Where this worker process's fork servers write their stderr (core/worker/fork_server.py)."""
+    return os.path.join(ensure(os.path.join(tmp_root(), "fork-servers")), f"{os.getpid()}.stderr.txt")
 
 
 def ensure(path: str) -> str:

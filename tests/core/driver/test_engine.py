@@ -373,8 +373,12 @@ def test_summary_only_writes_no_output_file(dask_client, write_script, files, tm
     assert not (tmp_path / "out" / "parallel_run_step.txt").exists()
 
 
-def test_file_job_process_does_not_import_pandas_or_pyarrow(dask_client, write_script, files, tmp_path):
-    """A job of files with text results needs neither: importing them cost ~0.6 s of CPU per process."""
+def test_file_job_process_started_fresh_does_not_import_pandas_or_pyarrow(
+    dask_client, write_script, files, tmp_path
+):
+    """A job of files with text results needs neither: importing them cost ~0.6 s of CPU per process. A job
+    with `environment_variables` starts its processes fresh (others fork from a server that imported them
+    once per worker, tests/core/worker/test_fork_server.py)."""
     root = files(4)
     script = write_script("""
         import sys
@@ -382,9 +386,19 @@ def test_file_job_process_does_not_import_pandas_or_pyarrow(dask_client, write_s
         def run(mini_batch):
             return [f"{p.rsplit('/', 1)[-1]} {'pandas' in sys.modules} {'pyarrow' in sys.modules}" for p in mini_batch]
     """)
-    summary = job(dask_client, script, [FileDataset.from_files(str(root))], tmp_path / "out")
+    out = tmp_path / "out"
+    summary = job(
+        dask_client, script, [FileDataset.from_files(str(root))], out, environment_variables={"A": "1"}
+    )
     lines = Path(summary["append_row_file"]).read_text().splitlines()
     assert len(lines) == 4 and all(line.endswith(" False False") for line in lines), lines
+    started = [
+        line
+        for path in (out / "logs" / "sys" / "node").rglob("*.txt")
+        for line in path.read_text().splitlines()
+        if "|started pid " in line
+    ]
+    assert started and not any("forked from" in line for line in started), started
 
 
 def test_entry_process_gets_the_user_environment_not_dask_worker_settings(
