@@ -78,6 +78,8 @@ ENV_ROOM = 32 * 1024
 MAX_SERVERS = 2
 #: How long a new server may take to import `PRELOAD` (a loaded host, a cold disk).
 START_TIMEOUT_S = 120.0
+#: How long a server may take to answer a fork request (the runner holds its job's state lock meanwhile).
+FORK_ANSWER_S = 10.0
 #: The largest request (pickled environment and paths); above it, a fresh process.
 MAX_REQUEST = 192 * 1024
 _RECV_SIZE = 256 * 1024
@@ -242,6 +244,10 @@ def become_child(request: _Request) -> None:
 
 
 # -- the worker side ----------------------------------------------------------------------------------------
+class ForkServerError(OSError):
+    """A fork request was sent and not answered: the process start fails (as a failed `Popen` would)."""
+
+
 class ForkedProcess:
     """A forked entry-script process, as much of `subprocess.Popen` as the runner uses: `pid`, `returncode`,
     `poll`, `wait`, `send_signal`, `kill`. Its exit comes from the server; `poll`/`wait` seeing it lets the
@@ -441,15 +447,26 @@ class ForkServer:
             return None
         try:
             with self._send_lock:
-                socket.send_fds(self.sock, [data], [stdout, stderr, control])
+                socket.send_fds(self.sock, [data], [stdout, stderr, control], socket.MSG_DONTWAIT)
         except OSError:
-            return None
+            return None  # not sent (a full or closed socket): nothing was forked
+        deadline = time.monotonic() + FORK_ANSWER_S
         with self._answered:
-            while request_id not in self._answers and not self.dead:
-                self._answered.wait(1.0)
+            while request_id not in self._answers and not self.dead and time.monotonic() < deadline:
+                self._answered.wait(0.1)
             answer = self._answers.pop(request_id, None)
-            if answer is None or answer[0] != "forked":
-                return None
+            if answer is not None and answer[0] == "failed":
+                return None  # the server could not fork: nothing holds the control socket
+            if answer is None:
+                # Sent, and no answer: a process may hold the control socket, so no other may be started on
+                # it. The server goes (what it forked ends with it) and this start fails, to be tried again.
+                why = "ended" if self.dead else f"did not answer within {FORK_ANSWER_S:g} s"
+                self._answered.release()
+                try:
+                    self.close()
+                finally:
+                    self._answered.acquire()
+                raise ForkServerError(f"the fork server (pid {self.pid}) {why} while it started a process")
             process = ForkedProcess(self, answer[2])
             code = self._early.pop(process.pid, None)
             if code is None:
@@ -461,8 +478,8 @@ class ForkServer:
     def reap(self, pid: int) -> None:
         if self.dead or self.sock is None:
             return
-        with contextlib.suppress(OSError), self._send_lock:
-            self.sock.send(pickle.dumps(("reap", pid)))
+        with contextlib.suppress(OSError), self._send_lock:  # never blocks: a stuck server keeps its zombie
+            self.sock.send(pickle.dumps(("reap", pid)), socket.MSG_DONTWAIT)
 
 
 _SERVERS: dict[frozenset[tuple[str, str]], ForkServer] = {}

@@ -307,3 +307,45 @@ def test_with_fork_servers_off_processes_start_fresh(
     assert summary["status"] == "succeeded", summary
     lines = _started_lines(out)
     assert lines and not any("forked from" in line for line in lines), lines
+
+
+def test_a_stuck_fork_server_fails_one_start_which_runs_again_in_a_process_of_its_own(
+    write_script: Callable[..., str],
+    files: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that does not answer (stopped here with SIGSTOP) holds no start for long: the request's wait
+    is bounded, the server is ended (a process it may have forked holds the control socket, so no other
+    process is started on that socket) and the attempt fails at its start, then runs again; the job
+    succeeds."""
+    monkeypatch.setenv("FORK_TEST_RUN", str(tmp_path))  # an environment of this test's own: a new server
+    monkeypatch.setattr(fork_server, "FORK_ANSWER_S", 2.0)
+    script, folder = write_script(SLOW_SCRIPT), files(4)
+    first = run_job(
+        ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1),
+        [FileDataset.from_files(str(folder))],
+        str(tmp_path / "first"),
+    )
+    assert first["status"] == "succeeded", first
+    (server,) = _servers(tmp_path / "first")
+    os.kill(server, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        out = tmp_path / "out"
+        summary = run_job(
+            ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1),
+            [FileDataset.from_files(str(folder))],
+            str(out),
+            allow_reuse=False,
+        )
+        assert summary["status"] == "succeeded", summary
+        assert time.monotonic() - began < 60
+        rows = (out / "parallel_run_step.txt").read_text().splitlines()
+        assert sorted(row.split()[0] for row in rows) == [f"f{i:03d}.txt" for i in range(4)]
+        assert not psutil.pid_exists(server) or psutil.Process(server).status() == psutil.STATUS_ZOMBIE
+        errors = (out / "logs" / "user" / "error.txt").read_text()
+        assert f"the fork server (pid {server}) did not answer within 2 s" in errors, errors
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server, signal.SIGCONT)
