@@ -6,7 +6,7 @@ with one such start per process per job, that was a sixth of a 1 GiB scan. What 
 (`multiprocessing.Pool`) forks from a parent that has them loaded. Here each Dask worker process keeps a fork
 server per entry-process environment: a single-threaded process (`python -m ...fork_server`) started with the
 environment an entry process gets, which imports
-`PRELOAD` once and then forks one entry-script process per request. The fork is that process: it takes the
+its preloads (`preload_for`) once and then forks one entry-script process per request. The fork is that process: it takes the
 request's stdout/stderr files and control socket, working folder and environment, and runs `child.main`.
 
 What a forked process keeps of a fresh one, and how:
@@ -52,11 +52,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-#: What each server imports before it forks: the entry-process module and the readers a mini-batch uses.
-PRELOAD = (
-    "airflow_parallel_run.core.worker.child",
+if TYPE_CHECKING:
+    from .spec import JobSpec
+
+#: What a server imports before it forks: the entry-process module (all a job of files with text output needs:
+#: a server that imported more would make its first process wait longer than a fresh start takes), and for
+#: jobs that read tables or write csv/parquet, the readers and writers a mini-batch uses.
+ENGINE_PRELOAD = ("airflow_parallel_run.core.worker.child",)
+TABULAR_PRELOAD = (
+    *ENGINE_PRELOAD,
     "numpy",
     "pandas",
     "pyarrow",
@@ -76,13 +82,28 @@ ENV_ROOM = 32 * 1024
 #: Fork servers per worker process (each holds the preloaded modules, about 150 MB of RSS, most of it shared
 #: with the processes it forks); past it, the least recently used server with no process running is closed.
 MAX_SERVERS = 2
-#: How long a new server may take to import `PRELOAD` (a loaded host, a cold disk).
+#: How long a new server may take to import its preloads (a loaded host, a cold disk).
 START_TIMEOUT_S = 120.0
 #: How long a server may take to answer a fork request (the runner holds its job's state lock meanwhile).
 FORK_ANSWER_S = 10.0
 #: The largest request (pickled environment and paths); above it, a fresh process.
 MAX_REQUEST = 192 * 1024
 _RECV_SIZE = 256 * 1024
+
+
+PRELOAD_FLAG = "--preload="
+
+
+def preload_argument(preload: Sequence[str]) -> str:
+    """The server's argument naming its preloads: one word, never the entry-process module's name alone (what
+    `ps` and the tests look for to find entry-script processes)."""
+    return PRELOAD_FLAG + ",".join(preload)
+
+
+def preload_for(spec: JobSpec) -> tuple[str, ...]:
+    """The modules a server for `spec`'s processes imports (`ENGINE_PRELOAD` or `TABULAR_PRELOAD`)."""
+    tabular = any(getattr(source, "kind", "file") != "file" for source in spec.datasets)
+    return TABULAR_PRELOAD if tabular or spec.append_row_format in ("csv", "parquet") else ENGINE_PRELOAD
 
 
 def enabled() -> bool:
@@ -323,8 +344,11 @@ class ForkedProcess:
 class ForkServer:
     """One server (started by `start`), used by any thread of the worker: `spawn` forks a process."""
 
-    def __init__(self, env: Mapping[str, str], stderr_path: str) -> None:
+    def __init__(
+        self, env: Mapping[str, str], stderr_path: str, preload: Sequence[str] = TABULAR_PRELOAD
+    ) -> None:
         self.env = dict(env)
+        self.preload = tuple(preload)
         self.stderr_path = stderr_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
@@ -352,12 +376,18 @@ class ForkServer:
         self._close()
 
     def start(self) -> None:
-        """Starts the server and waits until it has imported `PRELOAD` (or failed: `error`)."""
+        """Starts the server and waits until it has imported its preloads (or failed: `error`)."""
         try:
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             with open(self.stderr_path, "ab") as err:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", SERVER_MODULE, str(child.fileno()), ",".join(PRELOAD)],
+                    [
+                        sys.executable,
+                        "-m",
+                        SERVER_MODULE,
+                        str(child.fileno()),
+                        preload_argument(self.preload),
+                    ],
                     pass_fds=[child.fileno()],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
@@ -482,7 +512,7 @@ class ForkServer:
             self.sock.send(pickle.dumps(("reap", pid)), socket.MSG_DONTWAIT)
 
 
-_SERVERS: dict[frozenset[tuple[str, str]], ForkServer] = {}
+_SERVERS: dict[tuple[frozenset[tuple[str, str]], tuple[str, ...]], ForkServer] = {}
 _SERVERS_LOCK = threading.Lock()
 
 
@@ -499,14 +529,17 @@ def _room_for_one() -> bool:
     return True
 
 
-def server_for(env: Mapping[str, str], stderr_path: str, stop_check: Callable[[], bool]) -> ForkServer | None:
-    """The worker's server for processes whose environment at import is `env`, started if needed and waited
-    for until `stop_check()` says the job stopped; None when servers are off, all `MAX_SERVERS` have
-    processes running, the job stopped meanwhile, or this server failed to start (not tried again: its error
-    is in `stderr_path`). A server that died after its start is replaced."""
+def server_for(
+    env: Mapping[str, str], preload: Sequence[str], stderr_path: str, stop_check: Callable[[], bool]
+) -> ForkServer | None:
+    """The worker's server for processes whose environment at import is `env` and that need `preload`
+    (`preload_for`), started if needed and waited for until `stop_check()` says the job stopped; None when
+    servers are off, all `MAX_SERVERS` have processes running, the job stopped meanwhile, or this server failed
+    to start (not tried again: its error is in `stderr_path`). A server that died after its start is
+    replaced."""
     if not enabled():
         return None
-    key = frozenset(env.items())
+    key = (frozenset(env.items()), tuple(preload))
     with _SERVERS_LOCK:
         server = _SERVERS.get(key)
         if server is not None and server.dead and not server.error:
@@ -514,7 +547,7 @@ def server_for(env: Mapping[str, str], stderr_path: str, stop_check: Callable[[]
             server = None
         new = server is None and _room_for_one()
         if new:
-            server = _SERVERS[key] = ForkServer(env, stderr_path)
+            server = _SERVERS[key] = ForkServer(env, stderr_path, preload)
         if server is not None:
             server.last_used = time.monotonic()
     if server is None:
@@ -529,7 +562,8 @@ def server_for(env: Mapping[str, str], stderr_path: str, stop_check: Callable[[]
 
 
 def main() -> None:
-    request = serve(int(sys.argv[1]), [name for name in sys.argv[2].split(",") if name])
+    names = sys.argv[2].removeprefix(PRELOAD_FLAG).split(",")
+    request = serve(int(sys.argv[1]), [name for name in names if name])
     if request is not None:
         become_child(request)
 

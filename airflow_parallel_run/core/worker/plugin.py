@@ -86,7 +86,12 @@ class JobWorker(WorkerPlugin):
             if not self.spec.environment_variables:  # its imports done while the job starts (fork_server.py)
                 threading.Thread(
                     target=fork_server.server_for,
-                    args=(import_environ({}, {}), fork_server_log(), lambda: self._stopped),
+                    args=(
+                        import_environ({}, {}),
+                        fork_server.preload_for(self.spec),
+                        fork_server_log(),
+                        lambda: self._stopped,
+                    ),
                     name="fork-server-prestart",
                     daemon=True,
                 ).start()

@@ -294,7 +294,9 @@ class EntryProcess:
         env = self._environment()
         server = None
         if not self.spec.environment_variables:
-            server = fork_server.server_for(import_environ({}, {}), fork_server_log(), stop_check)
+            server = fork_server.server_for(
+                import_environ({}, {}), fork_server.preload_for(self.spec), fork_server_log(), stop_check
+            )
         with (
             self.host.state_lock,
             open(self.paths["stdout"], "ab") as out,

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
+from airflow_parallel_run.core import FileDataset, ParallelRunConfig, TabularDataset, run_job
 from airflow_parallel_run.core.worker import fork_server
 from airflow_parallel_run.core.worker.fork_server import CHILD_MODULE, ForkServer
 from airflow_parallel_run.core.worker.messages import Started
@@ -133,23 +133,31 @@ def run(mini_batch):
 
 
 def test_forked_processes_draw_different_random_numbers(
-    write_script: Callable[..., str], files: Callable[..., Path], tmp_path: Path
+    write_script: Callable[..., str], tmp_path: Path
 ) -> None:
-    """numpy's global state was drawn once, in the server, at its import: each forked process reseeds it.
-    The embedded cluster: both processes forked from one server (its workers share this process)."""
+    """numpy's global state was drawn once, in the server, at its import (a job of tables: its server
+    preloads numpy, pandas and pyarrow): each forked process reseeds it. The embedded cluster: both processes
+    forked from one server (its workers share this process)."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    for i in range(8):
+        (tables / f"t{i}.csv").write_text(f"a\n{i}\n")
     out = tmp_path / "out"
     summary = run_job(
         ParallelRunConfig(
             entry_script=write_script(RANDOM_SCRIPT),
-            mini_batch_size=1,
+            mini_batch_size="1KB",
             process_count_per_node=2,
             run_invocation_timeout=60,
         ),
-        [FileDataset.from_files(str(files(8)))],
+        [TabularDataset.from_delimited_files(str(tables))],
         str(out),
     )
     assert summary["status"] == "succeeded", summary
-    assert len(_servers(out)) == 1, f"not forked from one server: {_started_lines(out)}"
+    servers = _servers(out)
+    assert len(servers) == 1, f"not forked from one server: {_started_lines(out)}"
+    (server,) = servers
+    assert psutil.Process(server).cmdline()[-1] == fork_server.preload_argument(fork_server.TABULAR_PRELOAD)
     per_process = {tuple(line.split()) for line in (out / "parallel_run_step.txt").read_text().splitlines()}
     pids = {pid for pid, _, _ in per_process}
     assert len(pids) >= 2, per_process
@@ -196,6 +204,11 @@ def test_each_environment_gets_a_server_imported_under_it_and_atexit_hooks_run(
         assert len(servers) == 1, f"not forked from one server: {_started_lines(out)}"
         for pid in servers:  # the server imported under the job's environment (what /proc shows of it)
             assert psutil.Process(pid).environ()["PROBE"] == probe
+            # a job of files with text output: the engine only, so its first process is not kept waiting
+            assert psutil.Process(pid).cmdline()[-1] == fork_server.preload_argument(
+                fork_server.ENGINE_PRELOAD
+            )
+            assert CHILD_MODULE not in psutil.Process(pid).cmdline()  # not taken for an entry process
         seen.setdefault(probe, set()).update(servers)
         # the script's atexit hooks ran when its processes ended, as at a fresh interpreter's exit
         written = [p.read_text() for p in markers.iterdir()]
