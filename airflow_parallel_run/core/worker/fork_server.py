@@ -211,6 +211,8 @@ def serve(control_fd: int, preload: Sequence[str]) -> _Request | None:
                 continue
             _, request_id, argv, env, cwd = message
             try:
+                if len(fds) != 3:
+                    raise OSError(f"the request came with {len(fds)} of its 3 files")
                 pid = os.fork()
             except OSError as exc:
                 for fd in fds:

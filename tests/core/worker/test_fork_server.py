@@ -362,3 +362,25 @@ def test_a_stuck_fork_server_fails_one_start_which_runs_again_in_a_process_of_it
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(server, signal.SIGCONT)
+
+
+def test_a_request_without_its_three_files_is_refused_and_nothing_forked(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    import pickle
+
+    before = {p.pid for p in psutil.Process(server.pid).children()}
+    with open(tmp_path / "out.txt", "ab") as out:
+        socket.send_fds(
+            server.sock, [pickle.dumps(("fork", -1, [], dict(os.environ), str(tmp_path)))], [out.fileno()]
+        )
+    deadline = time.monotonic() + 30
+    while -1 not in server._answers and time.monotonic() < deadline:
+        time.sleep(0.02)
+    answer = server._answers.pop(-1)
+    assert answer[0] == "failed" and "1 of its 3 files" in answer[2], answer
+    assert {p.pid for p in psutil.Process(server.pid).children()} == before
+    process, conn = _fork(server, tmp_path, dict(os.environ))  # and it still serves
+    process.kill()
+    assert process.wait(30) == -signal.SIGKILL
+    conn.close()
