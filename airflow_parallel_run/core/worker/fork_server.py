@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import importlib
 import itertools
 import os
@@ -169,6 +170,11 @@ def serve(control_fd: int, preload: Sequence[str]) -> _Request | None:
     sock = socket.socket(fileno=control_fd)
     started_in = os.getcwd()
     loaded = _preload(preload)
+    # What the forks share is frozen out of the garbage collector (gc.freeze's own use): a fork's collections
+    # never walk the server's objects (a full collection with pandas and pyarrow loaded took 32 ms, then none)
+    # nor write to their pages, which stay shared; and its exit is quicker (94 to 47 ms, 5 forks each).
+    gc.collect()
+    gc.freeze()
     start_arg, end_arg, start_env, end_env = _areas()
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
@@ -213,6 +219,7 @@ def serve(control_fd: int, preload: Sequence[str]) -> _Request | None:
             try:
                 if len(fds) != 3:
                     raise OSError(f"the request came with {len(fds)} of its 3 files")
+                gc.freeze()  # what the loop made since (little): shared too
                 pid = os.fork()
             except OSError as exc:
                 for fd in fds:

@@ -120,9 +120,11 @@ def test_a_request_that_does_not_fit_is_refused_for_a_fresh_start(server: ForkSe
 
 
 RANDOM_SCRIPT = """
-import os, random, sys
+import gc, os, random, sys
 import numpy as np
 def init():
+    # the server's objects are frozen out of this process's collections: they stay shared, unwalked
+    assert gc.get_freeze_count() > 50_000, gc.get_freeze_count()
     global draws
     draws = [int(np.random.randint(0, 2**62)), random.getrandbits(62)]
     # on sys.path as `python -m` in its working folder puts it, not the server's folder
