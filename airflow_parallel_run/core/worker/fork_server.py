@@ -4,10 +4,11 @@ A fresh `python -m airflow_parallel_run.core.worker.child` spends about a second
 pandas and pyarrow before its first mini-batch (docs/performance.md, "Tabular, round 4"): on a 2-core host,
 with one such start per process per job, that was a sixth of a 1 GiB scan. What a user writes by hand instead
 (`multiprocessing.Pool`) forks from a parent that has them loaded. Here each Dask worker process keeps a fork
-server per entry-process environment: a single-threaded process (`python -m ...fork_server`) started with the
-environment an entry process gets, which imports
-its preloads (`preload_for`) once and then forks one entry-script process per request. The fork is that process: it takes the
-request's stdout/stderr files and control socket, working folder and environment, and runs `child.main`.
+server per entry-process environment and preload set: a single-threaded process (`python -m ...fork_server`)
+started with the environment an entry process gets, which imports its preloads once (`preload_for`: the engine,
+and for a job of tables numpy, pandas and pyarrow) and then forks one entry-script process per request. The fork
+is that process: it takes the request's stdout/stderr files and control socket, working folder and
+environment, and runs `child.main`.
 
 What a forked process keeps of a fresh one, and how:
 
@@ -54,6 +55,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from .scratch import fork_server_log, import_environ
 
 if TYPE_CHECKING:
     from .spec import JobSpec
@@ -139,24 +142,17 @@ def _take_identity(argv: Sequence[str], env: Mapping[str, str]) -> None:
             ctypes.memmove(start, data + b"\0" * (end - start - len(data)), end - start)
 
 
-def _preload(names: Sequence[str]) -> list[str]:
-    loaded = []
+def _preload(names: Sequence[str]) -> None:
     for name in names:
-        try:
+        with contextlib.suppress(ImportError):  # an optional one missing: the forks import nothing else
             importlib.import_module(name)
-        except ImportError:
-            continue
-        loaded.append(name)
-    return loaded
 
 
 class _Request:
     """A fork request as the server received it: fds are (stdout, stderr, control socket)."""
 
-    def __init__(
-        self, argv: list[str], env: dict[str, str], cwd: str, fds: list[int], started_in: str
-    ) -> None:
-        self.argv, self.env, self.cwd, self.fds = argv, env, cwd, fds
+    def __init__(self, env: dict[str, str], cwd: str, fds: list[int], started_in: str) -> None:
+        self.env, self.cwd, self.fds = env, cwd, fds
         self.started_in = started_in  # the server's folder, which its `python -m` put first on sys.path
 
 
@@ -169,7 +165,7 @@ def serve(control_fd: int, preload: Sequence[str]) -> _Request | None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     sock = socket.socket(fileno=control_fd)
     started_in = os.getcwd()
-    loaded = _preload(preload)
+    _preload(preload)
     # What the forks share is frozen out of the garbage collector (gc.freeze's own use): a fork's collections
     # never walk the server's objects (a full collection with pandas and pyarrow loaded took 32 ms, then none)
     # nor write to their pages, which stay shared; and its exit is quicker (94 to 47 ms, 5 forks each).
@@ -184,7 +180,7 @@ def serve(control_fd: int, preload: Sequence[str]) -> _Request | None:
     children: set[int] = set()  # forked, exit not yet reported
     exited: set[int] = set()  # exit reported, not reaped yet
     try:
-        sock.send(pickle.dumps(("ready", os.getpid(), end_arg - start_arg, end_env - start_env, loaded)))
+        sock.send(pickle.dumps(("ready", end_arg - start_arg, end_env - start_env)))
         while True:
             readable, _, _ = select.select([sock.fileno(), wake_read], [], [])
             if wake_read in readable:
@@ -215,7 +211,7 @@ def serve(control_fd: int, preload: Sequence[str]) -> _Request | None:
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, 0)
                 continue
-            _, request_id, argv, env, cwd = message
+            _, request_id, env, cwd = message
             try:
                 if len(fds) != 3:
                     raise OSError(f"the request came with {len(fds)} of its 3 files")
@@ -232,7 +228,7 @@ def serve(control_fd: int, preload: Sequence[str]) -> _Request | None:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 os.close(wake_read)
                 os.close(wake_write)
-                return _Request(argv, env, cwd, fds, started_in)
+                return _Request(env, cwd, fds, started_in)
             for fd in fds:
                 os.close(fd)
             children.add(pid)
@@ -380,10 +376,6 @@ class ForkServer:
         with self._answered:
             return self.dead or not self._live
 
-    def close(self) -> None:
-        """Ends the server (it exits when its socket closes); its processes, if any, end with it."""
-        self._close()
-
     def start(self) -> None:
         """Starts the server and waits until it has imported its preloads (or failed: `error`)."""
         try:
@@ -406,16 +398,17 @@ class ForkServer:
                     cwd=os.path.dirname(self.stderr_path),  # a private folder: first on its sys.path
                 )
             child.close()
+            self.pid = self.proc.pid
             self.sock = parent
             parent.settimeout(START_TIMEOUT_S)
             first = parent.recv(_RECV_SIZE)
             parent.settimeout(None)
             if not first:
                 raise OSError(f"the fork server exited at its start ({self._stderr_tail()})")
-            _, self.pid, self.arg_room, self.env_room, _loaded = pickle.loads(first)
+            _, self.arg_room, self.env_room = pickle.loads(first)
         except (OSError, ValueError, pickle.UnpicklingError) as exc:
             self.error = f"{type(exc).__name__}: {exc}"
-            self._close()
+            self.close()
         else:
             threading.Thread(target=self._read, name="fork-server-reader", daemon=True).start()
         finally:
@@ -427,7 +420,8 @@ class ForkServer:
             return lines[-1] if lines else "nothing on its stderr"
         return "its stderr could not be read"
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Ends the server (it exits when its socket closes); its processes, if any, end with it."""
         self.dead = True
         if self.sock is not None:
             with contextlib.suppress(OSError):
@@ -467,7 +461,7 @@ class ForkServer:
             self._answered.notify_all()
         for process in orphans:
             threading.Thread(target=process._orphaned, daemon=True).start()
-        self._close()
+        self.close()
 
     def fits(self, argv: Sequence[str], env: Mapping[str, str]) -> bool:
         return len(_block(argv)) <= self.arg_room and len(env_block(env)) <= self.env_room
@@ -481,7 +475,7 @@ class ForkServer:
         if self.dead or self.sock is None or not self.fits(argv, env):
             return None
         request_id = next(self._ids)
-        data = pickle.dumps(("fork", request_id, argv, dict(env), cwd))
+        data = pickle.dumps(("fork", request_id, dict(env), cwd))
         if len(data) > MAX_REQUEST:
             return None
         try:
@@ -568,6 +562,14 @@ def server_for(
         if stop_check() or time.monotonic() > deadline:
             return None
     return None if server.dead else server
+
+
+def for_job(spec: JobSpec, stop_check: Callable[[], bool]) -> ForkServer | None:
+    """The server `spec`'s processes fork from (`server_for`); None for a job with `environment_variables`,
+    whose processes start fresh (the module's docstring)."""
+    if spec.environment_variables:
+        return None
+    return server_for(import_environ({}, {}), preload_for(spec), fork_server_log(), stop_check)
 
 
 def main() -> None:

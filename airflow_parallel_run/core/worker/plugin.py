@@ -41,7 +41,7 @@ from .messages import Ready
 from .monitor import stop_monitor
 from .process import SHUTDOWN_GRACE_S, EntryProcess
 from .process_tree import end_leftovers
-from .scratch import ensure, fork_server_log, import_environ, tmp_root, upload_logs, worker_host
+from .scratch import ensure, tmp_root, upload_logs, worker_host
 from .spec import JobSpec
 
 if TYPE_CHECKING:
@@ -83,18 +83,12 @@ class JobWorker(WorkerPlugin):
         self.node = worker_host(worker.address)
         self.scope = f"{self.spec.job_id}/{os.getpid()}.{str(worker.name).replace('/', '_')}/"
         if self.hosts is None or self.node in self.hosts:
-            if not self.spec.environment_variables:  # its imports done while the job starts (fork_server.py)
-                threading.Thread(
-                    target=fork_server.server_for,
-                    args=(
-                        import_environ({}, {}),
-                        fork_server.preload_for(self.spec),
-                        fork_server_log(),
-                        lambda: self._stopped,
-                    ),
-                    name="fork-server-prestart",
-                    daemon=True,
-                ).start()
+            threading.Thread(  # the fork server's imports done while the job starts (fork_server.py)
+                target=fork_server.for_job,
+                args=(self.spec, lambda: self._stopped),
+                name="fork-server-prestart",
+                daemon=True,
+            ).start()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.code_dir)
 

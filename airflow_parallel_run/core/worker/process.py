@@ -44,7 +44,6 @@ from .process_tree import SCOPE_ENV, end_leftovers, remember
 from .scratch import (
     claim_process_name,
     ensure,
-    fork_server_log,
     import_environ,
     local_log_root,
     node_name,
@@ -292,11 +291,7 @@ class EntryProcess:
         environment (its imports done) for a job without `environment_variables`, else started fresh
         (core/worker/fork_server.py)."""
         env = self._environment()
-        server = None
-        if not self.spec.environment_variables:
-            server = fork_server.server_for(
-                import_environ({}, {}), fork_server.preload_for(self.spec), fork_server_log(), stop_check
-            )
+        server = fork_server.for_job(self.spec, stop_check)
         with (
             self.host.state_lock,
             open(self.paths["stdout"], "ab") as out,
@@ -320,11 +315,7 @@ class EntryProcess:
                 start_new_session=True,  # its own process group: killed as a whole
             )
             self.host.live.add(self)
-            how = (
-                f" (forked from fork server {server.pid})"
-                if forked is not None and server is not None
-                else ""
-            )
+            how = f" (forked from fork server {forked.server.pid})" if forked is not None else ""
             self.node_log(f"started pid {self.proc.pid}; running init(){how}")  # before any stop
         return True
 

@@ -8,14 +8,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -39,6 +42,28 @@ def _started_lines(out: Path) -> list[str]:
 
 def _servers(out: Path) -> set[int]:
     return {int(m.group(2)) for line in _started_lines(out) if (m := FORKED.search(line))}
+
+
+def _assert_started_fresh(out: Path) -> None:
+    lines = _started_lines(out)
+    assert lines and not any("forked from" in line for line in lines), lines
+
+
+def _file_job(script: str, folder: Path, out: Path, *, processes: int = 2, **options: Any) -> dict[str, Any]:
+    """A job of one file per mini-batch; `options` of `ParallelRunConfig` or of `run_job` (the embedded cluster
+    unless `client`)."""
+    config = {key: options.pop(key) for key in ("environment_variables", "run_max_try") if key in options}
+    return run_job(
+        ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=processes, **config),
+        [FileDataset.from_files(str(folder))],
+        str(out),
+        **options,
+    )
+
+
+def _first_words(out: Path) -> list[str]:
+    """The output file's lines by their first word (the input file's name), sorted."""
+    return sorted(row.split()[0] for row in (out / "parallel_run_step.txt").read_text().splitlines())
 
 
 @pytest.fixture
@@ -194,12 +219,7 @@ def test_each_environment_gets_a_server_imported_under_it_and_atexit_hooks_run(
         for old in markers.iterdir():
             old.unlink()
         out = tmp_path / f"out{run}"
-        summary = run_job(
-            ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=2),
-            [FileDataset.from_files(str(folder))],
-            str(out),
-            allow_reuse=False,  # the third job is the first's again: run, not reused
-        )
+        summary = _file_job(script, folder, out, allow_reuse=False)  # the third is the first's again: run
         assert summary["status"] == "succeeded", summary
         assert set((out / "parallel_run_step.txt").read_text().split()) == {probe}
         servers = _servers(out)
@@ -227,20 +247,15 @@ def test_a_job_with_environment_variables_starts_its_processes_fresh(
     markers = tmp_path / "markers"
     markers.mkdir()
     out = tmp_path / "out"
-    summary = run_job(
-        ParallelRunConfig(
-            entry_script=write_script(PROBE_SCRIPT),
-            mini_batch_size=1,
-            process_count_per_node=2,
-            environment_variables={"PROBE": "secret-value", "MARKERS": str(markers)},
-        ),
-        [FileDataset.from_files(str(files(4)))],
-        str(out),
+    summary = _file_job(
+        write_script(PROBE_SCRIPT),
+        files(4),
+        out,
+        environment_variables={"PROBE": "secret-value", "MARKERS": str(markers)},
         client=dask_client,
     )
     assert summary["status"] == "succeeded", summary
-    lines = _started_lines(out)
-    assert lines and not any("forked from" in line for line in lines), lines
+    _assert_started_fresh(out)
     for proc in psutil.process_iter():  # no process outlives the job with its variables
         with contextlib.suppress(psutil.Error):
             assert "secret-value" not in proc.environ().values(), proc.cmdline()
@@ -280,22 +295,12 @@ def test_a_fork_server_killed_under_a_job_ends_its_processes_and_their_mini_batc
                     return
                 time.sleep(0.05)
 
-        import threading
-
         threading.Thread(target=watch, daemon=True).start()
 
-    summary = run_job(
-        ParallelRunConfig(
-            entry_script=write_script(SLOW_SCRIPT), mini_batch_size=1, process_count_per_node=2, run_max_try=3
-        ),
-        [FileDataset.from_files(str(files(12)))],
-        str(out),
-        on_driver=kill_server,
-    )
+    summary = _file_job(write_script(SLOW_SCRIPT), files(12), out, run_max_try=3, on_driver=kill_server)
     assert killed, "the fork server was never seen"
     assert summary["status"] == "succeeded", summary
-    rows = (out / "parallel_run_step.txt").read_text().splitlines()
-    assert sorted(row.split()[0] for row in rows) == [f"f{i:03d}.txt" for i in range(12)]
+    assert _first_words(out) == [f"f{i:03d}.txt" for i in range(12)]
     attempts = (out / "logs" / "sys" / "job_report" / "processed_mini-batches.csv").read_text()
     assert "PROCESS_DIED" in attempts, "no attempt died with the server"
     lines = _started_lines(out)
@@ -312,16 +317,9 @@ def test_with_fork_servers_off_processes_start_fresh(
 ) -> None:
     monkeypatch.setenv(fork_server.SWITCH_ENV, "0")
     out = tmp_path / "out"
-    summary = run_job(
-        ParallelRunConfig(
-            entry_script=write_script(SLOW_SCRIPT), mini_batch_size=1, process_count_per_node=2
-        ),
-        [FileDataset.from_files(str(files(2)))],
-        str(out),
-    )
+    summary = _file_job(write_script(SLOW_SCRIPT), files(2), out)
     assert summary["status"] == "succeeded", summary
-    lines = _started_lines(out)
-    assert lines and not any("forked from" in line for line in lines), lines
+    _assert_started_fresh(out)
 
 
 def test_a_stuck_fork_server_fails_one_start_which_runs_again_in_a_process_of_its_own(
@@ -337,27 +335,17 @@ def test_a_stuck_fork_server_fails_one_start_which_runs_again_in_a_process_of_it
     monkeypatch.setenv("FORK_TEST_RUN", str(tmp_path))  # an environment of this test's own: a new server
     monkeypatch.setattr(fork_server, "FORK_ANSWER_S", 2.0)
     script, folder = write_script(SLOW_SCRIPT), files(4)
-    first = run_job(
-        ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1),
-        [FileDataset.from_files(str(folder))],
-        str(tmp_path / "first"),
-    )
+    first = _file_job(script, folder, tmp_path / "first", processes=1)
     assert first["status"] == "succeeded", first
     (server,) = _servers(tmp_path / "first")
     os.kill(server, signal.SIGSTOP)
     try:
         began = time.monotonic()
         out = tmp_path / "out"
-        summary = run_job(
-            ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=1),
-            [FileDataset.from_files(str(folder))],
-            str(out),
-            allow_reuse=False,
-        )
+        summary = _file_job(script, folder, out, processes=1, allow_reuse=False)
         assert summary["status"] == "succeeded", summary
         assert time.monotonic() - began < 60
-        rows = (out / "parallel_run_step.txt").read_text().splitlines()
-        assert sorted(row.split()[0] for row in rows) == [f"f{i:03d}.txt" for i in range(4)]
+        assert _first_words(out) == [f"f{i:03d}.txt" for i in range(4)]
         assert not psutil.pid_exists(server) or psutil.Process(server).status() == psutil.STATUS_ZOMBIE
         errors = (out / "logs" / "user" / "error.txt").read_text()
         assert f"the fork server (pid {server}) did not answer within 2 s" in errors, errors
@@ -369,12 +357,10 @@ def test_a_stuck_fork_server_fails_one_start_which_runs_again_in_a_process_of_it
 def test_a_request_without_its_three_files_is_refused_and_nothing_forked(
     server: ForkServer, tmp_path: Path
 ) -> None:
-    import pickle
-
     before = {p.pid for p in psutil.Process(server.pid).children()}
     with open(tmp_path / "out.txt", "ab") as out:
         socket.send_fds(
-            server.sock, [pickle.dumps(("fork", -1, [], dict(os.environ), str(tmp_path)))], [out.fileno()]
+            server.sock, [pickle.dumps(("fork", -1, dict(os.environ), str(tmp_path)))], [out.fileno()]
         )
     deadline = time.monotonic() + 30
     while -1 not in server._answers and time.monotonic() < deadline:
