@@ -412,6 +412,7 @@ def test_a_stop_during_a_chunk_reports_its_later_attempts_never_started(
 INIT_SCRIPT = (
     HEAD
     + """
+import glob
 MARK = {mark!r}
 def init():
     if os.path.exists(MARK):
@@ -419,9 +420,13 @@ def init():
         if len(open(MARK + ".inits").read().splitlines()) > 1:
             time.sleep(5)  # a later process's init() (another chunk's): the stop catches it
         raise RuntimeError("init() fails once the process of mini-batch 5 died")
+    open(MARK + f".ok-{{os.getpid()}}", "w").close()
 def run(mini_batch):
     n = int(open(mini_batch[0]).read())
     if n == 5:
+        deadline = time.monotonic() + 60  # both first processes past init(): the other chunk's too
+        while len(glob.glob(MARK + ".ok-*")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         open(MARK, "w").write("x")
         os._exit(3)
     return [f"{{os.path.basename(p)}} {{open(p).read().strip()}}" for p in mini_batch]

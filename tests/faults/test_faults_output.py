@@ -177,13 +177,20 @@ def test_output_assembly_on_a_full_disk_leaves_no_temp_file(tmp_path: Path) -> N
 def test_second_cli_run_into_a_busy_output_folder_is_refused(echo_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """tests/core/driver/test_engine.py proves this for run_job; here the CLI: exit 2, one message, first run intact."""
     root, calls, out = files(6), tmp_path / "calls.txt", tmp_path / "shared"
-    script = echo_script(f"open({str(calls)!r}, 'a').write('x\\n')\ntime.sleep(0.5)")
+    release = tmp_path / "release"  # the first run holds the folder until the second has been refused
+    script = echo_script(
+        f"open({str(calls)!r}, 'a').write('x\\n')\n"
+        f"deadline = time.monotonic() + 90\n"
+        f"while not os.path.exists({str(release)!r}) and time.monotonic() < deadline:\n"
+        f"    time.sleep(0.05)"
+    )
     args = ("--mini-batch-size", "1", "--process-count-per-node", "1", "--cache-dir", str(tmp_path / "cache"))
     first = subprocess.Popen(
         cli_run_argv(root, out, script, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     wait_for(lambda: bool(lines_of(calls)) or first.poll() is not None, 90, "the first run to start")
     second = run_cli(cli_run_argv(root, out, script, *args, "--no-reuse"), timeout=120)
+    release.touch()
     assert second.returncode == 2, second.stderr
     assert second.stdout == "" and "Traceback" not in second.stderr
     lock_words = (
