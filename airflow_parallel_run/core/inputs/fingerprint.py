@@ -2,7 +2,8 @@
 
 Local files: xxh3-128 of their bytes, memoised in a small SQLite file on (size, mtime_ns, inode), so an
 unchanged file is never read twice; object-store files: the store's own content identity (ETag, md5,
-crc32c, generation) and size, or a hash of their bytes where the store has none.
+crc32c, generation) and size, or a hash of their bytes where the store has none. A local file that a
+planner reads whole anyway (CSV, JSON Lines) is hashed as it is read (`HashWhileReading`), not read again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -41,7 +43,7 @@ class Fingerprinter:
         )
         self._lock = threading.Lock()
         self.storage_options = dict(storage_options or {})
-        self.hashed_bytes = 0
+        self.hashed_bytes = 0  # read here to be hashed (a memo hit, or a file a planner hashed, reads none)
 
     def close(self) -> None:
         self._db.close()
@@ -82,9 +84,19 @@ class Fingerprinter:
             elif path not in stats:
                 misses.append(path)
                 stats[path] = now
-        if misses:
-            workers = min(8, (os.cpu_count() or 2) * 2, len(misses))
-            chunks = [misses[i : i + 64] for i in range(0, len(misses), 64)]
+        unread = []
+        for path in misses:
+            read = _READ_HASHES.get(stats[path])
+            if read is not None:
+                result[path] = read
+            else:
+                unread.append(path)
+        if unread:
+            workers = min(8, (os.cpu_count() or 2) * 2, len(unread))
+            # Up to 64 files a task (few tasks for a million small files), but at least four tasks a thread,
+            # so that a few large files are hashed side by side (8 files of 1 GiB were one task: one core).
+            per = max(1, min(64, len(unread) // (4 * workers)))
+            chunks = [unread[i : i + per] for i in range(0, len(unread), per)]
             pool = ThreadPoolExecutor(max_workers=workers)
             try:
                 for pairs in pool.map(lambda chunk: [(p, _hash_local(p)) for p in chunk], chunks):
@@ -93,7 +105,7 @@ class Fingerprinter:
                 pool.shutdown(wait=True, cancel_futures=True)
             rows = [(p, stats[p].st_size, stats[p].st_mtime_ns, stats[p].st_ino, result[p]) for p in misses]
             with self._lock:
-                self.hashed_bytes += sum(stats[p].st_size for p in misses)
+                self.hashed_bytes += sum(stats[p].st_size for p in unread)
                 self._db.execute("BEGIN")
                 self._db.executemany("INSERT OR REPLACE INTO memo VALUES (?, ?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
@@ -192,5 +204,66 @@ def hash_stream(handle: Any) -> str:
 
 
 def _hash_local(path: str) -> str:
-    with open(path, "rb") as handle:
-        return hash_stream(handle)
+    """xxh3-128 of a local file, read into one reused buffer (a new bytes object per MiB costs a copy more)."""
+    digest = xxhash.xxh3_128()
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while size := handle.readinto(buffer):
+            digest.update(view[:size])
+    return f"xxh3:{digest.hexdigest()}"
+
+
+class _ReadHashes:
+    """Fingerprints of local files hashed while they were read whole (`HashWhileReading`), by the identity the
+    file had before and after that read: device, inode, size and mtime_ns. A file changed since has another
+    identity, so its old hash is never served; the oldest entries are dropped past `limit`."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._hashes: OrderedDict[tuple[int, int, int, int], str] = OrderedDict()
+        self._lock = threading.Lock()
+        self.limit = limit
+
+    def put(self, identity: tuple[int, int, int, int], value: str) -> None:
+        with self._lock:
+            self._hashes[identity] = value
+            self._hashes.move_to_end(identity)
+            while len(self._hashes) > self.limit:
+                self._hashes.popitem(last=False)
+
+    def get(self, stat: os.stat_result) -> str | None:
+        with self._lock:
+            return self._hashes.get(_identity(stat))
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+_READ_HASHES = _ReadHashes()
+
+
+class HashWhileReading:
+    """The fingerprint of a local file that a planner reads whole anyway, in order (the CSV / JSON Lines scan),
+    computed from the bytes it reads: the file is not read a second time for `Fingerprinter.local_files`
+    (1.24 GiB of CSV: 0.25 s before the job's first mini-batch). Kept only when every byte was hashed and the
+    file had the same identity before and after (`_ReadHashes`): the hash is then of the bytes the file holds."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.before = os.stat(path)
+        self.digest = xxhash.xxh3_128()
+        self.hashed = 0
+
+    def update(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.hashed += len(data)
+
+    def done(self) -> None:
+        """The reader read to the end of the file: its fingerprint is kept if the file did not change."""
+        try:
+            after = os.stat(self.path)
+        except OSError:
+            return
+        if _identity(after) == _identity(self.before) and self.hashed == after.st_size:
+            _READ_HASHES.put(_identity(after), f"xxh3:{self.digest.hexdigest()}")

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..minibatch import TabularSlice
+from ..storage import is_local
+from .fingerprint import HashWhileReading
 from .tabular import TabularDataset
 
 __all__ = ["plan_tabular_file"]
@@ -76,8 +78,12 @@ def plan_tabular_file(url: str, size: int, dataset: TabularDataset, target_bytes
             raise InputError(f"{url}: unsupported tabular format {dataset.format!r}")
         _check_ascii_compatible(url, dataset.encoding)
         _refuse_compressed_name(url, dataset.format)
+        hashing = HashWhileReading(path) if is_local(fs) else None
         with fs.open(path, "rb") as f:
-            return _plan_lines(f, url, dataset, target)
+            slices = _plan_lines(f, url, dataset, target, hashing)
+        if hashing is not None:
+            hashing.done()
+        return slices
     except InputError:
         raise
     except OSError as exc:
@@ -441,14 +447,19 @@ class _QuoteTracker:
         return np.asarray(toggles, dtype=np.int64), opened
 
 
-def _chunks(f: BinaryIO, blank_bom: bool) -> Iterator[bytes]:
+def _chunks(f: BinaryIO, blank_bom: bool, hashing: HashWhileReading | None = None) -> Iterator[bytes]:
     """The file in chunks of `_CHUNK_BYTES`. A UTF-8 byte order mark at its start is given as three CRs: pandas
-    skips the mark, so for finding records it is blank and what follows it starts a record."""
-    head = _bom_as_blank(f.read(3), blank_bom)
-    first = head + f.read(max(_CHUNK_BYTES - len(head), 0))
+    skips the mark, so for finding records it is blank and what follows it starts a record. `hashing` gets
+    every byte read, as read (the mark too)."""
+    start = f.read(3)
+    first = start + f.read(max(_CHUNK_BYTES - len(start), 0))
+    if hashing is not None:
+        hashing.update(first)
     if first:
-        yield first
+        yield _bom_as_blank(first[:3], blank_bom) + first[3:]
     while chunk := f.read(_CHUNK_BYTES):
+        if hashing is not None:
+            hashing.update(chunk)
         yield chunk
 
 
@@ -457,8 +468,11 @@ def _bom_as_blank(start: bytes, blank_bom: bool) -> bytes:
     return b"\r\r\r" + start[3:] if blank_bom and start.startswith(_UTF8_BOM) else start
 
 
-def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> list[TabularSlice]:
-    """Scan a CSV or JSON Lines file chunk by chunk, finding record boundaries with vectorised numpy.
+def _plan_lines(
+    f: BinaryIO, url: str, dataset: TabularDataset, target: int, hashing: HashWhileReading | None = None
+) -> list[TabularSlice]:
+    """Scan a CSV or JSON Lines file chunk by chunk, finding record boundaries with vectorised numpy; `hashing`
+    gets the file's bytes as they are read (its fingerprint, core/inputs/fingerprint.py).
 
     Per chunk (`_scan_chunk`): the newline positions (one compare + nonzero), which of them end records
     (CSV: see `_QuoteTracker`), and a blank check that only looks at the first byte of each record unless
@@ -476,7 +490,7 @@ def _plan_lines(f: BinaryIO, url: str, dataset: TabularDataset, target: int) -> 
     lines = 0  # newlines (quoted ones too: lines as an editor counts them) before the current chunk
     first = b""  # the first chunk (a byte order mark given as CRs), where the header record is
     scratch = _Scratch()
-    for chunk in _chunks(f, _is_utf8(dataset.encoding)):
+    for chunk in _chunks(f, _is_utf8(dataset.encoding), hashing):
         if base == 0:
             _check_magic(url, dataset.format, chunk)
             first = chunk

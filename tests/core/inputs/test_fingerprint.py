@@ -3,9 +3,13 @@ moment must all get it (two deferred jobs submitted together once failed with 'd
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
+import pytest
+
+from airflow_parallel_run.core.inputs import fingerprint
 from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
 
 
@@ -117,3 +121,112 @@ def test_many_keys_each_url_once_in_first_seen_order(tmp_path: Path) -> None:
         str(tmp_path / "c.txt"): _xxh3(b"ccc"),
         remote: _xxh3(b"remote"),
     }
+
+
+def _xxh3(data: bytes) -> str:
+    import xxhash
+
+    return f"xxh3:{xxhash.xxh3_128_hexdigest(data)}"
+
+
+def _plan(path: Path, fmt: str = "csv") -> None:
+    from airflow_parallel_run.core.inputs.tabular import TabularDataset
+    from airflow_parallel_run.core.inputs.tabular_scan import plan_tabular_file
+
+    dataset = (
+        TabularDataset.from_delimited_files(str(path))
+        if fmt == "csv"
+        else TabularDataset.from_json_lines_files(str(path))
+    )
+    plan_tabular_file(str(path), path.stat().st_size, dataset, 64)
+
+
+def _no_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(path: str) -> str:
+        raise AssertionError(f"{path} was read again to be hashed")
+
+    monkeypatch.setattr(fingerprint, "_hash_local", refuse)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "fmt"),
+    [
+        ("a.csv", b"x,y\n" + b"".join(b'%d,"v%d"\n' % (i, i) for i in range(500)), "csv"),
+        ("bom.csv", b"\xef\xbb\xbfx,y\n1,2\n", "csv"),  # the mark is hashed as it is on disk
+        ("b.jsonl", b"".join(b'{"a": %d}\n' % i for i in range(300)), "jsonl"),
+    ],
+)
+def test_a_file_the_planner_read_is_not_read_again_to_be_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, data: bytes, fmt: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    _plan(path, fmt)
+    _no_reading(monkeypatch)
+    with Fingerprinter(str(tmp_path / "memo.sqlite")) as memo:
+        assert memo.local_file(str(path)) == _xxh3(data)
+        assert memo.hashed_bytes == 0
+    with Fingerprinter(str(tmp_path / "memo.sqlite")) as memo:  # and the memo has it for the next job
+        assert memo.local_file(str(path)) == _xxh3(data)
+
+
+def test_a_file_changed_after_the_planner_read_it_is_hashed_as_it_is_now(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_bytes(b"x\n1\n2\n")
+    _plan(path)
+    path.write_bytes(b"x\n3\n4\n")  # same size
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    with Fingerprinter(str(tmp_path / "memo.sqlite")) as memo:
+        assert memo.local_file(str(path)) == _xxh3(b"x\n3\n4\n")
+
+
+def test_a_file_changed_while_the_planner_read_it_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner hashed bytes of the file as it was before the change (and some after): that hash is of no
+    version of the file, so it is dropped and the file is hashed again."""
+    path = tmp_path / "a.csv"
+    path.write_bytes(b"x\n" + b"1\n" * 5000)
+    real = fingerprint.HashWhileReading.update
+    changed = []
+
+    def update(self: fingerprint.HashWhileReading, data: bytes) -> None:
+        real(self, data)
+        if not changed:
+            with open(path, "r+b") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.write(b"9\n")
+            changed.append(True)
+
+    monkeypatch.setattr(fingerprint.HashWhileReading, "update", update)
+    monkeypatch.setattr("airflow_parallel_run.core.inputs.tabular_scan._CHUNK_BYTES", 1000)
+    _plan(path)
+    assert changed
+    with Fingerprinter(str(tmp_path / "memo.sqlite")) as memo:
+        assert memo.local_file(str(path)) == _xxh3(path.read_bytes())
+        assert memo.hashed_bytes == path.stat().st_size
+
+
+def test_large_files_are_hashed_side_by_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight files were one task of the hashing pool, hashed one after another on one core."""
+    paths = []
+    for i in range(8):
+        paths.append(tmp_path / f"f{i}.bin")
+        paths[-1].write_bytes(bytes([i]) * 1000)
+    together = threading.Barrier(2, timeout=20)
+    alone = []
+    real = fingerprint._hash_local
+
+    def hash_local(path: str) -> str:
+        try:
+            together.wait()  # files are hashed two at a time, by two threads (8 waits: 4 pairs)
+        except threading.BrokenBarrierError:
+            alone.append(path)  # nobody else was hashing: one file after another
+        return real(path)
+
+    monkeypatch.setattr(fingerprint, "_hash_local", hash_local)
+    with Fingerprinter(str(tmp_path / "memo.sqlite")) as memo:
+        hashes = memo.local_files([str(p) for p in paths])
+    assert hashes == {str(p): _xxh3(p.read_bytes()) for p in paths}
+    assert alone == []
