@@ -46,7 +46,7 @@ from .attempts import LOOP_WAIT_S, AttemptStream, Pending, Window
 from .cluster import select_hosts
 from .finish import finish_job, prepare_report
 from .fusion import Fusion
-from .planning import PlanFeed, Planned
+from .planning import PlanFeed, Planned, first_file
 from .progress import Progress, ProgressCallback
 from .speculation import Flight, Speculation
 from .stopping import StopControl, bounded
@@ -80,7 +80,11 @@ def _local_paths(
 
 def streams(inputs: Sequence[Dataset]) -> bool:
     """Whether a job's plan may stream (core/driver/planning.py): file inputs, none of which decides
-    anything over all its mini-batches (csv/jsonl column types do: `with_column_types`)."""
+    anything over all its mini-batches (`with_column_types`); or one csv/jsonl input, whose column types
+    come from its first file (`types_from_first_file`, planned first: `first_file`). Parquet's
+    `null_columns` and the types of several tabular inputs need every mini-batch first."""
+    if len(inputs) == 1 and getattr(inputs[0], "types_from_first_file", False) is True:
+        return True
     return bool(inputs) and all(
         getattr(d, "kind", None) == "file" and not callable(getattr(d, "with_column_types", None))
         for d in inputs
@@ -145,6 +149,9 @@ class JobDriver:
         self.store: PlanStore | None = None
         if self.streaming:  # listed (and keyed) by the feed's thread, while the job runs, and kept on disk
             kind, batches = iter_plan(self.inputs, config.mini_batch_size, config.partition_keys)
+            if any(callable(getattr(d, "with_column_types", None)) for d in self.inputs):
+                first, batches = first_file(batches)  # csv/jsonl: the types, before any key
+                self.inputs = with_read_types(self.inputs, first)
             self.store = PlanStore(kind, self.job_id)
             self.plan: Plan | PlanStore = self.store
             whole: Plan | None = None

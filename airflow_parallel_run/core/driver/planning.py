@@ -21,6 +21,7 @@ nothing over once stopped.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
 from collections.abc import Iterator
@@ -53,6 +54,19 @@ class _End:
 
 END = _End()
 Fed = Planned | _End | Exception
+
+
+def first_file(batches: Iterator[MiniBatch]) -> tuple[list[MiniBatch], Iterator[MiniBatch]]:
+    """The plan's mini-batches up to its first file's last slice, and the whole plan, those first. A csv or
+    jsonl input's column types come from its first file's first slices (`with_read_types`), and they enter
+    every key, so a streaming job of one such input plans that file before the listing's thread starts:
+    the types are those the whole plan would decide, and a refusal of that file comes before the claim."""
+    taken: list[MiniBatch] = []
+    for mb in batches:
+        if taken and mb.slices and taken[0].slices and mb.slices[0].url != taken[0].slices[0].url:
+            return taken, itertools.chain(taken, (mb,), batches)
+        taken.append(mb)
+    return taken, iter(taken)
 
 
 class PlanFeed:

@@ -170,6 +170,14 @@ class TabularDataset(PathInput):
                 for piece in pieces:
                     yield ctx.batch(piece.rows, slices=(piece,))
 
+    @property
+    def types_from_first_file(self) -> bool:
+        """csv and jsonl decide their column types from the first file's first slices alone
+        (core/inputs/tabular_types.py), so a job of one such input may run its first mini-batches while its
+        other files are still planned (core/driver/planning.py, `first_file`); Parquet decides `null_columns`
+        over every file's footer, so its plan is whole first."""
+        return self.format in ("csv", "jsonl")
+
     def with_column_types(self, batches: Sequence[MiniBatch]) -> TabularDataset:
         """This input with the column types every slice is read with (csv, jsonl: `column_types`; parquet:
         `null_columns`; core/inputs/tabular_types.py)."""
