@@ -196,22 +196,23 @@ def _memo_query(count: int) -> str:
 
 
 def hash_stream(handle: Any) -> str:
-    """xxh3-128 of a binary stream, read in chunks (never a whole file in memory)."""
+    """xxh3-128 of a binary stream, read in chunks into one reused buffer (never a whole file in memory, and
+    no new bytes object per chunk: that costs a copy more)."""
     digest = xxhash.xxh3_128()
-    while chunk := handle.read(_CHUNK):
-        digest.update(chunk)
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    while size := handle.readinto(buffer):
+        digest.update(view[:size])
+    return _fingerprint(digest)
+
+
+def _fingerprint(digest: Any) -> str:
     return f"xxh3:{digest.hexdigest()}"
 
 
 def _hash_local(path: str) -> str:
-    """xxh3-128 of a local file, read into one reused buffer (a new bytes object per MiB costs a copy more)."""
-    digest = xxhash.xxh3_128()
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as handle:
-        while size := handle.readinto(buffer):
-            digest.update(view[:size])
-    return f"xxh3:{digest.hexdigest()}"
+        return hash_stream(handle)
 
 
 class _ReadHashes:
@@ -266,4 +267,4 @@ class HashWhileReading:
         except OSError:
             return
         if _identity(after) == _identity(self.before) and self.hashed == after.st_size:
-            _READ_HASHES.put(_identity(after), f"xxh3:{self.digest.hexdigest()}")
+            _READ_HASHES.put(_identity(after), _fingerprint(self.digest))

@@ -4,27 +4,24 @@ file's), and a refusal of the first file still comes before the output folder is
 
 The plan is made slow deterministically: `plan_tabular_file` is wrapped so that planning a chosen file waits
 until the entry script's first run() left a marker file. Without streaming that wait never ends (no attempt
-starts before the plan is whole): the gate gives up after `GATE_S` and the planning fails, so the test fails
+starts before the plan is whole): the gate (test_streaming_plan.Gate) gives up after its `GATE_S` and the planning fails, so the test fails
 instead of hanging.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from distributed import Client
-from test_streaming_plan import attempt_rows, start_time
+from test_streaming_plan import Gate, attempt_rows, start_time
 
 from airflow_parallel_run.core import ParallelRunConfig, TabularDataset, run_job
 from airflow_parallel_run.core.driver.loop import JobDriver, streams
 from airflow_parallel_run.core.errors import InputError
 from airflow_parallel_run.core.inputs import tabular_scan
-
-GATE_S = 60.0
 
 # run() leaves a marker on its first call (the path comes in MARKER) and returns each row's zip with its type.
 MARKED_TYPES = """
@@ -37,22 +34,6 @@ def run(mini_batch):
 """
 
 
-class Gate:
-    """Holds the planning of files named `name` until `marker` exists; records when it let it go on."""
-
-    def __init__(self, name: str, marker: Path) -> None:
-        self.name, self.marker = name, marker
-        self.released_at: float | None = None
-
-    def wait(self) -> None:
-        deadline = time.monotonic() + GATE_S
-        while not self.marker.exists():
-            if time.monotonic() > deadline:
-                raise OSError(f"no attempt started while {self.name} was being planned")
-            time.sleep(0.01)
-        self.released_at = time.time()
-
-
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, Path], Gate]]:
     gates: list[Gate] = []
@@ -60,14 +41,14 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str, Path], Gate
 
     def plan(url: str, *args: Any, **kwargs: Any) -> Any:
         for g in gates:
-            if url.endswith(g.name):
+            if url.endswith(g.folder):
                 g.wait()
         return original(url, *args, **kwargs)
 
     monkeypatch.setattr(tabular_scan, "plan_tabular_file", plan)
 
     def make(name: str, marker: Path) -> Gate:
-        gates.append(Gate(name, marker))
+        gates.append(Gate(Path(name), marker))  # the file system's own gate, keyed here by a file's name
         return gates[-1]
 
     yield make
