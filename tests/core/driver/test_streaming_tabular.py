@@ -93,27 +93,24 @@ def test_a_csv_jobs_first_mini_batch_starts_before_its_last_file_is_planned(
     assert lines == [f"{base + i} int" for base in (10000, 20000, 30000) for i in range(6)]
 
 
-def test_the_types_are_the_first_files_as_with_the_whole_plan(
-    dask_client: Client, write_script: Callable[..., str], tmp_path: Path
-) -> None:
-    """A later file's zip with a letter fails its own mini-batch, naming the column, streamed or not: the
-    types come from the first file either way, and so do the keys."""
-    data = _csv_files(tmp_path / "in")
-    (data / "b.csv").write_text("zip,n\n20000,0\n2000A,1\n")
-    script = write_script(MARKED_TYPES)
+def _both_plans(
+    client: Client, script: str, dataset: TabularDataset, tmp_path: Path
+) -> list[tuple[Any, ...]]:
+    """The job run streamed and with the whole plan: each one's column types, keys, failed mini-batches, their
+    errors' first words and output lines."""
     outcomes = []
     for streamed in (True, False):
         out = tmp_path / f"out-{streamed}"
         driver = JobDriver(
             _config(script, tmp_path / "marker", error_threshold=-1),
-            [TabularDataset.from_delimited_files(str(data))],
+            [dataset],
             str(out),
             cache_dir=str(tmp_path / f"cache-{streamed}"),
             stream_plan=streamed,
         )
         assert driver.streaming is streamed
         try:
-            summary = driver.execute(dask_client)
+            summary = driver.execute(client)
         finally:
             driver.release()
         failed = [r for r in attempt_rows(out) if r["Status"] != "RUN_DONE"]
@@ -126,9 +123,54 @@ def test_the_types_are_the_first_files_as_with_the_whole_plan(
                 Path(summary["append_row_file"]).read_text().splitlines(),
             )
         )
+    return outcomes
+
+
+def test_the_types_are_the_first_files_as_with_the_whole_plan(
+    dask_client: Client, write_script: Callable[..., str], tmp_path: Path
+) -> None:
+    """A later file's zip with a letter fails its own mini-batch, naming the column, streamed or not: the
+    types come from the first file either way, and so do the keys."""
+    data = _csv_files(tmp_path / "in")
+    (data / "b.csv").write_text("zip,n\n20000,0\n2000A,1\n")
+    outcomes = _both_plans(
+        dask_client, write_script(MARKED_TYPES), TabularDataset.from_delimited_files(str(data)), tmp_path
+    )
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] == {"zip": "int64", "n": "int64"}
     assert outcomes[0][2] == 1
+
+
+def test_a_first_file_without_rows_gives_the_next_files_types_as_with_the_whole_plan(
+    dask_client: Client, write_script: Callable[..., str], tmp_path: Path
+) -> None:
+    """The first file holds its header only: it has no slice, so both plans decide from the next file's."""
+    data = _csv_files(tmp_path / "in")
+    (data / "a.csv").write_text("zip,n\n")
+    (data / "b.csv").write_text("zip,n\nA1,0\nB2,1\n")  # zips as strings from here
+    outcomes = _both_plans(
+        dask_client, write_script(MARKED_TYPES), TabularDataset.from_delimited_files(str(data)), tmp_path
+    )
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0]["zip"] == "string"
+    assert outcomes[0][4][:2] == ["'A1' str", "'B2' str"] and outcomes[0][4][2:] == [
+        f"'{30000 + i}' str" for i in range(6)
+    ]
+
+
+def test_json_lines_types_are_the_first_files_as_with_the_whole_plan(
+    dask_client: Client, write_script: Callable[..., str], tmp_path: Path
+) -> None:
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.jsonl").write_text("".join(f'{{"zip": {10000 + i}, "n": {i}}}\n' for i in range(6)))
+    (data / "b.jsonl").write_text('{"zip": 20000, "n": 0}\n{"zip": "2000A", "n": 1}\n')
+    (data / "c.jsonl").write_text("".join(f'{{"zip": {30000 + i}, "n": {i}}}\n' for i in range(6)))
+    outcomes = _both_plans(
+        dask_client, write_script(MARKED_TYPES), TabularDataset.from_json_lines_files(str(data)), tmp_path
+    )
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][2] == 1  # b.jsonl's zip does not fit the first file's type
 
 
 def test_a_refused_first_file_leaves_the_output_folder_untouched(
