@@ -15,6 +15,8 @@ import dask
 import pytest
 from distributed import Client, LocalCluster
 
+from airflow_parallel_run.core.reuse.cache import CACHE_ENV
+
 #: Dask's own monitoring, slowed for every Dask server the suite starts (its clusters, the CLI's and the
 #: Airflow tasks' embedded ones, the external test clusters): the event-loop health tick (20 ms), the
 #: nanny's memory check (100 ms), the system monitor (500 ms) and the statistical profiler (10 ms). None
@@ -54,8 +56,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def dask_client() -> Iterator[Client]:
-    """A real cluster with two worker processes (separate OS processes, as on a real deployment)."""
+def dask_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    """A real cluster with two worker processes (separate OS processes, as on a real deployment). Its
+    workers' reuse cache is a folder of this session (each test then points them at its own:
+    `isolated_cache`), also for a worker the nanny starts again after a test killed one: never the home
+    folder's."""
     with (
         LocalCluster(
             n_workers=2,
@@ -64,6 +69,7 @@ def dask_client() -> Iterator[Client]:
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
             silence_logs=logging.ERROR,
+            env={CACHE_ENV: str(tmp_path_factory.mktemp("cluster-reuse-cache"))},
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -108,11 +114,23 @@ def shared_cluster_left_idle(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test gets its own reuse cache, so no test reuses another's results (or the user's)."""
+def isolated_cache(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own reuse cache, so no test reuses another's results (or the user's).
+
+    Also on the session's cluster: its workers are processes started before the test, so the variable set
+    here does not reach them, and a job run in the cluster (`submit_job`) resolves its cache there. Left at
+    the workers' own (the home folder's cache, shared by every test of the run), a test's job was served
+    from another test's results: 24 mini-batches all reused, a job meant to run 6 s ended in 2 s."""
     root = tmp_path / "reuse-cache"
-    monkeypatch.setenv("AIRFLOW_PARALLEL_RUN_CACHE", str(root))
+    monkeypatch.setenv(CACHE_ENV, str(root))
+    if "dask_client" in request.fixturenames:
+        request.getfixturevalue("dask_client").run(_set_environ, CACHE_ENV, str(root))
     return root
+
+
+def _set_environ(name: str, value: str) -> None:
+    """Run on a worker: sets one variable of its environment."""
+    os.environ[name] = value
 
 
 @pytest.fixture
