@@ -145,8 +145,9 @@ def _report_peak_kib(logs: Path) -> int:
 def test_the_report_of_100k_attempts_holds_little_per_attempt(tmp_path: Path) -> None:
     """The report is built at the end of every job, in the driver: its memory is the driver's peak then.
     It reads only the columns it shows (`REPORT_COLUMNS`), a chunk of rows at a time, and each section
-    copies only what it uses: 620 bytes per attempt at its peak, 1,070 when it read every column at once
-    and the progress section sorted whole rows."""
+    copies only what it uses, and its node, process, status and label columns are categoricals: 395 bytes
+    per attempt at its peak; 620 with those as text, 1,070 when it read every column at once and the
+    progress section sorted whole rows."""
     path = tmp_path / ATTEMPTS_CSV
     path.parent.mkdir(parents=True)
     with open(path, "w", newline="") as handle:
@@ -161,7 +162,7 @@ def test_the_report_of_100k_attempts_holds_little_per_attempt(tmp_path: Path) ->
                              f"{0.005 + i % 97 / 1000:.3f}", "0.001", "0.000", "RUN_DONE" if ok else "RUN_EXCEPTION",
                              "" if ok else "boom", json.dumps({"files": [f"/in/{i}/{j}.txt" for j in range(10)]})])  # fmt: skip
     per_attempt = _report_peak_kib(tmp_path) * 1024 / ATTEMPTS
-    assert per_attempt < 850, f"{per_attempt:.0f} bytes per attempt"
+    assert per_attempt < 500, f"{per_attempt:.0f} bytes per attempt"
 
 
 def test_the_report_does_not_hold_each_mini_batch_s_files(tmp_path: Path) -> None:
