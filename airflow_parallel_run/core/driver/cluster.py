@@ -21,6 +21,17 @@ WORKER_WAIT_S = 30.0
 #: task's arguments: the last 1,000 tasks' mini-batches (a fused task carries up to 64), so up to 64,000
 #: mini-batches stayed in the driver's memory, all of them in smaller jobs. 16 events keep a few.
 EMBEDDED_LOG_LENGTH = 16
+#: Dask's configuration for the embedded cluster, read when its servers start. Besides the short logs
+#: above: no statistical profiler on its workers. Their threads only wait on the entry-script processes
+#: (run() runs there, where no Dask profiler looks), so the profile showed nothing of a user's code, while
+#: it sampled every thread of the driver's process 100 times a second and kept a profile per second for
+#: the last 1,000 s: a no-op job of 100,000 files held 15 MB more after 20 s, and a job's driver grew with
+#: its duration (docs/performance.md, "The report's categories, the embedded profiler and the staging
+#: folder").
+EMBEDDED_DASK_CONFIG = {
+    "distributed.admin.low-level-log-length": EMBEDDED_LOG_LENGTH,
+    "distributed.worker.profile.enabled": False,
+}
 
 
 class ClusterError(RuntimeError):
@@ -51,7 +62,7 @@ def dask_client(
             yield remote
         return
     with (
-        dask.config.set({"distributed.admin.low-level-log-length": EMBEDDED_LOG_LENGTH}),  # read at start
+        dask.config.set(EMBEDDED_DASK_CONFIG),  # read when the scheduler and workers start
         LocalCluster(
             n_workers=n_workers,
             threads_per_worker=max(1, threads_per_worker),
