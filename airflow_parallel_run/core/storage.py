@@ -116,10 +116,61 @@ def read_bytes(url: str, storage_options: Mapping[str, Any]) -> bytes:
 
 
 def remove_tree(url: str, storage_options: Mapping[str, Any]) -> None:
-    """Removes a folder and everything in it; a folder that is not there is fine."""
+    """Removes a folder and everything in it; a folder that is not there is fine. A local folder is
+    removed as it is read (`remove_local_tree`): fsspec's `rm` lists every path under it first, and the
+    staging folder of a job of 100,000 mini-batches made that list the driver's peak at the job's end
+    (12 MB, after the report)."""
+    if is_local(url):
+        with contextlib.suppress(FileNotFoundError, OSError):
+            remove_local_tree(local_path(url))
+        return
     fs, path = filesystem(url, storage_options)
     with contextlib.suppress(FileNotFoundError, OSError):
         fs.rm(path, recursive=True)
+
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_local_tree(path: str) -> None:
+    """Removes the local folder `path` and everything under it, each entry as its folder is read: the memory
+    and open descriptors are one per level of depth, not one per entry (`shutil.rmtree` lists each folder
+    whole first). A symbolic link is removed, never followed (`path` itself too), and each folder is opened
+    relative to its parent's descriptor with `O_NOFOLLOW`, so a folder swapped for a link while this runs
+    is not entered."""
+    if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+        os.unlink(path)
+        return
+    stack = [_open_folder(path, None)]  # (a folder's descriptor, its entries, its name in its parent)
+    try:
+        while stack:
+            fd, entries, name = stack[-1]
+            entry = next(entries, None)
+            if entry is None:  # every entry of this folder is gone: the folder goes
+                stack.pop()
+                entries.close()
+                os.close(fd)
+                if stack:
+                    os.rmdir(name, dir_fd=stack[-1][0])
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append(_open_folder(entry.name, fd))
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    finally:
+        for fd, entries, _ in stack:  # left open only when an error stopped the removal
+            entries.close()
+            os.close(fd)
+    os.rmdir(path)
+
+
+def _open_folder(name: str, parent: int | None) -> tuple[int, Any, str]:
+    """A folder's descriptor (relative to `parent`'s, a link not followed) and an iterator of its entries."""
+    fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=parent)
+    try:
+        return fd, os.scandir(fd), name
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def upload_folder(local_dir: str, url: str, storage_options: Mapping[str, Any]) -> None:
