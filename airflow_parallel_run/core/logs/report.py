@@ -333,8 +333,8 @@ def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
     body = '<section id="progress"><h2>Progress over time</h2>'
     if attempts is None:
         return body + _missing(unavailable) + "</section>"
-    timed = attempts.dropna(subset=["Start"])
-    if timed.empty:
+    timed = attempts["Start"].notna()  # a mask, not a copy of every column's timed rows
+    if not timed.any():
         reused_rows = int((attempts["Status"] == AttemptStatus.REUSED.value).sum())
         return (
             body
@@ -342,7 +342,9 @@ def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
             + "</section>"
         )
     # A mini-batch is done when its first successful attempt ends, or else when its last attempt ends.
-    done = timed[["Mini-batch Id", "Status", "End"]].sort_values("End")  # a copy of the 3 columns it needs
+    done = attempts.loc[timed, ["Mini-batch Id", "Status", "End"]].sort_values(
+        "End"
+    )  # the 3 columns it needs
     ok = done[done["Status"] == AttemptStatus.RUN_DONE.value].groupby("Mini-batch Id")["End"].min()
     failed = done[~done["Mini-batch Id"].isin(ok.index)].groupby("Mini-batch Id")["End"].max()
     reused = int(
@@ -351,7 +353,7 @@ def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
         ].nunique()
     )
     traces = []
-    origin = timed["Start"].min()
+    origin = attempts["Start"].min()  # NaT skipped
     for name, ends, colour, first in (("succeeded", ok, "#2ca02c", reused), ("failed", failed, "#d62728", 0)):
         series = pd.DataFrame({"End": ends.sort_values().to_numpy()})
         series["Completed"] = range(first + 1, first + len(series) + 1)
@@ -380,7 +382,7 @@ def _progress_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
         }
     )
     layout = {"height": 360, **_axis_titles("time (UTC)", "count")}
-    untimed = len(attempts) - len(timed)
+    untimed = len(attempts) - int(timed.sum())
     note = (
         f'<p class="note">{untimed} attempts have no start time ({reused} reused mini-batches, counted as '
         "succeeded from the start).</p>"
@@ -394,7 +396,7 @@ def _durations_section(attempts: pd.DataFrame | None, unavailable: str) -> str:
     body = '<section id="durations"><h2>Mini-batch durations</h2>'
     if attempts is None:
         return body + _missing(unavailable) + "</section>"
-    ran = attempts.dropna(subset=["Start"])
+    ran = attempts.loc[attempts["Start"].notna(), ["Status", "Elapsed Seconds"]]  # the 2 columns it needs
     if ran.empty:
         return body + _missing("No attempt ran (every mini-batch was reused).") + "</section>"
     # Binned here, not by plotly.js: a histogram trace carries every attempt's value into the page
