@@ -4,10 +4,12 @@ PROCESS_DIED. Also pins the distributed internal the stream reads (`as_completed
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
 import threading
 import time
+from typing import Any
 
 from distributed import Client, as_completed
 
@@ -115,6 +117,21 @@ class _GatherSlots:
         self.client.sync(release)
 
 
+async def _fetch_timing_out(client: Client, future: Any) -> None:
+    """What `future.result(timeout=...)` does to the client when its time runs out while the fetch waits for a
+    gather slot: the fetch is cancelled. Cancelled here once the fetch is queued, not after a fixed 0.3 s: on
+    a loaded machine the client's loop had not queued it by then, the timeout came first and left the client
+    clean (the fresh-clone CI of 7297e04 failed this test's first assertion so)."""
+    fetch = asyncio.ensure_future(client._gather([future]))
+    deadline = time.monotonic() + 30
+    while client._gather_future is None:  # queued behind the held slots
+        assert not fetch.done() and time.monotonic() < deadline, "the fetch never waited for a gather slot"
+        await asyncio.sleep(0.01)
+    fetch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await fetch
+
+
 def _poisoned(client: Client) -> bool:
     pending = client._gather_future
     return pending is not None and pending.cancelled()
@@ -126,8 +143,10 @@ def test_a_client_whose_gather_was_cancelled_still_books_every_attempt(client: C
     client booked every attempt as a lost worker while all ran well (38 tests of one pytest worker)."""
     finished = client.submit(lambda: 1, key="apr-test-poison", pure=False)
     assert finished.result(timeout=30) == 1
-    with _GatherSlots(client), contextlib.suppress(TimeoutError):
-        finished.result(timeout=0.3)  # someone else's fetch with a timeout, on the shared client
+    with _GatherSlots(client):
+        client.sync(
+            _fetch_timing_out, client, finished
+        )  # someone else's fetch with a timeout, on the shared client
     try:
         assert _poisoned(client), "distributed no longer leaves a cancelled gather behind: drop the cure"
         stream = AttemptStream(client, "job-poisoned", _attempt, "node-a", None)
