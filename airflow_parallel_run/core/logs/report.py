@@ -10,7 +10,7 @@ bar traces), kept in plotlyjs/ at the plotly.js version of the pinned plotly pac
 full bundle: in headless Chromium, parsing and running the full bundle's 4.8 MB took 1.3-2.6 s of every
 report's open, the basic bundle's 1.2 MB 0.3-0.45 s (docs/performance.md, "Scale").
 
-The figures are plain dicts of plotly.js's JSON (traces, layout, the "plotly_white" template resolved once),
+The figures are plain dicts of plotly.js's JSON (traces, layout, the "plotly_white" template kept as a file),
 rendered by `plotly.io.to_html(validate=False)`, not `go.Figure`s: the report is built at the end of every
 job, before the job returns, and plotly's graph_objects validate every property and deep-copy the template
 into each figure: for a 16-mini-batch job that was 0.3-0.7 s per report warm and 0.8-1.8 s in a fresh
@@ -96,10 +96,20 @@ def _missing(what: str) -> str:
     return f'<p class="missing">{_e(what)}</p>'
 
 
+#: plotly's "plotly_white" template as plotly.js's JSON, kept beside plotly.js (see `_template`).
+TEMPLATE_FILE = "plotly_white.json"
+
+
 @functools.cache
 def _template() -> dict[str, Any]:
-    """plotly's "plotly_white" as the plain dict the page carries, resolved once per process."""
-    template: dict[str, Any] = pio.templates["plotly_white"].to_plotly_json()
+    """plotly's "plotly_white" as the plain dict the page carries, read once per process from plotlyjs/.
+
+    Not `pio.templates["plotly_white"].to_plotly_json()`: resolving a template builds plotly's
+    template and layout classes (70 modules), 2.7 MB of the driver's memory for the rest of the process
+    (an Airflow task's whole run: the report is warmed up while the job runs), for a dict of 11 KB. The file is that dict as the pinned plotly makes it (tests/core/logs/test_report.py
+    compares them, key order included; plotlyjs/README.md says how to make it again)."""
+    with open(os.path.join(os.path.dirname(__file__), "plotlyjs", TEMPLATE_FILE), encoding="utf-8") as handle:
+        template: dict[str, Any] = json.load(handle)
     return template
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -142,6 +145,30 @@ def test_the_page_inlines_the_basic_bundle_of_plotlys_version(job_logs):
     assert bundle in page
     used = {trace["type"] for plot in PLOTS for trace in figure(page, plot)}
     assert used == {"scatter", "bar"}
+
+
+def test_the_kept_template_is_the_installed_plotlys(job_logs):
+    """plotlyjs/plotly_white.json is the template the pinned plotly resolves, key for key and in its order
+    (the page's JSON follows the dict's order); every plot of a page carries it; and making a report does
+    not import plotly's template classes, which the file is there to avoid."""
+    import plotly.io as pio
+
+    report_module._template.cache_clear()
+    kept = report_module._template()
+    resolved = pio.templates["plotly_white"].to_plotly_json()
+    assert json.dumps(kept) == json.dumps(resolved)
+    page = job_logs["report"].read_text(encoding="utf-8")
+    for plot in PLOTS:
+        assert layout(page, plot)["template"] == resolved
+
+    probe = (
+        "import sys\n"
+        "from airflow_parallel_run.core.logs.report import build_report\n"
+        f"build_report({str(job_logs['logs'])!r})\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('plotly.graph_objs.layout'))\n"
+        "assert not loaded, loaded[:5]\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=120)
 
 
 def test_every_plot_carries_the_logs_data(job_logs):
