@@ -256,8 +256,13 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: async
                 continue
             mini_batch = message.mini_batch
             conn.send(Loaded(mini_batch.index, message.attempt, total, time.monotonic() - load_started))
-            answer = _run_one(module.run, with_context, message, data, total, setup, watch)
+            kept: list[Any] = []
+            answer = _run_one(module.run, with_context, message, data, total, setup, watch, kept)
             conn.send(_keyed(answer, message))
+            # Freed after the answer, while it travels and the next mini-batch comes: run()'s result and
+            # the mini-batch's data (millions of Python objects for a large table) took milliseconds to
+            # free before the answer, and the data stayed alive until the next mini-batch was read.
+            del data, kept
             if isinstance(answer, Done) and not answer.files:  # after the answer: off the attempt's path
                 drop_if_empty(message.files_url)
         finally:
@@ -325,9 +330,17 @@ def _write_result(result: Any, message: Run, total: int, setup: Setup) -> _Writt
 
 
 def _run_one(
-    run: Any, with_context: bool, message: Run, data: Any, total: int, setup: Setup, watch: OutputDirWatch
+    run: Any,
+    with_context: bool,
+    message: Run,
+    data: Any,
+    total: int,
+    setup: Setup,
+    watch: OutputDirWatch,
+    kept: list[Any],
 ) -> Done | Failed:
-    """run() on one mini-batch's data, its result checked and (append_row) written as its part."""
+    """run() on one mini-batch's data, its result checked and (append_row) written as its part; run()'s
+    result is put in `kept`, for the caller to free after it has sent the answer."""
     from ..output.results import InvalidResultError
 
     cpu_started = time.process_time()
@@ -338,6 +351,7 @@ def _run_one(
         try:
             result = run(data, _context(message)) if with_context else run(data)
             run_seconds = time.monotonic() - run_started
+            kept.append(result)
         finally:
             _point_output_dir(setup.output_dir)
             files, uncacheable = watch.finish(message.files_url)

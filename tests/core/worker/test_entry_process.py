@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -64,7 +65,9 @@ class Child:
         return self.conn.recv()
 
 
-def _start(root: Path, script: str, output_action: str = "append_row") -> Child:
+def _start(
+    root: Path, script: str, output_action: str = "append_row", datasets: tuple[Any, ...] = ()
+) -> Child:
     (root / "code").mkdir(parents=True, exist_ok=True)
     (root / "work").mkdir(exist_ok=True)
     (root / "code" / "score.py").write_text(textwrap.dedent(script))
@@ -87,7 +90,7 @@ def _start(root: Path, script: str, output_action: str = "append_row") -> Child:
         script_dir=str(root / "code"),
         entry_script=str(root / "code" / "score.py"),
         arguments=("--x",),
-        datasets=(FileDataset.from_files(str(root / "in")),),
+        datasets=datasets or (FileDataset.from_files(str(root / "in")),),
         output_action=output_action,
         append_row_format="text",
         storage_options={},
@@ -196,3 +199,72 @@ def test_an_init_failure_is_reported_and_ends_the_process(tmp_path: Path, init: 
     finally:
         if child.proc.poll() is None:
             child.proc.kill()
+
+
+FREED_AFTER_THE_ANSWER = """
+import os, time, weakref
+
+def _wait_for(name):
+    # the test creates the file once it has this mini-batch's answer: freeing before the answer waits here
+    deadline = time.monotonic() + 120
+    while not os.path.exists(name) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+def _freed(what, index, wait):
+    if wait:
+        _wait_for(f"../answered-{index}")
+    with open(f"../freed-{what}-{index}", "w"):
+        pass
+
+class Result(list):
+    def __del__(self):
+        _freed("result", self.index, wait=True)
+
+def run(mini_batch):
+    index = int(mini_batch["id"].iloc[0]) // 10
+    weakref.finalize(mini_batch, _freed, "data", index, False)
+    result = Result(mini_batch["id"].tolist())
+    result.index = index
+    return result
+"""
+
+
+def test_a_mini_batchs_result_and_data_are_freed_after_its_answer(tmp_path: Path) -> None:
+    """run()'s result and the mini-batch's data (a large table: millions of Python objects) are freed
+    once the answer is sent, not before it (the driver would wait for the freeing) and not when the next
+    mini-batch has been read (two mini-batches' data alive at once). A result whose freeing waits for
+    the test to have the answer deadlocks until the test gives up when it is freed first; the data's
+    finalizer must have run before the next mini-batch is sent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from airflow_parallel_run.core import TabularDataset
+    from airflow_parallel_run.core.plan.planner import plan_inputs
+
+    (tmp_path / "tables").mkdir()
+    pq.write_table(pa.table({"id": list(range(30))}), tmp_path / "tables" / "t.parquet", row_group_size=10)
+    dataset = TabularDataset.from_parquet_files(str(tmp_path / "tables"))
+    batches = plan_inputs([dataset], mini_batch_size=10).mini_batches
+    assert [mb.items for mb in batches] == [10, 10, 10]
+    child = _start(tmp_path, FREED_AFTER_THE_ANSWER, output_action="summary_only", datasets=(dataset,))
+    try:
+        assert isinstance(child.answer(), Ready)
+        for mb in batches:
+            staging = tmp_path / "staging"
+            run = Run(mb, 1, str(staging / f"mb{mb.index:08d}-a1.txt"), str(staging / f"mb{mb.index:08d}-a1"))
+            assert isinstance(child.ask(run), Loaded)
+            done = child.answer(timeout=30)  # the result's freeing waits for this answer
+            assert isinstance(done, Done) and done.succeeded == 10, done
+            (tmp_path / f"answered-{mb.index}").touch()
+            for what in ("result", "data"):  # both freed without another message
+                freed = tmp_path / f"freed-{what}-{mb.index}"
+                deadline = time.monotonic() + 30
+                while not freed.exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert freed.exists(), f"mini-batch {mb.index}'s {what} is still alive after its answer"
+        assert child.ask(Shutdown()) == Bye()
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+        child.proc.wait()
+        child.conn.close()
