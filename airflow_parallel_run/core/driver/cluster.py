@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +36,23 @@ EMBEDDED_DASK_CONFIG = {
 }
 
 
+#: `AIRFLOW_PARALLEL_RUN_EMBEDDED_DASHBOARD=0` in the driver's environment (an Airflow worker's, the CLI's)
+#: starts the embedded cluster without its dashboard. The dashboard serves on 127.0.0.1 only while the job
+#: runs, so a browser on another machine than the task's never reaches it, and it costs every job about
+#: 18 MB of the driver's memory and 0.25 s of the cluster's start (bokeh and its 280 modules; measured in
+#: docs/performance.md, "The embedded cluster's dashboard"). The scheduler keeps its HTTP endpoints
+#: (health, metrics) on a free 127.0.0.1 port; the task's "Dask dashboard" link is then empty.
+DASHBOARD_ENV = "AIRFLOW_PARALLEL_RUN_EMBEDDED_DASHBOARD"
+#: Clients of embedded clusters started without a dashboard (`dashboard_link` answers None for them: Dask's
+#: own link names the scheduler's HTTP port, which has no dashboard then).
+_WITHOUT_DASHBOARD: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def embedded_dashboard() -> bool:
+    """Whether an embedded cluster started now serves its dashboard (`DASHBOARD_ENV`)."""
+    return os.environ.get(DASHBOARD_ENV, "").strip() != "0"
+
+
 class ClusterError(RuntimeError):
     """The Dask cluster cannot run the job at all (no workers joined in time)."""
 
@@ -61,6 +80,7 @@ def dask_client(
         with Client(scheduler, security=security, timeout="30s") as remote:
             yield remote
         return
+    dashboard = embedded_dashboard()
     with (
         dask.config.set(EMBEDDED_DASK_CONFIG),  # read when the scheduler and workers start
         LocalCluster(
@@ -71,17 +91,22 @@ def dask_client(
             host="127.0.0.1",
             memory_limit=0,
             dashboard_address="127.0.0.1:0",  # never on all interfaces, never a fixed port
+            scheduler_kwargs={"dashboard": dashboard},  # off: its HTTP endpoints stay, bokeh is not loaded
             silence_logs=logging.ERROR,
         ) as cluster,
         # results straight from the workers (threads of this process), not relayed by the scheduler: one
         # hop instead of three per gather; a remote cluster's workers may be unreachable, so only here
         Client(cluster, direct_to_workers=True) as local,
     ):
+        if not dashboard:
+            _WITHOUT_DASHBOARD.add(local)
         yield local
 
 
 def dashboard_link(client: Client) -> str | None:
     """The cluster's dashboard URL; None when it has none."""
+    if client in _WITHOUT_DASHBOARD:
+        return None
     try:
         link = client.dashboard_link
     except Exception:  # noqa: BLE001 - no dashboard (bokeh missing) is fine
