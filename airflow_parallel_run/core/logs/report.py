@@ -96,6 +96,11 @@ def _missing(what: str) -> str:
     return f'<p class="missing">{_e(what)}</p>'
 
 
+def _bundled(name: str) -> str:
+    """A file of plotlyjs/, beside this module (package data: the report opens offline)."""
+    return os.path.join(os.path.dirname(__file__), "plotlyjs", name)
+
+
 #: plotly's "plotly_white" template as plotly.js's JSON, kept beside plotly.js (see `_template`).
 TEMPLATE_FILE = "plotly_white.json"
 
@@ -106,9 +111,10 @@ def _template() -> dict[str, Any]:
 
     Not `pio.templates["plotly_white"].to_plotly_json()`: resolving a template builds plotly's
     template and layout classes (70 modules), 2.7 MB of the driver's memory for the rest of the process
-    (an Airflow task's whole run: the report is warmed up while the job runs), for a dict of 11 KB. The file is that dict as the pinned plotly makes it (tests/core/logs/test_report.py
-    compares them, key order included; plotlyjs/README.md says how to make it again)."""
-    with open(os.path.join(os.path.dirname(__file__), "plotlyjs", TEMPLATE_FILE), encoding="utf-8") as handle:
+    (an Airflow task's whole run: the report is warmed up while the job runs), for a dict of 11 KB. The
+    file is that dict as the pinned plotly makes it (tests/core/logs/test_report.py compares them, key
+    order included; plotlyjs/README.md says how to make it again)."""
+    with open(_bundled(TEMPLATE_FILE), encoding="utf-8") as handle:
         template: dict[str, Any] = json.load(handle)
     return template
 
@@ -119,7 +125,7 @@ PLOTLYJS_FILE = "plotly-basic.min.js"
 @functools.cache
 def plotlyjs() -> str:
     """The plotly.js the page inlines: the basic bundle kept beside this module (package data, so offline)."""
-    with open(os.path.join(os.path.dirname(__file__), "plotlyjs", PLOTLYJS_FILE), encoding="utf-8") as handle:
+    with open(_bundled(PLOTLYJS_FILE), encoding="utf-8") as handle:
         return handle.read()
 
 
