@@ -1,0 +1,265 @@
+"""Scratch folders that belong to live processes, and the removal of those whose processes are gone.
+
+A job's driver and workers keep folders for the job's life in a temp folder: the plan and commit
+spills, the driver's logs for a remote output, unpacked code, side inputs, entry-process working
+folders, fork-server logs and the local copy of a remote job's worker logs. They remove them at the
+end. A process that is killed never gets there (the OOM killer, an Airflow task killed with SIGKILL,
+a Dask worker closed while a job runs). Its folders stayed for good: five CI runs on one machine left
+64 spill folders and more than 200 worker folders behind. On a long-lived worker host they pile up
+until the disk is full.
+
+The model is distributed's own scratch space (`distributed.diskutils.WorkSpace`). Each folder has an
+owner file beside it (`<folder>.owner`: never inside, where it would be uploaded with the logs or seen
+by an entry script in its working folder) that its users keep locked with `flock` while they live. The kernel drops a lock when
+its process dies, however it dies. Whoever makes a folder of the same family first removes those
+whose lock it can take.
+
+- `owned_folder`: a new private folder (mkdtemp: 0700, a name nobody else chose), for this process
+  only; `remove_owned` removes it and lets its lock go.
+- `SharedFolder`: a folder several processes of one host use under one name, each holding a shared
+  lock; the last one to leave removes it (`leave`).
+
+Safe in a temp folder others can write to. A candidate must be a real folder of this user (not a
+symlink), and its owner file a regular file of this user. It is removed while its lock is held, and
+only if the owner file is still the one locked. A folder without an owner file (being made, or made
+before owner files existed) is never removed. Locks belong to open file descriptions, so this
+process's own folders never fall to its own sweep, and a child forked without exec keeps its
+parent's folders alive while it lives: never removed too early.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+
+OWNER_SUFFIX = ".owner"
+_OPEN_FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+_held: dict[str, int] = {}  # folder made here -> its owner file's descriptor, locked
+_held_lock = threading.Lock()
+
+
+def owned_folder(parent: str, prefix: str, family: str | None = None) -> str:
+    """A new private folder `<parent>/<prefix>XXXXXXXX` that belongs to this process until
+    `remove_owned` or its death. Folders of the same `family` (a start of `prefix`; `prefix` itself by
+    default) left by processes that died are removed first."""
+    family = prefix if family is None else family
+    if not prefix.startswith(family):
+        raise ValueError(f"prefix {prefix!r} is not of family {family!r}")
+    sweep(parent, family)
+    folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+        fd = _locked_owner_file(folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    with _held_lock:
+        _held[folder] = fd
+    return folder
+
+
+def remove_owned(folder: str) -> None:
+    """Removes a folder of `owned_folder` and lets go of its lock (after: no sweep can see it free
+    while it is still there)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with _held_lock:
+        fd = _held.pop(folder, None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.remove(owner_file(folder))
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def sweep(parent: str, family: str) -> list[str]:
+    """Removes the folders of `parent` whose names start with `family` and whose owners are all gone;
+    returns them. Anything else (a symlink, a file, another user's folder, a folder without an owner
+    file, a folder in use) stays."""
+    removed: list[str] = []
+    try:
+        entries = os.scandir(parent)
+    except OSError:
+        return removed
+    with entries:
+        for entry in entries:
+            if (
+                entry.name.startswith(family)
+                and not entry.name.endswith((OWNER_SUFFIX, f"{OWNER_SUFFIX}.new"))
+                and entry.path not in _held
+                and _remove_if_abandoned(entry.path)
+            ):
+                removed.append(entry.path)
+    return removed
+
+
+def owner_file(folder: str) -> str:
+    """The owner file of `folder`: beside it, never in it."""
+    return f"{folder}{OWNER_SUFFIX}"
+
+
+def _locked_owner_file(folder: str) -> int:
+    """Creates the owner file of a new `folder` already locked: made and locked under another name,
+    then renamed, so that no sweep ever sees an owner file nobody holds."""
+    staged = f"{owner_file(folder)}.new"
+    fd = os.open(staged, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else has it open: never blocks
+        os.write(fd, f"{os.getpid()}\n".encode())  # for a person looking; the lock is what counts
+        os.rename(staged, owner_file(folder))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """`path` still names the file open as `fd` (not removed or replaced since it was opened)."""
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _remove_if_abandoned(folder: str) -> bool:
+    uid = os.getuid()
+    try:
+        info = os.lstat(folder)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+        return False
+    owner = owner_file(folder)
+    try:
+        fd = os.open(owner, _OPEN_FLAGS)
+    except OSError:  # no owner file (being made, or not ours to judge), or a symlink
+        return False
+    try:
+        held = os.fstat(fd)
+        if not stat.S_ISREG(held.st_mode) or held.st_uid != uid:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live process holds it
+            return False
+        if not _same_file(fd, owner):  # another sweep removed it meanwhile (a new folder may have its name)
+            return False
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.remove(owner)  # after the folder: a folder is never left without its owner file
+        return True
+    finally:
+        os.close(fd)
+
+
+class SharedFolder:
+    """A folder that several processes of one host use under one name (`<parent>/<name>`), such as the
+    local copy of a job's worker logs that every worker process of the host writes to.
+
+    Each user holds a shared lock on the folder's owner file from `join` to `leave`; the last to leave
+    removes it. Joining, leaving and sweeping hold `<parent>/<name>.lock` (made and removed with the
+    folder), so a folder is never removed while someone joins it. Nothing of ours is in the folder.
+    `sweep_shared` removes such folders whose users all died.
+    """
+
+    def __init__(self, parent: str, name: str) -> None:
+        self.folder = os.path.join(parent, name)
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def join(self) -> str:
+        """Uses the folder (made if missing) until `leave`; returns its path."""
+        with self._lock:
+            if self._fd is None:
+                with _mutex(self.folder):
+                    os.makedirs(self.folder, 0o700, exist_ok=True)
+                    fd = os.open(owner_file(self.folder), _OPEN_FLAGS | os.O_CREAT, 0o600)
+                    held = os.fstat(fd)
+                    if not stat.S_ISREG(held.st_mode) or held.st_uid != os.getuid():
+                        os.close(fd)
+                        raise PermissionError(f"{self.folder}: its owner file is not a file of this user")
+                    fcntl.flock(fd, fcntl.LOCK_SH)  # only a leaver holding the mutex takes it exclusively
+                    self._fd = fd
+            return self.folder
+
+    def leave(self, before: Callable[[str], None] | None = None, *, remove: bool = True) -> bool:
+        """Stops using the folder; with `remove`, removes it when no other user holds it. `before(folder)`
+        runs first, with the folder held against every other user's join and leave (an upload of all of
+        it). True: removed."""
+        with self._lock:
+            fd, self._fd = self._fd, None
+            if fd is None:
+                return False
+            try:
+                with _mutex(self.folder) as mutex:
+                    if before is not None:
+                        before(self.folder)
+                    return remove and _remove_if_free(fd, self.folder, mutex)
+            finally:
+                os.close(fd)
+
+
+def sweep_shared(parent: str) -> list[str]:
+    """Removes the `SharedFolder`s of `parent` whose users are all gone; returns them."""
+    removed: list[str] = []
+    try:
+        with os.scandir(parent) as entries:
+            names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return removed
+    for name in names:
+        folder = os.path.join(parent, name)
+        try:
+            fd = os.open(owner_file(folder), _OPEN_FLAGS)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_uid != os.getuid():
+                continue
+            with _mutex(folder) as mutex:
+                if _remove_if_free(fd, folder, mutex):
+                    removed.append(folder)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _remove_if_free(fd: int, folder: str, mutex: str) -> bool:
+    """Under the folder's mutex: removes it if the owner file open as `fd` is still its owner file and
+    no other descriptor holds a lock on it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # another user holds it
+        return False
+    if not _same_file(fd, owner_file(folder)):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.remove(owner_file(folder))
+    with contextlib.suppress(OSError):
+        os.remove(mutex)  # a waiter holding the old one sees it gone and takes a new one
+    return True
+
+
+@contextlib.contextmanager
+def _mutex(folder: str) -> Iterator[str]:
+    """Holds `<folder>.lock` exclusively (the one its path names when the lock is granted)."""
+    path = f"{folder}.lock"
+    while True:
+        fd = os.open(path, _OPEN_FLAGS | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(fd, path):
+                yield path
+                return
+        finally:
+            os.close(fd)

@@ -1,0 +1,157 @@
+"""Scratch folders of processes that died are removed by the next process that makes one of their
+family; folders of live processes, and anything that is not provably ours and abandoned, stay.
+
+The owners here are real processes (a Python child that makes its folders and then waits), killed with
+SIGKILL as the OOM killer or a killed Airflow task would kill them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from airflow_parallel_run.core.owned_folders import (
+    SharedFolder,
+    owned_folder,
+    owner_file,
+    remove_owned,
+    sweep,
+    sweep_shared,
+)
+
+OWNER = """
+import sys, time
+from airflow_parallel_run.core.owned_folders import SharedFolder, owned_folder
+parent, kind = sys.argv[1], sys.argv[2]
+if kind == "owned":
+    print(owned_folder(parent, "apr-plan-job1-", family="apr-plan-"), flush=True)
+else:
+    print(SharedFolder(parent, "job1").join(), flush=True)
+sys.stdin.read()  # until the test closes it or kills this process
+"""
+
+
+class Owner:
+    """A child process holding a folder of `kind` ("owned" or "shared") in `parent`."""
+
+    def __init__(self, parent: Path, kind: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", OWNER, str(parent), kind],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.folder = Path(self.proc.stdout.readline().strip())
+        assert self.folder.is_dir(), self.folder
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def end(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def owners() -> Iterator[list[Owner]]:
+    started: list[Owner] = []
+    yield started
+    for owner in started:
+        owner.end()
+
+
+def test_a_killed_process_folders_go_with_the_next_folder_of_their_family(
+    tmp_path: Path, owners: list[Owner]
+) -> None:
+    dead, alive = Owner(tmp_path, "owned"), Owner(tmp_path, "owned")
+    owners += [dead, alive]
+    (dead.folder / "plan.bin").write_bytes(b"x" * 1000)
+    dead.kill()
+    assert dead.folder.is_dir(), "nothing removes a folder until a process makes one of its family"
+
+    mine = owned_folder(str(tmp_path), "apr-plan-job2-", family="apr-plan-")
+    assert not dead.folder.exists() and not Path(owner_file(str(dead.folder))).exists()
+    assert alive.folder.is_dir(), "a live process's folder stays"
+    assert Path(mine).is_dir() and os.listdir(mine) == [], "the owner file is beside the folder, not in it"
+    assert oct(os.stat(mine).st_mode & 0o777) == "0o700"
+    assert sweep(str(tmp_path), "apr-plan-") == [], "this process's own folder is not taken by its sweep"
+
+    remove_owned(mine)
+    assert not Path(mine).exists() and not Path(owner_file(mine)).exists()
+    alive.end()
+    assert sweep(str(tmp_path), "apr-plan-") == [str(alive.folder)]
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_what_is_not_provably_an_abandoned_folder_of_ours_stays(tmp_path: Path, owners: list[Owner]) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    no_owner = tmp_path / "apr-plan-old"  # made before owner files, or its owner died while making it
+    no_owner.mkdir()
+    (tmp_path / "apr-plan-link").symlink_to(target)
+    Path(owner_file(str(tmp_path / "apr-plan-link"))).write_text("")
+    (tmp_path / "apr-plan-file").write_text("a file")
+    Path(owner_file(str(tmp_path / "apr-plan-file"))).write_text("")
+    linked_owner = tmp_path / "apr-plan-linked-owner"  # an owner file that is a symlink
+    linked_owner.mkdir()
+    Path(owner_file(str(linked_owner))).symlink_to(target / "keep.txt")
+    other_family = Owner(tmp_path, "owned")
+    owners.append(other_family)
+    other_family.kill()
+
+    assert sweep(str(tmp_path), "apr-commits-") == [], "another family's folders are not looked at"
+    assert sweep(str(tmp_path), "apr-plan-") == [str(other_family.folder)]
+    assert (
+        no_owner.is_dir()
+        and (tmp_path / "apr-plan-link").is_symlink()
+        and (tmp_path / "apr-plan-file").exists()
+    )
+    assert linked_owner.is_dir() and (target / "keep.txt").read_text() == "keep"
+
+
+def test_a_shared_folder_is_removed_by_its_last_user_after_its_upload(
+    tmp_path: Path, owners: list[Owner]
+) -> None:
+    other = Owner(tmp_path, "shared")
+    owners.append(other)
+    mine = SharedFolder(str(tmp_path), "job1")
+    assert Path(mine.join()) == other.folder
+    (other.folder / "node.txt").write_text("lines")
+    uploads: list[list[str]] = []
+
+    assert mine.leave(lambda folder: uploads.append(sorted(os.listdir(folder)))) is False
+    assert uploads == [["node.txt"]], "the upload sees the folder, and nothing of ours is in it"
+    assert other.folder.is_dir(), "another process still uses it"
+
+    again = SharedFolder(str(tmp_path), "job1")
+    again.join()
+    other.kill()
+    assert again.leave(lambda folder: uploads.append(sorted(os.listdir(folder)))) is True
+    assert uploads[-1] == ["node.txt"] and sorted(os.listdir(tmp_path)) == [], "folder, owner and mutex gone"
+
+    rejoined = SharedFolder(str(tmp_path), "job1")
+    assert Path(rejoined.join()).is_dir(), "a later user makes it again"
+    assert rejoined.leave(remove=False) is False and Path(rejoined.folder).is_dir()
+
+
+def test_shared_folders_whose_users_all_died_are_swept(tmp_path: Path, owners: list[Owner]) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    dead, alive = Owner(tmp_path / "a", "shared"), Owner(tmp_path / "b", "shared")
+    owners += [dead, alive]
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        (folder / "job2").mkdir()  # no owner file: not ours to judge
+    dead.kill()
+    assert sweep_shared(str(tmp_path / "a")) == [str(dead.folder)]
+    assert sweep_shared(str(tmp_path / "b")) == []
+    assert sorted(os.listdir(tmp_path / "a")) == ["job2"]
+    assert alive.folder.is_dir() and (tmp_path / "b" / "job2").is_dir()
