@@ -5,8 +5,9 @@ now and then (to submit it, to retry it, for logs/sys/job.json and the failed it
 keeps them in a file and reads them back by number, holding only an offset (8 bytes) per record.
 
 Where: a private folder made for the job by `tempfile.mkdtemp` (mode 0700, a name no other process
-chose: safe in a temp folder others can write to), removed by `close`. Files in it are created with
-O_EXCL and O_NOFOLLOW.
+chose: safe in a temp folder others can write to), removed by `close`, and by the next job on the host
+when this process died before (core/owned_folders.py). Files in it are created with O_EXCL and
+O_NOFOLLOW.
 
 Integrity: a green run must be a correct run, so a record is read back exactly as written or not at all.
 Each record carries a keyed BLAKE2b tag over (its number, its bytes) with a key that lives only in this
@@ -20,11 +21,12 @@ import contextlib
 import hashlib
 import os
 import secrets
-import shutil
 import struct
 import tempfile
 import threading
 from array import array
+
+from .owned_folders import owned_folder, remove_owned
 
 TAG_BYTES = 16
 _HEADER = struct.Struct("<Q")  # the record's number, inside the tag
@@ -34,9 +36,10 @@ class SpillError(RuntimeError):
     """A record read back is not the one written (the spill file was truncated or changed)."""
 
 
-def spill_folder(prefix: str) -> str:
-    """A new private folder in the temp folder (`TMPDIR`)."""
-    return tempfile.mkdtemp(prefix=prefix)
+def spill_folder(prefix: str, family: str | None = None) -> str:
+    """A new private folder in the temp folder (`TMPDIR`) that belongs to this process; those of the
+    same `family` whose process died are removed first (`owned_folder`)."""
+    return owned_folder(tempfile.gettempdir(), prefix, family)
 
 
 def create_private(folder: str, name: str) -> int:
@@ -108,4 +111,4 @@ class Spill:
 
 
 def remove_folder(folder: str) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_owned(folder)

@@ -202,6 +202,17 @@ class ExternalCluster:
     procs: Procs
     tls: TlsFiles | None
     worker_hosts: tuple[str, ...]
+    temp: Path | None = None  # the workers' temp folder (TMPDIR), when the fixture gave them one
+
+    def scratch_left(self) -> dict[str, list[str]]:
+        """What the workers left in their scratch root (core/worker/scratch.py), by kind: a job that
+        ended leaves no code, side input, working folder or copy of its logs behind."""
+        assert self.temp is not None, "this cluster's workers use the machine's temp folder"
+        root = self.temp / f"airflow-parallel-run-{os.getuid()}"
+        return {
+            kind: sorted(os.listdir(root / kind)) if (root / kind).is_dir() else []
+            for kind in ("code", "side", "work", "logs")
+        }
 
     def client(self) -> Any:
         from distributed import Client

@@ -6,6 +6,7 @@
   (`require_encryption`), the scheduler on 127.0.0.1 and the workers on 127.0.0.2 and 127.0.0.3, so
   the engine sees two hosts with distinct IPs. The workers run with Airflow made unimportable (a
   `sitecustomize` import blocker): they get `airflow_parallel_run.core` and its dependencies only.
+  Their temp folder (TMPDIR) is one of the session's, so a test can see what a job left in it.
 - `s3_server`: moto's S3 server on 127.0.0.1 (`python -m moto.server`); `s3` gives a fresh bucket,
   its `storage_options` (credentials + endpoint) and an `S3FileSystem`.
 
@@ -108,10 +109,11 @@ def tls_cluster(
         address = start_scheduler(procs, "127.0.0.1", tls_files)
         assert address.startswith("tls://127.0.0.1:"), address
         hosts = ("127.0.0.2", "127.0.0.3")
-        env = worker_env(airflow_blocker)
+        temp = tmp_path_factory.mktemp("tls-workers-temp")
+        env = {**worker_env(airflow_blocker), "TMPDIR": str(temp)}
         for index, host in enumerate(hosts):
             start_worker(procs, address, host, env, tls_files, name=f"worker-{index + 1}")
-        cluster = ExternalCluster(address, procs, tls_files, hosts)
+        cluster = ExternalCluster(address, procs, tls_files, hosts, temp)
         wait_for_workers(cluster, len(hosts))
         yield cluster
     finally:

@@ -107,6 +107,9 @@ def test_s3_inputs_outputs_logs_and_cache(
     node_log = s3.read(next(k for k in keys if k.startswith("out1/logs/sys/node/") and k.endswith(".txt")))
     assert "init() done" in node_log and "stopped" in node_log, "the worker's final lines were uploaded"
     assert [k for k in s3.ls("cache") if k.endswith("meta.json")], "cache entries live on S3"
+    # the workers' host copies of the logs went with the upload, their code, side input and working
+    # folders with the job
+    assert tls_cluster.scratch_left() == {"code": [], "side": [], "work": [], "logs": []}
 
     # Re-run into another folder: every mini-batch comes from the S3 cache, nothing runs on the cluster.
     summary, progress = _job(s3, script, "out2", client)

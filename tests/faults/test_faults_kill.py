@@ -320,35 +320,58 @@ def test_scheduler_killed_returns_a_failed_summary(scheduler_kill: SchedulerKill
 
 
 # -- the driver (CLI) -----------------------------------------------------------------------------------
+def scratch_folders(temp: Path) -> list[tuple[str, str]]:
+    """(kind, name) of the job scratch folders in the temp folder `temp` and in the workers' scratch
+    root under it: spills (apr-plan, apr-commits, apr-logs), code, side inputs, working folders."""
+    found = [(name.rsplit("-", 2)[0], name) for name in os.listdir(temp) if name.startswith("apr-")]
+    root = temp / f"airflow-parallel-run-{os.getuid()}"
+    for kind in ("code", "side", "work"):
+        if (root / kind).is_dir():
+            found += [(name.split("-", 1)[0].rstrip("0123456789"), name) for name in os.listdir(root / kind)]
+    return sorted(found)
+
+
 def test_killed_driver_rerun_into_the_same_folder(echo_script, files, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """tests/core/reuse/test_reuse.py resumes into a new folder; here the same folder: the dead driver's lock,
-    staging parts and entry-script processes must not get in the way, and nothing is duplicated."""
+    staging parts and entry-script processes must not get in the way, and nothing is duplicated. The dead
+    driver's scratch folders (its plan and commit spills, its workers' code and working folders) are
+    removed by the re-run, which leaves none of its own."""
     count = 24
     root, calls, out, cache = files(count), tmp_path / "calls.txt", tmp_path / "out", tmp_path / "cache"
     script = echo_script(counting_prelude(calls, 0.3))
     args = ("--cache-dir", str(cache), "--mini-batch-size", "2", "--process-count-per-node", "1")
+    temp = tmp_path / "temp"  # the temp folder of the drivers and their workers (TMPDIR)
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
     driver = subprocess.Popen(
         cli_run_argv(root, out, script, *args),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env=env,
     )
     wait_for(lambda: len(lines_of(calls)) >= 4 or driver.poll() is not None, 90, "4 mini-batches")
     children = [p for p in entry_processes(out, driver.pid)]
     assert children, "no entry-script process found under the driver"
+    workers = psutil.Process(driver.pid).children(recursive=True)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    # the orphaned entry-script processes exit by themselves (they watch their parent)
+    # the orphaned entry-script processes (and the Dask workers) exit by themselves (they watch their parent)
     wait_for(
-        lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children),
-        10,
-        "orphaned entry-script processes to exit",
+        lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in children + workers),
+        30,
+        "orphaned entry-script and worker processes to exit",
     )
+    scratch = temp / f"airflow-parallel-run-{os.getuid()}"
+    left = scratch_folders(temp)
+    assert {"apr-plan", "code", "process"} <= {kind for kind, _ in left}, left
     lock = json.loads((out / ".airflow-parallel-run.lock").read_text())
     assert lock["pid"] == driver.pid, lock  # the dead driver's lock is still there...
     ran_before = len(lines_of(calls))
-    done = run_cli(cli_run_argv(root, out, script, *args))  # ...and does not block the re-run
+    done = run_cli(cli_run_argv(root, out, script, *args), env=env)  # ...and does not block the re-run
     assert done.returncode == 0, done.stderr[-3000:]
+    assert scratch_folders(temp) == [], "the dead driver's scratch went with the re-run, which left none"
+    assert scratch.is_dir()
     summary = json.loads(done.stdout)
     # run() calls logged before the kill minus those in flight (their results were never committed)
     assert 0 < summary["reused_mini_batches"] <= ran_before

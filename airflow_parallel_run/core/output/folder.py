@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import socket
 import tempfile
 import threading
@@ -39,6 +38,7 @@ from typing import Any
 import fsspec
 
 from ..errors import ConfigError, OutputBusyError
+from ..owned_folders import owned_folder, remove_owned
 from ..storage import filesystem, is_local, join, local_path, remove_tree, upload_folder
 
 PREFIX = ".airflow-parallel-run"
@@ -721,7 +721,7 @@ class OutputFolder:
         folder (holding the marker, so the final upload keeps the folder marked) uploaded at the end."""
         if self.local:
             return self.log_url
-        root = tempfile.mkdtemp(prefix="apr-logs-")
+        root = owned_folder(tempfile.gettempdir(), "apr-logs-")
         with open(os.path.join(root, MARKER_NAME), "w", encoding="utf-8") as handle:
             json.dump(self.marker, handle, indent=2)
         return root
@@ -730,7 +730,7 @@ class OutputFolder:
         """A remote folder's logs, from the local folder they were written to (removed after)."""
         if not self.local:
             upload_folder(log_root, self.log_url, self.storage_options)
-            shutil.rmtree(log_root, ignore_errors=True)
+            remove_owned(log_root)
 
     def release(self) -> None:
         """Frees the folder for the next job (also when a job ends early)."""

@@ -41,7 +41,7 @@ class PlanStore:
 
     def __init__(self, kind: str, job_id: str) -> None:
         self.kind = kind
-        self.folder = spill_folder(f"apr-plan-{job_id}-")
+        self.folder = spill_folder(f"apr-plan-{job_id}-", family="apr-plan-")
         self._spill = Spill(self.folder, "plan.bin")
         self._items = array("q")
         self._visible = 0

@@ -25,9 +25,7 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 import zipfile
@@ -35,13 +33,14 @@ from typing import TYPE_CHECKING
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..storage import filesystem, is_local, local_path
+from ..owned_folders import SharedFolder, owned_folder, remove_owned, sweep_shared
+from ..storage import filesystem, is_local, local_path, upload_folder
 from . import fork_server
 from .messages import Ready
 from .monitor import stop_monitor
 from .process import SHUTDOWN_GRACE_S, EntryProcess
 from .process_tree import end_leftovers
-from .scratch import ensure, tmp_root, upload_logs, worker_host
+from .scratch import ensure, tmp_root, worker_host
 from .spec import JobSpec
 
 if TYPE_CHECKING:
@@ -78,6 +77,7 @@ class JobWorker(WorkerPlugin):
         self._processes: list[EntryProcess] = []  # started or starting processes, leased per attempt
         self.first_ready: float | None = None  # when a process of the job first got ready here
         self._code: str | None = None
+        self._logs: SharedFolder | None = None  # the host's copy of a remote job's worker logs, joined
         self._side_root: str | None = None
         self._side: dict[str, str] = {}
         self.node = worker_host(worker.address)
@@ -162,12 +162,13 @@ class JobWorker(WorkerPlugin):
         """The job's code, unpacked into a new private folder (mkdtemp: 0700, ours) once.
 
         A folder is never found by name and trusted: the bundle hash is computable from the script, so a
-        name derived from it could be prepared by someone else on a shared host. Removed by `finish`."""
+        name derived from it could be prepared by someone else on a shared host. Removed by `finish`, or
+        by a later job's worker on this host if this process dies first (core/owned_folders.py)."""
         with self._files_lock:
             if self._code is not None and os.path.isdir(self._code):
                 return self._code
-            target = tempfile.mkdtemp(
-                prefix=f"code-{self.spec.job_id}-", dir=ensure(os.path.join(tmp_root(), "code"))
+            target = owned_folder(
+                ensure(os.path.join(tmp_root(), "code")), f"code-{self.spec.job_id}-", family="code-"
             )
             with zipfile.ZipFile(io.BytesIO(self.spec.script_bundle)) as archive:
                 archive.extractall(target)
@@ -181,8 +182,8 @@ class JobWorker(WorkerPlugin):
         with self._files_lock:
             if url not in self._side:
                 if self._side_root is None:
-                    self._side_root = tempfile.mkdtemp(
-                        prefix=f"side-{self.spec.job_id}-", dir=ensure(os.path.join(tmp_root(), "side"))
+                    self._side_root = owned_folder(
+                        ensure(os.path.join(tmp_root(), "side")), f"side-{self.spec.job_id}-", family="side-"
                     )
                 fs, path = filesystem(url, self.spec.storage_options)
                 target = os.path.join(
@@ -279,16 +280,40 @@ class JobWorker(WorkerPlugin):
             self.live.clear()
             leftovers, self.leftovers = self.leftovers, 0
         monitor.join()
-        if upload_logs:
-            self._upload_logs()
+        self._upload_logs(upload_logs)
         self._remove_files()
         return {"processes": len(idle) + len(busy), "leftovers": leftovers}
 
-    def _upload_logs(self) -> None:
+    def log_root(self) -> str:
+        """Where this worker's entry processes write the job's logs: the output's logs/ when it is local,
+        else the host's copy, shared by the job's worker processes on the host (`SharedFolder`: the last
+        one to finish uploads it whole and removes it)."""
         if is_local(self.spec.log_url):
+            return local_path(self.spec.log_url)
+        with self._files_lock:
+            if self._logs is None:
+                parent = ensure(os.path.join(tmp_root(), "logs"))
+                sweep_shared(parent)  # copies whose worker processes all died: nobody will upload them
+                self._logs = SharedFolder(parent, self.spec.job_id)
+            logs = self._logs
+        return logs.join()
+
+    def _upload_logs(self, upload: bool) -> None:
+        """Syncs the host's copy of a remote job's logs (all of it, other worker processes' lines too)
+        and removes it when this was its last user. Without `upload` the copy stays for its last user."""
+        with self._files_lock:
+            logs, self._logs = self._logs, None
+        if logs is None:
             return
         try:
-            upload_logs(self.spec.job_id, self.spec.log_url, dict(self.spec.storage_options))
+            logs.leave(
+                lambda folder: (
+                    upload_folder(folder, self.spec.log_url, dict(self.spec.storage_options))
+                    if upload
+                    else None
+                ),
+                remove=upload,
+            )
         except Exception as exc:  # noqa: BLE001 - never raise: Dask would log our arguments (credentials)
             log.warning(
                 "could not upload the logs of job %s: %s: %s", self.spec.job_id, type(exc).__name__, exc
@@ -298,7 +323,7 @@ class JobWorker(WorkerPlugin):
         with self._files_lock:
             for folder in (self._code, self._side_root):
                 if folder is not None:
-                    shutil.rmtree(folder, ignore_errors=True)
+                    remove_owned(folder)
             self._code, self._side_root, self._side = None, None, {}
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict, deque
@@ -19,6 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Protocol
 
 from ..attempt import AttemptStage, AttemptStatus
+from ..owned_folders import owned_folder, remove_owned
 from . import fork_server
 from .messages import (
     CANCELLED,
@@ -45,7 +44,6 @@ from .scratch import (
     claim_process_name,
     ensure,
     import_environ,
-    local_log_root,
     node_name,
     now,
     resolve_arguments,
@@ -69,6 +67,8 @@ class ProcessHost(Protocol):
     def stopped(self) -> bool: ...
 
     def code_dir(self) -> str: ...
+
+    def log_root(self) -> str: ...
 
     def side_input(self, url: str) -> str: ...
 
@@ -128,7 +128,7 @@ class EntryProcess:
         self.host = host
         self.side_input_paths: dict[str, str] = {}  # side input as given -> its local path (start())
         self.node = node_name()
-        self.log_root = local_log_root(spec)
+        self.log_root = host.log_root()
         self.name = claim_process_name(os.path.join(self.log_root, "sys", "node", self.node))
         self.paths = {
             "node": os.path.join(self.log_root, "sys", "node", self.node, f"{self.name}.txt"),
@@ -141,8 +141,8 @@ class EntryProcess:
             os.makedirs(os.path.dirname(self.paths[key]), exist_ok=True)
         os.makedirs(self.paths["entry_log_dir"], exist_ok=True)
         open(os.path.join(self.paths["entry_log_dir"], f"{self.name}.log.txt"), "a").close()
-        self.working_dir = tempfile.mkdtemp(
-            prefix=f"{self.name}-", dir=ensure(os.path.join(tmp_root(), "work"))
+        self.working_dir = owned_folder(
+            ensure(os.path.join(tmp_root(), "work")), f"{self.name}-", family="process"
         )
         self.proc: subprocess.Popen[bytes] | fork_server.ForkedProcess | None = None
         self.conn: Connection | None = None
@@ -215,7 +215,7 @@ class EntryProcess:
         parent_sock, child_sock = socket.socketpair()
         try:
             if not self._spawn(child_sock, stop_check):
-                shutil.rmtree(self.working_dir, ignore_errors=True)
+                remove_owned(self.working_dir)
                 return Failed(AttemptStatus.CANCELLED, AttemptStage.START, NEVER_STARTED)
         finally:
             child_sock.close()
@@ -571,7 +571,7 @@ class EntryProcess:
             if self.conn is not None:
                 self.conn.close()
                 self.conn = None
-        shutil.rmtree(self.working_dir, ignore_errors=True)
+        remove_owned(self.working_dir)
         if ended:
             with self.host.state_lock:
                 self.host.leftovers += len(ended)

@@ -7,22 +7,22 @@ Pure helpers: the only state is a memo of the checked temp root (not job state).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
-import fcntl
 import os
 import socket
 import stat
 import tempfile
 import threading
 from collections.abc import Mapping
-from typing import Any
 
-from ..storage import is_local, local_path, upload_folder
-from .spec import JobSpec
+from ..owned_folders import owned_folder, remove_owned
 
 _ROOT_LOCK = threading.Lock()
 _ROOT: list[str] = []  # this process's scratch root, once checked
+_FORK_SERVER_LOCK = threading.Lock()  # not _ROOT_LOCK: fork_server_log calls tmp_root under it
+_FORK_SERVER_FOLDER: list[int | str] = []  # [pid, folder]: where this process's fork servers log
 
 
 def _private(path: str) -> bool:
@@ -53,13 +53,6 @@ def tmp_root() -> str:
             root = tempfile.mkdtemp(prefix="airflow-parallel-run-")
         _ROOT[:] = [root]
         return root
-
-
-def local_log_root(spec: JobSpec) -> str:
-    """Logs go straight into the output folder when it is local, else into a worker folder synced at the end."""
-    if is_local(spec.log_url):
-        return local_path(spec.log_url)
-    return os.path.join(tmp_root(), "logs", spec.job_id)
 
 
 def worker_host(address: str) -> str:
@@ -141,21 +134,18 @@ def import_environ(variables: Mapping[str, str], local: Mapping[str, str]) -> di
 
 
 def fork_server_log() -> str:
-    """Where this worker process's fork servers write their stderr (core/worker/fork_server.py)."""
-    return os.path.join(ensure(os.path.join(tmp_root(), "fork-servers")), f"{os.getpid()}.stderr.txt")
+    """Where this worker process's fork servers write their stderr (core/worker/fork_server.py): a
+    private folder of this process (its fork servers' working folder too), removed by a later worker on
+    the host once this process is gone (core/owned_folders.py), or at its exit."""
+    with _FORK_SERVER_LOCK:
+        if not _FORK_SERVER_FOLDER or _FORK_SERVER_FOLDER[0] != os.getpid():
+            parent = ensure(os.path.join(tmp_root(), "fork-servers"))
+            folder = owned_folder(parent, f"{os.getpid()}-", family="")
+            atexit.register(remove_owned, folder)  # a worker that closes cleanly takes it along
+            _FORK_SERVER_FOLDER[:] = [os.getpid(), folder]
+        return os.path.join(str(_FORK_SERVER_FOLDER[1]), "stderr.txt")
 
 
 def ensure(path: str) -> str:
     os.makedirs(path, exist_ok=True)
     return path
-
-
-def upload_logs(job_id: str, log_url: str, storage_options: dict[str, Any]) -> None:
-    local = os.path.join(tmp_root(), "logs", job_id)
-    if not os.path.isdir(local):
-        return
-    # Worker processes on one host share this folder and each uploads all of it: one at a time, so
-    # the last upload (made after every writer's final lines) is the one that stays.
-    with open(f"{local}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        upload_folder(local, log_url, storage_options)
