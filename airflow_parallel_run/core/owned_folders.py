@@ -25,11 +25,16 @@ only if the owner file is still the one locked. A folder without an owner file (
 before owner files existed) is never removed. Locks belong to open file descriptions, so this
 process's own folders never fall to its own sweep, and a child forked without exec keeps its
 parent's folders alive while it lives: never removed too early.
+
+A temp folder on a file system without `flock` (Lustre mounted without `-o flock`, some FUSE mounts)
+gets folders without owner files: they are removed at the end as before, never swept, and a job
+never fails for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -40,6 +45,9 @@ from collections.abc import Callable, Iterator
 
 OWNER_SUFFIX = ".owner"
 _OPEN_FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+# flock not supported by the file system: the folder goes without an owner file, the job goes on
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 _held: dict[str, int] = {}  # folder made here -> its owner file's descriptor, locked
 _held_lock = threading.Lock()
@@ -59,8 +67,9 @@ def owned_folder(parent: str, prefix: str, family: str | None = None) -> str:
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    with _held_lock:
-        _held[folder] = fd
+    if fd is not None:
+        with _held_lock:
+            _held[folder] = fd
     return folder
 
 
@@ -103,17 +112,27 @@ def owner_file(folder: str) -> str:
     return f"{folder}{OWNER_SUFFIX}"
 
 
-def _locked_owner_file(folder: str) -> int:
+def _locked_owner_file(folder: str) -> int | None:
     """Creates the owner file of a new `folder` already locked: made and locked under another name,
-    then renamed, so that no sweep ever sees an owner file nobody holds."""
+    then renamed, so that no sweep ever sees an owner file nobody holds. None: the file system has no
+    `flock`, and the folder goes without an owner file (never swept)."""
     staged = f"{owner_file(folder)}.new"
     fd = os.open(staged, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else has it open: never blocks
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else has it open: never blocks
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+            os.close(fd)
+            os.remove(staged)
+            return None
         os.write(fd, f"{os.getpid()}\n".encode())  # for a person looking; the lock is what counts
         os.rename(staged, owner_file(folder))
     except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.remove(staged)  # not left beside a folder that is removed (owned_folder)
         raise
     return fd
 
@@ -172,22 +191,36 @@ class SharedFolder:
     def __init__(self, parent: str, name: str) -> None:
         self.folder = os.path.join(parent, name)
         self._fd: int | None = None
+        self._unlocked = False  # joined on a file system without flock: used as is, never removed
         self._lock = threading.Lock()
 
     def join(self) -> str:
         """Uses the folder (made if missing) until `leave`; returns its path."""
         with self._lock:
-            if self._fd is None:
-                with _mutex(self.folder):
+            if self._fd is None and not self._unlocked:
+                try:
+                    self._join_locked()
+                except OSError as exc:
+                    if exc.errno not in _NO_LOCKS:
+                        raise
                     os.makedirs(self.folder, 0o700, exist_ok=True)
-                    fd = os.open(owner_file(self.folder), _OPEN_FLAGS | os.O_CREAT, 0o600)
-                    held = os.fstat(fd)
-                    if not stat.S_ISREG(held.st_mode) or held.st_uid != os.getuid():
-                        os.close(fd)
-                        raise PermissionError(f"{self.folder}: its owner file is not a file of this user")
-                    fcntl.flock(fd, fcntl.LOCK_SH)  # only a leaver holding the mutex takes it exclusively
-                    self._fd = fd
+                    self._unlocked = True
             return self.folder
+
+    def _join_locked(self) -> None:
+        """Makes the folder if missing and takes a shared lock on its owner file, under the mutex."""
+        with _mutex(self.folder):
+            os.makedirs(self.folder, 0o700, exist_ok=True)
+            fd = os.open(owner_file(self.folder), _OPEN_FLAGS | os.O_CREAT, 0o600)
+            try:
+                held = os.fstat(fd)
+                if not stat.S_ISREG(held.st_mode) or held.st_uid != os.getuid():
+                    raise PermissionError(f"{self.folder}: its owner file is not a file of this user")
+                fcntl.flock(fd, fcntl.LOCK_SH)  # only a leaver holding the mutex takes it exclusively
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
 
     def leave(self, before: Callable[[str], None] | None = None, *, remove: bool = True) -> bool:
         """Stops using the folder; with `remove`, removes it when no other user holds it. `before(folder)`
@@ -196,6 +229,9 @@ class SharedFolder:
         with self._lock:
             fd, self._fd = self._fd, None
             if fd is None:
+                if self._unlocked and before is not None:
+                    self._unlocked = False
+                    before(self.folder)  # each user uploads all of it, unordered: the old behaviour
                 return False
             try:
                 with _mutex(self.folder) as mutex:

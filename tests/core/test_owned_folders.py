@@ -155,3 +155,39 @@ def test_shared_folders_whose_users_all_died_are_swept(tmp_path: Path, owners: l
     assert sweep_shared(str(tmp_path / "b")) == []
     assert sorted(os.listdir(tmp_path / "a")) == ["job2"]
     assert alive.folder.is_dir() and (tmp_path / "b" / "job2").is_dir()
+
+
+def test_a_file_system_without_flock_gets_folders_without_owner_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lustre without `-o flock` and some FUSE mounts answer flock with ENOLCK or EOPNOTSUPP: a job there
+    worked before owner files and must still work, its folders removed at the end and never swept."""
+    import errno
+    import fcntl
+
+    real_flock = fcntl.flock
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    folder = owned_folder(str(tmp_path), "apr-plan-job1-", family="apr-plan-")
+    assert os.path.isdir(folder)
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(folder)], "no owner file, staged or not"
+    shared = SharedFolder(str(tmp_path / "logs"), "job1")
+    (tmp_path / "logs").mkdir()
+    assert shared.join() == str(tmp_path / "logs" / "job1")
+    uploads: list[str] = []
+    assert shared.leave(uploads.append) is False
+    assert uploads == [shared.folder], "the upload still runs"
+    assert os.path.isdir(shared.folder), "not removed: without locks nobody knows it is the last user"
+
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    assert sweep(str(tmp_path), "apr-plan-") == [], "a folder without an owner file is never swept"
+    remove_owned(folder)
+    assert not os.path.exists(folder)
+
+    monkeypatch.setattr(fcntl, "flock", lambda fd, op: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OSError, match="I/O error"):  # any other failure is not hidden
+        owned_folder(str(tmp_path), "apr-plan-job2-", family="apr-plan-")
+    assert [n for n in os.listdir(tmp_path) if n.startswith("apr-plan-job2-")] == [], "nothing left by it"
