@@ -138,12 +138,44 @@ def fork_server_log() -> str:
     private folder of this process (its fork servers' working folder too), removed by a later worker on
     the host once this process is gone (core/owned_folders.py), or at its exit."""
     with _FORK_SERVER_LOCK:
-        if not _FORK_SERVER_FOLDER or _FORK_SERVER_FOLDER[0] != os.getpid():
+        pid = os.getpid()
+        if not _FORK_SERVER_FOLDER or _FORK_SERVER_FOLDER[0] != pid:
             parent = ensure(os.path.join(tmp_root(), "fork-servers"))
-            folder = owned_folder(parent, f"{os.getpid()}-", family="")
-            atexit.register(remove_owned, folder)  # a worker that closes cleanly takes it along
-            _FORK_SERVER_FOLDER[:] = [os.getpid(), folder]
+            _remove_old_fork_server_logs(parent)
+            folder = owned_folder(parent, f"{pid}-", family="")
+            atexit.register(_remove_at_exit, pid, folder)  # a worker that closes cleanly takes it along
+            _FORK_SERVER_FOLDER[:] = [pid, folder]
         return os.path.join(str(_FORK_SERVER_FOLDER[1]), "stderr.txt")
+
+
+def _remove_at_exit(pid: int, folder: str) -> None:
+    """Only in the process that made it: a child forked without exec inherits the atexit handlers."""
+    if os.getpid() == pid:
+        remove_owned(folder)
+
+
+def _remove_old_fork_server_logs(parent: str) -> None:
+    """Earlier versions wrote `<parent>/<pid>.stderr.txt` and never removed it: the files of this user
+    whose process is gone are removed (one that a live process of that pid holds stays)."""
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        for entry in entries:
+            pid, _, rest = entry.name.partition(".")
+            if rest != "stderr.txt" or not pid.isdigit() or not entry.is_file(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid() or _alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):
+                os.remove(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def ensure(path: str) -> str:
