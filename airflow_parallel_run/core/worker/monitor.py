@@ -201,6 +201,7 @@ def process_table(
         "cpu_times",
         "cmdline",
         "name",
+        "status",
     ]
     chosen = list(processes) if processes is not None else own_processes([os.getpid()])
     for proc in chosen:
@@ -212,6 +213,8 @@ def process_table(
         times = info.get("cpu_times")
         cpu_s = (times.user + times.system) if times else 0.0
         cmdline = " ".join(info.get("cmdline") or []) or f"[{info.get('name') or '?'}]"
+        if info.get("status") == psutil.STATUS_ZOMBIE:  # exited, not reaped: no command line left (as `ps`)
+            cmdline = f"[{info.get('name') or '?'}] <defunct>"
         cmdline = mask(cmdline, secrets).rstrip()  # a process title may be padded with spaces
         rows.append(
             (

@@ -300,6 +300,23 @@ def test_process_table_lists_only_the_given_processes_masked(tmp_path, busy_chil
     assert "--token=*** KEY=***" in table and "s3cr3t" not in table and "abc" not in table
 
 
+def test_process_table_shows_an_exited_unreaped_process_as_defunct():
+    """A process that exited but is not reaped yet (a zombie: the entry script's child, killed at the job's end
+    and reparented to an init that reaps late) has no command line left; the table says so, as `ps` does,
+    instead of a bare name that reads like a live process whose arguments were lost."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass", "--token=abc"])
+    try:
+        deadline = time.monotonic() + 30
+        while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        table = process_table(processes=[psutil.Process(zombie.pid)])
+    finally:
+        zombie.wait()
+    (line,) = [row for row in table.splitlines()[1:] if row.split()[0] == str(zombie.pid)]
+    assert line.endswith(" <defunct>") and "[python" in line and "abc" not in line, line
+
+
 @pytest.mark.parametrize(
     ("text", "masked"),
     [
