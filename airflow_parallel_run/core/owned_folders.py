@@ -21,8 +21,10 @@ whose lock it can take.
 
 Safe in a temp folder others can write to. A candidate must be a real folder of this user (not a
 symlink), and its owner file a regular file of this user. It is removed while its lock is held, and
-only if the owner file is still the one locked. A folder without an owner file (being made, or made
-before owner files existed) is never removed. Locks belong to open file descriptions, so this
+only if the owner file is still the one locked. A folder is made after its owner file, which is locked
+before it gets its name, so a process killed at any step leaves either nothing, or an owner file nobody
+holds (staged `<folder>.owner.new` or placed, with or without its folder): all of it is swept. A folder
+without an owner file (made before owner files existed) is never removed. Locks belong to open file descriptions, so this
 process's own folders never fall to its own sweep, and a child forked without exec keeps its
 parent's folders alive while it lives: never removed too early.
 
@@ -44,6 +46,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 OWNER_SUFFIX = ".owner"
+_STAGED_SUFFIX = f"{OWNER_SUFFIX}.new"  # an owner file being made, locked before it is renamed
 _OPEN_FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 # flock not supported by the file system: the folder goes without an owner file, the job goes on
@@ -56,20 +59,58 @@ _held_lock = threading.Lock()
 def owned_folder(parent: str, prefix: str, family: str | None = None) -> str:
     """A new private folder `<parent>/<prefix>XXXXXXXX` that belongs to this process until
     `remove_owned` or its death. Folders of the same `family` (a start of `prefix`; `prefix` itself by
-    default) left by processes that died are removed first."""
+    default) left by processes that died are removed first.
+
+    The owner file comes first, locked, and the folder after it (`_new_owned`): a process killed at any
+    point leaves nothing that a sweep cannot tell abandoned."""
     family = prefix if family is None else family
     if not prefix.startswith(family):
         raise ValueError(f"prefix {prefix!r} is not of family {family!r}")
     sweep(parent, family)
-    folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    while True:
+        made = _new_owned(parent, prefix)
+        if made is not None:
+            return made
+
+
+def _new_owned(parent: str, prefix: str) -> str | None:
+    """One try of `owned_folder`: a name nobody else has (the staged owner file's, made with O_EXCL), that
+    file locked and renamed to the folder's owner file, then the folder. None: the name was lost on the way
+    (a sweep took the staged file before it was locked, or a folder made without owner file has the name);
+    the caller tries another one."""
+    fd, staged = tempfile.mkstemp(prefix=prefix, suffix=_STAGED_SUFFIX, dir=parent)
+    folder = staged[: -len(_STAGED_SUFFIX)]
+    placed = False
     try:
-        fd = _locked_owner_file(folder)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in _NO_LOCKS:  # no flock here: a folder without owner file (never swept)
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.remove(staged)
+                return tempfile.mkdtemp(prefix=prefix, dir=parent)
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise
+            os.close(fd)  # a sweep holds it: it removes the file, this name is lost
+            return None
+        if not _same_file(fd, staged):  # a sweep removed it before the lock
+            os.close(fd)
+            return None
+        os.write(fd, f"{os.getpid()}\n".encode())  # for a person looking; the lock is what counts
+        os.rename(staged, owner_file(folder))
+        placed = True
+        os.mkdir(folder, 0o700)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.remove(owner_file(folder) if placed else staged)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        if isinstance(exc, FileExistsError) and placed:
+            return None  # a folder of that name without owner file (made before them): another name
         raise
-    if fd is not None:
-        with _held_lock:
-            _held[folder] = fd
+    with _held_lock:
+        _held[folder] = fd
     return folder
 
 
@@ -88,8 +129,9 @@ def remove_owned(folder: str) -> None:
 
 def sweep(parent: str, family: str) -> list[str]:
     """Removes the folders of `parent` whose names start with `family` and whose owners are all gone;
-    returns them. Anything else (a symlink, a file, another user's folder, a folder without an owner
-    file, a folder in use) stays."""
+    returns them. Owner files (staged or placed) of that family without a folder, left by a process killed
+    while making or removing one, go too once nobody holds them. Anything else (a symlink, a file, another
+    user's folder, a folder without an owner file, a folder in use) stays."""
     removed: list[str] = []
     try:
         entries = os.scandir(parent)
@@ -97,12 +139,14 @@ def sweep(parent: str, family: str) -> list[str]:
         return removed
     with entries:
         for entry in entries:
-            if (
-                entry.name.startswith(family)
-                and not entry.name.endswith((OWNER_SUFFIX, f"{OWNER_SUFFIX}.new"))
-                and entry.path not in _held
-                and _remove_if_abandoned(entry.path)
-            ):
+            name = entry.name
+            if not name.startswith(family):
+                continue
+            if name.endswith(_STAGED_SUFFIX):
+                _remove_if_abandoned_owner(entry.path, entry.path[: -len(_STAGED_SUFFIX)])
+            elif name.endswith(OWNER_SUFFIX):
+                _remove_if_abandoned_owner(entry.path, entry.path[: -len(OWNER_SUFFIX)])
+            elif entry.path not in _held and _remove_if_abandoned(entry.path):
                 removed.append(entry.path)
     return removed
 
@@ -110,31 +154,6 @@ def sweep(parent: str, family: str) -> list[str]:
 def owner_file(folder: str) -> str:
     """The owner file of `folder`: beside it, never in it."""
     return f"{folder}{OWNER_SUFFIX}"
-
-
-def _locked_owner_file(folder: str) -> int | None:
-    """Creates the owner file of a new `folder` already locked: made and locked under another name,
-    then renamed, so that no sweep ever sees an owner file nobody holds. None: the file system has no
-    `flock`, and the folder goes without an owner file (never swept)."""
-    staged = f"{owner_file(folder)}.new"
-    fd = os.open(staged, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else has it open: never blocks
-        except OSError as exc:
-            if exc.errno not in _NO_LOCKS:
-                raise
-            os.close(fd)
-            os.remove(staged)
-            return None
-        os.write(fd, f"{os.getpid()}\n".encode())  # for a person looking; the lock is what counts
-        os.rename(staged, owner_file(folder))
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.remove(staged)  # not left beside a folder that is removed (owned_folder)
-        raise
-    return fd
 
 
 def _same_file(fd: int, path: str) -> bool:
@@ -174,6 +193,30 @@ def _remove_if_abandoned(folder: str) -> bool:
         with contextlib.suppress(OSError):
             os.remove(owner)  # after the folder: a folder is never left without its owner file
         return True
+    finally:
+        os.close(fd)
+
+
+def _remove_if_abandoned_owner(path: str, folder: str) -> None:
+    """Removes the owner file `path` (staged or placed) if no folder has its name, nothing holds it and it
+    is a regular file of this user: what a process killed between the file and its folder leaves."""
+    if os.path.lexists(folder) or folder in _held:
+        return
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return
+    try:
+        held = os.fstat(fd)
+        if not stat.S_ISREG(held.st_mode) or held.st_uid != os.getuid():
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its process lives (about to make the folder), or no flock here
+            return
+        if _same_file(fd, path) and not os.path.lexists(folder):
+            with contextlib.suppress(OSError):
+                os.remove(path)
     finally:
         os.close(fd)
 

@@ -191,3 +191,96 @@ def test_a_file_system_without_flock_gets_folders_without_owner_files(
     with pytest.raises(OSError, match="I/O error"):  # any other failure is not hidden
         owned_folder(str(tmp_path), "apr-plan-job2-", family="apr-plan-")
     assert [n for n in os.listdir(tmp_path) if n.startswith("apr-plan-job2-")] == [], "nothing left by it"
+
+
+# A child that makes one folder and stops at a step of the making: killed there (SIGKILL, as the OOM
+# killer would), or paused until the test lets it go on.
+MAKER = """
+import fcntl, os, signal, sys
+from airflow_parallel_run.core import owned_folders
+parent, step, action = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def stop_here():
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    print("paused", flush=True)
+    sys.stdin.readline()
+
+real_flock, real_rename, real_mkdir = fcntl.flock, os.rename, os.mkdir
+done = set()
+
+def once(name):
+    if step == name and name not in done:
+        done.add(name)
+        stop_here()
+
+def flock(fd, op):
+    if op & fcntl.LOCK_EX:
+        once("lock")
+    return real_flock(fd, op)
+
+def rename(src, dst, *args, **kwargs):
+    once("name")
+    return real_rename(src, dst, *args, **kwargs)
+
+def mkdir(path, *args, **kwargs):
+    once("folder")
+    real_mkdir(path, *args, **kwargs)
+    once("made")
+
+fcntl.flock, os.rename, os.mkdir = flock, rename, mkdir
+folder = owned_folders.owned_folder(parent, "apr-plan-job1-", family="apr-plan-")
+print(folder, flush=True)
+sys.stdin.readline()
+"""
+
+STEPS = ["lock", "name", "folder", "made"]  # before the lock, the rename, the folder; after the folder
+
+
+def _maker(parent: Path, step: str, action: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", MAKER, str(parent), step, action],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_process_killed_while_making_its_folder_leaves_nothing_the_sweep_keeps(
+    tmp_path: Path, step: str
+) -> None:
+    """Before, the folder came first and its owner file after it: a process killed in between left a folder
+    without owner file, which no sweep may remove (it cannot tell it from one being made), for good."""
+    maker = _maker(tmp_path, step, "kill")
+    maker.communicate(timeout=60)
+    assert maker.returncode == -signal.SIGKILL
+    sweep(str(tmp_path), "apr-plan-")
+    assert os.listdir(tmp_path) == [], f"killed before {step}: left behind"
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_sweep_while_a_live_process_makes_its_folder_leaves_it_a_folder_it_owns(
+    tmp_path: Path, step: str
+) -> None:
+    """A sweep at any step of another process's making: the maker still ends with its folder and a locked
+    owner file beside it (a staged file a sweep took before its lock makes the maker take another name)."""
+    maker = _maker(tmp_path, step, "pause")
+    assert maker.stdin is not None and maker.stdout is not None
+    try:
+        assert maker.stdout.readline().strip() == "paused"
+        sweep(str(tmp_path), "apr-plan-")
+        maker.stdin.write("\n")
+        maker.stdin.flush()
+        folder = Path(maker.stdout.readline().strip())
+        assert folder.is_dir() and Path(owner_file(str(folder))).is_file(), os.listdir(tmp_path)
+        assert sweep(str(tmp_path), "apr-plan-") == [] and folder.is_dir(), (
+            "a live process's folder was taken"
+        )
+        left = sorted(os.listdir(tmp_path))
+        assert left == sorted([folder.name, f"{folder.name}.owner"]), left
+    finally:
+        maker.kill()
+        maker.wait()
+    assert sweep(str(tmp_path), "apr-plan-") == [str(folder)]
+    assert os.listdir(tmp_path) == []
