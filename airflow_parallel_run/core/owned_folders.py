@@ -286,13 +286,21 @@ class SharedFolder:
 
 
 def sweep_shared(parent: str) -> list[str]:
-    """Removes the `SharedFolder`s of `parent` whose users are all gone; returns them."""
+    """Removes the `SharedFolder`s of `parent` whose users are all gone; returns them. The owner and mutex
+    files of a folder already removed (its last user killed while leaving) go too once nobody holds them."""
     removed: list[str] = []
     try:
         with os.scandir(parent) as entries:
-            names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+            listed = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
     except OSError:
         return removed
+    present = {name for name, _ in listed}
+    names = [name for name, is_dir in listed if is_dir]
+    names += [
+        name[: -len(OWNER_SUFFIX)]
+        for name, is_dir in listed
+        if not is_dir and name.endswith(OWNER_SUFFIX) and name[: -len(OWNER_SUFFIX)] not in present
+    ]
     for name in names:
         folder = os.path.join(parent, name)
         try:
@@ -303,7 +311,8 @@ def sweep_shared(parent: str) -> list[str]:
             if os.fstat(fd).st_uid != os.getuid():
                 continue
             with _mutex(folder) as mutex:
-                if _remove_if_free(fd, folder, mutex):
+                existed = os.path.lexists(folder)
+                if _remove_if_free(fd, folder, mutex) and existed:
                     removed.append(folder)
         except OSError:
             continue

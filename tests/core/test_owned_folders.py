@@ -284,3 +284,36 @@ def test_a_sweep_while_a_live_process_makes_its_folder_leaves_it_a_folder_it_own
         maker.wait()
     assert sweep(str(tmp_path), "apr-plan-") == [str(folder)]
     assert os.listdir(tmp_path) == []
+
+
+LEAVER = """
+import os, shutil, signal, sys
+from airflow_parallel_run.core.owned_folders import SharedFolder
+real_rmtree = shutil.rmtree
+
+def rmtree(path, *args, **kwargs):
+    real_rmtree(path, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # the folder is gone, its owner and mutex files not yet
+
+shared = SharedFolder(sys.argv[1], "job1")
+shared.join()
+shutil.rmtree = rmtree
+shared.leave()
+"""
+
+
+def test_the_files_of_a_shared_folder_whose_last_user_was_killed_while_leaving_are_swept(
+    tmp_path: Path,
+) -> None:
+    """Before, only folders were looked at: the owner and mutex files of a removed folder stayed for good."""
+    leaver = subprocess.run([sys.executable, "-c", LEAVER, str(tmp_path)], check=False)
+    assert leaver.returncode == -signal.SIGKILL
+    assert sorted(os.listdir(tmp_path)) == ["job1.lock", "job1.owner"]
+    held = SharedFolder(str(tmp_path), "job2")
+    held.join()
+    Path(held.folder).rmdir()  # a live user's files without its folder: held, so they stay
+    try:
+        assert sweep_shared(str(tmp_path)) == []
+        assert sorted(os.listdir(tmp_path)) == ["job2.lock", "job2.owner"]
+    finally:
+        held.leave()
