@@ -175,26 +175,13 @@ def _remove_if_abandoned(folder: str) -> bool:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
         return False
     owner = owner_file(folder)
-    try:
-        fd = os.open(owner, _OPEN_FLAGS)
-    except OSError:  # no owner file (being made, or not ours to judge), or a symlink
-        return False
-    try:
-        held = os.fstat(fd)
-        if not stat.S_ISREG(held.st_mode) or held.st_uid != uid:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # a live process holds it
-            return False
-        if not _same_file(fd, owner):  # another sweep removed it meanwhile (a new folder may have its name)
+    with _abandoned(owner) as free:  # no owner file: being made, or not ours to judge
+        if not free:
             return False
         shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.remove(owner)  # after the folder: a folder is never left without its owner file
         return True
-    finally:
-        os.close(fd)
 
 
 def _remove_if_abandoned_owner(path: str, folder: str) -> None:
@@ -202,21 +189,33 @@ def _remove_if_abandoned_owner(path: str, folder: str) -> None:
     is a regular file of this user: what a process killed between the file and its folder leaves."""
     if os.path.lexists(folder) or folder in _held:
         return
+    with _abandoned(path) as free:
+        if free and not os.path.lexists(folder):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+@contextlib.contextmanager
+def _abandoned(owner: str) -> Iterator[bool]:
+    """Whether `owner` is an owner file nobody holds: a regular file of this user (not a symlink), whose
+    lock this process takes and keeps for the block, still under that name. Several checks, one place:
+    every removal of the sweep goes through them."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(owner, _OPEN_FLAGS)
     except OSError:
+        yield False
         return
     try:
         held = os.fstat(fd)
         if not stat.S_ISREG(held.st_mode) or held.st_uid != os.getuid():
+            yield False
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # its process lives (about to make the folder), or no flock here
+        except OSError:  # a live process holds it (or no flock here)
+            yield False
             return
-        if _same_file(fd, path) and not os.path.lexists(folder):
-            with contextlib.suppress(OSError):
-                os.remove(path)
+        yield _same_file(fd, owner)  # False: another sweep removed it meanwhile (a new one may have its name)
     finally:
         os.close(fd)
 

@@ -212,9 +212,11 @@ def process_table(
         rss = info["memory_info"].rss / MB if info.get("memory_info") else 0.0
         times = info.get("cpu_times")
         cpu_s = (times.user + times.system) if times else 0.0
-        cmdline = " ".join(info.get("cmdline") or []) or f"[{info.get('name') or '?'}]"
+        name = f"[{info.get('name') or '?'}]"
         if info.get("status") == psutil.STATUS_ZOMBIE:  # exited, not reaped: no command line left (as `ps`)
-            cmdline = f"[{info.get('name') or '?'}] <defunct>"
+            cmdline = f"{name} <defunct>"
+        else:
+            cmdline = " ".join(info.get("cmdline") or []) or name
         cmdline = mask(cmdline, secrets).rstrip()  # a process title may be padded with spaces
         rows.append(
             (

@@ -17,6 +17,8 @@ import tempfile
 import threading
 from collections.abc import Mapping
 
+import psutil
+
 from ..owned_folders import owned_folder, remove_owned
 
 _ROOT_LOCK = threading.Lock()
@@ -162,20 +164,10 @@ def _remove_old_fork_server_logs(parent: str) -> None:
             pid, _, rest = entry.name.partition(".")
             if rest != "stderr.txt" or not pid.isdigit() or not entry.is_file(follow_symlinks=False):
                 continue
-            if entry.stat(follow_symlinks=False).st_uid != os.getuid() or _alive(int(pid)):
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid() or psutil.pid_exists(int(pid)):
                 continue
             with contextlib.suppress(OSError):
                 os.remove(entry.path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        return True
-    return True
 
 
 def ensure(path: str) -> str:
