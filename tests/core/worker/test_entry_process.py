@@ -268,3 +268,68 @@ def test_a_mini_batchs_result_and_data_are_freed_after_its_answer(tmp_path: Path
             child.proc.kill()
         child.proc.wait()
         child.conn.close()
+
+
+# What an interpreter's exit does that a script can rely on, each leaving a trace in the folder EXITS: a
+# non-daemon thread still sleeping when shutdown() returns, an idle thread pool (it must not hang the exit),
+# an atexit hook, and files opened for writing and never closed, text and binary, whose last writes are
+# still in their buffers (a few bytes: far below a buffer's size).
+EXIT_SCRIPT = """
+import atexit, concurrent.futures, os, threading, time
+EXITS = os.environ["EXITS"]
+
+def _late():
+    time.sleep(0.5)
+    with open(os.path.join(EXITS, f"thread-{os.getpid()}"), "w") as f:
+        f.write("joined")
+
+def init():
+    global text, binary, pool
+    text = open(os.path.join(EXITS, f"text-{os.getpid()}"), "w")
+    binary = open(os.path.join(EXITS, f"binary-{os.getpid()}"), "wb")
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    pool.submit(time.sleep, 0).result()
+    atexit.register(lambda: open(os.path.join(EXITS, f"atexit-{os.getpid()}"), "w").write("ran"))
+
+def run(mini_batch):
+    text.write("".join(f"{p}\\n" for p in mini_batch))
+    binary.write(b"x" * len(mini_batch))
+    return [str(p) for p in mini_batch]
+
+def shutdown():
+    text.write("shutdown\\n")
+    threading.Thread(target=_late).start()
+"""
+
+
+def check_exit_traces(exits: Path, pid: int, items: int) -> None:
+    """What EXIT_SCRIPT's process `pid` left, having run `items` items and exited."""
+    assert (exits / f"thread-{pid}").read_text() == "joined"
+    assert (exits / f"atexit-{pid}").read_text() == "ran"
+    lines = (exits / f"text-{pid}").read_text().splitlines()
+    assert len(lines) == items + 1 and lines[-1] == "shutdown", lines
+    assert (exits / f"binary-{pid}").read_bytes() == b"x" * items
+
+
+def test_the_exit_keeps_what_an_interpreter_exit_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process ends without tearing its modules down (core/worker/child.py, `_end_process`), but its
+    non-daemon threads are joined, its atexit hooks run and the files it left open are written."""
+    (tmp_path / "in").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "in" / name).write_text(name)
+    exits = tmp_path / "exits"
+    exits.mkdir()
+    monkeypatch.setenv("EXITS", str(exits))
+    child = _start(tmp_path, EXIT_SCRIPT)
+    try:
+        assert isinstance(child.answer(), Ready)
+        assert isinstance(child.ask(_run(child, 0, "a.txt", "b.txt")), Loaded)
+        assert isinstance(child.answer(), Done)
+        assert child.ask(Shutdown()) == Bye()
+        assert child.proc.wait(30) == 0
+        check_exit_traces(exits, child.proc.pid, 2)
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()

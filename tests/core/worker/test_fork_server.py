@@ -27,6 +27,7 @@ from airflow_parallel_run.core import FileDataset, ParallelRunConfig, TabularDat
 from airflow_parallel_run.core.worker import fork_server
 from airflow_parallel_run.core.worker.fork_server import CHILD_MODULE, ForkServer
 from airflow_parallel_run.core.worker.messages import Started
+from tests.core.worker.test_entry_process import EXIT_SCRIPT, check_exit_traces
 
 FORKED = re.compile(r"\|started pid (\d+); running init\(\) \(forked from fork server (\d+)\)")
 
@@ -237,6 +238,30 @@ def test_each_environment_gets_a_server_imported_under_it_and_atexit_hooks_run(
         assert written == [probe, probe], written
     assert not seen["a"] & seen["b"], seen  # another environment, another server
     assert len(seen["a"]) == 1, seen  # the third job forked from the first one's server
+
+
+def test_a_forked_process_exits_as_an_interpreter_exits(
+    write_script: Callable[..., str],
+    files: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A forked process ends without tearing its modules down (the job's end does not wait for it), but
+    its threads, atexit hooks and open files end as at an interpreter's exit. The files are made after
+    the fork server's `gc.freeze()`, so they are the objects `_flush_open_files` walks."""
+    exits = tmp_path / "exits"
+    exits.mkdir()
+    monkeypatch.setenv("EXITS", str(exits))
+    out = tmp_path / "out"
+    summary = _file_job(write_script(EXIT_SCRIPT), files(6), out, allow_reuse=False)
+    assert summary["status"] == "succeeded", summary
+    assert _servers(out), f"not forked: {_started_lines(out)}"
+    items = {
+        int(path.name.split("-")[1]): len(path.read_text().splitlines()) - 1 for path in exits.glob("text-*")
+    }
+    assert sum(items.values()) == 6 and len(items) == 2, items
+    for pid, count in items.items():
+        check_exit_traces(exits, pid, count)
 
 
 def test_a_job_with_environment_variables_starts_its_processes_fresh(
