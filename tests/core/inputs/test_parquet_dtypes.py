@@ -116,6 +116,30 @@ def test_dtypes_are_one_per_job_and_numpy_where_no_file_holds_a_missing_value(ca
         ), name
 
 
+@REPEATABLE
+@given(case=inputs())
+def test_arrow_mini_batches_concatenated_in_order_are_the_files_as_pyarrow_reads_them(
+    case: dict[str, Any],
+) -> None:
+    """batch_format="pyarrow": every mini-batch's Table, read on its own, concatenated in plan order, is
+    `pyarrow.parquet.read_table` of each file in name order: the same rows in the same order, each row group
+    once, with the file's own types (a reader that returns a slice's row groups in its own order, or each
+    only once, fails here)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = _write(Path(tmp), case)
+        dataset = TabularDataset.from_parquet_files(folder)
+        batches = list(plan_inputs([dataset], case["size"]))
+        job_input = dataset.with_column_types(batches)
+        tables = [read_batch(job_input, mb, folder, "pyarrow")[0] for mb in batches]
+        reference = [pq.read_table(path) for path in sorted(Path(folder).glob("*.parquet"))]
+    assert all(isinstance(t, pa.Table) for t in tables), [type(t) for t in tables]
+    assert [t.num_rows for t in tables] == [mb.items for mb in batches]
+    for table in tables:
+        for name in TYPES:
+            assert table.schema.field(name).type == TYPES[name], (name, table.schema)
+    assert pa.concat_tables(tables).to_pydict() == pa.concat_tables(reference).to_pydict()
+
+
 def test_a_mini_batch_without_a_missing_value_is_nullable_when_another_file_has_one(tmp_path: Path) -> None:
     """The first file has no missing value, the second has one: the first file's mini-batches are Int64
     too (read on their own, plain to_pandas() gave them int64 and the second float64)."""
