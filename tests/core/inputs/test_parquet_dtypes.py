@@ -86,11 +86,17 @@ def _write(folder: Path, case: dict[str, Any]) -> str:
     return str(folder)
 
 
-def _frames(folder: str, size: int) -> list[pd.DataFrame]:
+def _mini_batches(folder: str, size: int, batch_format: str) -> tuple[list[MiniBatch], list[Any]]:
+    """The job's mini-batches over `folder` and what run() receives for each, read on its own as a worker
+    reads it."""
     dataset = TabularDataset.from_parquet_files(folder)
     batches = list(plan_inputs([dataset], size))
     job_input = dataset.with_column_types(batches)
-    return [read_batch(job_input, mb, folder, "pandas")[0] for mb in batches]
+    return batches, [read_batch(job_input, mb, folder, batch_format)[0] for mb in batches]
+
+
+def _frames(folder: str, size: int) -> list[pd.DataFrame]:
+    return _mini_batches(folder, size, "pandas")[1]
 
 
 @REPEATABLE
@@ -127,10 +133,7 @@ def test_arrow_mini_batches_concatenated_in_order_are_the_files_as_pyarrow_reads
     only once, fails here)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = _write(Path(tmp), case)
-        dataset = TabularDataset.from_parquet_files(folder)
-        batches = list(plan_inputs([dataset], case["size"]))
-        job_input = dataset.with_column_types(batches)
-        tables = [read_batch(job_input, mb, folder, "pyarrow")[0] for mb in batches]
+        batches, tables = _mini_batches(folder, case["size"], "pyarrow")
         reference = [pq.read_table(path) for path in sorted(Path(folder).glob("*.parquet"))]
     assert all(isinstance(t, pa.Table) for t in tables), [type(t) for t in tables]
     assert [t.num_rows for t in tables] == [mb.items for mb in batches]
