@@ -544,6 +544,7 @@ def main(fd: int) -> None:
     # all its threads (cli_signals.py), the embedded cluster's workers among them; the entry script and
     # the processes it starts must be stoppable by them as anywhere else.
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    frozen_at_start = gc.get_freeze_count()  # the fork server's heap; the script may freeze more
     conn = _connect(fd)
     conn.send(Started())  # the runner's clock for init() starts here, not at the interpreter's start
     setup: Setup = conn.recv()
@@ -551,10 +552,10 @@ def main(fd: int) -> None:
     asyncio.set_event_loop(loop)
     module = _start(conn, setup, loop)
     _serve(conn, module, setup, loop)
-    _end_process()
+    _end_process(frozen_at_start)
 
 
-def _end_process() -> NoReturn:
+def _end_process(frozen_at_start: int) -> NoReturn:
     """Ends the process once the runner has its `Bye` (or is gone), as a `multiprocessing` child ends: what
     an interpreter's exit does that a script can rely on, then `os._exit`. In `Py_FinalizeEx`'s order: thread
     pools told to end and the non-daemon threads joined, `atexit` handlers run (logging's flush among them),
@@ -566,7 +567,7 @@ def _end_process() -> NoReturn:
     an open file is the one such object whose loss would lose data, and its buffer is written."""
     threading._shutdown()  # type: ignore[attr-defined]  # as multiprocessing's children end: hooks, joins
     atexit._run_exitfuncs()
-    _flush_open_files()
+    _flush_open_files(frozen_at_start)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
@@ -576,10 +577,14 @@ def _end_process() -> NoReturn:
 _WRITERS = (io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom)
 
 
-def _flush_open_files() -> None:
+def _flush_open_files(frozen_at_start: int) -> None:
     """Writes the buffers of the files the script opened and never closed, as their deletion at the
     interpreter's exit would have. Only objects made since the fork server's `gc.freeze()` are looked at:
-    the imported modules' heap is not walked (a fresh process, not forked, walks it whole: 35 ms)."""
+    the imported modules' heap is not walked (a fresh process, not forked, walks it whole: 35 ms). A script
+    that froze objects itself (`gc.freeze()` in init(), say) may have frozen its files with them: then every
+    object is looked at."""
+    if gc.get_freeze_count() > frozen_at_start:
+        gc.unfreeze()
     for obj in gc.get_objects():
         if isinstance(obj, _WRITERS):
             try:

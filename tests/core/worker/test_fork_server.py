@@ -264,6 +264,37 @@ def test_a_forked_process_exits_as_an_interpreter_exits(
         check_exit_traces(exits, pid, count)
 
 
+FROZEN_FILE_SCRIPT = """
+import gc, os
+def init():
+    global out
+    out = open(os.path.join(os.environ["EXITS"], f"frozen-{os.getpid()}"), "w")
+    gc.freeze()  # the script's own freeze: its open file leaves the collector's view
+def run(mini_batch):
+    out.write("".join(f"{p}\\n" for p in mini_batch))
+    return [str(p) for p in mini_batch]
+"""
+
+
+def test_a_file_the_script_froze_out_of_the_collector_is_still_flushed_at_the_exit(
+    write_script: Callable[..., str],
+    files: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The exit looks for open files among the objects made since the fork server's `gc.freeze()`; a script
+    that calls `gc.freeze()` itself hides its own from that view, so the exit looks at everything then."""
+    exits = tmp_path / "exits"
+    exits.mkdir()
+    monkeypatch.setenv("EXITS", str(exits))
+    out = tmp_path / "out"
+    summary = _file_job(write_script(FROZEN_FILE_SCRIPT), files(6), out, allow_reuse=False)
+    assert summary["status"] == "succeeded", summary
+    assert _servers(out), f"not forked: {_started_lines(out)}"
+    written = sorted(line for path in exits.glob("frozen-*") for line in path.read_text().splitlines())
+    assert len(written) == 6, written
+
+
 def test_a_job_with_environment_variables_starts_its_processes_fresh(
     dask_client, write_script: Callable[..., str], files: Callable[..., Path], tmp_path: Path
 ) -> None:
