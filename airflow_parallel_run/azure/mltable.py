@@ -447,8 +447,8 @@ def _read_options(read: str, value: Any, where: str) -> dict[str, Any]:
         if key in flags and not isinstance(item, bool):
             raise ConfigError(here, item, "true or false")
         if key == "delimiter":
-            if not isinstance(item, str) or len(item) != 1 or item in '\r\n"':
-                raise ConfigError(here, item, "one character other than a quote or a newline")
+            if not isinstance(item, str) or len(item) != 1 or not item.isascii() or item in '\r\n"':
+                raise ConfigError(here, item, "one ASCII character other than a quote or a newline")
         elif key == "header":
             if item not in HEADERS:
                 raise ConfigError(here, item, ", ".join(HEADERS))

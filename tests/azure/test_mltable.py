@@ -224,6 +224,11 @@ def test_row_window_within_a_run_of_rows() -> None:
             "UTF-16/32",
         ),
         (
+            "paths:\n  - file: ./x.csv\ntransformations:\n  - read_delimited: {delimiter: '\u00a7'}\n",
+            "transformations[0].read_delimited.delimiter",
+            "one ASCII character",
+        ),
+        (
             "paths:\n  - file: ./x.csv\ntransformations:\n  - read_delimited: {header: maybe}\n",
             "transformations[0].read_delimited.header",
             "no_header",

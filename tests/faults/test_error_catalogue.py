@@ -357,7 +357,12 @@ CASES = [
     Case(
         "separator",
         lambda: TabularDataset.from_delimited_files("header.csv", separator=",,"),
-        "separator=',,' is not allowed: one character other than a quote or a newline",
+        "separator=',,' is not allowed: one ASCII character other than a quote or a newline",
+    ),
+    Case(
+        "separator not ASCII",  # it planned (a byte of its code point) and failed to read, or planning crashed
+        lambda: TabularDataset.from_delimited_files("header.csv", separator="€"),
+        "separator='€' is not allowed: one ASCII character other than a quote or a newline",
     ),
     Case(
         "tabular format",

@@ -56,8 +56,15 @@ class TabularDataset(PathInput):
     def __post_init__(self) -> None:
         if self.format not in TABULAR_FORMATS:
             raise ConfigError("format", self.format, ", ".join(TABULAR_FORMATS))
-        if not isinstance(self.separator, str) or len(self.separator) != 1 or self.separator in '\r\n"':
-            raise ConfigError("separator", self.separator, "one character other than a quote or a newline")
+        separator = self.separator
+        if (
+            not isinstance(separator, str)
+            or len(separator) != 1
+            or not separator.isascii()
+            or separator in '\r\n"'
+        ):
+            # ASCII: the planner splits records at bytes, and Arrow's and pandas' C parsers take a one-byte separator
+            raise ConfigError("separator", separator, "one ASCII character other than a quote or a newline")
         check_partition_format(self.partition_format)
         if self.column_types is not None:
             if self.format == "parquet":
