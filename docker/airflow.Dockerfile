@@ -11,7 +11,9 @@ ARG DASK_VERSION=2026.8.0
 # (scikit-learn and pillow, for the example DAGs' entry scripts and demo data).
 ARG APR_EXTRAS=airflow,s3,demo
 
-COPY --chown=airflow:0 pyproject.toml README.md /opt/airflow-parallel-run/
+# setup.py builds the native CSV record scan where the image has a C compiler; without one the install
+# still succeeds and the planner uses its numpy scan (same plans, slower).
+COPY --chown=airflow:0 pyproject.toml setup.py README.md /opt/airflow-parallel-run/
 COPY --chown=airflow:0 airflow_parallel_run /opt/airflow-parallel-run/airflow_parallel_run
 
 # The image's own rule: install next to the pinned Airflow, never upgrading it by accident.

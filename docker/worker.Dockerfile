@@ -13,7 +13,7 @@ ARG APR_UID=50000
 
 RUN useradd --create-home --uid "${APR_UID}" --gid 0 dask
 
-COPY pyproject.toml README.md /opt/airflow-parallel-run/
+COPY pyproject.toml setup.py README.md /opt/airflow-parallel-run/
 COPY airflow_parallel_run /opt/airflow-parallel-run/airflow_parallel_run
 
 # The worker install line (docs/deploy.md): the package without the `airflow` extra.

@@ -1,14 +1,15 @@
 """Planning tabular files: splitting them into byte-range / row-group slices.
 
 Planning runs once, on the scheduler side, over every input file, so it only looks at what it must: the
-Parquet footer, or the raw bytes of a CSV / JSON Lines file scanned with numpy in large sequential chunks.
+Parquet footer, or the raw bytes of a CSV / JSON Lines file scanned in large sequential chunks, natively
+(`_record_scan.c`) or, in an install without a C compiler, with numpy.
 Reading the slices back is tabular_read.py's.
 """
 
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any, BinaryIO
 
@@ -21,6 +22,19 @@ from ..minibatch import TabularSlice
 from ..storage import is_local
 from .fingerprint import HashWhileReading
 from .tabular import TabularDataset
+
+
+def _load_native_scan() -> Callable[..., tuple[Any, ...]] | None:
+    """The native record scan (`_record_scan.c`), built by `pip install` where a C compiler is (setup.py);
+    None without it: the numpy scan (`_ChunkScan`) decides the same record ends, about 2.5 times slower."""
+    try:
+        from ._record_scan import scan_chunk
+    except ImportError:  # pragma: no cover - an install without a compiler
+        return None
+    return scan_chunk  # type: ignore[no-any-return]
+
+
+_native_scan = _load_native_scan()
 
 __all__ = ["plan_tabular_file"]
 
@@ -356,8 +370,9 @@ class _QuoteTracker:
     """
 
     def __init__(self, separator: str) -> None:
+        self.separator = ord(separator)
         self.starts_field = np.zeros(256, dtype=bool)  # a quote after this byte starts a quoted field
-        self.starts_field[[ord(separator), _NL, _CR]] = True
+        self.starts_field[[self.separator, _NL, _CR]] = True
         self.inside = False  # in a quoted field at the start of the next chunk
         self.last_byte = _NL  # the byte before the next chunk (the file's start counts as a record start)
         self.last_closer = -2  # file offset of the last quote that closed a quoted field
@@ -471,12 +486,12 @@ def _bom_as_blank(start: bytes, blank_bom: bool) -> bytes:
 def _plan_lines(
     f: BinaryIO, url: str, dataset: TabularDataset, target: int, hashing: HashWhileReading | None = None
 ) -> list[TabularSlice]:
-    """Scan a CSV or JSON Lines file chunk by chunk, finding record boundaries with vectorised numpy; `hashing`
-    gets the file's bytes as they are read (its fingerprint, core/inputs/fingerprint.py).
+    """Scan a CSV or JSON Lines file chunk by chunk, finding record boundaries natively (`_NativeChunkScan`) or
+    with vectorised numpy (`_ChunkScan`); `hashing` gets the file's bytes as they are read (its fingerprint,
+    core/inputs/fingerprint.py).
 
-    Per chunk (`_scan_chunk`): the newline positions (one compare + nonzero), which of them end records
-    (CSV: see `_QuoteTracker`), and a blank check that only looks at the first byte of each record unless
-    it is blank. Line numbers and row counts come from positions, so no per-byte or per-record arrays
+    Per chunk: the newline positions, which of them end records (CSV: see `_QuoteTracker`), and a blank check
+    that only looks at the first byte of each record unless it is blank. Line numbers and row counts come from positions, so no per-byte or per-record arrays
     beyond these are built.
     """
     is_csv = dataset.format == "csv"
@@ -490,11 +505,12 @@ def _plan_lines(
     lines = 0  # newlines (quoted ones too: lines as an editor counts them) before the current chunk
     first = b""  # the first chunk (a byte order mark given as CRs), where the header record is
     scratch = _Scratch()
+    scan_type = _ChunkScan if _native_scan is None else _NativeChunkScan
     for chunk in _chunks(f, _is_utf8(dataset.encoding), hashing):
         if base == 0:
             _check_magic(url, dataset.format, chunk)
             first = chunk
-        scan = _ChunkScan(chunk, base, lines, significant, blank, scratch, is_csv)
+        scan = scan_type(chunk, base, lines, significant, blank, scratch, is_csv)
         tail_nonblank = scan.feed(slicer, quotes, tail_nonblank)
         lines += scan.all_newlines
         base += len(chunk)
@@ -592,8 +608,12 @@ class _ChunkScan:
     ) -> None:
         self.chunk, self.base, self.lines = chunk, base, lines
         self.significant, self.blank = significant, blank
-        self.arr = arr = np.frombuffer(chunk, dtype=np.uint8)
-        found, kinds = self._pass(arr, scratch, with_quotes)
+        self.arr = np.frombuffer(chunk, dtype=np.uint8)
+        self._find(scratch, with_quotes)
+
+    def _find(self, scratch: _Scratch, with_quotes: bool) -> None:
+        """The chunk's newlines and (CSV) quotes, with the quotes before each newline."""
+        found, kinds = self._pass(self.arr, scratch, with_quotes)
         self.quotes: np.ndarray | None = _NO_QUOTES if with_quotes else None
         self.quotes_before: np.ndarray | None = None
         is_nl = kinds == _NL
@@ -634,18 +654,25 @@ class _ChunkScan:
             return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.uint8)
         return np.concatenate(found_parts), np.concatenate(kind_parts)
 
-    def feed(self, slicer: _Slicer, quotes: _QuoteTracker | None, tail_nonblank: bool) -> bool:
-        """Gives the slicer the record ends of this chunk; returns whether the record still open at its
-        end has a significant byte (`tail_nonblank` says the same of the record open at its start)."""
-        arr, newlines, n = self.arr, self.newlines, self.arr.size
-        line_index: np.ndarray | None = None  # which newlines end records (None: all of them)
+    def record_ends(self, quotes: _QuoteTracker | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The positions of the newlines that end records, and each one's index among all the chunk's
+        newlines (None: all of them end records, so the index is the rank)."""
+        newlines = self.newlines
+        line_index: np.ndarray | None = None
         if quotes is not None:
             ends = quotes.record_ends(
-                arr, self.base, newlines, self.lines + 1, self.quotes, self.quotes_before
+                self.arr, self.base, newlines, self.lines + 1, self.quotes, self.quotes_before
             )
             if ends is not None:
                 line_index = np.flatnonzero(ends)
                 newlines = newlines[line_index]
+        return newlines, line_index
+
+    def feed(self, slicer: _Slicer, quotes: _QuoteTracker | None, tail_nonblank: bool) -> bool:
+        """Gives the slicer the record ends of this chunk; returns whether the record still open at its
+        end has a significant byte (`tail_nonblank` says the same of the record open at its start)."""
+        newlines, line_index = self.record_ends(quotes)
+        arr, n = self.arr, self.arr.size
         k = int(newlines.size)
         if not k:
             return tail_nonblank or bool(self._with_data(np.zeros(1, dtype=np.intp))[0])
@@ -670,6 +697,33 @@ class _ChunkScan:
 
     def _with_data(self, starts: np.ndarray) -> np.ndarray:
         return _segments_with_data(self.chunk, self.arr, starts, self.significant, self.blank)
+
+
+class _NativeChunkScan(_ChunkScan):
+    """`_ChunkScan` with the record ends found by the native pass (`_record_scan.c`): one pass over the chunk
+    that visits only its LF and quote bytes and follows `_QuoteTracker._walk` at every quote, with the GIL
+    released. The slices it gives are the numpy scan's (tests/core/inputs/test_tabular_scan_equivalence.py
+    compares both with the reference planner on random bytes and chunk sizes)."""
+
+    def _find(self, scratch: _Scratch, with_quotes: bool) -> None:
+        self.all_newlines = 0  # known once `record_ends` ran
+
+    def record_ends(self, quotes: _QuoteTracker | None) -> tuple[np.ndarray, np.ndarray | None]:
+        assert _native_scan is not None
+        chunk, base = self.chunk, self.base
+        if quotes is None:  # JSON Lines: every newline ends a record
+            ends, index, self.all_newlines, *_ = _native_scan(chunk, -1, 0, _NL, False, -2)
+        else:
+            ends, index, self.all_newlines, inside, closer, opened, opened_newlines = _native_scan(
+                chunk, _QUOTE, quotes.separator, quotes.last_byte, quotes.inside, quotes.last_closer - base
+            )
+            quotes.inside, quotes.last_closer = inside, base + closer
+            if chunk:
+                quotes.last_byte = chunk[-1]
+            if opened >= 0:
+                quotes.opened_at, quotes.opened_line = base + opened, self.lines + 1 + opened_newlines
+        line_index = None if index is None else np.frombuffer(index, dtype=np.int64)
+        return np.frombuffer(ends, dtype=np.int64), line_index
 
 
 _NO_QUOTES = np.zeros(0, dtype=np.intp)

@@ -1,9 +1,17 @@
 """The CSV / JSON Lines planner gives exactly the slices (start, end, header_end, rows, first_line), or the same
-error, as the planner it replaced (tabular_scan_reference.py), on random bytes and any scan chunk size."""
+error, as the planner it replaced (tabular_scan_reference.py), on random bytes and any scan chunk size: with the
+native record scan (`_record_scan.c`, built by `make install`) and with the numpy scan used without it."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import shlex
+import subprocess
+import sysconfig
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -56,6 +64,42 @@ def _outcome(plan: object) -> list[TabularSlice] | str:
         return f"InputError: {exc}"
 
 
+def test_the_native_record_scan_is_built() -> None:
+    """`make install` builds it (setup.py): a test run without it would compare the numpy scan twice."""
+    assert tabular_scan._native_scan is not None, "the native record scan is not built: run `make install`"
+
+
+@pytest.fixture(scope="module")
+def portable_scan(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[Any, ...]]:
+    """The native scan built with its portable word-at-a-time path (`-DAPR_PORTABLE_SCAN`), the one compilers
+    without SSE2 (ARM) use: `make install` builds the SSE2 path on these machines."""
+    folder = tmp_path_factory.mktemp("portable-scan")
+    source = Path(tabular_scan.__file__).with_name("_record_scan.c")
+    target = folder / f"_record_scan{sysconfig.get_config_var('EXT_SUFFIX')}"
+    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    include = sysconfig.get_paths()["include"]
+    subprocess.run(
+        [
+            *compiler,
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-DAPR_PORTABLE_SCAN",
+            f"-I{include}",
+            str(source),
+            "-o",
+            str(target),
+        ],
+        check=True,
+    )
+    spec = importlib.util.spec_from_file_location("_record_scan", target)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.scan_chunk  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("native", ["sse2", "portable", "numpy"])
 @settings(REPEATABLE, max_examples=600)
 @given(
     pieces=st.lists(st.sampled_from(_PIECES), max_size=60),
@@ -76,6 +120,8 @@ def test_slices_are_the_old_planners_on_random_bytes(
     target: int,
     chunk: int,
     few: int,
+    native: str,
+    portable_scan: Callable[..., tuple[Any, ...]],
 ) -> None:
     data = (b"\xef\xbb\xbf" if bom else b"") + "".join(pieces).encode()
     if fmt == "csv":
@@ -86,5 +132,35 @@ def test_slices_are_the_old_planners_on_random_bytes(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tabular_scan, "_CHUNK_BYTES", chunk)
         patch.setattr(tabular_scan, "_FEW_CANDIDATES", few)
+        if native != "sse2":
+            patch.setattr(tabular_scan, "_native_scan", portable_scan if native == "portable" else None)
         got = _outcome(lambda: tabular_scan._plan_lines(io.BytesIO(data), _URL, dataset, target))
     assert got == expected
+
+
+@pytest.mark.parametrize("chunk", [64 * 1024, 8 * 1024 * 1024])
+def test_the_native_scan_on_chunks_of_many_records(
+    chunk: int, portable_scan: Callable[..., tuple[Any, ...]]
+) -> None:
+    """Tens of thousands of records per chunk, with quoted newlines only after the first few thousand: the
+    native scan's arrays grow several times, and its line indices start late (the small random inputs above
+    never reach either)."""
+    import random
+
+    rng = random.Random(7)
+    rows = [f"{i},{rng.random()},name_{i % 97}\n" for i in range(30_000)]
+    rows += [
+        rng.choice(['"multi\nline",1,x\n', '"a""b",2,y\n', '5" screen,3,z\n', "\n", '"x\r\ny",4,w\n'])
+        for _ in range(30_000)
+    ]
+    data = ("id,value,name\n" + "".join(rows)).encode()
+    dataset = TabularDataset.from_delimited_files(_URL)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tabular_scan, "_CHUNK_BYTES", chunk)
+        native = tabular_scan._plan_lines(io.BytesIO(data), _URL, dataset, 50_000)
+        patch.setattr(tabular_scan, "_native_scan", portable_scan)
+        portable = tabular_scan._plan_lines(io.BytesIO(data), _URL, dataset, 50_000)
+        patch.setattr(tabular_scan, "_native_scan", None)
+        numpy_scan = tabular_scan._plan_lines(io.BytesIO(data), _URL, dataset, 50_000)
+    assert native == portable == numpy_scan == reference_plan(data, _URL, dataset, 50_000, chunk)
+    assert sum(s.rows for s in native) == 30_000 + sum(1 for r in rows[30_000:] if r != "\n")
