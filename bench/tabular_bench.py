@@ -26,8 +26,8 @@ Usage: .venv/bin/python bench/tabular_bench.py [--quick] [--files 8] [--total-mb
 
 --data-dir keeps the generated files in DIR and reuses them on the next run with the same sizes (the
 engine's output and cache folders still go to a fresh temp folder).
---compare-with DIR also measures the engine of another checkout on the same files, interleaved in the same
-rounds (before, after, peer, ...): `git worktree add /tmp/before <commit>` then
+--compare-with DIR also measures the engine of another checkout on the same files (both sides: pandas and
+batch_format="pyarrow"), interleaved in the same rounds (before, after, peer, ...): `git worktree add /tmp/before <commit>` then
 `.venv/bin/python bench/tabular_bench.py --compare-with /tmp/before`. That engine runs in a child process
 (PYTHONPATH=DIR) with its own 2-worker LocalCluster, idle while the other sides run.
 """
@@ -236,9 +236,14 @@ def _serve(args: argparse.Namespace) -> None:
     request = json.loads(args.serve)
     sizes = {fmt: (int(v[0]), int(v[1])) for fmt, v in request["sizes"].items()}
     with benchlib.workdir(args, "tabular-other") as root, benchlib.local_cluster(2) as client:
-        engine = _Engine(client, Path(request["data"]), root, sizes)
+        engines = {
+            batch_format: _Engine(client, Path(request["data"]), root, sizes, batch_format=batch_format)
+            for batch_format in ("pandas", "pyarrow")
+        }
 
-        def run(fmt: str) -> tuple[float, float]:
+        def run(case: str) -> tuple[float, float]:  # "csv", or "pyarrow:csv" for the Arrow side
+            batch_format, _, fmt = case.rpartition(":")
+            engine = engines[batch_format or "pandas"]
             seconds = engine.run(fmt)
             return seconds, engine.setup[fmt][-1]
 
@@ -294,10 +299,18 @@ def main() -> None:
                     if other is not None:
                         cases[f"other_engine_{fmt}"] = lambda fmt=fmt, other=other: other.run(fmt)
                     cases[f"engine_{fmt}"] = lambda fmt=fmt: engine.run(fmt)
+                    if other is not None:
+                        cases[f"other_arrow_engine_{fmt}"] = lambda fmt=fmt, other=other: other.run(
+                            f"pyarrow:{fmt}"
+                        )
                     cases[f"arrow_engine_{fmt}"] = lambda fmt=fmt: arrow.run(fmt)
                     cases[f"by_hand_{fmt}"] = lambda fmt=fmt: pooled(fmt, by_hand=True)
                     cases[f"pyarrow_{fmt}"] = lambda fmt=fmt: pooled(fmt, by_hand=False)
-                swap = [(f"other_engine_{fmt}", f"engine_{fmt}") for fmt in ("parquet", "csv")]
+                swap = [
+                    (f"other_{side}_{fmt}", f"{side}_{fmt}")
+                    for fmt in ("parquet", "csv")
+                    for side in ("engine", "arrow_engine")
+                ]
                 samples = benchlib.alternating(cases, rounds, swap)
             finally:
                 if other is not None:
@@ -346,6 +359,15 @@ def main() -> None:
                 Ratio(
                     f"compared engine vs pyarrow scan ({fmt})",
                     med[f"pyarrow_{fmt}"] / med[f"other_engine_{fmt}"],
+                    0.7,
+                    ">=",
+                    f"the engine of {other.engine_path}, same rounds",
+                )
+            )
+            ratios.append(
+                Ratio(
+                    f"compared engine with batch_format='pyarrow' vs pyarrow scan ({fmt})",
+                    med[f"pyarrow_{fmt}"] / med[f"other_arrow_engine_{fmt}"],
                     0.7,
                     ">=",
                     f"the engine of {other.engine_path}, same rounds",
