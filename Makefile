@@ -69,3 +69,4 @@ bench: install postgres
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .mypy_cache .ruff_cache
+	find airflow_parallel_run -name '*.so' -delete  # the native record scan, built by `make install`

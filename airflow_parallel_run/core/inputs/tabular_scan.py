@@ -491,8 +491,8 @@ def _plan_lines(
     core/inputs/fingerprint.py).
 
     Per chunk: the newline positions, which of them end records (CSV: see `_QuoteTracker`), and a blank check
-    that only looks at the first byte of each record unless it is blank. Line numbers and row counts come from positions, so no per-byte or per-record arrays
-    beyond these are built.
+    that only looks at the first byte of each record unless it is blank. Line numbers and row counts come
+    from positions, so no per-byte or per-record arrays beyond these are built.
     """
     is_csv = dataset.format == "csv"
     blank = _blank_bytes(dataset)
