@@ -133,6 +133,16 @@ def test_worker_image_has_no_airflow_and_matches_the_docs() -> None:
     assert "dask==2026.8.0" in (REPO / "constraints.txt").read_text(), "the docs' pin is the tested version"
 
 
+def test_images_get_what_builds_the_native_record_scan() -> None:
+    """setup.py builds the CSV record scan (airflow_parallel_run/core/inputs/_record_scan.c): both images copy
+    it, their build contexts let it in, and no module built on the host gets into an image."""
+    for image in ("airflow", "worker"):
+        dockerfile = (DOCKER / f"{image}.Dockerfile").read_text()
+        assert re.search(r"^COPY .*pyproject\.toml setup\.py README\.md ", dockerfile, re.M), image
+        ignore = (DOCKER / f"{image}.Dockerfile.dockerignore").read_text().splitlines()
+        assert "!setup.py" in ignore and "**/*.so" in ignore, image
+
+
 def _compose_airflow() -> tuple[dict[str, str], list[str]]:
     """The environment and the volumes every Airflow container gets, at their defaults."""
     text = (DOCKER / "compose.yaml").read_text()
