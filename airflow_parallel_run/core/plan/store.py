@@ -16,6 +16,13 @@ fingerprint and every cache key in RAM, about 300 bytes per file before anything
 
 The loop sees only what the listing handed to it (`reveal`): the listing's thread runs ahead of it and
 appends mini-batches the loop has not taken yet, which a job stopped while listing never counts.
+
+A small plan stays in RAM: the mini-batches as objects and the fingerprints as a dict, as the whole-plan
+path holds them, until the plan has `HOLD_MINI_BATCHES` mini-batches or `HOLD_UNITS` input units (files,
+slices), or `HOLD_FINGERPRINTS` fingerprints; then what was held is written out, in order, and the rest
+follows it on disk. Writing each record, tagging and checking it cost a fully reused re-run of 10,000 files
+about a sixth of its time (docs/performance.md, round 9), while the bound the spill is for matters to plans
+a hundred times larger; what is held is at most a few MB, the size of the plan at the switch.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ from ..minibatch import MiniBatch
 from ..spill import Spill, SpillError, remove_folder, spill_folder
 
 KEY_BYTES = 20  # a mini-batch's cache key is 40 hex digits (core/reuse/key.py: `mini_batch_key`)
+# A plan is held in RAM up to these (see the module); read when a store is made, so tests can set them to 0.
+HOLD_MINI_BATCHES = 2_000
+HOLD_UNITS = 20_000
+HOLD_FINGERPRINTS = 20_000
 
 
 class PlanStore:
@@ -47,14 +58,32 @@ class PlanStore:
         self._visible = 0
         self._visible_items = 0
         self.fingerprints = FingerprintSpill(os.path.join(self.folder, "fingerprints.sqlite"))
+        self._held: list[MiniBatch] | None = []  # the plan while it is small (None: on disk)
+        self._held_units = 0
+        self._hold = (HOLD_MINI_BATCHES, HOLD_UNITS)
+        self._closed = False
 
     # -- the listing's side ---------------------------------------------------------------------------
     def append(self, mb: MiniBatch) -> None:
         """The next mini-batch of the plan (numbered without gaps, in order)."""
-        if mb.index != len(self._spill):
-            raise ValueError(f"mini-batch {mb.index} appended as number {len(self._spill)} of the plan")
-        self._spill.append(pickle.dumps(mb, protocol=pickle.HIGHEST_PROTOCOL))
+        if self._closed:
+            raise SpillError(f"{self._spill.path} is closed (the job ended)")
+        if mb.index != len(self._items):
+            raise ValueError(f"mini-batch {mb.index} appended as number {len(self._items)} of the plan")
+        held = self._held
+        if held is None:
+            self._write(mb)
+        else:
+            held.append(mb)
+            self._held_units += len(mb.files) + len(mb.slices)
+            if len(held) > self._hold[0] or self._held_units > self._hold[1]:
+                for each in held:  # in order: record i is mini-batch i
+                    self._write(each)
+                self._held = None  # only now: a reader that took the list reads from it meanwhile
         self._items.append(mb.items)
+
+    def _write(self, mb: MiniBatch) -> None:
+        self._spill.append(pickle.dumps(mb, protocol=pickle.HIGHEST_PROTOCOL))
 
     # -- the loop's side -----------------------------------------------------------------------------
     def reveal(self, index: int) -> None:
@@ -73,6 +102,9 @@ class PlanStore:
 
     def batch(self, index: int) -> MiniBatch:
         """Mini-batch `index`, read back (SpillError when its record is not what was written)."""
+        held = self._held
+        if held is not None:
+            return held[index]
         mb = pickle.loads(self._spill.read(index))  # the record's tag was checked: it is what was written
         if not isinstance(mb, MiniBatch) or mb.index != index:
             raise SpillError(f"record {index} of {self._spill.path} is not mini-batch {index}")
@@ -97,6 +129,8 @@ class PlanStore:
 
     def close(self) -> None:
         """Removes the spill (the job ended)."""
+        self._closed = True
+        self._held = None
         self._spill.close()
         self.fingerprints.close()
         remove_folder(self.folder)
@@ -190,6 +224,8 @@ class FingerprintSpill(Mapping[str, str]):
         self._ascending = True  # every unit so far greater than the one before (so each came once)
         self._last = b""
         self._unique: int | None = None  # distinct units, once counted (None: not known yet)
+        self._held: dict[str, str] | None = {}  # the fingerprints while they are few (None: in the table)
+        self._hold = HOLD_FINGERPRINTS
 
     def _check(self, seq: int, unit: bytes, fp: str) -> int:
         return hash((self._salt, seq, unit, fp))
@@ -198,6 +234,13 @@ class FingerprintSpill(Mapping[str, str]):
         """Adds a block's fingerprints (as `dict.update`: a unit seen before keeps its place, takes this
         value)."""
         with self._lock:
+            held = self._held
+            if held is not None:
+                held.update(fingerprints)
+                if len(held) <= self._hold:
+                    return
+                self._held = None  # the table takes them, in the dict's order, each once
+                fingerprints = held
             rows: list[tuple[int, bytes, str, int]] = []
             seq = self._rows
             for unit, fp in fingerprints.items():
@@ -233,6 +276,11 @@ class FingerprintSpill(Mapping[str, str]):
     def sorted_items(self) -> Iterator[tuple[str, str]]:
         """(unit, fingerprint) sorted by unit, each unit once with its last fingerprint."""
         with self._lock:
+            if self._held is not None:  # sorted as the table sorts them: by their bytes
+                held = self._held
+                for unit in sorted(held, key=lambda unit: unit.encode("utf-8", "surrogatepass")):
+                    yield unit, held[unit]
+                return
             if self._ascending:
                 for raw, fp in self._in_order():
                     yield _unit(raw), fp
@@ -254,6 +302,9 @@ class FingerprintSpill(Mapping[str, str]):
         """(unit, fingerprint) in the order the units were first added, each with its last fingerprint:
         the dict's items."""
         with self._lock:
+            if self._held is not None:
+                yield from list(self._held.items())
+                return
             if self._ascending or self._distinct() == self._rows:  # no unit added twice: the rows as they are
                 for raw, fp in self._in_order():
                     yield _unit(raw), fp
@@ -282,11 +333,13 @@ class FingerprintSpill(Mapping[str, str]):
 
     def __len__(self) -> int:
         with self._lock:
-            return self._distinct()
+            return len(self._held) if self._held is not None else self._distinct()
 
     def __getitem__(self, unit: str) -> str:
         raw = unit.encode("utf-8", "surrogatepass")
         with self._lock:
+            if self._held is not None:
+                return self._held[unit]
             if not self._indexed:
                 self._db.execute("CREATE INDEX fp_unit ON fp (unit, seq)")
                 self._indexed = True
@@ -310,4 +363,5 @@ class FingerprintSpill(Mapping[str, str]):
 
     def close(self) -> None:
         with self._lock:
+            self._held = None
             self._db.close()  # idempotent; a later query raises sqlite3.ProgrammingError

@@ -21,6 +21,7 @@ from airflow_parallel_run.core import FileDataset, ParallelRunConfig, run_job
 from airflow_parallel_run.core.driver.loop import JobDriver
 from airflow_parallel_run.core.logs.failed_items import FAILED_ITEMS_FILE
 from airflow_parallel_run.core.logs.job_record import JOB_RECORD_FILE
+from airflow_parallel_run.core.plan import store as plan_store
 from airflow_parallel_run.core.plan.store import PlanStore
 
 # a mini-batch with a "bad" file raises; one with a "short" file returns a result fewer than its items;
@@ -79,11 +80,28 @@ def _bytes(out: Path, summary: dict[str, Any], job_id: str, cache: Path) -> dict
     }
 
 
+def spill_everything(patch: pytest.MonkeyPatch) -> None:
+    """Plan stores made from now on hold nothing in RAM: every mini-batch and fingerprint goes to disk."""
+    for name in ("HOLD_MINI_BATCHES", "HOLD_UNITS", "HOLD_FINGERPRINTS"):
+        patch.setattr(plan_store, name, 0)
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["spilled", "held"])
 @pytest.mark.parametrize("size", [1, 4])
 @pytest.mark.parametrize("output", ["jsonl", "csv", "parquet"])
 def test_the_spilled_plan_writes_what_the_whole_plan_writes(
-    dask_client: Client, write_script: Callable[..., str], tmp_path: Path, size: int, output: str
+    dask_client: Client,
+    write_script: Callable[..., str],
+    tmp_path: Path,
+    size: int,
+    output: str,
+    held: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The streaming plan, spilled to disk or held in RAM (a plan this small is, by default), writes the
+    bytes the whole-plan path writes."""
+    if not held:
+        spill_everything(monkeypatch)
     folders = _odd_tree(tmp_path / "in")
     inputs = [
         FileDataset.from_files([str(folders[0]), str(folders[1])]),
@@ -157,6 +175,7 @@ def test_a_spill_damaged_while_the_job_runs_fails_the_job(
     spill_folders: list[str],
 ) -> None:
     """A mini-batch read back from a damaged spill is never run as something else: the job fails."""
+    spill_everything(monkeypatch)
     original = PlanStore.append
 
     def append_then_damage(self: PlanStore, mb: Any) -> None:
@@ -181,8 +200,11 @@ def test_the_embedded_cluster_keeps_no_mini_batch_of_finished_tasks(
     write_script: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The embedded cluster's workers live in the driver's process: the tasks they ran must not keep
-    their mini-batches there (Dask's low-level event log kept the last 1,000 tasks' arguments)."""
+    their mini-batches there (Dask's low-level event log kept the last 1,000 tasks' arguments). The plan
+    is spilled, so that only what the cluster keeps is counted (a plan this small is held in RAM)."""
     from airflow_parallel_run.core.driver import loop
+
+    spill_everything(monkeypatch)
     from airflow_parallel_run.core.minibatch import MiniBatch
 
     alive: list[int] = []

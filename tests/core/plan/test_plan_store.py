@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from airflow_parallel_run.core.driver.attempts import Pending
 from airflow_parallel_run.core.json_stream import Encoded, Listed, dumps_bytes, dumps_chunks, streams
 from airflow_parallel_run.core.minibatch import FileRef, MiniBatch
+from airflow_parallel_run.core.plan import store as store_module
 from airflow_parallel_run.core.plan.store import FingerprintSpill, KeyColumn, PlanStore
 from airflow_parallel_run.core.spill import Spill, SpillError
 
@@ -46,8 +47,25 @@ def batch(index: int, names: list[str], **kw: object) -> MiniBatch:
     return MiniBatch(index=index, kind="file", input_index=0, items=len(files), files=files, **kw)  # type: ignore[arg-type]
 
 
+def spill_everything(patch: pytest.MonkeyPatch) -> None:
+    """Stores made from now on write every mini-batch and fingerprint out at once (none held in RAM)."""
+    for name in ("HOLD_MINI_BATCHES", "HOLD_UNITS", "HOLD_FINGERPRINTS"):
+        patch.setattr(store_module, name, 0)
+
+
+@pytest.fixture(params=["held", "spilled"])
+def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[PlanStore]:
+    """A plan store that holds its plan in RAM (a small plan), or one that spilled it from the start."""
+    if request.param == "spilled":
+        spill_everything(monkeypatch)
+    plan = PlanStore("file", "test")
+    yield plan
+    plan.close()
+
+
 @pytest.fixture
-def store() -> PlanStore:
+def spilled_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[PlanStore]:
+    spill_everything(monkeypatch)
     plan = PlanStore("file", "test")
     yield plan
     plan.close()
@@ -88,6 +106,35 @@ def test_mini_batches_come_in_order_only(store: PlanStore) -> None:
         store.reveal(1)  # never appended
 
 
+@pytest.mark.parametrize("limit", ["HOLD_MINI_BATCHES", "HOLD_UNITS"])
+def test_a_plan_held_in_ram_moves_to_the_spill_whole_and_in_order(
+    monkeypatch: pytest.MonkeyPatch, limit: str
+) -> None:
+    """Past the hold, what was held is written out in order and later mini-batches follow it: the plan
+    reads the same before, across and after the switch, and from then on from the spill (a record changed
+    on disk fails)."""
+    monkeypatch.setattr(store_module, limit, 4 if limit == "HOLD_MINI_BATCHES" else 9)
+    written = [batch(i, [f"/data/{i}/{n}" for n in ODD_NAMES[: 2 + i % 3]]) for i in range(9)]
+    plan = PlanStore("file", "switch")
+    try:
+        seen = []
+        for mb in written:
+            plan.append(mb)
+            plan.reveal(mb.index)
+            seen.append(plan._held is not None)
+            assert plan.batch(mb.index) == mb and plan.batch(0) == written[0]
+        assert seen[:3] == [True, True, True] and not seen[-1]  # held at first, spilled at the end
+        assert list(plan) == written
+        assert list(plan.documents()) == [json.dumps(mb.to_dict(), separators=(",", ":")) for mb in written]
+        path = os.path.join(plan.folder, "plan.bin")
+        data = Path(path).read_bytes().replace(b"/data/0/", b"/data/X/")
+        Path(path).write_bytes(data)
+        with pytest.raises(SpillError):
+            plan.batch(0)
+    finally:
+        plan.close()
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "swap", "extend"])
 def test_a_damaged_spill_fails_loudly(tmp_path: Path, damage: str) -> None:
     spill = Spill(str(tmp_path), "records.bin")
@@ -113,7 +160,8 @@ def test_a_damaged_spill_fails_loudly(tmp_path: Path, damage: str) -> None:
         spill.read(0)
 
 
-def test_a_tampered_mini_batch_record_fails_loudly(store: PlanStore) -> None:
+def test_a_tampered_mini_batch_record_fails_loudly(spilled_store: PlanStore) -> None:
+    store = spilled_store
     store.append(batch(0, ["/data/a.txt"]))
     store.reveal(0)
     path = os.path.join(store.folder, "plan.bin")
@@ -132,13 +180,17 @@ blocks = st.lists(
 )
 
 
+@pytest.mark.parametrize("hold", [0, 3, None], ids=["spilled", "held-then-spilled", "held"])
 @settings(max_examples=60, deadline=None)
-@given(blocks)
+@given(updates=blocks)
 def test_fingerprints_read_like_the_dict_they_replace(
-    tmp_path_factory: pytest.TempPathFactory, updates: list[dict[str, str]]
+    tmp_path_factory: pytest.TempPathFactory, updates: list[dict[str, str]], hold: int | None
 ) -> None:
     folder = tmp_path_factory.mktemp("fp")
-    spill = FingerprintSpill(str(folder / "fp.sqlite"))
+    with pytest.MonkeyPatch.context() as patch:
+        if hold is not None:
+            patch.setattr(store_module, "HOLD_FINGERPRINTS", hold)
+        spill = FingerprintSpill(str(folder / "fp.sqlite"))
     expected: dict[str, str] = {}
     try:
         for block in updates:
@@ -160,7 +212,10 @@ def test_fingerprints_read_like_the_dict_they_replace(
 
 @pytest.mark.parametrize("ascending", [True, False])
 @pytest.mark.parametrize("damage", ["change", "delete", "insert"])
-def test_tampered_fingerprints_fail_loudly(tmp_path: Path, damage: str, ascending: bool) -> None:
+def test_tampered_fingerprints_fail_loudly(
+    tmp_path: Path, damage: str, ascending: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spill_everything(monkeypatch)
     spill = FingerprintSpill(str(tmp_path / "fp.sqlite"))
     spill.update({"/a": "1", "/b": "2"})
     # ascending: the rows as they are; else /a twice, and the grouped read checks the rows it uses too
@@ -181,7 +236,10 @@ def test_tampered_fingerprints_fail_loudly(tmp_path: Path, damage: str, ascendin
     spill.close()
 
 
-def test_units_in_ascending_order_are_read_without_sorting(tmp_path: Path) -> None:
+def test_units_in_ascending_order_are_read_without_sorting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spill_everything(monkeypatch)
     spill = FingerprintSpill(str(tmp_path / "fp.sqlite"))
     units = [f"/data/d{i // 7:03d}/f{i:05d}" for i in range(200)]
     for start in range(0, 200, 30):
