@@ -9,8 +9,11 @@ Reading the slices back is tabular_read.py's.
 from __future__ import annotations
 
 import codecs
+import hashlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import fsspec
@@ -28,10 +31,25 @@ def _load_native_scan() -> Callable[..., tuple[Any, ...]] | None:
     """The native record scan (`_record_scan.c`), built by `pip install` where a C compiler is (setup.py);
     None without it: the numpy scan (`_ChunkScan`) decides the same record ends, about 2.5 times slower."""
     try:
-        from ._record_scan import scan_chunk
+        from . import _record_scan  # type: ignore[attr-defined]
     except ImportError:  # pragma: no cover - an install without a compiler
         return None
-    return scan_chunk  # type: ignore[no-any-return]
+    return usable_native_scan(_record_scan, Path(__file__).with_name("_record_scan.c"))
+
+
+def usable_native_scan(module: Any, source: Path) -> Callable[..., tuple[Any, ...]] | None:
+    """`module`'s scan, if it was built from `source` as it is now (or no source is next to it): a module
+    left over from an older checkout (its C file changed, `make install` not run again) could decide record
+    ends the code beside it no longer decides, so it is not used, and the planner says so once."""
+    if source.exists() and hashlib.sha256(source.read_bytes()).hexdigest() != module.SOURCE_SHA256:
+        warnings.warn(
+            f"{module.__file__} was built from another version of {source.name}: CSV and JSON Lines files are "
+            "planned with the numpy scan (same slices, slower); run `make install` (or pip install) again",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return module.scan_chunk  # type: ignore[no-any-return]
 
 
 _native_scan = _load_native_scan()

@@ -4,6 +4,7 @@ native record scan (`_record_scan.c`, built by `make install`) and with the nump
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import shlex
@@ -69,12 +70,12 @@ def test_the_native_record_scan_is_built() -> None:
     assert tabular_scan._native_scan is not None, "the native record scan is not built: run `make install`"
 
 
-@pytest.fixture(scope="module")
-def portable_scan(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[Any, ...]]:
-    """The native scan built with its portable word-at-a-time path (`-DAPR_PORTABLE_SCAN`), the one compilers
-    without SSE2 (ARM) use: `make install` builds the SSE2 path on these machines."""
-    folder = tmp_path_factory.mktemp("portable-scan")
-    source = Path(tabular_scan.__file__).with_name("_record_scan.c")
+_SOURCE = Path(tabular_scan.__file__).with_name("_record_scan.c")
+
+
+def _build(folder: Path, *defines: str) -> Any:
+    """The native scan's C file compiled into `folder` with these `-D` definitions, imported (not into
+    sys.modules)."""
     target = folder / f"_record_scan{sysconfig.get_config_var('EXT_SUFFIX')}"
     compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
     include = sysconfig.get_paths()["include"]
@@ -84,9 +85,9 @@ def portable_scan(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tup
             "-O2",
             "-shared",
             "-fPIC",
-            "-DAPR_PORTABLE_SCAN",
+            *(f"-D{d}" for d in defines),
             f"-I{include}",
-            str(source),
+            str(_SOURCE),
             "-o",
             str(target),
         ],
@@ -96,7 +97,29 @@ def portable_scan(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tup
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.scan_chunk  # type: ignore[no-any-return]
+    return module
+
+
+@pytest.fixture(scope="module")
+def portable_scan(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[Any, ...]]:
+    """The native scan built with its portable word-at-a-time path (`-DAPR_PORTABLE_SCAN`), the one compilers
+    without SSE2 (ARM) use: `make install` builds the SSE2 path on these machines."""
+    return _build(tmp_path_factory.mktemp("portable-scan"), "APR_PORTABLE_SCAN").scan_chunk  # type: ignore[no-any-return]
+
+
+def test_a_module_built_from_another_source_is_not_used(tmp_path: Path) -> None:
+    """A module left from an older checkout (built from another C file) is not used: the planner falls back
+    to the numpy scan and says why; one built from the C file next to it is used."""
+    digest = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()
+    (tmp_path / "current").mkdir()
+    (tmp_path / "older").mkdir()
+    current = _build(tmp_path / "current", f'APR_SOURCE_SHA256="{digest}"')
+    older = _build(tmp_path / "older", f'APR_SOURCE_SHA256="{"0" * 64}"')
+    assert tabular_scan.usable_native_scan(current, _SOURCE) is current.scan_chunk
+    with pytest.warns(RuntimeWarning, match="built from another version of _record_scan.c"):
+        assert tabular_scan.usable_native_scan(older, _SOURCE) is None
+    assert tabular_scan.usable_native_scan(older, tmp_path / "no-source.c") is older.scan_chunk  # a wheel
+    assert tabular_scan._native_scan is not None  # the installed module is current (`make install`)
 
 
 @pytest.mark.parametrize("native", ["sse2", "portable", "numpy"])
