@@ -453,6 +453,21 @@ class _QuoteTracker:
         ends: np.ndarray = odd == 0
         return ends
 
+    def native_record_ends(self, chunk: bytes, base: int, line_base: int) -> tuple[bytes, bytes | None, int]:
+        """`record_ends` by the native pass (`_record_scan.c`), which carries this tracker's state through the
+        chunk: the record-ending newlines' positions and their indices among all the chunk's newlines (None:
+        every newline ends a record), as int64 bytes, and the chunk's newline count."""
+        assert _native_scan is not None
+        ends, index, newlines, inside, closer, opened, opened_newlines = _native_scan(
+            chunk, _QUOTE, self.separator, self.last_byte, self.inside, self.last_closer - base
+        )
+        self.inside, self.last_closer = inside, base + closer
+        if chunk:
+            self.last_byte = chunk[-1]
+        if opened >= 0:
+            self.opened_at, self.opened_line = base + opened, line_base + opened_newlines
+        return ends, index, newlines
+
     def _at_field_start(self, arr: np.ndarray, quotes: np.ndarray, before: int) -> np.ndarray:
         """For each quote of the chunk: is it where a field starts (after the separator, a CR or a LF)?"""
         prev = arr[quotes - 1]
@@ -728,18 +743,11 @@ class _NativeChunkScan(_ChunkScan):
 
     def record_ends(self, quotes: _QuoteTracker | None) -> tuple[np.ndarray, np.ndarray | None]:
         assert _native_scan is not None
-        chunk, base = self.chunk, self.base
+        chunk = self.chunk
         if quotes is None:  # JSON Lines: every newline ends a record
             ends, index, self.all_newlines, *_ = _native_scan(chunk, -1, 0, _NL, False, -2)
         else:
-            ends, index, self.all_newlines, inside, closer, opened, opened_newlines = _native_scan(
-                chunk, _QUOTE, quotes.separator, quotes.last_byte, quotes.inside, quotes.last_closer - base
-            )
-            quotes.inside, quotes.last_closer = inside, base + closer
-            if chunk:
-                quotes.last_byte = chunk[-1]
-            if opened >= 0:
-                quotes.opened_at, quotes.opened_line = base + opened, self.lines + 1 + opened_newlines
+            ends, index, self.all_newlines = quotes.native_record_ends(chunk, self.base, self.lines + 1)
         line_index = None if index is None else np.frombuffer(index, dtype=np.int64)
         return np.frombuffer(ends, dtype=np.int64), line_index
 

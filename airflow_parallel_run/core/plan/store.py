@@ -60,7 +60,7 @@ class PlanStore:
         self.fingerprints = FingerprintSpill(os.path.join(self.folder, "fingerprints.sqlite"))
         self._held: list[MiniBatch] | None = []  # the plan while it is small (None: on disk)
         self._held_units = 0
-        self._hold = (HOLD_MINI_BATCHES, HOLD_UNITS)
+        self._hold_mini_batches, self._hold_units = HOLD_MINI_BATCHES, HOLD_UNITS
         self._closed = False
 
     # -- the listing's side ---------------------------------------------------------------------------
@@ -76,7 +76,7 @@ class PlanStore:
         else:
             held.append(mb)
             self._held_units += len(mb.files) + len(mb.slices)
-            if len(held) > self._hold[0] or self._held_units > self._hold[1]:
+            if len(held) > self._hold_mini_batches or self._held_units > self._hold_units:
                 for each in held:  # in order: record i is mini-batch i
                     self._write(each)
                 self._held = None  # only now: a reader that took the list reads from it meanwhile
@@ -276,10 +276,8 @@ class FingerprintSpill(Mapping[str, str]):
     def sorted_items(self) -> Iterator[tuple[str, str]]:
         """(unit, fingerprint) sorted by unit, each unit once with its last fingerprint."""
         with self._lock:
-            if self._held is not None:  # sorted as the table sorts them: by their bytes
-                held = self._held
-                for unit in sorted(held, key=lambda unit: unit.encode("utf-8", "surrogatepass")):
-                    yield unit, held[unit]
+            if self._held is not None:  # a string's code points sort as the table sorts its UTF-8 bytes
+                yield from sorted(self._held.items())
                 return
             if self._ascending:
                 for raw, fp in self._in_order():
@@ -336,10 +334,10 @@ class FingerprintSpill(Mapping[str, str]):
             return len(self._held) if self._held is not None else self._distinct()
 
     def __getitem__(self, unit: str) -> str:
-        raw = unit.encode("utf-8", "surrogatepass")
         with self._lock:
             if self._held is not None:
                 return self._held[unit]
+            raw = unit.encode("utf-8", "surrogatepass")
             if not self._indexed:
                 self._db.execute("CREATE INDEX fp_unit ON fp (unit, seq)")
                 self._indexed = True

@@ -240,6 +240,20 @@ def test_each_environment_gets_a_server_imported_under_it_and_atexit_hooks_run(
     assert len(seen["a"]) == 1, seen  # the third job forked from the first one's server
 
 
+def _forked_job_with_exits(
+    script: str, inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Runs `script` (it writes into $EXITS) over `inputs` in forked processes; returns that folder."""
+    exits = tmp_path / "exits"
+    exits.mkdir()
+    monkeypatch.setenv("EXITS", str(exits))
+    out = tmp_path / "out"
+    summary = _file_job(script, inputs, out, allow_reuse=False)
+    assert summary["status"] == "succeeded", summary
+    assert _servers(out), f"not forked: {_started_lines(out)}"
+    return exits
+
+
 def test_a_forked_process_exits_as_an_interpreter_exits(
     write_script: Callable[..., str],
     files: Callable[..., Path],
@@ -249,13 +263,7 @@ def test_a_forked_process_exits_as_an_interpreter_exits(
     """A forked process ends without tearing its modules down (the job's end does not wait for it), but
     its threads, atexit hooks and open files end as at an interpreter's exit. The files are made after
     the fork server's `gc.freeze()`, so they are the objects `_flush_open_files` walks."""
-    exits = tmp_path / "exits"
-    exits.mkdir()
-    monkeypatch.setenv("EXITS", str(exits))
-    out = tmp_path / "out"
-    summary = _file_job(write_script(EXIT_SCRIPT), files(6), out, allow_reuse=False)
-    assert summary["status"] == "succeeded", summary
-    assert _servers(out), f"not forked: {_started_lines(out)}"
+    exits = _forked_job_with_exits(write_script(EXIT_SCRIPT), files(6), tmp_path, monkeypatch)
     items = {
         int(path.name.split("-")[1]): len(path.read_text().splitlines()) - 1 for path in exits.glob("text-*")
     }
@@ -284,13 +292,7 @@ def test_a_file_the_script_froze_out_of_the_collector_is_still_flushed_at_the_ex
 ) -> None:
     """The exit looks for open files among the objects made since the fork server's `gc.freeze()`; a script
     that calls `gc.freeze()` itself hides its own from that view, so the exit looks at everything then."""
-    exits = tmp_path / "exits"
-    exits.mkdir()
-    monkeypatch.setenv("EXITS", str(exits))
-    out = tmp_path / "out"
-    summary = _file_job(write_script(FROZEN_FILE_SCRIPT), files(6), out, allow_reuse=False)
-    assert summary["status"] == "succeeded", summary
-    assert _servers(out), f"not forked: {_started_lines(out)}"
+    exits = _forked_job_with_exits(write_script(FROZEN_FILE_SCRIPT), files(6), tmp_path, monkeypatch)
     written = sorted(line for path in exits.glob("frozen-*") for line in path.read_text().splitlines())
     assert len(written) == 6, written
 
