@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import mmap
 import os
 import posixpath
 import random
@@ -28,6 +29,9 @@ from ..minibatch import FileRef
 from ..storage import is_local, local_path
 
 _CHUNK = 1 << 20
+_BUFFERS = threading.local()
+#: Pages of a thread's read buffer a read may leave filled (resident) after it: more are given back.
+_KEPT_FILLED = 1 << 16
 
 
 class Fingerprinter:
@@ -196,14 +200,31 @@ def _memo_query(count: int) -> str:
 
 
 def hash_stream(handle: Any) -> str:
-    """xxh3-128 of a binary stream, read in chunks into one reused buffer (never a whole file in memory, and
-    no new bytes object per chunk: that costs a copy more)."""
+    """xxh3-128 of a binary stream, read in chunks into this thread's buffer (never a whole file in memory,
+    and no new bytes object per chunk: that costs a copy more)."""
     digest = xxhash.xxh3_128()
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    while size := handle.readinto(buffer):
+    buffer, view = _read_buffer()
+    filled = 0
+    while size := handle.readinto(view):
         digest.update(view[:size])
+        filled = max(filled, size)
+    if filled > _KEPT_FILLED and hasattr(buffer, "madvise"):
+        buffer.madvise(mmap.MADV_DONTNEED)  # a long-lived thread (a Dask worker's) keeps no MiB it filled
     return _fingerprint(digest)
+
+
+def _read_buffer() -> tuple[mmap.mmap, memoryview]:
+    """This thread's `_CHUNK`-byte read buffer: an anonymous memory map, made once per thread and unmapped
+    when the thread ends. A bytearray per file zeroed a MiB per file (a million small files: a terabyte of
+    memset) and, freed, stayed in the thread's malloc arena, where glibc keeps it: each hashing thread left
+    1-2 MB there (docs/performance.md, "The hashing threads' buffers"). A map's pages cost memory only once
+    a read fills them (an empty file: none), and go back to the system with the thread, or after a read
+    that filled more than `_KEPT_FILLED` bytes of them."""
+    made: tuple[mmap.mmap, memoryview] | None = getattr(_BUFFERS, "made", None)
+    if made is None:
+        buffer = mmap.mmap(-1, _CHUNK)
+        made = _BUFFERS.made = (buffer, memoryview(buffer))
+    return made
 
 
 def _fingerprint(digest: Any) -> str:

@@ -3,11 +3,14 @@ moment must all get it (two deferred jobs submitted together once failed with 'd
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from airflow_parallel_run.core.inputs import fingerprint
 from airflow_parallel_run.core.inputs.fingerprint import Fingerprinter
@@ -230,3 +233,91 @@ def test_large_files_are_hashed_side_by_side(tmp_path: Path, monkeypatch: pytest
         hashes = memo.local_files([str(p) for p in paths])
     assert hashes == {str(p): _xxh3(p.read_bytes()) for p in paths}
     assert alone == []
+
+
+def test_a_reused_read_buffer_hashes_each_file_as_it_is(tmp_path: Path) -> None:
+    """Files of every size around the chunk, hashed in one thread after one another (each one's hash after a
+    longer file filled the buffer), by a pool of threads, and one at a time: xxh3-128 of exactly their bytes."""
+    chunk = fingerprint._CHUNK
+    sizes = [3 * chunk + 5, 0, 1, chunk - 1, chunk, chunk + 1, 7, 2 * chunk, 3]
+    paths = []
+    for n, size in enumerate(sizes):
+        path = tmp_path / f"f{n}"
+        path.write_bytes(os.urandom(size))
+        paths.append(str(path))
+    expected = {p: f"xxh3:{xxhash.xxh3_128(Path(p).read_bytes()).hexdigest()}" for p in paths}
+    assert {p: fingerprint._hash_local(p) for p in paths} == expected
+    assert {p: fingerprint._hash_local(p) for p in reversed(paths)} == expected
+    with Fingerprinter(str(tmp_path / "memo.sqlite")) as memo:
+        assert memo.local_files(paths) == expected
+
+
+def test_hashing_small_files_allocates_no_chunk_per_file(tmp_path: Path) -> None:
+    """Hashing a file used to allocate (and zero) a new `_CHUNK` buffer: a MiB of memset per file, freed into
+    the hashing thread's malloc arena, where glibc kept it (docs/performance.md, "The hashing threads'
+    buffers"). Now a thread's buffer is an anonymous map made once: hashing 300 small files in a pool allocates
+    less on the heap than one chunk, and makes one buffer per thread at most."""
+    paths = []
+    for n in range(300):
+        path = tmp_path / f"f{n:03d}"
+        path.write_bytes(b"x" * n)
+        paths.append(str(path))
+    made: list[int] = []
+    real_map = fingerprint.mmap.mmap
+
+    class CountingMmap:
+        @staticmethod
+        def mmap(*args: object, **kwargs: object) -> object:
+            made.append(threading.get_ident())
+            return real_map(*args, **kwargs)  # type: ignore[arg-type]
+
+    with Fingerprinter(str(tmp_path / "memo.sqlite")) as memo:
+        original = fingerprint.mmap
+        fingerprint.mmap = CountingMmap  # type: ignore[assignment]
+        tracemalloc.start()
+        try:
+            hashes = memo.local_files(paths)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            fingerprint.mmap = original
+    assert len(hashes) == 300
+    assert peak < fingerprint._CHUNK
+    assert 1 <= len(made) == len(set(made)) <= 8
+
+
+def _resident_kib(buffer: object) -> int:
+    """Resident KiB of the anonymous map `buffer` (Linux: its entry in /proc/self/smaps)."""
+    start = ctypes.addressof(ctypes.c_char.from_buffer(buffer))  # type: ignore[arg-type]
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        first = line.split()[0]
+        if "-" in first and not first.endswith(":"):
+            low, high = (int(end, 16) for end in first.split("-"))
+            inside = low <= start < high
+        elif inside and first == "Rss:":
+            return int(line.split()[1])
+    raise AssertionError("the buffer is not mapped")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps")
+def test_a_thread_keeps_no_buffer_pages_a_large_file_filled(tmp_path: Path) -> None:
+    """A Dask worker's thread lives as long as the cluster: after hashing a file larger than `_KEPT_FILLED`
+    its buffer's pages are given back; after a small one, at most those the small one filled stay."""
+    large, small = tmp_path / "large", tmp_path / "small"
+    large.write_bytes(os.urandom(3 * fingerprint._CHUNK))
+    small.write_bytes(b"abc")
+    seen: dict[str, int] = {}
+
+    def hash_both() -> None:
+        fingerprint._hash_local(str(large))
+        buffer, _ = fingerprint._read_buffer()
+        seen["after large"] = _resident_kib(buffer)
+        fingerprint._hash_local(str(small))
+        seen["after small"] = _resident_kib(buffer)
+
+    thread = threading.Thread(target=hash_both)
+    thread.start()
+    thread.join()
+    assert seen["after large"] == 0
+    assert seen["after small"] <= 8
