@@ -629,6 +629,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.script_arguments = arguments
     if args.command == "run":
         _check_run_arguments(args, argv)
+        from .core.driver.allocator import own_process  # lazy: the CLI's start imports no Dask
+
+        own_process()  # the job's driver runs here and the process ends after it (core/driver/allocator.py)
         startup = _Startup()
         # SIGINT/SIGTERM are taken by the relay thread from here (cli_signals.py); one that was pending
         # when the CLI started is taken at once, as an interruption.

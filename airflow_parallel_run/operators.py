@@ -39,6 +39,7 @@ from airflow_parallel_run.core import (
     ParallelRunConfig,
     run_job,
 )
+from airflow_parallel_run.core.driver.allocator import own_process
 from airflow_parallel_run.core.driver.cluster import ClusterError, dashboard_link, select_hosts
 from airflow_parallel_run.core.driver.job import JobRequest
 from airflow_parallel_run.core.driver.watch_lease import DEFAULT_WATCH_LEASE_S, check_watch_lease
@@ -544,7 +545,9 @@ class ParallelRunOperator(LineageMixin, BaseOperator):
             )
 
     def _run_watched(self, identity: TaskIdentity, target: Any) -> dict[str, Any]:
-        """The job in a thread; this (main) thread keeps Airflow's signals (airflow_parallel_run/task_run.py)."""
+        """The job in a thread; this (main) thread keeps Airflow's signals (airflow_parallel_run/task_run.py).
+        The driver runs in this task's process, which ends after it (core/driver/allocator.py)."""
+        own_process()
         return self._watch.run(
             identity, target, self.execution_timeout, self._log_outcome, name=f"parallel-run-{self.task_id}"
         )

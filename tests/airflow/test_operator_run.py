@@ -18,6 +18,7 @@ from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowException
 from distributed import LocalCluster
 
+from airflow_parallel_run import operators
 from airflow_parallel_run.core import ParallelRunConfig
 from airflow_parallel_run.links import DASHBOARD_XCOM_KEY
 from airflow_parallel_run.operators import SUMMARY_XCOM_KEY, ParallelRunOperator
@@ -95,6 +96,8 @@ def test_run_on_a_dask_connection(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     address = cluster.scheduler_address
+    owned: list[bool] = []  # the driver runs in the task's process: it owns it (core/driver/allocator.py)
+    monkeypatch.setattr(operators, "own_process", lambda: owned.append(True))
     monkeypatch.setenv(
         "AIRFLOW_CONN_DASK_TEST_CLUSTER",
         f'{{"conn_type": "dask", "extra": {{"address": "{address}", "dashboard_url": "http://dash:8787/status"}}}}',
@@ -112,7 +115,7 @@ def test_run_on_a_dask_connection(
     op.render_template_fields(context)  # type: ignore[arg-type]
     summary = op.execute(context)  # type: ignore[arg-type]
     log = capfd.readouterr().out
-    assert summary["status"] == "succeeded"
+    assert summary["status"] == "succeeded" and owned == [True]
     assert (summary["total_items"], summary["total_mini_batches"]) == (10, 4)
     lines = Path(summary["append_row_file"]).read_text().splitlines()
     assert lines == [f"{i} scored" for i in range(10)]

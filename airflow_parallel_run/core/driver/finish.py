@@ -15,6 +15,7 @@ from ..logs.job_record import job_record, write_job_record
 from ..logs.joblogs import JobLogs
 from ..spill import SpillError
 from ..summary import JobSummary, summarise, verdict
+from .allocator import large_blocks_returned
 from .stopping import StopRecord, stamp
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ def prepare_report() -> threading.Thread:
 def _write_report(logs: JobLogs, log_root: str) -> None:
     from ..logs.report import build_report  # lazy: keeps plotly out of the workers' imports
 
+    large_blocks_returned()  # in a process the engine owns: the build's arrays go back when freed
     try:
         build_report(log_root)
     except Exception as exc:  # noqa: BLE001 - the report is a convenience; the job's result stands
