@@ -5,6 +5,7 @@ a fresh interpreter: glibc's setting lasts as long as the process."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -20,30 +21,37 @@ from airflow_parallel_run.core.logs import report
 glibc = pytest.mark.skipif(allocator._glibc_mallopt() is None, reason="glibc's allocator only")
 
 #: Frees a 1 MiB block (glibc raises its threshold to 1 MiB), then asks for 512 KiB: whether that block is a
-#: map of its own (mallinfo2's count of mapped blocks goes up) or comes from the heap.
+#: map of its own (the IS_MMAPPED bit of its chunk's size field, glibc's malloc.c) or comes from the heap. The
+#: module is loaded from its file alone: the interpreter imports nothing else (no thread of a library's that
+#: could allocate meanwhile), and the block's own bit is read, not a count another thread could change.
 PROBE = """
-import ctypes, json, sys
-from airflow_parallel_run.core.driver import allocator
-class Info(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+import ctypes, importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("allocator_alone", sys.argv[1])
+allocator = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(allocator)
 libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = Info
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 {before}
 libc.free(libc.malloc(1 << 20))
-mapped = libc.mallinfo2().hblks
 block = libc.malloc(512 << 10)
-print(json.dumps({{"fixed": fixed, "mapped": libc.mallinfo2().hblks > mapped}}))
+size_field = ctypes.c_size_t.from_address(block - ctypes.sizeof(ctypes.c_size_t)).value
+print(json.dumps({{"fixed": fixed, "mapped": bool(size_field & 2)}}))
 libc.free(block)
 """
 
 
 def _probe(before: str) -> dict[str, bool]:
     code = PROBE.format(before=textwrap.dedent(before))
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", code, allocator.__file__],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
     )
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
