@@ -61,10 +61,13 @@ class Fingerprinter:
     def local_file(self, path: str) -> str:
         return self.local_files([path])[path]
 
-    def local_files(self, paths: Sequence[str]) -> dict[str, str]:
-        """Fingerprints of local files: one stat each, one memo query, and hashing only for files whose
-        (size, mtime_ns, inode) changed, in parallel chunks. Every file is stat'ed after its memo row is
-        read, so a row written meanwhile by another job is compared with the file as it is now."""
+    def local_files(self, paths: Sequence[str], *, listed: bool = False) -> dict[str, str]:
+        """Fingerprints of local files: one memo query, and hashing only for files whose (size, mtime_ns,
+        inode) changed, in parallel chunks. With `listed` (the files of a plan, as its listing yielded
+        them: `many`), a file's identity is the one the listing stat'ed moments ago (`LISTED_STATS`), else a
+        stat now: a folder's listing stats every file for its size, and a second stat here was a quarter of
+        a fully reused re-run's planning (docs/performance.md, "One stat per file"). A file to hash is
+        stat'ed again first, so its memo row holds the identity it has as it is read."""
         known: dict[str, tuple[int, int, int, str]] = {}
         with self._lock:
             for start in range(0, len(paths), 900):  # SQLite's parameter limit
@@ -74,20 +77,18 @@ class Fingerprinter:
         result: dict[str, str] = {}
         misses = []
         stats: dict[str, os.stat_result] = {}
-        stat = os.stat
+        stat, take = os.stat, (LISTED_STATS.take if listed else _not_listed)
         for path in paths:
-            now = stat(path)
             row = known.get(path)
-            if (
-                row is not None
-                and row[0] == now.st_size
-                and row[1] == now.st_mtime_ns
-                and row[2] == now.st_ino
-            ):
+            seen = take(path)  # (size, mtime_ns, inode) as the listing stat'ed it just before: no second stat
+            if seen is None:
+                now = stat(path)
+                seen = (now.st_size, now.st_mtime_ns, now.st_ino)
+            if row is not None and row[0] == seen[0] and row[1] == seen[1] and row[2] == seen[2]:
                 result[path] = row[3]
             elif path not in stats:
                 misses.append(path)
-                stats[path] = now
+                stats[path] = stat(path)  # to be hashed: the memo row gets the file's identity as it is now
         unread = []
         for path in misses:
             read = _READ_HASHES.get(stats[path])
@@ -139,7 +140,7 @@ class Fingerprinter:
                 local[url] = local_path(url)
             else:
                 others[url] = ref  # the last ref of a URL, as a dict built over them keeps
-        hashes = self.local_files(list(local.values())) if local else {}
+        hashes = self.local_files(list(local.values()), listed=True) if local else {}
         result = {url: hashes[path] for url, path in local.items()}
         for url, ref in others.items():
             result[url] = self.file(ref, storage_options)
@@ -256,6 +257,61 @@ class _ReadHashes:
     def get(self, stat: os.stat_result) -> str | None:
         with self._lock:
             return self._hashes.get(_identity(stat))
+
+
+class _ListedStats:
+    """(size, mtime_ns, inode) of local files as a folder's listing stat'ed them (core/inputs/listing.py), by
+    path, for `Fingerprinter.local_files` to take moments later instead of a second stat: the listing yields
+    a file as the planner asks for it, and the plan's thread fingerprints a block of them right after.
+
+    Served only to the thread that listed the file, once, and only within `max_age_s` of the listing: a
+    listing whose files were never fingerprinted (a dry run, a stopped plan) leaves nothing another job,
+    or a later fingerprint in the same thread, could take for the file as it is now, beyond the moments
+    within which a fingerprint could never tell anyway. Bounded per thread (`limit`, oldest dropped); a file
+    without an entry is stat'ed as before."""
+
+    def __init__(self, limit: int = 16_384, max_age_s: float = 2.0) -> None:
+        self._local = threading.local()
+        self.limit = limit
+        self.max_age_s = max_age_s
+
+    def _stats(self) -> OrderedDict[str, tuple[int, int, int, float]]:
+        stats: OrderedDict[str, tuple[int, int, int, float]] | None = getattr(self._local, "stats", None)
+        if stats is None:
+            stats = self._local.stats = OrderedDict()
+        return stats
+
+    def put(self, path: str, size: int, mtime_ns: int, inode: int) -> None:
+        """Keeps a listed file's identity; drops the oldest entries past `limit` and those too old to serve."""
+        stats, now = self._stats(), time.monotonic()
+        stats[path] = (size, mtime_ns, inode, now)
+        stats.move_to_end(path)
+        while len(stats) > self.limit:
+            stats.popitem(last=False)
+        # leftovers of a listing never fingerprinted go as the next listing runs (the newest is this one)
+        while now - next(iter(stats.values()))[3] > self.max_age_s:
+            stats.popitem(last=False)
+
+    def take(self, path: str) -> tuple[int, int, int] | None:
+        stats = self._stats()
+        if not stats:
+            return None
+        entry = stats.pop(path, None)
+        if entry is None or time.monotonic() - entry[3] > self.max_age_s:
+            return None
+        return entry[0], entry[1], entry[2]
+
+    def __len__(self) -> int:
+        """Entries held for this thread (tests)."""
+        return len(self._stats())
+
+
+LISTED_STATS = _ListedStats()
+
+
+def _not_listed(path: str) -> None:
+    """No listed identity: a file fingerprinted outside a plan's listing (a side input, the code) is stat'ed."""
+    return None
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:

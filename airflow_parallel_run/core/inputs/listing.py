@@ -20,6 +20,7 @@ from fsspec.core import url_to_fs
 from ..errors import ConfigError, InputError
 from ..minibatch import FileRef, MiniBatch
 from ..storage import is_local, to_url
+from .fingerprint import LISTED_STATS
 from .source import ConnectionResolver, CredentialMode, InputChange
 
 if TYPE_CHECKING:
@@ -51,19 +52,22 @@ def _hidden(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
-def _folder_rows(folder: str) -> list[tuple[str, str, int]]:
-    """One folder's entries as (sort key, path, size; -1 for a sub-folder), sorted. A sub-folder's key is
-    its name + '/': every path inside it starts with that, so sorting names this way orders the folder's
-    files and sub-folders as sorting their full paths does ('a.txt' < 'a/x': '.' sorts before '/')."""
-    rows: list[tuple[str, str, int]] = []
+def _folder_rows(folder: str) -> list[tuple[str, str, int, int, int]]:
+    """One folder's entries as (sort key, path, size, mtime_ns, inode; size -1 for a sub-folder), sorted. A
+    sub-folder's key is its name + '/': every path inside it starts with that, so sorting names this way
+    orders the folder's files and sub-folders as sorting their full paths does ('a.txt' < 'a/x': '.' sorts
+    before '/'). A file's mtime_ns and inode come from the stat its size needs: its fingerprint takes them
+    instead of a stat of its own (`LISTED_STATS`, core/inputs/fingerprint.py)."""
+    rows: list[tuple[str, str, int, int, int]] = []
     with os.scandir(folder) as entries:
         for entry in entries:
             if _hidden(entry.name):
                 continue
             if entry.is_dir(follow_symlinks=True):
-                rows.append((entry.name + "/", entry.path, -1))
+                rows.append((entry.name + "/", entry.path, -1, 0, 0))
             elif entry.is_file(follow_symlinks=True):
-                rows.append((entry.name, entry.path, entry.stat(follow_symlinks=True).st_size))
+                st = entry.stat(follow_symlinks=True)
+                rows.append((entry.name, entry.path, st.st_size, st.st_mtime_ns, st.st_ino))
             else:  # a dangling symlink, a FIFO, a socket: never drop an input item silently
                 raise InputError(
                     f"input entry {entry.path!r} is not a readable file or folder (a dangling symlink, "
@@ -73,22 +77,24 @@ def _folder_rows(folder: str) -> list[tuple[str, str, int]]:
     return rows
 
 
-def _walk_local_dir(root: str) -> Iterator[tuple[str, int]]:
-    """(path, size) of every file under `root`, already in sorted path order, one folder at a time: an
-    os.scandir walk (100,000 files in about a second, no contents read) that holds one sorted folder per
-    level of depth, never the whole listing, so planning can start on the first files while the rest
-    are still being listed."""
+def _walk_local_dir(root: str) -> Iterator[FileRef]:
+    """Every file under `root`, already in sorted path order, one folder at a time: an os.scandir walk
+    (100,000 files in about a second, no contents read) that holds one sorted folder per level of depth,
+    never the whole listing, so planning can start on the first files while the rest are still being
+    listed. Each file's stat is left for its fingerprint as it is yielded (`LISTED_STATS`)."""
+    put = LISTED_STATS.put
     stack = [iter(_folder_rows(root))]
     while stack:
         row = next(stack[-1], None)
         if row is None:
             stack.pop()
             continue
-        _key, path, size = row
+        _key, path, size, mtime_ns, inode = row
         if size < 0:
             stack.append(iter(_folder_rows(path)))
         else:
-            yield path, size
+            put(path, size, mtime_ns, inode)
+            yield FileRef(path, size)
 
 
 def list_input(path: str, storage_options: dict[str, Any]) -> tuple[str, list[FileRef]]:
@@ -238,7 +244,7 @@ def _expand(
                 )
     elif fs.isdir(fs_path):
         if local:
-            return fs_path, (FileRef(p, size) for p, size in _walk_local_dir(fs_path))
+            return fs_path, _walk_local_dir(fs_path)
         root = fs_path
         refs = _list_dir(fs, fs_path, local)
     elif fs.exists(fs_path):
@@ -253,7 +259,7 @@ def _expand(
 
 def _list_dir(fs: fsspec.AbstractFileSystem, path: str, local: bool) -> list[FileRef]:
     if local:
-        return [FileRef(p, size) for p, size in _walk_local_dir(path)]
+        return list(_walk_local_dir(path))
     refs = []
     for name, info in fs.find(path, detail=True).items():
         rel = posixpath.relpath(name, path)
