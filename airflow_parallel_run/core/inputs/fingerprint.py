@@ -77,18 +77,21 @@ class Fingerprinter:
         result: dict[str, str] = {}
         misses = []
         stats: dict[str, os.stat_result] = {}
-        stat, take = os.stat, (LISTED_STATS.take if listed else _not_listed)
+        stat, take = os.stat, LISTED_STATS.take
         for path in paths:
             row = known.get(path)
-            seen = take(path)  # (size, mtime_ns, inode) as the listing stat'ed it just before: no second stat
+            # (size, mtime_ns, inode) as the listing stat'ed it just before: no second stat
+            seen = take(path) if listed else None
+            now = None
             if seen is None:
                 now = stat(path)
                 seen = (now.st_size, now.st_mtime_ns, now.st_ino)
-            if row is not None and row[0] == seen[0] and row[1] == seen[1] and row[2] == seen[2]:
+            if row is not None and row[:3] == seen:
                 result[path] = row[3]
             elif path not in stats:
                 misses.append(path)
-                stats[path] = stat(path)  # to be hashed: the memo row gets the file's identity as it is now
+                # to be hashed: the memo row gets the file's identity as it is now (a listed one is re-stat'ed)
+                stats[path] = now if now is not None else stat(path)
         unread = []
         for path in misses:
             read = _READ_HASHES.get(stats[path])
@@ -307,11 +310,6 @@ class _ListedStats:
 
 
 LISTED_STATS = _ListedStats()
-
-
-def _not_listed(path: str) -> None:
-    """No listed identity: a file fingerprinted outside a plan's listing (a side input, the code) is stat'ed."""
-    return None
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
