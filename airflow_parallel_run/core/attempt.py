@@ -7,6 +7,7 @@ nothing of the engine: the entry-script process loads it before the user's scrip
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -24,7 +25,8 @@ class AttemptStatus(str, Enum):
                         async run() is cancelled; its process goes only if it blocks)
     INIT_EXCEPTION      importing the script or init() raised                                 child
     INIT_TIMEOUT        init() exceeded run_invocation_timeout                                worker
-    LOAD_EXCEPTION      reading the mini-batch's data failed                                  child
+    LOAD_EXCEPTION      reading the mini-batch's data failed, or an input file changed after   child /
+                        the job fingerprinted it (checked as the attempt commits)             driver
     LOAD_TIMEOUT        reading exceeded load_timeout                                         worker
     PROCESS_DIED        the entry-script process died, or the Dask worker running it was lost worker / driver
     SYSTEM_ERROR        a bug of the runner itself                                            worker
@@ -117,3 +119,17 @@ class AttemptResult:
     @property
     def failed(self) -> int:
         return self.total - self.succeeded
+
+    def refused(self, status: AttemptStatus, error: str, *, retriable: bool = True) -> AttemptResult:
+        """This successful attempt failed as it commits (its part is neither output nor cached): the
+        driver's own checks, after the worker said it succeeded."""
+        return dataclasses.replace(
+            self,
+            status=status,
+            stage=AttemptStage.COMMIT,
+            error=error,
+            traceback=error + "\n",
+            succeeded=0,
+            part_url=None,
+            retriable=retriable,
+        )

@@ -317,6 +317,7 @@ class JobDriver:
         nothing more to them)."""
         if self.store is not None:
             self.store.close()
+        self.reuse.close()
         sink = getattr(self, "sink", None)  # made once the folder is claimed
         if sink is not None:
             sink.close()
@@ -697,10 +698,12 @@ class JobDriver:
         self.stop.request(threshold_breach(self.tally, self.config, all_scheduled=all_scheduled))
 
     def _admit(self, mb: MiniBatch, result: AttemptResult) -> AttemptResult:
-        """A successful attempt whose records cannot join the job's schema fails (and is not committed)."""
+        """A successful attempt fails (and is not committed) when an input file changed after the job
+        fingerprinted it, or when its records cannot join the job's schema (checked second: a schema
+        admits the columns it is shown)."""
         if mb.index in self.tally.finished:
             return result  # a duplicate delivery: the first outcome stands
-        return self.sink.admit(mb.index, result)
+        return self.sink.admit(mb.index, self.reuse.check_inputs(mb, result))
 
     def _finalise(self, mb: MiniBatch, result: AttemptResult) -> None:
         """Counts a mini-batch's final outcome; a success is stored in the cache (unless reused) and

@@ -9,10 +9,9 @@ commit stage); a reused part that cannot runs again instead of being reused.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 
-from ..attempt import AttemptResult, AttemptStage, AttemptStatus
+from ..attempt import AttemptResult, AttemptStatus
 from ..storage import join
 from .assemble import assemble
 from .commit_log import CommitLog
@@ -44,15 +43,7 @@ class JobOutput:
         problem = self.schema.admit(index, result.columns, result.schema)
         if problem is None:
             return result
-        return dataclasses.replace(
-            result,
-            status=AttemptStatus.RUN_INVALID_RESULT,
-            stage=AttemptStage.COMMIT,
-            error=problem,
-            traceback=problem + "\n",
-            succeeded=0,
-            part_url=None,
-        )
+        return result.refused(AttemptStatus.RUN_INVALID_RESULT, problem)
 
     def admit_reused(self, hits: Mapping[int, AttemptResult]) -> dict[int, AttemptResult]:
         """Cached parts join the job's schema like fresh ones (in mini-batch order); one that cannot is run

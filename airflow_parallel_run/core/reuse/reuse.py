@@ -8,6 +8,7 @@ takes them as callbacks (core/output/sink.py).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +22,18 @@ from ..minibatch import MiniBatch
 from ..output.schema import schema_from_text, schema_to_text
 from ..plan import Plan
 from ..plan.store import FingerprintSpill, KeyColumn, PlanStore
+from ..storage import is_local, local_path
 from ..worker.messages import PartialRun
 from ..worker.rerun_items import sha256_of
 from .cache import MiniBatchCache, memo_path
 from .components import component_digests, digest32, explain_change, explain_inputs, job_components
 from .key import key_fields, mini_batch_key
+
+
+def _some(urls: Sequence[str]) -> str:
+    """Up to three URLs, and how many more."""
+    return ", ".join(urls[:3]) + (f" (+{len(urls) - 3} more)" if len(urls) > 3 else "")
+
 
 #: Schema admission of reused results: {index: result} -> those that join the job's schema.
 Admit = Callable[[Mapping[int, AttemptResult]], dict[int, AttemptResult]]
@@ -78,6 +86,7 @@ class Reuse:
         self.plan: list[MiniBatch] | PlanStore = store if store is not None else []
         self.fingerprints: dict[str, str] | FingerprintSpill = store.fingerprints if store is not None else {}
         self.keys = KeyColumn()
+        self._memo: Fingerprinter | None = None  # opened by the first `check_inputs` that needs it
         with Fingerprinter(memo_path(cache.root), cache.storage_options) as memo:
             side = {url: memo.path(url) for url in side_inputs}
             self.components = job_components(config, code_files, arguments, side, entry)
@@ -207,6 +216,75 @@ class Reuse:
         return explain_change(previous.get("components", {}), self._digests()) or explain_inputs(
             previous.get("inputs", {}), misses, self.fingerprints
         )
+
+    # -- checking what ran --------------------------------------------------------------------------
+    def check_inputs(self, mb: MiniBatch, result: AttemptResult) -> AttemptResult:
+        """A successful attempt of `mb` fails if one of its local input files is no longer the file its
+        key was computed from: run() (or the read of its slices) may have read other bytes than those the
+        key, the cache entry and the job's record name, and a result cached under the old bytes' key would
+        be served as theirs once they are back. Not retried: another try would read the changed file under
+        the same key; the next run of the job plans the files as they are then. A file that is gone (a
+        run() that moves or deletes what it processed) keeps the result, uncached: run() read it before it
+        went, and nothing can tell which bytes it read.
+
+        A file whose size, mtime_ns and inode are the ones it was fingerprinted with passes on one stat; one
+        that differs is hashed again, so a file touched or copied over with the same bytes passes too. Bytes
+        changed and put back during the attempt, with a new identity, are not told. Object-store inputs are
+        not checked here (a request per file); sources of pieces check their own as they read them
+        (core/inputs/sql.py)."""
+        if not result.ok or result.reused or not (mb.files or mb.slices):
+            return result
+        changed, gone = self._changed_files(mb)
+        if gone and not changed:
+            why = f"input file {_some(gone)} was deleted or moved after the job fingerprinted it"
+            return dataclasses.replace(result, uncacheable=result.uncacheable or why)
+        if not changed:
+            return result
+        error = (
+            f"DataChangedError: input file {_some(changed)} changed after the job fingerprinted it: run() may "
+            "have read other bytes than those the mini-batch's cache key names, so its result is neither output "
+            "nor cached, and it is not retried (another try would read the changed file under the same key); "
+            "run the job again to process the files as they are now"
+        )
+        return result.refused(AttemptStatus.LOAD_EXCEPTION, error, retriable=False)
+
+    def _changed_files(self, mb: MiniBatch) -> tuple[list[str], list[str]]:
+        """`mb`'s local files whose bytes are not those of the fingerprint its key used, and those gone."""
+        paths: dict[str, str] = {}
+        for url in mb.units():
+            if "://" not in url:  # the local listing's URLs are plain paths (`Fingerprinter.many`)
+                paths[url] = url
+            elif is_local(url):
+                paths[url] = local_path(url)
+        if not paths:
+            return [], []
+        if self._memo is None:
+            self._memo = Fingerprinter(memo_path(self.cache.root), self.cache.storage_options)
+        memo = self._memo
+        try:
+            now: dict[str, str | None] = dict(memo.local_files(list(paths.values())))
+        except OSError:  # one is gone (or unreadable): told apart one by one
+            now = {}
+            for path in paths.values():
+                try:
+                    now[path] = memo.local_file(path)
+                except FileNotFoundError:
+                    now[path] = None
+                except OSError as exc:  # there, but not readable now: not the bytes the key names
+                    now[path] = f"unreadable: {exc}"
+        changed = [
+            url
+            for url, path in paths.items()
+            if now[path] is not None and now[path] != self.fingerprints[url]
+        ]
+        gone = [url for url, path in paths.items() if now[path] is None]
+        return changed, gone
+
+    def close(self) -> None:
+        """The memo the commit checks opened (if any) is closed."""
+        if self._memo is not None:
+            self._memo.close()
+            self._memo = None
 
     # -- storing -------------------------------------------------------------------------------------
     def commit(self, result: AttemptResult, files_url: str | None) -> str | None:
