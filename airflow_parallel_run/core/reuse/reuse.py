@@ -249,7 +249,12 @@ class Reuse:
         return result.refused(AttemptStatus.LOAD_EXCEPTION, error, retriable=False)
 
     def _changed_files(self, mb: MiniBatch) -> tuple[list[str], list[str]]:
-        """`mb`'s local files whose bytes are not those of the fingerprint its key used, and those gone."""
+        """`mb`'s local files whose bytes are not those its key was computed from, and those gone.
+
+        Told by computing the key again with the files' fingerprints now: that compares with the very
+        fingerprints the key used (a tabular file whose slices span two planning blocks, changed between
+        them, has two; the job's table keeps the last), and looks nothing up in a spilled plan's table
+        while its listing still writes it. Which file changed is looked up only when one did."""
         paths: dict[str, str] = {}
         for url in mb.units():
             if "://" not in url:  # the local listing's URLs are plain paths (`Fingerprinter.many`)
@@ -262,22 +267,28 @@ class Reuse:
             self._memo = Fingerprinter(memo_path(self.cache.root), self.cache.storage_options)
         memo = self._memo
         try:
-            now: dict[str, str | None] = dict(memo.local_files(list(paths.values())))
+            hashes: dict[str, str | None] = dict(memo.local_files(list(paths.values())))
         except OSError:  # one is gone (or unreadable): told apart one by one
-            now = {}
+            hashes = {}
             for path in paths.values():
                 try:
-                    now[path] = memo.local_file(path)
+                    hashes[path] = memo.local_file(path)
                 except FileNotFoundError:
-                    now[path] = None
+                    hashes[path] = None
                 except OSError as exc:  # there, but not readable now: not the bytes the key names
-                    now[path] = f"unreadable: {exc}"
+                    hashes[path] = f"unreadable: {exc}"
+        now = {url: hashes[path] for url, path in paths.items()}
+        gone = [url for url, value in now.items() if value is None]
+        if not gone:
+            units = {unit: now.get(unit) or self.fingerprints[unit] for unit in mb.units()}  # + other stores'
+            key = mini_batch_key(self.cache_key, mb, units, self.read_options[mb.input_index])
+            if key == self.keys[mb.index]:
+                return [], []
         changed = [
-            url
-            for url, path in paths.items()
-            if now[path] is not None and now[path] != self.fingerprints[url]
+            url for url, value in now.items() if value is not None and value != self.fingerprints.get(url)
         ]
-        gone = [url for url, path in paths.items() if now[path] is None]
+        if not changed and not gone:  # its key used a fingerprint taken before the job's last one
+            changed = list(now)
         return changed, gone
 
     def close(self) -> None:

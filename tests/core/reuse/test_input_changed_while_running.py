@@ -166,3 +166,44 @@ def test_a_tabular_file_edited_in_place_never_mixes_its_versions_in_the_output( 
     assert not output.exists() or not output.read_text().strip(), (
         "rows of two versions of one file were output"
     )
+
+
+def test_a_tabular_file_changed_between_two_planning_blocks_fails_the_first_blocks_mini_batches(  # type: ignore[no-untyped-def]
+    dask_client, write_script, tmp_path, monkeypatch
+) -> None:
+    """A streamed plan fingerprints a block of mini-batches at a time; a file whose slices span two blocks
+    and that changes between them has two fingerprints. The first block's keys name the old bytes, which
+    no run() can read any more: those mini-batches fail; the later ones were keyed on the bytes they read."""
+    from airflow_parallel_run.core.reuse import reuse as reuse_module
+
+    (tmp_path / "in").mkdir()
+    table = tmp_path / "in" / "t.csv"
+    table.write_text("n,v\n" + "".join(f"{i},{i % 10}\n" for i in range(400)))
+    blocks: list[list[int]] = []
+    add = reuse_module.Reuse.add
+
+    def add_then_edit(self: Any, batches: Any, memo: Any) -> None:
+        add(self, batches, memo)
+        blocks.append([mb.index for mb in batches])
+        if len(blocks) == 1:  # a writer between the first block and the next: same size, same rows
+            table.write_text(table.read_text().replace("5", "7"))
+
+    monkeypatch.setattr(reuse_module.Reuse, "add", add_then_edit)
+    script = write_script(
+        'def run(frame):\n    return [f"{n}:{v}" for n, v in zip(frame["n"], frame["v"])]\n'
+    )
+    config = ParallelRunConfig(
+        entry_script=script, mini_batch_size="1KB", process_count_per_node=2, run_max_try=3
+    )
+    summary = run_job(
+        config,
+        [TabularDataset.from_delimited_files(str(tmp_path / "in"))],
+        str(tmp_path / "o"),
+        client=dask_client,
+    )
+    assert len(blocks) >= 2 and blocks[0] == [0], blocks  # streamed: the first block is the first mini-batch
+    assert summary["failed_mini_batches"] == 1, summary
+    failed = [row for row in _rows(tmp_path / "o") if row["Status"] != "RUN_DONE"]
+    assert [row["Mini-batch Id"] for row in failed] == ["0"], failed
+    assert "t.csv changed after the job fingerprinted it" in failed[0]["Error Message"], failed
+    assert all(":5" not in line for line in _lines(tmp_path / "o")), "a row of the old bytes was output"
