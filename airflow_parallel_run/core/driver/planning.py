@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..attempt import AttemptResult
-from ..inputs.fingerprint import Fingerprinter
+from ..inputs.fingerprint import LISTED_STATS, Fingerprinter
 from ..minibatch import MiniBatch
 from ..reuse.cache import memo_path
 from ..reuse.reuse import Reuse
@@ -86,7 +86,10 @@ class PlanFeed:
     # -- the thread ----------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            with Fingerprinter(memo_path(self._reuse.cache.root), self._reuse.cache.storage_options) as memo:
+            with (  # each block is fingerprinted right after it is listed: with the listing's stats
+                LISTED_STATS.kept(),
+                Fingerprinter(memo_path(self._reuse.cache.root), self._reuse.cache.storage_options) as memo,
+            ):
                 size = 1
                 while not self._stop.is_set():
                     block = self._block(size)

@@ -8,6 +8,7 @@ planner reads whole anyway (CSV, JSON Lines) is hashed as it is read (`HashWhile
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import mmap
@@ -18,7 +19,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -267,11 +268,14 @@ class _ListedStats:
     path, for `Fingerprinter.local_files` to take moments later instead of a second stat: the listing yields
     a file as the planner asks for it, and the plan's thread fingerprints a block of them right after.
 
-    Served only to the thread that listed the file, once, and only within `max_age_s` of the listing: a
-    listing whose files were never fingerprinted (a dry run, a stopped plan) leaves nothing another job,
-    or a later fingerprint in the same thread, could take for the file as it is now, beyond the moments
-    within which a fingerprint could never tell anyway. Bounded per thread (`limit`, oldest dropped); a file
-    without an entry is stat'ed as before."""
+    Kept only in a thread that asked for them (`kept()`: a streamed plan's thread, which fingerprints each
+    block right after listing it, core/driver/planning.py); a listing elsewhere (planning alone, a sensor's
+    or a manifest check's listing, a long-lived triggerer thread) keeps nothing, and what is left goes when
+    the plan's thread is done. Served only to the thread that listed the file, once, and only within
+    `max_age_s` of the listing: a listing whose files were never fingerprinted (a stopped plan) leaves
+    nothing a later fingerprint could take for the file as it is now, beyond the moments within which a
+    fingerprint could never tell anyway. Bounded per thread (`limit`, oldest dropped); a file without an
+    entry is stat'ed as before."""
 
     def __init__(self, limit: int = 16_384, max_age_s: float = 2.0) -> None:
         self._local = threading.local()
@@ -284,8 +288,26 @@ class _ListedStats:
             stats = self._local.stats = OrderedDict()
         return stats
 
+    @contextlib.contextmanager
+    def kept(self) -> Iterator[None]:
+        """This thread's listings keep their files' identities while inside; on leaving, what is left goes."""
+        self._local.keeping = getattr(self._local, "keeping", 0) + 1
+        try:
+            yield
+        finally:
+            self._local.keeping -= 1
+            if not self._local.keeping:
+                self._stats().clear()
+
+    def keeping(self) -> bool:
+        """Whether this thread's listings keep their files' identities (it is inside `kept()`)."""
+        return bool(getattr(self._local, "keeping", 0))
+
     def put(self, path: str, size: int, mtime_ns: int, inode: int) -> None:
-        """Keeps a listed file's identity; drops the oldest entries past `limit` and those too old to serve."""
+        """Keeps a listed file's identity (in a thread inside `kept()`); drops the oldest entries past
+        `limit` and those too old to serve."""
+        if not getattr(self._local, "keeping", 0):
+            return
         stats, now = self._stats(), time.monotonic()
         stats[path] = (size, mtime_ns, inode, now)
         stats.move_to_end(path)

@@ -52,22 +52,26 @@ def _hidden(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
-def _folder_rows(folder: str) -> list[tuple[str, str, int, int, int]]:
-    """One folder's entries as (sort key, path, size, mtime_ns, inode; size -1 for a sub-folder), sorted. A
+def _folder_rows(folder: str, identities: bool) -> list[tuple[Any, ...]]:
+    """One folder's entries as (sort key, path, size[, mtime_ns, inode]; size -1 for a sub-folder), sorted. A
     sub-folder's key is its name + '/': every path inside it starts with that, so sorting names this way
     orders the folder's files and sub-folders as sorting their full paths does ('a.txt' < 'a/x': '.' sorts
-    before '/'). A file's mtime_ns and inode come from the stat its size needs: its fingerprint takes them
-    instead of a stat of its own (`LISTED_STATS`, core/inputs/fingerprint.py)."""
-    rows: list[tuple[str, str, int, int, int]] = []
+    before '/'). With `identities`, a file's mtime_ns and inode come from the stat its size needs: its
+    fingerprint takes them instead of a stat of its own (`LISTED_STATS`, core/inputs/fingerprint.py);
+    without (a listing no fingerprint follows), the rows are (sort key, path, size) only."""
+    rows: list[tuple[Any, ...]] = []
     with os.scandir(folder) as entries:
         for entry in entries:
             if _hidden(entry.name):
                 continue
             if entry.is_dir(follow_symlinks=True):
-                rows.append((entry.name + "/", entry.path, -1, 0, 0))
+                rows.append((entry.name + "/", entry.path, -1))
             elif entry.is_file(follow_symlinks=True):
                 st = entry.stat(follow_symlinks=True)
-                rows.append((entry.name, entry.path, st.st_size, st.st_mtime_ns, st.st_ino))
+                if identities:
+                    rows.append((entry.name, entry.path, st.st_size, st.st_mtime_ns, st.st_ino))
+                else:
+                    rows.append((entry.name, entry.path, st.st_size))
             else:  # a dangling symlink, a FIFO, a socket: never drop an input item silently
                 raise InputError(
                     f"input entry {entry.path!r} is not a readable file or folder (a dangling symlink, "
@@ -81,19 +85,25 @@ def _walk_local_dir(root: str) -> Iterator[FileRef]:
     """Every file under `root`, already in sorted path order, one folder at a time: an os.scandir walk
     (100,000 files in about a second, no contents read) that holds one sorted folder per level of depth,
     never the whole listing, so planning can start on the first files while the rest are still being
-    listed. Each file's stat is left for its fingerprint as it is yielded (`LISTED_STATS`)."""
-    put = LISTED_STATS.put
-    stack = [iter(_folder_rows(root))]
+    listed. In a plan's thread that fingerprints what it lists (`LISTED_STATS.kept()`, asked as each folder
+    is read: the thread that iterates is the one that counts), each file's stat is left for its fingerprint
+    as it is yielded."""
+    put, keep = LISTED_STATS.put, LISTED_STATS.keeping
+    kept = keep()
+    stack = [(iter(_folder_rows(root, kept)), kept)]
     while stack:
-        row = next(stack[-1], None)
+        rows, kept = stack[-1]
+        row = next(rows, None)
         if row is None:
             stack.pop()
             continue
-        _key, path, size, mtime_ns, inode = row
+        path, size = row[1], row[2]
         if size < 0:
-            stack.append(iter(_folder_rows(path)))
+            sub = keep()
+            stack.append((iter(_folder_rows(path, sub)), sub))
         else:
-            put(path, size, mtime_ns, inode)
+            if kept:
+                put(path, size, row[3], row[4])
             yield FileRef(path, size)
 
 

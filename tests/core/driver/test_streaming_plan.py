@@ -76,11 +76,11 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path, Path], Gat
     gates: list[Gate] = []
     original = listing._folder_rows
 
-    def rows(folder: str) -> list[tuple[str, str, int]]:
+    def rows(folder: str, identities: bool) -> list[tuple[Any, ...]]:
         for g in gates:
             if os.path.abspath(folder) == g.folder:
                 g.wait()
-        return original(folder)
+        return original(folder, identities)
 
     monkeypatch.setattr(listing, "_folder_rows", rows)
 

@@ -24,9 +24,17 @@ def _xxh3(data: bytes) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _no_leftovers() -> None:
-    """Each test starts with no listed stats in this thread (an earlier test's listing may have left some)."""
-    LISTED_STATS._stats().clear()
+def _kept() -> Iterator[None]:
+    """Each test lists as a plan's thread does: inside `LISTED_STATS.kept()` (entering it finds none left)."""
+    assert len(LISTED_STATS) == 0
+    with LISTED_STATS.kept():
+        yield
+    assert len(LISTED_STATS) == 0  # what the test left went on leaving
+
+
+def _listed_as_a_plan(folder: Path, into: list[FileRef]) -> None:
+    with LISTED_STATS.kept():
+        into.extend(_listed(folder))
 
 
 @pytest.fixture
@@ -111,7 +119,7 @@ def test_another_threads_listing_is_never_served(folder: Path, tmp_path: Path) -
     with Fingerprinter(memo_file) as memo:
         memo.many(_listed(folder))
     listed: list[FileRef] = []
-    thread = threading.Thread(target=lambda: listed.extend(_listed(folder)))
+    thread = threading.Thread(target=_listed_as_a_plan, args=(folder, listed))
     thread.start()
     thread.join()
     _bump(target, b"Q")
@@ -169,3 +177,18 @@ def test_a_file_fingerprinted_outside_a_plan_is_stat_ed_as_it_is_now(folder: Pat
         _bump(target, b"V")
         assert memo.local_file(target) == _xxh3(Path(target).read_bytes())
         assert memo.path(str(folder / "b")) != ""
+
+
+def test_a_listing_outside_a_plan_keeps_nothing(folder: Path) -> None:
+    """Planning alone, a sensor's poke or a manifest check lists without fingerprinting right after: its
+    thread keeps no stat (up to `limit` entries, about 5 MiB, stayed in such a thread before), and a plan's
+    thread keeps none once it is done."""
+    listed: list[FileRef] = []
+    held: list[int] = []
+    thread = threading.Thread(target=lambda: (listed.extend(_listed(folder)), held.append(len(LISTED_STATS))))
+    thread.start()
+    thread.join()
+    assert len(listed) == 50 and held == [0]
+    with LISTED_STATS.kept():  # nested in the fixture's
+        _listed(folder)
+    assert len(LISTED_STATS) == 50  # the outer plan is not done: leaving the nested one drops nothing
