@@ -189,6 +189,28 @@ class KeyColumn:
         return (self[i] for i in self)
 
 
+class DigestColumn:
+    """64-bit digests by mini-batch number, 8 bytes each, as `KeyColumn` keeps keys: in order in an array,
+    a number out of order (or given again) in a small dict beside."""
+
+    def __init__(self) -> None:
+        self._packed = array("Q")
+        self._other: dict[int, int] = {}
+
+    def __setitem__(self, index: int, digest: int) -> None:
+        if index == len(self._packed) and index not in self._other:
+            self._packed.append(digest)
+        else:
+            self._other[index] = digest
+
+    def __getitem__(self, index: int) -> int:
+        if index in self._other:
+            return self._other[index]
+        if not 0 <= index < len(self._packed):
+            raise KeyError(index)
+        return self._packed[index]
+
+
 def _unit(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogatepass")
 
