@@ -49,6 +49,8 @@ class Fingerprinter:
         self._lock = threading.Lock()
         self.storage_options = dict(storage_options or {})
         self.hashed_bytes = 0  # read here to be hashed (a memo hit, or a file a planner hashed, reads none)
+        # when a dict: `local_files` puts there each path's (size, mtime_ns, inode) its fingerprint is of
+        self.identities: dict[str, tuple[int, int, int]] | None = None
 
     def close(self) -> None:
         self._db.close()
@@ -78,7 +80,7 @@ class Fingerprinter:
         result: dict[str, str] = {}
         misses = []
         stats: dict[str, os.stat_result] = {}
-        stat, take = os.stat, LISTED_STATS.take
+        stat, take, identities = os.stat, LISTED_STATS.take, self.identities
         for path in paths:
             row = known.get(path)
             # (size, mtime_ns, inode) as the listing stat'ed it just before: no second stat
@@ -89,10 +91,14 @@ class Fingerprinter:
                 seen = (now.st_size, now.st_mtime_ns, now.st_ino)
             if row is not None and row[:3] == seen:
                 result[path] = row[3]
+                if identities is not None:
+                    identities[path] = seen
             elif path not in stats:
                 misses.append(path)
                 # to be hashed: the memo row gets the file's identity as it is now (a listed one is re-stat'ed)
-                stats[path] = now if now is not None else stat(path)
+                st = stats[path] = now if now is not None else stat(path)
+                if identities is not None:
+                    identities[path] = (st.st_size, st.st_mtime_ns, st.st_ino)
         unread = []
         for path in misses:
             read = _READ_HASHES.get(stats[path])

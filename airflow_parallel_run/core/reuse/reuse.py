@@ -19,12 +19,12 @@ import xxhash
 from ..attempt import AttemptResult, AttemptStatus
 from ..config import ParallelRunConfig
 from ..inputs.fingerprint import Fingerprinter
+from ..inputs.identity import Identity, identity_digest, local_paths
 from ..inputs.source import Dataset
 from ..minibatch import MiniBatch
 from ..output.schema import schema_from_text, schema_to_text
 from ..plan import Plan
 from ..plan.store import DigestColumn, FingerprintSpill, KeyColumn, PlanStore
-from ..storage import is_local, local_path
 from ..worker.messages import PartialRun
 from ..worker.rerun_items import sha256_of
 from .cache import MiniBatchCache, memo_path
@@ -98,6 +98,8 @@ class Reuse:
         self._memo: Fingerprinter | None = None  # opened by the first `check_inputs` that needs it
         # mini-batch -> a digest of the fingerprints its key was computed from (`check_inputs` compares)
         self._keyed_fingerprints = DigestColumn()
+        # mini-batch -> a digest of its local files' identities as fingerprinted (0: not known)
+        self._keyed_identities = DigestColumn()
         with Fingerprinter(memo_path(cache.root), cache.storage_options) as memo:
             side = {url: memo.path(url) for url in side_inputs}
             self.components = job_components(config, code_files, arguments, side, entry)
@@ -117,15 +119,25 @@ class Reuse:
         mini-batch's key depends only on its own files' fingerprints, so a plan added a block at a time
         while it is listed (core/driver/planning.py) gets the keys the whole plan added at once gets."""
         block: dict[str, str] = {}  # the block's units: after the update, the job's values for them
-        for input_index, source in enumerate(self.inputs):
-            own = [mb for mb in batches if mb.input_index == input_index]
-            if own:
-                block.update(source.fingerprints(own, memo))
+        identities: dict[str, Identity] = {}  # each local file's (size, mtime_ns, inode), as fingerprinted
+        memo.identities = identities
+        try:
+            for input_index, source in enumerate(self.inputs):
+                own = [mb for mb in batches if mb.input_index == input_index]
+                if own:
+                    block.update(source.fingerprints(own, memo))
+        finally:
+            memo.identities = None
         self.fingerprints.update(block)
         for mb in batches:
             self.plan.append(mb)
             self.keys[mb.index] = mini_batch_key(self.cache_key, mb, block, self.read_options[mb.input_index])
             self._keyed_fingerprints[mb.index] = _fingerprints_digest(block, mb.units())
+            seen = [identities.get(path) for path in local_paths(mb).values()]
+            known = [identity for identity in seen if identity is not None]
+            self._keyed_identities[mb.index] = (
+                identity_digest(known) if known and len(known) == len(seen) else 0
+            )
 
     # -- looking up ----------------------------------------------------------------------------------
     def find(self, admit: Admit, restore: Restore) -> ReuseOutcome:
@@ -239,13 +251,17 @@ class Reuse:
         run() that moves or deletes what it processed) keeps the result, uncached: run() read it before it
         went, and nothing can tell which bytes it read.
 
-        A file whose size, mtime_ns and inode are the ones it was fingerprinted with passes on one stat; one
-        that differs is hashed again, so a file touched or copied over with the same bytes passes too. Bytes
+        The entry-script process reports a digest of the files' (size, mtime_ns, inode) right after run()
+        (core/inputs/identity.py); equal to the digest taken as they were fingerprinted, the attempt passes
+        with no system call here. Otherwise the files are fingerprinted again (a stat each, a hash for one
+        whose identity moved), so a file touched or copied over with the same bytes passes too. Bytes
         changed and put back during the attempt, with a new identity, are not told. Object-store inputs are
         not checked here (a request per file); sources of pieces check their own as they read them
         (core/inputs/sql.py)."""
         if not result.ok or result.reused or not (mb.files or mb.slices):
             return result
+        if result.inputs_identity and result.inputs_identity == self._keyed_identities[mb.index]:
+            return result  # nothing moved since the fingerprints, as run()'s process saw the files after it
         changed, gone = self._changed_files(mb)
         if gone and not changed:
             why = f"input file {_some(gone)} was deleted or moved after the job fingerprinted it"
@@ -268,12 +284,7 @@ class Reuse:
         used (a tabular file whose slices span two planning blocks, changed between them, has two; the
         job's table keeps the last), and looks nothing up in a spilled plan's table while its listing
         still writes it. Which file changed is looked up only when one did."""
-        paths: dict[str, str] = {}
-        for url in mb.units():
-            if "://" not in url:  # the local listing's URLs are plain paths (`Fingerprinter.many`)
-                paths[url] = url
-            elif is_local(url):
-                paths[url] = local_path(url)
+        paths = local_paths(mb)
         if not paths:
             return [], []
         if self._memo is None:

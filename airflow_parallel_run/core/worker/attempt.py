@@ -164,6 +164,7 @@ def _done(
     result.files, result.uncacheable = list(done.files), done.uncacheable
     result.item_errors = [(position, error) for position, error, _trace in done.item_errors]
     result.items_url = done.items_url
+    result.inputs_identity = done.inputs_identity
     result.elapsed_seconds = time.monotonic() - started
     process.remember_descendants()
     for position, error, trace in done.item_errors:  # each failed item's error, as an attempt's would be

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from ..attempt import AttemptStage, AttemptStatus
 from ..errors import DataChangedError
 from ..inputs.batch_format import read_batch
+from ..inputs.identity import current_identity
 from ..minibatch import MiniBatch
 from ..storage import is_local, local_path, write_atomic
 from .entry_script import ATTEMPT_OUTPUT_DIR, EntryScript
@@ -378,6 +379,7 @@ def _run_one(
         uncacheable,
         written.item_errors,
         written.items_url,
+        current_identity(message.mini_batch),
     )
 
 
@@ -502,6 +504,7 @@ async def _run_one_async(
         )
         files = await asyncio.to_thread(list_files, message.files_url, setup.storage_options)
         written = await asyncio.to_thread(_write_result, result, message, total, setup)
+        identity = await asyncio.to_thread(current_identity, message.mini_batch)
     except InvalidResultError as exc:
         return Failed(AttemptStatus.RUN_INVALID_RESULT, AttemptStage.RUN, str(exc), str(exc) + "\n")
     except asyncio.CancelledError as exc:
@@ -525,6 +528,7 @@ async def _run_one_async(
         uncacheable,
         written.item_errors,
         written.items_url,
+        identity,
     )
 
 

@@ -114,6 +114,8 @@ class Done:
     # the items run() marked failed: (position in the mini-batch, first line of the error, its whole text)
     item_errors: tuple[tuple[int, str, str], ...] = ()
     items_url: str | None = None  # the successful results, when items failed (for a re-run of those)
+    # its local input files as run() left them: core/inputs/identity.py (0: not known)
+    inputs_identity: int = 0
 
 
 @dataclass(frozen=True)

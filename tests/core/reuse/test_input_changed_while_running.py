@@ -207,3 +207,25 @@ def test_a_tabular_file_changed_between_two_planning_blocks_fails_the_first_bloc
     assert [row["Mini-batch Id"] for row in failed] == ["0"], failed
     assert "t.csv changed after the job fingerprinted it" in failed[0]["Error Message"], failed
     assert all(":5" not in line for line in _lines(tmp_path / "o")), "a row of the old bytes was output"
+
+
+def test_files_left_as_fingerprinted_are_not_looked_at_again_by_the_driver(  # type: ignore[no-untyped-def]
+    dask_client, write_script, files, tmp_path, monkeypatch
+) -> None:
+    """The entry-script process reports what its files are after run() (size, mtime_ns, inode); equal to
+    what the job fingerprinted, the driver's commit makes no system call for them: planning a cold run
+    stats each file once before hashing it, and nothing more."""
+    root = files(12)
+    calls: list[str] = []
+    real = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path).startswith(str(root)) and str(path).endswith(".txt"):
+            calls.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    script = write_script("def run(mini_batch):\n    return [open(p).read().strip() for p in mini_batch]\n")
+    summary = _job(script, root, tmp_path / "o", dask_client)
+    assert summary["status"] == "succeeded" and summary["succeeded_mini_batches"] == 12, summary
+    assert sorted(calls) == sorted(str(p) for p in root.iterdir()), sorted(calls)
