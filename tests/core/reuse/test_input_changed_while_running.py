@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, TabularDataset, run_job
 
 # While ARMED exists, f000's run() changes f003 and f003's run() waits until it has (two processes: the waiter
@@ -80,6 +82,26 @@ def test_a_file_changed_before_its_run_read_it_fails_its_mini_batch_and_is_never
     assert second["status"] == "succeeded", second
     assert second["reused_mini_batches"] == 3, second
     assert _lines(tmp_path / "o2") == [f"f{i:03d}.txt={i}" for i in range(4)]
+
+
+def test_an_async_run_that_read_a_changed_file_fails_its_mini_batch(  # type: ignore[no-untyped-def]
+    dask_client, write_script, files, tmp_path
+) -> None:
+    """The same with `async def run()`: its process reports the files' identity from another code path."""
+    root, mark, armed = files(4), tmp_path / "changed.mark", tmp_path / "armed"
+    armed.touch()
+    script = write_script(
+        CHANGER.format(mark=str(mark), armed=str(armed), change=SAME_SIZE_EDIT)
+        .replace("def run(", "async def run(")
+        .replace("time.sleep(0.02)", "await asyncio.sleep(0.02)")
+        .replace("import os, time", "import asyncio, os, time")
+    )
+    config = ParallelRunConfig(
+        entry_script=script, mini_batch_size=1, process_count_per_node=2, max_concurrency_per_process=2
+    )
+    summary = run_job(config, [FileDataset.from_files(str(root))], str(tmp_path / "o"), client=dask_client)
+    assert summary["failed_mini_batches"] == 1 and summary["succeeded_mini_batches"] == 3, summary
+    assert "f003.txt=9" not in _lines(tmp_path / "o")
 
 
 def test_a_file_touched_with_the_same_bytes_is_still_output_and_cached(  # type: ignore[no-untyped-def]
@@ -209,8 +231,13 @@ def test_a_tabular_file_changed_between_two_planning_blocks_fails_the_first_bloc
     assert all(":5" not in line for line in _lines(tmp_path / "o")), "a row of the old bytes was output"
 
 
+SYNC_READER = "def run(mini_batch):\n    return [open(p).read().strip() for p in mini_batch]\n"
+ASYNC_READER = "async def run(mini_batch):\n    return [open(p).read().strip() for p in mini_batch]\n"
+
+
+@pytest.mark.parametrize("reader", [SYNC_READER, ASYNC_READER], ids=["sync", "async"])
 def test_files_left_as_fingerprinted_are_not_looked_at_again_by_the_driver(  # type: ignore[no-untyped-def]
-    dask_client, write_script, files, tmp_path, monkeypatch
+    dask_client, write_script, files, tmp_path, monkeypatch, reader
 ) -> None:
     """The entry-script process reports what its files are after run() (size, mtime_ns, inode); equal to
     what the job fingerprinted, the driver's commit makes no system call for them: planning a cold run
@@ -225,7 +252,12 @@ def test_files_left_as_fingerprinted_are_not_looked_at_again_by_the_driver(  # t
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "stat", stat)
-    script = write_script("def run(mini_batch):\n    return [open(p).read().strip() for p in mini_batch]\n")
-    summary = _job(script, root, tmp_path / "o", dask_client)
+    config = ParallelRunConfig(
+        entry_script=write_script(reader),
+        mini_batch_size=1,
+        process_count_per_node=2,
+        max_concurrency_per_process=4 if reader is ASYNC_READER else 1,
+    )
+    summary = run_job(config, [FileDataset.from_files(str(root))], str(tmp_path / "o"), client=dask_client)
     assert summary["status"] == "succeeded" and summary["succeeded_mini_batches"] == 12, summary
     assert sorted(calls) == sorted(str(p) for p in root.iterdir()), sorted(calls)
