@@ -111,9 +111,8 @@ class AttemptResult:
     # the items run() marked failed (exceptions or ItemFailed in its result): (position, first error line)
     item_errors: list[tuple[int, str]] = field(default_factory=list)
     items_url: str | None = None  # the successful results of such a run(), for a re-run of the failed items
-    inputs_identity: int = (
-        0  # its local input files as run() left them (core/inputs/identity.py; 0: not known)
-    )
+    # its local input files as run() left them (core/inputs/identity.py; 0: not known)
+    inputs_identity: int = 0
 
     @property
     def ok(self) -> bool:

@@ -310,10 +310,8 @@ class _ListedStats:
         return bool(getattr(self._local, "keeping", 0))
 
     def put(self, path: str, size: int, mtime_ns: int, inode: int) -> None:
-        """Keeps a listed file's identity (in a thread inside `kept()`); drops the oldest entries past
-        `limit` and those too old to serve."""
-        if not getattr(self._local, "keeping", 0):
-            return
+        """Keeps a listed file's identity; drops the oldest entries past `limit` and those too old to serve.
+        Called only where `keeping()` (the listing asks once per folder, not once per file)."""
         stats, now = self._stats(), time.monotonic()
         stats[path] = (size, mtime_ns, inode, now)
         stats.move_to_end(path)

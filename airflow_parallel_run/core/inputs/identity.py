@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..minibatch import MiniBatch
 from ..storage import is_local, local_path
@@ -43,16 +43,26 @@ def identity_digest(identities: Iterable[Identity]) -> int:
     return int.from_bytes(digest.digest(), "little") or 1
 
 
+def mini_batch_identity(paths: Iterable[str], identity_of: Callable[[str], Identity | None]) -> int:
+    """The digest of the identities of `paths` (a mini-batch's `local_paths`) as `identity_of` gives them;
+    0 when there are none or one is not known."""
+    identities = []
+    for path in paths:
+        identity = identity_of(path)
+        if identity is None:
+            return 0
+        identities.append(identity)
+    return identity_digest(identities) if identities else 0
+
+
+def _stat(path: str) -> Identity | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 def current_identity(mb: MiniBatch) -> int:
     """The digest of the mini-batch's local files as they are now; 0 when it has none or one is gone."""
-    paths = local_paths(mb)
-    if not paths:
-        return 0
-    identities = []
-    for path in paths.values():
-        try:
-            st = os.stat(path)
-        except OSError:
-            return 0
-        identities.append((st.st_size, st.st_mtime_ns, st.st_ino))
-    return identity_digest(identities)
+    return mini_batch_identity(local_paths(mb).values(), _stat)

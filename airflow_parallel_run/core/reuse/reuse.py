@@ -19,7 +19,7 @@ import xxhash
 from ..attempt import AttemptResult, AttemptStatus
 from ..config import ParallelRunConfig
 from ..inputs.fingerprint import Fingerprinter
-from ..inputs.identity import Identity, identity_digest, local_paths
+from ..inputs.identity import Identity, local_paths, mini_batch_identity
 from ..inputs.source import Dataset
 from ..minibatch import MiniBatch
 from ..output.schema import schema_from_text, schema_to_text
@@ -132,12 +132,9 @@ class Reuse:
         for mb in batches:
             self.plan.append(mb)
             self.keys[mb.index] = mini_batch_key(self.cache_key, mb, block, self.read_options[mb.input_index])
-            self._keyed_fingerprints[mb.index] = _fingerprints_digest(block, mb.units())
-            seen = [identities.get(path) for path in local_paths(mb).values()]
-            known = [identity for identity in seen if identity is not None]
-            self._keyed_identities[mb.index] = (
-                identity_digest(known) if known and len(known) == len(seen) else 0
-            )
+            paths = local_paths(mb)  # only those are checked as they commit (`check_inputs`)
+            self._keyed_fingerprints[mb.index] = _fingerprints_digest(block, mb.units()) if paths else 0
+            self._keyed_identities[mb.index] = mini_batch_identity(paths.values(), identities.get)
 
     # -- looking up ----------------------------------------------------------------------------------
     def find(self, admit: Admit, restore: Restore) -> ReuseOutcome:
@@ -305,9 +302,8 @@ class Reuse:
         gone = [url for url, value in now.items() if value is None]
         if not gone:
             units = mb.units()
-            fingerprints = {
-                unit: now.get(unit) or self.fingerprints[unit] for unit in units
-            }  # + other stores'
+            # the local files' fingerprints now, the job's for any other unit (an object store's)
+            fingerprints = {unit: now.get(unit) or self.fingerprints[unit] for unit in units}
             if _fingerprints_digest(fingerprints, units) == self._keyed_fingerprints[mb.index]:
                 return [], []
         changed = [

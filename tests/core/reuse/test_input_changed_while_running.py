@@ -42,6 +42,13 @@ SAME_SIZE_EDIT = 'open(target, "w").write("9\\n")  # same size and inode: only m
 TOUCH = "st = os.stat(target); os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))"
 
 
+def _armed(files: Any, tmp_path: Path, change: str) -> tuple[Path, Path, str]:
+    """Four input files, the ARMED file created, and the CHANGER script's text with `change`."""
+    root, armed = files(4), tmp_path / "armed"
+    armed.touch()
+    return root, armed, CHANGER.format(mark=str(tmp_path / "changed.mark"), armed=str(armed), change=change)
+
+
 def _job(script: str, root: Path, out: Path, client: Any) -> dict[str, Any]:
     config = ParallelRunConfig(
         entry_script=script, mini_batch_size=1, process_count_per_node=2, run_max_try=3, error_threshold=-1
@@ -63,9 +70,8 @@ def _rows(out: Path) -> list[dict[str, str]]:
 def test_a_file_changed_before_its_run_read_it_fails_its_mini_batch_and_is_never_reused(  # type: ignore[no-untyped-def]
     dask_client, write_script, files, tmp_path
 ) -> None:
-    root, mark, armed = files(4), tmp_path / "changed.mark", tmp_path / "armed"
-    armed.touch()
-    script = write_script(CHANGER.format(mark=str(mark), armed=str(armed), change=SAME_SIZE_EDIT))
+    root, armed, text = _armed(files, tmp_path, SAME_SIZE_EDIT)
+    script = write_script(text)
     first = _job(script, root, tmp_path / "o1", dask_client)
     assert first["failed_mini_batches"] == 1 and first["succeeded_mini_batches"] == 3, first
     output = (tmp_path / "o1" / "parallel_run_step.txt").read_text()
@@ -88,11 +94,9 @@ def test_an_async_run_that_read_a_changed_file_fails_its_mini_batch(  # type: ig
     dask_client, write_script, files, tmp_path
 ) -> None:
     """The same with `async def run()`: its process reports the files' identity from another code path."""
-    root, mark, armed = files(4), tmp_path / "changed.mark", tmp_path / "armed"
-    armed.touch()
+    root, _armed_file, text = _armed(files, tmp_path, SAME_SIZE_EDIT)
     script = write_script(
-        CHANGER.format(mark=str(mark), armed=str(armed), change=SAME_SIZE_EDIT)
-        .replace("def run(", "async def run(")
+        text.replace("def run(", "async def run(")
         .replace("time.sleep(0.02)", "await asyncio.sleep(0.02)")
         .replace("import os, time", "import asyncio, os, time")
     )
@@ -107,9 +111,8 @@ def test_an_async_run_that_read_a_changed_file_fails_its_mini_batch(  # type: ig
 def test_a_file_touched_with_the_same_bytes_is_still_output_and_cached(  # type: ignore[no-untyped-def]
     dask_client, write_script, files, tmp_path
 ) -> None:
-    root, mark, armed = files(4), tmp_path / "touched.mark", tmp_path / "armed"
-    armed.touch()
-    script = write_script(CHANGER.format(mark=str(mark), armed=str(armed), change=TOUCH))
+    root, armed, text = _armed(files, tmp_path, TOUCH)
+    script = write_script(text)
     first = _job(script, root, tmp_path / "o1", dask_client)
     assert first["status"] == "succeeded" and first["failed_mini_batches"] == 0, first
     os.remove(armed)
