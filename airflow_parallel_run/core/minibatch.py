@@ -57,7 +57,9 @@ class TabularSlice:
     `null_columns` (parquet) names the integer and bool columns that may hold a missing value in these row
     groups, as the footer's statistics say (one without a null count is among them); None when not known (csv/jsonl,
     slices planned before it was recorded). The job decides pandas dtypes from it
-    (core/inputs/tabular_types.py: `parquet_null_columns`).
+    (core/inputs/tabular_types.py: `parquet_null_columns`). `identity` is the object-store content identity
+    (ETag, ...) listed for the file at planning, checked again after its slices are read
+    (core/inputs/object_check.py); '' for local files, checked as their attempts commit.
     """
 
     url: str
@@ -69,6 +71,7 @@ class TabularSlice:
     rows: int = 0
     first_line: int | None = None
     null_columns: tuple[str, ...] | None = None
+    identity: str = ""
 
     __reduce__ = _reduce
 

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from ..minibatch import FileRef, MiniBatch
 from ..storage import filesystem, is_local, local_path
 from .listing import PathInput, as_paths, iter_input
+from .object_check import check_download
 from .partitions import check_partition_format, group_by_keys
 from .source import PlanContext
 
@@ -21,7 +22,7 @@ class FileDataset(PathInput):
 
     Planned in chunks of `mini_batch_size` files per path, in path order (or one mini-batch per
     combination of `partition_keys` values); read by downloading remote files into the attempt's
-    scratch folder."""
+    scratch folder, each checked to be the object the job planned (core/inputs/object_check.py)."""
 
     paths: tuple[str, ...]
     partition_format: str | None = None
@@ -68,4 +69,6 @@ class FileDataset(PathInput):
         os.makedirs(os.path.dirname(target), exist_ok=True)
         fs, path = filesystem(ref.url, self.storage_options)
         fs.get_file(path, target)
+        # the object the key names, or DataChangedError (core/inputs/object_check.py)
+        check_download(fs, path, ref, target, os.path.getsize(target), batch.index)
         return target

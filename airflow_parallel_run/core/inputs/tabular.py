@@ -6,7 +6,7 @@ import os
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ConfigError, InputError
@@ -292,7 +292,11 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def _slices(ref: FileRef, dataset: TabularDataset, size: int) -> list[TabularSlice]:
     from .tabular_scan import plan_tabular_file
 
-    return plan_tabular_file(ref.url, ref.size or 0, dataset, size)
+    slices = plan_tabular_file(ref.url, ref.size or 0, dataset, size)
+    if not ref.identity:
+        return slices
+    # an object's slices carry its listed identity: the worker checks what it read against it
+    return [replace(s, identity=ref.identity) for s in slices]
 
 
 # Files scanned at once when splitting tabular input: the scan (numpy, file reads) releases the GIL, so

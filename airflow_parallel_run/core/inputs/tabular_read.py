@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from ..errors import InputError
 from ..minibatch import TabularSlice
 from ..storage import is_local
+from .object_check import check_object
 from .tabular import TabularDataset
 from .tabular_jsonl import OBJECT, Records, decide_types, parse_records, read_range_records, typed_array
 from .tabular_jsonl import columns as jsonl_columns
@@ -186,9 +187,11 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pa.Table:
                 # of raising an error that names the file.
                 return pq.ParquetFile(path).read_row_groups(row_groups)
             with fs.open(path, "rb") as f:
-                return pq.ParquetFile(f).read_row_groups(row_groups)
+                table = pq.ParquetFile(f).read_row_groups(row_groups)
         except Exception as exc:
             raise InputError(f"{where}: cannot read Parquet: {exc}") from exc
+        check_object(fs, path, first.url, first.identity, f"row groups {row_groups}")  # or DataChangedError
+        return table
 
     start, end, header_end = first.start, last.end, first.header_end
     where = f"{first.url} bytes [{start}, {end})"
@@ -217,6 +220,7 @@ def _read_group(group: list[TabularSlice], dataset: TabularDataset) -> pa.Table:
         raise InputError(f"{where}: cannot read: {exc}") from exc
     if len(data) != end - start or len(head) != header_end:
         raise InputError(f"{where}: the file is shorter than planned (did it change after planning?)")
+    check_object(fs, path, first.url, first.identity, f"bytes [{start}, {end})")  # or DataChangedError
     if first.format == "csv":
         return _parse_csv_arrow(head, data, dataset, where, group)
     raise InputError(f"{first.url}: unsupported tabular format {first.format!r}")
@@ -233,6 +237,7 @@ def _jsonl_bytes(group: list[TabularSlice], dataset: TabularDataset) -> tuple[by
         raise InputError(f"{where}: cannot read: {exc}") from exc
     if len(data) != end - start:
         raise InputError(f"{where}: the file is shorter than planned (did it change after planning?)")
+    check_object(fs, path, first.url, first.identity, f"bytes [{start}, {end})")  # or DataChangedError
     if start == 0 and data.startswith(_UTF8_BOM) and _is_utf8(dataset.encoding):
         data = data[3:]  # the JSON parser does not skip a byte order mark
     return data, where

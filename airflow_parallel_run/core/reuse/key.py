@@ -80,6 +80,8 @@ NOT_IN_KEY: dict[type, dict[str, str]] = {
         "errors; start, end and header_end fix the bytes read",
         "null_columns": "what the Parquet footer, whose file's content is in the key, says of the slice's "
         "missing values; the job's decision from it enters as TabularDataset.null_columns",
+        "identity": "the store's content identity of the file, whose fingerprint (that identity) is in the key "
+        "already; kept on the slice so that the worker can check the object it read is the planned one",
     },
 }
 

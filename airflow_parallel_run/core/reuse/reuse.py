@@ -253,8 +253,8 @@ class Reuse:
         with no system call here. Otherwise the files are fingerprinted again (a stat each, a hash for one
         whose identity moved), so a file touched or copied over with the same bytes passes too. Bytes
         changed and put back during the attempt, with a new identity, are not told. Object-store inputs are
-        not checked here (a request per file); sources of pieces check their own as they read them
-        (core/inputs/sql.py)."""
+        checked where they are read, before run() (core/inputs/object_check.py); sources of pieces check
+        their own as they read them (core/inputs/sql.py)."""
         if not result.ok or result.reused or not (mb.files or mb.slices):
             return result
         if result.inputs_identity and result.inputs_identity == self._keyed_identities[mb.index]:
