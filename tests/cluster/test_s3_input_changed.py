@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from change_once import change_once
 from cluster_support import Bucket
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, TabularDataset, run_job
@@ -23,23 +24,14 @@ from airflow_parallel_run.core import FileDataset, ParallelRunConfig, TabularDat
 # While ARMED exists, the first run() call (whichever mini-batch it got) overwrites the objects in CHANGES
 # on S3, and every run() waits until it has: each process reads at most one mini-batch before the change, so
 # with more mini-batches than processes some are read after it.
-CHANGER = """
+HEADER = """
 import os, time, s3fs
 OPTIONS, CHANGES, ARMED, MARK = {options!r}, {changes!r}, {armed!r}, {mark!r}
-
-def _change():
-    try:
-        os.rename(ARMED, ARMED + ".taken")  # one run() call wins
-    except FileNotFoundError:
-        pass
-    else:
-        fs = s3fs.S3FileSystem(**OPTIONS, skip_instance_cache=True)
-        for target, data in CHANGES.items():
-            fs.pipe_file(target, data)
-        open(MARK, "w").close()
-    deadline = time.monotonic() + 60
-    while os.path.exists(ARMED + ".taken") and not os.path.exists(MARK) and time.monotonic() < deadline:
-        time.sleep(0.02)
+"""
+CHANGE = """
+fs = s3fs.S3FileSystem(**OPTIONS, skip_instance_cache=True)
+for target, data in CHANGES.items():
+    fs.pipe_file(target, data)
 """
 FILES_RUN = """
 def run(mini_batch):
@@ -56,9 +48,9 @@ def run(frame):
 def _script(tmp_path: Path, s3: Bucket, changes: dict[str, bytes], run: str) -> str:
     armed = tmp_path / "armed"
     armed.touch()
-    text = CHANGER.format(
+    text = HEADER.format(
         options=s3.storage_options, changes=changes, armed=str(armed), mark=str(tmp_path / "changed")
-    )
+    ) + change_once(CHANGE)
     script = tmp_path / "changer.py"
     script.write_text(text + run)
     return str(script)
@@ -176,3 +168,65 @@ def test_a_parquet_object_overwritten_while_its_row_groups_run_fails_the_ones_re
     rows = list(csv.DictReader(io.StringIO((out / "out.csv").read_text())))
     assert len(rows) == summary["succeeded_items"] and rows, summary
     assert all(row["value"] == f"a{int(row['id']):04d}" for row in rows), rows
+
+
+LABELS_RUN = """
+import argparse, os
+
+def init():
+    global labels
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--labels")
+    args, _ = parser.parse_known_args()
+    labels = open(args.labels).read().strip()
+
+def run(mini_batch):
+    return [os.path.basename(path) + "=" + labels for path in mini_batch]
+"""
+
+
+def test_a_side_input_object_overwritten_after_the_job_keyed_it_fails_every_attempt(
+    s3: Bucket, dask_client: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Overwritten between the job's fingerprint of it and the workers' downloads (right after `Reuse` keyed
+    it, in this process): no result computed with the new labels is output or cached under the old ones'
+    key."""
+    from airflow_parallel_run.core.reuse import reuse
+
+    for i in range(3):
+        s3.put(f"in/f{i:03d}.txt", f"{i}\n")
+    labels = s3.put("side/labels.txt", "old\n")
+    script = tmp_path / "labels.py"
+    script.write_text(LABELS_RUN)
+    keyed = reuse.Reuse.__init__
+
+    def overwritten_after_keying(self: Any, *args: Any, **kwargs: Any) -> None:
+        keyed(self, *args, **kwargs)
+        s3.put("side/labels.txt", "new\n")  # same size: only the bytes (and the ETag) differ
+
+    def job(out: Path) -> dict[str, Any]:
+        return run_job(
+            ParallelRunConfig(entry_script=str(script), mini_batch_size=1, run_max_try=3),
+            [FileDataset.from_files(s3.url("in"), storage_options=s3.storage_options)],
+            str(out),
+            side_inputs=[labels],
+            arguments=["--labels", labels],
+            storage_options=s3.storage_options,
+            client=dask_client,
+        )
+
+    with monkeypatch.context() as patch:
+        patch.setattr(reuse.Reuse, "__init__", overwritten_after_keying)
+        first = job(tmp_path / "o1")
+    assert first["status"] == "failed" and first["failed_mini_batches"] == 3, first
+    failed = _rows(tmp_path / "o1")
+    assert len(failed) == 3, failed  # one attempt each: not retried
+    for row in failed:
+        assert row["Status"] == "LOAD_EXCEPTION", row
+        assert f"side input {labels} changed after the job fingerprinted it" in row["Error Message"], row
+
+    s3.put("side/labels.txt", "old\n")
+    second = job(tmp_path / "o2")
+    assert second["status"] == "succeeded" and second["reused_mini_batches"] == 0, second
+    lines = (tmp_path / "o2" / "parallel_run_step.txt").read_text().split()
+    assert lines == [f"f{i:03d}.txt=old" for i in range(3)]

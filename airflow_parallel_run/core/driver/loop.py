@@ -243,7 +243,11 @@ class JobDriver:
             storage_options=self.storage_options,
         )
         self.spec = dataclasses.replace(
-            self.spec, environment_variables=self.environment, partial=dict(self.reuse.partial)
+            self.spec,
+            environment_variables=self.environment,
+            partial=dict(self.reuse.partial),
+            side_checks=tuple(self.reuse.side_checks),
+            side_fingerprints=dict(self.reuse.side_fingerprints),
         )
         self.files = FilePublisher(self.output, self.storage_options, self._warn)
         self.sink = JobOutput(

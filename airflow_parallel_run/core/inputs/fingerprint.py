@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,6 +28,7 @@ import xxhash
 
 from ..minibatch import FileRef
 from ..storage import is_local, local_path
+from .side_check import tree_fingerprint
 
 _CHUNK = 1 << 20
 _BUFFERS = threading.local()
@@ -159,29 +160,30 @@ class Fingerprinter:
     def path(self, url: str, storage_options: Mapping[str, Any] | None = None) -> str:
         """A side input (file or folder): a hash over relative names and file fingerprints."""
         if is_local(url):
-            local = local_path(url)
-            if os.path.isfile(local):
-                return self.local_file(local)
-            digest = hashlib.sha256()
-            for folder, dirs, names in sorted(os.walk(local)):
-                dirs.sort()
-                for name in sorted(names):
-                    full = os.path.join(folder, name)
-                    digest.update(
-                        os.path.relpath(full, local).encode() + b"\0" + self.local_file(full).encode()
-                    )
-            return f"tree:{digest.hexdigest()[:32]}"
+            return tree_fingerprint(local_path(url), self.local_file)
         fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or self.storage_options))
-        infos = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
-        digest = hashlib.sha256()
-        for name, info in sorted(infos.items()):
-            ident = next(
-                (str(info[k]) for k in ("ETag", "etag", "md5", "crc32c", "generation") if info.get(k)), ""
-            )
-            if not ident:
-                ident = self.file(FileRef(fs.unstrip_protocol(name), info.get("size")), storage_options)
-            digest.update(f"{posixpath.relpath(name, path)}\0{ident}\0{info.get('size')}".encode())
-        return f"tree:{digest.hexdigest()[:32]}"
+        return remote_tree_fingerprint(
+            fs,
+            path,
+            lambda name, size: self.file(FileRef(fs.unstrip_protocol(name), size), storage_options),
+        )
+
+
+def remote_tree_fingerprint(fs: Any, path: str, unlisted: Callable[[str, int | None], str]) -> str:
+    """A side input on an object store (an object or a prefix): a hash over relative names, each object's
+    content identity as the store lists it and its size; `unlisted(name, size)` gives the fingerprint of
+    an object whose store lists no identity (its bytes hashed). The driver keys it (`Fingerprinter.path`);
+    a worker compares its download with it (core/worker/plugin.py)."""
+    infos = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    digest = hashlib.sha256()
+    for name, info in sorted(infos.items()):
+        ident = next(
+            (str(info[k]) for k in ("ETag", "etag", "md5", "crc32c", "generation") if info.get(k)), ""
+        )
+        if not ident:
+            ident = unlisted(name, info.get("size"))
+        digest.update(f"{posixpath.relpath(name, path)}\0{ident}\0{info.get('size')}".encode())
+    return f"tree:{digest.hexdigest()[:32]}"
 
 
 #: How long opening the memo waits for other jobs that switch a new memo file to WAL at the same moment.
@@ -242,9 +244,13 @@ def _fingerprint(digest: Any) -> str:
     return f"xxh3:{digest.hexdigest()}"
 
 
-def _hash_local(path: str) -> str:
+def hash_file(path: str) -> str:
+    """A local file's fingerprint, read now (what the memo keeps for it)."""
     with open(path, "rb", buffering=0) as handle:
         return hash_stream(handle)
+
+
+_hash_local = hash_file  # the name the hashing pool looks up
 
 
 class _ReadHashes:

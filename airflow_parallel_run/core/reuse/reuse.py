@@ -20,11 +20,13 @@ from ..attempt import AttemptResult, AttemptStatus
 from ..config import ParallelRunConfig
 from ..inputs.fingerprint import Fingerprinter
 from ..inputs.identity import Identity, local_paths, mini_batch_identity
+from ..inputs.side_check import SideInput, planned
 from ..inputs.source import Dataset
 from ..minibatch import MiniBatch
 from ..output.schema import schema_from_text, schema_to_text
 from ..plan import Plan
 from ..plan.store import DigestColumn, FingerprintSpill, KeyColumn, PlanStore
+from ..storage import is_local, local_path
 from ..worker.messages import PartialRun
 from ..worker.rerun_items import sha256_of
 from .cache import MiniBatchCache, memo_path
@@ -101,7 +103,17 @@ class Reuse:
         # mini-batch -> a digest of its local files' identities as fingerprinted (0: not known)
         self._keyed_identities = DigestColumn()
         with Fingerprinter(memo_path(cache.root), cache.storage_options) as memo:
-            side = {url: memo.path(url) for url in side_inputs}
+            side: dict[str, str] = {}
+            # local side inputs, checked by the entry-script processes after each run() (core/inputs/side_check.py)
+            self.side_checks: list[SideInput] = []
+            for url in side_inputs:
+                if is_local(url):
+                    check = planned(local_path(url), memo.path)
+                    self.side_checks.append(check)
+                    side[url] = check.fingerprint
+                else:
+                    side[url] = memo.path(url)
+            self.side_fingerprints = side
             self.components = job_components(config, code_files, arguments, side, entry)
             self.cache_key = digest32(self.components)
             # each mini-batch's key holds its own input's read options (separator, encoding, ...)

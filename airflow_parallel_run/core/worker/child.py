@@ -42,6 +42,7 @@ from ..attempt import AttemptStage, AttemptStatus
 from ..errors import DataChangedError
 from ..inputs.batch_format import read_batch
 from ..inputs.identity import current_identity
+from ..inputs.side_check import SideInputCheck
 from ..minibatch import MiniBatch
 from ..storage import is_local, local_path, write_atomic
 from .entry_script import ATTEMPT_OUTPUT_DIR, EntryScript
@@ -158,6 +159,22 @@ def _call(function: Any, loop: asyncio.AbstractEventLoop) -> Any:
     return result
 
 
+def _hash_file(path: str) -> str:
+    from ..inputs.fingerprint import hash_file  # only when a side input's identity moved
+
+    return hash_file(path)
+
+
+def _side_inputs_changed(sides: SideInputCheck) -> Failed | None:
+    """The attempt's failure when a side input is not the bytes the job keyed (core/inputs/side_check.py):
+    run() returned, but what it computed with is not what its key names; never retried."""
+    try:
+        sides.check()
+    except DataChangedError as exc:
+        return _failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.RUN, exc)
+    return None
+
+
 def _failed(status: AttemptStatus, stage: AttemptStage, exc: BaseException) -> Failed:
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     retriable = not isinstance(exc, DataChangedError)  # another try would read the same changed data
@@ -241,6 +258,7 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: async
 
     watch = OutputDirWatch(setup.output_dir, setup.storage_options)
     with_context = _wants_context(module.run)
+    sides = SideInputCheck(setup.side_checks, _hash_file)
     while True:
         try:
             message: ToChild = conn.recv()
@@ -262,7 +280,7 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: async
             mini_batch = message.mini_batch
             conn.send(Loaded(mini_batch.index, message.attempt, total, time.monotonic() - load_started))
             kept: list[Any] = []
-            answer = _run_one(module.run, with_context, message, data, total, setup, watch, kept)
+            answer = _run_one(module.run, with_context, message, data, total, setup, watch, kept, sides)
             conn.send(_keyed(answer, message))
             # Freed after the answer, while it travels and the next mini-batch comes: run()'s result and
             # the mini-batch's data (millions of Python objects for a large table) took milliseconds to
@@ -343,6 +361,7 @@ def _run_one(
     setup: Setup,
     watch: OutputDirWatch,
     kept: list[Any],
+    sides: SideInputCheck,
 ) -> Done | Failed:
     """run() on one mini-batch's data, its result checked and (append_row) written as its part; run()'s
     result is put in `kept`, for the caller to free after it has sent the answer."""
@@ -360,6 +379,9 @@ def _run_one(
         finally:
             _point_output_dir(setup.output_dir)
             files, uncacheable = watch.finish(message.files_url)
+        changed = _side_inputs_changed(sides)
+        if changed is not None:
+            return changed
         written = _write_result(result, message, total, setup)
     except InvalidResultError as exc:
         return Failed(AttemptStatus.RUN_INVALID_RESULT, AttemptStage.RUN, str(exc), str(exc) + "\n")
@@ -401,6 +423,7 @@ async def _serve_async(conn: Connection, module: types.ModuleType, setup: Setup)
 
     threading.Thread(target=read, name="apr-reader", daemon=True).start()
     with_context = _wants_context(module.run)
+    sides = SideInputCheck(setup.side_checks, _hash_file)
     running: set[asyncio.Task[None]] = set()
     while True:
         message = await inbox.get()
@@ -413,7 +436,7 @@ async def _serve_async(conn: Connection, module: types.ModuleType, setup: Setup)
             conn.send(Bye())
             break
         assert isinstance(message, Run), message
-        task = loop.create_task(_attempt_async(conn, module.run, with_context, message, setup))
+        task = loop.create_task(_attempt_async(conn, module.run, with_context, message, setup, sides))
         running.add(task)
         task.add_done_callback(_attempt_ended(running))
 
@@ -439,7 +462,9 @@ async def _shutdown_async(module: types.ModuleType) -> None:
             traceback.print_exc()
 
 
-async def _attempt_async(conn: Connection, run: Any, with_context: bool, message: Run, setup: Setup) -> None:
+async def _attempt_async(
+    conn: Connection, run: Any, with_context: bool, message: Run, setup: Setup, sides: SideInputCheck
+) -> None:
     """One attempt as a task: read (in a thread), `Loaded`, run() under the timeout, `Done` or `Failed`."""
     mini_batch = message.mini_batch
     load_started = time.monotonic()
@@ -451,7 +476,7 @@ async def _attempt_async(conn: Connection, run: Any, with_context: bool, message
             conn.send(_keyed(_failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.LOAD, exc), message))
             return
         conn.send(Loaded(mini_batch.index, message.attempt, total, time.monotonic() - load_started))
-        answer = await _run_one_async(run, with_context, message, data, total, setup)
+        answer = await _run_one_async(run, with_context, message, data, total, setup, sides)
         conn.send(_keyed(answer, message))
     finally:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
@@ -460,7 +485,7 @@ async def _attempt_async(conn: Connection, run: Any, with_context: bool, message
 
 
 async def _run_one_async(
-    run: Any, with_context: bool, message: Run, data: Any, total: int, setup: Setup
+    run: Any, with_context: bool, message: Run, data: Any, total: int, setup: Setup, sides: SideInputCheck
 ) -> Done | Failed:
     """An async run() on one mini-batch: cancelled after `run_invocation_timeout`; its result checked and
     (append_row) written as its part, in a thread. `output_dir` is the attempt's own folder for this task
@@ -503,6 +528,9 @@ async def _run_one_async(
             else ""
         )
         files = await asyncio.to_thread(list_files, message.files_url, setup.storage_options)
+        changed = await asyncio.to_thread(_side_inputs_changed, sides)
+        if changed is not None:
+            return changed
         written = await asyncio.to_thread(_write_result, result, message, total, setup)
         identity = await asyncio.to_thread(current_identity, message.mini_batch)
     except InvalidResultError as exc:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..attempt import AttemptStage, AttemptStatus
+from ..inputs.side_check import SideInput
 from ..minibatch import MiniBatch
 
 #: Why an attempt that found its job stopped started nothing (the driver books no row for it).
@@ -45,6 +46,7 @@ class Setup:
     run_invocation_timeout: float = 60.0  # an async run() is cancelled after it, in the process itself
     max_concurrency: int = 1  # attempts the runner may have in flight here (async run() only)
     batch_format: str = "pandas"  # what run() gets for a tabular mini-batch (core/inputs/batch_format.py)
+    side_checks: tuple[SideInput, ...] = ()  # local side inputs as keyed (core/inputs/side_check.py)
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,18 @@ import contextlib
 import io
 import logging
 import os
+import posixpath
 import signal
 import threading
 import time
 import zipfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from ..errors import DataChangedError
+from ..inputs.fingerprint import hash_file, remote_tree_fingerprint
+from ..inputs.side_check import side_input_changed
 from ..owned_folders import SharedFolder, owned_folder, remove_owned, sweep_shared
 from ..storage import filesystem, is_local, local_path, upload_folder
 from . import fork_server
@@ -80,6 +84,9 @@ class JobWorker(WorkerPlugin):
         self._logs: SharedFolder | None = None  # the host's copy of a remote job's worker logs, joined
         self._side_root: str | None = None
         self._side: dict[str, str] = {}
+        self._side_changed: dict[
+            str, DataChangedError
+        ] = {}  # remote side inputs whose download was not keyed
         self.node = worker_host(worker.address)
         self.scope = f"{self.spec.job_id}/{os.getpid()}.{str(worker.name).replace('/', '_')}/"
         if self.hosts is None or self.node in self.hosts:
@@ -185,14 +192,40 @@ class JobWorker(WorkerPlugin):
                     self._side_root = owned_folder(
                         ensure(os.path.join(tmp_root(), "side")), f"side-{self.spec.job_id}-", family="side-"
                     )
+                if url in self._side_changed:
+                    raise self._side_changed[url]
                 fs, path = filesystem(url, self.spec.storage_options)
                 target = os.path.join(
                     self._side_root, str(len(self._side)), os.path.basename(path.rstrip("/"))
                 )
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 fs.get(path, target, recursive=fs.isdir(path))
+                try:
+                    self._check_download(url, fs, path, target)
+                except DataChangedError as exc:  # every attempt here fails alike, none downloads it again
+                    self._side_changed[url] = exc
+                    raise
                 self._side[url] = target
             return self._side[url]
+
+    def _check_download(self, url: str, fs: Any, path: str, target: str) -> None:
+        """`DataChangedError` unless the store, listed again right after the download, gives the side input
+        the fingerprint the job keyed: the bytes downloaded are then the keyed ones (core/inputs/side_check.py)."""
+        keyed = self.spec.side_fingerprints.get(url)
+        if keyed is None:
+            return
+        fs.invalidate_cache(path)  # the download's own listing is cached: the store is asked again
+
+        def downloaded(name: str, size: int | None) -> str:  # an object whose store lists no identity
+            relative = posixpath.relpath(name, path)
+            return hash_file(target if relative == "." else os.path.join(target, *relative.split("/")))
+
+        try:
+            now = remote_tree_fingerprint(fs, path, downloaded)
+        except FileNotFoundError:
+            raise side_input_changed(url, "it was deleted after the job fingerprinted it") from None
+        if now != keyed:
+            raise side_input_changed(url, f"{keyed} when keyed, {now} as downloaded")
 
     # -- the driver's broadcasts ---------------------------------------------------------------------
     def activity(self, tails: bool) -> dict[str, object]:

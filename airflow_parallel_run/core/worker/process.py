@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Protocol
 
 from ..attempt import AttemptStage, AttemptStatus
+from ..errors import DataChangedError
 from ..owned_folders import owned_folder, remove_owned
 from . import fork_server
 from .messages import (
@@ -210,7 +211,12 @@ class EntryProcess:
     def start(self, stop_check: StopCheck) -> Ready | Failed:
         """Starts the process and waits for init(): `Ready`, or `Failed` (the process is gone then)."""
         code_dir = self.host.code_dir()
-        replacements = {url: self.host.side_input(url) for url in self.spec.side_inputs}
+        try:
+            replacements = {url: self.host.side_input(url) for url in self.spec.side_inputs}
+        except DataChangedError as exc:  # a remote side input downloaded is not the one keyed: never retried
+            return Failed(
+                AttemptStatus.LOAD_EXCEPTION, AttemptStage.START, f"DataChangedError: {exc}", "", False
+            )
         self.side_input_paths = replacements  # for arguments and environment variables naming them
         parent_sock, child_sock = socket.socketpair()
         try:
@@ -236,6 +242,7 @@ class EntryProcess:
             run_invocation_timeout=self.spec.run_invocation_timeout,
             max_concurrency=self.spec.max_concurrency,
             batch_format=self.spec.batch_format,
+            side_checks=self.spec.side_checks,
         )
         up = self.request(setup, START_TIMEOUT_S, stop_check)
         if not isinstance(up, Started):

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..inputs.side_check import SideInput
 from ..inputs.source import Dataset
 from ..output.files import attempt_folder, process_folder
 from ..output.formats import get_format
@@ -43,6 +44,10 @@ class JobSpec:
     batch_format: str = "pandas"  # what run() gets for a tabular mini-batch (core/inputs/batch_format.py)
     # a re-run of failed items: the mini-batches whose run() marked items failed run only those
     partial: Mapping[int, PartialRun] = field(default_factory=dict)
+    # local side inputs as keyed: checked after each run() (core/inputs/side_check.py)
+    side_checks: tuple[SideInput, ...] = ()
+    # every side input's keyed fingerprint, by URL: a worker checks its download of a remote one against it
+    side_fingerprints: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def for_job(
