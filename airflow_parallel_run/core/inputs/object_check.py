@@ -55,9 +55,12 @@ def check_object(fs: Any, path: str, url: str, identity: str, read: str) -> None
         return
     fs.invalidate_cache(path)  # a listing cached in this process would answer with the planned identity
     try:
-        now = store_identity(fs.info(path))
+        info = fs.info(path)
     except FileNotFoundError:
         raise _changed(url, read, "deleted after it was planned") from None
+    # the field listed at planning (a store's metadata call may hold more fields than its listing)
+    kind = identity.partition(":")[0]
+    now = f"{kind}:{str(info[kind]).strip(chr(34))}" if info.get(kind) else store_identity(info)
     if now != identity:
         raise _changed(url, read, f"{identity} when planned, {now or 'no identity'} now")
 

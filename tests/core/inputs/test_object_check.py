@@ -81,3 +81,13 @@ def test_an_object_deleted_after_planning_fails_and_one_without_identity_is_not_
     nothing = Store(etag="e")
     check_object(nothing, "b/x.csv", "https://h/x.csv", "", "bytes [0, 10)")  # HTTP lists no identity
     assert nothing.infos == 0
+
+
+def test_the_field_listed_at_planning_is_the_one_compared() -> None:
+    """A store whose metadata call gives more fields than its listing (an ETag beside the generation the
+    listing gave): the listed field is compared, not the first of the metadata's."""
+    store = Store(etag="not-listed")
+    store.info = lambda path: {"name": path, "size": 3, "ETag": "x", "generation": 17}  # type: ignore[method-assign]
+    check_object(store, "b/x.csv", "gs://b/x.csv", "generation:17", "bytes [0, 10)")
+    with pytest.raises(DataChangedError, match="generation:16 when planned, generation:17 now"):
+        check_object(store, "b/x.csv", "gs://b/x.csv", "generation:16", "bytes [0, 10)")
