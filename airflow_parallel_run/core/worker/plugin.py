@@ -84,9 +84,8 @@ class JobWorker(WorkerPlugin):
         self._logs: SharedFolder | None = None  # the host's copy of a remote job's worker logs, joined
         self._side_root: str | None = None
         self._side: dict[str, str] = {}
-        self._side_changed: dict[
-            str, DataChangedError
-        ] = {}  # remote side inputs whose download was not keyed
+        # remote side inputs whose download was not the keyed version: every attempt here fails alike
+        self._side_changed: dict[str, DataChangedError] = {}
         self.node = worker_host(worker.address)
         self.scope = f"{self.spec.job_id}/{os.getpid()}.{str(worker.name).replace('/', '_')}/"
         if self.hosts is None or self.node in self.hosts:
