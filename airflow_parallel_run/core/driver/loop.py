@@ -186,6 +186,7 @@ class JobDriver:
         self._reused = NumberSet()  # streaming: the mini-batches reused so far
         self._damaged: list[str] = []  # streaming: cache entries that failed verification
         self._executing = False  # `execute` began (a progress line is said only from then on)
+        self._said_uncached = False  # the first committed result that is not cached was said
         self.reuse_line = ""
         if self.streaming:  # the folder is created after the plan's refusals, as without streaming
             try:
@@ -722,6 +723,9 @@ class JobDriver:
             note = self.reuse.commit(result, files_url)
             if note:
                 self.logs.master(note)
+                if not self._said_uncached:  # once: a reason that holds for one often holds for all
+                    self._said_uncached = True
+                    self._say(f"Warning: {note} (each such mini-batch: logs/sys/master_role.txt)")
         self.sink.commit(mb.index, result, files_url)
 
     def _halt(self, stream: AttemptStream, pending: Pending) -> None:

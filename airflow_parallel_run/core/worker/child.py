@@ -47,6 +47,7 @@ from ..minibatch import MiniBatch
 from ..storage import is_local, local_path, write_atomic
 from .entry_script import ATTEMPT_OUTPUT_DIR, EntryScript
 from .messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown, Started, ToChild
+from .unkeyed_code import UnkeyedCode
 
 if TYPE_CHECKING:
     from ..output.files import OutputDirWatch
@@ -165,14 +166,28 @@ def _hash_file(path: str) -> str:
     return hash_file(path)
 
 
-def _side_inputs_changed(sides: SideInputCheck) -> Failed | None:
-    """The attempt's failure when a side input is not the bytes the job keyed (core/inputs/side_check.py):
-    run() returned, but what it computed with is not what its key names; never retried."""
-    try:
-        sides.check()
-    except DataChangedError as exc:
-        return _failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.RUN, exc)
-    return None
+@dataclasses.dataclass
+class _AfterRun:
+    """What the process checks after each run() returned: that the job's side inputs are still the bytes it
+    keyed (core/inputs/side_check.py), and whether it ran code the key does not hold
+    (core/worker/unkeyed_code.py)."""
+
+    sides: SideInputCheck
+    code: UnkeyedCode
+
+    @classmethod
+    def of(cls, setup: Setup) -> _AfterRun:
+        bundle = (setup.script_dir, os.path.dirname(setup.entry_script))
+        return cls(SideInputCheck(setup.side_checks, _hash_file), UnkeyedCode(bundle))
+
+    def side_inputs_changed(self) -> Failed | None:
+        """The attempt's failure when a side input is not the bytes the job keyed: run() returned, but what
+        it computed with is not what its key names; never retried."""
+        try:
+            self.sides.check()
+        except DataChangedError as exc:
+            return _failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.RUN, exc)
+        return None
 
 
 def _failed(status: AttemptStatus, stage: AttemptStage, exc: BaseException) -> Failed:
@@ -258,7 +273,7 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: async
 
     watch = OutputDirWatch(setup.output_dir, setup.storage_options)
     with_context = _wants_context(module.run)
-    sides = SideInputCheck(setup.side_checks, _hash_file)
+    after_run = _AfterRun.of(setup)
     while True:
         try:
             message: ToChild = conn.recv()
@@ -280,7 +295,7 @@ def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: async
             mini_batch = message.mini_batch
             conn.send(Loaded(mini_batch.index, message.attempt, total, time.monotonic() - load_started))
             kept: list[Any] = []
-            answer = _run_one(module.run, with_context, message, data, total, setup, watch, kept, sides)
+            answer = _run_one(module.run, with_context, message, data, total, setup, watch, kept, after_run)
             conn.send(_keyed(answer, message))
             # Freed after the answer, while it travels and the next mini-batch comes: run()'s result and
             # the mini-batch's data (millions of Python objects for a large table) took milliseconds to
@@ -361,7 +376,7 @@ def _run_one(
     setup: Setup,
     watch: OutputDirWatch,
     kept: list[Any],
-    sides: SideInputCheck,
+    after_run: _AfterRun,
 ) -> Done | Failed:
     """run() on one mini-batch's data, its result checked and (append_row) written as its part; run()'s
     result is put in `kept`, for the caller to free after it has sent the answer."""
@@ -379,9 +394,10 @@ def _run_one(
         finally:
             _point_output_dir(setup.output_dir)
             files, uncacheable = watch.finish(message.files_url)
-        changed = _side_inputs_changed(sides)
+        changed = after_run.side_inputs_changed()
         if changed is not None:
             return changed
+        uncacheable = uncacheable or after_run.code.look()
         written = _write_result(result, message, total, setup)
     except InvalidResultError as exc:
         return Failed(AttemptStatus.RUN_INVALID_RESULT, AttemptStage.RUN, str(exc), str(exc) + "\n")
@@ -423,7 +439,7 @@ async def _serve_async(conn: Connection, module: types.ModuleType, setup: Setup)
 
     threading.Thread(target=read, name="apr-reader", daemon=True).start()
     with_context = _wants_context(module.run)
-    sides = SideInputCheck(setup.side_checks, _hash_file)
+    after_run = _AfterRun.of(setup)
     running: set[asyncio.Task[None]] = set()
     while True:
         message = await inbox.get()
@@ -436,7 +452,7 @@ async def _serve_async(conn: Connection, module: types.ModuleType, setup: Setup)
             conn.send(Bye())
             break
         assert isinstance(message, Run), message
-        task = loop.create_task(_attempt_async(conn, module.run, with_context, message, setup, sides))
+        task = loop.create_task(_attempt_async(conn, module.run, with_context, message, setup, after_run))
         running.add(task)
         task.add_done_callback(_attempt_ended(running))
 
@@ -463,7 +479,7 @@ async def _shutdown_async(module: types.ModuleType) -> None:
 
 
 async def _attempt_async(
-    conn: Connection, run: Any, with_context: bool, message: Run, setup: Setup, sides: SideInputCheck
+    conn: Connection, run: Any, with_context: bool, message: Run, setup: Setup, after_run: _AfterRun
 ) -> None:
     """One attempt as a task: read (in a thread), `Loaded`, run() under the timeout, `Done` or `Failed`."""
     mini_batch = message.mini_batch
@@ -476,7 +492,7 @@ async def _attempt_async(
             conn.send(_keyed(_failed(AttemptStatus.LOAD_EXCEPTION, AttemptStage.LOAD, exc), message))
             return
         conn.send(Loaded(mini_batch.index, message.attempt, total, time.monotonic() - load_started))
-        answer = await _run_one_async(run, with_context, message, data, total, setup, sides)
+        answer = await _run_one_async(run, with_context, message, data, total, setup, after_run)
         conn.send(_keyed(answer, message))
     finally:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
@@ -485,7 +501,7 @@ async def _attempt_async(
 
 
 async def _run_one_async(
-    run: Any, with_context: bool, message: Run, data: Any, total: int, setup: Setup, sides: SideInputCheck
+    run: Any, with_context: bool, message: Run, data: Any, total: int, setup: Setup, after_run: _AfterRun
 ) -> Done | Failed:
     """An async run() on one mini-batch: cancelled after `run_invocation_timeout`; its result checked and
     (append_row) written as its part, in a thread. `output_dir` is the attempt's own folder for this task
@@ -528,9 +544,10 @@ async def _run_one_async(
             else ""
         )
         files = await asyncio.to_thread(list_files, message.files_url, setup.storage_options)
-        changed = await asyncio.to_thread(_side_inputs_changed, sides)
+        changed = await asyncio.to_thread(after_run.side_inputs_changed)
         if changed is not None:
             return changed
+        uncacheable = uncacheable or after_run.code.look()
         written = await asyncio.to_thread(_write_result, result, message, total, setup)
         identity = await asyncio.to_thread(current_identity, message.mini_batch)
     except InvalidResultError as exc:
