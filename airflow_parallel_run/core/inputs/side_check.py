@@ -45,14 +45,23 @@ class SideInput:
     identity: int
 
 
+#: Folders of a side input that are not its content: Python writes them when a process imports a module
+#: of the side input (a model folder with its code), so they appear while the job runs.
+DERIVED = frozenset({"__pycache__"})
+
+
 def _files(path: str) -> Iterator[tuple[str, str]]:
     """(relative name, full path) of a side input's files, in the order its fingerprint hashes them: the
-    file itself, or a folder's files walked in sorted order ('' is the name of a single file)."""
+    file itself, or a folder's files walked in sorted order ('' is the name of a single file), without the
+    `DERIVED` folders."""
     if not os.path.isdir(path):
         yield "", path
         return
-    for folder, dirs, names in sorted(os.walk(path)):
-        dirs.sort()
+    walked = []
+    for folder, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if d not in DERIVED]
+        walked.append((folder, names))
+    for folder, names in sorted(walked):
         for name in sorted(names):
             full = os.path.join(folder, name)
             yield os.path.relpath(full, path), full
@@ -80,7 +89,7 @@ def _digest_folder(folder: str, prefix: bytes, digest: Any) -> None:
     for entry in entries:
         name = prefix + os.fsencode(entry.name)
         if entry.is_dir():  # followed as os.walk (the fingerprint's walk) does: not through a symlink
-            if not entry.is_symlink():
+            if not entry.is_symlink() and entry.name not in DERIVED:
                 digest.update(name + b"/\0")
                 _digest_folder(entry.path, name + b"/", digest)
         else:

@@ -177,8 +177,8 @@ class _AfterRun:
 
     @classmethod
     def of(cls, setup: Setup) -> _AfterRun:
-        bundle = (setup.script_dir, os.path.dirname(setup.entry_script))
-        return cls(SideInputCheck(setup.side_checks, _hash_file), UnkeyedCode(bundle))
+        keyed = (setup.script_dir, os.path.dirname(setup.entry_script), *setup.side_paths)
+        return cls(SideInputCheck(setup.side_checks, _hash_file), UnkeyedCode(keyed))
 
     def side_inputs_changed(self) -> Failed | None:
         """The attempt's failure when a side input is not the bytes the job keyed: run() returned, but what

@@ -47,6 +47,7 @@ class Setup:
     max_concurrency: int = 1  # attempts the runner may have in flight here (async run() only)
     batch_format: str = "pandas"  # what run() gets for a tabular mini-batch (core/inputs/batch_format.py)
     side_checks: tuple[SideInput, ...] = ()  # local side inputs as keyed (core/inputs/side_check.py)
+    side_paths: tuple[str, ...] = ()  # every side input's local path here (keyed code may live there too)
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,7 @@ class EntryProcess:
             max_concurrency=self.spec.max_concurrency,
             batch_format=self.spec.batch_format,
             side_checks=self.spec.side_checks,
+            side_paths=tuple(replacements.values()),
         )
         up = self.request(setup, START_TIMEOUT_S, stop_check)
         if not isinstance(up, Started):

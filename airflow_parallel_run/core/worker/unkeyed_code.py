@@ -8,8 +8,9 @@ code computed as the new code's. So an attempt of a process that imported such a
 cached (`AttemptResult.uncacheable`, a line in logs/sys/master_role.txt and a warning), and the fix is named:
 put the module in `source_directory`.
 
-What counts as keyed or installed: files under the bundle, under the engine's own package, and under the
-interpreter's prefixes and site-packages folders (the standard library and installed packages). Modules
+What counts as keyed or installed: files under the bundle and the job's side inputs (their bytes are in the
+key), under the engine's own package, and under the interpreter's prefixes and site-packages folders (the
+standard library and installed packages). Modules
 are looked at when the process's `sys.modules` grew since the last look (after init() and after each
 run()), so an unchanged process costs one `len()` per attempt.
 """
@@ -24,9 +25,9 @@ import sys
 _STARTUP = frozenset({"sitecustomize", "usercustomize", "__main__"})
 
 
-def _roots(bundle_dirs: tuple[str, ...]) -> tuple[str, ...]:
+def _roots(keyed: tuple[str, ...]) -> tuple[str, ...]:
     engine = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the package
-    folders = [*bundle_dirs, engine, sys.prefix, sys.base_prefix, sys.exec_prefix]
+    folders = [*keyed, engine, sys.prefix, sys.base_prefix, sys.exec_prefix]
     folders += [sys.base_exec_prefix, *site.getsitepackages()]
     if site.ENABLE_USER_SITE and site.USER_SITE:
         folders.append(site.USER_SITE)
@@ -34,18 +35,25 @@ def _roots(bundle_dirs: tuple[str, ...]) -> tuple[str, ...]:
     for folder in folders:
         if folder:
             for form in (os.path.abspath(folder), os.path.realpath(folder)):
-                roots.add(form.rstrip(os.sep) + os.sep)
+                # a file (a side input that is one module) is matched whole, a folder by its prefix
+                roots.add(form if os.path.isfile(form) else form.rstrip(os.sep) + os.sep)
     return tuple(sorted(roots))
 
 
 class UnkeyedCode:
     """The modules of this process whose files lie outside the bundle, the engine and the environment."""
 
-    def __init__(self, bundle_dirs: tuple[str, ...]) -> None:
-        self._roots = _roots(bundle_dirs)
+    def __init__(self, keyed: tuple[str, ...]) -> None:
+        """`keyed`: the folders (or files) whose bytes the job's key holds: the bundle, the side inputs."""
+        self._roots = _roots(keyed)
         self._looked_at = 0  # len(sys.modules) at the last look
         self._seen: set[str] = set()  # module names looked at
         self.files: list[str] = []  # the unkeyed modules' files, in the order they were found
+
+    def _keyed(self, path: str) -> bool:
+        return path.startswith(self._roots) and any(
+            path.startswith(root) if root.endswith(os.sep) else path == root for root in self._roots
+        )
 
     def look(self) -> str:
         """Why this process's results may not be cached ('' when nothing it imported is unkeyed)."""
@@ -57,7 +65,7 @@ class UnkeyedCode:
                 path = getattr(module, "__file__", None)
                 if name in _STARTUP or not isinstance(path, str) or not os.path.isabs(path):
                     continue
-                if not path.startswith(self._roots) and not os.path.realpath(path).startswith(self._roots):
+                if not self._keyed(path) and not self._keyed(os.path.realpath(path)):
                     self.files.append(path)
             self._looked_at = len(sys.modules)
         if not self.files:

@@ -117,3 +117,48 @@ def test_a_file_added_to_a_side_input_folder_fails_the_attempts_after_it(  # typ
     assert summary["failed_mini_batches"] == 3, summary
     assert all("its bytes differ" in row["Error Message"] for row in _failed(tmp_path / "o"))
     os.remove(model / "extra.txt")
+
+
+CODE_IN_SIDE_INPUT = """
+import os, sys
+sys.dont_write_bytecode = False  # Python's default (a test environment may turn it off)
+sys.path.insert(0, {folder!r})
+import modelcode  # Python writes modelcode's __pycache__ into the side input folder
+
+def run(mini_batch):
+    return [os.path.basename(p) + "=" + modelcode.VALUE for p in mini_batch]
+"""
+
+
+def test_a_side_input_folder_whose_code_the_script_imports_is_keyed_and_unchanged(  # type: ignore[no-untyped-def]
+    dask_client, write_script, files, tmp_path
+) -> None:
+    """Its `__pycache__`, written as the processes import it, is not a change of the side input; and its
+    module is keyed code (the side input's bytes are in the key), so the results are cached."""
+    root, model = files(3), tmp_path / "model"
+    model.mkdir()
+    (model / "modelcode.py").write_text('VALUE = "m1"\n')
+    script = write_script(CODE_IN_SIDE_INPUT.format(folder=str(model)))
+    said: list[str] = []
+    config = ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=2)
+
+    def job(out: Path) -> dict[str, Any]:
+        return run_job(
+            config,
+            [FileDataset.from_files(str(root))],
+            str(out),
+            side_inputs=[str(model)],
+            client=dask_client,
+            progress=said.append,
+        )
+
+    first = job(tmp_path / "o1")
+    assert first["status"] == "succeeded" and first["failed_mini_batches"] == 0, first
+    assert (model / "__pycache__").is_dir(), "the scenario: Python wrote into the side input folder"
+    assert not [line for line in said if "is not cached" in line], said
+    assert job(tmp_path / "o2")["reused_mini_batches"] == 3
+    (model / "modelcode.py").write_text('VALUE = "m2"\n')
+    third = job(tmp_path / "o3")
+    assert third["reused_mini_batches"] == 0, third
+    lines = sorted((tmp_path / "o3" / "parallel_run_step.txt").read_text().split())
+    assert lines == [f"f{i:03d}.txt=m2" for i in range(3)]
