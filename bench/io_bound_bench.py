@@ -42,6 +42,7 @@ import asyncio
 import csv
 import json
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -58,9 +59,9 @@ DELAY_S = 0.1
 MINI_BATCH = 10
 SYNC_SHARE = 5  # engine_sync runs 1/SYNC_SHARE of the items
 
+# scoring_server.py is shipped beside the script in its source_directory (code the cache key holds)
 ASYNC_SCRIPT = """
-import os, sys
-sys.path.insert(0, os.environ["SCORING_LIB"])
+import os
 from scoring_server import score
 
 ADDRESS = os.environ["SCORING_ADDRESS"]
@@ -72,8 +73,7 @@ async def run(mini_batch):
 # the recipe of docs/io-bound-scoring.md: the items of a mini-batch at once, bounded per process (the
 # semaphore is made on the process's event loop by init(), which runs on it)
 GATHER_SCRIPT = """
-import asyncio, os, sys
-sys.path.insert(0, os.environ["SCORING_LIB"])
+import asyncio, os
 from scoring_server import score
 
 ADDRESS = os.environ["SCORING_ADDRESS"]
@@ -139,15 +139,17 @@ class _Job:
     ) -> None:
         from airflow_parallel_run.core import ParallelRunConfig
 
-        path = root / f"{name}.py"
-        path.write_text(script)
-        env = {
-            "SCORING_ADDRESS": server.address,
-            "SCORING_LIB": str(BENCH_DIR),
-            "SCORING_PER_PROCESS": str(CONCURRENCY),
-        }
+        code = root / f"code-{name}"
+        code.mkdir(exist_ok=True)
+        (code / f"{name}.py").write_text(script)
+        shutil.copy(BENCH_DIR / "scoring_server.py", code / "scoring_server.py")
+        env = {"SCORING_ADDRESS": server.address, "SCORING_PER_PROCESS": str(CONCURRENCY)}
         self.config = ParallelRunConfig(
-            entry_script=str(path), mini_batch_size=MINI_BATCH, environment_variables=env, **config
+            entry_script=f"{name}.py",
+            source_directory=str(code),
+            mini_batch_size=MINI_BATCH,
+            environment_variables=env,
+            **config,
         )
         self.root, self.name, self.data, self.items, self.server = root, name, data, items, server
         self.client: Any = None
