@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
@@ -53,6 +54,25 @@ def absolute(url: str) -> str:
         path = os.path.abspath(os.path.expanduser(local_path(url)))
         return path.rstrip("/") or "/"
     return url.rstrip("/")
+
+
+#: `scheme://user:password@host...`: a password in a URL's authority (a `user@host` alone is no secret).
+_URL_PASSWORD = re.compile(r"(://[^/@?#:]*):([^/@?#]*)@")
+
+
+def refuse_url_password(url: str, field: str) -> None:
+    """`ConfigError` naming `field` when `url` (a path or fsspec URL of a file input, side input, output
+    folder or cache) carries a password: such a URL is written down everywhere the job names its paths (its
+    record, logs, reports, error messages), so the secret would travel with it. The error shows it masked."""
+    if "@" in url and _URL_PASSWORD.search(url):
+        from .errors import ConfigError
+
+        raise ConfigError(
+            field,
+            _URL_PASSWORD.sub(r"\1:***@", url),
+            "a path or URL without a password in it: give credentials in storage_options (or an Airflow "
+            "connection), which never reach the job's record, logs or cache keys",
+        )
 
 
 def join(base: str, *parts: str) -> str:

@@ -36,6 +36,7 @@ from ..retry import InitFailures, Step, next_step
 from ..reuse.cache import MiniBatchCache, resolve_cache_root
 from ..reuse.reuse import Reuse
 from ..spill import SpillError
+from ..storage import refuse_url_password
 from ..summary import Tally, threshold_breach
 from ..worker.attempt import run_mini_batch
 from ..worker.chunk import run_attempts
@@ -70,6 +71,8 @@ def _local_paths(
     arguments = as_strings("arguments", list(arguments))
     if not all(isinstance(s, str) and s for s in side_inputs):
         raise ConfigError("side_inputs", list(side_inputs), "a list of paths or fsspec URLs")
+    for given in side_inputs:
+        refuse_url_password(given, "side_inputs")
     side = [os.path.abspath(s) if _plain(s) and os.path.exists(s) else s for s in side_inputs]
     for original, path in zip(side_inputs, side, strict=True):
         if _plain(path) and not os.path.exists(path):
@@ -134,6 +137,8 @@ class JobDriver:
         self.job_id = job_id or uuid.uuid4().hex[:16]
         self.storage_options = dict(storage_options or {})
         self.inputs = [d.with_credentials(self.storage_options) for d in inputs]  # the job's, where none
+        refuse_url_password(str(output_path), "output")
+        refuse_url_password(resolve_cache_root(cache_dir), "cache_dir")  # given, or from the environment
         self.side_inputs, self.arguments = _local_paths(side_inputs, arguments)
         self.environment = _side_input_variables(config.environment_variables, side_inputs, self.side_inputs)
         OutputFolder.check(

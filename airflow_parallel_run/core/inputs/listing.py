@@ -19,7 +19,7 @@ from fsspec.core import url_to_fs
 
 from ..errors import ConfigError, InputError
 from ..minibatch import FileRef, MiniBatch
-from ..storage import is_local, to_url
+from ..storage import is_local, refuse_url_password, to_url
 from .fingerprint import LISTED_STATS
 from .source import ConnectionResolver, CredentialMode, InputChange
 
@@ -32,6 +32,8 @@ def as_paths(path: str | Sequence[str], field_name: str) -> tuple[str, ...]:
     paths = (path,) if isinstance(path, str) else tuple(path)
     if not paths or not all(isinstance(p, str) and p.strip() for p in paths):
         raise ConfigError(field_name, path, "a path, glob, folder or fsspec URL, or a non-empty list of them")
+    for one in paths:
+        refuse_url_password(one, field_name)
     return tuple(p.strip() for p in paths)
 
 
