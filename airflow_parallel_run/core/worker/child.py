@@ -47,6 +47,7 @@ from ..minibatch import MiniBatch
 from ..storage import is_local, local_path, write_atomic
 from .entry_script import ATTEMPT_OUTPUT_DIR, EntryScript
 from .messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown, Started, ToChild
+from .undeclared_reads import UndeclaredReads
 from .unkeyed_code import UnkeyedCode
 
 if TYPE_CHECKING:
@@ -166,6 +167,10 @@ def _hash_file(path: str) -> str:
     return hash_file(path)
 
 
+#: The process's `UndeclaredReads`, installed as it starts (`_start`), for `_AfterRun`.
+_READS: list[UndeclaredReads] = []
+
+
 @dataclasses.dataclass
 class _AfterRun:
     """What the process checks after each run() returned: that the job's side inputs are still the bytes it
@@ -174,11 +179,17 @@ class _AfterRun:
 
     sides: SideInputCheck
     code: UnkeyedCode
+    reads: UndeclaredReads
 
     @classmethod
     def of(cls, setup: Setup) -> _AfterRun:
         keyed = (setup.script_dir, os.path.dirname(setup.entry_script), *setup.side_paths)
-        return cls(SideInputCheck(setup.side_checks, _hash_file), UnkeyedCode(keyed))
+        reads = _READS[0] if _READS else UndeclaredReads(())
+        return cls(SideInputCheck(setup.side_checks, _hash_file), UnkeyedCode(keyed), reads)
+
+    def uncacheable(self) -> str:
+        """Why this process's results may not be cached: code or files the key does not hold ('' if none)."""
+        return self.code.look() or self.reads.note()
 
     def side_inputs_changed(self) -> Failed | None:
         """The attempt's failure when a side input is not the bytes the job keyed: run() returned, but what
@@ -231,6 +242,8 @@ def _start(conn: Connection, setup: Setup, loop: asyncio.AbstractEventLoop) -> t
         if folder not in sys.path:
             sys.path.insert(0, folder)
     sys.argv = [setup.entry_script, *setup.arguments]
+    _READS.append(UndeclaredReads(setup.watched_reads))  # before the script's import and init() read anything
+    _READS[0].install()
     started = time.monotonic()
     # this process's own output_dir (core/output/files.py), before the script may read it on import
     _point_output_dir(setup.output_dir, singleton=False)
@@ -397,7 +410,7 @@ def _run_one(
         changed = after_run.side_inputs_changed()
         if changed is not None:
             return changed
-        uncacheable = uncacheable or after_run.code.look()
+        uncacheable = uncacheable or after_run.uncacheable()
         written = _write_result(result, message, total, setup)
     except InvalidResultError as exc:
         return Failed(AttemptStatus.RUN_INVALID_RESULT, AttemptStage.RUN, str(exc), str(exc) + "\n")
@@ -547,7 +560,7 @@ async def _run_one_async(
         changed = await asyncio.to_thread(after_run.side_inputs_changed)
         if changed is not None:
             return changed
-        uncacheable = uncacheable or after_run.code.look()
+        uncacheable = uncacheable or after_run.uncacheable()
         written = await asyncio.to_thread(_write_result, result, message, total, setup)
         identity = await asyncio.to_thread(current_identity, message.mini_batch)
     except InvalidResultError as exc:

@@ -48,6 +48,8 @@ class Setup:
     batch_format: str = "pandas"  # what run() gets for a tabular mini-batch (core/inputs/batch_format.py)
     side_checks: tuple[SideInput, ...] = ()  # local side inputs as keyed (core/inputs/side_check.py)
     side_paths: tuple[str, ...] = ()  # every side input's local path here (keyed code may live there too)
+    # local paths the job's arguments and environment variables name, and how (core/worker/undeclared_reads.py)
+    watched_reads: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

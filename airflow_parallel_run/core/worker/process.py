@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict, deque
@@ -19,6 +20,7 @@ from typing import Protocol
 from ..attempt import AttemptStage, AttemptStatus
 from ..errors import DataChangedError
 from ..owned_folders import owned_folder, remove_owned
+from ..storage import is_local, local_path
 from . import fork_server
 from .messages import (
     CANCELLED,
@@ -51,6 +53,7 @@ from .scratch import (
     tmp_root,
 )
 from .spec import JobSpec
+from .undeclared_reads import named_paths
 
 StopCheck = Callable[[], bool]  # has the job stopped?
 SHUTDOWN_GRACE_S = 10.0  # for the entry script's shutdown() at the end of a job (all processes at once)
@@ -244,6 +247,7 @@ class EntryProcess:
             batch_format=self.spec.batch_format,
             side_checks=self.spec.side_checks,
             side_paths=tuple(replacements.values()),
+            watched_reads=self._watched_reads(code_dir, replacements),
         )
         up = self.request(setup, START_TIMEOUT_S, stop_check)
         if not isinstance(up, Started):
@@ -253,6 +257,28 @@ class EntryProcess:
             return self.failure(up, AttemptStage.INIT if isinstance(up, Cancelled) else AttemptStage.START)
         # run_invocation_timeout bounds the script's import and init() only, from the process's `Started`
         return self._await_init(self.wait(self.spec.run_invocation_timeout, stop_check))
+
+    def _watched_reads(self, code_dir: str, replacements: dict[str, str]) -> tuple[tuple[str, str], ...]:
+        """The local paths the job's arguments and environment variables name that the process watches for
+        reads (core/worker/undeclared_reads.py): not side inputs, inputs, code or the output folder."""
+        keyed = [*replacements.values(), code_dir]
+        keyed += [where for d in self.spec.datasets for where in d.locations() if is_local(where)]
+        if is_local(self.spec.output_url):
+            keyed.append(self.spec.output_url)
+        wide = [
+            self.working_dir,
+            code_dir,
+            sys.prefix,
+            sys.base_prefix,
+            sys.exec_prefix,
+            tempfile.gettempdir(),
+        ]
+        return named_paths(
+            resolve_arguments(self.spec.arguments, replacements),
+            {name: replacements.get(value, value) for name, value in self.spec.environment_variables.items()},
+            [local_path(k) for k in keyed if is_local(k)],
+            wide,
+        )
 
     def start_once(self, stop_check: StopCheck) -> Ready | Failed:
         """`start`, and `init_outcome`/`started` for the attempts that leased the process meanwhile."""
