@@ -52,7 +52,7 @@ def rerun_failed_dag(dag_id: str, mode: str, mini_batch_size: int, **operator_kw
             output_path=str(root / "out"),
             arguments=[
                 "--fail-list",
-                str(root / "fail.txt"),
+                f"flaky:{root / 'fail.txt'}",  # a transient failure, not data (tests/flaky_failures.py)
                 "--calls",
                 str(root / "calls.txt"),
                 "--mode",

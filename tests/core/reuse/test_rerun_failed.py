@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from distributed import Client
+from flaky_failures import flaky
 
 from airflow_parallel_run.core import ConfigError, FileDataset, ParallelRunConfig, run_job
 from airflow_parallel_run.core.logs.failed_items import FAILED_ITEMS_FILE, read_failed_items
@@ -21,7 +22,8 @@ from airflow_parallel_run.core.reuse.rerun import PreviousJob
 DOC = Path(__file__).resolve().parents[3] / "docs" / "errors.md"
 
 #: Fails on the items named in the file given by --fail-list ("raise": the whole mini-batch fails; "skip":
-#: run() leaves them out of its result, Azure's partial failure); appends each item it ran to --calls.
+#: run() leaves them out of its result, Azure's partial failure); appends each item it ran to --calls. The
+#: fail list is named as a flaky failure (tests/flaky_failures.py).
 SCRIPT = """
 import argparse, os
 
@@ -34,7 +36,7 @@ def init():
     args, _ = parser.parse_known_args()
 
 def run(mini_batch):
-    with open(args.fail_list) as handle:
+    with open(args.fail_list.removeprefix("flaky:")) as handle:
         bad = set(handle.read().split())
     with open(args.calls, "a") as handle:
         handle.write("".join(os.path.basename(p) + "\\n" for p in mini_batch))
@@ -65,7 +67,7 @@ def _job(
     )
     arguments = [
         "--fail-list",
-        str(tmp_path / "fail.txt"),
+        flaky(tmp_path / "fail.txt"),
         "--calls",
         str(tmp_path / "calls.txt"),
         "--mode",
@@ -86,7 +88,14 @@ def _clean_output(
     clean = tmp_path / "clean"
     clean.mkdir()
     (clean / "fail.txt").write_text("")
-    arguments = ["--fail-list", str(clean / "fail.txt"), "--calls", str(clean / "calls.txt"), "--mode", mode]
+    arguments = [
+        "--fail-list",
+        flaky(clean / "fail.txt"),
+        "--calls",
+        str(clean / "calls.txt"),
+        "--mode",
+        mode,
+    ]
     summary = run_job(
         config, inputs, str(clean / "out"), arguments=arguments, client=client, cache_dir=str(clean / "cache")
     )
@@ -368,7 +377,7 @@ def init():
     args, _ = parser.parse_known_args()
 
 def run(frame):
-    bad = set(open(args.fail_list).read().split())
+    bad = set(open(args.fail_list.removeprefix("flaky:")).read().split())
     with open(args.calls, "a") as handle:
         handle.write("".join(f"{i}\\n" for i in frame["id"]))
     hit = [str(i) for i in frame["id"] if str(i) in bad]
@@ -393,7 +402,7 @@ def test_rerun_of_tabular_slices(
         run_max_try=1,
         process_count_per_node=2,
     )
-    arguments = ["--fail-list", str(tmp_path / "fail.txt"), "--calls", str(tmp_path / "calls.txt")]
+    arguments = ["--fail-list", flaky(tmp_path / "fail.txt"), "--calls", str(tmp_path / "calls.txt")]
     (tmp_path / "fail.txt").write_text("17 250")
     out = str(tmp_path / "out")
     first = run_job(config, inputs, out, arguments=arguments, client=dask_client)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from distributed import Client
+from flaky_failures import FLAKY, flaky
 
 from airflow_parallel_run.core import FileDataset, ParallelRunConfig, TabularDataset, run_job
 from airflow_parallel_run.core.logs.failed_items import read_failed_items
@@ -65,7 +66,7 @@ def _safe(path, bad):
         return exc
 
 def _log(mini_batch):
-    with open(args.fail_list) as handle:
+    with open(args.fail_list.removeprefix("flaky:")) as handle:
         bad = set(handle.read().split())
     with open(args.calls, "a") as handle:
         handle.write("".join(os.path.basename(p) + "\\n" for p in mini_batch))
@@ -99,7 +100,7 @@ def _arguments(folder: Path, mode: str, dicts: bool, *more: str) -> list[str]:
     extra = ["--dicts", *more] if dicts else list(more)
     return [
         "--fail-list",
-        str(folder / "fail.txt"),
+        flaky(folder / "fail.txt"),
         "--calls",
         str(folder / "calls.txt"),
         "--mode",
@@ -113,6 +114,13 @@ def _calls(folder: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+def _moved(argument: str, old: Path, new: Path) -> str:
+    """An argument naming a file of `old` (as a path, or a flaky: one) made to name that file in `new`."""
+    prefix = FLAKY if argument.startswith(FLAKY) else ""
+    path = argument.removeprefix(prefix)
+    return prefix + str(new / Path(path).name) if path.startswith(str(old)) else argument
+
+
 def _clean(
     tmp_path: Path, client: Client, config: ParallelRunConfig, inputs: list, arguments: list[str]
 ) -> bytes:
@@ -120,7 +128,7 @@ def _clean(
     clean = tmp_path / "clean"
     clean.mkdir()
     (clean / "fail.txt").write_text("")
-    arguments = [str(clean / Path(a).name) if a.startswith(str(tmp_path)) else a for a in arguments]
+    arguments = [_moved(a, tmp_path, clean) for a in arguments]
     summary = run_job(
         config, inputs, str(clean / "out"), arguments=arguments, client=client, cache_dir=str(clean / "cache")
     )
@@ -207,7 +215,7 @@ def init():
     args, _ = parser.parse_known_args()
 
 def run(frame):
-    bad = set(open(args.fail_list).read().split())
+    bad = set(open(args.fail_list.removeprefix("flaky:")).read().split())
     with open(args.calls, "a") as handle:
         handle.write("".join(f"{i}\\n" for i in frame["id"]))
     out = []
@@ -232,7 +240,7 @@ def test_rows_marked_failed_rerun_alone(
         append_row_format="csv",
     )
     failing = [i for i in range(300) if i % 14 == 5]  # 22 rows, about 7 %
-    arguments = ["--fail-list", str(tmp_path / "fail.txt"), "--calls", str(tmp_path / "calls.txt")]
+    arguments = ["--fail-list", flaky(tmp_path / "fail.txt"), "--calls", str(tmp_path / "calls.txt")]
     (tmp_path / "fail.txt").write_text(" ".join(map(str, failing)))
     out = str(tmp_path / "out")
     first = run_job(config, inputs, out, arguments=arguments, client=dask_client)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from distributed import Client
+from flaky_failures import flaky
 from test_rerun_failed import TABULAR_SCRIPT
 
 from airflow_parallel_run.core import ParallelRunConfig, TabularDataset, run_job
@@ -44,7 +45,7 @@ def test_rerun_of_failed_key_ranges(
     config = ParallelRunConfig(
         entry_script=write_script(TABULAR_SCRIPT), run_max_try=1, process_count_per_node=2
     )
-    arguments = ["--fail-list", str(tmp_path / "fail.txt"), "--calls", str(tmp_path / "calls.txt")]
+    arguments = ["--fail-list", flaky(tmp_path / "fail.txt"), "--calls", str(tmp_path / "calls.txt")]
     (tmp_path / "fail.txt").write_text("15 42")
     out = tmp_path / "out"
 
