@@ -47,7 +47,7 @@ from ..minibatch import MiniBatch
 from ..storage import is_local, local_path, write_atomic
 from .entry_script import ATTEMPT_OUTPUT_DIR, EntryScript
 from .messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown, Started, ToChild
-from .undeclared_reads import UndeclaredReads
+from .undeclared_reads import UndeclaredReads, WatchedReads
 from .unkeyed_code import UnkeyedCode
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ class _AfterRun:
     @classmethod
     def of(cls, setup: Setup) -> _AfterRun:
         keyed = (setup.script_dir, os.path.dirname(setup.entry_script), *setup.side_paths)
-        reads = _READS[0] if _READS else UndeclaredReads(())
+        reads = _READS[0] if _READS else UndeclaredReads(WatchedReads())
         return cls(SideInputCheck(setup.side_checks, _hash_file), UnkeyedCode(keyed), reads)
 
     def uncacheable(self) -> str:

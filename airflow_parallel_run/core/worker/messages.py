@@ -23,6 +23,7 @@ from typing import Any
 from ..attempt import AttemptStage, AttemptStatus
 from ..inputs.side_check import SideInput
 from ..minibatch import MiniBatch
+from .undeclared_reads import WatchedReads
 
 #: Why an attempt that found its job stopped started nothing (the driver books no row for it).
 NEVER_STARTED = "the job was stopped before this attempt started"
@@ -48,8 +49,8 @@ class Setup:
     batch_format: str = "pandas"  # what run() gets for a tabular mini-batch (core/inputs/batch_format.py)
     side_checks: tuple[SideInput, ...] = ()  # local side inputs as keyed (core/inputs/side_check.py)
     side_paths: tuple[str, ...] = ()  # every side input's local path here (keyed code may live there too)
-    # local paths the job's arguments and environment variables name, and how (core/worker/undeclared_reads.py)
-    watched_reads: tuple[tuple[str, str], ...] = ()
+    # local paths the job's arguments and environment variables name (core/worker/undeclared_reads.py)
+    watched_reads: WatchedReads = field(default_factory=WatchedReads)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from .scratch import (
     tmp_root,
 )
 from .spec import JobSpec
-from .undeclared_reads import named_paths
+from .undeclared_reads import WatchedReads, named_paths
 
 StopCheck = Callable[[], bool]  # has the job stopped?
 SHUTDOWN_GRACE_S = 10.0  # for the entry script's shutdown() at the end of a job (all processes at once)
@@ -258,7 +258,7 @@ class EntryProcess:
         # run_invocation_timeout bounds the script's import and init() only, from the process's `Started`
         return self._await_init(self.wait(self.spec.run_invocation_timeout, stop_check))
 
-    def _watched_reads(self, code_dir: str, replacements: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    def _watched_reads(self, code_dir: str, replacements: dict[str, str]) -> WatchedReads:
         """The local paths the job's arguments and environment variables name that the process watches for
         reads (core/worker/undeclared_reads.py): not side inputs, inputs, code or the output folder."""
         keyed = [*replacements.values(), code_dir]
@@ -273,12 +273,14 @@ class EntryProcess:
             sys.exec_prefix,
             tempfile.gettempdir(),
         ]
-        return named_paths(
+        local = [local_path(k) for k in keyed if is_local(k)]
+        named = named_paths(
             resolve_arguments(self.spec.arguments, replacements),
             {name: replacements.get(value, value) for name, value in self.spec.environment_variables.items()},
-            [local_path(k) for k in keyed if is_local(k)],
+            local,
             wide,
         )
+        return WatchedReads(named, tuple(local) if named else ())
 
     def start_once(self, stop_check: StopCheck) -> Ready | Failed:
         """`start`, and `init_outcome`/`started` for the attempts that leased the process meanwhile."""

@@ -19,6 +19,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WatchedReads:
+    """What a process watches: the paths the job names (`named_paths`), and the keyed ones (side inputs,
+    inputs, code, output) whose reads are never undeclared, even under a named folder (`--data-root /data`
+    holding the inputs)."""
+
+    named: tuple[tuple[str, str], ...] = ()
+    keyed: tuple[str, ...] = ()
 
 
 def named_paths(
@@ -52,6 +63,11 @@ def named_paths(
     return tuple(found.items())
 
 
+def _forms(path: str) -> set[tuple[str, str]]:
+    """(folder prefix, path) for a path as given and as resolved."""
+    return {(form.rstrip(os.sep) + os.sep, form) for form in (os.path.abspath(path), os.path.realpath(path))}
+
+
 def _root(path: str) -> str:
     return os.path.realpath(path).rstrip(os.sep) + os.sep
 
@@ -59,15 +75,15 @@ def _root(path: str) -> str:
 class UndeclaredReads:
     """The audit hook of one entry-script process (see the module); `named` from `named_paths`."""
 
-    def __init__(self, named: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, watched: WatchedReads) -> None:
         # each path as named and as resolved: an opened path is compared as a string, with no system call
         # (resolving it cost 20 us per open())
-        self._named = [
-            (form.rstrip(os.sep) + os.sep, form, how)
-            for path, how in named
-            for form in {os.path.abspath(path), os.path.realpath(path)}
-        ]
+        self._named = [(root, form, how) for path, how in watched.named for root, form in _forms(path)]
+        self._keyed = [(root, form) for path in watched.keyed for root, form in _forms(path)]
         self.read: dict[str, str] = {}  # file read -> how the job names the path it lies under
+
+    def _is_keyed(self, full: str) -> bool:
+        return any(full == form or full.startswith(root) for root, form in self._keyed)
 
     def install(self) -> None:
         if self._named:
@@ -83,7 +99,7 @@ class UndeclaredReads:
             text = os.fsdecode(path)
             full = os.path.normpath(text if os.path.isabs(text) else os.path.join(os.getcwd(), text))
             for root, named, how in self._named:
-                if full == named or (full + os.sep).startswith(root):
+                if (full == named or full.startswith(root)) and not self._is_keyed(full):
                     self.read.setdefault(full, how)
                     return
         except Exception:  # noqa: BLE001, S110 - an audit hook must never fail the open it watches

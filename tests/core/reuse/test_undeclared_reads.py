@@ -103,3 +103,38 @@ def test_declared_as_a_side_input_it_is_cached_and_an_output_folder_written_to_i
     assert (written / "seen.txt").exists(), "the scenario: run() wrote into the folder an argument names"
     second, _ = _job(write_script, root, tmp_path / "o2", dask_client, **dict(given))
     assert second["reused_mini_batches"] == 3, second
+
+
+def test_reading_the_inputs_under_a_folder_an_argument_names_is_no_undeclared_read(  # type: ignore[no-untyped-def]
+    dask_client, write_script, files, tmp_path
+) -> None:
+    """`--data-root` names the folder that holds the inputs (and the model, declared): run() reading its own
+    mini-batch's files there reads keyed bytes."""
+    root = files(3)  # tmp_path/<inputs>
+    model = tmp_path / "model.txt"
+    model.write_text("m1\n")
+    script = write_script(
+        SCRIPT.replace(
+            'parser.add_argument("--out")',
+            'parser.add_argument("--out")\n    parser.add_argument("--data-root")',
+        ).replace(
+            'return [os.path.basename(p) + "=" + model for p in mini_batch]',
+            'return [os.path.basename(p) + "=" + model + open(p).read().strip() for p in mini_batch]',
+        )
+    )
+    said: list[str] = []
+
+    def job(out: Path) -> dict[str, Any]:
+        return run_job(
+            ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=2),
+            [FileDataset.from_files(str(root))],
+            str(out),
+            arguments=["--model", str(model), "--data-root", str(tmp_path)],
+            side_inputs=[str(model)],
+            client=dask_client,
+            progress=said.append,
+        )
+
+    first = job(tmp_path / "o1")
+    assert first["status"] == "succeeded" and not [line for line in said if "is not cached" in line], said
+    assert job(tmp_path / "o2")["reused_mini_batches"] == 3
