@@ -45,6 +45,7 @@ from ..inputs.identity import current_identity
 from ..inputs.side_check import SideInputCheck
 from ..minibatch import MiniBatch
 from ..storage import is_local, local_path, write_atomic
+from . import side_code
 from .entry_script import ATTEMPT_OUTPUT_DIR, EntryScript
 from .messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown, Started, ToChild
 from .undeclared_reads import UndeclaredReads, WatchedReads
@@ -242,6 +243,7 @@ def _start(conn: Connection, setup: Setup, loop: asyncio.AbstractEventLoop) -> t
         if folder not in sys.path:
             sys.path.insert(0, folder)
     sys.argv = [setup.entry_script, *setup.arguments]
+    side_code.install(setup.side_paths)  # a side input's modules run the source the key holds
     _READS.append(UndeclaredReads(setup.watched_reads))  # before the script's import and init() read anything
     _READS[0].install()
     started = time.monotonic()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +125,13 @@ CODE_IN_SIDE_INPUT = """
 import os, sys
 sys.dont_write_bytecode = False  # Python's default (a test environment may turn it off)
 sys.path.insert(0, {folder!r})
-import modelcode  # Python writes modelcode's __pycache__ into the side input folder
+import modelcode
 
 def run(mini_batch):
+    # as another process importing the side input's code would: Python writes into its __pycache__
+    os.makedirs(os.path.join({folder!r}, "__pycache__"), exist_ok=True)
+    with open(os.path.join({folder!r}, "__pycache__", f"other.{{os.getpid()}}.pyc"), "wb") as pyc:
+        pyc.write(b"bytecode")
     return [os.path.basename(p) + "=" + modelcode.VALUE for p in mini_batch]
 """
 
@@ -133,11 +139,19 @@ def run(mini_batch):
 def test_a_side_input_folder_whose_code_the_script_imports_is_keyed_and_unchanged(  # type: ignore[no-untyped-def]
     dask_client, write_script, files, tmp_path
 ) -> None:
-    """Its `__pycache__`, written as the processes import it, is not a change of the side input; and its
-    module is keyed code (the side input's bytes are in the key), so the results are cached."""
+    """Its `__pycache__`, written as the processes import it, is not a change of the side input; its module
+    is keyed code (the side input's bytes are in the key), so the results are cached; and an edit is run as
+    edited, even one CPython's bytecode cache would not see (core/worker/side_code.py)."""
     root, model = files(3), tmp_path / "model"
     model.mkdir()
     (model / "modelcode.py").write_text('VALUE = "m1"\n')
+    # a .pyc of this version, as an import outside the job leaves it (CPython records the source's size and
+    # mtime in whole seconds)
+    code = (
+        f"import sys; sys.dont_write_bytecode = False; sys.path.insert(0, {str(model)!r}); import modelcode"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert list((model / "__pycache__").glob("modelcode.*.pyc")), "the stale .pyc to be"
     script = write_script(CODE_IN_SIDE_INPUT.format(folder=str(model)))
     said: list[str] = []
     config = ParallelRunConfig(entry_script=script, mini_batch_size=1, process_count_per_node=2)
@@ -154,10 +168,15 @@ def test_a_side_input_folder_whose_code_the_script_imports_is_keyed_and_unchange
 
     first = job(tmp_path / "o1")
     assert first["status"] == "succeeded" and first["failed_mini_batches"] == 0, first
-    assert (model / "__pycache__").is_dir(), "the scenario: Python wrote into the side input folder"
+    assert len(list((model / "__pycache__").glob("other.*.pyc"))) >= 1, "the scenario: written during the job"
     assert not [line for line in said if "is not cached" in line], said
     assert job(tmp_path / "o2")["reused_mini_batches"] == 3
+    # the same size, within the same second as the version Python cached (CPython would take its .pyc as
+    # current and run the old code); a nanosecond later, so the fingerprints' memo sees the change
+    before = os.stat(model / "modelcode.py").st_mtime_ns
     (model / "modelcode.py").write_text('VALUE = "m2"\n')
+    same_second = before - before % 10**9 + (before + 1) % 10**9
+    os.utime(model / "modelcode.py", ns=(same_second, same_second))
     third = job(tmp_path / "o3")
     assert third["reused_mini_batches"] == 0, third
     lines = sorted((tmp_path / "o3" / "parallel_run_step.txt").read_text().split())
