@@ -93,7 +93,13 @@ def test_objects_overwritten_before_their_read_fail_their_mini_batches_and_are_n
     script = _script(tmp_path, s3, changes, FILES_RUN)
 
     def job(out: Path) -> dict[str, Any]:
-        config = ParallelRunConfig(entry_script=script, mini_batch_size=1, run_max_try=3, error_threshold=-1)
+        config = ParallelRunConfig(
+            entry_script=script,
+            mini_batch_size=1,
+            process_count_per_node=2,
+            run_max_try=3,
+            error_threshold=-1,
+        )
         dataset = FileDataset.from_files(s3.url("in"), storage_options=s3.storage_options)
         return run_job(config, [dataset], str(out), client=dask_client, storage_options=s3.storage_options)
 
@@ -129,7 +135,11 @@ def test_a_csv_object_overwritten_while_its_slices_run_fails_the_slices_read_aft
     s3.put("table/part.csv", _csv(range(90), "a"))
     script = _script(tmp_path, s3, {f"{s3.name}/table/part.csv": _csv(range(90), "b")}, TABLE_RUN)
     config = ParallelRunConfig(
-        entry_script=script, mini_batch_size="200", append_row_format="csv", append_row_file_name="out.csv"
+        entry_script=script,
+        mini_batch_size="200",
+        process_count_per_node=2,  # fewer than the mini-batches: some are read after the change
+        append_row_format="csv",
+        append_row_file_name="out.csv",
     )
     dataset = TabularDataset.from_delimited_files(s3.url("table"), storage_options=s3.storage_options)
     out = tmp_path / "o"
@@ -157,6 +167,7 @@ def test_a_parquet_object_overwritten_while_its_row_groups_run_fails_the_ones_re
     config = ParallelRunConfig(
         entry_script=script,
         mini_batch_size="1",  # a row group each
+        process_count_per_node=2,
         append_row_format="csv",
         append_row_file_name="out.csv",
     )
