@@ -75,6 +75,26 @@ def refuse_url_password(url: str, field: str) -> None:
         )
 
 
+#: A local path as given (absolute) or resolved, and its folder prefix ("/a/b" and "/a/b/").
+PathForm = tuple[str, str]
+
+
+def path_forms(paths: Iterable[str]) -> list[PathForm]:
+    """Each local path as given (made absolute) and as resolved (symlinks followed), with its folder prefix:
+    `under` then tells a path inside one by comparing strings, with no system call per path."""
+    forms = set()
+    for path in paths:
+        if path:
+            for form in (os.path.abspath(path), os.path.realpath(path)):
+                forms.add((form, form.rstrip(os.sep) + os.sep))
+    return sorted(forms)
+
+
+def under(path: str, forms: Iterable[PathForm]) -> bool:
+    """Whether the absolute, normalised `path` is one of `forms` or lies inside one."""
+    return any(path == form or path.startswith(prefix) for form, prefix in forms)
+
+
 def join(base: str, *parts: str) -> str:
     """``base/part/part``: one ``/`` between parts, for paths and URLs alike."""
     return "/".join([base.rstrip("/"), *parts])

@@ -48,7 +48,7 @@ from ..storage import is_local, local_path, write_atomic
 from . import side_code
 from .entry_script import ATTEMPT_OUTPUT_DIR, EntryScript
 from .messages import Bye, Done, Failed, Loaded, Ready, Run, Setup, Shutdown, Started, ToChild
-from .undeclared_reads import UndeclaredReads, WatchedReads
+from .undeclared_reads import UndeclaredReads
 from .unkeyed_code import UnkeyedCode
 
 if TYPE_CHECKING:
@@ -168,10 +168,6 @@ def _hash_file(path: str) -> str:
     return hash_file(path)
 
 
-#: The process's `UndeclaredReads`, installed as it starts (`_start`), for `_AfterRun`.
-_READS: list[UndeclaredReads] = []
-
-
 @dataclasses.dataclass
 class _AfterRun:
     """What the process checks after each run() returned: that the job's side inputs are still the bytes it
@@ -183,9 +179,8 @@ class _AfterRun:
     reads: UndeclaredReads
 
     @classmethod
-    def of(cls, setup: Setup) -> _AfterRun:
+    def of(cls, setup: Setup, reads: UndeclaredReads) -> _AfterRun:
         keyed = (setup.script_dir, os.path.dirname(setup.entry_script), *setup.side_paths)
-        reads = _READS[0] if _READS else UndeclaredReads(WatchedReads())
         return cls(SideInputCheck(setup.side_checks, _hash_file), UnkeyedCode(keyed), reads)
 
     def uncacheable(self) -> str:
@@ -228,7 +223,9 @@ def _connect(fd: int) -> Connection:
     return conn
 
 
-def _start(conn: Connection, setup: Setup, loop: asyncio.AbstractEventLoop) -> types.ModuleType:
+def _start(
+    conn: Connection, setup: Setup, loop: asyncio.AbstractEventLoop, reads: UndeclaredReads
+) -> types.ModuleType:
     """Prepares the process as the script expects it, imports the script and runs init(); answers
     `Ready`, or `Failed` and ends the process."""
     logging.basicConfig(
@@ -244,8 +241,7 @@ def _start(conn: Connection, setup: Setup, loop: asyncio.AbstractEventLoop) -> t
             sys.path.insert(0, folder)
     sys.argv = [setup.entry_script, *setup.arguments]
     side_code.install(setup.side_paths)  # a side input's modules run the source the key holds
-    _READS.append(UndeclaredReads(setup.watched_reads))  # before the script's import and init() read anything
-    _READS[0].install()
+    reads.install()  # before the script's import and init() read anything
     started = time.monotonic()
     # this process's own output_dir (core/output/files.py), before the script may read it on import
     _point_output_dir(setup.output_dir, singleton=False)
@@ -278,17 +274,22 @@ def _shutdown(module: types.ModuleType, loop: asyncio.AbstractEventLoop) -> None
             traceback.print_exc()
 
 
-def _serve(conn: Connection, module: types.ModuleType, setup: Setup, loop: asyncio.AbstractEventLoop) -> None:
+def _serve(
+    conn: Connection,
+    module: types.ModuleType,
+    setup: Setup,
+    loop: asyncio.AbstractEventLoop,
+    after_run: _AfterRun,
+) -> None:
     """Answers `Run` messages until `Shutdown` (or the runner is gone)."""
     from ..output.files import OutputDirWatch, drop_if_empty
 
     if is_async(module.run):
-        loop.run_until_complete(_serve_async(conn, module, setup))
+        loop.run_until_complete(_serve_async(conn, module, setup, after_run))
         return
 
     watch = OutputDirWatch(setup.output_dir, setup.storage_options)
     with_context = _wants_context(module.run)
-    after_run = _AfterRun.of(setup)
     while True:
         try:
             message: ToChild = conn.recv()
@@ -436,7 +437,9 @@ def _run_one(
     )
 
 
-async def _serve_async(conn: Connection, module: types.ModuleType, setup: Setup) -> None:
+async def _serve_async(
+    conn: Connection, module: types.ModuleType, setup: Setup, after_run: _AfterRun
+) -> None:
     """Each `Run` becomes a task on this loop (the runner keeps at most `max_concurrency` in flight);
     a reader thread hands the messages over, so the loop never blocks on the socket."""
     loop = asyncio.get_running_loop()
@@ -454,7 +457,6 @@ async def _serve_async(conn: Connection, module: types.ModuleType, setup: Setup)
 
     threading.Thread(target=read, name="apr-reader", daemon=True).start()
     with_context = _wants_context(module.run)
-    after_run = _AfterRun.of(setup)
     running: set[asyncio.Task[None]] = set()
     while True:
         message = await inbox.get()
@@ -614,8 +616,9 @@ def main(fd: int) -> None:
     setup: Setup = conn.recv()
     loop = asyncio.new_event_loop()  # one loop for the process: async init(), run() and shutdown()
     asyncio.set_event_loop(loop)
-    module = _start(conn, setup, loop)
-    _serve(conn, module, setup, loop)
+    reads = UndeclaredReads(setup.watched_reads)
+    module = _start(conn, setup, loop, reads)
+    _serve(conn, module, setup, loop, _AfterRun.of(setup, reads))
     _end_process(frozen_at_start)
 
 

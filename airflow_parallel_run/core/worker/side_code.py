@@ -16,6 +16,8 @@ import sys
 from importlib import machinery
 from typing import Any
 
+from ..storage import path_forms, under
+
 
 class SourceOnlyLoader(machinery.SourceFileLoader):
     """`SourceFileLoader` that compiles the source every time: no cached bytecode read, none written."""
@@ -27,14 +29,10 @@ class SourceOnlyLoader(machinery.SourceFileLoader):
 
 def install(side_paths: tuple[str, ...]) -> None:
     """Imports from a folder under (or the folder holding) one of `side_paths` go through `SourceOnlyLoader`."""
-    roots = {
-        form.rstrip(os.sep) + os.sep
-        for path in side_paths
-        for form in (os.path.abspath(path), os.path.realpath(path))
-    }
-    if not roots:
+    forms = path_forms(side_paths)
+    if not forms:
         return
-    parents = {os.path.dirname(root.rstrip(os.sep)) + os.sep for root in roots}
+    parents = {os.path.dirname(form) for form, _prefix in forms}
     loaders = (
         (machinery.ExtensionFileLoader, machinery.EXTENSION_SUFFIXES),
         (SourceOnlyLoader, machinery.SOURCE_SUFFIXES),
@@ -42,8 +40,8 @@ def install(side_paths: tuple[str, ...]) -> None:
     )
 
     def hook(entry: str) -> machinery.FileFinder:
-        folder = os.path.abspath(entry or os.getcwd()).rstrip(os.sep) + os.sep
-        if not (folder.startswith(tuple(roots)) or folder in parents):
+        folder = os.path.abspath(entry or os.getcwd())
+        if not (under(folder, forms) or folder in parents):
             raise ImportError("not a side input's folder")  # the next hook (the default one) takes it
         return machinery.FileFinder(entry, *loaders)  # type: ignore[arg-type]
 

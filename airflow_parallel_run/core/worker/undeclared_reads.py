@@ -21,6 +21,8 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from ..storage import path_forms, under
+
 
 @dataclass(frozen=True)
 class WatchedReads:
@@ -39,8 +41,8 @@ def named_paths(
     after '=') or an environment variable names, but for those under a `keyed` path (side inputs, inputs,
     code: their bytes are in the key; the output folder) and those that contain a `wide` folder (`/`, `/tmp`
     or a home folder holding the process's working folder or the interpreter: every read would be one)."""
-    keyed_roots = [_root(p) for p in keyed if p]
-    wide_roots = [_root(p) for p in wide if p]
+    keyed_forms = path_forms(keyed)
+    wide_paths = [os.path.realpath(p) for p in wide if p]
     found: dict[str, str] = {}
     arguments = list(arguments)
     candidates = []
@@ -56,20 +58,10 @@ def named_paths(
         if not value or not os.path.isabs(value) or not os.path.exists(value):
             continue
         path = os.path.realpath(value)
-        root = _root(path)
-        if any(root.startswith(k) for k in keyed_roots) or any(w.startswith(root) for w in wide_roots):
+        if under(path, keyed_forms) or any(under(w, path_forms([path])) for w in wide_paths):
             continue
         found.setdefault(path, how)
     return tuple(found.items())
-
-
-def _forms(path: str) -> set[tuple[str, str]]:
-    """(folder prefix, path) for a path as given and as resolved."""
-    return {(form.rstrip(os.sep) + os.sep, form) for form in (os.path.abspath(path), os.path.realpath(path))}
-
-
-def _root(path: str) -> str:
-    return os.path.realpath(path).rstrip(os.sep) + os.sep
 
 
 class UndeclaredReads:
@@ -78,12 +70,9 @@ class UndeclaredReads:
     def __init__(self, watched: WatchedReads) -> None:
         # each path as named and as resolved: an opened path is compared as a string, with no system call
         # (resolving it cost 20 us per open())
-        self._named = [(root, form, how) for path, how in watched.named for root, form in _forms(path)]
-        self._keyed = [(root, form) for path in watched.keyed for root, form in _forms(path)]
+        self._named = [(path_forms([path]), how) for path, how in watched.named]
+        self._keyed = path_forms(watched.keyed)
         self.read: dict[str, str] = {}  # file read -> how the job names the path it lies under
-
-    def _is_keyed(self, full: str) -> bool:
-        return any(full == form or full.startswith(root) for root, form in self._keyed)
 
     def install(self) -> None:
         if self._named:
@@ -98,8 +87,8 @@ class UndeclaredReads:
                 return
             text = os.fsdecode(path)
             full = os.path.normpath(text if os.path.isabs(text) else os.path.join(os.getcwd(), text))
-            for root, named, how in self._named:
-                if (full == named or full.startswith(root)) and not self._is_keyed(full):
+            for forms, how in self._named:
+                if under(full, forms) and not under(full, self._keyed):
                     self.read.setdefault(full, how)
                     return
         except Exception:  # noqa: BLE001, S110 - an audit hook must never fail the open it watches

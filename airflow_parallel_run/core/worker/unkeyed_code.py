@@ -21,23 +21,20 @@ import os
 import site
 import sys
 
+from ..storage import path_forms, under
+
 #: Modules the interpreter imports at start from wherever its configuration says: not the script's code.
 _STARTUP = frozenset({"sitecustomize", "usercustomize", "__main__"})
 
 
-def _roots(keyed: tuple[str, ...]) -> tuple[str, ...]:
+def _installed() -> list[str]:
+    """The engine's package and the interpreter's prefixes and site-packages folders."""
     engine = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the package
-    folders = [*keyed, engine, sys.prefix, sys.base_prefix, sys.exec_prefix]
-    folders += [sys.base_exec_prefix, *site.getsitepackages()]
+    folders = [engine, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    folders += site.getsitepackages()
     if site.ENABLE_USER_SITE and site.USER_SITE:
         folders.append(site.USER_SITE)
-    roots = set()
-    for folder in folders:
-        if folder:
-            for form in (os.path.abspath(folder), os.path.realpath(folder)):
-                # a file (a side input that is one module) is matched whole, a folder by its prefix
-                roots.add(form if os.path.isfile(form) else form.rstrip(os.sep) + os.sep)
-    return tuple(sorted(roots))
+    return folders
 
 
 class UnkeyedCode:
@@ -45,15 +42,10 @@ class UnkeyedCode:
 
     def __init__(self, keyed: tuple[str, ...]) -> None:
         """`keyed`: the folders (or files) whose bytes the job's key holds: the bundle, the side inputs."""
-        self._roots = _roots(keyed)
+        self._forms = path_forms([*keyed, *_installed()])
         self._looked_at = 0  # len(sys.modules) at the last look
         self._seen: set[str] = set()  # module names looked at
         self.files: list[str] = []  # the unkeyed modules' files, in the order they were found
-
-    def _keyed(self, path: str) -> bool:
-        return path.startswith(self._roots) and any(
-            path.startswith(root) if root.endswith(os.sep) else path == root for root in self._roots
-        )
 
     def look(self) -> str:
         """Why this process's results may not be cached ('' when nothing it imported is unkeyed)."""
@@ -65,7 +57,7 @@ class UnkeyedCode:
                 path = getattr(module, "__file__", None)
                 if name in _STARTUP or not isinstance(path, str) or not os.path.isabs(path):
                     continue
-                if not self._keyed(path) and not self._keyed(os.path.realpath(path)):
+                if not under(path, self._forms) and not under(os.path.realpath(path), self._forms):
                     self.files.append(path)
             self._looked_at = len(sys.modules)
         if not self.files:
